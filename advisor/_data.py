@@ -1,0 +1,34 @@
+"""Locating and loading the data files that ship with the package (catalogs, rules, schemas, templates)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+DATA_DIR = _PKG / "data"
+
+
+def bundled_dir(name: str) -> Path:
+    """The top-level ``rules/`` or ``templates/`` folder: inside the wheel, else in the source checkout."""
+    installed = _PKG / "_bundled" / name
+    if installed.is_dir():
+        return installed
+    source = _PKG.parent / name
+    if source.is_dir():
+        return source
+    raise FileNotFoundError(f"dsadvise is missing its {name}/ folder (looked in {installed} and {source})")
+
+
+@lru_cache(maxsize=None)
+def load_data(relative: str):
+    """Parse a JSON or YAML file under ``advisor/data``; cached, so callers must not mutate the result."""
+    path = DATA_DIR / relative
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return json.loads(text)
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader)

@@ -1,0 +1,80 @@
+"""The normalized description of a decoder-only transformer that every estimate reads.
+
+An :class:`Architecture` is built from a Hugging Face ``config.json`` (see :mod:`advisor.hf_config`),
+from the shipped model catalog, or synthesized from a bare size such as ``7B``. It holds only the
+shape facts that decide memory: widths, counts, which modules exist and which carry biases.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+NormKind = Literal["rmsnorm", "layernorm"]
+MlpKind = Literal["gated", "plain"]
+PositionKind = Literal["rope", "learned", "alibi"]
+
+
+class Architecture(BaseModel):
+    """Shape of a causal LM; all counts are element counts, never bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: str = Field(description="HF model_type: llama, mistral, mixtral, qwen2, gemma2, phi3, gpt2, opt, "
+                                    "falcon, bloom, gpt_neox, ...")
+    num_layers: PositiveInt
+    hidden_size: PositiveInt
+    num_attention_heads: PositiveInt
+    num_key_value_heads: PositiveInt
+    head_dim: PositiveInt
+    intermediate_size: PositiveInt = Field(description="MLP inner width (per expert for MoE)")
+    vocab_size: PositiveInt
+    max_position_embeddings: PositiveInt = 2048
+    tie_word_embeddings: bool = False
+
+    norm: NormKind = "rmsnorm"
+    norm_bias: bool = False
+    norms_per_layer: int = Field(2, ge=0, le=8)
+    norm_affine: bool = True              # False: norms hold no parameters (OPT layer_norm_elementwise_affine)
+    qk_norm: bool = False                 # per-head RMSNorm of width head_dim on q and k (Qwen3 q_norm/k_norm)
+    embedding_norm: bool = False          # BLOOM's word_embeddings_layernorm
+    final_norm: bool = True
+
+    mlp: MlpKind = "gated"
+    hidden_act: str = "silu"
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    fused_qkv: bool = False               # one projection for q, k, v (GPT-2, Phi-3, BLOOM, Falcon, NeoX)
+    fused_gate_up: bool = False           # Phi-3's gate_up_proj
+
+    position: PositionKind = "rope"
+    learned_position_rows: int = Field(0, ge=0, description="rows of a learned position table (OPT adds 2)")
+    rotary_pct: float = Field(1.0, gt=0, le=1)
+    parallel_residual: bool = False       # attention and MLP read the same input (GPT-NeoX, Falcon, GPT-J)
+    word_embed_proj_dim: int | None = None  # OPT-350m's project_in/project_out
+
+    num_experts: int = Field(0, ge=0, description="routed experts per MoE layer; 0 = dense")
+    experts_per_token: int = Field(0, ge=0)
+
+    attention_dropout: float = Field(0.0, ge=0, lt=1)
+    hidden_dropout: float = Field(0.0, ge=0, lt=1)
+    embedding_dropout: float = Field(0.0, ge=0, lt=1)
+    sliding_window: int | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def q_width(self) -> int:
+        """Width of the query projection output: heads × head_dim."""
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        """Width of one of the key/value projection outputs: kv_heads × head_dim."""
+        return self.num_key_value_heads * self.head_dim

@@ -1,0 +1,29 @@
+"""Errors a user can cause. Each carries one readable line; the CLI prints it and exits non-zero."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AdvisorError(Exception):
+    """Base of every error dsadvise reports to users as one line (never a traceback)."""
+
+    exit_code = 2
+
+
+class InputError(AdvisorError):
+    """Bad user input: names the offending field and, where known, what is allowed."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """A ' (did you mean X?)' suffix naming the closest choices, or '' when nothing is close."""
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + ", ".join(lowered[c] for c in close) + "?)"

@@ -1,0 +1,388 @@
+"""Reading a Hugging Face ``config.json`` and normalizing it into an :class:`Architecture`.
+
+The same code path serves a user's ``config.json`` and an entry of the shipped catalog
+(``advisor/data/models.yaml`` holds the real config keys). Absent keys get the default the matching
+transformers config class applies, so the shape here is the shape ``from_config`` would build.
+Only the standard library and pydantic are imported: no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from advisor.architecture import Architecture
+from advisor.errors import InputError, did_you_mean
+
+_MAX_INT = 2**31 - 1
+_MAX_CONFIG_BYTES = 16 * 1024 * 1024
+_REQUIRED = object()
+
+
+def load_hf_config(path: str | os.PathLike) -> dict:
+    """Parse a ``config.json`` (or the ``config.json`` inside a folder) into a dict."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            p = p / "config.json"
+        if not p.exists():
+            raise InputError(f"{p}: no such file", field="model")
+        if not p.is_file():
+            raise InputError(f"{p}: not a regular file", field="model")
+        if p.stat().st_size > _MAX_CONFIG_BYTES:
+            raise InputError(f"{p}: too large for a config.json ({p.stat().st_size} bytes)", field="model")
+        text = p.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:   # ValueError: a NUL in the path; UnicodeDecodeError
+        raise InputError(f"{p}: cannot read ({exc.__class__.__name__}: {exc})", field="model") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+                         field="model") from None
+    except (ValueError, RecursionError) as exc:   # e.g. an integer literal over Python's digit limit
+        raise InputError(f"{p}: not valid JSON ({exc.__class__.__name__})", field="model") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{p}: expected a JSON object of config keys, got {type(cfg).__name__}",
+                         field="model")
+    return cfg
+
+
+class _Reader:
+    """Typed access to config keys; every bad value raises an InputError naming the key."""
+
+    def __init__(self, cfg: dict, source: str, family: str):
+        self.cfg = cfg
+        self.source = source
+        self.family = family
+
+    def fail(self, key: str, message: str) -> InputError:
+        return InputError(f"{self.source}: {key} {message}", field="model")
+
+    def _lookup(self, keys: tuple[str, ...]) -> tuple[str, Any, bool]:
+        for key in keys:
+            if key in self.cfg:
+                return key, self.cfg[key], True
+        return keys[0], None, False
+
+    def int(self, *keys: str, default: Any = _REQUIRED, minimum: int = 1) -> int:
+        """A whole number >= minimum; ``default`` when absent or null (required when no default)."""
+        key, value, present = self._lookup(keys)
+        if not present or value is None:
+            if default is _REQUIRED:
+                raise self.fail(key, f"is missing (required for {self.family})")
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, f"must be an integer, got {value!r}")
+        if isinstance(value, float):
+            if not math.isfinite(value) or not value.is_integer():
+                raise self.fail(key, f"must be an integer, got {value!r}")
+            value = int(value)
+        if value < minimum:
+            raise self.fail(key, f"must be at least {minimum}, got {value}")
+        if value > _MAX_INT:
+            raise self.fail(key, f"is absurdly large ({value})")
+        return value
+
+    def bool(self, *keys: str, default: bool) -> bool:
+        key, value, present = self._lookup(keys)
+        if not present or value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise self.fail(key, f"must be true or false, got {value!r}")
+
+    def float(self, *keys: str, default: float | None, low: float, high: float,
+              high_open: bool = False) -> float | None:
+        """A number in [low, high] (or [low, high) with high_open); ``default`` when absent or null."""
+        key, value, present = self._lookup(keys)
+        if not present or value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(key, f"must be a number, got {value!r}")
+        if value < low or value > high or (high_open and value == high):
+            bracket = ")" if high_open else "]"
+            raise self.fail(key, f"must be in [{low:g}, {high:g}{bracket}, got {value!r}")
+        return float(value)
+
+    def optional_int(self, key: str, absent: int | None) -> int | None:
+        """An optional whole number: ``absent`` when the key is missing, None when it is null."""
+        if key not in self.cfg:
+            return absent
+        return self.int(key, default=None)
+
+    def dropout(self, *keys: str, default: float = 0.0) -> float:
+        """A dropout probability in [0, 1); ``default`` (the class default) when absent."""
+        return self.float(*keys, default=default, low=0.0, high=1.0, high_open=True)
+
+    def str(self, *keys: str, default: str) -> str:
+        key, value, present = self._lookup(keys)
+        if not present or value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {value!r}")
+        return value
+
+    def head_dim(self, hidden: int, heads: int, default: int | None = None) -> int:
+        """``head_dim`` when given, else the family default, else hidden/heads (which must divide)."""
+        if self.cfg.get("head_dim") is not None:
+            return self.int("head_dim")
+        if default is not None and "head_dim" not in self.cfg:
+            return default
+        return self.split_heads(hidden, heads)
+
+    def split_heads(self, hidden: int, heads: int, hidden_key: str = "hidden_size") -> int:
+        if hidden % heads:
+            raise self.fail("num_attention_heads", f"({heads}) must divide {hidden_key} ({hidden}) "
+                                                   f"when head_dim is not given")
+        return hidden // heads
+
+    def kv_heads(self, heads: int, default: int | None, key: str = "num_key_value_heads") -> int:
+        """KV heads: absent → the family's class default (None: = heads); null → heads; must divide heads."""
+        if key not in self.cfg:
+            kv = heads if default is None else default
+        else:
+            kv = self.int(key, default=heads)
+        if kv > heads or heads % kv:
+            where = "" if key in self.cfg else f", the transformers default for {self.family}"
+            raise self.fail(key, f"({kv}{where}) must divide num_attention_heads ({heads})")
+        return kv
+
+
+# ---------------------------------------------------------------- llama-shaped (gated MLP, RMSNorm)
+
+# Per model_type: defaults of the transformers config class for keys that may be absent.
+#   kv: num_key_value_heads default (None = num_attention_heads); head_dim: class default (None = hidden/heads)
+_LLAMA_LIKE: dict[str, dict[str, Any]] = {
+    "llama":   dict(kv=None, head_dim=None, tie=False, max_pos=2048, act="silu"),
+    "mistral": dict(kv=8, head_dim=None, tie=False, max_pos=131072, act="silu", sliding=4096),
+    "mixtral": dict(kv=8, head_dim=None, tie=False, max_pos=131072, act="silu", sliding=None),
+    "qwen2":   dict(kv=32, head_dim=None, tie=False, max_pos=32768, act="silu"),
+    "qwen3":   dict(kv=32, head_dim=128, tie=False, max_pos=32768, act="silu"),
+    "gemma":   dict(kv=16, head_dim=256, tie=True, max_pos=8192, act="gelu_pytorch_tanh"),
+    "gemma2":  dict(kv=4, head_dim=256, tie=True, max_pos=8192, act="gelu_pytorch_tanh", sliding=4096),
+    "phi3":    dict(kv=None, head_dim=None, tie=False, max_pos=4096, act="silu", sliding=None),
+}
+
+
+def _llama_like(r: _Reader) -> Architecture:
+    fam = r.family
+    d = _LLAMA_LIKE[fam]
+    hidden = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    kv = r.kv_heads(heads, d["kv"])
+    extra: dict[str, Any] = {}
+
+    attention_bias = r.bool("attention_bias", default=False)
+    if fam == "qwen2":            # Qwen2Attention: q/k/v always carry a bias, o_proj never
+        qkv_bias, o_bias = True, False
+    elif fam in ("mistral", "mixtral", "phi3"):   # these classes hard-code bias=False
+        qkv_bias = o_bias = False
+    else:
+        qkv_bias = o_bias = attention_bias
+
+    if fam in ("qwen2", "qwen3"):   # Qwen2Config: sliding_window only counts with use_sliding_window
+        window = r.optional_int("sliding_window", 4096) if r.bool("use_sliding_window", default=False) else None
+    elif "sliding" in d:
+        window = r.optional_int("sliding_window", d["sliding"])
+    else:
+        window = None
+
+    if fam == "mixtral":
+        experts = r.int("num_local_experts", default=8)
+        top_k = r.int("num_experts_per_tok", default=2)
+        if top_k > experts:
+            raise r.fail("num_experts_per_tok", f"({top_k}) exceeds num_local_experts ({experts})")
+        extra.update(num_experts=experts, experts_per_token=top_k)
+    if fam == "gemma2":
+        extra.update(attn_logit_softcapping=r.float("attn_logit_softcapping", default=50.0, low=0, high=1e9),
+                     final_logit_softcapping=r.float("final_logit_softcapping", default=30.0, low=0, high=1e9),
+                     norms_per_layer=4)   # input, post_attention, pre_feedforward, post_feedforward
+    if fam == "phi3":
+        extra.update(fused_qkv=True, fused_gate_up=True,
+                     hidden_dropout=r.dropout("resid_pdrop"), embedding_dropout=r.dropout("embd_pdrop"))
+
+    return Architecture(
+        family=fam,
+        num_layers=r.int("num_hidden_layers"),
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=r.head_dim(hidden, heads, d["head_dim"]),
+        intermediate_size=r.int("intermediate_size"),
+        vocab_size=r.int("vocab_size"),
+        max_position_embeddings=r.int("max_position_embeddings", default=d["max_pos"]),
+        tie_word_embeddings=r.bool("tie_word_embeddings", default=d["tie"]),
+        norm="rmsnorm",
+        mlp="gated",
+        hidden_act=r.str("hidden_activation", "hidden_act", default=d["act"]) if fam.startswith("gemma")
+        else r.str("hidden_act", default=d["act"]),
+        qkv_bias=qkv_bias,
+        o_bias=o_bias,
+        mlp_bias=r.bool("mlp_bias", default=False) if fam == "llama" else False,
+        qk_norm=fam == "qwen3",
+        position="rope",
+        attention_dropout=r.dropout("attention_dropout"),
+        sliding_window=window,
+        **extra,
+    )
+
+
+# ---------------------------------------------------------------- GPT-2, OPT, Falcon, BLOOM, GPT-NeoX
+
+def _gpt2(r: _Reader) -> Architecture:
+    if r.bool("add_cross_attention", default=False):
+        raise r.fail("add_cross_attention", "is true: GPT-2 with cross-attention is not a plain causal LM "
+                                            "and is not supported")
+    hidden = r.int("n_embd", "hidden_size")
+    heads = r.int("n_head", "num_attention_heads")
+    positions = r.int("n_positions", "max_position_embeddings", default=1024)
+    return Architecture(
+        family="gpt2", num_layers=r.int("n_layer", "num_hidden_layers"), hidden_size=hidden,
+        num_attention_heads=heads, num_key_value_heads=heads, head_dim=r.split_heads(hidden, heads, "n_embd"),
+        intermediate_size=r.int("n_inner", default=4 * hidden), vocab_size=r.int("vocab_size"),
+        max_position_embeddings=positions, tie_word_embeddings=r.bool("tie_word_embeddings", default=True),
+        norm="layernorm", norm_bias=True, mlp="plain",
+        hidden_act=r.str("activation_function", default="gelu_new"),
+        qkv_bias=True, o_bias=True, mlp_bias=True, fused_qkv=True,
+        position="learned", learned_position_rows=positions,
+        attention_dropout=r.dropout("attn_pdrop", default=0.1),
+        hidden_dropout=r.dropout("resid_pdrop", default=0.1),
+        embedding_dropout=r.dropout("embd_pdrop", default=0.1),
+    )
+
+
+def _opt(r: _Reader) -> Architecture:
+    hidden = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    positions = r.int("max_position_embeddings", default=2048)
+    proj = r.int("word_embed_proj_dim", default=hidden)
+    bias = r.bool("enable_bias", default=True)
+    pre_norm = r.bool("do_layer_norm_before", default=True)
+    return Architecture(
+        family="opt", num_layers=r.int("num_hidden_layers"), hidden_size=hidden,
+        num_attention_heads=heads, num_key_value_heads=heads, head_dim=r.split_heads(hidden, heads),
+        intermediate_size=r.int("ffn_dim"), vocab_size=r.int("vocab_size"),
+        max_position_embeddings=positions, tie_word_embeddings=r.bool("tie_word_embeddings", default=True),
+        norm="layernorm", norm_bias=True, norm_affine=r.bool("layer_norm_elementwise_affine", default=True),
+        # OPTDecoder keeps its final LayerNorm only for pre-norm models (OPT-350m is post-norm)
+        final_norm=pre_norm and not r.bool("_remove_final_layer_norm", default=False),
+        mlp="plain", hidden_act=r.str("activation_function", default="relu"),
+        qkv_bias=bias, o_bias=bias, mlp_bias=bias,
+        position="learned",
+        learned_position_rows=positions + 2,   # OPTLearnedPositionalEmbedding offset: 2 extra rows
+        word_embed_proj_dim=proj if proj != hidden else None,
+        attention_dropout=r.dropout("attention_dropout"),
+        hidden_dropout=r.dropout("dropout", default=0.1),
+    )
+
+
+def _falcon(r: _Reader) -> Architecture:
+    hidden = r.int("hidden_size", "n_embed")
+    heads = r.int("num_attention_heads", "n_head")
+    head_dim = r.split_heads(hidden, heads)
+    new_arch = r.bool("new_decoder_architecture", default=False)
+    multi_query = r.bool("multi_query", default=True)
+    parallel = r.bool("parallel_attn", default=True)
+    if new_arch:
+        kv = r.kv_heads(heads, None, key="num_kv_heads")
+    else:   # FalconAttention: one shared k/v head with multi_query, else a plain 3*hidden fused projection
+        kv = 1 if multi_query else heads
+    n_ln = r.int("num_ln_in_parallel_attn", default=2 if new_arch else 1)
+    # FalconDecoderLayer: sequential → input + post_attention norms; parallel → ln_attn + ln_mlp or one norm
+    norms = 2 if (not parallel or n_ln == 2) else 1
+    bias = r.bool("bias", default=False)
+    alibi = r.bool("alibi", default=False)
+    return Architecture(
+        family="falcon", num_layers=r.int("num_hidden_layers", "n_layer"), hidden_size=hidden,
+        num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim,
+        intermediate_size=r.int("ffn_hidden_size", default=4 * hidden), vocab_size=r.int("vocab_size"),
+        max_position_embeddings=r.int("max_position_embeddings", default=2048),
+        tie_word_embeddings=r.bool("tie_word_embeddings", default=True),
+        norm="layernorm", norm_bias=True, norms_per_layer=norms,
+        mlp="plain", hidden_act=r.str("activation", default="gelu"),
+        qkv_bias=bias, o_bias=bias, mlp_bias=bias, fused_qkv=True,
+        position="alibi" if alibi else "rope", parallel_residual=parallel or new_arch,
+        attention_dropout=r.dropout("attention_dropout"), hidden_dropout=r.dropout("hidden_dropout"),
+    )
+
+
+def _bloom(r: _Reader) -> Architecture:
+    hidden = r.int("hidden_size", "n_embed")
+    heads = r.int("n_head", "num_attention_heads")
+    return Architecture(
+        family="bloom", num_layers=r.int("n_layer", "num_hidden_layers"), hidden_size=hidden,
+        num_attention_heads=heads, num_key_value_heads=heads, head_dim=r.split_heads(hidden, heads),
+        intermediate_size=4 * hidden,   # BloomMLP is fixed at 4*hidden
+        vocab_size=r.int("vocab_size"),
+        max_position_embeddings=r.int("seq_length", "max_position_embeddings", default=2048),
+        tie_word_embeddings=r.bool("tie_word_embeddings", default=True),
+        norm="layernorm", norm_bias=True, embedding_norm=True,
+        mlp="plain", hidden_act="gelu", qkv_bias=True, o_bias=True, mlp_bias=True, fused_qkv=True,
+        position="alibi",
+        attention_dropout=r.dropout("attention_dropout"), hidden_dropout=r.dropout("hidden_dropout"),
+    )
+
+
+def _gpt_neox(r: _Reader) -> Architecture:
+    hidden = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    rope = r.cfg.get("rope_parameters") if isinstance(r.cfg.get("rope_parameters"), dict) else {}
+    if "rotary_pct" in r.cfg or "partial_rotary_factor" not in rope:
+        pct = r.float("rotary_pct", default=0.25, low=1e-9, high=1.0)
+    else:
+        pct = _Reader(rope, r.source, r.family).float("partial_rotary_factor", default=0.25, low=1e-9, high=1.0)
+    bias = r.bool("attention_bias", default=True)
+    return Architecture(
+        family="gpt_neox", num_layers=r.int("num_hidden_layers"), hidden_size=hidden,
+        num_attention_heads=heads, num_key_value_heads=heads, head_dim=r.split_heads(hidden, heads),
+        intermediate_size=r.int("intermediate_size"), vocab_size=r.int("vocab_size"),
+        max_position_embeddings=r.int("max_position_embeddings", default=2048),
+        tie_word_embeddings=r.bool("tie_word_embeddings", default=False),
+        norm="layernorm", norm_bias=True,
+        mlp="plain", hidden_act=r.str("hidden_act", default="gelu"),
+        qkv_bias=bias, o_bias=bias, mlp_bias=True, fused_qkv=True,
+        position="rope", rotary_pct=pct, parallel_residual=r.bool("use_parallel_residual", default=True),
+        attention_dropout=r.dropout("attention_dropout"), hidden_dropout=r.dropout("hidden_dropout"),
+    )
+
+
+_BUILDERS: dict[str, Callable[[_Reader], Architecture]] = {
+    **{name: _llama_like for name in _LLAMA_LIKE},
+    "gpt2": _gpt2, "opt": _opt, "falcon": _falcon, "bloom": _bloom, "gpt_neox": _gpt_neox,
+}
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_BUILDERS))
+_LLAMA_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+
+
+def architecture_from_hf_config(cfg: dict, *, source: str = "config.json") -> Architecture:
+    """Normalize a HF config dict into an :class:`Architecture` (shapes in elements, per model_type)."""
+    if not isinstance(cfg, dict):
+        raise InputError(f"{source}: expected a mapping of config keys, got {type(cfg).__name__}", field="model")
+    model_type = cfg.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise InputError(f"{source}: model_type must be a string, got {model_type!r}", field="model")
+    if model_type not in _BUILDERS:
+        if all(k in cfg for k in _LLAMA_KEYS):
+            model_type = "llama"   # an unknown family with Llama's keys: count it as Llama
+        elif model_type is None:
+            raise InputError(f"{source}: no model_type and not a Llama-style config (needs "
+                             f"{', '.join(_LLAMA_KEYS)}); supported model_type values: "
+                             f"{', '.join(SUPPORTED_MODEL_TYPES)}", field="model")
+        else:
+            raise InputError(f"{source}: unsupported model_type {model_type!r}"
+                             f"{did_you_mean(model_type, SUPPORTED_MODEL_TYPES)}; supported: "
+                             f"{', '.join(SUPPORTED_MODEL_TYPES)}", field="model")
+    reader = _Reader(cfg, source, model_type)
+    try:
+        return _BUILDERS[model_type](reader)
+    except ValidationError as exc:   # a value the readers let through but Architecture refuses
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "config"
+        raise InputError(f"{source}: {loc}: {err.get('msg', 'invalid value')}", field="model") from None

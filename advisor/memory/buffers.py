@@ -1,0 +1,99 @@
+"""Communication buckets and gathered-parameter buffers each backend allocates on the GPU (bytes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..architecture import Architecture
+from ..param_count import ParameterCounts, linear_shapes
+from ..specs import HardwareSpec, StrategySpec, TrainingSpec
+from .bytes_per_param import StateBytes
+
+
+@dataclass(frozen=True)
+class DeepSpeedSizes:
+    """ZeRO knobs in elements, as DeepSpeed reads them from ``zero_optimization``."""
+
+    reduce_bucket_size: int
+    allgather_bucket_size: int
+    prefetch_bucket_size: int
+    max_live_parameters: int
+    param_persistence_threshold: int
+    sub_group_size: int
+    overlap_comm: bool
+
+
+def deepspeed_sizes(arch: Architecture, strategy: StrategySpec) -> DeepSpeedSizes:
+    """DeepSpeed's bucket sizes: its built-in defaults, or the HF integration's ``"auto"`` values."""
+    stage = strategy.zero_stage or 0
+    # DeepSpeedZeroConfig: overlap_comm defaults to True for stage 3 and False otherwise.
+    overlap = stage == 3
+    if strategy.bucket_sizes == "default":
+        # deepspeed/runtime/zero/config.py defaults.
+        return DeepSpeedSizes(500_000_000, 500_000_000, 50_000_000, 1_000_000_000, 100_000, 1_000_000_000, overlap)
+    h = arch.hidden_size
+    # transformers/integrations/deepspeed.py trainer_config_finalize: reduce_bucket_size = h*h,
+    # stage3_prefetch_bucket_size = 0.9*h*h (int), stage3_param_persistence_threshold = 10*h.
+    return DeepSpeedSizes(h * h, 500_000_000, int(0.9 * h * h), 1_000_000_000, 10 * h, 1_000_000_000, overlap)
+
+
+def _vector_elements_per_layer(arch: Architecture, counts: ParameterCounts) -> int:
+    """Elements in a layer's 1-D parameters (norm weights, biases): what ZeRO-3 keeps unpartitioned."""
+    matrices = sum(i * o * c for i, o, c in linear_shapes(arch).values())
+    return max(counts.per_layer - matrices, 0)
+
+
+def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb: StateBytes,
+                 training: TrainingSpec, strategy: StrategySpec, hw: HardwareSpec) -> dict[str, int]:
+    """Named GPU buffers of the backend: buckets, gathered parameters and reducer copies, in bytes."""
+    out: dict[str, int] = {}
+    world = hw.world_size
+    if strategy.backend == "ddp" and world > 1:
+        # torch DDP's Reducer copies gradients into flat buckets unless gradient_as_bucket_view=True
+        # (PyTorch DDP docs: the saving equals the total gradient size); accelerate leaves it False.
+        out["DDP reducer buckets (copy of gradients)"] = int(trainable * sb.gradient)
+    elif strategy.backend == "deepspeed":
+        ds = deepspeed_sizes(arch, strategy)
+        grad_b = 2 if sb.weight == 2 else 4
+        stage = strategy.zero_stage or 0
+        if stage in (1, 2) or (stage == 0 and world > 1):
+            # DeepSpeed/HF docs: "overlap_comm uses 4.5x the allgather_bucket_size and reduce_bucket_size".
+            factor = 4.5 if ds.overlap_comm else 1.0
+            out["ZeRO reduce bucket"] = int(factor * ds.reduce_bucket_size * grad_b)
+            if stage >= 1:
+                out["ZeRO all-gather bucket"] = int(factor * min(ds.allgather_bucket_size, counts.total) * grad_b)
+        if stage == 3:
+            weight_b = 2 if sb.weight == 2 else 4
+            # ZeRO-3 gathers per leaf module (PartitionedParameterCoordinator fetches a submodule's own
+            # params in its pre-forward hook) plus up to stage3_prefetch_bucket_size ahead, capped by
+            # stage3_max_live_parameters (DeepSpeed ZeRO-3 docs).
+            live = min(ds.max_live_parameters, counts.largest_module + ds.prefetch_bucket_size)
+            out["ZeRO-3 gathered parameters (module + prefetch)"] = live * weight_b
+            # Backward produces a module's gradients at full size before they enter the reduce bucket.
+            out["ZeRO-3 unpartitioned module gradients"] = counts.largest_module * grad_b
+            factor = 2 if ds.overlap_comm else 1   # double-buffered ipg bucket with overlap_comm
+            out["ZeRO-3 reduce bucket"] = factor * ds.reduce_bucket_size * grad_b
+            if world > 1:
+                persistent = _vector_elements_per_layer(arch, counts) * arch.num_layers
+                if ds.param_persistence_threshold >= arch.hidden_size:
+                    out["ZeRO-3 persistent small parameters"] = int(persistent * weight_b * (1 - 1 / world))
+    elif strategy.backend == "fsdp":
+        mixed = training.precision in ("fp16", "bf16")
+        # accelerate sets FSDP MixedPrecision(param_dtype=bf16/fp16): gathered params are 16-bit.
+        gathered_b = 2 if (mixed or training.precision == "pure-bf16") else 4
+        shards = {"FULL_SHARD": world, "SHARD_GRAD_OP": world, "HYBRID_SHARD": hw.gpus_per_node,
+                  "NO_SHARD": 1}[strategy.fsdp_sharding]
+        root = counts.embedding + counts.lm_head + counts.final
+        if strategy.fsdp_sharding in ("FULL_SHARD", "HYBRID_SHARD") and shards > 1:
+            # Root unit (embeddings, lm_head, final norm) stays gathered; BACKWARD_PRE prefetch holds two
+            # decoder layers gathered plus one layer's unsharded gradient before reduce-scatter.
+            out["FSDP gathered units (root + 2 layers)"] = (root + 2 * counts.layer_gathered) * gathered_b
+            out["FSDP unsharded layer gradient"] = counts.layer_gathered * gathered_b
+        elif strategy.fsdp_sharding == "SHARD_GRAD_OP" and shards > 1:
+            # SHARD_GRAD_OP keeps parameters gathered from forward through backward.
+            out["FSDP gathered parameters (whole model)"] = counts.total * gathered_b
+            out["FSDP unsharded layer gradient"] = counts.layer_gathered * gathered_b
+        elif mixed:
+            # NO_SHARD / one GPU with MixedPrecision: a 16-bit compute copy of the flat parameters.
+            out["FSDP mixed-precision parameter copy"] = counts.total * gathered_b
+    return {k: int(v) for k, v in out.items() if v}

@@ -1,0 +1,83 @@
+"""Bytes per parameter of each model state, by precision, optimizer, method and backend.
+
+Every number is bytes per element. The split follows ZeRO (Rajbhandari et al. 2020, §3.1): mixed
+precision Adam keeps 2Ψ fp16/bf16 weights + 2Ψ fp16/bf16 gradients + KΨ optimizer states, K = 12
+(fp32 master weights 4 + momentum 4 + variance 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..specs import StrategySpec, TrainingSpec
+
+# QLoRA NF4 with double quantization: 4 bits + 8-bit absmax per 64 weights + fp32 absmax per 256 blocks
+# = 4 + 8/64 + 32/(64*256) bits = 4.127 bits/param (Dettmers et al. 2023, QLoRA §3 "Double Quantization").
+NF4_DOUBLE_QUANT_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8
+# QLoRA without double quant: 4 + 32/64 bits.
+NF4_BYTES = (4 + 32 / 64) / 8
+
+
+@dataclass(frozen=True)
+class StateBytes:
+    """Per-element bytes of each state for one configuration."""
+
+    weight: float            # resident trainable weights as the model holds them
+    frozen_weight: float     # frozen (non-trainable) base weights (LoRA/QLoRA/freeze)
+    gradient: float          # gradient of each trainable parameter, in the weight's dtype
+    master: float            # fp32 master copy kept by the optimizer wrapper (DeepSpeed fp16/bf16)
+    optimizer: float         # optimizer moments per trainable element (Adafactor: 0, counted by shape)
+    step_gradient: float     # fp32 gradient copy the optimizer step materializes (DeepSpeed mixed precision)
+    compute_dtype_bytes: int  # bytes of the dtype activations are computed in
+
+
+def is_half_model(training: TrainingSpec, strategy: StrategySpec) -> bool:
+    """True when the model's own weights are 16-bit: DeepSpeed fp16/bf16 (it casts the module) or pure bf16."""
+    if training.precision == "pure-bf16":
+        return True
+    return strategy.backend == "deepspeed" and training.precision in ("fp16", "bf16")
+
+
+def optimizer_state_bytes(optimizer: str, state_bytes: int) -> float:
+    """Per-element bytes of optimizer moments; ``state_bytes`` is 4 (fp32 states) or 2 (pure bf16)."""
+    return {
+        "adamw": 2 * state_bytes,      # exp_avg + exp_avg_sq (torch.optim.AdamW / DeepSpeed FusedAdam)
+        "lamb": 2 * state_bytes,       # LAMB keeps Adam's two moments (You et al. 2019, Alg. 2)
+        "lion": state_bytes,           # Lion keeps one momentum (Chen et al. 2023, Alg. 1)
+        "sgd": state_bytes,            # momentum_buffer (torch.optim.SGD with momentum)
+        # bitsandbytes AdamW8bit: two uint8 moments + one fp32 absmax per 2048-element block each
+        # (Dettmers et al. 2022, 8-bit Optimizers via Block-wise Quantization).
+        "adamw-8bit": 2 * (1 + 4 / 2048),
+        "adafactor": 0.0,              # factored second moment: counted per matrix shape, see model_states
+    }[optimizer]
+
+
+def state_bytes(training: TrainingSpec, strategy: StrategySpec) -> StateBytes:
+    """Bytes per element of weights, gradients, master copy and optimizer moments for this setup."""
+    p = training.precision
+    half = is_half_model(training, strategy)
+    deepspeed_mixed = strategy.backend == "deepspeed" and p in ("fp16", "bf16")
+    # Activations' dtype: 16-bit for fp16/bf16 (autocast or half model), fp32 otherwise.
+    compute = 4 if p == "fp32" else 2
+    opt_state = 2 if p == "pure-bf16" else 4
+
+    if training.method in ("lora", "qlora"):
+        # PEFT keeps adapter weights in fp32 under autocast (peft `autocast_adapter_dtype=True`), so the
+        # trainable part is fp32 with fp32 grads; DeepSpeed half models hold them at 2 bytes plus fp32 master.
+        weight = 2 if half else 4
+        frozen = NF4_DOUBLE_QUANT_BYTES if training.method == "qlora" else (4 if p == "fp32" else 2)
+    else:
+        weight = 2 if half else 4
+        frozen = weight
+    return StateBytes(
+        weight=weight,
+        frozen_weight=frozen,
+        gradient=weight,
+        # DeepSpeed fp16/bf16 optimizer wrappers keep fp32 master weights (FP16_Optimizer, ZeRO stage_1_and_2).
+        master=4 if deepspeed_mixed else 0,
+        optimizer=optimizer_state_bytes(training.optimizer, opt_state),
+        # ZeRO stage_1_and_2.step() and stage3._prepare_fp32_grad_for_sub_group() cast the 16-bit gradient
+        # partition to fp32 for the optimizer; DeepSpeed's estimators count these 4 bytes as a model state.
+        step_gradient=4 if deepspeed_mixed else 0,
+        compute_dtype_bytes=compute,
+    )

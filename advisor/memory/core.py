@@ -1,0 +1,137 @@
+"""Assemble one memory estimate: model states + activations + buffers + overhead, per GPU and per node."""
+
+from __future__ import annotations
+
+from ..catalog.models import ResolvedModel
+from ..errors import InputError
+from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
+from ..result import Estimate, HardwareInfo, ModelInfo, PerGPU, PerNodeCPU, StrategyInfo
+from ..specs import HardwareSpec, StrategySpec, TrainingSpec
+from .activations import activation_memory, compute_mode
+from .buffers import buffer_bytes
+from .bytes_per_param import state_bytes
+from .inference import inference_layouts
+from .model_states import model_states
+from .overhead import overhead_defaults
+
+
+def trainable_parameters(model: ResolvedModel, counts: ParameterCounts, training: TrainingSpec) -> int:
+    """Elements that receive gradients and optimizer states under the training method."""
+    arch = model.architecture
+    if training.task == "infer":
+        return 0
+    if training.method == "full":
+        return counts.total
+    if training.method == "freeze":
+        layers = min(training.freeze_trainable_layers, arch.num_layers)
+        return layers * counts.per_layer
+    return lora_trainable_parameters(arch, training.lora.rank, training.lora.target_modules)
+
+
+def check_compatible(training: TrainingSpec, strategy: StrategySpec, hw: HardwareSpec) -> None:
+    """Reject combinations no engine runs, with one line naming the field."""
+    if training.precision in ("bf16", "pure-bf16") and not hw.bf16_supported:
+        raise InputError(f"{training.precision} needs a GPU with bf16 (Ampere/sm80 or newer, MI200 or newer); "
+                         f"{hw.gpu.name if hw.gpu else 'this GPU'} has none: use fp16 (with dynamic loss scaling)",
+                         field="precision")
+    if strategy.backend == "single" and hw.world_size > 1:
+        raise InputError(f"strategy 'single' uses one GPU but {hw.world_size} were given: use ddp, zero*, fsdp-*",
+                         field="strategy")
+    if strategy.backend == "fsdp" and strategy.fsdp_sharding == "HYBRID_SHARD" and hw.nodes == 1 \
+            and hw.gpus_per_node == 1:
+        raise InputError("fsdp-hybrid needs more than one GPU", field="strategy")
+    if "nvme" in (strategy.offload_optimizer, strategy.offload_param) and not hw.nvme_path:
+        raise InputError("NVMe offload needs --nvme-path (a local NVMe mount for ZeRO-Infinity)", field="offload")
+    if training.method == "qlora" and strategy.backend == "deepspeed" and strategy.zero_stage == 3 \
+            and training.precision == "fp32":
+        raise InputError("QLoRA computes in 16-bit: use bf16 or fp16", field="precision")
+
+
+def hardware_info(hw: HardwareSpec) -> HardwareInfo:
+    """Echo of the hardware an estimate was made for."""
+    return HardwareInfo(gpu=hw.gpu.name if hw.gpu else None, gpus_per_node=hw.gpus_per_node, nodes=hw.nodes,
+                        world_size=hw.world_size, vram_bytes=hw.vram_bytes, bf16_supported=hw.bf16_supported,
+                        cpu_ram_bytes=hw.cpu_ram_bytes, nvme_bytes=hw.nvme_bytes)
+
+
+def strategy_info(training: TrainingSpec, strategy: StrategySpec) -> StrategyInfo:
+    """The strategy block of the estimate JSON."""
+    return StrategyInfo(name=strategy.name, backend=strategy.backend, zero_stage=strategy.zero_stage,
+                        fsdp_sharding=strategy.fsdp_sharding, offload_optimizer=strategy.offload_optimizer,
+                        offload_param=strategy.offload_param, precision=training.precision,
+                        activation_checkpointing=training.activation_checkpointing,
+                        micro_batch_size=training.micro_batch_size, seq_len=training.seq_len,
+                        attention=training.attention, optimizer=training.optimizer, method=training.method)
+
+
+def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec,
+                    strategy: StrategySpec) -> Estimate:
+    """Per-GPU and per-node-CPU bytes for training (or inference) of ``model`` under ``strategy``."""
+    check_compatible(training, strategy, hw)
+    arch = model.architecture
+    counts = count_parameters(arch)
+    trainable = trainable_parameters(model, counts, training)
+    info = ModelInfo(name=model.name, family=arch.family, parameters=counts.total, trainable_parameters=trainable,
+                     source=model.source, note=model.note)
+    ov = overhead_defaults()
+    if training.task == "infer":
+        return inference_layouts(model, counts, info, hw, training, strategy, ov)
+
+    sb = state_bytes(training, strategy)
+    ms = model_states(arch, counts, trainable, sb, training, strategy, hw)
+    act = activation_memory(arch, training, compute_mode(training.precision, strategy.backend))
+    buffers = buffer_bytes(arch, counts, trainable, sb, training, strategy, hw)
+    buffers_total = sum(buffers.values())
+
+    # Peak is the larger of two moments: end of forward (all activations saved, plus backward transients)
+    # and the optimizer step (activations freed, step temporaries live). Fields sum to the total.
+    temporaries = max(act.temporaries, ms.step_temporaries - act.activations)
+    allocated = ms.parameters + ms.gradients + ms.optimizer_states + act.activations + temporaries + buffers_total
+    overhead_parts = {"CUDA context": ov.cuda_context_bytes,
+                      "allocator fragmentation": int(allocated * ov.allocator_fragmentation_fraction)}
+    if hw.world_size > 1:
+        overhead_parts["NCCL communicators"] = ov.nccl_bytes
+    overhead = sum(overhead_parts.values())
+    total = allocated + overhead
+
+    breakdown = dict(ms.gpu_breakdown)
+    breakdown.update({f"activations: {k}": v for k, v in act.breakdown.items()})
+    breakdown.update(buffers)
+    breakdown.update(overhead_parts)
+    if ms.step_temporaries:
+        breakdown["optimizer step temporaries (foreach)"] = ms.step_temporaries
+
+    cpu_parts = dict(ms.cpu_per_node)
+    cpu_parts["training processes"] = ov.cpu_per_process_bytes * hw.gpus_per_node
+    cpu_parts.update(_model_loading_cpu(counts, sb.weight, training, strategy, hw))
+    cpu_total = sum(cpu_parts.values())
+    cpu_fits = hw.cpu_ram_bytes is None or cpu_total <= hw.cpu_ram_bytes
+    nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
+
+    notes = [model.note] if model.note else []
+    per_gpu = PerGPU(parameters=ms.parameters, gradients=ms.gradients, optimizer_states=ms.optimizer_states,
+                     activations=act.activations, temporaries=temporaries, buffers=buffers_total,
+                     overhead=overhead, total=total, breakdown=breakdown)
+    return Estimate(task="train", model=info, hardware=hardware_info(hw), strategy=strategy_info(training, strategy),
+                    per_gpu=per_gpu,
+                    per_node_cpu=PerNodeCPU(total=cpu_total, available_bytes=hw.cpu_ram_bytes, fits=cpu_fits,
+                                            breakdown=cpu_parts),
+                    per_node_nvme_bytes=ms.nvme_per_node,
+                    fits=total <= hw.vram_bytes and cpu_fits and nvme_fits,
+                    headroom_bytes=hw.vram_bytes - total, notes=notes)
+
+
+def _model_loading_cpu(counts: ParameterCounts, weight_bytes: float, training: TrainingSpec,
+                       strategy: StrategySpec, hw: HardwareSpec) -> dict[str, int]:
+    """Transient CPU RAM while each process loads the checkpoint before moving it to the GPU."""
+    load_b = 2 if training.precision != "fp32" else 4   # checkpoints load in torch_dtype (16-bit usually)
+    if strategy.backend == "deepspeed" and strategy.zero_stage == 3:
+        # zero.Init partitions at construction: only the largest layer is whole on CPU per process
+        # (estimate_zero3_model_states_mem_needs, zero_init=True).
+        return {"model loading (zero.Init, largest layer per process)":
+                counts.largest_module * 4 * hw.gpus_per_node}
+    if strategy.backend == "fsdp":
+        # accelerate's fsdp_cpu_ram_efficient_loading: rank 0 loads, others build on the meta device.
+        return {"model loading (rank 0 only)": counts.total * load_b}
+    # Every local process materializes the full model on CPU before .to(device) (from_pretrained).
+    return {"model loading (one copy per process)": counts.total * load_b * hw.gpus_per_node}

@@ -1,0 +1,154 @@
+"""Per-GPU and per-node-CPU bytes of parameters, gradients and optimizer states for each strategy.
+
+Sharding follows ZeRO (Rajbhandari et al. 2020): stage 1 partitions optimizer states (with the fp32
+master copy), stage 2 also gradients, stage 3 also parameters, each over the data-parallel world.
+FSDP FULL_SHARD ≈ ZeRO-3, SHARD_GRAD_OP ≈ ZeRO-2, HYBRID_SHARD shards inside a node and replicates across
+nodes, NO_SHARD ≈ DDP (PyTorch FSDP docs, ShardingStrategy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..architecture import Architecture
+from ..param_count import ParameterCounts, linear_shapes
+from ..specs import HardwareSpec, StrategySpec, TrainingSpec
+from .bytes_per_param import StateBytes
+
+# DeepSpeed CPU offload allocates pinned and staging buffers on top of the states it holds; its own
+# estimators multiply CPU memory by additional_buffer_factor=1.5 (deepspeed/runtime/zero/stage3.py).
+DEEPSPEED_CPU_BUFFER_FACTOR = 1.5
+
+
+@dataclass
+class Placement:
+    """How far each state is divided, and where it lives."""
+
+    param_shards: int
+    grad_shards: int
+    optim_shards: int
+    params_on: str = "gpu"      # gpu | cpu | nvme
+    grads_on: str = "gpu"
+    optim_on: str = "gpu"
+
+
+@dataclass
+class ModelStates:
+    """Bytes per GPU of the three model states, plus what sits in each node's CPU RAM and on NVMe."""
+
+    parameters: int = 0
+    gradients: int = 0
+    optimizer_states: int = 0
+    step_temporaries: int = 0           # transient at the optimizer step (foreach temporaries)
+    gpu_breakdown: dict[str, int] = field(default_factory=dict)
+    cpu_per_node: dict[str, int] = field(default_factory=dict)
+    nvme_per_node: int = 0
+
+
+def placement(strategy: StrategySpec, hw: HardwareSpec) -> Placement:
+    """Divisors and locations of parameters, gradients and optimizer states for a strategy."""
+    world = hw.world_size
+    if strategy.backend in ("single", "ddp"):
+        p = Placement(1, 1, 1)
+    elif strategy.backend == "deepspeed":
+        stage = strategy.zero_stage or 0
+        p = Placement(world if stage >= 3 else 1, world if stage >= 2 else 1, world if stage >= 1 else 1)
+        if strategy.offload_optimizer != "none":
+            # Offloaded optimizer: gradients stream into the CPU fp32 partition (stage_1_and_2
+            # async_accumulate_grad_in_cpu_via_gpu; stage3 offloads grad partitions), optimizer runs on CPU.
+            # Gradients stay in (pinned) CPU memory even when the optimizer states swap to NVMe.
+            p.grads_on = "cpu"
+            p.optim_on = strategy.offload_optimizer
+            p.grad_shards = world
+        if strategy.offload_param != "none":
+            p.params_on = strategy.offload_param
+    else:  # fsdp
+        shards = {"FULL_SHARD": world, "SHARD_GRAD_OP": world, "HYBRID_SHARD": hw.gpus_per_node,
+                  "NO_SHARD": 1}[strategy.fsdp_sharding]
+        p = Placement(shards if strategy.fsdp_sharding != "NO_SHARD" else 1, shards, shards)
+        if strategy.offload_param == "cpu":
+            # FSDP CPUOffload(offload_params=True) keeps sharded params and grads on CPU; the step runs there.
+            p.params_on = p.grads_on = p.optim_on = "cpu"
+    return p
+
+
+def adafactor_state_elements(arch: Architecture, counts: ParameterCounts) -> int:
+    """Elements of Adafactor's factored second moment: rows+cols per matrix, full size for vectors.
+
+    Shazeer & Stern 2018, Adafactor §3; HF Adafactor with beta1=None keeps no first moment.
+    """
+    per_layer_matrix_elems = 0
+    per_layer_factored = 0
+    for fan_in, fan_out, copies in linear_shapes(arch).values():
+        per_layer_matrix_elems += fan_in * fan_out * copies
+        per_layer_factored += (fan_in + fan_out) * copies
+    vectors_per_layer = max(counts.per_layer - per_layer_matrix_elems, 0)
+    embed_factored = arch.vocab_size + arch.hidden_size
+    head = embed_factored if counts.lm_head else 0
+    # Remaining embedding elements (position tables, embedding norms) treated as unfactored: conservative.
+    embedding_rest = max(counts.embedding - arch.vocab_size * arch.hidden_size, 0)
+    return (arch.num_layers * (per_layer_factored + vectors_per_layer) + embed_factored + head
+            + embedding_rest + counts.final)
+
+
+def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb: StateBytes,
+                 training: TrainingSpec, strategy: StrategySpec, hw: HardwareSpec) -> ModelStates:
+    """Bytes of weights, gradients and optimizer states per GPU and per node CPU for one configuration."""
+    pl = placement(strategy, hw)
+    total = counts.total
+    frozen = total - trainable
+    local = hw.gpus_per_node
+
+    weight_bytes = trainable * sb.weight + frozen * sb.frozen_weight
+    # Frozen weights are not in ZeRO-1/2 optimizer groups (never partitioned there); ZeRO-3 and FSDP
+    # shard every parameter.
+    param_bytes = weight_bytes / pl.param_shards
+    grad_bytes = trainable * sb.gradient / pl.grad_shards
+
+    if training.optimizer == "adafactor":
+        if training.method == "full":
+            opt_elems = adafactor_state_elements(arch, counts)
+        else:
+            opt_elems = trainable  # adapters are small; counted unfactored (conservative)
+        moments = opt_elems * (2 if training.precision == "pure-bf16" else 4)
+    else:
+        moments = trainable * sb.optimizer
+    master = trainable * sb.master
+    step_grad = trainable * sb.step_gradient
+
+    ms = ModelStates()
+    ms.gpu_breakdown = {}
+    ms.cpu_per_node = {}
+
+    def put(where: str, name: str, per_rank: float) -> None:
+        per_rank = int(round(per_rank))
+        if where == "gpu":
+            ms.gpu_breakdown[name] = ms.gpu_breakdown.get(name, 0) + per_rank
+        elif where == "cpu":
+            ms.cpu_per_node[name] = ms.cpu_per_node.get(name, 0) + per_rank * local
+        else:
+            ms.nvme_per_node += per_rank * local
+
+    put(pl.params_on, "parameters", param_bytes)
+    put(pl.grads_on, "gradients", grad_bytes)
+    put(pl.optim_on, "optimizer moments", moments / pl.optim_shards)
+    if master:
+        put(pl.optim_on, "fp32 master weights", master / pl.optim_shards)
+    if step_grad:
+        put(pl.optim_on, "fp32 gradient partition for the step", step_grad / pl.optim_shards)
+
+    ms.parameters = ms.gpu_breakdown.get("parameters", 0)
+    ms.gradients = ms.gpu_breakdown.get("gradients", 0)
+    ms.optimizer_states = sum(v for k, v in ms.gpu_breakdown.items() if k not in ("parameters", "gradients"))
+    if pl.optim_on != "gpu" or pl.params_on != "gpu":
+        offloaded = sum(ms.cpu_per_node.values())
+        if strategy.backend == "deepspeed" and offloaded:
+            ms.cpu_per_node["offload pinned/staging buffers"] = int(offloaded * (DEEPSPEED_CPU_BUFFER_FACTOR - 1))
+
+    # torch's foreach AdamW/Adam/Lion/SGD (default on CUDA) allocate one temporary per state tensor list,
+    # e.g. exp_avg_sq.sqrt() in torch/optim/adamw.py _multi_tensor_adamw: one fp32 copy of the moments' size.
+    # DeepSpeed's FusedAdam (multi_tensor_apply) and CPU Adam have no such temporary.
+    if strategy.backend != "deepspeed" and pl.optim_on == "gpu" and training.optimizer in ("adamw", "lion", "sgd"):
+        state = 2 if training.precision == "pure-bf16" else 4
+        ms.step_temporaries = int(trainable * state / pl.optim_shards)
+    return ms

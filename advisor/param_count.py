@@ -1,0 +1,169 @@
+"""Exact parameter counts of an :class:`Architecture`, by plain arithmetic (no torch).
+
+Every number here is an element count (not bytes). The counts match ``sum(p.numel() for p in
+model.parameters())`` of the transformers model built from the same config; the tests check this for
+every catalog model.
+
+Normalized linear-layer names (:func:`linear_shapes`) and what they are in each family:
+
+===============  ==========================================================================
+``q_proj`` ...   ``q_proj k_proj v_proj o_proj`` (Llama, Mistral, Mixtral, Qwen, Gemma; OPT's ``out_proj``)
+``qkv_proj``     one fused q/k/v projection: Phi-3 ``qkv_proj``, GPT-2 ``c_attn``,
+                 Falcon/BLOOM/GPT-NeoX ``query_key_value``
+``o_proj``       also GPT-2 ``attn.c_proj``, Falcon/BLOOM/GPT-NeoX ``dense``, OPT ``out_proj``
+``gate_proj``    gated MLP (``up_proj``, ``down_proj`` alike); Mixtral's experts ``w1``/``w3``/``w2``
+``gate_up_proj`` Phi-3's fused gate and up projection
+``fc1``/``fc2``  plain MLP: GPT-2 ``c_fc``/``mlp.c_proj``, OPT ``fc1``/``fc2``,
+                 Falcon/BLOOM/GPT-NeoX ``dense_h_to_4h``/``dense_4h_to_h``
+``router``       the MoE gate (Mixtral ``gate``)
+===============  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from advisor.architecture import Architecture
+from advisor.errors import InputError, did_you_mean
+
+ALL_LINEAR = "all-linear"
+
+# Module names as the families spell them, mapped to the normalized names above (for LoRA targets).
+_NATIVE_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
+    "gpt2": {"c_attn": ("qkv_proj",), "c_proj": ("o_proj", "fc2"), "c_fc": ("fc1",)},
+    "opt": {"out_proj": ("o_proj",)},
+    "mixtral": {"gate": ("router",), "w1": ("gate_proj",), "w3": ("up_proj",), "w2": ("down_proj",)},
+    **{fam: {"query_key_value": ("qkv_proj",), "dense": ("o_proj",),
+             "dense_h_to_4h": ("fc1",), "dense_4h_to_h": ("fc2",)} for fam in ("falcon", "bloom", "gpt_neox")},
+}
+
+
+class ParameterCounts(BaseModel):
+    """Parameter element counts of a model, split the way memory estimates need them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    total: int              # all parameters, tied weights once
+    embedding: int          # token embeddings + learned position table + embedding norm + project_in
+    lm_head: int            # output projection; 0 when tied to the embedding
+    per_layer: int          # one decoder layer, every expert included
+    final: int              # final norm + project_out
+    active_per_token: int   # parameters a token passes through (top-k experts only); = total when dense
+    largest_module: int     # biggest single parameter-holding leaf module (what ZeRO-3 gathers at once)
+    layer_gathered: int     # one whole decoder layer (what ZeRO-3/FSDP gather for its compute)
+
+
+def linear_shapes(arch: Architecture) -> dict[str, tuple[int, int, int]]:
+    """Linear layers of one decoder layer: normalized name → (in_features, out_features, copies).
+
+    ``copies`` is the number of experts for MoE expert projections, else 1. See the module docstring
+    for the mapping from each family's own module names.
+    """
+    h, q, kv, inner = arch.hidden_size, arch.q_width, arch.kv_width, arch.intermediate_size
+    experts = max(arch.num_experts, 1)
+    shapes: dict[str, tuple[int, int, int]] = {}
+    if arch.fused_qkv:
+        shapes["qkv_proj"] = (h, q + 2 * kv, 1)
+    else:
+        shapes.update(q_proj=(h, q, 1), k_proj=(h, kv, 1), v_proj=(h, kv, 1))
+    shapes["o_proj"] = (q, h, 1)
+    if arch.mlp == "gated":
+        if arch.fused_gate_up:
+            shapes["gate_up_proj"] = (h, 2 * inner, experts)
+        else:
+            shapes.update(gate_proj=(h, inner, experts), up_proj=(h, inner, experts))
+        shapes["down_proj"] = (inner, h, experts)
+    else:
+        shapes.update(fc1=(h, inner, experts), fc2=(inner, h, experts))
+    if arch.is_moe:
+        shapes["router"] = (h, arch.num_experts, 1)
+    return shapes
+
+
+def _has_bias(arch: Architecture, name: str) -> bool:
+    if name in ("q_proj", "k_proj", "v_proj", "qkv_proj"):
+        return arch.qkv_bias
+    if name == "o_proj":
+        return arch.o_bias
+    if name == "router":
+        return False
+    return arch.mlp_bias
+
+
+def _module_size(arch: Architecture, name: str, shape: tuple[int, int, int]) -> int:
+    """Elements of ONE copy of a linear layer: weight plus bias."""
+    fan_in, fan_out, _ = shape
+    return fan_in * fan_out + (fan_out if _has_bias(arch, name) else 0)
+
+
+def _norm_size(arch: Architecture) -> int:
+    if not arch.norm_affine:
+        return 0
+    return arch.hidden_size * (2 if arch.norm_bias else 1)
+
+
+def count_parameters(arch: Architecture) -> ParameterCounts:
+    """Exact parameter element counts of ``arch``: total, per part, active per token, largest module."""
+    h, vocab = arch.hidden_size, arch.vocab_size
+    emb_dim = arch.word_embed_proj_dim or h
+    projection = emb_dim * h if arch.word_embed_proj_dim else 0   # OPT project_in / project_out, no bias
+    norm = _norm_size(arch)
+
+    shapes = linear_shapes(arch)
+    linear = {name: _module_size(arch, name, shape) for name, shape in shapes.items()}
+    per_layer = sum(linear[name] * shape[2] for name, shape in shapes.items())
+    per_layer += arch.norms_per_layer * norm
+    if arch.qk_norm:
+        per_layer += 2 * arch.head_dim   # Qwen3 q_norm and k_norm: RMSNorm(head_dim) each
+
+    token_table = vocab * emb_dim
+    position_table = arch.learned_position_rows * h
+    embedding = token_table + position_table + (norm if arch.embedding_norm else 0) + projection
+    lm_head = 0 if arch.tie_word_embeddings else vocab * emb_dim
+    final = (norm if arch.final_norm else 0) + projection
+    total = embedding + lm_head + arch.num_layers * per_layer + final
+
+    active = total
+    if arch.is_moe:
+        one_expert = sum(linear[name] for name, shape in shapes.items() if shape[2] > 1)
+        idle = arch.num_experts - min(arch.experts_per_token, arch.num_experts)
+        active = total - arch.num_layers * idle * one_expert
+
+    largest = max([token_table, position_table, lm_head, projection, norm, *linear.values()])
+    return ParameterCounts(total=total, embedding=embedding, lm_head=lm_head, per_layer=per_layer, final=final,
+                           active_per_token=active, largest_module=largest, layer_gathered=per_layer)
+
+
+def lora_target_names(arch: Architecture) -> tuple[str, ...]:
+    """The LoRA target names ``arch`` accepts: normalized names, the family's own names, ``all-linear``."""
+    return (*linear_shapes(arch), *_NATIVE_NAMES.get(arch.family, {}), ALL_LINEAR)
+
+
+def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tuple[str, ...]) -> int:
+    """Elements of the LoRA A and B matrices: rank × (in + out) per targeted linear, copies and layers.
+
+    ``all-linear`` targets every linear layer inside the decoder layers (not the lm_head, as PEFT does).
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise InputError(f"LoRA rank must be a positive integer, got {rank!r}", field="lora.rank")
+    if isinstance(target_modules, str):
+        target_modules = (target_modules,)
+    shapes = linear_shapes(arch)
+    native = _NATIVE_NAMES.get(arch.family, {})
+    chosen: set[str] = set()
+    for target in target_modules:
+        if target == ALL_LINEAR:
+            chosen.update(shapes)
+        elif target in shapes:
+            chosen.add(target)
+        elif target in native:
+            chosen.update(native[target])
+        else:
+            valid = lora_target_names(arch)
+            raise InputError(f"{target!r} is not a linear layer of {arch.family}"
+                             f"{did_you_mean(str(target), valid)}; choose from {', '.join(valid)}",
+                             field="lora.target_modules")
+    if not chosen:
+        raise InputError("no LoRA target modules given", field="lora.target_modules")
+    per_layer = sum(rank * (shapes[n][0] + shapes[n][1]) * shapes[n][2] for n in chosen)
+    return per_layer * arch.num_layers

@@ -1,0 +1,99 @@
+"""Human-readable text for estimates and catalogs: the only place bytes become GiB strings."""
+
+from __future__ import annotations
+
+from .result import Estimate
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def fmt_bytes(n: int | float) -> str:
+    """Bytes as a short human string (GiB above 1 GiB, else MiB)."""
+    if abs(n) >= GiB:
+        return f"{n / GiB:.2f} GiB"
+    return f"{n / MiB:.0f} MiB"
+
+
+def fmt_count(n: int) -> str:
+    """A parameter count as 6.74B / 124M."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    return f"{n:,}"
+
+
+BAR_CHARS = "pgoatbx"
+BAR_LEGEND = "p=parameters g=gradients o=optimizer a=activations t=temporaries b=buffers x=overhead"
+
+
+def bar(parts: list[tuple[str, int]], capacity: int, width: int = 50) -> str:
+    """A one-line stacked bar of ``parts`` against ``capacity`` (one letter per part, '.' = free)."""
+    total = max(capacity, sum(v for _, v in parts), 1)
+    out = ""
+    for (_, value), char in zip(parts, BAR_CHARS):
+        out += char * int(round(value / total * width))
+    free = max(capacity - sum(v for _, v in parts), 0)
+    out += "." * int(round(free / total * width))
+    return f"[{out[:width]:<{width}}]"
+
+
+def render_estimate(est: Estimate) -> str:
+    """A readable breakdown of one estimate: per-GPU states, activations, buffers, overhead, CPU RAM."""
+    m, hw, st, g = est.model, est.hardware, est.strategy, est.per_gpu
+    gpu = hw.gpu or "GPU"
+    lines = [
+        f"Model     {m.name} ({m.family}): {fmt_count(m.parameters)} parameters, "
+        f"{fmt_count(m.trainable_parameters)} trainable [{m.source}]",
+        f"Hardware  {hw.nodes} node(s) x {hw.gpus_per_node} x {gpu} {fmt_bytes(hw.vram_bytes)}"
+        + (f", CPU RAM {fmt_bytes(hw.cpu_ram_bytes)}/node" if hw.cpu_ram_bytes else ""),
+    ]
+    if est.task == "infer":
+        lines.append(f"Task      inference, {st.precision}, batch {st.micro_batch_size} x seq {st.seq_len}")
+        lines.append("")
+        lines.append(f"{'layout':<18}{'weights':>12}{'KV cache':>12}{'transient':>12}{'overhead':>12}"
+                     f"{'total':>12}  fits")
+        for lay in est.inference:
+            lines.append(f"{lay.layout:<18}{fmt_bytes(lay.weights):>12}{fmt_bytes(lay.kv_cache):>12}"
+                         f"{fmt_bytes(lay.transient):>12}{fmt_bytes(lay.overhead):>12}{fmt_bytes(lay.total):>12}"
+                         f"  {'yes' if lay.fits else 'NO'}")
+    else:
+        offl = []
+        if st.offload_optimizer != "none":
+            offl.append(f"optimizer->{st.offload_optimizer}")
+        if st.offload_param != "none":
+            offl.append(f"params->{st.offload_param}")
+        lines.append(f"Strategy  {st.name}{' + offload ' + ', '.join(offl) if offl else ''}; {st.precision}, "
+                     f"{st.optimizer}, {st.method}; micro-batch {st.micro_batch_size} x seq {st.seq_len}; "
+                     f"checkpointing {st.activation_checkpointing}; attention {st.attention}")
+        lines.append("")
+        lines.append("Per GPU")
+        rows = [("parameters", g.parameters), ("gradients", g.gradients), ("optimizer states", g.optimizer_states),
+                ("activations", g.activations), ("temporaries", g.temporaries), ("buffers", g.buffers),
+                ("overhead", g.overhead)]
+        for name, v in rows:
+            lines.append(f"  {name:<20}{fmt_bytes(v):>12}")
+        lines.append(f"  {'total':<20}{fmt_bytes(g.total):>12}   of {fmt_bytes(hw.vram_bytes)}")
+        lines.append("  " + bar(rows, hw.vram_bytes))
+        lines.append("  " + BAR_LEGEND)
+        lines.append("")
+        lines.append("  breakdown")
+        for name, v in sorted(g.breakdown.items(), key=lambda kv: -kv[1]):
+            if v:
+                lines.append(f"    {name:<52}{fmt_bytes(v):>12}")
+    lines.append("")
+    cpu = est.per_node_cpu
+    avail = f" of {fmt_bytes(cpu.available_bytes)}" if cpu.available_bytes else ""
+    lines.append(f"CPU RAM per node  {fmt_bytes(cpu.total)}{avail}"
+                 f"{'' if cpu.fits else '  (DOES NOT FIT)'}")
+    for name, v in sorted(cpu.breakdown.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {name:<52}{fmt_bytes(v):>12}")
+    if est.per_node_nvme_bytes:
+        lines.append(f"NVMe per node     {fmt_bytes(est.per_node_nvme_bytes)}")
+    lines.append("")
+    verdict = "FITS" if est.fits else "DOES NOT FIT"
+    lines.append(f"Verdict   {verdict}: headroom {fmt_bytes(est.headroom_bytes)} per GPU")
+    for note in est.notes:
+        lines.append(f"Note      {note}")
+    return "\n".join(lines)

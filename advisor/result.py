@@ -1,0 +1,94 @@
+"""The estimate returned by the API and printed by ``dsadvise estimate --json`` (all sizes in bytes)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ModelInfo(_Out):
+    name: str
+    family: str
+    parameters: int
+    trainable_parameters: int
+    source: str           # catalog | size | config
+    note: str = ""
+
+
+class HardwareInfo(_Out):
+    gpu: str | None
+    gpus_per_node: int
+    nodes: int
+    world_size: int
+    vram_bytes: int
+    bf16_supported: bool
+    cpu_ram_bytes: int | None
+    nvme_bytes: int | None
+
+
+class StrategyInfo(_Out):
+    name: str
+    backend: str
+    zero_stage: int | None
+    fsdp_sharding: str | None
+    offload_optimizer: str
+    offload_param: str
+    precision: str
+    activation_checkpointing: str
+    micro_batch_size: int
+    seq_len: int
+    attention: str
+    optimizer: str
+    method: str
+
+
+class PerGPU(_Out):
+    parameters: int
+    gradients: int
+    optimizer_states: int
+    activations: int
+    temporaries: int
+    buffers: int
+    overhead: int
+    total: int
+    breakdown: dict[str, int]
+
+
+class PerNodeCPU(_Out):
+    total: int
+    available_bytes: int | None
+    fits: bool
+    breakdown: dict[str, int]
+
+
+class InferenceLayout(_Out):
+    """Per-GPU memory of one inference layout (weights + KV cache + transient)."""
+
+    layout: str                # replica-per-gpu | device-map-auto
+    weights: int
+    kv_cache: int
+    transient: int
+    overhead: int
+    total: int
+    fits: bool
+
+
+class Estimate(_Out):
+    task: str
+    model: ModelInfo
+    hardware: HardwareInfo
+    strategy: StrategyInfo
+    per_gpu: PerGPU
+    per_node_cpu: PerNodeCPU
+    per_node_nvme_bytes: int = 0
+    fits: bool
+    headroom_bytes: int
+    inference: list[InferenceLayout] = []
+    notes: list[str] = []
+
+    def to_json_dict(self) -> dict:
+        """The ``--json`` object: plain types, integers in bytes."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,159 @@
+"""Validated inputs of every estimate: hardware, training setup and parallel strategy.
+
+All sizes inside are bytes; the CLI converts GiB at the edge. Every field carries its allowed range so
+that a bad value fails with a message naming the field (see :func:`advisor.errors.InputError`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GiB = 1024**3
+
+Precision = Literal["fp32", "fp16", "bf16", "pure-bf16"]
+Optimizer = Literal["adamw", "adamw-8bit", "adafactor", "sgd", "lion", "lamb"]
+Method = Literal["full", "lora", "qlora", "freeze"]
+Checkpointing = Literal["none", "full", "selective"]
+Attention = Literal["eager", "sdpa", "flash"]
+Task = Literal["train", "infer"]
+OffloadTarget = Literal["none", "cpu", "nvme"]
+Backend = Literal["single", "ddp", "deepspeed", "fsdp"]
+FsdpSharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"]
+StrategyName = Literal["single", "ddp", "zero0", "zero1", "zero2", "zero3",
+                       "fsdp-full", "fsdp-grad-op", "fsdp-hybrid", "fsdp-no-shard"]
+
+STRATEGY_NAMES: tuple[str, ...] = StrategyName.__args__  # type: ignore[attr-defined]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GPUInfo(_Spec):
+    """One accelerator model from the GPU catalog (``advisor/data/gpus.yaml``)."""
+
+    name: str
+    vendor: Literal["nvidia", "amd"] = "nvidia"
+    memory_bytes: int = Field(gt=0)
+    bf16: bool
+    fp16_tflops: float = Field(gt=0, description="peak dense fp16 tensor TFLOPS")
+    bf16_tflops: float | None = Field(None, description="peak dense bf16 TFLOPS; None without bf16")
+    fp32_tflops: float = Field(gt=0)
+    hbm_bandwidth_gbps: float = Field(gt=0, description="memory bandwidth, GB/s")
+    intra_node_link: Literal["nvlink", "pcie", "infinity-fabric"]
+    intra_node_bandwidth_gbps: float = Field(gt=0, description="per-GPU, one direction, GB/s")
+    inter_node_bandwidth_gbps: float = Field(gt=0, description="typical per-node network, GB/s")
+    pcie_bandwidth_gbps: float = Field(gt=0, description="host link, one direction, GB/s")
+    aliases: tuple[str, ...] = ()
+    source: str = ""
+
+
+class HardwareSpec(_Spec):
+    """The machines: GPUs per node, nodes, per-GPU memory, CPU RAM and NVMe per node."""
+
+    gpus_per_node: int = Field(1, ge=1, le=64)
+    nodes: int = Field(1, ge=1, le=4096)
+    vram_bytes: int = Field(gt=0, le=2048 * GiB, description="memory of one GPU")
+    gpu: GPUInfo | None = None
+    cpu_ram_bytes: int | None = Field(None, gt=0, le=64 * 1024 * GiB, description="RAM of one node")
+    nvme_path: str | None = None
+    nvme_bytes: int | None = Field(None, gt=0)
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    @property
+    def bf16_supported(self) -> bool:
+        """bf16 needs Ampere (sm80) or newer / CDNA2+; unknown GPUs (VRAM only) are assumed capable."""
+        return True if self.gpu is None else self.gpu.bf16
+
+
+class LoraSpec(_Spec):
+    """LoRA adapters: rank and which linear layers get them (normalized names or ``all-linear``)."""
+
+    rank: int = Field(16, ge=1, le=4096)
+    alpha: float = Field(32, gt=0)
+    target_modules: tuple[str, ...] = ("all-linear",)
+
+
+class TrainingSpec(_Spec):
+    """What is run: sequence length, batches, precision, optimizer, method and memory savers."""
+
+    task: Task = "train"
+    seq_len: int = Field(2048, ge=1, le=4_194_304)
+    micro_batch_size: int = Field(1, ge=1, le=65_536)
+    global_batch_size: int | None = Field(None, ge=1, le=100_000_000)
+    precision: Precision = "bf16"
+    optimizer: Optimizer = "adamw"
+    method: Method = "full"
+    lora: LoraSpec = LoraSpec()
+    freeze_trainable_layers: int = Field(2, ge=1, le=1024,
+                                         description="method=freeze: the last N decoder layers train "
+                                                     "(LLaMA-Factory's freeze_trainable_layers default 2)")
+    activation_checkpointing: Checkpointing = "none"
+    attention: Attention = "sdpa"
+
+
+class StrategySpec(_Spec):
+    """How the model is spread over the GPUs and what is offloaded to CPU or NVMe."""
+
+    backend: Backend = "single"
+    zero_stage: int | None = Field(None, ge=0, le=3)
+    fsdp_sharding: FsdpSharding | None = None
+    offload_optimizer: OffloadTarget = "none"
+    offload_param: OffloadTarget = "none"
+    bucket_sizes: Literal["auto", "default"] = Field(
+        "auto", description="DeepSpeed bucket sizes: HF-integration 'auto' values derived from hidden size, "
+                            "or DeepSpeed's built-in defaults")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StrategySpec":
+        if self.backend == "deepspeed" and self.zero_stage is None:
+            raise ValueError("zero_stage is required with the deepspeed backend")
+        if self.backend != "deepspeed" and self.zero_stage is not None:
+            raise ValueError("zero_stage is only meaningful with the deepspeed backend")
+        if self.backend == "fsdp" and self.fsdp_sharding is None:
+            raise ValueError("fsdp_sharding is required with the fsdp backend")
+        if self.backend != "fsdp" and self.fsdp_sharding is not None:
+            raise ValueError("fsdp_sharding is only meaningful with the fsdp backend")
+        if self.backend in ("single", "ddp") and (self.offload_optimizer != "none" or self.offload_param != "none"):
+            raise ValueError(f"offload needs DeepSpeed ZeRO or FSDP, not {self.backend}")
+        if self.offload_param != "none":
+            sharded_params = (self.backend == "deepspeed" and self.zero_stage == 3) or (
+                self.backend == "fsdp" and self.fsdp_sharding in ("FULL_SHARD", "HYBRID_SHARD"))
+            if not sharded_params:
+                raise ValueError("offload_param needs ZeRO-3 or FSDP FULL_SHARD/HYBRID_SHARD")
+        if self.backend == "fsdp" and "nvme" in (self.offload_optimizer, self.offload_param):
+            raise ValueError("FSDP offloads to CPU only; NVMe offload is DeepSpeed ZeRO-Infinity")
+        if self.backend == "fsdp" and self.offload_optimizer != self.offload_param:
+            raise ValueError("FSDP's CPUOffload moves parameters, gradients and optimizer together: "
+                             "set offload_optimizer and offload_param alike")
+        if self.offload_optimizer != "none" and self.backend == "deepspeed" and self.zero_stage == 0:
+            raise ValueError("optimizer offload needs ZeRO stage 1, 2 or 3")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The CLI name of this strategy (``zero3``, ``fsdp-full``, ...)."""
+        if self.backend == "deepspeed":
+            return f"zero{self.zero_stage}"
+        if self.backend == "fsdp":
+            return {"FULL_SHARD": "fsdp-full", "SHARD_GRAD_OP": "fsdp-grad-op",
+                    "HYBRID_SHARD": "fsdp-hybrid", "NO_SHARD": "fsdp-no-shard"}[self.fsdp_sharding]
+        return self.backend
+
+    @classmethod
+    def from_name(cls, name: str, offload_optimizer: OffloadTarget = "none",
+                  offload_param: OffloadTarget = "none", **extra) -> "StrategySpec":
+        """Build a strategy from its CLI name (``single``, ``ddp``, ``zero0``..``zero3``, ``fsdp-*``)."""
+        common = dict(offload_optimizer=offload_optimizer, offload_param=offload_param, **extra)
+        if name.startswith("zero") and name[4:].isdigit():
+            return cls(backend="deepspeed", zero_stage=int(name[4:]), **common)
+        fsdp = {"fsdp-full": "FULL_SHARD", "fsdp-grad-op": "SHARD_GRAD_OP",
+                "fsdp-hybrid": "HYBRID_SHARD", "fsdp-no-shard": "NO_SHARD"}
+        if name in fsdp:
+            return cls(backend="fsdp", fsdp_sharding=fsdp[name], **common)
+        return cls(backend=name, **common)
