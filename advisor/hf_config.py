@@ -21,6 +21,12 @@ from advisor.errors import InputError, did_you_mean
 
 _MAX_INT = 2**31 - 1
 _MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
+def _show(value: Any) -> str:
+    """A value as it may appear in a one-line message: repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 _REQUIRED = object()
 
 
@@ -69,7 +75,7 @@ class _Reader:
                 return key, self.cfg[key], True
         return keys[0], None, False
 
-    def int(self, *keys: str, default: Any = _REQUIRED, minimum: int = 1) -> int:
+    def integer(self, *keys: str, default: Any = _REQUIRED, minimum: int = 1) -> int:
         """A whole number >= minimum; ``default`` when absent or null (required when no default)."""
         key, value, present = self._lookup(keys)
         if not present or value is None:
@@ -77,10 +83,10 @@ class _Reader:
                 raise self.fail(key, f"is missing (required for {self.family})")
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(key, f"must be an integer, got {value!r}")
+            raise self.fail(key, f"must be an integer, got {_show(value)}")
         if isinstance(value, float):
             if not math.isfinite(value) or not value.is_integer():
-                raise self.fail(key, f"must be an integer, got {value!r}")
+                raise self.fail(key, f"must be an integer, got {_show(value)}")
             value = int(value)
         if value < minimum:
             raise self.fail(key, f"must be at least {minimum}, got {value}")
@@ -88,7 +94,7 @@ class _Reader:
             raise self.fail(key, f"is absurdly large ({value})")
         return value
 
-    def bool(self, *keys: str, default: bool) -> bool:
+    def flag(self, *keys: str, default: bool) -> bool:
         key, value, present = self._lookup(keys)
         if not present or value is None:
             return default
@@ -96,43 +102,43 @@ class _Reader:
             return value
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise self.fail(key, f"must be true or false, got {value!r}")
+        raise self.fail(key, f"must be true or false, got {_show(value)}")
 
-    def float(self, *keys: str, default: float | None, low: float, high: float,
+    def number(self, *keys: str, default: float | None, low: float, high: float,
               high_open: bool = False) -> float | None:
         """A number in [low, high] (or [low, high) with high_open); ``default`` when absent or null."""
         key, value, present = self._lookup(keys)
         if not present or value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(key, f"must be a number, got {value!r}")
+            raise self.fail(key, f"must be a number, got {_show(value)}")
         if value < low or value > high or (high_open and value == high):
             bracket = ")" if high_open else "]"
-            raise self.fail(key, f"must be in [{low:g}, {high:g}{bracket}, got {value!r}")
+            raise self.fail(key, f"must be in [{low:g}, {high:g}{bracket}, got {_show(value)}")
         return float(value)
 
     def optional_int(self, key: str, absent: int | None) -> int | None:
         """An optional whole number: ``absent`` when the key is missing, None when it is null."""
         if key not in self.cfg:
             return absent
-        return self.int(key, default=None)
+        return self.integer(key, default=None)
 
     def dropout(self, *keys: str, default: float = 0.0) -> float:
         """A dropout probability in [0, 1); ``default`` (the class default) when absent."""
-        return self.float(*keys, default=default, low=0.0, high=1.0, high_open=True)
+        return self.number(*keys, default=default, low=0.0, high=1.0, high_open=True)
 
-    def str(self, *keys: str, default: str) -> str:
+    def text(self, *keys: str, default: str) -> str:
         key, value, present = self._lookup(keys)
         if not present or value is None:
             return default
         if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, got {value!r}")
+            raise self.fail(key, f"must be a string, got {_show(value)}")
         return value
 
     def head_dim(self, hidden: int, heads: int, default: int | None = None) -> int:
         """``head_dim`` when given, else the family default, else hidden/heads (which must divide)."""
         if self.cfg.get("head_dim") is not None:
-            return self.int("head_dim")
+            return self.integer("head_dim")
         if default is not None and "head_dim" not in self.cfg:
             return default
         return self.split_heads(hidden, heads)
@@ -148,7 +154,7 @@ class _Reader:
         if key not in self.cfg:
             kv = heads if default is None else default
         else:
-            kv = self.int(key, default=heads)
+            kv = self.integer(key, default=heads)
         if kv > heads or heads % kv:
             where = "" if key in self.cfg else f", the transformers default for {self.family}"
             raise self.fail(key, f"({kv}{where}) must divide num_attention_heads ({heads})")
@@ -174,12 +180,12 @@ _LLAMA_LIKE: dict[str, dict[str, Any]] = {
 def _llama_like(r: _Reader) -> Architecture:
     fam = r.family
     d = _LLAMA_LIKE[fam]
-    hidden = r.int("hidden_size")
-    heads = r.int("num_attention_heads")
+    hidden = r.integer("hidden_size")
+    heads = r.integer("num_attention_heads")
     kv = r.kv_heads(heads, d["kv"])
     extra: dict[str, Any] = {}
 
-    attention_bias = r.bool("attention_bias", default=False)
+    attention_bias = r.flag("attention_bias", default=False)
     if fam == "qwen2":            # Qwen2Attention: q/k/v always carry a bias, o_proj never
         qkv_bias, o_bias = True, False
     elif fam in ("mistral", "mixtral", "phi3"):   # these classes hard-code bias=False
@@ -188,21 +194,21 @@ def _llama_like(r: _Reader) -> Architecture:
         qkv_bias = o_bias = attention_bias
 
     if fam in ("qwen2", "qwen3"):   # Qwen2Config: sliding_window only counts with use_sliding_window
-        window = r.optional_int("sliding_window", 4096) if r.bool("use_sliding_window", default=False) else None
+        window = r.optional_int("sliding_window", 4096) if r.flag("use_sliding_window", default=False) else None
     elif "sliding" in d:
         window = r.optional_int("sliding_window", d["sliding"])
     else:
         window = None
 
     if fam == "mixtral":
-        experts = r.int("num_local_experts", default=8)
-        top_k = r.int("num_experts_per_tok", default=2)
+        experts = r.integer("num_local_experts", default=8)
+        top_k = r.integer("num_experts_per_tok", default=2)
         if top_k > experts:
             raise r.fail("num_experts_per_tok", f"({top_k}) exceeds num_local_experts ({experts})")
         extra.update(num_experts=experts, experts_per_token=top_k)
     if fam == "gemma2":
-        extra.update(attn_logit_softcapping=r.float("attn_logit_softcapping", default=50.0, low=0, high=1e9),
-                     final_logit_softcapping=r.float("final_logit_softcapping", default=30.0, low=0, high=1e9),
+        extra.update(attn_logit_softcapping=r.number("attn_logit_softcapping", default=50.0, low=0, high=1e9),
+                     final_logit_softcapping=r.number("final_logit_softcapping", default=30.0, low=0, high=1e9),
                      norms_per_layer=4)   # input, post_attention, pre_feedforward, post_feedforward
     if fam == "phi3":
         extra.update(fused_qkv=True, fused_gate_up=True,
@@ -210,22 +216,22 @@ def _llama_like(r: _Reader) -> Architecture:
 
     return Architecture(
         family=fam,
-        num_layers=r.int("num_hidden_layers"),
+        num_layers=r.integer("num_hidden_layers"),
         hidden_size=hidden,
         num_attention_heads=heads,
         num_key_value_heads=kv,
         head_dim=r.head_dim(hidden, heads, d["head_dim"]),
-        intermediate_size=r.int("intermediate_size"),
-        vocab_size=r.int("vocab_size"),
-        max_position_embeddings=r.int("max_position_embeddings", default=d["max_pos"]),
-        tie_word_embeddings=r.bool("tie_word_embeddings", default=d["tie"]),
+        intermediate_size=r.integer("intermediate_size"),
+        vocab_size=r.integer("vocab_size"),
+        max_position_embeddings=r.integer("max_position_embeddings", default=d["max_pos"]),
+        tie_word_embeddings=r.flag("tie_word_embeddings", default=d["tie"]),
         norm="rmsnorm",
         mlp="gated",
-        hidden_act=r.str("hidden_activation", "hidden_act", default=d["act"]) if fam.startswith("gemma")
-        else r.str("hidden_act", default=d["act"]),
+        hidden_act=r.text("hidden_activation", "hidden_act", default=d["act"]) if fam.startswith("gemma")
+        else r.text("hidden_act", default=d["act"]),
         qkv_bias=qkv_bias,
         o_bias=o_bias,
-        mlp_bias=r.bool("mlp_bias", default=False) if fam == "llama" else False,
+        mlp_bias=r.flag("mlp_bias", default=False) if fam == "llama" else False,
         qk_norm=fam == "qwen3",
         position="rope",
         attention_dropout=r.dropout("attention_dropout"),
@@ -237,19 +243,19 @@ def _llama_like(r: _Reader) -> Architecture:
 # ---------------------------------------------------------------- GPT-2, OPT, Falcon, BLOOM, GPT-NeoX
 
 def _gpt2(r: _Reader) -> Architecture:
-    if r.bool("add_cross_attention", default=False):
+    if r.flag("add_cross_attention", default=False):
         raise r.fail("add_cross_attention", "is true: GPT-2 with cross-attention is not a plain causal LM "
                                             "and is not supported")
-    hidden = r.int("n_embd", "hidden_size")
-    heads = r.int("n_head", "num_attention_heads")
-    positions = r.int("n_positions", "max_position_embeddings", default=1024)
+    hidden = r.integer("n_embd", "hidden_size")
+    heads = r.integer("n_head", "num_attention_heads")
+    positions = r.integer("n_positions", "max_position_embeddings", default=1024)
     return Architecture(
-        family="gpt2", num_layers=r.int("n_layer", "num_hidden_layers"), hidden_size=hidden,
+        family="gpt2", num_layers=r.integer("n_layer", "num_hidden_layers"), hidden_size=hidden,
         num_attention_heads=heads, num_key_value_heads=heads, head_dim=r.split_heads(hidden, heads, "n_embd"),
-        intermediate_size=r.int("n_inner", default=4 * hidden), vocab_size=r.int("vocab_size"),
-        max_position_embeddings=positions, tie_word_embeddings=r.bool("tie_word_embeddings", default=True),
+        intermediate_size=r.integer("n_inner", default=4 * hidden), vocab_size=r.integer("vocab_size"),
+        max_position_embeddings=positions, tie_word_embeddings=r.flag("tie_word_embeddings", default=True),
         norm="layernorm", norm_bias=True, mlp="plain",
-        hidden_act=r.str("activation_function", default="gelu_new"),
+        hidden_act=r.text("activation_function", default="gelu_new"),
         qkv_bias=True, o_bias=True, mlp_bias=True, fused_qkv=True,
         position="learned", learned_position_rows=positions,
         attention_dropout=r.dropout("attn_pdrop", default=0.1),
@@ -259,21 +265,21 @@ def _gpt2(r: _Reader) -> Architecture:
 
 
 def _opt(r: _Reader) -> Architecture:
-    hidden = r.int("hidden_size")
-    heads = r.int("num_attention_heads")
-    positions = r.int("max_position_embeddings", default=2048)
-    proj = r.int("word_embed_proj_dim", default=hidden)
-    bias = r.bool("enable_bias", default=True)
-    pre_norm = r.bool("do_layer_norm_before", default=True)
+    hidden = r.integer("hidden_size")
+    heads = r.integer("num_attention_heads")
+    positions = r.integer("max_position_embeddings", default=2048)
+    proj = r.integer("word_embed_proj_dim", default=hidden)
+    bias = r.flag("enable_bias", default=True)
+    pre_norm = r.flag("do_layer_norm_before", default=True)
     return Architecture(
-        family="opt", num_layers=r.int("num_hidden_layers"), hidden_size=hidden,
+        family="opt", num_layers=r.integer("num_hidden_layers"), hidden_size=hidden,
         num_attention_heads=heads, num_key_value_heads=heads, head_dim=r.split_heads(hidden, heads),
-        intermediate_size=r.int("ffn_dim"), vocab_size=r.int("vocab_size"),
-        max_position_embeddings=positions, tie_word_embeddings=r.bool("tie_word_embeddings", default=True),
-        norm="layernorm", norm_bias=True, norm_affine=r.bool("layer_norm_elementwise_affine", default=True),
+        intermediate_size=r.integer("ffn_dim"), vocab_size=r.integer("vocab_size"),
+        max_position_embeddings=positions, tie_word_embeddings=r.flag("tie_word_embeddings", default=True),
+        norm="layernorm", norm_bias=True, norm_affine=r.flag("layer_norm_elementwise_affine", default=True),
         # OPTDecoder keeps its final LayerNorm only for pre-norm models (OPT-350m is post-norm)
-        final_norm=pre_norm and not r.bool("_remove_final_layer_norm", default=False),
-        mlp="plain", hidden_act=r.str("activation_function", default="relu"),
+        final_norm=pre_norm and not r.flag("_remove_final_layer_norm", default=False),
+        mlp="plain", hidden_act=r.text("activation_function", default="relu"),
         qkv_bias=bias, o_bias=bias, mlp_bias=bias,
         position="learned",
         learned_position_rows=positions + 2,   # OPTLearnedPositionalEmbedding offset: 2 extra rows
@@ -284,29 +290,29 @@ def _opt(r: _Reader) -> Architecture:
 
 
 def _falcon(r: _Reader) -> Architecture:
-    hidden = r.int("hidden_size", "n_embed")
-    heads = r.int("num_attention_heads", "n_head")
+    hidden = r.integer("hidden_size", "n_embed")
+    heads = r.integer("num_attention_heads", "n_head")
     head_dim = r.split_heads(hidden, heads)
-    new_arch = r.bool("new_decoder_architecture", default=False)
-    multi_query = r.bool("multi_query", default=True)
-    parallel = r.bool("parallel_attn", default=True)
+    new_arch = r.flag("new_decoder_architecture", default=False)
+    multi_query = r.flag("multi_query", default=True)
+    parallel = r.flag("parallel_attn", default=True)
     if new_arch:
         kv = r.kv_heads(heads, None, key="num_kv_heads")
     else:   # FalconAttention: one shared k/v head with multi_query, else a plain 3*hidden fused projection
         kv = 1 if multi_query else heads
-    n_ln = r.int("num_ln_in_parallel_attn", default=2 if new_arch else 1)
+    n_ln = r.integer("num_ln_in_parallel_attn", default=2 if new_arch else 1)
     # FalconDecoderLayer: sequential → input + post_attention norms; parallel → ln_attn + ln_mlp or one norm
     norms = 2 if (not parallel or n_ln == 2) else 1
-    bias = r.bool("bias", default=False)
-    alibi = r.bool("alibi", default=False)
+    bias = r.flag("bias", default=False)
+    alibi = r.flag("alibi", default=False)
     return Architecture(
-        family="falcon", num_layers=r.int("num_hidden_layers", "n_layer"), hidden_size=hidden,
+        family="falcon", num_layers=r.integer("num_hidden_layers", "n_layer"), hidden_size=hidden,
         num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim,
-        intermediate_size=r.int("ffn_hidden_size", default=4 * hidden), vocab_size=r.int("vocab_size"),
-        max_position_embeddings=r.int("max_position_embeddings", default=2048),
-        tie_word_embeddings=r.bool("tie_word_embeddings", default=True),
+        intermediate_size=r.integer("ffn_hidden_size", default=4 * hidden), vocab_size=r.integer("vocab_size"),
+        max_position_embeddings=r.integer("max_position_embeddings", default=2048),
+        tie_word_embeddings=r.flag("tie_word_embeddings", default=True),
         norm="layernorm", norm_bias=True, norms_per_layer=norms,
-        mlp="plain", hidden_act=r.str("activation", default="gelu"),
+        mlp="plain", hidden_act=r.text("activation", default="gelu"),
         qkv_bias=bias, o_bias=bias, mlp_bias=bias, fused_qkv=True,
         position="alibi" if alibi else "rope", parallel_residual=parallel or new_arch,
         attention_dropout=r.dropout("attention_dropout"), hidden_dropout=r.dropout("hidden_dropout"),
@@ -314,15 +320,15 @@ def _falcon(r: _Reader) -> Architecture:
 
 
 def _bloom(r: _Reader) -> Architecture:
-    hidden = r.int("hidden_size", "n_embed")
-    heads = r.int("n_head", "num_attention_heads")
+    hidden = r.integer("hidden_size", "n_embed")
+    heads = r.integer("n_head", "num_attention_heads")
     return Architecture(
-        family="bloom", num_layers=r.int("n_layer", "num_hidden_layers"), hidden_size=hidden,
+        family="bloom", num_layers=r.integer("n_layer", "num_hidden_layers"), hidden_size=hidden,
         num_attention_heads=heads, num_key_value_heads=heads, head_dim=r.split_heads(hidden, heads),
         intermediate_size=4 * hidden,   # BloomMLP is fixed at 4*hidden
-        vocab_size=r.int("vocab_size"),
-        max_position_embeddings=r.int("seq_length", "max_position_embeddings", default=2048),
-        tie_word_embeddings=r.bool("tie_word_embeddings", default=True),
+        vocab_size=r.integer("vocab_size"),
+        max_position_embeddings=r.integer("seq_length", "max_position_embeddings", default=2048),
+        tie_word_embeddings=r.flag("tie_word_embeddings", default=True),
         norm="layernorm", norm_bias=True, embedding_norm=True,
         mlp="plain", hidden_act="gelu", qkv_bias=True, o_bias=True, mlp_bias=True, fused_qkv=True,
         position="alibi",
@@ -331,24 +337,24 @@ def _bloom(r: _Reader) -> Architecture:
 
 
 def _gpt_neox(r: _Reader) -> Architecture:
-    hidden = r.int("hidden_size")
-    heads = r.int("num_attention_heads")
+    hidden = r.integer("hidden_size")
+    heads = r.integer("num_attention_heads")
     rope = r.cfg.get("rope_parameters") if isinstance(r.cfg.get("rope_parameters"), dict) else {}
     if "rotary_pct" in r.cfg or "partial_rotary_factor" not in rope:
-        pct = r.float("rotary_pct", default=0.25, low=1e-9, high=1.0)
+        pct = r.number("rotary_pct", default=0.25, low=1e-9, high=1.0)
     else:
-        pct = _Reader(rope, r.source, r.family).float("partial_rotary_factor", default=0.25, low=1e-9, high=1.0)
-    bias = r.bool("attention_bias", default=True)
+        pct = _Reader(rope, r.source, r.family).number("partial_rotary_factor", default=0.25, low=1e-9, high=1.0)
+    bias = r.flag("attention_bias", default=True)
     return Architecture(
-        family="gpt_neox", num_layers=r.int("num_hidden_layers"), hidden_size=hidden,
+        family="gpt_neox", num_layers=r.integer("num_hidden_layers"), hidden_size=hidden,
         num_attention_heads=heads, num_key_value_heads=heads, head_dim=r.split_heads(hidden, heads),
-        intermediate_size=r.int("intermediate_size"), vocab_size=r.int("vocab_size"),
-        max_position_embeddings=r.int("max_position_embeddings", default=2048),
-        tie_word_embeddings=r.bool("tie_word_embeddings", default=False),
+        intermediate_size=r.integer("intermediate_size"), vocab_size=r.integer("vocab_size"),
+        max_position_embeddings=r.integer("max_position_embeddings", default=2048),
+        tie_word_embeddings=r.flag("tie_word_embeddings", default=False),
         norm="layernorm", norm_bias=True,
-        mlp="plain", hidden_act=r.str("hidden_act", default="gelu"),
+        mlp="plain", hidden_act=r.text("hidden_act", default="gelu"),
         qkv_bias=bias, o_bias=bias, mlp_bias=True, fused_qkv=True,
-        position="rope", rotary_pct=pct, parallel_residual=r.bool("use_parallel_residual", default=True),
+        position="rope", rotary_pct=pct, parallel_residual=r.flag("use_parallel_residual", default=True),
         attention_dropout=r.dropout("attention_dropout"), hidden_dropout=r.dropout("hidden_dropout"),
     )
 
@@ -359,6 +365,7 @@ _BUILDERS: dict[str, Callable[[_Reader], Architecture]] = {
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_BUILDERS))
 _LLAMA_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+_MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
 
 
 def architecture_from_hf_config(cfg: dict, *, source: str = "config.json") -> Architecture:
@@ -369,6 +376,11 @@ def architecture_from_hf_config(cfg: dict, *, source: str = "config.json") -> Ar
     if model_type is not None and not isinstance(model_type, str):
         raise InputError(f"{source}: model_type must be a string, got {model_type!r}", field="model")
     if model_type not in _BUILDERS:
+        moe_keys = sorted(k for k in _MOE_KEYS if cfg.get(k))
+        if moe_keys and all(k in cfg for k in _LLAMA_KEYS):   # counting these as dense Llama would be far off
+            raise InputError(f"{source}: model_type {model_type!r} is a mixture-of-experts model ({moe_keys[0]}) "
+                             f"that dsadvise cannot count; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
+                             field="model")
         if all(k in cfg for k in _LLAMA_KEYS):
             model_type = "llama"   # an unknown family with Llama's keys: count it as Llama
         elif model_type is None:

@@ -129,20 +129,35 @@ def count_parameters(arch: Architecture) -> ParameterCounts:
         idle = arch.num_experts - min(arch.experts_per_token, arch.num_experts)
         active = total - arch.num_layers * idle * one_expert
 
-    largest = max([token_table, position_table, lm_head, projection, norm, *linear.values()])
+    modules = [token_table, position_table, lm_head, projection, norm, *linear.values()]
+    if arch.is_moe:
+        # transformers 5 holds all experts of a layer in one module (fused gate_up_proj / down_proj tensors
+        # of shape [num_experts, ...]), so ZeRO-3 gathers every expert of the layer at once.
+        modules.append(sum(linear[name] * shape[2] for name, shape in shapes.items() if shape[2] > 1))
+    largest = max(modules)
     return ParameterCounts(total=total, embedding=embedding, lm_head=lm_head, per_layer=per_layer, final=final,
                            active_per_token=active, largest_module=largest, layer_gathered=per_layer)
 
 
+def _outside_linears(arch: Architecture) -> dict[str, tuple[int, int]]:
+    """Linear layers outside the decoder layers that PEFT's ``all-linear`` still takes (not the lm_head)."""
+    if not arch.word_embed_proj_dim:
+        return {}
+    dim, h = arch.word_embed_proj_dim, arch.hidden_size
+    return {"project_in": (dim, h), "project_out": (h, dim)}   # OPT-350m's embedding projections
+
+
 def lora_target_names(arch: Architecture) -> tuple[str, ...]:
     """The LoRA target names ``arch`` accepts: normalized names, the family's own names, ``all-linear``."""
-    return (*linear_shapes(arch), *_NATIVE_NAMES.get(arch.family, {}), ALL_LINEAR)
+    return (*linear_shapes(arch), *_NATIVE_NAMES.get(arch.family, {}), *_outside_linears(arch), ALL_LINEAR)
 
 
 def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tuple[str, ...]) -> int:
     """Elements of the LoRA A and B matrices: rank × (in + out) per targeted linear, copies and layers.
 
-    ``all-linear`` targets every linear layer inside the decoder layers (not the lm_head, as PEFT does).
+    ``all-linear`` targets every linear layer of the decoder layers (the MoE router included) plus OPT's
+    project_in/project_out, but not the lm_head, as PEFT does. Experts count as separate linears, one
+    adapter per expert (PEFT on per-expert ``nn.Linear`` modules).
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise InputError(f"LoRA rank must be a positive integer, got {rank!r}", field="lora.rank")
@@ -150,12 +165,17 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
         target_modules = (target_modules,)
     shapes = linear_shapes(arch)
     native = _NATIVE_NAMES.get(arch.family, {})
+    outside = _outside_linears(arch)
     chosen: set[str] = set()
+    chosen_outside: set[str] = set()
     for target in target_modules:
         if target == ALL_LINEAR:
             chosen.update(shapes)
+            chosen_outside.update(outside)
         elif target in shapes:
             chosen.add(target)
+        elif target in outside:
+            chosen_outside.add(target)
         elif target in native:
             chosen.update(native[target])
         else:
@@ -163,7 +183,7 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
             raise InputError(f"{target!r} is not a linear layer of {arch.family}"
                              f"{did_you_mean(str(target), valid)}; choose from {', '.join(valid)}",
                              field="lora.target_modules")
-    if not chosen:
+    if not chosen and not chosen_outside:
         raise InputError("no LoRA target modules given", field="lora.target_modules")
     per_layer = sum(rank * (shapes[n][0] + shapes[n][1]) * shapes[n][2] for n in chosen)
-    return per_layer * arch.num_layers
+    return per_layer * arch.num_layers + sum(rank * sum(outside[n]) for n in chosen_outside)

@@ -99,7 +99,14 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
     frozen = total - trainable
     local = hw.gpus_per_node
 
-    weight_bytes = trainable * sb.weight + frozen * sb.frozen_weight
+    if training.method == "qlora":
+        # bitsandbytes quantizes the decoder's linear layers to NF4; embeddings, norms and an untied
+        # lm_head stay in the 16-bit compute dtype (peft prepare_model_for_kbit_training).
+        quantized = min(frozen, arch.num_layers * sum(i * o * c for i, o, c in linear_shapes(arch).values()))
+        frozen_bytes = quantized * sb.frozen_weight + (frozen - quantized) * 2
+    else:
+        frozen_bytes = frozen * sb.frozen_weight
+    weight_bytes = trainable * sb.weight + frozen_bytes
     # Frozen weights are not in ZeRO-1/2 optimizer groups (never partitioned there); ZeRO-3 and FSDP
     # shard every parameter.
     param_bytes = weight_bytes / pl.param_shards
