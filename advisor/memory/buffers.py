@@ -67,7 +67,9 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             # ZeRO-3 gathers per leaf module (PartitionedParameterCoordinator fetches a submodule's own
             # params in its pre-forward hook) plus up to stage3_prefetch_bucket_size ahead, capped by
             # stage3_max_live_parameters (DeepSpeed ZeRO-3 docs).
-            live = min(ds.max_live_parameters, counts.largest_module + ds.prefetch_bucket_size)
+            # A module larger than the cap is still gathered whole.
+            live = max(counts.largest_module,
+                       min(ds.max_live_parameters, counts.largest_module + ds.prefetch_bucket_size))
             out["ZeRO-3 gathered parameters (module + prefetch)"] = live * weight_b
             # Backward produces a module's gradients at full size before they enter the reduce bucket.
             out["ZeRO-3 unpartitioned module gradients"] = counts.largest_module * grad_b
