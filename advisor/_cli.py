@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_problem_flags(p, with_strategy=False)
     p.add_argument("--margin", type=float, default=None,
                    help="safety margin as a fraction of VRAM kept free (default from rules)")
+    p.add_argument("--max-micro-batch", type=_positive_int, default=None,
+                   help="largest micro-batch searched; --micro-batch is the smallest (default: global batch / "
+                        "GPUs, else the rules' const.max_micro_batch)")
+    p.add_argument("--rules", action="append", metavar="PATH",
+                   help="extra rule file or folder, on top of the bundled rules/ (repeatable)")
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("models", help="list the model catalog")
@@ -180,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gpus", help="list the GPU catalog")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gpus)
+    from .tui.cli import register as _register_tui; _register_tui(sub)  # noqa: E702  (wizard; Textual only when run)
     return parser
 
 

@@ -21,6 +21,8 @@ Normalized linear-layer names (:func:`linear_shapes`) and what they are in each 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydantic import BaseModel, ConfigDict
 
 from advisor.architecture import Architecture
@@ -102,6 +104,7 @@ def _norm_size(arch: Architecture) -> int:
     return arch.hidden_size * (2 if arch.norm_bias else 1)
 
 
+@lru_cache(maxsize=512)
 def count_parameters(arch: Architecture) -> ParameterCounts:
     """Exact parameter element counts of ``arch``: total, per part, active per token, largest module."""
     h, vocab = arch.hidden_size, arch.vocab_size

@@ -1,0 +1,66 @@
+"""Recommendation: the fastest configuration that fits, explained (``dsadvise recommend``).
+
+>>> from advisor.api import build_hardware, build_training
+>>> from advisor.recommend import recommend
+>>> hw = build_hardware(gpus=4, vram=24)
+>>> rec = recommend("7B", hw, build_training(hw, seq_len=2048), method="full", precision="auto",
+...                 checkpointing="auto")
+>>> rec.recommendation["name"], rec.step_time_seconds
+
+Modules: :mod:`.problem` (inputs, fixed vs searched), :mod:`.candidates` (the search space),
+:mod:`.step_time` (the time model), :mod:`.search` (training search), :mod:`.inference` (``--task infer``),
+:mod:`.explain` (reasons, runners-up), :mod:`.suggest` (what would fit), :mod:`.report` (text),
+:mod:`.cli` (the sub-command). Rules: ``rules/*.yaml`` via :mod:`advisor.rules`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..catalog.models import ResolvedModel
+from ..specs import HardwareSpec, TrainingSpec
+from .result import Alternative, Recommendation, StepTimeInfo, Suggestion
+
+__all__ = ["recommend", "Recommendation", "Alternative", "Suggestion", "StepTimeInfo"]
+
+
+def recommend(model: ResolvedModel | str, hw: HardwareSpec, training_template: TrainingSpec | None = None, *,
+              margin: float | None = None, method: str | None = None, precision: str | None = None,
+              checkpointing: str | None = None, max_micro_batch: int | None = None,
+              rules: Sequence[str | Path] = (), suggest: bool = True) -> Recommendation:
+    """The fastest configuration of ``model`` that fits ``hw``, with reasons, runners-up and rules fired.
+
+    ``training_template`` gives sequence length, the smallest micro-batch, global batch, optimizer, LoRA
+    settings, attention and task. ``method`` / ``precision`` / ``checkpointing``: a value fixes it,
+    ``"auto"`` searches (see :mod:`advisor.recommend.problem`). ``margin``: fraction of VRAM kept free
+    (default ``const.margin_fraction`` of the rules, 5%). ``rules``: extra rule files or folders.
+    When nothing fits, ``found`` is False and ``suggestions`` say what would (verified by re-running
+    the search with each change, unless ``suggest`` is False). Raises InputError / RuleError (exit 2).
+    """
+    from .explain import training_recommendation
+    from .inference import search_inference
+    from .problem import make_problem
+    from .ruleset import recommend_rules
+    from .search import search_training
+
+    recommend_rules(rules)            # parsed once per process; not part of the search time
+    t0 = time.perf_counter()
+    p = make_problem(model, hw, training_template, margin=margin, method=method, precision=precision,
+                     checkpointing=checkpointing, max_micro_batch=max_micro_batch, rules=rules)
+    cpu_need = None
+    if p.template.task == "infer":
+        rec = search_inference(p, t0)
+    else:
+        out = search_training(p)
+        rec = training_recommendation(p, out, (time.perf_counter() - t0) * 1000)
+        cpu_need = min((g.cpu_need_bytes for g in out.groups if g.cpu_need_bytes), default=None)
+    rec = rec.model_copy(update={"margin": p.margin, "usable_vram_bytes": p.usable_bytes})
+    if not rec.found and suggest:
+        from .suggest import suggestions
+
+        kwargs = dict(margin=p.margin, method=method, precision=precision, checkpointing=checkpointing,
+                      max_micro_batch=max_micro_batch, rules=rules)
+        rec = rec.model_copy(update={"suggestions": suggestions(p, rec, kwargs, cpu_need)})
+    return rec

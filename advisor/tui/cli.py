@@ -1,0 +1,60 @@
+"""The ``dsadvise wizard`` sub-command: argument parsing here, Textual only inside the handler.
+
+``advisor._cli.build_parser`` calls :func:`register`; nothing in this module imports Textual, so the rest of
+the CLI never pays for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import exit_codes
+from ..errors import InputError
+
+DEFAULT_OUT = "dsadvise-configs"
+
+
+def register(sub) -> None:
+    """Add the ``wizard`` sub-command to the ``dsadvise`` sub-parsers ``sub``."""
+    from .._cli import _gib, _positive_int
+
+    p = sub.add_parser("wizard", help="interactive wizard: pick model, hardware and training, see memory and "
+                                      "the recommendation live, preview and save the configs")
+    p.add_argument("--model", default="", help="start with this model (a size, a catalog name or a config.json)")
+    p.add_argument("--gpu", default="", help="start with this catalog GPU (see `dsadvise gpus`)")
+    p.add_argument("--gpus", type=_positive_int, default=1, help="GPUs per node to start with (default 1)")
+    p.add_argument("--nodes", type=_positive_int, default=1, help="nodes to start with (default 1)")
+    p.add_argument("--vram", type=_gib, help="memory per GPU in GiB to start with")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"folder Save writes the configs to, as `dsadvise generate --out` (default: {DEFAULT_OUT})")
+    p.add_argument("--force", action="store_true",
+                   help="start with 'overwrite existing files' ticked (a non-empty folder is refused without it)")
+    p.set_defaults(func=cmd_wizard)
+
+
+def initial_inputs(args: argparse.Namespace):
+    """The wizard's starting fields from the command line; an unknown GPU is refused before the UI starts."""
+    from .form import WizardInputs, vram_text
+
+    gpu = ""
+    if args.gpu:
+        from ..catalog.gpus import resolve_gpu
+
+        gpu = resolve_gpu(args.gpu).name          # InputError (exit 2) names the candidates
+    vram = f"{args.vram:g}" if args.vram else (vram_text(gpu) if gpu else "")
+    return WizardInputs(model=args.model, gpu=gpu, vram=vram, gpus=str(args.gpus), nodes=str(args.nodes))
+
+
+def cmd_wizard(args: argparse.Namespace) -> int:
+    """Run the wizard; exit 0 when the user quits (Ctrl+Q), 2 without a terminal or on a bad start value."""
+    inputs = initial_inputs(args)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise InputError("the wizard needs an interactive terminal; in scripts use `dsadvise recommend`",
+                         field="wizard")
+    from .app import WizardApp     # Textual is imported only here
+
+    app = WizardApp(inputs, output_dir=args.out, force=args.force)
+    app.run()
+    code = app.return_code
+    return exit_codes.OK if code in (None, 0) else exit_codes.FAILED
