@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", action="append", metavar="PATH",
                    help="extra rule file or folder, on top of the bundled rules/ (repeatable)")
     p.set_defaults(func=cmd_recommend)
+    from .render.cli import register as _register_render; _register_render(sub)
 
     p = sub.add_parser("models", help="list the model catalog")
     p.add_argument("--json", action="store_true")

@@ -496,7 +496,10 @@ def ranking_key(p: Problem, best: float, g: Group) -> tuple:
     The first band's first candidate is the recommendation. :func:`apply_guidance` sets ``rank_time``."""
     ratio = g.rank_time / best
     band = 0 if ratio <= 1 + p.band else 1 + int(math.log(ratio) / math.log(1 + p.band))
-    return (band, g.layout.rank, g.rank_time, g.adj, SAVING[g.checkpointing])
+    # Inside a band, a candidate a `prefer` rule favours (e.g. hybrid sharding across nodes) comes before
+    # the published ordering: a rule is explicit, the band only says the model cannot tell them apart.
+    preferred = g.factor < 1 or any(f < 1 for _, f in g.factors)
+    return (band, not preferred, g.layout.rank, g.rank_time, g.adj, SAVING[g.checkpointing])
 
 
 def _choose(p: Problem, groups: list[Group]) -> Group | None:

@@ -1,0 +1,254 @@
+"""The ``generate``, ``check`` and ``dry-run`` sub-commands.
+
+Only argparse work happens at import (``dsadvise --help`` must stay fast): jinja2, jsonschema, accelerate,
+DeepSpeed and torch load inside the handlers that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .. import exit_codes
+
+
+def register(sub) -> None:
+    """Add ``generate``, ``check`` and ``dry-run`` to the ``dsadvise`` sub-parsers."""
+    from .._cli import _gib, _positive_int, add_problem_flags
+
+    p = sub.add_parser("generate", help="write accelerate YAML, DeepSpeed JSON and launch scripts for a configuration",
+                       description="Render accelerate_config.yaml, ds_config.json (DeepSpeed strategies), launch "
+                                   "scripts (accelerate, deepspeed, torchrun; hostfile and slurm.sbatch for several "
+                                   "nodes) and a README.md saying why each setting was chosen. Without --strategy "
+                                   "the recommender picks the configuration.")
+    add_problem_flags(p, with_strategy=True)
+    p.set_defaults(checkpointing=None)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be empty unless --force)")
+    g.add_argument("--force", action="store_true", help="overwrite the files in a non-empty DIR")
+    g.add_argument("--hf-trainer", action="store_true",
+                   help="DeepSpeed batch sizes and clipping as \"auto\", filled by the HF Trainer")
+    g.add_argument("--main-process-ip", default="127.0.0.1",
+                   help="multi-node: hostname or IP of node 0 (default 127.0.0.1)")
+    g.add_argument("--main-process-port", type=_port, default=29500, help="rendezvous port (default 29500)")
+    g.add_argument("--no-engine-check", action="store_true",
+                   help="skip loading the rendered files in accelerate and DeepSpeed before writing")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("check", help="lint a DeepSpeed JSON or accelerate YAML",
+                       description="Report what DeepSpeed or accelerate would reject, and what they silently accept "
+                                   "but is wrong. Exit 1 on errors, 0 with warnings only, 2 when the file cannot be "
+                                   "read.")
+    p.add_argument("file", metavar="FILE", help="ds_config.json or accelerate_config.yaml")
+    p.add_argument("--gpus", type=_positive_int, help="GPUs per node (checks the batch arithmetic)")
+    p.add_argument("--nodes", type=_positive_int, help="number of nodes")
+    p.add_argument("--model", help="model (size, catalog name or config.json) for the fit check")
+    p.add_argument("--vram", type=_gib, help="GiB per GPU (bucket sizes, fit)")
+    p.add_argument("--gpu", help="GPU catalog name (VRAM, bf16 support)")
+    p.add_argument("--cpu-ram", type=_gib, help="CPU RAM per node in GiB (offload fit)")
+    p.add_argument("--seq-len", type=_positive_int, default=2048)
+    p.add_argument("--micro-batch", type=_positive_int, help="micro-batch when the file does not say (YAML, 'auto')")
+    p.add_argument("--checkpointing", choices=("none", "full", "selective"), default="none")
+    p.add_argument("--optimizer", choices=("adamw", "adamw-8bit", "adafactor", "sgd", "lion", "lamb"), default="adamw")
+    p.add_argument("--method", choices=("full", "lora", "qlora", "freeze"), default="full")
+    p.add_argument("--no-engine-check", action="store_true", help="skip loading the file in accelerate/DeepSpeed")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("dry-run", help="load a generated folder in the real engines and train a tiny proxy on CPU",
+                       description="Step 1: load accelerate_config.yaml and ds_config.json with accelerate and "
+                                   "DeepSpeed. Step 2: accelerate launch --config_file DIR/accelerate_config.yaml a "
+                                   "tiny model shaped like the target for two optimizer steps on this machine's CPU "
+                                   "(at most 2 processes, one machine; changes are reported), asserting the world "
+                                   "size, ZeRO stage, offload devices and precision inside the run.")
+    p.add_argument("dir", metavar="DIR", help="a folder written by dsadvise generate")
+    p.add_argument("--timeout", type=_seconds, default=300, help="seconds for the whole dry-run (default 300)")
+    p.add_argument("--gpu", action="store_true", help="run on CUDA instead of the CPU (skipped without a GPU)")
+    p.add_argument("--keep-logs", metavar="LOGDIR", help="copy the launch log and per-rank results here")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_dry_run)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1-65535, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 10 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be between 10 and 86400 seconds, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------- generate
+
+def _gradient_accumulation(training, hw) -> int:
+    from ..errors import InputError
+
+    if training.global_batch_size is None:
+        return 1
+    per_step = training.micro_batch_size * hw.world_size
+    if training.global_batch_size % per_step:
+        raise InputError(f"{training.global_batch_size} is not a multiple of micro-batch {training.micro_batch_size}"
+                         f" x {hw.world_size} GPU(s) = {per_step}: DeepSpeed needs train_batch_size = micro x "
+                         "accumulation x world", field="--global-batch")
+    return training.global_batch_size // per_step
+
+
+def _plan(args):
+    """(model, hw, training, strategy, gas, recommendation) from the flags, via the recommender without --strategy."""
+    from .._cli import _problem_kwargs
+    from ..api import build_hardware, build_strategy, build_training
+    from ..catalog.models import resolve_model
+    from ..errors import InputError
+
+    kw = _problem_kwargs(args)
+    model = resolve_model(args.model)
+    hw = build_hardware(kw["gpus"], kw["nodes"], kw["vram"], kw["gpu"], kw["cpu_ram"], kw["nvme_path"],
+                        kw["nvme_size"])
+    train_kw = dict(task=kw["task"], seq_len=kw["seq_len"], micro_batch=kw["micro_batch"],
+                    global_batch=kw["global_batch"], optimizer=kw["optimizer"], method=kw["method"],
+                    lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"], attention=kw["attention"],
+                    freeze_layers=kw["freeze_layers"])
+    if kw["task"] != "train":
+        raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
+    if args.strategy is not None:
+        training = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none",
+                                  **train_kw)
+        strategy = build_strategy(hw, args.strategy, args.offload_optimizer, args.offload_param, args.bucket_sizes)
+        return model, hw, training, strategy, _gradient_accumulation(training, hw), None
+    if args.offload_optimizer != "none" or args.offload_param != "none":
+        raise InputError("--offload-* needs --strategy (without it the recommender decides offload)",
+                         field="--strategy")
+    try:
+        from ..recommend import recommend
+    except ImportError:
+        raise InputError("give --strategy (the recommender, advisor.recommend, is not available in this build)",
+                         field="--strategy") from None
+    template = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none", **train_kw)
+    rec = recommend(model, hw, template, method=kw["method"], precision=kw["precision"] or "auto",
+                    checkpointing=args.checkpointing or "auto")
+    if not rec.found or not rec.recommendation:
+        from ..errors import AdvisorError
+
+        class NothingFits(AdvisorError):
+            exit_code = exit_codes.NOTHING_FITS
+
+        hints = "; ".join(s.change for s in rec.suggestions[:3]) if rec.suggestions else ""
+        raise NothingFits("nothing fits, so there is nothing to generate: " + "; ".join(rec.reasons[-2:])
+                          + (f" (what would: {hints})" if hints else ""))
+    r = rec.recommendation
+    training = build_training(hw, task="train", seq_len=kw["seq_len"], micro_batch=int(r["micro_batch_size"]),
+                              global_batch=kw["global_batch"], precision=r["precision"], optimizer=r["optimizer"],
+                              method=r["method"], lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"],
+                              checkpointing=r["activation_checkpointing"], attention=r.get("attention", kw["attention"]),
+                              freeze_layers=kw["freeze_layers"])
+    strategy = build_strategy(hw, r["name"], r.get("offload_optimizer", "none"), r.get("offload_param", "none"),
+                              args.bucket_sizes)
+    gas = int(r.get("gradient_accumulation_steps") or 1)
+    return model, hw, training, strategy, gas, rec
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ..report import fmt_bytes
+    from .render import render_files
+    from .validate import errors_of, validate_files
+    from .write import write_files
+
+    model, hw, training, strategy, gas, rec = _plan(args)
+    loss_scaling = (rec.recommendation or {}).get("fp16") if rec is not None else None
+    files = render_files(model, hw, training, strategy, gradient_accumulation_steps=gas, hf_trainer=args.hf_trainer,
+                         loss_scaling=loss_scaling, main_process_ip=args.main_process_ip,
+                         main_process_port=args.main_process_port,
+                         estimate=rec.estimate if rec is not None and rec.estimate is not None
+                         and _same(rec.estimate, training, strategy) else None, recommendation=rec)
+    steps = validate_files(files, engines=not args.no_engine_check)
+    errors = errors_of(steps)
+    if errors:   # a bug of ours: never write files the engines refuse
+        print("dsadvise: internal error: the rendered files do not validate: " + errors[0].line(), file=sys.stderr)
+        return exit_codes.FAILED
+    written = write_files(files, args.out, force=args.force)
+    from ..memory.core import estimate_memory
+
+    est = estimate_memory(model, hw, training, strategy)
+    if args.json:
+        print(json.dumps({"out": str(args.out), "files": [p.name for p in written], "strategy": strategy.name,
+                          "gradient_accumulation_steps": gas, "recommended": rec is not None,
+                          "fits": est.fits, "per_gpu_bytes": est.per_gpu.total,
+                          "checks": [s.to_json() for s in steps]}, indent=2))
+    else:
+        how = "recommended" if rec is not None else "given"
+        print(f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written)}")
+        print(f"{model.name}: {strategy.name} ({how}), {training.precision}, micro-batch {training.micro_batch_size} "
+              f"x accumulation {gas} x {hw.world_size} GPU(s); estimate {fmt_bytes(est.per_gpu.total)} of "
+              f"{fmt_bytes(hw.vram_bytes)} per GPU")
+        checked = [s.name for s in steps if s.status == "pass"]
+        print("checked: " + ", ".join(checked))
+        for s in steps:
+            if s.status == "skip":
+                print(f"not checked: {s.name}: {s.detail}")
+    if not est.fits:
+        print(f"dsadvise: warning: by the estimate this does not fit ({fmt_bytes(est.per_gpu.total)} per GPU of "
+              f"{fmt_bytes(hw.vram_bytes)}); see README.md or try `dsadvise recommend`", file=sys.stderr)
+    return exit_codes.OK
+
+
+def _same(est, training, strategy) -> bool:
+    s = est.strategy
+    return (s.name == strategy.name and s.offload_optimizer == strategy.offload_optimizer
+            and s.offload_param == strategy.offload_param and s.precision == training.precision
+            and s.micro_batch_size == training.micro_batch_size
+            and s.activation_checkpointing == training.activation_checkpointing)
+
+
+# ---------------------------------------------------------------- check
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .lint import Problem, lint_file
+
+    problem = Problem(gpus=args.gpus, nodes=args.nodes, model=args.model, vram=args.vram, gpu=args.gpu,
+                      cpu_ram=args.cpu_ram, seq_len=args.seq_len, micro_batch=args.micro_batch,
+                      checkpointing=args.checkpointing, optimizer=args.optimizer, method=args.method,
+                      engines=not args.no_engine_check)
+    findings = lint_file(args.file, problem)
+    errors = [f for f in findings if f.severity == "error"]
+    warnings = [f for f in findings if f.severity == "warning"]
+    if args.json:
+        print(json.dumps({"file": args.file, "errors": len(errors), "warnings": len(warnings),
+                          "findings": [f.to_json() for f in findings]}, indent=2))
+    else:
+        order = {"error": 0, "warning": 1, "info": 2}
+        for f in sorted(findings, key=lambda f: order[f.severity]):
+            print(f.line())
+        print(f"{args.file}: {len(errors)} error(s), {len(warnings)} warning(s)")
+    return exit_codes.FAILED if errors else exit_codes.OK
+
+
+# ---------------------------------------------------------------- dry-run
+
+def cmd_dry_run(args: argparse.Namespace) -> int:
+    from .dryrun import dry_run
+
+    report = dry_run(args.dir, timeout=args.timeout, gpu=args.gpu, keep=args.keep_logs)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for s in report.steps:
+            print(f"{s.status.upper():<5} {s.name} ({s.seconds:.1f} s){': ' + s.detail if s.detail else ''}")
+            for f in s.findings:
+                print(f"      {f.line()}")
+        verdict = "PASSED" if report.passed else "FAILED"
+        if report.passed and not report.launched:
+            verdict += " (loaded only; the launch was skipped)"
+        print(f"dry-run {verdict}: {report.folder}")
+    return exit_codes.OK if report.passed else exit_codes.FAILED

@@ -1,0 +1,434 @@
+"""``dsadvise check``: lint a user's DeepSpeed JSON or accelerate YAML.
+
+Two kinds of findings: what the engines reject (batch arithmetic, fp16 and bf16 together, a bad ZeRO stage,
+unknown keys, what accelerate launch refuses), reported with a readable message before the engine's own; and
+what they silently accept but is wrong (offload_param below ZeRO-3, bf16 on a GPU without it, a YAML whose
+mixed_precision disagrees with its JSON, NVMe offload without a path, buckets that cannot fit in VRAM, a
+configuration that does not fit the model on the given hardware — with the estimate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..report import fmt_bytes
+from ..specs import GiB
+from .validate import (DS_IGNORED_WITH_FILE, ConfigFileError, EngineError, Finding, fill_auto, load_accelerate,
+                       load_deepspeed, parse_text, read_text, resolve_ds_path, schema_findings)
+
+BUCKET_WARN_FRACTION = 0.25
+
+
+@dataclass
+class Problem:
+    """What the user told us about the run (all optional): the hardware and, for the fit check, the model."""
+
+    gpus: int | None = None
+    nodes: int | None = None
+    model: str | None = None
+    vram: float | None = None        # GiB
+    gpu: str | None = None
+    cpu_ram: float | None = None     # GiB
+    seq_len: int = 2048
+    micro_batch: int | None = None
+    checkpointing: str = "none"
+    optimizer: str = "adamw"
+    method: str = "full"
+    engines: bool = True
+
+    @property
+    def world(self) -> int | None:
+        if self.gpus is None and self.nodes is None:
+            return None
+        return (self.gpus or 1) * (self.nodes or 1)
+
+
+def _hw(p: Problem):
+    """(vram_bytes, GPUInfo | None) from --vram / --gpu; None when neither was given."""
+    from ..catalog.gpus import resolve_gpu
+
+    info = resolve_gpu(p.gpu) if p.gpu else None
+    if p.vram is not None:
+        return int(p.vram * GiB), info
+    if info is not None:
+        return info.memory_bytes, info
+    return None, None
+
+
+def lint_file(path: str | Path, problem: Problem | None = None) -> list[Finding]:
+    """Findings for one DeepSpeed JSON or accelerate YAML. Raises ConfigFileError (exit 2) when the file cannot
+    be read or parsed, InputError for bad --model/--gpu."""
+    p = problem or Problem()
+    path = Path(path)
+    text = read_text(path)
+    kind = _kind(path, text)
+    if kind == "deepspeed":
+        data = parse_text(path.name if path.suffix == ".json" else path.name + ".json", text)
+        return lint_deepspeed(data, path.name, p, world=p.world, world_source="--gpus x --nodes")
+    data = parse_text(path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml", text)
+    return lint_accelerate(data, path, p)
+
+
+def _kind(path: Path, text: str) -> str:
+    if path.suffix == ".json":
+        return "deepspeed"
+    if path.suffix in (".yaml", ".yml"):
+        return "accelerate"
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        return "deepspeed"
+    return "accelerate"
+
+
+# ---------------------------------------------------------------- DeepSpeed JSON
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _enabled(block: Any) -> Any:
+    return block.get("enabled") if isinstance(block, dict) else None
+
+
+def ds_precision(data: dict) -> str | None:
+    """bf16 / fp16 / fp32 as the JSON says; None when it says "auto" (the Trainer decides)."""
+    f, b = _enabled(data.get("fp16")), _enabled(data.get("bf16", data.get("bfloat16")))
+    if "auto" in (f, b):
+        return None
+    if b is True:
+        return "bf16"
+    if f is True:
+        return "fp16"
+    return "fp32"
+
+
+def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, world_source: str) -> list[Finding]:
+    # The stage gets our own, readable message below.
+    out: list[Finding] = [f for f in schema_findings("deepspeed", data, file) if f.setting != "zero_optimization.stage"]
+    schema_errors = any(f.severity == "error" for f in out)
+
+    def add(severity: str, setting: str, message: str) -> None:
+        out.append(Finding(severity, file, setting, message))
+
+    zero = data.get("zero_optimization") if isinstance(data.get("zero_optimization"), dict) else {}
+    stage = zero.get("stage", 0)
+    stage_ok = _int(stage) is not None and 0 <= stage <= 3
+    if not stage_ok:
+        schema_errors = True
+        add("error", "zero_optimization.stage", f"{stage!r} is not a ZeRO stage: DeepSpeed accepts 0, 1, 2 or 3")
+    stage = stage if stage_ok else 0
+
+    # Precision
+    f16, b16 = _enabled(data.get("fp16")), _enabled(data.get("bf16", data.get("bfloat16")))
+    precision = ds_precision(data)
+    _, gpu_info = _hw(p) if (p.gpu or p.vram) else (None, None)
+    if b16 is True and gpu_info is not None and not gpu_info.bf16:
+        add("error", "bf16.enabled", f"{gpu_info.name} has no bf16 (needs Ampere/sm80 or newer): DeepSpeed stops "
+            "with 'Type bf16 is not supported on your device'; use fp16 with dynamic loss scaling")
+    if f16 is True and isinstance(data.get("fp16"), dict):
+        ls = data["fp16"].get("loss_scale", 0)
+        if isinstance(ls, (int, float)) and ls > 0:
+            add("warning", "fp16.loss_scale", f"static loss scale {ls:g}: overflowing steps are not skipped; "
+                "0 (dynamic) is the safe default")
+
+    # Batch arithmetic: train_batch_size = micro x accumulation x world (DeepSpeedConfig._batch_assertion)
+    tb, mb, ga = (data.get(k) for k in ("train_batch_size", "train_micro_batch_size_per_gpu",
+                                        "gradient_accumulation_steps"))
+    autos = [k for k, v in (("train_batch_size", tb), ("train_micro_batch_size_per_gpu", mb),
+                            ("gradient_accumulation_steps", ga)) if v == "auto"]
+    if autos:
+        add("info", ", ".join(autos), "'auto' is filled by the HF Trainer or accelerate; plain "
+            "deepspeed.initialize refuses it")
+    tb, mb, ga = _int(tb), _int(mb), _int(ga)
+    batch_error = False
+    if tb is None and mb is None and not autos and not schema_errors:
+        add("error", "train_batch_size", "give train_batch_size or train_micro_batch_size_per_gpu: DeepSpeed "
+            "needs one of them")
+        batch_error = True
+    implied_world = None
+    if tb and mb and ga:
+        if world is not None and tb != mb * ga * world:
+            right = mb * ga * world
+            add("error", "train_batch_size", f"{tb} != train_micro_batch_size_per_gpu {mb} x "
+                f"gradient_accumulation_steps {ga} x world size {world} ({world_source}) = {right}: DeepSpeed "
+                f"asserts this at start-up; set train_batch_size to {right}"
+                + (f" or gradient_accumulation_steps to {tb // (mb * world)}"
+                   if tb % (mb * world) == 0 and tb // (mb * world) >= 1 else ""))
+            batch_error = True
+        elif world is None:
+            if tb % (mb * ga):
+                add("error", "train_batch_size", f"{tb} is not a multiple of train_micro_batch_size_per_gpu {mb} x "
+                    f"gradient_accumulation_steps {ga}: no world size satisfies DeepSpeed's "
+                    "train_batch_size = micro x accumulation x world")
+                batch_error = True
+            else:
+                implied_world = tb // (mb * ga)
+                add("info", "train_batch_size", f"implies a world size of {implied_world} GPUs "
+                    "(give --gpus/--nodes to check it)")
+    elif world is not None and not autos:
+        if tb and mb and (tb % (mb * world) or tb // (mb * world) < 1):
+            add("error", "train_batch_size", f"{tb} is not micro-batch {mb} x world size {world} x a whole number "
+                "of accumulation steps: DeepSpeed derives gradient_accumulation_steps by floor division and then "
+                "fails its batch assertion")
+            batch_error = True
+        elif tb and ga and (tb % (ga * world) or tb // (ga * world) < 1):
+            add("error", "train_batch_size", f"{tb} is not gradient_accumulation_steps {ga} x world size {world} "
+                "x a whole micro-batch: DeepSpeed's derived micro-batch would not multiply back")
+            batch_error = True
+        elif tb and mb is None and ga is None and (tb % world or tb < world):
+            add("error", "train_batch_size", f"{tb} is not a multiple of the world size {world}")
+            batch_error = True
+
+    # Offload
+    for what in ("offload_optimizer", "offload_param"):
+        off = zero.get(what)
+        if not isinstance(off, dict):
+            continue
+        dev = off.get("device", "none")
+        setting = f"zero_optimization.{what}"
+        if what == "offload_param" and dev not in ("none", None) and stage < 3:
+            add("warning", f"{setting}.device", f"{dev} offload of parameters only exists at ZeRO-3; DeepSpeed "
+                f"silently ignores it at stage {stage} (parameters stay on the GPU): drop it or use stage 3")
+        if what == "offload_optimizer" and dev not in ("none", None) and stage == 0:
+            add("warning", f"{setting}.device", "optimizer offload needs ZeRO stage 1-3; stage 0 ignores it")
+        if dev == "nvme" and not off.get("nvme_path"):
+            add("error", f"{setting}.nvme_path", "NVMe offload without nvme_path: DeepSpeed accepts the config, "
+                "then fails when it creates its swap files; set nvme_path to a local NVMe mount")
+        if dev not in ("nvme",) and off.get("nvme_path"):
+            add("warning", f"{setting}.nvme_path", f"ignored: device is {dev!r}, not 'nvme'")
+
+    # Buckets against VRAM
+    vram, _ = _hw(p) if (p.gpu or p.vram) else (None, None)
+    if vram:
+        elem = 4 if precision == "fp32" else 2
+        overlap = zero.get("overlap_comm")
+        overlap = (stage == 3) if overlap is None else bool(overlap)
+        factor = (4.5 if stage in (1, 2) else 2.0 if stage == 3 else 1.0) if overlap else 1.0
+        buckets = [("reduce_bucket_size", factor), ("allgather_bucket_size", factor if stage in (1, 2) else 0),
+                   ("stage3_prefetch_bucket_size", 1.0 if stage == 3 else 0),
+                   ("stage3_max_live_parameters", 1.0 if stage == 3 else 0)]
+        for key, f in buckets:
+            n = zero.get(key)
+            if not f or isinstance(n, bool) or not isinstance(n, (int, float)):
+                continue
+            need = int(n * elem * f)
+            how = f" x {f:g} (overlap_comm)" if f not in (0, 1.0) else ""
+            if need > vram:
+                add("error", f"zero_optimization.{key}", f"{int(n):,} elements x {elem} bytes{how} = "
+                    f"{fmt_bytes(need)}: more than the GPU's {fmt_bytes(vram)} (buckets are allocated on the GPU)")
+            elif need > BUCKET_WARN_FRACTION * vram and key != "stage3_max_live_parameters":
+                add("warning", f"zero_optimization.{key}", f"{int(n):,} elements x {elem} bytes{how} = "
+                    f"{fmt_bytes(need)}: over a quarter of the GPU's {fmt_bytes(vram)}")
+
+    # Does it fit?
+    eff_world = world or implied_world
+    if p.model and vram and stage_ok:
+        micro = mb or (p.micro_batch or 1)
+        out += _fit("deepspeed", file, p, world=eff_world or 1, stage=stage, precision=precision or "bf16",
+                    micro=micro, offload_optimizer=_dev(zero.get("offload_optimizer")),
+                    offload_param=_dev(zero.get("offload_param")) if stage == 3 else "none", zero=zero)
+
+    # The engine itself (catches everything else DeepSpeed refuses)
+    if p.engines and not schema_errors:
+        cfg, _ = fill_auto(data, micro_batch=p.micro_batch or 1)
+        try:
+            load_deepspeed(cfg, eff_world or 1, file)
+        except EngineError as exc:
+            already = batch_error if "batch" in str(exc).lower() else any(f.severity == "error" for f in out)
+            if not already:
+                add("error", exc.setting, exc.message)
+        except Exception as exc:  # deepspeed missing or broken: say so, do not fail the lint
+            add("info", "", f"DeepSpeed's own check was skipped ({type(exc).__name__}: {exc})")
+    return out
+
+
+def _dev(block: Any) -> str:
+    if isinstance(block, dict) and block.get("device") in ("cpu", "nvme"):
+        return block["device"]
+    return "none"
+
+
+def _fit(kind: str, file: str, p: Problem, *, world: int, stage: int | None = None, precision: str,
+         micro: int, offload_optimizer: str = "none", offload_param: str = "none", zero: dict | None = None,
+         backend: str | None = None, fsdp_sharding: str | None = None) -> list[Finding]:
+    """Estimate the configuration for --model on the hardware; an error with the numbers when it does not fit."""
+    from ..api import build_hardware, build_strategy, build_training
+    from ..catalog.models import resolve_model
+    from ..memory.buffers import deepspeed_sizes
+    from ..memory.core import estimate_memory
+    from ..specs import StrategySpec
+
+    model = resolve_model(p.model)
+    gpus = p.gpus or world // (p.nodes or 1) or 1
+    nodes = p.nodes or max(1, world // gpus)
+    hw = build_hardware(gpus=gpus, nodes=nodes, vram=p.vram, gpu=p.gpu, cpu_ram=p.cpu_ram,
+                        nvme_path="(from the config)" if "nvme" in (offload_optimizer, offload_param) else None)
+    training = build_training(hw, seq_len=p.seq_len, micro_batch=micro,
+                              precision=precision if precision in ("fp16", "bf16", "fp32") else None,
+                              optimizer=p.optimizer, method=p.method, checkpointing=p.checkpointing)
+    if kind == "deepspeed":
+        preset = "auto"
+        if zero:
+            probe = StrategySpec(backend="deepspeed", zero_stage=stage, bucket_sizes="default")
+            d = deepspeed_sizes(model.architecture, probe)
+            if zero.get("reduce_bucket_size") == d.reduce_bucket_size:
+                preset = "default"
+        name = f"zero{stage}"
+        strategy = build_strategy(hw, name, offload_optimizer, offload_param, preset)
+    else:
+        strategy = build_strategy(hw, backend, offload_optimizer, offload_param)
+    try:
+        est = estimate_memory(model, hw, training, strategy)
+    except InputError as exc:
+        return [Finding("info", file, "", f"fit not checked: {exc}")]
+    total, cap = est.per_gpu.total, est.hardware.vram_bytes
+    what = (f"{model.name} ({est.model.parameters / 1e9:.2f}B parameters), {strategy.name}"
+            + (f" + offload optimizer {offload_optimizer}" if offload_optimizer != "none" else "")
+            + (f" + offload param {offload_param}" if offload_param != "none" else "")
+            + f", {precision}, micro-batch {micro} x seq {p.seq_len}, checkpointing {p.checkpointing}, "
+              f"{hw.nodes} x {hw.gpus_per_node} GPUs")
+    if total > cap:
+        top = sorted(est.per_gpu.breakdown.items(), key=lambda kv: -kv[1])[:3]
+        return [Finding("error", file, "", f"does not fit: {what} needs about {fmt_bytes(total)} per GPU of "
+                        f"{fmt_bytes(cap)} (largest: " + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in top)
+                        + "); try `dsadvise recommend`")]
+    if not est.per_node_cpu.fits:
+        return [Finding("error", file, "", f"CPU RAM: {what} needs about {fmt_bytes(est.per_node_cpu.total)} per "
+                        f"node of {fmt_bytes(est.per_node_cpu.available_bytes)}")]
+    return [Finding("info", file, "", f"fits: {what} needs about {fmt_bytes(total)} per GPU of {fmt_bytes(cap)} "
+                    f"({fmt_bytes(cap - total)} headroom)")]
+
+
+# ---------------------------------------------------------------- accelerate YAML
+
+def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
+    file = path.name
+    out: list[Finding] = schema_findings("accelerate", data, file)
+    schema_errors = any(f.severity == "error" for f in out)
+
+    def add(severity: str, setting: str, message: str) -> None:
+        out.append(Finding(severity, file, setting, message))
+
+    dtype = data.get("distributed_type")
+    nproc, nmach = _int(data.get("num_processes")), _int(data.get("num_machines", 1)) or 1
+    mp = data.get("mixed_precision")
+    if nproc and nproc > 0 and nproc % nmach:
+        add("error", "num_processes", f"{nproc} processes do not divide over num_machines {nmach}: accelerate "
+            "starts num_processes / num_machines per machine")
+    if p.world is not None and nproc and nproc > 0 and nproc != p.world:
+        add("error", "num_processes", f"{nproc}, but --gpus x --nodes is {p.world}: num_processes counts all "
+            "processes on all machines")
+    if p.nodes is not None and nmach != p.nodes:
+        add("error", "num_machines", f"{nmach}, but --nodes is {p.nodes}")
+    if dtype == "MULTI_GPU" and nproc is not None and 0 < nproc < 2:
+        add("error", "num_processes", "MULTI_GPU needs at least 2 processes (accelerate launch refuses 1); use "
+            "distributed_type NO for one GPU")
+    _, gpu_info = _hw(p) if (p.gpu or p.vram) else (None, None)
+    if mp == "bf16" and gpu_info is not None and not gpu_info.bf16:
+        add("error", "mixed_precision", f"bf16 on {gpu_info.name}, which has no bf16 (Ampere/sm80 or newer "
+            "needed): use fp16")
+
+    ds_findings: list[Finding] = []
+    ds_data = None
+    world = nproc if nproc and nproc > 0 else p.world
+    dscfg = data.get("deepspeed_config") if isinstance(data.get("deepspeed_config"), dict) else {}
+    if dtype == "DEEPSPEED":
+        ds_file = dscfg.get("deepspeed_config_file")
+        if ds_file:
+            ignored = [k for k in DS_IGNORED_WITH_FILE if k in dscfg]
+            if ignored:
+                add("error", ", ".join(f"deepspeed_config.{k}" for k in ignored),
+                    "accelerate launch refuses these next to deepspeed_config_file: set them in the DeepSpeed "
+                    "JSON instead")
+            found = resolve_ds_path(path.resolve(), str(ds_file))
+            if found is None:
+                add("error", "deepspeed_config.deepspeed_config_file", f"{ds_file!r} not found next to {file} or "
+                    "in the current directory (accelerate reads it relative to the directory you launch from)")
+            else:
+                try:
+                    ds_data = parse_text(found.name if found.suffix == ".json" else found.name + ".json",
+                                         read_text(found))
+                except ConfigFileError as exc:
+                    add("error", "deepspeed_config.deepspeed_config_file", str(exc))
+                if ds_data is not None:
+                    ds_findings = lint_deepspeed(ds_data, found.name, p, world=world,
+                                                 world_source=f"num_processes in {file}")
+            if mp is not None:
+                json_mp = ds_precision(ds_data) if ds_data is not None else None
+                yaml_mp = {"no": "fp32"}.get(mp, mp)
+                if ds_data is not None and json_mp is not None and json_mp != yaml_mp:
+                    add("error", "mixed_precision", f"{mp} here, but {found.name} says {json_mp}; and accelerate "
+                        "launch refuses mixed_precision next to deepspeed_config_file anyway: remove it and keep "
+                        f"the precision in {found.name}")
+                else:
+                    add("error", "mixed_precision", "accelerate launch refuses mixed_precision next to "
+                        "deepspeed_config_file ('the following accelerate config variables will be ignored'): "
+                        "remove it; the precision lives in the DeepSpeed JSON")
+        else:
+            stage = dscfg.get("zero_stage", 2)
+            if dscfg.get("offload_param_device", "none") != "none" and stage != 3:
+                add("warning", "deepspeed_config.offload_param_device", f"parameter offload only exists at "
+                    f"ZeRO-3; stage {stage} ignores it")
+            for what in ("optimizer", "param"):
+                if dscfg.get(f"offload_{what}_device") == "nvme" and not dscfg.get(f"offload_{what}_nvme_path"):
+                    add("error", f"deepspeed_config.offload_{what}_nvme_path", "NVMe offload without a path")
+    if dtype == "FSDP":
+        fc = data.get("fsdp_config") if isinstance(data.get("fsdp_config"), dict) else {}
+        version = fc.get("fsdp_version", 1)
+        ss, raf = fc.get("fsdp_sharding_strategy"), fc.get("fsdp_reshard_after_forward")
+        if version == 1 and ss is None and isinstance(raf, str) and raf.upper() != "FULL_SHARD":
+            add("error", "fsdp_config.fsdp_reshard_after_forward", f"{raf} is silently replaced by FULL_SHARD: "
+                "accelerate launch passes FSDP_SHARDING_STRATEGY=FULL_SHARD when fsdp_sharding_strategy is absent, "
+                f"and FSDP1 prefers it; add fsdp_sharding_strategy: {raf.upper()}")
+        if version == 1 and isinstance(ss, str) and isinstance(raf, str) and ss.upper() != raf.upper():
+            add("warning", "fsdp_config.fsdp_sharding_strategy", f"{ss} wins over fsdp_reshard_after_forward {raf} "
+                "under FSDP1; make them agree")
+        if fc.get("fsdp_cpu_ram_efficient_loading") is True and fc.get("fsdp_sync_module_states") is False:
+            add("error", "fsdp_config.fsdp_sync_module_states", "must be true with fsdp_cpu_ram_efficient_loading: "
+                "accelerate launch refuses it (the other ranks start on the meta device and need rank 0's weights)")
+        strategy = (ss or raf or "FULL_SHARD") if version == 1 else ("FULL_SHARD" if raf in (None, True) else
+                                                                     "SHARD_GRAD_OP")
+        strategy = str(strategy).upper()
+        if fc.get("fsdp_offload_params") is True and strategy in ("SHARD_GRAD_OP", "NO_SHARD"):
+            add("warning", "fsdp_config.fsdp_offload_params", f"offloading with {strategy}: parameters are not "
+                "sharded, so each rank offloads and reloads the whole model every step")
+        if p.model and fc.get("fsdp_transformer_layer_cls_to_wrap"):
+            from ..catalog.models import resolve_model
+            from .context import FSDP_LAYER_CLASSES
+
+            fam = resolve_model(p.model).architecture.family
+            want = FSDP_LAYER_CLASSES.get(fam)
+            names = [n.strip() for n in str(fc["fsdp_transformer_layer_cls_to_wrap"]).split(",")]
+            if want and want not in names:
+                add("error", "fsdp_config.fsdp_transformer_layer_cls_to_wrap", f"{', '.join(names)} is not a layer "
+                    f"of {fam} models ({want}): accelerate fails with 'Could not find the transformer layer class'")
+
+    # Fit (DeepSpeed's is checked with its JSON)
+    vram, _ = _hw(p) if (p.gpu or p.vram) else (None, None)
+    if p.model and vram and dtype in ("NO", "MULTI_GPU", "FSDP") and not schema_errors:
+        precision = {"bf16": "bf16", "fp16": "fp16"}.get(mp, "fp32")
+        w = world or 1
+        if dtype == "FSDP":
+            fc = data.get("fsdp_config") or {}
+            s = str(fc.get("fsdp_sharding_strategy") or fc.get("fsdp_reshard_after_forward") or "FULL_SHARD").upper()
+            name = {"FULL_SHARD": "fsdp-full", "SHARD_GRAD_OP": "fsdp-grad-op", "HYBRID_SHARD": "fsdp-hybrid",
+                    "NO_SHARD": "fsdp-no-shard"}.get(s, "fsdp-full")
+            off = "cpu" if fc.get("fsdp_offload_params") is True and name in ("fsdp-full", "fsdp-hybrid") else "none"
+            out += _fit("accelerate", file, p, world=w, precision=precision, micro=p.micro_batch or 1,
+                        offload_optimizer=off, offload_param=off, backend=name, fsdp_sharding=s)
+        else:
+            out += _fit("accelerate", file, p, world=w, precision=precision, micro=p.micro_batch or 1,
+                        backend="single" if w == 1 else "ddp")
+
+    # accelerate's own launch-time processing
+    if p.engines and not schema_errors and not any(f.severity == "error" for f in out):
+        try:
+            load_accelerate(path.resolve())
+        except EngineError as exc:
+            add("error", exc.setting, exc.message)
+        except Exception as exc:
+            add("info", "", f"accelerate's own check was skipped ({type(exc).__name__}: {exc})")
+    return out + ds_findings

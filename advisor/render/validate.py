@@ -1,0 +1,556 @@
+"""Check rendered (or user) config files: they parse, match the shipped JSON Schemas, and load in the real
+engines — accelerate's own launch-time processing of the YAML and ``deepspeed.runtime.config.DeepSpeedConfig``
+for the target world size — without launching anything.
+
+DeepSpeedConfig reads the world size from torch.distributed; here it gets the target world size from a
+stand-in ``mpu`` (``get_data_parallel_world_size``) while ``deepspeed.comm.get_rank`` is patched to 0 for the
+duration of the call, so the batch arithmetic is checked for the world the config is meant for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from ..errors import AdvisorError
+
+SCHEMAS = {"accelerate": "schemas/accelerate_config.schema.json", "deepspeed": "schemas/ds_config.schema.json"}
+HOSTFILE_LINE = re.compile(r"^(\S+)\s+slots=(\d+)")      # deepspeed/launcher/runner.py _parse_hostfile
+SHELL_FILES = (".sh", ".sbatch")
+
+
+class ConfigFileError(AdvisorError):
+    """A file that cannot be read or parsed: one line, exit 2."""
+
+    exit_code = 2
+
+
+class EngineError(Exception):
+    """An engine (accelerate, DeepSpeed) refused a config; the message names the file and setting."""
+
+    def __init__(self, file: str, setting: str, message: str):
+        self.file, self.setting, self.message = file, setting, message
+        super().__init__(f"{file}: {setting}: {message}" if setting else f"{file}: {message}")
+
+
+@dataclass
+class Finding:
+    """One problem (or note) about one setting of one file."""
+
+    severity: str                 # error | warning | info
+    file: str
+    setting: str
+    message: str
+
+    def line(self) -> str:
+        where = f"{self.file}: {self.setting}" if self.setting else self.file
+        return f"{self.severity}: {where}: {self.message}"
+
+    def to_json(self) -> dict:
+        return {"severity": self.severity, "file": self.file, "setting": self.setting, "message": self.message}
+
+
+@dataclass
+class Step:
+    """One step of validation or dry-run: pass / fail / skip, with timing and details."""
+
+    name: str
+    status: str = "pass"          # pass | fail | skip
+    seconds: float = 0.0
+    detail: str = ""
+    findings: list[Finding] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"step": self.name, "status": self.status, "seconds": round(self.seconds, 2), "detail": self.detail,
+                "findings": [f.to_json() for f in self.findings]}
+
+
+# ---------------------------------------------------------------- parsing
+
+def parse_text(name: str, text: str) -> Any:
+    """Parse one file by its name: YAML, JSON; raises ConfigFileError (one line) when it does not parse."""
+    import yaml
+
+    if name.endswith((".yaml", ".yml")):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigFileError(f"{name}: not valid YAML{where}: {problem}") from None
+        if not isinstance(data, dict):
+            raise ConfigFileError(f"{name}: expected a mapping of accelerate settings, got {type(data).__name__}")
+        return data
+    if name.endswith(".json"):
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
+        except json.JSONDecodeError as exc:
+            raise ConfigFileError(f"{name}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") \
+                from None
+        except ValueError as exc:
+            raise ConfigFileError(f"{name}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigFileError(f"{name}: expected a JSON object, got {type(data).__name__}")
+        return data
+    return text
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r} (DeepSpeed refuses duplicate keys)")
+        out[k] = v
+    return out
+
+
+def read_text(path: Path) -> str:
+    try:
+        if path.stat().st_size > 4 * 1024 * 1024:
+            raise ConfigFileError(f"{path}: too large for a config file ({path.stat().st_size} bytes)")
+        return path.read_text(encoding="utf-8")
+    except ConfigFileError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigFileError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def check_shell(name: str, text: str) -> list[Finding]:
+    """``bash -n`` (syntax only) on a launch script; nothing when bash is missing."""
+    bash = shutil.which("bash")
+    if bash is None:
+        return []
+    proc = subprocess.run([bash, "-n", "/dev/stdin"], input=text, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        return [Finding("error", name, "", f"bash -n: {proc.stderr.strip().splitlines()[-1] if proc.stderr else 'syntax error'}")]
+    return []
+
+
+def check_hostfile(name: str, text: str) -> list[Finding]:
+    """DeepSpeed's hostfile rules: 'host slots=N' lines, comments, no duplicate hosts."""
+    hosts: set[str] = set()
+    out = []
+    for i, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = HOSTFILE_LINE.search(line)
+        if not m:
+            out.append(Finding("error", name, f"line {i}", f"not 'hostname slots=N': {line[:60]!r}"))
+        elif m.group(1) in hosts:
+            out.append(Finding("error", name, f"line {i}", f"duplicate host {m.group(1)!r}"))
+        else:
+            hosts.add(m.group(1))
+    if not hosts and not out:
+        out.append(Finding("error", name, "", "no hosts"))
+    return out
+
+
+# ---------------------------------------------------------------- schemas
+
+def schema_findings(kind: str, data: Any, file: str) -> list[Finding]:
+    """Violations of the shipped JSON Schema; unknown nested keys are warnings, the rest errors."""
+    import jsonschema
+
+    from .._data import load_data
+
+    schema = load_data(SCHEMAS[kind])
+    validator = jsonschema.Draft202012Validator(schema)
+    out = []
+    for err in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
+        path = ".".join(str(p) for p in err.absolute_path)
+        severity = "error"
+        if err.validator == "additionalProperties" and path:
+            severity = "warning"     # accelerate ignores unknown nested keys; the engine check sees DeepSpeed's
+        msg = err.message
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            msg = f"unknown key(s) {', '.join(map(repr, extra))}" + (
+                " (accelerate refuses unknown top-level keys)" if not path else " (ignored)")
+        elif err.validator == "not" and kind == "deepspeed" and not path:
+            msg = "fp16 and bf16 are both enabled: DeepSpeed refuses this ('bfloat16 and fp16 modes cannot be " \
+                  "simultaneously enabled')"
+        elif err.validator in ("enum", "const") and len(msg) > 200:
+            msg = msg[:200] + "..."
+        out.append(Finding(severity, file, path, msg))
+    return out
+
+
+# ---------------------------------------------------------------- DeepSpeed
+
+class _DataParallelOnly:
+    """The piece of an ``mpu`` DeepSpeedConfig asks for: the data-parallel world size."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.world_size
+
+    def get_sequence_parallel_world_size(self) -> int:
+        return 1
+
+
+def fill_auto(config: dict, *, micro_batch: int = 1, gradient_accumulation_steps: int = 1,
+              hidden_size: int | None = None) -> tuple[dict, list[str]]:
+    """A copy of ``config`` with the "auto" values the HF Trainer / accelerate would fill, and what was filled."""
+    cfg = copy.deepcopy(config)
+    filled = []
+
+    def put(obj: dict, key: str, value: Any, label: str) -> None:
+        if obj.get(key) == "auto":
+            if value is None:
+                del obj[key]
+            else:
+                obj[key] = value
+            filled.append(f"{label}={value if value is not None else '(derived)'}")
+
+    put(cfg, "train_micro_batch_size_per_gpu", micro_batch, "train_micro_batch_size_per_gpu")
+    put(cfg, "gradient_accumulation_steps", gradient_accumulation_steps, "gradient_accumulation_steps")
+    put(cfg, "train_batch_size", None, "train_batch_size")
+    put(cfg, "gradient_clipping", 1.0, "gradient_clipping")
+    for block in ("fp16", "bf16"):
+        if isinstance(cfg.get(block), dict):
+            put(cfg[block], "enabled", False, f"{block}.enabled")
+    zero = cfg.get("zero_optimization")
+    if isinstance(zero, dict):
+        h = hidden_size
+        put(zero, "reduce_bucket_size", h * h if h else None, "zero_optimization.reduce_bucket_size")
+        put(zero, "stage3_prefetch_bucket_size", int(0.9 * h * h) if h else None,
+            "zero_optimization.stage3_prefetch_bucket_size")
+        put(zero, "stage3_param_persistence_threshold", 10 * h if h else None,
+            "zero_optimization.stage3_param_persistence_threshold")
+    opt = cfg.get("optimizer")
+    if isinstance(opt, dict) and isinstance(opt.get("params"), dict):
+        defaults = {"lr": 5e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+        for k, v in defaults.items():
+            put(opt["params"], k, v, f"optimizer.params.{k}")
+    return cfg, filled
+
+
+def _pydantic_message(exc: Exception) -> tuple[str, str]:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            err = exc.errors()[0]
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            title = getattr(exc, "title", "")
+            prefix = {"DeepSpeedZeroConfig": "zero_optimization", "DeepSpeedFP16Config": "fp16",
+                      "DeepSpeedBF16Config": "bf16", "DeepSpeedZeroOffloadOptimizerConfig":
+                      "zero_optimization.offload_optimizer", "DeepSpeedZeroOffloadParamConfig":
+                      "zero_optimization.offload_param"}.get(title, title)
+            setting = ".".join(x for x in (prefix, loc) if x)
+            return setting, err.get("msg", str(exc))
+        except Exception:  # pragma: no cover - a pydantic shape we do not know
+            pass
+    text = str(exc).strip().splitlines()
+    return "", text[0] if text else type(exc).__name__
+
+
+def load_deepspeed(config: dict, world_size: int, file: str = "ds_config.json"):
+    """``DeepSpeedConfig(config, mpu=...)`` for ``world_size`` ranks; raises EngineError with a readable line."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    with _quiet():
+        import deepspeed.runtime.config as ds_config_module
+    try:
+        with _quiet(), mock.patch.object(ds_config_module.dist, "get_rank", return_value=0):
+            return ds_config_module.DeepSpeedConfig(copy.deepcopy(config), mpu=_DataParallelOnly(world_size))
+    except AssertionError as exc:
+        msg = str(exc).strip() or "assertion failed"
+        setting = "train_batch_size" if "batch" in msg.lower() else ""
+        raise EngineError(file, setting, f"DeepSpeed refuses it: {msg}") from None
+    except Exception as exc:  # pydantic ValidationError, ValueError, ...
+        setting, msg = _pydantic_message(exc)
+        raise EngineError(file, setting, f"DeepSpeed refuses it: {msg}") from None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence DeepSpeed's and accelerate's INFO/WARNING logging while loading configs."""
+    import logging
+
+    names = ("DeepSpeed", "deepspeed", "accelerate", "accelerate.utils.dataclasses", "accelerate.commands.launch")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _device(offload) -> str:
+    if offload is None:
+        return "none"
+    dev = offload.device
+    return str(getattr(dev, "value", dev))
+
+
+def ds_summary(cfg) -> dict:
+    """What a loaded DeepSpeedConfig says about the run (for reports and the dry-run's expectations)."""
+    z = cfg.zero_config
+    off_o = _device(z.offload_optimizer)
+    off_p = _device(z.offload_param)
+    precision = "bf16" if cfg.bfloat16_config.enabled else ("fp16" if cfg.float16_config.enabled else "fp32")
+    return {"world_size": cfg.world_size, "zero_stage": int(cfg.zero_optimization_stage),
+            "offload_optimizer": off_o, "offload_param": off_p,
+            "precision": precision, "train_batch_size": cfg.train_batch_size,
+            "micro_batch": cfg.train_micro_batch_size_per_gpu,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
+
+
+# ---------------------------------------------------------------- accelerate
+
+@dataclass
+class AccelerateLoad:
+    """What accelerate launch makes of a YAML: the parsed ClusterConfig, launch args, child env, plugin."""
+
+    config: Any
+    args: Any
+    env: dict[str, str]
+    plugin: Any
+    ds_config_path: str | None
+
+
+DS_IGNORED_WITH_FILE = ("gradient_accumulation_steps", "gradient_clipping", "zero_stage", "offload_optimizer_device",
+                        "offload_param_device", "offload_param_nvme_path", "offload_optimizer_nvme_path",
+                        "zero3_save_16bit_model", "mixed_precision")
+
+
+def resolve_ds_path(yaml_path: Path, value: str) -> Path | None:
+    """Where accelerate launch would find ``deepspeed_config_file``: relative paths from the working
+    directory at launch; we try the YAML's own folder first (where dsadvise writes it), then the CWD."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p if p.is_file() else None
+    for base in (yaml_path.parent, Path.cwd()):
+        if (base / p).is_file():
+            return (base / p).resolve()
+    return None
+
+
+def load_accelerate(yaml_path: Path, *, num_processes: int | None = None) -> AccelerateLoad:
+    """Run accelerate launch's own config handling on ``yaml_path`` (no process is started): load the file,
+    resolve the launch arguments, build each child's environment and the DeepSpeed/FSDP plugin from it.
+    Raises EngineError naming the file and setting."""
+    file = yaml_path.name
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    with _quiet():
+        from accelerate.commands.config.config_args import load_config_from_file
+        from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+        from accelerate.utils import launch as launch_utils
+    try:
+        with _quiet():
+            cfg = load_config_from_file(str(yaml_path))
+    except Exception as exc:
+        raise EngineError(file, "", f"accelerate cannot load it: {_first_line(exc)}") from None
+    argv = ["--config_file", str(yaml_path)]
+    if num_processes is not None:
+        argv += ["--num_processes", str(num_processes)]
+    ds_path = None
+    dscfg = getattr(cfg, "deepspeed_config", {}) or {}
+    if cfg.distributed_type.value == "DEEPSPEED" and dscfg.get("deepspeed_config_file"):
+        found = resolve_ds_path(yaml_path, str(dscfg["deepspeed_config_file"]))
+        if found is None:
+            raise EngineError(file, "deepspeed_config.deepspeed_config_file",
+                              f"{dscfg['deepspeed_config_file']!r} not found (accelerate reads it relative to the "
+                              f"directory you launch from)")
+        ds_path = str(found)
+    try:
+        # A static check must not depend on this machine's ports: accelerate refuses a busy main_process_port.
+        with _quiet(), mock.patch.object(launch_utils, "is_port_in_use", return_value=False):
+            parser = launch_command_parser()
+            args = parser.parse_args(argv + ["train.py"])
+            args, defaults, mp_from_config = _validate_launch_command(args)
+            if args.use_deepspeed:
+                fields = list(defaults.deepspeed_config.keys()) if defaults else []
+                if mp_from_config:
+                    fields.append("mixed_precision")
+                args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+                if ds_path:
+                    args.deepspeed_config_file = ds_path
+                _, env = launch_utils.prepare_deepspeed_cmd_env(args)
+            elif args.use_fsdp or args.multi_gpu:
+                env = launch_utils.prepare_multi_gpu_env(args)
+            else:
+                env = launch_utils.prepare_simple_launcher_cmd_env(args)[1]
+    except Exception as exc:
+        raise EngineError(file, "", f"accelerate launch refuses it: {_first_line(exc)}") from None
+    child = {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_")) and os.environ.get(k) != v}
+    plugin = None
+    try:
+        with _quiet(), mock.patch.dict(os.environ, child):
+            if args.use_deepspeed:
+                from accelerate.utils import DeepSpeedPlugin
+
+                plugin = DeepSpeedPlugin()
+            elif args.use_fsdp:
+                plugin = _fsdp_plugin()
+    except Exception as exc:
+        setting = "mixed_precision" if "mixed_precision" in str(exc) and args.use_deepspeed else ""
+        msg = _first_line(exc)
+        if "will be ignored" in str(exc):
+            present = [k for k in DS_IGNORED_WITH_FILE if k in dscfg or (k == "mixed_precision" and mp_from_config)]
+            setting = ", ".join(present) or setting
+            msg = ("accelerate refuses these next to deepspeed_config_file (they belong in the DeepSpeed JSON): "
+                   + (", ".join(present) or msg))
+        raise EngineError(file, setting, msg) from None
+    return AccelerateLoad(cfg, args, child, plugin, ds_path)
+
+
+def _fsdp_plugin():
+    """accelerate's FullyShardedDataParallelPlugin from the environment; on a machine without GPUs its
+    sync_module_states device lookup is pointed at the CPU (it only builds an init function)."""
+    import torch
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    import accelerate.utils.dataclasses as acc_dc
+
+    if torch.cuda.is_available():
+        return FullyShardedDataParallelPlugin()
+    with mock.patch.object(acc_dc, "is_cuda_available", return_value=True), \
+            mock.patch.object(torch.cuda, "current_device", return_value="cpu"):
+        return FullyShardedDataParallelPlugin()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first if len(first) <= 400 else first[:397] + "..."
+
+
+# ---------------------------------------------------------------- a whole folder
+
+def _manifest(files: dict[str, str]) -> dict:
+    try:
+        return json.loads(files.get("dsadvise.json", "{}"))
+    except ValueError:
+        return {}
+
+
+def validate_files(files: dict[str, str] | Path, *, engines: bool = True) -> list[Step]:
+    """Check a rendered set (name → text, or a folder): parse, schema, and (``engines``) load in accelerate and
+    DeepSpeed for the world size the YAML gives. Returns one Step per check; a failed step has findings."""
+    if isinstance(files, Path):
+        folder = files
+        files = {p.name: read_text(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    else:
+        folder = None
+    steps: list[Step] = []
+
+    t = time.perf_counter()
+    parsed: dict[str, Any] = {}
+    step = Step("parse")
+    for name, text in files.items():
+        try:
+            parsed[name] = parse_text(name, text)
+        except ConfigFileError as exc:
+            step.findings.append(Finding("error", name, "", str(exc).split(": ", 1)[-1]))
+        if name.endswith(SHELL_FILES):
+            step.findings += check_shell(name, text)
+        if name == "hostfile":
+            step.findings += check_hostfile(name, text)
+    step.detail = f"{len(files)} files"
+    steps.append(_finish(step, t))
+
+    t = time.perf_counter()
+    step = Step("schema")
+    if "accelerate_config.yaml" in parsed:
+        step.findings += schema_findings("accelerate", parsed["accelerate_config.yaml"], "accelerate_config.yaml")
+    if "ds_config.json" in parsed:
+        step.findings += schema_findings("deepspeed", parsed["ds_config.json"], "ds_config.json")
+    steps.append(_finish(step, t))
+
+    if not engines:
+        return steps
+    yaml_data = parsed.get("accelerate_config.yaml")
+    if not isinstance(yaml_data, dict):
+        steps.append(Step("engines", "skip", detail="no accelerate_config.yaml"))
+        return steps
+    with contextlib.ExitStack() as stack:
+        if folder is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dsadvise-validate-")))
+            for name, text in files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            folder = tmp
+        steps += engine_steps(folder, parsed, _manifest(files))
+    return steps
+
+
+def engine_steps(folder: Path, parsed: dict[str, Any], manifest: dict,
+                 num_processes: int | None = None) -> list[Step]:
+    """Load accelerate_config.yaml with accelerate and ds_config.json with DeepSpeed (for the YAML's world)."""
+    steps = []
+    t = time.perf_counter()
+    step = Step("accelerate loads accelerate_config.yaml")
+    loaded = None
+    try:
+        loaded = load_accelerate(folder / "accelerate_config.yaml", num_processes=num_processes)
+        c = loaded.config
+        step.detail = (f"{c.distributed_type.value}, {c.num_processes} processes on {c.num_machines} machine(s)"
+                       + (f", mixed_precision {c.mixed_precision}" if c.mixed_precision else ""))
+        if loaded.plugin is not None:
+            step.detail += f", {type(loaded.plugin).__name__} built from the launch environment"
+    except EngineError as exc:
+        step.findings.append(Finding("error", exc.file, exc.setting, exc.message))
+    except ImportError as exc:
+        step.status, step.detail = "skip", f"accelerate is not importable here ({exc})"
+    except Exception as exc:
+        step.findings.append(Finding("error", "accelerate_config.yaml", "", _first_line(exc)))
+    steps.append(_finish(step, t))
+
+    ds = parsed.get("ds_config.json")
+    if isinstance(ds, dict):
+        t = time.perf_counter()
+        world = (loaded.config.num_processes if loaded is not None
+                 else int(parsed.get("accelerate_config.yaml", {}).get("num_processes", 1) or 1))
+        step = Step(f"DeepSpeed loads ds_config.json (world size {world})")
+        training = manifest.get("training", {})
+        hidden = manifest.get("model", {}).get("architecture", {}).get("hidden_size")
+        cfg, filled = fill_auto(ds, micro_batch=training.get("micro_batch_size", 1),
+                                gradient_accumulation_steps=manifest.get("gradient_accumulation_steps", 1),
+                                hidden_size=hidden)
+        try:
+            loaded_ds = load_deepspeed(cfg, world)
+            s = ds_summary(loaded_ds)
+            step.detail = (f"ZeRO-{s['zero_stage']}, {s['precision']}, train_batch_size {s['train_batch_size']} = "
+                           f"{s['micro_batch']} x {s['gradient_accumulation_steps']} x {world}, offload optimizer "
+                           f"{s['offload_optimizer']}, param {s['offload_param']}")
+            if filled:
+                step.detail += "; 'auto' filled as the HF Trainer would: " + ", ".join(filled)
+        except EngineError as exc:
+            step.findings.append(Finding("error", exc.file, exc.setting, exc.message))
+        except ImportError as exc:
+            step.status, step.detail = "skip", f"DeepSpeed is not importable here ({exc})"
+        except Exception as exc:
+            step.findings.append(Finding("error", "ds_config.json", "", _first_line(exc)))
+        steps.append(_finish(step, t))
+    return steps
+
+
+def _finish(step: Step, t0: float) -> Step:
+    step.seconds = time.perf_counter() - t0
+    if any(f.severity == "error" for f in step.findings) and step.status == "pass":
+        step.status = "fail"
+    return step
+
+
+def errors_of(steps: list[Step]) -> list[Finding]:
+    return [f for s in steps for f in s.findings if f.severity == "error"]

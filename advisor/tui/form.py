@@ -1,0 +1,124 @@
+"""What the wizard's fields hold, as plain data, and how their text becomes API arguments.
+
+No Textual here: the widgets fill a :class:`WizardInputs`, :mod:`advisor.tui.backend` turns it into the same
+keyword arguments the CLI passes to :func:`advisor.api.estimate` / ``advisor.recommend.recommend``. Field text
+is parsed with the CLI's own argument types, so the wizard and ``dsadvise`` accept and reject the same values
+with the same words.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+from .._cli import METHODS, OPTIMIZERS, PRECISIONS, STRATEGIES, _gib, _positive_int
+
+AUTO = "auto"
+RECOMMENDED = "recommended"
+
+METHOD_CHOICES = (*METHODS, AUTO)
+PRECISION_CHOICES = (AUTO, *PRECISIONS)
+OPTIMIZER_CHOICES = OPTIMIZERS
+CHECKPOINTING_CHOICES = (AUTO, "none", "full", "selective")
+STRATEGY_CHOICES = (RECOMMENDED, *STRATEGIES)
+
+# Field id -> the CLI flag it stands for (errors from the API name the flag; the wizard shows them at the field).
+FIELD_FLAGS: dict[str, str] = {
+    "model": "--model", "gpu": "--gpu", "vram": "--vram", "gpus": "--gpus", "nodes": "--nodes",
+    "cpu_ram": "--cpu-ram", "seq_len": "--seq-len", "micro_batch": "--micro-batch",
+    "global_batch": "--global-batch", "method": "--method", "precision": "--precision",
+    "optimizer": "--optimizer", "checkpointing": "--checkpointing", "lora_rank": "--lora-rank",
+    "strategy": "--strategy",
+}
+_FLAG_FIELDS = {flag: name for name, flag in FIELD_FLAGS.items()}
+_FLAG_FIELDS.update({"model": "model", "gpu": "gpu", "--margin": "strategy", "--max-micro-batch": "micro_batch",
+                     "--offload-optimizer": "strategy", "--offload-param": "strategy",
+                     "--lora-targets": "lora_rank", "--freeze-layers": "method"})
+
+
+def field_for_flag(flag: str | None) -> str | None:
+    """The wizard field an API error about ``flag`` belongs to (None: show it in the summary)."""
+    return _FLAG_FIELDS.get(flag) if flag else None
+
+
+@dataclass(frozen=True)
+class WizardInputs:
+    """Every field of the wizard as the user typed or picked it (text; blank means not given)."""
+
+    model: str = ""
+    gpu: str = ""                 # GPU catalog name; blank: give VRAM instead
+    vram: str = ""                # GiB per GPU; blank: the GPU's memory
+    gpus: str = "1"
+    nodes: str = "1"
+    cpu_ram: str = ""             # GiB per node; blank: not checked
+    seq_len: str = "2048"
+    micro_batch: str = "1"
+    global_batch: str = ""
+    method: str = "full"
+    precision: str = AUTO
+    optimizer: str = "adamw"
+    checkpointing: str = AUTO
+    lora_rank: str = "16"
+    strategy: str = RECOMMENDED
+
+    def with_(self, **changes: str) -> WizardInputs:
+        return replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def _optional(parse: Callable[[str], object]) -> Callable[[str], object]:
+    def parse_optional(text: str) -> object:
+        return None if not text.strip() else parse(text.strip())
+    return parse_optional
+
+
+# Field id -> parser of its text (the CLI's argparse types); a parser raises ValueError or ArgumentTypeError.
+PARSERS: dict[str, Callable[[str], object]] = {
+    "vram": _optional(_gib), "gpus": _positive_int, "nodes": _positive_int, "cpu_ram": _optional(_gib),
+    "seq_len": _positive_int, "micro_batch": _positive_int, "global_batch": _optional(_positive_int),
+    "lora_rank": _positive_int,
+}
+
+
+def check_field(name: str, text: str) -> str | None:
+    """The inline error for one field's text, or None when it parses (the CLI's own argument checks)."""
+    parse = PARSERS.get(name)
+    if parse is None:
+        return None
+    try:
+        parse(text.strip())
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """Typed values of the numeric fields, plus the inline error of every field that did not parse."""
+
+    values: dict[str, object]
+    errors: dict[str, str]
+
+
+def parse_inputs(inputs: WizardInputs) -> Parsed:
+    values: dict[str, object] = {}
+    errors: dict[str, str] = {}
+    for name, parse in PARSERS.items():
+        text = getattr(inputs, name)
+        try:
+            values[name] = parse(text.strip())
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            errors[name] = str(exc)
+    return Parsed(values, errors)
+
+
+def vram_text(gpu_name: str) -> str:
+    """The VRAM field's text for a catalog GPU (GiB), as the GPU picker fills it in."""
+    from ..catalog.gpus import resolve_gpu
+    from ..specs import GiB
+
+    return f"{resolve_gpu(gpu_name).memory_bytes / GiB:g}"

@@ -1,0 +1,77 @@
+"""Step 5: the generated files, previewed read-only with syntax highlighting; save them; optionally dry-run."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Button, Checkbox, Input, ProgressBar, Static, TabbedContent, TabPane, TextArea
+
+from .fields import Field
+
+# (tab id, title, TextArea language): the two configs the wizard previews.
+PREVIEWS: tuple[tuple[str, str, str], ...] = (
+    ("accelerate", "accelerate YAML", "yaml"),
+    ("deepspeed", "DeepSpeed JSON", "json"),
+)
+
+
+class PreviewStep(VerticalScroll):
+    """Previews of the accelerate YAML and DeepSpeed JSON, where to save them, Save and Dry run."""
+
+    can_focus = False    # Tab goes to the fields; they scroll into view
+
+    def __init__(self, output_dir: str = "dsadvise-configs", force: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._output_dir = output_dir
+        self._force = force
+
+    def compose(self) -> ComposeResult:
+        yield Static("The configs to launch it", classes="step-title")
+        yield Static("", id="preview-note", markup=False)
+        with TabbedContent(id="preview-tabs"):
+            for key, title, language in PREVIEWS:
+                with TabPane(title, id=f"tab-{key}"):
+                    yield TextArea("", language=language, read_only=True, show_line_numbers=True,
+                                   soft_wrap=False, id=f"preview-{key}")
+        with Horizontal(id="save-row"):
+            yield Field("output_dir", "Save to folder", Input(self._output_dir, id="field-output_dir"))
+            yield Checkbox("Overwrite existing files", self._force, id="field-force")
+        with Horizontal(id="button-row"):
+            yield Button("Save  ^s", id="save", variant="primary")
+            yield Button("Dry run  ^r", id="dry-run")
+        yield ProgressBar(total=None, show_eta=False, id="dry-run-progress")
+        yield Static("", id="save-status", markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#dry-run-progress").display = False
+
+    def show_files(self, texts: dict[str, str | None], note: str) -> None:
+        """Put each config's text in its tab (``None``: this setup writes no such file, say why in ``note``)."""
+        self.query_one("#preview-note", Static).update(note)
+        for key, _, _ in PREVIEWS:
+            text = texts.get(key)
+            area = self.query_one(f"#preview-{key}", TextArea)
+            new = text if text is not None else ""
+            if area.text != new:
+                area.load_text(new)
+            self.query_one(f"#tab-{key}", TabPane).disabled = text is None
+
+    @property
+    def output_dir(self) -> str:
+        return self.query_one("#field-output_dir", Input).value.strip()
+
+    @property
+    def force(self) -> bool:
+        return self.query_one("#field-force", Checkbox).value
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#save-status", Static).update(text)
+
+    def progress(self, done: int | None, total: int | None, label: str = "") -> None:
+        """Show dry-run progress (``done`` None hides the bar)."""
+        bar = self.query_one("#dry-run-progress", ProgressBar)
+        bar.display = done is not None
+        if done is not None:
+            bar.update(total=total, progress=done)
+        if label:
+            self.set_status(label)
