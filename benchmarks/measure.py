@@ -28,6 +28,11 @@ The measurement runs on CPU but reproduces what the same forward saves on a CUDA
   CPU flash kernel (CPU falls back to the math path, which materializes the b*h*s*s probabilities and mask),
   while the CUDA kernels regenerate the mask from a Philox seed; so SDPA measurements run with
   ``attention_dropout = 0`` (what the GPU saves either way, plus two scalars).
+* speed only: this CPU has no native 16-bit GEMM, so ``mm``/``addmm``/``bmm``/``baddbmm`` get CPU-key kernels that
+  multiply 16-bit inputs in fp32 (below autograd and autocast: what is saved does not change).
+
+Besides :func:`measure_saved`: :func:`measure_backward_peak` (the backward's transient on top of the forward's
+level, from the profiler's memory timeline) and :func:`measure_step_peak` (peak of a whole training step).
 
 This module is never imported by ``advisor``; the CLI stays free of torch.
 """
@@ -37,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -46,57 +50,19 @@ from torch import nn
 
 MODES = ("fp32", "autocast-bf16", "autocast-fp16", "half-bf16", "half-fp16")
 
-# ----------------------------------------------------------------------------------------------------------
-# Reference configs: the real Hugging Face config.json values of each model (widths, vocab, dropouts).
-# ``num_hidden_layers`` is the real depth (used to extrapolate); the harness builds 1 and 2 layers.
-# ----------------------------------------------------------------------------------------------------------
-CONFIGS: dict[str, dict[str, Any]] = {
-    "llama-2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
-                       num_key_value_heads=32, num_hidden_layers=32, vocab_size=32000, hidden_act="silu",
-                       max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                       attention_bias=False, mlp_bias=False, rope_theta=10000.0),
-    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                       num_key_value_heads=8, num_hidden_layers=32, vocab_size=32000, hidden_act="silu",
-                       max_position_embeddings=32768, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                       rope_theta=10000.0, sliding_window=4096),
-    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
-                       num_key_value_heads=4, num_hidden_layers=28, vocab_size=152064, hidden_act="silu",
-                       max_position_embeddings=131072, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                       rope_theta=1000000.0, use_sliding_window=False, sliding_window=None,
-                       max_window_layers=28),
-    "gemma-2-9b": dict(model_type="gemma2", hidden_size=3584, intermediate_size=14336, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=256, num_hidden_layers=42, vocab_size=256000,
-                       hidden_activation="gelu_pytorch_tanh", hidden_act="gelu_pytorch_tanh",
-                       max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                       attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256,
-                       sliding_window=4096, rope_theta=10000.0, pad_token_id=0),
-    "phi-3-mini": dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_attention_heads=32,
-                       num_key_value_heads=32, num_hidden_layers=32, vocab_size=32064, hidden_act="silu",
-                       max_position_embeddings=4096, original_max_position_embeddings=4096,
-                       rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=2047, rope_theta=10000.0,
-                       resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, pad_token_id=32000),
-    "gpt2-xl": dict(model_type="gpt2", n_embd=1600, n_layer=48, n_head=25, n_positions=1024, vocab_size=50257,
-                    activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
-                    layer_norm_epsilon=1e-5, tie_word_embeddings=True),
-    "gpt2-medium": dict(model_type="gpt2", n_embd=1024, n_layer=24, n_head=16, n_positions=1024,
-                        vocab_size=50257, activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1,
-                        attn_pdrop=0.1, layer_norm_epsilon=1e-5, tie_word_embeddings=True),
-    "gpt-neox-20b": dict(model_type="gpt_neox", hidden_size=6144, intermediate_size=24576,
-                         num_attention_heads=64, num_hidden_layers=44, vocab_size=50432, hidden_act="gelu_fast",
-                         rotary_pct=0.25, rotary_emb_base=10000, max_position_embeddings=2048,
-                         layer_norm_eps=1e-5, use_parallel_residual=True, tie_word_embeddings=False,
-                         attention_dropout=0.0, hidden_dropout=0.0),
-    "opt-6.7b": dict(model_type="opt", hidden_size=4096, ffn_dim=16384, num_attention_heads=32,
-                     num_hidden_layers=32, vocab_size=50272, activation_function="relu",
-                     max_position_embeddings=2048, do_layer_norm_before=True, word_embed_proj_dim=4096,
-                     dropout=0.1, attention_dropout=0.0, layerdrop=0.0, enable_bias=True,
-                     layer_norm_elementwise_affine=True, tie_word_embeddings=True, pad_token_id=1),
-    "mixtral-8x7b": dict(model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                         num_key_value_heads=8, num_hidden_layers=32, vocab_size=32000, hidden_act="silu",
-                         max_position_embeddings=32768, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                         num_local_experts=8, num_experts_per_tok=2, rope_theta=1e6, router_aux_loss_coef=0.02,
-                         output_router_logits=False, sliding_window=None),
-}
+
+def catalog_config(name: str) -> dict[str, Any]:
+    """The ``config`` dict (real HF config.json keys) of a model in ``advisor/data/models.yaml``: the same
+    dict the estimator normalizes, so harness and estimate see one architecture."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "advisor" / "data" / "models.yaml"
+    for entry in yaml.safe_load(path.read_text())["models"]:
+        if entry["name"] == name or name in entry.get("aliases", ()):
+            return dict(entry["config"])
+    raise KeyError(f"{name!r} is not in {path}")
 
 
 def _dtype(mode: str) -> tuple[torch.dtype, torch.dtype | None]:
@@ -149,9 +115,51 @@ def _resolve(name: str) -> Any:
     return getattr(packet, overload or "default")
 
 
+_LOW = (torch.bfloat16, torch.float16)
+
+
+def _fast_matmul_kernels(lib) -> None:
+    """CPU kernels for mm/addmm/bmm that compute 16-bit products in fp32 (then round to 16 bits).
+
+    This CPU has no native bf16 GEMM: PyTorch's fallback takes minutes for one 7B-width projection. These
+    kernels sit at the CPU backend key, *below* autograd and autocast, so what autograd saves is unchanged
+    (same inputs, same output dtype); only the arithmetic is faster. fp32 goes to the stock ``.out`` kernels.
+    Not used where allocations are profiled (the fp32 copies would show up as transients)."""
+
+    def up(t):
+        return t.float() if isinstance(t, torch.Tensor) and t.dtype in _LOW else t
+
+    def make(name):
+        out_op = getattr(torch.ops.aten, name).out
+
+        def kernel(*args, **kwargs):
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            a, b = tensors[-2], tensors[-1]
+            shape = (a.shape[0], b.shape[1]) if a.dim() == 2 else (a.shape[0], a.shape[1], b.shape[2])
+            low = next((t.dtype for t in tensors if t.dtype in _LOW), None)
+            if not low:
+                return out_op(*args, **kwargs, out=torch.empty(shape, dtype=a.dtype))
+            result = torch.empty(shape, dtype=low)
+            cols = shape[-1]
+            # column blocks: never an fp32 copy of a whole (vocabulary-sized) weight
+            step = max(1, min(cols, (1 << 26) // max(1, b.shape[-2] * (b.shape[0] if b.dim() == 3 else 1))))
+            for j in range(0, cols, step):
+                blk = [up(x[..., j:j + step]) if isinstance(x, torch.Tensor) and x is not a and x.dim() >= 1
+                       and x.shape[-1] == cols else up(x) for x in args]
+                out = torch.empty(shape[:-1] + (min(step, cols - j),), dtype=torch.float32)
+                out_op(*blk, **kwargs, out=out)
+                result[..., j:j + step].copy_(out)
+            return result
+        return kernel
+
+    for name in ("mm", "addmm", "bmm", "baddbmm"):
+        lib.impl(name, make(name), "CPU")
+
+
 @contextlib.contextmanager
-def cuda_semantics(mode: str) -> Iterator[None]:
-    """Make CPU save what CUDA saves: CUDA autocast op policy and the fused dropout kernel (see module doc)."""
+def cuda_semantics(mode: str, fast_matmul: bool = False) -> Iterator[None]:
+    """Make CPU save what CUDA saves: CUDA autocast op policy and the fused dropout kernel (see module doc).
+    ``fast_matmul``: see :func:`_fast_matmul_kernels` (speed only)."""
     from torch._C import DispatchKey, DispatchKeySet, _ExcludeDispatchKeyGuard
 
     lib = torch.library.Library("aten", "IMPL")
@@ -215,6 +223,8 @@ def cuda_semantics(mode: str) -> Iterator[None]:
             for name in _CUDA_PROMOTE_OPS:
                 lib.impl(name, promote_kernel(_resolve(name)), "AutocastCPU")
         lib.impl("dropout", dropout_kernel, "AutogradCPU")
+        if fast_matmul and mode != "fp32":
+            _fast_matmul_kernels(lib)
     try:
         yield
     finally:
@@ -235,6 +245,27 @@ def _layer_list(model: nn.Module) -> nn.ModuleList:
     if best is None:
         raise RuntimeError("cannot find the decoder layers")
     return best
+
+
+SELECTIVE = "dsadvise_selective_eager"
+
+
+def _register_selective() -> None:
+    """Selective recomputation (Korthikanti et al. 2022) for eager attention: the attention interface call
+    (QKᵀ, soft-capping, softmax, dropout, ·V) runs under a non-reentrant checkpoint, so only its inputs are
+    kept. Registered as an attention implementation that wraps the model's own ``eager_attention_forward``."""
+    import sys
+
+    from torch.utils.checkpoint import checkpoint
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    def selective(module, query, key, value, attention_mask, **kwargs):
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        return checkpoint(eager, module, query, key, value, attention_mask, use_reentrant=False, **kwargs)
+
+    AttentionInterface.register(SELECTIVE, selective)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(SELECTIVE, eager_mask)
 
 
 def make_config(cfg: dict[str, Any], attn: str, num_layers: int = 1, **overrides: Any):
@@ -426,7 +457,10 @@ class _Recorder:
                     st.nbytes(), tuple(t.shape), str(t.dtype).replace("torch.", ""),
                     type(t.grad_fn).__name__ if t.grad_fn is not None else ("leaf" if t.requires_grad else "-"),
                     ("weight-copy " if wc else "") + (self.module_stack[-1] if self.module_stack else "")))
-        return t
+        # a detached alias (same storage and version counter): returning ``t`` itself would make a saved
+        # *output* hold its own grad_fn through C++ (tensor -> node -> saved variable -> tensor), a cycle
+        # Python's GC cannot see, and every measured model would leak
+        return t.detach()
 
     def snapshot(self) -> Snapshot:
         act = sum(b for b, wc in self.seen.values() if not wc)
@@ -458,7 +492,7 @@ def _forward_saved(model: nn.Module, mode: str, input_ids: torch.Tensor) -> tupl
     _, low = _dtype(mode)
     rec = _Recorder(model)
     ac = torch.autocast("cpu", dtype=low) if low is not None else contextlib.nullcontext()
-    with cuda_semantics(mode), _module_tracking(rec), \
+    with cuda_semantics(mode, fast_matmul=True), _module_tracking(rec), \
             torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t), ac:
         out = model(input_ids=input_ids, labels=input_ids)
     snap = rec.snapshot()
@@ -490,11 +524,15 @@ def measure_saved(cfg: dict[str, Any], *, seq_len: int, batch: int = 1, mode: st
     """Saved-for-backward bytes of a 1-layer and a 2-layer model (see module doc)."""
     if attn == "sdpa":
         overrides = {**_sdpa_no_attn_dropout(cfg), **overrides}
-    model = build_model(cfg, attn=attn, mode=mode, seed=seed, **overrides)
+    impl = attn
+    if checkpointing == "selective" and attn == "eager":
+        _register_selective()
+        impl = SELECTIVE    # with SDPA nothing quadratic is saved: selective is measured as none
+    model = build_model(cfg, attn=impl, mode=mode, seed=seed, **overrides)
     if checkpointing == "full":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif checkpointing != "none":
-        raise ValueError("the harness measures checkpointing none|full")
+    elif checkpointing not in ("none", "selective"):
+        raise ValueError("the harness measures checkpointing none|full|selective")
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab, (batch, seq_len), generator=g)
@@ -529,12 +567,102 @@ def print_records(snap: Snapshot, limit: int | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Backward transients
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class BackwardPeak:
+    forward_level: int   # bytes allocated at the end of the forward above the level before it
+    transient: int       # peak during backward above the end-of-forward level
+    weight_copies: int   # autocast weight copies saved (part of forward_level)
+    logits_held: int
+
+
+_MARK_BYTES = 7_777_777  # an allocation of this odd size marks a point in the profiled timeline
+
+
+def _mark() -> None:
+    m = torch.empty(_MARK_BYTES, dtype=torch.uint8)
+    del m
+
+
+def _live_curve(prof) -> tuple[list[int], list[int]]:
+    """Live bytes after each allocation event (CREATE/DESTROY of the profiler's memory timeline, the data
+    behind ``export_memory_timeline``), and the indices of the marker allocations (see :func:`_mark`)."""
+    from torch.profiler._memory_profiler import Action
+
+    live, curve, marks = 0, [], []
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            if size == _MARK_BYTES:
+                marks.append(len(curve))
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        else:
+            continue
+        curve.append(live)
+    return curve, marks
+
+
+def measure_backward_peak(cfg: dict[str, Any], *, seq_len: int, batch: int = 1, mode: str = "fp32",
+                          attn: str = "sdpa", checkpointing: str = "none", seed: int = 0,
+                          **overrides: Any) -> BackwardPeak:
+    """Transient memory of the backward pass on top of what the forward left allocated.
+
+    2 decoder layers (the second sharing the first's parameters), full fine-tuning. The backward is
+    ``torch.autograd.grad(loss, embedding_output)``: every activation gradient is computed as in training,
+    but no parameter gradient is formed (those are model states, counted elsewhere). The caller keeps the
+    model output (and so the logits) alive during backward, as ``outputs = model(**batch)`` does.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    if attn == "sdpa":
+        overrides = {**_sdpa_no_attn_dropout(cfg), **overrides}
+    impl = attn
+    if checkpointing == "selective" and attn == "eager":
+        _register_selective()
+        impl = SELECTIVE
+    model = build_model(cfg, attn=impl, mode=mode, seed=seed, **overrides)
+    add_shared_layer(model)
+    if checkpointing == "full":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _, low = _dtype(mode)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=g)
+    captured: list[torch.Tensor] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: captured.append(o))
+    rec = _Recorder(model)
+    gc.collect()
+    with cuda_semantics(mode):
+        ac = torch.autocast("cpu", dtype=low) if low is not None else contextlib.nullcontext()
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            _mark()
+            with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t), ac:
+                out = model(input_ids=ids, labels=ids)
+            _mark()
+            torch.autograd.grad(out.loss, captured[:1])
+            _mark()
+    hook.remove()
+    logits_held = out.logits.untyped_storage().nbytes()
+    curve, marks = _live_curve(prof)
+    i0, i1, i2 = marks[:3]
+    base, level = curve[i0] - _MARK_BYTES, curve[i1] - _MARK_BYTES
+    peak = max(curve[i1 + 2:i2] or [level])
+    snap = rec.snapshot()
+    del out, model, captured
+    gc.collect()
+    return BackwardPeak(forward_level=level - base, transient=peak - level, weight_copies=snap.weight_copies,
+                        logits_held=logits_held)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Whole training step peak
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class StepPeak:
-    peak: int          # peak bytes allocated during step 2 (forward + backward + AdamW step)
-    baseline: int      # bytes allocated before step 2 (params, Adam states, grads set to None)
+    peak: int          # peak bytes allocated during step 2 (forward + backward + AdamW step) above baseline
+    baseline: int      # bytes allocated inside the profiled window before step 2 (0: params etc. predate it)
     params: int
     adam_states: int
 
@@ -569,32 +697,32 @@ def measure_step_peak(cfg: dict[str, Any], *, num_layers: int = 2, seq_len: int 
         gc.collect()
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            _mark()
             step()
-    events = [e for e in prof.events() if e.name == "[memory]"]
-    events.sort(key=lambda e: e.time_range.start)
-    live = peak = 0
-    for e in events:
-        live += e.cpu_memory_usage
-        peak = max(peak, live)
+            _mark()
+    curve, marks = _live_curve(prof)
+    base = curve[marks[0]] - _MARK_BYTES
+    peak = max(curve[marks[0] + 2:marks[1]] or [base])
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     states = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
                  if isinstance(t, torch.Tensor) and t.dim() > 0)
     del model, opt
     gc.collect()
-    return StepPeak(peak=peak, baseline=0, params=params, adam_states=states)
+    return StepPeak(peak=peak - base, baseline=base, params=params, adam_states=states)
 
 
 if __name__ == "__main__":  # pragma: no cover - exploration helper
     import argparse
 
     ap = argparse.ArgumentParser(description="print what autograd saves for one config")
-    ap.add_argument("model", choices=sorted(CONFIGS))
+    ap.add_argument("model", help="a catalog name (advisor/data/models.yaml)")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--mode", default="fp32", choices=MODES)
     ap.add_argument("--attn", default="sdpa", choices=("eager", "sdpa"))
-    ap.add_argument("--ckpt", default="none", choices=("none", "full"))
+    ap.add_argument("--ckpt", default="none", choices=("none", "full", "selective"))
     ap.add_argument("--method", default="full", choices=("full", "lora", "freeze"))
     ap.add_argument("--limit", type=int, default=60)
     ap.add_argument("--override", nargs="*", default=[], help="key=value config overrides (ints/floats)")
@@ -603,11 +731,12 @@ if __name__ == "__main__":  # pragma: no cover - exploration helper
     for kv in a.override:
         k, v = kv.split("=")
         ov[k] = int(v) if v.isdigit() else float(v)
-    m = measure_saved(CONFIGS[a.model], seq_len=a.seq, batch=a.batch, mode=a.mode, attn=a.attn,
+    cfg = catalog_config(a.model)
+    m = measure_saved(cfg, seq_len=a.seq, batch=a.batch, mode=a.mode, attn=a.attn,
                       checkpointing=a.ckpt, method=a.method, **ov)
     print("== 2-layer records (largest first)")
     print_records(m.two, a.limit)
     print(f"per_layer={m.per_layer:,}  fixed={m.fixed:,}  weight_copies(2L)={m.two.weight_copies:,}  "
           f"logits_held={m.logits_held:,}")
-    L = CONFIGS[a.model].get("num_hidden_layers") or CONFIGS[a.model].get("n_layer")
+    L = cfg.get("num_hidden_layers") or cfg.get("n_layer")
     print(f"full model ({L} layers): {m.total(L):,} bytes = {m.total(L) / 2**30:.3f} GiB")

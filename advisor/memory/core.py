@@ -81,6 +81,12 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     ms = model_states(arch, counts, trainable, sb, training, strategy, hw)
     act = activation_memory(arch, training, compute_mode(training.precision, strategy.backend))
     buffers = buffer_bytes(arch, counts, trainable, sb, training, strategy, hw)
+    weight_copies = act.breakdown.get("info:autocast_weight_copies", 0)
+    if weight_copies and strategy.backend != "fsdp" and training.method not in ("lora", "qlora"):
+        # torch.autocast casts each fp32 weight to 16 bit once per forward and the linears save the copies
+        # for backward (autocast weight cache). FSDP's MixedPrecision already holds 16-bit params, and a
+        # LoRA/QLoRA base is stored in 16 bit / NF4, so neither is copied.
+        buffers["autocast 16-bit weight copies (saved for backward)"] = weight_copies
     buffers_total = sum(buffers.values())
 
     # Peak is the larger of two moments: end of forward (all activations saved, plus backward transients)
@@ -95,7 +101,10 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     total = allocated + overhead
 
     breakdown = dict(ms.gpu_breakdown)
-    breakdown.update({f"activations: {k}": v for k, v in act.breakdown.items()})
+    # Activation terms that add up to `activations` (not the per-layer sub-term, the temporaries'
+    # candidates `temp:*` or informational `info:*` entries).
+    breakdown.update({f"activations: {k}": v for k, v in act.breakdown.items()
+                      if k != "per_layer" and not k.startswith(("temp:", "info:"))})
     breakdown.update(buffers)
     breakdown.update(overhead_parts)
     if ms.step_temporaries:

@@ -137,7 +137,11 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             ms.nvme_per_node += per_rank * local
 
     put(pl.params_on, "parameters", param_bytes)
-    put(pl.grads_on, "gradients", grad_bytes)
+    if not (strategy.backend == "deepspeed" and pl.grads_on == "cpu" and step_grad):
+        # With optimizer offload DeepSpeed copies each reduced 16-bit gradient straight into the fp32 CPU
+        # partition (stage_1_and_2 async_accumulate_grad_in_cpu_via_gpu; stage3 partition_grads), counted
+        # below as the step gradient: no separate 16-bit copy is kept.
+        put(pl.grads_on, "gradients", grad_bytes)
     put(pl.optim_on, "optimizer moments", moments / pl.optim_shards)
     if master:
         put(pl.optim_on, "fp32 master weights", master / pl.optim_shards)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .. import exit_codes
 
@@ -47,11 +48,15 @@ def register(sub) -> None:
     p.add_argument("--vram", type=_gib, help="GiB per GPU (bucket sizes, fit)")
     p.add_argument("--gpu", help="GPU catalog name (VRAM, bf16 support)")
     p.add_argument("--cpu-ram", type=_gib, help="CPU RAM per node in GiB (offload fit)")
-    p.add_argument("--seq-len", type=_positive_int, default=2048)
+    p.add_argument("--seq-len", type=_positive_int,
+                   help="tokens per sample (default: from a dsadvise.json beside FILE, else 2048)")
     p.add_argument("--micro-batch", type=_positive_int, help="micro-batch when the file does not say (YAML, 'auto')")
-    p.add_argument("--checkpointing", choices=("none", "full", "selective"), default="none")
-    p.add_argument("--optimizer", choices=("adamw", "adamw-8bit", "adafactor", "sgd", "lion", "lamb"), default="adamw")
-    p.add_argument("--method", choices=("full", "lora", "qlora", "freeze"), default="full")
+    p.add_argument("--checkpointing", choices=("none", "full", "selective"),
+                   help="activation checkpointing of the run (default: from a dsadvise.json beside FILE, else none)")
+    p.add_argument("--optimizer", choices=("adamw", "adamw-8bit", "adafactor", "sgd", "lion", "lamb"),
+                   help="default: from a dsadvise.json beside FILE, else adamw")
+    p.add_argument("--method", choices=("full", "lora", "qlora", "freeze"),
+                   help="default: from a dsadvise.json beside FILE, else full")
     p.add_argument("--no-engine-check", action="store_true", help="skip loading the file in accelerate/DeepSpeed")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.set_defaults(func=cmd_check)
@@ -213,12 +218,29 @@ def _same(est, training, strategy) -> bool:
 
 # ---------------------------------------------------------------- check
 
+def _sidecar_training(file: Path) -> dict:
+    """The ``training`` block of a ``dsadvise.json`` beside ``file`` (written by generate), or {}."""
+    sidecar = file.parent / "dsadvise.json"
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    training = data.get("training") if isinstance(data, dict) else None
+    return training if isinstance(training, dict) else {}
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .lint import Problem, lint_file
 
+    # Settings a DeepSpeed JSON / accelerate YAML cannot hold (checkpointing, sequence length, method) come
+    # from the flags, else from the dsadvise.json that `generate` writes beside the configs.
+    training = _sidecar_training(Path(args.file))
     problem = Problem(gpus=args.gpus, nodes=args.nodes, model=args.model, vram=args.vram, gpu=args.gpu,
-                      cpu_ram=args.cpu_ram, seq_len=args.seq_len, micro_batch=args.micro_batch,
-                      checkpointing=args.checkpointing, optimizer=args.optimizer, method=args.method,
+                      cpu_ram=args.cpu_ram, seq_len=args.seq_len or training.get("seq_len", 2048),
+                      micro_batch=args.micro_batch,
+                      checkpointing=args.checkpointing or training.get("activation_checkpointing", "none"),
+                      optimizer=args.optimizer or training.get("optimizer", "adamw"),
+                      method=args.method or training.get("method", "full"),
                       engines=not args.no_engine_check)
     findings = lint_file(args.file, problem)
     errors = [f for f in findings if f.severity == "error"]

@@ -212,3 +212,19 @@ def test_check_never_crashes_on_yaml(tmp_path, capsys, cfg):
     rc = main(["check", str(path), "--gpus", "2"])
     err = capsys.readouterr().err
     assert rc in (0, 1, 2) and "internal error" not in err, err
+
+
+def test_generated_configs_pass_their_own_check(tmp_path, capsys):
+    """What `generate` writes must pass `check`: settings the JSON cannot hold (checkpointing, sequence
+    length) come from the dsadvise.json written beside it."""
+    from advisor._cli import main
+
+    out = tmp_path / "run"
+    assert main(["generate", "--model", "7B", "--gpus", "4", "--vram", "24", "--out", str(out),
+                 "--no-engine-check"]) == 0
+    capsys.readouterr()
+    code = main(["check", str(out / "ds_config.json"), "--gpus", "4", "--model", "7B", "--vram", "24",
+                 "--no-engine-check"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "fits" in printed and "0 error(s)" in printed

@@ -1,0 +1,405 @@
+"""Accuracy campaign: dsadvise's activation estimate against what autograd really saves.
+
+For every case, ``benchmarks/measure.py`` builds the real ``transformers`` model from the catalog config
+(``advisor/data/models.yaml``, real widths, 1 and 2 decoder layers), runs a training forward with labels and
+records the bytes saved for backward; ``advisor.memory.activations.activation_memory`` estimates the same
+quantity from the :class:`~advisor.architecture.Architecture` alone. Both are for the full depth of the model
+(measured: ``fixed + num_layers * per_layer``). Error = (estimated - measured) / measured.
+
+Usage::
+
+    python benchmarks/accuracy.py            # the whole campaign (~45 minutes on 2 CPU cores)
+    python benchmarks/accuracy.py --quick    # a subset (~5 minutes)
+    python benchmarks/accuracy.py --write docs/accuracy.md
+
+``--temporaries`` adds the backward-transient check (fp32, where this CPU's matmuls are fast); ``--step`` the
+whole-training-step peak against a whole-step total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
+sys.path.insert(0, str(_ROOT / "benchmarks"))
+
+import measure  # noqa: E402
+
+from advisor.architecture import Architecture  # noqa: E402
+from advisor.memory.activations import activation_memory  # noqa: E402
+from advisor.hf_config import architecture_from_hf_config  # noqa: E402
+from advisor.specs import LoraSpec, TrainingSpec  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    mode: str
+    attn: str
+    seq: int
+    batch: int
+    ckpt: str = "none"
+    method: str = "full"
+    overrides: tuple[tuple[str, Any], ...] = ()
+    quick: bool = False
+
+    @property
+    def label(self) -> str:
+        extra = "" if self.method == "full" else f" {self.method}"
+        ov = "".join(f" {k}={v}" for k, v in self.overrides)
+        return (f"{self.model} {self.mode} {self.attn} ckpt={self.ckpt} s={self.seq} b={self.batch}"
+                f"{extra}{ov}")
+
+
+def _c(model, mode, attn, seq, batch, ckpt="none", method="full", quick=False, **ov) -> Case:
+    return Case(model, mode, attn, seq, batch, ckpt, method, tuple(sorted(ov.items())), quick)
+
+
+# Widths are the real ones; sequence/batch are bounded by ~8 GiB of host memory per measurement.
+CASES: list[Case] = [
+    # Llama-2-7B: MHA, RMSNorm, SwiGLU 11008, 32k vocab
+    _c("llama-2-7b", "fp32", "sdpa", 512, 1),
+    _c("llama-2-7b", "fp32", "eager", 512, 1),
+    _c("llama-2-7b", "autocast-bf16", "sdpa", 1024, 2, quick=True),
+    _c("llama-2-7b", "autocast-bf16", "eager", 512, 2),
+    _c("llama-2-7b", "autocast-bf16", "sdpa", 1024, 2, "full"),
+    _c("llama-2-7b", "autocast-bf16", "eager", 512, 2, "selective"),
+    _c("llama-2-7b", "autocast-fp16", "sdpa", 512, 1),
+    _c("llama-2-7b", "half-bf16", "sdpa", 1024, 2),
+    _c("llama-2-7b", "half-bf16", "eager", 1024, 1, quick=True),
+    _c("llama-2-7b", "half-bf16", "eager", 512, 2, "full"),
+    _c("llama-2-7b", "half-bf16", "sdpa", 128, 1),
+    _c("llama-2-7b", "half-fp16", "eager", 256, 2),
+    _c("llama-2-7b", "half-bf16", "sdpa", 512, 2, method="lora"),
+    _c("llama-2-7b", "autocast-bf16", "eager", 512, 1, "full", method="lora"),
+    _c("llama-2-7b", "half-bf16", "sdpa", 512, 1, method="freeze"),
+    # Mistral-7B: GQA 32/8, SwiGLU 14336
+    _c("mistral-7b-v0.1", "half-bf16", "sdpa", 1024, 2, quick=True),
+    _c("mistral-7b-v0.1", "autocast-bf16", "eager", 512, 1),
+    _c("mistral-7b-v0.1", "half-bf16", "eager", 1024, 1, "full"),
+    _c("mistral-7b-v0.1", "fp32", "sdpa", 256, 2),
+    # Qwen2.5-7B: GQA 28/4, qkv bias, 152k vocab
+    _c("qwen2.5-7b", "half-bf16", "sdpa", 1024, 1),
+    _c("qwen2.5-7b", "autocast-bf16", "sdpa", 256, 1, quick=True),
+    _c("qwen2.5-7b", "half-bf16", "eager", 256, 2),
+    _c("qwen2.5-7b", "half-bf16", "sdpa", 1024, 1, "full"),
+    _c("qwen2.5-7b", "half-bf16", "sdpa", 512, 1, method="lora"),
+    # Gemma-2-9B: head_dim 256, 4 norms/layer, soft-capping, GeGLU tanh, 256k vocab (eager: SDPA has no softcap)
+    _c("gemma-2-9b", "half-bf16", "eager", 256, 2),
+    _c("gemma-2-9b", "autocast-bf16", "eager", 256, 1, quick=True),
+    _c("gemma-2-9b", "half-bf16", "eager", 512, 1, "full"),
+    _c("gemma-2-9b", "half-bf16", "eager", 512, 1, "selective"),
+    _c("gemma-2-9b", "fp32", "eager", 128, 1),
+    # Phi-3-mini: fused qkv and gate_up, RoPE via cat, sliding window 2047
+    _c("phi-3-mini-4k", "half-bf16", "sdpa", 1024, 2),
+    _c("phi-3-mini-4k", "autocast-bf16", "eager", 512, 2),
+    _c("phi-3-mini-4k", "fp32", "sdpa", 512, 1, "full"),
+    _c("phi-3-mini-4k", "autocast-bf16", "sdpa", 128, 1, quick=True),
+    _c("phi-3-mini-4k", "half-bf16", "sdpa", 2112, 1),          # past the window: SDPA gets a mask
+    # GPT-2 XL: LayerNorm, GELU-new (pow: fp32 under CUDA autocast), dropout 0.1 everywhere, tied
+    _c("gpt2-xl", "autocast-bf16", "eager", 1024, 2, quick=True),
+    _c("gpt2-xl", "autocast-bf16", "sdpa", 1024, 2),
+    _c("gpt2-xl", "half-bf16", "eager", 512, 1),
+    _c("gpt2-xl", "fp32", "eager", 512, 2),
+    _c("gpt2-xl", "half-bf16", "eager", 1024, 2, "full"),
+    _c("gpt2-xl", "half-bf16", "sdpa", 128, 1),
+    _c("gpt2-xl", "autocast-bf16", "eager", 512, 1, method="lora"),
+    # GPT-NeoX-20B: parallel residual, 25% rotary, fused interleaved qkv, GELU-fast
+    _c("gpt-neox-20b", "half-bf16", "sdpa", 1024, 2),
+    _c("gpt-neox-20b", "autocast-bf16", "sdpa", 512, 1),
+    _c("gpt-neox-20b", "half-bf16", "eager", 512, 1, quick=True),
+    _c("gpt-neox-20b", "fp32", "eager", 256, 1),
+    _c("gpt-neox-20b", "half-bf16", "sdpa", 1024, 2, "full"),
+    # OPT-6.7B: LayerNorm, ReLU 16384, learned positions, dropout 0.1, tied
+    _c("opt-6.7b", "half-bf16", "eager", 1024, 2),
+    _c("opt-6.7b", "autocast-bf16", "sdpa", 512, 2, quick=True),
+    _c("opt-6.7b", "fp32", "eager", 512, 1),
+    _c("opt-6.7b", "half-bf16", "sdpa", 1024, 1, "full"),
+    # Mixtral-8x7B: MoE top-2 of 8 (grouped_mm experts), GQA
+    _c("mixtral-8x7b", "half-bf16", "sdpa", 512, 2),
+    _c("mixtral-8x7b", "half-bf16", "eager", 256, 1),
+]
+
+# Backward transients (fp32: this CPU has no fast 16-bit GEMM for the backward). 2 layers, full FT.
+TEMP_CASES: list[Case] = [
+    _c("llama-2-7b", "fp32", "sdpa", 256, 1, quick=True),
+    _c("llama-2-7b", "fp32", "eager", 1024, 1),
+    _c("llama-2-7b", "fp32", "sdpa", 512, 2, "full"),
+    _c("llama-2-7b", "fp32", "eager", 512, 1, "full"),
+    _c("gpt2-xl", "fp32", "eager", 512, 2, quick=True),
+    _c("gpt2-xl", "fp32", "eager", 512, 1, "selective"),
+    _c("opt-6.7b", "fp32", "sdpa", 512, 1),
+    _c("qwen2.5-7b", "fp32", "sdpa", 256, 1),
+    _c("gpt-neox-20b", "fp32", "sdpa", 256, 1),
+]
+
+
+# Whole training step (fp32, AdamW foreach, 2 layers, real widths of small models): peak vs a whole-step total.
+STEP_CASES: list[Case] = [
+    _c("gpt2-xl", "fp32", "sdpa", 512, 1, quick=True),
+    _c("qwen2.5-0.5b", "fp32", "sdpa", 512, 2),
+    _c("llama-3.2-1b", "fp32", "eager", 256, 1, "full"),
+]
+
+
+def architecture(case: Case) -> Architecture:
+    cfg = {**measure.catalog_config(case.model), **dict(case.overrides)}
+    return architecture_from_hf_config(cfg, source=case.model)
+
+
+def training_spec(case: Case) -> TrainingSpec:
+    return TrainingSpec(seq_len=case.seq, micro_batch_size=case.batch, method=case.method,
+                        activation_checkpointing=case.ckpt, attention=case.attn,
+                        lora=LoraSpec(rank=16, target_modules=("all-linear",)))
+
+
+def layers_that_save(arch: Architecture, tr: TrainingSpec) -> int:
+    """Decoder layers whose saved tensors the full model holds (frozen layers in front save nothing)."""
+    if tr.method == "freeze" and tr.activation_checkpointing != "full":
+        return min(tr.freeze_trainable_layers, arch.num_layers)
+    return arch.num_layers
+
+
+@dataclass
+class Row:
+    case: Case
+    measured: int
+    estimated: int
+    per_layer_measured: int
+    per_layer_estimated: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error(self) -> float:
+        return (self.estimated - self.measured) / self.measured
+
+
+def run_case(case: Case) -> Row:
+    t0 = time.time()
+    arch = architecture(case)
+    tr = training_spec(case)
+    cfg = {**measure.catalog_config(case.model), **dict(case.overrides)}
+    m = measure.measure_saved(cfg, seq_len=case.seq, batch=case.batch, mode=case.mode, attn=case.attn,
+                              checkpointing=case.ckpt, method=case.method, lora_rank=tr.lora.rank)
+    est = activation_memory(arch, tr, case.mode)
+    measured = m.total(layers_that_save(arch, tr))
+    gc.collect()
+    return Row(case, measured, est.activations, m.per_layer, est.breakdown["per_layer"], time.time() - t0)
+
+
+def run_temp_case(case: Case) -> Row:
+    """Backward transient above the end-of-forward level; estimate = temporaries - logits tensor held
+    (the held logits are already allocated at the end of the forward)."""
+    t0 = time.time()
+    arch = architecture(case).model_copy(update={"num_layers": 2})
+    tr = training_spec(case)
+    cfg = {**measure.catalog_config(case.model), **dict(case.overrides)}
+    r = measure.measure_backward_peak(cfg, seq_len=case.seq, batch=case.batch, mode=case.mode,
+                                      attn=case.attn, checkpointing=case.ckpt)
+    est = activation_memory(arch, tr, case.mode)
+    held = est.breakdown["info:logits_output_held"]
+    fwd_est = est.activations + held + r.weight_copies
+    row = Row(case, r.transient, est.temporaries - held, r.forward_level, fwd_est, time.time() - t0)
+    gc.collect()
+    return row
+
+
+def run_step_case(case: Case) -> Row:
+    """Peak of a whole second training step above what exists before it (parameters, Adam states), against
+    ``activations + temporaries + gradients`` (everything but the pre-existing states). Optimizer-step
+    temporaries (foreach AdamW: one fp32 copy of the parameters) are counted as the alternative peak."""
+    t0 = time.time()
+    arch = architecture(case).model_copy(update={"num_layers": 2})
+    tr = training_spec(case)
+    cfg = {**measure.catalog_config(case.model), **dict(case.overrides)}
+    r = measure.measure_step_peak(cfg, num_layers=2, seq_len=case.seq, batch=case.batch, mode=case.mode,
+                                  attn=case.attn, checkpointing=case.ckpt)
+    est = activation_memory(arch, tr, case.mode)
+    grads = r.params                                   # fp32 gradients of every parameter
+    backward_peak = est.activations + est.temporaries + grads
+    optimizer_peak = grads + r.params                  # foreach temporaries: one parameter-sized buffer
+    estimated = max(backward_peak, optimizer_peak)
+    row = Row(case, r.peak, estimated, r.params, r.adam_states, time.time() - t0)
+    gc.collect()
+    return row
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3f}"
+
+
+def summarize(rows: list[Row]) -> str:
+    errs = [r.error for r in rows]
+    worst_low = min(rows, key=lambda r: r.error)
+    worst_high = max(rows, key=lambda r: r.error)
+    return (f"{len(rows)} cases: median |error| {statistics.median(abs(e) for e in errs) * 100:.2f}%, "
+            f"worst low {worst_low.error * 100:+.2f}% ({worst_low.case.label}), "
+            f"worst high {worst_high.error * 100:+.2f}% ({worst_high.case.label}); "
+            f"in band [-3%, +10%]: {sum(-0.03 <= e <= 0.10 for e in errs)}/{len(errs)}")
+
+
+def table(rows: list[Row], what: str = "activations") -> str:
+    head = (f"| case | measured GiB | estimated GiB | error | per-layer measured MiB | per-layer estimated MiB |\n"
+            f"|---|---:|---:|---:|---:|---:|\n") if what == "activations" else (
+            "| case | measured transient MiB | estimated MiB | error | forward level measured MiB "
+            "| estimated MiB |\n|---|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for r in rows:
+        if what == "activations":
+            lines.append(f"| {r.case.label} | {_gib(r.measured)} | {_gib(r.estimated)} | {r.error * 100:+.2f}% "
+                         f"| {r.per_layer_measured / 2**20:.1f} | {r.per_layer_estimated / 2**20:.1f} |")
+        else:
+            lines.append(f"| {r.case.label} | {r.measured / 2**20:.1f} | {r.estimated / 2**20:.1f} "
+                         f"| {r.error * 100:+.2f}% | {r.per_layer_measured / 2**20:.1f} "
+                         f"| {r.per_layer_estimated / 2**20:.1f} |")
+    return head + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="run the quick subset")
+    ap.add_argument("--only", default="", help="substring filter on the case label")
+    ap.add_argument("--temporaries", action="store_true", help="also check backward transients")
+    ap.add_argument("--step", action="store_true", help="also compare whole-training-step peaks")
+    ap.add_argument("--write", metavar="PATH", help="write the tables (markdown) to PATH")
+    a = ap.parse_args(argv)
+
+    def pick(cases: list[Case]) -> list[Case]:
+        return [c for c in cases if (c.quick or not a.quick) and a.only in c.label]
+
+    command = "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows: list[Row] = []
+    print("case | measured | estimated | error%")
+    for case in pick(CASES):
+        r = run_case(case)
+        rows.append(r)
+        print(f"{case.label} | {r.measured:,} | {r.estimated:,} | {r.error * 100:+.2f}%   "
+              f"(per layer {r.per_layer_measured:,} vs {r.per_layer_estimated:,}; {r.seconds:.0f}s)", flush=True)
+    summary = summarize(rows) if rows else "no cases"
+    print("SUMMARY:", summary)
+
+    temp_rows: list[Row] = []
+    if a.temporaries:
+        print("\nbackward transient: case | measured | estimated | error%")
+        for case in pick(TEMP_CASES):
+            r = run_temp_case(case)
+            temp_rows.append(r)
+            print(f"{case.label} | {r.measured:,} | {r.estimated:,} | {r.error * 100:+.2f}%   (forward level "
+                  f"{r.per_layer_measured:,} vs {r.per_layer_estimated:,}; {r.seconds:.0f}s)", flush=True)
+        if temp_rows:
+            print("TEMPORARIES:", summarize(temp_rows))
+
+    step_rows: list[Row] = []
+    if a.step:
+        print("\nwhole step (above parameters + Adam states): case | measured | estimated | error%")
+        for case in pick(STEP_CASES):
+            r = run_step_case(case)
+            step_rows.append(r)
+            print(f"{case.label} | {r.measured:,} | {r.estimated:,} | {r.error * 100:+.2f}%   (parameters "
+                  f"{r.per_layer_measured:,}, Adam states {r.per_layer_estimated:,}; {r.seconds:.0f}s)", flush=True)
+
+    if a.write:
+        write_doc(Path(a.write), command, rows, summary, temp_rows, step_rows)
+    return 0
+
+
+def write_doc(path: Path, command: str, rows: list[Row], summary: str, temp_rows: list[Row],
+              step_rows: list[Row] | None = None) -> None:
+    import platform
+
+    import torch
+    import transformers
+
+    date = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    parts = [
+        "# Activation estimate accuracy",
+        "",
+        f"Generated by `{command.strip()}` on {date} (torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, {platform.machine()} CPU). Do not edit by hand: rerun the command.",
+        "",
+        "**Measured**: bytes autograd saves for backward in one training forward with labels, recorded with "
+        "`torch.autograd.graph.saved_tensors_hooks`, deduplicated by storage, parameters and autocast weight "
+        "copies excluded (`benchmarks/measure.py`); real `transformers` models built from the catalog configs "
+        "at their real widths with 1 and 2 layers, extrapolated to the full depth "
+        "(`fixed + num_layers * per_layer`). The CPU run reproduces CUDA's autocast op lists and fused "
+        "dropout kernel (see the harness docstring). **Estimated**: `advisor.memory.activations`, from the "
+        "architecture alone. Error = (estimated - measured) / measured; the target band is -3%..+10%.",
+        "",
+        f"**Summary**: {summary}",
+        "",
+        table(rows),
+    ]
+    if temp_rows:
+        parts += [
+            "",
+            "## Backward transients",
+            "",
+            "Peak during backward above the level the forward left (2 layers, full fine-tuning, fp32; the caller "
+            "holds the model output). Backward is `torch.autograd.grad(loss, embedding_output)`, so parameter "
+            "gradients (model states) are not formed. Estimated = `temporaries` minus the held logits "
+            "(already allocated when the forward ends). The forward level columns check activations + held "
+            "logits + autocast weight copies against the allocator.",
+            "",
+            f"**Summary**: {summarize(temp_rows)}",
+            "",
+            table(temp_rows, "temporaries"),
+        ]
+    if step_rows:
+        lines = [f"| {r.case.label} | {_gib(r.measured)} | {_gib(r.estimated)} | {r.error * 100:+.2f}% "
+                 f"| {_gib(r.per_layer_measured)} | {_gib(r.per_layer_estimated)} |" for r in step_rows]
+        parts += [
+            "",
+            "## Whole training step",
+            "",
+            "Peak allocated bytes of the second training step (forward, backward, AdamW foreach step; 2 layers, "
+            "no sharing, fp32) above what exists before it (parameters and Adam states), from the profiler's "
+            "memory timeline (`measure_step_peak`). Estimated = max(activations + temporaries + fp32 gradients, "
+            "gradients + one parameter-sized foreach temporary): the whole-step total minus the pre-existing "
+            "states, an upper bound (gradients build up while activations are freed).",
+            "",
+            "| case | measured GiB | estimated GiB | error | parameters GiB | Adam states GiB |",
+            "|---|---:|---:|---:|---:|---:|",
+            *lines,
+        ]
+    parts += ["", _NOTES]
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+
+
+_NOTES = """## What is and is not modeled
+
+* Exact per-op accounting of the transformers v5 code paths for llama, mistral, qwen2/qwen3, gemma/gemma2,
+  phi3, gpt2, opt, gpt_neox, mixtral (and falcon/bloom through the generic LayerNorm/fused-QKV path, not
+  measured here): norms with their fp32 upcasts, RoPE cos/sin, GQA (SDPA `enable_gqa`, eager `repeat_kv`),
+  fused-QKV views keeping the whole projection alive, MLP activations op by op (`gelu_new`/`gelu_fast`
+  chains, fp32 under CUDA autocast because of `pow`), dropout masks (1 byte, CUDA `native_dropout`),
+  soft-capping, MoE routing (grouped_mm experts), the fp32 `log_softmax` of the loss, labels.
+* LayerNorm statistics are counted in fp32 (CUDA); the CPU kernel keeps them in bf16, so half-precision
+  LayerNorm models measure a few bytes per token lower (+0.01%).
+* Full checkpointing also counts the RoPE cos/sin and, for eager attention, the 4-D causal mask that the
+  checkpointed layers' kwargs keep alive (not saved tensors, so not in the measurement: +0.1% at most).
+* SDPA attention dropout: the CPU has no fused SDPA-dropout kernel, so SDPA cases run with attention
+  dropout 0; CUDA's flash/memory-efficient kernels save only a Philox seed for it, which is what the estimate
+  assumes. Flash attention 2 is accounted like SDPA's flash kernel.
+* fp32 with SDPA on a GPU uses the memory-efficient kernel (no flash for fp32); with GQA it may fall back to
+  the math kernel, which saves the b*h*s^2 probabilities: not modeled (fp32 training of GQA models is rare).
+* LoRA/QLoRA: peft is not installed; the harness wraps linears exactly as `peft.tuners.lora.Linear.forward`
+  does (fp32 adapters, input cast to fp32). bitsandbytes is not installed: QLoRA's 4-bit base is modeled as
+  a frozen base that saves no input, plus one dequantized weight as a temporary.
+* Selective checkpointing: transformers has none; the harness checkpoints the attention interface call
+  (Megatron's selective recompute of the core attention). With SDPA/flash it equals no checkpointing.
+"""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
