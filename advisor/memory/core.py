@@ -144,3 +144,25 @@ def _model_loading_cpu(counts: ParameterCounts, weight_bytes: float, training: T
         return {"model loading (rank 0 only)": counts.total * load_b}
     # Every local process materializes the full model on CPU before .to(device) (from_pretrained).
     return {"model loading (one copy per process)": counts.total * load_b * hw.gpus_per_node}
+
+
+def largest_micro_batch(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strategy: StrategySpec,
+                        *, margin: float = 0.0, limit: int = 65_536) -> int:
+    """The largest micro-batch (samples per GPU) whose estimate fits ``vram × (1 − margin)`` and the node's
+    CPU RAM; 0 when even one sample does not fit. Doubling, then bisection: memory grows with batch."""
+    usable = hw.vram_bytes * (1 - margin)
+
+    def fits(batch: int) -> bool:
+        est = estimate_memory(model, hw, training.model_copy(update={"micro_batch_size": batch}), strategy)
+        return est.per_gpu.total <= usable and est.per_node_cpu.fits
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while high <= limit and fits(high):
+        low, high = high, high * 2
+    high = min(high, limit + 1)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low

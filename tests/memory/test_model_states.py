@@ -147,3 +147,21 @@ def test_inference_device_map_splits_layers():
     assert not layouts["replica-per-gpu"].fits
     assert layouts["device-map-auto"].fits
     assert e.fits and e.strategy.name == "device-map-auto"
+
+
+def test_largest_micro_batch_is_the_fitting_boundary():
+    from advisor.api import build_hardware, build_strategy, build_training
+    from advisor.memory.core import estimate_memory, largest_micro_batch
+
+    model = resolve_model(MODEL)
+    hw = build_hardware(gpus=4, vram=40)
+    tr = build_training(hw, checkpointing="full")
+    st = build_strategy(hw, "zero3")
+    best = largest_micro_batch(model, hw, tr, st, margin=0.05)
+    assert best >= 1
+
+    def total(b):
+        return estimate_memory(model, hw, tr.model_copy(update={"micro_batch_size": b}), st).per_gpu.total
+
+    assert total(best) <= 0.95 * hw.vram_bytes < total(best + 1)
+    assert largest_micro_batch(model, build_hardware(gpus=1, vram=8), tr, build_strategy(build_hardware(vram=8))) == 0
