@@ -8,6 +8,7 @@ from ..architecture import Architecture
 from ..param_count import ParameterCounts, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .bytes_per_param import StateBytes
+from .model_states import fsdp_shard_degree
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,7 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         mixed = training.precision in ("fp16", "bf16")
         # accelerate sets FSDP MixedPrecision(param_dtype=bf16/fp16): gathered params are 16-bit.
         gathered_b = 2 if (mixed or training.precision == "pure-bf16") else 4
-        shards = {"FULL_SHARD": world, "SHARD_GRAD_OP": world, "HYBRID_SHARD": hw.gpus_per_node,
-                  "NO_SHARD": 1}[strategy.fsdp_sharding]
+        shards = fsdp_shard_degree(strategy, hw)
         root = counts.embedding + counts.lm_head + counts.final
         if strategy.fsdp_sharding in ("FULL_SHARD", "HYBRID_SHARD") and shards > 1:
             # Root unit (embeddings, lm_head, final norm) stays gathered; BACKWARD_PRE prefetch holds two

@@ -45,6 +45,12 @@ class ModelStates:
     nvme_per_node: int = 0
 
 
+def fsdp_shard_degree(strategy: StrategySpec, hw: HardwareSpec) -> int:
+    """GPUs an FSDP strategy shards over: the world, one node (HYBRID_SHARD), or none (NO_SHARD)."""
+    return {"FULL_SHARD": hw.world_size, "SHARD_GRAD_OP": hw.world_size, "HYBRID_SHARD": hw.gpus_per_node,
+            "NO_SHARD": 1}[strategy.fsdp_sharding]
+
+
 def placement(strategy: StrategySpec, hw: HardwareSpec) -> Placement:
     """Divisors and locations of parameters, gradients and optimizer states for a strategy."""
     world = hw.world_size
@@ -63,8 +69,7 @@ def placement(strategy: StrategySpec, hw: HardwareSpec) -> Placement:
         if strategy.offload_param != "none":
             p.params_on = strategy.offload_param
     else:  # fsdp
-        shards = {"FULL_SHARD": world, "SHARD_GRAD_OP": world, "HYBRID_SHARD": hw.gpus_per_node,
-                  "NO_SHARD": 1}[strategy.fsdp_sharding]
+        shards = fsdp_shard_degree(strategy, hw)
         p = Placement(shards if strategy.fsdp_sharding != "NO_SHARD" else 1, shards, shards)
         if strategy.offload_param == "cpu":
             # FSDP CPUOffload(offload_params=True) keeps sharded params and grads on CPU; the step runs there.
