@@ -74,8 +74,14 @@ def render_estimate(est: Estimate) -> str:
                 ("overhead", g.overhead)]
         for name, v in rows:
             lines.append(f"  {name:<20}{fmt_bytes(v):>12}")
-        lines.append(f"  {'total':<20}{fmt_bytes(g.total):>12}   of {fmt_bytes(hw.vram_bytes)}")
-        lines.append("  " + bar(rows, hw.vram_bytes))
+        if g.phase_overlap:
+            lines.append(f"  {'not alive together':<20}{fmt_bytes(-g.phase_overlap):>12}   "
+                         "(gradients are formed as backward frees activations)")
+        moment = f"; peak at the {g.peak_moment}" if g.phase_overlap else ""
+        lines.append(f"  {'total':<20}{fmt_bytes(g.total):>12}   of {fmt_bytes(hw.vram_bytes)}{moment}")
+        # the bar shows what is alive at the peak: the overlap comes off the activations
+        shown = [(n, max(v - g.phase_overlap, 0) if n == "activations" else v) for n, v in rows]
+        lines.append("  " + bar(shown, hw.vram_bytes))
         lines.append("  " + BAR_LEGEND)
         lines.append("")
         lines.append("  breakdown")

@@ -53,8 +53,10 @@ class PerGPU(_Out):
     temporaries: int
     buffers: int
     overhead: int
-    total: int
+    total: int                 # = the seven terms above - phase_overlap
     breakdown: dict[str, int]
+    phase_overlap: int = 0     # gradients and activations never alive together (formed as backward frees)
+    peak_moment: str = ""      # the moment of the step where the total is reached
 
 
 class PerNodeCPU(_Out):

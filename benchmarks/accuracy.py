@@ -143,11 +143,21 @@ TEMP_CASES: list[Case] = [
 ]
 
 
-# Whole training step (fp32, AdamW foreach, 2 layers, real widths of small models): peak vs a whole-step total.
+# Whole training step (fp32, AdamW foreach, 2 layers, real widths): the profiler's peak of a whole second
+# step against the estimator's per-GPU total (less the GPU-only overhead: CUDA context, fragmentation).
+# Chosen to put the peak at each moment of the step: the optimizer step (short sequences), the loss
+# backward (large vocabularies), a layer's backward (eager attention, long sequences) and checkpointing.
 STEP_CASES: list[Case] = [
     _c("gpt2-xl", "fp32", "sdpa", 512, 1, quick=True),
-    _c("qwen2.5-0.5b", "fp32", "sdpa", 512, 2),
+    _c("gpt2-xl", "fp32", "eager", 1024, 2),
+    _c("qwen2.5-0.5b", "fp32", "sdpa", 512, 2, quick=True),
+    _c("qwen2.5-0.5b", "fp32", "eager", 2048, 1),
     _c("llama-3.2-1b", "fp32", "eager", 256, 1, "full"),
+    _c("llama-3.2-1b", "fp32", "eager", 2048, 1),
+    _c("llama-2-7b", "fp32", "sdpa", 1024, 1),
+    _c("opt-1.3b", "fp32", "sdpa", 2048, 2),
+    _c("gemma-2-2b", "fp32", "eager", 512, 1),
+    _c("phi-3-mini-4k", "fp32", "sdpa", 1024, 1, "full"),
 ]
 
 
@@ -215,21 +225,18 @@ def run_temp_case(case: Case) -> Row:
 
 
 def run_step_case(case: Case) -> Row:
-    """Peak of a whole second training step above what exists before it (parameters, Adam states), against
-    ``activations + temporaries + gradients`` (everything but the pre-existing states). Optimizer-step
-    temporaries (foreach AdamW: one fp32 copy of the parameters) are counted as the alternative peak."""
+    """Peak of a whole second training step (parameters + Adam states + everything the step allocates)
+    against the estimator's ``per_gpu.total`` minus its GPU-only overhead terms."""
     t0 = time.time()
-    arch = architecture(case).model_copy(update={"num_layers": 2})
-    tr = training_spec(case)
     cfg = {**measure.catalog_config(case.model), **dict(case.overrides)}
     r = measure.measure_step_peak(cfg, num_layers=2, seq_len=case.seq, batch=case.batch, mode=case.mode,
                                   attn=case.attn, checkpointing=case.ckpt)
-    est = activation_memory(arch, tr, case.mode)
-    grads = r.params                                   # fp32 gradients of every parameter
-    backward_peak = est.activations + est.temporaries + grads
-    optimizer_peak = grads + r.params                  # foreach temporaries: one parameter-sized buffer
-    estimated = max(backward_peak, optimizer_peak)
-    row = Row(case, r.peak, estimated, r.params, r.adam_states, time.time() - t0)
+    g = step_estimate(case).per_gpu
+    measured = r.params + r.adam_states + r.peak
+    row = Row(case, measured, g.total - g.overhead, r.params, g.parameters, time.time() - t0,
+              extra={"moment": g.peak_moment or "all terms added", "overlap": g.phase_overlap,
+                     "states_measured": r.params + r.adam_states,
+                     "states_estimated": g.parameters + g.optimizer_states})
     gc.collect()
     return row
 
@@ -301,12 +308,15 @@ def main(argv: list[str] | None = None) -> int:
 
     step_rows: list[Row] = []
     if a.step:
-        print("\nwhole step (above parameters + Adam states): case | measured | estimated | error%")
+        print("\nwhole step: case | measured | estimated (total - overhead) | error% | moment")
         for case in pick(STEP_CASES):
             r = run_step_case(case)
             step_rows.append(r)
-            print(f"{case.label} | {r.measured:,} | {r.estimated:,} | {r.error * 100:+.2f}%   (parameters "
-                  f"{r.per_layer_measured:,}, Adam states {r.per_layer_estimated:,}; {r.seconds:.0f}s)", flush=True)
+            print(f"{case.label} | {r.measured:,} | {r.estimated:,} | {r.error * 100:+.2f}% | "
+                  f"{r.extra['moment']} (overlap {r.extra['overlap']:,}; parameters {r.per_layer_measured:,} vs "
+                  f"{r.per_layer_estimated:,}; {r.seconds:.0f}s)", flush=True)
+        if step_rows:
+            print("STEP:", summarize(step_rows))
 
     if a.write:
         write_doc(Path(a.write), command, rows, summary, temp_rows, step_rows)
@@ -356,19 +366,27 @@ def write_doc(path: Path, command: str, rows: list[Row], summary: str, temp_rows
         ]
     if step_rows:
         lines = [f"| {r.case.label} | {_gib(r.measured)} | {_gib(r.estimated)} | {r.error * 100:+.2f}% "
-                 f"| {_gib(r.per_layer_measured)} | {_gib(r.per_layer_estimated)} |" for r in step_rows]
+                 f"| {r.extra['moment']} | {_gib(r.extra['overlap'])} | {_gib(r.extra['states_measured'])} "
+                 f"| {_gib(r.extra['states_estimated'])} |" for r in step_rows]
         parts += [
             "",
             "## Whole training step",
             "",
-            "Peak allocated bytes of the second training step (forward, backward, AdamW foreach step; 2 layers, "
-            "no sharing, fp32) above what exists before it (parameters and Adam states), from the profiler's "
-            "memory timeline (`measure_step_peak`). Estimated = max(activations + temporaries + fp32 gradients, "
-            "gradients + one parameter-sized foreach temporary): the whole-step total minus the pre-existing "
-            "states, an upper bound (gradients build up while activations are freed).",
+            "Peak allocated bytes of a whole training step (the second one: forward with labels, backward, "
+            "`torch.optim.AdamW(foreach=True).step()`, `zero_grad(set_to_none=True)`; the caller holds the "
+            "model output until after the step, as accelerate's loop does), from the profiler's memory "
+            "timeline (`measure_step_peak`), plus the parameters and Adam states that exist before it. "
+            "2 decoder layers at real widths, fp32, one process. Estimated = dsadvise's `per_gpu.total` for "
+            "the same model and settings (`single` strategy) minus its GPU-only overhead (CUDA context, "
+            "allocator fragmentation). The peak moment and the bytes that the phase model takes off the "
+            "plain sum (gradients formed while backward frees activations, `advisor/memory/peak.py`) are "
+            "shown.",
             "",
-            "| case | measured GiB | estimated GiB | error | parameters GiB | Adam states GiB |",
-            "|---|---:|---:|---:|---:|---:|",
+            f"**Summary**: {summarize(step_rows)}",
+            "",
+            "| case | measured GiB | estimated GiB | error | peak moment | not alive together GiB "
+            "| params + Adam measured GiB | estimated GiB |",
+            "|---|---:|---:|---:|---|---:|---:|---:|",
             *lines,
         ]
     parts += ["", _NOTES]

@@ -305,6 +305,7 @@ def _instantiate(config, attn: str, wdtype: torch.dtype, seed: int) -> nn.Module
     finally:
         torch.set_default_dtype(prev)
     model.to(wdtype)
+    model.tie_weights()   # no_init_weights also skips the tying that init_weights does (tied lm_head)
     g = torch.Generator().manual_seed(seed)
     block = (torch.randn(_FILL, generator=g) * 0.02).to(wdtype)
     with torch.no_grad():
@@ -686,11 +687,10 @@ def measure_step_peak(cfg: dict[str, Any], *, num_layers: int = 2, seq_len: int 
         ac = torch.autocast("cpu", dtype=low) if low is not None else contextlib.nullcontext()
         with ac:
             out = model(input_ids=ids, labels=ids)
-        loss = out.loss
-        loss.backward()
-        del out, loss
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()                      # the caller's output (and its logits) is still alive, as in
+        opt.zero_grad(set_to_none=True)  # accelerate's loop: outputs = model(**batch); ...; optimizer.step()
+        del out
 
     with cuda_semantics(mode):
         step()

@@ -13,6 +13,7 @@ from .bytes_per_param import state_bytes
 from .inference import inference_layouts
 from .model_states import model_states
 from .overhead import overhead_defaults
+from .peak import step_peak
 
 
 def trainable_parameters(model: ResolvedModel, counts: ParameterCounts, training: TrainingSpec) -> int:
@@ -89,10 +90,11 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         buffers["autocast 16-bit weight copies (saved for backward)"] = weight_copies
     buffers_total = sum(buffers.values())
 
-    # Peak is the larger of two moments: end of forward (all activations saved, plus backward transients)
-    # and the optimizer step (activations freed, step temporaries live). Fields sum to the total.
-    temporaries = max(act.temporaries, ms.step_temporaries - act.activations)
-    allocated = ms.parameters + ms.gradients + ms.optimizer_states + act.activations + temporaries + buffers_total
+    # The peak is the worst moment of the step (advisor/memory/peak.py): gradients formed during backward
+    # and activations freed by it are not all alive at once. Fields sum to the total minus that overlap.
+    peak = step_peak(arch, counts, training, strategy, hw, act, ms.gradients, ms.step_temporaries)
+    temporaries = peak.naive - act.activations - ms.gradients
+    allocated = ms.parameters + ms.optimizer_states + buffers_total + peak.dynamic
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
                       "allocator fragmentation": int(allocated * ov.allocator_fragmentation_fraction)}
     if hw.world_size > 1:
@@ -109,6 +111,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     breakdown.update(overhead_parts)
     if ms.step_temporaries:
         breakdown["optimizer step temporaries (foreach)"] = ms.step_temporaries
+    if peak.phase_overlap:
+        breakdown[f"not alive at the peak ({peak.moment})"] = -peak.phase_overlap
 
     cpu_parts = dict(ms.cpu_per_node)
     cpu_parts["training processes"] = ov.cpu_per_process_bytes * hw.gpus_per_node
@@ -120,7 +124,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     notes = [model.note] if model.note else []
     per_gpu = PerGPU(parameters=ms.parameters, gradients=ms.gradients, optimizer_states=ms.optimizer_states,
                      activations=act.activations, temporaries=temporaries, buffers=buffers_total,
-                     overhead=overhead, total=total, breakdown=breakdown)
+                     overhead=overhead, phase_overlap=peak.phase_overlap, peak_moment=peak.moment,
+                     total=total, breakdown=breakdown)
     return Estimate(task="train", model=info, hardware=hardware_info(hw), strategy=strategy_info(training, strategy),
                     per_gpu=per_gpu,
                     per_node_cpu=PerNodeCPU(total=cpu_total, available_bytes=hw.cpu_ram_bytes, fits=cpu_fits,

@@ -54,9 +54,12 @@ def render_recommendation(rec: Recommendation) -> str:
         if rec.task == "infer":
             rows = [("weights", g.parameters), ("-", 0), ("-", 0), ("KV cache", g.activations),
                     ("transient", g.temporaries), ("-", 0), ("overhead", g.overhead)]
-        lines.append("  " + bar(rows, est.hardware.vram_bytes))
+        # the bar shows what is alive at the peak moment: the phase overlap comes off the activations
+        shown = [(n, max(v - g.phase_overlap, 0) if n == "activations" else v) for n, v in rows]
+        lines.append("  " + bar(shown, est.hardware.vram_bytes))
         lines.append("  " + BAR_LEGEND)
-        lines.append("  " + "  ".join(f"{n} {fmt_bytes(v)}" for n, v in rows if v))
+        overlap = [("not alive together", -g.phase_overlap)] if g.phase_overlap else []
+        lines.append("  " + "  ".join(f"{n} {fmt_bytes(v)}" for n, v in rows + overlap if v))
         cpu = est.per_node_cpu
         if cpu.total:
             avail = f" of {fmt_bytes(cpu.available_bytes)}" if cpu.available_bytes else " (no --cpu-ram given)"

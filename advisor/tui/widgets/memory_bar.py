@@ -56,7 +56,10 @@ class MemoryBar(Widget):
         if est is None:
             return Text("░" * width + "\n", style=FREE_STYLE) + Text("no estimate yet", style="dim")
         g, vram = est.per_gpu, est.hardware.vram_bytes
-        values = [getattr(g, key) for key, _, _ in PARTS]
+        # what is alive at the peak moment: gradients formed as backward frees activations (phase overlap)
+        values = [getattr(g, key) - (getattr(g, "phase_overlap", 0) if key == "activations" else 0)
+                  for key, _, _ in PARTS]
+        values = [max(v, 0) for v in values]
         total = sum(values)
         scale = max(vram, total, 1)
         cells = split_cells(values + [max(vram - total, 0)], scale, width)
