@@ -91,8 +91,8 @@ def worker(attn: str, seq: int, vocab: int) -> None:
     dist.destroy_process_group()
 
 
-def run_case(attn: str, seq: int, vocab: int) -> dict:
-    """Launch one 2-process case with torchrun; the measured and estimated bytes."""
+def measure_case(attn: str, seq: int, vocab: int) -> dict:
+    """Launch one 2-process case with torchrun; rank 0's measured bytes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(_ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(29500 + os.getpid() % 1000), __file__, "--worker", attn, str(seq), str(vocab)]
@@ -100,7 +100,12 @@ def run_case(attn: str, seq: int, vocab: int) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"torchrun failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    r = json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def run_case(attn: str, seq: int, vocab: int, measured: dict | None = None) -> dict:
+    """Measured (launched now unless given) and estimated bytes of one case, and the error."""
+    r = dict(measured or measure_case(attn, seq, vocab))
     r["estimated"], r["moment"], r["overlap"] = estimated(attn, seq, vocab)
     r["error"] = (r["estimated"] - r["measured"]) / r["measured"]
     return r

@@ -605,13 +605,36 @@ def _live_curve(prof) -> tuple[list[int], list[int]]:
     return curve, marks
 
 
+@contextlib.contextmanager
+def _fused_dropout_backward() -> Iterator[None]:
+    """CUDA's native_dropout_backward is one fused kernel (aten/src/ATen/native/cuda/Dropout.cu, masked_scale):
+    it allocates the gradient only. The CPU kernel computes ``grad * mask * scale``, and TensorIterator first
+    casts the bool mask to the gradient's dtype on CPU: an extra gradient-sized temporary that a GPU never
+    allocates. This replaces the CPU kernel by a one-allocation equivalent (``where`` takes the bool mask as
+    is), so the measured backward transient is the CUDA one."""
+    lib = torch.library.Library("aten", "IMPL")
+
+    def kernel(grad, mask, scale):
+        return torch.where(mask, grad, 0.0).mul_(scale)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lib.impl("native_dropout_backward", kernel, "CPU")
+    try:
+        yield
+    finally:
+        lib._destroy()
+
+
 def measure_backward_peak(cfg: dict[str, Any], *, seq_len: int, batch: int = 1, mode: str = "fp32",
                           attn: str = "sdpa", checkpointing: str = "none", seed: int = 0,
                           **overrides: Any) -> BackwardPeak:
     """Transient memory of the backward pass on top of what the forward left allocated.
 
     2 decoder layers (the second sharing the first's parameters), full fine-tuning. The backward is
-    ``torch.autograd.grad(loss, embedding_output)``: every activation gradient is computed as in training,
+    ``torch.autograd.grad(loss, first_layer_input)``: every activation gradient is computed as in training,
     but no parameter gradient is formed (those are model states, counted elsewhere). The caller keeps the
     model output (and so the logits) alive during backward, as ``outputs = model(**batch)`` does.
     """
@@ -631,10 +654,11 @@ def measure_backward_peak(cfg: dict[str, Any], *, seq_len: int, batch: int = 1, 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=g)
     captured: list[torch.Tensor] = []
-    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: captured.append(o))
+    # the first decoder layer's input: saved by the layer anyway, so capturing it keeps nothing extra alive
+    hook = _layer_list(model)[0].register_forward_pre_hook(lambda m, args: captured.append(args[0]))
     rec = _Recorder(model)
     gc.collect()
-    with cuda_semantics(mode):
+    with cuda_semantics(mode), _fused_dropout_backward():
         ac = torch.autocast("cpu", dtype=low) if low is not None else contextlib.nullcontext()
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
                      with_stack=True) as prof:

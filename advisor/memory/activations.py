@@ -21,18 +21,27 @@ Conventions
   anything aliasing them are excluded. Under autocast over fp32 weights, the low-precision weight copies that
   linears save are *not* activations; they are reported as ``breakdown["info:autocast_weight_copies"]``
   (they scale with parameters, not tokens).
-* ``temporaries``: the transient peak on top of ``activations`` during backward (logits gradients, the
-  recomputed layer under checkpointing, gradients of a layer's largest tensors, the logits tensor the
-  caller still holds, QLoRA's dequantized weight). It is the larger of two moments: the loss backward
-  (two fp32 N x V gradients while everything is saved) and a layer's backward (after the head's saved
-  tensors are freed). Validated against the CPU allocator in ``docs/accuracy.md`` (conservative: layer
-  transients are bounded from above, not replayed op by op).
+* ``temporaries``: the transient peak on top of ``activations`` during backward. The trace also records the
+  autograd node each op creates, and ``_replay_backward`` runs them the way autograd's engine does
+  (descending sequence number): each node allocates its inputs' gradients (or hands on / views the incoming
+  one), plus the temporaries its formula allocates; it then releases its saved tensors (a storage dies with
+  the last node that saved it) and its incoming gradient; a second gradient arriving at a tensor is
+  accumulated in place or out of place by ``InputBuffer``'s rule; a checkpointed region (full or selective)
+  rebuilds its saved set when its first node unpacks one. ``temporaries`` is the larger of two moments: the
+  loss and final-norm backward (two fp32 N x V gradients while everything is saved) and the backward of the
+  last decoder layer (the first to run), each including the logits tensor the caller's output still holds,
+  plus QLoRA's dequantized weight. Parameter gradients are model states, counted elsewhere. Validated
+  against the CPU allocator in ``docs/accuracy.md`` (fp32); half-precision modes apply the same accounting
+  with their dtype sizes (not measurable on a CPU without fast 16-bit GEMM). Kernel-internal workspaces of
+  fused attention backwards (SDPA/flash) are not modeled.
 * ``breakdown``: named byte terms. ``embeddings + rope_cache + layers + final_norm + logits_and_loss
   (+ attention_mask)`` sum to ``activations``; ``per_layer`` is one decoder layer (``layers`` = the first
   layer + the rest; the first may differ when its input needs no gradient); ``temp:*`` terms are the
-  moments whose maximum is ``temporaries``; ``info:*`` terms are in neither sum (the logits tensor held by
-  the caller, already inside ``temp:*``; autocast's low-precision weight copies, which scale with
-  parameters, for the model-state side).
+  moments whose maximum is ``temporaries`` (bytes above the whole end-of-forward activations level, held
+  logits included); ``info:*`` terms are in neither sum (the logits tensor held by the caller, already inside
+  ``temp:*``; ``info:layer_transient``, one decoder layer's backward peak above what is still saved at that
+  moment, for placing it at any layer; autocast's low-precision weight copies, which scale with parameters,
+  for the model-state side).
 * flash attention (flash-attn 2, GPU only) is accounted like PyTorch SDPA's flash kernel: q, k, v, the output
   and the fp32 logsumexp are saved (plus an RNG state of a few bytes); it needs no mask for sliding windows.
 * SDPA attention dropout costs nothing: the fused kernels regenerate the mask from the Philox seed.
@@ -49,7 +58,10 @@ Conventions
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import Counter
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -92,12 +104,35 @@ class ActivationEstimate(BaseModel):
 class _T:
     """A tensor: ``n`` elements of dtype ``dt``; ``sid`` names its storage (views share it); ``bshd`` marks a
     (batch, heads, seq, dim) view whose memory is laid out (batch, seq, heads, dim), i.e. a head split of a
-    projection output; ``param`` marks parameters (never counted)."""
+    projection output; ``param`` marks parameters (never counted). ``tid`` names the tensor itself (a view is a
+    new tensor: gradients flow per tensor, memory is per storage); ``p`` marks tensors on the path from the
+    backward's target (the first decoder layer's input) to the loss: only those get gradients."""
 
-    __slots__ = ("n", "dt", "rg", "sid", "bshd", "param")
+    __slots__ = ("n", "dt", "rg", "sid", "bshd", "param", "tid", "p")
+    _ids = itertools.count(1)
 
     def __init__(self, n: int, dt: str, rg: bool, sid: int, bshd: bool = False, param: bool = False):
         self.n, self.dt, self.rg, self.sid, self.bshd, self.param = n, dt, rg, sid, bshd, param
+        self.tid = next(_T._ids)
+        self.p = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.n * _BYTES[self.dt]
+
+
+class _Node:
+    """One autograd node of the backward graph, in creation (sequence-number) order. ``outs``: the tensors
+    whose gradients it consumes; ``ins``: (tensor id, gradient bytes, how) for each input that gets a
+    gradient, ``how`` one of ``new`` (a fresh dense buffer), ``newview`` (a fresh buffer handed on as a view,
+    e.g. through the ViewBackward of a linear's flattened input), ``alias`` (the incoming gradient itself,
+    e.g. AddBackward), ``view`` (a view of the incoming gradient); ``saved``: storages it saved (released
+    after it runs); ``temp``: bytes its formula allocates and frees internally on top of its results."""
+
+    __slots__ = ("outs", "ins", "saved", "temp", "term")
+
+    def __init__(self, outs: list[int], ins: list[tuple[int, int, str]], saved: list[int], temp: int, term: str):
+        self.outs, self.ins, self.saved, self.temp, self.term = outs, ins, saved, temp, term
 
 
 def _promote(a: str, b: str) -> str:
@@ -106,7 +141,8 @@ def _promote(a: str, b: str) -> str:
 
 
 class _Trace:
-    """Replays a forward pass: creates tensors, records what ops save, counts storages once."""
+    """Replays a forward pass: creates tensors, records what ops save (counting storages once) and the autograd
+    node each op creates (for the backward replay, :func:`_replay_backward`)."""
 
     def __init__(self, mode: ComputeMode, batch: int, seq: int):
         self.autocast = mode.startswith("autocast")
@@ -119,6 +155,8 @@ class _Trace:
         self.owner: dict[int, str] = {}   # storages always counted under one term (the shared RoPE cache)
         self.term = "misc"
         self.weight_copy_elems = 0      # autocast low-precision copies of fp32 weights that linears save
+        self.nodes: list[_Node] = []
+        self._pend: list[int] = []      # storages saved by the op being recorded (its node releases them)
 
     # -- bookkeeping
     def new(self, n: int, dt: str, rg: bool, bshd: bool = False) -> _T:
@@ -131,13 +169,64 @@ class _Trace:
         t.param = True
         return t
 
-    def view(self, t: _T, n: int, bshd: bool | None = None) -> _T:
-        return _T(n, t.dt, t.rg, t.sid, t.bshd if bshd is None else bshd, t.param)
+    def view(self, t: _T, n: int, bshd: bool | None = None, how: str = "view") -> _T:
+        """A view of ``t``. Same size: reshape/transpose, whose backward views the gradient (``how="new"`` when
+        that backward must copy, e.g. reshaping a transposed gradient). Fewer elements: a slice, whose
+        SliceBackward allocates a zero gradient of the whole base (derivatives.yaml: slice_backward)."""
+        v = _T(n, t.dt, t.rg, t.sid, t.bshd if bshd is None else bshd, t.param)
+        return self.op(v, [t], how if n == t.n else "new")
+
+    def split(self, t: _T, parts: list[int], bshd: bool | None = None) -> list[_T]:
+        """``split`` / ``chunk``: views; one SplitBackward (multi-output) that allocates the whole input's
+        gradient once (derivatives.yaml: split_backward stacks the pieces' gradients)."""
+        vs = [_T(n, t.dt, t.rg, t.sid, t.bshd if bshd is None else bshd, t.param) for n in parts]
+        if t.p:
+            for v in vs:
+                v.p = True
+            self.nodes.append(_Node([v.tid for v in vs], [(t.tid, t.nbytes, "new")], self._take(), 0, self.term))
+        return vs
+
+    def cat(self, parts: list[_T], bshd: bool = False) -> _T:
+        """``torch.cat``: a new tensor; CatBackward hands each input a slice (a view) of the gradient."""
+        out = self.new(sum(t.n for t in parts), parts[0].dt, any(t.rg for t in parts), bshd)
+        return self.op(out, parts, "view", keep_size=True)
+
+    def _take(self) -> list[int]:
+        saved, self._pend = self._pend, []
+        return saved
+
+    def op(self, out: _T, ins: list[_T | None], how: str = "new", temp: int = 0, keep_size: bool = False,
+           leaf: bool = False, fused: bool = False) -> _T:
+        """Record the autograd node that creates ``out`` from ``ins``. Only tensors on the backward's path
+        (``p``) get a gradient; an op with none of them creates no node that runs, unless ``leaf``: it uses a
+        trainable weight, so its node runs for the weight's gradient (not counted here) and then releases
+        what it saved. ``how``: see :class:`_Node`. ``fused``: the backward kernel writes the input's dtype
+        directly (ToCopy, softmax with ``dtype=``), no full-size intermediate."""
+        saved = self._take()
+        on = [t for t in ins if t is not None and t.p]
+        if not on and not leaf:
+            return out
+        out.p = True
+        spec = []
+        for t in on:
+            h = how
+            if h in ("alias", "view") and not keep_size and (t.dt != out.dt or t.n != out.n):
+                # the engine casts a gradient to the input's dtype (validate_outputs); a broadcast input gets
+                # sum_to_size of the gradient: both are new tensors
+                h = "new"
+            elif h in ("new", "newview") and not fused and (t.dt != out.dt or t.n < out.n):
+                # the formula runs at the output's size/dtype, then reduces (sum_to_size) or casts
+                temp = max(temp, out.nbytes)
+            spec.append((t.tid, t.nbytes, h))
+        self.nodes.append(_Node([out.tid], spec, saved, temp, self.term))
+        return out
 
     def save(self, *ts: _T | None) -> None:
         for t in ts:
-            if t is not None and not t.param and t.sid not in self.saved:
-                self.saved[t.sid] = self.owner.get(t.sid, self.term)
+            if t is not None and not t.param:
+                if t.sid not in self.saved:
+                    self.saved[t.sid] = self.owner.get(t.sid, self.term)
+                self._pend.append(t.sid)
 
     def bytes_of(self, term: str) -> int:
         """Bytes first saved under ``term`` or one of its ``term|part`` sub-terms."""
@@ -145,10 +234,11 @@ class _Trace:
 
     # -- dtype moves
     def cast(self, t: _T, dt: str) -> _T:
-        """``Tensor.to(dtype)``: a new tensor (same layout) when the dtype changes; ToCopyBackward saves nothing."""
+        """``Tensor.to(dtype)``: a new tensor (same layout) when the dtype changes; ToCopyBackward saves nothing
+        and casts the gradient back (a new tensor)."""
         if t.dt == dt:
             return t
-        return _T(t.n, dt, t.rg, self.new(t.n, dt, t.rg).sid, t.bshd, False)
+        return self.op(_T(t.n, dt, t.rg, self.new(t.n, dt, t.rg).sid, t.bshd, False), [t], fused=True)
 
     def ac_low(self, t: _T) -> _T:
         """Autocast's cast of an input of a lower-precision op (linear, matmul, SDPA)."""
@@ -158,10 +248,11 @@ class _Trace:
         """Autocast's cast of an input of an fp32-list op (pow, rsqrt, layer_norm, softmax w/o dtype, ...)."""
         return self.cast(t, "f32") if self.autocast else t
 
-    # -- ops, each with its autograd save rule (derivatives.yaml)
+    # -- ops, each with its autograd save rule (derivatives.yaml) and its node
     def linear(self, x: _T, n_in: int, n_out: int, train_w: bool, w_dt: str | None = None) -> _T:
         """F.linear / Conv1D's addmm: MmBackward saves the input iff the weight needs a grad (and the weight
-        iff the input does: a parameter, or its autocast copy, counted apart)."""
+        iff the input does: a parameter, or its autocast copy, counted apart). Backward: grad.mm(weight), a new
+        tensor, handed on through the ViewBackward of the flattened (b*s, n_in) input: a view."""
         w_dt = w_dt or self.pdt
         tokens = x.n // n_in
         if self.autocast:
@@ -172,7 +263,7 @@ class _Trace:
             xin, out_dt = x, _promote(x.dt, w_dt) if x.dt != w_dt else w_dt
         if train_w:
             self.save(xin)
-        return self.new(tokens * n_out, out_dt, x.rg or train_w)
+        return self.op(self.new(tokens * n_out, out_dt, x.rg or train_w), [xin], "newview", leaf=train_w)
 
     def mul(self, a: _T, b: _T) -> _T:
         """MulBackward0: saves ``other`` iff ``self`` needs a grad and ``self`` iff ``other`` does."""
@@ -180,51 +271,163 @@ class _Trace:
             self.save(b)
         if b.rg:
             self.save(a)
-        return self.new(max(a.n, b.n), _promote(a.dt, b.dt), a.rg or b.rg, a.bshd if a.n >= b.n else b.bshd)
+        out = self.new(max(a.n, b.n), _promote(a.dt, b.dt), a.rg or b.rg, a.bshd if a.n >= b.n else b.bshd)
+        return self.op(out, [a, b])
 
-    def scalar_op(self, a: _T) -> _T:
-        """Tensor (op) Python scalar: a new tensor, nothing saved."""
-        return self.new(a.n, a.dt, a.rg, a.bshd)
+    def scalar_op(self, a: _T, add: bool = False) -> _T:
+        """Tensor (op) Python scalar: a new tensor, nothing saved. ``x * c`` / ``x / c``: the backward allocates
+        grad * c; ``x + c``: AddBackward hands the gradient on."""
+        return self.op(self.new(a.n, a.dt, a.rg, a.bshd), [a], "alias" if add else "new")
 
     def add(self, a: _T, b: _T) -> _T:
-        """AddBackward0 saves nothing; the result has the promoted dtype."""
-        return self.new(max(a.n, b.n), _promote(a.dt, b.dt), a.rg or b.rg, a.bshd if a.n >= b.n else b.bshd)
+        """AddBackward0 saves nothing and hands the same gradient to both inputs; the result has the promoted
+        dtype."""
+        out = self.new(max(a.n, b.n), _promote(a.dt, b.dt), a.rg or b.rg, a.bshd if a.n >= b.n else b.bshd)
+        return self.op(out, [a, b], "alias")
 
     def pow_(self, x: _T) -> _T:
-        """PowBackward0 saves ``self`` (CUDA autocast runs pow in fp32)."""
+        """PowBackward0 saves ``self`` (CUDA autocast runs pow in fp32). Backward (derivatives.yaml
+        pow_backward): grad * (exponent * self.pow(exponent - 1)): two input-sized temporaries (measured)."""
         x = self.ac_f32(x)
         if x.rg:
             self.save(x)
-        return self.new(x.n, x.dt, x.rg, x.bshd)
+        return self.op(self.new(x.n, x.dt, x.rg, x.bshd), [x], temp=2 * x.nbytes)
+
+    def mean(self, x: _T, width: int) -> _T:
+        """``mean(-1, keepdim=True)``: MeanBackward saves nothing; its backward expands and divides, a new
+        input-sized tensor (measured)."""
+        return self.op(self.new(x.n // width, x.dt, x.rg), [x])
 
     def save_result(self, x: _T, dt: str | None = None) -> _T:
         """Ops whose backward uses their result: rsqrt, tanh, sigmoid, relu, softmax, log_softmax."""
         out = self.new(x.n, dt or x.dt, x.rg, x.bshd)
         if x.rg:
             self.save(out)
-        return out
+        return self.op(out, [x], fused=True)   # _softmax_backward_data(..., input_dtype) writes x's dtype
 
     def save_input(self, x: _T) -> _T:
         """Ops whose backward uses their input: silu, gelu (exact and tanh-approximate)."""
         if x.rg:
             self.save(x)
-        return self.new(x.n, x.dt, x.rg, x.bshd)
+        return self.op(self.new(x.n, x.dt, x.rg, x.bshd), [x])
 
     def dropout(self, x: _T, p: float) -> _T:
-        """``native_dropout`` (the CUDA kernel of F.dropout): saves a 1-byte bool mask; p = 0 is a no-op."""
+        """``native_dropout`` (the CUDA kernel of F.dropout): saves a 1-byte bool mask; p = 0 is a no-op.
+        Backward: native_dropout_backward(grad, mask, scale), a new tensor."""
         if p <= 0:
             return x
         mask = self.new(x.n, "bool", False)
         if x.rg:
             self.save(mask)
-        return self.new(x.n, x.dt, x.rg, x.bshd)
+        return self.op(self.new(x.n, x.dt, x.rg, x.bshd), [x])
 
     def layer_norm(self, x: _T, width: int, affine: bool) -> _T:
-        """NativeLayerNormBackward0 saves input, mean and rstd (fp32 on CUDA); autocast runs it in fp32."""
+        """NativeLayerNormBackward0 saves input, mean and rstd (fp32 on CUDA); autocast runs it in fp32.
+        Backward: grad_input only (weight/bias gradients are not asked for here)."""
         x = self.ac_f32(x)
         if x.rg or affine:
             self.save(x, self.new(x.n // width, "f32", False), self.new(x.n // width, "f32", False))
-        return self.new(x.n, x.dt, x.rg or affine)
+        return self.op(self.new(x.n, x.dt, x.rg or affine), [x])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backward replay
+# ---------------------------------------------------------------------------------------------------------
+class _Buf:
+    """A gradient storage: ``size`` bytes, ``refs`` holders (input buffers of nodes, the running node)."""
+
+    __slots__ = ("size", "refs")
+
+    def __init__(self, size: int):
+        self.size, self.refs = size, 1
+
+
+def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
+                     recompute: list[tuple[str, list[int]]]) -> dict[str, tuple[int, int]]:
+    """Replay autograd's CPU engine over the recorded nodes, from ``loss`` down to the first layer's input.
+
+    Nodes run in descending sequence number (creation order reversed; only those whose outputs received a
+    gradient). A node allocates its inputs' gradients (or hands on / views the incoming one), plus internal
+    temporaries; then it releases its saved tensors (a storage is freed once the last node saving it ran,
+    unless ``kept``: held by the caller) and its incoming gradient. A gradient arriving at a tensor that
+    already has one is accumulated (torch/csrc/autograd/input_buffer.cpp): in place into the old one when it
+    is a dense tensor held only there, else ``old + new`` (a view's base keeps a second reference to the
+    storage, and AddBackward hands one tensor to two inputs). ``recompute``: (term prefix, storages) rebuilt
+    by a non-reentrant checkpoint when the first node under that prefix unpacks a saved tensor.
+
+    Returns, per term (``first_layer``, ``per_layer``, ``final_norm``, ``logits_and_loss``), the peak of live
+    bytes above the end-of-forward level and the peak of transient bytes (gradients, temporaries, recomputed
+    tensors: everything that is not part of the forward's saved set)."""
+    reached, run = {loss.tid}, []
+    for nd in reversed(tr.nodes):
+        if any(o in reached for o in nd.outs):
+            run.append(nd)
+            reached.update(t for t, _, _ in nd.ins)
+    refs = Counter(sid for nd in run for sid in nd.saved)
+    alive = set(tr.saved)
+    pending = list(recompute)
+    seed = _Buf(loss.nbytes)                 # ones_like(loss), held by autograd's caller (_make_grads) throughout
+    seed.refs = 2
+    grads: dict[int, tuple[_Buf, bool]] = {loss.tid: (seed, False)}
+    live, freed = loss.nbytes, 0
+    peaks: dict[str, tuple[int, int]] = {}
+
+    def mark(term: str, at: int) -> None:
+        key = term.split("|")[0].split(":")[0]
+        old = peaks.get(key, (-(1 << 62), -(1 << 62)))
+        peaks[key] = (max(old[0], at), max(old[1], at + freed))
+
+    def drop(buf: _Buf) -> None:
+        nonlocal live
+        buf.refs -= 1
+        if buf.refs == 0:
+            live -= buf.size
+
+    for nd in run:
+        inc = [grads.pop(o, None) for o in nd.outs]
+        if nd.saved:
+            for item in list(pending):
+                if nd.term.startswith(item[0]):
+                    pending.remove(item)
+                    for sid in set(item[1]) - alive:
+                        alive.add(sid)
+                        live += tr.size[sid]
+                        freed -= tr.size[sid]          # recomputed: transient, not part of the saved set
+        made = []
+        for tid, nbytes, how in nd.ins:
+            if how in ("alias", "view"):
+                src, was_view = next(g for g in inc if g is not None)
+                src.refs += 1
+                made.append((tid, src, was_view or how == "view"))
+            else:
+                buf = _Buf(nbytes)
+                live += nbytes
+                made.append((tid, buf, how == "newview"))
+        mark(nd.term, live + nd.temp)
+        for sid in nd.saved:
+            refs[sid] -= 1
+            if refs[sid] == 0 and sid in alive and sid not in kept:
+                alive.discard(sid)
+                live -= tr.size[sid]
+                freed += tr.size[sid]
+        for g in inc:
+            if g is not None:
+                drop(g[0])
+        for tid, buf, is_view in made:
+            if tid not in grads:
+                grads[tid] = (buf, is_view)
+                continue
+            old, old_view = grads[tid]
+            if old.refs == 1 and not old_view:
+                drop(buf)                                    # old.add_(new)
+            else:
+                acc = _Buf(max(old.size, buf.size))          # old + new
+                live += acc.size
+                mark(nd.term, live)
+                drop(old)
+                drop(buf)
+                grads[tid] = (acc, False)
+    return peaks
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -269,6 +472,7 @@ class _Model:
         self.gemma_norm = fam in _GEMMA_NORM
         self.rope_cos = self.rope_sin = None
         self.mask_dt = tr.pdt                   # create_causal_mask: dtype of inputs_embeds
+        self.recompute: list[tuple[str, list[int]]] = []   # (term prefix, storages) rebuilt in backward
 
     # -- pieces ------------------------------------------------------------------------------------------
     def proj(self, x: _T, n_in: int, n_out: int, name: str) -> _T:
@@ -290,9 +494,8 @@ class _Model:
             return tr.layer_norm(x, h, trainable and a.norm_affine)
         w = tr.param(h, trainable)
         hf = tr.cast(x, "f32")                                      # hidden_states.to(float32) / x.float()
-        var = tr.new(x.n // h, "f32", hf.rg)                        # pow(2).mean(-1): PowBackward saves hf
-        tr.pow_(hf)
-        r = tr.save_result(var)                                     # rsqrt saves its result
+        var = tr.mean(tr.pow_(hf), h)                               # pow(2).mean(-1): PowBackward saves hf
+        r = tr.save_result(tr.scalar_op(var, add=True))             # rsqrt(variance + eps) saves its result
         n = tr.mul(hf, r)                                           # saves hf and r
         if self.gemma_norm:                                         # Gemma2RMSNorm.forward
             w1 = tr.new(h, "f32", trainable)                        # (1.0 + self.weight.float())
@@ -307,26 +510,31 @@ class _Model:
         d = a.head_dim
         rot = max(1, int(d * a.rotary_pct))
         full = tr.b * heads * tr.s * d
-        part = q if rot == d else tr.view(q, full * rot // d)
+        part = q if rot == d else tr.view(q, full * rot // d)        # q[..., :rot] (a slice)
         c1 = tr.mul(part, self.rope_cos)
-        c2 = tr.mul(tr.new(part.n, part.dt, part.rg, part.bshd), self.rope_sin)  # rotate_half: cat -> new
+        x1, x2 = tr.view(part, part.n // 2), tr.view(part, part.n // 2)   # rotate_half: two slices,
+        rh = tr.cat([tr.scalar_op(x2), x1], part.bshd)               # cat((-x2, x1)): a new tensor
+        c2 = tr.mul(rh, self.rope_sin)
         e = tr.add(c1, c2)
         if rot == d and a.family not in _ROPE_CAT:
             return e                                                # keeps q's (b, s, h, d) memory layout
-        return tr.new(full, e.dt, e.rg, False)                      # torch.cat([q_embed, q_pass]) contiguous
+        if rot == d:
+            return tr.cat([e])
+        return tr.cat([e, tr.view(q, full - part.n)])                # torch.cat([q_embed, q_pass]) contiguous
 
     def repeat_kv(self, x: _T, heads: int) -> _T:
         a, tr = self.a, self.tr
         if a.num_key_value_heads == heads:
             return x
-        return tr.new(tr.b * heads * tr.s * a.head_dim, x.dt, x.rg, False)   # expand + reshape: a copy
+        # expand + reshape: a copy; ExpandBackward sums the gradient back to the kv heads (a new tensor)
+        return tr.op(tr.new(tr.b * heads * tr.s * a.head_dim, x.dt, x.rg, False), [x])
 
     def bmm_operand(self, x: _T) -> _T:
         """torch.matmul on 4-D inputs reshapes to (b*h, ., .): a view when (b, h) merge, else a copy."""
         tr = self.tr
         c = tr.ac_low(x)
         if tr.b > 1 and c.bshd:
-            c = tr.new(c.n, c.dt, c.rg, False)
+            c = tr.op(tr.new(c.n, c.dt, c.rg, False), [c], "view")   # reshape copy; backward views the grad
         return c
 
     def attention_core(self, q: _T, k: _T, v: _T, selective: bool) -> _T:
@@ -338,10 +546,20 @@ class _Model:
         impl = t.attention
         window_mask = (a.sliding_window is not None and s > a.sliding_window)
         if impl == "eager" and selective:
-            # checkpointed attention interface: its tensor inputs are kept (NoopSaveInputs), nothing inside
+            # checkpointed attention interface: its tensor inputs are kept (NoopSaveInputs); what the eager
+            # core saves inside is rebuilt during backward (a temporary, recorded for the layer moment)
+            term, before = tr.term, set(tr.saved)
+            tr.term = term + ":recompute"
+            out = self.attention_core(q, k, v, False)
+            inner = [sid for sid in tr.saved if sid not in before]
+            self.recompute.append((term + ":recompute", inner))
+            for sid in inner:
+                del tr.saved[sid]
+            tr.term = term
             if q.rg or k.rg or v.rg:
                 tr.save(q, k, v)
-            return tr.new(out_n, tr.low if tr.autocast else q.dt, q.rg or k.rg or v.rg, False)
+                tr._take()                                             # released by the core's own nodes
+            return out
         if impl == "eager":
             kr, vr = self.repeat_kv(k, H), self.repeat_kv(v, H)
             qo, ko = self.bmm_operand(q), self.bmm_operand(kr)
@@ -350,7 +568,9 @@ class _Model:
             if qo.rg:
                 tr.save(ko)
             mm_dt = tr.low if tr.autocast else qo.dt
-            sc = tr.new(b * H * s * s, mm_dt, qo.rg or ko.rg)          # matmul(q, kᵀ) (* scaling: no save)
+            # matmul(q, kᵀ) (* scaling: no save); BmmBackward: grad.bmm(k), qᵀ.bmm(grad), new tensors seen
+            # through the views that fold (b, h) for bmm
+            sc = tr.op(tr.new(b * H * s * s, mm_dt, qo.rg or ko.rg), [qo, ko], "newview")
             sc = tr.scalar_op(sc)
             if a.attn_logit_softcapping:
                 sc = tr.scalar_op(tr.save_result(tr.scalar_op(sc)))   # / cap, tanh (saves result), * cap
@@ -367,8 +587,10 @@ class _Model:
                 tr.save(po)
             if po.rg:
                 tr.save(vo)
-            o = tr.new(out_n, tr.low if tr.autocast else po.dt, po.rg or vo.rg, False)
-            return tr.new(out_n, o.dt, o.rg, True)                     # transpose(1, 2).contiguous(): copy
+            o = tr.op(tr.new(out_n, tr.low if tr.autocast else po.dt, po.rg or vo.rg, False), [po, vo], "newview")
+            # transpose(1, 2).contiguous(): a copy; CloneBackward and TransposeBackward hand on (a view of) the
+            # gradient
+            return tr.op(tr.new(out_n, o.dt, o.rg, True), [o], "view")
         # SDPA / flash: saves q, k, v (as passed), out and the fp32 logsumexp
         sdpa_mask = impl == "sdpa" and window_mask
         if sdpa_mask and a.num_key_value_heads != H:                   # mask given: no enable_gqa, repeat_kv
@@ -380,25 +602,34 @@ class _Model:
             tr.save(qc, kc, vc, out, tr.new(b * H * s, "f32", False))
             if sdpa_mask:                                              # memory-efficient kernel keeps attn_bias
                 tr.save(tr.new(b * s * s, qc.dt, False))
+        # the fused backward allocates grad_q, grad_k, grad_v (in the inputs' layouts)
+        out = tr.op(out, [qc, kc, vc])
         if out.bshd:
             return tr.view(out, out_n, True)                           # transpose(1, 2).contiguous(): no-op
-        return tr.new(out_n, out.dt, out.rg, True)
+        return tr.op(tr.new(out_n, out.dt, out.rg, True), [out], "view")
 
     def attention(self, x: _T, selective: bool) -> _T:
         a, tr = self.a, self.tr
         h, H, KV, d = a.hidden_size, a.num_attention_heads, a.num_key_value_heads, a.head_dim
         b, s = tr.b, tr.s
         qn, kn = b * s * H * d, b * s * KV * d
+        # The head split (view + transpose) hands back a view of the gradient when that gradient comes in the
+        # projection's (b, s, h, d) layout (SDPA's); after RoPE, repeat_kv or eager's bmm it is (b, h, s, d)
+        # and reshaping it back copies (measured).
+        copy_qk = a.position == "rope" or self.t.attention == "eager" or KV != H
+        copy_v = self.t.attention == "eager" or KV != H
         if a.fused_qkv:
             qkv = self.proj(x, h, (H + 2 * KV) * d, "qkv_proj")
-            q, k, v = tr.view(qkv, qn, True), tr.view(qkv, kn, True), tr.view(qkv, kn, True)
+            q, k, v = tr.split(qkv, [qn, kn, kn], True)                 # split / chunk of the fused output
         else:
             q = self.proj(x, h, H * d, "q_proj")
             k = self.proj(x, h, KV * d, "k_proj")
             v = self.proj(x, h, KV * d, "v_proj")
-            q, k, v = tr.view(q, qn, True), tr.view(k, kn, True), tr.view(v, kn, True)
-        if a.family == "opt":
-            q = tr.scalar_op(q)                                        # q_proj(x) * self.scaling
+            if a.family == "opt":
+                q = tr.scalar_op(q)                                    # q_proj(x) * self.scaling
+            q = tr.view(q, qn, True, "new" if copy_qk else "view")
+            k = tr.view(k, kn, True, "new" if copy_qk else "view")
+            v = tr.view(v, kn, True, "new" if copy_v else "view")
         if a.qk_norm:                                                  # Qwen3: per-head RMSNorm on q and k
             q, k = self._head_norm(q), self._head_norm(k)
         if a.position == "rope":
@@ -409,8 +640,7 @@ class _Model:
     def _head_norm(self, x: _T) -> _T:
         tr, d = self.tr, self.a.head_dim
         hf = tr.cast(x, "f32")
-        tr.pow_(hf)
-        r = tr.save_result(tr.new(x.n // d, "f32", hf.rg))
+        r = tr.save_result(tr.scalar_op(tr.mean(tr.pow_(hf), d), add=True))
         n2 = tr.cast(tr.mul(hf, r), x.dt)
         return tr.mul(tr.param(d, self.layer_trainable), n2)
 
@@ -429,14 +659,14 @@ class _Model:
             half = tr.scalar_op(x)                                     # 0.5 * input
             i1 = tr.scalar_op(x)                                       # input * 0.7978845608
             c = tr.scalar_op(x)                                        # 0.044715 * input
-            d = tr.scalar_op(tr.mul(c, x))                             # 1.0 + c * input
-            th = tr.scalar_op(tr.save_result(tr.mul(i1, d)))           # 1.0 + tanh(i1 * d)
+            d = tr.scalar_op(tr.mul(c, x), add=True)                   # 1.0 + c * input
+            th = tr.scalar_op(tr.save_result(tr.mul(i1, d)), add=True)  # 1.0 + tanh(i1 * d)
             return tr.mul(half, th)
         # gelu_new / gelu_python_tanh / gelu_accurate and unknown kinds: NewGELUActivation's chain
         half = tr.scalar_op(x)                                         # 0.5 * input
         p3 = tr.scalar_op(tr.pow_(x))                                  # 0.044715 * pow(input, 3)
         inner = tr.scalar_op(tr.add(x, p3))                            # sqrt(2/pi) * (input + ...)
-        th = tr.scalar_op(tr.save_result(inner))                       # 1.0 + tanh(...)
+        th = tr.scalar_op(tr.save_result(inner), add=True)             # 1.0 + tanh(...)
         return tr.mul(half, th)
 
     def mlp(self, x: _T) -> _T:
@@ -447,7 +677,7 @@ class _Model:
         if a.mlp == "gated":
             if a.fused_gate_up:
                 gu = self.proj(x, h, 2 * i, "gate_up_proj")
-                g, u = tr.view(gu, gu.n // 2), tr.view(gu, gu.n // 2)
+                g, u = tr.split(gu, [gu.n // 2, gu.n // 2])
             else:
                 g = self.proj(x, h, i, "gate_proj")
                 u = self.proj(x, h, i, "up_proj")
@@ -466,27 +696,28 @@ class _Model:
         probs = tr.save_result(tr.cast(logits, "f32"))                 # softmax(router_logits.float())
         idx = tr.new(N * k, "i64", False)                              # topk: TopkBackward saves indices
         tr.save(idx)
-        top = tr.new(N * k, "f32", probs.rg)
+        top = tr.op(tr.new(N * k, "f32", probs.rg), [probs])           # backward: zeros + scatter
         tr.save(top, tr.new(N, "f32", probs.rg))                       # top /= top.sum(): DivBackward
+        top = tr.op(tr.new(N * k, "f32", probs.rg), [top])
         tr.save(tr.new(S, "i64", False), tr.new(S, "i64", False))     # sort perm; hidden_states[perm // k]
         tr.save(tr.new(E, "i32", False))                               # grouped_mm offsets (cumsum)
-        sel = tr.new(S * h, x.dt, x.rg)
+        sel = tr.op(tr.new(S * h, x.dt, x.rg), [x])                    # IndexBackward: zeros + index_put
         w_dt = tr.pdt
         sel = tr.cast(sel, w_dt)                                       # input.to(weight.dtype); no autocast
         train = self.layer_trainable
         if train:
             tr.save(sel)                                               # grouped_mm saves input (and weight)
-        gu = tr.new(S * 2 * i, sel.dt, sel.rg or train)
-        g, u = tr.view(gu, S * i), tr.view(gu, S * i)
+        gu = tr.op(tr.new(S * 2 * i, sel.dt, sel.rg or train), [sel])
+        g, u = tr.split(gu, [S * i, S * i])
         m = tr.mul(self.act(g), u)
         m = tr.cast(m, w_dt)
         if train:
             tr.save(m)
-        o = tr.new(S * h, m.dt, m.rg or train)
-        sw = tr.new(S, "f32", top.rg)                                  # sample_weights[perm]
+        o = tr.op(tr.new(S * h, m.dt, m.rg or train), [m])
+        sw = tr.op(tr.new(S, "f32", top.rg), [top])                    # sample_weights[perm]
         wo = tr.mul(o, sw)                                             # saves o and the weights
         tr.save(tr.new(S, "i64", False))                               # weighted_out[inv_perm] indices
-        f = tr.new(N * h, wo.dt, wo.rg)                                # view(...).sum(dim=1)
+        f = tr.op(tr.new(N * h, wo.dt, wo.rg), [wo])                   # view(...).sum(dim=1)
         return tr.cast(f, x.dt)
 
     # -- blocks ------------------------------------------------------------------------------------------
@@ -548,8 +779,9 @@ class _Model:
         self.rope_sin = tr.new(tr.s * rot, tr.pdt, False)
         tr.owner[self.rope_cos.sid] = tr.owner[self.rope_sin.sid] = "rope_cache"
 
-    def head(self, x: _T, final_trainable: bool, lm_trainable: bool) -> tuple[_T, int]:
-        """Final norm, lm_head and ForCausalLMLoss. Returns the logits tensor (held by the caller's output)."""
+    def head(self, x: _T, final_trainable: bool, lm_trainable: bool) -> tuple[_T, _T]:
+        """Final norm, lm_head and ForCausalLMLoss. Returns the logits tensor (held by the caller's output) and
+        the loss."""
         a, tr = self.a, self.tr
         tr.term = "final_norm"
         if a.final_norm:
@@ -564,10 +796,12 @@ class _Model:
         if a.final_logit_softcapping:                                  # logits / cap; tanh; * cap
             logits = tr.scalar_op(tr.save_result(tr.scalar_op(logits)))
         lf = tr.cast(logits, "f32")                                    # logits.float()
-        tr.save_result(lf)                                             # log_softmax saves its fp32 result
+        lp = tr.save_result(lf)                                        # log_softmax saves its fp32 result
         lab = tr.N if tr.b > 1 else tr.s + 1                           # pad(labels)[..., 1:].contiguous()
         tr.save(tr.new(lab, "i64", False), tr.new(1, "f32", False))   # nll_loss: target, total_weight
-        return held, tr.size[held.sid]
+        # NllLossBackward: a zero N x V fp32 gradient scattered at the targets
+        loss = tr.op(tr.new(1, "f32", lp.rg), [lp])
+        return held, loss
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -601,6 +835,7 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
         emb = _T(emb.n, emb.dt, True, emb.sid)
     elif freeze:
         emb = _T(emb.n, emb.dt, False, emb.sid)                        # output of frozen layers: no grad
+    emb.p = emb.rg                                                     # the backward replay's target
 
     terms: dict[str, int] = {}
     x = emb
@@ -613,14 +848,13 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
             before = set(tr.saved)
             out = m.layer(x, False)
             inner = [sid for sid in tr.saved if sid not in before]
-            terms[term + "_recompute"] = sum(tr.size[sid] for sid in inner)
-            terms[term + "_recompute_mlp"] = sum(tr.size[sid] for sid in inner if tr.saved[sid].endswith("|mlp"))
-            terms[term + "_recompute_input"] = tr.size[x.sid] if x.sid in inner else 0
+            m.recompute.append((term + ":inner", inner))
             for sid in inner:
                 del tr.saved[sid]
             tr.term = term
             tr.save(x)
-            x = tr.new(out.n, out.dt, out.rg)
+            tr._take()                                                 # released by the layer's own nodes
+            x = tr.op(tr.new(out.n, out.dt, out.rg), [out], "alias")
         else:
             tr.term = term
             x = m.layer(x, selective)
@@ -628,44 +862,41 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
         tr.save(m.rope_cos, m.rope_sin)                                # alive in the layers' kwargs
     for term in layer_terms:
         terms[term] = tr.bytes_of(term)
-        terms[term + "_mlp"] = tr.bytes_of(term + "|mlp")
     weight_copy_layer = tr.weight_copy_elems // 2
     tr.weight_copy_elems = 0
 
     final_trainable = full
     lm_trainable = full
-    _, held = m.head(x, final_trainable, lm_trainable)
+    held, loss = m.head(x, final_trainable, lm_trainable)
     weight_copy_head = tr.weight_copy_elems
 
     for term in ("embeddings", "rope_cache", "final_norm", "logits_and_loss"):
         terms[term] = tr.bytes_of(term)
-    terms["logits_held"] = held
+    terms["logits_held"] = tr.size[held.sid]
+    # backward replay: the caller's output holds the logits; the first layer's input is the replay's end
+    peaks = _replay_backward(tr, loss, {held.sid, emb.sid}, m.recompute)
+    none = (0, 0)
+    head = [peaks.get(k, none) for k in ("final_norm", "logits_and_loss")]
+    terms["bw_head"] = max(p[0] for p in head)
+    terms["bw_layer"], terms["bw_layer_transient"] = peaks.get("per_layer", none)
     terms["weight_copy_layer"] = weight_copy_layer
     terms["weight_copy_head"] = weight_copy_head
     return terms
 
 
-def _layer_backward_transients(arch: Architecture, training: TrainingSpec, mode: ComputeMode) -> tuple[int, int]:
-    """Gradient buffers alive at once in a decoder layer's backward, for its two halves (MLP first).
+def _trace_key(training: TrainingSpec) -> TrainingSpec:
+    """``training`` with the fields the trace does not read set to their defaults (a cache key)."""
+    return TrainingSpec(seq_len=training.seq_len, micro_batch_size=training.micro_batch_size,
+                        method=training.method, lora=training.lora, attention=training.attention,
+                        freeze_trainable_layers=training.freeze_trainable_layers,
+                        activation_checkpointing=training.activation_checkpointing)
 
-    MLP: the gradients of gate, up and their product (three b·s·inner buffers; the routed tokens for MoE).
-    Eager attention: the gradient of the probabilities and of the scores (b·h·s², the second in fp32); under
-    selective recomputation the probabilities are rebuilt as well. Plus two residual-stream gradients."""
-    b, s = training.micro_batch_size, training.seq_len
-    low = 4 if mode == "fp32" else 2
-    stream = 4 if mode.startswith("autocast") or mode == "fp32" else 2
-    inner = arch.intermediate_size * max(arch.experts_per_token, 1) if arch.is_moe else arch.intermediate_size
-    mlp_dt = 4 if (mode.startswith("autocast") and arch.hidden_act in ("gelu_new", "gelu_python_tanh",
-                                                                        "gelu_accurate")) else low
-    residual = 2 * b * s * arch.hidden_size * stream
-    mlp = 3 * b * s * inner * mlp_dt + residual
-    attn = residual
-    if training.attention == "eager":
-        quad = b * arch.num_attention_heads * s * s * (low + 4)
-        if training.activation_checkpointing == "selective":
-            quad *= 2                  # the recomputed probabilities (fp32 + 16-bit copy) come back too
-        attn += quad
-    return mlp, attn
+
+@lru_cache(maxsize=4096)
+def _traced(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str) -> dict[str, int]:
+    """Cached :func:`_trace_model` (the recommender asks for the same micro-batch under many strategies;
+    one trace with its backward replay costs milliseconds). Callers must not mutate the returned dict."""
+    return _trace_model(arch, training, mode, ckpt)
 
 
 def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeMode) -> ActivationEstimate:
@@ -676,7 +907,7 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
         training = training.model_copy(update={"attention": "eager"})
     if training.attention in ("sdpa", "flash") and ckpt == "selective":
         ckpt = "none"                                                  # nothing quadratic to recompute
-    terms = _trace_model(arch, training, mode, ckpt)
+    terms = _traced(arch, _trace_key(training), mode, ckpt)
     n_train = _saving_layers(arch, training, ckpt)
     layers = terms["first_layer"] + max(n_train - 1, 0) * terms["per_layer"]
 
@@ -695,25 +926,15 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
         breakdown["attention_mask"] = b * s * s * (2 if mode.startswith("half") else 4)
     activations = sum(v for k, v in breakdown.items() if k != "per_layer")
 
-    # -- temporaries: the largest transient on top of the saved set during backward. Two moments:
-    # (1) loss backward: nll_loss's gradient and log_softmax's gradient (fp32 N x V each) while everything
-    #     the forward saved is still alive; (2) a decoder layer's backward (the last layer's comes first):
-    #     by then the head's saved tensors are freed. The logits tensor the caller's output holds is alive
-    #     throughout (``outputs = model(**batch); accelerator.backward(outputs.loss)``).
-    N, V = b * s, arch.vocab_size
+    # -- temporaries: the largest transient on top of the saved set during backward, from the replay of the
+    # backward (``_replay_backward``). Two moments: (1) the loss backward (and the final norm's), while
+    # everything the forward saved is still alive; (2) the backward of the last decoder layer (the first one
+    # to run; lower layers run with less saved). The logits tensor the caller's output holds is alive
+    # throughout (``outputs = model(**batch); accelerator.backward(outputs.loss)``).
     held = terms["logits_held"]
-    head_saved = terms["final_norm"] + terms["logits_and_loss"]
-    logits_phase = held + 2 * N * V * 4
-    mlp_t, attn_t = _layer_backward_transients(arch, training, mode)
-    if ckpt == "full":
-        # the recomputed layer's saved set (its input is already counted) comes back before its backward
-        key = max(("first_layer", "per_layer"), key=lambda k: terms[k + "_recompute"])
-        recompute = terms[key + "_recompute"] - terms[key + "_recompute_input"]
-        recompute_mlp = terms[key + "_recompute_mlp"]
-    else:
-        recompute, recompute_mlp = 0, terms["per_layer_mlp"]
-    # by the attention half's backward, the MLP half's saved tensors are freed
-    layer_transient = recompute + max(mlp_t, attn_t - recompute_mlp)
+    logits_phase = held + terms["bw_head"]
+    layer_transient = terms["bw_layer_transient"]
+    layer_extra = 0
     if training.method == "qlora":
         from advisor import param_count as pc
 
@@ -721,12 +942,13 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
         # bitsandbytes MatMul4Bit dequantizes the weight (compute dtype) for the forward and again for
         # grad_input in backward; one at a time
         breakdown["info:qlora_dequantized_weight"] = biggest * (4 if mode == "fp32" else 2)
-        layer_transient += breakdown["info:qlora_dequantized_weight"]
-    layer_phase = max(held + layer_transient - head_saved, 0)
+        layer_extra = breakdown["info:qlora_dequantized_weight"]
+    layer_phase = max(held + terms["bw_layer"] + layer_extra, 0)
     breakdown["temp:logits_and_loss_backward"] = logits_phase
     breakdown["temp:layer_backward"] = layer_phase
     temporaries = max(logits_phase, layer_phase)
     breakdown["info:logits_output_held"] = held
+    breakdown["info:layer_transient"] = layer_transient + layer_extra
     if mode.startswith("autocast"):
         layer_copies = terms["weight_copy_layer"] * n_train
         breakdown["info:autocast_weight_copies"] = (layer_copies + terms["weight_copy_head"]) * 2

@@ -135,6 +135,35 @@ def test_backward_transient_not_underestimated():
     assert 0.97 * r.forward_level <= fwd_est <= 1.10 * r.forward_level
 
 
+# A small vocabulary hides the loss moment, so the decoder layer's backward moment is the measured peak.
+LAYER_MOMENT = [
+    # model, attention, checkpointing, seq, batch
+    ("llama-gqa", "sdpa", "none", 256, 1),
+    ("llama-gqa", "eager", "selective", 128, 1),
+    ("llama-gqa", "sdpa", "full", 128, 2),
+    ("gpt2-medium", "eager", "none", 128, 2),
+    ("neox", "sdpa", "none", 128, 1),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,attn,ckpt,seq,batch", LAYER_MOMENT, ids=["-".join(map(str, c)) for c in LAYER_MOMENT])
+def test_layer_backward_moment_matches_allocator(model, attn, ckpt, seq, batch):
+    """The replayed decoder-layer backward (gradient buffers, formula temporaries, frees of saved tensors,
+    accumulation, recomputation) against the CPU allocator's peak, fp32, 2 layers, vocabulary 512."""
+    measure = _harness()
+    cfg = {**SMALL[model], "vocab_size": 512}
+    arch = architecture_from_hf_config(cfg).model_copy(update={"num_layers": 2})
+    spec = _spec(seq_len=seq, micro_batch_size=batch, attention=attn, activation_checkpointing=ckpt)
+    r = measure.measure_backward_peak(cfg, seq_len=seq, batch=batch, mode="fp32", attn=attn, checkpointing=ckpt)
+    est = activation_memory(arch, spec, "fp32")
+    held = est.breakdown["info:logits_output_held"]
+    assert est.breakdown["temp:layer_backward"] > est.breakdown["temp:logits_and_loss_backward"]
+    err = (est.temporaries - held - r.transient) / r.transient
+    assert LOW <= err <= HIGH, f"estimated {est.temporaries - held:,} vs measured {r.transient:,} ({err:+.2%})"
+    assert 0 < est.breakdown["info:layer_transient"] <= est.temporaries + est.activations
+
+
 @pytest.mark.slow
 def test_two_layer_difference_is_the_second_layer():
     """per_layer = m(2) - m(1) equals what the appended layer alone first saves."""

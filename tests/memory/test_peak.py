@@ -48,6 +48,9 @@ SMALL = {
     # learned positions, LayerNorm, GELU, tied
     "gpt2": dict(model_type="gpt2", n_embd=384, n_layer=2, n_head=6, n_positions=1024, vocab_size=16000,
                  activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+    # a small vocabulary: the decoder layers' backward is the peak, not the loss
+    "llama-v1k": dict(model_type="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=8, vocab_size=1000, tie_word_embeddings=False),
 }
 
 LIVE = [
@@ -58,6 +61,8 @@ LIVE = [
     ("llama-untied", "sdpa", "full", 256, 1),
     ("llama-untied", "sdpa", "none", 32, 1),
     ("gpt2", "eager", "none", 256, 2),
+    ("llama-v1k", "eager", "none", 1024, 1),
+    ("llama-v1k", "sdpa", "full", 1024, 2),
 ]
 
 
@@ -86,6 +91,8 @@ def test_total_matches_measured_step_peak(model, attn, ckpt, seq, batch):
     err = (estimated - measured) / measured
     assert LOW <= err <= HIGH, (f"{g.peak_moment}: estimated {estimated:,} vs measured {measured:,} "
                                 f"({err:+.2%}); overlap {g.phase_overlap:,}")
+    if model == "llama-v1k":
+        assert g.peak_moment == "top layer backward"
 
 
 def test_overlap_only_where_gradients_are_formed_in_backward():
