@@ -268,17 +268,18 @@ def run_temp_case(case: Case) -> Row:
 
 
 def step_estimate(case: Case, num_layers: int = 2):
-    """The estimator's whole answer for a case: ``estimate_memory`` on one GPU (single strategy, AdamW)."""
+    """The estimator's whole answer for a case: ``advisor.api.estimate`` on one GPU (single strategy, AdamW)."""
+    from advisor.api import estimate
     from advisor.catalog.models import ResolvedModel
-    from advisor.memory.core import estimate_memory
-    from advisor.specs import HardwareSpec, StrategySpec
 
     arch = architecture(case).model_copy(update={"num_layers": num_layers})
     model = ResolvedModel(name=case.model, architecture=arch, source="config", note="")
     precision = {"fp32": "fp32", "autocast-bf16": "bf16", "autocast-fp16": "fp16"}[case.mode]
-    tr = training_spec(case).model_copy(update={"precision": precision, "optimizer": "adamw"})
-    hw = HardwareSpec(gpus_per_node=1, nodes=1, vram_bytes=1 << 40)
-    return estimate_memory(model, hw, tr, StrategySpec(backend="single"))
+    tr = training_spec(case)
+    return estimate(model, gpus=1, vram=1024, seq_len=tr.seq_len, micro_batch=tr.micro_batch_size,
+                    precision=precision, optimizer="adamw", method=tr.method, lora_rank=tr.lora.rank,
+                    lora_targets=tr.lora.target_modules, checkpointing=tr.activation_checkpointing,
+                    attention=tr.attention, strategy="single")
 
 
 def run_step_case(case: Case) -> Row:

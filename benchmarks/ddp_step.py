@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT))
 sys.path.insert(0, str(_ROOT / "benchmarks"))
+
+import two_process  # noqa: E402
 
 CASES = [("eager", 1024, 1000), ("sdpa", 512, 32000), ("sdpa", 64, 8000), ("eager", 512, 16000)]
 
@@ -36,16 +35,13 @@ def small_llama(vocab: int) -> dict:
 
 def estimated(attn: str, seq: int, vocab: int) -> tuple[int, str, int]:
     """(total - overhead, peak moment, phase overlap) of dsadvise's ddp estimate on 2 GPUs."""
+    from advisor.api import estimate
     from advisor.catalog.models import ResolvedModel
     from advisor.hf_config import architecture_from_hf_config
-    from advisor.memory.core import estimate_memory
-    from advisor.specs import HardwareSpec, StrategySpec, TrainingSpec
 
-    arch = architecture_from_hf_config(small_llama(vocab))
-    g = estimate_memory(ResolvedModel(name="small-llama", architecture=arch, source="config", note=""),
-                        HardwareSpec(gpus_per_node=2, nodes=1, vram_bytes=80 << 30),
-                        TrainingSpec(seq_len=seq, micro_batch_size=1, precision="fp32", attention=attn),
-                        StrategySpec(backend="ddp")).per_gpu
+    model = ResolvedModel(name="small-llama", architecture=architecture_from_hf_config(small_llama(vocab)),
+                          source="config", note="")
+    g = estimate(model, gpus=2, vram=80, seq_len=seq, precision="fp32", attention=attn, strategy="ddp").per_gpu
     return g.total - g.overhead, g.peak_moment, g.phase_overlap
 
 
@@ -86,21 +82,14 @@ def worker(attn: str, seq: int, vocab: int) -> None:
     states = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
                  if isinstance(t, torch.Tensor) and t.dim() > 0)
     if dist.get_rank() == 0:
-        print("RESULT " + json.dumps({"world": dist.get_world_size(), "measured": params + states + peak,
-                                      "params": params, "adam_states": states}), flush=True)
+        two_process.report({"world": dist.get_world_size(), "measured": params + states + peak,
+                            "params": params, "adam_states": states})
     dist.destroy_process_group()
 
 
 def measure_case(attn: str, seq: int, vocab: int) -> dict:
     """Launch one 2-process case with torchrun; rank 0's measured bytes."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(_ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29500 + os.getpid() % 1000), __file__, "--worker", attn, str(seq), str(vocab)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"torchrun failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return two_process.launch(__file__, ["--worker", attn, str(seq), str(vocab)], port_base=29500, timeout=600)
 
 
 def run_case(attn: str, seq: int, vocab: int, measured: dict | None = None) -> dict:

@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +31,8 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT))
 sys.path.insert(0, str(_ROOT / "benchmarks"))
+
+import two_process  # noqa: E402
 
 # stage, sequence length, vocabulary
 CASES = [(1, 256, 8000), (2, 256, 8000), (3, 256, 8000), (2, 1024, 32000), (3, 1024, 32000)]
@@ -188,8 +189,7 @@ def worker(stage: int, seq: int, vocab: int, config_path: str) -> None:
     base = curve[marks[0]] - _MARK_BYTES
     peak = before + max(curve[marks[0] + 2:marks[1]]) - base
     if rank == 0:
-        print("RESULT " + json.dumps({"world": engine.world_size, "measured": peak, "before_step": before}),
-              flush=True)
+        two_process.report({"world": engine.world_size, "measured": peak, "before_step": before})
     engine.destroy()
 
 
@@ -198,15 +198,8 @@ def measure_case(stage: int, seq: int, vocab: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "ds_config.json"
         cfg_path.write_text(json.dumps(ds_config(stage, seq, vocab)))
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(_ROOT), "DS_ACCELERATOR": "cpu"}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(29600 + os.getpid() % 1000), __file__, "--worker", str(stage), str(seq), str(vocab),
-               str(cfg_path)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"torchrun failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+        return two_process.launch(__file__, ["--worker", str(stage), str(seq), str(vocab), str(cfg_path)],
+                                  port_base=29600, timeout=900, env={"DS_ACCELERATOR": "cpu"})
 
 
 def run_case(stage: int, seq: int, vocab: int, measured: dict | None = None) -> dict:

@@ -59,7 +59,6 @@ Conventions
 from __future__ import annotations
 
 import itertools
-import math
 from collections import Counter
 from functools import lru_cache
 from typing import Literal

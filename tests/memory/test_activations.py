@@ -8,9 +8,6 @@ sequences) with the ground-truth harness ``benchmarks/measure.py`` and require t
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,19 +18,7 @@ from advisor.memory.activations import ActivationEstimate, activation_memory, co
 from advisor.hf_config import architecture_from_hf_config
 from advisor.specs import LoraSpec, TrainingSpec
 
-ROOT = Path(__file__).resolve().parents[2]
 LOW, HIGH = -0.03, 0.10
-
-
-def _harness():
-    """benchmarks/measure.py, loaded once under a private module name (benchmarks/ is not a package)."""
-    name = "dsadvise_benchmarks_measure"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "measure.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def _llama(**kw) -> Architecture:
@@ -101,8 +86,8 @@ LIVE = [
 @pytest.mark.slow
 @pytest.mark.parametrize("model,mode,attn,ckpt,seq,batch,method", LIVE,
                          ids=["-".join(map(str, c)) for c in LIVE])
-def test_estimate_matches_measured_saved_bytes(model, mode, attn, ckpt, seq, batch, method):
-    measure = _harness()
+def test_estimate_matches_measured_saved_bytes(model, mode, attn, ckpt, seq, batch, method, benchmark_module):
+    measure = benchmark_module("measure")
     cfg = SMALL[model]
     arch = architecture_from_hf_config(cfg)
     spec = _spec(seq_len=seq, micro_batch_size=batch, attention=attn, activation_checkpointing=ckpt,
@@ -118,9 +103,9 @@ def test_estimate_matches_measured_saved_bytes(model, mode, attn, ckpt, seq, bat
 
 
 @pytest.mark.slow
-def test_backward_transient_not_underestimated():
+def test_backward_transient_not_underestimated(benchmark_module):
     """The loss-backward transient (two fp32 N x V gradients) and the held logits are what the allocator sees."""
-    measure = _harness()
+    measure = benchmark_module("measure")
     cfg = SMALL["llama-gqa"]
     arch = architecture_from_hf_config(cfg).model_copy(update={"num_layers": 2})
     spec = _spec(seq_len=128, micro_batch_size=1)
@@ -148,10 +133,10 @@ LAYER_MOMENT = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,attn,ckpt,seq,batch", LAYER_MOMENT, ids=["-".join(map(str, c)) for c in LAYER_MOMENT])
-def test_layer_backward_moment_matches_allocator(model, attn, ckpt, seq, batch):
+def test_layer_backward_moment_matches_allocator(model, attn, ckpt, seq, batch, benchmark_module):
     """The replayed decoder-layer backward (gradient buffers, formula temporaries, frees of saved tensors,
     accumulation, recomputation) against the CPU allocator's peak, fp32, 2 layers, vocabulary 512."""
-    measure = _harness()
+    measure = benchmark_module("measure")
     cfg = {**SMALL[model], "vocab_size": 512}
     arch = architecture_from_hf_config(cfg).model_copy(update={"num_layers": 2})
     spec = _spec(seq_len=seq, micro_batch_size=batch, attention=attn, activation_checkpointing=ckpt)
@@ -165,9 +150,9 @@ def test_layer_backward_moment_matches_allocator(model, attn, ckpt, seq, batch):
 
 
 @pytest.mark.slow
-def test_two_layer_difference_is_the_second_layer():
+def test_two_layer_difference_is_the_second_layer(benchmark_module):
     """per_layer = m(2) - m(1) equals what the appended layer alone first saves."""
-    measure = _harness()
+    measure = benchmark_module("measure")
     m = measure.measure_saved(SMALL["llama-gqa"], seq_len=64, batch=1, mode="half-bf16", attn="sdpa")
     second = sum(r.bytes for r in m.two.records if ".layers.1." in r.module)
     assert second == m.per_layer

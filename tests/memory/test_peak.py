@@ -9,9 +9,6 @@ estimator's per-GPU total minus its GPU-only overhead. The full campaign at real
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,22 +17,9 @@ from hypothesis import strategies as st
 from advisor.api import estimate
 from advisor.catalog.models import ResolvedModel
 from advisor.hf_config import architecture_from_hf_config
-from advisor.memory.core import estimate_memory
 from advisor.report import render_estimate
-from advisor.specs import HardwareSpec, StrategySpec, TrainingSpec
 
-ROOT = Path(__file__).resolve().parents[2]
 LOW, HIGH = -0.03, 0.10
-
-
-def _harness():
-    name = "dsadvise_benchmarks_measure"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "measure.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 SMALL = {
@@ -67,19 +51,16 @@ LIVE = [
 
 
 def _estimate(cfg: dict, attn: str, ckpt: str, seq: int, batch: int):
-    arch = architecture_from_hf_config(cfg)
-    model = ResolvedModel(name="small", architecture=arch, source="config", note="")
-    tr = TrainingSpec(seq_len=seq, micro_batch_size=batch, precision="fp32", optimizer="adamw",
-                      attention=attn, activation_checkpointing=ckpt)
-    hw = HardwareSpec(gpus_per_node=1, nodes=1, vram_bytes=80 << 30)
-    return estimate_memory(model, hw, tr, StrategySpec(backend="single"))
+    model = ResolvedModel(name="small", architecture=architecture_from_hf_config(cfg), source="config", note="")
+    return estimate(model, vram=80, seq_len=seq, micro_batch=batch, precision="fp32", optimizer="adamw",
+                    attention=attn, checkpointing=ckpt, strategy="single")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,attn,ckpt,seq,batch", LIVE, ids=["-".join(map(str, c)) for c in LIVE])
-def test_total_matches_measured_step_peak(model, attn, ckpt, seq, batch):
+def test_total_matches_measured_step_peak(model, attn, ckpt, seq, batch, benchmark_module):
     """Parameters + Adam states + the profiler's peak of a whole second step vs total - overhead."""
-    measure = _harness()
+    measure = benchmark_module("measure")
     cfg = SMALL[model]
     r = measure.measure_step_peak(cfg, num_layers=2, seq_len=seq, batch=batch, mode="fp32", attn=attn,
                                   checkpointing=ckpt)
@@ -141,11 +122,9 @@ def test_peak_never_exceeds_the_sum_and_fields_add_up(model, seq, batch, precisi
 
 
 @pytest.mark.slow
-def test_ddp_total_matches_measured_step_peak():
+def test_ddp_total_matches_measured_step_peak(benchmark_module):
     """DDP in 2 real processes (gloo): buckets rebuilt in step 2, gradients formed in backward."""
-    spec = importlib.util.spec_from_file_location("dsadvise_benchmarks_ddp_step", ROOT / "benchmarks" / "ddp_step.py")
-    ddp_step = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ddp_step)
+    ddp_step = benchmark_module("ddp_step")
     r = ddp_step.run_case("eager", 512, 16000)
     assert r["world"] == 2
     assert r["overlap"] > 0
