@@ -91,7 +91,18 @@ def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> Non
         g.add_argument("--offload-param", choices=OFFLOAD, default="none")
         g.add_argument("--bucket-sizes", choices=("auto", "default"), default="auto",
                        help="DeepSpeed buckets: HF 'auto' sizes from hidden size, or DeepSpeed defaults")
+    p.add_argument("--profile", metavar="PATH",
+                   help="use the rates `dsadvise calibrate` measured (a profile YAML) for step times")
     p.add_argument("--json", action="store_true", help="print one JSON object (sizes in bytes)")
+
+
+def _profile(args: argparse.Namespace):
+    """The --profile machine profile, or None."""
+    if not getattr(args, "profile", None):
+        return None
+    from .profile import load_profile
+
+    return load_profile(args.profile)
 
 
 def _problem_kwargs(args: argparse.Namespace) -> dict:
@@ -109,7 +120,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     est = estimate(args.model, checkpointing=args.checkpointing, strategy=args.strategy,
                    offload_optimizer=args.offload_optimizer, offload_param=args.offload_param,
-                   bucket_sizes=args.bucket_sizes, **_problem_kwargs(args))
+                   bucket_sizes=args.bucket_sizes, profile=_profile(args), **_problem_kwargs(args))
     print(json.dumps(est.to_json_dict(), indent=2) if args.json else render_estimate(est))
     return exit_codes.OK
 
@@ -117,7 +128,18 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from .recommend.cli import run_recommend
 
-    return run_recommend(args, _problem_kwargs(args))
+    return run_recommend(args, _problem_kwargs(args), profile=_profile(args))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate, summary, write_profile
+
+    prof = calibrate(quick=args.quick, device=args.device, collectives=not args.no_collectives,
+                     deepspeed_adam=not args.no_deepspeed_adam)
+    path = write_profile(prof, args.out, force=args.force)
+    print("\n".join(summary(prof)))
+    print(f"profile written to {path}; use it with --profile {path}")
+    return exit_codes.OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -178,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra rule file or folder, on top of the bundled rules/ (repeatable)")
     p.set_defaults(func=cmd_recommend)
     from .render.cli import register as _register_render; _register_render(sub)
+
+    p = sub.add_parser("calibrate", help="measure this machine (matmul, collectives, host copies, CPU Adam) and "
+                                         "write a profile for --profile")
+    p.add_argument("--out", metavar="PATH", help="profile file to write (default: ~/.config/dsadvise/profile.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing profile")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (seconds, less stable)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="what the matmuls run on (default: CUDA where torch sees it, else the CPU)")
+    p.add_argument("--no-collectives", action="store_true", help="skip the all-reduce / all-gather measurement")
+    p.add_argument("--no-deepspeed-adam", action="store_true",
+                   help="skip DeepSpeedCPUAdam (its first use JIT-compiles an op for minutes)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("models", help="list the model catalog")
     p.add_argument("--json", action="store_true")

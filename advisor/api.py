@@ -116,9 +116,12 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
              checkpointing: str = "none", attention: str = "sdpa", strategy: str | None = None,
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
-             freeze_layers: int = 2) -> Estimate:
-    """Per-GPU and per-node-CPU memory (bytes) of training or inference; raises InputError on bad input."""
+             freeze_layers: int = 2, profile=None) -> Estimate:
+    """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
+    optimizer step (training) or prefill/decode tokens/s per layout (inference). ``profile``: a path to, or a
+    :class:`advisor.profile.MachineProfile` from, ``dsadvise calibrate``. Raises InputError on bad input."""
     from .memory.core import estimate_memory
+    from .recommend.speed import with_speed
 
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model))
     hw = build_hardware(gpus, nodes, vram, gpu, cpu_ram, nvme_path, nvme_size)
@@ -127,4 +130,8 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               lora_targets=lora_targets, checkpointing=checkpointing, attention=attention,
                               freeze_layers=freeze_layers)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
-    return estimate_memory(resolved, hw, training, strat)
+    if isinstance(profile, (str, bytes)) or hasattr(profile, "__fspath__"):
+        from .profile import load_profile
+
+        profile = load_profile(profile)
+    return with_speed(estimate_memory(resolved, hw, training, strat), resolved, hw, training, strat, profile)

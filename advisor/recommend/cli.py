@@ -12,7 +12,7 @@ import json
 from .. import exit_codes
 
 
-def run_recommend(args: argparse.Namespace, problem_kwargs: dict) -> int:
+def run_recommend(args: argparse.Namespace, problem_kwargs: dict, profile=None) -> int:
     """Run the sub-command; ``problem_kwargs`` are :func:`advisor.api.estimate`'s keyword arguments."""
     from ..api import build_hardware, build_training
     from ..catalog.models import resolve_model
@@ -29,7 +29,8 @@ def run_recommend(args: argparse.Namespace, problem_kwargs: dict) -> int:
                               checkpointing=getattr(args, "checkpointing", None) or "none", **kw)
     rec = recommend(model, hw, template, margin=getattr(args, "margin", None), method=method,
                     precision=precision or "auto", checkpointing=getattr(args, "checkpointing", None) or "auto",
-                    max_micro_batch=getattr(args, "max_micro_batch", None), rules=getattr(args, "rules", None) or ())
+                    max_micro_batch=getattr(args, "max_micro_batch", None), rules=getattr(args, "rules", None) or (),
+                    profile=profile)
     if args.json:
         print(json.dumps(rec.to_json_dict(), indent=2))
     else:

@@ -118,9 +118,21 @@ def rates_for(gpu: GPUInfo, profile: MachineProfile | None = None) -> Rates:
     return _with_profile(r, profile)
 
 
+def profile_device(prof: MachineProfile, like: GPUInfo) -> GPUInfo:
+    """The measured device as a GPUInfo when no --gpu names it: its peak is the measured matmul rate."""
+    m = prof.matmul_flops
+    fp32 = m.get("fp32") or max(m.values(), default=1e9)
+    half = m.get("bf16") or m.get("fp16") or fp32
+    return like.model_copy(update={"name": prof.device_kind if prof.device_kind == "cpu" else "profiled",
+                                   "fp32_tflops": fp32 / 1e12, "fp16_tflops": (m.get("fp16") or half) / 1e12,
+                                   "bf16_tflops": half / 1e12, "generation": "unknown"})
+
+
 def _with_profile(r: Rates, prof: MachineProfile) -> Rates:
     c = constants()
     step = float(c["profile_step_per_matmul"])
+    if r.gpu.name == "generic":          # no --gpu: the measured device is the device
+        r = Rates(**{**r.__dict__, "gpu": profile_device(prof, r.gpu)})
     achievable = dict(r.achievable)
     for precision, dtype in (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("pure-bf16", "bf16")):
         measured = prof.matmul_flops.get(dtype)
@@ -137,6 +149,39 @@ def _with_profile(r: Rates, prof: MachineProfile) -> Rates:
                  cpu_adam_params_per_s=ds or torch_fused or r.cpu_adam_params_per_s,
                  torch_cpu_adam_params_per_s=torch_fused or r.torch_cpu_adam_params_per_s,
                  intra_overlap=r.intra_overlap, inter_overlap=r.inter_overlap, source=prof.label)
+
+
+def _gbps(bytes_per_s: float) -> str:
+    v = bytes_per_s / 1e9
+    return f"{v:.0f} GB/s" if v >= 10 else f"{v:.2g} GB/s"
+
+
+def step_time_assumptions(r: Rates, hw: HardwareSpec) -> list[str]:
+    """What the step-time figures assume that the user did not give, one sentence each."""
+    c = constants()
+    gpu = r.gpu
+    out = []
+    if "profile" in r.source:
+        out.append(f"step times use the measured rates of the {r.source}: a whole step at "
+                   f"{c['profile_step_per_matmul']} of its matmul rate, collectives at {_gbps(r.intra_bytes_per_s)}, "
+                   f"host link {_gbps(r.host_bytes_per_s)}, CPU Adam {r.cpu_adam_params_per_s:.3g} params/s"
+                   + ("; the rest from the GPU catalog" if r.gpu.name not in ("cpu", "profiled") else
+                      "; no --gpu given, so the measured device is the one estimated"))
+    else:
+        frac = c["achievable_fraction"].get(gpu.generation, c["achievable_fraction"]["unknown"])
+        out.append(f"step times: {gpu.name} ({gpu.generation}) computes at up to {frac:.0%} of its dense peak "
+                   f"on wide models and long micro-batches (advisor/data/step_time.yaml, checked against "
+                   f"published runs by benchmarks/throughput.py); give --profile for rates measured on your machine")
+    if hw.world_size > 1:
+        link = gpu.intra_node_link
+        hidden = "hidden behind compute by prefetch and bucketing" if r.intra_overlap > 0 else \
+            "not hidden behind compute (no peer-to-peer: NCCL stages through host memory)"
+        out.append(f"collectives inside a node run at {_gbps(r.intra_bytes_per_s)} over {link}, {hidden}")
+    if hw.nodes > 1:
+        net = "overlapped" if r.inter_overlap > 0 else "exposed (Ethernet-class network)"
+        out.append(f"between nodes the ring runs at the node's network rate, {_gbps(r.node_bytes_per_s)} "
+                   f"(catalog figure for the usual {gpu.name} system), {net}")
+    return out
 
 
 def efficiency(rates: Rates, precision: str, hidden: int, tokens_per_microstep: int) -> float:

@@ -28,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--vram", type=_gib, help="memory per GPU in GiB to start with")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"folder Save writes the configs to, as `dsadvise generate --out` (default: {DEFAULT_OUT})")
+    p.add_argument("--profile", metavar="PATH",
+                   help="use the rates measured by `dsadvise calibrate` (a profile YAML) for step times")
     p.add_argument("--force", action="store_true",
                    help="start with 'overwrite existing files' ticked (a non-empty folder is refused without it)")
     p.set_defaults(func=cmd_wizard)
@@ -49,12 +51,17 @@ def initial_inputs(args: argparse.Namespace):
 def cmd_wizard(args: argparse.Namespace) -> int:
     """Run the wizard; exit 0 when the user quits (Ctrl+Q), 2 without a terminal or on a bad start value."""
     inputs = initial_inputs(args)
+    profile = None
+    if getattr(args, "profile", None):
+        from ..profile import load_profile
+
+        profile = load_profile(args.profile)       # InputError (exit 2) on a missing or bad file
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise InputError("the wizard needs an interactive terminal; in scripts use `dsadvise recommend`",
                          field="wizard")
     from .app import WizardApp     # Textual is imported only here
 
-    app = WizardApp(inputs, output_dir=args.out, force=args.force)
+    app = WizardApp(inputs, output_dir=args.out, force=args.force, profile=profile)
     app.run()
     code = app.return_code
     return exit_codes.OK if code in (None, 0) else exit_codes.FAILED

@@ -103,7 +103,7 @@ class RecommendationView(Vertical):
         width = max(self.size.width, 60)
         self._reason_width = max(20, width - 28 - 5 - 10 - 8)
         self._detail_width = max(20, width - 26 - 22 - 8)
-        for wid, columns in (("#alternatives", (("configuration", 28), ("fits", 5), ("step time", 10),
+        for wid, columns in (("#alternatives", (("configuration", 28), ("fits", 5), ("tokens/s", 10),
                                                 ("why not chosen", self._reason_width))),
                              ("#rules-fired", (("rule", 26), ("effect", 22), ("detail", self._detail_width)))):
             table = self.query_one(wid, DataTable)
@@ -156,9 +156,9 @@ class RecommendationView(Vertical):
             if rec.step_time is not None:
                 t = rec.step_time
                 verdict.append(f"\nStep time {fmt_seconds(t.seconds)} (compute {fmt_seconds(t.compute_seconds)}, "
-                               f"communication {fmt_seconds(t.communication_seconds)}, offload "
-                               f"{fmt_seconds(t.offload_seconds)}), {t.tokens_per_second:,.0f} tokens/s, "
-                               f"MFU {t.mfu:.0%}")
+                               f"exposed communication {fmt_seconds(t.communication_seconds)}, offload "
+                               f"{fmt_seconds(t.offload_seconds)}), {t.tokens_per_second:,.0f} tokens/s; "
+                               f"compute at {t.compute_efficiency:.0%} of peak, MFU {t.mfu:.0%}")
             if out.strategy_source == "chosen" and out.estimate is not None:
                 est = out.estimate
                 verdict.append(f"\nThe bar shows your choice, {est.strategy.name}: "
@@ -176,7 +176,8 @@ class RecommendationView(Vertical):
                 for s in rec.suggestions]))
         for alt in rec.alternatives:
             fits = "-" if alt.fits is None else ("yes" if alt.fits else "no")
-            alternatives.add_row(short_label(alt.strategy), fits, fmt_seconds(alt.step_time_seconds),
+            tps = "-" if alt.tokens_per_second is None else f"{alt.tokens_per_second:,.0f}"
+            alternatives.add_row(short_label(alt.strategy), fits, tps,
                                  Text(alt.rejected_because), height=None)
         for rule in rec.rules_fired:
             rid, effect, detail = _rule_text(rule)

@@ -1,0 +1,57 @@
+"""The speed part of an estimate: step time of one optimizer step (training) or serving speed (inference).
+
+:func:`with_speed` adds :class:`advisor.result.StepTime` / :class:`advisor.result.InferenceSpeed` to a memory
+:class:`advisor.result.Estimate`, from the step-time model (:mod:`advisor.recommend.step_time`).
+"""
+
+from __future__ import annotations
+
+from ..catalog.models import ResolvedModel
+from ..memory.inference import weight_bytes_for_inference
+from ..param_count import count_parameters
+from ..profile import MachineProfile
+from ..result import Estimate
+from ..specs import HardwareSpec, StrategySpec, TrainingSpec
+from .step_time import (GENERIC_GPU_NOTE, generic_gpu, inference_speed, rates_for, step_time_assumptions,
+                        training_step_time)
+
+
+def accumulation(global_batch: int | None, micro_batch: int, world: int) -> tuple[int, str]:
+    """Gradient accumulation steps for ``--global-batch`` (1 without it) and a note when it does not divide."""
+    if not global_batch:
+        return 1, ""
+    per_step = micro_batch * world
+    gas = max(1, round(global_batch / per_step))
+    if gas * per_step != global_batch:
+        return gas, (f"global batch {global_batch} is not micro-batch {micro_batch} x {world} GPU(s) x a whole "
+                     f"number: the step time assumes {gas} accumulation step(s), global batch {gas * per_step}")
+    return gas, ""
+
+
+def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec,
+               strategy: StrategySpec, profile: MachineProfile | None = None) -> Estimate:
+    """``est`` with ``step_time`` (training) or ``inference_speed`` (inference) filled in."""
+    arch = model.architecture
+    counts = count_parameters(arch)
+    gpu = hw.gpu or generic_gpu(hw.vram_bytes)
+    rates = rates_for(gpu, profile)
+    notes = ([GENERIC_GPU_NOTE] if hw.gpu is None and profile is None else []) + step_time_assumptions(rates, hw)
+    if training.task == "infer":
+        weights = weight_bytes_for_inference(model, counts, training)
+        speeds = [inference_speed(arch, counts, hw, gpu, lay.layout, precision=training.precision,
+                                  method=training.method, batch=training.micro_batch_size, seq_len=training.seq_len,
+                                  weight_bytes=weights, attention=training.attention, profile=profile)
+                  for lay in est.inference]
+        return est.model_copy(update={"inference_speed": speeds})
+    gas, note = accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
+    st = training_step_time(arch, counts, est.model.trainable_parameters, hw, gpu, strategy,
+                            precision=training.precision, method=training.method,
+                            checkpointing=training.activation_checkpointing, micro_batch=training.micro_batch_size,
+                            seq_len=training.seq_len, gas=gas, freeze_layers=training.freeze_trainable_layers,
+                            attention=training.attention, rates=rates)
+    if gas > 1 or training.global_batch_size:
+        notes = [f"one optimizer step = {gas} micro-step(s) of micro-batch {training.micro_batch_size} on each of "
+                 f"{hw.world_size} GPU(s)"] + ([note] if note else []) + notes
+    else:
+        notes = ["no --global-batch: one optimizer step per micro-batch (no gradient accumulation)"] + notes
+    return est.model_copy(update={"step_time": st.model_copy(update={"assumptions": notes})})
