@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..report import fmt_bytes
+from ..formatting import fmt_bytes
 from .problem import Problem
-from .result import Alternative, Recommendation, StepTimeInfo
+from .recommendation import Alternative, Recommendation, StepTimeInfo
 from .search import SAVING, Group, Outcome, ranking_key
 
 MIXED_PRECISION = {"bf16": "bf16", "pure-bf16": "bf16", "fp16": "fp16", "fp32": "no"}

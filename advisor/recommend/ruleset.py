@@ -7,8 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from .._data import bundled_dir
-from ..rules import RuleSet, load_rules
-from ..rules.errors import RuleError
+from ..ruleengine import RuleSet, load_rules
+from ..ruleengine.errors import RuleError
 from .facts import CATALOG, DOMAINS
 
 # Constants the recommender itself reads (rules/defaults.yaml); a rule set without them is an error.

@@ -12,10 +12,10 @@ import math
 
 from ..catalog.gpus import list_gpus
 from ..errors import AdvisorError
-from ..report import fmt_bytes
+from ..formatting import fmt_bytes
 from ..specs import GiB
 from .problem import Problem
-from .result import Recommendation, Suggestion
+from .recommendation import Recommendation, Suggestion
 
 VRAM_STEPS_GIB = (16, 24, 32, 40, 48, 64, 80, 96, 141, 192)
 MAX_RERUNS = 14

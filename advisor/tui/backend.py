@@ -31,7 +31,7 @@ class Outcome:
     missing: list[str] = field(default_factory=list)        # what must still be given before estimating
     model_note: str = ""                                     # how the model text resolved
     problem: dict[str, Any] | None = None                    # keyword arguments of the API call
-    estimate: Any = None                                     # advisor.result.Estimate shown in the bar
+    estimate: Any = None                                     # advisor.estimate_result.Estimate shown in the bar
     recommendation: Any = None                               # advisor.recommend Recommendation, or None
     recommender_note: str = ""                               # why there is no recommendation
     strategy_source: str = ""                                # recommended | chosen | default

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from advisor._cli import main
+from advisor.cli import main
 
 HEAVY = ("torch", "deepspeed", "transformers", "accelerate", "jinja2", "jsonschema")
 
 
 def test_cli_start_imports_no_engine():
-    code = ("import sys; from advisor._cli import build_parser; build_parser(); "
+    code = ("import sys; from advisor.cli import build_parser; build_parser(); "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -5,7 +5,7 @@ estimate with the real API's shapes but simple fixed sizes."""
 from __future__ import annotations
 
 import advisor.api
-from advisor.recommend.result import Alternative, Recommendation, StepTimeInfo
+from advisor.recommend.recommendation import Alternative, Recommendation, StepTimeInfo
 
 GIB = 1024**3
 REAL_ESTIMATE = advisor.api.estimate

@@ -12,13 +12,13 @@ import time
 
 from ..memory.core import estimate_memory
 from ..memory.inference import weight_bytes_for_inference
-from ..report import fmt_bytes
-from ..result import Estimate
-from ..rules import apply_rules
+from ..formatting import fmt_bytes
+from ..estimate_result import Estimate
+from ..ruleengine import apply_rules
 from ..specs import StrategySpec
 from . import facts as F
 from .problem import Problem
-from .result import Alternative, Recommendation, StepTimeInfo
+from .recommendation import Alternative, Recommendation, StepTimeInfo
 from .search import narrow
 from .step_time import efficiency, inference_step_time
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from ..result import Estimate
+from ..estimate_result import Estimate
 
 
 class _Out(BaseModel):

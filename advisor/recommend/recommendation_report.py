@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..report import BAR_LEGEND, bar, fmt_bytes
-from .result import Recommendation
+from ..formatting import BAR_LEGEND, bar, fmt_bytes
+from .recommendation import Recommendation
 
 MAX_ALTERNATIVES = 10
 
