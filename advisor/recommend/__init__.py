@@ -63,5 +63,5 @@ def recommend(model: ResolvedModel | str, hw: HardwareSpec, training_template: T
 
         kwargs = dict(margin=p.margin, method=method, precision=precision, checkpointing=checkpointing,
                       max_micro_batch=max_micro_batch, rules=rules)
-        rec = rec.model_copy(update={"suggestions": suggestions(p, rec, kwargs, cpu_need)})
+        rec = rec.model_copy(update={"suggestions": suggestions(p, rec, kwargs, recommend, cpu_need)})
     return rec

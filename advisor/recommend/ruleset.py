@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from .._data import bundled_dir
+from ..datafiles import bundled_dir
 from ..ruleengine import RuleSet, load_rules
 from ..ruleengine.errors import RuleError
 from .facts import CATALOG, DOMAINS

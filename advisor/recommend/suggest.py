@@ -9,6 +9,7 @@ smaller starting micro-batch. At most :data:`MAX_RERUNS` re-runs in all.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from ..catalog.gpus import list_gpus
 from ..errors import AdvisorError
@@ -33,10 +34,13 @@ def _summary(r: Recommendation) -> str:
             f"{rec.get('activation_checkpointing')}, micro-batch {rec.get('micro_batch_size')}: {total} per GPU{step}")
 
 
-def suggestions(p: Problem, rec: Recommendation, kwargs: dict, cpu_need: int | None = None) -> list[Suggestion]:
-    """Verified changes that make the problem fit (see the module docstring for the order)."""
-    from . import recommend
+def suggestions(p: Problem, rec: Recommendation, kwargs: dict, recommend: Callable[..., Recommendation],
+                cpu_need: int | None = None) -> list[Suggestion]:
+    """Verified changes that make the problem fit (see the module docstring for the order).
 
+    ``recommend`` is :func:`advisor.recommend.recommend`, passed in (each change is verified by re-running it
+    with ``suggest=False``) so that this module does not import its own package back.
+    """
     out: list[Suggestion] = []
     runs = 0
 

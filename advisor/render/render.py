@@ -15,7 +15,7 @@ import shlex
 from functools import lru_cache
 from typing import Any
 
-from .._data import bundled_dir
+from ..datafiles import bundled_dir
 from ..catalog.models import ResolvedModel
 from ..formatting import fmt_bytes, fmt_count
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec

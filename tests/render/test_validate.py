@@ -88,7 +88,7 @@ def test_schema_knows_every_accelerate_config_key():
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.commands.launch import launch_command_parser
 
-    from advisor._data import load_data
+    from advisor.datafiles import load_data
 
     schema = load_data("schemas/accelerate_config.schema.json")
     assert set(ClusterConfig.__dataclass_fields__) <= set(schema["properties"])
