@@ -106,11 +106,8 @@ def plan(args):
     if args.offload_optimizer != "none" or args.offload_param != "none":
         raise InputError("--offload-* needs --strategy (without it the recommender decides offload)",
                          field="--strategy")
-    try:
-        from ..recommend import recommend
-    except ImportError:
-        raise InputError("give --strategy (the recommender, advisor.recommend, is not available in this build)",
-                         field="--strategy") from None
+    from ..recommend import recommend
+
     template = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none", **train_kw)
     rec = recommend(model, hw, template, method=kw["method"], precision=kw["precision"] or "auto",
                     checkpointing=args.checkpointing or "auto")
@@ -119,15 +116,13 @@ def plan(args):
         raise NothingFits("nothing fits, so there is nothing to generate: " + "; ".join(rec.reasons[-2:])
                           + (f" (what would: {hints})" if hints else ""))
     r = rec.recommendation
-    training = build_training(hw, task="train", seq_len=kw["seq_len"], micro_batch=int(r["micro_batch_size"]),
-                              global_batch=kw["global_batch"], precision=r["precision"], optimizer=r["optimizer"],
-                              method=r["method"], lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"],
-                              checkpointing=r["activation_checkpointing"], attention=r.get("attention", kw["attention"]),
+    training = build_training(hw, task="train", seq_len=kw["seq_len"], micro_batch=r.micro_batch_size,
+                              global_batch=kw["global_batch"], precision=r.precision, optimizer=r.optimizer,
+                              method=r.method, lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"],
+                              checkpointing=r.activation_checkpointing, attention=r.attention,
                               freeze_layers=kw["freeze_layers"])
-    strategy = build_strategy(hw, r["name"], r.get("offload_optimizer", "none"), r.get("offload_param", "none"),
-                              args.bucket_sizes)
-    gas = int(r.get("gradient_accumulation_steps") or 1)
-    return model, hw, training, strategy, gas, rec
+    strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes)
+    return model, hw, training, strategy, r.gradient_accumulation_steps, rec
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -137,7 +132,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..render.write import write_files
 
     model, hw, training, strategy, gas, rec = plan(args)
-    loss_scaling = (rec.recommendation or {}).get("fp16") if rec is not None else None
+    fp16 = rec.recommendation.fp16 if rec is not None and rec.recommendation is not None else None
+    loss_scaling = fp16.model_dump() if fp16 is not None else None
     files = render_files(model, hw, training, strategy, gradient_accumulation_steps=gas, hf_trainer=args.hf_trainer,
                          loss_scaling=loss_scaling, main_process_ip=args.main_process_ip,
                          main_process_port=args.main_process_port,

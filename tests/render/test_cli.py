@@ -53,8 +53,8 @@ def test_generate_uses_the_recommender_without_strategy(tmp_path, capsys):
 
     hw = build_hardware(gpus=4, vram=24)
     rec = recommend("7B", hw, build_training(hw), method="full", precision="auto", checkpointing="auto")
-    assert manifest["strategy"]["name"] == rec.recommendation["name"]
-    assert manifest["training"]["micro_batch_size"] == rec.recommendation["micro_batch_size"]
+    assert manifest["strategy"]["name"] == rec.recommendation.name
+    assert manifest["training"]["micro_batch_size"] == rec.recommendation.micro_batch_size
 
 
 def test_generate_nothing_fits(tmp_path, capsys):
