@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from advisor._cli import main
+from advisor.cli import main
 from advisor.calibrate import calibrate, measure_matmul, write_profile
 from advisor.errors import InputError
 from advisor.profile import MachineProfile, load_profile

@@ -1,7 +1,7 @@
 """The speed part of an estimate: step time of one optimizer step (training) or serving speed (inference).
 
-:func:`with_speed` adds :class:`advisor.result.StepTime` / :class:`advisor.result.InferenceSpeed` to a memory
-:class:`advisor.result.Estimate`, from the step-time model (:mod:`advisor.recommend.step_time`).
+:func:`with_speed` adds :class:`advisor.estimate_result.StepTime` / :class:`advisor.estimate_result.InferenceSpeed` to a
+memory :class:`advisor.estimate_result.Estimate`, from the step-time model (:mod:`advisor.recommend.step_time`).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from ..catalog.models import ResolvedModel
 from ..memory.inference import weight_bytes_for_inference
 from ..param_count import count_parameters
+from ..estimate_result import Estimate
 from ..profile import MachineProfile
-from ..result import Estimate
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .step_time import (GENERIC_GPU_NOTE, generic_gpu, inference_speed, rates_for, step_time_assumptions,
                         training_step_time)

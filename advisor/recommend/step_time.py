@@ -39,11 +39,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .._data import load_data
 from ..architecture import Architecture
+from ..datafiles import load_data
+from ..estimate_result import InferenceSpeed, StepTime
 from ..param_count import ParameterCounts
 from ..profile import MachineProfile
-from ..result import InferenceSpeed, StepTime
 from ..specs import GiB, GPUInfo, HardwareSpec, StrategySpec
 
 # When no --gpu is given, times assume this generic PCIe card (memory is the --vram given).

@@ -96,7 +96,7 @@ def test_a_profile_replaces_the_catalog_rates():
 
 
 def test_estimate_json_carries_the_step_time_of_the_whole_job(capsys):
-    from advisor._cli import main
+    from advisor.cli import main
 
     assert main(["estimate", "--model", "llama-2-7b", "--gpus", "8", "--gpu", "a100-80g", "--strategy", "zero3",
                  "--checkpointing", "full", "--micro-batch", "2", "--global-batch", "64", "--json"]) == 0
