@@ -169,7 +169,8 @@ def step_time_assumptions(r: Rates, hw: HardwareSpec) -> list[str]:
                       "; no --gpu given, so the measured device is the one estimated"))
     else:
         frac = c["achievable_fraction"].get(gpu.generation, c["achievable_fraction"]["unknown"])
-        out.append(f"step times: {gpu.name} ({gpu.generation}) computes at up to {frac:.0%} of its dense peak "
+        who = "the generic GPU" if gpu.name == "generic" else f"{gpu.name} ({gpu.generation})"
+        out.append(f"step times: {who} computes at up to {frac:.0%} of its dense peak "
                    f"on wide models and long micro-batches (advisor/data/step_time.yaml, checked against "
                    f"published runs by benchmarks/throughput.py); give --profile for rates measured on your machine")
     if hw.world_size > 1:
