@@ -244,9 +244,11 @@ def summary(profile: MachineProfile) -> list[str]:
     lines = [f"device      {profile.device} ({profile.device_kind}, {profile.devices} device(s))"]
     lines += [f"matmul      {k}: {v / 1e12:.3f} TFLOPS" for k, v in profile.matmul_flops.items()]
     if profile.allreduce_bus_bytes_per_s:
-        lines.append(f"all-reduce  {profile.allreduce_bus_bytes_per_s / 1e9:.2f} GB/s bus ({profile.collective_backend})")
+        lines.append(f"all-reduce  {profile.allreduce_bus_bytes_per_s / 1e9:.2f} GB/s bus "
+                     f"({profile.collective_backend})")
     if profile.allgather_bus_bytes_per_s:
-        lines.append(f"all-gather  {profile.allgather_bus_bytes_per_s / 1e9:.2f} GB/s bus ({profile.collective_backend})")
+        lines.append(f"all-gather  {profile.allgather_bus_bytes_per_s / 1e9:.2f} GB/s bus "
+                     f"({profile.collective_backend})")
     if profile.host_to_device_bytes_per_s:
         lines.append(f"host->dev   {profile.host_to_device_bytes_per_s / 1e9:.2f} GB/s pinned")
         lines.append(f"dev->host   {(profile.device_to_host_bytes_per_s or 0) / 1e9:.2f} GB/s pinned")

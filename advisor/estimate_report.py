@@ -94,7 +94,7 @@ def render_speed(est: Estimate) -> list[str]:
             lines.append(f"{s.layout:<18}{s.copies:>7}{s.prefill_tokens_per_second:>15,.0f}"
                          f"{s.decode_tokens_per_second:>14,.0f}{1000 * s.decode_seconds_per_token:>10.1f} ms"
                          f"{fmt_bytes(s.bytes_per_decode_step):>12}")
-        lines.append("          decode reads the weights and the KV cache (at the full --seq-len context) once per generated "
-                     "token (memory-bound); "
-                     "device_map=\"auto\" runs its GPUs one after another, so a split copy is no faster than one GPU")
+        lines.append("          decode reads the weights and the KV cache (at the full --seq-len context) once per "
+                     "generated token (memory-bound); device_map=\"auto\" runs its GPUs one after another, so a "
+                     "split copy is no faster than one GPU")
     return lines

@@ -88,7 +88,9 @@ class StepTime(_Out):
 
     ``communication_seconds`` and ``offload_seconds`` are the parts NOT hidden behind compute (prefetch and
     bucketing overlap the rest); ``compute_efficiency`` is the fraction of the GPU's dense peak assumed while
-    computing; ``mfu`` is model-FLOPs utilization, 6 x parameters x tokens/s / (GPUs x peak).
+    computing; ``mfu`` is model-FLOPs utilization, 6 x parameters x tokens/s / (GPUs x peak) for full
+    fine-tuning (4 x parameters for LoRA/QLoRA, whose frozen weights need no weight gradients; 2N + 4N_trained
+    for freeze): what the method must compute, without recomputation or attention.
     """
 
     seconds: float

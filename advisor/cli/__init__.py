@@ -3,7 +3,8 @@
 Layout: :mod:`.flags` (the one flag table every command and the wizard read), :mod:`.boundary` (the parser
 class and the one error boundary mapping errors to exit codes), one module per command group:
 :mod:`.estimate`, :mod:`.recommend`, :mod:`.configs` (generate, check, dry-run), :mod:`.wizard`,
-:mod:`.calibrate` (measure this machine), :mod:`.catalogs` (models, gpus). Commands import the flag table, never each other.
+:mod:`.calibrate` (measure this machine),
+:mod:`.catalogs` (models, gpus). Commands import the flag table, never each other.
 
 Nothing imported at start pulls torch, deepspeed, transformers, jinja2 or Textual; handlers import what
 they need.

@@ -258,9 +258,18 @@ def compute_seconds_per_token(arch: Architecture, counts: ParameterCounts, rates
     return t
 
 
-def model_flops_per_token(counts: ParameterCounts) -> float:
-    """6·N: the model FLOPs per trained token MFU is defined by (Chowdhery et al. 2022, App. B)."""
-    return 6.0 * counts.active_per_token
+def model_flops_per_token(arch: Architecture, counts: ParameterCounts, method: str = "full",
+                          freeze_layers: int = 2) -> float:
+    """Model FLOPs per trained token, the numerator of MFU: 6·N for full fine-tuning (Chowdhery et al. 2022,
+    App. B); the same count of what the method must compute otherwise: 4·N for LoRA/QLoRA (frozen weights need
+    activation gradients only), 2·N + 4·N_trained for ``freeze`` (so MFU never exceeds 1)."""
+    n = counts.active_per_token
+    if method in ("lora", "qlora"):
+        return 4.0 * n
+    if method == "freeze":
+        share = min(freeze_layers, arch.num_layers) / arch.num_layers
+        return 2.0 * n + 4.0 * share * (n - counts.embedding - counts.lm_head - counts.final)
+    return 6.0 * n
 
 
 def _weight_bytes(precision: str, method: str) -> float:
@@ -399,7 +408,7 @@ def training_step_time(arch: Architecture, counts: ParameterCounts, trainable: i
     seconds = compute + comm_s + off_s
     tokens = tokens_micro * gas * hw.world_size
     tps = tokens / seconds
-    mfu = model_flops_per_token(counts) * tps / (hw.world_size * peak)
+    mfu = model_flops_per_token(arch, counts, method, freeze_layers) * tps / (hw.world_size * peak)
     return StepTime(seconds=seconds, compute_seconds=compute, communication_seconds=comm_s, offload_seconds=off_s,
                     tokens_per_second=tps, tokens_per_second_per_gpu=tps / hw.world_size, compute_efficiency=eff,
                     mfu=mfu, tokens_per_step=tokens, peak_tflops=peak / 1e12, rates=r.source)
