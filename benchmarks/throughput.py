@@ -66,7 +66,7 @@ def estimate_point(p: dict, models: dict) -> dict:
     if method == "full":
         trainable = counts.total
     else:
-        trainable = lora_trainable_parameters(arch, p["lora_rank"], ("all-linear",))
+        trainable = lora_trainable_parameters(arch, p["lora_rank"], tuple(p.get("lora_targets", ["all-linear"])))
     attention = "sdpa" if p["attention"] == "flash" else p["attention"]
     st = training_step_time(arch, counts, trainable, hw, gpu, strategy, precision=p["precision"], method=method,
                             checkpointing=p["checkpointing"], micro_batch=p["micro_batch"], seq_len=p["seq_len"],
