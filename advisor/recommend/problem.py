@@ -132,7 +132,7 @@ def make_problem(model: ResolvedModel | str, hw: HardwareSpec, template: Trainin
     p.rates = rates_for(gpu, profile)
     if assumed and profile is None:
         p.assumptions.append(GENERIC_GPU_NOTE)
-    p.assumptions.extend(step_time_assumptions(p.rates, hw))
+    p.assumptions.extend(step_time_assumptions(p.rates, hw, template.task))
     if micro.note:
         p.assumptions.append(micro.note)
     return p

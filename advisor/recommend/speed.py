@@ -35,14 +35,15 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
     counts = count_parameters(arch)
     gpu = hw.gpu or generic_gpu(hw.vram_bytes)
     rates = rates_for(gpu, profile)
-    notes = ([GENERIC_GPU_NOTE] if hw.gpu is None and profile is None else []) + step_time_assumptions(rates, hw)
+    notes = ([GENERIC_GPU_NOTE] if hw.gpu is None and profile is None else []) + \
+        step_time_assumptions(rates, hw, training.task)
     if training.task == "infer":
         weights = weight_bytes_for_inference(model, counts, training)
         speeds = [inference_speed(arch, counts, hw, gpu, lay.layout, precision=training.precision,
                                   method=training.method, batch=training.micro_batch_size, seq_len=training.seq_len,
                                   weight_bytes=weights, attention=training.attention, profile=profile)
                   for lay in est.inference]
-        return est.model_copy(update={"inference_speed": speeds})
+        return est.model_copy(update={"inference_speed": speeds, "notes": list(est.notes) + notes})
     gas, note = accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
     st = training_step_time(arch, counts, est.model.trainable_parameters, hw, gpu, strategy,
                             precision=training.precision, method=training.method,

@@ -156,8 +156,8 @@ def _gbps(bytes_per_s: float) -> str:
     return f"{v:.0f} GB/s" if v >= 10 else f"{v:.2g} GB/s"
 
 
-def step_time_assumptions(r: Rates, hw: HardwareSpec) -> list[str]:
-    """What the step-time figures assume that the user did not give, one sentence each."""
+def step_time_assumptions(r: Rates, hw: HardwareSpec, task: str = "train") -> list[str]:
+    """What the step-time (or, for ``infer``, serving-speed) figures assume that the user did not give."""
     c = constants()
     gpu = r.gpu
     out = []
@@ -170,9 +170,14 @@ def step_time_assumptions(r: Rates, hw: HardwareSpec) -> list[str]:
     else:
         frac = c["achievable_fraction"].get(gpu.generation, c["achievable_fraction"]["unknown"])
         who = "the generic GPU" if gpu.name == "generic" else f"{gpu.name} ({gpu.generation})"
-        out.append(f"step times: {who} computes at up to {frac:.0%} of its dense peak "
+        what = "prefill" if task == "infer" else "step times"
+        out.append(f"{what}: {who} computes at up to {frac:.0%} of its dense peak "
                    f"on wide models and long micro-batches (advisor/data/step_time.yaml, checked against "
                    f"published runs by benchmarks/throughput.py); give --profile for rates measured on your machine")
+    if task == "infer":
+        out.append(f"decode reads the weights and the KV cache of the full --seq-len context once per generated "
+                   f"token at {c['hbm_efficiency']:.0%} of the {r.hbm_bytes_per_s / 1e9:,.0f} GB/s memory bandwidth")
+        return out
     if hw.world_size > 1:
         link = gpu.intra_node_link
         hidden = "hidden behind compute by prefetch and bucketing" if r.intra_overlap > 0 else \
