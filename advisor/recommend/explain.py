@@ -98,6 +98,10 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
             if g.adj < chosen.adj:
                 why = (f"{_more(g, chosen)}, within the model's {p.band:.0%} resolution, where DeepSpeed's "
                        f"guidance ({GUIDANCE}) ranks {chosen.layout.label} first")
+            elif tps > chosen.step.tokens_per_second:
+                weights = ", ".join(f"rule {r.id} x{f:g}" for r, f in g.factors) or "rule weights"
+                why = (f"{tps:,.0f} vs {chosen.step.tokens_per_second:,.0f} tokens/s, but ranked lower by {weights} "
+                       f"(micro-batch {g.micro}, {g.step.seconds:.2f} s per step)")
             else:
                 why = (f"slower: {tps:,.0f} vs {chosen.step.tokens_per_second:,.0f} tokens/s "
                        f"(micro-batch {g.micro}, {g.step.seconds:.2f} s per step)")

@@ -140,3 +140,22 @@ def test_every_catalog_model_gets_a_sane_step_time(method):
                           checkpointing="full", seq_len=1024).step_time
             assert st is not None and math.isfinite(st.seconds) and st.seconds > 0, (m.name, strategy)
             assert 0 < st.compute_efficiency < 1 and 0 < st.mfu < 1, (m.name, strategy, st.mfu)
+
+
+@pytest.mark.parametrize("model,hw", [("7B", dict(gpus=4, vram=24)), ("llama-2-7b", dict(gpus=8, gpu="a100-80g")),
+                                      ("13B", dict(gpus=8, nodes=2, gpu="a100-40g"))])
+def test_runners_up_are_compared_by_tokens_per_second(model, hw):
+    from advisor.api import build_training
+    from advisor.recommend import recommend
+
+    h = build_hardware(hw.get("gpus", 1), hw.get("nodes", 1), hw.get("vram"), hw.get("gpu"))
+    rec = recommend(model, h, build_training(h), method="full", precision="auto", checkpointing="auto",
+                    suggest=False)
+    best = rec.step_time.tokens_per_second
+    for alt in rec.alternatives:
+        if alt.fits:
+            assert alt.tokens_per_second is not None
+            if alt.rejected_because.startswith("slower"):
+                assert alt.tokens_per_second <= best
+            elif "more tokens/s" in alt.rejected_because:
+                assert "within the model's" in alt.rejected_because
