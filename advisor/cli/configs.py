@@ -128,7 +128,7 @@ def plan(args):
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..formatting import fmt_bytes
     from ..render.render import render_files
-    from ..render.validate import errors_of, validate_files
+    from ..render.validate import StepStatus, errors_of, validate_files
     from ..render.write import write_files
 
     model, hw, training, strategy, gas, rec = plan(args)
@@ -159,10 +159,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"{model.name}: {strategy.name} ({how}), {training.precision}, micro-batch {training.micro_batch_size} "
               f"x accumulation {gas} x {hw.world_size} GPU(s); estimate {fmt_bytes(est.per_gpu.total)} of "
               f"{fmt_bytes(hw.vram_bytes)} per GPU")
-        checked = [s.name for s in steps if s.status == "pass"]
+        checked = [s.name for s in steps if s.status == StepStatus.PASS]
         print("checked: " + ", ".join(checked))
         for s in steps:
-            if s.status == "skip":
+            if s.status == StepStatus.SKIP:
                 print(f"not checked: {s.name}: {s.detail}")
     if not est.fits:
         print(f"dsadvise: warning: by the estimate this does not fit ({fmt_bytes(est.per_gpu.total)} per GPU of "

@@ -265,12 +265,10 @@ class WizardApp(App[int]):
     def _show_live(self, out: backend.Outcome) -> None:
         est, rec = out.estimate, out.recommendation
         line, status = "", out.general_error or out.recommender_note
-        fits = False if (rec is not None and not rec.found and out.strategy_source != "chosen") else None
+        fits = False if (rec is not None and not rec.found and out.strategy_source is not backend.StrategySource.CHOSEN) else None
         if est is not None:
             self._last_shown = (est, fits, out.strategy_source, rec)
-            source = {"recommended": "recommended", "chosen": "your choice",
-                      "default": "default"}.get(out.strategy_source, out.strategy_source)
-            line = f"Strategy ({source}): {strategy_label(est.strategy)}"
+            line = f"Strategy ({out.strategy_source.label}): {strategy_label(est.strategy)}"
             if rec is not None and not rec.found:
                 line = "No configuration fits. " + line
         elif (out.errors or out.general_error) and not out.missing:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from ..errors import AdvisorError, InputError
@@ -20,6 +21,26 @@ def _message(exc: AdvisorError) -> str:
     text = str(exc)
     prefix = f"{getattr(exc, 'field', None)}: "
     return text[len(prefix):] if text.startswith(prefix) else text
+
+
+class StrategySource(str, Enum):
+    """Where the configuration the wizard shows comes from."""
+
+    NONE = ""                    # nothing evaluated yet
+    RECOMMENDED = "recommended"  # the recommender's choice
+    CHOSEN = "chosen"            # the strategy the user picked
+    DEFAULT = "default"          # the CLI's default (single / ddp): no recommender, or nothing fits
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def label(self) -> str:
+        """How the memory panel names it."""
+        return "your choice" if self is StrategySource.CHOSEN else self.value
 
 
 @dataclass
@@ -34,7 +55,7 @@ class Outcome:
     estimate: Any = None                                     # advisor.estimate_result.Estimate shown in the bar
     recommendation: Any = None                               # advisor.recommend Recommendation, or None
     recommender_note: str = ""                               # why there is no recommendation
-    strategy_source: str = ""                                # recommended | chosen | default
+    strategy_source: StrategySource = StrategySource.NONE
     general_error: str = ""                                  # an error no single field owns
 
     @property
@@ -156,11 +177,11 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
 
     rec = out.recommendation
     if chosen is None and rec is not None and rec.found:
-        out.strategy_source = "recommended"
+        out.strategy_source = StrategySource.RECOMMENDED
         out.estimate = rec.estimate
         return out
     # A strategy the user picked, or (nothing fits / no recommender) the CLI's default one.
-    out.strategy_source = "chosen" if chosen else "default"
+    out.strategy_source = StrategySource.CHOSEN if chosen else StrategySource.DEFAULT
     # 'auto' fields take what the recommender chose, else the CLI's defaults (full, no checkpointing).
     picked = rec.recommendation.model_dump(mode="json") if rec is not None and rec.recommendation else {}
     fixed = dict(kwargs)
@@ -206,7 +227,7 @@ PREVIEW_FILES = {"accelerate": "accelerate_config.yaml", "deepspeed": "ds_config
 def shown_settings(out: Outcome) -> dict[str, Any] | None:
     """The configuration the wizard shows: the recommendation's settings, or those of the estimated strategy."""
     rec = out.recommendation
-    if out.strategy_source == "recommended" and rec is not None and rec.recommendation:
+    if out.strategy_source is StrategySource.RECOMMENDED and rec is not None and rec.recommendation:
         return rec.recommendation.model_dump(mode="json")
     if out.estimate is not None:
         return out.estimate.strategy.model_dump()
@@ -245,7 +266,7 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
                               attention=settings.get("attention", "sdpa"))
     strategy = build_strategy(hw, settings["name"], settings.get("offload_optimizer", "none"),
                               settings.get("offload_param", "none"))
-    recommended = out.strategy_source == "recommended"
+    recommended = out.strategy_source is StrategySource.RECOMMENDED
     if recommended:
         accumulation = int(settings.get("gradient_accumulation_steps") or 1)
     else:
