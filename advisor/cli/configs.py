@@ -69,22 +69,10 @@ def register(sub) -> None:
 
 # ---------------------------------------------------------------- generate
 
-def gradient_accumulation_steps(training, hw) -> int:
-    from ..errors import InputError
-
-    if training.global_batch_size is None:
-        return 1
-    per_step = training.micro_batch_size * hw.world_size
-    if training.global_batch_size % per_step:
-        raise InputError(f"{training.global_batch_size} is not a multiple of micro-batch {training.micro_batch_size}"
-                         f" x {hw.world_size} GPU(s) = {per_step}: DeepSpeed needs train_batch_size = micro x "
-                         "accumulation x world", field="--global-batch")
-    return training.global_batch_size // per_step
-
-
 def plan(args):
     """(model, hw, training, strategy, gas, recommendation) from the flags, via the recommender without --strategy."""
     from ..api import build_hardware, build_strategy, build_training
+    from ..batching import gradient_accumulation
     from ..catalog.models import resolve_model
     from ..errors import InputError
 
@@ -102,7 +90,7 @@ def plan(args):
         training = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none",
                                   **train_kw)
         strategy = build_strategy(hw, args.strategy, args.offload_optimizer, args.offload_param, args.bucket_sizes)
-        return model, hw, training, strategy, gradient_accumulation_steps(training, hw), None
+        return model, hw, training, strategy, gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size), None
     if args.offload_optimizer != "none" or args.offload_param != "none":
         raise InputError("--offload-* needs --strategy (without it the recommender decides offload)",
                          field="--strategy")

@@ -148,10 +148,8 @@ def reasons(p: Problem, out: Outcome) -> list[str]:
     else:
         r.append(f"micro-batch {g.micro}: the largest that fits ({g.limit or 'a larger one does not fit'})")
     if p.template.global_batch_size:
-        eff = p.micro.effective_global(g.micro)
-        r.append(f"gradient_accumulation_steps {g.gas}: global batch {eff} = micro-batch {g.micro} x {world} GPU(s) "
-                 f"x {g.gas}" + ("" if eff == p.template.global_batch_size
-                                 else f" (asked {p.template.global_batch_size}: {p.micro.note})"))
+        r.append(f"gradient_accumulation_steps {g.gas}: global batch {p.micro.effective_global(g.micro)} = "
+                 f"micro-batch {g.micro} x {world} GPU(s) x {g.gas}")
     else:
         r.append(f"no --global-batch: no gradient accumulation, global batch {g.micro * world} "
                  f"(micro-batch {g.micro} x {world} GPU(s))")

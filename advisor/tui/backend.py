@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from ..batching import gradient_accumulation
 from ..errors import AdvisorError, InputError
 from .form import AUTO, RECOMMENDED, WizardInputs, field_for_flag, parse_inputs, vram_text
 
@@ -234,17 +235,6 @@ def shown_settings(out: Outcome) -> dict[str, Any] | None:
     return None
 
 
-def _accumulation(global_batch: int | None, micro: int, world: int) -> int:
-    """Gradient accumulation for a global batch, refused as ``dsadvise generate`` refuses it when it does not
-    divide (DeepSpeed needs train_batch_size = micro x accumulation x world)."""
-    if global_batch is None:
-        return 1
-    if global_batch % (micro * world):
-        raise InputError(f"{global_batch} is not a multiple of micro-batch {micro} x {world} GPU(s) = "
-                         f"{micro * world}", field="--global-batch")
-    return global_batch // (micro * world)
-
-
 def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
     """Positional and keyword arguments of ``advisor.render.render_files`` for what the wizard shows, built as
     ``dsadvise generate`` builds them: specs from the API builders, the recommendation's micro-batch,
@@ -270,7 +260,7 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
     if recommended:
         accumulation = int(settings.get("gradient_accumulation_steps") or 1)
     else:
-        accumulation = _accumulation(k["global_batch"], micro, hw.world_size)
+        accumulation = gradient_accumulation(k["global_batch"], micro, hw.world_size)
     rec = out.recommendation if recommended else None
     return (model, hw, training, strategy), dict(
         gradient_accumulation_steps=accumulation, loss_scaling=settings.get("fp16") if recommended else None,

@@ -142,8 +142,9 @@ def test_preview_without_deepspeed_and_refused_batches():
     _renderer_or_skip()
     fsdp = backend.preview(backend.evaluate(BASE.with_(strategy="fsdp-full"), recommender=None))
     assert fsdp.texts["deepspeed"] is None and "No DeepSpeed JSON" in fsdp.note and fsdp.texts["accelerate"]
-    odd = backend.preview(backend.evaluate(BASE.with_(strategy="zero2", global_batch="30"), recommender=None))
-    assert odd.texts["accelerate"] is None and "not a multiple" in odd.note
+    odd = backend.evaluate(BASE.with_(strategy="zero2", global_batch="30"), recommender=None)
+    assert "not a multiple of micro-batch 1 x 4 GPU(s)" in odd.errors["global_batch"]     # advisor.batching
+    assert backend.preview(odd).texts["accelerate"] is None
 
 
 def test_save_refuses_a_non_empty_folder_without_force(tmp_path):
