@@ -34,6 +34,11 @@ STEPS: tuple[tuple[str, str], ...] = (
 INPUT_FIELDS = frozenset(WizardInputs.field_names())
 
 
+def internal_error(exc: Exception) -> str:
+    """The one line a bug caught at the wizard's error boundary shows (the UI keeps running)."""
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
 def strategy_label(st) -> str:
     """``zero3 +opt:cpu, bf16, full, ckpt full, micro-batch 4`` from an estimate's StrategyInfo."""
     out = st.name
@@ -239,8 +244,8 @@ class WizardApp(App[int]):
         try:
             outcome = backend.evaluate(inputs, recommender=self.recommender)
             shown = backend.preview(outcome)
-        except Exception as exc:   # a bug below must not crash the UI: say it and keep going
-            outcome = backend.Outcome(inputs=inputs, general_error=f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:   # the wizard's error boundary (as the CLI's): a bug is one line, not a crash
+            outcome = backend.Outcome(inputs=inputs, general_error=internal_error(exc))
             shown = backend.Preview({}, "")
         self._call(self._show, outcome, shown, seq)
 
@@ -315,8 +320,8 @@ class WizardApp(App[int]):
             ok = True
         except AdvisorError as exc:
             message, ok = f"Not saved: {exc}", False
-        except Exception as exc:   # a bug below: report it, keep running
-            message, ok = f"Not saved: internal error: {type(exc).__name__}: {exc}", False
+        except Exception as exc:   # the wizard's error boundary: report the bug, keep running
+            message, ok = f"Not saved: {internal_error(exc)}", False
         self._call(self._saved, message, ok)
 
     def _saved(self, message: str, ok: bool) -> None:
@@ -355,8 +360,8 @@ class WizardApp(App[int]):
             passed, lines = backend.dry_run(out_dir)
         except AdvisorError as exc:
             passed, lines = False, [f"Dry run not done: {exc}"]
-        except Exception as exc:   # a bug below: report it, keep running
-            passed, lines = False, [f"Dry run failed: internal error: {type(exc).__name__}: {exc}"]
+        except Exception as exc:   # the wizard's error boundary: report the bug, keep running
+            passed, lines = False, [f"Dry run failed: {internal_error(exc)}"]
         self._call(self._dry_run_done, passed, lines)
 
     def _call(self, callback, *args) -> None:

@@ -7,7 +7,6 @@ all of this is testable without a terminal and runs in a worker thread.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -67,18 +66,6 @@ class Outcome:
 # ------------------------------------------------------------------ recommender
 
 
-def load_recommender() -> tuple[Any, str]:
-    """``advisor.recommend.recommend`` and "" when importable, else None and why not."""
-    try:
-        module = importlib.import_module("advisor.recommend")
-    except Exception as exc:  # the package is missing or half-written: the wizard still estimates
-        return None, f"the recommender is unavailable ({type(exc).__name__}: {exc})"
-    func = getattr(module, "recommend", None)
-    if not callable(func):
-        return None, "the recommender is unavailable (advisor.recommend has no recommend())"
-    return func, ""
-
-
 # ------------------------------------------------------------------ evaluation
 
 
@@ -125,7 +112,7 @@ def _record(out: Outcome, exc: AdvisorError) -> None:
         out.general_error = str(exc)
 
 
-LOAD = "load"   # evaluate(recommender=LOAD): import advisor.recommend (the default)
+LOAD = "load"   # evaluate(recommender=LOAD): advisor.recommend.recommend (the default)
 
 
 def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
@@ -160,7 +147,8 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
     chosen = None if inputs.strategy == RECOMMENDED else inputs.strategy
 
     if recommender == LOAD:
-        recommend, why = load_recommender()
+        from ..recommend import recommend
+        why = ""
     else:
         recommend, why = recommender, "" if recommender is not None else "the recommender is off"
     if recommend is not None:
@@ -172,8 +160,6 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
                 out.errors.setdefault(name, _message(exc))
                 return out
             why = f"the recommender failed ({exc})"    # e.g. a broken rule file: still show the estimate
-        except Exception as exc:  # a recommender bug must not take the wizard down: fall back to the estimate
-            why = f"the recommender failed ({type(exc).__name__}: {exc})"
     out.recommender_note = why if out.recommendation is None else ""
 
     rec = out.recommendation
@@ -200,17 +186,6 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
 
 
 # ------------------------------------------------------------------ renderer
-
-
-def load_renderer() -> tuple[Any, str]:
-    """``advisor.render`` and "" when it is importable and has ``render_files``, else None and why not."""
-    try:
-        module = importlib.import_module("advisor.render")
-    except Exception as exc:
-        return None, f"the renderer is unavailable ({type(exc).__name__}: {exc})"
-    if not callable(getattr(module, "render_files", None)):
-        return None, "the renderer is unavailable (advisor.render has no render_files())"
-    return module, ""
 
 
 @dataclass
@@ -268,22 +243,19 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
 
 
 def preview(out: Outcome) -> Preview:
-    """What ``dsadvise generate`` would write for what the wizard shows; never raises."""
+    """What ``dsadvise generate`` would write for what the wizard shows; bad input becomes the note (a bug raises)."""
     empty: dict[str, str | None] = {key: None for key in PREVIEW_FILES}
     if not out.ready or out.estimate is None:
         if out.ready:
             return Preview(empty, "Nothing fits: pick a strategy on the Training step, or change the inputs.")
         return Preview(empty, "Fill in the model and hardware to see the configs.")
-    render, why = load_renderer()
-    if render is None:
-        return Preview(empty, why[0].upper() + why[1:] + ": no configs to preview yet.")
+    from ..render.render import render_files
+
     try:
         args, kwargs = render_args(out)
-        files = render.render_files(*args, **kwargs)
+        files = render_files(*args, **kwargs)
     except AdvisorError as exc:
         return Preview(empty, f"Cannot render this configuration: {exc}")
-    except Exception as exc:  # a renderer bug: say so, keep the wizard alive
-        return Preview(empty, f"The renderer failed: {type(exc).__name__}: {exc}")
     texts = {key: files.get(name) for key, name in PREVIEW_FILES.items()}
     notes = [f"{len(files)} files: {', '.join(files)}."]
     if texts["deepspeed"] is None:
@@ -297,31 +269,26 @@ def save(out: Outcome, shown: Preview | None, out_dir: str, *, force: bool) -> l
     """Write the previewed set into ``out_dir`` as ``dsadvise generate --no-engine-check`` does: validate (parse,
     JSON Schema), then the renderer's writer (atomic files; a non-empty folder only with ``force``). Loading
     the files in accelerate and DeepSpeed is left to Dry run. Raises AdvisorError with one line."""
-    render, why = load_renderer()
-    if render is None or not callable(getattr(render, "write_files", None)):
-        raise AdvisorError(why or "the renderer cannot write files yet")
+    from ..render.validate import errors_of, validate_files
+    from ..render.write import write_files
+
     if shown is None or not shown.files:
         raise AdvisorError(shown.note if shown is not None and shown.note else "nothing to save yet")
     if not out_dir.strip():
         raise InputError("give a folder to save into", field="output_dir")
-    validate = getattr(render, "validate_files", None)
-    if callable(validate):      # as generate: never write files that do not validate (the engine load: Dry run)
-        from ..render.validate import errors_of
-
-        errors = errors_of(validate(shown.files, engines=False))
-        if errors:
-            raise AdvisorError("the rendered files do not validate (a dsadvise bug): " + errors[0].line())
-    return render.write_files(shown.files, out_dir.strip(), force=force)
+    # as generate: never write files that do not validate (the engine load is Dry run's)
+    errors = errors_of(validate_files(shown.files, engines=False))
+    if errors:
+        raise AdvisorError("the rendered files do not validate (a dsadvise bug): " + errors[0].line())
+    return write_files(shown.files, out_dir.strip(), force=force)
 
 
 def dry_run(folder: str, *, timeout: float | None = None) -> tuple[bool, list[str]]:
     """``dsadvise dry-run`` on a saved folder (the renderer's ``dry_run``): passed?, and one line per step,
     finding and override. Slow (loads the engines, launches a tiny proxy run): call it from a thread."""
-    render, why = load_renderer()
-    func = getattr(render, "dry_run", None) if render is not None else None
-    if not callable(func):
-        raise AdvisorError(why or "the renderer has no dry_run() yet")
-    report = func(folder) if timeout is None else func(folder, timeout=timeout)
+    from ..render.dryrun import dry_run as run_dry
+
+    report = run_dry(folder) if timeout is None else run_dry(folder, timeout=timeout)
     lines = []
     for step in report.steps:
         detail = f": {step.detail}" if step.detail else ""
