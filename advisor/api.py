@@ -113,6 +113,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
     optimizer step (training) or prefill/decode tokens/s per layout (inference). ``profile``: a path to, or a
     :class:`advisor.profile.MachineProfile` from, ``dsadvise calibrate``. Raises InputError on bad input."""
+    from .batching import gradient_accumulation
     from .memory.core import estimate_memory
     from .recommend.speed import with_speed
 
@@ -123,6 +124,8 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               lora_targets=lora_targets, checkpointing=checkpointing, attention=attention,
                               freeze_layers=freeze_layers)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
+    if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)
+        gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
     if isinstance(profile, (str, bytes)) or hasattr(profile, "__fspath__"):
         from .profile import load_profile
 

@@ -99,9 +99,10 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
                 why = (f"{_more(g, chosen)}, within the model's {p.band:.0%} resolution, where DeepSpeed's "
                        f"guidance ({GUIDANCE}) ranks {chosen.layout.label} first")
             elif tps > chosen.step.tokens_per_second:
-                weights = ", ".join(f"rule {r.id} x{f:g}" for r, f in g.factors) or "rule weights"
-                why = (f"{tps:,.0f} vs {chosen.step.tokens_per_second:,.0f} tokens/s, but ranked lower by {weights} "
-                       f"(micro-batch {g.micro}, {g.step.seconds:.2f} s per step)")
+                weights = [f"rule {r.id} weighs it x{f:g}" for r, f in g.factors if f > 1] + \
+                    [f"rule {r.id} weighs {chosen.layout.label} x{f:g}" for r, f in chosen.factors if f < 1]
+                why = (f"{tps:,.0f} vs {chosen.step.tokens_per_second:,.0f} tokens/s, but ranked lower: "
+                       f"{'; '.join(weights) or 'rule weights'} (micro-batch {g.micro}, {g.step.seconds:.2f} s per step)")
             else:
                 why = (f"slower: {tps:,.0f} vs {chosen.step.tokens_per_second:,.0f} tokens/s "
                        f"(micro-batch {g.micro}, {g.step.seconds:.2f} s per step)")
@@ -163,10 +164,8 @@ def reasons(p: Problem, out: Outcome) -> list[str]:
     else:
         r.append(f"micro-batch {g.micro}: the largest that fits ({g.limit or 'a larger one does not fit'})")
     if p.template.global_batch_size:
-        eff = p.micro.effective_global(g.micro)
-        r.append(f"gradient_accumulation_steps {g.gas}: global batch {eff} = micro-batch {g.micro} x {world} GPU(s) "
-                 f"x {g.gas}" + ("" if eff == p.template.global_batch_size
-                                 else f" (asked {p.template.global_batch_size}: {p.micro.note})"))
+        r.append(f"gradient_accumulation_steps {g.gas}: global batch {p.micro.effective_global(g.micro)} = "
+                 f"micro-batch {g.micro} x {world} GPU(s) x {g.gas}")
     else:
         r.append(f"no --global-batch: no gradient accumulation, global batch {g.micro * world} "
                  f"(micro-batch {g.micro} x {world} GPU(s))")

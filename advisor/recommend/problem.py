@@ -133,8 +133,6 @@ def make_problem(model: ResolvedModel | str, hw: HardwareSpec, template: Trainin
     if assumed and profile is None:
         p.assumptions.append(GENERIC_GPU_NOTE)
     p.assumptions.extend(step_time_assumptions(p.rates, hw, template.task))
-    if micro.note:
-        p.assumptions.append(micro.note)
     return p
 
 

@@ -6,6 +6,7 @@ memory :class:`advisor.estimate_result.Estimate`, from the step-time model (:mod
 
 from __future__ import annotations
 
+from ..batching import gradient_accumulation
 from ..catalog.models import ResolvedModel
 from ..memory.inference import weight_bytes_for_inference
 from ..param_count import count_parameters
@@ -14,18 +15,6 @@ from ..profile import MachineProfile
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .step_time import (GENERIC_GPU_NOTE, generic_gpu, inference_speed, rates_for, step_time_assumptions,
                         training_step_time)
-
-
-def accumulation(global_batch: int | None, micro_batch: int, world: int) -> tuple[int, str]:
-    """Gradient accumulation steps for ``--global-batch`` (1 without it) and a note when it does not divide."""
-    if not global_batch:
-        return 1, ""
-    per_step = micro_batch * world
-    gas = max(1, round(global_batch / per_step))
-    if gas * per_step != global_batch:
-        return gas, (f"global batch {global_batch} is not micro-batch {micro_batch} x {world} GPU(s) x a whole "
-                     f"number: the step time assumes {gas} accumulation step(s), global batch {gas * per_step}")
-    return gas, ""
 
 
 def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec,
@@ -44,7 +33,7 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
                                   weight_bytes=weights, attention=training.attention, profile=profile)
                   for lay in est.inference]
         return est.model_copy(update={"inference_speed": speeds, "notes": list(est.notes) + notes})
-    gas, note = accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
+    gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
     st = training_step_time(arch, counts, est.model.trainable_parameters, hw, gpu, strategy,
                             precision=training.precision, method=training.method,
                             checkpointing=training.activation_checkpointing, micro_batch=training.micro_batch_size,
@@ -52,7 +41,7 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
                             attention=training.attention, rates=rates)
     if gas > 1 or training.global_batch_size:
         notes = [f"one optimizer step = {gas} micro-step(s) of micro-batch {training.micro_batch_size} on each of "
-                 f"{hw.world_size} GPU(s)"] + ([note] if note else []) + notes
+                 f"{hw.world_size} GPU(s)"] + notes
     else:
         notes = ["no --global-batch: one optimizer step per micro-batch (no gradient accumulation)"] + notes
     return est.model_copy(update={"step_time": st.model_copy(update={"assumptions": notes})})

@@ -68,9 +68,10 @@ def test_micro_batch_divides_the_global_batch_and_accumulation_reaches_it():
     rec = r.recommendation
     assert 12 % rec.micro_batch_size == 0
     assert rec.micro_batch_size * 8 * rec.gradient_accumulation_steps == 96 == rec.global_batch_size
-    odd = run("llama-2-7b", gpus=8, gpu="a100-80g", global_batch=100)
-    assert any("not a multiple of the 8 GPUs" in a for a in odd.assumptions)
-    assert any("asked 100" in x for x in odd.reasons)
+    with pytest.raises(InputError, match="--global-batch: 100 is not a multiple of the 8 GPU"):
+        run("llama-2-7b", gpus=8, gpu="a100-80g", global_batch=100)
+    with pytest.raises(InputError, match="--global-batch: no micro-batch between 5 and 5 divides the 12 samples"):
+        run("llama-2-7b", gpus=8, gpu="a100-80g", global_batch=96, micro_batch=5, max_micro_batch=5)
     with pytest.raises(InputError, match="--global-batch: 4 is less than --micro-batch 1 x 8"):
         run("llama-2-7b", gpus=8, gpu="a100-80g", global_batch=4)
 

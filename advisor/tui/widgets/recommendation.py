@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
-from ..backend import Outcome
+from ..backend import Outcome, StrategySource
 from .memory_bar import fmt_bytes
 
 
@@ -160,7 +160,7 @@ class RecommendationView(Vertical):
                                f"exposed communication {fmt_seconds(t.communication_seconds)}, offload "
                                f"{fmt_seconds(t.offload_seconds)}), {t.tokens_per_second:,.0f} tokens/s; "
                                f"compute at {t.compute_efficiency:.0%} of peak, MFU {t.mfu:.0%}")
-            if out.strategy_source == "chosen" and out.estimate is not None:
+            if out.strategy_source is StrategySource.CHOSEN and out.estimate is not None:
                 est = out.estimate
                 verdict.append(f"\nThe bar shows your choice, {est.strategy.name}: "
                                f"{'fits' if est.fits else 'does not fit'}.")
