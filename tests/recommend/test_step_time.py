@@ -159,3 +159,21 @@ def test_runners_up_are_compared_by_tokens_per_second(model, hw):
                 assert alt.tokens_per_second <= best
             elif "more tokens/s" in alt.rejected_because:
                 assert "within the model's" in alt.rejected_because
+
+
+def test_the_wizard_backend_passes_the_profile_to_estimate_and_recommend():
+    from advisor.tui import backend
+    from advisor.tui.form import WizardInputs, vram_text
+
+    prof = MachineProfile(device="NVIDIA A100-SXM4-80GB", device_kind="cuda", devices=4,
+                          matmul_flops={"bf16": 150e12, "fp16": 150e12, "fp32": 19e12},
+                          allreduce_bus_bytes_per_s=100e9, allgather_bus_bytes_per_s=90e9)
+    inputs = WizardInputs(model="llama-3.1-8b", gpu="a100-80g", vram=vram_text("a100-80g"), gpus="4")
+    plain = backend.evaluate(inputs)
+    profiled = backend.evaluate(inputs, profile=prof)
+    assert profiled.recommendation.found
+    assert "profile of NVIDIA A100" in profiled.recommendation.step_time.rates
+    assert any("measured rates" in a for a in profiled.recommendation.assumptions)
+    assert profiled.recommendation.step_time.compute_efficiency < plain.recommendation.step_time.compute_efficiency
+    chosen = backend.evaluate(inputs.with_(strategy="zero3"), profile=prof)
+    assert "profile of NVIDIA A100" in chosen.estimate.step_time.rates

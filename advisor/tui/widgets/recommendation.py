@@ -49,6 +49,15 @@ def short_label(s: dict | None) -> str:
     return out
 
 
+def _estimate_speed(est: Any) -> str:
+    """The chosen configuration's own step time (the estimate's, with its assumptions in the CLI and JSON)."""
+    st = getattr(est, "step_time", None)
+    if st is None:
+        return ""
+    return (f" Its step: {fmt_seconds(st.seconds)}, {st.tokens_per_second:,.0f} tokens/s, compute at "
+            f"{st.compute_efficiency:.0%} of peak, MFU {st.mfu:.0%}.")
+
+
 def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "-"
@@ -139,6 +148,7 @@ class RecommendationView(Vertical):
                 verdict.append(f"Estimate for {st.name} ({out.strategy_source}): ")
                 verdict.append("fits" if est.fits else "does not fit", style="bold green" if est.fits else "bold red")
                 verdict.append(f", {fmt_bytes(est.per_gpu.total)} of {fmt_bytes(est.hardware.vram_bytes)} per GPU.")
+                verdict.append(_estimate_speed(est))
         if out is not None and out.general_error:
             verdict.append(f"\n{out.general_error}", style="bold red")
         self.query_one("#rec-verdict", Static).update(verdict)
@@ -164,6 +174,7 @@ class RecommendationView(Vertical):
                 est = out.estimate
                 verdict.append(f"\nThe bar shows your choice, {est.strategy.name}: "
                                f"{'fits' if est.fits else 'does not fit'}.")
+                verdict.append(_estimate_speed(est))
         else:
             verdict.append(" NOTHING FITS ", style="bold white on #c0392b")
             verdict.append("  no configuration fits this hardware")
