@@ -20,6 +20,7 @@ def test_matmul_is_measured_per_dtype_on_the_cpu():
     assert all(v > 1e6 for v in flops.values())           # any CPU does a 128^3 matmul in well under 4 s
 
 
+@pytest.mark.slow   # two gloo processes spawned for the collectives (~20 s on 2 cores)
 def test_calibrate_writes_a_documented_profile_that_changes_the_estimate(tmp_path, capsys):
     out = tmp_path / "profile.yaml"
     assert main(["calibrate", "--quick", "--no-deepspeed-adam", "--out", str(out)]) == 0
