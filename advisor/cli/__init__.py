@@ -13,8 +13,13 @@ they need.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+
+# pydantic looks for plugins by scanning every installed distribution's entry points when it builds its
+# first model (importlib.metadata; tens of ms in a venv with torch). The CLI uses none.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from .. import exit_codes
 from . import calibrate, catalogs, configs, estimate, recommend, wizard

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, get_args
 
 from .. import choices
@@ -92,7 +92,6 @@ class Flag:
     wizard_field: str | None = None             # the wizard field showing it (errors land there)
     action: str | None = None
     metavar: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def dest(self) -> str:
@@ -105,7 +104,6 @@ class Flag:
             kw.update(action=self.action, metavar=self.metavar if self.action == "append" else None)
         else:
             kw.update(type=self.type, choices=self.choices, default=self.default, metavar=self.metavar)
-        kw.update(self.extra)
         kw.update(overrides)
         parser.add_argument(self.flag, **{k: v for k, v in kw.items() if v is not None or k == "default"})
 
