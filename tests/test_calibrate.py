@@ -55,9 +55,11 @@ def test_bad_profiles_are_one_line_errors(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("device: x\n")
     for path in (bad, tmp_path / "missing.yaml"):
-        assert main(["estimate", "--model", "gpt2", "--seq-len", "512", "--vram", "24", "--profile", str(path)]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "--profile" in err
+        for argv in (["estimate", "--model", "gpt2", "--seq-len", "512", "--vram", "24"],
+                     ["recommend", "--model", "gpt2", "--seq-len", "512", "--vram", "24"], ["wizard"]):
+            assert main(argv + ["--profile", str(path)]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "--profile" in err, argv
 
 
 def test_write_profile_refuses_to_overwrite(tmp_path):
