@@ -88,6 +88,7 @@ class Rates:
     intra_overlap: float                # fraction of a collective prefetch/bucketing can hide, inside a node
     inter_overlap: float                # ... across nodes
     source: str                         # "catalog <gpu>", "generic", or the profile's label
+    profiled: bool = False              # rates measured by `dsadvise calibrate` (--profile)
 
     def peak(self, precision: str) -> float:
         return peak_flops(self.gpu, precision)
@@ -137,7 +138,8 @@ def _with_profile(r: Rates, prof: MachineProfile) -> Rates:
     for precision, dtype in (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("pure-bf16", "bf16")):
         measured = prof.matmul_flops.get(dtype)
         if measured:
-            achievable[precision] = measured * step / peak_flops(r.gpu, precision)
+            # never above the peak: a profile measured on a faster card than --gpu names cannot beat its datasheet
+            achievable[precision] = min(measured * step / peak_flops(r.gpu, precision), 1.0)
     intra = r.intra_bytes_per_s
     if prof.allgather_bus_bytes_per_s or prof.allreduce_bus_bytes_per_s:
         intra = min(x for x in (prof.allgather_bus_bytes_per_s, prof.allreduce_bus_bytes_per_s) if x)
@@ -148,7 +150,7 @@ def _with_profile(r: Rates, prof: MachineProfile) -> Rates:
                  host_bytes_per_s=host, hbm_bytes_per_s=r.hbm_bytes_per_s,
                  cpu_adam_params_per_s=ds or torch_fused or r.cpu_adam_params_per_s,
                  torch_cpu_adam_params_per_s=torch_fused or r.torch_cpu_adam_params_per_s,
-                 intra_overlap=r.intra_overlap, inter_overlap=r.inter_overlap, source=prof.label)
+                 intra_overlap=r.intra_overlap, inter_overlap=r.inter_overlap, source=prof.label, profiled=True)
 
 
 def _gbps(bytes_per_s: float) -> str:
@@ -161,7 +163,7 @@ def step_time_assumptions(r: Rates, hw: HardwareSpec, task: str = "train") -> li
     c = constants()
     gpu = r.gpu
     out = []
-    if "profile" in r.source:
+    if r.profiled:
         out.append(f"step times use the measured rates of the {r.source}: a whole step at "
                    f"{c['profile_step_per_matmul']} of its matmul rate, collectives at {_gbps(r.intra_bytes_per_s)}, "
                    f"host link {_gbps(r.host_bytes_per_s)}, CPU Adam {r.cpu_adam_params_per_s:.3g} params/s"
