@@ -117,7 +117,7 @@ class WizardApp(App[int]):
             return
         from .widgets.hardware_step import HardwareStep      # imported here: not on the path to the first paint
         from .widgets.preview import PreviewStep
-        from .widgets.recommendation import RecommendationView
+        from .widgets.recommendation_step import RecommendationView
         from .widgets.training_step import TrainingStep
 
         v = self.inputs
