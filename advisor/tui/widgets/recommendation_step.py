@@ -188,8 +188,9 @@ class RecommendationView(Vertical):
                 for s in rec.suggestions]))
         for alt in rec.alternatives:
             fits = "-" if alt.fits is None else ("yes" if alt.fits else "no")
+            label = short_label(alt.strategy.model_dump(mode="json"))
             tps = "-" if alt.tokens_per_second is None else f"{alt.tokens_per_second:,.0f}"
-            alternatives.add_row(short_label(alt.strategy.model_dump(mode="json")), fits, tps,
+            alternatives.add_row(label, fits, tps,
                                  Text(alt.rejected_because), height=None)
         for rule in rec.rules_fired:
             rid, effect, detail = _rule_text(rule.model_dump(mode="json"))
