@@ -175,8 +175,9 @@ def measure_collectives(world: int, backend: str, nbytes: int, repeats: int) -> 
 
 
 def calibrate(*, quick: bool = False, device: str = "auto", collectives: bool = True,
-              deepspeed_adam: bool = True) -> MachineProfile:
-    """Measure this machine (see the module docstring) and return its profile."""
+              deepspeed_adam: bool = True, progress=lambda what: None) -> MachineProfile:
+    """Measure this machine (see the module docstring) and return its profile; ``progress(text)`` is told
+    what is being measured next."""
     import torch
 
     if device == "auto":
@@ -196,6 +197,7 @@ def calibrate(*, quick: bool = False, device: str = "auto", collectives: bool = 
         ndev = 1
         notes.append("measured on the CPU: the matmul figures are this CPU's, not a GPU's; estimates that use this "
                      "profile describe training on this CPU")
+    progress(f"matmul on {device} ({s.matmul_n} x {s.matmul_n}, fp32/bf16/fp16)")
     matmul = measure_matmul(device, s.matmul_n, s.repeats)
     ar = ag = None
     backend = None
@@ -207,13 +209,17 @@ def calibrate(*, quick: bool = False, device: str = "auto", collectives: bool = 
             notes.append(f"collectives measured between {world} CPU processes over gloo (host loopback), not over a "
                          "GPU link" if not gpu else "one GPU only: collectives measured between CPU processes "
                          "over gloo, not over a GPU link")
+        progress(f"all-reduce and all-gather over {backend}, {world} processes")
         ar, ag = measure_collectives(world, backend, s.collective_bytes, s.repeats)
         ndev = world if backend == "nccl" else ndev
     h2d = d2h = None
     if gpu:
+        progress("pinned host <-> device copies")
         h2d, d2h = measure_copies(s.copy_bytes, s.repeats)
     else:
         notes.append("no CUDA device: host<->device copies not measured (the catalog's PCIe figure stays)")
+    progress("AdamW on the CPU" + (" (DeepSpeedCPUAdam's first use compiles its op: minutes; --no-deepspeed-adam "
+                                   "skips it)" if deepspeed_adam else ""))
     adam = measure_adam(s.adam_params, s.repeats, deepspeed_adam)
     if deepspeed_adam and "deepspeed" not in adam:
         notes.append("DeepSpeedCPUAdam could not be loaded here: the profile's torch fused AdamW rate stands in")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .. import exit_codes
 from . import flags
@@ -27,7 +28,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     target = args.out or default_profile_path()
     write_profile_check(target, args.force)
     prof = calibrate(quick=args.quick, device=args.device, collectives=not args.no_collectives,
-                     deepspeed_adam=not args.no_deepspeed_adam)
+                     deepspeed_adam=not args.no_deepspeed_adam,
+                     progress=lambda what: print(f"dsadvise calibrate: measuring {what}", file=sys.stderr))
     path = write_profile(prof, target, force=args.force)
     print("\n".join(summary(prof)))
     print(f"profile written to {path}; use it with --profile {path}")
