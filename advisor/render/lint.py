@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..report import fmt_bytes
 from ..specs import GiB
 from .validate import (DS_IGNORED_WITH_FILE, ConfigFileError, EngineError, Finding, fill_auto, load_accelerate,
-                       load_deepspeed, parse_text, read_text, resolve_ds_path, schema_findings)
+                       load_deepspeed, missing_dependency, parse_text, read_text, resolve_ds_path, schema_findings)
 
 BUCKET_WARN_FRACTION = 0.25
 
@@ -231,18 +231,45 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
                     micro=micro, offload_optimizer=_dev(zero.get("offload_optimizer")),
                     offload_param=_dev(zero.get("offload_param")) if stage == 3 else "none", zero=zero)
 
-    # The engine itself (catches everything else DeepSpeed refuses)
-    if p.engines and not schema_errors:
-        cfg, _ = fill_auto(data, micro_batch=p.micro_batch or 1)
-        try:
-            load_deepspeed(cfg, eff_world or 1, file)
-        except EngineError as exc:
-            already = batch_error if "batch" in str(exc).lower() else any(f.severity == "error" for f in out)
-            if not already:
-                add("error", exc.setting, exc.message)
-        except Exception as exc:  # deepspeed missing or broken: say so, do not fail the lint
-            add("info", "", f"DeepSpeed's own check was skipped ({type(exc).__name__}: {exc})")
+    # An HF template without zero_optimization: plain DeepSpeed would run it as stage 0, but it cannot fill
+    # "auto", and the HF Trainer / accelerate refuse it (accelerate/utils/dataclasses.py DeepSpeedPlugin:
+    # "Please specify the ZeRO optimization config in the DeepSpeed config.")
+    if autos and "zero_optimization" not in data:
+        add("error", "zero_optimization", "missing in an HF \"auto\" template: the HF Trainer and accelerate refuse "
+            "it ('Please specify the ZeRO optimization config in the DeepSpeed config'); add "
+            "\"zero_optimization\": {\"stage\": 0} (plain deepspeed, which treats a missing block as stage 0, cannot "
+            "fill \"auto\")")
+
+    # The engine itself: the authority. Its refusal is always reported in its own words; a schema error it
+    # accepts is only a warning (the shipped schema is stricter than this DeepSpeed).
+    if p.engines:
+        out += _engine_verdict(lambda: load_deepspeed(fill_auto(data, micro_batch=p.micro_batch or 1)[0],
+                                                      eff_world or 1, file),
+                               out, file, "DeepSpeed", skip_batch=batch_error)
     return out
+
+
+def _engine_verdict(load, out: list[Finding], file: str, engine: str, *, skip_batch: bool = False) -> list[Finding]:
+    """Run an engine's own loader; turn its verdict into findings and reconcile the schema's with it (in place)."""
+    try:
+        load()
+    except EngineError as exc:
+        if missing_dependency(exc.message):
+            return [Finding("info", file, exc.setting, f"could not check this here: {exc.message} (not an error of "
+                            "the file: the machine running check lacks it)")]
+        if skip_batch and "batch" in exc.message.lower():
+            return []
+        return [Finding("error", file, exc.setting, exc.message)]
+    except ImportError as exc:
+        return [Finding("info", file, "", f"could not check this here: {engine} is not installed ({exc})")]
+    except Exception as exc:  # the engine crashed: say so, do not fail the file for it
+        return [Finding("info", file, "", f"{engine}'s own check crashed ({type(exc).__name__}: {exc}); not a "
+                        "verdict on the file")]
+    for i, f in enumerate(out):
+        if f.severity == "error" and f.schema:
+            out[i] = Finding("warning", f.file, f.setting, f"{f.message} (the shipped schema says so; {engine} "
+                             "accepts it)", schema=True)
+    return []
 
 
 def _dev(block: Any) -> str:
@@ -306,6 +333,11 @@ def _fit(kind: str, file: str, p: Problem, *, world: int, stage: int | None = No
 
 def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
     file = path.name
+    if data.get("compute_environment") == "AMAZON_SAGEMAKER":
+        # accelerate reads these into SageMakerConfig (other keys: ec2_instance_type, iam_role_name, ...) and
+        # hands them to the sagemaker SDK; nothing is launched on this machine.
+        return [Finding("info", file, "compute_environment", "a SageMaker config: accelerate launch hands it to the "
+                        "sagemaker SDK, which starts the job on AWS; dsadvise checks local launches only")]
     out: list[Finding] = schema_findings("accelerate", data, file)
     schema_errors = any(f.severity == "error" for f in out)
 
@@ -423,12 +455,11 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
             out += _fit("accelerate", file, p, world=w, precision=precision, micro=p.micro_batch or 1,
                         backend="single" if w == 1 else "ddp")
 
-    # accelerate's own launch-time processing
-    if p.engines and not schema_errors and not any(f.severity == "error" for f in out):
-        try:
-            load_accelerate(path.resolve())
-        except EngineError as exc:
-            add("error", exc.setting, exc.message)
-        except Exception as exc:
-            add("info", "", f"accelerate's own check was skipped ({type(exc).__name__}: {exc})")
+    # accelerate's own launch-time processing: the authority (see _engine_verdict). --gpus x --nodes go to it as
+    # num_processes, as `accelerate launch --num_processes` would.
+    if p.engines:
+        own_errors = any(f.severity == "error" and not f.schema for f in out)
+        verdict = _engine_verdict(lambda: load_accelerate(path.resolve(), num_processes=p.world), out, file,
+                                  "accelerate")
+        out += [f for f in verdict if not (own_errors and f.severity == "error")]
     return out + ds_findings

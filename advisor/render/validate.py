@@ -52,6 +52,7 @@ class Finding:
     file: str
     setting: str
     message: str
+    schema: bool = False          # found by the shipped JSON Schema (the engine's verdict outranks it)
 
     def line(self) -> str:
         where = f"{self.file}: {self.setting}" if self.setting else self.file
@@ -170,6 +171,8 @@ def schema_findings(kind: str, data: Any, file: str) -> list[Finding]:
     validator = jsonschema.Draft202012Validator(schema)
     out = []
     for err in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
+        if kind == "deepspeed" and err.instance == "auto":
+            continue    # the HF Trainer / accelerate fill every "auto" before DeepSpeed sees the file
         path = ".".join(str(p) for p in err.absolute_path)
         severity = "error"
         if err.validator == "additionalProperties" and path:
@@ -182,10 +185,33 @@ def schema_findings(kind: str, data: Any, file: str) -> list[Finding]:
         elif err.validator == "not" and kind == "deepspeed" and not path:
             msg = "fp16 and bf16 are both enabled: DeepSpeed refuses this ('bfloat16 and fp16 modes cannot be " \
                   "simultaneously enabled')"
-        elif err.validator in ("enum", "const") and len(msg) > 200:
-            msg = msg[:200] + "..."
-        out.append(Finding(severity, file, path, msg))
+        out.append(Finding(severity, file, path, _one_line(msg, err), schema=True))
     return out
+
+
+def _one_line(msg: str, err) -> str:
+    """A schema message on one readable line: never a dump of the (possibly whole) config."""
+    msg = " ".join(msg.split())
+    if len(msg) <= 200:
+        return msg
+    got = " ".join(repr(err.instance).split())
+    got = got if len(got) <= 60 else got[:57] + "..."
+    want = {"type": f"must be of type {err.validator_value}", "enum": "must be one of "
+            + ", ".join(map(repr, err.validator_value[:8])) + (", ..." if len(err.validator_value) > 8 else ""),
+            "required": f"needs {err.validator_value}"}.get(err.validator, f"fails the schema's {err.validator!r}")
+    line = f"{got}: {want}"
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+# A message of an engine saying that this machine lacks a package or program the configuration needs (fp8 without
+# Transformer Engine, the mpirun launcher without MPI, pdsh): not a fault of the file.
+_MISSING = re.compile(r"not installed|No module named|is not available on this machine|were not found|"
+                      r"not found in PATH|command not found|pip3? install", re.I)
+
+
+def missing_dependency(message: str) -> bool:
+    """Whether an engine's refusal only says that this machine lacks a package or program."""
+    return bool(_MISSING.search(message))
 
 
 # ---------------------------------------------------------------- DeepSpeed
@@ -237,6 +263,19 @@ def fill_auto(config: dict, *, micro_batch: int = 1, gradient_accumulation_steps
         defaults = {"lr": 5e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
         for k, v in defaults.items():
             put(opt["params"], k, v, f"optimizer.params.{k}")
+
+    def rest(obj: Any, prefix: str) -> None:
+        # Any other "auto" (stage3_gather_16bit_weights_on_model_save, scheduler params, ...) is filled by the
+        # integration (accelerate's DeepSpeedPlugin.deepspeed_config_process, trainer_config_finalize);
+        # DeepSpeed then reads its own default.
+        if isinstance(obj, dict):
+            for k in list(obj):
+                if obj[k] == "auto":
+                    del obj[k]
+                    filled.append(f"{prefix}{k}=(filled by the integration)")
+                else:
+                    rest(obj[k], f"{prefix}{k}.")
+    rest(cfg, "")
     return cfg, filled
 
 
