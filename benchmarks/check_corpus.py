@@ -4,6 +4,7 @@
     python benchmarks/check_corpus.py                 # agree / false positive / false negative table for `check`
     python benchmarks/check_corpus.py engines         # recompute the engines' verdicts into index.yaml
     python benchmarks/check_corpus.py collect MIRROR  # (one-off) copy the files from git mirrors of the sources
+    python benchmarks/check_corpus.py keys            # advisor/data/schemas/ds_top_level_keys.yaml from DeepSpeed
 
 Ground truth comes from the engines themselves, never from dsadvise:
 - DeepSpeed JSON: ``deepspeed.runtime.config.DeepSpeedConfig`` after a single-process gloo init
@@ -235,14 +236,15 @@ def hf_trainer_config(cfg: dict, world: int) -> dict:
     return deepspeed_config(filled, world)
 
 
-def deepspeed_verdict(path: Path) -> dict:
-    """The engines' verdict on a DeepSpeed JSON (plain DeepSpeed, or the HF Trainer for an "auto" template)."""
+def deepspeed_verdict(path: Path, gpus: int | None = None) -> dict:
+    """The engines' verdict on a DeepSpeed JSON (plain DeepSpeed, or the HF Trainer for an "auto" template), at
+    ``gpus`` ranks when the reporter's world size is known, else at the world the file implies."""
     try:
         cfg = json.loads(path.read_text())
     except ValueError as exc:
         return {"verdict": "refused", "message": f"not JSON: {exc}"}
     _gloo_world1()
-    world = _implied_world(cfg)
+    world = gpus or _implied_world(cfg)
     out: dict = {"world": world or 1}
     if _has_auto(cfg):
         out["engine"] = "transformers TrainingArguments + DeepSpeedConfig"
@@ -327,7 +329,7 @@ def _accelerate_from(path: Path, cwd_for_launch: Path) -> dict:
 def engine_verdict(entry: dict) -> dict:
     path = FILES / entry["file"]
     if entry["kind"] == "deepspeed":
-        return deepspeed_verdict(path)
+        return deepspeed_verdict(path, entry.get("gpus"))
     return accelerate_verdict(path.resolve(), (FILES / entry["file"].split("/")[0]).resolve())
 
 
@@ -342,11 +344,72 @@ def engines() -> None:
     _save_index(entries)
 
 
+# ---------------------------------------------------------------- DeepSpeed's top-level keys
+
+# Read by the DeepSpeed engine outside DeepSpeedConfig's constructor (deepspeed/runtime/engine.py,
+# activation_checkpointing/config.py, profiling/config.py, autotuning/config.py, ops/aio, runtime/swap_tensor):
+# https://www.deepspeed.ai/docs/config-json/
+READ_ELSEWHERE = ["optimizer", "scheduler", "activation_checkpointing", "flops_profiler", "aio", "autotuning",
+                  "sequence_parallel_size", "zero_optimization", "fp16", "bf16", "moe", "monitor_config"]
+KEYS = Path(__file__).resolve().parents[1] / "advisor" / "data" / "schemas" / "ds_top_level_keys.yaml"
+
+
+def top_level_keys() -> None:
+    """Write the top-level keys DeepSpeed reads: those DeepSpeedConfig looks up (recorded on a dict that logs
+    lookups), those of the corpus files the engines accept, and READ_ELSEWHERE."""
+    import yaml
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    seen: set[str] = set()
+
+    class Recording(dict):
+        def get(self, k, *a):
+            seen.add(k)
+            return super().get(k, *a)
+
+        def __getitem__(self, k):
+            seen.add(k)
+            return super().__getitem__(k)
+
+        def __contains__(self, k):
+            seen.add(k)
+            return super().__contains__(k)
+
+    _gloo_world1()
+    with _silent():
+        DeepSpeedConfig(Recording({"train_micro_batch_size_per_gpu": 1}))
+    corpus = set()
+    for e in _load_index():
+        if e["kind"] == "deepspeed" and e["engine"]["verdict"] == "ok":
+            corpus |= set(json.loads((FILES / e["file"]).read_text()))
+    import deepspeed
+
+    keys = sorted({k for k in seen | corpus | set(READ_ELSEWHERE) if isinstance(k, str)})
+    KEYS.write_text(f"# Top-level keys DeepSpeed {deepspeed.__version__} reads (benchmarks/check_corpus.py keys):\n"
+                    "# DeepSpeedConfig's lookups, the keys of corpus files the engines accept, and keys the engine\n"
+                    "# reads elsewhere (https://www.deepspeed.ai/docs/config-json/). DeepSpeed ignores any other.\n"
+                    + yaml.safe_dump(keys))
+    print(f"{len(keys)} keys -> {KEYS}")
+
+
 # ---------------------------------------------------------------- benchmark
 
 def expected_error(entry: dict) -> bool:
-    """Must `check` report an error? Yes when the engine refuses it (or an issue shows it broken)."""
-    return entry["engine"]["verdict"] == "refused" or entry.get("expect") == "error"
+    """Must `check` report an error? Yes when the engine refuses it."""
+    return entry["engine"]["verdict"] == "refused"
+
+
+def outcome(entry: dict, got: dict) -> str:
+    """agree / false positive (an error the engine does not confirm) / false negative (the engine refuses and
+    check says no error; or a config a bug report shows broken, which the engine accepts, gets no warning)."""
+    has = bool(got["errors"])
+    if expected_error(entry):
+        return "agree" if has else "false negative"
+    if has:
+        return "false positive"
+    if entry.get("expect") == "warning" and not got["warnings"]:
+        return "false negative"
+    return "agree"
 
 
 def check_entry(entry: dict) -> dict:
@@ -357,7 +420,7 @@ def check_entry(entry: dict) -> dict:
     cwd = os.getcwd()
     os.chdir(FILES / entry["file"].split("/")[0])
     try:
-        findings = lint_file(path, Problem())
+        findings = lint_file(path, Problem(gpus=entry.get("gpus")))
     except Exception as exc:
         return {"errors": [f"{type(exc).__name__}: {exc}"], "warnings": []}
     finally:
@@ -372,18 +435,19 @@ def benchmark(verbose: bool = False) -> dict:
     t0 = time.perf_counter()
     for e in entries:
         got = check_entry(e)
-        want = expected_error(e)
-        has = bool(got["errors"])
-        kind = "agree" if want == has else ("false positive" if has else "false negative")
+        kind = outcome(e, got)
         rows[kind] += 1
         if kind != "agree" or verbose:
             print(f"{kind.upper()}: {e['file']}\n   engine: {e['engine']['verdict']} {e['engine'].get('message', '')}")
-            for line in got["errors"][:3]:
+            for line in (got["errors"] + got["warnings"])[:3]:
                 print(f"   check: {line}")
     n = len(entries)
     kinds = {k: sum(1 for e in entries if e["kind"] == k) for k in ("deepspeed", "accelerate")}
     repos = len({e["repository"] for e in entries})
     refused = sum(1 for e in entries if expected_error(e))
+    issues = [e for e in entries if e.get("source") == "issue"]
+    flagged = sum(1 for e in issues if outcome(e, check_entry(e)) == "agree")
+    print(f"\nbroken configs from bug reports: {flagged} of {len(issues)} flagged")
     print(f"\n{n} files ({kinds['deepspeed']} DeepSpeed JSON, {kinds['accelerate']} accelerate YAML) from {repos} "
           f"repositories; the engines refuse {refused}; check took {time.perf_counter() - t0:.1f} s")
     print(f"{'outcome':<16} {'files':>5}")
@@ -399,5 +463,10 @@ if __name__ == "__main__":
         collect(Path(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "engines":
         engines()
+    elif len(sys.argv) > 1 and sys.argv[1] == "verdicts":     # the engines' verdicts on the named files, as JSON
+        by_file = {e["file"]: e for e in _load_index()}
+        print(json.dumps({f: engine_verdict(by_file[f]) for f in sys.argv[2:]}))
+    elif len(sys.argv) > 1 and sys.argv[1] == "keys":
+        top_level_keys()
     else:
         benchmark(verbose="-v" in sys.argv)

@@ -59,6 +59,7 @@ def register(sub) -> None:
                    help="default: from a dsadvise.json beside FILE, else full")
     p.add_argument("--no-engine-check", action="store_true", help="skip loading the file in accelerate/DeepSpeed")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (for CI)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("dry-run", help="load a generated folder in the real engines and train a tiny proxy on CPU",
@@ -253,7 +254,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for f in sorted(findings, key=lambda f: order[f.severity]):
             print(f.line())
         print(f"{args.file}: {len(errors)} error(s), {len(warnings)} warning(s)")
-    return exit_codes.FAILED if errors else exit_codes.OK
+    return exit_codes.FAILED if errors or (getattr(args, "strict", False) and warnings) else exit_codes.OK
 
 
 # ---------------------------------------------------------------- dry-run

@@ -67,9 +67,9 @@ def lint_file(path: str | Path, problem: Problem | None = None) -> list[Finding]
     kind = _kind(path, text)
     if kind == "deepspeed":
         data = parse_text(path.name if path.suffix == ".json" else path.name + ".json", text)
-        return lint_deepspeed(data, path.name, p, world=p.world, world_source="--gpus x --nodes")
+        return no_contradictions(lint_deepspeed(data, path.name, p, world=p.world, world_source="--gpus x --nodes"))
     data = parse_text(path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml", text)
-    return lint_accelerate(data, path, p)
+    return no_contradictions(lint_accelerate(data, path, p))
 
 
 def _kind(path: Path, text: str) -> str:
@@ -182,6 +182,8 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
             add("error", "train_batch_size", f"{tb} is not a multiple of the world size {world}")
             batch_error = True
 
+    out += _keys_findings(data, zero, stage, file)
+
     # Offload
     for what in ("offload_optimizer", "offload_param"):
         off = zero.get(what)
@@ -270,6 +272,55 @@ def _engine_verdict(load, out: list[Finding], file: str, engine: str, *, skip_ba
             out[i] = Finding("warning", f.file, f.setting, f"{f.message} (the shipped schema says so; {engine} "
                              "accepts it)", schema=True)
     return []
+
+
+# Legacy keys DeepSpeed still reads through a deprecation shim (deepspeed/runtime/zero/config.py: the fields with
+# "deprecated": True and their "new_param"; runtime/config.py reads "bfloat16" as "bf16").
+LEGACY_ZERO = {"cpu_offload": "offload_optimizer: {\"device\": \"cpu\"}",
+               "cpu_offload_param": "offload_param: {\"device\": \"cpu\"}",
+               "cpu_offload_use_pin_memory": "pin_memory inside offload_param / offload_optimizer",
+               "stage3_gather_fp16_weights_on_model_save": "stage3_gather_16bit_weights_on_model_save"}
+
+
+def _keys_findings(data: dict, zero: dict, stage: int, file: str) -> list[Finding]:
+    """Warnings for keys DeepSpeed ignores or only reads through a deprecation shim: unknown top-level keys (with
+    the closest known one), keys of another ZeRO stage, legacy keys, overlap_comm with ZeRO-2 + CPU offload."""
+    import difflib
+
+    from .._data import load_data
+
+    out: list[Finding] = []
+    known = set(load_data("schemas/ds_top_level_keys.yaml"))
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+            out.append(Finding("warning", file, key, "unknown top-level key: DeepSpeed ignores it"
+                               + (f" (did you mean {close[0]!r}?)" if close else "")))
+    if "bfloat16" in data and "bf16" not in data:
+        out.append(Finding("warning", file, "bfloat16", "legacy name: DeepSpeed still reads it as \"bf16\"; "
+                           "write \"bf16\""))
+    for key, new in LEGACY_ZERO.items():
+        if key in zero:
+            out.append(Finding("warning", file, f"zero_optimization.{key}", f"legacy key: DeepSpeed translates it "
+                               f"(deprecated); write {new}"))
+    if stage < 3:
+        other = [k for k in zero if k.startswith("stage3_") and k not in LEGACY_ZERO]
+        if other:
+            out.append(Finding("warning", file, "zero_optimization", f"{', '.join(other)}: ZeRO-3 settings, ignored "
+                               f"at stage {stage}"))
+    off = zero.get("offload_optimizer")
+    if stage == 2 and zero.get("overlap_comm") is True and isinstance(off, dict) and off.get("device") == "cpu":
+        out.append(Finding("warning", file, "zero_optimization.overlap_comm", "true with ZeRO-2 and CPU optimizer "
+                           "offload: on affected DeepSpeed versions the loss goes to NaN or 0 "
+                           "(https://github.com/deepspeedai/DeepSpeed/issues/4298, "
+                           "https://github.com/haotian-liu/LLaVA/issues/1231); set it to false"))
+    return out
+
+
+def no_contradictions(findings: list[Finding]) -> list[Finding]:
+    """Drop a warning about a setting an error of the same run already names (the error decides)."""
+    errors = {(f.file, f.setting) for f in findings if f.severity == "error" and f.setting}
+    return [f for f in findings if not (f.severity == "warning" and (f.file, f.setting) in errors)]
 
 
 def _dev(block: Any) -> str:

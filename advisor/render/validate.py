@@ -291,7 +291,17 @@ def _pydantic_message(exc: Exception) -> tuple[str, str]:
                       "zero_optimization.offload_optimizer", "DeepSpeedZeroOffloadParamConfig":
                       "zero_optimization.offload_param"}.get(title, title)
             setting = ".".join(x for x in (prefix, loc) if x)
-            return setting, err.get("msg", str(exc))
+            msg = err.get("msg", str(exc))
+            if err.get("type") == "extra_forbidden" and title == "DeepSpeedZeroConfig":
+                import difflib
+
+                from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+                names = sorted(set(DeepSpeedZeroConfig.model_fields) | {f.alias for f in
+                               DeepSpeedZeroConfig.model_fields.values() if f.alias})
+                close = difflib.get_close_matches(str(err["loc"][-1]), names, n=1, cutoff=0.75)
+                msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else f" ({msg})")
+            return setting, msg
         except Exception:  # pragma: no cover - a pydantic shape we do not know
             pass
     text = str(exc).strip().splitlines()

@@ -228,3 +228,14 @@ def test_generated_configs_pass_their_own_check(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "fits" in printed and "0 error(s)" in printed
+
+
+def test_strict_turns_warnings_into_exit_1(tmp_path, capsys):
+    from advisor._cli import main
+
+    cfg = tmp_path / "ds.json"
+    cfg.write_text('{"train_micro_batch_size_per_gpu": 1, "zero_optimizaton": {"stage": 2}}')
+    assert main(["check", str(cfg), "--no-engine-check"]) == 0
+    out = capsys.readouterr().out
+    assert "did you mean 'zero_optimization'" in out
+    assert main(["check", str(cfg), "--no-engine-check", "--strict"]) == 1
