@@ -66,9 +66,9 @@ def lint_file(path: str | Path, problem: Problem | None = None) -> list[Finding]
     text = read_text(path)
     kind = _kind(path, text)
     if kind == "deepspeed":
-        data = parse_text(path.name if path.suffix == ".json" else path.name + ".json", text)
+        data = parse_text(path.name, text, "json")
         return no_contradictions(lint_deepspeed(data, path.name, p, world=p.world, world_source="--gpus x --nodes"))
-    data = parse_text(path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml", text)
+    data = parse_text(path.name, text, "yaml")
     return no_contradictions(lint_accelerate(data, path, p))
 
 
@@ -432,8 +432,7 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
                     "in the current directory (accelerate reads it relative to the directory you launch from)")
             else:
                 try:
-                    ds_data = parse_text(found.name if found.suffix == ".json" else found.name + ".json",
-                                         read_text(found))
+                    ds_data = parse_text(found.name, read_text(found), "json")
                 except ConfigFileError as exc:
                     add("error", "deepspeed_config.deepspeed_config_file", str(exc))
                 if ds_data is not None:

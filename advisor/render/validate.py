@@ -79,11 +79,23 @@ class Step:
 
 # ---------------------------------------------------------------- parsing
 
-def parse_text(name: str, text: str) -> Any:
-    """Parse one file by its name: YAML, JSON; raises ConfigFileError (one line) when it does not parse."""
+def parse_text(name: str, text: str, fmt: str | None = None) -> Any:
+    """Parse one file as ``fmt`` ("json" / "yaml"), else by its name; raises ConfigFileError (one line, naming
+    the file as it is called) when it does not parse."""
+    try:
+        data = _parse(name, text, fmt)
+    except RecursionError:
+        raise ConfigFileError(f"{name}: nested too deeply to be a config file") from None
+    if isinstance(data, (dict, list)) and _depth(data) > MAX_NESTING:
+        raise ConfigFileError(f"{name}: nested more than {MAX_NESTING} levels deep: not a config file") from None
+    return data
+
+
+def _parse(name: str, text: str, fmt: str | None = None) -> Any:
     import yaml
 
-    if name.endswith((".yaml", ".yml")):
+    fmt = fmt or ("yaml" if name.endswith((".yaml", ".yml")) else "json" if name.endswith(".json") else None)
+    if fmt == "yaml":
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -94,7 +106,7 @@ def parse_text(name: str, text: str) -> Any:
         if not isinstance(data, dict):
             raise ConfigFileError(f"{name}: expected a mapping of accelerate settings, got {type(data).__name__}")
         return data
-    if name.endswith(".json"):
+    if fmt == "json":
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicates)
         except json.JSONDecodeError as exc:
@@ -117,15 +129,41 @@ def _no_duplicates(pairs):
     return out
 
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024     # config files are kilobytes; this bounds what check ever reads
+MAX_NESTING = 64                       # DeepSpeed / accelerate configs nest 3-4 levels
+
+
 def read_text(path: Path) -> str:
+    """The text of a regular file of at most MAX_CONFIG_BYTES; ConfigFileError (one line, exit 2) otherwise.
+    Devices, FIFOs and folders are refused before reading (``/dev/zero`` never ends; its size says 0)."""
+    import stat
+
     try:
-        if path.stat().st_size > 4 * 1024 * 1024:
-            raise ConfigFileError(f"{path}: too large for a config file ({path.stat().st_size} bytes)")
-        return path.read_text(encoding="utf-8")
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+            raise ConfigFileError(f"{path}: {what}; give a config file")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)      # bounded even if the file grows while we read
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigFileError(f"{path}: too large for a config file (over {MAX_CONFIG_BYTES} bytes)")
+        return data.decode("utf-8")
     except ConfigFileError:
         raise
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigFileError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _depth(data: Any) -> int:
+    """How deep ``data`` nests (iterative: a deep document must not exhaust the stack here)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        obj, d = stack.pop()
+        if isinstance(obj, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_NESTING:
+                stack.extend((v, d + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
+    return deepest
 
 
 def check_shell(name: str, text: str) -> list[Finding]:

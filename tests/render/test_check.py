@@ -239,3 +239,40 @@ def test_strict_turns_warnings_into_exit_1(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "did you mean 'zero_optimization'" in out
     assert main(["check", str(cfg), "--no-engine-check", "--strict"]) == 1
+
+
+@pytest.mark.parametrize("make", ["device", "fifo", "folder", "deep_json", "deep_yaml", "too_large"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make):
+    import os
+
+    from advisor._cli import main
+
+    if make == "device":
+        target = "/dev/zero"                      # reads forever if read: must be refused before reading
+    elif make == "fifo":
+        target = str(tmp_path / "pipe.json")
+        os.mkfifo(target)                         # a reader would block forever
+    elif make == "folder":
+        target = str(tmp_path)
+    elif make == "deep_json":
+        target = tmp_path / "deep.json"
+        target.write_text("[" * 100_000 + "]" * 100_000)
+    elif make == "deep_yaml":
+        target = tmp_path / "deep.yaml"
+        target.write_text("a: " + "[" * 100_000 + "]" * 100_000)
+    else:
+        target = tmp_path / "big.json"
+        target.write_text('{"a": "' + "x" * (5 * 1024 * 1024) + '"}')
+    assert main(["check", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "internal error" not in err and "Traceback" not in err, err
+
+
+def test_messages_name_the_file_as_it_is_called(tmp_path, capsys):
+    from advisor._cli import main
+
+    f = tmp_path / "passwd"
+    f.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    assert main(["check", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "passwd.yaml" not in err and "passwd" in err
