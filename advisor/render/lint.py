@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..report import fmt_bytes
+from ..formatting import fmt_bytes
 from ..specs import GiB
 from .validate import (DS_IGNORED_WITH_FILE, ConfigFileError, EngineError, Finding, fill_auto, load_accelerate,
                        load_deepspeed, missing_dependency, parse_text, read_text, resolve_ds_path, schema_findings)
@@ -287,7 +287,7 @@ def _keys_findings(data: dict, zero: dict, stage: int, file: str) -> list[Findin
     the closest known one), keys of another ZeRO stage, legacy keys, overlap_comm with ZeRO-2 + CPU offload."""
     import difflib
 
-    from .._data import load_data
+    from ..datafiles import load_data
 
     out: list[Finding] = []
     known = set(load_data("schemas/ds_top_level_keys.yaml"))

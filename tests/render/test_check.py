@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from advisor._cli import main
+from advisor.cli import main
 
 
 def ds(**over) -> dict:
@@ -217,7 +217,7 @@ def test_check_never_crashes_on_yaml(tmp_path, capsys, cfg):
 def test_generated_configs_pass_their_own_check(tmp_path, capsys):
     """What `generate` writes must pass `check`: settings the JSON cannot hold (checkpointing, sequence
     length) come from the dsadvise.json written beside it."""
-    from advisor._cli import main
+    from advisor.cli import main
 
     out = tmp_path / "run"
     assert main(["generate", "--model", "7B", "--gpus", "4", "--vram", "24", "--out", str(out),
@@ -231,7 +231,7 @@ def test_generated_configs_pass_their_own_check(tmp_path, capsys):
 
 
 def test_strict_turns_warnings_into_exit_1(tmp_path, capsys):
-    from advisor._cli import main
+    from advisor.cli import main
 
     cfg = tmp_path / "ds.json"
     cfg.write_text('{"train_micro_batch_size_per_gpu": 1, "zero_optimizaton": {"stage": 2}}')
@@ -245,7 +245,7 @@ def test_strict_turns_warnings_into_exit_1(tmp_path, capsys):
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make):
     import os
 
-    from advisor._cli import main
+    from advisor.cli import main
 
     if make == "device":
         target = "/dev/zero"                      # reads forever if read: must be refused before reading
@@ -269,7 +269,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make):
 
 
 def test_messages_name_the_file_as_it_is_called(tmp_path, capsys):
-    from advisor._cli import main
+    from advisor.cli import main
 
     f = tmp_path / "passwd"
     f.write_text("root:x:0:0:root:/root:/bin/bash\n")
