@@ -199,7 +199,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     training = _sidecar_training(Path(args.file))
     problem = Problem(gpus=args.gpus, nodes=args.nodes, model=args.model, vram=args.vram, gpu=args.gpu,
                       cpu_ram=args.cpu_ram, seq_len=args.seq_len or training.get("seq_len", 2048),
-                      micro_batch=args.micro_batch,
+                      micro_batch=args.micro_batch or training.get("micro_batch_size"),
                       checkpointing=args.checkpointing or training.get("activation_checkpointing", "none"),
                       optimizer=args.optimizer or training.get("optimizer", "adamw"),
                       method=args.method or training.get("method", "full"),

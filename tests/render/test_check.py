@@ -276,3 +276,17 @@ def test_messages_name_the_file_as_it_is_called(tmp_path, capsys):
     assert main(["check", str(f)]) == 2
     err = capsys.readouterr().err
     assert "passwd.yaml" not in err and "passwd" in err
+
+
+def test_check_of_a_generated_folder_reads_the_micro_batch_from_dsadvise_json(tmp_path, capsys):
+    """An HF-template JSON says "auto" for the micro-batch: the fit check uses the one generate chose."""
+    from advisor.cli import main
+
+    out = tmp_path / "run"
+    assert main(["generate", "--model", "1.3b", "--gpus", "2", "--vram", "80", "--strategy", "zero2",
+                 "--micro-batch", "3", "--hf-trainer", "--out", str(out), "--no-engine-check"]) == 0
+    assert json.loads((out / "ds_config.json").read_text())["train_micro_batch_size_per_gpu"] == "auto"
+    capsys.readouterr()
+    assert main(["check", str(out / "ds_config.json"), "--gpus", "2", "--model", "1.3b", "--vram", "80",
+                 "--no-engine-check"]) == 0
+    assert "micro-batch 3 x" in capsys.readouterr().out
