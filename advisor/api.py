@@ -148,6 +148,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              freeze_layers: int = 2) -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference; raises InputError on bad input.
     ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes."""
+    from .batching import gradient_accumulation
     from .memory.core import estimate_memory
 
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model))
@@ -159,6 +160,8 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               freeze_layers=freeze_layers)
     check_against_model(resolved, training)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
+    if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)
+        gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
     est = estimate_memory(resolved, hw, training, strat)
     notes = ([seq_note] if seq_note else []) + hardware_notes(hw, vram)
     return est.model_copy(update={"notes": notes + list(est.notes)}) if notes else est

@@ -69,22 +69,10 @@ def register(sub) -> None:
 
 # ---------------------------------------------------------------- generate
 
-def gradient_accumulation_steps(training, hw) -> int:
-    from ..errors import InputError
-
-    if training.global_batch_size is None:
-        return 1
-    per_step = training.micro_batch_size * hw.world_size
-    if training.global_batch_size % per_step:
-        raise InputError(f"{training.global_batch_size} is not a multiple of micro-batch {training.micro_batch_size}"
-                         f" x {hw.world_size} GPU(s) = {per_step}: DeepSpeed needs train_batch_size = micro x "
-                         "accumulation x world", field="--global-batch")
-    return training.global_batch_size // per_step
-
-
 def plan(args):
     """(model, hw, training, strategy, gas, recommendation) from the flags, via the recommender without --strategy."""
     from ..api import build_hardware, build_strategy, build_training, hardware_notes, resolve_seq_len
+    from ..batching import gradient_accumulation
     from ..catalog.models import resolve_model
     from ..errors import InputError
 
@@ -104,7 +92,8 @@ def plan(args):
         training = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none",
                                   **train_kw)
         strategy = build_strategy(hw, args.strategy, args.offload_optimizer, args.offload_param, args.bucket_sizes)
-        return model, hw, training, strategy, gradient_accumulation_steps(training, hw), None
+        gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
+        return model, hw, training, strategy, gas, None
     if args.offload_optimizer != "none" or args.offload_param != "none":
         raise InputError("--offload-* needs --strategy (without it the recommender decides offload)",
                          field="--strategy")
@@ -132,7 +121,7 @@ def plan(args):
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..formatting import fmt_bytes
     from ..render.render import render_files
-    from ..render.validate import errors_of, validate_files
+    from ..render.validate import StepStatus, errors_of, validate_files
     from ..render.write import write_files
 
     model, hw, training, strategy, gas, rec = plan(args)
@@ -166,10 +155,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
               f"{fmt_bytes(hw.vram_bytes)} per GPU")
         for note in getattr(args, "assumed", []):
             print(f"assumed: {note}")
-        checked = [s.name for s in steps if s.status == "pass"]
+        checked = [s.name for s in steps if s.status == StepStatus.PASS]
         print("checked: " + ", ".join(checked))
         for s in steps:
-            if s.status == "skip":
+            if s.status == StepStatus.SKIP:
                 print(f"not checked: {s.name}: {s.detail}")
     if not est.fits:
         print(f"dsadvise: warning: by the estimate this does not fit ({fmt_bytes(est.per_gpu.total)} per GPU of "
