@@ -107,7 +107,7 @@ def collect(mirrors: Path) -> None:
 UNAVAILABLE = re.compile(r"not installed|No module named|is not available|pip install|requires? .* to be installed|"
                          r"could not find .* executable|command not found|were not found|"
                          # the engine itself crashed (a bug of that version), which is no verdict on the file
-                         r"^(AttributeError|TypeError|KeyError|NameError):", re.I)
+                         r"^AttributeError:", re.I)
 
 
 def _gloo_world1() -> None:
@@ -236,7 +236,7 @@ def hf_trainer_config(cfg: dict, world: int) -> dict:
     return deepspeed_config(filled, world)
 
 
-def deepspeed_verdict(path: Path, gpus: int | None = None) -> dict:
+def deepspeed_verdict(path: Path, gpus: int | None = None, plain: bool = False) -> dict:
     """The engines' verdict on a DeepSpeed JSON (plain DeepSpeed, or the HF Trainer for an "auto" template), at
     ``gpus`` ranks when the reporter's world size is known, else at the world the file implies."""
     try:
@@ -246,7 +246,10 @@ def deepspeed_verdict(path: Path, gpus: int | None = None) -> dict:
     _gloo_world1()
     world = gpus or _implied_world(cfg)
     out: dict = {"world": world or 1}
-    if _has_auto(cfg):
+    if plain:
+        out["engine"] = "DeepSpeedConfig (a custom loop: nothing fills \"auto\")"
+        out.update(deepspeed_config(cfg, world or 1))
+    elif _has_auto(cfg):
         out["engine"] = "transformers TrainingArguments + DeepSpeedConfig"
         out.update(hf_trainer_config(cfg, world or 1))
     else:
@@ -329,7 +332,7 @@ def _accelerate_from(path: Path, cwd_for_launch: Path) -> dict:
 def engine_verdict(entry: dict) -> dict:
     path = FILES / entry["file"]
     if entry["kind"] == "deepspeed":
-        return deepspeed_verdict(path, entry.get("gpus"))
+        return deepspeed_verdict(path, entry.get("gpus"), plain=bool(entry.get("script")))
     return accelerate_verdict(path.resolve(), (FILES / entry["file"].split("/")[0]).resolve())
 
 
@@ -420,7 +423,8 @@ def check_entry(entry: dict) -> dict:
     cwd = os.getcwd()
     os.chdir(FILES / entry["file"].split("/")[0])
     try:
-        findings = lint_file(path, Problem(gpus=entry.get("gpus")))
+        script = str((FILES / entry["script"]).resolve()) if entry.get("script") else None
+        findings = lint_file(path, Problem(gpus=entry.get("gpus"), script=script))
     except Exception as exc:
         return {"errors": [f"{type(exc).__name__}: {exc}"], "warnings": []}
     finally:

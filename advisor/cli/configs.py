@@ -36,7 +36,7 @@ def register(sub) -> None:
                                    "read.")
     p.add_argument("file", metavar="FILE", help="ds_config.json or accelerate_config.yaml")
     flags.add(p, ("--gpus", "--nodes", "--model", "--vram", "--gpu", "--cpu-ram", "--seq-len", "--micro-batch",
-                  "--checkpointing", "--optimizer", "--method", "--no-engine-check", "--json", "--strict"),
+                  "--checkpointing", "--optimizer", "--method", "--no-engine-check", "--json", "--strict", "--script"),
               gpus={"default": None, "help": "GPUs per node (checks the batch arithmetic)"},
               nodes={"default": None, "help": "number of nodes"},
               model={"help": "model (size, catalog name or config.json) for the fit check"},
@@ -199,7 +199,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                       checkpointing=args.checkpointing or training.get("activation_checkpointing", "none"),
                       optimizer=args.optimizer or training.get("optimizer", "adamw"),
                       method=args.method or training.get("method", "full"),
-                      engines=not args.no_engine_check)
+                      engines=not args.no_engine_check, script=args.script)
     findings = lint_file(args.file, problem)
     errors = [f for f in findings if f.severity == "error"]
     warnings = [f for f in findings if f.severity == "warning"]

@@ -172,6 +172,8 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--no-engine-check", "skip loading the rendered files in accelerate and DeepSpeed before writing",
          action="store_true"),
     Flag("--strict", "exit 1 on warnings too (for CI)", action="store_true"),
+    Flag("--script", "the training script (check: a custom loop around deepspeed.initialize cannot take \"auto\")",
+         metavar="PY"),
     Flag("--timeout", "seconds for the whole dry-run (default 300)", seconds, default=300),
     Flag("--keep-logs", "copy the launch log and per-rank results here", metavar="LOGDIR"),
 )

@@ -38,6 +38,7 @@ class Problem:
     optimizer: str = "adamw"
     method: str = "full"
     engines: bool = True
+    script: str | None = None        # the training script: does it run its own loop (deepspeed.initialize)?
 
     @property
     def world(self) -> int | None:
@@ -242,13 +243,41 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
             "\"zero_optimization\": {\"stage\": 0} (plain deepspeed, which treats a missing block as stage 0, cannot "
             "fill \"auto\")")
 
+    # A custom loop (deepspeed.initialize in the script, no HF Trainer / Accelerator): nothing fills "auto", so
+    # DeepSpeed reads the file as it is.
+    own_loop = bool(p.script) and _has_auto(data) and script_loop(p.script) == "deepspeed"
+    if own_loop:
+        add("error", "", f"\"auto\" values with {Path(p.script).name}, which calls deepspeed.initialize itself: only "
+            "the HF Trainer and accelerate fill \"auto\"; plain DeepSpeed reads them as they are (write numbers)")
+
     # The engine itself: the authority. Its refusal is always reported in its own words; a schema error it
     # accepts is only a warning (the shipped schema is stricter than this DeepSpeed).
     if p.engines:
-        out += _engine_verdict(lambda: load_deepspeed(fill_auto(data, micro_batch=p.micro_batch or 1)[0],
-                                                      eff_world or 1, file),
+        cfg = data if own_loop else fill_auto(data, micro_batch=p.micro_batch or 1)[0]
+        out += _engine_verdict(lambda: load_deepspeed(cfg, eff_world or 1, file),
                                out, file, "DeepSpeed", skip_batch=batch_error)
     return out
+
+
+def _has_auto(obj: Any) -> bool:
+    if isinstance(obj, dict):
+        return any(_has_auto(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_auto(v) for v in obj)
+    return obj == "auto"
+
+
+def script_loop(path: str | Path) -> str:
+    """Who runs the training loop of a Python script: "hf" (Trainer, an Accelerator), "deepspeed" (its own loop
+    around deepspeed.initialize), or "unknown". Read as text (bounded), never imported."""
+    import re
+
+    text = read_text(Path(path))
+    if re.search(r"\b(\w*Trainer|Accelerator)\s*\(", text):
+        return "hf"
+    if re.search(r"\bdeepspeed\.initialize\s*\(", text):
+        return "deepspeed"
+    return "unknown"
 
 
 def _engine_verdict(load, out: list[Finding], file: str, engine: str, *, skip_batch: bool = False) -> list[Finding]:

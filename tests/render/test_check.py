@@ -290,3 +290,21 @@ def test_check_of_a_generated_folder_reads_the_micro_batch_from_dsadvise_json(tm
     assert main(["check", str(out / "ds_config.json"), "--gpus", "2", "--model", "1.3b", "--vram", "80",
                  "--no-engine-check"]) == 0
     assert "micro-batch 3 x" in capsys.readouterr().out
+
+
+def test_an_auto_template_with_a_custom_deepspeed_loop_is_an_error(tmp_path, capsys):
+    """Only the HF Trainer / accelerate fill "auto": a script of its own around deepspeed.initialize gets the
+    file as it is, and DeepSpeed's own refusal is reported too."""
+    from advisor.cli import main
+
+    cfg = tmp_path / "ds.json"
+    cfg.write_text('{"train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", '
+                   '"zero_optimization": {"stage": 2}}')
+    loop = tmp_path / "train.py"
+    loop.write_text("import deepspeed\nengine, *_ = deepspeed.initialize(model=m, config='ds.json')\n")
+    hf = tmp_path / "train_hf.py"
+    hf.write_text("from transformers import Trainer\nTrainer(model=m, args=a).train()\n")
+    assert main(["check", str(cfg), "--script", str(loop)]) == 1
+    out = capsys.readouterr().out
+    assert "calls deepspeed.initialize itself" in out and "DeepSpeed refuses it" in out
+    assert main(["check", str(cfg), "--script", str(hf)]) == 0

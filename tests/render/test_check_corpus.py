@@ -57,6 +57,7 @@ LIVE = ["huggingface__accelerate/examples/deepspeed_config_templates/zero_stage3
         "deepspeed_bsz4k_onebitadam_config_seq128_nccl.json",                                          # no ZeRO, ok
         "huggingface__transformers/tests/deepspeed/ds_config_zero3.json",                              # refused
         "issues/DeepSpeed-6914_batch.json",                                                            # refused
+        "issues/FAI-RL-70_auto_plain.json",                                              # refused, custom loop
         "huggingface__accelerate/tests/test_configs/latest_fsdp.yaml",                                 # FSDP ok
         "huggingface__accelerate/examples/slurm/fsdp_config.yaml",                                     # refused
         "huggingface__accelerate/tests/test_configs/0_34_0_fp8.yaml"]                                  # unavailable
