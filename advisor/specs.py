@@ -27,6 +27,8 @@ class GPUInfo(_Spec):
 
     name: str
     vendor: Literal["nvidia", "amd"] = "nvidia"
+    generation: str = Field("unknown", description="architecture generation, picks the step-time model's "
+                                                   "achievable fraction of peak (advisor/data/step_time.yaml)")
     memory_bytes: int = Field(gt=0)
     bf16: bool
     fp16_tflops: float = Field(gt=0, description="peak dense fp16 tensor TFLOPS")
