@@ -178,7 +178,7 @@ def test_resolve_config_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match="not valid JSON"):
         resolve_model(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
-    with pytest.raises(InputError, match="unsupported model_type 't5'"):
+    with pytest.raises(InputError, match=r"config.json: dsadvise estimates causal language models; t5 is an encoder-decoder"):
         resolve_model(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in TINY.items() if k != "vocab_size"}))
     with pytest.raises(InputError, match="vocab_size is missing"):
