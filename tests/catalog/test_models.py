@@ -144,9 +144,9 @@ def test_size_synthesizes_llama_style(text):
 
 
 def test_synthesized_shape_follows_nearest_reference():
-    r = resolve_model("5B")   # between llama-3.2-3b and llama-2-7b; no model within 15%
-    assert "shaped like llama-2-7b" in r.note
-    assert (r.architecture.hidden_size, r.architecture.num_attention_heads) == (4096, 32)
+    r = resolve_model("5B")   # between qwen3-4b (4.02B) and llama-2-7b; no model within 15%
+    assert "shaped like qwen3-4b" in r.note
+    assert (r.architecture.hidden_size, r.architecture.num_attention_heads) == (2560, 32)
 
 
 @settings(max_examples=200, deadline=None)
