@@ -54,6 +54,7 @@ def traced_activation_memory(arch: Architecture, training: TrainingSpec, mode: s
 
     settings, _ = trace_settings(training, mode)
     r = trace_model(json.loads(arch.source_config), settings)
+    # (r.attention may be "eager" where transformers has no SDPA path for the family: that is what runs)
     layers = sum(r.saved_per_layer)
     breakdown = {
         "outside_layers": r.saved_fixed,      # embeddings, rotary tables, final norm, logits and loss

@@ -61,6 +61,7 @@ class TraceResult(BaseModel):
     model_type: str
     architecture_class: str
     settings: TraceSettings
+    attention: str                            # the implementation traced (eager where the class has no SDPA path)
     num_layers: int
     layer_kinds: tuple[str, ...]              # kind of each decoder layer (signature of its shapes/type)
     traced_prefix: int                       # layers of the model actually traced (largest prefix)

@@ -134,8 +134,10 @@ def _num_layers(config) -> int:
 
 
 def _per_layer_lists(text) -> dict[str, list]:
+    """Config lists with one entry per decoder layer (``layer_types``, ``no_rope_layers``, ...)."""
     n = text.num_hidden_layers
-    return {k: v for k, v in vars(text).items() if isinstance(v, list) and len(v) == n and not k.startswith("_")}
+    return {k: v for k, v in vars(text).items()
+            if isinstance(v, list) and len(v) == n and "layer" in k and not k.startswith("_")}
 
 
 def _prefix_config(config, k: int):
@@ -257,7 +259,7 @@ def _parameters(model, n_layers: int, config) -> TracedParameters:
     # reaches top-k of them
     text = _text_config(config)
     top_k = next((getattr(text, k) for k in ("num_experts_per_tok", "experts_per_token", "moe_topk",
-                                             "num_experts_per_token") if isinstance(getattr(text, k, None), int)), 0)
+                                             "num_experts_per_token", "moe_k") if isinstance(getattr(text, k, None), int)), 0)
     idle = 0
     for m in layers.modules():
         e = getattr(m, "num_experts", None)
@@ -356,11 +358,24 @@ def _alloc_mode():
 
 
 @contextlib.contextmanager
-def _fake_friendly_masks() -> Iterator[None]:
+def _fake_friendly() -> Iterator[None]:
     """transformers reads mask values to skip the causal mask for SDPA; under fake tensors it cannot, so it is
-    told what a plain unpadded, unpacked batch tells it on a GPU (module docstring)."""
+    told what a plain unpadded, unpacked batch tells it on a GPU (module docstring). MoE experts: torch's
+    ``_grouped_mm`` meta kernel accepts bf16 only (the CUDA kernel's rule), so other dtypes take transformers'
+    own fallback op (``_grouped_mm_fallback``, same inputs saved), as they must on a GPU."""
+    import torch
     import transformers.masking_utils as mu
 
+    try:
+        import transformers.integrations.moe as moe
+        orig_can = moe._can_use_grouped_mm
+
+        def can(input, weight, offs):
+            return weight.dtype == torch.bfloat16 and orig_can(input, weight, offs)
+
+        moe._can_use_grouped_mm = can
+    except (ImportError, AttributeError):
+        moe = None
     orig_ignore, orig_packed = mu._ignore_causal_mask_sdpa, mu.find_packed_sequence_indices
 
     def ignore(padding_mask, q_length, kv_length, q_offset, kv_offset, local_attention_size=None):
@@ -372,6 +387,8 @@ def _fake_friendly_masks() -> Iterator[None]:
         yield
     finally:
         mu._ignore_causal_mask_sdpa, mu.find_packed_sequence_indices = orig_ignore, orig_packed
+        if moe is not None:
+            moe._can_use_grouped_mm = orig_can
 
 
 class _Prefix:
@@ -395,7 +412,7 @@ def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) ->
     text.use_cache = False
     cfg.use_cache = False
     fake = FakeTensorMode(allow_non_fake_inputs=True)
-    with fake, _fake_friendly_masks(), cuda_semantics(low):
+    with fake, _fake_friendly(), cuda_semantics(low):
         model = _instantiate(cfg, settings.attention, wdtype)
         if settings.checkpointing == "full":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -463,8 +480,15 @@ def trace_model(cfg: dict, settings: TraceSettings, *, source: str = "config.jso
 
     n = _num_layers(config)
     wdtype, _ = _dtypes(settings.mode)
+    attention = settings.attention
     with torch.device("meta"):
-        full = _instantiate(config, settings.attention, wdtype)
+        try:
+            full = _instantiate(config, attention, wdtype)
+        except ValueError as exc:   # e.g. GPT-OSS (attention sinks): no SDPA path in transformers
+            if attention == "eager" or "attention implementation" not in str(exc):
+                raise
+            attention = "eager"
+            full = _instantiate(config, attention, wdtype)
     full = _apply_method(full, settings, n)
     params = _parameters(full, n, config)
     kinds = _kinds(_layer_list(full, n), _text_config(config))
@@ -478,10 +502,10 @@ def trace_model(cfg: dict, settings: TraceSettings, *, source: str = "config.jso
     if settings.method == "freeze":   # the trainable layers are the last ones: trace the whole depth's tail
         prefix = max(prefix, min(n, settings.freeze_trainable_layers + 1))
     lengths = sorted({prefix} | {j for j in rep.values()} | {j + 1 for j in rep.values()})
-    traced = {k: _trace_prefix(config, k, settings if settings.method != "freeze" else settings, k == prefix)
-              for k in lengths} if settings.method != "freeze" else None
-    if traced is None:
+    if settings.method == "freeze":
         raise InputError("the tracer does not trace method=freeze yet", field="method")
+    run = settings.model_copy(update={"attention": attention})
+    traced = {k: _trace_prefix(config, k, run, k == prefix) for k in lengths}
     cost = {kind: traced[j + 1].activations - traced[j].activations for kind, j in rep.items()}
     copies = {kind: traced[j + 1].weight_copies - traced[j].weight_copies for kind, j in rep.items()}
     per_layer = tuple(cost.get(kind, 0) for kind in kinds)
@@ -490,7 +514,8 @@ def trace_model(cfg: dict, settings: TraceSettings, *, source: str = "config.jso
     fixed = total - sum(per_layer)
     weight_copies = top.weight_copies + sum(copies.get(kind, 0) for kind in kinds[prefix:])
     result = TraceResult(
-        model_type=str(cfg.get("model_type")), architecture_class=arch_class, settings=settings, num_layers=n,
+        model_type=str(cfg.get("model_type")), architecture_class=arch_class, settings=settings,
+        attention=attention, num_layers=n,
         layer_kinds=kinds, traced_prefix=prefix, parameters=params, activations=total, saved_fixed=fixed,
         saved_per_layer=per_layer, weight_copies=weight_copies, logits_held=top.logits,
         temporaries=top.temporaries, events=tuple(top.events), seconds=round(time.perf_counter() - start, 3),
