@@ -180,6 +180,17 @@ def _instantiate(config, attn: str, wdtype):
     return model
 
 
+def _instantiate_any(config, attn: str, wdtype):
+    """:func:`_instantiate` with ``attn``, or with eager attention where the family has no SDPA path in
+    transformers (GPT-OSS's attention sinks, Gemma-2's soft-capping): what from_config would run."""
+    try:
+        return _instantiate(config, attn, wdtype), attn
+    except ValueError as exc:
+        if attn == "eager" or "attention implementation" not in str(exc):
+            raise
+        return _instantiate(config, "eager", wdtype), "eager"
+
+
 def _layer_list(model, n: int):
     import torch
 
@@ -399,6 +410,9 @@ class _Prefix:
         self.temporaries, self.events = temporaries, events
 
 
+_ATTN_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout", "attn_dropout", "attention_probs_dropout_prob")
+
+
 def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) -> _Prefix:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -409,6 +423,13 @@ def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) ->
     wdtype, low = _dtypes(settings.mode)
     cfg = _prefix_config(config, k)
     text = _text_config(cfg)
+    if settings.attention == "sdpa":
+        # CUDA's fused SDPA kernels regenerate the attention-dropout mask from a Philox seed (nothing of size
+        # b*h*s*s is saved); CPU has no fused SDPA dropout kernel and would take the math path. Traced with
+        # attention dropout off, as the harness measures (benchmarks/measure.py, _sdpa_no_attn_dropout).
+        for key in _ATTN_DROPOUT_KEYS:
+            if getattr(text, key, None):
+                setattr(text, key, 0.0)
     text.use_cache = False
     cfg.use_cache = False
     fake = FakeTensorMode(allow_non_fake_inputs=True)
@@ -480,15 +501,8 @@ def trace_model(cfg: dict, settings: TraceSettings, *, source: str = "config.jso
 
     n = _num_layers(config)
     wdtype, _ = _dtypes(settings.mode)
-    attention = settings.attention
     with torch.device("meta"):
-        try:
-            full = _instantiate(config, attention, wdtype)
-        except ValueError as exc:   # e.g. GPT-OSS (attention sinks): no SDPA path in transformers
-            if attention == "eager" or "attention implementation" not in str(exc):
-                raise
-            attention = "eager"
-            full = _instantiate(config, attention, wdtype)
+        full, attention = _instantiate_any(config, settings.attention, wdtype)
     full = _apply_method(full, settings, n)
     params = _parameters(full, n, config)
     kinds = _kinds(_layer_list(full, n), _text_config(config))
@@ -548,7 +562,7 @@ def trace_parameters(cfg: dict, settings: TraceSettings | None = None, *, source
 
     n = _num_layers(config)
     with torch.device("meta"):
-        full = _instantiate(config, "sdpa", torch.float32)
+        full, _ = _instantiate_any(config, "sdpa", torch.float32)
     full = _apply_method(full, settings, n)
     params = _parameters(full, n, config)
     if use_cache:
