@@ -136,8 +136,8 @@ def _num_layers(config) -> int:
 def _per_layer_lists(text) -> dict[str, list]:
     """Config lists with one entry per decoder layer (``layer_types``, ``no_rope_layers``, ...)."""
     n = text.num_hidden_layers
-    return {k: v for k, v in vars(text).items()
-            if isinstance(v, list) and len(v) == n and "layer" in k and not k.startswith("_")}
+    return {k: v for k, v in vars(text).items()   # an index list that happens to name every layer is not one
+            if isinstance(v, list) and len(v) == n and "layer" in k and not k.startswith("_") and v != list(range(n))}
 
 
 def _prefix_config(config, k: int):
@@ -224,7 +224,7 @@ def _apply_method(model, settings: TraceSettings, n_layers: int):
     lcfg = LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, lora_dropout=0.0,
                       target_modules=targets, task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, lcfg)
+        return get_peft_model(model, lcfg, low_cpu_mem_usage=True)
     except ValueError as exc:
         raise InputError(f"LoRA: {' '.join(str(exc).split())[:200]}", field="lora.target_modules") from None
 
@@ -274,8 +274,10 @@ def _parameters(model, n_layers: int, config) -> TracedParameters:
     idle = 0
     for m in layers.modules():
         e = getattr(m, "num_experts", None)
-        own = [p for p in m.parameters(recurse=False) if p.dim() >= 2 and isinstance(e, int) and p.shape[0] == e]
-        if own and top_k and e > top_k:
+        own = [p for p in m.parameters(recurse=False) if isinstance(e, int) and p.dim() >= 2 and p.shape[0] == e]
+        if not any(p.dim() >= 3 for p in own):   # a router's [num_experts, hidden] weight is not an expert
+            continue
+        if top_k and e > top_k:
             idle += sum(p.numel() for p in own) * (e - top_k) // e
     return TracedParameters(total=total, trainable=trainable, embedding=embedding, lm_head=lm_head,
                             per_layer=per_layer, largest_module=largest, active_per_token=total - idle)
@@ -413,6 +415,27 @@ class _Prefix:
 _ATTN_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout", "attn_dropout", "attention_probs_dropout_prob")
 
 
+def _fakeify(model, fake_mode) -> None:
+    """Replace the meta parameters and buffers of ``model`` by fake CPU tensors (tied weights stay tied)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    cpu = torch.device("cpu")
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in memo:
+                memo[id(p)] = torch.nn.Parameter(FakeTensor(fake_mode, p.data, cpu), requires_grad=p.requires_grad)
+            module._parameters[name] = memo[id(p)]
+        for name, b in list(module._buffers.items()):
+            if b is not None and b.device.type == "meta":
+                if id(b) not in memo:
+                    memo[id(b)] = FakeTensor(fake_mode, b, cpu)
+                module._buffers[name] = memo[id(b)]
+
+
 def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) -> _Prefix:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -433,11 +456,21 @@ def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) ->
     text.use_cache = False
     cfg.use_cache = False
     fake = FakeTensorMode(allow_non_fake_inputs=True)
+    if settings.method == "lora":
+        # PEFT moves its adapters with .to(), which cannot swap fake tensors: build and wrap on the meta
+        # device, then give every parameter and buffer a fake CPU twin (same shape, dtype, requires_grad)
+        with torch.device("meta"):
+            model = _instantiate(cfg, settings.attention, wdtype)
+            if settings.checkpointing == "full":
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = _apply_method(model, settings, k)
+        _fakeify(model, fake)
     with fake, _fake_friendly(), cuda_semantics(low):
-        model = _instantiate(cfg, settings.attention, wdtype)
-        if settings.checkpointing == "full":
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model = _apply_method(model, settings, k)
+        if settings.method != "lora":
+            model = _instantiate(cfg, settings.attention, wdtype)
+            if settings.checkpointing == "full":
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = _apply_method(model, settings, k)
         saved = _Saved(model)
         vocab = int(text.vocab_size)
         ids = torch.zeros((settings.batch, settings.seq_len), dtype=torch.long)
