@@ -416,7 +416,9 @@ def architecture_from_hf_config(cfg: dict, *, source: str = "config.json") -> Ar
         raise NeedsTrace(f"model_type {model_type!r} has no arithmetic family")
     reader = _Reader(cfg, source, model_type)
     try:
-        return _BUILDERS[model_type](reader)
+        arch = _BUILDERS[model_type](reader)
+        # the config itself travels with the shape: families the activation replay does not cover are traced
+        return arch.model_copy(update={"source_config": json.dumps(cfg, sort_keys=True, default=str)})
     except ValidationError as exc:   # a value the readers let through but Architecture refuses
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err.get("loc", ())) or "config"

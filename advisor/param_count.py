@@ -110,7 +110,7 @@ def count_parameters(arch: Architecture) -> ParameterCounts:
     if arch.traced:   # no arithmetic family: counted on the real model's meta-device build
         from advisor.trace.estimate import traced_counts
 
-        return traced_counts(arch)
+        return ParameterCounts(**traced_counts(arch))
     h, vocab = arch.hidden_size, arch.vocab_size
     emb_dim = arch.word_embed_proj_dim or h
     projection = emb_dim * h if arch.word_embed_proj_dim else 0   # OPT project_in / project_out, no bias

@@ -202,6 +202,16 @@ def _existing_path(text: str) -> Path | None:
         return None
 
 
+def _activation_note(arch: Architecture) -> str:
+    """What the user must be told when the activations of an arithmetic family come from a trace."""
+    from advisor.memory.activations import REPLAYED_FAMILIES
+
+    if arch.family in REPLAYED_FAMILIES:
+        return ""
+    return (f"; parameters by arithmetic, activations traced on the real transformers model ({arch.family} has "
+            f"no forward replay; needs torch and transformers, cached after the first run per setting)")
+
+
 def _traced(cfg: dict, file: str, name: str, why: str) -> ResolvedModel:
     """A config without an arithmetic family: traced on the real transformers model, or refused in one line."""
     try:
@@ -232,7 +242,7 @@ def _from_config(path: Path) -> ResolvedModel:
     return ResolvedModel(
         name=name, architecture=arch, source="config",
         note=f"{file}: {arch.family}, {arch.num_layers} layers, hidden {arch.hidden_size} "
-             f"({human_count(total)} parameters)")
+             f"({human_count(total)} parameters){_activation_note(arch)}")
 
 
 def resolve_model(text: str) -> ResolvedModel:
@@ -248,7 +258,8 @@ def resolve_model(text: str) -> ResolvedModel:
     if model is not None:
         return ResolvedModel(
             name=model.name, architecture=model.architecture, source="catalog",
-            note=f"{model.name}: {model.description} ({model.hf_id}, {human_count(model.parameters)} parameters)")
+            note=f"{model.name}: {model.description} ({model.hf_id}, {human_count(model.parameters)} parameters)"
+                 f"{_activation_note(model.architecture)}")
     target = parse_size(text)
     if target is not None:
         return _from_size(text, target)

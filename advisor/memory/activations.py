@@ -907,9 +907,10 @@ REPLAYED_FAMILIES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", 
 def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeMode) -> ActivationEstimate:
     """Saved-for-backward bytes of one micro-batch and the backward transient peak on top (per GPU)."""
     if arch.traced or arch.family not in REPLAYED_FAMILIES:   # no replay for this family: the real model, traced
-        from advisor.trace.estimate import traced_activation_memory
+        from advisor.trace.estimate import traced_activation_terms
 
-        return traced_activation_memory(arch, training, mode)
+        activations, temporaries, breakdown = traced_activation_terms(arch, training, mode)
+        return ActivationEstimate(activations=activations, temporaries=temporaries, breakdown=breakdown)
     ckpt = training.activation_checkpointing
     if arch.attn_logit_softcapping and training.attention == "sdpa":
         # transformers' sdpa_attention_forward refuses softcap (Gemma-2): the model runs eager attention

@@ -21,6 +21,15 @@ def traced_architecture(cfg: dict, source: str = "config.json") -> tuple[Archite
     return arch, arch_class
 
 
+def config_at_depth(arch: Architecture) -> dict:
+    """The HF config of ``arch`` with its layer count set to ``arch.num_layers`` (a copy may have changed it)."""
+    cfg = json.loads(arch.source_config)
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in cfg or key == "num_hidden_layers":
+            cfg[key] = arch.num_layers
+    return cfg
+
+
 def trace_settings(training: TrainingSpec, mode: str) -> tuple[TraceSettings, list[str]]:
     """The trace settings for a training spec, and what had to be approximated (said to the user)."""
     notes: list[str] = []
@@ -47,13 +56,15 @@ def trace_settings(training: TrainingSpec, mode: str) -> tuple[TraceSettings, li
                          lora_targets=targets), notes
 
 
-def traced_activation_memory(arch: Architecture, training: TrainingSpec, mode: str):
-    """ActivationEstimate of a traced architecture: saved bytes and backward transient from the trace."""
-    from advisor.memory.activations import ActivationEstimate
+def traced_activation_terms(arch: Architecture, training: TrainingSpec, mode: str) -> tuple[int, int, dict[str, int]]:
+    """(activations, temporaries, breakdown) in bytes of a traced architecture, in the shape of
+    :class:`advisor.memory.activations.ActivationEstimate` (built there: no import cycle)."""
     from advisor.trace.tracer import trace_model
 
+    if arch.source_config is None:
+        raise ValueError(f"{arch.family}: no config to trace (an Architecture built without one)")
     settings, _ = trace_settings(training, mode)
-    r = trace_model(json.loads(arch.source_config), settings)
+    r = trace_model(config_at_depth(arch), settings)
     # (r.attention may be "eager" where transformers has no SDPA path for the family: that is what runs)
     layers = sum(r.saved_per_layer)
     breakdown = {
@@ -68,19 +79,18 @@ def traced_activation_memory(arch: Architecture, training: TrainingSpec, mode: s
     }
     if r.weight_copies:
         breakdown["info:autocast_weight_copies"] = r.weight_copies
-    return ActivationEstimate(activations=r.activations, temporaries=r.temporaries, breakdown=breakdown)
+    return r.activations, r.temporaries, breakdown
 
 
-def traced_counts(arch: Architecture):
-    """ParameterCounts of a traced architecture (hybrid layers: ``per_layer`` is the largest layer)."""
-    from advisor.param_count import ParameterCounts
+def traced_counts(arch: Architecture) -> dict[str, int]:
+    """The fields of :class:`advisor.param_count.ParameterCounts` for a traced architecture (element counts;
+    hybrid layers: ``per_layer`` is the largest layer)."""
     from advisor.trace.tracer import trace_parameters
 
-    p = trace_parameters(json.loads(arch.source_config))
+    p = trace_parameters(config_at_depth(arch))
     per_layer = max(p.per_layer, default=0)
-    return ParameterCounts(total=p.total, embedding=p.embedding, lm_head=p.lm_head, per_layer=per_layer, final=0,
-                           active_per_token=p.active_per_token, largest_module=p.largest_module,
-                           layer_gathered=per_layer)
+    return dict(total=p.total, embedding=p.embedding, lm_head=p.lm_head, per_layer=per_layer, final=0,
+                active_per_token=p.active_per_token, largest_module=p.largest_module, layer_gathered=per_layer)
 
 
 def traced_lora_trainable(arch: Architecture, rank: int, targets: tuple[str, ...]) -> int:
@@ -88,4 +98,4 @@ def traced_lora_trainable(arch: Architecture, rank: int, targets: tuple[str, ...
     from advisor.trace.tracer import trace_parameters
 
     settings = TraceSettings(seq_len=1, method="lora", lora_rank=rank, lora_targets=tuple(targets))
-    return trace_parameters(json.loads(arch.source_config), settings).trainable
+    return trace_parameters(config_at_depth(arch), settings).trainable

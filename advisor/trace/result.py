@@ -47,7 +47,8 @@ class TraceEvent(BaseModel):
 
     phase: Literal["forward", "backward"]
     delta: int
-    op: str
+    op: str               # the aten op whose output allocated it (for a free: the op after which it was seen gone)
+    storage: int          # storage id: an allocation and its free share it
 
 
 class TraceResult(BaseModel):

@@ -331,7 +331,7 @@ class _Saved:
         return sum(n for n, wc in self.seen.values() if wc)
 
 
-def _alloc_mode():
+def _alloc_mode(existing=()):
     import torch
     from torch.multiprocessing.reductions import StorageWeakRef
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -340,8 +340,9 @@ def _alloc_mode():
     class Alloc(TorchDispatchMode):
         """Allocation (+) and release (−) of every storage an op creates, in program order."""
 
-        def __init__(self):
+        def __init__(self, existing=()):
             super().__init__()
+            self.existing = {StorageWeakRef(t.untyped_storage()) for t in existing}   # parameters, inputs: not ours
             self.live: dict[Any, tuple[int, int]] = {}   # storage key → (bytes, event index)
             self.events: list[list] = []                 # [phase, delta, op, key id]
             self.phase = "forward"
@@ -361,13 +362,13 @@ def _alloc_mode():
                     st = t.untyped_storage()
                     n = st.nbytes()
                     key = StorageWeakRef(st)
-                    if n and key not in self.live:
+                    if n and key not in self.live and key not in self.existing:
                         self._ids += 1
                         self.live[key] = (n, self._ids)
                         self.events.append([self.phase, n, name, self._ids])
             return out
 
-    return Alloc()
+    return Alloc(existing)
 
 
 @contextlib.contextmanager
@@ -475,7 +476,7 @@ def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) ->
         vocab = int(text.vocab_size)
         ids = torch.zeros((settings.batch, settings.seq_len), dtype=torch.long)
         del vocab
-        alloc = _alloc_mode()
+        alloc = _alloc_mode([*model.parameters(), *model.buffers(), ids])
         ac = torch.autocast("cpu", dtype=low) if low is not None else contextlib.nullcontext()
         with alloc:
             with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t), ac:
@@ -498,7 +499,7 @@ def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) ->
     base = saved.activations + saved.weight_copies
     temporaries = max(peak - base, 0)
     del fwd_end
-    kept = [TraceEvent(phase=p, delta=d, op=o) for p, d, o, _ in events[:_MAX_EVENTS]] if want_events else []
+    kept = [TraceEvent(phase=p, delta=d, op=o, storage=i) for p, d, o, i in events[:_MAX_EVENTS]] if want_events else []
     return _Prefix(saved.activations, saved.weight_copies, logits, temporaries, kept)
 
 

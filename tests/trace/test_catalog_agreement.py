@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from advisor._data import load_data  # noqa: E402
+from advisor.datafiles import load_data  # noqa: E402
 from advisor.hf_config import architecture_from_hf_config  # noqa: E402
 from advisor.memory.activations import REPLAYED_FAMILIES, activation_memory  # noqa: E402
 from advisor.param_count import count_parameters  # noqa: E402
