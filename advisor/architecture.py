@@ -68,7 +68,9 @@ class Architecture(BaseModel):
 
     traced: bool = Field(False, description="no arithmetic family: parameters and activations come from a "
                                             "trace of the real transformers model (advisor/trace)")
-    source_config: str | None = Field(None, description="the HF config (canonical JSON) a traced model is built from")
+    source_config: str | None = Field(None, exclude=True,
+                                      description="the HF config (canonical JSON) the shape was read from; traced "
+                                                  "families are built from it (not dumped)")
 
     @property
     def is_moe(self) -> bool:
