@@ -73,7 +73,9 @@ def test_estimate_of_a_catalog_model_imports_no_torch():
 
 
 def test_allocation_sequence_is_recorded():
-    result = trace_model(CASES["qwen3"], TraceSettings(seq_len=16), use_cache=False)
+    cfg = dict(CASES["qwen3"], num_hidden_layers=2)   # the prefix traced is the whole model
+    result = trace_model(cfg, TraceSettings(seq_len=16), use_cache=False)
+    assert result.traced_prefix == result.num_layers
     phases = {e.phase for e in result.events}
     assert phases == {"forward", "backward"}
     level = peak = 0
