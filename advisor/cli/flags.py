@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, NamedTuple, get_args
 
 from .. import choices
 
@@ -79,9 +78,9 @@ def seconds(text: str) -> float:
 
 # ---------------------------------------------------------------- the table
 
-@dataclass(frozen=True)
-class Flag:
-    """One command-line flag and everything that refers to it."""
+class Flag(NamedTuple):
+    """One command-line flag and everything that refers to it (a NamedTuple: ``dsadvise --help`` does not
+    pay for importing dataclasses)."""
 
     flag: str                                   # argparse spelling, also the name errors use
     help: str = ""
@@ -127,7 +126,8 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--nvme-path", "NVMe mount for ZeRO-Infinity offload"),
     Flag("--nvme-size", "free NVMe space per node in GiB", gib, spec_fields=("nvme_bytes",)),
     Flag("--task", "", choices=TASKS, default="train", spec_fields=("task",)),
-    Flag("--seq-len", "tokens per sample (default 2048)", positive_int, default=2048, spec_fields=("seq_len",),
+    Flag("--seq-len", "tokens per sample (default: the smaller of 2048 and the model's context)", positive_int,
+         default=None, spec_fields=("seq_len",),
          wizard_field="seq_len"),
     Flag("--micro-batch", "samples per GPU per step (default 1)", positive_int, default=1,
          spec_fields=("micro_batch_size",), wizard_field="micro_batch"),
@@ -171,6 +171,9 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--main-process-port", "rendezvous port (default 29500)", port, default=29500),
     Flag("--no-engine-check", "skip loading the rendered files in accelerate and DeepSpeed before writing",
          action="store_true"),
+    Flag("--strict", "exit 1 on warnings too (for CI)", action="store_true"),
+    Flag("--script", "the training script (check: a custom loop around deepspeed.initialize cannot take \"auto\")",
+         metavar="PY"),
     Flag("--timeout", "seconds for the whole dry-run (default 300)", seconds, default=300),
     Flag("--keep-logs", "copy the launch log and per-rank results here", metavar="LOGDIR"),
 )
