@@ -33,6 +33,7 @@ class GPUInfo(_Spec):
     bf16: bool
     fp16_tflops: float = Field(gt=0, description="peak dense fp16 tensor TFLOPS")
     bf16_tflops: float | None = Field(None, description="peak dense bf16 TFLOPS; None without bf16")
+    fp8_tflops: float | None = Field(None, description="peak dense FP8 tensor TFLOPS; None without FP8 units")
     fp32_tflops: float = Field(gt=0)
     hbm_bandwidth_gbps: float = Field(gt=0, description="memory bandwidth, GB/s")
     intra_node_link: Literal["nvlink", "pcie", "infinity-fabric"]
