@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..architecture import Architecture
 from ..param_count import ParameterCounts, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
-from .bytes_per_param import StateBytes
+from .bytes_per_param import NF4_DOUBLE_QUANT_BYTES, StateBytes
 from .model_states import fsdp_shard_degree
 
 
@@ -65,6 +65,11 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             # holds a bucket.
             factor = 4.5 if ds.overlap_comm else 1.0
             out["ZeRO reduce bucket"] = int(factor * ds.reduce_bucket_size * grad_b)
+            if stage in (1, 2) and strategy.offload_optimizer != "none":
+                # stage_1_and_2.__init__ with cpu_offload: temp_grad_buffer_for_gpu_offload, the largest
+                # parameter's size in the 16-bit dtype, on the GPU for the whole run.
+                out["ZeRO offload gradient staging buffer (largest parameter)"] = \
+                    min(counts.largest_module, trainable) * grad_b
         if stage == 3:
             weight_b = 2 if sb.weight == 2 else 4
             # ZeRO-3 gathers per leaf module (PartitionedParameterCoordinator fetches a submodule's own
@@ -88,16 +93,33 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         gathered_b = 2 if (mixed or training.precision == "pure-bf16") else 4
         shards = fsdp_shard_degree(strategy, hw)
         root = counts.embedding + counts.lm_head + counts.final
+        layer_bytes = counts.layer_gathered * gathered_b
+        model_bytes = counts.total * gathered_b
+        if training.method == "qlora":
+            # FSDP-QLoRA shards the packed NF4 weights (bnb_4bit_quant_storage = the 16-bit dtype, so the
+            # uint8-packed values travel as 16-bit elements): a gathered unit is its NF4 bytes, not 16-bit
+            # (accelerate fsdp_utils: Params4bit with a floating quant_storage are sharded; bitsandbytes docs).
+            quantized = sum(i * o * c for i, o, c in linear_shapes(arch).values())
+            layer_bytes = quantized * NF4_DOUBLE_QUANT_BYTES + (counts.layer_gathered - quantized) * gathered_b
+            model_bytes = layer_bytes * arch.num_layers + root * gathered_b
+        if training.method == "full":
+            layer_grad = counts.layer_gathered * gathered_b
+        else:
+            # Only the adapters (or unfrozen layers) have gradients: PEFT's fsdp_auto_wrap_policy (HF Trainer,
+            # accelerate) puts trainable modules in their own FSDP units and FSDP2 shards per parameter, so a
+            # frozen layer's unit has no gradient (requires_grad=False FlatParameter / no DTensor grad).
+            layer_grad = min(trainable, counts.layer_gathered) * gathered_b if training.method == "freeze" \
+                else trainable / max(arch.num_layers, 1) * gathered_b
         if strategy.fsdp_sharding in ("FULL_SHARD", "HYBRID_SHARD") and shards > 1:
             # Root unit (embeddings, lm_head, final norm) stays gathered; BACKWARD_PRE prefetch holds two
             # decoder layers gathered plus one layer's unsharded gradient before reduce-scatter.
-            out["FSDP gathered units (root + 2 layers)"] = (root + 2 * counts.layer_gathered) * gathered_b
-            out["FSDP unsharded layer gradient"] = counts.layer_gathered * gathered_b
+            out["FSDP gathered units (root + 2 layers)"] = root * gathered_b + 2 * layer_bytes
+            out["FSDP unsharded layer gradient"] = layer_grad
         elif strategy.fsdp_sharding == "SHARD_GRAD_OP" and shards > 1:
             # SHARD_GRAD_OP keeps parameters gathered from forward through backward.
-            out["FSDP gathered parameters (whole model)"] = counts.total * gathered_b
-            out["FSDP unsharded layer gradient"] = counts.layer_gathered * gathered_b
-        elif mixed:
+            out["FSDP gathered parameters (whole model)"] = model_bytes
+            out["FSDP unsharded layer gradient"] = layer_grad
+        elif mixed and training.method == "full":
             # NO_SHARD / one GPU with MixedPrecision: a 16-bit compute copy of the flat parameters.
-            out["FSDP mixed-precision parameter copy"] = counts.total * gathered_b
+            out["FSDP mixed-precision parameter copy"] = model_bytes
     return {k: int(v) for k, v in out.items() if v}

@@ -80,12 +80,51 @@ def test_overlap_only_where_gradients_are_formed_in_backward():
     kw = dict(vram=80, precision="bf16", seq_len=8192, checkpointing="none")
     single = estimate("gpt2", **kw).per_gpu
     assert single.phase_overlap > 0 and single.peak_moment
-    assert estimate("gpt2", gpus=2, strategy="ddp", **kw).per_gpu.phase_overlap > 0
-    # DeepSpeed's flat gradient partitions, FSDP's sharded gradients, accumulation and adapters keep the sum
-    for other in (dict(gpus=2, strategy="zero2"), dict(gpus=2, strategy="zero3"), dict(gpus=2, strategy="fsdp-full"),
-                  dict(global_batch=4), dict(method="lora"), dict(method="freeze")):
+    # formed in backward: DDP, ZeRO-1 (every 16-bit param.grad), ZeRO-2 (grads_in_partition), FSDP
+    for formed in (dict(gpus=2, strategy="ddp"), dict(gpus=2, strategy="zero1"), dict(gpus=2, strategy="zero2"),
+                   dict(gpus=2, strategy="fsdp-full")):
+        g = estimate("gpt2", **{**kw, **formed}).per_gpu
+        assert g.phase_overlap > 0 and g.peak_moment == "loss backward", formed
+    # ZeRO-3's flat gradient partition, accumulation and adapters keep every gradient through the backward
+    for other in (dict(gpus=2, strategy="zero3"), dict(global_batch=4), dict(method="lora"), dict(method="freeze")):
         g = estimate("gpt2", **{**kw, **other}).per_gpu
-        assert g.phase_overlap == 0, other
+        assert g.peak_moment == "backward (gradients persist)", other
+        assert g.moments[g.peak_moment] == g.activations + g.temporaries + g.gradients, other
+
+
+def test_deepspeed_fp32_step_gradient_only_at_the_step():
+    """ZeRO-1/2/3 build the fp32 gradient only inside optimizer.step: not alive with the activations."""
+    kw = dict(model="llama-3-8b", vram=80, gpus=8, precision="bf16", seq_len=4096)
+    for stage in (1, 2, 3):
+        g = estimate(**kw, strategy=f"zero{stage}").per_gpu
+        assert "fp32 gradient partition for the step" not in g.breakdown
+        assert g.moments["optimizer step"] < g.moments[g.peak_moment] or g.peak_moment == "optimizer step"
+
+
+def test_zero3_sub_group_caps_the_step_gradient():
+    """stage3 steps one sub group at a time: a smaller sub_group_size, a smaller optimizer-step moment."""
+    kw = dict(model="mixtral-8x7b", vram=80, gpus=8, precision="bf16", seq_len=1024, strategy="zero3")
+    big = estimate(**kw).per_gpu.moments["optimizer step"]
+    small = estimate(**kw, sub_group_size=10**8).per_gpu.moments["optimizer step"]
+    assert small < big
+
+
+def test_zero1_offload_keeps_16bit_gradients_on_the_gpu():
+    """ZeRO-1 reduces at the boundary: every 16-bit gradient is on the GPU at the end of backward (stage 2 not)."""
+    kw = dict(model="llama-3-8b", vram=80, gpus=8, precision="bf16", offload_optimizer="cpu", cpu_ram=1024)
+    one, two = estimate(**kw, strategy="zero1").per_gpu, estimate(**kw, strategy="zero2").per_gpu
+    psi = estimate("llama-3-8b", vram=80).model.parameters
+    assert one.gradients == 2 * psi and two.gradients == 0
+    # the end of ZeRO-1's backward holds every 16-bit gradient (+ the epilogue's fp64 norm of one of them)
+    assert one.total - one.parameters - one.buffers - one.overhead >= 2 * psi
+
+
+def test_breakdown_adds_up_to_total_everywhere():
+    for kw in (dict(), dict(gpus=8, strategy="zero1"), dict(gpus=8, strategy="zero3"), dict(gpus=8, strategy="fsdp-full"),
+               dict(gpus=8, strategy="zero2", offload_optimizer="cpu"), dict(method="qlora"),
+               dict(gpus=8, strategy="fsdp-grad-op", method="lora"), dict(task="infer")):
+        g = estimate("llama-3-8b", vram=80, precision="bf16", seq_len=4096, **kw).per_gpu
+        assert sum(g.breakdown.values()) == g.total, kw
 
 
 def test_accumulation_keeps_every_gradient_alive():
@@ -98,7 +137,7 @@ def test_overlap_is_shown_in_the_report():
     est = estimate("gpt2", vram=80, precision="bf16", seq_len=8192)
     text = render_estimate(est)
     assert "not alive together" in text and f"peak at the {est.per_gpu.peak_moment}" in text
-    assert "not alive together" not in render_estimate(estimate("gpt2", vram=80, gpus=2, strategy="zero2"))
+    assert "not alive together" not in render_estimate(estimate("gpt2", vram=80, global_batch=4))
 
 
 @settings(max_examples=60, deadline=None)
