@@ -222,6 +222,9 @@ def worker(case_name: str, config_path: str) -> None:
         out = forward(ids)
         mark()
         backward(out)
+        if os.environ.get("ENGINE_STEPS_DROP_LOSS"):     # experiment: what the loss's graph keeps alive
+            out["loss"] = None
+            gc.collect()
         mark()
         opt_step()                 # the caller's `out` (logits) stays in scope through the step
         mark()
