@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
+
+from . import exit_codes
 
 
 class AdvisorError(Exception):
     """Base of every error dsadvise reports to users as one line (never a traceback)."""
 
-    exit_code = 2
+    exit_code = exit_codes.BAD_INPUT
 
 
 class InputError(AdvisorError):
@@ -20,8 +21,16 @@ class InputError(AdvisorError):
         super().__init__(f"{field}: {message}" if field else message)
 
 
+class NothingFits(AdvisorError):
+    """No configuration fits the hardware, so there is nothing to generate (exit code 3)."""
+
+    exit_code = exit_codes.NOTHING_FITS
+
+
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     """A ' (did you mean X?)' suffix naming the closest choices, or '' when nothing is close."""
+    import difflib      # only when there is an error to explain (it pulls unicodedata: slow to import)
+
     lowered = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)
     if not close:

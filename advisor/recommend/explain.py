@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-from ..report import fmt_bytes
+from ..formatting import fmt_bytes
 from .problem import Problem
-from .result import Alternative, Recommendation, StepTimeInfo
-from .search import SAVING, Group, Outcome, ranking_key
+from .recommendation import (Alternative, Fp16Settings, Recommendation, RuleFired, StepTimeInfo, StrategyRef,
+                             TrainingChoice)
+from .search import SAVING, Group, GroupStatus, Outcome, ranking_key
 
 MIXED_PRECISION = {"bf16": "bf16", "pure-bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 GUIDANCE = "ZeRO-0 > ZeRO-1 > ZeRO-2 > ZeRO-2 + offload > ZeRO-3 > ZeRO-3 + offloads"
 
 
-def fp16_settings(p: Problem) -> dict:
+def fp16_settings(p: Problem) -> Fp16Settings:
     """DeepSpeed's ``fp16`` block with dynamic loss scaling, from the rules' constants."""
     c = p.rules.constants
-    return {"enabled": True, "loss_scale": 0, "initial_scale_power": c["const.fp16.initial_scale_power"],
-            "loss_scale_window": c["const.fp16.loss_scale_window"], "hysteresis": c["const.fp16.hysteresis"],
-            "min_loss_scale": c["const.fp16.min_loss_scale"]}
+    return Fp16Settings(initial_scale_power=c["const.fp16.initial_scale_power"],
+                        loss_scale_window=c["const.fp16.loss_scale_window"], hysteresis=c["const.fp16.hysteresis"],
+                        min_loss_scale=c["const.fp16.min_loss_scale"])
 
 
-def strategy_dict(p: Problem, g: Group) -> dict:
+def strategy_ref(p: Problem, g: Group) -> StrategyRef:
     """The estimate's ``strategy`` block for a group (from its estimate when it has one)."""
     if g.estimate is not None:
-        return g.estimate.strategy.model_dump(mode="json")
+        return StrategyRef(**g.estimate.strategy.model_dump(mode="json"))
     s, t = g.layout.strategy, p.template
-    return {"name": s.name, "backend": s.backend, "zero_stage": s.zero_stage, "fsdp_sharding": s.fsdp_sharding,
-            "offload_optimizer": s.offload_optimizer, "offload_param": s.offload_param, "precision": g.precision,
-            "activation_checkpointing": g.checkpointing, "micro_batch_size": g.micro or p.micro.values[0],
-            "seq_len": t.seq_len, "attention": t.attention, "optimizer": t.optimizer, "method": g.method}
+    return StrategyRef(name=s.name, backend=s.backend, zero_stage=s.zero_stage, fsdp_sharding=s.fsdp_sharding,
+                       offload_optimizer=s.offload_optimizer, offload_param=s.offload_param, precision=g.precision,
+                       activation_checkpointing=g.checkpointing, micro_batch_size=g.micro or p.micro.values[0],
+                       seq_len=t.seq_len, attention=t.attention, optimizer=t.optimizer, method=g.method)
 
 
 def launcher(p: Problem) -> str:
@@ -54,12 +55,13 @@ def _step_info(p: Problem, g: Group) -> StepTimeInfo:
 
 def _layout_best(groups: list[Group]) -> dict[str, Group]:
     """Per layout, the group that best represents it: its fastest feasible one, else the most telling."""
-    order = {"feasible": 0, "rejected": 2, "infeasible": 3, "dominated": 1, "pending": 4}
+    order = {GroupStatus.FEASIBLE: 0, GroupStatus.DOMINATED: 1, GroupStatus.REJECTED: 2, GroupStatus.INFEASIBLE: 3,
+             GroupStatus.PENDING: 4}
     best: dict[str, Group] = {}
     for g in groups:
         cur = best.get(g.layout.label)
-        key = (order[g.status], g.adj if g.status == "feasible" else -SAVING[g.checkpointing])
-        cur_key = (order[cur.status], cur.adj if cur.status == "feasible" else -SAVING[cur.checkpointing]) \
+        key = (order[g.status], g.adj if g.status == GroupStatus.FEASIBLE else -SAVING[g.checkpointing])
+        cur_key = (order[cur.status], cur.adj if cur.status == GroupStatus.FEASIBLE else -SAVING[cur.checkpointing]) \
             if cur is not None else None
         if cur_key is None or key < cur_key:
             best[g.layout.label] = g
@@ -71,7 +73,7 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
     chosen = out.chosen
     tier = chosen.method if chosen else (out.tiers_tried[-1] if out.tiers_tried else None)
     groups = [g for g in out.groups if g.method == tier]
-    feasible = [g for g in groups if g.status == "feasible"]
+    feasible = [g for g in groups if g.status == GroupStatus.FEASIBLE]
     best_adj = min((g.rank_time for g in feasible), default=1.0)
     rows: list[tuple[tuple, Alternative]] = []
     for label, g in _layout_best(groups).items():
@@ -79,7 +81,7 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
             continue
         fits: bool | None
         seconds = None
-        if g.status == "feasible":
+        if g.status == GroupStatus.FEASIBLE:
             fits, seconds = True, g.step.seconds if g.step else None
             assert chosen is not None and g.step is not None and chosen.step is not None
             if g.adj < chosen.adj:
@@ -90,10 +92,10 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
                 why = (f"slower: {g.step.seconds:.2f} s per step at micro-batch {g.micro} "
                        f"({g.step.tokens_per_second:,.0f} tokens/s vs {chosen.step.tokens_per_second:,.0f})")
             key = (0, ranking_key(p, best_adj, g))
-        elif g.status == "dominated":
+        elif g.status == GroupStatus.DOMINATED:
             fits = None
             lead = chosen.layout.label if chosen else "the best configuration"
-            unfit = [x for x in groups if x.layout is g.layout and x.status == "infeasible"
+            unfit = [x for x in groups if x.layout is g.layout and x.status == GroupStatus.INFEASIBLE
                      and SAVING[x.checkpointing] < SAVING[g.checkpointing]]
             why = f"without checkpointing it does not fit ({unfit[0].reason.removeprefix('does not fit: ')}); " \
                 if unfit else ""
@@ -102,18 +104,18 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
             if chosen is not None and g.layout.offloads and not chosen.layout.offloads:
                 why += "; offloading only adds PCIe traffic and a CPU optimizer step when the model fits without it"
             key = (1, g.lb)
-        elif g.status == "infeasible":
+        elif g.status == GroupStatus.INFEASIBLE:
             fits, why, key = False, g.reason, (2, g.need_bytes or 0)
         else:
             fits, why, key = None, g.reason or "rejected", (3, 0)
-        rows.append((key, Alternative(strategy=strategy_dict(p, g), fits=fits, step_time_seconds=seconds,
+        rows.append((key, Alternative(strategy=strategy_ref(p, g), fits=fits, step_time_seconds=seconds,
                                       rejected_because=why)))
     for label, reason in out.layout_rejects.items():
         lay = next((x for x in _all_layouts() if x.label == label), None)
         if lay is None:
             continue
         g = Group(lay, out.precision, tier or "full", "none", 0)
-        rows.append(((4, lay.rank), Alternative(strategy=strategy_dict(p, g), fits=None, step_time_seconds=None,
+        rows.append(((4, lay.rank), Alternative(strategy=strategy_ref(p, g), fits=None, step_time_seconds=None,
                                                 rejected_because=f"ruled out: {reason}")))
     rows.sort(key=lambda r: r[0])
     return [a for _, a in rows]
@@ -136,8 +138,8 @@ def reasons(p: Problem, out: Outcome) -> list[str]:
     prec = out.precision_reason
     if g.precision == "fp16":
         f = fp16_settings(p)
-        prec += (f" - fp16 needs dynamic loss scaling: initial scale 2^{f['initial_scale_power']}, window "
-                 f"{f['loss_scale_window']}, hysteresis {f['hysteresis']}, minimum {f['min_loss_scale']}")
+        prec += (f" - fp16 needs dynamic loss scaling: initial scale 2^{f.initial_scale_power}, window "
+                 f"{f.loss_scale_window}, hysteresis {f.hysteresis}, minimum {f.min_loss_scale}")
     r.append(prec)
     vals = p.micro.values
     if g.micro == vals[-1]:
@@ -147,10 +149,8 @@ def reasons(p: Problem, out: Outcome) -> list[str]:
     else:
         r.append(f"micro-batch {g.micro}: the largest that fits ({g.limit or 'a larger one does not fit'})")
     if p.template.global_batch_size:
-        eff = p.micro.effective_global(g.micro)
-        r.append(f"gradient_accumulation_steps {g.gas}: global batch {eff} = micro-batch {g.micro} x {world} GPU(s) "
-                 f"x {g.gas}" + ("" if eff == p.template.global_batch_size
-                                 else f" (asked {p.template.global_batch_size}: {p.micro.note})"))
+        r.append(f"gradient_accumulation_steps {g.gas}: global batch {p.micro.effective_global(g.micro)} = "
+                 f"micro-batch {g.micro} x {world} GPU(s) x {g.gas}")
     else:
         r.append(f"no --global-batch: no gradient accumulation, global batch {g.micro * world} "
                  f"(micro-batch {g.micro} x {world} GPU(s))")
@@ -175,9 +175,9 @@ def _checkpointing_reason(p: Problem, out: Outcome, g: Group) -> str:
     less = [x for x in out.groups if x.layout is g.layout and x.method == g.method
             and SAVING[x.checkpointing] < SAVING[g.checkpointing]]
     for x in sorted(less, key=lambda x: SAVING[x.checkpointing]):
-        if x.status == "infeasible":
+        if x.status == GroupStatus.INFEASIBLE:
             return f"activation checkpointing {g.checkpointing}: without it ({x.checkpointing}) {x.reason}"
-        if x.status == "feasible" and x.step is not None:
+        if x.status == GroupStatus.FEASIBLE and x.step is not None:
             return (f"activation checkpointing {g.checkpointing}: recomputing lets micro-batch {g.micro} fit, which "
                     f"beats {x.checkpointing} at micro-batch {x.micro} ({x.step.tokens_per_second:,.0f} tokens/s)")
     return f"activation checkpointing {g.checkpointing}: less recomputation does not fit or is slower"
@@ -190,12 +190,12 @@ def _layout_reasons(p: Problem, out: Outcome, g: Group) -> list[str]:
                     key=lambda x: x.layout.rank)
     notes = []
     for x in faster:
-        if x.status == "infeasible" and x.need_bytes and x.need_bytes > p.usable_bytes:
+        if x.status == GroupStatus.INFEASIBLE and x.need_bytes and x.need_bytes > p.usable_bytes:
             notes.append(f"{x.layout.label} needs {fmt_bytes(x.need_bytes)} per GPU (checkpointing "
                          f"{x.checkpointing}, micro-batch {p.micro.values[0]})")
-        elif x.status == "infeasible":
+        elif x.status == GroupStatus.INFEASIBLE:
             notes.append(f"{x.layout.label} {x.reason}")
-        elif x.status == "rejected":
+        elif x.status == GroupStatus.REJECTED:
             notes.append(f"{x.layout.label} is ruled out: {x.reason}")
     for label, why in out.layout_rejects.items():
         lay = next((y for y in _all_layouts() if y.label == label), None)
@@ -205,7 +205,7 @@ def _layout_reasons(p: Problem, out: Outcome, g: Group) -> list[str]:
     if notes:
         r.append(f"faster layouts by DeepSpeed's guidance are out ({fmt_bytes(p.usable_bytes)} usable per GPU): "
                  + "; ".join(notes[:4]) + (f"; and {len(notes) - 4} more (see alternatives)" if len(notes) > 4 else ""))
-    near = [x for x in out.groups if x.status == "feasible" and x.method == g.method and x.adj < g.adj]
+    near = [x for x in out.groups if x.status == GroupStatus.FEASIBLE and x.method == g.method and x.adj < g.adj]
     if near:
         x = min(near, key=lambda y: y.adj)
         r.append(f"{x.layout.label} is estimated {100 * (1 - x.adj / g.adj):.0f}% faster, within the model's "
@@ -223,7 +223,7 @@ def _layout_reasons(p: Problem, out: Outcome, g: Group) -> list[str]:
 
 def training_recommendation(p: Problem, out: Outcome, search_ms: float) -> Recommendation:
     """The :class:`Recommendation` of a training search (without suggestions)."""
-    fired = [f.to_json() for f in out.problem_fired]
+    fired = [RuleFired.of(f) for f in out.problem_fired]
     seen = set()
     for g in out.groups:
         for f in g.fired:
@@ -232,7 +232,7 @@ def training_recommendation(p: Problem, out: Outcome, search_ms: float) -> Recom
             key = (f.rule.id, f.candidate, f.outcome)
             if key not in seen:
                 seen.add(key)
-                fired.append(f.to_json())
+                fired.append(RuleFired.of(f))
     g = out.chosen
     if g is None:
         if out.global_reject:
@@ -247,12 +247,11 @@ def training_recommendation(p: Problem, out: Outcome, search_ms: float) -> Recom
                               alternatives=alternatives(p, out), rules_fired=fired,
                               candidates_evaluated=out.estimates, search_ms=search_ms)
     assert g.estimate is not None and g.micro is not None and g.gas is not None
-    rec = g.estimate.strategy.model_dump(mode="json")
-    rec.update({"gradient_accumulation_steps": g.gas, "global_batch_size": p.micro.effective_global(g.micro),
-                "world_size": p.hw.world_size, "gpus_per_node": p.hw.gpus_per_node, "nodes": p.hw.nodes,
-                "mixed_precision": MIXED_PRECISION[g.precision], "launcher": launcher(p)})
-    if g.precision == "fp16":
-        rec["fp16"] = fp16_settings(p)
+    rec = TrainingChoice(**g.estimate.strategy.model_dump(), gradient_accumulation_steps=g.gas,
+                         global_batch_size=p.micro.effective_global(g.micro), world_size=p.hw.world_size,
+                         gpus_per_node=p.hw.gpus_per_node, nodes=p.hw.nodes,
+                         mixed_precision=MIXED_PRECISION[g.precision], launcher=launcher(p),
+                         fp16=fp16_settings(p) if g.precision == "fp16" else None)
     advice: list[str] = []
     for text in list(out.problem_advice) + [t for _, t in g.advice]:
         if text not in advice:
