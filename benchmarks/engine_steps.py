@@ -93,10 +93,18 @@ def estimated(case: dict) -> dict:
     value = g.total - g.overhead
     offloaded = 0
     if case.get("offload"):
-        # the offloaded states of one rank (no additional_buffer_factor): same CPU as the "GPU" here
+        # The offloaded states of one rank, and instead of DeepSpeed's additional_buffer_factor the two CPU
+        # buffers stage_1_and_2.__init__ allocates with cpu_offload: a 16-bit copy of the partition
+        # (param_buffer_of_bit16_for_cpu_offload_groups) and the largest parameter's 16-bit gradient
+        # (temp_grad_buffer_for_cpu_offload). Same CPU as the "GPU" here.
+        from advisor.param_count import count_parameters
+
+        model, hw, _, _ = plan(case)
+        counts = count_parameters(model.architecture)
         offloaded = sum(v for k, v in est.per_node_cpu.breakdown.items()
                         if k in ("optimizer moments", "fp32 master weights", "fp32 gradient partition for the step",
-                                 "gradients")) // 2
+                                 "gradients")) // hw.gpus_per_node
+        offloaded += 2 * counts.total // hw.world_size + 2 * counts.largest_module
     return {"estimated": value + offloaded, "moment": g.peak_moment, "moments": dict(g.moments),
             "breakdown": {k: v for k, v in g.breakdown.items() if v}}
 

@@ -76,8 +76,15 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             # params in its pre-forward hook) plus up to stage3_prefetch_bucket_size ahead, capped by
             # stage3_max_live_parameters (DeepSpeed ZeRO-3 docs).
             # A module larger than the cap is still gathered whole.
+            # From the second step on, the coordinator knows each parameter's reuse distance and does not
+            # release one that is reused within stage3_max_reuse_distance (default 1e9 elements, untouched by
+            # the HF "auto" values), up to stage3_max_live_parameters (partitioned_param_coordinator.py
+            # release_sub_module / __params_to_release): at the end of the forward the last layers, reused at
+            # once by the backward, are still gathered - up to max_live elements (measured: the whole small
+            # model of benchmarks/engine_steps.py stays gathered).
             live = max(counts.largest_module,
-                       min(ds.max_live_parameters, counts.largest_module + ds.prefetch_bucket_size))
+                       min(ds.max_live_parameters, counts.largest_module + ds.prefetch_bucket_size),
+                       min(ds.max_live_parameters, counts.total))
             out["ZeRO-3 gathered parameters (module + prefetch)"] = live * weight_b
             # Backward produces a module's gradients at full size before they enter the reduce bucket.
             out["ZeRO-3 unpartitioned module gradients"] = counts.largest_module * grad_b

@@ -204,10 +204,14 @@ def step_gradients(arch: Architecture, counts: ParameterCounts, trainable: int, 
             # and casts it to fp32 (stage_1_and_2.step: flatten(...).to(fp32)); both are alive at once, the
             # fp32 one until the group's step ends.
             straddle = max((i * o for i, o, _ in linear_shapes(arch).values()), default=0)
-            at_step = int(min(trainable, part + straddle) * grad_b)
+            # ZeRO-2: a gradient larger than the reduce bucket bypasses it (reduce_independent_p_g_buckets_and_
+            # remove_grads: extra_large_param_to_reduce) and one such full gradient can still be alive when the
+            # step starts (measured: engine_steps zero2, the lm_head's gradient).
+            unreduced = int(largest * grad_b) if stage == 2 else 0
+            at_step = int(min(trainable, part + straddle) * grad_b) + unreduced
             return StepGradients(
                 formed=gpu_gradients, at_step=at_step, step_temporaries=int(part * (grad_b + 4)),
-                norm_temporary=int(8 * min(largest, part)), unreduced=int(largest * grad_b) if stage == 2 else 0)
+                norm_temporary=int(8 * min(largest, part)), unreduced=unreduced)
         # ZeRO-3: grad_partitions_flat_buffer is allocated once (stage3.py __init__). The step walks the sub
         # groups (stage3._create_fp16_sub_groups closes a group once it reaches sub_group_size, so one can
         # exceed it by one parameter partition): _prepare_fp32_grad_for_sub_group flattens the group's

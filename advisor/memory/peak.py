@@ -25,11 +25,9 @@ gradients formed so far:
   without optimizer offload; the step reads a flat ``grads_in_partition`` copy of this rank's partition;
 * DeepSpeed ZeRO-2: ``grads_in_partition`` is allocated at the first bucket reduction of the backward
   (``stage_1_and_2.copy_grads_in_partition``) and released by the step;
-* FSDP: the sharded gradients are created by each unit's post-backward reduce-scatter and freed by
-  ``zero_grad(set_to_none=True)``.
 
-ZeRO-3 allocates its 16-bit gradient partition once (``stage3.grad_partitions_flat_buffer``): every moment
-carries it. Gradient accumulation over several micro-batches keeps every gradient alive from the first
+ZeRO-3 allocates its 16-bit gradient partition once (``stage3.grad_partitions_flat_buffer``) and FSDP's
+FlatParameters keep their sharded gradients from one step to the next: every moment carries them. Gradient accumulation over several micro-batches keeps every gradient alive from the first
 micro-batch on: the plain sum. Validated against the profiler's peak of whole training steps in
 ``docs/accuracy.md`` ("Whole training step") and of real engines in ``benchmarks/engine_steps.py``.
 """
@@ -129,14 +127,18 @@ def gradient_accumulation_steps(training: TrainingSpec, hw: HardwareSpec) -> int
 def gradients_formed_in_backward(training: TrainingSpec, strategy: StrategySpec, hw: HardwareSpec) -> bool:
     """True when a step's parameter gradients are created during its backward and freed after the step.
 
-    Single GPU, DDP, DeepSpeed ZeRO-1/2 and FSDP full fine-tuning without accumulation (see the module
-    docstring for each engine's source). ZeRO-3's gradient partition is allocated once; accumulation keeps
+    Single GPU, DDP and DeepSpeed ZeRO-1/2 full fine-tuning without accumulation (see the module
+    docstring for each engine's source). ZeRO-3's gradient partition is allocated once, FSDP's sharded
+    gradients persist; accumulation keeps
     gradients from one micro-batch to the next; adapters' gradients are too small to matter."""
     if training.method != "full" or gradient_accumulation_steps(training, hw) != 1:
         return False
     if strategy.backend == "deepspeed":
         return (strategy.zero_stage or 0) in (1, 2)
-    return strategy.backend in ("single", "ddp", "fsdp")
+    # FSDP (accelerate's default fsdp_version 1, use_orig_params=True): zero_grad(set_to_none=True) drops the
+    # original parameters' .grad views, but each FlatParameter keeps its sharded .grad storage into the next
+    # step (measured: engine_steps fsdp-full, the gradients are alive at the loss backward): they persist.
+    return strategy.backend in ("single", "ddp")
 
 
 def step_peak(arch: Architecture, counts: ParameterCounts, training: TrainingSpec, strategy: StrategySpec,
