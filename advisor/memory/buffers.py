@@ -29,13 +29,14 @@ def deepspeed_sizes(arch: Architecture, strategy: StrategySpec) -> DeepSpeedSize
     stage = strategy.zero_stage or 0
     # DeepSpeedZeroConfig: overlap_comm defaults to True for stage 3 and False otherwise.
     overlap = stage == 3
+    sub_group = strategy.sub_group_size or 1_000_000_000      # DeepSpeedZeroConfig.sub_group_size default 1e9
     if strategy.bucket_sizes == "default":
         # deepspeed/runtime/zero/config.py defaults.
-        return DeepSpeedSizes(500_000_000, 500_000_000, 50_000_000, 1_000_000_000, 100_000, 1_000_000_000, overlap)
+        return DeepSpeedSizes(500_000_000, 500_000_000, 50_000_000, 1_000_000_000, 100_000, sub_group, overlap)
     h = arch.hidden_size
     # transformers/integrations/deepspeed.py trainer_config_finalize: reduce_bucket_size = h*h,
     # stage3_prefetch_bucket_size = 0.9*h*h (int), stage3_param_persistence_threshold = 10*h.
-    return DeepSpeedSizes(h * h, 500_000_000, int(0.9 * h * h), 1_000_000_000, 10 * h, 1_000_000_000, overlap)
+    return DeepSpeedSizes(h * h, 500_000_000, int(0.9 * h * h), 1_000_000_000, 10 * h, sub_group, overlap)
 
 
 def _vector_elements_per_layer(arch: Architecture, counts: ParameterCounts) -> int:

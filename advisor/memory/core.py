@@ -100,12 +100,22 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
 
     cpu_parts = dict(ms.cpu_per_node)
     cpu_parts["training processes"] = ov.cpu_per_process_bytes * hw.gpus_per_node
-    cpu_parts.update(_model_loading_cpu(counts, sb.weight, training, strategy, hw))
+    loading = _model_loading_cpu(counts, sb.weight, training, strategy, hw)
+    cpu_parts.update(loading)
+    save = checkpoint_save_cpu(counts, training, strategy)
+    if save > sum(loading.values()):
+        # the save happens after loading is over: only what it adds above the loading peak
+        cpu_parts[CHECKPOINT_SAVE_ITEM] = save - sum(loading.values())
     cpu_total = sum(cpu_parts.values())
     cpu_fits = hw.cpu_ram_bytes is None or cpu_total <= hw.cpu_ram_bytes
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
+    if CHECKPOINT_SAVE_ITEM in cpu_parts and not cpu_fits \
+            and cpu_total - cpu_parts[CHECKPOINT_SAVE_ITEM] <= (hw.cpu_ram_bytes or 0):
+        notes.append("saving a consolidated 16-bit checkpoint gathers the whole model into rank 0's CPU RAM and "
+                     "does not fit: set zero_optimization.stage3_gather_16bit_weights_on_model_save=false and "
+                     "save ZeRO shards (consolidate offline with zero_to_fp32.py)")
     per_gpu = PerGPU(parameters=ms.parameters, gradients=ms.gradients, optimizer_states=ms.optimizer_states,
                      activations=act.activations, temporaries=peak.temporaries, buffers=buffers_total,
                      overhead=overhead, phase_overlap=peak.phase_overlap, peak_moment=peak.moment.value,
@@ -153,6 +163,23 @@ def _transient_label(peak: StepPeak, terms: ActivationTerms, held_fp32: int) -> 
     if held_fp32:
         return "transient: backward (loss and layer gradients, accelerate's fp32 logits)"
     return "transient: backward (loss and layer gradients)"
+
+
+CHECKPOINT_SAVE_ITEM = "checkpoint save: consolidated 16-bit model on rank 0 (above model loading)"
+
+
+def checkpoint_save_cpu(counts: ParameterCounts, training: TrainingSpec, strategy: StrategySpec) -> int:
+    """CPU bytes on rank 0's node while a consolidated checkpoint is written (bytes).
+
+    ZeRO-3 with ``stage3_gather_16bit_weights_on_model_save`` (what dsadvise renders): the engine's
+    ``_zero3_consolidated_16bit_state_dict`` gathers one module at a time on the GPU (``GatheredParameters``,
+    the gathered-module buffer already counted) and rank 0 keeps a CPU copy of every 16-bit tensor: the whole
+    model. FSDP is rendered with ``SHARDED_STATE_DICT`` (each rank writes its shard: nothing gathered); with
+    ``FULL_STATE_DICT`` (offload_to_cpu, rank0_only) rank 0 would hold the same whole model."""
+    if strategy.backend == "deepspeed" and strategy.zero_stage == 3:
+        weight_b = 4 if training.precision == "fp32" else 2
+        return counts.total * weight_b
+    return 0
 
 
 def _model_loading_cpu(counts: ParameterCounts, weight_bytes: float, training: TrainingSpec,

@@ -216,7 +216,7 @@ def step_gradients(arch: Architecture, counts: ParameterCounts, trainable: int, 
         # groups (stage3._create_fp16_sub_groups closes a group once it reaches sub_group_size, so one can
         # exceed it by one parameter partition): _prepare_fp32_grad_for_sub_group flattens the group's
         # gradients (16-bit copy) and casts them to fp32; _release_sub_group frees the fp32 gradient.
-        sub = strategy.sub_group_size or deepspeed_sizes(arch, strategy).sub_group_size
+        sub = deepspeed_sizes(arch, strategy).sub_group_size
         chunk = min(part, sub + largest / world)
         return StepGradients(formed=gpu_gradients, at_step=gpu_gradients, step_temporaries=int(chunk * (grad_b + 4)),
                              norm_temporary=int(8 * largest / world), persistent=True)
