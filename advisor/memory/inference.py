@@ -78,6 +78,13 @@ def transient_bytes(model: ResolvedModel, training: TrainingSpec, dtype_bytes: i
     else:
         attn = 4 * b * s * a.q_width * dtype_bytes
     hidden = 3 * b * s * a.hidden_size * dtype_bytes
+    # The prefill's 4-D attention mask: eager attention adds a (b, 1, s, s) mask in the compute dtype; SDPA skips
+    # it for a plain causal mask (is_causal) but needs a materialized boolean one for a sliding window
+    # (transformers masking_utils: sdpa_mask / sliding_window_causal_mask).
+    if training.attention == "eager":
+        hidden += b * s * s * dtype_bytes
+    elif sliding_layers(a):
+        hidden += b * s * s
     # generate() keeps logits of the last position only (logits_to_keep=1), upcast to fp32 for sampling.
     logits = 2 * b * a.vocab_size * 4
     return max(mlp, attn) + hidden + logits

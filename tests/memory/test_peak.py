@@ -169,3 +169,46 @@ def test_ddp_total_matches_measured_step_peak(benchmark_module):
     assert r["world"] == 2
     assert r["overlap"] > 0
     assert LOW <= r["error"] <= HIGH, r
+
+
+def test_sliding_window_kv_cache_holds_the_window_after_the_prompt():
+    """Mistral v0.1 slides on every layer: a short prompt and a long generation keep at most the window;
+    a prompt longer than the window keeps the prompt (a view of the prefill's states until the next step)."""
+    kw = dict(vram=80, task="infer", seq_len=32768)
+    long_prompt = estimate("mistral-7b-v0.1", **kw).per_gpu.breakdown["KV cache"]
+    short_prompt = estimate("mistral-7b-v0.1", prompt_len=512, **kw).per_gpu.breakdown["KV cache"]
+    assert short_prompt * 8 == long_prompt          # 4096-token window vs the 32768-token sequence
+    llama = estimate("llama-2-7b", prompt_len=512, **{**kw, "seq_len": 4096}).per_gpu.breakdown["KV cache"]
+    assert llama == estimate("llama-2-7b", **{**kw, "seq_len": 4096}).per_gpu.breakdown["KV cache"]
+
+
+def test_consolidated_zero3_save_needs_the_model_in_rank0_cpu_ram():
+    kw = dict(gpu="a100-80g", gpus=8, precision="bf16")
+    zero3 = estimate("llama-2-70b", strategy="zero3", **kw)
+    save = [v for k, v in zero3.per_node_cpu.breakdown.items() if k.startswith("checkpoint save")]
+    assert save and save[0] > 0
+    assert all(not k.startswith("checkpoint save") for k in estimate("llama-2-70b", strategy="fsdp-full",
+                                                                       **kw).per_node_cpu.breakdown)
+    tight = estimate("llama-2-70b", strategy="zero3", cpu_ram=120, **kw)
+    assert not tight.fits and any("stage3_gather_16bit_weights_on_model_save=false" in n for n in tight.notes)
+
+
+def test_fsdp_lora_unsharded_gradient_is_adapters_only():
+    kw = dict(gpu="a100-80g", gpus=8, precision="bf16", strategy="fsdp-full", seq_len=1024)
+    full = estimate("llama-3-8b", **kw).per_gpu.breakdown["FSDP unsharded layer gradient"]
+    lora = estimate("llama-3-8b", method="lora", **kw).per_gpu.breakdown["FSDP unsharded layer gradient"]
+    assert lora * 20 < full
+    # QLoRA gathers the NF4 weights (bnb_4bit_quant_storage), not 16-bit ones
+    g16 = estimate("llama-3-8b", method="lora", **kw).per_gpu.breakdown["FSDP gathered units (root + 2 layers)"]
+    g4 = estimate("llama-3-8b", method="qlora", **kw).per_gpu.breakdown["FSDP gathered units (root + 2 layers)"]
+    assert g4 < g16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["zero1-offload", "zero3-subgroup", "fsdp-full"])
+def test_real_engine_step_in_band(case, benchmark_module):
+    """Real DeepSpeed / FSDP engines in 2 processes (gloo): the whole step's peak, by moment, in band.
+    ZeRO-1 + offload shows the 16-bit gradients; a 1M-element sub_group_size exercises ZeRO-3's step cap."""
+    r = benchmark_module("engine_steps").run_case(case)
+    assert r["world"] == 2
+    assert LOW <= r["error"] <= HIGH, r
