@@ -7,7 +7,8 @@ Prints one row per command: wall time (median and min, ms), CPU time of the proc
 ms), both as a ratio to bare Python, and the heavy modules the command imported. The targets (issue 11):
 `estimate` under 10x bare Python, `recommend --model 7B --gpus 4 --vram 24` under 0.4 s wall, the wizard's
 first paint under 0.5 s. On a machine shared with other jobs the wall time includes waiting for a CPU; the
-CPU-time column is the steadier measure there.
+CPU-time column is the steadier measure there. The first row is the floor any command that validates
+its input with pydantic pays (import and first model); the rest of a command is what dsadvise adds.
 
 Each command runs once untimed first, so that the content-keyed data cache (advisor/datacache.py) and
 Python's bytecode caches are warm, as they are for a user from the second run on. Set
@@ -40,6 +41,8 @@ PROBE = ("import sys\n"
          "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
          "sys.stdout.flush()\n"
          "print('HEAVY=' + ','.join(m for m in %r if m in sys.modules), file=sys.stderr)" % (HEAVY,))
+PYDANTIC_FLOOR = ("import os; os.environ['PYDANTIC_DISABLE_PLUGINS'] = '__all__'\n"
+                  "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nA(x=1)")
 WIZARD_PROBE = r"""
 import sys, time
 t0 = time.perf_counter()
@@ -66,7 +69,7 @@ def run(argv: list[str]) -> tuple[float, float, str, str]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     heavy = [line[6:] for line in proc.stderr.splitlines() if line.startswith("HEAVY=")]
-    return wall, cpu, heavy[0] if heavy else "?", proc.stderr
+    return wall, cpu, heavy[0] if heavy else "-", proc.stderr
 
 
 def measure(argv: list[str], n: int) -> tuple[list[float], list[float], str, str]:
@@ -89,7 +92,9 @@ def main() -> None:
     print(f"bare python -c pass: wall median {bw * 1000:.0f} ms, CPU median {bc * 1000:.0f} ms "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"{'command':<90}{'wall ms':>8}{'min':>6}{'x bare':>8}{'CPU ms':>8}{'x bare':>8}  heavy imports")
-    rows = [(label, ["-c", PROBE, *args]) for label, args in COMMANDS.items()]
+    # The floor every command that validates input pays: pydantic's import and its first model.
+    rows = [("(floor) python -c 'import pydantic; one BaseModel'", ["-c", PYDANTIC_FLOOR])]
+    rows += [(label, ["-c", PROBE, *args]) for label, args in COMMANDS.items()]
     for label, argv in rows:
         walls, cpus, heavy, _ = measure(argv, n)
         w, c = statistics.median(walls), statistics.median(cpus)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, NamedTuple, get_args
 
 from .. import choices
 
@@ -79,9 +78,9 @@ def seconds(text: str) -> float:
 
 # ---------------------------------------------------------------- the table
 
-@dataclass(frozen=True)
-class Flag:
-    """One command-line flag and everything that refers to it."""
+class Flag(NamedTuple):
+    """One command-line flag and everything that refers to it (a NamedTuple: ``dsadvise --help`` does not
+    pay for importing dataclasses)."""
 
     flag: str                                   # argparse spelling, also the name errors use
     help: str = ""
