@@ -15,6 +15,7 @@ from ..param_count import ParameterCounts, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .bytes_per_param import StateBytes
 from .peak import StepGradients
+from .zero_sizes import deepspeed_sizes
 
 # DeepSpeed CPU offload allocates pinned and staging buffers on top of the states it holds; its own
 # estimators multiply CPU memory by additional_buffer_factor=1.5 (deepspeed/runtime/zero/stage3.py).
@@ -180,8 +181,6 @@ def step_gradients(arch: Architecture, counts: ParameterCounts, trainable: int, 
                    pl: Placement) -> StepGradients:
     """Gradient bytes per GPU at their fullest, at the optimizer step, and the step's transients."""
     if strategy.backend == "deepspeed" and (strategy.zero_stage or 0) >= 1 and sb.step_gradient:
-        from .buffers import deepspeed_sizes
-
         stage = strategy.zero_stage or 0
         world = hw.world_size
         grad_b = sb.gradient
