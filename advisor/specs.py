@@ -70,12 +70,15 @@ class LoraSpec(_Spec):
     target_modules: tuple[str, ...] = ("all-linear",)
 
 
+MAX_MICRO_BATCH = 65_536     # the largest micro-batch a TrainingSpec holds (the search never goes above it)
+
+
 class TrainingSpec(_Spec):
     """What is run: sequence length, batches, precision, optimizer, method and memory savers."""
 
     task: Task = "train"
     seq_len: int = Field(2048, ge=1, le=4_194_304)
-    micro_batch_size: int = Field(1, ge=1, le=65_536)
+    micro_batch_size: int = Field(1, ge=1, le=MAX_MICRO_BATCH)
     global_batch_size: int | None = Field(None, ge=1, le=100_000_000)
     precision: Precision = "bf16"
     optimizer: Optimizer = "adamw"
