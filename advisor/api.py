@@ -106,7 +106,7 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                    global_batch: int | None = None, precision: str | None = None, optimizer: str = "adamw",
                    method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
                    checkpointing: str = "none", attention: str = "sdpa",
-                   freeze_layers: int = 2) -> TrainingSpec:
+                   freeze_layers: int = 2, prompt_len: int | None = None) -> TrainingSpec:
     """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16."""
     if precision is None:
         precision = "bf16" if hw.bf16_supported else "fp16"
@@ -120,7 +120,7 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                             global_batch_size=global_batch, precision=precision, optimizer=optimizer,
                             method=method, lora=LoraSpec(rank=lora_rank, target_modules=tuple(lora_targets)),
                             activation_checkpointing=checkpointing, attention=attention,
-                            freeze_trainable_layers=freeze_layers)
+                            freeze_trainable_layers=freeze_layers, prompt_len=prompt_len)
     except ValidationError as exc:
         raise input_error(exc) from None
 
@@ -145,7 +145,8 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
              checkpointing: str = "none", attention: str = "sdpa", strategy: str | None = None,
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
-             freeze_layers: int = 2, profile=None) -> Estimate:
+             freeze_layers: int = 2, prompt_len: int | None = None, sub_group_size: int | None = None,
+             profile=None) -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
     optimizer step (training) or prefill/decode tokens/s per layout (inference); raises InputError on bad
     input. ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes.
@@ -160,9 +161,11 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
     training = build_training(hw, task=task, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
                               precision=precision, optimizer=optimizer, method=method, lora_rank=lora_rank,
                               lora_targets=lora_targets, checkpointing=checkpointing, attention=attention,
-                              freeze_layers=freeze_layers)
+                              freeze_layers=freeze_layers, prompt_len=prompt_len)
     check_against_model(resolved, training)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
+    if sub_group_size is not None:
+        strat = strat.model_copy(update={"sub_group_size": sub_group_size})
     if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)
         gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
     if isinstance(profile, (str, bytes)) or hasattr(profile, "__fspath__"):

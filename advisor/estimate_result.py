@@ -59,9 +59,10 @@ class PerGPU(_Out):
     buffers: int
     overhead: int
     total: int                 # = the seven terms above - phase_overlap
-    breakdown: dict[str, int]
-    phase_overlap: int = 0     # gradients and activations never alive together (formed as backward frees)
-    peak_moment: str = ""      # the moment of the step where the total is reached
+    breakdown: dict[str, int]  # every byte of total as one named item (sums to total exactly)
+    phase_overlap: int = 0     # never alive together: gradients formed as backward frees, step vs backward
+    peak_moment: str = ""      # the moment of the step where the total is reached (advisor.memory.peak.Moment)
+    moments: dict[str, int] = {}  # bytes above the persistent states at each moment of the step
 
 
 class PerNodeCPU(_Out):

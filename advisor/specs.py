@@ -92,6 +92,9 @@ class TrainingSpec(_Spec):
                                                      "(LLaMA-Factory's freeze_trainable_layers default 2)")
     activation_checkpointing: Checkpointing = "none"
     attention: Attention = "sdpa"
+    prompt_len: int | None = Field(None, ge=1, le=4_194_304,
+                                   description="task=infer: prompt tokens of seq_len (the rest is generated); "
+                                               "None = the whole sequence is prompt (sliding-window KV cache)")
 
 
 class StrategySpec(_Spec):
@@ -105,6 +108,10 @@ class StrategySpec(_Spec):
     bucket_sizes: BucketSizes = Field(
         "auto", description="DeepSpeed bucket sizes: HF-integration 'auto' values derived from hidden size, "
                             "or DeepSpeed's built-in defaults")
+    sub_group_size: int | None = Field(
+        None, ge=1, le=10**12,
+        description="DeepSpeed ZeRO-3 sub_group_size (elements): the optimizer steps one sub group at a time; "
+                    "None = the value of bucket_sizes (1e9)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "StrategySpec":

@@ -12,7 +12,7 @@ from . import flags
 def register(sub) -> None:
     p = sub.add_parser("estimate", help="per-GPU and per-node memory and the step time of one configuration")
     flags.add_problem_flags(p, with_strategy=True)
-    flags.add(p, ("--profile",))
+    flags.add(p, ("--profile", "--prompt-len", "--sub-group-size"))
     p.set_defaults(func=cmd_estimate)
 
 
@@ -22,6 +22,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     est = estimate(args.model, checkpointing=args.checkpointing, strategy=args.strategy,
                    offload_optimizer=args.offload_optimizer, offload_param=args.offload_param,
-                   bucket_sizes=args.bucket_sizes, profile=flags.profile(args), **flags.problem_kwargs(args))
+                   bucket_sizes=args.bucket_sizes, prompt_len=args.prompt_len,
+                   sub_group_size=args.sub_group_size, profile=flags.profile(args), **flags.problem_kwargs(args))
     print(json.dumps(est.to_json_dict(), indent=2) if args.json else render_estimate(est))
     return exit_codes.OK

@@ -157,6 +157,11 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--json", "print one JSON object (sizes in bytes)", action="store_true"),
     Flag("--profile", "use the rates `dsadvise calibrate` measured (a profile YAML) for step times and speeds",
          metavar="PATH"),
+    # estimate
+    Flag("--prompt-len", "--task infer: prompt tokens of --seq-len (sliding-window KV cache; default: all)",
+         positive_int, spec_fields=("prompt_len",)),
+    Flag("--sub-group-size", "DeepSpeed ZeRO-3 sub_group_size in elements (default 1e9)", positive_int,
+         spec_fields=("sub_group_size",)),
     # recommend
     Flag("--margin", "safety margin as a fraction of VRAM kept free (default from rules)", float,
          wizard_field="strategy"),

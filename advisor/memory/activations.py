@@ -68,7 +68,10 @@ from pydantic import BaseModel, ConfigDict
 from advisor.architecture import Architecture
 from advisor.specs import TrainingSpec
 
-ComputeMode = Literal["fp32", "autocast-fp16", "autocast-bf16", "half-fp16", "half-bf16"]
+# autocast16-*: torch autocast over 16-bit weights (FSDP MixedPrecision param_dtype; a LoRA/QLoRA base loaded in
+# 16 bit under accelerate's autocast): autocast's op lists, but parameters and the embedding output are 16-bit.
+ComputeMode = Literal["fp32", "autocast-fp16", "autocast-bf16", "autocast16-fp16", "autocast16-bf16",
+                      "half-fp16", "half-bf16"]
 
 _BYTES = {"f32": 4, "bf16": 2, "f16": 2, "bool": 1, "i64": 8, "i32": 4}
 
@@ -146,7 +149,7 @@ class _Trace:
     def __init__(self, mode: ComputeMode, batch: int, seq: int):
         self.autocast = mode.startswith("autocast")
         self.low = "f32" if mode == "fp32" else ("bf16" if mode.endswith("bf16") else "f16")
-        self.pdt = self.low if mode.startswith("half") else "f32"   # parameter (and embedding output) dtype
+        self.pdt = self.low if mode.startswith(("half", "autocast16")) else "f32"   # parameter (and embedding output) dtype
         self.b, self.s, self.N = batch, seq, batch * seq
         self._next = 0
         self.size: dict[int, int] = {}
@@ -933,7 +936,7 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     if ckpt in ("full", "selective") and training.attention == "eager":
         # checkpointed calls keep the 4-D causal mask (inputs_embeds dtype) until backward: as a kwarg of
         # each checkpointed layer (full) or as an input of each checkpointed attention call (selective)
-        breakdown["attention_mask"] = b * s * s * (2 if mode.startswith("half") else 4)
+        breakdown["attention_mask"] = b * s * s * (2 if mode.startswith(("half", "autocast16")) else 4)
     activations = sum(v for k, v in breakdown.items() if k != "per_layer")
 
     # -- temporaries: the largest transient on top of the saved set during backward, from the replay of the

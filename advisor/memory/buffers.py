@@ -2,40 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..architecture import Architecture
 from ..param_count import ParameterCounts, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
-from .bytes_per_param import StateBytes
+from .bytes_per_param import NF4_DOUBLE_QUANT_BYTES, StateBytes
 from .model_states import fsdp_shard_degree
-
-
-@dataclass(frozen=True)
-class DeepSpeedSizes:
-    """ZeRO knobs in elements, as DeepSpeed reads them from ``zero_optimization``."""
-
-    reduce_bucket_size: int
-    allgather_bucket_size: int
-    prefetch_bucket_size: int
-    max_live_parameters: int
-    param_persistence_threshold: int
-    sub_group_size: int
-    overlap_comm: bool
-
-
-def deepspeed_sizes(arch: Architecture, strategy: StrategySpec) -> DeepSpeedSizes:
-    """DeepSpeed's bucket sizes: its built-in defaults, or the HF integration's ``"auto"`` values."""
-    stage = strategy.zero_stage or 0
-    # DeepSpeedZeroConfig: overlap_comm defaults to True for stage 3 and False otherwise.
-    overlap = stage == 3
-    if strategy.bucket_sizes == "default":
-        # deepspeed/runtime/zero/config.py defaults.
-        return DeepSpeedSizes(500_000_000, 500_000_000, 50_000_000, 1_000_000_000, 100_000, 1_000_000_000, overlap)
-    h = arch.hidden_size
-    # transformers/integrations/deepspeed.py trainer_config_finalize: reduce_bucket_size = h*h,
-    # stage3_prefetch_bucket_size = 0.9*h*h (int), stage3_param_persistence_threshold = 10*h.
-    return DeepSpeedSizes(h * h, 500_000_000, int(0.9 * h * h), 1_000_000_000, 10 * h, 1_000_000_000, overlap)
+from .zero_sizes import DeepSpeedSizes, deepspeed_sizes  # noqa: F401  (re-exported: render uses them)
 
 
 def _vector_elements_per_layer(arch: Architecture, counts: ParameterCounts) -> int:
@@ -65,14 +37,26 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             # holds a bucket.
             factor = 4.5 if ds.overlap_comm else 1.0
             out["ZeRO reduce bucket"] = int(factor * ds.reduce_bucket_size * grad_b)
+            if stage in (1, 2) and strategy.offload_optimizer != "none":
+                # stage_1_and_2.__init__ with cpu_offload: temp_grad_buffer_for_gpu_offload, the largest
+                # parameter's size in the 16-bit dtype, on the GPU for the whole run.
+                out["ZeRO offload gradient staging buffer (largest parameter)"] = \
+                    min(counts.largest_module, trainable) * grad_b
         if stage == 3:
             weight_b = 2 if sb.weight == 2 else 4
             # ZeRO-3 gathers per leaf module (PartitionedParameterCoordinator fetches a submodule's own
             # params in its pre-forward hook) plus up to stage3_prefetch_bucket_size ahead, capped by
             # stage3_max_live_parameters (DeepSpeed ZeRO-3 docs).
             # A module larger than the cap is still gathered whole.
+            # From the second step on, the coordinator knows each parameter's reuse distance and does not
+            # release one that is reused within stage3_max_reuse_distance (default 1e9 elements, untouched by
+            # the HF "auto" values), up to stage3_max_live_parameters (partitioned_param_coordinator.py
+            # release_sub_module / __params_to_release): at the end of the forward the last layers, reused at
+            # once by the backward, are still gathered - up to max_live elements (measured: the whole small
+            # model of benchmarks/engine_steps.py stays gathered).
             live = max(counts.largest_module,
-                       min(ds.max_live_parameters, counts.largest_module + ds.prefetch_bucket_size))
+                       min(ds.max_live_parameters, counts.largest_module + ds.prefetch_bucket_size),
+                       min(ds.max_live_parameters, counts.total))
             out["ZeRO-3 gathered parameters (module + prefetch)"] = live * weight_b
             # Backward produces a module's gradients at full size before they enter the reduce bucket.
             out["ZeRO-3 unpartitioned module gradients"] = counts.largest_module * grad_b
@@ -88,16 +72,33 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         gathered_b = 2 if (mixed or training.precision == "pure-bf16") else 4
         shards = fsdp_shard_degree(strategy, hw)
         root = counts.embedding + counts.lm_head + counts.final
+        layer_bytes = counts.layer_gathered * gathered_b
+        model_bytes = counts.total * gathered_b
+        if training.method == "qlora":
+            # FSDP-QLoRA shards the packed NF4 weights (bnb_4bit_quant_storage = the 16-bit dtype, so the
+            # uint8-packed values travel as 16-bit elements): a gathered unit is its NF4 bytes, not 16-bit
+            # (accelerate fsdp_utils: Params4bit with a floating quant_storage are sharded; bitsandbytes docs).
+            quantized = sum(i * o * c for i, o, c in linear_shapes(arch).values())
+            layer_bytes = quantized * NF4_DOUBLE_QUANT_BYTES + (counts.layer_gathered - quantized) * gathered_b
+            model_bytes = layer_bytes * arch.num_layers + root * gathered_b
+        if training.method == "full":
+            layer_grad = counts.layer_gathered * gathered_b
+        else:
+            # Only the adapters (or unfrozen layers) have gradients: PEFT's fsdp_auto_wrap_policy (HF Trainer,
+            # accelerate) puts trainable modules in their own FSDP units and FSDP2 shards per parameter, so a
+            # frozen layer's unit has no gradient (requires_grad=False FlatParameter / no DTensor grad).
+            layer_grad = min(trainable, counts.layer_gathered) * gathered_b if training.method == "freeze" \
+                else trainable / max(arch.num_layers, 1) * gathered_b
         if strategy.fsdp_sharding in ("FULL_SHARD", "HYBRID_SHARD") and shards > 1:
             # Root unit (embeddings, lm_head, final norm) stays gathered; BACKWARD_PRE prefetch holds two
             # decoder layers gathered plus one layer's unsharded gradient before reduce-scatter.
-            out["FSDP gathered units (root + 2 layers)"] = (root + 2 * counts.layer_gathered) * gathered_b
-            out["FSDP unsharded layer gradient"] = counts.layer_gathered * gathered_b
+            out["FSDP gathered units (root + 2 layers)"] = root * gathered_b + 2 * layer_bytes
+            out["FSDP unsharded layer gradient"] = layer_grad
         elif strategy.fsdp_sharding == "SHARD_GRAD_OP" and shards > 1:
             # SHARD_GRAD_OP keeps parameters gathered from forward through backward.
-            out["FSDP gathered parameters (whole model)"] = counts.total * gathered_b
-            out["FSDP unsharded layer gradient"] = counts.layer_gathered * gathered_b
-        elif mixed:
+            out["FSDP gathered parameters (whole model)"] = model_bytes
+            out["FSDP unsharded layer gradient"] = layer_grad
+        elif mixed and training.method == "full":
             # NO_SHARD / one GPU with MixedPrecision: a 16-bit compute copy of the flat parameters.
-            out["FSDP mixed-precision parameter copy"] = counts.total * gathered_b
+            out["FSDP mixed-precision parameter copy"] = model_bytes
     return {k: int(v) for k, v in out.items() if v}

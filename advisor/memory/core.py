@@ -7,13 +7,13 @@ from ..errors import InputError
 from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
 from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_info, strategy_info
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
-from .activations import REPLAYED_FAMILIES, activation_memory, compute_mode
+from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
 from .buffers import buffer_bytes
 from .bytes_per_param import state_bytes
 from .inference import inference_layouts
 from .model_states import model_states
 from .overhead import overhead_defaults
-from .peak import step_peak
+from .peak import ActivationTerms, StepPeak, step_peak
 
 
 def trainable_parameters(model: ResolvedModel, counts: ParameterCounts, training: TrainingSpec) -> int:
@@ -63,20 +63,20 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
 
     sb = state_bytes(training, strategy)
     ms = model_states(arch, counts, trainable, sb, training, strategy, hw)
-    act = activation_memory(arch, training, compute_mode(training.precision, strategy.backend))
+    act = activation_memory(arch, training, activation_mode(training, strategy))
     buffers = buffer_bytes(arch, counts, trainable, sb, training, strategy, hw)
-    weight_copies = act.breakdown.get("info:autocast_weight_copies", 0)
-    if weight_copies and strategy.backend != "fsdp" and training.method not in ("lora", "qlora"):
+    terms = ActivationTerms.of(act)
+    if terms.autocast_weight_copies and strategy.backend != "fsdp" and training.method not in ("lora", "qlora"):
         # torch.autocast casts each fp32 weight to 16 bit once per forward and the linears save the copies
         # for backward (autocast weight cache). FSDP's MixedPrecision already holds 16-bit params, and a
         # LoRA/QLoRA base is stored in 16 bit / NF4, so neither is copied.
-        buffers["autocast 16-bit weight copies (saved for backward)"] = weight_copies
+        buffers["autocast 16-bit weight copies (saved for backward)"] = terms.autocast_weight_copies
     buffers_total = sum(buffers.values())
 
-    # The peak is the worst moment of the step (advisor/memory/peak.py): gradients formed during backward
-    # and activations freed by it are not all alive at once. Fields sum to the total minus that overlap.
-    peak = step_peak(arch, counts, training, strategy, hw, act, ms.gradients, ms.step_temporaries)
-    temporaries = peak.naive - act.activations - ms.gradients
+    # The peak is the worst moment of the step (advisor/memory/peak.py): gradients formed during backward,
+    # activations freed by it and the optimizer step's transients are not all alive at once.
+    held_fp32 = accelerate_fp32_logits(arch, training, strategy)
+    peak = step_peak(arch, counts, training, strategy, hw, act, ms.step, held_extra=held_fp32)
     allocated = ms.parameters + ms.optimizer_states + buffers_total + peak.dynamic
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
                       "allocator fragmentation": int(allocated * ov.allocator_fragmentation_fraction)}
@@ -85,21 +85,27 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     overhead = sum(overhead_parts.values())
     total = allocated + overhead
 
+    # Every byte of `total` is one item: model states, activation terms, the transient of the naive sum,
+    # buffers, overhead, and what is not alive at the peak moment (negative).
     breakdown = dict(ms.gpu_breakdown)
-    # Activation terms that add up to `activations` (not the per-layer sub-term, the temporaries'
-    # candidates `temp:*` or informational `info:*` entries).
     breakdown.update({f"activations: {k}": v for k, v in act.breakdown.items()
                       if k != "per_layer" and not k.startswith(("temp:", "info:"))})
+    breakdown[_transient_label(peak, terms, held_fp32)] = peak.temporaries
     breakdown.update(buffers)
     breakdown.update(overhead_parts)
-    if ms.step_temporaries:
-        breakdown["optimizer step temporaries (foreach)"] = ms.step_temporaries
     if peak.phase_overlap:
-        breakdown[f"not alive at the peak ({peak.moment})"] = -peak.phase_overlap
+        breakdown[f"not alive at the peak ({peak.moment.value})"] = -peak.phase_overlap
+    breakdown = {k: v for k, v in breakdown.items() if v}
+    assert sum(breakdown.values()) == total, "breakdown must add up to total"
 
     cpu_parts = dict(ms.cpu_per_node)
     cpu_parts["training processes"] = ov.cpu_per_process_bytes * hw.gpus_per_node
-    cpu_parts.update(_model_loading_cpu(counts, sb.weight, training, strategy, hw))
+    loading = _model_loading_cpu(counts, sb.weight, training, strategy, hw)
+    cpu_parts.update(loading)
+    save = checkpoint_save_cpu(counts, training, strategy)
+    if save > sum(loading.values()):
+        # the save happens after loading is over: only what it adds above the loading peak
+        cpu_parts[CHECKPOINT_SAVE_ITEM] = save - sum(loading.values())
     cpu_total = sum(cpu_parts.values())
     cpu_fits = hw.cpu_ram_bytes is None or cpu_total <= hw.cpu_ram_bytes
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
@@ -108,12 +114,17 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     if arch.traced or arch.family not in REPLAYED_FAMILIES:   # what the trace had to approximate, said
         from ..trace.estimate import trace_settings
 
-        _, approximations = trace_settings(training, compute_mode(training.precision, strategy.backend))
+        _, approximations = trace_settings(training, activation_mode(training, strategy))
         notes += [f"traced activations: {text}" for text in approximations]
+    if CHECKPOINT_SAVE_ITEM in cpu_parts and not cpu_fits \
+            and cpu_total - cpu_parts[CHECKPOINT_SAVE_ITEM] <= (hw.cpu_ram_bytes or 0):
+        notes.append("saving a consolidated 16-bit checkpoint gathers the whole model into rank 0's CPU RAM and "
+                     "does not fit: set zero_optimization.stage3_gather_16bit_weights_on_model_save=false and "
+                     "save ZeRO shards (consolidate offline with zero_to_fp32.py)")
     per_gpu = PerGPU(parameters=ms.parameters, gradients=ms.gradients, optimizer_states=ms.optimizer_states,
-                     activations=act.activations, temporaries=temporaries, buffers=buffers_total,
-                     overhead=overhead, phase_overlap=peak.phase_overlap, peak_moment=peak.moment,
-                     total=total, breakdown=breakdown)
+                     activations=act.activations, temporaries=peak.temporaries, buffers=buffers_total,
+                     overhead=overhead, phase_overlap=peak.phase_overlap, peak_moment=peak.moment.value,
+                     moments={m.value: v for m, v in peak.moments.items()}, total=total, breakdown=breakdown)
     return Estimate(task="train", model=info, hardware=hardware_info(hw), strategy=strategy_info(training, strategy),
                     per_gpu=per_gpu,
                     per_node_cpu=PerNodeCPU(total=cpu_total, available_bytes=hw.cpu_ram_bytes, fits=cpu_fits,
@@ -121,6 +132,59 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                     per_node_nvme_bytes=ms.nvme_per_node,
                     fits=total <= hw.vram_bytes and cpu_fits and nvme_fits,
                     headroom_bytes=hw.vram_bytes - total, notes=notes)
+
+
+def activation_mode(training: TrainingSpec, strategy: StrategySpec) -> ComputeMode:
+    """The compute mode activations are counted in, decided per engine together with the weights' dtype.
+
+    * DeepSpeed fp16/bf16 casts the module to 16 bit and runs no autocast (``half-*``; engine.py
+      ``_configure_distributed_model`` ``module.half()/bfloat16()``).
+    * FSDP under accelerate: ``MixedPrecision(param_dtype=16-bit)`` gathers 16-bit parameters and accelerate
+      still wraps the forward in autocast (``Accelerator.prepare_model``: ``native_amp`` for every
+      distributed type but DeepSpeed/Megatron): autocast over 16-bit weights (``autocast16-*``).
+    * LoRA/QLoRA under accelerate / the HF Trainer: the base is loaded in 16 bit (``torch_dtype``; model
+      states count it so) and autocast runs over it: ``autocast16-*``.
+    * Single GPU / DDP full fine-tuning: autocast over the fp32 weights the optimizer updates (``autocast-*``).
+    """
+    mode = compute_mode(training.precision, strategy.backend)
+    if mode.startswith("autocast") and (strategy.backend == "fsdp" or training.method in ("lora", "qlora")):
+        return f"autocast16-{training.precision}"  # type: ignore[return-value]
+    return mode
+
+
+def accelerate_fp32_logits(arch, training: TrainingSpec, strategy: StrategySpec) -> int:
+    """Extra bytes of the logits the training loop holds: accelerate converts a 16-bit model output to fp32
+    under native AMP (``Accelerator.prepare_model``: ``convert_outputs_to_fp32``; not under DeepSpeed), so the
+    caller holds N x V x 4 bytes instead of the 16-bit logits (freed: nothing saves them)."""
+    if strategy.backend == "deepspeed" or training.precision not in ("fp16", "bf16"):
+        return 0
+    return training.micro_batch_size * training.seq_len * arch.vocab_size * (4 - 2)
+
+
+def _transient_label(peak: StepPeak, terms: ActivationTerms, held_fp32: int) -> str:
+    """Name of the transient term: the optimizer step's or the backward's, whichever the naive sum took."""
+    if peak.temporaries > terms.temporaries + held_fp32:
+        return "transient: optimizer step (gradient copies, step temporaries, held logits)"
+    if held_fp32:
+        return "transient: backward (loss and layer gradients, accelerate's fp32 logits)"
+    return "transient: backward (loss and layer gradients)"
+
+
+CHECKPOINT_SAVE_ITEM = "checkpoint save: consolidated 16-bit model on rank 0 (above model loading)"
+
+
+def checkpoint_save_cpu(counts: ParameterCounts, training: TrainingSpec, strategy: StrategySpec) -> int:
+    """CPU bytes on rank 0's node while a consolidated checkpoint is written (bytes).
+
+    ZeRO-3 with ``stage3_gather_16bit_weights_on_model_save`` (what dsadvise renders): the engine's
+    ``_zero3_consolidated_16bit_state_dict`` gathers one module at a time on the GPU (``GatheredParameters``,
+    the gathered-module buffer already counted) and rank 0 keeps a CPU copy of every 16-bit tensor: the whole
+    model. FSDP is rendered with ``SHARDED_STATE_DICT`` (each rank writes its shard: nothing gathered); with
+    ``FULL_STATE_DICT`` (offload_to_cpu, rank0_only) rank 0 would hold the same whole model."""
+    if strategy.backend == "deepspeed" and strategy.zero_stage == 3:
+        weight_b = 4 if training.precision == "fp32" else 2
+        return counts.total * weight_b
+    return 0
 
 
 def _model_loading_cpu(counts: ParameterCounts, weight_bytes: float, training: TrainingSpec,

@@ -25,6 +25,38 @@ def kv_cache_bytes(counts_layers: int, kv_heads: int, head_dim: int, seq_len: in
     return counts_layers * 2 * kv_heads * head_dim * seq_len * batch * dtype_bytes
 
 
+def sliding_layers(arch) -> int:
+    """Decoder layers whose attention is a sliding window (transformers' default ``layer_types``).
+
+    Gemma-2 and GPT-OSS alternate sliding and full layers, sliding first (``"sliding_attention" if (i + 1) % 2``,
+    configuration_gemma2.py / configuration_gpt_oss.py); Gemma-3 has five sliding layers per full one
+    (``sliding_window_pattern`` 6, configuration_gemma3.py); Mistral v0.1 and Mixtral slide on every layer when
+    ``sliding_window`` is set. Qwen2's ``max_window_layers`` split is not known here: counted as full (safe)."""
+    if not arch.sliding_window:
+        return 0
+    n = arch.num_layers
+    family = arch.family
+    if family in ("gemma2", "gpt_oss"):
+        return (n + 1) // 2
+    if family in ("gemma3", "gemma3_text"):
+        return n - n // 6
+    if family in ("mistral", "mixtral"):
+        return n
+    return 0
+
+
+def kv_cache_peak_tokens(arch, seq_len: int, prompt_len: int | None) -> tuple[int, int]:
+    """Tokens per sequence the cache holds at its peak: (full layers, sliding layers).
+
+    transformers' ``DynamicSlidingWindowLayer.update`` keeps ``full[:, :, -window + 1:]`` - a *view* of the
+    concatenated states - so after the prefill a sliding layer still holds the whole prompt's storage until the
+    first decoding step replaces it with a ``window``-token tensor (cache_utils.py). Its peak is therefore
+    max(prompt, window) tokens, at most the sequence; a full layer holds the whole sequence."""
+    prompt = min(prompt_len or seq_len, seq_len)
+    window = arch.sliding_window or seq_len
+    return seq_len, min(seq_len, max(prompt, window))
+
+
 def weight_bytes_for_inference(model: ResolvedModel, counts: ParameterCounts, training: TrainingSpec) -> int:
     """Bytes of the weights as loaded for inference: fp32, 16-bit, or NF4 linears for ``qlora``."""
     if training.method == "qlora":
@@ -46,6 +78,13 @@ def transient_bytes(model: ResolvedModel, training: TrainingSpec, dtype_bytes: i
     else:
         attn = 4 * b * s * a.q_width * dtype_bytes
     hidden = 3 * b * s * a.hidden_size * dtype_bytes
+    # The prefill's 4-D attention mask: eager attention adds a (b, 1, s, s) mask in the compute dtype; SDPA skips
+    # it for a plain causal mask (is_causal) but needs a materialized boolean one for a sliding window
+    # (transformers masking_utils: sdpa_mask / sliding_window_causal_mask).
+    if training.attention == "eager":
+        hidden += b * s * s * dtype_bytes
+    elif sliding_layers(a):
+        hidden += b * s * s
     # generate() keeps logits of the last position only (logits_to_keep=1), upcast to fp32 for sampling.
     logits = 2 * b * a.vocab_size * 4
     return max(mlp, attn) + hidden + logits
@@ -57,8 +96,12 @@ def inference_layouts(model: ResolvedModel, counts: ParameterCounts, info: Model
     a = model.architecture
     dtype_bytes = 4 if training.precision == "fp32" else 2
     weights = weight_bytes_for_inference(model, counts, training)
-    kv = kv_cache_bytes(a.num_layers, a.num_key_value_heads, a.head_dim, training.seq_len,
-                        training.micro_batch_size, dtype_bytes)
+    full_tokens, sliding_tokens = kv_cache_peak_tokens(a, training.seq_len, training.prompt_len)
+    n_sliding = sliding_layers(a)
+    kv = (kv_cache_bytes(a.num_layers - n_sliding, a.num_key_value_heads, a.head_dim, full_tokens,
+                         training.micro_batch_size, dtype_bytes)
+          + kv_cache_bytes(n_sliding, a.num_key_value_heads, a.head_dim, sliding_tokens,
+                           training.micro_batch_size, dtype_bytes))
     transient = transient_bytes(model, training, dtype_bytes)
     frag = ov.allocator_fragmentation_fraction
 
@@ -88,6 +131,11 @@ def inference_layouts(model: ResolvedModel, counts: ParameterCounts, info: Model
     s_info = strategy_info(training, strategy).model_copy(update={"name": chosen.layout})
     notes = [model.note] if model.note else []
     notes.append("KV cache = layers x 2 x kv_heads x head_dim x seq_len x batch x bytes")
+    if n_sliding:
+        prompt = "the prompt" if training.prompt_len else "the prompt (assumed the whole sequence: set prompt_len)"
+        notes.append(f"{n_sliding} of {a.num_layers} layers use a {a.sliding_window}-token sliding window: their "
+                     f"cache holds max({prompt}, window) tokens at its peak (the prefill's states stay alive until "
+                     "the first decoding step)")
     return Estimate(task="infer", model=info, hardware=hardware_info(hw), strategy=s_info, per_gpu=per_gpu,
                     per_node_cpu=PerNodeCPU(total=cpu_total, available_bytes=hw.cpu_ram_bytes, fits=cpu_fits,
                                             breakdown=cpu),

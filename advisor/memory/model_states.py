@@ -14,6 +14,8 @@ from ..architecture import Architecture
 from ..param_count import ParameterCounts, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .bytes_per_param import StateBytes
+from .peak import StepGradients
+from .zero_sizes import deepspeed_sizes
 
 # DeepSpeed CPU offload allocates pinned and staging buffers on top of the states it holds; its own
 # estimators multiply CPU memory by additional_buffer_factor=1.5 (deepspeed/runtime/zero/stage3.py).
@@ -39,7 +41,7 @@ class ModelStates:
     parameters: int = 0
     gradients: int = 0
     optimizer_states: int = 0
-    step_temporaries: int = 0           # transient at the optimizer step (foreach temporaries)
+    step: StepGradients | None = None   # gradients by moment and the optimizer step's transients
     gpu_breakdown: dict[str, int] = field(default_factory=dict)
     cpu_per_node: dict[str, int] = field(default_factory=dict)
     nvme_per_node: int = 0
@@ -142,15 +144,25 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             ms.nvme_per_node += per_rank * local
 
     put(pl.params_on, "parameters", param_bytes)
-    if not (strategy.backend == "deepspeed" and pl.grads_on == "cpu" and step_grad):
-        # With optimizer offload DeepSpeed copies each reduced 16-bit gradient straight into the fp32 CPU
-        # partition (stage_1_and_2 async_accumulate_grad_in_cpu_via_gpu; stage3 partition_grads), counted
-        # below as the step gradient: no separate 16-bit copy is kept.
+    stage = strategy.zero_stage or 0
+    zero_mixed = strategy.backend == "deepspeed" and stage >= 1 and bool(step_grad)
+    if zero_mixed and pl.grads_on == "cpu":
+        # Optimizer offload: each reduced gradient is copied straight into the fp32 CPU partition (counted
+        # below). ZeRO-1 still accumulates every 16-bit param.grad on the GPU through the backward and reduces
+        # at the boundary (stage_1_and_2.process_gradients reduces during backward only for stage 2 or
+        # overlap_comm; the epilogue's copy_grads_in_partition -> async_inplace_copy_grad_to_fp32_buffer_from_gpu,
+        # then _clear_param_grad_only); stage 2 and 3 keep none on the GPU.
+        if stage == 1:
+            put("gpu", "gradients", trainable * sb.gradient)
+    else:
         put(pl.grads_on, "gradients", grad_bytes)
     put(pl.optim_on, "optimizer moments", moments / pl.optim_shards)
     if master:
         put(pl.optim_on, "fp32 master weights", master / pl.optim_shards)
-    if step_grad:
+    if step_grad and not (zero_mixed and pl.optim_on == "gpu"):
+        # Offload: the fp32 gradient partition is allocated once on the CPU (stage_1_and_2
+        # initialize_optimizer_states keeps single_partition_of_fp32_groups[i].grad; stage3 offload likewise).
+        # On the GPU it exists only during the step: a step transient (step_gradients), not a model state.
         put(pl.optim_on, "fp32 gradient partition for the step", step_grad / pl.optim_shards)
 
     ms.parameters = ms.gpu_breakdown.get("parameters", 0)
@@ -160,11 +172,58 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         offloaded = sum(ms.cpu_per_node.values())
         if strategy.backend == "deepspeed" and offloaded:
             ms.cpu_per_node["offload pinned/staging buffers"] = int(offloaded * (DEEPSPEED_CPU_BUFFER_FACTOR - 1))
+    ms.step = step_gradients(arch, counts, trainable, sb, training, strategy, hw, ms.gradients, pl)
+    return ms
 
+
+def step_gradients(arch: Architecture, counts: ParameterCounts, trainable: int, sb: StateBytes,
+                   training: TrainingSpec, strategy: StrategySpec, hw: HardwareSpec, gpu_gradients: int,
+                   pl: Placement) -> StepGradients:
+    """Gradient bytes per GPU at their fullest, at the optimizer step, and the step's transients."""
+    if strategy.backend == "deepspeed" and (strategy.zero_stage or 0) >= 1 and sb.step_gradient:
+        stage = strategy.zero_stage or 0
+        world = hw.world_size
+        grad_b = sb.gradient
+        part = trainable / world                      # elements of this rank's partition
+        largest = min(counts.largest_module, trainable)
+        if pl.grads_on == "cpu":
+            # Offload: the step runs on the CPU. ZeRO-1's epilogue takes an fp64 norm of each 16-bit gradient
+            # on the GPU while all of them exist (stage_1_and_2.set_norm_for_param_grad_in_gpu, get_norm_dtype
+            # = float64 where the device has fp64); ZeRO-2 holds one parameter's gradient before its copy.
+            if stage == 1:
+                return StepGradients(formed=gpu_gradients, at_step=gpu_gradients, step_temporaries=0,
+                                     norm_temporary=8 * largest)
+            return StepGradients(formed=0, at_step=0, step_temporaries=0,
+                                 unreduced=largest * grad_b if stage == 2 else 0, persistent=stage == 3)
+        if stage in (1, 2):
+            # The step reads grads_in_partition: every parameter overlapping this rank's partition, whole
+            # (stage_1_and_2.copy_grads_in_partition sums param.numel()): the partition + one straddling layer
+            # matrix at most. It first takes the clipping norm as an fp64 copy of each gradient in turn
+            # (get_grad_norm_direct: g.data.to(get_norm_dtype())), then flattens the partition (16-bit copy)
+            # and casts it to fp32 (stage_1_and_2.step: flatten(...).to(fp32)); both are alive at once, the
+            # fp32 one until the group's step ends.
+            straddle = max((i * o for i, o, _ in linear_shapes(arch).values()), default=0)
+            # ZeRO-2: a gradient larger than the reduce bucket bypasses it (reduce_independent_p_g_buckets_and_
+            # remove_grads: extra_large_param_to_reduce) and one such full gradient can still be alive when the
+            # step starts (measured: engine_steps zero2, the lm_head's gradient).
+            unreduced = int(largest * grad_b) if stage == 2 else 0
+            at_step = int(min(trainable, part + straddle) * grad_b) + unreduced
+            return StepGradients(
+                formed=gpu_gradients, at_step=at_step, step_temporaries=int(part * (grad_b + 4)),
+                norm_temporary=int(8 * min(largest, part)), unreduced=unreduced)
+        # ZeRO-3: grad_partitions_flat_buffer is allocated once (stage3.py __init__). The step walks the sub
+        # groups (stage3._create_fp16_sub_groups closes a group once it reaches sub_group_size, so one can
+        # exceed it by one parameter partition): _prepare_fp32_grad_for_sub_group flattens the group's
+        # gradients (16-bit copy) and casts them to fp32; _release_sub_group frees the fp32 gradient.
+        sub = deepspeed_sizes(arch, strategy).sub_group_size
+        chunk = min(part, sub + largest / world)
+        return StepGradients(formed=gpu_gradients, at_step=gpu_gradients, step_temporaries=int(chunk * (grad_b + 4)),
+                             norm_temporary=int(8 * largest / world), persistent=True)
     # torch's foreach AdamW/Adam/Lion/SGD (default on CUDA) allocate one temporary per state tensor list,
     # e.g. exp_avg_sq.sqrt() in torch/optim/adamw.py _multi_tensor_adamw: one fp32 copy of the moments' size.
     # DeepSpeed's FusedAdam (multi_tensor_apply) and CPU Adam have no such temporary.
+    temps = 0
     if strategy.backend != "deepspeed" and pl.optim_on == "gpu" and training.optimizer in ("adamw", "lion", "sgd"):
         state = 2 if training.precision == "pure-bf16" else 4
-        ms.step_temporaries = int(trainable * state / pl.optim_shards)
-    return ms
+        temps = int(trainable * state / pl.optim_shards)
+    return StepGradients(formed=gpu_gradients, at_step=gpu_gradients, step_temporaries=temps)

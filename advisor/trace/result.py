@@ -17,7 +17,8 @@ class TraceSettings(BaseModel):
 
     seq_len: int = Field(ge=1)
     batch: int = Field(1, ge=1)
-    mode: Literal["fp32", "autocast-bf16", "autocast-fp16", "half-bf16", "half-fp16"] = "fp32"
+    mode: Literal["fp32", "autocast-bf16", "autocast-fp16", "autocast16-bf16", "autocast16-fp16", "half-bf16",
+                  "half-fp16"] = "fp32"
     attention: Literal["sdpa", "eager"] = "sdpa"
     checkpointing: Literal["none", "full"] = "none"
     method: TraceMethod = "full"

@@ -157,7 +157,10 @@ def _dtypes(mode: str):
 
     return {"fp32": (torch.float32, None), "autocast-bf16": (torch.float32, torch.bfloat16),
             "autocast-fp16": (torch.float32, torch.float16), "half-bf16": (torch.bfloat16, None),
-            "half-fp16": (torch.float16, None)}[mode]
+            "half-fp16": (torch.float16, None),
+            # autocast over 16-bit weights (advisor.memory.core.activation_mode: FSDP MixedPrecision, a LoRA base
+            # loaded in 16 bit)
+            "autocast16-bf16": (torch.bfloat16, torch.bfloat16), "autocast16-fp16": (torch.float16, torch.float16)}[mode]
 
 
 def _instantiate(config, attn: str, wdtype):

@@ -36,14 +36,30 @@ def probe(cfg: dict, stage: int) -> dict:
     config = {
         "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
         "bf16": {"enabled": True},
-        "zero_optimization": {"stage": stage},
+        # the HF integration's "auto" reduce bucket (hidden^2), as dsadvise's estimate assumes by default
+        "zero_optimization": {"stage": stage, "reduce_bucket_size": cfg["hidden_size"] ** 2},
         "zero_allow_untested_optimizer": True,
     }
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     engine, zopt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
     ids = torch.randint(0, cfg["vocab_size"], (1, 32))
+    # the most 16-bit parameter gradients alive at once during backward (checked as each one is accumulated)
+    alive = {"max": 0}
+    params = list(engine.module.parameters())
+
+    def hook(_):
+        alive["max"] = max(alive["max"], nbytes(p.grad for p in params if p.grad is not None))
+
+    handles = [p.register_post_accumulate_grad_hook(hook) for p in params] if stage in (1, 2) else []
     loss = engine(input_ids=ids, labels=ids).loss
     engine.backward(loss)
+    for h in handles:
+        h.remove()
+    partition = None
+    if stage in (1, 2):
+        # the flat partition the step reads (grads_in_partition; averaged_gradients are views of it)
+        grads = [g for group in zopt.averaged_gradients.values() for g in (group or []) if g is not None]
+        partition = sum({g.untyped_storage().data_ptr(): g.untyped_storage().nbytes() for g in grads}.values())
     engine.step()
     out = {"stage": stage, "world": engine.world_size, "rank": engine.global_rank}
     if stage == 3:
@@ -53,7 +69,8 @@ def probe(cfg: dict, stage: int) -> dict:
     else:
         masters = list(zopt.single_partition_of_fp32_groups)
         out["parameters"] = nbytes(engine.module.parameters())
-        out["gradients"] = None  # stage 1/2 gradient partitions are transient; not compared
+        out["gradients"] = partition
+        out["grads_alive_in_backward"] = alive["max"]
     out["master"] = nbytes(masters)
     out["moments"] = moments(zopt.optimizer, masters)
     out["total_parameters"] = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()

@@ -61,8 +61,11 @@ def test_adafactor_is_factored():
     assert o >= 4 * arch.num_layers * one_layer_matrices
 
 
+# Persistent states: 16-bit weights and gradients, fp32 master + Adam moments 12 bytes. The fp32 gradient
+# partition (4 bytes) exists only during the optimizer step (stage_1_and_2.step / stage3 sub groups): it is a
+# step transient, not a model state.
 @pytest.mark.parametrize("stage,expected", [
-    (1, 2 + 2 + 16 / 8), (2, 2 + (2 + 16) / 8), (3, (2 + 2 + 16) / 8)])
+    (1, 2 + 2 + 12 / 8), (2, 2 + (2 + 12) / 8), (3, (2 + 2 + 12) / 8)])
 def test_zero_stages_partition_over_world(stage, expected):
     _, p, g, o = states(precision="bf16", strategy=f"zero{stage}", gpus=8)
     assert (p + g + o) == pytest.approx(expected * PSI, rel=1e-6)
