@@ -12,21 +12,14 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from .catalog.gpus import resolve_gpu
+from .cli.flags import SPEC_FIELD_FLAGS
 from .catalog.models import ResolvedModel, resolve_model
 from .errors import InputError, did_you_mean
-from .result import Estimate
+from .estimate_result import Estimate
 from .specs import STRATEGY_NAMES, GiB, HardwareSpec, LoraSpec, StrategySpec, TrainingSpec
 
-# Spec field -> the CLI flag users know it by, so errors name what they typed.
-FLAG_NAMES = {
-    "gpus_per_node": "--gpus", "nodes": "--nodes", "vram_bytes": "--vram", "cpu_ram_bytes": "--cpu-ram",
-    "nvme_bytes": "--nvme-size", "seq_len": "--seq-len", "micro_batch_size": "--micro-batch",
-    "global_batch_size": "--global-batch", "precision": "--precision", "optimizer": "--optimizer",
-    "method": "--method", "rank": "--lora-rank", "activation_checkpointing": "--checkpointing",
-    "attention": "--attention", "task": "--task", "offload_optimizer": "--offload-optimizer",
-    "offload_param": "--offload-param", "zero_stage": "--strategy", "fsdp_sharding": "--strategy",
-    "backend": "--strategy", "freeze_trainable_layers": "--freeze-layers", "target_modules": "--lora-targets",
-}
+# Spec field -> the CLI flag users know it by, so errors name what they typed (from the one flag table).
+FLAG_NAMES = SPEC_FIELD_FLAGS
 
 
 def input_error(exc: ValidationError) -> InputError:

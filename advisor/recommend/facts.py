@@ -124,7 +124,7 @@ def rule_stage(rule) -> int:
     """When a rule runs: its condition's stage, and for require/forbid at least its settings' stage.
 
     require/forbid rules whose condition reads problem facts only are applied once, to the search space
-    (see :func:`advisor.rules.engine.narrow_domains`), and are given stage PROBLEM.
+    (see :func:`advisor.ruleengine.engine.narrow_domains`), and are given stage PROBLEM.
     """
     stage = when_stage(rule)
     if rule.effect in ("require", "forbid") and stage > PROBLEM:

@@ -22,8 +22,8 @@ from ..architecture import Architecture
 from ..catalog.models import ResolvedModel, resolve_model
 from ..errors import InputError
 from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
-from ..rules import RuleSet
-from ..rules.engine import Rule
+from ..ruleengine import RuleSet
+from ..ruleengine.engine import Rule
 from ..specs import GPUInfo, HardwareSpec, TrainingSpec
 from . import facts as F
 from .candidates import MicroBatches, micro_batches

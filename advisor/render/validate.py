@@ -164,7 +164,7 @@ def schema_findings(kind: str, data: Any, file: str) -> list[Finding]:
     """Violations of the shipped JSON Schema; unknown nested keys are warnings, the rest errors."""
     import jsonschema
 
-    from .._data import load_data
+    from ..datafiles import load_data
 
     schema = load_data(SCHEMAS[kind])
     validator = jsonschema.Draft202012Validator(schema)

@@ -31,7 +31,7 @@ class Outcome:
     missing: list[str] = field(default_factory=list)        # what must still be given before estimating
     model_note: str = ""                                     # how the model text resolved
     problem: dict[str, Any] | None = None                    # keyword arguments of the API call
-    estimate: Any = None                                     # advisor.result.Estimate shown in the bar
+    estimate: Any = None                                     # advisor.estimate_result.Estimate shown in the bar
     recommendation: Any = None                               # advisor.recommend Recommendation, or None
     recommender_note: str = ""                               # why there is no recommendation
     strategy_source: str = ""                                # recommended | chosen | default
@@ -162,7 +162,7 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
     # A strategy the user picked, or (nothing fits / no recommender) the CLI's default one.
     out.strategy_source = "chosen" if chosen else "default"
     # 'auto' fields take what the recommender chose, else the CLI's defaults (full, no checkpointing).
-    picked = (rec.recommendation or {}) if rec is not None else {}
+    picked = rec.recommendation.model_dump(mode="json") if rec is not None and rec.recommendation else {}
     fixed = dict(kwargs)
     if inputs.method == AUTO:
         fixed["method"] = picked.get("method", "full")
@@ -207,7 +207,7 @@ def shown_settings(out: Outcome) -> dict[str, Any] | None:
     """The configuration the wizard shows: the recommendation's settings, or those of the estimated strategy."""
     rec = out.recommendation
     if out.strategy_source == "recommended" and rec is not None and rec.recommendation:
-        return dict(rec.recommendation)
+        return rec.recommendation.model_dump(mode="json")
     if out.estimate is not None:
         return out.estimate.strategy.model_dump()
     return None

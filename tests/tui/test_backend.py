@@ -180,7 +180,7 @@ def test_any_field_text_gives_errors_never_exceptions(**fields):
 def test_model_from_a_config_json_path(tmp_path):
     import json
 
-    from advisor._data import load_data
+    from advisor.datafiles import load_data
 
     entry = next(m for m in load_data("models.yaml")["models"] if m["name"] == "qwen2.5-0.5b")
     path = tmp_path / "my-model" / "config.json"

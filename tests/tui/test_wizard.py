@@ -159,21 +159,21 @@ async def test_quit_right_away_is_clean():
 
 
 def test_cli_without_a_terminal_exits_2(capsys):
-    from advisor._cli import main
+    from advisor.cli import main
 
     assert main(["wizard", "--model", "7B"]) == 2
     assert "interactive terminal" in capsys.readouterr().err
 
 
 def test_cli_bad_start_values_exit_2(capsys):
-    from advisor._cli import main
+    from advisor.cli import main
 
     assert main(["wizard", "--gpu", "h100"]) == 2        # ambiguous: h100-pcie or h100-sxm
     assert "h100-sxm" in capsys.readouterr().err
 
 
 def test_the_rest_of_the_cli_does_not_import_textual():
-    code = ("import sys; from advisor._cli import build_parser, main; build_parser(); "
+    code = ("import sys; from advisor.cli import build_parser, main; build_parser(); "
             "main(['models', '--json']); assert 'textual' not in sys.modules, 'textual imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

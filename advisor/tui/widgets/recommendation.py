@@ -149,8 +149,9 @@ class RecommendationView(Vertical):
                              alternatives: DataTable, rules: DataTable) -> None:
         if rec.found:
             verdict.append(" RECOMMENDED ", style="bold black on #59a14f")
-            verdict.append("  " + settings_line(rec.recommendation), style="bold")
-            launcher = (rec.recommendation or {}).get("launcher")
+            settings = rec.recommendation.model_dump(mode="json") if rec.recommendation is not None else {}
+            verdict.append("  " + settings_line(settings), style="bold")
+            launcher = settings.get("launcher")
             if launcher:
                 verdict.append(f"\nLaunch: {launcher}")
             if rec.step_time is not None:
@@ -176,8 +177,8 @@ class RecommendationView(Vertical):
                 for s in rec.suggestions]))
         for alt in rec.alternatives:
             fits = "-" if alt.fits is None else ("yes" if alt.fits else "no")
-            alternatives.add_row(short_label(alt.strategy), fits, fmt_seconds(alt.step_time_seconds),
+            alternatives.add_row(short_label(alt.strategy.model_dump(mode="json")), fits, fmt_seconds(alt.step_time_seconds),
                                  Text(alt.rejected_because), height=None)
         for rule in rec.rules_fired:
-            rid, effect, detail = _rule_text(rule)
+            rid, effect, detail = _rule_text(rule.model_dump(mode="json"))
             rules.add_row(rid, effect, Text(detail), height=None)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from .._data import DATA_DIR
+from ..datafiles import DATA_DIR
 from ..errors import did_you_mean
 from .engine import EFFECTS, FORMATS, PLACEHOLDER, Rule, RuleSet, Template
 from .errors import RuleConflictError, RuleError
