@@ -166,7 +166,7 @@ def status(case: Case, entries: dict[str, dict[str, Any]], parts: dict[str, Any]
     """Whether ``entries`` hold a measurement of ``case`` made by the current harness and libraries."""
     entry = entries.get(case.label)
     if entry is None:
-        return Status(case, "missing", "never measured")
+        return Status(case, "missing", "not in the cache")
     parts = parts or key_parts(case)
     if entry.get("key") == key_of(parts):
         return Status(case, "fresh", entry=entry)

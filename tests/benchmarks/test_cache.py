@@ -90,7 +90,7 @@ def test_report_refuses_stale_and_missing_cases(tmp_path, capsys):
     assert cli.main(["--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert f"stale   saved: {stale.label} (torch 1.0.0 -> " in err
-    assert f"missing saved: {cases.load('saved')[2].label} (never measured)" in err
+    assert f"missing saved: {cases.load('saved')[2].label} (not in the cache)" in err
     assert f"saved: {fresh.label}" not in err
 
     doc = tmp_path / "accuracy.md"
