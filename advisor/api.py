@@ -111,6 +111,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
              freeze_layers: int = 2) -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference; raises InputError on bad input."""
+    from .batching import gradient_accumulation
     from .memory.core import estimate_memory
 
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model))
@@ -120,4 +121,6 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               lora_targets=lora_targets, checkpointing=checkpointing, attention=attention,
                               freeze_layers=freeze_layers)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
+    if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)
+        gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
     return estimate_memory(resolved, hw, training, strat)

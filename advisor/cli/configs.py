@@ -69,22 +69,10 @@ def register(sub) -> None:
 
 # ---------------------------------------------------------------- generate
 
-def gradient_accumulation_steps(training, hw) -> int:
-    from ..errors import InputError
-
-    if training.global_batch_size is None:
-        return 1
-    per_step = training.micro_batch_size * hw.world_size
-    if training.global_batch_size % per_step:
-        raise InputError(f"{training.global_batch_size} is not a multiple of micro-batch {training.micro_batch_size}"
-                         f" x {hw.world_size} GPU(s) = {per_step}: DeepSpeed needs train_batch_size = micro x "
-                         "accumulation x world", field="--global-batch")
-    return training.global_batch_size // per_step
-
-
 def plan(args):
     """(model, hw, training, strategy, gas, recommendation) from the flags, via the recommender without --strategy."""
     from ..api import build_hardware, build_strategy, build_training
+    from ..batching import gradient_accumulation
     from ..catalog.models import resolve_model
     from ..errors import InputError
 
@@ -102,7 +90,8 @@ def plan(args):
         training = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none",
                                   **train_kw)
         strategy = build_strategy(hw, args.strategy, args.offload_optimizer, args.offload_param, args.bucket_sizes)
-        return model, hw, training, strategy, gradient_accumulation_steps(training, hw), None
+        gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
+        return model, hw, training, strategy, gas, None
     if args.offload_optimizer != "none" or args.offload_param != "none":
         raise InputError("--offload-* needs --strategy (without it the recommender decides offload)",
                          field="--strategy")
@@ -128,7 +117,7 @@ def plan(args):
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..formatting import fmt_bytes
     from ..render.render import render_files
-    from ..render.validate import errors_of, validate_files
+    from ..render.validate import StepStatus, errors_of, validate_files
     from ..render.write import write_files
 
     model, hw, training, strategy, gas, rec = plan(args)
@@ -159,10 +148,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"{model.name}: {strategy.name} ({how}), {training.precision}, micro-batch {training.micro_batch_size} "
               f"x accumulation {gas} x {hw.world_size} GPU(s); estimate {fmt_bytes(est.per_gpu.total)} of "
               f"{fmt_bytes(hw.vram_bytes)} per GPU")
-        checked = [s.name for s in steps if s.status == "pass"]
+        checked = [s.name for s in steps if s.status == StepStatus.PASS]
         print("checked: " + ", ".join(checked))
         for s in steps:
-            if s.status == "skip":
+            if s.status == StepStatus.SKIP:
                 print(f"not checked: {s.name}: {s.detail}")
     if not est.fits:
         print(f"dsadvise: warning: by the estimate this does not fit ({fmt_bytes(est.per_gpu.total)} per GPU of "

@@ -126,8 +126,6 @@ def make_problem(model: ResolvedModel | str, hw: HardwareSpec, template: Trainin
     p.facts = problem_facts(p, method)
     if assumed:
         p.assumptions.append(GENERIC_GPU_NOTE)
-    if micro.note:
-        p.assumptions.append(micro.note)
     return p
 
 

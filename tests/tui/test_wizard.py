@@ -130,11 +130,6 @@ async def test_invalid_input_is_shown_at_the_field_not_raised():
 
 @run_async
 async def test_recommendation_step_lists_alternatives_and_rules():
-    from advisor.tui.backend import load_recommender
-
-    recommend, why = load_recommender()
-    if recommend is None:
-        pytest.skip(why)
     app = WizardApp(WizardInputs(model="llama-3.1-8b", gpu="a100-80g", vram="79.35", gpus="4"), debounce=0.05)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -194,11 +189,6 @@ async def test_save_writes_parseable_configs_and_respects_overwrite(tmp_path):
 
     import yaml
 
-    from advisor.tui.backend import load_renderer
-
-    render, why = load_renderer()
-    if render is None or not hasattr(render, "write_files"):
-        pytest.skip(why or "the renderer cannot write yet")
     out = tmp_path / "configs"
     app = WizardApp(WizardInputs(model="llama-3.1-8b", gpu="a100-80g", vram="79.35", gpus="4", strategy="zero3"),
                     debounce=0.05, recommender=None)
@@ -245,9 +235,6 @@ async def test_dry_run_saves_then_reports_with_progress(tmp_path, monkeypatch):
 
     from advisor.tui import backend
 
-    render, why = backend.load_renderer()
-    if render is None or not hasattr(render, "write_files"):
-        pytest.skip(why or "the renderer cannot write yet")
     release, seen = threading.Event(), []
 
     def fake_dry_run(folder, *, timeout=None):
