@@ -126,7 +126,8 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--nvme-path", "NVMe mount for ZeRO-Infinity offload"),
     Flag("--nvme-size", "free NVMe space per node in GiB", gib, spec_fields=("nvme_bytes",)),
     Flag("--task", "", choices=TASKS, default="train", spec_fields=("task",)),
-    Flag("--seq-len", "tokens per sample (default 2048)", positive_int, default=2048, spec_fields=("seq_len",),
+    Flag("--seq-len", "tokens per sample (default: the smaller of 2048 and the model's context)", positive_int,
+         default=None, spec_fields=("seq_len",),
          wizard_field="seq_len"),
     Flag("--micro-batch", "samples per GPU per step (default 1)", positive_int, default=1,
          spec_fields=("micro_batch_size",), wizard_field="micro_batch"),
@@ -154,6 +155,8 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--bucket-sizes", "DeepSpeed buckets: HF 'auto' sizes from hidden size, or DeepSpeed defaults",
          choices=BUCKET_SIZES, default="auto", spec_fields=("bucket_sizes",)),
     Flag("--json", "print one JSON object (sizes in bytes)", action="store_true"),
+    Flag("--profile", "use the rates `dsadvise calibrate` measured (a profile YAML) for step times and speeds",
+         metavar="PATH"),
     # recommend
     Flag("--margin", "safety margin as a fraction of VRAM kept free (default from rules)", float,
          wizard_field="strategy"),
@@ -170,8 +173,18 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--main-process-port", "rendezvous port (default 29500)", port, default=29500),
     Flag("--no-engine-check", "skip loading the rendered files in accelerate and DeepSpeed before writing",
          action="store_true"),
+    Flag("--strict", "exit 1 on warnings too (for CI)", action="store_true"),
+    Flag("--script", "the training script (check: a custom loop around deepspeed.initialize cannot take \"auto\")",
+         metavar="PY"),
     Flag("--timeout", "seconds for the whole dry-run (default 300)", seconds, default=300),
     Flag("--keep-logs", "copy the launch log and per-rank results here", metavar="LOGDIR"),
+    # calibrate
+    Flag("--quick", "small sizes and few repeats (seconds, less stable figures)", action="store_true"),
+    Flag("--device", "what the matmuls run on (default: CUDA where torch sees it, else the CPU)",
+         choices=("auto", "cuda", "cpu"), default="auto"),
+    Flag("--no-collectives", "skip the all-reduce / all-gather measurement", action="store_true"),
+    Flag("--no-deepspeed-adam", "skip DeepSpeedCPUAdam (its first use JIT-compiles an op for minutes)",
+         action="store_true"),
 )
 
 # Spec field -> the flag users know it by, so that API errors name what they typed.
@@ -212,6 +225,16 @@ def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> Non
     if with_strategy:
         add(p.add_argument_group("strategy"), STRATEGY_FLAGS)
     add(p, ("--json",))
+
+
+def profile(args: argparse.Namespace):
+    """The machine profile ``--profile`` names (:class:`advisor.profile.MachineProfile`), or None."""
+    path = getattr(args, "profile", None)
+    if not path:
+        return None
+    from ..profile import load_profile      # pydantic only when a profile is given
+
+    return load_profile(path)
 
 
 def problem_kwargs(args: argparse.Namespace) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..formatting import BAR_LEGEND, bar, fmt_bytes
+from ..formatting import BAR_LEGEND, bar, fmt_bytes, fmt_count
 from .recommendation import Recommendation, StrategyRef, TrainingChoice
 
 MAX_ALTERNATIVES = 10
@@ -18,6 +18,9 @@ def _strategy_label(s: TrainingChoice | StrategyRef) -> str:
 def render_recommendation(rec: Recommendation) -> str:
     """The text report of a recommendation (or of what would fit when nothing does)."""
     lines: list[str] = []
+    if rec.estimate is not None:       # which model "7B" or a config.json resolved to, as estimate says it
+        m = rec.estimate.model
+        lines.append(f"Model  {m.name} ({m.family}): {fmt_count(m.parameters)} parameters [{m.source}]")
     if rec.found and rec.recommendation is not None and rec.estimate is not None:
         r, est = rec.recommendation, rec.estimate
         if rec.task == "infer":
@@ -25,8 +28,11 @@ def render_recommendation(rec: Recommendation) -> str:
                          f"{r.precision}, {'4-bit weights' if r.method == 'qlora' else 'full weights'}")
             lines.append(f"  launch: {r.launcher}")
         else:
+            offloads = any(v != "none" for k, v in r.model_dump().items() if k.startswith("offload_"))
+            unchecked = offloads and not est.per_node_cpu.available_bytes
             lines.append(f"Recommendation  {_strategy_label(r)}, {r.precision}, {r.method}, activation "
-                         f"checkpointing {r.activation_checkpointing}")
+                         f"checkpointing {r.activation_checkpointing}"
+                         + (" -- host RAM NOT checked (give --cpu-ram)" if unchecked else ""))
             lines.append(f"  micro-batch {r.micro_batch_size} x {r.world_size} GPU(s) x gradient accumulation "
                          f"{r.gradient_accumulation_steps} = global batch {r.global_batch_size} "
                          f"(seq {r.seq_len})")
@@ -42,9 +48,10 @@ def render_recommendation(rec: Recommendation) -> str:
                 lines.append(f"  throughput ~{st.tokens_per_second:,.0f} prefill tokens/s ({st.seconds:.3f} s per "
                              f"batch, GPU profile {st.gpu_profile})")
             else:
-                lines.append(f"  step time ~{st.seconds:.2f} s (compute {st.compute_seconds:.2f}, communication "
+                lines.append(f"  step time ~{st.seconds:.2f} s (compute {st.compute_seconds:.2f}, exposed communication "
                              f"{st.communication_seconds:.2f}, offload {st.offload_seconds:.2f}); "
-                             f"{st.tokens_per_second:,.0f} tokens/s; GPU profile {st.gpu_profile}")
+                             f"{st.tokens_per_second:,.0f} tokens/s; compute at {st.compute_efficiency:.0%} of peak, "
+                             f"MFU {st.mfu:.0%}; rates: {st.rates or st.gpu_profile}")
         g = est.per_gpu
         lines.append("")
         lines.append(f"Per GPU  {fmt_bytes(g.total)} of {fmt_bytes(est.hardware.vram_bytes)} (usable "
@@ -100,11 +107,11 @@ def render_recommendation(rec: Recommendation) -> str:
             ck = a.strategy.activation_checkpointing
             labels.append(_strategy_label(a.strategy) + (f" ckpt={ck}" if ck and ck != "none" and a.fits else ""))
         width = max([len(x) for x in labels] + [8]) + 2
-        lines.append(f"  {'strategy':<{width}}{'fits':<6}{'step s':>8}  why not")
+        lines.append(f"  {'strategy':<{width}}{'fits':<6}{'tokens/s':>10}  why not")
         for a, label in zip(shown, labels):
             fits = "-" if a.fits is None else ("yes" if a.fits else "no")
-            step = f"{a.step_time_seconds:.2f}" if a.step_time_seconds is not None else "-"
-            lines.append(f"  {label:<{width}}{fits:<6}{step:>8}  {a.rejected_because}")
+            tps = f"{a.tokens_per_second:,.0f}" if a.tokens_per_second is not None else "-"
+            lines.append(f"  {label:<{width}}{fits:<6}{tps:>10}  {a.rejected_because}")
         if len(rec.alternatives) > MAX_ALTERNATIVES:
             lines.append(f"  ... {len(rec.alternatives) - MAX_ALTERNATIVES} more in --json")
     lines.append("")
