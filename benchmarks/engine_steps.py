@@ -38,10 +38,10 @@ import tempfile
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(_ROOT))
-sys.path.insert(0, str(_ROOT / "benchmarks"))
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
 
-import two_process  # noqa: E402
+from benchmarks.harness import launch as two_process  # noqa: E402
 
 # name: engine, stage / sharding, seq, vocab, zero_optimization overrides, estimator strategy extras
 CASES: dict[str, dict] = {
@@ -165,8 +165,14 @@ def worker(case_name: str, config_path: str) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from measure import _MARK_BYTES, _mark
-    from zero_step import _chunked_adam, _raw_curve, live_tensor_bytes
+    from benchmarks.harness.kinds.zero import chunked_adam as _chunked_adam
+    from benchmarks.harness.profiling import MARK_BYTES as _MARK_BYTES, live_tensor_bytes, mark as _mark, raw_curve
+    from benchmarks.harness.semantics import cuda_semantics
+
+    # every measurement of the harness runs under CUDA's semantics (fused dropout; CUDA's autocast op lists
+    # under FSDP's autocast): DeepSpeed bf16 is a bf16 module without autocast
+    sem_ctx = cuda_semantics("half-bf16" if case["engine"] == "zero" else "autocast-bf16")
+    sem = sem_ctx.__enter__()
 
     vocab, seq = case["vocab"], case["seq"]
     if case["engine"] == "zero":
@@ -269,7 +275,7 @@ def worker(case_name: str, config_path: str) -> None:
     else:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             step(_mark)
-        curve, marks = _raw_curve(prof, _MARK_BYTES)
+        curve, marks = raw_curve(prof)
         phases = _phase_peaks(curve, marks, _MARK_BYTES)
         peak = max(phases["forward"], phases["backward"], phases["step"])
         result = {"world": world, "before_step": before, "measured": before + peak,
@@ -279,10 +285,12 @@ def worker(case_name: str, config_path: str) -> None:
             diffs = [b - a for a, b in zip(curve, curve[1:])]
             result["events"] = {name: [(i, d) for i, d in enumerate(diffs[m0 + 1:m1], m0 + 1) if abs(d) > 1 << 18]
                                 for name, m0, m1 in zip(("forward", "backward", "step"), marks, marks[1:])}
+        result["cuda_semantics"] = sem.record()
         two_process.report(result)
     if case["engine"] == "zero":
         engine.destroy()
     torch.distributed.barrier()
+    sem_ctx.__exit__(None, None, None)
 
 
 def measure_case(name: str) -> dict:
@@ -291,7 +299,7 @@ def measure_case(name: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "ds_config.json"
         cfg_path.write_text(json.dumps(ds_config(case) if case["engine"] == "zero" else {}))
-        return two_process.launch(__file__, ["--worker", name, str(cfg_path)], port_base=29650, timeout=900,
+        return two_process.launch("benchmarks.engine_steps", ["--worker", name, str(cfg_path)], port_base=29650, timeout=900,
                                   env={"DS_ACCELERATOR": "cpu"})
 
 

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(_ROOT))
-sys.path.insert(0, str(_ROOT / "benchmarks"))
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
 
 LLAMA = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
              num_attention_heads=4, num_key_value_heads=2, vocab_size=8000, tie_word_embeddings=False,
@@ -72,8 +72,7 @@ def measure(cfg: dict, prompt: int, new: int, batch: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
-    from measure import _MARK_BYTES, _mark
-    from zero_step import _raw_curve
+    from benchmarks.harness.profiling import MARK_BYTES as _MARK_BYTES, mark as _mark, raw_curve
 
     torch.manual_seed(0)
     hf = AutoConfig.for_model(**cfg)
@@ -93,7 +92,7 @@ def measure(cfg: dict, prompt: int, new: int, batch: int) -> dict:
             kv_end = _storages_bytes(_cache_tensors(out.past_key_values))
             del out
             _mark()
-    curve, marks = _raw_curve(prof, _MARK_BYTES)
+    curve, marks = raw_curve(prof)
     base = curve[marks[0]] - _MARK_BYTES
     peak = max(curve[marks[0] + 2:marks[1]]) - base
     return {"weights": weights, "kv_prefill": kv_prefill, "kv_end": kv_end, "kv": max(kv_prefill, kv_end),

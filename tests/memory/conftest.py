@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:   # ``benchmarks`` (the measurement harness) lives at the repository root
+    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")
-def benchmark_module():
-    """Loader of a module of ``benchmarks/`` (not a package), once, under a private name:
-    ``benchmark_module("measure")`` is the ground-truth harness ``benchmarks/measure.py``."""
+def harness_kind():
+    """Loader of a measurement kind of the harness, ``benchmarks.harness.kinds.<name>`` (imported on first
+    use: it imports torch and transformers). ``harness_kind("saved").measure_saved(...)`` is the
+    saved-bytes ground truth; see ``benchmarks/README.md``."""
 
     def load(name: str):
-        private = f"dsadvise_benchmarks_{name}"
-        if private not in sys.modules:
-            spec = importlib.util.spec_from_file_location(private, ROOT / "benchmarks" / f"{name}.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[private] = module
-            spec.loader.exec_module(module)
-        return sys.modules[private]
+        return importlib.import_module(f"benchmarks.harness.kinds.{name}")
 
     return load

@@ -1,9 +1,9 @@
 """Activation estimate: live agreement with what autograd saves, and arithmetic properties.
 
 The live tests build small real ``transformers`` models (a few layers, reduced or real widths, short
-sequences) with the ground-truth harness ``benchmarks/measure.py`` and require the estimate to land in
--3%..+10% of the measured saved-for-backward bytes. The full campaign at real widths is
-``benchmarks/accuracy.py`` (results in ``docs/accuracy.md``).
+sequences) with the ground-truth harness ``benchmarks.harness`` (kinds ``saved`` and ``transient``) and
+require the estimate to land in -3%..+10% of the measured saved-for-backward bytes. The full campaign at
+real widths is ``python -m benchmarks.accuracy`` (results in ``docs/accuracy.md``).
 """
 
 from __future__ import annotations
@@ -86,13 +86,13 @@ LIVE = [
 @pytest.mark.slow
 @pytest.mark.parametrize("model,mode,attn,ckpt,seq,batch,method", LIVE,
                          ids=["-".join(map(str, c)) for c in LIVE])
-def test_estimate_matches_measured_saved_bytes(model, mode, attn, ckpt, seq, batch, method, benchmark_module):
-    measure = benchmark_module("measure")
+def test_estimate_matches_measured_saved_bytes(model, mode, attn, ckpt, seq, batch, method, harness_kind):
+    saved = harness_kind("saved")
     cfg = SMALL[model]
     arch = architecture_from_hf_config(cfg)
     spec = _spec(seq_len=seq, micro_batch_size=batch, attention=attn, activation_checkpointing=ckpt,
                  method=method, lora=LoraSpec(rank=8))
-    m = measure.measure_saved(cfg, seq_len=seq, batch=batch, mode=mode, attn=attn, checkpointing=ckpt,
+    m = saved.measure_saved(cfg, seq_len=seq, batch=batch, mode=mode, attn=attn, checkpointing=ckpt,
                               method=method, lora_rank=8)
     est = activation_memory(arch, spec, mode)
     measured = m.total(arch.num_layers)
@@ -103,13 +103,13 @@ def test_estimate_matches_measured_saved_bytes(model, mode, attn, ckpt, seq, bat
 
 
 @pytest.mark.slow
-def test_backward_transient_not_underestimated(benchmark_module):
+def test_backward_transient_not_underestimated(harness_kind):
     """The loss-backward transient (two fp32 N x V gradients) and the held logits are what the allocator sees."""
-    measure = benchmark_module("measure")
+    transient = harness_kind("transient")
     cfg = SMALL["llama-gqa"]
     arch = architecture_from_hf_config(cfg).model_copy(update={"num_layers": 2})
     spec = _spec(seq_len=128, micro_batch_size=1)
-    r = measure.measure_backward_peak(cfg, seq_len=128, batch=1, mode="fp32", attn="sdpa")
+    r = transient.measure_backward_peak(cfg, seq_len=128, batch=1, mode="fp32", attn="sdpa")
     est = activation_memory(arch, spec, "fp32")
     held = est.breakdown["info:logits_output_held"]
     assert held == r.logits_held
@@ -133,14 +133,14 @@ LAYER_MOMENT = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,attn,ckpt,seq,batch", LAYER_MOMENT, ids=["-".join(map(str, c)) for c in LAYER_MOMENT])
-def test_layer_backward_moment_matches_allocator(model, attn, ckpt, seq, batch, benchmark_module):
+def test_layer_backward_moment_matches_allocator(model, attn, ckpt, seq, batch, harness_kind):
     """The replayed decoder-layer backward (gradient buffers, formula temporaries, frees of saved tensors,
     accumulation, recomputation) against the CPU allocator's peak, fp32, 2 layers, vocabulary 512."""
-    measure = benchmark_module("measure")
+    transient = harness_kind("transient")
     cfg = {**SMALL[model], "vocab_size": 512}
     arch = architecture_from_hf_config(cfg).model_copy(update={"num_layers": 2})
     spec = _spec(seq_len=seq, micro_batch_size=batch, attention=attn, activation_checkpointing=ckpt)
-    r = measure.measure_backward_peak(cfg, seq_len=seq, batch=batch, mode="fp32", attn=attn, checkpointing=ckpt)
+    r = transient.measure_backward_peak(cfg, seq_len=seq, batch=batch, mode="fp32", attn=attn, checkpointing=ckpt)
     est = activation_memory(arch, spec, "fp32")
     held = est.breakdown["info:logits_output_held"]
     assert est.breakdown["temp:layer_backward"] > est.breakdown["temp:logits_and_loss_backward"]
@@ -150,10 +150,9 @@ def test_layer_backward_moment_matches_allocator(model, attn, ckpt, seq, batch, 
 
 
 @pytest.mark.slow
-def test_two_layer_difference_is_the_second_layer(benchmark_module):
+def test_two_layer_difference_is_the_second_layer(harness_kind):
     """per_layer = m(2) - m(1) equals what the appended layer alone first saves."""
-    measure = benchmark_module("measure")
-    m = measure.measure_saved(SMALL["llama-gqa"], seq_len=64, batch=1, mode="half-bf16", attn="sdpa")
+    m = harness_kind("saved").measure_saved(SMALL["llama-gqa"], seq_len=64, batch=1, mode="half-bf16", attn="sdpa")
     second = sum(r.bytes for r in m.two.records if ".layers.1." in r.module)
     assert second == m.per_layer
 

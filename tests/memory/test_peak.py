@@ -2,9 +2,9 @@
 rules for when gradients and activations overlap (``advisor/memory/peak.py``).
 
 The live tests train small real ``transformers`` models (2 layers, reduced widths, fp32, AdamW foreach)
-for two steps on CPU and compare the peak of the second step (``benchmarks/measure.py``) with the
-estimator's per-GPU total minus its GPU-only overhead. The full campaign at real widths is
-``python benchmarks/accuracy.py --step`` (``docs/accuracy.md``, "Whole training step").
+for two steps on CPU and compare the peak of the second step (``benchmarks.harness``, kind ``step``) with
+the estimator's per-GPU total minus its GPU-only overhead. The full campaign at real widths is
+``python -m benchmarks.accuracy --measure --kind step`` (``docs/accuracy.md``, "Whole training step").
 """
 
 from __future__ import annotations
@@ -58,11 +58,10 @@ def _estimate(cfg: dict, attn: str, ckpt: str, seq: int, batch: int):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,attn,ckpt,seq,batch", LIVE, ids=["-".join(map(str, c)) for c in LIVE])
-def test_total_matches_measured_step_peak(model, attn, ckpt, seq, batch, benchmark_module):
+def test_total_matches_measured_step_peak(model, attn, ckpt, seq, batch, harness_kind):
     """Parameters + Adam states + the profiler's peak of a whole second step vs total - overhead."""
-    measure = benchmark_module("measure")
     cfg = SMALL[model]
-    r = measure.measure_step_peak(cfg, num_layers=2, seq_len=seq, batch=batch, mode="fp32", attn=attn,
+    r = harness_kind("step").measure_step_peak(cfg, num_layers=2, seq_len=seq, batch=batch, mode="fp32", attn=attn,
                                   checkpointing=ckpt)
     g = _estimate(cfg, attn, ckpt, seq, batch).per_gpu
     assert g.parameters == r.params
@@ -162,13 +161,18 @@ def test_peak_never_exceeds_the_sum_and_fields_add_up(model, seq, batch, precisi
 
 
 @pytest.mark.slow
-def test_ddp_total_matches_measured_step_peak(benchmark_module):
+def test_ddp_total_matches_measured_step_peak(harness_kind):
     """DDP in 2 real processes (gloo): buckets rebuilt in step 2, gradients formed in backward."""
-    ddp_step = benchmark_module("ddp_step")
-    r = ddp_step.run_case("eager", 512, 16000)
-    assert r["world"] == 2
-    assert r["overlap"] > 0
-    assert LOW <= r["error"] <= HIGH, r
+    from benchmarks.harness.cases import Case
+
+    ddp = harness_kind("ddp")
+    case = Case("ddp", "calibration", dict(model="small-llama", mode="fp32", attn="eager", seq=512, batch=1,
+                                           layers=2, world=2, overrides={"vocab_size": 16000}))
+    measured = ddp.measure(case)
+    assert measured["world"] == 2
+    row = ddp.compare(case, measured)
+    assert row.info["overlap"] > 0
+    assert LOW <= row.error <= HIGH, (row.measured, row.estimated, row.info)
 
 
 def test_sliding_window_kv_cache_holds_the_window_after_the_prompt():
@@ -206,9 +210,11 @@ def test_fsdp_lora_unsharded_gradient_is_adapters_only():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["zero1-offload", "zero3-subgroup", "fsdp-full"])
-def test_real_engine_step_in_band(case, benchmark_module):
+def test_real_engine_step_in_band(case):
     """Real DeepSpeed / FSDP engines in 2 processes (gloo): the whole step's peak, by moment, in band.
     ZeRO-1 + offload shows the 16-bit gradients; a 1M-element sub_group_size exercises ZeRO-3's step cap."""
-    r = benchmark_module("engine_steps").run_case(case)
+    from benchmarks import engine_steps
+
+    r = engine_steps.run_case(case)
     assert r["world"] == 2
     assert LOW <= r["error"] <= HIGH, r
