@@ -57,6 +57,9 @@ class PerGPU(_Out):
     breakdown: dict[str, int]
     phase_overlap: int = 0     # gradients and activations never alive together (formed as backward frees)
     peak_moment: str = ""      # the moment of the step where the total is reached
+    allocated: int = 0         # torch.cuda.max_memory_allocated: tensors + the allocator's block rounding
+    reserved: int = 0          # torch.cuda.max_memory_reserved: + cached free blocks; total = reserved
+                               # + CUDA context (+ NCCL)
 
 
 class PerNodeCPU(_Out):

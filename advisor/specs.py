@@ -95,6 +95,8 @@ class TrainingSpec(_Spec):
                                                      "(LLaMA-Factory's freeze_trainable_layers default 2)")
     activation_checkpointing: Checkpointing = "none"
     attention: Attention = "sdpa"
+    expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+                                                         "(the caching allocator grows one segment per pool)")
 
 
 class StrategySpec(_Spec):

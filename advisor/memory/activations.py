@@ -156,16 +156,27 @@ class _Trace:
         self.weight_copy_elems = 0      # autocast low-precision copies of fp32 weights that linears save
         self.nodes: list[_Node] = []
         self._pend: list[int] = []      # storages saved by the op being recorded (its node releases them)
+        self.events: list | None = None  # allocation log for the allocator model (advisor/memory/allocator.py)
+        self.event_terms: list[str] = []
+        self.last_use: dict[int, int] = {}
+        self.params: set[int] = set()
 
     # -- bookkeeping
     def new(self, n: int, dt: str, rg: bool, bshd: bool = False) -> _T:
         self._next += 1
         self.size[self._next] = n * _BYTES[dt]
+        if self.events is not None:
+            self.events.append(("a", self._next, self.size[self._next]))
+            self.event_terms.append(self.term)
         return _T(n, dt, rg, self._next, bshd)
 
     def param(self, n: int, trainable: bool, dt: str | None = None) -> _T:
         t = self.new(n, dt or self.pdt, trainable)
         t.param = True
+        if self.events is not None:
+            self.events.pop()                   # parameters are model states, not forward allocations
+            self.event_terms.pop()
+            self.params.add(t.sid)
         return t
 
     def view(self, t: _T, n: int, bshd: bool | None = None, how: str = "view") -> _T:
@@ -179,6 +190,8 @@ class _Trace:
         """``split`` / ``chunk``: views; one SplitBackward (multi-output) that allocates the whole input's
         gradient once (derivatives.yaml: split_backward stacks the pieces' gradients)."""
         vs = [_T(n, t.dt, t.rg, t.sid, t.bshd if bshd is None else bshd, t.param) for n in parts]
+        if self.events is not None:
+            self.last_use[t.sid] = len(self.events)
         if t.p:
             for v in vs:
                 v.p = True
@@ -202,6 +215,10 @@ class _Trace:
         what it saved. ``how``: see :class:`_Node`. ``fused``: the backward kernel writes the input's dtype
         directly (ToCopy, softmax with ``dtype=``), no full-size intermediate."""
         saved = self._take()
+        if self.events is not None:
+            for t in ins:
+                if t is not None:
+                    self.last_use[t.sid] = len(self.events)
         on = [t for t in ins if t is not None and t.p]
         if not on and not leaf:
             return out
@@ -341,8 +358,8 @@ class _Buf:
         self.size, self.refs = size, 1
 
 
-def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
-                     recompute: list[tuple[str, list[int]]]) -> dict[str, tuple[int, int]]:
+def _replay_backward(tr: _Trace, loss: _T, kept: set[int], recompute: list[tuple[str, list[int]]],
+                     log: list | None = None) -> dict[str, tuple[int, int]]:
     """Replay autograd's CPU engine over the recorded nodes, from ``loss`` down to the first layer's input.
 
     Nodes run in descending sequence number (creation order reversed; only those whose outputs received a
@@ -356,7 +373,9 @@ def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
 
     Returns, per term (``first_layer``, ``per_layer``, ``final_norm``, ``logits_and_loss``), the peak of live
     bytes above the end-of-forward level and the peak of transient bytes (gradients, temporaries, recomputed
-    tensors: everything that is not part of the forward's saved set)."""
+    tensors: everything that is not part of the forward's saved set). ``log``, when given, receives the
+    allocation sequence: ``("a", key, bytes)``, ``("f", key, 0)`` and ``("t", term, 0)`` when a new term's
+    nodes start (for the allocator model)."""
     reached, run = {loss.tid}, []
     for nd in reversed(tr.nodes):
         if any(o in reached for o in nd.outs):
@@ -381,16 +400,33 @@ def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
         buf.refs -= 1
         if buf.refs == 0:
             live -= buf.size
+            if log is not None:
+                log.append(("f", ("g", id(buf)), 0))
+
+    def alloc(buf: _Buf) -> None:
+        if log is not None:
+            log.append(("a", ("g", id(buf)), buf.size))
+
+    bufs_alive: list[_Buf] = []          # keeps ids unique while logging
+    term_now = None
+    if log is not None:
+        bufs_alive.append(seed)
+        alloc(seed)
 
     for nd in run:
+        if log is not None and nd.term.split("|")[0].split(":")[0] != term_now:
+            term_now = nd.term.split("|")[0].split(":")[0]
+            log.append(("t", term_now, 0))
         inc = [grads.pop(o, None) for o in nd.outs]
         if nd.saved:
             for item in list(pending):
                 if nd.term.startswith(item[0]):
                     pending.remove(item)
-                    for sid in set(item[1]) - alive:
+                    for sid in dict.fromkeys(s for s in item[1] if s not in alive):   # forward order
                         alive.add(sid)
                         live += tr.size[sid]
+                        if log is not None:
+                            log.append(("a", sid, tr.size[sid]))
                         freed -= tr.size[sid]          # recomputed: transient, not part of the saved set
         made = []
         for tid, nbytes, how in nd.ins:
@@ -401,14 +437,22 @@ def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
             else:
                 buf = _Buf(nbytes)
                 live += nbytes
+                if log is not None:
+                    bufs_alive.append(buf)
+                    alloc(buf)
                 made.append((tid, buf, how == "newview"))
         mark(nd.term, live + nd.temp)
+        if log is not None and nd.temp:
+            log.append(("a", ("tmp", len(log)), nd.temp))
+            log.append(("f", ("tmp", len(log) - 1), 0))
         for sid in nd.saved:
             refs[sid] -= 1
             if refs[sid] == 0 and sid in alive and sid not in kept:
                 alive.discard(sid)
                 live -= tr.size[sid]
                 freed += tr.size[sid]
+                if log is not None:
+                    log.append(("f", sid, 0))
         for g in inc:
             if g is not None:
                 drop(g[0])
@@ -422,6 +466,9 @@ def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
             else:
                 acc = _Buf(max(old.size, buf.size))          # old + new
                 live += acc.size
+                if log is not None:
+                    bufs_alive.append(acc)
+                    alloc(acc)
                 mark(nd.term, live)
                 drop(old)
                 drop(buf)
@@ -881,6 +928,205 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
     terms["weight_copy_layer"] = weight_copy_layer
     terms["weight_copy_head"] = weight_copy_head
     return terms
+
+
+def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str,
+                  layers: int, return_sections: bool = False):
+    """The allocation sequence of one forward and backward of ``layers`` decoder layers (for the allocator
+    model, advisor/memory/allocator.py): ``("a", key, bytes)`` when an op creates a tensor, ``("f", key, 0)``
+    after the last op that reads a tensor nobody saved (or when backward releases a saved one), and
+    ``("t", term, 0)`` where backward enters ``L<i>`` (decoder layer i), ``final_norm`` or
+    ``logits_and_loss``. ``("m", "forward_end", 0)`` separates forward and backward; ``("h", key, 0)``, last,
+    names the logits the caller holds (never freed here). Parameters are not in it (model states)."""
+    b, s = training.micro_batch_size, training.seq_len
+    tr = _Trace(mode, b, s)
+    tr.events = []
+    full = training.method == "full"
+    freeze = training.method == "freeze"
+    m = _Model(arch, training, tr, layer_trainable=full or freeze)
+    tr.term = "embeddings"
+    emb = m.embeddings(emb_trainable=full)
+    tr.term = "rope_cache"
+    m.make_rope_cache()
+    if ckpt == "full":
+        emb = _T(emb.n, emb.dt, True, emb.sid)
+    elif freeze:
+        emb = _T(emb.n, emb.dt, False, emb.sid)
+    emb.p = emb.rg
+    x = emb
+    for i in range(layers):
+        term = f"L{i}"
+        if ckpt == "full":
+            tr.term = term + ":inner"
+            before = set(tr.saved)
+            out = m.layer(x, False)
+            inner = [sid for sid in tr.saved if sid not in before]
+            m.recompute.append((term + ":inner", inner))
+            for sid in inner:
+                del tr.saved[sid]
+            tr.term = term
+            tr.save(x)
+            tr._take()
+            x = tr.op(tr.new(out.n, out.dt, out.rg), [out], "alias")
+        else:
+            tr.term = term
+            x = m.layer(x, ckpt == "selective")
+    if ckpt == "full" and m.rope_cos is not None:
+        tr.save(m.rope_cos, m.rope_sin)
+    held, loss = m.head(x, full, full)
+    fwd, fwd_terms = tr.events, tr.event_terms
+    tr.events = None
+    kept = {held.sid, emb.sid, loss.sid}
+    # a tensor nobody saved dies after the last op that read it (at once if none did)
+    frees: dict[int, list[int]] = {}
+    for pos, (_, sid, _) in enumerate(fwd):
+        if sid not in tr.saved and sid not in kept and sid not in tr.params:
+            frees.setdefault(max(tr.last_use.get(sid, pos + 1), pos + 1), []).append(sid)
+    events: list[tuple[str, object, int]] = []
+    sections: list[int] = []                   # decoder layer of each event (-1 before, 1 << 20 after them)
+
+    def section(term: str) -> int:
+        head = term.split("|")[0].split(":")[0]
+        if head[:1] == "L" and head[1:].isdigit():
+            return int(head[1:])
+        return -1 if head in ("embeddings", "rope_cache") else 1 << 20
+
+    for pos, ev in enumerate(fwd):
+        for sid in frees.get(pos, ()):
+            events.append(("f", sid, 0))
+            sections.append(section(fwd_terms[pos - 1]))
+        events.append(ev)
+        sections.append(section(fwd_terms[pos]))
+    for sid in frees.get(len(fwd), ()):
+        events.append(("f", sid, 0))
+        sections.append(section(fwd_terms[-1]))
+    events.append(("m", "forward_end", 0))
+    sections.append(1 << 20)
+    log: list[tuple[str, object, int]] = []
+    _replay_backward(tr, loss, {held.sid, emb.sid}, m.recompute, log)
+    sec = 1 << 20
+    for ev in log:
+        if ev[0] == "t":
+            sec = section(ev[1])
+        events.append(ev)
+        sections.append(sec)
+    events.append(("h", held.sid, 0))                                  # the logits the caller holds
+    sections.append(-1)
+    if return_sections:
+        return events, sections
+    return events
+
+
+def allocation_key(arch: Architecture, training: TrainingSpec) -> tuple[TrainingSpec, str]:
+    """The trace key and checkpointing mode :func:`activation_memory` traces for ``training``."""
+    ckpt = training.activation_checkpointing
+    if arch.attn_logit_softcapping and training.attention == "sdpa":
+        training = training.model_copy(update={"attention": "eager"})
+    if training.attention in ("sdpa", "flash") and ckpt == "selective":
+        ckpt = "none"
+    return _trace_key(training), ckpt
+
+
+@lru_cache(maxsize=256)
+def allocation_trace(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str,
+                     layers: int) -> list[tuple[str, object, int]]:
+    """:func:`_trace_events` of ``layers`` decoder layers, cached (callers must not mutate it). Deeper than
+    5 layers, the sequence is built from a 4-layer trace by repeating its third layer
+    (:func:`_replicate_layers`); tests/memory/test_allocator.py checks it equals the direct trace."""
+    if layers <= 5:
+        return _trace_events(arch, training, mode, ckpt, layers)
+    events, sections = _four_layer_trace(arch, training, mode, ckpt)
+    out = _replicate_layers(events, sections, layers)
+    return out if out is not None else _trace_events(arch, training, mode, ckpt, layers)
+
+
+@lru_cache(maxsize=128)
+def _four_layer_trace(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str):
+    return _trace_events(arch, training, mode, ckpt, 4, return_sections=True)
+
+
+def _replicate_layers(events: list, sections: list[int], layers: int) -> list | None:
+    """An n-layer allocation sequence from a 4-layer one: layers 0, 1 and 3 as traced (3 becomes n-1), layer 2
+    repeated for layers 2..n-2 with its own tensors renamed per copy. A copy's references to the previous
+    layer's tensors go to the previous copy's matching tensors (matched in order of first reference: layer 2
+    reading layer 1's against layer 3 reading layer 2's), and likewise for the gradients backward receives
+    from the next layer. None when the matching fails (the caller then traces all layers)."""
+    owner: dict = {}
+    for (op, key, _), sec in zip(events, sections):
+        if op == "a":
+            owner.setdefault(key, []).append(sec)
+
+    def refs(in_sec: int, of_sec: int) -> list:
+        seen: dict = {}
+        for (op, key, _), sec in zip(events, sections):
+            if sec == in_sec and op in ("a", "f") and owner.get(key, [None])[0] == of_sec:
+                seen.setdefault(key, None)
+        return list(seen)
+
+    prev_in, prev_out = refs(2, 1), refs(3, 2)        # layer 1's tensors read by 2 <-> 2's read by 3
+    next_in, next_out = refs(2, 3), refs(1, 2)        # layer 3's gradients read by 2 <-> 2's read by 1
+    if len(prev_in) != len(prev_out) or len(next_in) != len(next_out) \
+            or any(len(set(v)) > 1 for v in owner.values()):
+        return None
+    prev_map = dict(zip(prev_in, prev_out))
+    next_map = dict(zip(next_in, next_out))
+    last = layers - 2                                  # the last copy of layer 2
+
+    def rename(key, sec: int, copy: int):
+        """Key of ``key`` as seen from copy ``copy`` of layer 2 (sec is the owner's section)."""
+        if sec == 2:
+            return key if copy == 2 else ("c", copy, key)
+        if sec == 1 and key in prev_map and copy > 2:
+            return rename(prev_map[key], 2, copy - 1)
+        if sec == 3 and key in next_map and copy < last:
+            return rename(next_map[key], 2, copy + 1)
+        return key
+
+    def emit(out: list, idx: list[int], copy: int | None, layer_name: int | None) -> None:
+        for i in idx:
+            op, key, n = events[i]
+            if op == "t" and layer_name is not None:
+                out.append(("t", f"L{layer_name}", 0))
+                continue
+            if op in ("a", "f") and key in owner:
+                osec = owner[key][0]
+                if copy is not None:
+                    key = rename(key, osec, copy)
+                elif osec == 2:                        # layers 1 and 3 see the first / last copy
+                    key = rename(key, 2, 2 if sections[i] <= 1 else last)
+            out.append((op, key, n))
+
+    fwd_end = next(i for i, (op, _, _) in enumerate(events) if op == "m")
+    by_sec_f: dict[int, list[int]] = {}
+    by_sec_b: dict[int, list[int]] = {}
+    for i, sec in enumerate(sections):
+        (by_sec_f if i <= fwd_end else by_sec_b).setdefault(sec, []).append(i)
+    order_f = sorted(by_sec_f)
+    if [s for s in order_f if 0 <= s < (1 << 20)] != [0, 1, 2, 3]:
+        return None
+    # sections must be contiguous runs for the splice to keep the order
+    for group in (by_sec_f, by_sec_b):
+        for idx in group.values():
+            if idx[-1] - idx[0] + 1 != len(idx):
+                return None
+    out: list = []
+    for sec in order_f:
+        if sec == 2:
+            for c in range(2, last + 1):
+                emit(out, by_sec_f[2], c, None)
+        elif sec == 3:
+            emit(out, by_sec_f[3], None, None)
+        else:
+            emit(out, by_sec_f[sec], None, None)
+    for sec in sorted(by_sec_b, key=lambda s: -s):
+        if sec == 2:
+            for c in range(last, 1, -1):
+                emit(out, by_sec_b[2], c, c)
+        elif sec == 3:
+            emit(out, by_sec_b[3], None, layers - 1)
+        else:
+            emit(out, by_sec_b[sec], None, None)
+    return out
 
 
 def _trace_key(training: TrainingSpec) -> TrainingSpec:

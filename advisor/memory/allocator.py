@@ -36,7 +36,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 K_MIN_BLOCK = 512                 # kMinBlockSize
 K_SMALL_SIZE = 1 << 20            # kSmallSize: largest small-pool request, 1 MiB
@@ -221,13 +222,430 @@ def simulate(events: Iterable[tuple[str, object, int]], expandable_segments: boo
     """Run ``events`` — ``("a", key, nbytes)`` allocations and ``("f", key, 0)`` frees — through a fresh
     allocator and return its peaks (bytes)."""
     al = CachingAllocator(expandable_segments, max_split_size)
+    if expandable_segments or max_split_size:
+        for op, key, nbytes in events:
+            if op == "a":
+                al.malloc(key, nbytes)
+            else:
+                al.free(key)
+        return al.stats()
+    return _simulate_default(events)
+
+
+def _simulate_default(events: Iterable[tuple[str, object, int]]) -> AllocatorStats:
+    """:class:`CachingAllocator` with the default configuration, inlined for speed (it runs inside every
+    estimate); ``tests/memory/test_allocator.py`` checks it against the class on random sequences.
+    A block is a list [size, addr, prev, next, allocated, small]."""
+    free_lists: dict[bool, list] = {True: [], False: []}
+    by_addr: dict[int, list] = {}
+    live: dict = {}
+    next_addr = 0
+    allocated = reserved = requested = 0
+    peak_a = peak_r = peak_q = 0
+    segments = 0
     for op, key, nbytes in events:
         if op == "a":
-            al.malloc(key, nbytes)
+            size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else K_MIN_BLOCK * ((nbytes + K_MIN_BLOCK - 1) // K_MIN_BLOCK)
+            small = size <= K_SMALL_SIZE
+            lst = free_lists[small]
+            i = bisect_left(lst, (size, -1))
+            if i < len(lst):
+                b = by_addr.pop(lst[i][1])
+                del lst[i]
+            else:
+                seg = (K_SMALL_BUFFER if small else K_LARGE_BUFFER if size < K_MIN_LARGE_ALLOC
+                       else K_ROUND_LARGE * ((size + K_ROUND_LARGE - 1) // K_ROUND_LARGE))
+                b = [seg, next_addr, None, None, False, small]
+                next_addr += seg + K_LARGE_BUFFER
+                reserved += seg
+                segments += 1
+                if reserved > peak_r:
+                    peak_r = reserved
+            remaining = b[0] - size
+            if remaining >= K_MIN_BLOCK if small else remaining > K_SMALL_SIZE:
+                rest = [remaining, b[1] + size, b, b[3], False, small]
+                if b[3] is not None:
+                    b[3][2] = rest
+                b[3] = rest
+                b[0] = size
+                insort(lst, (remaining, rest[1]))
+                by_addr[rest[1]] = rest
+            b[4] = True
+            live[key] = (b, nbytes)
+            allocated += b[0]
+            requested += nbytes
+            if allocated > peak_a:
+                peak_a = allocated
+            if requested > peak_q:
+                peak_q = requested
         else:
-            al.free(key)
-    return al.stats()
+            b, nbytes = live.pop(key)
+            b[4] = False
+            allocated -= b[0]
+            requested -= nbytes
+            lst = free_lists[b[5]]
+            nb = b[2]
+            if nb is not None and not nb[4]:
+                del lst[bisect_left(lst, (nb[0], nb[1]))]
+                del by_addr[nb[1]]
+                b[1] = nb[1]
+                b[0] += nb[0]
+                b[2] = nb[2]
+                if nb[2] is not None:
+                    nb[2][3] = b
+            nb = b[3]
+            if nb is not None and not nb[4]:
+                del lst[bisect_left(lst, (nb[0], nb[1]))]
+                del by_addr[nb[1]]
+                b[0] += nb[0]
+                b[3] = nb[3]
+                if nb[3] is not None:
+                    nb[3][2] = b
+            insort(lst, (b[0], b[1]))
+            by_addr[b[1]] = b
+    return AllocatorStats(peak_a, peak_r, peak_q, segments)
 
 
-__all__ = ["AllocatorStats", "CachingAllocator", "allocation_size", "round_size", "simulate",
-           "K_LARGE_BUFFER", "K_SMALL_BUFFER", "K_SMALL_SIZE", "K_MIN_BLOCK", "K_ROUND_LARGE"]
+# ---------------------------------------------------------------------------------------------------------
+# The allocation sequence of training steps
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StateLayout:
+    """Model-state tensors (bytes each) in the order the engine allocates them; ``*_layer`` lists are one
+    decoder layer's tensors, repeated per layer, ``*_outside`` the rest (embeddings, head, final norm,
+    fixed-size buffers).
+
+    * ``persistent``: allocated before the first forward and never freed (parameters, DeepSpeed's flat
+      partitions, FSDP flat shards, persistent gradient buffers, communication buckets);
+    * ``grads``: parameter gradients formed during backward (AccumulateGrad) and freed by
+      ``zero_grad(set_to_none=True)`` after the step; a layer's when its backward starts, the head's when
+      the loss backward starts, the embedding's at the end of backward;
+    * ``lazy``: optimizer states torch optimizers create at the first ``step()`` (torch.optim.AdamW
+      ``_init_group``: ``zeros_like`` per parameter), after the first backward;
+    * ``step_temp``: foreach temporaries of each step (one list over all tensors, then freed)."""
+
+    persistent_outside: tuple[int, ...] = ()
+    persistent_layer: tuple[int, ...] = ()
+    grads_head: tuple[int, ...] = ()
+    grads_end: tuple[int, ...] = ()
+    grads_layer: tuple[int, ...] = ()
+    lazy_outside: tuple[int, ...] = ()
+    lazy_layer: tuple[int, ...] = ()
+    step_temp_outside: tuple[int, ...] = ()
+    step_temp_layer: tuple[int, ...] = ()
+
+
+def step_events(activation_events: list[tuple[str, object, int]], layers: int, layout: StateLayout,
+                iterations: int | None = None) -> list[tuple[str, object, int]]:
+    """The allocation sequence of training steps of a ``layers``-layer model: model states, then per step
+    the forward and backward of :func:`advisor.memory.activations._trace_events` with the gradients placed
+    where backward forms them, the optimizer step (lazy states at the first one, foreach temporaries),
+    ``zero_grad(set_to_none=True)`` and the held logits released last (``outputs`` stays in scope through
+    the step in accelerate's loop). Two steps when the first one allocates optimizer states (the second
+    then runs on a pool whose freed activation blocks the states took), else one: a step that starts and
+    ends with the same live tensors finds its own freed blocks again."""
+    if iterations is None:
+        iterations = 2 if (layout.lazy_outside or layout.lazy_layer) else 1
+    out: list[tuple[str, object, int]] = []
+    out += [("a", ("P", i), n) for i, n in enumerate(layout.persistent_outside)]
+    out += [("a", ("P", l, i), n) for l in range(layers) for i, n in enumerate(layout.persistent_layer)]
+    for it in range(iterations):
+        live: dict = {}
+        grads: list = []
+        held = None
+        for op, key, n in activation_events:
+            if op == "a":
+                k = (it, key)
+                live[k] = None
+                out.append(("a", k, n))
+            elif op == "f":
+                k = (it, key)
+                del live[k]
+                out.append(("f", k, 0))
+            elif op == "t":
+                if key == "logits_and_loss":
+                    new = [(("G", it, "head", i), n) for i, n in enumerate(layout.grads_head)]
+                elif key[0] == "L" and key[1:].isdigit():
+                    new = [(("G", it, key, i), n) for i, n in enumerate(layout.grads_layer)]
+                else:
+                    new = []
+                for k, n in new:
+                    grads.append(k)
+                    out.append(("a", k, n))
+            elif op == "h":
+                held = (it, key)
+        for i, n in enumerate(layout.grads_end):
+            grads.append(("G", it, "end", i))
+            out.append(("a", ("G", it, "end", i), n))
+        out += [("f", k, 0) for k in live if k != held]                  # leftovers of autograd
+        if it == 0:
+            out += [("a", ("S", i), n) for i, n in enumerate(layout.lazy_outside)]
+            out += [("a", ("S", l, i), n) for l in range(layers) for i, n in enumerate(layout.lazy_layer)]
+        temps = [(("T", it, i), n) for i, n in enumerate(layout.step_temp_outside)]
+        temps += [(("T", it, l, i), n) for l in range(layers) for i, n in enumerate(layout.step_temp_layer)]
+        out += [("a", k, n) for k, n in temps]
+        out += [("f", k, 0) for k, _ in temps]
+        out += [("f", k, 0) for k in grads]
+        if held is not None:
+            out.append(("f", held, 0))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From an estimate's terms to allocated / reserved
+# ---------------------------------------------------------------------------------------------------------
+# Buffers whose size grows with the model (split over the layers in the sequence); the others are fixed-size
+# buckets allocated once.
+_PER_LAYER_BUFFERS = ("autocast 16-bit weight copies", "DDP reducer buckets", "whole model",
+                      "mixed-precision parameter copy")
+
+
+@dataclass(frozen=True)
+class GpuAllocation:
+    """What PyTorch's allocator reports for one estimate, in bytes per GPU: ``allocated`` =
+    max_memory_allocated (tensor bytes + 512-byte rounding + unsplit block remainders), ``reserved`` =
+    max_memory_reserved (+ cached free blocks of its segments)."""
+
+    allocated: int
+    reserved: int
+    rounding: int            # allocated - tensor bytes
+    cached: int              # reserved - allocated
+    simulated_layers: tuple[int, ...]
+
+
+def _tensor_elements(arch) -> tuple[list[int], list[int], int, int, int]:
+    """Parameter tensors (elements) of one decoder layer in module order, and the embedding, lm_head and
+    final-norm elements (advisor.param_count)."""
+    from ..param_count import _has_bias, count_parameters, linear_shapes
+
+    counts = count_parameters(arch)
+    layer: list[int] = []
+    for name, (i, o, c) in linear_shapes(arch).items():
+        layer.append(i * o * c)
+        if _has_bias(arch, name):
+            layer.append(o * c)
+    rest = counts.per_layer - sum(layer)
+    norms = max(arch.norms_per_layer, 1)
+    if rest > 0:
+        layer += [rest // norms] * (norms - 1) + [rest - (rest // norms) * (norms - 1)]
+    return layer, [counts.per_layer], counts.embedding, counts.lm_head, counts.final
+
+
+def state_layout(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool,
+                 layers: int) -> StateLayout:
+    """The model-state tensors of a ``layers``-layer slice of the model, sized from the estimate's own
+    per-GPU terms (``ms``: ModelStates, ``buffers``), in each engine's allocation granularity:
+    torch optimizers and DDP/single keep one tensor per parameter; DeepSpeed ZeRO-0/1/2 flattens the 16-bit
+    parameters, gradients and optimizer partitions into one buffer each (stage_1_and_2
+    ``flatten_dense_tensors_aligned``), ZeRO-3 one partition per parameter plus flat gradient/optimizer
+    partitions; FSDP one flat parameter per wrapped decoder layer (FlatParameter)."""
+    from ..param_count import count_parameters
+
+    counts = count_parameters(arch)
+    n = max(arch.num_layers, 1)
+    layer_t, _, emb, head, final = _tensor_elements(arch)
+    outside_t = [e for e in (emb, head, final) if e]
+    total = max(counts.total, 1)
+    full = training.method == "full"
+    frac = (sum(outside_t) + layers * counts.per_layer) / total if full else layers / n
+    deepspeed = strategy.backend == "deepspeed"
+    stage = strategy.zero_stage or 0
+    fsdp = strategy.backend == "fsdp"
+
+    def scaled(elems: list[int], per_elem: float) -> tuple[int, ...]:
+        return tuple(max(int(e * per_elem), 1) for e in elems if e * per_elem >= 1)
+
+    p_elem = ms.parameters / total
+    persistent_out: list[int] = []
+    persistent_layer: list[int] = []
+    if deepspeed and stage <= 2:
+        persistent_out.append(int(ms.parameters * frac))
+    elif fsdp:
+        persistent_out += scaled([sum(outside_t)], p_elem)
+        persistent_layer += scaled([counts.per_layer], p_elem)
+    else:
+        persistent_out += scaled(outside_t, p_elem)
+        persistent_layer += scaled(layer_t, p_elem)
+
+    g = dict(grads_head=(), grads_end=(), grads_layer=())
+    if ms.gradients:
+        if formed_in_backward:
+            g_elem = ms.gradients / total
+            g = dict(grads_head=scaled([head or emb], g_elem),
+                     grads_end=scaled([emb if head else 0, final], g_elem), grads_layer=scaled(layer_t, g_elem))
+        elif deepspeed:
+            persistent_out.append(int(ms.gradients * frac))
+        elif full and not fsdp:
+            g_elem = ms.gradients / total
+            persistent_out += scaled(outside_t, g_elem)
+            persistent_layer += scaled(layer_t, g_elem)
+        else:
+            persistent_layer.append(max(ms.gradients // n, 1))
+
+    lazy_out: list[int] = []
+    lazy_layer: list[int] = []
+    temp_out: list[int] = []
+    temp_layer: list[int] = []
+    if deepspeed:
+        for name, v in ms.gpu_breakdown.items():
+            if name not in ("parameters", "gradients") and v:
+                persistent_out.append(int(v * frac))
+    elif ms.optimizer_states:
+        k = 1 if training.optimizer in ("lion", "sgd", "adafactor") else 2
+        trainable_elems = total if full else None
+        if full and not fsdp:
+            s_elem = ms.optimizer_states / trainable_elems / k
+            for _ in range(k):
+                lazy_out += scaled(outside_t, s_elem)
+                lazy_layer += scaled(layer_t, s_elem)
+            if ms.step_temporaries:
+                t_elem = ms.step_temporaries / trainable_elems
+                temp_out += scaled(outside_t, t_elem)
+                temp_layer += scaled(layer_t, t_elem)
+        else:
+            per_layer_states = ms.optimizer_states / n / k
+            lazy_layer += [max(int(per_layer_states), 1)] * k
+            if ms.step_temporaries:
+                temp_layer.append(max(ms.step_temporaries // n, 1))
+
+    for name, v in buffers.items():
+        if any(tag in name for tag in _PER_LAYER_BUFFERS):
+            persistent_layer.append(max(v // n, 1))
+        else:
+            persistent_out.append(v)
+    return StateLayout(persistent_outside=tuple(persistent_out), persistent_layer=tuple(persistent_layer),
+                       lazy_outside=tuple(lazy_out), lazy_layer=tuple(lazy_layer),
+                       step_temp_outside=tuple(temp_out), step_temp_layer=tuple(temp_layer), **g)
+
+
+@lru_cache(maxsize=512)
+def _activation_segments(arch, trace_training, mode: str, ckpt: str, layers: int):
+    """The trace's events with integer keys, cut where backward enters a new term: ``[(term, events)]``
+    (the first term is None: the forward), the frees of what autograd leaves behind, the held logits' key."""
+    from .activations import allocation_trace
+
+    ids: dict = {}
+    segs: list = []
+    cur: list = []
+    term = None
+    held = None
+    alive: dict = {}
+    for op, key, n in allocation_trace(arch, trace_training, mode, ckpt, layers):
+        if op == "a":
+            k = ids[key] = _fresh(ids)
+            alive[k] = None
+            cur.append(("a", k, n))
+        elif op == "f":
+            k = ids[key]
+            del alive[k]
+            cur.append(("f", k, 0))
+        elif op == "t":
+            segs.append((term, cur))
+            cur, term = [], key
+        elif op == "h":
+            held = ids[key]
+    segs.append((term, cur))
+    leftovers = [("f", k, 0) for k in alive if k != held]
+    return segs, leftovers, held
+
+
+def _fresh(ids: dict) -> int:
+    """A new integer key (a trace may allocate a storage again, e.g. a checkpointed layer's recompute)."""
+    n = ids.get(_COUNTER, 0)
+    ids[_COUNTER] = n + 1
+    return n
+
+
+_COUNTER = object()
+
+
+def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
+                 iterations: int | None = None) -> list[tuple[str, object, int]]:
+    """:func:`step_events` without the persistent states, from :func:`_activation_segments`."""
+    if iterations is None:
+        iterations = 2 if (layout.lazy_outside or layout.lazy_layer) else 1
+    out: list = []
+    for it in range(iterations):
+        grads: list = []
+        for term, evs in segments:
+            if term == "logits_and_loss":
+                new = [(("G", "head", i), n) for i, n in enumerate(layout.grads_head)]
+            elif term is not None and term[0] == "L" and term[1:].isdigit():
+                new = [(("G", term, i), n) for i, n in enumerate(layout.grads_layer)]
+            else:
+                new = ()
+            for k, n in new:
+                grads.append(k)
+                out.append(("a", k, n))
+            out.extend(evs)
+        for i, n in enumerate(layout.grads_end):
+            grads.append(("G", "end", i))
+            out.append(("a", ("G", "end", i), n))
+        out.extend(leftovers)
+        if it == 0:
+            out += [("a", ("S", i), n) for i, n in enumerate(layout.lazy_outside)]
+            out += [("a", ("S", l, i), n) for l in range(layers) for i, n in enumerate(layout.lazy_layer)]
+        temps = [(("T", i), n) for i, n in enumerate(layout.step_temp_outside)]
+        temps += [(("T", l, i), n) for l in range(layers) for i, n in enumerate(layout.step_temp_layer)]
+        out += [("a", k, n) for k, n in temps]
+        out += [("f", k, 0) for k, _ in temps]
+        out += [("f", k, 0) for k in grads]
+        if held is not None:
+            out.append(("f", held, 0))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _persistent_stats(outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
+                      expandable: bool) -> AllocatorStats:
+    """The model states allocated before the first step, alone (nothing is freed among them)."""
+    events = [("a", ("P", i), n) for i, n in enumerate(outside)]
+    events += [("a", ("P", l, i), n) for l in range(layers) for i, n in enumerate(per_layer)]
+    return simulate(events, expandable_segments=expandable)
+
+
+@lru_cache(maxsize=4096)
+def _churn_stats(arch, trace_training, mode: str, ckpt: str, layers: int, layout: StateLayout,
+                 expandable: bool) -> AllocatorStats:
+    """The step's allocations and frees (activations, gradients formed in backward, lazy optimizer states,
+    step temporaries) from an empty pool."""
+    segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
+    return simulate(churn_events(segs, leftovers, held, layers, layout), expandable_segments=expandable)
+
+
+def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool,
+                   mode: str, tensor_bytes: int, limit: int | None = None) -> GpuAllocation:
+    """max_memory_allocated and max_memory_reserved (bytes per GPU) for an estimate whose tensors peak at
+    ``tensor_bytes``: the caching allocator simulated over the step's allocation sequence (two steps when
+    the first allocates torch optimizers' states), its rounding and cached-block overheads added on top.
+    When ``tensor_bytes`` alone exceed ``limit`` (the bytes the allocator can have) nothing is simulated
+    and ``simulated_layers`` is empty."""
+    from .activations import allocation_key
+
+    if limit is not None and tensor_bytes > limit:
+        # the tensors alone exceed what the allocator may reserve: the verdict cannot change, skip the work
+        return GpuAllocation(allocated=tensor_bytes, reserved=tensor_bytes, rounding=0, cached=0,
+                             simulated_layers=())
+    trace_training, ckpt = allocation_key(arch, training)
+    expandable = getattr(training, "expandable_segments", False)
+    n = arch.num_layers
+    # Model states allocated before the first step fill their own segments (nothing among them is freed);
+    # the step's churn then runs in segments of its own. Simulating the two apart ignores the step's use of
+    # the persistent segments' leftover space (at most a 20 MiB or 2 MiB segment's tail each), which can
+    # only make the churn need more: an upper bound that lets every strategy sharing a trace and a dynamic
+    # layout share one simulation.
+    full = state_layout(arch, training, strategy, hw, ms, buffers, formed_in_backward, n)
+    ps = _persistent_stats(full.persistent_outside, full.persistent_layer, n, expandable)
+    dyn = replace(full, persistent_outside=(), persistent_layer=())
+    # The whole depth is simulated: extrapolating from fewer layers misses patterns that repeat every 12 or
+    # more layers and was up to 4 % of the total low (benchmarks/allocator_extrapolation.py). The layers'
+    # allocation sequence itself is built from a 4-layer trace (activations.allocation_trace).
+    st = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable)
+    rounding = st.peak_allocated - st.peak_requested
+    cached = st.peak_reserved - st.peak_allocated
+    rounding += ps.peak_allocated - ps.peak_requested
+    cached += ps.peak_reserved - ps.peak_allocated
+    rounding, cached = max(rounding, 0), max(cached, 0)
+    allocated = tensor_bytes + rounding
+    return GpuAllocation(allocated=allocated, reserved=allocated + cached, rounding=rounding, cached=cached,
+                         simulated_layers=(n,))

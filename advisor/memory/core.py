@@ -13,7 +13,8 @@ from .bytes_per_param import state_bytes
 from .inference import inference_layouts
 from .model_states import model_states
 from .overhead import overhead_defaults
-from .peak import step_peak
+from .allocator import gpu_allocation
+from .peak import gradients_formed_in_backward, step_peak
 
 
 def trainable_parameters(model: ResolvedModel, counts: ParameterCounts, training: TrainingSpec) -> int:
@@ -94,13 +95,20 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     # and activations freed by it are not all alive at once. Fields sum to the total minus that overlap.
     peak = step_peak(arch, counts, training, strategy, hw, act, ms.gradients, ms.step_temporaries)
     temporaries = peak.naive - act.activations - ms.gradients
-    allocated = ms.parameters + ms.optimizer_states + buffers_total + peak.dynamic
+    tensor_bytes = ms.parameters + ms.optimizer_states + buffers_total + peak.dynamic
+    # PyTorch's caching allocator over the step's allocation sequence (advisor/memory/allocator.py):
+    # max_memory_allocated and max_memory_reserved; total = reserved + CUDA context + NCCL.
+    gpu = gpu_allocation(arch, training, strategy, hw, ms, buffers,
+                         gradients_formed_in_backward(training, strategy, hw),
+                         compute_mode(training.precision, strategy.backend), tensor_bytes,
+                         limit=hw.vram_bytes - ov.cuda_context_bytes)
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
-                      "allocator fragmentation": int(allocated * ov.allocator_fragmentation_fraction)}
+                      "allocator: block rounding (allocated - tensors)": gpu.rounding,
+                      "allocator: cached free blocks (reserved - allocated)": gpu.cached}
     if hw.world_size > 1:
         overhead_parts["NCCL communicators"] = ov.nccl_bytes
     overhead = sum(overhead_parts.values())
-    total = allocated + overhead
+    total = tensor_bytes + overhead
 
     breakdown = dict(ms.gpu_breakdown)
     # Activation terms that add up to `activations` (not the per-layer sub-term, the temporaries'
@@ -122,10 +130,13 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
+    if not gpu.simulated_layers:
+        notes.append("the tensors alone exceed the GPU: the caching allocator was not simulated "
+                     "(allocated = reserved = tensor bytes here)")
     per_gpu = PerGPU(parameters=ms.parameters, gradients=ms.gradients, optimizer_states=ms.optimizer_states,
                      activations=act.activations, temporaries=temporaries, buffers=buffers_total,
                      overhead=overhead, phase_overlap=peak.phase_overlap, peak_moment=peak.moment,
-                     total=total, breakdown=breakdown)
+                     total=total, breakdown=breakdown, allocated=gpu.allocated, reserved=gpu.reserved)
     return Estimate(task="train", model=info, hardware=hardware_info(hw), strategy=strategy_info(training, strategy),
                     per_gpu=per_gpu,
                     per_node_cpu=PerNodeCPU(total=cpu_total, available_bytes=hw.cpu_ram_bytes, fits=cpu_fits,

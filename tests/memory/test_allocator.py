@@ -4,7 +4,7 @@ c10/cuda/CUDACachingAllocator.cpp (see advisor/memory/allocator.py), plus proper
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from advisor.memory.allocator import CachingAllocator, allocation_size, round_size, simulate
+from advisor.memory.allocator import CachingAllocator, _simulate_default, allocation_size, round_size, simulate
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -150,3 +150,12 @@ def test_properties(events, expandable):
     assert sum(size for pool in al._free.values() for size, _ in pool) == reserved
     s = al.stats()
     assert s.peak_requested <= s.peak_allocated <= s.peak_reserved
+
+
+@settings(max_examples=150, deadline=None)
+@given(sequences())
+def test_inlined_default_simulation_matches_the_class(events):
+    al = CachingAllocator()
+    for op, key, n in events:
+        al.malloc(key, n) if op == "a" else al.free(key)
+    assert _simulate_default(events) == al.stats()
