@@ -97,6 +97,12 @@ class TrainingSpec(_Spec):
     attention: Attention = "sdpa"
     expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
                                                          "(the caching allocator grows one segment per pool)")
+    loss: Literal["plain", "chunked", "fused-linear"] = Field(
+        "plain", description="cross-entropy kernel: plain (transformers: whole N x V logits), chunked (torchtune "
+                             "CEWithChunkedOutputLoss: per sequence chunk), fused-linear (Liger fused linear "
+                             "cross-entropy: no logits)")
+    loss_chunks: int = Field(8, ge=1, le=65_536, description="loss=chunked: sequence chunks (torchtune "
+                                                             "num_output_chunks default 8)")
 
 
 class StrategySpec(_Spec):

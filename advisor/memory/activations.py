@@ -519,6 +519,7 @@ class _Model:
         self.rope_cos = self.rope_sin = None
         self.mask_dt = tr.pdt                   # create_causal_mask: dtype of inputs_embeds
         self.recompute: list[tuple[str, list[int]]] = []   # (term prefix, storages) rebuilt in backward
+        self.forward_held: list[int] = []       # storages alive until the forward ends (torchtune's logit chunks)
 
     # -- pieces ------------------------------------------------------------------------------------------
     def proj(self, x: _T, n_in: int, n_out: int, name: str) -> _T:
@@ -837,17 +838,69 @@ class _Model:
             x = tr.linear(x, width, a.word_embed_proj_dim, final_trainable)
             width = a.word_embed_proj_dim
         tr.term = "logits_and_loss"
+        loss_kind = getattr(self.t, "loss", "plain")
+        if loss_kind == "fused-linear":
+            return None, self.fused_linear_loss(x, width, lm_trainable)
+        if loss_kind == "chunked":
+            return None, self.chunked_loss(x, width, lm_trainable)
         logits = tr.linear(x, width, a.vocab_size, lm_trainable)
         held = logits
+        loss = self.cross_entropy(logits, tr.N if tr.b > 1 else tr.s + 1)
+        return held, loss
+
+    def cross_entropy(self, logits: _T, labels: int) -> _T:
+        """transformers ForCausalLMLoss on ``logits``: (soft-capping,) ``.float()``, log_softmax (saves its
+        fp32 result), nll_loss (saves the targets and total_weight)."""
+        a, tr = self.a, self.tr
         if a.final_logit_softcapping:                                  # logits / cap; tanh; * cap
             logits = tr.scalar_op(tr.save_result(tr.scalar_op(logits)))
         lf = tr.cast(logits, "f32")                                    # logits.float()
         lp = tr.save_result(lf)                                        # log_softmax saves its fp32 result
-        lab = tr.N if tr.b > 1 else tr.s + 1                           # pad(labels)[..., 1:].contiguous()
-        tr.save(tr.new(lab, "i64", False), tr.new(1, "f32", False))   # nll_loss: target, total_weight
+        tr.save(tr.new(labels, "i64", False), tr.new(1, "f32", False))  # nll_loss: target, total_weight
         # NllLossBackward: a zero N x V fp32 gradient scattered at the targets
-        loss = tr.op(tr.new(1, "f32", lp.rg), [lp])
-        return held, loss
+        return tr.op(tr.new(1, "f32", lp.rg), [lp])
+
+    def chunked_loss(self, x: _T, width: int, lm_trainable: bool) -> _T:
+        """torchtune ``CEWithChunkedOutputLoss`` (torchtune/modules/loss/ce_chunked_output_loss.py, default
+        ``num_output_chunks=8``): the decoder applies the output projection to each of C sequence chunks
+        (``h.tensor_split(C, dim=1)``), the loss upcasts and cross-entropies one chunk at a time; the recipe
+        deletes the logits list before backward (``del logits``), so no logits are held in backward and each
+        chunk's backward runs alone. Eager mode (uncompiled): every chunk's log_softmax saves its fp32 result."""
+        tr = self.tr
+        C = max(1, min(self.t.loss_chunks, tr.s))
+        rows = [tr.s // C + (1 if i < tr.s % C else 0) for i in range(C)]     # tensor_split sizes
+        parts = tr.split(x, [r * tr.b * width for r in rows])
+        loss = None
+        for r, xc in zip(rows, parts):
+            lc = tr.linear(xc, width, self.a.vocab_size, lm_trainable)
+            self.forward_held.append(lc.sid)                           # the list lives until `del logits`
+            lo = self.cross_entropy(lc, r * tr.b)
+            loss = lo if loss is None else tr.add(loss, lo)            # total_loss += ...
+        return tr.scalar_op(loss)                                      # / total_elements
+
+    def fused_linear_loss(self, x: _T, width: int, lm_trainable: bool) -> _T:
+        """Liger ``LigerFusedLinearCrossEntropyFunction`` (src/liger_kernel/ops/fused_linear_cross_entropy.py):
+        the forward loops over token chunks of ``next_pow2(ceil(N / ceil(V / h)))`` rows (transient logits
+        ≈ N x h), computes each chunk's loss and logits gradient in place, and accumulates ``grad_input``
+        (``zeros_like(input)``) and ``grad_weight`` (``zeros_like(weight)``, when the head trains), which it
+        saves for backward; backward only scales them by the incoming gradient. No N x V tensor exists and the
+        model returns no logits."""
+        a, tr = self.a, self.tr
+        V, N = a.vocab_size, tr.N
+        inc = -(-V // width)
+        chunk = min(1 << max(0, (-(-N // inc) - 1).bit_length()), N)
+        xin = tr.ac_low(x)
+        saved = []
+        if x.rg or lm_trainable:
+            saved.append(tr.new(xin.n, xin.dt, False))                  # grad_input
+            if lm_trainable:
+                saved.append(tr.new(V * width, tr.pdt, False))          # grad_weight
+        tr.save(*saved)
+        loss_1d = tr.new(N, "f32", False)                               # per-token losses (not saved)
+        logits_chunk = chunk * V * _BYTES[xin.dt]                       # freed chunk by chunk in the forward
+        self.forward_transient = max(getattr(self, "forward_transient", 0), logits_chunk + loss_1d.nbytes)
+        # backward: element_mul of the saved grad_input (in place), handed on as the input's gradient
+        return tr.op(tr.new(1, "f32", x.rg or lm_trainable), [xin], "new", leaf=lm_trainable)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -918,9 +971,12 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
 
     for term in ("embeddings", "rope_cache", "final_norm", "logits_and_loss"):
         terms[term] = tr.bytes_of(term)
-    terms["logits_held"] = tr.size[held.sid]
+    terms["logits_held"] = tr.size[held.sid] if held is not None else 0
+    # the end of the forward: tensors alive only until then (torchtune's logits list, Liger's chunk logits)
+    terms["forward_end"] = sum(tr.size[sid] for sid in m.forward_held) + getattr(m, "forward_transient", 0)
     # backward replay: the caller's output holds the logits; the first layer's input is the replay's end
-    peaks = _replay_backward(tr, loss, {held.sid, emb.sid}, m.recompute)
+    kept = {emb.sid} | ({held.sid} if held is not None else set())
+    peaks = _replay_backward(tr, loss, kept, m.recompute)
     none = (0, 0)
     head = [peaks.get(k, none) for k in ("final_norm", "logits_and_loss")]
     terms["bw_head"] = max(p[0] for p in head)
@@ -976,7 +1032,7 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
     held, loss = m.head(x, full, full)
     fwd, fwd_terms = tr.events, tr.event_terms
     tr.events = None
-    kept = {held.sid, emb.sid, loss.sid}
+    kept = {emb.sid, loss.sid, *m.forward_held} | ({held.sid} if held is not None else set())
     # a tensor nobody saved dies after the last op that read it (at once if none did)
     frees: dict[int, list[int]] = {}
     for pos, (_, sid, _) in enumerate(fwd):
@@ -1000,18 +1056,23 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
     for sid in frees.get(len(fwd), ()):
         events.append(("f", sid, 0))
         sections.append(section(fwd_terms[-1]))
+    for sid in m.forward_held:                                         # `del logits` before backward
+        if sid not in tr.saved:
+            events.append(("f", sid, 0))
+            sections.append(1 << 20)
     events.append(("m", "forward_end", 0))
     sections.append(1 << 20)
     log: list[tuple[str, object, int]] = []
-    _replay_backward(tr, loss, {held.sid, emb.sid}, m.recompute, log)
+    _replay_backward(tr, loss, {emb.sid} | ({held.sid} if held is not None else set()), m.recompute, log)
     sec = 1 << 20
     for ev in log:
         if ev[0] == "t":
             sec = section(ev[1])
         events.append(ev)
         sections.append(sec)
-    events.append(("h", held.sid, 0))                                  # the logits the caller holds
-    sections.append(-1)
+    if held is not None:
+        events.append(("h", held.sid, 0))                              # the logits the caller holds
+        sections.append(-1)
     if return_sections:
         return events, sections
     return events
@@ -1134,7 +1195,8 @@ def _trace_key(training: TrainingSpec) -> TrainingSpec:
     return TrainingSpec(seq_len=training.seq_len, micro_batch_size=training.micro_batch_size,
                         method=training.method, lora=training.lora, attention=training.attention,
                         freeze_trainable_layers=training.freeze_trainable_layers,
-                        activation_checkpointing=training.activation_checkpointing)
+                        activation_checkpointing=training.activation_checkpointing,
+                        loss=training.loss, loss_chunks=training.loss_chunks)
 
 
 @lru_cache(maxsize=4096)
@@ -1177,7 +1239,7 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     # to run; lower layers run with less saved). The logits tensor the caller's output holds is alive
     # throughout (``outputs = model(**batch); accelerator.backward(outputs.loss)``).
     held = terms["logits_held"]
-    logits_phase = held + terms["bw_head"]
+    logits_phase = max(held + terms["bw_head"], terms.get("forward_end", 0))
     layer_transient = terms["bw_layer_transient"]
     layer_extra = 0
     if training.method == "qlora":
