@@ -12,21 +12,14 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from .catalog.gpus import resolve_gpu
+from .cli.flags import SPEC_FIELD_FLAGS
 from .catalog.models import ResolvedModel, resolve_model
 from .errors import InputError, did_you_mean
-from .result import Estimate
+from .estimate_result import Estimate
 from .specs import STRATEGY_NAMES, GiB, HardwareSpec, LoraSpec, StrategySpec, TrainingSpec
 
-# Spec field -> the CLI flag users know it by, so errors name what they typed.
-FLAG_NAMES = {
-    "gpus_per_node": "--gpus", "nodes": "--nodes", "vram_bytes": "--vram", "cpu_ram_bytes": "--cpu-ram",
-    "nvme_bytes": "--nvme-size", "seq_len": "--seq-len", "micro_batch_size": "--micro-batch",
-    "global_batch_size": "--global-batch", "precision": "--precision", "optimizer": "--optimizer",
-    "method": "--method", "rank": "--lora-rank", "activation_checkpointing": "--checkpointing",
-    "attention": "--attention", "task": "--task", "offload_optimizer": "--offload-optimizer",
-    "offload_param": "--offload-param", "zero_stage": "--strategy", "fsdp_sharding": "--strategy",
-    "backend": "--strategy", "freeze_trainable_layers": "--freeze-layers", "target_modules": "--lora-targets",
-}
+# Spec field -> the CLI flag users know it by, so errors name what they typed (from the one flag table).
+FLAG_NAMES = SPEC_FIELD_FLAGS
 
 
 def input_error(exc: ValidationError) -> InputError:
@@ -118,6 +111,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
              freeze_layers: int = 2) -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference; raises InputError on bad input."""
+    from .batching import gradient_accumulation
     from .memory.core import estimate_memory
 
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model))
@@ -127,4 +121,6 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               lora_targets=lora_targets, checkpointing=checkpointing, attention=attention,
                               freeze_layers=freeze_layers)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
+    if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)
+        gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
     return estimate_memory(resolved, hw, training, strat)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from . import exit_codes
+
 
 class AdvisorError(Exception):
     """Base of every error dsadvise reports to users as one line (never a traceback)."""
 
-    exit_code = 2
+    exit_code = exit_codes.BAD_INPUT
 
 
 class InputError(AdvisorError):
@@ -18,6 +20,12 @@ class InputError(AdvisorError):
     def __init__(self, message: str, *, field: str | None = None):
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)
+
+
+class NothingFits(AdvisorError):
+    """No configuration fits the hardware, so there is nothing to generate (exit code 3)."""
+
+    exit_code = exit_codes.NOTHING_FITS
 
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:

@@ -10,19 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-GiB = 1024**3
+from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpSharding, Method, OffloadTarget,  # noqa: F401
+                      Optimizer, Precision, StrategyName, Task)
 
-Precision = Literal["fp32", "fp16", "bf16", "pure-bf16"]
-Optimizer = Literal["adamw", "adamw-8bit", "adafactor", "sgd", "lion", "lamb"]
-Method = Literal["full", "lora", "qlora", "freeze"]
-Checkpointing = Literal["none", "full", "selective"]
-Attention = Literal["eager", "sdpa", "flash"]
-Task = Literal["train", "infer"]
-OffloadTarget = Literal["none", "cpu", "nvme"]
-Backend = Literal["single", "ddp", "deepspeed", "fsdp"]
-FsdpSharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"]
-StrategyName = Literal["single", "ddp", "zero0", "zero1", "zero2", "zero3",
-                       "fsdp-full", "fsdp-grad-op", "fsdp-hybrid", "fsdp-no-shard"]
+GiB = 1024**3
 
 STRATEGY_NAMES: tuple[str, ...] = StrategyName.__args__  # type: ignore[attr-defined]
 
@@ -113,7 +104,7 @@ class StrategySpec(_Spec):
     fsdp_sharding: FsdpSharding | None = None
     offload_optimizer: OffloadTarget = "none"
     offload_param: OffloadTarget = "none"
-    bucket_sizes: Literal["auto", "default"] = Field(
+    bucket_sizes: BucketSizes = Field(
         "auto", description="DeepSpeed bucket sizes: HF-integration 'auto' values derived from hidden size, "
                             "or DeepSpeed's built-in defaults")
 

@@ -49,7 +49,7 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
-    from advisor._cli import main as cli
+    from advisor.cli import main as cli
     from advisor.render.dryrun import dry_run
 
     cases = {k: v for k, v in CASES.items() if not args.only or k in args.only.split(",")}

@@ -33,7 +33,7 @@ def build_model(name: str, layers: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from advisor._data import load_data
+    from advisor.datafiles import load_data
 
     raw = next(m for m in load_data("models.yaml")["models"] if m["name"] == name)["config"]
     cfg = dict(raw)

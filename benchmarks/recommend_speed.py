@@ -65,7 +65,7 @@ def main() -> None:
         med = statistics.median(times)
         worst = max(worst, med)
         if rec.found:
-            r = rec.recommendation
+            r = rec.recommendation.model_dump()
             name = r.get("layout") or r["name"]
             off = "+".join(f"{k[8:]}:{v}" for k, v in r.items() if k.startswith("offload_") and v != "none")
             result = f"{name}{' ' + off if off else ''} mb={r['micro_batch_size']}"

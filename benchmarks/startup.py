@@ -21,7 +21,7 @@ COMMANDS = {
         ["estimate", "--model", "llama-2-70b", "--gpus", "8", "--gpu", "a100-80g", "--strategy", "zero3", "--json"],
 }
 PROBE = ("import sys, runpy; sys.argv = ['dsadvise'] + sys.argv[1:]\n"
-         "from advisor._cli import main\n"
+         "from advisor.cli import main\n"
          "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
          "print('HEAVY=' + ','.join(m for m in %r if m in sys.modules), file=sys.stderr)" % (HEAVY,))
 

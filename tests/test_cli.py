@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from advisor._cli import main
+from advisor.cli import main
 from advisor.errors import InputError
 from advisor.api import estimate
 
@@ -104,14 +104,14 @@ def test_config_json_path_and_malformed(tmp_path, capsys):
 
 
 def test_real_console_script_bad_input_has_no_traceback():
-    proc = subprocess.run([sys.executable, "-m", "advisor._cli", "estimate", "--model", "nonsense-model",
+    proc = subprocess.run([sys.executable, "-m", "advisor", "estimate", "--model", "nonsense-model",
                            "--vram", "24"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_estimate_path_imports_no_heavy_module():
-    code = ("import sys\nfrom advisor._cli import main\nmain(['estimate','--model','7B','--gpus','4','--vram','24',"
+    code = ("import sys\nfrom advisor.cli import main\nmain(['estimate','--model','7B','--gpus','4','--vram','24',"
             "'--strategy','zero3','--json'])\n"
             "print('HEAVY=' + ','.join(m for m in ('torch','deepspeed','transformers','accelerate','textual') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from advisor._data import load_data  # noqa: E402
+from advisor.datafiles import load_data  # noqa: E402
 from advisor.architecture import Architecture  # noqa: E402
 from advisor.errors import InputError  # noqa: E402
 from advisor.hf_config import architecture_from_hf_config  # noqa: E402

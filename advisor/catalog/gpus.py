@@ -13,7 +13,7 @@ import re
 import unicodedata
 from functools import lru_cache
 
-from advisor._data import load_data
+from advisor.datafiles import load_data
 from advisor.errors import InputError, did_you_mean
 from advisor.specs import GiB, GPUInfo
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from advisor._data import load_data
+from advisor.datafiles import load_data
 from advisor.architecture import Architecture
 from advisor.errors import InputError, did_you_mean
 from advisor.hf_config import architecture_from_hf_config, load_hf_config

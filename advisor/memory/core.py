@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..catalog.models import ResolvedModel
 from ..errors import InputError
 from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
-from ..result import Estimate, HardwareInfo, ModelInfo, PerGPU, PerNodeCPU, StrategyInfo
+from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_info, strategy_info
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import activation_memory, compute_mode
 from .buffers import buffer_bytes
@@ -47,23 +47,6 @@ def check_compatible(training: TrainingSpec, strategy: StrategySpec, hw: Hardwar
     if training.method == "qlora" and strategy.backend == "deepspeed" and strategy.zero_stage == 3 \
             and training.precision == "fp32":
         raise InputError("QLoRA computes in 16-bit: use bf16 or fp16", field="precision")
-
-
-def hardware_info(hw: HardwareSpec) -> HardwareInfo:
-    """Echo of the hardware an estimate was made for."""
-    return HardwareInfo(gpu=hw.gpu.name if hw.gpu else None, gpus_per_node=hw.gpus_per_node, nodes=hw.nodes,
-                        world_size=hw.world_size, vram_bytes=hw.vram_bytes, bf16_supported=hw.bf16_supported,
-                        cpu_ram_bytes=hw.cpu_ram_bytes, nvme_bytes=hw.nvme_bytes)
-
-
-def strategy_info(training: TrainingSpec, strategy: StrategySpec) -> StrategyInfo:
-    """The strategy block of the estimate JSON."""
-    return StrategyInfo(name=strategy.name, backend=strategy.backend, zero_stage=strategy.zero_stage,
-                        fsdp_sharding=strategy.fsdp_sharding, offload_optimizer=strategy.offload_optimizer,
-                        offload_param=strategy.offload_param, precision=training.precision,
-                        activation_checkpointing=training.activation_checkpointing,
-                        micro_batch_size=training.micro_batch_size, seq_len=training.seq_len,
-                        attention=training.attention, optimizer=training.optimizer, method=training.method)
 
 
 def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec,

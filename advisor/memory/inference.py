@@ -12,7 +12,8 @@ import math
 
 from ..catalog.models import ResolvedModel
 from ..param_count import ParameterCounts, linear_shapes
-from ..result import Estimate, InferenceLayout, ModelInfo, PerGPU, PerNodeCPU
+from ..estimate_result import (Estimate, InferenceLayout, ModelInfo, PerGPU, PerNodeCPU, hardware_info,
+                               strategy_info)
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .bytes_per_param import NF4_DOUBLE_QUANT_BYTES
 from .overhead import Overhead
@@ -53,8 +54,6 @@ def transient_bytes(model: ResolvedModel, training: TrainingSpec, dtype_bytes: i
 def inference_layouts(model: ResolvedModel, counts: ParameterCounts, info: ModelInfo, hw: HardwareSpec,
                       training: TrainingSpec, strategy: StrategySpec, ov: Overhead) -> Estimate:
     """Estimate for ``--task infer``: both layouts, with ``per_gpu`` taken from the fastest one that fits."""
-    from .core import hardware_info, strategy_info
-
     a = model.architecture
     dtype_bytes = 4 if training.precision == "fp32" else 2
     weights = weight_bytes_for_inference(model, counts, training)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .._data import load_data
+from ..datafiles import load_data
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..architecture import Architecture
+from ..batching import gradient_accumulation
 from ..param_count import ParameterCounts
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import ActivationEstimate
@@ -48,11 +49,8 @@ class StepPeak:
 
 
 def gradient_accumulation_steps(training: TrainingSpec, hw: HardwareSpec) -> int:
-    """Micro-batches per optimizer step: global batch / (micro-batch x world), at least 1 (rounded up)."""
-    if training.global_batch_size is None:
-        return 1
-    per_step = training.micro_batch_size * hw.world_size
-    return max(1, -(-training.global_batch_size // per_step))
+    """Micro-batches per optimizer step (:func:`advisor.batching.gradient_accumulation`)."""
+    return gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
 
 
 def gradients_formed_in_backward(training: TrainingSpec, strategy: StrategySpec, hw: HardwareSpec) -> bool:

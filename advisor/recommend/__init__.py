@@ -8,9 +8,10 @@
 >>> rec.recommendation["name"], rec.step_time_seconds
 
 Modules: :mod:`.problem` (inputs, fixed vs searched), :mod:`.candidates` (the search space),
-:mod:`.step_time` (the time model), :mod:`.search` (training search), :mod:`.inference` (``--task infer``),
-:mod:`.explain` (reasons, runners-up), :mod:`.suggest` (what would fit), :mod:`.report` (text),
-:mod:`.cli` (the sub-command). Rules: ``rules/*.yaml`` via :mod:`advisor.rules`.
+:mod:`.step_time` (the time model), :mod:`.search` (training search), :mod:`.inference_search`
+(``--task infer``), :mod:`.explain` (reasons, runners-up), :mod:`.suggest` (what would fit),
+:mod:`.recommendation` (the result models), :mod:`.recommendation_report` (text). The sub-command is
+:mod:`advisor.cli.recommend`. Rules: ``rules/*.yaml`` via :mod:`advisor.ruleengine`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from ..catalog.models import ResolvedModel
 from ..specs import HardwareSpec, TrainingSpec
-from .result import Alternative, Recommendation, StepTimeInfo, Suggestion
+from .recommendation import Alternative, Recommendation, StepTimeInfo, Suggestion
 
 __all__ = ["recommend", "Recommendation", "Alternative", "Suggestion", "StepTimeInfo"]
 
@@ -40,7 +41,7 @@ def recommend(model: ResolvedModel | str, hw: HardwareSpec, training_template: T
     the search with each change, unless ``suggest`` is False). Raises InputError / RuleError (exit 2).
     """
     from .explain import training_recommendation
-    from .inference import search_inference
+    from .inference_search import search_inference
     from .problem import make_problem
     from .ruleset import recommend_rules
     from .search import search_training
@@ -62,5 +63,5 @@ def recommend(model: ResolvedModel | str, hw: HardwareSpec, training_template: T
 
         kwargs = dict(margin=p.margin, method=method, precision=precision, checkpointing=checkpointing,
                       max_micro_batch=max_micro_batch, rules=rules)
-        rec = rec.model_copy(update={"suggestions": suggestions(p, rec, kwargs, cpu_need)})
+        rec = rec.model_copy(update={"suggestions": suggestions(p, rec, kwargs, recommend, cpu_need)})
     return rec

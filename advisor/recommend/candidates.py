@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
-from ..errors import InputError
+from ..batching import dividing_micro_batches, gradient_accumulation
 from ..specs import HardwareSpec, StrategySpec
 from .step_time import guidance_rank
 
@@ -88,32 +88,17 @@ def all_layouts() -> tuple[Layout, ...]:
     return tuple(out)
 
 
-def _divisors(n: int) -> list[int]:
-    small, large = [], []
-    d = 1
-    while d * d <= n:
-        if n % d == 0:
-            small.append(d)
-            if d * d != n:
-                large.append(n // d)
-        d += 1
-    return small + large[::-1]
-
-
 @dataclass(frozen=True)
 class MicroBatches:
-    """Micro-batch sizes the search may use, smallest first, and how accumulation reaches the global batch."""
+    """Micro-batch sizes the search may use, smallest first; with a global batch, only those that reach it."""
 
     values: tuple[int, ...]
     global_batch: int | None
     world: int
-    note: str = ""
 
     def accumulation(self, micro: int) -> int:
-        """gradient_accumulation_steps = global / (micro x world), at least 1."""
-        if self.global_batch is None:
-            return 1
-        return max(1, round(self.global_batch / (micro * self.world)))
+        """gradient_accumulation_steps for ``micro`` (:func:`advisor.batching.gradient_accumulation`)."""
+        return gradient_accumulation(self.global_batch, micro, self.world)
 
     def effective_global(self, micro: int) -> int:
         return micro * self.world * self.accumulation(micro)
@@ -123,24 +108,11 @@ def micro_batches(start: int, cap: int, global_batch: int | None, hw: HardwareSp
     """Valid micro-batch sizes in [start, cap]; with a global batch, those that divide global / world.
 
     ``--micro-batch`` is the smallest size searched; the search goes up to ``cap``
-    (``--max-micro-batch``, else global / world, else the rules' ``const.max_micro_batch``).
+    (``--max-micro-batch``, else global / world, else the rules' ``const.max_micro_batch``). A global batch
+    no micro-batch in range reaches exactly is an InputError (:mod:`advisor.batching`).
     """
     world = hw.world_size
     if global_batch is None:
         cap = max(cap, start)
         return MicroBatches(tuple(range(start, cap + 1)), None, world)
-    if global_batch < world * start:
-        raise InputError(f"{global_batch} is less than --micro-batch {start} x {world} GPU(s); give a global batch "
-                         f"of at least {world * start}", field="--global-batch")
-    per_gpu, rest = divmod(global_batch, world)
-    if rest == 0:
-        values = tuple(d for d in _divisors(per_gpu) if start <= d <= cap)
-        if values:
-            return MicroBatches(values, global_batch, world)
-        note = (f"no micro-batch between {start} and {cap} divides the {per_gpu} samples per GPU of global batch "
-                f"{global_batch}: accumulation is rounded, so the global batch becomes micro x {world} x steps")
-    else:
-        note = (f"global batch {global_batch} is not a multiple of the {world} GPUs: gradient_accumulation_steps = "
-                f"global / (micro x {world}) is rounded, so the effective global batch differs")
-    top = max(start, min(cap, global_batch // world))
-    return MicroBatches(tuple(range(start, top + 1)), global_batch, world, note)
+    return MicroBatches(dividing_micro_batches(global_batch, world, start, cap), global_batch, world)

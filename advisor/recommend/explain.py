@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-from ..report import fmt_bytes
+from ..formatting import fmt_bytes
 from .problem import Problem
-from .result import Alternative, Recommendation, StepTimeInfo
+from .recommendation import (Alternative, Fp16Settings, Recommendation, RuleFired, StepTimeInfo, StrategyRef,
+                             TrainingChoice)
 from .search import SAVING, Group, Outcome, ranking_key
 
 MIXED_PRECISION = {"bf16": "bf16", "pure-bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 GUIDANCE = "ZeRO-0 > ZeRO-1 > ZeRO-2 > ZeRO-2 + offload > ZeRO-3 > ZeRO-3 + offloads"
 
 
-def fp16_settings(p: Problem) -> dict:
+def fp16_settings(p: Problem) -> Fp16Settings:
     """DeepSpeed's ``fp16`` block with dynamic loss scaling, from the rules' constants."""
     c = p.rules.constants
-    return {"enabled": True, "loss_scale": 0, "initial_scale_power": c["const.fp16.initial_scale_power"],
-            "loss_scale_window": c["const.fp16.loss_scale_window"], "hysteresis": c["const.fp16.hysteresis"],
-            "min_loss_scale": c["const.fp16.min_loss_scale"]}
+    return Fp16Settings(initial_scale_power=c["const.fp16.initial_scale_power"],
+                        loss_scale_window=c["const.fp16.loss_scale_window"], hysteresis=c["const.fp16.hysteresis"],
+                        min_loss_scale=c["const.fp16.min_loss_scale"])
 
 
-def strategy_dict(p: Problem, g: Group) -> dict:
+def strategy_ref(p: Problem, g: Group) -> StrategyRef:
     """The estimate's ``strategy`` block for a group (from its estimate when it has one)."""
     if g.estimate is not None:
-        return g.estimate.strategy.model_dump(mode="json")
+        return StrategyRef(**g.estimate.strategy.model_dump(mode="json"))
     s, t = g.layout.strategy, p.template
-    return {"name": s.name, "backend": s.backend, "zero_stage": s.zero_stage, "fsdp_sharding": s.fsdp_sharding,
-            "offload_optimizer": s.offload_optimizer, "offload_param": s.offload_param, "precision": g.precision,
-            "activation_checkpointing": g.checkpointing, "micro_batch_size": g.micro or p.micro.values[0],
-            "seq_len": t.seq_len, "attention": t.attention, "optimizer": t.optimizer, "method": g.method}
+    return StrategyRef(name=s.name, backend=s.backend, zero_stage=s.zero_stage, fsdp_sharding=s.fsdp_sharding,
+                       offload_optimizer=s.offload_optimizer, offload_param=s.offload_param, precision=g.precision,
+                       activation_checkpointing=g.checkpointing, micro_batch_size=g.micro or p.micro.values[0],
+                       seq_len=t.seq_len, attention=t.attention, optimizer=t.optimizer, method=g.method)
 
 
 def launcher(p: Problem) -> str:
@@ -106,14 +107,14 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
             fits, why, key = False, g.reason, (2, g.need_bytes or 0)
         else:
             fits, why, key = None, g.reason or "rejected", (3, 0)
-        rows.append((key, Alternative(strategy=strategy_dict(p, g), fits=fits, step_time_seconds=seconds,
+        rows.append((key, Alternative(strategy=strategy_ref(p, g), fits=fits, step_time_seconds=seconds,
                                       rejected_because=why)))
     for label, reason in out.layout_rejects.items():
         lay = next((x for x in _all_layouts() if x.label == label), None)
         if lay is None:
             continue
         g = Group(lay, out.precision, tier or "full", "none", 0)
-        rows.append(((4, lay.rank), Alternative(strategy=strategy_dict(p, g), fits=None, step_time_seconds=None,
+        rows.append(((4, lay.rank), Alternative(strategy=strategy_ref(p, g), fits=None, step_time_seconds=None,
                                                 rejected_because=f"ruled out: {reason}")))
     rows.sort(key=lambda r: r[0])
     return [a for _, a in rows]
@@ -136,8 +137,8 @@ def reasons(p: Problem, out: Outcome) -> list[str]:
     prec = out.precision_reason
     if g.precision == "fp16":
         f = fp16_settings(p)
-        prec += (f" - fp16 needs dynamic loss scaling: initial scale 2^{f['initial_scale_power']}, window "
-                 f"{f['loss_scale_window']}, hysteresis {f['hysteresis']}, minimum {f['min_loss_scale']}")
+        prec += (f" - fp16 needs dynamic loss scaling: initial scale 2^{f.initial_scale_power}, window "
+                 f"{f.loss_scale_window}, hysteresis {f.hysteresis}, minimum {f.min_loss_scale}")
     r.append(prec)
     vals = p.micro.values
     if g.micro == vals[-1]:
@@ -147,10 +148,8 @@ def reasons(p: Problem, out: Outcome) -> list[str]:
     else:
         r.append(f"micro-batch {g.micro}: the largest that fits ({g.limit or 'a larger one does not fit'})")
     if p.template.global_batch_size:
-        eff = p.micro.effective_global(g.micro)
-        r.append(f"gradient_accumulation_steps {g.gas}: global batch {eff} = micro-batch {g.micro} x {world} GPU(s) "
-                 f"x {g.gas}" + ("" if eff == p.template.global_batch_size
-                                 else f" (asked {p.template.global_batch_size}: {p.micro.note})"))
+        r.append(f"gradient_accumulation_steps {g.gas}: global batch {p.micro.effective_global(g.micro)} = "
+                 f"micro-batch {g.micro} x {world} GPU(s) x {g.gas}")
     else:
         r.append(f"no --global-batch: no gradient accumulation, global batch {g.micro * world} "
                  f"(micro-batch {g.micro} x {world} GPU(s))")
@@ -223,7 +222,7 @@ def _layout_reasons(p: Problem, out: Outcome, g: Group) -> list[str]:
 
 def training_recommendation(p: Problem, out: Outcome, search_ms: float) -> Recommendation:
     """The :class:`Recommendation` of a training search (without suggestions)."""
-    fired = [f.to_json() for f in out.problem_fired]
+    fired = [RuleFired.of(f) for f in out.problem_fired]
     seen = set()
     for g in out.groups:
         for f in g.fired:
@@ -232,7 +231,7 @@ def training_recommendation(p: Problem, out: Outcome, search_ms: float) -> Recom
             key = (f.rule.id, f.candidate, f.outcome)
             if key not in seen:
                 seen.add(key)
-                fired.append(f.to_json())
+                fired.append(RuleFired.of(f))
     g = out.chosen
     if g is None:
         if out.global_reject:
@@ -247,12 +246,11 @@ def training_recommendation(p: Problem, out: Outcome, search_ms: float) -> Recom
                               alternatives=alternatives(p, out), rules_fired=fired,
                               candidates_evaluated=out.estimates, search_ms=search_ms)
     assert g.estimate is not None and g.micro is not None and g.gas is not None
-    rec = g.estimate.strategy.model_dump(mode="json")
-    rec.update({"gradient_accumulation_steps": g.gas, "global_batch_size": p.micro.effective_global(g.micro),
-                "world_size": p.hw.world_size, "gpus_per_node": p.hw.gpus_per_node, "nodes": p.hw.nodes,
-                "mixed_precision": MIXED_PRECISION[g.precision], "launcher": launcher(p)})
-    if g.precision == "fp16":
-        rec["fp16"] = fp16_settings(p)
+    rec = TrainingChoice(**g.estimate.strategy.model_dump(), gradient_accumulation_steps=g.gas,
+                         global_batch_size=p.micro.effective_global(g.micro), world_size=p.hw.world_size,
+                         gpus_per_node=p.hw.gpus_per_node, nodes=p.hw.nodes,
+                         mixed_precision=MIXED_PRECISION[g.precision], launcher=launcher(p),
+                         fp16=fp16_settings(p) if g.precision == "fp16" else None)
     advice: list[str] = []
     for text in list(out.problem_advice) + [t for _, t in g.advice]:
         if text not in advice:

@@ -9,7 +9,9 @@ times seconds, bandwidths GB/s (10^9 bytes/s), counts plain numbers. ``?`` marks
 
 from __future__ import annotations
 
-from ..specs import STRATEGY_NAMES
+from typing import get_args
+
+from .. import choices
 
 # name: (type, stage, description)
 FACTS: dict[str, tuple[str, int, str]] = {
@@ -93,16 +95,17 @@ STAGES = 4
 PROBLEM, LAYOUT, CONFIG, SIZED = range(STAGES)
 
 # Settings require/forbid may name: their values, and the stage at which a candidate has them.
+# The values come from the specs' Literal types (advisor.choices), the one list of each.
 DOMAINS: dict[str, tuple] = {
-    "strategy": STRATEGY_NAMES,
-    "backend": ("single", "ddp", "deepspeed", "fsdp"),
+    "strategy": get_args(choices.StrategyName),
+    "backend": get_args(choices.Backend),
     "zero_stage": (0, 1, 2, 3),
-    "fsdp_sharding": ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"),
-    "offload_optimizer": ("none", "cpu", "nvme"),
-    "offload_param": ("none", "cpu", "nvme"),
-    "precision": ("fp32", "fp16", "bf16", "pure-bf16"),
-    "method": ("full", "lora", "qlora", "freeze"),
-    "activation_checkpointing": ("none", "selective", "full"),
+    "fsdp_sharding": get_args(choices.FsdpSharding),
+    "offload_optimizer": get_args(choices.OffloadTarget),
+    "offload_param": get_args(choices.OffloadTarget),
+    "precision": get_args(choices.Precision),
+    "method": get_args(choices.Method),
+    "activation_checkpointing": get_args(choices.Checkpointing),
 }
 SETTING_STAGE = {"strategy": LAYOUT, "backend": LAYOUT, "zero_stage": LAYOUT, "fsdp_sharding": LAYOUT,
                  "offload_optimizer": LAYOUT, "offload_param": LAYOUT, "precision": CONFIG, "method": CONFIG,
@@ -124,7 +127,7 @@ def rule_stage(rule) -> int:
     """When a rule runs: its condition's stage, and for require/forbid at least its settings' stage.
 
     require/forbid rules whose condition reads problem facts only are applied once, to the search space
-    (see :func:`advisor.rules.engine.narrow_domains`), and are given stage PROBLEM.
+    (see :func:`advisor.ruleengine.engine.narrow_domains`), and are given stage PROBLEM.
     """
     stage = when_stage(rule)
     if rule.effect in ("require", "forbid") and stage > PROBLEM:

@@ -22,8 +22,8 @@ from ..architecture import Architecture
 from ..catalog.models import ResolvedModel, resolve_model
 from ..errors import InputError
 from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
-from ..rules import RuleSet
-from ..rules.engine import Rule
+from ..ruleengine import RuleSet
+from ..ruleengine.engine import Rule
 from ..specs import GPUInfo, HardwareSpec, TrainingSpec
 from . import facts as F
 from .candidates import MicroBatches, micro_batches
@@ -126,8 +126,6 @@ def make_problem(model: ResolvedModel | str, hw: HardwareSpec, template: Trainin
     p.facts = problem_facts(p, method)
     if assumed:
         p.assumptions.append(GENERIC_GPU_NOTE)
-    if micro.note:
-        p.assumptions.append(micro.note)
     return p
 
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from .._data import bundled_dir
-from ..rules import RuleSet, load_rules
-from ..rules.errors import RuleError
+from ..datafiles import bundled_dir
+from ..ruleengine import RuleSet, load_rules
+from ..ruleengine.errors import RuleError
 from .facts import CATALOG, DOMAINS
 
 # Constants the recommender itself reads (rules/defaults.yaml); a rule set without them is an error.

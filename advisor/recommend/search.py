@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError
 from ..memory.core import estimate_memory, trainable_parameters
-from ..report import fmt_bytes
-from ..result import Estimate
-from ..rules import apply_rules, narrow_domains
-from ..rules.engine import Firing, Rule
+from ..formatting import fmt_bytes
+from ..estimate_result import Estimate
+from ..ruleengine import apply_rules, narrow_domains
+from ..ruleengine.engine import Firing, Rule
 from . import facts as F
 from .candidates import Layout, all_layouts
 from .problem import CHECKPOINTING, Problem

@@ -9,34 +9,40 @@ smaller starting micro-batch. At most :data:`MAX_RERUNS` re-runs in all.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from ..catalog.gpus import list_gpus
 from ..errors import AdvisorError
-from ..report import fmt_bytes
+from ..formatting import fmt_bytes
 from ..specs import GiB
 from .problem import Problem
-from .result import Recommendation, Suggestion
+from .recommendation import InferenceChoice, Recommendation, Suggestion
 
 VRAM_STEPS_GIB = (16, 24, 32, 40, 48, 64, 80, 96, 141, 192)
 MAX_RERUNS = 14
 
 
 def _summary(r: Recommendation) -> str:
-    rec = r.recommendation or {}
-    if r.task == "infer":
-        return f"{rec.get('layout')} at batch {rec.get('batch_size')}"
-    name = rec.get("name", "?")
-    off = [f"{k.split('_')[1]}->{v}" for k, v in rec.items() if k.startswith("offload_") and v != "none"]
+    rec = r.recommendation
+    if rec is None:
+        return "?"
+    if isinstance(rec, InferenceChoice):
+        return f"{rec.layout} at batch {rec.batch_size}"
+    off = [f"{k.split('_')[1]}->{v}" for k, v in (("offload_optimizer", rec.offload_optimizer),
+                                                  ("offload_param", rec.offload_param)) if v != "none"]
     total = fmt_bytes(r.estimate.per_gpu.total) if r.estimate else "?"
     step = f", ~{r.step_time_seconds:.1f} s/step" if r.step_time_seconds else ""
-    return (f"{name}{' + offload ' + ', '.join(off) if off else ''}, {rec.get('method')}, checkpointing "
-            f"{rec.get('activation_checkpointing')}, micro-batch {rec.get('micro_batch_size')}: {total} per GPU{step}")
+    return (f"{rec.name}{' + offload ' + ', '.join(off) if off else ''}, {rec.method}, checkpointing "
+            f"{rec.activation_checkpointing}, micro-batch {rec.micro_batch_size}: {total} per GPU{step}")
 
 
-def suggestions(p: Problem, rec: Recommendation, kwargs: dict, cpu_need: int | None = None) -> list[Suggestion]:
-    """Verified changes that make the problem fit (see the module docstring for the order)."""
-    from . import recommend
+def suggestions(p: Problem, rec: Recommendation, kwargs: dict, recommend: Callable[..., Recommendation],
+                cpu_need: int | None = None) -> list[Suggestion]:
+    """Verified changes that make the problem fit (see the module docstring for the order).
 
+    ``recommend`` is :func:`advisor.recommend.recommend`, passed in (each change is verified by re-running it
+    with ``suggest=False``) so that this module does not import its own package back.
+    """
     out: list[Suggestion] = []
     runs = 0
 

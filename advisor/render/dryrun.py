@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .validate import (ConfigFileError, Finding, Step, engine_steps, fill_auto, parse_text, read_text,
+from .validate import (ConfigFileError, Finding, Step, StepStatus, engine_steps, fill_auto, parse_text, read_text,
                        schema_findings)
 
 PROXY_SCRIPT = Path(__file__).with_name("proxy_train.py")
@@ -41,11 +41,11 @@ class DryRunReport:
 
     @property
     def passed(self) -> bool:
-        return all(s.status != "fail" for s in self.steps)
+        return all(s.status != StepStatus.FAIL for s in self.steps)
 
     @property
     def launched(self) -> bool:
-        return any(s.name.startswith("launch") and s.status == "pass" for s in self.steps)
+        return any(s.name.startswith("launch") and s.status == StepStatus.PASS for s in self.steps)
 
     def to_json(self) -> dict:
         return {"folder": self.folder, "passed": self.passed, "overrides": self.overrides,
@@ -108,12 +108,12 @@ def dry_run(folder: str | os.PathLike, *, timeout: float = DEFAULT_TIMEOUT, gpu:
     if ds is not None:
         schema.findings += schema_findings("deepspeed", ds, "ds_config.json")
     schema.seconds = time.perf_counter() - t
-    schema.status = "fail" if any(f.severity == "error" for f in schema.findings) else "pass"
+    schema.status = StepStatus.FAIL if any(f.severity == "error" for f in schema.findings) else StepStatus.PASS
     report.steps.append(schema)
     report.steps += engine_steps(folder, {"accelerate_config.yaml": acc, **({"ds_config.json": ds} if ds else {})},
                                  manifest)
     if not report.passed:
-        report.steps.append(Step("launch", "skip", detail="not launched: the configs do not load (see above)"))
+        report.steps.append(Step("launch", StepStatus.SKIP, detail="not launched: the configs do not load (see above)"))
         return report
 
     # Step 2: launch.
@@ -147,7 +147,7 @@ def _build_cpu_adam(budget: float, *, gpu: bool) -> Step:
         # The killed build leaves torch's FileBaton lock behind, and every later build would wait on it.
         if lock is not None and lock.exists() and lock.stat().st_mtime >= time.time() - (time.perf_counter() - t0) - 1:
             lock.unlink(missing_ok=True)
-        step.status = "fail"
+        step.status = StepStatus.FAIL
         step.findings.append(Finding("error", "ds_config.json", "zero_optimization.offload_optimizer.device",
                                      f"building DeepSpeed's cpu_adam op took longer than the {budget:.0f} s left; it "
                                      "is cached once built: run again with a larger --timeout"))
@@ -155,10 +155,10 @@ def _build_cpu_adam(budget: float, *, gpu: bool) -> Step:
         return step
     step.seconds = time.perf_counter() - t0
     if proc.returncode == 3:
-        step.status = "skip"
+        step.status = StepStatus.SKIP
         step.detail = "DeepSpeed's cpu_adam op cannot be built on this machine (no compatible compiler)"
     elif proc.returncode != 0:
-        step.status = "fail"
+        step.status = StepStatus.FAIL
         tail = "\n".join((output or "").strip().splitlines()[-5:])
         step.findings.append(Finding("error", "ds_config.json", "zero_optimization.offload_optimizer.device",
                                      f"DeepSpeed's cpu_adam op does not build: {tail}"))
@@ -249,10 +249,10 @@ def _launch_one(folder: Path, acc: dict, ds: dict | None, manifest: dict, report
     if gpu:
         n_gpu = _cuda_devices()
         if n_gpu == 0:
-            return Step(name, "skip", detail="--gpu: no CUDA device on this machine")
+            return Step(name, StepStatus.SKIP, detail="--gpu: no CUDA device on this machine")
         procs = 1 if dtype == "NO" else min(configured, n_gpu)
         if dtype == "MULTI_GPU" and procs < 2:
-            return Step(name, "skip", detail=f"--gpu: MULTI_GPU needs 2 GPUs, this machine has {n_gpu}")
+            return Step(name, StepStatus.SKIP, detail=f"--gpu: MULTI_GPU needs 2 GPUs, this machine has {n_gpu}")
     else:
         procs = 1 if dtype == "NO" else 2
     filled: list[str] = []
@@ -265,12 +265,12 @@ def _launch_one(folder: Path, acc: dict, ds: dict | None, manifest: dict, report
     if not gpu:
         blocker = _cpu_blocker(acc, ds, exp)
         if blocker:
-            return Step(name, "skip", time.perf_counter() - t0, detail=f"cannot run on a CPU: {blocker}")
+            return Step(name, StepStatus.SKIP, time.perf_counter() - t0, detail=f"cannot run on a CPU: {blocker}")
     if dtype == "DEEPSPEED" and exp.get("offload_optimizer", "none") != "none":
         build = _build_cpu_adam(deadline - time.perf_counter(), gpu=gpu)
         steps.append(build)
-        if build.status != "pass":
-            return Step(name, "skip", detail="not launched: DeepSpeed's cpu_adam op is not available")
+        if build.status != StepStatus.PASS:
+            return Step(name, StepStatus.SKIP, detail="not launched: DeepSpeed's cpu_adam op is not available")
     timeout = max(deadline - time.perf_counter(), 5)
     t0 = time.perf_counter()
 
@@ -382,7 +382,7 @@ def _collect(name: str, results: Path, log: Path, procs: int, rc: int, timed_out
         except (ValueError, OSError):
             continue
     if timed_out:
-        step.status = "fail"
+        step.status = StepStatus.FAIL
         log_text = ""
         try:
             log_text = log.read_text(encoding="utf-8", errors="replace")
@@ -420,8 +420,8 @@ def _collect(name: str, results: Path, log: Path, procs: int, rc: int, timed_out
                                          f"accelerate launch exited {rc}"
                                          + (f"; no result from rank(s) {missing}" if missing else "")
                                          + (f"; last output:\n{tail}" if tail else "")))
-    if step.findings and step.status == "pass":
-        step.status = "fail"
+    if step.findings and step.status == StepStatus.PASS:
+        step.status = StepStatus.FAIL
     # Ranks report the same checks; dedupe identical messages modulo rank.
     seen, unique = set(), []
     for f in step.findings:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..report import fmt_bytes
+from ..formatting import fmt_bytes
 from ..specs import GiB
 from .validate import (DS_IGNORED_WITH_FILE, ConfigFileError, EngineError, Finding, fill_auto, load_accelerate,
                        load_deepspeed, parse_text, read_text, resolve_ds_path, schema_findings)

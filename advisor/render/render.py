@@ -15,9 +15,9 @@ import shlex
 from functools import lru_cache
 from typing import Any
 
-from .._data import bundled_dir
+from ..datafiles import bundled_dir
 from ..catalog.models import ResolvedModel
-from ..report import fmt_bytes, fmt_count
+from ..formatting import fmt_bytes, fmt_count
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .context import build_context
 from .proxy import proxy_hf_config

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -61,18 +62,32 @@ class Finding:
         return {"severity": self.severity, "file": self.file, "setting": self.setting, "message": self.message}
 
 
+class StepStatus(str, Enum):
+    """How one validation or dry-run step ended (the JSON writes the value: ``pass``, ``fail``, ``skip``)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
 @dataclass
 class Step:
     """One step of validation or dry-run: pass / fail / skip, with timing and details."""
 
     name: str
-    status: str = "pass"          # pass | fail | skip
+    status: StepStatus = StepStatus.PASS
     seconds: float = 0.0
     detail: str = ""
     findings: list[Finding] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"step": self.name, "status": self.status, "seconds": round(self.seconds, 2), "detail": self.detail,
+        return {"step": self.name, "status": self.status.value, "seconds": round(self.seconds, 2), "detail": self.detail,
                 "findings": [f.to_json() for f in self.findings]}
 
 
@@ -164,7 +179,7 @@ def schema_findings(kind: str, data: Any, file: str) -> list[Finding]:
     """Violations of the shipped JSON Schema; unknown nested keys are warnings, the rest errors."""
     import jsonschema
 
-    from .._data import load_data
+    from ..datafiles import load_data
 
     schema = load_data(SCHEMAS[kind])
     validator = jsonschema.Draft202012Validator(schema)
@@ -482,7 +497,7 @@ def validate_files(files: dict[str, str] | Path, *, engines: bool = True) -> lis
         return steps
     yaml_data = parsed.get("accelerate_config.yaml")
     if not isinstance(yaml_data, dict):
-        steps.append(Step("engines", "skip", detail="no accelerate_config.yaml"))
+        steps.append(Step("engines", StepStatus.SKIP, detail="no accelerate_config.yaml"))
         return steps
     with contextlib.ExitStack() as stack:
         if folder is None:
@@ -511,7 +526,7 @@ def engine_steps(folder: Path, parsed: dict[str, Any], manifest: dict,
     except EngineError as exc:
         step.findings.append(Finding("error", exc.file, exc.setting, exc.message))
     except ImportError as exc:
-        step.status, step.detail = "skip", f"accelerate is not importable here ({exc})"
+        step.status, step.detail = StepStatus.SKIP, f"accelerate is not importable here ({exc})"
     except Exception as exc:
         step.findings.append(Finding("error", "accelerate_config.yaml", "", _first_line(exc)))
     steps.append(_finish(step, t))
@@ -538,7 +553,7 @@ def engine_steps(folder: Path, parsed: dict[str, Any], manifest: dict,
         except EngineError as exc:
             step.findings.append(Finding("error", exc.file, exc.setting, exc.message))
         except ImportError as exc:
-            step.status, step.detail = "skip", f"DeepSpeed is not importable here ({exc})"
+            step.status, step.detail = StepStatus.SKIP, f"DeepSpeed is not importable here ({exc})"
         except Exception as exc:
             step.findings.append(Finding("error", "ds_config.json", "", _first_line(exc)))
         steps.append(_finish(step, t))
@@ -547,8 +562,8 @@ def engine_steps(folder: Path, parsed: dict[str, Any], manifest: dict,
 
 def _finish(step: Step, t0: float) -> Step:
     step.seconds = time.perf_counter() - t0
-    if any(f.severity == "error" for f in step.findings) and step.status == "pass":
-        step.status = "fail"
+    if any(f.severity == "error" for f in step.findings) and step.status == StepStatus.PASS:
+        step.status = StepStatus.FAIL
     return step
 
 

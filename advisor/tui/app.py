@@ -34,6 +34,11 @@ STEPS: tuple[tuple[str, str], ...] = (
 INPUT_FIELDS = frozenset(WizardInputs.field_names())
 
 
+def internal_error(exc: Exception) -> str:
+    """The one line a bug caught at the wizard's error boundary shows (the UI keeps running)."""
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
 def strategy_label(st) -> str:
     """``zero3 +opt:cpu, bf16, full, ckpt full, micro-batch 4`` from an estimate's StrategyInfo."""
     out = st.name
@@ -239,8 +244,8 @@ class WizardApp(App[int]):
         try:
             outcome = backend.evaluate(inputs, recommender=self.recommender)
             shown = backend.preview(outcome)
-        except Exception as exc:   # a bug below must not crash the UI: say it and keep going
-            outcome = backend.Outcome(inputs=inputs, general_error=f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:   # the wizard's error boundary (as the CLI's): a bug is one line, not a crash
+            outcome = backend.Outcome(inputs=inputs, general_error=internal_error(exc))
             shown = backend.Preview({}, "")
         self._call(self._show, outcome, shown, seq)
 
@@ -265,12 +270,10 @@ class WizardApp(App[int]):
     def _show_live(self, out: backend.Outcome) -> None:
         est, rec = out.estimate, out.recommendation
         line, status = "", out.general_error or out.recommender_note
-        fits = False if (rec is not None and not rec.found and out.strategy_source != "chosen") else None
+        fits = False if (rec is not None and not rec.found and out.strategy_source is not backend.StrategySource.CHOSEN) else None
         if est is not None:
             self._last_shown = (est, fits, out.strategy_source, rec)
-            source = {"recommended": "recommended", "chosen": "your choice",
-                      "default": "default"}.get(out.strategy_source, out.strategy_source)
-            line = f"Strategy ({source}): {strategy_label(est.strategy)}"
+            line = f"Strategy ({out.strategy_source.label}): {strategy_label(est.strategy)}"
             if rec is not None and not rec.found:
                 line = "No configuration fits. " + line
         elif (out.errors or out.general_error) and not out.missing:
@@ -317,8 +320,8 @@ class WizardApp(App[int]):
             ok = True
         except AdvisorError as exc:
             message, ok = f"Not saved: {exc}", False
-        except Exception as exc:   # a bug below: report it, keep running
-            message, ok = f"Not saved: internal error: {type(exc).__name__}: {exc}", False
+        except Exception as exc:   # the wizard's error boundary: report the bug, keep running
+            message, ok = f"Not saved: {internal_error(exc)}", False
         self._call(self._saved, message, ok)
 
     def _saved(self, message: str, ok: bool) -> None:
@@ -357,8 +360,8 @@ class WizardApp(App[int]):
             passed, lines = backend.dry_run(out_dir)
         except AdvisorError as exc:
             passed, lines = False, [f"Dry run not done: {exc}"]
-        except Exception as exc:   # a bug below: report it, keep running
-            passed, lines = False, [f"Dry run failed: internal error: {type(exc).__name__}: {exc}"]
+        except Exception as exc:   # the wizard's error boundary: report the bug, keep running
+            passed, lines = False, [f"Dry run failed: {internal_error(exc)}"]
         self._call(self._dry_run_done, passed, lines)
 
     def _call(self, callback, *args) -> None:

@@ -7,10 +7,11 @@ all of this is testable without a terminal and runs in a worker thread.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
+from ..batching import gradient_accumulation
 from ..errors import AdvisorError, InputError
 from .form import AUTO, RECOMMENDED, WizardInputs, field_for_flag, parse_inputs, vram_text
 
@@ -22,6 +23,26 @@ def _message(exc: AdvisorError) -> str:
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
+class StrategySource(str, Enum):
+    """Where the configuration the wizard shows comes from."""
+
+    NONE = ""                    # nothing evaluated yet
+    RECOMMENDED = "recommended"  # the recommender's choice
+    CHOSEN = "chosen"            # the strategy the user picked
+    DEFAULT = "default"          # the CLI's default (single / ddp): no recommender, or nothing fits
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def label(self) -> str:
+        """How the memory panel names it."""
+        return "your choice" if self is StrategySource.CHOSEN else self.value
+
+
 @dataclass
 class Outcome:
     """What the wizard shows for one set of inputs."""
@@ -31,10 +52,10 @@ class Outcome:
     missing: list[str] = field(default_factory=list)        # what must still be given before estimating
     model_note: str = ""                                     # how the model text resolved
     problem: dict[str, Any] | None = None                    # keyword arguments of the API call
-    estimate: Any = None                                     # advisor.result.Estimate shown in the bar
+    estimate: Any = None                                     # advisor.estimate_result.Estimate shown in the bar
     recommendation: Any = None                               # advisor.recommend Recommendation, or None
     recommender_note: str = ""                               # why there is no recommendation
-    strategy_source: str = ""                                # recommended | chosen | default
+    strategy_source: StrategySource = StrategySource.NONE
     general_error: str = ""                                  # an error no single field owns
 
     @property
@@ -43,18 +64,6 @@ class Outcome:
 
 
 # ------------------------------------------------------------------ recommender
-
-
-def load_recommender() -> tuple[Any, str]:
-    """``advisor.recommend.recommend`` and "" when importable, else None and why not."""
-    try:
-        module = importlib.import_module("advisor.recommend")
-    except Exception as exc:  # the package is missing or half-written: the wizard still estimates
-        return None, f"the recommender is unavailable ({type(exc).__name__}: {exc})"
-    func = getattr(module, "recommend", None)
-    if not callable(func):
-        return None, "the recommender is unavailable (advisor.recommend has no recommend())"
-    return func, ""
 
 
 # ------------------------------------------------------------------ evaluation
@@ -103,7 +112,7 @@ def _record(out: Outcome, exc: AdvisorError) -> None:
         out.general_error = str(exc)
 
 
-LOAD = "load"   # evaluate(recommender=LOAD): import advisor.recommend (the default)
+LOAD = "load"   # evaluate(recommender=LOAD): advisor.recommend.recommend (the default)
 
 
 def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
@@ -138,7 +147,8 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
     chosen = None if inputs.strategy == RECOMMENDED else inputs.strategy
 
     if recommender == LOAD:
-        recommend, why = load_recommender()
+        from ..recommend import recommend
+        why = ""
     else:
         recommend, why = recommender, "" if recommender is not None else "the recommender is off"
     if recommend is not None:
@@ -150,19 +160,17 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
                 out.errors.setdefault(name, _message(exc))
                 return out
             why = f"the recommender failed ({exc})"    # e.g. a broken rule file: still show the estimate
-        except Exception as exc:  # a recommender bug must not take the wizard down: fall back to the estimate
-            why = f"the recommender failed ({type(exc).__name__}: {exc})"
     out.recommender_note = why if out.recommendation is None else ""
 
     rec = out.recommendation
     if chosen is None and rec is not None and rec.found:
-        out.strategy_source = "recommended"
+        out.strategy_source = StrategySource.RECOMMENDED
         out.estimate = rec.estimate
         return out
     # A strategy the user picked, or (nothing fits / no recommender) the CLI's default one.
-    out.strategy_source = "chosen" if chosen else "default"
+    out.strategy_source = StrategySource.CHOSEN if chosen else StrategySource.DEFAULT
     # 'auto' fields take what the recommender chose, else the CLI's defaults (full, no checkpointing).
-    picked = (rec.recommendation or {}) if rec is not None else {}
+    picked = rec.recommendation.model_dump(mode="json") if rec is not None and rec.recommendation else {}
     fixed = dict(kwargs)
     if inputs.method == AUTO:
         fixed["method"] = picked.get("method", "full")
@@ -180,17 +188,6 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
 # ------------------------------------------------------------------ renderer
 
 
-def load_renderer() -> tuple[Any, str]:
-    """``advisor.render`` and "" when it is importable and has ``render_files``, else None and why not."""
-    try:
-        module = importlib.import_module("advisor.render")
-    except Exception as exc:
-        return None, f"the renderer is unavailable ({type(exc).__name__}: {exc})"
-    if not callable(getattr(module, "render_files", None)):
-        return None, "the renderer is unavailable (advisor.render has no render_files())"
-    return module, ""
-
-
 @dataclass
 class Preview:
     """The texts of the previewed configs by key (``accelerate``, ``deepspeed``; None: not written) and a note."""
@@ -206,22 +203,11 @@ PREVIEW_FILES = {"accelerate": "accelerate_config.yaml", "deepspeed": "ds_config
 def shown_settings(out: Outcome) -> dict[str, Any] | None:
     """The configuration the wizard shows: the recommendation's settings, or those of the estimated strategy."""
     rec = out.recommendation
-    if out.strategy_source == "recommended" and rec is not None and rec.recommendation:
-        return dict(rec.recommendation)
+    if out.strategy_source is StrategySource.RECOMMENDED and rec is not None and rec.recommendation:
+        return rec.recommendation.model_dump(mode="json")
     if out.estimate is not None:
         return out.estimate.strategy.model_dump()
     return None
-
-
-def _accumulation(global_batch: int | None, micro: int, world: int) -> int:
-    """Gradient accumulation for a global batch, refused as ``dsadvise generate`` refuses it when it does not
-    divide (DeepSpeed needs train_batch_size = micro x accumulation x world)."""
-    if global_batch is None:
-        return 1
-    if global_batch % (micro * world):
-        raise InputError(f"{global_batch} is not a multiple of micro-batch {micro} x {world} GPU(s) = "
-                         f"{micro * world}", field="--global-batch")
-    return global_batch // (micro * world)
 
 
 def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
@@ -245,11 +231,11 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
                               attention=settings.get("attention", "sdpa"))
     strategy = build_strategy(hw, settings["name"], settings.get("offload_optimizer", "none"),
                               settings.get("offload_param", "none"))
-    recommended = out.strategy_source == "recommended"
+    recommended = out.strategy_source is StrategySource.RECOMMENDED
     if recommended:
         accumulation = int(settings.get("gradient_accumulation_steps") or 1)
     else:
-        accumulation = _accumulation(k["global_batch"], micro, hw.world_size)
+        accumulation = gradient_accumulation(k["global_batch"], micro, hw.world_size)
     rec = out.recommendation if recommended else None
     return (model, hw, training, strategy), dict(
         gradient_accumulation_steps=accumulation, loss_scaling=settings.get("fp16") if recommended else None,
@@ -257,22 +243,19 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
 
 
 def preview(out: Outcome) -> Preview:
-    """What ``dsadvise generate`` would write for what the wizard shows; never raises."""
+    """What ``dsadvise generate`` would write for what the wizard shows; bad input becomes the note (a bug raises)."""
     empty: dict[str, str | None] = {key: None for key in PREVIEW_FILES}
     if not out.ready or out.estimate is None:
         if out.ready:
             return Preview(empty, "Nothing fits: pick a strategy on the Training step, or change the inputs.")
         return Preview(empty, "Fill in the model and hardware to see the configs.")
-    render, why = load_renderer()
-    if render is None:
-        return Preview(empty, why[0].upper() + why[1:] + ": no configs to preview yet.")
+    from ..render.render import render_files
+
     try:
         args, kwargs = render_args(out)
-        files = render.render_files(*args, **kwargs)
+        files = render_files(*args, **kwargs)
     except AdvisorError as exc:
         return Preview(empty, f"Cannot render this configuration: {exc}")
-    except Exception as exc:  # a renderer bug: say so, keep the wizard alive
-        return Preview(empty, f"The renderer failed: {type(exc).__name__}: {exc}")
     texts = {key: files.get(name) for key, name in PREVIEW_FILES.items()}
     notes = [f"{len(files)} files: {', '.join(files)}."]
     if texts["deepspeed"] is None:
@@ -286,31 +269,26 @@ def save(out: Outcome, shown: Preview | None, out_dir: str, *, force: bool) -> l
     """Write the previewed set into ``out_dir`` as ``dsadvise generate --no-engine-check`` does: validate (parse,
     JSON Schema), then the renderer's writer (atomic files; a non-empty folder only with ``force``). Loading
     the files in accelerate and DeepSpeed is left to Dry run. Raises AdvisorError with one line."""
-    render, why = load_renderer()
-    if render is None or not callable(getattr(render, "write_files", None)):
-        raise AdvisorError(why or "the renderer cannot write files yet")
+    from ..render.validate import errors_of, validate_files
+    from ..render.write import write_files
+
     if shown is None or not shown.files:
         raise AdvisorError(shown.note if shown is not None and shown.note else "nothing to save yet")
     if not out_dir.strip():
         raise InputError("give a folder to save into", field="output_dir")
-    validate = getattr(render, "validate_files", None)
-    if callable(validate):      # as generate: never write files that do not validate (the engine load: Dry run)
-        from ..render.validate import errors_of
-
-        errors = errors_of(validate(shown.files, engines=False))
-        if errors:
-            raise AdvisorError("the rendered files do not validate (a dsadvise bug): " + errors[0].line())
-    return render.write_files(shown.files, out_dir.strip(), force=force)
+    # as generate: never write files that do not validate (the engine load is Dry run's)
+    errors = errors_of(validate_files(shown.files, engines=False))
+    if errors:
+        raise AdvisorError("the rendered files do not validate (a dsadvise bug): " + errors[0].line())
+    return write_files(shown.files, out_dir.strip(), force=force)
 
 
 def dry_run(folder: str, *, timeout: float | None = None) -> tuple[bool, list[str]]:
     """``dsadvise dry-run`` on a saved folder (the renderer's ``dry_run``): passed?, and one line per step,
     finding and override. Slow (loads the engines, launches a tiny proxy run): call it from a thread."""
-    render, why = load_renderer()
-    func = getattr(render, "dry_run", None) if render is not None else None
-    if not callable(func):
-        raise AdvisorError(why or "the renderer has no dry_run() yet")
-    report = func(folder) if timeout is None else func(folder, timeout=timeout)
+    from ..render.dryrun import dry_run as run_dry
+
+    report = run_dry(folder) if timeout is None else run_dry(folder, timeout=timeout)
     lines = []
     for step in report.steps:
         detail = f": {step.detail}" if step.detail else ""

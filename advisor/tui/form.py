@@ -2,7 +2,7 @@
 
 No Textual here: the widgets fill a :class:`WizardInputs`, :mod:`advisor.tui.backend` turns it into the same
 keyword arguments the CLI passes to :func:`advisor.api.estimate` / ``advisor.recommend.recommend``. Field text
-is parsed with the CLI's own argument types, so the wizard and ``dsadvise`` accept and reject the same values
+is parsed with the CLI's own argument types (the flag table, :mod:`advisor.cli.flags`), so the wizard and ``dsadvise`` accept and reject the same values
 with the same words.
 """
 
@@ -12,29 +12,19 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
-from .._cli import METHODS, OPTIMIZERS, PRECISIONS, STRATEGIES, _gib, _positive_int
-
-AUTO = "auto"
-RECOMMENDED = "recommended"
+from ..cli.flags import (AUTO, CHECKPOINTING, FLAG_WIZARD_FIELDS, METHODS, OPTIMIZERS, PRECISIONS, RECOMMENDED,
+                         STRATEGIES, WIZARD_FIELD_FLAGS, gib, positive_int)
 
 METHOD_CHOICES = (*METHODS, AUTO)
 PRECISION_CHOICES = (AUTO, *PRECISIONS)
 OPTIMIZER_CHOICES = OPTIMIZERS
-CHECKPOINTING_CHOICES = (AUTO, "none", "full", "selective")
+CHECKPOINTING_CHOICES = (AUTO, *CHECKPOINTING)
 STRATEGY_CHOICES = (RECOMMENDED, *STRATEGIES)
 
 # Field id -> the CLI flag it stands for (errors from the API name the flag; the wizard shows them at the field).
-FIELD_FLAGS: dict[str, str] = {
-    "model": "--model", "gpu": "--gpu", "vram": "--vram", "gpus": "--gpus", "nodes": "--nodes",
-    "cpu_ram": "--cpu-ram", "seq_len": "--seq-len", "micro_batch": "--micro-batch",
-    "global_batch": "--global-batch", "method": "--method", "precision": "--precision",
-    "optimizer": "--optimizer", "checkpointing": "--checkpointing", "lora_rank": "--lora-rank",
-    "strategy": "--strategy",
-}
-_FLAG_FIELDS = {flag: name for name, flag in FIELD_FLAGS.items()}
-_FLAG_FIELDS.update({"model": "model", "gpu": "gpu", "--margin": "strategy", "--max-micro-batch": "micro_batch",
-                     "--offload-optimizer": "strategy", "--offload-param": "strategy",
-                     "--lora-targets": "lora_rank", "--freeze-layers": "method"})
+FIELD_FLAGS: dict[str, str] = WIZARD_FIELD_FLAGS
+# Flag -> field; the catalogs' errors name the bare field ("model", "gpu").
+_FLAG_FIELDS = {**FLAG_WIZARD_FIELDS, "model": "model", "gpu": "gpu"}
 
 
 def field_for_flag(flag: str | None) -> str | None:
@@ -78,9 +68,9 @@ def _optional(parse: Callable[[str], object]) -> Callable[[str], object]:
 
 # Field id -> parser of its text (the CLI's argparse types); a parser raises ValueError or ArgumentTypeError.
 PARSERS: dict[str, Callable[[str], object]] = {
-    "vram": _optional(_gib), "gpus": _positive_int, "nodes": _positive_int, "cpu_ram": _optional(_gib),
-    "seq_len": _positive_int, "micro_batch": _positive_int, "global_batch": _optional(_positive_int),
-    "lora_rank": _positive_int,
+    "vram": _optional(gib), "gpus": positive_int, "nodes": positive_int, "cpu_ram": _optional(gib),
+    "seq_len": positive_int, "micro_batch": positive_int, "global_batch": _optional(positive_int),
+    "lora_rank": positive_int,
 }
 
 

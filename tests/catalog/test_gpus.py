@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from advisor._data import load_data
+from advisor.datafiles import load_data
 from advisor.catalog.gpus import list_gpus, normalize_gpu_name, resolve_gpu
 from advisor.errors import InputError
 from advisor.specs import GiB, GPUInfo

@@ -55,7 +55,7 @@ def test_lookup_keys_never_collide_across_models():
 
 
 def test_every_entry_has_a_source_comment():
-    from advisor._data import DATA_DIR
+    from advisor.datafiles import DATA_DIR
 
     text = (DATA_DIR / "models.yaml").read_text()
     for m in list_models():

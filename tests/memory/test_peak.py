@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from advisor.api import estimate
 from advisor.catalog.models import ResolvedModel
 from advisor.hf_config import architecture_from_hf_config
-from advisor.report import render_estimate
+from advisor.estimate_report import render_estimate
 
 LOW, HIGH = -0.03, 0.10
 

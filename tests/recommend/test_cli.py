@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from advisor import exit_codes
-from advisor._cli import main
+from advisor.cli import main
 
 
 def cli(capsys, *argv):
@@ -88,7 +88,7 @@ def test_inference(capsys):
 
 
 def test_recommend_imports_no_heavy_module():
-    probe = ("import sys\nfrom advisor._cli import main\n"
+    probe = ("import sys\nfrom advisor.cli import main\n"
              "main(['recommend', '--model', '7B', '--gpus', '4', '--vram', '24', '--json'])\n"
              "heavy = [m for m in ('torch', 'deepspeed', 'transformers', 'accelerate') if m in sys.modules]\n"
              "print('HEAVY', heavy, file=sys.stderr)\n")

@@ -21,7 +21,7 @@ GUIDANCE = [("zero0", "none", "none"), ("zero1", "none", "none"), ("zero2", "non
 
 
 def key(strategy: dict) -> tuple:
-    return (strategy["name"], strategy["offload_optimizer"], strategy["offload_param"])
+    return (strategy.name, strategy.offload_optimizer, strategy.offload_param)
 
 
 @pytest.mark.parametrize("model, gpu, gpus", [("1.3B", "a100-80g", 8), ("1.3B", "a100-80g", 4),

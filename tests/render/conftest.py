@@ -24,18 +24,18 @@ SCENARIOS: dict[str, str] = {
 
 
 def parse_generate(argv: str, out: str = "/nonexistent"):
-    from advisor._cli import build_parser
+    from advisor.cli import build_parser
 
     return build_parser().parse_args(["generate", *shlex.split(argv), "--out", out])
 
 
 def render_scenario(argv: str) -> dict[str, str]:
     """Render what `dsadvise generate ARGV` would write (same planning path), without writing."""
-    from advisor.render.cli import _plan
+    from advisor.cli.configs import plan
     from advisor.render.render import render_files
 
     args = parse_generate(argv)
-    model, hw, training, strategy, gas, rec = _plan(args)
+    model, hw, training, strategy, gas, rec = plan(args)
     return render_files(model, hw, training, strategy, gradient_accumulation_steps=gas, hf_trainer=args.hf_trainer,
                         main_process_ip=args.main_process_ip, main_process_port=args.main_process_port,
                         recommendation=rec)

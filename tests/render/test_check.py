@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from advisor._cli import main
+from advisor.cli import main
 
 
 def ds(**over) -> dict:
@@ -217,7 +217,7 @@ def test_check_never_crashes_on_yaml(tmp_path, capsys, cfg):
 def test_generated_configs_pass_their_own_check(tmp_path, capsys):
     """What `generate` writes must pass `check`: settings the JSON cannot hold (checkpointing, sequence
     length) come from the dsadvise.json written beside it."""
-    from advisor._cli import main
+    from advisor.cli import main
 
     out = tmp_path / "run"
     assert main(["generate", "--model", "7B", "--gpus", "4", "--vram", "24", "--out", str(out),

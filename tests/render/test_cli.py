@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from advisor._cli import main
+from advisor.cli import main
 
 HEAVY = ("torch", "deepspeed", "transformers", "accelerate", "jinja2", "jsonschema")
 
 
 def test_cli_start_imports_no_engine():
-    code = ("import sys; from advisor._cli import build_parser; build_parser(); "
+    code = ("import sys; from advisor.cli import build_parser; build_parser(); "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
@@ -53,8 +53,8 @@ def test_generate_uses_the_recommender_without_strategy(tmp_path, capsys):
 
     hw = build_hardware(gpus=4, vram=24)
     rec = recommend("7B", hw, build_training(hw), method="full", precision="auto", checkpointing="auto")
-    assert manifest["strategy"]["name"] == rec.recommendation["name"]
-    assert manifest["training"]["micro_batch_size"] == rec.recommendation["micro_batch_size"]
+    assert manifest["strategy"]["name"] == rec.recommendation.name
+    assert manifest["training"]["micro_batch_size"] == rec.recommendation.micro_batch_size
 
 
 def test_generate_nothing_fits(tmp_path, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from advisor._cli import main
+from advisor.cli import main
 from advisor.render.dryrun import dry_run
 
 GOLDEN = Path(__file__).with_name("golden")

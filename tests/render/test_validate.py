@@ -45,9 +45,9 @@ def test_world_size_and_batch_arithmetic(rendered, scenario):
 def test_bucket_sizes_are_the_estimators(rendered, scenario):
     """The JSON carries exactly the bucket sizes the memory estimate assumed (advisor.memory.buffers)."""
     from advisor.memory.buffers import deepspeed_sizes
-    from advisor.render.cli import _plan
+    from advisor.cli.configs import plan
 
-    model, hw, training, strategy, gas, _ = _plan(parse_generate(SCENARIOS[scenario]))
+    model, hw, training, strategy, gas, _ = plan(parse_generate(SCENARIOS[scenario]))
     d = deepspeed_sizes(model.architecture, strategy)
     z = json.loads(rendered[scenario]["ds_config.json"])["zero_optimization"]
     assert z["stage"] == strategy.zero_stage
@@ -88,7 +88,7 @@ def test_schema_knows_every_accelerate_config_key():
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.commands.launch import launch_command_parser
 
-    from advisor._data import load_data
+    from advisor.datafiles import load_data
 
     schema = load_data("schemas/accelerate_config.schema.json")
     assert set(ClusterConfig.__dataclass_fields__) <= set(schema["properties"])

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from advisor._cli import main
+from advisor.cli import main
 from advisor.render import write as write_mod
 from advisor.render.write import OutputExistsError, write_files
 

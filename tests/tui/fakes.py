@@ -5,7 +5,7 @@ estimate with the real API's shapes but simple fixed sizes."""
 from __future__ import annotations
 
 import advisor.api
-from advisor.recommend.result import Alternative, Recommendation, StepTimeInfo
+from advisor.recommend.recommendation import Alternative, Recommendation, StepTimeInfo, TrainingChoice
 
 GIB = 1024**3
 REAL_ESTIMATE = advisor.api.estimate
@@ -35,13 +35,15 @@ def fixed_recommender(model, hw, template, **_):
                    strategy="zero2", checkpointing="full")
     st = est.strategy
     settings = {**st.model_dump(), "gradient_accumulation_steps": 1, "world_size": hw.world_size,
+                "global_batch_size": 2 * hw.world_size, "gpus_per_node": hw.gpus_per_node, "nodes": hw.nodes,
+                "mixed_precision": st.precision.removeprefix("pure-"),
                 "launcher": f"accelerate launch --num_processes {hw.world_size} train.py"}
     if not est.fits:
         return Recommendation(task="train", found=False, recommendation=None, estimate=None, step_time=None,
                               reasons=["even ZeRO-3 with CPU offload needs more than this GPU has"])
-    alt = dict(settings, name="zero3", zero_stage=3)
+    alt = {**st.model_dump(), "name": "zero3", "zero_stage": 3}
     return Recommendation(
-        task="train", found=True, recommendation=settings, estimate=est,
+        task="train", found=True, recommendation=TrainingChoice(**settings), estimate=est,
         step_time=StepTimeInfo(seconds=2.5, compute_seconds=2.3, communication_seconds=0.2, offload_seconds=0.0,
                                tokens_per_second=6553.6, samples_per_second=3.2, mfu=0.41,
                                gpu_profile=hw.gpu.name if hw.gpu else "generic"),
@@ -50,7 +52,7 @@ def fixed_recommender(model, hw, template, **_):
         advice=["set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"],
         alternatives=[
             Alternative(strategy=alt, fits=True, step_time_seconds=2.9, rejected_because="zero3 slower: 2.90 s"),
-            Alternative(strategy=dict(settings, name="ddp", zero_stage=None, backend="ddp"), fits=False,
+            Alternative(strategy={**st.model_dump(), "name": "ddp", "zero_stage": None, "backend": "ddp"}, fits=False,
                         step_time_seconds=None, rejected_because="ddp does not fit: needs 140 GiB per GPU"),
         ],
         rules_fired=[

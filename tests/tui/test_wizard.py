@@ -130,11 +130,6 @@ async def test_invalid_input_is_shown_at_the_field_not_raised():
 
 @run_async
 async def test_recommendation_step_lists_alternatives_and_rules():
-    from advisor.tui.backend import load_recommender
-
-    recommend, why = load_recommender()
-    if recommend is None:
-        pytest.skip(why)
     app = WizardApp(WizardInputs(model="llama-3.1-8b", gpu="a100-80g", vram="79.35", gpus="4"), debounce=0.05)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -159,21 +154,21 @@ async def test_quit_right_away_is_clean():
 
 
 def test_cli_without_a_terminal_exits_2(capsys):
-    from advisor._cli import main
+    from advisor.cli import main
 
     assert main(["wizard", "--model", "7B"]) == 2
     assert "interactive terminal" in capsys.readouterr().err
 
 
 def test_cli_bad_start_values_exit_2(capsys):
-    from advisor._cli import main
+    from advisor.cli import main
 
     assert main(["wizard", "--gpu", "h100"]) == 2        # ambiguous: h100-pcie or h100-sxm
     assert "h100-sxm" in capsys.readouterr().err
 
 
 def test_the_rest_of_the_cli_does_not_import_textual():
-    code = ("import sys; from advisor._cli import build_parser, main; build_parser(); "
+    code = ("import sys; from advisor.cli import build_parser, main; build_parser(); "
             "main(['models', '--json']); assert 'textual' not in sys.modules, 'textual imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -194,11 +189,6 @@ async def test_save_writes_parseable_configs_and_respects_overwrite(tmp_path):
 
     import yaml
 
-    from advisor.tui.backend import load_renderer
-
-    render, why = load_renderer()
-    if render is None or not hasattr(render, "write_files"):
-        pytest.skip(why or "the renderer cannot write yet")
     out = tmp_path / "configs"
     app = WizardApp(WizardInputs(model="llama-3.1-8b", gpu="a100-80g", vram="79.35", gpus="4", strategy="zero3"),
                     debounce=0.05, recommender=None)
@@ -245,9 +235,6 @@ async def test_dry_run_saves_then_reports_with_progress(tmp_path, monkeypatch):
 
     from advisor.tui import backend
 
-    render, why = backend.load_renderer()
-    if render is None or not hasattr(render, "write_files"):
-        pytest.skip(why or "the renderer cannot write yet")
     release, seen = threading.Event(), []
 
     def fake_dry_run(folder, *, timeout=None):

@@ -13,7 +13,7 @@ from .fields import Field, number_input
 
 def gpu_summary(gpu) -> str:
     """One line of the picked GPU's datasheet figures (a catalog GPUInfo), or how to go without one."""
-    from ...report import fmt_bytes
+    from ...formatting import fmt_bytes
 
     if gpu is None:
         return "No catalog GPU: give the memory per GPU below (a generic GPU is assumed for speed)."

@@ -11,7 +11,7 @@ from textual.widgets import Static
 
 
 def fmt_bytes(n: int) -> str:
-    from ...report import fmt_bytes as fmt     # imported late: keeps pydantic off the first paint
+    from ...formatting import fmt_bytes as fmt     # imported late: keeps pydantic off the first paint
 
     return fmt(n)
 

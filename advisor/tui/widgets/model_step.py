@@ -26,7 +26,7 @@ def search_catalog(text: str, models: list) -> list:
 
 
 def _option(m) -> Option:
-    from ...report import fmt_count
+    from ...formatting import fmt_count
 
     prompt = Text.assemble((f"{m.name:<20}", "bold"), f"{fmt_count(m.parameters):>9}  ",
                            (f"{m.architecture.family:<9}", "italic"), (m.hf_id, "dim"))

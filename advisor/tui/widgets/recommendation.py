@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
-from ..backend import Outcome
+from ..backend import Outcome, StrategySource
 from .memory_bar import fmt_bytes
 
 
@@ -149,8 +149,9 @@ class RecommendationView(Vertical):
                              alternatives: DataTable, rules: DataTable) -> None:
         if rec.found:
             verdict.append(" RECOMMENDED ", style="bold black on #59a14f")
-            verdict.append("  " + settings_line(rec.recommendation), style="bold")
-            launcher = (rec.recommendation or {}).get("launcher")
+            settings = rec.recommendation.model_dump(mode="json") if rec.recommendation is not None else {}
+            verdict.append("  " + settings_line(settings), style="bold")
+            launcher = settings.get("launcher")
             if launcher:
                 verdict.append(f"\nLaunch: {launcher}")
             if rec.step_time is not None:
@@ -159,7 +160,7 @@ class RecommendationView(Vertical):
                                f"communication {fmt_seconds(t.communication_seconds)}, offload "
                                f"{fmt_seconds(t.offload_seconds)}), {t.tokens_per_second:,.0f} tokens/s, "
                                f"MFU {t.mfu:.0%}")
-            if out.strategy_source == "chosen" and out.estimate is not None:
+            if out.strategy_source is StrategySource.CHOSEN and out.estimate is not None:
                 est = out.estimate
                 verdict.append(f"\nThe bar shows your choice, {est.strategy.name}: "
                                f"{'fits' if est.fits else 'does not fit'}.")
@@ -176,8 +177,8 @@ class RecommendationView(Vertical):
                 for s in rec.suggestions]))
         for alt in rec.alternatives:
             fits = "-" if alt.fits is None else ("yes" if alt.fits else "no")
-            alternatives.add_row(short_label(alt.strategy), fits, fmt_seconds(alt.step_time_seconds),
+            alternatives.add_row(short_label(alt.strategy.model_dump(mode="json")), fits, fmt_seconds(alt.step_time_seconds),
                                  Text(alt.rejected_because), height=None)
         for rule in rec.rules_fired:
-            rid, effect, detail = _rule_text(rule)
+            rid, effect, detail = _rule_text(rule.model_dump(mode="json"))
             rules.add_row(rid, effect, Text(detail), height=None)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from .specs import HardwareSpec, StrategySpec, TrainingSpec
 
 
 class _Out(BaseModel):
@@ -97,3 +102,20 @@ class Estimate(_Out):
     def to_json_dict(self) -> dict:
         """The ``--json`` object: plain types, integers in bytes."""
         return self.model_dump(mode="json")
+
+
+def hardware_info(hw: HardwareSpec) -> HardwareInfo:
+    """Echo of the hardware an estimate was made for."""
+    return HardwareInfo(gpu=hw.gpu.name if hw.gpu else None, gpus_per_node=hw.gpus_per_node, nodes=hw.nodes,
+                        world_size=hw.world_size, vram_bytes=hw.vram_bytes, bf16_supported=hw.bf16_supported,
+                        cpu_ram_bytes=hw.cpu_ram_bytes, nvme_bytes=hw.nvme_bytes)
+
+
+def strategy_info(training: TrainingSpec, strategy: StrategySpec) -> StrategyInfo:
+    """The strategy block of the estimate JSON."""
+    return StrategyInfo(name=strategy.name, backend=strategy.backend, zero_stage=strategy.zero_stage,
+                        fsdp_sharding=strategy.fsdp_sharding, offload_optimizer=strategy.offload_optimizer,
+                        offload_param=strategy.offload_param, precision=training.precision,
+                        activation_checkpointing=training.activation_checkpointing,
+                        micro_batch_size=training.micro_batch_size, seq_len=training.seq_len,
+                        attention=training.attention, optimizer=training.optimizer, method=training.method)

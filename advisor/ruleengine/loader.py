@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from .._data import DATA_DIR
+from ..datafiles import DATA_DIR
 from ..errors import did_you_mean
 from .engine import EFFECTS, FORMATS, PLACEHOLDER, Rule, RuleSet, Template
 from .errors import RuleConflictError, RuleError
@@ -257,9 +257,11 @@ def load_rules(paths: Iterable[str | Path], *, catalog: Mapping[str, str], domai
             raise RuleError("no such rule file", file=name) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise RuleError(f"cannot read ({type(exc).__name__}: {exc})", file=name) from None
+        import yaml
+
         try:
             doc = _yaml_load(text)
-        except Exception as exc:  # yaml.YAMLError and its subclasses
+        except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from advisor.rules import (RuleError, RuleEvalError, RuleSyntaxError, RuleTypeError, UnknownFactError, check,
+from advisor.ruleengine import (RuleError, RuleEvalError, RuleSyntaxError, RuleTypeError, UnknownFactError, check,
                            evaluate, parse_expression)
-from advisor.rules.lexer import tokenize
-from advisor.rules.nodes import BoolOp, Compare, Fact, Literal, facts_used
+from advisor.ruleengine.lexer import tokenize
+from advisor.ruleengine.nodes import BoolOp, Compare, Fact, Literal, facts_used
 
 CATALOG = {"hardware.nodes": "number", "hardware.gpus_per_node": "number", "hardware.bf16": "bool",
            "hardware.nvme_path": "string?", "hardware.cpu_ram_bytes": "number?", "candidate.zero_stage": "number?",

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from advisor import specs
-from advisor._data import DATA_DIR, bundled_dir
+from advisor.datafiles import DATA_DIR, bundled_dir
 from advisor.recommend.facts import CATALOG, DOMAINS, FACTS
 from advisor.recommend.ruleset import recommend_rules
-from advisor.rules import RuleConflictError, RuleError, RuleSyntaxError, UnknownFactError, load_rules
+from advisor.ruleengine import RuleConflictError, RuleError, RuleSyntaxError, UnknownFactError, load_rules
 
 RULES_DIR = bundled_dir("rules")
 

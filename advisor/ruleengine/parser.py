@@ -1,4 +1,4 @@
-"""Recursive-descent parser of rule expressions: text -> :mod:`advisor.rules.nodes` tree.
+"""Recursive-descent parser of rule expressions: text -> :mod:`advisor.ruleengine.nodes` tree.
 
 Grammar, lowest precedence first (all binary operators are left-associative)::
 

@@ -1,7 +1,7 @@
 """The syntax tree of a rule expression. ``pos`` (1-based column) is kept for messages but ignored by ``==``.
 
 ``str(node)`` writes the canonical text of a node (fully parenthesized where it matters); parsing that text
-gives an equal tree, which the tests check and :mod:`advisor.rules.loader` uses to spot duplicate conditions.
+gives an equal tree, which the tests check and :mod:`advisor.ruleengine.loader` uses to spot duplicate conditions.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from advisor.recommend.facts import CATALOG, DOMAINS
-from advisor.rules import RuleConflictError, apply_rules, load_rules, narrow_domains, resolve_setting
+from advisor.ruleengine import RuleConflictError, apply_rules, load_rules, narrow_domains, resolve_setting
 
 FACTS = {"hardware.nodes": 2, "hardware.bf16": False, "candidate.strategy": "zero3", "candidate.zero_stage": 3,
          "model.parameters": 7e9}

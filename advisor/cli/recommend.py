@@ -10,26 +10,34 @@ import argparse
 import json
 
 from .. import exit_codes
+from . import flags
 
 
-def run_recommend(args: argparse.Namespace, problem_kwargs: dict) -> int:
-    """Run the sub-command; ``problem_kwargs`` are :func:`advisor.api.estimate`'s keyword arguments."""
+def register(sub) -> None:
+    p = sub.add_parser("recommend", help="the fastest configuration that fits, explained")
+    flags.add_problem_flags(p, with_strategy=False)
+    flags.add(p, ("--margin", "--max-micro-batch", "--rules"))
+    p.set_defaults(func=cmd_recommend)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Run the sub-command: the recommendation as text or JSON; exit 3 when nothing fits."""
     from ..api import build_hardware, build_training
     from ..catalog.models import resolve_model
-    from . import recommend
-    from .report import render_recommendation
+    from ..recommend import recommend
+    from ..recommend.recommendation_report import render_recommendation
 
-    kw = dict(problem_kwargs)
+    kw = flags.problem_kwargs(args)
     hw = build_hardware(kw.pop("gpus"), kw.pop("nodes"), kw.pop("vram"), kw.pop("gpu"), kw.pop("cpu_ram"),
                         kw.pop("nvme_path"), kw.pop("nvme_size"))
     method = kw.pop("method")
     precision = kw.pop("precision")
     model = resolve_model(args.model)
     template = build_training(hw, method="full" if method == "auto" else method, precision=precision,
-                              checkpointing=getattr(args, "checkpointing", None) or "none", **kw)
-    rec = recommend(model, hw, template, margin=getattr(args, "margin", None), method=method,
-                    precision=precision or "auto", checkpointing=getattr(args, "checkpointing", None) or "auto",
-                    max_micro_batch=getattr(args, "max_micro_batch", None), rules=getattr(args, "rules", None) or ())
+                              checkpointing=args.checkpointing or "none", **kw)
+    rec = recommend(model, hw, template, margin=args.margin, method=method, precision=precision or "auto",
+                    checkpointing=args.checkpointing or "auto", max_micro_batch=args.max_micro_batch,
+                    rules=args.rules or ())
     if args.json:
         print(json.dumps(rec.to_json_dict(), indent=2))
     else:

@@ -12,29 +12,22 @@ import sys
 from pathlib import Path
 
 from .. import exit_codes
+from ..errors import NothingFits
+from . import flags
 
 
 def register(sub) -> None:
     """Add ``generate``, ``check`` and ``dry-run`` to the ``dsadvise`` sub-parsers."""
-    from .._cli import _gib, _positive_int, add_problem_flags
-
     p = sub.add_parser("generate", help="write accelerate YAML, DeepSpeed JSON and launch scripts for a configuration",
                        description="Render accelerate_config.yaml, ds_config.json (DeepSpeed strategies), launch "
                                    "scripts (accelerate, deepspeed, torchrun; hostfile and slurm.sbatch for several "
                                    "nodes) and a README.md saying why each setting was chosen. Without --strategy "
                                    "the recommender picks the configuration.")
-    add_problem_flags(p, with_strategy=True)
+    flags.add_problem_flags(p, with_strategy=True)
     p.set_defaults(checkpointing=None)
-    g = p.add_argument_group("output")
-    g.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be empty unless --force)")
-    g.add_argument("--force", action="store_true", help="overwrite the files in a non-empty DIR")
-    g.add_argument("--hf-trainer", action="store_true",
-                   help="DeepSpeed batch sizes and clipping as \"auto\", filled by the HF Trainer")
-    g.add_argument("--main-process-ip", default="127.0.0.1",
-                   help="multi-node: hostname or IP of node 0 (default 127.0.0.1)")
-    g.add_argument("--main-process-port", type=_port, default=29500, help="rendezvous port (default 29500)")
-    g.add_argument("--no-engine-check", action="store_true",
-                   help="skip loading the rendered files in accelerate and DeepSpeed before writing")
+    flags.add(p.add_argument_group("output"),
+              ("--out", "--force", "--hf-trainer", "--main-process-ip", "--main-process-port", "--no-engine-check"),
+              out={"required": True})
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("check", help="lint a DeepSpeed JSON or accelerate YAML",
@@ -42,23 +35,23 @@ def register(sub) -> None:
                                    "but is wrong. Exit 1 on errors, 0 with warnings only, 2 when the file cannot be "
                                    "read.")
     p.add_argument("file", metavar="FILE", help="ds_config.json or accelerate_config.yaml")
-    p.add_argument("--gpus", type=_positive_int, help="GPUs per node (checks the batch arithmetic)")
-    p.add_argument("--nodes", type=_positive_int, help="number of nodes")
-    p.add_argument("--model", help="model (size, catalog name or config.json) for the fit check")
-    p.add_argument("--vram", type=_gib, help="GiB per GPU (bucket sizes, fit)")
-    p.add_argument("--gpu", help="GPU catalog name (VRAM, bf16 support)")
-    p.add_argument("--cpu-ram", type=_gib, help="CPU RAM per node in GiB (offload fit)")
-    p.add_argument("--seq-len", type=_positive_int,
-                   help="tokens per sample (default: from a dsadvise.json beside FILE, else 2048)")
-    p.add_argument("--micro-batch", type=_positive_int, help="micro-batch when the file does not say (YAML, 'auto')")
-    p.add_argument("--checkpointing", choices=("none", "full", "selective"),
-                   help="activation checkpointing of the run (default: from a dsadvise.json beside FILE, else none)")
-    p.add_argument("--optimizer", choices=("adamw", "adamw-8bit", "adafactor", "sgd", "lion", "lamb"),
-                   help="default: from a dsadvise.json beside FILE, else adamw")
-    p.add_argument("--method", choices=("full", "lora", "qlora", "freeze"),
-                   help="default: from a dsadvise.json beside FILE, else full")
-    p.add_argument("--no-engine-check", action="store_true", help="skip loading the file in accelerate/DeepSpeed")
-    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    flags.add(p, ("--gpus", "--nodes", "--model", "--vram", "--gpu", "--cpu-ram", "--seq-len", "--micro-batch",
+                  "--checkpointing", "--optimizer", "--method", "--no-engine-check", "--json"),
+              gpus={"default": None, "help": "GPUs per node (checks the batch arithmetic)"},
+              nodes={"default": None, "help": "number of nodes"},
+              model={"help": "model (size, catalog name or config.json) for the fit check"},
+              vram={"help": "GiB per GPU (bucket sizes, fit)"},
+              gpu={"help": "GPU catalog name (VRAM, bf16 support)"},
+              cpu_ram={"help": "CPU RAM per node in GiB (offload fit)"},
+              seq_len={"default": None,
+                       "help": "tokens per sample (default: from a dsadvise.json beside FILE, else 2048)"},
+              micro_batch={"default": None, "help": "micro-batch when the file does not say (YAML, 'auto')"},
+              checkpointing={"default": None, "help": "activation checkpointing of the run (default: from a "
+                                                      "dsadvise.json beside FILE, else none)"},
+              optimizer={"default": None, "help": "default: from a dsadvise.json beside FILE, else adamw"},
+              method={"default": None, "help": "default: from a dsadvise.json beside FILE, else full"},
+              no_engine_check={"help": "skip loading the file in accelerate/DeepSpeed"},
+              json={"help": "print the findings as JSON"})
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("dry-run", help="load a generated folder in the real engines and train a tiny proxy on CPU",
@@ -68,56 +61,22 @@ def register(sub) -> None:
                                    "(at most 2 processes, one machine; changes are reported), asserting the world "
                                    "size, ZeRO stage, offload devices and precision inside the run.")
     p.add_argument("dir", metavar="DIR", help="a folder written by dsadvise generate")
-    p.add_argument("--timeout", type=_seconds, default=300, help="seconds for the whole dry-run (default 300)")
+    flags.add(p, ("--timeout",))
     p.add_argument("--gpu", action="store_true", help="run on CUDA instead of the CPU (skipped without a GPU)")
-    p.add_argument("--keep-logs", metavar="LOGDIR", help="copy the launch log and per-rank results here")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    flags.add(p, ("--keep-logs", "--json"), json={"help": "print the report as JSON"})
     p.set_defaults(func=cmd_dry_run)
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 1-65535, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 10 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"must be between 10 and 86400 seconds, got {text!r}")
-    return value
 
 
 # ---------------------------------------------------------------- generate
 
-def _gradient_accumulation(training, hw) -> int:
-    from ..errors import InputError
-
-    if training.global_batch_size is None:
-        return 1
-    per_step = training.micro_batch_size * hw.world_size
-    if training.global_batch_size % per_step:
-        raise InputError(f"{training.global_batch_size} is not a multiple of micro-batch {training.micro_batch_size}"
-                         f" x {hw.world_size} GPU(s) = {per_step}: DeepSpeed needs train_batch_size = micro x "
-                         "accumulation x world", field="--global-batch")
-    return training.global_batch_size // per_step
-
-
-def _plan(args):
+def plan(args):
     """(model, hw, training, strategy, gas, recommendation) from the flags, via the recommender without --strategy."""
-    from .._cli import _problem_kwargs
     from ..api import build_hardware, build_strategy, build_training
+    from ..batching import gradient_accumulation
     from ..catalog.models import resolve_model
     from ..errors import InputError
 
-    kw = _problem_kwargs(args)
+    kw = flags.problem_kwargs(args)
     model = resolve_model(args.model)
     hw = build_hardware(kw["gpus"], kw["nodes"], kw["vram"], kw["gpu"], kw["cpu_ram"], kw["nvme_path"],
                         kw["nvme_size"])
@@ -131,47 +90,38 @@ def _plan(args):
         training = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none",
                                   **train_kw)
         strategy = build_strategy(hw, args.strategy, args.offload_optimizer, args.offload_param, args.bucket_sizes)
-        return model, hw, training, strategy, _gradient_accumulation(training, hw), None
+        return model, hw, training, strategy, gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size), None
     if args.offload_optimizer != "none" or args.offload_param != "none":
         raise InputError("--offload-* needs --strategy (without it the recommender decides offload)",
                          field="--strategy")
-    try:
-        from ..recommend import recommend
-    except ImportError:
-        raise InputError("give --strategy (the recommender, advisor.recommend, is not available in this build)",
-                         field="--strategy") from None
+    from ..recommend import recommend
+
     template = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none", **train_kw)
     rec = recommend(model, hw, template, method=kw["method"], precision=kw["precision"] or "auto",
                     checkpointing=args.checkpointing or "auto")
     if not rec.found or not rec.recommendation:
-        from ..errors import AdvisorError
-
-        class NothingFits(AdvisorError):
-            exit_code = exit_codes.NOTHING_FITS
-
         hints = "; ".join(s.change for s in rec.suggestions[:3]) if rec.suggestions else ""
         raise NothingFits("nothing fits, so there is nothing to generate: " + "; ".join(rec.reasons[-2:])
                           + (f" (what would: {hints})" if hints else ""))
     r = rec.recommendation
-    training = build_training(hw, task="train", seq_len=kw["seq_len"], micro_batch=int(r["micro_batch_size"]),
-                              global_batch=kw["global_batch"], precision=r["precision"], optimizer=r["optimizer"],
-                              method=r["method"], lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"],
-                              checkpointing=r["activation_checkpointing"], attention=r.get("attention", kw["attention"]),
+    training = build_training(hw, task="train", seq_len=kw["seq_len"], micro_batch=r.micro_batch_size,
+                              global_batch=kw["global_batch"], precision=r.precision, optimizer=r.optimizer,
+                              method=r.method, lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"],
+                              checkpointing=r.activation_checkpointing, attention=r.attention,
                               freeze_layers=kw["freeze_layers"])
-    strategy = build_strategy(hw, r["name"], r.get("offload_optimizer", "none"), r.get("offload_param", "none"),
-                              args.bucket_sizes)
-    gas = int(r.get("gradient_accumulation_steps") or 1)
-    return model, hw, training, strategy, gas, rec
+    strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes)
+    return model, hw, training, strategy, r.gradient_accumulation_steps, rec
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..report import fmt_bytes
-    from .render import render_files
-    from .validate import errors_of, validate_files
-    from .write import write_files
+    from ..formatting import fmt_bytes
+    from ..render.render import render_files
+    from ..render.validate import StepStatus, errors_of, validate_files
+    from ..render.write import write_files
 
-    model, hw, training, strategy, gas, rec = _plan(args)
-    loss_scaling = (rec.recommendation or {}).get("fp16") if rec is not None else None
+    model, hw, training, strategy, gas, rec = plan(args)
+    fp16 = rec.recommendation.fp16 if rec is not None and rec.recommendation is not None else None
+    loss_scaling = fp16.model_dump() if fp16 is not None else None
     files = render_files(model, hw, training, strategy, gradient_accumulation_steps=gas, hf_trainer=args.hf_trainer,
                          loss_scaling=loss_scaling, main_process_ip=args.main_process_ip,
                          main_process_port=args.main_process_port,
@@ -197,10 +147,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"{model.name}: {strategy.name} ({how}), {training.precision}, micro-batch {training.micro_batch_size} "
               f"x accumulation {gas} x {hw.world_size} GPU(s); estimate {fmt_bytes(est.per_gpu.total)} of "
               f"{fmt_bytes(hw.vram_bytes)} per GPU")
-        checked = [s.name for s in steps if s.status == "pass"]
+        checked = [s.name for s in steps if s.status == StepStatus.PASS]
         print("checked: " + ", ".join(checked))
         for s in steps:
-            if s.status == "skip":
+            if s.status == StepStatus.SKIP:
                 print(f"not checked: {s.name}: {s.detail}")
     if not est.fits:
         print(f"dsadvise: warning: by the estimate this does not fit ({fmt_bytes(est.per_gpu.total)} per GPU of "
@@ -230,7 +180,7 @@ def _sidecar_training(file: Path) -> dict:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .lint import Problem, lint_file
+    from ..render.lint import Problem, lint_file
 
     # Settings a DeepSpeed JSON / accelerate YAML cannot hold (checkpointing, sequence length, method) come
     # from the flags, else from the dsadvise.json that `generate` writes beside the configs.
@@ -259,7 +209,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- dry-run
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
-    from .dryrun import dry_run
+    from ..render.dryrun import dry_run
 
     report = dry_run(args.dir, timeout=args.timeout, gpu=args.gpu, keep=args.keep_logs)
     if args.json:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from advisor.rules import RuleError, parse_expression
-from advisor.rules.evaluate import compile_expression
+from advisor.ruleengine import RuleError, parse_expression
+from advisor.ruleengine.evaluate import compile_expression
 
 ALPHABET = st.sampled_from(list("abcxyz_.0123456789 ()[],'\"+-*/%<>=!&|\\\n\t") + [
     " and ", " or ", " not ", " in ", "true", "false", "null", "GiB", "e", "min(", "abs(", "hardware.nodes",

@@ -37,7 +37,7 @@ def format_value(value: object, fmt: str | None) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if fmt and isinstance(value, (int, float)):
-        from ..report import fmt_bytes, fmt_count
+        from ..formatting import fmt_bytes, fmt_count
 
         if fmt == "bytes":
             return fmt_bytes(value)

@@ -1,7 +1,6 @@
 """The ``dsadvise wizard`` sub-command: argument parsing here, Textual only inside the handler.
 
-``advisor._cli.build_parser`` calls :func:`register`; nothing in this module imports Textual, so the rest of
-the CLI never pays for it.
+Nothing in this module imports Textual, so the rest of the CLI never pays for it.
 """
 
 from __future__ import annotations
@@ -11,31 +10,31 @@ import sys
 
 from .. import exit_codes
 from ..errors import InputError
+from . import flags
 
 DEFAULT_OUT = "dsadvise-configs"
 
 
 def register(sub) -> None:
     """Add the ``wizard`` sub-command to the ``dsadvise`` sub-parsers ``sub``."""
-    from .._cli import _gib, _positive_int
-
     p = sub.add_parser("wizard", help="interactive wizard: pick model, hardware and training, see memory and "
                                       "the recommendation live, preview and save the configs")
-    p.add_argument("--model", default="", help="start with this model (a size, a catalog name or a config.json)")
-    p.add_argument("--gpu", default="", help="start with this catalog GPU (see `dsadvise gpus`)")
-    p.add_argument("--gpus", type=_positive_int, default=1, help="GPUs per node to start with (default 1)")
-    p.add_argument("--nodes", type=_positive_int, default=1, help="nodes to start with (default 1)")
-    p.add_argument("--vram", type=_gib, help="memory per GPU in GiB to start with")
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                   help=f"folder Save writes the configs to, as `dsadvise generate --out` (default: {DEFAULT_OUT})")
-    p.add_argument("--force", action="store_true",
-                   help="start with 'overwrite existing files' ticked (a non-empty folder is refused without it)")
+    flags.add(p, ("--model", "--gpu", "--gpus", "--nodes", "--vram", "--out", "--force"),
+              model={"default": "", "help": "start with this model (a size, a catalog name or a config.json)"},
+              gpu={"default": "", "help": "start with this catalog GPU (see `dsadvise gpus`)"},
+              gpus={"help": "GPUs per node to start with (default 1)"},
+              nodes={"help": "nodes to start with (default 1)"},
+              vram={"help": "memory per GPU in GiB to start with"},
+              out={"default": DEFAULT_OUT, "help": "folder Save writes the configs to, as `dsadvise generate "
+                                                   f"--out` (default: {DEFAULT_OUT})"},
+              force={"help": "start with 'overwrite existing files' ticked (a non-empty folder is refused "
+                             "without it)"})
     p.set_defaults(func=cmd_wizard)
 
 
 def initial_inputs(args: argparse.Namespace):
     """The wizard's starting fields from the command line; an unknown GPU is refused before the UI starts."""
-    from .form import WizardInputs, vram_text
+    from ..tui.form import WizardInputs, vram_text
 
     gpu = ""
     if args.gpu:
@@ -52,7 +51,7 @@ def cmd_wizard(args: argparse.Namespace) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise InputError("the wizard needs an interactive terminal; in scripts use `dsadvise recommend`",
                          field="wizard")
-    from .app import WizardApp     # Textual is imported only here
+    from ..tui.app import WizardApp     # Textual is imported only here
 
     app = WizardApp(inputs, output_dir=args.out, force=args.force)
     app.run()

@@ -12,13 +12,13 @@ import time
 
 from ..memory.core import estimate_memory
 from ..memory.inference import weight_bytes_for_inference
-from ..report import fmt_bytes
-from ..result import Estimate
-from ..rules import apply_rules
+from ..formatting import fmt_bytes
+from ..estimate_result import Estimate
+from ..ruleengine import apply_rules
 from ..specs import StrategySpec
 from . import facts as F
 from .problem import Problem
-from .result import Alternative, Recommendation, StepTimeInfo
+from .recommendation import Alternative, InferenceChoice, Recommendation, RuleFired, StepTimeInfo, StrategyRef
 from .search import narrow
 from .step_time import efficiency, inference_step_time
 
@@ -81,7 +81,7 @@ def search_inference(p: Problem, t0: float) -> Recommendation:
         if results:
             break
     ms = (time.perf_counter() - t0) * 1000
-    fired_json = [f.to_json() for f in fired]
+    fired_json = [RuleFired.of(f) for f in fired]
     if not results:
         return Recommendation(task="infer", found=False, recommendation=None, estimate=None, step_time=None,
                               reasons=["nothing fits: " + "; ".join(f"{k}: {v}" for k, v in failures.items())],
@@ -90,14 +90,13 @@ def search_inference(p: Problem, t0: float) -> Recommendation:
                               search_ms=ms)
     results.sort(key=lambda r: -r[0])
     throughput, method, name, batch, e, secs, copies = results[0]
-    rec = e.strategy.model_dump(mode="json")
-    rec.update({"name": name, "layout": name, "batch_size": batch, "processes": copies,
-                "device_map": "auto" if name == "device-map-auto" else None,
-                "launcher": (f"accelerate launch --num_processes {p.hw.gpus_per_node} infer.py"
-                             if name == "replica-per-gpu" else
-                             "python infer.py  # from_pretrained(..., device_map=\"auto\")")})
+    launch = (f"accelerate launch --num_processes {p.hw.gpus_per_node} infer.py" if name == "replica-per-gpu"
+              else "python infer.py  # from_pretrained(..., device_map=\"auto\")")
     if p.hw.nodes > 1:
-        rec["launcher"] += f"  (on each of the {p.hw.nodes} nodes)"
+        launch += f"  (on each of the {p.hw.nodes} nodes)"
+    rec = InferenceChoice(**{**e.strategy.model_dump(), "name": name}, layout=name, batch_size=batch,
+                          processes=copies, device_map="auto" if name == "device-map-auto" else None,
+                          launcher=launch)
     reasons = [f"{name}: the highest throughput that fits, about {throughput:,.0f} prefill tokens/s "
                f"({copies} x batch {batch} x {p.template.seq_len} tokens every {secs:.3f} s)"]
     if name == "replica-per-gpu":
@@ -112,12 +111,13 @@ def search_inference(p: Problem, t0: float) -> Recommendation:
     alts = []
     for thr, m2, n2, b2, e2, s2, c2 in results[1:]:
         lay = next(x for x in e2.inference if x.layout == n2)
-        alts.append(Alternative(strategy={**e2.strategy.model_dump(mode="json"), "name": n2, "micro_batch_size": b2},
+        alts.append(Alternative(strategy=StrategyRef(**{**e2.strategy.model_dump(mode="json"), "name": n2,
+                                                          "micro_batch_size": b2}),
                                 fits=True, step_time_seconds=s2,
                                 rejected_because=f"lower throughput: {thr:,.0f} tokens/s vs {throughput:,.0f} "
                                                  f"({fmt_bytes(lay.total)} per GPU at batch {b2})"))
     for k, v in failures.items():
-        alts.append(Alternative(strategy={"name": k}, fits=False, step_time_seconds=None, rejected_because=v))
+        alts.append(Alternative(strategy=StrategyRef(name=k), fits=False, step_time_seconds=None, rejected_because=v))
     facts = {**p.facts, "candidate.precision": precision, "candidate.method": method}
     extra = apply_rules([r for r in p.stages[F.CONFIG] if r.effect == "advise"
                          and r.facts <= set(facts)], facts, None, F.DOMAINS)
@@ -127,6 +127,6 @@ def search_inference(p: Problem, t0: float) -> Recommendation:
                         mfu=efficiency(batch * p.template.seq_len), gpu_profile=p.gpu.name)
     return Recommendation(task="infer", found=True, recommendation=rec, estimate=e, step_time=step,
                           reasons=reasons, advice=advice, assumptions=list(p.assumptions), alternatives=alts,
-                          rules_fired=fired_json + [f.to_json() for f in extra.fired],
+                          rules_fired=fired_json + [RuleFired.of(f) for f in extra.fired],
                           candidates_evaluated=counter["n"], search_ms=(time.perf_counter() - t0) * 1000)
 

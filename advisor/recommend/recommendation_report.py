@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from ..report import BAR_LEGEND, bar, fmt_bytes
-from .result import Recommendation
+from ..formatting import BAR_LEGEND, bar, fmt_bytes
+from .recommendation import Recommendation, StrategyRef, TrainingChoice
 
 MAX_ALTERNATIVES = 10
 
 
-def _strategy_label(s: dict) -> str:
-    out = s.get("name", "?")
-    off = [f"{k.removeprefix('offload_')}->{v}" for k, v in s.items() if k.startswith("offload_") and v != "none"]
+def _strategy_label(s: TrainingChoice | StrategyRef) -> str:
+    fields = s.model_dump()
+    out = fields.get("name", "?")
+    off = [f"{k.removeprefix('offload_')}->{v}" for k, v in fields.items() if k.startswith("offload_") and v != "none"]
     return out + (f" + offload {', '.join(off)}" if off else "")
 
 
@@ -20,21 +21,21 @@ def render_recommendation(rec: Recommendation) -> str:
     if rec.found and rec.recommendation is not None and rec.estimate is not None:
         r, est = rec.recommendation, rec.estimate
         if rec.task == "infer":
-            lines.append(f"Recommendation  {r['layout']}: batch {r['batch_size']} x seq {r['seq_len']}, "
-                         f"{r['precision']}, {'4-bit weights' if r['method'] == 'qlora' else 'full weights'}")
-            lines.append(f"  launch: {r['launcher']}")
+            lines.append(f"Recommendation  {r.layout}: batch {r.batch_size} x seq {r.seq_len}, "
+                         f"{r.precision}, {'4-bit weights' if r.method == 'qlora' else 'full weights'}")
+            lines.append(f"  launch: {r.launcher}")
         else:
-            lines.append(f"Recommendation  {_strategy_label(r)}, {r['precision']}, {r['method']}, activation "
-                         f"checkpointing {r['activation_checkpointing']}")
-            lines.append(f"  micro-batch {r['micro_batch_size']} x {r['world_size']} GPU(s) x gradient accumulation "
-                         f"{r['gradient_accumulation_steps']} = global batch {r['global_batch_size']} "
-                         f"(seq {r['seq_len']})")
-            if "fp16" in r:
-                f = r["fp16"]
-                lines.append(f"  fp16 dynamic loss scaling: initial_scale_power {f['initial_scale_power']}, "
-                             f"loss_scale_window {f['loss_scale_window']}, hysteresis {f['hysteresis']}, "
-                             f"min_loss_scale {f['min_loss_scale']}")
-            lines.append(f"  launch: {r['launcher']}")
+            lines.append(f"Recommendation  {_strategy_label(r)}, {r.precision}, {r.method}, activation "
+                         f"checkpointing {r.activation_checkpointing}")
+            lines.append(f"  micro-batch {r.micro_batch_size} x {r.world_size} GPU(s) x gradient accumulation "
+                         f"{r.gradient_accumulation_steps} = global batch {r.global_batch_size} "
+                         f"(seq {r.seq_len})")
+            if r.fp16 is not None:
+                f = r.fp16
+                lines.append(f"  fp16 dynamic loss scaling: initial_scale_power {f.initial_scale_power}, "
+                             f"loss_scale_window {f.loss_scale_window}, hysteresis {f.hysteresis}, "
+                             f"min_loss_scale {f.min_loss_scale}")
+            lines.append(f"  launch: {r.launcher}")
         st = rec.step_time
         if st is not None:
             if rec.task == "infer":
@@ -96,7 +97,7 @@ def render_recommendation(rec: Recommendation) -> str:
         shown = rec.alternatives[:MAX_ALTERNATIVES]
         labels = []
         for a in shown:
-            ck = a.strategy.get("activation_checkpointing")
+            ck = a.strategy.activation_checkpointing
             labels.append(_strategy_label(a.strategy) + (f" ckpt={ck}" if ck and ck != "none" and a.fits else ""))
         width = max([len(x) for x in labels] + [8]) + 2
         lines.append(f"  {'strategy':<{width}}{'fits':<6}{'step s':>8}  why not")

@@ -1,0 +1,19 @@
+"""The allowed values of the spec fields, as ``Literal`` types (no pydantic here, so that the flag table and
+the wizard's form can read them with :func:`typing.get_args` without loading pydantic)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Precision = Literal["fp32", "fp16", "bf16", "pure-bf16"]
+Optimizer = Literal["adamw", "adamw-8bit", "adafactor", "sgd", "lion", "lamb"]
+Method = Literal["full", "lora", "qlora", "freeze"]
+Checkpointing = Literal["none", "full", "selective"]
+Attention = Literal["eager", "sdpa", "flash"]
+Task = Literal["train", "infer"]
+OffloadTarget = Literal["none", "cpu", "nvme"]
+Backend = Literal["single", "ddp", "deepspeed", "fsdp"]
+FsdpSharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"]
+StrategyName = Literal["single", "ddp", "zero0", "zero1", "zero2", "zero3",
+                       "fsdp-full", "fsdp-grad-op", "fsdp-hybrid", "fsdp-no-shard"]
+BucketSizes = Literal["auto", "default"]

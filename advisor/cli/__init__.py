@@ -1,0 +1,49 @@
+"""The ``dsadvise`` command line: a thin shell over :mod:`advisor.api`.
+
+Layout: :mod:`.flags` (the one flag table every command and the wizard read), :mod:`.boundary` (the parser
+class and the one error boundary mapping errors to exit codes), one module per command group:
+:mod:`.estimate`, :mod:`.recommend`, :mod:`.configs` (generate, check, dry-run), :mod:`.wizard`,
+:mod:`.catalogs` (models, gpus). Commands import the flag table, never each other.
+
+Nothing imported at start pulls torch, deepspeed, transformers, jinja2 or Textual; handlers import what
+they need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import exit_codes
+from . import catalogs, configs, estimate, recommend, wizard
+from .boundary import Parser, run
+
+COMMAND_GROUPS = (estimate, recommend, configs, catalogs, wizard)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dsadvise`` parser with every sub-command."""
+    from .. import __version__
+
+    parser = Parser(prog="dsadvise", description="Estimate GPU memory, recommend and render accelerate / "
+                                                 "DeepSpeed configs for training large models.")
+    parser.add_argument("--version", action="version", version=f"dsadvise {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dsadvise`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return exit_codes.BAD_INPUT
+    return run(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The one error boundary of ``dsadvise``: argparse errors, user errors and internal bugs become one line on
+stderr and a named exit code (:mod:`advisor.exit_codes`); a traceback only with ``DSADVISE_DEBUG=1``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from .. import exit_codes
+from ..errors import AdvisorError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2; no abbreviated flags."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(exit_codes.BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Call a command's handler and map what it raises to an exit code."""
+    try:
+        return handler(args)
+    except AdvisorError as exc:
+        print(f"dsadvise: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dsadvise: interrupted", file=sys.stderr)
+        return exit_codes.INTERRUPTED
+    except BrokenPipeError:
+        return exit_codes.OK
+    except Exception as exc:  # the boundary: an internal bug is one line, the traceback only on request
+        if os.environ.get("DSADVISE_DEBUG"):
+            raise
+        print(f"dsadvise: internal error: {type(exc).__name__}: {exc} (set DSADVISE_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return exit_codes.FAILED

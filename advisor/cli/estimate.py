@@ -1,0 +1,26 @@
+"""``dsadvise estimate``: per-GPU and per-node memory of one configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .. import exit_codes
+from . import flags
+
+
+def register(sub) -> None:
+    p = sub.add_parser("estimate", help="per-GPU and per-node memory of one configuration")
+    flags.add_problem_flags(p, with_strategy=True)
+    p.set_defaults(func=cmd_estimate)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from ..api import estimate
+    from ..estimate_report import render_estimate
+
+    est = estimate(args.model, checkpointing=args.checkpointing, strategy=args.strategy,
+                   offload_optimizer=args.offload_optimizer, offload_param=args.offload_param,
+                   bucket_sizes=args.bucket_sizes, **flags.problem_kwargs(args))
+    print(json.dumps(est.to_json_dict(), indent=2) if args.json else render_estimate(est))
+    return exit_codes.OK

@@ -1,0 +1,227 @@
+"""The one table of ``dsadvise`` flags: argparse spelling, type, choices, default, help, the spec field it
+fills, the wizard field that shows it and the name errors use.
+
+Choices come from the specs' ``Literal`` types (:func:`typing.get_args`), so a value added to a spec is a
+value every command and the wizard accept. Every command builds its parser from this table; the wizard's
+form (:mod:`advisor.tui.form`) reads its choices, parsers and field <-> flag map from it; the API names
+flags in errors through :data:`SPEC_FIELD_FLAGS`. Nothing here imports pydantic, torch or Textual (the
+``Literal`` types live in :mod:`advisor.choices`, which :mod:`advisor.specs` uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, get_args
+
+from .. import choices
+
+AUTO = "auto"
+RECOMMENDED = "recommended"
+
+PRECISIONS: tuple[str, ...] = get_args(choices.Precision)
+OPTIMIZERS: tuple[str, ...] = get_args(choices.Optimizer)
+METHODS: tuple[str, ...] = get_args(choices.Method)
+CHECKPOINTING: tuple[str, ...] = get_args(choices.Checkpointing)
+ATTENTION: tuple[str, ...] = get_args(choices.Attention)
+TASKS: tuple[str, ...] = get_args(choices.Task)
+OFFLOAD: tuple[str, ...] = get_args(choices.OffloadTarget)
+STRATEGIES: tuple[str, ...] = get_args(choices.StrategyName)
+BUCKET_SIZES: tuple[str, ...] = get_args(choices.BucketSizes)
+
+
+# ---------------------------------------------------------------- argument types (shared with the wizard)
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (argparse type; raises ArgumentTypeError with the words users see)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def gib(text: str) -> float:
+    """A size in GiB such as ``24``, ``80GiB`` or ``40g`` (a float; bytes are made in :mod:`advisor.api`)."""
+    try:
+        value = float(text.lower().removesuffix("gib").removesuffix("gb").removesuffix("g"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in GiB such as 24 or 80, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive size in GiB, got {text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1-65535, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds between 10 and 86400."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 10 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be between 10 and 86400 seconds, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------- the table
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag and everything that refers to it."""
+
+    flag: str                                   # argparse spelling, also the name errors use
+    help: str = ""
+    type: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    default: Any = None
+    spec_fields: tuple[str, ...] = ()           # the pydantic fields it fills (errors on them name this flag)
+    wizard_field: str | None = None             # the wizard field showing it (errors land there)
+    action: str | None = None
+    metavar: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def add(self, parser, **overrides) -> None:
+        """Add this flag to ``parser`` (a parser or argument group); ``overrides`` replace table entries."""
+        kw: dict[str, Any] = {"help": self.help}
+        if self.action:
+            kw.update(action=self.action, metavar=self.metavar if self.action == "append" else None)
+        else:
+            kw.update(type=self.type, choices=self.choices, default=self.default, metavar=self.metavar)
+        kw.update(self.extra)
+        kw.update(overrides)
+        parser.add_argument(self.flag, **{k: v for k, v in kw.items() if v is not None or k == "default"})
+
+
+def _flags(*items: Flag) -> dict[str, Flag]:
+    return {f.flag: f for f in items}
+
+
+FLAGS: dict[str, Flag] = _flags(
+    Flag("--model", "a size (7B, 1.5b, 350M), a catalog name (see `dsadvise models`) or a config.json path",
+         wizard_field="model"),
+    Flag("--gpus", "GPUs per node (default 1)", positive_int, default=1, spec_fields=("gpus_per_node",),
+         wizard_field="gpus"),
+    Flag("--nodes", "number of nodes (default 1)", positive_int, default=1, spec_fields=("nodes",),
+         wizard_field="nodes"),
+    Flag("--vram", "memory per GPU in GiB (default: from --gpu)", gib, spec_fields=("vram_bytes",),
+         wizard_field="vram"),
+    Flag("--gpu", "GPU catalog name, e.g. a100-80g, rtx4090 (see `dsadvise gpus`)", wizard_field="gpu"),
+    Flag("--cpu-ram", "CPU RAM per node in GiB (checked for offload)", gib, spec_fields=("cpu_ram_bytes",),
+         wizard_field="cpu_ram"),
+    Flag("--nvme-path", "NVMe mount for ZeRO-Infinity offload"),
+    Flag("--nvme-size", "free NVMe space per node in GiB", gib, spec_fields=("nvme_bytes",)),
+    Flag("--task", "", choices=TASKS, default="train", spec_fields=("task",)),
+    Flag("--seq-len", "tokens per sample (default 2048)", positive_int, default=2048, spec_fields=("seq_len",),
+         wizard_field="seq_len"),
+    Flag("--micro-batch", "samples per GPU per step (default 1)", positive_int, default=1,
+         spec_fields=("micro_batch_size",), wizard_field="micro_batch"),
+    Flag("--global-batch", "samples per optimizer step across all GPUs", positive_int,
+         spec_fields=("global_batch_size",), wizard_field="global_batch"),
+    Flag("--precision", "mixed fp16/bf16, pure-bf16 or fp32 (default: bf16 where the GPU has it, else fp16)",
+         choices=PRECISIONS, spec_fields=("precision",), wizard_field="precision"),
+    Flag("--optimizer", "", choices=OPTIMIZERS, default="adamw", spec_fields=("optimizer",),
+         wizard_field="optimizer"),
+    Flag("--method", "", choices=METHODS, default="full", spec_fields=("method",), wizard_field="method"),
+    Flag("--lora-rank", "", positive_int, default=16, spec_fields=("rank",), wizard_field="lora_rank"),
+    Flag("--lora-targets", "comma-separated modules for LoRA (q_proj,v_proj,...) or all-linear",
+         default="all-linear", spec_fields=("target_modules",), wizard_field="lora_rank"),
+    Flag("--freeze-layers", "--method freeze: how many last layers train (default 2)", positive_int, default=2,
+         spec_fields=("freeze_trainable_layers",), wizard_field="method"),
+    Flag("--checkpointing", "activation checkpointing", choices=CHECKPOINTING, default="none",
+         spec_fields=("activation_checkpointing",), wizard_field="checkpointing"),
+    Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",)),
+    Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
+         spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
+    Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",),
+         wizard_field="strategy"),
+    Flag("--offload-param", "", choices=OFFLOAD, default="none", spec_fields=("offload_param",),
+         wizard_field="strategy"),
+    Flag("--bucket-sizes", "DeepSpeed buckets: HF 'auto' sizes from hidden size, or DeepSpeed defaults",
+         choices=BUCKET_SIZES, default="auto", spec_fields=("bucket_sizes",)),
+    Flag("--json", "print one JSON object (sizes in bytes)", action="store_true"),
+    # recommend
+    Flag("--margin", "safety margin as a fraction of VRAM kept free (default from rules)", float,
+         wizard_field="strategy"),
+    Flag("--max-micro-batch", "largest micro-batch searched; --micro-batch is the smallest (default: global "
+         "batch / GPUs, else the rules' const.max_micro_batch)", positive_int, wizard_field="micro_batch"),
+    Flag("--rules", "extra rule file or folder, on top of the bundled rules/ (repeatable)", action="append",
+         metavar="PATH"),
+    # generate / check / dry-run / wizard
+    Flag("--out", "folder to write (must be empty unless --force)", metavar="DIR"),
+    Flag("--force", "overwrite the files in a non-empty DIR", action="store_true"),
+    Flag("--hf-trainer", "DeepSpeed batch sizes and clipping as \"auto\", filled by the HF Trainer",
+         action="store_true"),
+    Flag("--main-process-ip", "multi-node: hostname or IP of node 0 (default 127.0.0.1)", default="127.0.0.1"),
+    Flag("--main-process-port", "rendezvous port (default 29500)", port, default=29500),
+    Flag("--no-engine-check", "skip loading the rendered files in accelerate and DeepSpeed before writing",
+         action="store_true"),
+    Flag("--timeout", "seconds for the whole dry-run (default 300)", seconds, default=300),
+    Flag("--keep-logs", "copy the launch log and per-rank results here", metavar="LOGDIR"),
+)
+
+# Spec field -> the flag users know it by, so that API errors name what they typed.
+SPEC_FIELD_FLAGS: dict[str, str] = {s: f.flag for f in FLAGS.values() for s in f.spec_fields}
+# Wizard field -> the flag it stands for (first flag naming it), and flag -> wizard field.
+WIZARD_FIELD_FLAGS: dict[str, str] = {}
+for _f in FLAGS.values():
+    if _f.wizard_field and _f.wizard_field not in WIZARD_FIELD_FLAGS:
+        WIZARD_FIELD_FLAGS[_f.wizard_field] = _f.flag
+FLAG_WIZARD_FIELDS: dict[str, str] = {f.flag: f.wizard_field for f in FLAGS.values() if f.wizard_field}
+
+
+def add(parser, names: Iterable[str], **overrides: dict) -> None:
+    """Add the table's ``names`` to ``parser``; ``overrides`` maps a flag's dest to argparse overrides."""
+    for name in names:
+        flag = FLAGS[name]
+        flag.add(parser, **overrides.get(flag.dest, {}))
+
+
+MODEL_FLAGS = ("--model",)
+HARDWARE_FLAGS = ("--gpus", "--nodes", "--vram", "--gpu", "--cpu-ram", "--nvme-path", "--nvme-size")
+TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--precision", "--optimizer",
+                  "--method", "--lora-rank", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention")
+STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
+
+
+def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> None:
+    """Flags describing model, hardware and training (and strategy), shared by estimate, recommend, generate.
+
+    Without a strategy (``recommend``), ``--method`` also takes ``auto`` and ``--checkpointing`` has no
+    default (the search decides).
+    """
+    add(p.add_argument_group("model"), MODEL_FLAGS, model={"required": True})
+    add(p.add_argument_group("hardware"), HARDWARE_FLAGS)
+    training_overrides = {} if with_strategy else {"method": {"choices": METHODS + (AUTO,)},
+                                                   "checkpointing": {"default": None}}
+    add(p.add_argument_group("training"), TRAINING_FLAGS, **training_overrides)
+    if with_strategy:
+        add(p.add_argument_group("strategy"), STRATEGY_FLAGS)
+    add(p, ("--json",))
+
+
+def problem_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`advisor.api.estimate` that the problem flags give (no strategy)."""
+    return dict(gpus=args.gpus, nodes=args.nodes, vram=args.vram, gpu=args.gpu, cpu_ram=args.cpu_ram,
+                nvme_path=args.nvme_path, nvme_size=args.nvme_size, task=args.task, seq_len=args.seq_len,
+                micro_batch=args.micro_batch, global_batch=args.global_batch, precision=args.precision,
+                optimizer=args.optimizer, method=args.method, lora_rank=args.lora_rank,
+                lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
+                attention=args.attention, freeze_layers=args.freeze_layers)
