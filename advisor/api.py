@@ -75,7 +75,9 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                    global_batch: int | None = None, precision: str | None = None, optimizer: str = "adamw",
                    method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
                    checkpointing: str = "none", attention: str = "sdpa",
-                   freeze_layers: int = 2) -> TrainingSpec:
+                   freeze_layers: int = 2, loss: str = "plain", loss_chunks: int = 8,
+                   offload_activations: bool = False, expandable_segments: bool = False,
+                   double_quant: bool = True) -> TrainingSpec:
     """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16."""
     if precision is None:
         precision = "bf16" if hw.bf16_supported else "fp16"
@@ -84,7 +86,9 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                             global_batch_size=global_batch, precision=precision, optimizer=optimizer,
                             method=method, lora=LoraSpec(rank=lora_rank, target_modules=tuple(lora_targets)),
                             activation_checkpointing=checkpointing, attention=attention,
-                            freeze_trainable_layers=freeze_layers)
+                            freeze_trainable_layers=freeze_layers, loss=loss, loss_chunks=loss_chunks,
+                            offload_activations=offload_activations, expandable_segments=expandable_segments,
+                            double_quant=double_quant)
     except ValidationError as exc:
         raise input_error(exc) from None
 
@@ -109,7 +113,8 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
              checkpointing: str = "none", attention: str = "sdpa", strategy: str | None = None,
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
-             freeze_layers: int = 2) -> Estimate:
+             freeze_layers: int = 2, loss: str = "plain", loss_chunks: int = 8, offload_activations: bool = False,
+             expandable_segments: bool = False, double_quant: bool = True) -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference; raises InputError on bad input."""
     from .batching import gradient_accumulation
     from .memory.core import estimate_memory
@@ -119,7 +124,9 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
     training = build_training(hw, task=task, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
                               precision=precision, optimizer=optimizer, method=method, lora_rank=lora_rank,
                               lora_targets=lora_targets, checkpointing=checkpointing, attention=attention,
-                              freeze_layers=freeze_layers)
+                              freeze_layers=freeze_layers, loss=loss, loss_chunks=loss_chunks,
+                              offload_activations=offload_activations, expandable_segments=expandable_segments,
+                              double_quant=double_quant)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
     if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)
         gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpSharding, Method, OffloadTarget,  # noqa: F401
+from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpSharding, Loss, Method, OffloadTarget,  # noqa: F401
                       Optimizer, Precision, StrategyName, Task)
 
 GiB = 1024**3
@@ -88,12 +88,15 @@ class TrainingSpec(_Spec):
     attention: Attention = "sdpa"
     expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
                                                          "(the caching allocator grows one segment per pool)")
-    loss: Literal["plain", "chunked", "fused-linear"] = Field(
+    loss: Loss = Field(
         "plain", description="cross-entropy kernel: plain (transformers: whole N x V logits), chunked (torchtune "
                              "CEWithChunkedOutputLoss: per sequence chunk), fused-linear (Liger fused linear "
                              "cross-entropy: no logits)")
     loss_chunks: int = Field(8, ge=1, le=65_536, description="loss=chunked: sequence chunks (torchtune "
                                                              "num_output_chunks default 8)")
+    offload_activations: bool = Field(False, description="activations saved for backward kept in pinned CPU "
+                                                         "memory (torch.autograd.graph.save_on_cpu)")
+    double_quant: bool = Field(True, description="QLoRA: bitsandbytes bnb_4bit_use_double_quant")
 
 
 class StrategySpec(_Spec):

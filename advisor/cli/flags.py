@@ -25,6 +25,7 @@ OPTIMIZERS: tuple[str, ...] = get_args(choices.Optimizer)
 METHODS: tuple[str, ...] = get_args(choices.Method)
 CHECKPOINTING: tuple[str, ...] = get_args(choices.Checkpointing)
 ATTENTION: tuple[str, ...] = get_args(choices.Attention)
+LOSSES: tuple[str, ...] = get_args(choices.Loss)
 TASKS: tuple[str, ...] = get_args(choices.Task)
 OFFLOAD: tuple[str, ...] = get_args(choices.OffloadTarget)
 STRATEGIES: tuple[str, ...] = get_args(choices.StrategyName)
@@ -148,6 +149,16 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--checkpointing", "activation checkpointing", choices=CHECKPOINTING, default="none",
          spec_fields=("activation_checkpointing",), wizard_field="checkpointing"),
     Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",)),
+    Flag("--loss", "cross-entropy kernel: plain (transformers), chunked (torchtune chunked output), fused-linear "
+         "(Liger / Cut Cross-Entropy: no logits)", choices=LOSSES, default="plain", spec_fields=("loss",)),
+    Flag("--loss-chunks", "--loss chunked: sequence chunks (torchtune default 8)", positive_int, default=8,
+         spec_fields=("loss_chunks",)),
+    Flag("--offload-activations", "keep saved activations in pinned CPU memory (save_on_cpu, torchtune "
+         "offloading, DeepSpeed cpu_checkpointing)", action="store_true", spec_fields=("offload_activations",)),
+    Flag("--expandable-segments", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", action="store_true",
+         spec_fields=("expandable_segments",)),
+    Flag("--no-double-quant", "QLoRA without bitsandbytes double quantization", action="store_true",
+         spec_fields=("double_quant",)),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
     Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",),
@@ -197,7 +208,8 @@ def add(parser, names: Iterable[str], **overrides: dict) -> None:
 MODEL_FLAGS = ("--model",)
 HARDWARE_FLAGS = ("--gpus", "--nodes", "--vram", "--gpu", "--cpu-ram", "--nvme-path", "--nvme-size")
 TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--precision", "--optimizer",
-                  "--method", "--lora-rank", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention")
+                  "--method", "--lora-rank", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
+                  "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant")
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 
 
@@ -224,4 +236,6 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 micro_batch=args.micro_batch, global_batch=args.global_batch, precision=args.precision,
                 optimizer=args.optimizer, method=args.method, lora_rank=args.lora_rank,
                 lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
-                attention=args.attention, freeze_layers=args.freeze_layers)
+                attention=args.attention, freeze_layers=args.freeze_layers, loss=args.loss,
+                loss_chunks=args.loss_chunks, offload_activations=args.offload_activations,
+                expandable_segments=args.expandable_segments, double_quant=not args.no_double_quant)

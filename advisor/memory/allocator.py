@@ -83,6 +83,8 @@ class AllocatorStats:
     peak_reserved: int
     peak_requested: int
     segments: int
+    oom: bool = False         # a segment did not fit ``capacity`` even after releasing the cached ones
+    released: int = 0         # bytes of cached segments released by OOM retries
 
 
 class CachingAllocator:
@@ -218,9 +220,10 @@ class CachingAllocator:
 
 
 def simulate(events: Iterable[tuple[str, object, int]], expandable_segments: bool = False,
-             max_split_size: int | None = None) -> AllocatorStats:
+             max_split_size: int | None = None, capacity: int | None = None) -> AllocatorStats:
     """Run ``events`` — ``("a", key, nbytes)`` allocations and ``("f", key, 0)`` frees — through a fresh
-    allocator and return its peaks (bytes)."""
+    allocator and return its peaks (bytes). ``capacity`` (default configuration only): see
+    :func:`_simulate_default`."""
     al = CachingAllocator(expandable_segments, max_split_size)
     if expandable_segments or max_split_size:
         for op, key, nbytes in events:
@@ -229,13 +232,18 @@ def simulate(events: Iterable[tuple[str, object, int]], expandable_segments: boo
             else:
                 al.free(key)
         return al.stats()
-    return _simulate_default(events)
+    return _simulate_default(events, capacity)
 
 
-def _simulate_default(events: Iterable[tuple[str, object, int]]) -> AllocatorStats:
+def _simulate_default(events: Iterable[tuple[str, object, int]], capacity: int | None = None) -> AllocatorStats:
     """:class:`CachingAllocator` with the default configuration, inlined for speed (it runs inside every
     estimate); ``tests/memory/test_allocator.py`` checks it against the class on random sequences.
-    A block is a list [size, addr, prev, next, allocated, small]."""
+    A block is a list [size, addr, prev, next, allocated, small].
+
+    ``capacity``: bytes cudaMalloc can give. A new segment that would exceed it first makes the allocator
+    release every cached block that is a whole segment (``release_cached_blocks``, then ``alloc_block``
+    again: CUDACachingAllocator ``malloc``); if it still does not fit, the run is out of memory."""
+    released = 0
     free_lists: dict[bool, list] = {True: [], False: []}
     by_addr: dict[int, list] = {}
     live: dict = {}
@@ -255,6 +263,20 @@ def _simulate_default(events: Iterable[tuple[str, object, int]]) -> AllocatorSta
             else:
                 seg = (K_SMALL_BUFFER if small else K_LARGE_BUFFER if size < K_MIN_LARGE_ALLOC
                        else K_ROUND_LARGE * ((size + K_ROUND_LARGE - 1) // K_ROUND_LARGE))
+                if capacity is not None and reserved + seg > capacity:
+                    for pool in free_lists.values():
+                        keep = []
+                        for fsz, faddr in pool:
+                            fb = by_addr[faddr]
+                            if fb[2] is None and fb[3] is None:      # an unsplit cached segment: cudaFree
+                                del by_addr[faddr]
+                                reserved -= fsz
+                                released += fsz
+                            else:
+                                keep.append((fsz, faddr))
+                        pool[:] = keep
+                    if reserved + seg > capacity:
+                        return AllocatorStats(peak_a, peak_r, peak_q, segments, True, released)
                 b = [seg, next_addr, None, None, False, small]
                 next_addr += seg + K_LARGE_BUFFER
                 reserved += seg
@@ -303,7 +325,7 @@ def _simulate_default(events: Iterable[tuple[str, object, int]]) -> AllocatorSta
                     nb[3][2] = b
             insort(lst, (b[0], b[1]))
             by_addr[b[1]] = b
-    return AllocatorStats(peak_a, peak_r, peak_q, segments)
+    return AllocatorStats(peak_a, peak_r, peak_q, segments, False, released)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -411,19 +433,18 @@ class GpuAllocation:
     rounding: int            # allocated - tensor bytes
     cached: int              # reserved - allocated
     simulated_layers: tuple[int, ...]
+    oom_retries: bool = False  # fits only because the allocator releases cached segments when cudaMalloc fails
 
 
 def _tensor_elements(arch) -> tuple[list[int], list[int], int, int, int]:
     """Parameter tensors (elements) of one decoder layer in module order, and the embedding, lm_head and
     final-norm elements (advisor.param_count)."""
-    from ..param_count import _has_bias, count_parameters, linear_shapes
+    from ..param_count import count_parameters, linear_shapes
 
     counts = count_parameters(arch)
     layer: list[int] = []
-    for name, (i, o, c) in linear_shapes(arch).items():
-        layer.append(i * o * c)
-        if _has_bias(arch, name):
-            layer.append(o * c)
+    for i, o, c in linear_shapes(arch).values():
+        layer.append(i * o * c)                # biases and norms: the rest of the layer, below
     rest = counts.per_layer - sum(layer)
     norms = max(arch.norms_per_layer, 1)
     if rest > 0:
@@ -606,11 +627,12 @@ def _persistent_stats(outside: tuple[int, ...], per_layer: tuple[int, ...], laye
 
 @lru_cache(maxsize=4096)
 def _churn_stats(arch, trace_training, mode: str, ckpt: str, layers: int, layout: StateLayout,
-                 expandable: bool) -> AllocatorStats:
+                 expandable: bool, capacity: int | None = None) -> AllocatorStats:
     """The step's allocations and frees (activations, gradients formed in backward, lazy optimizer states,
-    step temporaries) from an empty pool."""
+    step temporaries) from an empty pool (``capacity``: what is left for them, see :func:`simulate`)."""
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
-    return simulate(churn_events(segs, leftovers, held, layers, layout), expandable_segments=expandable)
+    return simulate(churn_events(segs, leftovers, held, layers, layout), expandable_segments=expandable,
+                    capacity=None if expandable else capacity)
 
 
 def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool,
@@ -641,6 +663,14 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     # more layers and was up to 4 % of the total low (benchmarks/allocator_extrapolation.py). The layers'
     # allocation sequence itself is built from a 4-layer trace (activations.allocation_trace).
     st = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable)
+    retried = False
+    if limit is not None and ps.peak_reserved + st.peak_reserved > limit and not expandable:
+        # Over the card with every cached block kept: the real allocator then releases its unsplit cached
+        # segments and retries cudaMalloc. Replay with the capacity the step has; if that completes, its
+        # reserved peak (at most the capacity) is what the run reaches.
+        capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved)
+        if not capped.oom:
+            st, retried = capped, True
     rounding = st.peak_allocated - st.peak_requested
     cached = st.peak_reserved - st.peak_allocated
     rounding += ps.peak_allocated - ps.peak_requested
@@ -648,4 +678,4 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     rounding, cached = max(rounding, 0), max(cached, 0)
     allocated = tensor_bytes + rounding
     return GpuAllocation(allocated=allocated, reserved=allocated + cached, rounding=rounding, cached=cached,
-                         simulated_layers=(n,))
+                         simulated_layers=(n,), oom_retries=retried)

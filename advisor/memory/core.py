@@ -84,7 +84,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     gpu = gpu_allocation(arch, training, strategy, hw, ms, buffers,
                          gradients_formed_in_backward(training, strategy, hw),
                          compute_mode(training.precision, strategy.backend), tensor_bytes,
-                         limit=hw.vram_bytes - ov.cuda_context_bytes)
+                         limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0))
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
                       "allocator: block rounding (allocated - tensors)": gpu.rounding,
                       "allocator: cached free blocks (reserved - allocated)": gpu.cached}
@@ -113,6 +113,10 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
+    if gpu.oom_retries:
+        notes.append("fits only because PyTorch's allocator frees its cached segments and retries when "
+                     "cudaMalloc fails (reserved reaches the card): expect cudaFree/cudaMalloc stalls each step; "
+                     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True avoids them")
     if not gpu.simulated_layers:
         notes.append("the tensors alone exceed the GPU: the caching allocator was not simulated "
                      "(allocated = reserved = tensor bytes here)")

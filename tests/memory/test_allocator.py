@@ -159,3 +159,17 @@ def test_inlined_default_simulation_matches_the_class(events):
     for op, key, n in events:
         al.malloc(key, n) if op == "a" else al.free(key)
     assert _simulate_default(events) == al.stats()
+
+
+def test_capacity_releases_cached_segments_then_retries():
+    # A and B: 40 MiB segments each; free both (cached, unsplit). C = 60 MiB with capacity 100 MiB: a new
+    # 60 MiB segment would make 140 > 100, so the allocator releases both cached segments (reserved 0) and
+    # cudaMallocs 60 MiB. Peak reserved stays 80 MiB; 80 MiB were released.
+    ev = [("a", "A", 40 * MiB), ("a", "B", 40 * MiB), ("f", "A", 0), ("f", "B", 0), ("a", "C", 60 * MiB)]
+    s = _simulate_default(ev, capacity=100 * MiB)
+    assert (s.oom, s.peak_reserved, s.released) == (False, 80 * MiB, 80 * MiB)
+    # A split segment cannot be released: A (40) is split by D (10 MiB, rest 30 MiB free), so with B live
+    # nothing is releasable and C = 60 MiB is out of memory at capacity 100 MiB.
+    ev = [("a", "A", 40 * MiB), ("a", "B", 40 * MiB), ("f", "A", 0), ("a", "D", 10 * MiB), ("a", "C", 60 * MiB)]
+    assert _simulate_default(ev, capacity=100 * MiB).oom
+    assert not _simulate_default(ev).oom
