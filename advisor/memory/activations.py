@@ -52,7 +52,8 @@ Conventions
   are not; with SDPA/flash nothing quadratic is saved, so ``selective`` equals ``none``.
 * LoRA follows ``peft.tuners.lora.Linear.forward``: adapters in fp32 (``autocast_adapter_dtype=True``), the
   input cast to the adapter dtype before ``lora_A``, no LoRA dropout. QLoRA is LoRA over a 4-bit base whose
-  ``MatMul4Bit`` saves no input (frozen) and dequantizes one weight at a time (a temporary).
+  ``MatMul4Bit`` saves its input whenever that input requires grad (bitsandbytes autograd/_functions.py) and
+  dequantizes one weight at a time (a temporary).
   ``freeze``: only the last ``freeze_trainable_layers`` decoder layers train.
 """
 
@@ -525,9 +526,21 @@ class _Model:
     def proj(self, x: _T, n_in: int, n_out: int, name: str) -> _T:
         """A decoder-layer linear, LoRA-wrapped when targeted (peft.tuners.lora.Linear.forward)."""
         tr = self.tr
-        if name not in self.lora:
+        if self.method == "qlora":
+            # bitsandbytes MatMul4Bit.forward (bitsandbytes/autograd/_functions.py) keeps its input whenever A or
+            # B needs a gradient (`if any(ctx.needs_input_grad[:2]): ctx.tensors = (A, B)`): a frozen 4-bit
+            # linear whose input requires grad saves that input, cast to the compute dtype (Linear4bit.forward
+            # casts x to compute_dtype), unlike a frozen nn.Linear.
+            xq = tr.ac_low(x) if tr.autocast else x
+            if xq.rg:
+                tr.save(xq)
+            base = tr.linear(xq, n_in, n_out, False)
+            if name not in self.lora:
+                return base
+        elif name not in self.lora:
             return tr.linear(x, n_in, n_out, self.layer_trainable)
-        base = tr.linear(x, n_in, n_out, False)                    # frozen base: saves no input
+        else:
+            base = tr.linear(x, n_in, n_out, False)                # frozen base: saves no input
         xa = tr.cast(x, "f32")                                      # _cast_input_dtype(x, lora_A.weight.dtype)
         a = tr.linear(xa, n_in, self.rank, True, w_dt="f32")        # lora_A saves its input
         bo = tr.linear(a, self.rank, n_out, True, w_dt="f32")       # lora_B saves lora_A's output
