@@ -1272,7 +1272,37 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     if mode.startswith("autocast"):
         layer_copies = terms["weight_copy_layer"] * n_train
         breakdown["info:autocast_weight_copies"] = (layer_copies + terms["weight_copy_head"]) * 2
+    if getattr(training, "offload_activations", False):
+        return _offloaded(activations, temporaries, breakdown)
     return ActivationEstimate(activations=int(activations), temporaries=int(temporaries), breakdown=breakdown)
+
+
+def _offloaded(activations: int, temporaries: int, breakdown: dict[str, int]) -> ActivationEstimate:
+    """``--offload-activations``: every tensor autograd saves is packed to pinned CPU memory
+    (``torch.autograd.graph.save_on_cpu(pin_memory=True)``: pack copies to CPU, unpack copies back to the
+    device when the node runs; torchtune's ``OffloadActivations`` and DeepSpeed's
+    ``activation_checkpointing.cpu_checkpointing`` do the same for what they save). On the GPU nothing saved
+    stays between forward and backward; during a layer's backward its saved set is back on the GPU (counted
+    whole, an upper bound) on top of that layer's transient. The held logits are the model output, not saved:
+    they stay. ``info:offloaded_activations`` is the pinned host memory per GPU and the bytes crossing PCIe each
+    way per micro-step (:func:`activation_offload_traffic`)."""
+    held = breakdown.get("info:logits_output_held", 0)
+    per_layer = breakdown.get("per_layer", 0)
+    out = {k: (0 if not k.startswith(("temp:", "info:")) and k != "per_layer" else v) for k, v in breakdown.items()}
+    out["info:offloaded_activations"] = int(activations)
+    layer_phase = held + per_layer + breakdown.get("info:layer_transient", 0)
+    logits_phase = breakdown.get("temp:logits_and_loss_backward", 0) + breakdown.get("logits_and_loss", 0)
+    out["temp:layer_backward"] = layer_phase
+    out["temp:logits_and_loss_backward"] = logits_phase
+    return ActivationEstimate(activations=0, temporaries=int(max(layer_phase, logits_phase)), breakdown=out)
+
+
+def activation_offload_traffic(est: ActivationEstimate) -> int:
+    """Bytes one GPU moves to the host in the forward of a micro-step with ``--offload-activations`` (and the
+    same back in its backward): the saved activations. A step-time model divides 2x this by the GPU's PCIe
+    bandwidth for the transfer time; save_on_cpu copies synchronously, torchtune's offloading overlaps them
+    with compute on a side stream."""
+    return est.breakdown.get("info:offloaded_activations", 0)
 
 
 __all__ = ["ActivationEstimate", "ComputeMode", "activation_memory", "compute_mode"]

@@ -107,12 +107,21 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
 
     cpu_parts = dict(ms.cpu_per_node)
     cpu_parts["training processes"] = ov.cpu_per_process_bytes * hw.gpus_per_node
+    if act.breakdown.get("info:offloaded_activations"):
+        # --offload-activations: pinned host copies of every GPU's saved activations
+        cpu_parts["offloaded activations (pinned)"] = act.breakdown["info:offloaded_activations"] * hw.gpus_per_node
     cpu_parts.update(_model_loading_cpu(counts, sb.weight, training, strategy, hw))
     cpu_total = sum(cpu_parts.values())
     cpu_fits = hw.cpu_ram_bytes is None or cpu_total <= hw.cpu_ram_bytes
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
+    if act.breakdown.get("info:offloaded_activations"):
+        moved = act.breakdown["info:offloaded_activations"]
+        pcie = hw.gpu.pcie_bandwidth_gbps if hw.gpu is not None and getattr(hw.gpu, "pcie_bandwidth_gbps", None) else None
+        secs = f" (~{2 * moved / (pcie * 1e9):.2f} s per micro-step at {pcie:g} GB/s if not overlapped)" if pcie else ""
+        notes.append(f"--offload-activations: {moved / 2**30:.2f} GiB of saved activations go to pinned CPU memory "
+                     f"in each forward and back in the backward{secs}")
     if gpu.oom_retries:
         notes.append("fits only because PyTorch's allocator frees its cached segments and retries when "
                      "cudaMalloc fails (reserved reaches the card): expect cudaFree/cudaMalloc stalls each step; "
