@@ -74,7 +74,7 @@ def build_hardware(gpus: int = 1, nodes: int = 1, vram: float | None = None, gpu
 def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048, micro_batch: int = 1,
                    global_batch: int | None = None, precision: str | None = None, optimizer: str = "adamw",
                    method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
-                   checkpointing: str = "none", attention: str = "sdpa",
+                   lora_dropout: float = 0.0, checkpointing: str = "none", attention: str = "sdpa",
                    freeze_layers: int = 2, loss: str = "plain", loss_chunks: int = 8,
                    offload_activations: bool = False, expandable_segments: bool = False,
                    double_quant: bool = True) -> TrainingSpec:
@@ -84,7 +84,8 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
     try:
         return TrainingSpec(task=task, seq_len=seq_len, micro_batch_size=micro_batch,
                             global_batch_size=global_batch, precision=precision, optimizer=optimizer,
-                            method=method, lora=LoraSpec(rank=lora_rank, target_modules=tuple(lora_targets)),
+                            method=method, lora=LoraSpec(rank=lora_rank, target_modules=tuple(lora_targets),
+                                                                     dropout=lora_dropout),
                             activation_checkpointing=checkpointing, attention=attention,
                             freeze_trainable_layers=freeze_layers, loss=loss, loss_chunks=loss_chunks,
                             offload_activations=offload_activations, expandable_segments=expandable_segments,
@@ -111,7 +112,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              nvme_size: float | None = None, task: str = "train", seq_len: int = 2048, micro_batch: int = 1,
              global_batch: int | None = None, precision: str | None = None, optimizer: str = "adamw",
              method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
-             checkpointing: str = "none", attention: str = "sdpa", strategy: str | None = None,
+             lora_dropout: float = 0.0, checkpointing: str = "none", attention: str = "sdpa", strategy: str | None = None,
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
              freeze_layers: int = 2, loss: str = "plain", loss_chunks: int = 8, offload_activations: bool = False,
              expandable_segments: bool = False, double_quant: bool = True) -> Estimate:
@@ -122,7 +123,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model))
     hw = build_hardware(gpus, nodes, vram, gpu, cpu_ram, nvme_path, nvme_size)
     training = build_training(hw, task=task, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
-                              precision=precision, optimizer=optimizer, method=method, lora_rank=lora_rank,
+                              precision=precision, optimizer=optimizer, method=method, lora_rank=lora_rank, lora_dropout=lora_dropout,
                               lora_targets=lora_targets, checkpointing=checkpointing, attention=attention,
                               freeze_layers=freeze_layers, loss=loss, loss_chunks=loss_chunks,
                               offload_activations=offload_activations, expandable_segments=expandable_segments,

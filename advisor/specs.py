@@ -68,6 +68,7 @@ class LoraSpec(_Spec):
     rank: int = Field(16, ge=1, le=4096)
     alpha: float = Field(32, gt=0)
     target_modules: tuple[str, ...] = ("all-linear",)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="lora_dropout (PEFT LoraConfig default 0.0)")
 
 
 class TrainingSpec(_Spec):

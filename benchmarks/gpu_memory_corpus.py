@@ -34,7 +34,7 @@ def kwargs(p: dict) -> dict:
               checkpointing=p.get("checkpointing", "none"), loss=p.get("loss", "plain"),
               loss_chunks=p.get("loss_chunks", 8), double_quant=p.get("double_quant", True))
     if p["method"] in ("lora", "qlora"):
-        kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]))
+        kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]), lora_dropout=p.get("lora_dropout", 0.0))
     if p.get("offload", "none") != "none":
         kw.update(offload_optimizer=p["offload"], offload_param=p["offload"])
     return kw

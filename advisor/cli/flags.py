@@ -142,6 +142,8 @@ FLAGS: dict[str, Flag] = _flags(
          wizard_field="optimizer"),
     Flag("--method", "", choices=METHODS, default="full", spec_fields=("method",), wizard_field="method"),
     Flag("--lora-rank", "", positive_int, default=16, spec_fields=("rank",), wizard_field="lora_rank"),
+    Flag("--lora-dropout", "LoRA dropout probability (PEFT default 0: no mask is saved)", float, default=0.0,
+         spec_fields=("dropout",), wizard_field="lora_rank"),
     Flag("--lora-targets", "comma-separated modules for LoRA (q_proj,v_proj,...) or all-linear",
          default="all-linear", spec_fields=("target_modules",), wizard_field="lora_rank"),
     Flag("--freeze-layers", "--method freeze: how many last layers train (default 2)", positive_int, default=2,
@@ -208,7 +210,7 @@ def add(parser, names: Iterable[str], **overrides: dict) -> None:
 MODEL_FLAGS = ("--model",)
 HARDWARE_FLAGS = ("--gpus", "--nodes", "--vram", "--gpu", "--cpu-ram", "--nvme-path", "--nvme-size")
 TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--precision", "--optimizer",
-                  "--method", "--lora-rank", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
+                  "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant")
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 
@@ -234,7 +236,7 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
     return dict(gpus=args.gpus, nodes=args.nodes, vram=args.vram, gpu=args.gpu, cpu_ram=args.cpu_ram,
                 nvme_path=args.nvme_path, nvme_size=args.nvme_size, task=args.task, seq_len=args.seq_len,
                 micro_batch=args.micro_batch, global_batch=args.global_batch, precision=args.precision,
-                optimizer=args.optimizer, method=args.method, lora_rank=args.lora_rank,
+                optimizer=args.optimizer, method=args.method, lora_rank=args.lora_rank, lora_dropout=args.lora_dropout,
                 lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
                 attention=args.attention, freeze_layers=args.freeze_layers, loss=args.loss,
                 loss_chunks=args.loss_chunks, offload_activations=args.offload_activations,

@@ -542,6 +542,9 @@ class _Model:
         else:
             base = tr.linear(x, n_in, n_out, False)                # frozen base: saves no input
         xa = tr.cast(x, "f32")                                      # _cast_input_dtype(x, lora_A.weight.dtype)
+        # lora_B(lora_A(dropout(x))): with lora_dropout > 0 nn.Dropout saves a bool mask and lora_A saves the
+        # dropped copy, one per adapted linear (peft.tuners.lora.layer.Linear.forward; Identity when p = 0)
+        xa = tr.dropout(xa, self.t.lora.dropout)
         a = tr.linear(xa, n_in, self.rank, True, w_dt="f32")        # lora_A saves its input
         bo = tr.linear(a, self.rank, n_out, True, w_dt="f32")       # lora_B saves lora_A's output
         res = tr.add(base, tr.scalar_op(bo))                        # result + lora_B(...) * scaling
