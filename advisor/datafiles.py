@@ -23,11 +23,22 @@ def bundled_dir(name: str) -> Path:
 
 @lru_cache(maxsize=None)
 def load_data(relative: str):
-    """Parse a JSON or YAML file under ``advisor/data``; cached, so callers must not mutate the result."""
+    """Parse a JSON or YAML file under ``advisor/data``; cached, so callers must not mutate the result.
+
+    A YAML file's parse is kept in :mod:`advisor.datacache` keyed by its bytes, so an unchanged catalog
+    costs a JSON read instead of importing and running the YAML parser.
+    """
     path = DATA_DIR / relative
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
     if path.suffix == ".json":
-        return json.loads(text)
+        return json.loads(raw)
+    from .datacache import cached
+
+    return cached("data", (relative, raw), lambda: parse_yaml(raw.decode("utf-8")))
+
+
+def parse_yaml(text: str):
+    """YAML text as plain data (the C loader where PyYAML has it)."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

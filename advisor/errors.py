@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 from . import exit_codes
@@ -30,6 +29,8 @@ class NothingFits(AdvisorError):
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     """A ' (did you mean X?)' suffix naming the closest choices, or '' when nothing is close."""
+    import difflib      # only when there is an error to explain (it pulls unicodedata: slow to import)
+
     lowered = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)
     if not close:

@@ -12,31 +12,38 @@ they need.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from .. import exit_codes
-from . import catalogs, configs, estimate, recommend, wizard
-from .boundary import Parser, run
-
-COMMAND_GROUPS = (estimate, recommend, configs, catalogs, wizard)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dsadvise`` parser with every sub-command."""
     from .. import __version__
+    # Imported here, not at the top, so that importing the flag table (advisor.cli.flags) stays light.
+    from . import catalogs, configs, estimate, recommend, wizard
+    from .boundary import Parser
 
     parser = Parser(prog="dsadvise", description="Estimate GPU memory, recommend and render accelerate / "
                                                  "DeepSpeed configs for training large models.")
     parser.add_argument("--version", action="version", version=f"dsadvise {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for group in COMMAND_GROUPS:
+    for group in (estimate, recommend, configs, catalogs, wizard):
         group.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dsadvise`` console script; returns the process exit code."""
+    from .boundary import run
+
+    # pydantic looks for plugins by scanning every installed distribution's entry points when it builds its
+    # first model (importlib.metadata; tens of ms in a venv with torch). The command uses none; the Python
+    # API (advisor.api) leaves the setting to its caller.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -90,7 +90,8 @@ def plan(args):
         training = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none",
                                   **train_kw)
         strategy = build_strategy(hw, args.strategy, args.offload_optimizer, args.offload_param, args.bucket_sizes)
-        return model, hw, training, strategy, gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size), None
+        gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
+        return model, hw, training, strategy, gas, None
     if args.offload_optimizer != "none" or args.offload_param != "none":
         raise InputError("--offload-* needs --strategy (without it the recommender decides offload)",
                          field="--strategy")

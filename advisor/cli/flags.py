@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, NamedTuple, get_args
 
 from .. import choices
 
@@ -80,9 +79,9 @@ def seconds(text: str) -> float:
 
 # ---------------------------------------------------------------- the table
 
-@dataclass(frozen=True)
-class Flag:
-    """One command-line flag and everything that refers to it."""
+class Flag(NamedTuple):
+    """One command-line flag and everything that refers to it (a NamedTuple: ``dsadvise --help`` does not
+    pay for importing dataclasses)."""
 
     flag: str                                   # argparse spelling, also the name errors use
     help: str = ""
@@ -93,7 +92,6 @@ class Flag:
     wizard_field: str | None = None             # the wizard field showing it (errors land there)
     action: str | None = None
     metavar: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def dest(self) -> str:
@@ -106,7 +104,6 @@ class Flag:
             kw.update(action=self.action, metavar=self.metavar if self.action == "append" else None)
         else:
             kw.update(type=self.type, choices=self.choices, default=self.default, metavar=self.metavar)
-        kw.update(self.extra)
         kw.update(overrides)
         parser.add_argument(self.flag, **{k: v for k, v in kw.items() if v is not None or k == "default"})
 

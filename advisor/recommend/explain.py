@@ -6,7 +6,7 @@ from ..formatting import fmt_bytes
 from .problem import Problem
 from .recommendation import (Alternative, Fp16Settings, Recommendation, RuleFired, StepTimeInfo, StrategyRef,
                              TrainingChoice)
-from .search import SAVING, Group, Outcome, ranking_key
+from .search import SAVING, Group, GroupStatus, Outcome, ranking_key
 
 MIXED_PRECISION = {"bf16": "bf16", "pure-bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 GUIDANCE = "ZeRO-0 > ZeRO-1 > ZeRO-2 > ZeRO-2 + offload > ZeRO-3 > ZeRO-3 + offloads"
@@ -55,12 +55,13 @@ def _step_info(p: Problem, g: Group) -> StepTimeInfo:
 
 def _layout_best(groups: list[Group]) -> dict[str, Group]:
     """Per layout, the group that best represents it: its fastest feasible one, else the most telling."""
-    order = {"feasible": 0, "rejected": 2, "infeasible": 3, "dominated": 1, "pending": 4}
+    order = {GroupStatus.FEASIBLE: 0, GroupStatus.DOMINATED: 1, GroupStatus.REJECTED: 2, GroupStatus.INFEASIBLE: 3,
+             GroupStatus.PENDING: 4}
     best: dict[str, Group] = {}
     for g in groups:
         cur = best.get(g.layout.label)
-        key = (order[g.status], g.adj if g.status == "feasible" else -SAVING[g.checkpointing])
-        cur_key = (order[cur.status], cur.adj if cur.status == "feasible" else -SAVING[cur.checkpointing]) \
+        key = (order[g.status], g.adj if g.status == GroupStatus.FEASIBLE else -SAVING[g.checkpointing])
+        cur_key = (order[cur.status], cur.adj if cur.status == GroupStatus.FEASIBLE else -SAVING[cur.checkpointing]) \
             if cur is not None else None
         if cur_key is None or key < cur_key:
             best[g.layout.label] = g
@@ -72,7 +73,7 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
     chosen = out.chosen
     tier = chosen.method if chosen else (out.tiers_tried[-1] if out.tiers_tried else None)
     groups = [g for g in out.groups if g.method == tier]
-    feasible = [g for g in groups if g.status == "feasible"]
+    feasible = [g for g in groups if g.status == GroupStatus.FEASIBLE]
     best_adj = min((g.rank_time for g in feasible), default=1.0)
     rows: list[tuple[tuple, Alternative]] = []
     for label, g in _layout_best(groups).items():
@@ -80,7 +81,7 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
             continue
         fits: bool | None
         seconds = None
-        if g.status == "feasible":
+        if g.status == GroupStatus.FEASIBLE:
             fits, seconds = True, g.step.seconds if g.step else None
             assert chosen is not None and g.step is not None and chosen.step is not None
             if g.adj < chosen.adj:
@@ -91,10 +92,10 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
                 why = (f"slower: {g.step.seconds:.2f} s per step at micro-batch {g.micro} "
                        f"({g.step.tokens_per_second:,.0f} tokens/s vs {chosen.step.tokens_per_second:,.0f})")
             key = (0, ranking_key(p, best_adj, g))
-        elif g.status == "dominated":
+        elif g.status == GroupStatus.DOMINATED:
             fits = None
             lead = chosen.layout.label if chosen else "the best configuration"
-            unfit = [x for x in groups if x.layout is g.layout and x.status == "infeasible"
+            unfit = [x for x in groups if x.layout is g.layout and x.status == GroupStatus.INFEASIBLE
                      and SAVING[x.checkpointing] < SAVING[g.checkpointing]]
             why = f"without checkpointing it does not fit ({unfit[0].reason.removeprefix('does not fit: ')}); " \
                 if unfit else ""
@@ -103,7 +104,7 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
             if chosen is not None and g.layout.offloads and not chosen.layout.offloads:
                 why += "; offloading only adds PCIe traffic and a CPU optimizer step when the model fits without it"
             key = (1, g.lb)
-        elif g.status == "infeasible":
+        elif g.status == GroupStatus.INFEASIBLE:
             fits, why, key = False, g.reason, (2, g.need_bytes or 0)
         else:
             fits, why, key = None, g.reason or "rejected", (3, 0)
@@ -174,9 +175,9 @@ def _checkpointing_reason(p: Problem, out: Outcome, g: Group) -> str:
     less = [x for x in out.groups if x.layout is g.layout and x.method == g.method
             and SAVING[x.checkpointing] < SAVING[g.checkpointing]]
     for x in sorted(less, key=lambda x: SAVING[x.checkpointing]):
-        if x.status == "infeasible":
+        if x.status == GroupStatus.INFEASIBLE:
             return f"activation checkpointing {g.checkpointing}: without it ({x.checkpointing}) {x.reason}"
-        if x.status == "feasible" and x.step is not None:
+        if x.status == GroupStatus.FEASIBLE and x.step is not None:
             return (f"activation checkpointing {g.checkpointing}: recomputing lets micro-batch {g.micro} fit, which "
                     f"beats {x.checkpointing} at micro-batch {x.micro} ({x.step.tokens_per_second:,.0f} tokens/s)")
     return f"activation checkpointing {g.checkpointing}: less recomputation does not fit or is slower"
@@ -189,12 +190,12 @@ def _layout_reasons(p: Problem, out: Outcome, g: Group) -> list[str]:
                     key=lambda x: x.layout.rank)
     notes = []
     for x in faster:
-        if x.status == "infeasible" and x.need_bytes and x.need_bytes > p.usable_bytes:
+        if x.status == GroupStatus.INFEASIBLE and x.need_bytes and x.need_bytes > p.usable_bytes:
             notes.append(f"{x.layout.label} needs {fmt_bytes(x.need_bytes)} per GPU (checkpointing "
                          f"{x.checkpointing}, micro-batch {p.micro.values[0]})")
-        elif x.status == "infeasible":
+        elif x.status == GroupStatus.INFEASIBLE:
             notes.append(f"{x.layout.label} {x.reason}")
-        elif x.status == "rejected":
+        elif x.status == GroupStatus.REJECTED:
             notes.append(f"{x.layout.label} is ruled out: {x.reason}")
     for label, why in out.layout_rejects.items():
         lay = next((y for y in _all_layouts() if y.label == label), None)
@@ -204,7 +205,7 @@ def _layout_reasons(p: Problem, out: Outcome, g: Group) -> list[str]:
     if notes:
         r.append(f"faster layouts by DeepSpeed's guidance are out ({fmt_bytes(p.usable_bytes)} usable per GPU): "
                  + "; ".join(notes[:4]) + (f"; and {len(notes) - 4} more (see alternatives)" if len(notes) > 4 else ""))
-    near = [x for x in out.groups if x.status == "feasible" and x.method == g.method and x.adj < g.adj]
+    near = [x for x in out.groups if x.status == GroupStatus.FEASIBLE and x.method == g.method and x.adj < g.adj]
     if near:
         x = min(near, key=lambda y: y.adj)
         r.append(f"{x.layout.label} is estimated {100 * (1 - x.adj / g.adj):.0f}% faster, within the model's "

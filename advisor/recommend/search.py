@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 from ..errors import InputError
 from ..memory.core import estimate_memory, trainable_parameters
@@ -40,6 +41,16 @@ from .problem import CHECKPOINTING, Problem
 from .step_time import StepTime, training_step_time
 
 SAVING = {"none": 0, "selective": 1, "full": 2}     # activation memory saved: more is less memory
+
+
+class GroupStatus(str, Enum):
+    """Where the search stands with one group (layout x precision x method x checkpointing)."""
+
+    PENDING = "pending"          # not judged yet
+    REJECTED = "rejected"        # a rule rules it out
+    INFEASIBLE = "infeasible"    # even the smallest micro-batch does not fit
+    DOMINATED = "dominated"      # cannot beat a configuration already found (not estimated)
+    FEASIBLE = "feasible"        # fits, sized and timed
 
 
 @dataclass
@@ -56,7 +67,7 @@ class Group:
     advice: list[tuple[Rule, str]] = field(default_factory=list)
     factors: list[tuple[Rule, float]] = field(default_factory=list)
     lb: float = 0.0                      # lower bound of the adjusted seconds per sample
-    status: str = "pending"              # pending | rejected | infeasible | dominated | feasible
+    status: GroupStatus = GroupStatus.PENDING
     reason: str = ""
     micro: int | None = None
     gas: int | None = None
@@ -183,8 +194,9 @@ class _Search:
         if not in_guidance_chain(g):
             return own
         key = (g.method, g.precision, g.checkpointing)
+        open_ = (GroupStatus.PENDING, GroupStatus.FEASIBLE)
         return min([own] + [self.raw_bound(h) for h in siblings.get(key, ())
-                            if h.layout.rank > g.layout.rank and h.status in ("pending", "feasible")])
+                            if h.layout.rank > g.layout.rank and h.status in open_])
 
     def size(self, g: Group) -> None:
         """Find the largest micro-batch that fits: few estimates, exact (the size above is checked to fail).
@@ -202,7 +214,7 @@ class _Search:
             hi = None
         if hi == 0:
             fail_lv = min(lv for lv, i in memo["fail"].items() if lv >= lvl and i == 0)
-            g.status, g.reason = "infeasible", memo["why"][fail_lv]
+            g.status, g.reason = GroupStatus.INFEASIBLE, memo["why"][fail_lv]
             return
         totals: dict[int, int] = {}
         failed: dict[int, str] = {}
@@ -220,7 +232,7 @@ class _Search:
             return ok
 
         if not probe(0):
-            g.status = "infeasible"
+            g.status = GroupStatus.INFEASIBLE
             g.reason = f"does not fit: {failed[0]} (micro-batch {vals[0]}, checkpointing {g.checkpointing})"
             memo["fail"][lvl] = 0
             memo["why"][lvl] = g.reason
@@ -258,7 +270,7 @@ class _Search:
         if not ok or est is None:   # memory not monotone where assumed: take the smallest size
             ok, why, est = self.fits(g, vals[0])
             if not ok or est is None:
-                g.status, g.reason = "infeasible", f"does not fit: {why}"
+                g.status, g.reason = GroupStatus.INFEASIBLE, f"does not fit: {why}"
                 return
             lo = 0
         g.micro, g.gas, g.estimate = vals[lo], self.p.micro.accumulation(vals[lo]), est
@@ -277,9 +289,9 @@ class _Search:
         g.advice.extend(v.advice)
         g.factors.extend(v.factors)
         if v.rejected:
-            g.status, g.reason = "rejected", v.reason
+            g.status, g.reason = GroupStatus.REJECTED, v.reason
             return
-        g.status = "feasible"
+        g.status = GroupStatus.FEASIBLE
         g.adj = self.per_sample(g, g.micro, st) * g.factor * v.factor
 
 
@@ -416,7 +428,7 @@ def _build_groups(s: _Search, p: Problem, layouts: list[Layout], verdicts: dict,
             g.factors.extend(v2.factors)
             g.factor *= v2.factor
             if v2.rejected:
-                g.status, g.reason = "rejected", v2.reason
+                g.status, g.reason = GroupStatus.REJECTED, v2.reason
             out.append(g)
     return out
 
@@ -428,9 +440,10 @@ def _branch_and_bound(s: _Search, p: Problem, groups: list[Group]) -> None:
         if in_guidance_chain(g):
             siblings.setdefault((g.method, g.precision, g.checkpointing), []).append(g)
     for g in groups:
-        if g.status == "pending":
+        if g.status == GroupStatus.PENDING:
             g.lb = s.bound(g, siblings)
-    heap = [(g.lb, g.layout.rank, SAVING[g.checkpointing], i) for i, g in enumerate(groups) if g.status == "pending"]
+    heap = [(g.lb, g.layout.rank, SAVING[g.checkpointing], i) for i, g in enumerate(groups)
+            if g.status == GroupStatus.PENDING]
     heapq.heapify(heap)
     best = math.inf
     while heap:
@@ -442,19 +455,19 @@ def _branch_and_bound(s: _Search, p: Problem, groups: list[Group]) -> None:
             heapq.heappush(heap, (fresh, rank, saving, i))
             continue
         if lb > (1 + p.band) * best:
-            g.status = "dominated"
+            g.status = GroupStatus.DOMINATED
             for *_, j in heap:
-                groups[j].status = "dominated"
+                groups[j].status = GroupStatus.DOMINATED
             break
         memo = s.memo.get((g.layout.label, g.method, g.precision))
         top = s.top_index(g)
         if memo and any(lv < SAVING[g.checkpointing] and idx >= top for lv, idx in memo["fit"].items()):
-            g.status = "dominated"   # less recomputation already fits every size this one could
+            g.status = GroupStatus.DOMINATED   # less recomputation already fits every size this one could
             continue
         s.size(g)
-        if g.status == "pending":
+        if g.status == GroupStatus.PENDING:
             s.judge_sized(g)
-            if g.status == "feasible":
+            if g.status == GroupStatus.FEASIBLE:
                 best = min(best, g.adj)
 
 
@@ -477,7 +490,7 @@ def apply_guidance(groups: list[Group]) -> None:
     """
     classes: dict[tuple, list[Group]] = {}
     for g in groups:
-        if g.status != "feasible":
+        if g.status != GroupStatus.FEASIBLE:
             continue
         g.rank_time = g.adj
         if in_guidance_chain(g):
@@ -504,7 +517,7 @@ def ranking_key(p: Problem, best: float, g: Group) -> tuple:
 
 def _choose(p: Problem, groups: list[Group]) -> Group | None:
     apply_guidance(groups)
-    feasible = [g for g in groups if g.status == "feasible"]
+    feasible = [g for g in groups if g.status == GroupStatus.FEASIBLE]
     if not feasible:
         return None
     best = min(g.rank_time for g in feasible)
@@ -512,7 +525,7 @@ def _choose(p: Problem, groups: list[Group]) -> Group | None:
 
 
 def _closest(groups: list[Group]) -> str:
-    tried = [g for g in groups if g.status == "infeasible" and g.need_bytes]
+    tried = [g for g in groups if g.status == GroupStatus.INFEASIBLE and g.need_bytes]
     if not tried:
         reasons = sorted({g.reason for g in groups if g.reason})
         return reasons[0] if reasons else "no configuration to try"

@@ -1,7 +1,8 @@
 """Rendering, validating, linting and dry-running accelerate YAML and DeepSpeed JSON (``dsadvise generate``,
 ``check``, ``dry-run``).
 
-Importing this package is cheap: the modules below load on first use (the sub-commands are in :mod:`advisor.cli.configs`).
+Importing this package is cheap: the modules below load on first use (the sub-commands are in
+:mod:`advisor.cli.configs`).
 """
 
 from __future__ import annotations

@@ -87,8 +87,8 @@ class Step:
     findings: list[Finding] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"step": self.name, "status": self.status.value, "seconds": round(self.seconds, 2), "detail": self.detail,
-                "findings": [f.to_json() for f in self.findings]}
+        return {"step": self.name, "status": self.status.value, "seconds": round(self.seconds, 2),
+                "detail": self.detail, "findings": [f.to_json() for f in self.findings]}
 
 
 # ---------------------------------------------------------------- parsing

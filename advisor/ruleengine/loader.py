@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from ..datafiles import DATA_DIR
+from ..datacache import cached
+from ..datafiles import DATA_DIR, parse_yaml
 from ..errors import did_you_mean
 from .engine import EFFECTS, FORMATS, PLACEHOLDER, Rule, RuleSet, Template
 from .errors import RuleConflictError, RuleError
@@ -31,11 +32,28 @@ def _validator():
     return jsonschema.Draft202012Validator(schema)
 
 
-def _yaml_load(text: str):
+@lru_cache(maxsize=1)
+def _validation_code() -> tuple[bytes, ...]:
+    """What a validated rule file depends on besides its text: the schema and the checking code (cache key)."""
+    here = Path(__file__).resolve().parent
+    return (SCHEMA_PATH.read_bytes(), (here / "loader.py").read_bytes(), (here / "engine.py").read_bytes())
+
+
+def _parse_and_validate(text: str, name: str) -> dict:
+    """A rule file's YAML text -> a document valid against the schema (RuleError naming ``name`` if not)."""
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(text, Loader=loader)
+    try:
+        doc = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RuleError(f"not valid YAML: {where}{problem}", file=name) from None
+    if doc is None:
+        doc = {"rules": []}
+    validate_document(doc, name)
+    return doc
 
 
 def _field_path(parts: Iterable[object]) -> str:
@@ -257,18 +275,7 @@ def load_rules(paths: Iterable[str | Path], *, catalog: Mapping[str, str], domai
             raise RuleError("no such rule file", file=name) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise RuleError(f"cannot read ({type(exc).__name__}: {exc})", file=name) from None
-        import yaml
-
-        try:
-            doc = _yaml_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise RuleError(f"not valid YAML: {where}{problem}", file=name) from None
-        if doc is None:
-            doc = {"rules": []}
-        validate_document(doc, name)
+        doc = cached("rules", (text, *_validation_code()), lambda: _parse_and_validate(text, name))
         docs.append((name, doc))
 
     constants: dict[str, object] = {}

@@ -7,8 +7,9 @@ rules fired), F5 configs (accelerate YAML / DeepSpeed JSON preview, Save, Dry ru
 the per-GPU memory of what is chosen at every step. Keys: Ctrl+N / Ctrl+B next / previous step, F1-F5 jump,
 Tab / Shift+Tab between fields, Enter next field, Ctrl+S save, Ctrl+R dry run, Ctrl+Q quit (exit code 0).
 
-Layout: :mod:`advisor.cli.wizard` (the sub-command; imports nothing from Textual), :mod:`.form` (fields as plain data, parsed
-with the CLI's argument types), :mod:`.backend` (the API calls: estimate, recommend, render, write, dry-run),
-:mod:`.app` (the App), :mod:`.widgets` (one module per screen area), ``wizard.tcss`` (the one stylesheet).
+Layout: :mod:`advisor.cli.wizard` (the sub-command; imports nothing from Textual), :mod:`.form` (fields as
+plain data, parsed with the CLI's argument types), :mod:`.backend` (the API calls: estimate, recommend,
+render, write, dry-run), :mod:`.app` (the App), :mod:`.widgets` (one module per screen area),
+``wizard.tcss`` (the one stylesheet).
 Importing this package does not import Textual.
 """

@@ -117,7 +117,7 @@ class WizardApp(App[int]):
             return
         from .widgets.hardware_step import HardwareStep      # imported here: not on the path to the first paint
         from .widgets.preview import PreviewStep
-        from .widgets.recommendation import RecommendationView
+        from .widgets.recommendation_step import RecommendationView
         from .widgets.training_step import TrainingStep
 
         v = self.inputs
@@ -270,7 +270,8 @@ class WizardApp(App[int]):
     def _show_live(self, out: backend.Outcome) -> None:
         est, rec = out.estimate, out.recommendation
         line, status = "", out.general_error or out.recommender_note
-        fits = False if (rec is not None and not rec.found and out.strategy_source is not backend.StrategySource.CHOSEN) else None
+        chosen = out.strategy_source is backend.StrategySource.CHOSEN
+        fits = False if (rec is not None and not rec.found and not chosen) else None
         if est is not None:
             self._last_shown = (est, fits, out.strategy_source, rec)
             line = f"Strategy ({out.strategy_source.label}): {strategy_label(est.strategy)}"

@@ -2,8 +2,8 @@
 
 No Textual here: the widgets fill a :class:`WizardInputs`, :mod:`advisor.tui.backend` turns it into the same
 keyword arguments the CLI passes to :func:`advisor.api.estimate` / ``advisor.recommend.recommend``. Field text
-is parsed with the CLI's own argument types (the flag table, :mod:`advisor.cli.flags`), so the wizard and ``dsadvise`` accept and reject the same values
-with the same words.
+is parsed with the CLI's own argument types (the flag table, :mod:`advisor.cli.flags`), so the wizard and
+``dsadvise`` accept and reject the same values with the same words.
 """
 
 from __future__ import annotations

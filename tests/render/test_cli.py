@@ -40,7 +40,6 @@ def test_generate_with_strategy_json(tmp_path, capsys):
 
 
 def test_generate_uses_the_recommender_without_strategy(tmp_path, capsys):
-    pytest.importorskip("advisor.recommend")
     out = tmp_path / "o"
     rc = main(["generate", "--model", "7B", "--gpus", "4", "--vram", "24", "--out", str(out)])
     text = capsys.readouterr().out
@@ -58,7 +57,6 @@ def test_generate_uses_the_recommender_without_strategy(tmp_path, capsys):
 
 
 def test_generate_nothing_fits(tmp_path, capsys):
-    pytest.importorskip("advisor.recommend")
     rc = main(["generate", "--model", "llama-2-70b", "--gpus", "1", "--vram", "8", "--cpu-ram", "16",
                "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err

@@ -177,7 +177,8 @@ class RecommendationView(Vertical):
                 for s in rec.suggestions]))
         for alt in rec.alternatives:
             fits = "-" if alt.fits is None else ("yes" if alt.fits else "no")
-            alternatives.add_row(short_label(alt.strategy.model_dump(mode="json")), fits, fmt_seconds(alt.step_time_seconds),
+            label = short_label(alt.strategy.model_dump(mode="json"))
+            alternatives.add_row(label, fits, fmt_seconds(alt.step_time_seconds),
                                  Text(alt.rejected_because), height=None)
         for rule in rec.rules_fired:
             rid, effect, detail = _rule_text(rule.model_dump(mode="json"))
