@@ -1153,10 +1153,10 @@ def _replicate_layers(events: list, sections: list[int], layers: int) -> list | 
         """Key of ``key`` as seen from copy ``copy`` of layer 2 (sec is the owner's section)."""
         if sec == 2:
             return key if copy == 2 else ("c", copy, key)
-        if sec == 1 and key in prev_map and copy > 2:
-            return rename(prev_map[key], 2, copy - 1)
-        if sec == 3 and key in next_map and copy < last:
-            return rename(next_map[key], 2, copy + 1)
+        if sec == 1 and copy > 2 and key in prev_map:            # the previous copy's matching tensor
+            return prev_map[key] if copy == 3 else ("c", copy - 1, prev_map[key])
+        if sec == 3 and copy < last and key in next_map:         # the next copy's matching gradient
+            return ("c", copy + 1, next_map[key])
         return key
 
     def emit(out: list, idx: list[int], copy: int | None, layer_name: int | None) -> None:

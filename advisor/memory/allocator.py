@@ -541,43 +541,32 @@ def state_layout(arch, training, strategy, hw, ms, buffers: dict[str, int], form
 
 @lru_cache(maxsize=512)
 def _activation_segments(arch, trace_training, mode: str, ckpt: str, layers: int):
-    """The trace's events with integer keys, cut where backward enters a new term: ``[(term, events)]``
-    (the first term is None: the forward), the frees of what autograd leaves behind, the held logits' key."""
+    """The trace's events cut where backward enters a new term: ``[(term, events)]`` (the first term is None:
+    the forward), the frees of what autograd leaves behind, the held logits' key. A key may be allocated again
+    after its free (a checkpointed layer's recompute): the simulator allows that."""
     from .activations import allocation_trace
 
-    ids: dict = {}
     segs: list = []
     cur: list = []
     term = None
     held = None
     alive: dict = {}
-    for op, key, n in allocation_trace(arch, trace_training, mode, ckpt, layers):
+    for ev in allocation_trace(arch, trace_training, mode, ckpt, layers):
+        op = ev[0]
         if op == "a":
-            k = ids[key] = _fresh(ids)
-            alive[k] = None
-            cur.append(("a", k, n))
+            alive[ev[1]] = None
+            cur.append(ev)
         elif op == "f":
-            k = ids[key]
-            del alive[k]
-            cur.append(("f", k, 0))
+            del alive[ev[1]]
+            cur.append(ev)
         elif op == "t":
             segs.append((term, cur))
-            cur, term = [], key
+            cur, term = [], ev[1]
         elif op == "h":
-            held = ids[key]
+            held = ev[1]
     segs.append((term, cur))
     leftovers = [("f", k, 0) for k in alive if k != held]
     return segs, leftovers, held
-
-
-def _fresh(ids: dict) -> int:
-    """A new integer key (a trace may allocate a storage again, e.g. a checkpointed layer's recompute)."""
-    n = ids.get(_COUNTER, 0)
-    ids[_COUNTER] = n + 1
-    return n
-
-
-_COUNTER = object()
 
 
 def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
