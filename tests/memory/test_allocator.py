@@ -173,3 +173,40 @@ def test_capacity_releases_cached_segments_then_retries():
     ev = [("a", "A", 40 * MiB), ("a", "B", 40 * MiB), ("f", "A", 0), ("a", "D", 10 * MiB), ("a", "C", 60 * MiB)]
     assert _simulate_default(ev, capacity=100 * MiB).oom
     assert not _simulate_default(ev).oom
+
+
+def _canonical(events):
+    """Events with keys renamed by order of first allocation (two sequences equal up to key names compare
+    equal)."""
+    ids, out = {}, []
+    for op, key, n in events:
+        if op == "a":
+            ids[key] = len(ids)
+        out.append((op, ids.get(key, key) if op in ("a", "f", "h") else key, n))
+    return out
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("model,ckpt,method,mode", [
+    ("llama-3-8b", "none", "lora", "autocast-bf16"),
+    ("llama-3-8b", "full", "full", "half-bf16"),
+    ("gpt2", "selective", "full", "autocast-bf16"),
+    ("mixtral-8x7b", "full", "qlora", "half-bf16"),
+])
+def test_repeated_layer_sequence_equals_the_direct_trace(model, ckpt, method, mode):
+    """allocation_trace builds deep stacks from a 4-layer trace by repeating its third layer; the result must
+    be the sequence a trace of every layer produces, up to key names."""
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import activations as act
+    from advisor.specs import TrainingSpec
+
+    arch = resolve_model(model).architecture
+    t = TrainingSpec(seq_len=64, micro_batch_size=2, activation_checkpointing=ckpt, method=method,
+                     attention="eager" if ckpt == "selective" else "sdpa")
+    key, c = act.allocation_key(arch, t)
+    direct = act._trace_events(arch, key, mode, c, 7)
+    repeated = act._replicate_layers(*act._trace_events(arch, key, mode, c, 4, return_sections=True), 7)
+    assert repeated is not None                                     # no fallback to the direct trace
+    assert _canonical(repeated) == _canonical(direct)
