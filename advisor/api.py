@@ -71,6 +71,37 @@ def build_hardware(gpus: int = 1, nodes: int = 1, vram: float | None = None, gpu
         raise input_error(exc) from None
 
 
+DEFAULT_SEQ_LEN = 2048     # tokens: the default --seq-len, capped by the model's context
+
+
+def resolve_seq_len(model: ResolvedModel, seq_len: int | None) -> tuple[int, str | None]:
+    """(sequence length in tokens, the note saying it was assumed): ``seq_len`` when given, else the smaller of
+    DEFAULT_SEQ_LEN and the model's context (max_position_embeddings)."""
+    if seq_len is not None:
+        return seq_len, None
+    context = model.architecture.max_position_embeddings
+    used = min(DEFAULT_SEQ_LEN, context)
+    why = f"{model.name}'s context" if used < DEFAULT_SEQ_LEN else "the default"
+    return used, (f"sequence length {used} tokens ({why}; --seq-len not given: the smaller of {DEFAULT_SEQ_LEN} "
+                  f"and the model's context of {context})")
+
+
+def hardware_notes(hw: HardwareSpec, vram: float | None) -> list[str]:
+    """What the hardware flags imply but do not say: --vram replacing the --gpu catalog's memory."""
+    if hw.gpu is not None and vram is not None and hw.vram_bytes != hw.gpu.memory_bytes:
+        return [f"--vram {hw.vram_bytes / GiB:g} GiB per GPU replaces the {hw.gpu.name}'s "
+                f"{hw.gpu.memory_bytes / GiB:g} GiB"]
+    return []
+
+
+def check_against_model(model: ResolvedModel, training: TrainingSpec) -> None:
+    """Refuse training settings the model cannot have: freezing more layers than it has (InputError)."""
+    layers = model.architecture.num_layers
+    if training.method == "freeze" and training.freeze_trainable_layers > layers:
+        raise InputError(f"{training.freeze_trainable_layers} trainable layers, but {model.name} has {layers}",
+                         field="--freeze-layers")
+
+
 def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048, micro_batch: int = 1,
                    global_batch: int | None = None, precision: str | None = None, optimizer: str = "adamw",
                    method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
@@ -81,6 +112,11 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
     """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16."""
     if precision is None:
         precision = "bf16" if hw.bf16_supported else "fp16"
+    if attention == "flash" and hw.gpu is not None and hw.gpu.vendor == "nvidia" and not hw.gpu.bf16:
+        # FlashAttention-2 runs on Ampere (sm80) or newer (github.com/Dao-AILab/flash-attention README); on NVIDIA
+        # bf16 support marks the same generations (Ampere+), which the GPU catalog records.
+        raise InputError(f"flash attention needs an Ampere (sm80) or newer GPU; the {hw.gpu.name} is older: use "
+                         "sdpa or eager", field="--attention")
     try:
         return TrainingSpec(task=task, seq_len=seq_len, micro_batch_size=micro_batch,
                             global_batch_size=global_batch, precision=precision, optimizer=optimizer,
@@ -109,26 +145,31 @@ def build_strategy(hw: HardwareSpec, strategy: str | None = None, offload_optimi
 
 def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram: float | None = None,
              gpu: str | None = None, cpu_ram: float | None = None, nvme_path: str | None = None,
-             nvme_size: float | None = None, task: str = "train", seq_len: int = 2048, micro_batch: int = 1,
+             nvme_size: float | None = None, task: str = "train", seq_len: int | None = None, micro_batch: int = 1,
              global_batch: int | None = None, precision: str | None = None, optimizer: str = "adamw",
              method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
              lora_dropout: float = 0.0, checkpointing: str = "none", attention: str = "sdpa", strategy: str | None = None,
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
              freeze_layers: int = 2, loss: str = "plain", loss_chunks: int = 8, offload_activations: bool = False,
              expandable_segments: bool = False, double_quant: bool = True) -> Estimate:
-    """Per-GPU and per-node-CPU memory (bytes) of training or inference; raises InputError on bad input."""
+    """Per-GPU and per-node-CPU memory (bytes) of training or inference; raises InputError on bad input.
+    ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes."""
     from .batching import gradient_accumulation
     from .memory.core import estimate_memory
 
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model))
     hw = build_hardware(gpus, nodes, vram, gpu, cpu_ram, nvme_path, nvme_size)
+    seq_len, seq_note = resolve_seq_len(resolved, seq_len)
     training = build_training(hw, task=task, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
                               precision=precision, optimizer=optimizer, method=method, lora_rank=lora_rank, lora_dropout=lora_dropout,
                               lora_targets=lora_targets, checkpointing=checkpointing, attention=attention,
                               freeze_layers=freeze_layers, loss=loss, loss_chunks=loss_chunks,
                               offload_activations=offload_activations, expandable_segments=expandable_segments,
                               double_quant=double_quant)
+    check_against_model(resolved, training)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
     if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)
         gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
-    return estimate_memory(resolved, hw, training, strat)
+    est = estimate_memory(resolved, hw, training, strat)
+    notes = ([seq_note] if seq_note else []) + hardware_notes(hw, vram)
+    return est.model_copy(update={"notes": notes + list(est.notes)}) if notes else est

@@ -71,12 +71,15 @@ class LoraSpec(_Spec):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="lora_dropout (PEFT LoraConfig default 0.0)")
 
 
+MAX_MICRO_BATCH = 65_536     # the largest micro-batch a TrainingSpec holds (the search never goes above it)
+
+
 class TrainingSpec(_Spec):
     """What is run: sequence length, batches, precision, optimizer, method and memory savers."""
 
     task: Task = "train"
     seq_len: int = Field(2048, ge=1, le=4_194_304)
-    micro_batch_size: int = Field(1, ge=1, le=65_536)
+    micro_batch_size: int = Field(1, ge=1, le=MAX_MICRO_BATCH)
     global_batch_size: int | None = Field(None, ge=1, le=100_000_000)
     precision: Precision = "bf16"
     optimizer: Optimizer = "adamw"

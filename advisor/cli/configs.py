@@ -36,7 +36,7 @@ def register(sub) -> None:
                                    "read.")
     p.add_argument("file", metavar="FILE", help="ds_config.json or accelerate_config.yaml")
     flags.add(p, ("--gpus", "--nodes", "--model", "--vram", "--gpu", "--cpu-ram", "--seq-len", "--micro-batch",
-                  "--checkpointing", "--optimizer", "--method", "--no-engine-check", "--json"),
+                  "--checkpointing", "--optimizer", "--method", "--no-engine-check", "--json", "--strict", "--script"),
               gpus={"default": None, "help": "GPUs per node (checks the batch arithmetic)"},
               nodes={"default": None, "help": "number of nodes"},
               model={"help": "model (size, catalog name or config.json) for the fit check"},
@@ -71,7 +71,7 @@ def register(sub) -> None:
 
 def plan(args):
     """(model, hw, training, strategy, gas, recommendation) from the flags, via the recommender without --strategy."""
-    from ..api import build_hardware, build_strategy, build_training
+    from ..api import build_hardware, build_strategy, build_training, hardware_notes, resolve_seq_len
     from ..batching import gradient_accumulation
     from ..catalog.models import resolve_model
     from ..errors import InputError
@@ -80,6 +80,8 @@ def plan(args):
     model = resolve_model(args.model)
     hw = build_hardware(kw["gpus"], kw["nodes"], kw["vram"], kw["gpu"], kw["cpu_ram"], kw["nvme_path"],
                         kw["nvme_size"])
+    kw["seq_len"], seq_note = resolve_seq_len(model, kw["seq_len"])
+    args.assumed = ([seq_note] if seq_note else []) + hardware_notes(hw, kw["vram"])
     train_kw = dict(task=kw["task"], seq_len=kw["seq_len"], micro_batch=kw["micro_batch"],
                     global_batch=kw["global_batch"], optimizer=kw["optimizer"], method=kw["method"],
                     lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"], attention=kw["attention"],
@@ -102,7 +104,9 @@ def plan(args):
                     checkpointing=args.checkpointing or "auto")
     if not rec.found or not rec.recommendation:
         hints = "; ".join(s.change for s in rec.suggestions[:3]) if rec.suggestions else ""
-        raise NothingFits("nothing fits, so there is nothing to generate: " + "; ".join(rec.reasons[-2:])
+        why = "; ".join(rec.reasons[-2:])
+        why = why[len("nothing fits: "):] if why.startswith("nothing fits: ") else why
+        raise NothingFits("nothing fits, so there is nothing to generate: " + why
                           + (f" (what would: {hints})" if hints else ""))
     r = rec.recommendation
     training = build_training(hw, task="train", seq_len=kw["seq_len"], micro_batch=r.micro_batch_size,
@@ -141,13 +145,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(json.dumps({"out": str(args.out), "files": [p.name for p in written], "strategy": strategy.name,
                           "gradient_accumulation_steps": gas, "recommended": rec is not None,
                           "fits": est.fits, "per_gpu_bytes": est.per_gpu.total,
-                          "checks": [s.to_json() for s in steps]}, indent=2))
+                          "checks": [s.to_json() for s in steps],
+                          "assumptions": list(getattr(args, "assumed", []))}, indent=2))
     else:
         how = "recommended" if rec is not None else "given"
         print(f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written)}")
         print(f"{model.name}: {strategy.name} ({how}), {training.precision}, micro-batch {training.micro_batch_size} "
               f"x accumulation {gas} x {hw.world_size} GPU(s); estimate {fmt_bytes(est.per_gpu.total)} of "
               f"{fmt_bytes(hw.vram_bytes)} per GPU")
+        for note in getattr(args, "assumed", []):
+            print(f"assumed: {note}")
         checked = [s.name for s in steps if s.status == StepStatus.PASS]
         print("checked: " + ", ".join(checked))
         for s in steps:
@@ -188,11 +195,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     training = _sidecar_training(Path(args.file))
     problem = Problem(gpus=args.gpus, nodes=args.nodes, model=args.model, vram=args.vram, gpu=args.gpu,
                       cpu_ram=args.cpu_ram, seq_len=args.seq_len or training.get("seq_len", 2048),
-                      micro_batch=args.micro_batch,
+                      micro_batch=args.micro_batch or training.get("micro_batch_size"),
                       checkpointing=args.checkpointing or training.get("activation_checkpointing", "none"),
                       optimizer=args.optimizer or training.get("optimizer", "adamw"),
                       method=args.method or training.get("method", "full"),
-                      engines=not args.no_engine_check)
+                      engines=not args.no_engine_check, script=args.script)
     findings = lint_file(args.file, problem)
     errors = [f for f in findings if f.severity == "error"]
     warnings = [f for f in findings if f.severity == "warning"]
@@ -204,7 +211,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for f in sorted(findings, key=lambda f: order[f.severity]):
             print(f.line())
         print(f"{args.file}: {len(errors)} error(s), {len(warnings)} warning(s)")
-    return exit_codes.FAILED if errors else exit_codes.OK
+    return exit_codes.FAILED if errors or (getattr(args, "strict", False) and warnings) else exit_codes.OK
 
 
 # ---------------------------------------------------------------- dry-run

@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     """Run the sub-command: the recommendation as text or JSON; exit 3 when nothing fits."""
-    from ..api import build_hardware, build_training
+    from ..api import build_hardware, build_training, check_against_model, hardware_notes, resolve_seq_len
     from ..catalog.models import resolve_model
     from ..recommend import recommend
     from ..recommend.recommendation_report import render_recommendation
@@ -33,11 +33,16 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     method = kw.pop("method")
     precision = kw.pop("precision")
     model = resolve_model(args.model)
+    kw["seq_len"], seq_note = resolve_seq_len(model, kw["seq_len"])
     template = build_training(hw, method="full" if method == "auto" else method, precision=precision,
                               checkpointing=args.checkpointing or "none", **kw)
+    check_against_model(model, template)
     rec = recommend(model, hw, template, margin=args.margin, method=method, precision=precision or "auto",
                     checkpointing=args.checkpointing or "auto", max_micro_batch=args.max_micro_batch,
                     rules=args.rules or ())
+    said = ([seq_note] if seq_note else []) + hardware_notes(hw, args.vram)
+    if said:
+        rec = rec.model_copy(update={"assumptions": said + list(rec.assumptions)})
     if args.json:
         print(json.dumps(rec.to_json_dict(), indent=2))
     else:

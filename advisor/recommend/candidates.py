@@ -111,7 +111,10 @@ def micro_batches(start: int, cap: int, global_batch: int | None, hw: HardwareSp
     (``--max-micro-batch``, else global / world, else the rules' ``const.max_micro_batch``). A global batch
     no micro-batch in range reaches exactly is an InputError (:mod:`advisor.batching`).
     """
+    from ..specs import MAX_MICRO_BATCH
+
     world = hw.world_size
+    cap = min(cap, MAX_MICRO_BATCH)    # global / world can exceed what a TrainingSpec holds: accumulation covers it
     if global_batch is None:
         cap = max(cap, start)
         return MicroBatches(tuple(range(start, cap + 1)), None, world)

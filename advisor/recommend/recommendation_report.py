@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..formatting import BAR_LEGEND, bar, fmt_bytes
+from ..formatting import BAR_LEGEND, bar, fmt_bytes, fmt_count
 from .recommendation import Recommendation, StrategyRef, TrainingChoice
 
 MAX_ALTERNATIVES = 10
@@ -18,6 +18,9 @@ def _strategy_label(s: TrainingChoice | StrategyRef) -> str:
 def render_recommendation(rec: Recommendation) -> str:
     """The text report of a recommendation (or of what would fit when nothing does)."""
     lines: list[str] = []
+    if rec.estimate is not None:       # which model "7B" or a config.json resolved to, as estimate says it
+        m = rec.estimate.model
+        lines.append(f"Model  {m.name} ({m.family}): {fmt_count(m.parameters)} parameters [{m.source}]")
     if rec.found and rec.recommendation is not None and rec.estimate is not None:
         r, est = rec.recommendation, rec.estimate
         if rec.task == "infer":
@@ -25,8 +28,11 @@ def render_recommendation(rec: Recommendation) -> str:
                          f"{r.precision}, {'4-bit weights' if r.method == 'qlora' else 'full weights'}")
             lines.append(f"  launch: {r.launcher}")
         else:
+            offloads = any(v != "none" for k, v in r.model_dump().items() if k.startswith("offload_"))
+            unchecked = offloads and not est.per_node_cpu.available_bytes
             lines.append(f"Recommendation  {_strategy_label(r)}, {r.precision}, {r.method}, activation "
-                         f"checkpointing {r.activation_checkpointing}")
+                         f"checkpointing {r.activation_checkpointing}"
+                         + (" -- host RAM NOT checked (give --cpu-ram)" if unchecked else ""))
             lines.append(f"  micro-batch {r.micro_batch_size} x {r.world_size} GPU(s) x gradient accumulation "
                          f"{r.gradient_accumulation_steps} = global batch {r.global_batch_size} "
                          f"(seq {r.seq_len})")

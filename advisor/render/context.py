@@ -301,6 +301,8 @@ def build_context(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec
         "gpus_per_node": hw.gpus_per_node, "gpu": hw.gpu.name if hw.gpu else None,
         "vram_gib": hw.vram_bytes / GiB, "distributed_type": dtype, "multinode": multinode,
         "main_process_ip": main_process_ip, "main_process_port": port, "hf_trainer": hf_trainer,
+        # a loopback rendezvous address only works on one machine: multi-node scripts then require MAIN_PROCESS_IP
+        "main_process_ip_loopback": _is_loopback(main_process_ip),
         "training": training.model_dump(mode="json"), "gradient_accumulation_steps": gas,
         "global_batch": training.micro_batch_size * gas * hw.world_size,
         "mixed_precision": None if dtype == "DEEPSPEED" else mixed_precision(training),
@@ -412,3 +414,15 @@ def _notes(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strat
                         "deepspeed/torchrun via ACCELERATE_DEEPSPEED_CONFIG_FILE, same as --deepspeed ds_config.json)"
                         if ds else ""))
     return notes
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: reachable only from the machine itself."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -96,6 +96,36 @@ def _load_files(folder: Path) -> tuple[dict, dict | None, dict]:
 def dry_run(folder: str | os.PathLike, *, timeout: float = DEFAULT_TIMEOUT, gpu: bool = False,
             keep: str | None = None) -> DryRunReport:
     """Run both steps on ``folder``; ``keep`` (a folder) keeps the launch logs and per-rank results."""
+    with _terminate_as_interrupt():
+        return _dry_run(folder, timeout=timeout, gpu=gpu, keep=keep)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while a dry-run runs: unwinds like Ctrl+C, so the launched process group is ended."""
+
+
+def _terminate_as_interrupt():
+    import contextlib
+    import threading
+
+    @contextlib.contextmanager
+    def cm():
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def raise_(signum, frame):
+            raise _Terminated()
+
+        old = signal.signal(signal.SIGTERM, raise_)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, old)
+    return cm()
+
+
+def _dry_run(folder, *, timeout: float, gpu: bool, keep: str | None) -> DryRunReport:
     start = time.perf_counter()
     folder = Path(folder).expanduser().resolve()
     report = DryRunReport(str(folder))
@@ -121,49 +151,134 @@ def dry_run(folder: str | os.PathLike, *, timeout: float = DEFAULT_TIMEOUT, gpu:
     return report
 
 
-def _build_cpu_adam(budget: float, *, gpu: bool) -> Step:
-    """Build (or load the cached) DeepSpeed cpu_adam op in one process before the ranks start: two ranks
-    compiling it at once wait on each other's lock, and a JIT build takes minutes on a small machine."""
+BUILD_TIMEOUT = 1800   # s: a first cpu_adam build takes minutes on a small machine; not part of --timeout
+PROGRESS_EVERY = 20    # s between progress lines while building
+
+
+def extensions_dir() -> Path:
+    """Where DeepSpeed's JIT-built ops are cached: $TORCH_EXTENSIONS_DIR when set, else a folder of dsadvise's
+    cache per environment (Python, torch, DeepSpeed and the environment's prefix), so two environments never
+    share a build and a build of one is never taken for the other's."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    import hashlib
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "none"
+
+    tag = (f"py{sys.version_info[0]}{sys.version_info[1]}-torch{version('torch')}-ds{version('deepspeed')}-"
+           + hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "dsadvise" / "torch_extensions" / tag
+
+
+def cache_lock(cache: Path, *, exclusive: bool, say=None):
+    """An flock on ``cache/.dsadvise-build.lock``: builds hold it exclusively, launches (whose ranks load the ops
+    and briefly take torch's own lock) hold it shared. The kernel releases it when the holder dies."""
+    import contextlib
+    import fcntl
+
+    @contextlib.contextmanager
+    def cm():
+        cache.mkdir(parents=True, exist_ok=True)
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        with open(cache / ".dsadvise-build.lock", "a+") as guard:
+            try:
+                fcntl.flock(guard, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if say:
+                    say(f"waiting for another dsadvise run using {cache}")
+                fcntl.flock(guard, mode)
+            yield
+    return cm()
+
+
+def _owned_cache() -> bool:
+    """The extensions folder is dsadvise's own (not one the user chose with TORCH_EXTENSIONS_DIR)."""
+    return not os.environ.get("TORCH_EXTENSIONS_DIR")
+
+
+# DeepSpeed's JIT-built ops a dry-run needs (deepspeed/ops/op_builder): the builder's class and NAME (its cache
+# folder). Every DeepSpeed rank on the CPU loads the shared-memory all-reduce (deepspeed/comm/torch.py
+# build_shm_op); optimizer offload loads cpu_adam.
+OPS = {"cpu_adam": ("CPUAdamBuilder", "DeepSpeed cpu_adam op (optimizer offload)"),
+       "deepspeed_shm_comm": ("ShareMemCommBuilder", "DeepSpeed shared-memory comm op (CPU all-reduce)")}
+
+
+def _build_cpu_adam(*, gpu: bool, progress=None) -> Step:
+    """:func:`build_op` for cpu_adam."""
+    return build_op("cpu_adam", gpu=gpu, progress=progress)
+
+
+def build_op(op: str, *, gpu: bool, progress=None) -> Step:
+    """Build (or load the cached) DeepSpeed op ``op`` (a key of OPS) in one process before the ranks start: two ranks
+    compiling it at once wait on each other's lock, and a JIT build takes minutes on a small machine. The
+    build has its own BUILD_TIMEOUT (a first build must not fail the dry-run's --timeout) and prints progress.
+
+    Locks: torch's build lock (``<op>/lock``, a FileBaton) is never deleted while another process may own it.
+    In dsadvise's own cache folder only dsadvise builds and launches take it, each under :func:`cache_lock`;
+    holding that exclusively, a ``lock`` there can only be the remainder of a killed run, and only then is it
+    removed. In a folder the user chose (TORCH_EXTENSIONS_DIR), never."""
     t0 = time.perf_counter()
-    step = Step("DeepSpeed cpu_adam op (optimizer offload)")
-    code = ("from deepspeed.ops.op_builder import CPUAdamBuilder as B; b = B(); "
-            "import sys; sys.exit(3) if not b.is_compatible(verbose=False) else b.load(verbose=False)")
-    env = dict(os.environ)
+    builder, label = OPS[op]
+    step = Step(label)
+    cache = extensions_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda msg: print(f"dsadvise: {msg}", file=sys.stderr, flush=True))
+    code = ("from deepspeed.accelerator import get_accelerator; "
+            f"b = get_accelerator().create_op_builder({builder!r}); "
+            "import sys; sys.exit(3) if b is None or not b.is_compatible(verbose=False) else b.load(verbose=False)")
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(cache))
     if not gpu:
         env["DS_ACCELERATOR"] = "cpu"
-    lock = None
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        lock = Path(_get_build_directory("cpu_adam", False)) / "lock"
-    except Exception:
-        pass
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=max(budget, 5))
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        # The killed build leaves torch's FileBaton lock behind, and every later build would wait on it.
-        if lock is not None and lock.exists() and lock.stat().st_mtime >= time.time() - (time.perf_counter() - t0) - 1:
+    with cache_lock(cache, exclusive=True, say=say):
+        stale = [p for p in cache.glob("*/lock")] if _owned_cache() else []
+        for lock in stale:
             lock.unlink(missing_ok=True)
-        step.status = StepStatus.FAIL
-        step.findings.append(Finding("error", "ds_config.json", "zero_optimization.offload_optimizer.device",
-                                     f"building DeepSpeed's cpu_adam op took longer than the {budget:.0f} s left; it "
-                                     "is cached once built: run again with a larger --timeout"))
-        step.seconds = time.perf_counter() - t0
-        return step
+            say(f"removed {lock}: left by an interrupted dsadvise build (no dsadvise build holds the cache)")
+        built = any(cache.glob(f"{op}/*.so"))
+        if not built:
+            say(f"building DeepSpeed's {op} op for this environment (first time only, a few minutes; cached "
+                f"in {cache})")
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        output = ""
+        try:
+            while True:
+                try:
+                    output, _ = proc.communicate(timeout=PROGRESS_EVERY)
+                    break
+                except subprocess.TimeoutExpired:
+                    waited = time.perf_counter() - t0
+                    if waited > BUILD_TIMEOUT:
+                        raise
+                    say(f"still building {op} ({waited:.0f} s)")
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            step.status = StepStatus.FAIL
+            step.findings.append(Finding("error", "ds_config.json", "zero_optimization.offload_optimizer.device",
+                                         f"building DeepSpeed's {op} op took longer than {BUILD_TIMEOUT} s; "
+                                         f"see {cache}"))
+            step.seconds = time.perf_counter() - t0
+            return step
+        except BaseException:            # Ctrl+C, SIGTERM: the compiler goes with us
+            _kill_group(proc)
+            raise
     step.seconds = time.perf_counter() - t0
     if proc.returncode == 3:
         step.status = StepStatus.SKIP
-        step.detail = "DeepSpeed's cpu_adam op cannot be built on this machine (no compatible compiler)"
+        step.detail = f"DeepSpeed's {op} op cannot be built on this machine (no compatible compiler)"
     elif proc.returncode != 0:
         step.status = StepStatus.FAIL
         tail = "\n".join((output or "").strip().splitlines()[-5:])
         step.findings.append(Finding("error", "ds_config.json", "zero_optimization.offload_optimizer.device",
-                                     f"DeepSpeed's cpu_adam op does not build: {tail}"))
+                                     f"DeepSpeed's {op} op does not build: {tail}"))
     else:
-        step.detail = "built or loaded from the torch extensions cache"
+        step.detail = ("loaded from the cache" if built else "built") + f" in {cache}"
     return step
 
 
@@ -266,11 +381,18 @@ def _launch_one(folder: Path, acc: dict, ds: dict | None, manifest: dict, report
         blocker = _cpu_blocker(acc, ds, exp)
         if blocker:
             return Step(name, StepStatus.SKIP, time.perf_counter() - t0, detail=f"cannot run on a CPU: {blocker}")
-    if dtype == "DEEPSPEED" and exp.get("offload_optimizer", "none") != "none":
-        build = _build_cpu_adam(deadline - time.perf_counter(), gpu=gpu)
-        steps.append(build)
-        if build.status != StepStatus.PASS:
-            return Step(name, StepStatus.SKIP, detail="not launched: DeepSpeed's cpu_adam op is not available")
+    if dtype == "DEEPSPEED":
+        ops = ([] if gpu else ["deepspeed_shm_comm"]) + (
+            ["cpu_adam"] if exp.get("offload_optimizer", "none") != "none" else [])
+        for op in ops:
+            build = build_op(op, gpu=gpu)
+            deadline += build.seconds      # a one-time build is not part of --timeout
+            if op == "deepspeed_shm_comm" and build.status != StepStatus.PASS:
+                build.status = StepStatus.SKIP      # DeepSpeed falls back to torch.distributed's all-reduce without it
+                build.findings = []
+            steps.append(build)
+            if op == "cpu_adam" and build.status != StepStatus.PASS:
+                return Step(name, StepStatus.SKIP, detail="not launched: DeepSpeed's cpu_adam op is not available")
     timeout = max(deadline - time.perf_counter(), 5)
     t0 = time.perf_counter()
 
@@ -310,19 +432,18 @@ def _launch_one(folder: Path, acc: dict, ds: dict | None, manifest: dict, report
         env = dict(os.environ)
         env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ACCELERATE_DISABLE_RICH": "1"})
+        env["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())   # the ranks' op builds (comm, cpu_adam) share it
         if not gpu:
             env["DS_ACCELERATOR"] = "cpu"
             env["CUDA_VISIBLE_DEVICES"] = ""
         log = tmp / "launch.log"
         with open(log, "w", encoding="utf-8") as fh:
-            proc = subprocess.Popen(cmd, cwd=str(folder), env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
-                rc = proc.wait(timeout=timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                rc, timed_out = -1, True
+            # Its own session, so that one killpg ends accelerate launch, its workers and any op compile they
+            # started, on a timeout and on Ctrl+C / SIGTERM alike.
+            with cache_lock(extensions_dir(), exclusive=False):
+                proc = subprocess.Popen(cmd, cwd=str(folder), env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+                rc, timed_out = wait_owned(proc, timeout)
         step = _collect(name, results, log, procs, rc, timed_out, timeout)
         step.seconds = time.perf_counter() - t0
         if overrides:
@@ -350,6 +471,19 @@ def _ds_for_world(ds: dict, exp: dict, procs: int) -> tuple[dict, list[str]]:
             changed.append(f"ds_config.json train_batch_size {tb} -> {want} (micro-batch "
                            f"{exp['micro_batch']} x accumulation {exp['gradient_accumulation_steps']} x {procs})")
     return cfg, changed
+
+
+def wait_owned(proc: subprocess.Popen, timeout: float) -> tuple[int, bool]:
+    """Wait for ``proc`` (the leader of its own process group): (returncode, timed out). On a timeout, and on
+    anything raised while waiting (Ctrl+C, SIGTERM turned into KeyboardInterrupt), the whole group is ended."""
+    try:
+        return proc.wait(timeout=timeout), False
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return -1, True
+    except BaseException:
+        _kill_group(proc)
+        raise
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

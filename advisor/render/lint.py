@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..formatting import fmt_bytes
 from ..specs import GiB
 from .validate import (DS_IGNORED_WITH_FILE, ConfigFileError, EngineError, Finding, fill_auto, load_accelerate,
-                       load_deepspeed, parse_text, read_text, resolve_ds_path, schema_findings)
+                       load_deepspeed, missing_dependency, parse_text, read_text, resolve_ds_path, schema_findings)
 
 BUCKET_WARN_FRACTION = 0.25
 
@@ -38,6 +38,7 @@ class Problem:
     optimizer: str = "adamw"
     method: str = "full"
     engines: bool = True
+    script: str | None = None        # the training script: does it run its own loop (deepspeed.initialize)?
 
     @property
     def world(self) -> int | None:
@@ -66,10 +67,10 @@ def lint_file(path: str | Path, problem: Problem | None = None) -> list[Finding]
     text = read_text(path)
     kind = _kind(path, text)
     if kind == "deepspeed":
-        data = parse_text(path.name if path.suffix == ".json" else path.name + ".json", text)
-        return lint_deepspeed(data, path.name, p, world=p.world, world_source="--gpus x --nodes")
-    data = parse_text(path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml", text)
-    return lint_accelerate(data, path, p)
+        data = parse_text(path.name, text, "json")
+        return no_contradictions(lint_deepspeed(data, path.name, p, world=p.world, world_source="--gpus x --nodes"))
+    data = parse_text(path.name, text, "yaml")
+    return no_contradictions(lint_accelerate(data, path, p))
 
 
 def _kind(path: Path, text: str) -> str:
@@ -182,6 +183,8 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
             add("error", "train_batch_size", f"{tb} is not a multiple of the world size {world}")
             batch_error = True
 
+    out += _keys_findings(data, zero, stage, file)
+
     # Offload
     for what in ("offload_optimizer", "offload_param"):
         off = zero.get(what)
@@ -231,18 +234,122 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
                     micro=micro, offload_optimizer=_dev(zero.get("offload_optimizer")),
                     offload_param=_dev(zero.get("offload_param")) if stage == 3 else "none", zero=zero)
 
-    # The engine itself (catches everything else DeepSpeed refuses)
-    if p.engines and not schema_errors:
-        cfg, _ = fill_auto(data, micro_batch=p.micro_batch or 1)
-        try:
-            load_deepspeed(cfg, eff_world or 1, file)
-        except EngineError as exc:
-            already = batch_error if "batch" in str(exc).lower() else any(f.severity == "error" for f in out)
-            if not already:
-                add("error", exc.setting, exc.message)
-        except Exception as exc:  # deepspeed missing or broken: say so, do not fail the lint
-            add("info", "", f"DeepSpeed's own check was skipped ({type(exc).__name__}: {exc})")
+    # An HF template without zero_optimization: plain DeepSpeed would run it as stage 0, but it cannot fill
+    # "auto", and the HF Trainer / accelerate refuse it (accelerate/utils/dataclasses.py DeepSpeedPlugin:
+    # "Please specify the ZeRO optimization config in the DeepSpeed config.")
+    if autos and "zero_optimization" not in data:
+        add("error", "zero_optimization", "missing in an HF \"auto\" template: the HF Trainer and accelerate refuse "
+            "it ('Please specify the ZeRO optimization config in the DeepSpeed config'); add "
+            "\"zero_optimization\": {\"stage\": 0} (plain deepspeed, which treats a missing block as stage 0, cannot "
+            "fill \"auto\")")
+
+    # A custom loop (deepspeed.initialize in the script, no HF Trainer / Accelerator): nothing fills "auto", so
+    # DeepSpeed reads the file as it is.
+    own_loop = bool(p.script) and _has_auto(data) and script_loop(p.script) == "deepspeed"
+    if own_loop:
+        add("error", "", f"\"auto\" values with {Path(p.script).name}, which calls deepspeed.initialize itself: only "
+            "the HF Trainer and accelerate fill \"auto\"; plain DeepSpeed reads them as they are (write numbers)")
+
+    # The engine itself: the authority. Its refusal is always reported in its own words; a schema error it
+    # accepts is only a warning (the shipped schema is stricter than this DeepSpeed).
+    if p.engines:
+        cfg = data if own_loop else fill_auto(data, micro_batch=p.micro_batch or 1)[0]
+        out += _engine_verdict(lambda: load_deepspeed(cfg, eff_world or 1, file),
+                               out, file, "DeepSpeed", skip_batch=batch_error)
     return out
+
+
+def _has_auto(obj: Any) -> bool:
+    if isinstance(obj, dict):
+        return any(_has_auto(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_auto(v) for v in obj)
+    return obj == "auto"
+
+
+def script_loop(path: str | Path) -> str:
+    """Who runs the training loop of a Python script: "hf" (Trainer, an Accelerator), "deepspeed" (its own loop
+    around deepspeed.initialize), or "unknown". Read as text (bounded), never imported."""
+    import re
+
+    text = read_text(Path(path))
+    if re.search(r"\b(\w*Trainer|Accelerator)\s*\(", text):
+        return "hf"
+    if re.search(r"\bdeepspeed\.initialize\s*\(", text):
+        return "deepspeed"
+    return "unknown"
+
+
+def _engine_verdict(load, out: list[Finding], file: str, engine: str, *, skip_batch: bool = False) -> list[Finding]:
+    """Run an engine's own loader; turn its verdict into findings and reconcile the schema's with it (in place)."""
+    try:
+        load()
+    except EngineError as exc:
+        if missing_dependency(exc.message):
+            return [Finding("info", file, exc.setting, f"could not check this here: {exc.message} (not an error of "
+                            "the file: the machine running check lacks it)")]
+        if skip_batch and "batch" in exc.message.lower():
+            return []
+        return [Finding("error", file, exc.setting, exc.message)]
+    except ImportError as exc:
+        return [Finding("info", file, "", f"could not check this here: {engine} is not installed ({exc})")]
+    except Exception as exc:  # the engine crashed: say so, do not fail the file for it
+        return [Finding("info", file, "", f"{engine}'s own check crashed ({type(exc).__name__}: {exc}); not a "
+                        "verdict on the file")]
+    for i, f in enumerate(out):
+        if f.severity == "error" and f.schema:
+            out[i] = Finding("warning", f.file, f.setting, f"{f.message} (the shipped schema says so; {engine} "
+                             "accepts it)", schema=True)
+    return []
+
+
+# Legacy keys DeepSpeed still reads through a deprecation shim (deepspeed/runtime/zero/config.py: the fields with
+# "deprecated": True and their "new_param"; runtime/config.py reads "bfloat16" as "bf16").
+LEGACY_ZERO = {"cpu_offload": "offload_optimizer: {\"device\": \"cpu\"}",
+               "cpu_offload_param": "offload_param: {\"device\": \"cpu\"}",
+               "cpu_offload_use_pin_memory": "pin_memory inside offload_param / offload_optimizer",
+               "stage3_gather_fp16_weights_on_model_save": "stage3_gather_16bit_weights_on_model_save"}
+
+
+def _keys_findings(data: dict, zero: dict, stage: int, file: str) -> list[Finding]:
+    """Warnings for keys DeepSpeed ignores or only reads through a deprecation shim: unknown top-level keys (with
+    the closest known one), keys of another ZeRO stage, legacy keys, overlap_comm with ZeRO-2 + CPU offload."""
+    import difflib
+
+    from ..datafiles import load_data
+
+    out: list[Finding] = []
+    known = set(load_data("schemas/ds_top_level_keys.yaml"))
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+            out.append(Finding("warning", file, key, "unknown top-level key: DeepSpeed ignores it"
+                               + (f" (did you mean {close[0]!r}?)" if close else "")))
+    if "bfloat16" in data and "bf16" not in data:
+        out.append(Finding("warning", file, "bfloat16", "legacy name: DeepSpeed still reads it as \"bf16\"; "
+                           "write \"bf16\""))
+    for key, new in LEGACY_ZERO.items():
+        if key in zero:
+            out.append(Finding("warning", file, f"zero_optimization.{key}", f"legacy key: DeepSpeed translates it "
+                               f"(deprecated); write {new}"))
+    if stage < 3:
+        other = [k for k in zero if k.startswith("stage3_") and k not in LEGACY_ZERO]
+        if other:
+            out.append(Finding("warning", file, "zero_optimization", f"{', '.join(other)}: ZeRO-3 settings, ignored "
+                               f"at stage {stage}"))
+    off = zero.get("offload_optimizer")
+    if stage == 2 and zero.get("overlap_comm") is True and isinstance(off, dict) and off.get("device") == "cpu":
+        out.append(Finding("warning", file, "zero_optimization.overlap_comm", "true with ZeRO-2 and CPU optimizer "
+                           "offload: on affected DeepSpeed versions the loss goes to NaN or 0 "
+                           "(https://github.com/deepspeedai/DeepSpeed/issues/4298, "
+                           "https://github.com/haotian-liu/LLaVA/issues/1231); set it to false"))
+    return out
+
+
+def no_contradictions(findings: list[Finding]) -> list[Finding]:
+    """Drop a warning about a setting an error of the same run already names (the error decides)."""
+    errors = {(f.file, f.setting) for f in findings if f.severity == "error" and f.setting}
+    return [f for f in findings if not (f.severity == "warning" and (f.file, f.setting) in errors)]
 
 
 def _dev(block: Any) -> str:
@@ -306,6 +413,11 @@ def _fit(kind: str, file: str, p: Problem, *, world: int, stage: int | None = No
 
 def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
     file = path.name
+    if data.get("compute_environment") == "AMAZON_SAGEMAKER":
+        # accelerate reads these into SageMakerConfig (other keys: ec2_instance_type, iam_role_name, ...) and
+        # hands them to the sagemaker SDK; nothing is launched on this machine.
+        return [Finding("info", file, "compute_environment", "a SageMaker config: accelerate launch hands it to the "
+                        "sagemaker SDK, which starts the job on AWS; dsadvise checks local launches only")]
     out: list[Finding] = schema_findings("accelerate", data, file)
     schema_errors = any(f.severity == "error" for f in out)
 
@@ -349,8 +461,7 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
                     "in the current directory (accelerate reads it relative to the directory you launch from)")
             else:
                 try:
-                    ds_data = parse_text(found.name if found.suffix == ".json" else found.name + ".json",
-                                         read_text(found))
+                    ds_data = parse_text(found.name, read_text(found), "json")
                 except ConfigFileError as exc:
                     add("error", "deepspeed_config.deepspeed_config_file", str(exc))
                 if ds_data is not None:
@@ -423,12 +534,11 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
             out += _fit("accelerate", file, p, world=w, precision=precision, micro=p.micro_batch or 1,
                         backend="single" if w == 1 else "ddp")
 
-    # accelerate's own launch-time processing
-    if p.engines and not schema_errors and not any(f.severity == "error" for f in out):
-        try:
-            load_accelerate(path.resolve())
-        except EngineError as exc:
-            add("error", exc.setting, exc.message)
-        except Exception as exc:
-            add("info", "", f"accelerate's own check was skipped ({type(exc).__name__}: {exc})")
+    # accelerate's own launch-time processing: the authority (see _engine_verdict). --gpus x --nodes go to it as
+    # num_processes, as `accelerate launch --num_processes` would.
+    if p.engines:
+        own_errors = any(f.severity == "error" and not f.schema for f in out)
+        verdict = _engine_verdict(lambda: load_accelerate(path.resolve(), num_processes=p.world), out, file,
+                                  "accelerate")
+        out += [f for f in verdict if not (own_errors and f.severity == "error")]
     return out + ds_findings

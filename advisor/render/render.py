@@ -65,9 +65,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 
 
 def md(value: Any) -> str:
-    """Text for one Markdown table cell or line: no line breaks, pipes or HTML."""
+    """Text for one Markdown table cell or line: no line breaks, pipes or HTML. ``<`` and ``>`` are
+    backslash-escaped (CommonMark escapes ASCII punctuation), which reads as itself in the plain file too,
+    unlike an HTML entity."""
     text = _CONTROL.sub(" ", str(value))
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<").replace(">", "\\>")
 
 
 def show(value: Any) -> str:
@@ -79,7 +81,11 @@ def show(value: Any) -> str:
 
 def md_code(value: Any) -> str:
     """Inline code that no backtick in ``value`` can close early."""
-    text = md(value)
+    # a code span is literal (no HTML, no escapes): only line breaks go, and pipes for GFM table cells; a value
+    # with angle brackets is written as escaped text instead, so that not even the raw file holds a tag
+    if "<" in str(value) or ">" in str(value):
+        return md(value)
+    text = _CONTROL.sub(" ", str(value)).replace("|", "\\|")
     run = max((len(m) for m in re.findall(r"`+", text)), default=0)
     fence = "`" * (run + 1)
     pad = " " if text.startswith("`") or text.endswith("`") or not text else ""

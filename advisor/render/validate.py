@@ -53,6 +53,7 @@ class Finding:
     file: str
     setting: str
     message: str
+    schema: bool = False          # found by the shipped JSON Schema (the engine's verdict outranks it)
 
     def line(self) -> str:
         where = f"{self.file}: {self.setting}" if self.setting else self.file
@@ -93,11 +94,23 @@ class Step:
 
 # ---------------------------------------------------------------- parsing
 
-def parse_text(name: str, text: str) -> Any:
-    """Parse one file by its name: YAML, JSON; raises ConfigFileError (one line) when it does not parse."""
+def parse_text(name: str, text: str, fmt: str | None = None) -> Any:
+    """Parse one file as ``fmt`` ("json" / "yaml"), else by its name; raises ConfigFileError (one line, naming
+    the file as it is called) when it does not parse."""
+    try:
+        data = _parse(name, text, fmt)
+    except RecursionError:
+        raise ConfigFileError(f"{name}: nested too deeply to be a config file") from None
+    if isinstance(data, (dict, list)) and _depth(data) > MAX_NESTING:
+        raise ConfigFileError(f"{name}: nested more than {MAX_NESTING} levels deep: not a config file") from None
+    return data
+
+
+def _parse(name: str, text: str, fmt: str | None = None) -> Any:
     import yaml
 
-    if name.endswith((".yaml", ".yml")):
+    fmt = fmt or ("yaml" if name.endswith((".yaml", ".yml")) else "json" if name.endswith(".json") else None)
+    if fmt == "yaml":
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -108,7 +121,7 @@ def parse_text(name: str, text: str) -> Any:
         if not isinstance(data, dict):
             raise ConfigFileError(f"{name}: expected a mapping of accelerate settings, got {type(data).__name__}")
         return data
-    if name.endswith(".json"):
+    if fmt == "json":
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicates)
         except json.JSONDecodeError as exc:
@@ -131,15 +144,41 @@ def _no_duplicates(pairs):
     return out
 
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024     # config files are kilobytes; this bounds what check ever reads
+MAX_NESTING = 64                       # DeepSpeed / accelerate configs nest 3-4 levels
+
+
 def read_text(path: Path) -> str:
+    """The text of a regular file of at most MAX_CONFIG_BYTES; ConfigFileError (one line, exit 2) otherwise.
+    Devices, FIFOs and folders are refused before reading (``/dev/zero`` never ends; its size says 0)."""
+    import stat
+
     try:
-        if path.stat().st_size > 4 * 1024 * 1024:
-            raise ConfigFileError(f"{path}: too large for a config file ({path.stat().st_size} bytes)")
-        return path.read_text(encoding="utf-8")
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+            raise ConfigFileError(f"{path}: {what}; give a config file")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)      # bounded even if the file grows while we read
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigFileError(f"{path}: too large for a config file (over {MAX_CONFIG_BYTES} bytes)")
+        return data.decode("utf-8")
     except ConfigFileError:
         raise
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigFileError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _depth(data: Any) -> int:
+    """How deep ``data`` nests (iterative: a deep document must not exhaust the stack here)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        obj, d = stack.pop()
+        if isinstance(obj, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_NESTING:
+                stack.extend((v, d + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
+    return deepest
 
 
 def check_shell(name: str, text: str) -> list[Finding]:
@@ -185,6 +224,8 @@ def schema_findings(kind: str, data: Any, file: str) -> list[Finding]:
     validator = jsonschema.Draft202012Validator(schema)
     out = []
     for err in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
+        if kind == "deepspeed" and err.instance == "auto":
+            continue    # the HF Trainer / accelerate fill every "auto" before DeepSpeed sees the file
         path = ".".join(str(p) for p in err.absolute_path)
         severity = "error"
         if err.validator == "additionalProperties" and path:
@@ -197,10 +238,33 @@ def schema_findings(kind: str, data: Any, file: str) -> list[Finding]:
         elif err.validator == "not" and kind == "deepspeed" and not path:
             msg = "fp16 and bf16 are both enabled: DeepSpeed refuses this ('bfloat16 and fp16 modes cannot be " \
                   "simultaneously enabled')"
-        elif err.validator in ("enum", "const") and len(msg) > 200:
-            msg = msg[:200] + "..."
-        out.append(Finding(severity, file, path, msg))
+        out.append(Finding(severity, file, path, _one_line(msg, err), schema=True))
     return out
+
+
+def _one_line(msg: str, err) -> str:
+    """A schema message on one readable line: never a dump of the (possibly whole) config."""
+    msg = " ".join(msg.split())
+    if len(msg) <= 200:
+        return msg
+    got = " ".join(repr(err.instance).split())
+    got = got if len(got) <= 60 else got[:57] + "..."
+    want = {"type": f"must be of type {err.validator_value}", "enum": "must be one of "
+            + ", ".join(map(repr, err.validator_value[:8])) + (", ..." if len(err.validator_value) > 8 else ""),
+            "required": f"needs {err.validator_value}"}.get(err.validator, f"fails the schema's {err.validator!r}")
+    line = f"{got}: {want}"
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+# A message of an engine saying that this machine lacks a package or program the configuration needs (fp8 without
+# Transformer Engine, the mpirun launcher without MPI, pdsh): not a fault of the file.
+_MISSING = re.compile(r"not installed|No module named|is not available on this machine|were not found|"
+                      r"not found in PATH|command not found|pip3? install", re.I)
+
+
+def missing_dependency(message: str) -> bool:
+    """Whether an engine's refusal only says that this machine lacks a package or program."""
+    return bool(_MISSING.search(message))
 
 
 # ---------------------------------------------------------------- DeepSpeed
@@ -252,6 +316,19 @@ def fill_auto(config: dict, *, micro_batch: int = 1, gradient_accumulation_steps
         defaults = {"lr": 5e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
         for k, v in defaults.items():
             put(opt["params"], k, v, f"optimizer.params.{k}")
+
+    def rest(obj: Any, prefix: str) -> None:
+        # Any other "auto" (stage3_gather_16bit_weights_on_model_save, scheduler params, ...) is filled by the
+        # integration (accelerate's DeepSpeedPlugin.deepspeed_config_process, trainer_config_finalize);
+        # DeepSpeed then reads its own default.
+        if isinstance(obj, dict):
+            for k in list(obj):
+                if obj[k] == "auto":
+                    del obj[k]
+                    filled.append(f"{prefix}{k}=(filled by the integration)")
+                else:
+                    rest(obj[k], f"{prefix}{k}.")
+    rest(cfg, "")
     return cfg, filled
 
 
@@ -267,7 +344,17 @@ def _pydantic_message(exc: Exception) -> tuple[str, str]:
                       "zero_optimization.offload_optimizer", "DeepSpeedZeroOffloadParamConfig":
                       "zero_optimization.offload_param"}.get(title, title)
             setting = ".".join(x for x in (prefix, loc) if x)
-            return setting, err.get("msg", str(exc))
+            msg = err.get("msg", str(exc))
+            if err.get("type") == "extra_forbidden" and title == "DeepSpeedZeroConfig":
+                import difflib
+
+                from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+                names = sorted(set(DeepSpeedZeroConfig.model_fields) | {f.alias for f in
+                               DeepSpeedZeroConfig.model_fields.values() if f.alias})
+                close = difflib.get_close_matches(str(err["loc"][-1]), names, n=1, cutoff=0.75)
+                msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else f" ({msg})")
+            return setting, msg
         except Exception:  # pragma: no cover - a pydantic shape we do not know
             pass
     text = str(exc).strip().splitlines()

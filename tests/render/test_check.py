@@ -228,3 +228,83 @@ def test_generated_configs_pass_their_own_check(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "fits" in printed and "0 error(s)" in printed
+
+
+def test_strict_turns_warnings_into_exit_1(tmp_path, capsys):
+    from advisor.cli import main
+
+    cfg = tmp_path / "ds.json"
+    cfg.write_text('{"train_micro_batch_size_per_gpu": 1, "zero_optimizaton": {"stage": 2}}')
+    assert main(["check", str(cfg), "--no-engine-check"]) == 0
+    out = capsys.readouterr().out
+    assert "did you mean 'zero_optimization'" in out
+    assert main(["check", str(cfg), "--no-engine-check", "--strict"]) == 1
+
+
+@pytest.mark.parametrize("make", ["device", "fifo", "folder", "deep_json", "deep_yaml", "too_large"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make):
+    import os
+
+    from advisor.cli import main
+
+    if make == "device":
+        target = "/dev/zero"                      # reads forever if read: must be refused before reading
+    elif make == "fifo":
+        target = str(tmp_path / "pipe.json")
+        os.mkfifo(target)                         # a reader would block forever
+    elif make == "folder":
+        target = str(tmp_path)
+    elif make == "deep_json":
+        target = tmp_path / "deep.json"
+        target.write_text("[" * 100_000 + "]" * 100_000)
+    elif make == "deep_yaml":
+        target = tmp_path / "deep.yaml"
+        target.write_text("a: " + "[" * 100_000 + "]" * 100_000)
+    else:
+        target = tmp_path / "big.json"
+        target.write_text('{"a": "' + "x" * (5 * 1024 * 1024) + '"}')
+    assert main(["check", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "internal error" not in err and "Traceback" not in err, err
+
+
+def test_messages_name_the_file_as_it_is_called(tmp_path, capsys):
+    from advisor.cli import main
+
+    f = tmp_path / "passwd"
+    f.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    assert main(["check", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "passwd.yaml" not in err and "passwd" in err
+
+
+def test_check_of_a_generated_folder_reads_the_micro_batch_from_dsadvise_json(tmp_path, capsys):
+    """An HF-template JSON says "auto" for the micro-batch: the fit check uses the one generate chose."""
+    from advisor.cli import main
+
+    out = tmp_path / "run"
+    assert main(["generate", "--model", "1.3b", "--gpus", "2", "--vram", "80", "--strategy", "zero2",
+                 "--micro-batch", "3", "--hf-trainer", "--out", str(out), "--no-engine-check"]) == 0
+    assert json.loads((out / "ds_config.json").read_text())["train_micro_batch_size_per_gpu"] == "auto"
+    capsys.readouterr()
+    assert main(["check", str(out / "ds_config.json"), "--gpus", "2", "--model", "1.3b", "--vram", "80",
+                 "--no-engine-check"]) == 0
+    assert "micro-batch 3 x" in capsys.readouterr().out
+
+
+def test_an_auto_template_with_a_custom_deepspeed_loop_is_an_error(tmp_path, capsys):
+    """Only the HF Trainer / accelerate fill "auto": a script of its own around deepspeed.initialize gets the
+    file as it is, and DeepSpeed's own refusal is reported too."""
+    from advisor.cli import main
+
+    cfg = tmp_path / "ds.json"
+    cfg.write_text('{"train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", '
+                   '"zero_optimization": {"stage": 2}}')
+    loop = tmp_path / "train.py"
+    loop.write_text("import deepspeed\nengine, *_ = deepspeed.initialize(model=m, config='ds.json')\n")
+    hf = tmp_path / "train_hf.py"
+    hf.write_text("from transformers import Trainer\nTrainer(model=m, args=a).train()\n")
+    assert main(["check", str(cfg), "--script", str(loop)]) == 1
+    out = capsys.readouterr().out
+    assert "calls deepspeed.initialize itself" in out and "DeepSpeed refuses it" in out
+    assert main(["check", str(cfg), "--script", str(hf)]) == 0

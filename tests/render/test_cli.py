@@ -86,3 +86,22 @@ def test_generate_warns_when_it_does_not_fit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 0 and "does not fit" in err
     assert "**DOES NOT FIT**" in (tmp_path / "o" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("script,rank_var", [("launch_accelerate.sh", "MACHINE_RANK"), ("launch_torchrun.sh", "NODE_RANK"),
+                                             ("launch_deepspeed.sh", None)])
+def test_multinode_scripts_require_main_process_ip_when_the_config_has_none(tmp_path, capsys, script, rank_var):
+    """Generated without --main-process-ip, node 1 must not silently target 127.0.0.1."""
+    import os
+    import shutil
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    out = tmp_path / "o"
+    assert main(["generate", "--model", "llama-2-7b", "--nodes", "2", "--gpus", "8", "--gpu", "a100-80g",
+                 "--strategy", "zero3", "--out", str(out), "--no-engine-check"]) == 0
+    env = {k: v for k, v in os.environ.items() if k != "MAIN_PROCESS_IP"}
+    if rank_var:
+        env[rank_var] = "1"
+    proc = subprocess.run(["bash", str(out / script), "train.py"], capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 2 and "MAIN_PROCESS_IP" in proc.stderr, (proc.returncode, proc.stderr)

@@ -133,3 +133,32 @@ def test_not_a_folder(tmp_path, capsys):
     assert main(["dry-run", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "not a directory" in err and err.count("\n") == 1
+
+
+# The strategies CI launches for real (issue 12): one process, DDP, ZeRO-1, an optimizer offload, FSDP. The
+# proxy is the smallest the dry-run builds (2 layers, hidden 64); timings on 2 CPU cores are in the report.
+LAUNCHED = {
+    "single": (["--strategy", "single", "--gpus", "1"], ["1 process(es)", "optimizer steps taken = 2"]),
+    "ddp": (["--strategy", "ddp", "--gpus", "2"], ["torch.distributed world size = 2", "optimizer steps taken = 2"]),
+    "zero1": (["--strategy", "zero1", "--gpus", "2"],
+              ["ZeRO stage (engine.zero_optimization_stage()) = 1", "optimizer steps taken = 2"]),
+    "zero2-offload": (["--strategy", "zero2", "--offload-optimizer", "cpu", "--gpus", "2"],
+                      ["ZeRO stage (engine.zero_optimization_stage()) = 2", "optimizer offload device = cpu",
+                       "optimizer steps taken = 2"]),
+    "fsdp": (["--strategy", "fsdp-full", "--gpus", "2"], ["FSDP", "optimizer steps taken = 2"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(LAUNCHED))
+def test_each_kind_of_config_launches_on_cpu(tmp_path, capsys, name):
+    flags, needles = LAUNCHED[name]
+    out = tmp_path / name
+    assert main(["generate", "--model", "qwen2.5-0.5b", "--vram", "24", *flags, "--out", str(out),
+                 "--no-engine-check"]) == 0
+    capsys.readouterr()
+    rc, report = run_cli(capsys, out, "--timeout", "600")
+    launch = launch_step(report)
+    assert rc == 0 and launch["status"] == "pass", report
+    for needle in needles:
+        assert needle in launch["detail"], launch["detail"]

@@ -19,6 +19,8 @@ def test_rendered_files_validate_and_load_in_both_engines(rendered, scenario):
     files = rendered[scenario]
     steps = validate_files(files, engines=True)
     assert not errors_of(steps), [f.line() for f in errors_of(steps)]
+    # the engines ran: a skipped step (accelerate or DeepSpeed not importable) is a failure here
+    assert [s.status for s in steps] == ["pass"] * len(steps), [(s.name, s.status, s.detail) for s in steps]
     names = [s.name for s in steps]
     assert names[:3] == ["parse", "schema", "accelerate loads accelerate_config.yaml"]
     acc = yaml.safe_load(files["accelerate_config.yaml"])

@@ -25,7 +25,7 @@ def test_estimate_only_equals_the_cli_default_strategy():
     out = backend.evaluate(BASE.with_(strategy="zero3"), recommender=None)
     assert out.ready and out.strategy_source == "chosen"
     assert out.recommender_note == "the recommender is off"
-    same = estimate("llama-3.1-8b", gpus=4, gpu="a100-80g", strategy="zero3")
+    same = estimate("llama-3.1-8b", gpus=4, gpu="a100-80g", strategy="zero3", seq_len=2048)  # the form shows 2048
     assert out.estimate == same       # the filled-in VRAM is the GPU's own: --gpu without --vram
 
 
