@@ -151,11 +151,14 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              lora_dropout: float = 0.0, checkpointing: str = "none", attention: str = "sdpa", strategy: str | None = None,
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
              freeze_layers: int = 2, loss: str = "plain", loss_chunks: int = 8, offload_activations: bool = False,
-             expandable_segments: bool = False, double_quant: bool = True) -> Estimate:
-    """Per-GPU and per-node-CPU memory (bytes) of training or inference; raises InputError on bad input.
-    ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes."""
+             expandable_segments: bool = False, double_quant: bool = True, profile=None) -> Estimate:
+    """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
+    optimizer step (training) or prefill/decode tokens/s per layout (inference); raises InputError on bad
+    input. ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes.
+    ``profile``: a path to, or a :class:`advisor.profile.MachineProfile` from, ``dsadvise calibrate``."""
     from .batching import gradient_accumulation
     from .memory.core import estimate_memory
+    from .recommend.speed import with_speed
 
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model))
     hw = build_hardware(gpus, nodes, vram, gpu, cpu_ram, nvme_path, nvme_size)
@@ -170,6 +173,10 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
     if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)
         gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
-    est = estimate_memory(resolved, hw, training, strat)
+    if isinstance(profile, (str, bytes)) or hasattr(profile, "__fspath__"):
+        from .profile import load_profile
+
+        profile = load_profile(profile)
+    est = with_speed(estimate_memory(resolved, hw, training, strat), resolved, hw, training, strat, profile)
     notes = ([seq_note] if seq_note else []) + hardware_notes(hw, vram)
     return est.model_copy(update={"notes": notes + list(est.notes)}) if notes else est

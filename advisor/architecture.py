@@ -38,6 +38,7 @@ class Architecture(BaseModel):
     norms_per_layer: int = Field(2, ge=0, le=8)
     norm_affine: bool = True              # False: norms hold no parameters (OPT layer_norm_elementwise_affine)
     qk_norm: bool = False                 # per-head RMSNorm of width head_dim on q and k (Qwen3 q_norm/k_norm)
+    qk_norm_full: bool = False            # RMSNorm over the whole q and k projections (OLMo-2 q_norm/k_norm)
     embedding_norm: bool = False          # BLOOM's word_embeddings_layernorm
     final_norm: bool = True
 
@@ -64,6 +65,12 @@ class Architecture(BaseModel):
     sliding_window: int | None = None
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
+
+    traced: bool = Field(False, description="no arithmetic family: parameters and activations come from a "
+                                            "trace of the real transformers model (advisor/trace)")
+    source_config: str | None = Field(None, exclude=True,
+                                      description="the HF config (canonical JSON) the shape was read from; traced "
+                                                  "families are built from it (not dumped)")
 
     @property
     def is_moe(self) -> bool:

@@ -73,4 +73,32 @@ def render_estimate(est: Estimate) -> str:
     lines.append(f"Verdict   {verdict}: headroom {fmt_bytes(est.headroom_bytes)} per GPU")
     for note in est.notes:
         lines.append(f"Note      {note}")
+    lines.extend(render_speed(est))
     return "\n".join(lines)
+
+
+def render_speed(est: Estimate) -> list[str]:
+    """The step time (training) or the prefill/decode speed per layout (inference), with its assumptions."""
+    lines: list[str] = []
+    st = est.step_time
+    if st is not None:
+        lines.append("")
+        lines.append(f"Step time ~{st.seconds:.2f} s per optimizer step ({st.tokens_per_step:,} tokens): compute "
+                     f"{st.compute_seconds:.2f} s, exposed communication {st.communication_seconds:.2f} s, "
+                     f"offload {st.offload_seconds:.2f} s")
+        lines.append(f"          {st.tokens_per_second:,.0f} tokens/s ({st.tokens_per_second_per_gpu:,.0f} per GPU); "
+                     f"compute at {st.compute_efficiency:.0%} of the {st.peak_tflops:,.4g} TFLOPS peak, "
+                     f"MFU {st.mfu:.0%}")
+        lines.extend(f"Assumed   {a}" for a in st.assumptions)
+    if est.inference_speed:
+        lines.append("")
+        lines.append(f"{'speed':<18}{'copies':>7}{'prefill tok/s':>15}{'decode tok/s':>14}{'decode step':>13}"
+                     f"{'read/step':>12}")
+        for s in est.inference_speed:
+            lines.append(f"{s.layout:<18}{s.copies:>7}{s.prefill_tokens_per_second:>15,.0f}"
+                         f"{s.decode_tokens_per_second:>14,.0f}{1000 * s.decode_seconds_per_token:>10.1f} ms"
+                         f"{fmt_bytes(s.bytes_per_decode_step):>12}")
+        lines.append("          decode reads the weights and the KV cache (at the full --seq-len context) once per "
+                     "generated token (memory-bound); device_map=\"auto\" runs its GPUs one after another, so a "
+                     "split copy is no faster than one GPU")
+    return lines

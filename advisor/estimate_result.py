@@ -86,6 +86,42 @@ class InferenceLayout(_Out):
     fits: bool
 
 
+class StepTime(_Out):
+    """Time of one optimizer step of the whole job (seconds) and its throughput.
+
+    ``communication_seconds`` and ``offload_seconds`` are the parts NOT hidden behind compute (prefetch and
+    bucketing overlap the rest); ``compute_efficiency`` is the fraction of the GPU's dense peak assumed while
+    computing; ``mfu`` is model-FLOPs utilization, 6 x parameters x tokens/s / (GPUs x peak) for full
+    fine-tuning (4 x parameters for LoRA/QLoRA, whose frozen weights need no weight gradients; 2N + 4N_trained
+    for freeze): what the method must compute, without recomputation or attention.
+    """
+
+    seconds: float
+    compute_seconds: float
+    communication_seconds: float
+    offload_seconds: float
+    tokens_per_second: float           # whole job
+    tokens_per_second_per_gpu: float
+    compute_efficiency: float
+    mfu: float
+    tokens_per_step: int = 0           # whole job, all micro-steps of one optimizer step
+    peak_tflops: float = 0.0           # dense peak per GPU in the compute dtype
+    rates: str = ""                    # where the rates come from: the GPU catalog, the generic card, or a profile
+    assumptions: list[str] = []
+
+
+class InferenceSpeed(_Out):
+    """Serving speed of one inference layout: prefill (compute-bound) and decode (memory-bound), tokens/s."""
+
+    layout: str                        # replica-per-gpu | device-map-auto
+    copies: int                        # model copies serving at once on the whole job
+    batch: int                         # sequences per copy
+    prefill_tokens_per_second: float   # whole job
+    decode_tokens_per_second: float    # whole job, generated tokens
+    decode_seconds_per_token: float    # one decode step of one copy
+    bytes_per_decode_step: int         # weights + KV cache read by one copy per generated token
+
+
 class Estimate(_Out):
     task: str
     model: ModelInfo
@@ -98,6 +134,8 @@ class Estimate(_Out):
     headroom_bytes: int
     inference: list[InferenceLayout] = []
     notes: list[str] = []
+    step_time: StepTime | None = None              # training: one optimizer step of the whole job
+    inference_speed: list[InferenceSpeed] = []     # --task infer: per layout
 
     def to_json_dict(self) -> dict:
         """The ``--json`` object: plain types, integers in bytes."""

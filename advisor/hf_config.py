@@ -174,7 +174,18 @@ _LLAMA_LIKE: dict[str, dict[str, Any]] = {
     "gemma":   dict(kv=16, head_dim=256, tie=True, max_pos=8192, act="gelu_pytorch_tanh"),
     "gemma2":  dict(kv=4, head_dim=256, tie=True, max_pos=8192, act="gelu_pytorch_tanh", sliding=4096),
     "phi3":    dict(kv=None, head_dim=None, tie=False, max_pos=4096, act="silu", sliding=None),
+    # 2025 families (transformers 5 config classes: Gemma3TextConfig, Qwen3MoeConfig, Olmo2Config,
+    # SmolLM3Config, Glm4Config)
+    "gemma3_text": dict(kv=4, head_dim=256, tie=True, max_pos=131072, act="gelu_pytorch_tanh", sliding=4096),
+    "qwen3_moe": dict(kv=4, head_dim=None, tie=False, max_pos=32768, act="silu"),
+    "olmo2":   dict(kv=None, head_dim=None, tie=False, max_pos=2048, act="silu"),
+    "smollm3": dict(kv=4, head_dim=None, tie=True, max_pos=32768, act="silu"),
+    "glm4":    dict(kv=2, head_dim=128, tie=False, max_pos=131072, act="silu"),
 }
+
+
+class NeedsTrace(Exception):
+    """A config of an analytic family that uses a variant the arithmetic does not cover: trace it instead."""
 
 
 def _llama_like(r: _Reader) -> Architecture:
@@ -185,15 +196,17 @@ def _llama_like(r: _Reader) -> Architecture:
     kv = r.kv_heads(heads, d["kv"])
     extra: dict[str, Any] = {}
 
-    attention_bias = r.flag("attention_bias", default=False)
+    attention_bias = r.flag("attention_bias", default=fam == "glm4")
     if fam == "qwen2":            # Qwen2Attention: q/k/v always carry a bias, o_proj never
         qkv_bias, o_bias = True, False
     elif fam in ("mistral", "mixtral", "phi3"):   # these classes hard-code bias=False
         qkv_bias = o_bias = False
+    elif fam == "glm4":           # Glm4Attention: q/k/v bias=attention_bias, o_proj bias=False
+        qkv_bias, o_bias = attention_bias, False
     else:
         qkv_bias = o_bias = attention_bias
 
-    if fam in ("qwen2", "qwen3"):   # Qwen2Config: sliding_window only counts with use_sliding_window
+    if fam in ("qwen2", "qwen3", "qwen3_moe"):   # Qwen2Config: sliding_window only counts with use_sliding_window
         window = r.optional_int("sliding_window", 4096) if r.flag("use_sliding_window", default=False) else None
     elif "sliding" in d:
         window = r.optional_int("sliding_window", d["sliding"])
@@ -206,6 +219,23 @@ def _llama_like(r: _Reader) -> Architecture:
         if top_k > experts:
             raise r.fail("num_experts_per_tok", f"({top_k}) exceeds num_local_experts ({experts})")
         extra.update(num_experts=experts, experts_per_token=top_k)
+    if fam == "qwen3_moe":
+        mlp_only = r.cfg.get("mlp_only_layers") or []
+        if mlp_only or r.integer("decoder_sparse_step", default=1) != 1:
+            raise NeedsTrace("qwen3_moe with dense layers (mlp_only_layers / decoder_sparse_step)")
+        experts = r.integer("num_experts", default=128)
+        top_k = r.integer("num_experts_per_tok", default=8)
+        if top_k > experts:
+            raise r.fail("num_experts_per_tok", f"({top_k}) exceeds num_experts ({experts})")
+        extra.update(num_experts=experts, experts_per_token=top_k)
+    if fam == "gemma3_text":
+        extra.update(attn_logit_softcapping=r.number("attn_logit_softcapping", default=None, low=0, high=1e9),
+                     final_logit_softcapping=r.number("final_logit_softcapping", default=None, low=0, high=1e9),
+                     norms_per_layer=4)   # Gemma3DecoderLayer: the four norms of Gemma-2
+    if fam == "olmo2":
+        extra.update(norms_per_layer=2, qk_norm_full=True)   # post_attention / post_feedforward; q_norm, k_norm
+    if fam == "glm4":
+        extra.update(norms_per_layer=4, fused_gate_up=True)   # + post_self_attn / post_mlp layernorms
     if fam == "gemma2":
         extra.update(attn_logit_softcapping=r.number("attn_logit_softcapping", default=50.0, low=0, high=1e9),
                      final_logit_softcapping=r.number("final_logit_softcapping", default=30.0, low=0, high=1e9),
@@ -221,7 +251,8 @@ def _llama_like(r: _Reader) -> Architecture:
         num_attention_heads=heads,
         num_key_value_heads=kv,
         head_dim=r.head_dim(hidden, heads, d["head_dim"]),
-        intermediate_size=r.integer("intermediate_size"),
+        intermediate_size=r.integer("moe_intermediate_size", default=768) if fam == "qwen3_moe"
+        else r.integer("intermediate_size"),
         vocab_size=r.integer("vocab_size"),
         max_position_embeddings=r.integer("max_position_embeddings", default=d["max_pos"]),
         tie_word_embeddings=r.flag("tie_word_embeddings", default=d["tie"]),
@@ -231,8 +262,8 @@ def _llama_like(r: _Reader) -> Architecture:
         else r.text("hidden_act", default=d["act"]),
         qkv_bias=qkv_bias,
         o_bias=o_bias,
-        mlp_bias=r.flag("mlp_bias", default=False) if fam == "llama" else False,
-        qk_norm=fam == "qwen3",
+        mlp_bias=r.flag("mlp_bias", default=False) if fam in ("llama", "smollm3") else False,
+        qk_norm=fam in ("qwen3", "qwen3_moe", "gemma3_text"),
         position="rope",
         attention_dropout=r.dropout("attention_dropout"),
         sliding_window=window,
@@ -364,36 +395,30 @@ _BUILDERS: dict[str, Callable[[_Reader], Architecture]] = {
     "gpt2": _gpt2, "opt": _opt, "falcon": _falcon, "bloom": _bloom, "gpt_neox": _gpt_neox,
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_BUILDERS))
-_LLAMA_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-_MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
 
 
 def architecture_from_hf_config(cfg: dict, *, source: str = "config.json") -> Architecture:
-    """Normalize a HF config dict into an :class:`Architecture` (shapes in elements, per model_type)."""
+    """Normalize a HF config dict into an :class:`Architecture` (shapes in elements, per model_type).
+
+    Raises :class:`NeedsTrace` for a model_type without an arithmetic family here (or a variant the arithmetic
+    does not cover), so that the caller traces the real model (:mod:`advisor.trace`) or refuses it."""
     if not isinstance(cfg, dict):
         raise InputError(f"{source}: expected a mapping of config keys, got {type(cfg).__name__}", field="model")
     model_type = cfg.get("model_type")
     if model_type is not None and not isinstance(model_type, str):
         raise InputError(f"{source}: model_type must be a string, got {model_type!r}", field="model")
+    if model_type is None:
+        raise InputError(f"{source}: no model_type: dsadvise needs a Hugging Face config.json with model_type "
+                         f"(arithmetic families: {', '.join(SUPPORTED_MODEL_TYPES)}; any other causal LM "
+                         f"transformers builds is traced)", field="model")
     if model_type not in _BUILDERS:
-        moe_keys = sorted(k for k in _MOE_KEYS if cfg.get(k))
-        if moe_keys and all(k in cfg for k in _LLAMA_KEYS):   # counting these as dense Llama would be far off
-            raise InputError(f"{source}: model_type {model_type!r} is a mixture-of-experts model ({moe_keys[0]}) "
-                             f"that dsadvise cannot count; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
-                             field="model")
-        if all(k in cfg for k in _LLAMA_KEYS):
-            model_type = "llama"   # an unknown family with Llama's keys: count it as Llama
-        elif model_type is None:
-            raise InputError(f"{source}: no model_type and not a Llama-style config (needs "
-                             f"{', '.join(_LLAMA_KEYS)}); supported model_type values: "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)}", field="model")
-        else:
-            raise InputError(f"{source}: unsupported model_type {model_type!r}"
-                             f"{did_you_mean(model_type, SUPPORTED_MODEL_TYPES)}; supported: "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)}", field="model")
+        # never counted as another family: the caller traces the real model or refuses in one line
+        raise NeedsTrace(f"model_type {model_type!r} has no arithmetic family")
     reader = _Reader(cfg, source, model_type)
     try:
-        return _BUILDERS[model_type](reader)
+        arch = _BUILDERS[model_type](reader)
+        # the config itself travels with the shape: families the activation replay does not cover are traced
+        return arch.model_copy(update={"source_config": json.dumps(cfg, sort_keys=True, default=str)})
     except ValidationError as exc:   # a value the readers let through but Architecture refuses
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err.get("loc", ())) or "config"

@@ -107,6 +107,10 @@ def _norm_size(arch: Architecture) -> int:
 @lru_cache(maxsize=512)
 def count_parameters(arch: Architecture) -> ParameterCounts:
     """Exact parameter element counts of ``arch``: total, per part, active per token, largest module."""
+    if arch.traced:   # no arithmetic family: counted on the real model's meta-device build
+        from advisor.trace.estimate import traced_counts
+
+        return ParameterCounts(**traced_counts(arch))
     h, vocab = arch.hidden_size, arch.vocab_size
     emb_dim = arch.word_embed_proj_dim or h
     projection = emb_dim * h if arch.word_embed_proj_dim else 0   # OPT project_in / project_out, no bias
@@ -118,6 +122,8 @@ def count_parameters(arch: Architecture) -> ParameterCounts:
     per_layer += arch.norms_per_layer * norm
     if arch.qk_norm:
         per_layer += 2 * arch.head_dim   # Qwen3 q_norm and k_norm: RMSNorm(head_dim) each
+    if arch.qk_norm_full:
+        per_layer += arch.q_width + arch.kv_width   # OLMo-2 q_norm(heads*head_dim), k_norm(kv_heads*head_dim)
 
     token_table = vocab * emb_dim
     position_table = arch.learned_position_rows * h
@@ -166,6 +172,10 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
         raise InputError(f"LoRA rank must be a positive integer, got {rank!r}", field="lora.rank")
     if isinstance(target_modules, str):
         target_modules = (target_modules,)
+    if arch.traced:
+        from advisor.trace.estimate import traced_lora_trainable
+
+        return traced_lora_trainable(arch, rank, tuple(target_modules))
     shapes = linear_shapes(arch)
     native = _NATIVE_NAMES.get(arch.family, {})
     outside = _outside_linears(arch)

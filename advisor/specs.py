@@ -27,10 +27,13 @@ class GPUInfo(_Spec):
 
     name: str
     vendor: Literal["nvidia", "amd"] = "nvidia"
+    generation: str = Field("unknown", description="architecture generation, picks the step-time model's "
+                                                   "achievable fraction of peak (advisor/data/step_time.yaml)")
     memory_bytes: int = Field(gt=0)
     bf16: bool
     fp16_tflops: float = Field(gt=0, description="peak dense fp16 tensor TFLOPS")
     bf16_tflops: float | None = Field(None, description="peak dense bf16 TFLOPS; None without bf16")
+    fp8_tflops: float | None = Field(None, description="peak dense FP8 tensor TFLOPS; None without FP8 units")
     fp32_tflops: float = Field(gt=0)
     hbm_bandwidth_gbps: float = Field(gt=0, description="memory bandwidth, GB/s")
     intra_node_link: Literal["nvlink", "pcie", "infinity-fabric"]

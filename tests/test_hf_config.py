@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from advisor.architecture import Architecture
 from advisor.errors import InputError
-from advisor.hf_config import SUPPORTED_MODEL_TYPES, architecture_from_hf_config, load_hf_config
+from advisor.hf_config import NeedsTrace, SUPPORTED_MODEL_TYPES, architecture_from_hf_config, load_hf_config
 
 LLAMA = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
              num_attention_heads=32, vocab_size=32000)
@@ -208,28 +208,64 @@ def test_mixtral_top_k_over_experts():
         architecture_from_hf_config(cfg)
 
 
-def test_unknown_model_type_lists_supported_and_suggests():
-    with pytest.raises(InputError, match=r"unsupported model_type 'lama' \(did you mean llama\?\); supported: "):
-        architecture_from_hf_config({"model_type": "lama", "hidden_size": 8})
-    with pytest.raises(InputError, match="gpt_neox"):
+def test_unknown_model_type_is_not_counted_by_another_family():
+    """An unknown model_type is never counted as Llama, even with Llama's five keys: the caller traces it."""
+    with pytest.raises(NeedsTrace, match="'my_custom_llama' has no arithmetic family"):
+        architecture_from_hf_config(dict(LLAMA, model_type="my_custom_llama", num_key_value_heads=8))
+    with pytest.raises(NeedsTrace):
         architecture_from_hf_config({"model_type": "t5"})
 
 
-def test_unknown_model_type_with_llama_keys_is_llama():
-    a = architecture_from_hf_config(dict(LLAMA, model_type="my_custom_llama", num_key_value_heads=8))
-    assert a.family == "llama" and a.num_key_value_heads == 8
-
-
-def test_unknown_moe_model_type_is_not_counted_as_dense_llama():
+def test_qwen3_moe_is_counted_as_moe():
     cfg = dict(LLAMA, model_type="qwen3_moe", num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768)
-    with pytest.raises(InputError, match="'qwen3_moe' is a mixture-of-experts model"):
-        architecture_from_hf_config(cfg)
+    a = architecture_from_hf_config(cfg)
+    assert (a.family, a.num_experts, a.experts_per_token, a.intermediate_size) == ("qwen3_moe", 128, 8, 768)
+    with pytest.raises(NeedsTrace, match="mlp_only_layers"):
+        architecture_from_hf_config(dict(cfg, mlp_only_layers=[0]))
 
 
 def test_no_model_type():
-    assert architecture_from_hf_config({k: v for k, v in LLAMA.items() if k != "model_type"}).family == "llama"
+    with pytest.raises(InputError, match="no model_type"):
+        architecture_from_hf_config({k: v for k, v in LLAMA.items() if k != "model_type"})
     with pytest.raises(InputError, match="no model_type"):
         architecture_from_hf_config({"hidden_size": 4096})
+
+
+def _resolve_file(tmp_path, cfg):
+    from advisor.catalog.models import resolve_model
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return resolve_model(str(path))
+
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg, message", [
+    (dict(TINY, model_type="bert", architectures=["BertForMaskedLM"]),
+     "dsadvise estimates causal language models; BertForMaskedLM is an encoder"),
+    (dict(TINY, model_type="bert"), "dsadvise estimates causal language models; BertForMaskedLM is an encoder"),
+    (dict(TINY, model_type="foo"), "unknown model_type 'foo'"),
+    (dict(TINY, model_type="lama"), r"unknown model_type 'lama' \(did you mean llama\b"),
+    (dict(model_type="t5"), "dsadvise estimates causal language models; t5 is an encoder-decoder model"),
+])
+def test_non_causal_or_unknown_configs_are_refused_in_one_line(tmp_path, cfg, message):
+    pytest.importorskip("transformers")
+    with pytest.raises(InputError, match=message) as info:
+        _resolve_file(tmp_path, cfg)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_unknown_family_with_llama_keys_is_traced_not_llama(tmp_path):
+    pytest.importorskip("transformers")
+    cfg = dict(TINY, model_type="starcoder2", num_key_value_heads=2)
+    resolved = _resolve_file(tmp_path, cfg)
+    assert resolved.source == "traced" and resolved.architecture.traced
+    assert resolved.architecture.family == "starcoder2"
+    assert "traced on the real Starcoder2ForCausalLM" in resolved.note
 
 
 def test_model_type_not_a_string():
@@ -263,9 +299,12 @@ _keys = st.sampled_from(sorted({*LLAMA, "num_key_value_heads", "head_dim", "n_em
 @given(model_type=st.one_of(st.sampled_from(SUPPORTED_MODEL_TYPES), st.text(max_size=10), st.none()),
        base=st.booleans(), changes=st.dictionaries(_keys, _values, max_size=6))
 def test_fuzz_config_gives_architecture_or_input_error(model_type, base, changes):
+    """An Architecture, a one-line InputError, or NeedsTrace (only for a model_type without arithmetic)."""
     cfg = {**(LLAMA if base else {}), **changes, "model_type": model_type}
     try:
         result = architecture_from_hf_config(cfg)
+    except NeedsTrace:
+        assert model_type not in SUPPORTED_MODEL_TYPES or model_type == "qwen3_moe"
     except InputError as exc:
         assert str(exc) and "\n" not in str(exc)
     else:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from advisor.datafiles import load_data
 from advisor.architecture import Architecture
 from advisor.errors import InputError, did_you_mean
-from advisor.hf_config import architecture_from_hf_config, load_hf_config
+from advisor.hf_config import NeedsTrace, architecture_from_hf_config, load_hf_config
 from advisor.param_count import count_parameters
 
 MIN_SIZE = 10_000_000
@@ -49,7 +49,7 @@ class ResolvedModel(BaseModel):
 
     name: str
     architecture: Architecture
-    source: Literal["catalog", "size", "config"]
+    source: Literal["catalog", "size", "config", "traced"]
     note: str
 
 
@@ -202,16 +202,47 @@ def _existing_path(text: str) -> Path | None:
         return None
 
 
+def _activation_note(arch: Architecture) -> str:
+    """What the user must be told when the activations of an arithmetic family come from a trace."""
+    from advisor.memory.activations import REPLAYED_FAMILIES
+
+    if arch.family in REPLAYED_FAMILIES:
+        return ""
+    return (f"; parameters by arithmetic, activations traced on the real transformers model ({arch.family} has "
+            f"no forward replay; needs torch and transformers, cached after the first run per setting)")
+
+
+def _traced(cfg: dict, file: str, name: str, why: str) -> ResolvedModel:
+    """A config without an arithmetic family: traced on the real transformers model, or refused in one line."""
+    try:
+        from advisor.trace.estimate import traced_architecture
+        arch, arch_class = traced_architecture(cfg, source=file)
+    except ImportError as exc:
+        raise InputError(f"{file}: {why}; tracing it needs torch and transformers ({exc.name} is not installed)",
+                         field="model") from None
+    total = count_parameters(arch)
+    moe = (f", {human_count(total.active_per_token)} active per token" if total.active_per_token < total.total
+           else "")
+    return ResolvedModel(
+        name=name, architecture=arch, source="traced",
+        note=f"{file}: {why}; parameters and activations are traced on the real {arch_class} (built from the "
+             f"config on meta/fake tensors, no weights): {arch.num_layers} layers, "
+             f"{human_count(total.total)} parameters{moe}")
+
+
 def _from_config(path: Path) -> ResolvedModel:
     cfg = load_hf_config(path)
     file = path / "config.json" if path.is_dir() else path
-    arch = architecture_from_hf_config(cfg, source=str(file))
-    total = count_parameters(arch).total
     name = (path if path.is_dir() else path.parent).resolve().name or str(file)
+    try:
+        arch = architecture_from_hf_config(cfg, source=str(file))
+    except NeedsTrace as why:
+        return _traced(cfg, str(file), name, str(why))
+    total = count_parameters(arch).total
     return ResolvedModel(
         name=name, architecture=arch, source="config",
         note=f"{file}: {arch.family}, {arch.num_layers} layers, hidden {arch.hidden_size} "
-             f"({human_count(total)} parameters)")
+             f"({human_count(total)} parameters){_activation_note(arch)}")
 
 
 def resolve_model(text: str) -> ResolvedModel:
@@ -227,7 +258,8 @@ def resolve_model(text: str) -> ResolvedModel:
     if model is not None:
         return ResolvedModel(
             name=model.name, architecture=model.architecture, source="catalog",
-            note=f"{model.name}: {model.description} ({model.hf_id}, {human_count(model.parameters)} parameters)")
+            note=f"{model.name}: {model.description} ({model.hf_id}, {human_count(model.parameters)} parameters)"
+                 f"{_activation_note(model.architecture)}")
     target = parse_size(text)
     if target is not None:
         return _from_size(text, target)

@@ -3,7 +3,8 @@
 Layout: :mod:`.flags` (the one flag table every command and the wizard read), :mod:`.boundary` (the parser
 class and the one error boundary mapping errors to exit codes), one module per command group:
 :mod:`.estimate`, :mod:`.recommend`, :mod:`.configs` (generate, check, dry-run), :mod:`.wizard`,
-:mod:`.catalogs` (models, gpus). Commands import the flag table, never each other.
+:mod:`.calibrate` (measure this machine), :mod:`.catalogs` (models, gpus). Commands import the flag table,
+never each other.
 
 Nothing imported at start pulls torch, deepspeed, transformers, jinja2 or Textual; handlers import what
 they need.
@@ -23,14 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``dsadvise`` parser with every sub-command."""
     from .. import __version__
     # Imported here, not at the top, so that importing the flag table (advisor.cli.flags) stays light.
-    from . import catalogs, configs, estimate, recommend, wizard
+    from . import calibrate, catalogs, configs, estimate, recommend, wizard
     from .boundary import Parser
 
     parser = Parser(prog="dsadvise", description="Estimate GPU memory, recommend and render accelerate / "
                                                  "DeepSpeed configs for training large models.")
     parser.add_argument("--version", action="version", version=f"dsadvise {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for group in (estimate, recommend, configs, catalogs, wizard):
+    for group in (estimate, recommend, configs, calibrate, catalogs, wizard):
         group.register(sub)
     return parser
 

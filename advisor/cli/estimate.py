@@ -10,8 +10,9 @@ from . import flags
 
 
 def register(sub) -> None:
-    p = sub.add_parser("estimate", help="per-GPU and per-node memory of one configuration")
+    p = sub.add_parser("estimate", help="per-GPU and per-node memory and the step time of one configuration")
     flags.add_problem_flags(p, with_strategy=True)
+    flags.add(p, ("--profile",))
     p.set_defaults(func=cmd_estimate)
 
 
@@ -21,6 +22,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     est = estimate(args.model, checkpointing=args.checkpointing, strategy=args.strategy,
                    offload_optimizer=args.offload_optimizer, offload_param=args.offload_param,
-                   bucket_sizes=args.bucket_sizes, **flags.problem_kwargs(args))
+                   bucket_sizes=args.bucket_sizes, profile=flags.profile(args), **flags.problem_kwargs(args))
     print(json.dumps(est.to_json_dict(), indent=2) if args.json else render_estimate(est))
     return exit_codes.OK

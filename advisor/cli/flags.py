@@ -168,6 +168,8 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--bucket-sizes", "DeepSpeed buckets: HF 'auto' sizes from hidden size, or DeepSpeed defaults",
          choices=BUCKET_SIZES, default="auto", spec_fields=("bucket_sizes",)),
     Flag("--json", "print one JSON object (sizes in bytes)", action="store_true"),
+    Flag("--profile", "use the rates `dsadvise calibrate` measured (a profile YAML) for step times and speeds",
+         metavar="PATH"),
     # recommend
     Flag("--margin", "safety margin as a fraction of VRAM kept free (default from rules)", float,
          wizard_field="strategy"),
@@ -189,6 +191,13 @@ FLAGS: dict[str, Flag] = _flags(
          metavar="PY"),
     Flag("--timeout", "seconds for the whole dry-run (default 300)", seconds, default=300),
     Flag("--keep-logs", "copy the launch log and per-rank results here", metavar="LOGDIR"),
+    # calibrate
+    Flag("--quick", "small sizes and few repeats (seconds, less stable figures)", action="store_true"),
+    Flag("--device", "what the matmuls run on (default: CUDA where torch sees it, else the CPU)",
+         choices=("auto", "cuda", "cpu"), default="auto"),
+    Flag("--no-collectives", "skip the all-reduce / all-gather measurement", action="store_true"),
+    Flag("--no-deepspeed-adam", "skip DeepSpeedCPUAdam (its first use JIT-compiles an op for minutes)",
+         action="store_true"),
 )
 
 # Spec field -> the flag users know it by, so that API errors name what they typed.
@@ -230,6 +239,16 @@ def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> Non
     if with_strategy:
         add(p.add_argument_group("strategy"), STRATEGY_FLAGS)
     add(p, ("--json",))
+
+
+def profile(args: argparse.Namespace):
+    """The machine profile ``--profile`` names (:class:`advisor.profile.MachineProfile`), or None."""
+    path = getattr(args, "profile", None)
+    if not path:
+        return None
+    from ..profile import load_profile      # pydantic only when a profile is given
+
+    return load_profile(path)
 
 
 def problem_kwargs(args: argparse.Namespace) -> dict:

@@ -16,7 +16,7 @@ from . import flags
 def register(sub) -> None:
     p = sub.add_parser("recommend", help="the fastest configuration that fits, explained")
     flags.add_problem_flags(p, with_strategy=False)
-    flags.add(p, ("--margin", "--max-micro-batch", "--rules"))
+    flags.add(p, ("--margin", "--max-micro-batch", "--rules", "--profile"))
     p.set_defaults(func=cmd_recommend)
 
 
@@ -39,7 +39,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     check_against_model(model, template)
     rec = recommend(model, hw, template, margin=args.margin, method=method, precision=precision or "auto",
                     checkpointing=args.checkpointing or "auto", max_micro_batch=args.max_micro_batch,
-                    rules=args.rules or ())
+                    rules=args.rules or (), profile=flags.profile(args))
     said = ([seq_note] if seq_note else []) + hardware_notes(hw, args.vram)
     if said:
         rec = rec.model_copy(update={"assumptions": said + list(rec.assumptions)})

@@ -19,7 +19,7 @@ def register(sub) -> None:
     """Add the ``wizard`` sub-command to the ``dsadvise`` sub-parsers ``sub``."""
     p = sub.add_parser("wizard", help="interactive wizard: pick model, hardware and training, see memory and "
                                       "the recommendation live, preview and save the configs")
-    flags.add(p, ("--model", "--gpu", "--gpus", "--nodes", "--vram", "--out", "--force"),
+    flags.add(p, ("--model", "--gpu", "--gpus", "--nodes", "--vram", "--out", "--force", "--profile"),
               model={"default": "", "help": "start with this model (a size, a catalog name or a config.json)"},
               gpu={"default": "", "help": "start with this catalog GPU (see `dsadvise gpus`)"},
               gpus={"help": "GPUs per node to start with (default 1)"},
@@ -48,12 +48,13 @@ def initial_inputs(args: argparse.Namespace):
 def cmd_wizard(args: argparse.Namespace) -> int:
     """Run the wizard; exit 0 when the user quits (Ctrl+Q), 2 without a terminal or on a bad start value."""
     inputs = initial_inputs(args)
+    profile = flags.profile(args)          # InputError (exit 2) on a missing or bad profile, before the UI
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise InputError("the wizard needs an interactive terminal; in scripts use `dsadvise recommend`",
                          field="wizard")
     from ..tui.app import WizardApp     # Textual is imported only here
 
-    app = WizardApp(inputs, output_dir=args.out, force=args.force)
+    app = WizardApp(inputs, output_dir=args.out, force=args.force, profile=profile)
     app.run()
     code = app.return_code
     return exit_codes.OK if code in (None, 0) else exit_codes.FAILED

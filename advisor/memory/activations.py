@@ -1222,8 +1222,21 @@ def _traced(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt:
     return _trace_model(arch, training, mode, ckpt)
 
 
+# Families whose forward this module replays (each checked against the harness in docs/accuracy.md); any other
+# family is traced on the real transformers model (advisor/trace).
+REPLAYED_FAMILIES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2",
+                               "opt", "falcon", "bloom", "gpt_neox"})
+
+
 def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeMode) -> ActivationEstimate:
     """Saved-for-backward bytes of one micro-batch and the backward transient peak on top (per GPU)."""
+    if arch.traced or arch.family not in REPLAYED_FAMILIES:   # no replay for this family: the real model, traced
+        from advisor.trace.estimate import traced_activation_terms
+
+        activations, temporaries, breakdown = traced_activation_terms(arch, training, mode)
+        if getattr(training, "offload_activations", False):
+            return _offloaded(activations, temporaries, breakdown)
+        return ActivationEstimate(activations=activations, temporaries=temporaries, breakdown=breakdown)
     ckpt = training.activation_checkpointing
     if arch.attn_logit_softcapping and training.attention == "sdpa":
         # transformers' sdpa_attention_forward refuses softcap (Gemma-2): the model runs eager attention

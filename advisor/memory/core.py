@@ -7,7 +7,7 @@ from ..errors import InputError
 from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
 from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_info, strategy_info
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
-from .activations import activation_memory, compute_mode
+from .activations import REPLAYED_FAMILIES, activation_memory, compute_mode
 from .buffers import buffer_bytes
 from .bytes_per_param import state_bytes
 from .inference import inference_layouts
@@ -129,6 +129,11 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     if not gpu.simulated_layers:
         notes.append("the tensors alone exceed the GPU: the caching allocator was not simulated "
                      "(allocated = reserved = tensor bytes here)")
+    if arch.traced or arch.family not in REPLAYED_FAMILIES:   # what the trace had to approximate, said
+        from ..trace.estimate import trace_settings
+
+        _, approximations = trace_settings(training, compute_mode(training.precision, strategy.backend))
+        notes += [f"traced activations: {text}" for text in approximations]
     per_gpu = PerGPU(parameters=ms.parameters, gradients=ms.gradients, optimizer_states=ms.optimizer_states,
                      activations=act.activations, temporaries=temporaries, buffers=buffers_total,
                      overhead=overhead, phase_overlap=peak.phase_overlap, peak_moment=peak.moment,

@@ -30,7 +30,7 @@ __all__ = ["recommend", "Recommendation", "Alternative", "Suggestion", "StepTime
 def recommend(model: ResolvedModel | str, hw: HardwareSpec, training_template: TrainingSpec | None = None, *,
               margin: float | None = None, method: str | None = None, precision: str | None = None,
               checkpointing: str | None = None, max_micro_batch: int | None = None,
-              rules: Sequence[str | Path] = (), suggest: bool = True) -> Recommendation:
+              rules: Sequence[str | Path] = (), suggest: bool = True, profile=None) -> Recommendation:
     """The fastest configuration of ``model`` that fits ``hw``, with reasons, runners-up and rules fired.
 
     ``training_template`` gives sequence length, the smallest micro-batch, global batch, optimizer, LoRA
@@ -38,7 +38,9 @@ def recommend(model: ResolvedModel | str, hw: HardwareSpec, training_template: T
     ``"auto"`` searches (see :mod:`advisor.recommend.problem`). ``margin``: fraction of VRAM kept free
     (default ``const.margin_fraction`` of the rules, 5%). ``rules``: extra rule files or folders.
     When nothing fits, ``found`` is False and ``suggestions`` say what would (verified by re-running
-    the search with each change, unless ``suggest`` is False). Raises InputError / RuleError (exit 2).
+    the search with each change, unless ``suggest`` is False). ``profile``: a :class:`advisor.profile.
+    MachineProfile` (``dsadvise calibrate``) whose measured rates replace the GPU catalog's in the step-time
+    model. Raises InputError / RuleError (exit 2).
     """
     from .explain import training_recommendation
     from .inference_search import search_inference
@@ -49,7 +51,7 @@ def recommend(model: ResolvedModel | str, hw: HardwareSpec, training_template: T
     recommend_rules(rules)            # parsed once per process; not part of the search time
     t0 = time.perf_counter()
     p = make_problem(model, hw, training_template, margin=margin, method=method, precision=precision,
-                     checkpointing=checkpointing, max_micro_batch=max_micro_batch, rules=rules)
+                     checkpointing=checkpointing, max_micro_batch=max_micro_batch, rules=rules, profile=profile)
     cpu_need = None
     if p.template.task == "infer":
         rec = search_inference(p, t0)
@@ -62,6 +64,6 @@ def recommend(model: ResolvedModel | str, hw: HardwareSpec, training_template: T
         from .suggest import suggestions
 
         kwargs = dict(margin=p.margin, method=method, precision=precision, checkpointing=checkpointing,
-                      max_micro_batch=max_micro_batch, rules=rules)
+                      max_micro_batch=max_micro_batch, rules=rules, profile=profile)
         rec = rec.model_copy(update={"suggestions": suggestions(p, rec, kwargs, recommend, cpu_need)})
     return rec

@@ -50,7 +50,8 @@ def _step_info(p: Problem, g: Group) -> StepTimeInfo:
     return StepTimeInfo(seconds=st.seconds, compute_seconds=st.compute_seconds,
                         communication_seconds=st.communication_seconds, offload_seconds=st.offload_seconds,
                         tokens_per_second=st.tokens_per_second, samples_per_second=samples / st.seconds,
-                        mfu=st.mfu, gpu_profile=p.gpu.name)
+                        compute_efficiency=st.compute_efficiency, mfu=st.mfu, gpu_profile=p.gpu.name,
+                        tokens_per_second_per_gpu=st.tokens_per_second_per_gpu, rates=st.rates)
 
 
 def _layout_best(groups: list[Group]) -> dict[str, Group]:
@@ -68,6 +69,16 @@ def _layout_best(groups: list[Group]) -> dict[str, Group]:
     return best
 
 
+def _more(g: Group, chosen: Group) -> str:
+    """'N% more tokens/s (X vs Y)': throughput compared per token, whatever the two micro-batches are."""
+    assert g.step is not None and chosen.step is not None
+    weighed = abs((chosen.adj / g.adj) - chosen.step.seconds / chosen.step.tokens_per_step
+                  / (g.step.seconds / g.step.tokens_per_step)) > 1e-9
+    return (f"estimated {100 * (chosen.adj / g.adj - 1):.0f}% more tokens/s"
+            f"{' after rule weights' if weighed else ''} ({g.step.tokens_per_second:,.0f} vs "
+            f"{chosen.step.tokens_per_second:,.0f})")
+
+
 def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
     """One entry per layout not chosen: fits?, its step time, and why it lost."""
     chosen = out.chosen
@@ -80,17 +91,23 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
         if chosen is not None and label == chosen.layout.label:
             continue
         fits: bool | None
-        seconds = None
+        seconds = tps = None
         if g.status == GroupStatus.FEASIBLE:
             fits, seconds = True, g.step.seconds if g.step else None
             assert chosen is not None and g.step is not None and chosen.step is not None
+            tps = g.step.tokens_per_second
             if g.adj < chosen.adj:
-                why = (f"estimated {100 * (1 - g.adj / chosen.adj):.0f}% faster, within the model's "
-                       f"{p.band:.0%} resolution, where DeepSpeed's guidance ({GUIDANCE}) ranks "
-                       f"{chosen.layout.label} first")
+                why = (f"{_more(g, chosen)}, within the model's {p.band:.0%} resolution, where DeepSpeed's "
+                       f"guidance ({GUIDANCE}) ranks {chosen.layout.label} first")
+            elif tps > chosen.step.tokens_per_second:
+                weights = [f"rule {r.id} weighs it x{f:g}" for r, f in g.factors if f > 1] + \
+                    [f"rule {r.id} weighs {chosen.layout.label} x{f:g}" for r, f in chosen.factors if f < 1]
+                why = (f"{tps:,.0f} vs {chosen.step.tokens_per_second:,.0f} tokens/s, but ranked lower: "
+                       f"{'; '.join(weights) or 'rule weights'} (micro-batch {g.micro}, "
+                       f"{g.step.seconds:.2f} s per step)")
             else:
-                why = (f"slower: {g.step.seconds:.2f} s per step at micro-batch {g.micro} "
-                       f"({g.step.tokens_per_second:,.0f} tokens/s vs {chosen.step.tokens_per_second:,.0f})")
+                why = (f"slower: {tps:,.0f} vs {chosen.step.tokens_per_second:,.0f} tokens/s "
+                       f"(micro-batch {g.micro}, {g.step.seconds:.2f} s per step)")
             key = (0, ranking_key(p, best_adj, g))
         elif g.status == GroupStatus.DOMINATED:
             fits = None
@@ -109,7 +126,7 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
         else:
             fits, why, key = None, g.reason or "rejected", (3, 0)
         rows.append((key, Alternative(strategy=strategy_ref(p, g), fits=fits, step_time_seconds=seconds,
-                                      rejected_because=why)))
+                                      rejected_because=why, tokens_per_second=tps)))
     for label, reason in out.layout_rejects.items():
         lay = next((x for x in _all_layouts() if x.label == label), None)
         if lay is None:
@@ -133,7 +150,7 @@ def reasons(p: Problem, out: Outcome) -> list[str]:
     assert g is not None and g.step is not None and g.micro is not None and g.gas is not None
     st, world = g.step, p.hw.world_size
     r = [f"{_describe(g)} is the fastest configuration that fits: about {st.seconds:.2f} s per optimizer step, "
-         f"{st.tokens_per_second:,.0f} tokens/s (compute {st.compute_seconds:.2f} s, communication "
+         f"{st.tokens_per_second:,.0f} tokens/s (compute {st.compute_seconds:.2f} s, exposed communication "
          f"{st.communication_seconds:.2f} s, offload {st.offload_seconds:.2f} s)"]
     prec = out.precision_reason
     if g.precision == "fp16":
@@ -208,8 +225,8 @@ def _layout_reasons(p: Problem, out: Outcome, g: Group) -> list[str]:
     near = [x for x in out.groups if x.status == GroupStatus.FEASIBLE and x.method == g.method and x.adj < g.adj]
     if near:
         x = min(near, key=lambda y: y.adj)
-        r.append(f"{x.layout.label} is estimated {100 * (1 - x.adj / g.adj):.0f}% faster, within the model's "
-                 f"{p.band:.0%} resolution; DeepSpeed's guidance ({GUIDANCE}) ranks {g.layout.label} first")
+        r.append(f"{x.layout.label}: {_more(x, g)}, within the model's {p.band:.0%} resolution; DeepSpeed's "
+                 f"guidance ({GUIDANCE}) ranks {g.layout.label} first")
     if g.layout.offloads:
         s = g.layout.strategy
         what = ", ".join(f"{k} to {v}" for k, v in (("optimizer states", s.offload_optimizer),

@@ -20,7 +20,7 @@ from . import facts as F
 from .problem import Problem
 from .recommendation import Alternative, InferenceChoice, Recommendation, RuleFired, StepTimeInfo, StrategyRef
 from .search import narrow
-from .step_time import efficiency, inference_step_time
+from .step_time import efficiency, inference_speed
 
 LAYOUTS = ("replica-per-gpu", "device-map-auto")
 
@@ -73,11 +73,13 @@ def search_inference(p: Problem, t0: float) -> Recommendation:
                         hi = mid
             batch = vals[lo]
             weights = weight_bytes_for_inference(p.model, p.counts, p.template.model_copy(update={"method": method}))
-            secs = inference_step_time(p.arch, p.counts, p.gpu, precision=precision, method=method, batch=batch,
-                                       seq_len=p.template.seq_len, weight_bytes=weights)
-            copies = p.hw.world_size if name == "replica-per-gpu" else p.hw.nodes
-            throughput = copies * batch * p.template.seq_len / secs
-            results.append((throughput, method, name, batch, est(method, batch), secs, copies))
+            speed = inference_speed(p.arch, p.counts, p.hw, p.gpu, name, precision=precision, method=method,
+                                    batch=batch, seq_len=p.template.seq_len, weight_bytes=weights,
+                                    attention=p.template.attention, profile=p.profile)
+            copies = speed.copies
+            throughput = speed.prefill_tokens_per_second
+            secs = copies * batch * p.template.seq_len / throughput
+            results.append((throughput, method, name, batch, est(method, batch), secs, copies, speed))
         if results:
             break
     ms = (time.perf_counter() - t0) * 1000
@@ -89,7 +91,7 @@ def search_inference(p: Problem, t0: float) -> Recommendation:
                               alternatives=[], rules_fired=fired_json, candidates_evaluated=counter["n"],
                               search_ms=ms)
     results.sort(key=lambda r: -r[0])
-    throughput, method, name, batch, e, secs, copies = results[0]
+    throughput, method, name, batch, e, secs, copies, speed = results[0]
     launch = (f"accelerate launch --num_processes {p.hw.gpus_per_node} infer.py" if name == "replica-per-gpu"
               else "python infer.py  # from_pretrained(..., device_map=\"auto\")")
     if p.hw.nodes > 1:
@@ -98,22 +100,25 @@ def search_inference(p: Problem, t0: float) -> Recommendation:
                           processes=copies, device_map="auto" if name == "device-map-auto" else None,
                           launcher=launch)
     reasons = [f"{name}: the highest throughput that fits, about {throughput:,.0f} prefill tokens/s "
-               f"({copies} x batch {batch} x {p.template.seq_len} tokens every {secs:.3f} s)"]
+               f"({copies} x batch {batch} x {p.template.seq_len} tokens every {secs:.3f} s) and "
+               f"{speed.decode_tokens_per_second:,.0f} generated tokens/s (each decode step reads "
+               f"{fmt_bytes(speed.bytes_per_decode_step)} of weights and KV cache per copy)"]
     if name == "replica-per-gpu":
         reasons.append("one replica per GPU: every GPU serves its own batches, so throughput scales with the GPUs")
     else:
         reasons.append("device_map=\"auto\": no single GPU holds the model, so one process splits the layers over "
-                       "the node's GPUs; they compute one after the other")
+                       "the node's GPUs; they compute one after the other, so a split copy is no faster than one GPU "
+                       "holding it would be")
     reasons.append(f"batch {batch}: the largest that fits" if batch != vals[-1] else
                    f"batch {batch}: the largest allowed")
     if method == "qlora":
         reasons.append("4-bit (NF4) weights: the 16-bit model does not fit")
     alts = []
-    for thr, m2, n2, b2, e2, s2, c2 in results[1:]:
+    for thr, m2, n2, b2, e2, s2, c2, _sp in results[1:]:
         lay = next(x for x in e2.inference if x.layout == n2)
         alts.append(Alternative(strategy=StrategyRef(**{**e2.strategy.model_dump(mode="json"), "name": n2,
                                                           "micro_batch_size": b2}),
-                                fits=True, step_time_seconds=s2,
+                                fits=True, step_time_seconds=s2, tokens_per_second=thr,
                                 rejected_because=f"lower throughput: {thr:,.0f} tokens/s vs {throughput:,.0f} "
                                                  f"({fmt_bytes(lay.total)} per GPU at batch {b2})"))
     for k, v in failures.items():
@@ -122,9 +127,14 @@ def search_inference(p: Problem, t0: float) -> Recommendation:
     extra = apply_rules([r for r in p.stages[F.CONFIG] if r.effect == "advise"
                          and r.facts <= set(facts)], facts, None, F.DOMAINS)
     advice = advice + [t for _, t in extra.advice]
+    peak = p.rates.peak(precision) if p.rates else 1.0
+    eff = efficiency(p.rates, precision, p.arch.hidden_size, batch * p.template.seq_len) if p.rates else 0.0
     step = StepTimeInfo(seconds=secs, compute_seconds=secs, communication_seconds=0.0, offload_seconds=0.0,
                         tokens_per_second=throughput, samples_per_second=copies * batch / secs,
-                        mfu=efficiency(batch * p.template.seq_len), gpu_profile=p.gpu.name)
+                        compute_efficiency=eff,
+                        mfu=2.0 * p.counts.active_per_token * throughput / (p.hw.world_size * peak),
+                        gpu_profile=p.gpu.name, tokens_per_second_per_gpu=throughput / p.hw.world_size,
+                        rates=p.rates.source if p.rates else "")
     return Recommendation(task="infer", found=True, recommendation=rec, estimate=e, step_time=step,
                           reasons=reasons, advice=advice, assumptions=list(p.assumptions), alternatives=alts,
                           rules_fired=fired_json + [RuleFired.of(f) for f in extra.fired],

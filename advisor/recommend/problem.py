@@ -22,13 +22,14 @@ from ..architecture import Architecture
 from ..catalog.models import ResolvedModel, resolve_model
 from ..errors import InputError
 from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
+from ..profile import MachineProfile
 from ..ruleengine import RuleSet
 from ..ruleengine.engine import Rule
 from ..specs import GPUInfo, HardwareSpec, TrainingSpec
 from . import facts as F
 from .candidates import MicroBatches, micro_batches
 from .ruleset import recommend_rules
-from .step_time import GENERIC_GPU_NOTE, generic_gpu
+from .step_time import GENERIC_GPU_NOTE, Rates, generic_gpu, rates_for, step_time_assumptions
 
 CHECKPOINTING = ("none", "selective", "full")
 METHOD_TIERS = ("full", "lora", "qlora")
@@ -56,6 +57,8 @@ class Problem:
     band: float                         # const.time_resolution
     facts: dict[str, object] = field(default_factory=dict)
     assumptions: list[str] = field(default_factory=list)
+    profile: MachineProfile | None = None  # measured rates (dsadvise calibrate), replacing the catalog's
+    rates: Rates | None = None
 
     @property
     def arch(self) -> Architecture:
@@ -68,7 +71,8 @@ def _explicit(template: TrainingSpec, name: str) -> bool:
 
 def make_problem(model: ResolvedModel | str, hw: HardwareSpec, template: TrainingSpec | None, *,
                  margin: float | None, method: str | None, precision: str | None, checkpointing: str | None,
-                 max_micro_batch: int | None, rules: Sequence[str | Path]) -> Problem:
+                 max_micro_batch: int | None, rules: Sequence[str | Path],
+                 profile: MachineProfile | None = None) -> Problem:
     """Resolve and validate the inputs; raises InputError (exit 2) with the flag at fault."""
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model))
     template = template or TrainingSpec()
@@ -124,8 +128,11 @@ def make_problem(model: ResolvedModel | str, hw: HardwareSpec, template: Trainin
                 usable_bytes=int(hw.vram_bytes * (1 - margin)), micro=micro, rules=ruleset, stages=stages,
                 band=float(ruleset.constant("time_resolution")))  # type: ignore[arg-type]
     p.facts = problem_facts(p, method)
-    if assumed:
+    p.profile = profile
+    p.rates = rates_for(gpu, profile)
+    if assumed and profile is None:
         p.assumptions.append(GENERIC_GPU_NOTE)
+    p.assumptions.extend(step_time_assumptions(p.rates, hw, template.task))
     return p
 
 

@@ -130,8 +130,11 @@ class StepTimeInfo(_Out):
     offload_seconds: float
     tokens_per_second: float
     samples_per_second: float
-    mfu: float
+    compute_efficiency: float    # fraction of the GPU's dense peak assumed while computing
+    mfu: float                   # model-FLOPs utilization: 6 x parameters x tokens/s / (GPUs x peak)
     gpu_profile: str             # catalog GPU name, or 'generic' when assumed
+    tokens_per_second_per_gpu: float = 0.0
+    rates: str = ""              # where the rates come from: GPU catalog, generic class, or a calibrate profile
 
 
 class Alternative(_Out):
@@ -141,6 +144,7 @@ class Alternative(_Out):
     fits: bool | None
     step_time_seconds: float | None
     rejected_because: str
+    tokens_per_second: float | None = None     # whole job; the figure runners-up are compared by
 
 
 class Suggestion(_Out):

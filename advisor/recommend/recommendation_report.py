@@ -48,9 +48,10 @@ def render_recommendation(rec: Recommendation) -> str:
                 lines.append(f"  throughput ~{st.tokens_per_second:,.0f} prefill tokens/s ({st.seconds:.3f} s per "
                              f"batch, GPU profile {st.gpu_profile})")
             else:
-                lines.append(f"  step time ~{st.seconds:.2f} s (compute {st.compute_seconds:.2f}, communication "
+                lines.append(f"  step time ~{st.seconds:.2f} s (compute {st.compute_seconds:.2f}, exposed communication "
                              f"{st.communication_seconds:.2f}, offload {st.offload_seconds:.2f}); "
-                             f"{st.tokens_per_second:,.0f} tokens/s; GPU profile {st.gpu_profile}")
+                             f"{st.tokens_per_second:,.0f} tokens/s; compute at {st.compute_efficiency:.0%} of peak, "
+                             f"MFU {st.mfu:.0%}; rates: {st.rates or st.gpu_profile}")
         g = est.per_gpu
         lines.append("")
         lines.append(f"Per GPU  {fmt_bytes(g.total)} of {fmt_bytes(est.hardware.vram_bytes)} (usable "
@@ -106,11 +107,11 @@ def render_recommendation(rec: Recommendation) -> str:
             ck = a.strategy.activation_checkpointing
             labels.append(_strategy_label(a.strategy) + (f" ckpt={ck}" if ck and ck != "none" and a.fits else ""))
         width = max([len(x) for x in labels] + [8]) + 2
-        lines.append(f"  {'strategy':<{width}}{'fits':<6}{'step s':>8}  why not")
+        lines.append(f"  {'strategy':<{width}}{'fits':<6}{'tokens/s':>10}  why not")
         for a, label in zip(shown, labels):
             fits = "-" if a.fits is None else ("yes" if a.fits else "no")
-            step = f"{a.step_time_seconds:.2f}" if a.step_time_seconds is not None else "-"
-            lines.append(f"  {label:<{width}}{fits:<6}{step:>8}  {a.rejected_because}")
+            tps = f"{a.tokens_per_second:,.0f}" if a.tokens_per_second is not None else "-"
+            lines.append(f"  {label:<{width}}{fits:<6}{tps:>10}  {a.rejected_because}")
         if len(rec.alternatives) > MAX_ALTERNATIVES:
             lines.append(f"  ... {len(rec.alternatives) - MAX_ALTERNATIVES} more in --json")
     lines.append("")

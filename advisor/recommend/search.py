@@ -156,7 +156,8 @@ class _Search:
         return training_step_time(p.arch, p.counts, g.trainable, p.hw, p.gpu, g.layout.strategy,
                                   precision=g.precision, method=g.method, checkpointing=g.checkpointing,
                                   micro_batch=micro, seq_len=p.template.seq_len, gas=p.micro.accumulation(micro),
-                                  freeze_layers=p.template.freeze_trainable_layers)
+                                  freeze_layers=p.template.freeze_trainable_layers, attention=p.template.attention,
+                                  rates=p.rates)
 
     def per_sample(self, g: Group, micro: int, st: StepTime | None = None) -> float:
         """Model seconds per sample of ``g`` at ``micro`` (cached: bounds ask for it often)."""

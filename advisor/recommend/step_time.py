@@ -1,58 +1,60 @@
-"""Estimated time of one optimizer step: compute + collective communication + offload traffic (seconds).
+"""Time of one optimizer step (seconds) and serving speed, calibrated against published runs (issue 13).
 
-A deliberately simple, documented model whose job is to *rank* configurations, not to predict to the
-percent. Nothing is assumed to overlap (an upper bound: bucketing and prefetch hide part of the
-communication in practice).
+Every constant lives in ``advisor/data/step_time.yaml`` with its source; ``benchmarks/throughput.py`` compares
+the model with the measured runs of ``benchmarks/throughput_corpus.yaml`` (calibration and held-out splits).
 
-Compute
-    FLOPs per token, forward: ``2·N_matmul + 4·L·q·s`` (matmul parameters, plus attention scores and the
-    weighted sum; Chowdhery et al. 2022, PaLM App. B). Training adds the backward (2x forward for full
-    fine-tuning, 6N in all; 1x for LoRA/QLoRA, whose frozen weights need no weight gradient; for
-    ``freeze`` only the trainable last layers' share). Recomputation adds one more forward of the layers
-    for full checkpointing (8N in all) and the attention core (``4·L·q·s``) for selective (``freeze``:
-    of the trainable layers only). The GPU reaches
-    :data:`MFU_MAX` of its peak dense tensor rate (catalog bf16/fp16, fp32 for fp32) on large
-    micro-batches, ``tokens / (tokens + TOKENS_HALF)`` of that on small ones. QLoRA dequantizes NF4 weights
-    before each matmul: :data:`QLORA_SLOWDOWN`.
-Communication (bytes per GPU, ring collectives move (n-1)/n of the data per GPU; Ψ = parameters)
-    DDP / ZeRO-0 / FSDP NO_SHARD: one all-reduce of the gradients per step (2Ψ). ZeRO-1: reduce-scatter of
-    gradients + all-gather of updated 16-bit weights per step (2Ψ). ZeRO-2: reduce-scatter every
-    micro-step + all-gather per step. ZeRO-3 / FSDP FULL_SHARD: all-gather weights for forward and for
-    backward and reduce-scatter gradients every micro-step (3Ψ per micro-step; Rajbhandari et al. 2020
-    §7). FSDP SHARD_GRAD_OP: one all-gather + reduce-scatter per micro-step. HYBRID_SHARD: FULL_SHARD inside
-    a node plus an all-reduce of each node's gradient shard between nodes. Bandwidth: the catalog's
-    intra-node figure on one node; across nodes the smaller of that and the node's network divided by its
-    GPUs; times :data:`COMM_EFFICIENCY` (NCCL bus bandwidth vs link rate).
+Compute (hardware FLOPs per token, forward)
+    ``2·N_matmul`` (decoder linears of the active experts + the output projection) plus the attention core,
+    ``4·L·q·s`` for the full score matrix (Chowdhery et al. 2022, PaLM App. B), of which causal SDPA/flash
+    kernels compute ``causal_fraction`` (eager computes it all). Training adds the backward: 2x the matmuls for
+    full fine-tuning (6N in all), 1x for LoRA/QLoRA (activation gradients only), the trainable layers' share for
+    ``freeze``; the attention core's backward is ``attention_backward_factor`` x its forward whatever trains.
+    Full checkpointing re-runs the layer forward at ``full_recompute_cost`` of its matmuls (+ the attention core),
+    selective re-runs the attention core. The GPU reaches ``achievable_fraction[generation] x h/(h + hidden_half)
+    x t/(t + tokens_half)`` of its dense peak (h = hidden size, t = tokens per micro-step per GPU); QLoRA's NF4
+    dequantization and LoRA's adapters add ``qlora_dequant_cost`` / ``adapter_cost`` of the compute.
+Communication (ring collectives move (n-1)/n of the data per GPU; Ψ = parameters)
+    DDP / ZeRO-0 / NO_SHARD: all-reduce of the gradients once per step (2Ψ). ZeRO-1: reduce-scatter +
+    all-gather of the updated 16-bit weights per step. ZeRO-2: reduce-scatter every micro-step + all-gather per
+    step. ZeRO-3 / FULL_SHARD: all-gather for forward and for backward + reduce-scatter every micro-step (3Ψ;
+    Rajbhandari et al. 2020 §7). SHARD_GRAD_OP: one all-gather + reduce-scatter per micro-step. HYBRID_SHARD:
+    FULL_SHARD inside a node + all-reduce of the gradients between nodes. Bandwidth: the catalog's intra-node
+    rate on one node; across nodes the ring runs at the node's whole network rate (each GPU has its NIC); both
+    x ``comm_efficiency``. Prefetch and bucketing hide collectives behind compute on NVLink/Infinity Fabric and
+    InfiniBand-class networks (``overlap``): only what exceeds the compute it can hide behind is exposed
+    (gathers behind the whole micro-step, gradient reductions behind the backward); over PCIe they stay exposed.
 Offload
-    Gradients down and updated weights up over each GPU's PCIe link; DeepSpeed's CPU Adam at
-    :data:`CPU_ADAM_PARAMS_PER_S` per node; FSDP's CPU offload steps torch's AdamW on the CPU at
-    :data:`TORCH_CPU_ADAM_PARAMS_PER_S`; NVMe reads and writes the fp32 optimizer states at
-    :data:`NVME_GBPS` per node. ZeRO-3 parameter offload fetches every weight over PCIe for forward and
-    backward of each micro-step.
+    DeepSpeed CPU Adam at ``cpu_adam_params_per_s`` per node; ZeRO-3 parameter offload moves the 16-bit weights
+    for forward and backward at ``param_offload_bytes_per_s`` per node; FSDP CPUOffload copies each GPU's shard in
+    for forward and backward over its host link (prefetched, hidden like a gather on the copy engine) and steps
+    torch's AdamW on the CPU (``torch_cpu_adam_params_per_s``, fused); NVMe at ``nvme_bytes_per_s`` per node.
+Inference
+    Prefill is compute-bound (forward FLOPs at the efficiency above); decode is memory-bound: each generated
+    token reads the weights and the KV cache once, at ``hbm_efficiency`` of the HBM bandwidth. ``device_map=
+    "auto"`` runs the layers one GPU after another, so a split model is no faster than one GPU holding it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..architecture import Architecture
+from ..datafiles import load_data
+from ..estimate_result import InferenceSpeed, StepTime
 from ..param_count import ParameterCounts
+from ..profile import MachineProfile
 from ..specs import GiB, GPUInfo, HardwareSpec, StrategySpec
-
-MFU_MAX = 0.40                 # fraction of peak on large micro-batches (HF Trainer + DeepSpeed/FSDP, dense LLMs)
-TOKENS_HALF = 1024             # tokens per micro-step at which half of MFU_MAX is reached
-QLORA_SLOWDOWN = 1.25          # bitsandbytes NF4 dequantization before each matmul (assumed)
-COMM_EFFICIENCY = 0.80         # NCCL bus bandwidth / link bandwidth for large messages
-# DeepSpeedCPUAdam (AVX2/AVX-512, all cores of a node), parameters per second. Bounded by DeepSpeed PR #7474:
-# a whole Qwen2.5-3B step with CPU offload on 2 x A100-40G (128-core host) takes 2.4 s, so its CPU Adam runs at
-# >= 1.3e9 parameters/s; ZeRO-Offload (Ren et al. 2021) reports CPU-Adam several times faster than torch's.
-CPU_ADAM_PARAMS_PER_S = 2.0e9
-TORCH_CPU_ADAM_PARAMS_PER_S = 0.25e9   # torch.optim.AdamW on CPU (FSDP CPUOffload), parameters per second
-NVME_GBPS = 3.0                # one PCIe Gen4 NVMe drive per node, read or write, GB/s
 
 # When no --gpu is given, times assume this generic PCIe card (memory is the --vram given).
 GENERIC_GPU_NOTE = ("no --gpu given: step times assume a generic PCIe GPU (150 TFLOPS bf16/fp16, PCIe Gen4 "
                     "25 GB/s between GPUs and to the host, 100 Gb/s between nodes); give --gpu for its own figures")
+
+
+@lru_cache(maxsize=1)
+def constants() -> dict:
+    """The step-time constants (``advisor/data/step_time.yaml``)."""
+    return load_data("step_time.yaml")
 
 
 def generic_gpu(vram_bytes: int) -> GPUInfo:
@@ -60,22 +62,6 @@ def generic_gpu(vram_bytes: int) -> GPUInfo:
     return GPUInfo(name="generic", memory_bytes=max(vram_bytes, GiB), bf16=True, fp16_tflops=150.0,
                    bf16_tflops=150.0, fp32_tflops=20.0, hbm_bandwidth_gbps=1000.0, intra_node_link="pcie",
                    intra_node_bandwidth_gbps=25.0, inter_node_bandwidth_gbps=12.5, pcie_bandwidth_gbps=25.0)
-
-
-@dataclass(frozen=True)
-class StepTime:
-    """Seconds of one optimizer step and its parts; ``tokens`` processed by the whole job per step."""
-
-    seconds: float
-    compute_seconds: float
-    communication_seconds: float
-    offload_seconds: float
-    tokens: int
-    mfu: float                 # fraction of peak assumed for the compute part
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 def peak_flops(gpu: GPUInfo, precision: str) -> float:
@@ -87,9 +73,131 @@ def peak_flops(gpu: GPUInfo, precision: str) -> float:
     return gpu.fp16_tflops * 1e12
 
 
-def efficiency(tokens_per_microstep: int) -> float:
-    """Fraction of peak reached at this many tokens per micro-step per GPU."""
-    return MFU_MAX * tokens_per_microstep / (tokens_per_microstep + TOKENS_HALF)
+@dataclass(frozen=True)
+class Rates:
+    """The rates one step runs at: the catalog's datasheet figures, or a ``dsadvise calibrate`` profile's."""
+
+    gpu: GPUInfo
+    achievable: dict[str, float]        # precision -> fraction of catalog peak on large matmul-bound steps
+    intra_bytes_per_s: float            # ring bus bandwidth inside a node (already x comm_efficiency)
+    node_bytes_per_s: float             # one node's network, ring bus bandwidth across nodes
+    host_bytes_per_s: float             # one GPU's host link (pinned copies)
+    hbm_bytes_per_s: float
+    cpu_adam_params_per_s: float        # DeepSpeedCPUAdam, per node
+    torch_cpu_adam_params_per_s: float  # torch AdamW on the CPU (fused), per node
+    intra_overlap: float                # fraction of a collective prefetch/bucketing can hide, inside a node
+    inter_overlap: float                # ... across nodes
+    source: str                         # "catalog <gpu>", "generic", or the profile's label
+    profiled: bool = False              # rates measured by `dsadvise calibrate` (--profile)
+
+    def peak(self, precision: str) -> float:
+        return peak_flops(self.gpu, precision)
+
+
+def _overlap(link: str) -> float:
+    return float(constants()["overlap"].get(link, 0.0))
+
+
+def rates_for(gpu: GPUInfo, profile: MachineProfile | None = None) -> Rates:
+    """Rates of ``gpu`` from the catalog, with whatever ``profile`` measured replacing the datasheet figures."""
+    c = constants()
+    frac = c["achievable_fraction"]
+    base = float(frac.get(gpu.generation, frac["unknown"]))
+    achievable = {p: base for p in ("fp32", "fp16", "bf16", "pure-bf16")}
+    eff = float(c["comm_efficiency"])
+    inter_ov = _overlap(gpu.intra_node_link) if gpu.inter_node_bandwidth_gbps >= c["overlap_network_min_gbps"] \
+        else 0.0
+    r = Rates(gpu=gpu, achievable=achievable, intra_bytes_per_s=gpu.intra_node_bandwidth_gbps * 1e9 * eff,
+              node_bytes_per_s=gpu.inter_node_bandwidth_gbps * 1e9 * eff,
+              host_bytes_per_s=gpu.pcie_bandwidth_gbps * 1e9, hbm_bytes_per_s=gpu.hbm_bandwidth_gbps * 1e9,
+              cpu_adam_params_per_s=float(c["cpu_adam_params_per_s"]),
+              torch_cpu_adam_params_per_s=float(c["torch_cpu_adam_params_per_s"]),
+              intra_overlap=_overlap(gpu.intra_node_link), inter_overlap=inter_ov,
+              source="generic GPU class" if gpu.name == "generic" else f"GPU catalog ({gpu.name})")
+    if profile is None:
+        return r
+    return _with_profile(r, profile)
+
+
+def profile_device(prof: MachineProfile, like: GPUInfo) -> GPUInfo:
+    """The measured device as a GPUInfo when no --gpu names it: its peak is the measured matmul rate."""
+    m = prof.matmul_flops
+    fp32 = m.get("fp32") or max(m.values(), default=1e9)
+    half = m.get("bf16") or m.get("fp16") or fp32
+    return like.model_copy(update={"name": prof.device_kind if prof.device_kind == "cpu" else "profiled",
+                                   "fp32_tflops": fp32 / 1e12, "fp16_tflops": (m.get("fp16") or half) / 1e12,
+                                   "bf16_tflops": half / 1e12, "generation": "unknown"})
+
+
+def _with_profile(r: Rates, prof: MachineProfile) -> Rates:
+    c = constants()
+    step = float(c["profile_step_per_matmul"])
+    if r.gpu.name == "generic":          # no --gpu: the measured device is the device
+        r = Rates(**{**r.__dict__, "gpu": profile_device(prof, r.gpu)})
+    achievable = dict(r.achievable)
+    for precision, dtype in (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("pure-bf16", "bf16")):
+        measured = prof.matmul_flops.get(dtype)
+        if measured:
+            # never above the peak: a profile measured on a faster card than --gpu names cannot beat its datasheet
+            achievable[precision] = min(measured * step / peak_flops(r.gpu, precision), 1.0)
+    intra = r.intra_bytes_per_s
+    if prof.allgather_bus_bytes_per_s or prof.allreduce_bus_bytes_per_s:
+        intra = min(x for x in (prof.allgather_bus_bytes_per_s, prof.allreduce_bus_bytes_per_s) if x)
+    host = prof.host_to_device_bytes_per_s or r.host_bytes_per_s
+    ds = prof.cpu_adam_params_per_s.get("deepspeed")
+    torch_fused = prof.cpu_adam_params_per_s.get("torch_fused")
+    return Rates(gpu=r.gpu, achievable=achievable, intra_bytes_per_s=intra, node_bytes_per_s=r.node_bytes_per_s,
+                 host_bytes_per_s=host, hbm_bytes_per_s=r.hbm_bytes_per_s,
+                 cpu_adam_params_per_s=ds or torch_fused or r.cpu_adam_params_per_s,
+                 torch_cpu_adam_params_per_s=torch_fused or r.torch_cpu_adam_params_per_s,
+                 intra_overlap=r.intra_overlap, inter_overlap=r.inter_overlap, source=prof.label, profiled=True)
+
+
+def _gbps(bytes_per_s: float) -> str:
+    v = bytes_per_s / 1e9
+    return f"{v:.0f} GB/s" if v >= 10 else f"{v:.2g} GB/s"
+
+
+def step_time_assumptions(r: Rates, hw: HardwareSpec, task: str = "train") -> list[str]:
+    """What the step-time (or, for ``infer``, serving-speed) figures assume that the user did not give."""
+    c = constants()
+    gpu = r.gpu
+    out = []
+    if r.profiled:
+        out.append(f"step times use the measured rates of the {r.source}: a whole step at "
+                   f"{c['profile_step_per_matmul']} of its matmul rate, collectives at {_gbps(r.intra_bytes_per_s)}, "
+                   f"host link {_gbps(r.host_bytes_per_s)}, CPU Adam {r.cpu_adam_params_per_s:.3g} params/s"
+                   + ("; the rest from the GPU catalog" if r.gpu.name not in ("cpu", "profiled") else
+                      "; no --gpu given, so the measured device is the one estimated"))
+    else:
+        frac = c["achievable_fraction"].get(gpu.generation, c["achievable_fraction"]["unknown"])
+        who = "the generic GPU" if gpu.name == "generic" else f"{gpu.name} ({gpu.generation})"
+        what = "prefill" if task == "infer" else "step times"
+        out.append(f"{what}: {who} computes at up to {frac:.0%} of its dense peak "
+                   f"on wide models and long micro-batches (advisor/data/step_time.yaml, checked against "
+                   f"published runs by benchmarks/throughput.py); give --profile for rates measured on your machine")
+    if task == "infer":
+        out.append(f"decode reads the weights and the KV cache of the full --seq-len context once per generated "
+                   f"token at {c['hbm_efficiency']:.0%} of the {r.hbm_bytes_per_s / 1e9:,.0f} GB/s memory bandwidth")
+        return out
+    if hw.world_size > 1:
+        link = gpu.intra_node_link
+        hidden = "hidden behind compute by prefetch and bucketing" if r.intra_overlap > 0 else \
+            "not hidden behind compute (no peer-to-peer: NCCL stages through host memory)"
+        out.append(f"collectives inside a node run at {_gbps(r.intra_bytes_per_s)} over {link}, {hidden}")
+    if hw.nodes > 1:
+        net = "overlapped" if r.inter_overlap > 0 else "exposed (Ethernet-class network)"
+        out.append(f"between nodes the ring runs at the node's network rate, {_gbps(r.node_bytes_per_s)} "
+                   f"(catalog figure for the usual {gpu.name} system), {net}")
+    return out
+
+
+def efficiency(rates: Rates, precision: str, hidden: int, tokens_per_microstep: int) -> float:
+    """Fraction of dense peak reached: generation's achievable fraction x width factor x tokens factor."""
+    c = constants()
+    width = hidden / (hidden + c["hidden_half"])
+    fill = tokens_per_microstep / (tokens_per_microstep + c["tokens_half"])
+    return rates.achievable[precision] * width * fill
 
 
 def matmul_parameters(arch: Architecture, counts: ParameterCounts) -> int:
@@ -98,25 +206,77 @@ def matmul_parameters(arch: Architecture, counts: ParameterCounts) -> int:
     return max(layers, 0) + arch.vocab_size * arch.hidden_size
 
 
-def flops_per_token(arch: Architecture, counts: ParameterCounts, seq_len: int, method: str, checkpointing: str,
-                    freeze_layers: int = 2, task: str = "train") -> float:
-    """FLOPs per token of one training (or inference) pass, by method and recomputation."""
-    n_matmul = matmul_parameters(arch, counts)
-    attention = 4.0 * arch.num_layers * arch.q_width * seq_len
-    forward = 2.0 * n_matmul + attention
+def attention_flops(arch: Architecture, seq_len: int, attention: str) -> float:
+    """Forward FLOPs per token of the attention core (scores + weighted sum), causal kernels skipping half."""
+    c = constants()
+    span = seq_len
+    if arch.sliding_window and attention != "eager":
+        span = min(seq_len, arch.sliding_window)
+    full = 4.0 * arch.num_layers * arch.q_width * span
+    return full if attention == "eager" else full * c["causal_fraction"]
+
+
+def flop_parts(arch: Architecture, counts: ParameterCounts, seq_len: int, method: str, checkpointing: str,
+               freeze_layers: int = 2, task: str = "train", attention: str = "sdpa") -> tuple[float, float]:
+    """(matmul, attention-core) hardware FLOPs per token of one training step (or one inference forward),
+    recomputation included (recomputed matmuls at ``full_recompute_cost``)."""
+    c = constants()
+    head = 2.0 * arch.vocab_size * arch.hidden_size
+    layer_mm = 2.0 * matmul_parameters(arch, counts) - head
+    attn = attention_flops(arch, seq_len, attention)
     if task == "infer":
-        return forward
+        return layer_mm + head, attn
+    attn_bwd = c["attention_backward_factor"] * attn
+    share = 1.0
     if method == "full":
-        backward = 2.0 * forward
+        mm, at = 3.0 * (layer_mm + head), attn + attn_bwd
     elif method == "freeze":
-        backward = 2.0 * forward * min(freeze_layers, arch.num_layers) / arch.num_layers
-    else:  # lora / qlora: activation gradients only (adapter weight gradients are negligible)
-        backward = forward
-    layer_forward = forward - 2.0 * arch.vocab_size * arch.hidden_size
-    recompute = {"full": layer_forward, "selective": attention}.get(checkpointing, 0.0)
-    if method == "freeze":   # only layers that backpropagate are recomputed
-        recompute *= min(freeze_layers, arch.num_layers) / arch.num_layers
-    return forward + backward + recompute
+        share = min(freeze_layers, arch.num_layers) / arch.num_layers
+        mm, at = layer_mm + 2.0 * head + share * 2.0 * layer_mm, attn + share * attn_bwd
+    else:  # lora / qlora: activation gradients only (the adapters' own cost: adapter_cost)
+        mm, at = 2.0 * (layer_mm + head), attn + attn_bwd
+    if checkpointing == "full":
+        mm, at = mm + share * c["full_recompute_cost"] * layer_mm, at + share * attn
+    elif checkpointing == "selective":
+        at += share * attn
+    return mm, at
+
+
+def flops_per_token(arch: Architecture, counts: ParameterCounts, seq_len: int, method: str, checkpointing: str,
+                    freeze_layers: int = 2, task: str = "train", attention: str = "sdpa") -> float:
+    """Hardware FLOPs per token of one training step (or one inference forward), recomputation included."""
+    return sum(flop_parts(arch, counts, seq_len, method, checkpointing, freeze_layers, task, attention))
+
+
+def compute_seconds_per_token(arch: Architecture, counts: ParameterCounts, rates: "Rates", precision: str,
+                              tokens_per_microstep: int, seq_len: int, method: str, checkpointing: str,
+                              freeze_layers: int = 2, task: str = "train", attention: str = "sdpa") -> float:
+    """Seconds per token on one GPU: matmuls at :func:`efficiency`, the attention core at ``attention_efficiency``
+    of that (eager attention also at ``eager_attention_efficiency``), plus QLoRA/LoRA costs."""
+    c = constants()
+    mm, at = flop_parts(arch, counts, seq_len, method, checkpointing, freeze_layers, task, attention)
+    rate = rates.peak(precision) * efficiency(rates, precision, arch.hidden_size, tokens_per_microstep)
+    attn_rate = rate * c["attention_efficiency"] * (c["eager_attention_efficiency"] if attention == "eager" else 1)
+    t = mm / rate + at / attn_rate
+    if method in ("lora", "qlora") and task == "train":
+        t *= 1 + c["adapter_cost"]
+    if method == "qlora":
+        t *= 1 + c["qlora_dequant_cost"]
+    return t
+
+
+def model_flops_per_token(arch: Architecture, counts: ParameterCounts, method: str = "full",
+                          freeze_layers: int = 2) -> float:
+    """Model FLOPs per trained token, the numerator of MFU: 6·N for full fine-tuning (Chowdhery et al. 2022,
+    App. B); the same count of what the method must compute otherwise: 4·N for LoRA/QLoRA (frozen weights need
+    activation gradients only), 2·N + 4·N_trained for ``freeze`` (so MFU never exceeds 1)."""
+    n = counts.active_per_token
+    if method in ("lora", "qlora"):
+        return 4.0 * n
+    if method == "freeze":
+        share = min(freeze_layers, arch.num_layers) / arch.num_layers
+        return 2.0 * n + 4.0 * share * (n - counts.embedding - counts.lm_head - counts.final)
+    return 6.0 * n
 
 
 def _weight_bytes(precision: str, method: str) -> float:
@@ -135,95 +295,172 @@ def _grad_bytes(precision: str, strategy: StrategySpec) -> float:
     return 4.0 if strategy.backend in ("single", "ddp") else 2.0
 
 
-def communication_seconds(strategy: StrategySpec, hw: HardwareSpec, gpu: GPUInfo, params: int, trainable: int,
-                          precision: str, method: str, gas: int) -> float:
-    """Collective communication of one optimizer step (see the module docstring for the volumes)."""
+@dataclass(frozen=True)
+class _Comm:
+    """Collective seconds of one optimizer step: hidable behind the micro-steps' compute / backward, or not."""
+
+    behind_compute: float = 0.0      # gathers every micro-step: hidden behind the whole micro-step
+    behind_backward: float = 0.0     # gradient reductions: hidden behind the backward
+    exposed: float = 0.0             # after the last backward (ZeRO-1/2 weight all-gather)
+    overlap: float = 0.0
+
+
+def _communication(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: int, trainable: int,
+                   precision: str, method: str, gas: int) -> _Comm:
     n = hw.world_size
     if n <= 1:
-        return 0.0
+        return _Comm()
     g, nodes = hw.gpus_per_node, hw.nodes
     w, gb = _weight_bytes(precision, method), _grad_bytes(precision, strategy)
-    intra = gpu.intra_node_bandwidth_gbps * 1e9 * COMM_EFFICIENCY
-    inter_per_gpu = gpu.inter_node_bandwidth_gbps * 1e9 * COMM_EFFICIENCY / g
-    flat_bw = min(intra, inter_per_gpu) if nodes > 1 else intra
-    r = (n - 1) / n
+    bw = min(r.intra_bytes_per_s, r.node_bytes_per_s) if nodes > 1 else r.intra_bytes_per_s
+    ov = min(r.intra_overlap, r.inter_overlap) if nodes > 1 else r.intra_overlap
+    q = (n - 1) / n
     name = strategy.name
     if name in ("ddp", "zero0", "fsdp-no-shard", "single"):
-        return 2 * r * trainable * gb / flat_bw
+        return _Comm(behind_backward=2 * q * trainable * gb / bw, overlap=ov)
     if name == "zero1":
-        return r * trainable * (gb + w) / flat_bw
+        return _Comm(behind_backward=q * trainable * gb / bw, exposed=q * trainable * w / bw, overlap=ov)
     if name == "zero2":
-        return r * trainable * (gas * gb + w) / flat_bw
+        return _Comm(behind_backward=gas * q * trainable * gb / bw, exposed=q * trainable * w / bw, overlap=ov)
     if name in ("zero3", "fsdp-full"):
-        return gas * r * (2 * params * w + trainable * gb) / flat_bw
+        return _Comm(behind_compute=gas * q * (2 * params * w + trainable * gb) / bw, overlap=ov)
     if name == "fsdp-grad-op":
-        return gas * r * (params * w + trainable * gb) / flat_bw
+        return _Comm(behind_compute=gas * q * (params * w + trainable * gb) / bw, overlap=ov)
     if name == "fsdp-hybrid":
-        rg = (g - 1) / g
-        inside = gas * rg * (2 * params * w + trainable * gb) / intra if g > 1 else 0.0
-        between = 0.0
-        if nodes > 1:
-            rn = (nodes - 1) / nodes
-            between = 2 * rn * (trainable / g) * gb / inter_per_gpu
-        return inside + between
+        inside = gas * (g - 1) / g * (2 * params * w + trainable * gb) / r.intra_bytes_per_s if g > 1 else 0.0
+        between = 2 * (nodes - 1) / nodes * trainable * gb / r.node_bytes_per_s if nodes > 1 else 0.0
+        # the within-node gathers overlap by the intra-node link; the between-node all-reduce by the network
+        return _Comm(behind_compute=inside, behind_backward=between,
+                     overlap=min(r.intra_overlap, r.inter_overlap) if nodes > 1 else r.intra_overlap)
     raise ValueError(f"no communication model for strategy {name!r}")
 
 
-def offload_seconds(strategy: StrategySpec, hw: HardwareSpec, gpu: GPUInfo, params: int, trainable: int,
-                    precision: str, method: str, gas: int) -> float:
-    """PCIe traffic, NVMe traffic and the CPU optimizer step of one optimizer step."""
+@dataclass(frozen=True)
+class _Offload:
+    behind_compute: float = 0.0      # prefetched parameter copies (copy engine)
+    exposed: float = 0.0             # CPU optimizer step, NVMe, ZeRO-3 parameter fetches
+
+
+def _offload(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: int, trainable: int, precision: str,
+             method: str, gas: int) -> _Offload:
     if strategy.offload_optimizer == "none" and strategy.offload_param == "none":
-        return 0.0
+        return _Offload()
+    c = constants()
     n, nodes = hw.world_size, hw.nodes
     w, gb = _weight_bytes(precision, method), _grad_bytes(precision, strategy)
-    pcie = gpu.pcie_bandwidth_gbps * 1e9
-    nvme = NVME_GBPS * 1e9
+    host = r.host_bytes_per_s
     per_node_trainable = trainable / nodes
-    t = 0.0
     if strategy.backend == "fsdp":
-        # CPUOffload: sharded params fetched for forward and backward, gradients down, torch AdamW on CPU.
-        t += gas * (2 * params / n * w + trainable / n * gb) / pcie
-        t += per_node_trainable / TORCH_CPU_ADAM_PARAMS_PER_S
-        return t
+        # CPUOffload: each GPU's shard in for forward and backward, gradients out; torch AdamW on the CPU.
+        copies = gas * (2 * params / n * w + trainable / n * gb) / host
+        return _Offload(behind_compute=copies, exposed=per_node_trainable / r.torch_cpu_adam_params_per_s)
+    hidden = exposed = 0.0
     if strategy.offload_optimizer != "none":
-        copies = 1 if strategy.zero_stage == 1 else gas       # stage 1 copies at the boundary only
-        t += (copies * trainable / n * gb + trainable / n * w) / pcie
-        t += per_node_trainable / CPU_ADAM_PARAMS_PER_S
+        grads_out = (1 if strategy.zero_stage == 1 else gas) * trainable / n * gb / host
+        hidden += grads_out
+        exposed += trainable / n * w / host + per_node_trainable / r.cpu_adam_params_per_s
         if strategy.offload_optimizer == "nvme":
-            t += per_node_trainable * 12 * 2 / nvme   # fp32 master + 2 moments, read and written
+            exposed += per_node_trainable * 12 * 2 / c["nvme_bytes_per_s"]   # fp32 master + moments, read + write
     if strategy.offload_param != "none":
-        t += gas * 2 * params / n * w / pcie
+        exposed += gas * 2 * params / nodes * w / c["param_offload_bytes_per_s"]
         if strategy.offload_param == "nvme":
-            t += gas * 2 * params / nodes * w / nvme
-    return t
+            exposed += gas * 2 * params / nodes * w / c["nvme_bytes_per_s"]
+    return _Offload(behind_compute=hidden, exposed=exposed)
+
+
+def optimizer_seconds(strategy: StrategySpec, hw: HardwareSpec, r: Rates, trainable: int) -> float:
+    """The optimizer step on the GPU (memory-bound): ``optimizer_bytes_per_param`` of HBM traffic per trainable
+    parameter it updates (its shard under ZeRO-1/2/3 and FSDP sharding; none when offloaded to the CPU)."""
+    if strategy.offload_optimizer != "none":
+        return 0.0
+    c = constants()
+    shard = trainable
+    if strategy.backend == "deepspeed" and (strategy.zero_stage or 0) >= 1:
+        shard = trainable / hw.world_size
+    elif strategy.backend == "fsdp" and strategy.fsdp_sharding != "NO_SHARD":
+        shard = trainable / (hw.gpus_per_node if strategy.fsdp_sharding == "HYBRID_SHARD" else hw.world_size)
+    return shard * c["optimizer_bytes_per_param"] / (r.hbm_bytes_per_s * c["hbm_efficiency"])
+
+
+def _hide(seconds: float, budget: float, overlap: float) -> tuple[float, float]:
+    """(exposed, budget left): ``overlap`` of ``seconds`` can hide behind ``budget`` seconds of compute."""
+    hidden = min(seconds * overlap, budget)
+    return seconds - hidden, budget - hidden
 
 
 def training_step_time(arch: Architecture, counts: ParameterCounts, trainable: int, hw: HardwareSpec,
                        gpu: GPUInfo, strategy: StrategySpec, *, precision: str, method: str, checkpointing: str,
-                       micro_batch: int, seq_len: int, gas: int, freeze_layers: int = 2) -> StepTime:
+                       micro_batch: int, seq_len: int, gas: int, freeze_layers: int = 2, attention: str = "sdpa",
+                       profile: MachineProfile | None = None, rates: Rates | None = None) -> StepTime:
     """Seconds of one optimizer step of ``gas`` micro-steps of ``micro_batch`` x ``seq_len`` tokens per GPU."""
-    tokens_per_gpu = micro_batch * seq_len * gas
-    mfu = efficiency(micro_batch * seq_len)
-    flops = flops_per_token(arch, counts, seq_len, method, checkpointing, freeze_layers) * tokens_per_gpu
-    compute = flops / (peak_flops(gpu, precision) * mfu)
-    if method == "qlora":
-        compute *= QLORA_SLOWDOWN
-    comm = communication_seconds(strategy, hw, gpu, counts.total, trainable, precision, method, gas)
-    off = offload_seconds(strategy, hw, gpu, counts.total, trainable, precision, method, gas)
-    return StepTime(seconds=compute + comm + off, compute_seconds=compute, communication_seconds=comm,
-                    offload_seconds=off, tokens=tokens_per_gpu * hw.world_size, mfu=mfu)
+    c = constants()
+    r = rates or rates_for(gpu, profile)
+    tokens_micro = micro_batch * seq_len
+    eff = efficiency(r, precision, arch.hidden_size, tokens_micro)
+    peak = r.peak(precision)
+    micro_compute = tokens_micro * compute_seconds_per_token(arch, counts, r, precision, tokens_micro, seq_len, method,
+                                                             checkpointing, freeze_layers, attention=attention)
+    compute = gas * micro_compute + optimizer_seconds(strategy, hw, r, trainable)
+    backward_share = 2.0 / 3.0 if method == "full" else 0.5
+    comm = _communication(strategy, hw, r, counts.total, trainable, precision, method, gas)
+    off = _offload(strategy, hw, r, counts.total, trainable, precision, method, gas)
+    budget = compute
+    comm_a, budget = _hide(comm.behind_compute, budget, comm.overlap)
+    back_budget = min(budget, compute * backward_share)
+    comm_b, used = _hide(comm.behind_backward, back_budget, comm.overlap)
+    budget -= back_budget - used
+    off_a, budget = _hide(off.behind_compute, budget, 1.0)        # host copies run on the copy engines
+    comm_s = comm_a + comm_b + comm.exposed
+    off_s = off_a + off.exposed
+    seconds = compute + comm_s + off_s
+    tokens = tokens_micro * gas * hw.world_size
+    tps = tokens / seconds
+    mfu = model_flops_per_token(arch, counts, method, freeze_layers) * tps / (hw.world_size * peak)
+    return StepTime(seconds=seconds, compute_seconds=compute, communication_seconds=comm_s, offload_seconds=off_s,
+                    tokens_per_second=tps, tokens_per_second_per_gpu=tps / hw.world_size, compute_efficiency=eff,
+                    mfu=mfu, tokens_per_step=tokens, peak_tflops=peak / 1e12, rates=r.source)
+
+
+def kv_bytes_per_token(arch: Architecture, dtype_bytes: int = 2) -> int:
+    """Bytes of K and V cached per token of context, all layers."""
+    return 2 * arch.num_layers * arch.kv_width * dtype_bytes
+
+
+def inference_speed(arch: Architecture, counts: ParameterCounts, hw: HardwareSpec, gpu: GPUInfo, layout: str, *,
+                    precision: str, method: str, batch: int, seq_len: int, weight_bytes: int,
+                    attention: str = "sdpa", profile: MachineProfile | None = None) -> InferenceSpeed:
+    """Prefill and decode tokens/s of ``layout`` (``replica-per-gpu`` or ``device-map-auto``) on the whole job.
+
+    A replica per GPU serves ``world`` copies at once. ``device_map="auto"`` holds one copy per node whose layers
+    run one GPU after another: each GPU computes and reads its share in turn, so one copy takes as long as one GPU
+    holding the whole model would (Hugging Face accelerate big-model inference: naive pipeline, one GPU busy).
+    """
+    c = constants()
+    r = rates_for(gpu, profile)
+    tokens = batch * seq_len
+    peak = r.peak(precision)
+    prefill = tokens * compute_seconds_per_token(arch, counts, r, precision, tokens, seq_len, method, "none",
+                                                 task="infer", attention=attention)
+    dtype_bytes = 4 if precision == "fp32" else 2
+    step_bytes = weight_bytes + batch * seq_len * kv_bytes_per_token(arch, dtype_bytes)
+    decode_mem = step_bytes / (r.hbm_bytes_per_s * c["hbm_efficiency"])
+    decode_flops = flops_per_token(arch, counts, seq_len, method, "none", task="infer", attention=attention) * batch
+    decode = max(decode_mem, decode_flops / (peak * efficiency(r, precision, arch.hidden_size, batch)))
+    copies = hw.world_size if layout == "replica-per-gpu" else hw.nodes
+    return InferenceSpeed(layout=layout, copies=copies, batch=batch,
+                          prefill_tokens_per_second=copies * tokens / prefill,
+                          decode_tokens_per_second=copies * batch / decode, decode_seconds_per_token=decode,
+                          bytes_per_decode_step=int(step_bytes))
 
 
 def inference_step_time(arch: Architecture, counts: ParameterCounts, gpu: GPUInfo, *, precision: str,
-                        method: str, batch: int, seq_len: int, weight_bytes: int) -> float:
-    """Seconds of one prefill of ``batch`` x ``seq_len`` tokens on one model copy: compute or weight reads."""
-    tokens = batch * seq_len
-    flops = flops_per_token(arch, counts, seq_len, method, "none", task="infer") * tokens
-    compute = flops / (peak_flops(gpu, precision) * efficiency(tokens))
-    if method == "qlora":
-        compute *= QLORA_SLOWDOWN
-    memory_bound = weight_bytes / (gpu.hbm_bandwidth_gbps * 1e9)
-    return max(compute, memory_bound)
+                        method: str, batch: int, seq_len: int, weight_bytes: int, attention: str = "sdpa",
+                        profile: MachineProfile | None = None) -> float:
+    """Seconds of one prefill of ``batch`` x ``seq_len`` tokens on one model copy (compute-bound)."""
+    one = HardwareSpec(gpus_per_node=1, vram_bytes=gpu.memory_bytes, gpu=gpu)
+    s = inference_speed(arch, counts, one, gpu, "replica-per-gpu", precision=precision, method=method, batch=batch,
+                        seq_len=seq_len, weight_bytes=weight_bytes, attention=attention, profile=profile)
+    return batch * seq_len / s.prefill_tokens_per_second
 
 
 # Ranking among near-equal step times follows DeepSpeed's published guidance (HF transformers DeepSpeed

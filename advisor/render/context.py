@@ -23,6 +23,8 @@ FSDP_LAYER_CLASSES: dict[str, str] = {
     "qwen2": "Qwen2DecoderLayer", "qwen3": "Qwen3DecoderLayer", "gemma": "GemmaDecoderLayer",
     "gemma2": "Gemma2DecoderLayer", "phi3": "Phi3DecoderLayer", "gpt2": "GPT2Block", "opt": "OPTDecoderLayer",
     "falcon": "FalconDecoderLayer", "bloom": "BloomBlock", "gpt_neox": "GPTNeoXLayer",
+    "qwen3_moe": "Qwen3MoeDecoderLayer", "gemma3_text": "Gemma3DecoderLayer", "olmo2": "Olmo2DecoderLayer",
+    "smollm3": "SmolLM3DecoderLayer", "glm4": "Glm4DecoderLayer",
 }
 
 # DeepSpeed's fp16 dynamic loss scaling defaults (deepspeed/runtime/precision_config.py, DeepSpeedFP16Config).

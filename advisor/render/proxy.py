@@ -55,13 +55,21 @@ def proxy_hf_config(arch: Architecture) -> dict:
                 "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "rotary_pct": arch.rotary_pct,
                 "use_parallel_residual": arch.parallel_residual, "max_position_embeddings": POSITIONS,
                 "vocab_size": VOCAB, "tie_word_embeddings": arch.tie_word_embeddings, **tokens}
-    known = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"}
+    known = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3",
+             "qwen3_moe", "gemma3_text", "olmo2", "smollm3", "glm4"}
     cfg = {"model_type": fam if fam in known else "llama", "hidden_size": HIDDEN, "intermediate_size": INNER,
            "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": _kv_heads(arch),
            "vocab_size": VOCAB, "max_position_embeddings": POSITIONS,
            "tie_word_embeddings": arch.tie_word_embeddings, **tokens}
-    if fam in ("qwen3", "gemma", "gemma2"):
+    if fam in ("qwen3", "gemma", "gemma2", "qwen3_moe", "gemma3_text", "glm4"):
         cfg["head_dim"] = HEAD_DIM
+    if fam == "glm4":
+        cfg["attention_bias"] = arch.qkv_bias
+    if fam == "gemma3_text":
+        cfg.update(sliding_window=16, query_pre_attn_scalar=HEAD_DIM)
+    if fam == "qwen3_moe":
+        cfg.update(num_experts=min(max(arch.num_experts, 2), 4), moe_intermediate_size=INNER // 4,
+                   num_experts_per_tok=min(max(arch.experts_per_token, 1), 2))
     if fam == "llama":
         cfg.update(attention_bias=arch.qkv_bias, mlp_bias=arch.mlp_bias)
     if fam in ("mistral", "gemma2") and arch.sliding_window:

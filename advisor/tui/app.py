@@ -70,8 +70,9 @@ class WizardApp(App[int]):
     ]
 
     def __init__(self, inputs: WizardInputs | None = None, *, output_dir: str = "dsadvise-configs",
-                 force: bool = False, debounce: float = 0.15, recommender=backend.LOAD) -> None:
+                 force: bool = False, debounce: float = 0.15, recommender=backend.LOAD, profile=None) -> None:
         super().__init__()
+        self.profile = profile             # a `dsadvise calibrate` profile (--profile), or None
         self.inputs = inputs or WizardInputs()
         self.debounce = debounce
         self.recommender = recommender     # see backend.evaluate
@@ -242,7 +243,7 @@ class WizardApp(App[int]):
     @work(thread=True, exclusive=True, group="evaluate", exit_on_error=False)
     def _evaluate(self, inputs: WizardInputs, seq: int) -> None:
         try:
-            outcome = backend.evaluate(inputs, recommender=self.recommender)
+            outcome = backend.evaluate(inputs, recommender=self.recommender, profile=self.profile)
             shown = backend.preview(outcome)
         except Exception as exc:   # the wizard's error boundary (as the CLI's): a bug is one line, not a crash
             outcome = backend.Outcome(inputs=inputs, general_error=internal_error(exc))
@@ -313,7 +314,7 @@ class WizardApp(App[int]):
             if self.idle and self.outcome is not None and self.outcome.inputs == inputs:
                 outcome, shown = self.outcome, self.preview
             else:
-                outcome = backend.evaluate(inputs, recommender=self.recommender)
+                outcome = backend.evaluate(inputs, recommender=self.recommender, profile=self.profile)
                 shown = backend.preview(outcome)
             paths = backend.save(outcome, shown, out_dir, force=force)
             self._saved_as = (outcome.inputs, out_dir)
@@ -353,7 +354,7 @@ class WizardApp(App[int]):
     def _dry_run_thread(self, inputs: WizardInputs, out_dir: str, force: bool) -> None:
         try:
             if self._saved_as != (inputs, out_dir):
-                outcome = backend.evaluate(inputs, recommender=self.recommender)
+                outcome = backend.evaluate(inputs, recommender=self.recommender, profile=self.profile)
                 backend.save(outcome, backend.preview(outcome), out_dir, force=force)
                 self._saved_as = (inputs, out_dir)
             self._call(self._dry_run_phase, "Dry run: loading the configs in accelerate and DeepSpeed, then "

@@ -89,7 +89,7 @@ def problem_kwargs(inputs: WizardInputs, values: dict[str, object]) -> dict[str,
         optimizer=inputs.optimizer, method=inputs.method, lora_rank=values["lora_rank"])
 
 
-def _recommend(recommend, resolved, inputs: WizardInputs, kwargs: dict[str, Any]):
+def _recommend(recommend, resolved, inputs: WizardInputs, kwargs: dict[str, Any], profile: Any = None):
     """``advisor.recommend.recommend`` called as ``dsadvise recommend`` calls it: hardware and a training
     template from the API builders; method / precision / checkpointing fixed or ``"auto"`` (searched)."""
     from ..api import build_hardware, build_training
@@ -100,8 +100,9 @@ def _recommend(recommend, resolved, inputs: WizardInputs, kwargs: dict[str, Any]
                               micro_batch=kwargs["micro_batch"], global_batch=kwargs["global_batch"],
                               precision=kwargs["precision"], optimizer=kwargs["optimizer"],
                               method="full" if method == AUTO else method, lora_rank=kwargs["lora_rank"])
+    extra = {} if profile is None else {"profile": profile}     # a `dsadvise calibrate` profile (--profile)
     return recommend(resolved, hw, template, method=method, precision=inputs.precision,
-                     checkpointing=inputs.checkpointing)
+                     checkpointing=inputs.checkpointing, **extra)
 
 
 def _record(out: Outcome, exc: AdvisorError) -> None:
@@ -115,11 +116,12 @@ def _record(out: Outcome, exc: AdvisorError) -> None:
 LOAD = "load"   # evaluate(recommender=LOAD): advisor.recommend.recommend (the default)
 
 
-def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
+def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = None) -> Outcome:
     """Estimate (and, where available, recommend) for the wizard's inputs; never raises on bad input.
 
     ``recommender``: ``LOAD`` imports ``advisor.recommend.recommend``; None estimates only; or a callable
     with its signature (tests pass a fixed one so that screenshots do not follow every rule change).
+    ``profile``: a :class:`advisor.profile.MachineProfile` whose measured rates the step times use.
     """
     from ..api import estimate
     from ..catalog.models import resolve_model
@@ -153,7 +155,7 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
         recommend, why = recommender, "" if recommender is not None else "the recommender is off"
     if recommend is not None:
         try:
-            out.recommendation = _recommend(recommend, resolved, inputs, kwargs)
+            out.recommendation = _recommend(recommend, resolved, inputs, kwargs, profile)
         except AdvisorError as exc:
             name = field_for_flag(getattr(exc, "field", None))
             if name is not None:                 # bad input: say so at the field, as the CLI would
@@ -179,7 +181,7 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD) -> Outcome:
     checkpointing = inputs.checkpointing if inputs.checkpointing != AUTO else \
         picked.get("activation_checkpointing", "none")
     try:
-        out.estimate = estimate(resolved, strategy=chosen, checkpointing=checkpointing, **fixed)
+        out.estimate = estimate(resolved, strategy=chosen, checkpointing=checkpointing, profile=profile, **fixed)
     except AdvisorError as exc:
         _record(out, exc)
     return out

@@ -26,6 +26,8 @@ NOMINAL_GB = {
     "v100-16g": 16, "v100-32g": 32, "t4": 16, "a10g": 24, "rtx-3090": 24, "rtx-a6000": 48,
     "a100-40g": 40, "a100-80g": 80, "a100-pcie-80g": 80, "l4": 24, "rtx-4090": 24, "rtx-6000-ada": 48,
     "l40s": 48, "h100-pcie": 80, "h100-sxm": 80, "h200": 141, "mi250x": 64, "mi300x": 192,
+    "h800": 80, "h20": 96, "a800": 80, "l20": 48, "b200": 180, "gb200": 186, "rtx-5090": 32,
+    "rtx-pro-6000-blackwell": 96, "mi325x": 256, "mi355x": 288,
 }
 
 
@@ -117,6 +119,16 @@ def test_dense_tensor_rates_not_sparse_ones():
     assert BY_NAME["rtx-3090"].fp16_tflops == pytest.approx(71, rel=0.01)
 
 
+def test_fp8_only_where_the_card_has_fp8_units():
+    has = {g.name for g in GPUS if g.fp8_tflops is not None}
+    assert {"h100-sxm", "h200", "b200", "gb200", "mi300x", "mi355x", "rtx-5090", "l40s"} <= has
+    assert not has & {"v100-16g", "t4", "a100-80g", "a800", "mi250x", "rtx-3090"}
+    for g in GPUS:
+        if g.fp8_tflops is not None:
+            assert g.fp8_tflops == pytest.approx(2 * g.fp16_tflops, rel=0.02), f"{g.name}: FP8 is twice FP16"
+    assert BY_NAME["b200"].fp8_tflops == 4500 and BY_NAME["mi355x"].fp16_tflops > BY_NAME["b200"].fp16_tflops
+
+
 def test_compute_generations_are_ordered():
     fp16 = {g.name: g.fp16_tflops for g in GPUS}
     assert fp16["h100-sxm"] > fp16["h100-pcie"] > fp16["a100-80g"] > fp16["v100-16g"] > fp16["t4"]
@@ -133,7 +145,8 @@ def test_memory_bandwidth_generations_are_ordered():
     assert bw["mi300x"] > bw["h200"] > bw["h100-sxm"] > bw["a100-80g"] > bw["a100-40g"] > bw["v100-16g"]
     assert bw["a100-80g"] > bw["a100-pcie-80g"]
     assert bw["h100-sxm"] > bw["h100-pcie"]
-    assert all(250 <= b <= 6000 for b in bw.values())
+    assert bw["b200"] > bw["h200"] and bw["mi355x"] > bw["mi325x"] > bw["mi300x"]
+    assert all(250 <= b <= 8000 for b in bw.values())
 
 
 def test_links_match_the_form_factor():
@@ -141,7 +154,8 @@ def test_links_match_the_form_factor():
         assert (g.intra_node_link == "infinity-fabric") == (g.vendor == "amd"), g.name
     nvlink = [g for g in GPUS if g.intra_node_link == "nvlink"]
     pcie = [g for g in GPUS if g.intra_node_link == "pcie"]
-    assert {g.name for g in nvlink} == {"v100-16g", "v100-32g", "a100-40g", "a100-80g", "h100-sxm", "h200"}
+    assert {g.name for g in nvlink} == {"v100-16g", "v100-32g", "a100-40g", "a100-80g", "h100-sxm", "h200",
+                                        "h800", "h20", "a800", "b200", "gb200"}
     assert min(g.intra_node_bandwidth_gbps for g in nvlink) > max(g.intra_node_bandwidth_gbps for g in pcie)
     assert BY_NAME["rtx-4090"].intra_node_link == "pcie"
     assert BY_NAME["h100-sxm"].intra_node_bandwidth_gbps > BY_NAME["a100-80g"].intra_node_bandwidth_gbps
@@ -233,7 +247,7 @@ def test_ambiguous_names_raise_listing_candidates(text, candidates):
 
 
 @pytest.mark.parametrize("text", ["", "   ", "nvidia", "A100-PCIE-40GB", "mi250", "H200 NVL", "TPU v5e",
-                                  "rtx 5090", "gpu", "80"])
+                                  "rtx 6090", "gpu", "80"])
 def test_unknown_names_raise(text):
     with pytest.raises(InputError) as info:
         resolve_gpu(text)
@@ -250,7 +264,7 @@ def test_unknown_name_lists_known_and_suggests():
     assert message.startswith("gpu: unknown GPU 'h100-nvl'; known: ")
     assert all(g.name in message for g in GPUS)
     assert "did you mean" in message and "h100-" in message.split("did you mean", 1)[1]
-    with pytest.raises(InputError, match=r"did you mean mi250x\?"):
+    with pytest.raises(InputError, match=r"did you mean mi250x\b"):
         resolve_gpu("mi250")
 
 
@@ -290,3 +304,13 @@ def test_arbitrary_text_gives_a_gpu_or_input_error(text):
     else:
         assert isinstance(result, GPUInfo)
         assert result in GPUS
+
+
+def test_every_catalog_gpu_names_a_generation_the_step_time_model_knows():
+    """A GPU without its generation silently gets the 'unknown' compute fraction: each entry must name one."""
+    from advisor.catalog.gpus import list_gpus
+    from advisor.datafiles import load_data
+
+    known = set(load_data("step_time.yaml")["achievable_fraction"]) - {"unknown"}
+    missing = {g.name: g.generation for g in list_gpus() if g.generation not in known}
+    assert not missing, f"catalog GPUs without a known generation: {missing}"

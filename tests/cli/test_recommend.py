@@ -39,7 +39,7 @@ def test_json_object(capsys):
     assert js["estimate"]["per_gpu"]["total"] <= js["search"]["usable_vram_bytes"]
     assert js["step_time_seconds"] > 0
     alt = js["alternatives"][0]
-    assert set(alt) == {"strategy", "fits", "step_time_seconds", "rejected_because"}
+    assert set(alt) == {"strategy", "fits", "step_time_seconds", "rejected_because", "tokens_per_second"}
     assert all(set(f) >= {"rule", "file", "effect"} for f in js["rules_fired"])
     assert "suggestions" not in js
 

@@ -76,27 +76,33 @@ def test_raw_step_times_never_contradict_the_guidance_at_equal_sizes():
                                 precision="bf16", method="full", checkpointing="full", micro_batch=4,
                                 seq_len=2048, gas=4)
         times.append((st.seconds, name, opt))
-    zero_no_offload = [t for t, n, o in times if o == "none" and n in ("zero0", "zero1", "zero2")]
-    assert zero_no_offload == sorted(zero_no_offload)
     by = {(n, o): t for t, n, o in times}
+    # ZeRO-1 steps 1/8 of the optimizer where ZeRO-0 steps all of it, so raw times may put ZeRO-1 ahead of
+    # ZeRO-0 (apply_guidance restores the published order at equal sizes); ZeRO-2 never beats ZeRO-1.
+    assert by[("zero1", "none")] <= by[("zero2", "none")]
     assert by[("zero2", "cpu")] > by[("zero2", "none")]        # offload only adds time
     assert by[("zero3", "cpu")] > by[("zero3", "none")]
     ranks = [guidance_rank(StrategySpec.from_name(*g)) for g in GUIDANCE]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
 
 
-def test_compute_is_6n_for_training_and_8n_with_full_recomputation():
+def test_compute_is_6n_plus_causal_attention_and_recomputation():
+    from advisor.recommend.step_time import constants
+
     arch = resolve_model("llama-2-7b").architecture
     counts = count_parameters(arch)
     n = matmul_parameters(arch, counts)
-    attn = 4 * arch.num_layers * arch.q_width * 2048
-    assert flops_per_token(arch, counts, 2048, "full", "none") == pytest.approx(3 * (2 * n + attn))
-    full = flops_per_token(arch, counts, 2048, "full", "full")
-    selective = flops_per_token(arch, counts, 2048, "full", "selective")
-    none = flops_per_token(arch, counts, 2048, "full", "none")
-    assert none < selective < full
-    assert full / none == pytest.approx(8 / 6, rel=0.02)
-    assert flops_per_token(arch, counts, 2048, "lora", "none") == pytest.approx(2 * (2 * n + attn))
+    head = arch.vocab_size * arch.hidden_size
+    causal = 0.5 * 4 * arch.num_layers * arch.q_width * 2048        # SDPA/flash skip the masked half
+    # forward 2N + causal core; backward 4N + 2.5 x the core (FlashAttention-2 backward)
+    assert flops_per_token(arch, counts, 2048, "full", "none") == pytest.approx(6 * n + 3.5 * causal)
+    assert flops_per_token(arch, counts, 2048, "full", "none", attention="eager") == \
+        pytest.approx(6 * n + 3.5 * 2 * causal)
+    recompute = constants()["full_recompute_cost"] * 2 * (n - head) + causal
+    assert flops_per_token(arch, counts, 2048, "full", "full") == pytest.approx(6 * n + 3.5 * causal + recompute)
+    assert flops_per_token(arch, counts, 2048, "full", "selective") == pytest.approx(6 * n + 4.5 * causal)
+    # LoRA: no weight gradients of the frozen base, the core's backward unchanged
+    assert flops_per_token(arch, counts, 2048, "lora", "none") == pytest.approx(4 * n + 3.5 * causal)
 
 
 def test_larger_micro_batches_and_faster_links_are_faster():

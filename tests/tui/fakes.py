@@ -45,7 +45,7 @@ def fixed_recommender(model, hw, template, **_):
     return Recommendation(
         task="train", found=True, recommendation=TrainingChoice(**settings), estimate=est,
         step_time=StepTimeInfo(seconds=2.5, compute_seconds=2.3, communication_seconds=0.2, offload_seconds=0.0,
-                               tokens_per_second=6553.6, samples_per_second=3.2, mfu=0.41,
+                               tokens_per_second=6553.6, samples_per_second=3.2, compute_efficiency=0.5, mfu=0.41,
                                gpu_profile=hw.gpu.name if hw.gpu else "generic"),
         reasons=["zero2 (checkpointing full) is the fastest configuration that fits",
                  "precision bf16: the GPU has it", "micro-batch 2: the largest that fits"],

@@ -49,6 +49,15 @@ def short_label(s: dict | None) -> str:
     return out
 
 
+def _estimate_speed(est: Any) -> str:
+    """The chosen configuration's own step time (the estimate's, with its assumptions in the CLI and JSON)."""
+    st = getattr(est, "step_time", None)
+    if st is None:
+        return ""
+    return (f" Its step: {fmt_seconds(st.seconds)}, {st.tokens_per_second:,.0f} tokens/s, compute at "
+            f"{st.compute_efficiency:.0%} of peak, MFU {st.mfu:.0%}.")
+
+
 def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "-"
@@ -103,7 +112,7 @@ class RecommendationView(Vertical):
         width = max(self.size.width, 60)
         self._reason_width = max(20, width - 28 - 5 - 10 - 8)
         self._detail_width = max(20, width - 26 - 22 - 8)
-        for wid, columns in (("#alternatives", (("configuration", 28), ("fits", 5), ("step time", 10),
+        for wid, columns in (("#alternatives", (("configuration", 28), ("fits", 5), ("tokens/s", 10),
                                                 ("why not chosen", self._reason_width))),
                              ("#rules-fired", (("rule", 26), ("effect", 22), ("detail", self._detail_width)))):
             table = self.query_one(wid, DataTable)
@@ -139,6 +148,7 @@ class RecommendationView(Vertical):
                 verdict.append(f"Estimate for {st.name} ({out.strategy_source}): ")
                 verdict.append("fits" if est.fits else "does not fit", style="bold green" if est.fits else "bold red")
                 verdict.append(f", {fmt_bytes(est.per_gpu.total)} of {fmt_bytes(est.hardware.vram_bytes)} per GPU.")
+                verdict.append(_estimate_speed(est))
         if out is not None and out.general_error:
             verdict.append(f"\n{out.general_error}", style="bold red")
         self.query_one("#rec-verdict", Static).update(verdict)
@@ -157,13 +167,14 @@ class RecommendationView(Vertical):
             if rec.step_time is not None:
                 t = rec.step_time
                 verdict.append(f"\nStep time {fmt_seconds(t.seconds)} (compute {fmt_seconds(t.compute_seconds)}, "
-                               f"communication {fmt_seconds(t.communication_seconds)}, offload "
-                               f"{fmt_seconds(t.offload_seconds)}), {t.tokens_per_second:,.0f} tokens/s, "
-                               f"MFU {t.mfu:.0%}")
+                               f"exposed communication {fmt_seconds(t.communication_seconds)}, offload "
+                               f"{fmt_seconds(t.offload_seconds)}), {t.tokens_per_second:,.0f} tokens/s; "
+                               f"compute at {t.compute_efficiency:.0%} of peak, MFU {t.mfu:.0%}")
             if out.strategy_source is StrategySource.CHOSEN and out.estimate is not None:
                 est = out.estimate
                 verdict.append(f"\nThe bar shows your choice, {est.strategy.name}: "
                                f"{'fits' if est.fits else 'does not fit'}.")
+                verdict.append(_estimate_speed(est))
         else:
             verdict.append(" NOTHING FITS ", style="bold white on #c0392b")
             verdict.append("  no configuration fits this hardware")
@@ -178,7 +189,8 @@ class RecommendationView(Vertical):
         for alt in rec.alternatives:
             fits = "-" if alt.fits is None else ("yes" if alt.fits else "no")
             label = short_label(alt.strategy.model_dump(mode="json"))
-            alternatives.add_row(label, fits, fmt_seconds(alt.step_time_seconds),
+            tps = "-" if alt.tokens_per_second is None else f"{alt.tokens_per_second:,.0f}"
+            alternatives.add_row(label, fits, tps,
                                  Text(alt.rejected_because), height=None)
         for rule in rec.rules_fired:
             rid, effect, detail = _rule_text(rule.model_dump(mode="json"))

@@ -1,0 +1,78 @@
+"""Every catalog model traced, and the traced figures held against the arithmetic byte for byte.
+
+Each catalog config is traced at its full width with two decoder layers (the arithmetic scales by layer; two
+layers keep the run to about a second a model). Parameters must agree exactly for every model. Saved bytes
+must agree exactly wherever :mod:`advisor.memory.activations` replays the family; the known disagreements are
+listed with their cause and checked to still disagree (strict xfail), so they are neither hidden nor forgotten.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from advisor.datafiles import load_data  # noqa: E402
+from advisor.hf_config import architecture_from_hf_config  # noqa: E402
+from advisor.memory.activations import REPLAYED_FAMILIES, activation_memory  # noqa: E402
+from advisor.param_count import count_parameters  # noqa: E402
+from advisor.specs import TrainingSpec  # noqa: E402
+from advisor.trace import TraceSettings, trace_model  # noqa: E402
+
+CATALOG = {e["name"]: e["config"] for e in load_data("models.yaml")["models"]}
+SEQ = 32
+
+# name -> why the replay (advisor/memory/activations.py, helper D2's module this session) and the trace differ.
+# In every case the trace equals the CPU harness at reduced width (benchmarks/trace_table.py --catalog).
+KNOWN_SAVED_DISAGREEMENTS = {
+    "falcon-7b": "replay counts 34,544 B/layer more than autograd saves (over-estimate, +0.1 %)",
+    "falcon-40b": "new_decoder_architecture's grouped qkv split: the replay misses a copy (under-estimate, -4 %)",
+    "bloom-560m": "eager ALiBi attention: the replay misses a b*h*s*s-scale tensor (under-estimate)",
+    "bloom-7b1": "eager ALiBi attention: the replay misses a b*h*s*s-scale tensor (under-estimate)",
+    "mixtral-8x7b": "replay keeps grouped_mm's 32-byte expert offsets the fake-tensor fallback op does not save",
+    "mixtral-8x22b": "replay keeps grouped_mm's 32-byte expert offsets the fake-tensor fallback op does not save",
+    "phi-4-mini": "partial rotary (75 %): the replay counts 16 KiB more (over-estimate, +0.02 %)",
+}
+
+
+def two_layers(name: str) -> dict:
+    cfg = dict(CATALOG[name], num_hidden_layers=2)
+    if "n_layer" in cfg or cfg["model_type"] == "gpt2":
+        cfg["n_layer"] = 2
+    return cfg
+
+
+@lru_cache(maxsize=None)
+def _traced(name: str):
+    return trace_model(two_layers(name), TraceSettings(seq_len=SEQ), use_cache=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_traced_parameters_equal_the_arithmetic(name):
+    counts = count_parameters(architecture_from_hf_config(two_layers(name), source=name))
+    traced = _traced(name).parameters
+    assert traced.total == counts.total
+    assert traced.lm_head == counts.lm_head
+    assert traced.per_layer == (counts.per_layer, counts.per_layer)
+    assert traced.embedding == counts.embedding + counts.final
+    assert traced.active_per_token == counts.active_per_token
+
+
+def _saved_cases():
+    for name in sorted(CATALOG):
+        if CATALOG[name]["model_type"] not in REPLAYED_FAMILIES:
+            continue
+        reason = KNOWN_SAVED_DISAGREEMENTS.get(name)
+        yield pytest.param(name, marks=pytest.mark.xfail(reason=reason, strict=True)) if reason else name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(_saved_cases()))
+def test_traced_saved_bytes_equal_the_replay(name):
+    arch = architecture_from_hf_config(two_layers(name), source=name)
+    replay = activation_memory(arch, TrainingSpec(seq_len=SEQ, precision="fp32"), "fp32")
+    assert replay.activations == _traced(name).activations
