@@ -105,8 +105,10 @@ def check_against_model(model: ResolvedModel, training: TrainingSpec) -> None:
 def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048, micro_batch: int = 1,
                    global_batch: int | None = None, precision: str | None = None, optimizer: str = "adamw",
                    method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
-                   checkpointing: str = "none", attention: str = "sdpa",
-                   freeze_layers: int = 2, prompt_len: int | None = None) -> TrainingSpec:
+                   lora_dropout: float = 0.0, checkpointing: str = "none", attention: str = "sdpa",
+                   freeze_layers: int = 2, prompt_len: int | None = None, loss: str = "plain",
+                   loss_chunks: int = 8, offload_activations: bool = False,
+                   expandable_segments: bool = False, double_quant: bool = True) -> TrainingSpec:
     """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16."""
     if precision is None:
         precision = "bf16" if hw.bf16_supported else "fp16"
@@ -118,9 +120,12 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
     try:
         return TrainingSpec(task=task, seq_len=seq_len, micro_batch_size=micro_batch,
                             global_batch_size=global_batch, precision=precision, optimizer=optimizer,
-                            method=method, lora=LoraSpec(rank=lora_rank, target_modules=tuple(lora_targets)),
+                            method=method, lora=LoraSpec(rank=lora_rank, target_modules=tuple(lora_targets),
+                                                                     dropout=lora_dropout),
                             activation_checkpointing=checkpointing, attention=attention,
-                            freeze_trainable_layers=freeze_layers, prompt_len=prompt_len)
+                            freeze_trainable_layers=freeze_layers, prompt_len=prompt_len, loss=loss,
+                            loss_chunks=loss_chunks, offload_activations=offload_activations,
+                            expandable_segments=expandable_segments, double_quant=double_quant)
     except ValidationError as exc:
         raise input_error(exc) from None
 
@@ -143,10 +148,11 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              nvme_size: float | None = None, task: str = "train", seq_len: int | None = None, micro_batch: int = 1,
              global_batch: int | None = None, precision: str | None = None, optimizer: str = "adamw",
              method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
-             checkpointing: str = "none", attention: str = "sdpa", strategy: str | None = None,
+             lora_dropout: float = 0.0, checkpointing: str = "none", attention: str = "sdpa", strategy: str | None = None,
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
              freeze_layers: int = 2, prompt_len: int | None = None, sub_group_size: int | None = None,
-             profile=None) -> Estimate:
+             loss: str = "plain", loss_chunks: int = 8, offload_activations: bool = False,
+             expandable_segments: bool = False, double_quant: bool = True, profile=None) -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
     optimizer step (training) or prefill/decode tokens/s per layout (inference); raises InputError on bad
     input. ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes.
@@ -159,9 +165,11 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
     hw = build_hardware(gpus, nodes, vram, gpu, cpu_ram, nvme_path, nvme_size)
     seq_len, seq_note = resolve_seq_len(resolved, seq_len)
     training = build_training(hw, task=task, seq_len=seq_len, micro_batch=micro_batch, global_batch=global_batch,
-                              precision=precision, optimizer=optimizer, method=method, lora_rank=lora_rank,
+                              precision=precision, optimizer=optimizer, method=method, lora_rank=lora_rank, lora_dropout=lora_dropout,
                               lora_targets=lora_targets, checkpointing=checkpointing, attention=attention,
-                              freeze_layers=freeze_layers, prompt_len=prompt_len)
+                              freeze_layers=freeze_layers, prompt_len=prompt_len, loss=loss,
+                              loss_chunks=loss_chunks, offload_activations=offload_activations,
+                              expandable_segments=expandable_segments, double_quant=double_quant)
     check_against_model(resolved, training)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
     if sub_group_size is not None:

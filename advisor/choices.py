@@ -17,3 +17,4 @@ FsdpSharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"
 StrategyName = Literal["single", "ddp", "zero0", "zero1", "zero2", "zero3",
                        "fsdp-full", "fsdp-grad-op", "fsdp-hybrid", "fsdp-no-shard"]
 BucketSizes = Literal["auto", "default"]
+Loss = Literal["plain", "chunked", "fused-linear"]

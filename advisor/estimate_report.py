@@ -46,6 +46,10 @@ def render_estimate(est: Estimate) -> str:
                          "(gradients are formed as backward frees activations)")
         moment = f"; peak at the {g.peak_moment}" if g.phase_overlap else ""
         lines.append(f"  {'total':<20}{fmt_bytes(g.total):>12}   of {fmt_bytes(hw.vram_bytes)}{moment}")
+        if g.reserved:
+            lines.append(f"  {'allocator':<20}{'':>12}   max_memory_allocated {fmt_bytes(g.allocated)}, "
+                         f"max_memory_reserved {fmt_bytes(g.reserved)} (CUDA caching allocator model; "
+                         "total = reserved + CUDA context + NCCL)")
         # the bar shows what is alive at the peak: the overlap comes off the activations
         shown = [(n, max(v - g.phase_overlap, 0) if n == "activations" else v) for n, v in rows]
         lines.append("  " + bar(shown, hw.vram_bytes))

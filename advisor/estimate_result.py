@@ -63,6 +63,9 @@ class PerGPU(_Out):
     phase_overlap: int = 0     # never alive together: gradients formed as backward frees, step vs backward
     peak_moment: str = ""      # the moment of the step where the total is reached (advisor.memory.peak.Moment)
     moments: dict[str, int] = {}  # bytes above the persistent states at each moment of the step
+    allocated: int = 0         # torch.cuda.max_memory_allocated: tensors + the allocator's block rounding
+    reserved: int = 0          # torch.cuda.max_memory_reserved: + cached free blocks; total = reserved
+                               # + CUDA context (+ NCCL)
 
 
 class PerNodeCPU(_Out):

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpSharding, Method, OffloadTarget,  # noqa: F401
+from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpSharding, Loss, Method, OffloadTarget,  # noqa: F401
                       Optimizer, Precision, StrategyName, Task)
 
 GiB = 1024**3
@@ -71,6 +71,7 @@ class LoraSpec(_Spec):
     rank: int = Field(16, ge=1, le=4096)
     alpha: float = Field(32, gt=0)
     target_modules: tuple[str, ...] = ("all-linear",)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="lora_dropout (PEFT LoraConfig default 0.0)")
 
 
 MAX_MICRO_BATCH = 65_536     # the largest micro-batch a TrainingSpec holds (the search never goes above it)
@@ -95,6 +96,17 @@ class TrainingSpec(_Spec):
     prompt_len: int | None = Field(None, ge=1, le=4_194_304,
                                    description="task=infer: prompt tokens of seq_len (the rest is generated); "
                                                "None = the whole sequence is prompt (sliding-window KV cache)")
+    expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+                                                         "(the caching allocator grows one segment per pool)")
+    loss: Loss = Field(
+        "plain", description="cross-entropy kernel: plain (transformers: whole N x V logits), chunked (torchtune "
+                             "CEWithChunkedOutputLoss: per sequence chunk), fused-linear (Liger fused linear "
+                             "cross-entropy: no logits)")
+    loss_chunks: int = Field(8, ge=1, le=65_536, description="loss=chunked: sequence chunks (torchtune "
+                                                             "num_output_chunks default 8)")
+    offload_activations: bool = Field(False, description="activations saved for backward kept in pinned CPU "
+                                                         "memory (torch.autograd.graph.save_on_cpu)")
+    double_quant: bool = Field(True, description="QLoRA: bitsandbytes bnb_4bit_use_double_quant")
 
 
 class StrategySpec(_Spec):

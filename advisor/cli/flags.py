@@ -24,6 +24,7 @@ OPTIMIZERS: tuple[str, ...] = get_args(choices.Optimizer)
 METHODS: tuple[str, ...] = get_args(choices.Method)
 CHECKPOINTING: tuple[str, ...] = get_args(choices.Checkpointing)
 ATTENTION: tuple[str, ...] = get_args(choices.Attention)
+LOSSES: tuple[str, ...] = get_args(choices.Loss)
 TASKS: tuple[str, ...] = get_args(choices.Task)
 OFFLOAD: tuple[str, ...] = get_args(choices.OffloadTarget)
 STRATEGIES: tuple[str, ...] = get_args(choices.StrategyName)
@@ -139,6 +140,8 @@ FLAGS: dict[str, Flag] = _flags(
          wizard_field="optimizer"),
     Flag("--method", "", choices=METHODS, default="full", spec_fields=("method",), wizard_field="method"),
     Flag("--lora-rank", "", positive_int, default=16, spec_fields=("rank",), wizard_field="lora_rank"),
+    Flag("--lora-dropout", "LoRA dropout probability (PEFT default 0: no mask is saved)", float, default=0.0,
+         spec_fields=("dropout",), wizard_field="lora_rank"),
     Flag("--lora-targets", "comma-separated modules for LoRA (q_proj,v_proj,...) or all-linear",
          default="all-linear", spec_fields=("target_modules",), wizard_field="lora_rank"),
     Flag("--freeze-layers", "--method freeze: how many last layers train (default 2)", positive_int, default=2,
@@ -146,6 +149,16 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--checkpointing", "activation checkpointing", choices=CHECKPOINTING, default="none",
          spec_fields=("activation_checkpointing",), wizard_field="checkpointing"),
     Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",)),
+    Flag("--loss", "cross-entropy kernel: plain (transformers), chunked (torchtune chunked output), fused-linear "
+         "(Liger / Cut Cross-Entropy: no logits)", choices=LOSSES, default="plain", spec_fields=("loss",)),
+    Flag("--loss-chunks", "--loss chunked: sequence chunks (torchtune default 8)", positive_int, default=8,
+         spec_fields=("loss_chunks",)),
+    Flag("--offload-activations", "keep saved activations in pinned CPU memory (save_on_cpu, torchtune "
+         "offloading, DeepSpeed cpu_checkpointing)", action="store_true", spec_fields=("offload_activations",)),
+    Flag("--expandable-segments", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", action="store_true",
+         spec_fields=("expandable_segments",)),
+    Flag("--no-double-quant", "QLoRA without bitsandbytes double quantization", action="store_true",
+         spec_fields=("double_quant",)),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
     Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",),
@@ -212,7 +225,8 @@ def add(parser, names: Iterable[str], **overrides: dict) -> None:
 MODEL_FLAGS = ("--model",)
 HARDWARE_FLAGS = ("--gpus", "--nodes", "--vram", "--gpu", "--cpu-ram", "--nvme-path", "--nvme-size")
 TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--precision", "--optimizer",
-                  "--method", "--lora-rank", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention")
+                  "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
+                  "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant")
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 
 
@@ -247,6 +261,8 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
     return dict(gpus=args.gpus, nodes=args.nodes, vram=args.vram, gpu=args.gpu, cpu_ram=args.cpu_ram,
                 nvme_path=args.nvme_path, nvme_size=args.nvme_size, task=args.task, seq_len=args.seq_len,
                 micro_batch=args.micro_batch, global_batch=args.global_batch, precision=args.precision,
-                optimizer=args.optimizer, method=args.method, lora_rank=args.lora_rank,
+                optimizer=args.optimizer, method=args.method, lora_rank=args.lora_rank, lora_dropout=args.lora_dropout,
                 lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
-                attention=args.attention, freeze_layers=args.freeze_layers)
+                attention=args.attention, freeze_layers=args.freeze_layers, loss=args.loss,
+                loss_chunks=args.loss_chunks, offload_activations=args.offload_activations,
+                expandable_segments=args.expandable_segments, double_quant=not args.no_double_quant)

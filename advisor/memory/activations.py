@@ -52,7 +52,8 @@ Conventions
   are not; with SDPA/flash nothing quadratic is saved, so ``selective`` equals ``none``.
 * LoRA follows ``peft.tuners.lora.Linear.forward``: adapters in fp32 (``autocast_adapter_dtype=True``), the
   input cast to the adapter dtype before ``lora_A``, no LoRA dropout. QLoRA is LoRA over a 4-bit base whose
-  ``MatMul4Bit`` saves no input (frozen) and dequantizes one weight at a time (a temporary).
+  ``MatMul4Bit`` saves its input whenever that input requires grad (bitsandbytes autograd/_functions.py) and
+  dequantizes one weight at a time (a temporary).
   ``freeze``: only the last ``freeze_trainable_layers`` decoder layers train.
 """
 
@@ -159,16 +160,27 @@ class _Trace:
         self.weight_copy_elems = 0      # autocast low-precision copies of fp32 weights that linears save
         self.nodes: list[_Node] = []
         self._pend: list[int] = []      # storages saved by the op being recorded (its node releases them)
+        self.events: list | None = None  # allocation log for the allocator model (advisor/memory/allocator.py)
+        self.event_terms: list[str] = []
+        self.last_use: dict[int, int] = {}
+        self.params: set[int] = set()
 
     # -- bookkeeping
     def new(self, n: int, dt: str, rg: bool, bshd: bool = False) -> _T:
         self._next += 1
         self.size[self._next] = n * _BYTES[dt]
+        if self.events is not None:
+            self.events.append(("a", self._next, self.size[self._next]))
+            self.event_terms.append(self.term)
         return _T(n, dt, rg, self._next, bshd)
 
     def param(self, n: int, trainable: bool, dt: str | None = None) -> _T:
         t = self.new(n, dt or self.pdt, trainable)
         t.param = True
+        if self.events is not None:
+            self.events.pop()                   # parameters are model states, not forward allocations
+            self.event_terms.pop()
+            self.params.add(t.sid)
         return t
 
     def view(self, t: _T, n: int, bshd: bool | None = None, how: str = "view") -> _T:
@@ -182,6 +194,8 @@ class _Trace:
         """``split`` / ``chunk``: views; one SplitBackward (multi-output) that allocates the whole input's
         gradient once (derivatives.yaml: split_backward stacks the pieces' gradients)."""
         vs = [_T(n, t.dt, t.rg, t.sid, t.bshd if bshd is None else bshd, t.param) for n in parts]
+        if self.events is not None:
+            self.last_use[t.sid] = len(self.events)
         if t.p:
             for v in vs:
                 v.p = True
@@ -205,6 +219,10 @@ class _Trace:
         what it saved. ``how``: see :class:`_Node`. ``fused``: the backward kernel writes the input's dtype
         directly (ToCopy, softmax with ``dtype=``), no full-size intermediate."""
         saved = self._take()
+        if self.events is not None:
+            for t in ins:
+                if t is not None:
+                    self.last_use[t.sid] = len(self.events)
         on = [t for t in ins if t is not None and t.p]
         if not on and not leaf:
             return out
@@ -344,8 +362,8 @@ class _Buf:
         self.size, self.refs = size, 1
 
 
-def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
-                     recompute: list[tuple[str, list[int]]]) -> dict[str, tuple[int, int]]:
+def _replay_backward(tr: _Trace, loss: _T, kept: set[int], recompute: list[tuple[str, list[int]]],
+                     log: list | None = None) -> dict[str, tuple[int, int]]:
     """Replay autograd's CPU engine over the recorded nodes, from ``loss`` down to the first layer's input.
 
     Nodes run in descending sequence number (creation order reversed; only those whose outputs received a
@@ -359,7 +377,9 @@ def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
 
     Returns, per term (``first_layer``, ``per_layer``, ``final_norm``, ``logits_and_loss``), the peak of live
     bytes above the end-of-forward level and the peak of transient bytes (gradients, temporaries, recomputed
-    tensors: everything that is not part of the forward's saved set)."""
+    tensors: everything that is not part of the forward's saved set). ``log``, when given, receives the
+    allocation sequence: ``("a", key, bytes)``, ``("f", key, 0)`` and ``("t", term, 0)`` when a new term's
+    nodes start (for the allocator model)."""
     reached, run = {loss.tid}, []
     for nd in reversed(tr.nodes):
         if any(o in reached for o in nd.outs):
@@ -384,16 +404,33 @@ def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
         buf.refs -= 1
         if buf.refs == 0:
             live -= buf.size
+            if log is not None:
+                log.append(("f", ("g", id(buf)), 0))
+
+    def alloc(buf: _Buf) -> None:
+        if log is not None:
+            log.append(("a", ("g", id(buf)), buf.size))
+
+    bufs_alive: list[_Buf] = []          # keeps ids unique while logging
+    term_now = None
+    if log is not None:
+        bufs_alive.append(seed)
+        alloc(seed)
 
     for nd in run:
+        if log is not None and nd.term.split("|")[0].split(":")[0] != term_now:
+            term_now = nd.term.split("|")[0].split(":")[0]
+            log.append(("t", term_now, 0))
         inc = [grads.pop(o, None) for o in nd.outs]
         if nd.saved:
             for item in list(pending):
                 if nd.term.startswith(item[0]):
                     pending.remove(item)
-                    for sid in set(item[1]) - alive:
+                    for sid in dict.fromkeys(s for s in item[1] if s not in alive):   # forward order
                         alive.add(sid)
                         live += tr.size[sid]
+                        if log is not None:
+                            log.append(("a", sid, tr.size[sid]))
                         freed -= tr.size[sid]          # recomputed: transient, not part of the saved set
         made = []
         for tid, nbytes, how in nd.ins:
@@ -404,14 +441,22 @@ def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
             else:
                 buf = _Buf(nbytes)
                 live += nbytes
+                if log is not None:
+                    bufs_alive.append(buf)
+                    alloc(buf)
                 made.append((tid, buf, how == "newview"))
         mark(nd.term, live + nd.temp)
+        if log is not None and nd.temp:
+            log.append(("a", ("tmp", len(log)), nd.temp))
+            log.append(("f", ("tmp", len(log) - 1), 0))
         for sid in nd.saved:
             refs[sid] -= 1
             if refs[sid] == 0 and sid in alive and sid not in kept:
                 alive.discard(sid)
                 live -= tr.size[sid]
                 freed += tr.size[sid]
+                if log is not None:
+                    log.append(("f", sid, 0))
         for g in inc:
             if g is not None:
                 drop(g[0])
@@ -425,6 +470,9 @@ def _replay_backward(tr: _Trace, loss: _T, kept: set[int],
             else:
                 acc = _Buf(max(old.size, buf.size))          # old + new
                 live += acc.size
+                if log is not None:
+                    bufs_alive.append(acc)
+                    alloc(acc)
                 mark(nd.term, live)
                 drop(old)
                 drop(buf)
@@ -475,15 +523,31 @@ class _Model:
         self.rope_cos = self.rope_sin = None
         self.mask_dt = tr.pdt                   # create_causal_mask: dtype of inputs_embeds
         self.recompute: list[tuple[str, list[int]]] = []   # (term prefix, storages) rebuilt in backward
+        self.forward_held: list[int] = []       # storages alive until the forward ends (torchtune's logit chunks)
 
     # -- pieces ------------------------------------------------------------------------------------------
     def proj(self, x: _T, n_in: int, n_out: int, name: str) -> _T:
         """A decoder-layer linear, LoRA-wrapped when targeted (peft.tuners.lora.Linear.forward)."""
         tr = self.tr
-        if name not in self.lora:
+        if self.method == "qlora":
+            # bitsandbytes MatMul4Bit.forward (bitsandbytes/autograd/_functions.py) keeps its input whenever A or
+            # B needs a gradient (`if any(ctx.needs_input_grad[:2]): ctx.tensors = (A, B)`): a frozen 4-bit
+            # linear whose input requires grad saves that input, cast to the compute dtype (Linear4bit.forward
+            # casts x to compute_dtype), unlike a frozen nn.Linear.
+            xq = tr.ac_low(x) if tr.autocast else x
+            if xq.rg:
+                tr.save(xq)
+            base = tr.linear(xq, n_in, n_out, False)
+            if name not in self.lora:
+                return base
+        elif name not in self.lora:
             return tr.linear(x, n_in, n_out, self.layer_trainable)
-        base = tr.linear(x, n_in, n_out, False)                    # frozen base: saves no input
+        else:
+            base = tr.linear(x, n_in, n_out, False)                # frozen base: saves no input
         xa = tr.cast(x, "f32")                                      # _cast_input_dtype(x, lora_A.weight.dtype)
+        # lora_B(lora_A(dropout(x))): with lora_dropout > 0 nn.Dropout saves a bool mask and lora_A saves the
+        # dropped copy, one per adapted linear (peft.tuners.lora.layer.Linear.forward; Identity when p = 0)
+        xa = tr.dropout(xa, self.t.lora.dropout)
         a = tr.linear(xa, n_in, self.rank, True, w_dt="f32")        # lora_A saves its input
         bo = tr.linear(a, self.rank, n_out, True, w_dt="f32")       # lora_B saves lora_A's output
         res = tr.add(base, tr.scalar_op(bo))                        # result + lora_B(...) * scaling
@@ -793,17 +857,69 @@ class _Model:
             x = tr.linear(x, width, a.word_embed_proj_dim, final_trainable)
             width = a.word_embed_proj_dim
         tr.term = "logits_and_loss"
+        loss_kind = getattr(self.t, "loss", "plain")
+        if loss_kind == "fused-linear":
+            return None, self.fused_linear_loss(x, width, lm_trainable)
+        if loss_kind == "chunked":
+            return None, self.chunked_loss(x, width, lm_trainable)
         logits = tr.linear(x, width, a.vocab_size, lm_trainable)
         held = logits
+        loss = self.cross_entropy(logits, tr.N if tr.b > 1 else tr.s + 1)
+        return held, loss
+
+    def cross_entropy(self, logits: _T, labels: int) -> _T:
+        """transformers ForCausalLMLoss on ``logits``: (soft-capping,) ``.float()``, log_softmax (saves its
+        fp32 result), nll_loss (saves the targets and total_weight)."""
+        a, tr = self.a, self.tr
         if a.final_logit_softcapping:                                  # logits / cap; tanh; * cap
             logits = tr.scalar_op(tr.save_result(tr.scalar_op(logits)))
         lf = tr.cast(logits, "f32")                                    # logits.float()
         lp = tr.save_result(lf)                                        # log_softmax saves its fp32 result
-        lab = tr.N if tr.b > 1 else tr.s + 1                           # pad(labels)[..., 1:].contiguous()
-        tr.save(tr.new(lab, "i64", False), tr.new(1, "f32", False))   # nll_loss: target, total_weight
+        tr.save(tr.new(labels, "i64", False), tr.new(1, "f32", False))  # nll_loss: target, total_weight
         # NllLossBackward: a zero N x V fp32 gradient scattered at the targets
-        loss = tr.op(tr.new(1, "f32", lp.rg), [lp])
-        return held, loss
+        return tr.op(tr.new(1, "f32", lp.rg), [lp])
+
+    def chunked_loss(self, x: _T, width: int, lm_trainable: bool) -> _T:
+        """torchtune ``CEWithChunkedOutputLoss`` (torchtune/modules/loss/ce_chunked_output_loss.py, default
+        ``num_output_chunks=8``): the decoder applies the output projection to each of C sequence chunks
+        (``h.tensor_split(C, dim=1)``), the loss upcasts and cross-entropies one chunk at a time; the recipe
+        deletes the logits list before backward (``del logits``), so no logits are held in backward and each
+        chunk's backward runs alone. Eager mode (uncompiled): every chunk's log_softmax saves its fp32 result."""
+        tr = self.tr
+        C = max(1, min(self.t.loss_chunks, tr.s))
+        rows = [tr.s // C + (1 if i < tr.s % C else 0) for i in range(C)]     # tensor_split sizes
+        parts = tr.split(x, [r * tr.b * width for r in rows])
+        loss = None
+        for r, xc in zip(rows, parts):
+            lc = tr.linear(xc, width, self.a.vocab_size, lm_trainable)
+            self.forward_held.append(lc.sid)                           # the list lives until `del logits`
+            lo = self.cross_entropy(lc, r * tr.b)
+            loss = lo if loss is None else tr.add(loss, lo)            # total_loss += ...
+        return tr.scalar_op(loss)                                      # / total_elements
+
+    def fused_linear_loss(self, x: _T, width: int, lm_trainable: bool) -> _T:
+        """Liger ``LigerFusedLinearCrossEntropyFunction`` (src/liger_kernel/ops/fused_linear_cross_entropy.py):
+        the forward loops over token chunks of ``next_pow2(ceil(N / ceil(V / h)))`` rows (transient logits
+        ≈ N x h), computes each chunk's loss and logits gradient in place, and accumulates ``grad_input``
+        (``zeros_like(input)``) and ``grad_weight`` (``zeros_like(weight)``, when the head trains), which it
+        saves for backward; backward only scales them by the incoming gradient. No N x V tensor exists and the
+        model returns no logits."""
+        a, tr = self.a, self.tr
+        V, N = a.vocab_size, tr.N
+        inc = -(-V // width)
+        chunk = min(1 << max(0, (-(-N // inc) - 1).bit_length()), N)
+        xin = tr.ac_low(x)
+        saved = []
+        if x.rg or lm_trainable:
+            saved.append(tr.new(xin.n, xin.dt, False))                  # grad_input
+            if lm_trainable:
+                saved.append(tr.new(V * width, tr.pdt, False))          # grad_weight
+        tr.save(*saved)
+        loss_1d = tr.new(N, "f32", False)                               # per-token losses (not saved)
+        logits_chunk = chunk * V * _BYTES[xin.dt]                       # freed chunk by chunk in the forward
+        self.forward_transient = max(getattr(self, "forward_transient", 0), logits_chunk + loss_1d.nbytes)
+        # backward: element_mul of the saved grad_input (in place), handed on as the input's gradient
+        return tr.op(tr.new(1, "f32", x.rg or lm_trainable), [xin], "new", leaf=lm_trainable)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -874,9 +990,12 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
 
     for term in ("embeddings", "rope_cache", "final_norm", "logits_and_loss"):
         terms[term] = tr.bytes_of(term)
-    terms["logits_held"] = tr.size[held.sid]
+    terms["logits_held"] = tr.size[held.sid] if held is not None else 0
+    # the end of the forward: tensors alive only until then (torchtune's logits list, Liger's chunk logits)
+    terms["forward_end"] = sum(tr.size[sid] for sid in m.forward_held) + getattr(m, "forward_transient", 0)
     # backward replay: the caller's output holds the logits; the first layer's input is the replay's end
-    peaks = _replay_backward(tr, loss, {held.sid, emb.sid}, m.recompute)
+    kept = {emb.sid} | ({held.sid} if held is not None else set())
+    peaks = _replay_backward(tr, loss, kept, m.recompute)
     none = (0, 0)
     head = [peaks.get(k, none) for k in ("final_norm", "logits_and_loss")]
     terms["bw_head"] = max(p[0] for p in head)
@@ -886,12 +1005,217 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
     return terms
 
 
+def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str,
+                  layers: int, return_sections: bool = False):
+    """The allocation sequence of one forward and backward of ``layers`` decoder layers (for the allocator
+    model, advisor/memory/allocator.py): ``("a", key, bytes)`` when an op creates a tensor, ``("f", key, 0)``
+    after the last op that reads a tensor nobody saved (or when backward releases a saved one), and
+    ``("t", term, 0)`` where backward enters ``L<i>`` (decoder layer i), ``final_norm`` or
+    ``logits_and_loss``. ``("m", "forward_end", 0)`` separates forward and backward; ``("h", key, 0)``, last,
+    names the logits the caller holds (never freed here). Parameters are not in it (model states)."""
+    b, s = training.micro_batch_size, training.seq_len
+    tr = _Trace(mode, b, s)
+    tr.events = []
+    full = training.method == "full"
+    freeze = training.method == "freeze"
+    m = _Model(arch, training, tr, layer_trainable=full or freeze)
+    tr.term = "embeddings"
+    emb = m.embeddings(emb_trainable=full)
+    tr.term = "rope_cache"
+    m.make_rope_cache()
+    if ckpt == "full":
+        emb = _T(emb.n, emb.dt, True, emb.sid)
+    elif freeze:
+        emb = _T(emb.n, emb.dt, False, emb.sid)
+    emb.p = emb.rg
+    x = emb
+    for i in range(layers):
+        term = f"L{i}"
+        if ckpt == "full":
+            tr.term = term + ":inner"
+            before = set(tr.saved)
+            out = m.layer(x, False)
+            inner = [sid for sid in tr.saved if sid not in before]
+            m.recompute.append((term + ":inner", inner))
+            for sid in inner:
+                del tr.saved[sid]
+            tr.term = term
+            tr.save(x)
+            tr._take()
+            x = tr.op(tr.new(out.n, out.dt, out.rg), [out], "alias")
+        else:
+            tr.term = term
+            x = m.layer(x, ckpt == "selective")
+    if ckpt == "full" and m.rope_cos is not None:
+        tr.save(m.rope_cos, m.rope_sin)
+    held, loss = m.head(x, full, full)
+    fwd, fwd_terms = tr.events, tr.event_terms
+    tr.events = None
+    kept = {emb.sid, loss.sid, *m.forward_held} | ({held.sid} if held is not None else set())
+    # a tensor nobody saved dies after the last op that read it (at once if none did)
+    frees: dict[int, list[int]] = {}
+    for pos, (_, sid, _) in enumerate(fwd):
+        if sid not in tr.saved and sid not in kept and sid not in tr.params:
+            frees.setdefault(max(tr.last_use.get(sid, pos + 1), pos + 1), []).append(sid)
+    events: list[tuple[str, object, int]] = []
+    sections: list[int] = []                   # decoder layer of each event (-1 before, 1 << 20 after them)
+
+    def section(term: str) -> int:
+        head = term.split("|")[0].split(":")[0]
+        if head[:1] == "L" and head[1:].isdigit():
+            return int(head[1:])
+        return -1 if head in ("embeddings", "rope_cache") else 1 << 20
+
+    for pos, ev in enumerate(fwd):
+        for sid in frees.get(pos, ()):
+            events.append(("f", sid, 0))
+            sections.append(section(fwd_terms[pos - 1]))
+        events.append(ev)
+        sections.append(section(fwd_terms[pos]))
+    for sid in frees.get(len(fwd), ()):
+        events.append(("f", sid, 0))
+        sections.append(section(fwd_terms[-1]))
+    for sid in m.forward_held:                                         # `del logits` before backward
+        if sid not in tr.saved:
+            events.append(("f", sid, 0))
+            sections.append(1 << 20)
+    events.append(("m", "forward_end", 0))
+    sections.append(1 << 20)
+    log: list[tuple[str, object, int]] = []
+    _replay_backward(tr, loss, {emb.sid} | ({held.sid} if held is not None else set()), m.recompute, log)
+    sec = 1 << 20
+    for ev in log:
+        if ev[0] == "t":
+            sec = section(ev[1])
+        events.append(ev)
+        sections.append(sec)
+    if held is not None:
+        events.append(("h", held.sid, 0))                              # the logits the caller holds
+        sections.append(-1)
+    if return_sections:
+        return events, sections
+    return events
+
+
+def allocation_key(arch: Architecture, training: TrainingSpec) -> tuple[TrainingSpec, str]:
+    """The trace key and checkpointing mode :func:`activation_memory` traces for ``training``."""
+    ckpt = training.activation_checkpointing
+    if arch.attn_logit_softcapping and training.attention == "sdpa":
+        training = training.model_copy(update={"attention": "eager"})
+    if training.attention in ("sdpa", "flash") and ckpt == "selective":
+        ckpt = "none"
+    return _trace_key(training), ckpt
+
+
+@lru_cache(maxsize=256)
+def allocation_trace(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str,
+                     layers: int) -> list[tuple[str, object, int]]:
+    """:func:`_trace_events` of ``layers`` decoder layers, cached (callers must not mutate it). Deeper than
+    5 layers, the sequence is built from a 4-layer trace by repeating its third layer
+    (:func:`_replicate_layers`); tests/memory/test_allocator.py checks it equals the direct trace."""
+    if layers <= 5:
+        return _trace_events(arch, training, mode, ckpt, layers)
+    events, sections = _four_layer_trace(arch, training, mode, ckpt)
+    out = _replicate_layers(events, sections, layers)
+    return out if out is not None else _trace_events(arch, training, mode, ckpt, layers)
+
+
+@lru_cache(maxsize=128)
+def _four_layer_trace(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str):
+    return _trace_events(arch, training, mode, ckpt, 4, return_sections=True)
+
+
+def _replicate_layers(events: list, sections: list[int], layers: int) -> list | None:
+    """An n-layer allocation sequence from a 4-layer one: layers 0, 1 and 3 as traced (3 becomes n-1), layer 2
+    repeated for layers 2..n-2 with its own tensors renamed per copy. A copy's references to the previous
+    layer's tensors go to the previous copy's matching tensors (matched in order of first reference: layer 2
+    reading layer 1's against layer 3 reading layer 2's), and likewise for the gradients backward receives
+    from the next layer. None when the matching fails (the caller then traces all layers)."""
+    owner: dict = {}
+    for (op, key, _), sec in zip(events, sections):
+        if op == "a":
+            owner.setdefault(key, []).append(sec)
+
+    def refs(in_sec: int, of_sec: int) -> list:
+        seen: dict = {}
+        for (op, key, _), sec in zip(events, sections):
+            if sec == in_sec and op in ("a", "f") and owner.get(key, [None])[0] == of_sec:
+                seen.setdefault(key, None)
+        return list(seen)
+
+    prev_in, prev_out = refs(2, 1), refs(3, 2)        # layer 1's tensors read by 2 <-> 2's read by 3
+    next_in, next_out = refs(2, 3), refs(1, 2)        # layer 3's gradients read by 2 <-> 2's read by 1
+    if len(prev_in) != len(prev_out) or len(next_in) != len(next_out) \
+            or any(len(set(v)) > 1 for v in owner.values()):
+        return None
+    prev_map = dict(zip(prev_in, prev_out))
+    next_map = dict(zip(next_in, next_out))
+    last = layers - 2                                  # the last copy of layer 2
+
+    def rename(key, sec: int, copy: int):
+        """Key of ``key`` as seen from copy ``copy`` of layer 2 (sec is the owner's section)."""
+        if sec == 2:
+            return key if copy == 2 else ("c", copy, key)
+        if sec == 1 and copy > 2 and key in prev_map:            # the previous copy's matching tensor
+            return prev_map[key] if copy == 3 else ("c", copy - 1, prev_map[key])
+        if sec == 3 and copy < last and key in next_map:         # the next copy's matching gradient
+            return ("c", copy + 1, next_map[key])
+        return key
+
+    def emit(out: list, idx: list[int], copy: int | None, layer_name: int | None) -> None:
+        for i in idx:
+            op, key, n = events[i]
+            if op == "t" and layer_name is not None:
+                out.append(("t", f"L{layer_name}", 0))
+                continue
+            if op in ("a", "f") and key in owner:
+                osec = owner[key][0]
+                if copy is not None:
+                    key = rename(key, osec, copy)
+                elif osec == 2:                        # layers 1 and 3 see the first / last copy
+                    key = rename(key, 2, 2 if sections[i] <= 1 else last)
+            out.append((op, key, n))
+
+    fwd_end = next(i for i, (op, _, _) in enumerate(events) if op == "m")
+    by_sec_f: dict[int, list[int]] = {}
+    by_sec_b: dict[int, list[int]] = {}
+    for i, sec in enumerate(sections):
+        (by_sec_f if i <= fwd_end else by_sec_b).setdefault(sec, []).append(i)
+    order_f = sorted(by_sec_f)
+    if [s for s in order_f if 0 <= s < (1 << 20)] != [0, 1, 2, 3]:
+        return None
+    # sections must be contiguous runs for the splice to keep the order
+    for group in (by_sec_f, by_sec_b):
+        for idx in group.values():
+            if idx[-1] - idx[0] + 1 != len(idx):
+                return None
+    out: list = []
+    for sec in order_f:
+        if sec == 2:
+            for c in range(2, last + 1):
+                emit(out, by_sec_f[2], c, None)
+        elif sec == 3:
+            emit(out, by_sec_f[3], None, None)
+        else:
+            emit(out, by_sec_f[sec], None, None)
+    for sec in sorted(by_sec_b, key=lambda s: -s):
+        if sec == 2:
+            for c in range(last, 1, -1):
+                emit(out, by_sec_b[2], c, c)
+        elif sec == 3:
+            emit(out, by_sec_b[3], None, layers - 1)
+        else:
+            emit(out, by_sec_b[sec], None, None)
+    return out
+
+
 def _trace_key(training: TrainingSpec) -> TrainingSpec:
     """``training`` with the fields the trace does not read set to their defaults (a cache key)."""
     return TrainingSpec(seq_len=training.seq_len, micro_batch_size=training.micro_batch_size,
                         method=training.method, lora=training.lora, attention=training.attention,
                         freeze_trainable_layers=training.freeze_trainable_layers,
-                        activation_checkpointing=training.activation_checkpointing)
+                        activation_checkpointing=training.activation_checkpointing,
+                        loss=training.loss, loss_chunks=training.loss_chunks)
 
 
 @lru_cache(maxsize=4096)
@@ -913,6 +1237,8 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
         from advisor.trace.estimate import traced_activation_terms
 
         activations, temporaries, breakdown = traced_activation_terms(arch, training, mode)
+        if getattr(training, "offload_activations", False):
+            return _offloaded(activations, temporaries, breakdown)
         return ActivationEstimate(activations=activations, temporaries=temporaries, breakdown=breakdown)
     ckpt = training.activation_checkpointing
     if arch.attn_logit_softcapping and training.attention == "sdpa":
@@ -945,7 +1271,7 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     # to run; lower layers run with less saved). The logits tensor the caller's output holds is alive
     # throughout (``outputs = model(**batch); accelerator.backward(outputs.loss)``).
     held = terms["logits_held"]
-    logits_phase = held + terms["bw_head"]
+    logits_phase = max(held + terms["bw_head"], terms.get("forward_end", 0))
     layer_transient = terms["bw_layer_transient"]
     layer_extra = 0
     if training.method == "qlora":
@@ -965,7 +1291,37 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     if mode.startswith("autocast"):
         layer_copies = terms["weight_copy_layer"] * n_train
         breakdown["info:autocast_weight_copies"] = (layer_copies + terms["weight_copy_head"]) * 2
+    if getattr(training, "offload_activations", False):
+        return _offloaded(activations, temporaries, breakdown)
     return ActivationEstimate(activations=int(activations), temporaries=int(temporaries), breakdown=breakdown)
+
+
+def _offloaded(activations: int, temporaries: int, breakdown: dict[str, int]) -> ActivationEstimate:
+    """``--offload-activations``: every tensor autograd saves is packed to pinned CPU memory
+    (``torch.autograd.graph.save_on_cpu(pin_memory=True)``: pack copies to CPU, unpack copies back to the
+    device when the node runs; torchtune's ``OffloadActivations`` and DeepSpeed's
+    ``activation_checkpointing.cpu_checkpointing`` do the same for what they save). On the GPU nothing saved
+    stays between forward and backward; during a layer's backward its saved set is back on the GPU (counted
+    whole, an upper bound) on top of that layer's transient. The held logits are the model output, not saved:
+    they stay. ``info:offloaded_activations`` is the pinned host memory per GPU and the bytes crossing PCIe each
+    way per micro-step (:func:`activation_offload_traffic`)."""
+    held = breakdown.get("info:logits_output_held", 0)
+    per_layer = breakdown.get("per_layer", 0)
+    out = {k: (0 if not k.startswith(("temp:", "info:")) and k != "per_layer" else v) for k, v in breakdown.items()}
+    out["info:offloaded_activations"] = int(activations)
+    layer_phase = held + per_layer + breakdown.get("info:layer_transient", 0)
+    logits_phase = breakdown.get("temp:logits_and_loss_backward", 0) + breakdown.get("logits_and_loss", 0)
+    out["temp:layer_backward"] = layer_phase
+    out["temp:logits_and_loss_backward"] = logits_phase
+    return ActivationEstimate(activations=0, temporaries=int(max(layer_phase, logits_phase)), breakdown=out)
+
+
+def activation_offload_traffic(est: ActivationEstimate) -> int:
+    """Bytes one GPU moves to the host in the forward of a micro-step with ``--offload-activations`` (and the
+    same back in its backward): the saved activations. A step-time model divides 2x this by the GPU's PCIe
+    bandwidth for the transfer time; save_on_cpu copies synchronously, torchtune's offloading overlaps them
+    with compute on a side stream."""
+    return est.breakdown.get("info:offloaded_activations", 0)
 
 
 __all__ = ["ActivationEstimate", "ComputeMode", "activation_memory", "compute_mode"]

@@ -65,7 +65,8 @@ def state_bytes(training: TrainingSpec, strategy: StrategySpec) -> StateBytes:
         # PEFT keeps adapter weights in fp32 under autocast (peft `autocast_adapter_dtype=True`), so the
         # trainable part is fp32 with fp32 grads; DeepSpeed half models hold them at 2 bytes plus fp32 master.
         weight = 2 if half else 4
-        frozen = NF4_DOUBLE_QUANT_BYTES if training.method == "qlora" else (4 if p == "fp32" else 2)
+        nf4 = NF4_DOUBLE_QUANT_BYTES if getattr(training, "double_quant", True) else NF4_BYTES
+        frozen = nf4 if training.method == "qlora" else (4 if p == "fp32" else 2)
     else:
         weight = 2 if half else 4
         frozen = weight

@@ -13,7 +13,8 @@ from .bytes_per_param import state_bytes
 from .inference import inference_layouts
 from .model_states import model_states
 from .overhead import overhead_defaults
-from .peak import ActivationTerms, StepPeak, step_peak
+from .allocator import gpu_allocation
+from .peak import ActivationTerms, StepPeak, gradients_formed_in_backward, step_peak
 
 
 def trainable_parameters(model: ResolvedModel, counts: ParameterCounts, training: TrainingSpec) -> int:
@@ -77,13 +78,20 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     # activations freed by it and the optimizer step's transients are not all alive at once.
     held_fp32 = accelerate_fp32_logits(arch, training, strategy)
     peak = step_peak(arch, counts, training, strategy, hw, act, ms.step, held_extra=held_fp32)
-    allocated = ms.parameters + ms.optimizer_states + buffers_total + peak.dynamic
+    tensor_bytes = ms.parameters + ms.optimizer_states + buffers_total + peak.dynamic
+    # PyTorch's caching allocator over the step's allocation sequence (advisor/memory/allocator.py):
+    # max_memory_allocated and max_memory_reserved; total = reserved + CUDA context + NCCL.
+    gpu = gpu_allocation(arch, training, strategy, hw, ms, buffers,
+                         gradients_formed_in_backward(training, strategy, hw), activation_mode(training, strategy),
+                         tensor_bytes,
+                         limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0))
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
-                      "allocator fragmentation": int(allocated * ov.allocator_fragmentation_fraction)}
+                      "allocator: block rounding (allocated - tensors)": gpu.rounding,
+                      "allocator: cached free blocks (reserved - allocated)": gpu.cached}
     if hw.world_size > 1:
         overhead_parts["NCCL communicators"] = ov.nccl_bytes
     overhead = sum(overhead_parts.values())
-    total = allocated + overhead
+    total = tensor_bytes + overhead
 
     # Every byte of `total` is one item: model states, activation terms, the transient of the naive sum,
     # buffers, overhead, and what is not alive at the peak moment (negative).
@@ -100,6 +108,9 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
 
     cpu_parts = dict(ms.cpu_per_node)
     cpu_parts["training processes"] = ov.cpu_per_process_bytes * hw.gpus_per_node
+    if act.breakdown.get("info:offloaded_activations"):
+        # --offload-activations: pinned host copies of every GPU's saved activations
+        cpu_parts["offloaded activations (pinned)"] = act.breakdown["info:offloaded_activations"] * hw.gpus_per_node
     loading = _model_loading_cpu(counts, sb.weight, training, strategy, hw)
     cpu_parts.update(loading)
     save = checkpoint_save_cpu(counts, training, strategy)
@@ -111,6 +122,19 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
+    if act.breakdown.get("info:offloaded_activations"):
+        moved = act.breakdown["info:offloaded_activations"]
+        pcie = hw.gpu.pcie_bandwidth_gbps if hw.gpu is not None and getattr(hw.gpu, "pcie_bandwidth_gbps", None) else None
+        secs = f" (~{2 * moved / (pcie * 1e9):.2f} s per micro-step at {pcie:g} GB/s if not overlapped)" if pcie else ""
+        notes.append(f"--offload-activations: {moved / 2**30:.2f} GiB of saved activations go to pinned CPU memory "
+                     f"in each forward and back in the backward{secs}")
+    if gpu.oom_retries:
+        notes.append("fits only because PyTorch's allocator frees its cached segments and retries when "
+                     "cudaMalloc fails (reserved reaches the card): expect cudaFree/cudaMalloc stalls each step; "
+                     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True avoids them")
+    if not gpu.simulated_layers:
+        notes.append("the tensors alone exceed the GPU: the caching allocator was not simulated "
+                     "(allocated = reserved = tensor bytes here)")
     if arch.traced or arch.family not in REPLAYED_FAMILIES:   # what the trace had to approximate, said
         from ..trace.estimate import trace_settings
 
@@ -124,7 +148,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     per_gpu = PerGPU(parameters=ms.parameters, gradients=ms.gradients, optimizer_states=ms.optimizer_states,
                      activations=act.activations, temporaries=peak.temporaries, buffers=buffers_total,
                      overhead=overhead, phase_overlap=peak.phase_overlap, peak_moment=peak.moment.value,
-                     moments={m.value: v for m, v in peak.moments.items()}, total=total, breakdown=breakdown)
+                     moments={m.value: v for m, v in peak.moments.items()}, total=total, breakdown=breakdown,
+                     allocated=gpu.allocated, reserved=gpu.reserved)
     return Estimate(task="train", model=info, hardware=hardware_info(hw), strategy=strategy_info(training, strategy),
                     per_gpu=per_gpu,
                     per_node_cpu=PerNodeCPU(total=cpu_total, available_bytes=hw.cpu_ram_bytes, fits=cpu_fits,

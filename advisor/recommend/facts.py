@@ -53,6 +53,7 @@ FACTS: dict[str, tuple[str, int, str]] = {
     "training.checkpointing": ("string?", 0, "checkpointing the user fixed; null = searched"),
     "training.optimizer": ("string", 0, "adamw | adamw-8bit | adafactor | sgd | lion | lamb"),
     "training.attention": ("string", 0, "eager | sdpa | flash"),
+    "training.loss": ("string", 0, "plain | chunked | fused-linear (cross-entropy kernel, --loss)"),
     "training.lora_rank": ("number", 0, "LoRA rank"),
     "training.margin": ("number", 0, "safety margin, fraction of VRAM kept free"),
     "candidate.strategy": ("string", 1, "single | ddp | zero0..zero3 | fsdp-full | fsdp-grad-op | fsdp-hybrid | "

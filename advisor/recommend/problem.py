@@ -159,6 +159,6 @@ def problem_facts(p: Problem, method: str) -> dict[str, object]:
         "training.max_micro_batch": p.micro.values[-1], "training.global_batch": t.global_batch_size,
         "training.precision": p.precision_fixed, "training.method": method,
         "training.checkpointing": p.checkpointing_fixed, "training.optimizer": t.optimizer,
-        "training.attention": t.attention, "training.lora_rank": t.lora.rank, "training.margin": p.margin,
+        "training.attention": t.attention, "training.loss": t.loss, "training.lora_rank": t.lora.rank, "training.margin": p.margin,
     })
     return out

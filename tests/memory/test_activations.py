@@ -287,7 +287,9 @@ def test_lora_adapters_follow_peft_casting():
     assert est.activations > 0 and none.activations > 0
     qlora = activation_memory(_llama(), _spec(method="qlora"), "half-bf16")
     lora = activation_memory(_llama(), _spec(method="lora"), "half-bf16")
-    assert qlora.activations == lora.activations
+    # bitsandbytes MatMul4Bit saves its (bf16) input whenever it requires grad; peft's LoRA path saves the fp32
+    # cast of the same input for lora_A: QLoRA keeps both (bitsandbytes/autograd/_functions.py)
+    assert qlora.activations > lora.activations
     assert "info:qlora_dequantized_weight" in qlora.breakdown
     assert qlora.breakdown["temp:layer_backward"] > lora.breakdown["temp:layer_backward"]
 

@@ -1,0 +1,671 @@
+"""PyTorch's CUDA caching allocator, simulated over an allocation/free sequence (pure Python, bytes).
+
+``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` are what this allocator reports, and what a
+GPU runs out of is the reserved memory (plus the CUDA context and NCCL, which it does not manage). This
+module reproduces the decisions of ``c10/cuda/CUDACachingAllocator.cpp`` (PyTorch main, read at
+github.com/pytorch/pytorch commit 001074d2; the rules below have been stable since PyTorch 1.x/2.0):
+
+* ``round_size``: every request is rounded up to a multiple of ``kMinBlockSize`` = 512 bytes (requests
+  below 512 take 512; ``roundup_power2_divisions`` is off by default).
+* ``get_pool``: requests of at most ``kSmallSize`` = 1 MiB use the small pool, larger ones the large pool.
+* ``get_allocation_size``: a new segment (``cudaMalloc``) is 2 MiB (``kSmallBuffer``) for the small pool,
+  20 MiB (``kLargeBuffer``) for requests below 10 MiB (``kMinLargeAlloc``), else the request rounded up to
+  2 MiB (``kRoundLarge``).
+* ``get_free_block``: best fit, the smallest cached free block of the pool that is at least the request
+  (``std::set`` ordered by size, then address); with ``max_split_size`` set, a request below it never takes
+  a block of at least ``max_split_size``, and a request of at least ``max_split_size`` takes no block that is
+  ``kLargeBuffer`` (20 MiB) or more larger than itself.
+* ``should_split``: the remainder of the chosen block becomes a free block when it is at least 512 bytes
+  (small pool, or expandable segments), or when it is more than 1 MiB and the request is below
+  ``max_split_size`` (large pool). An unsplit block is handed out whole and counts whole as allocated
+  (``stats.allocated_bytes`` adds ``block->size``).
+* ``free_block``/``try_merge_blocks``: a freed block merges with its free neighbours of the same segment;
+  segments are never returned to CUDA during a step (only ``empty_cache`` or the retry after a failed
+  ``cudaMalloc`` releases whole free segments), so ``reserved`` only grows.
+* ``expandable_segments:True`` (Note [Expandable Segments]): one segment per pool and stream whose mapped
+  size grows in pages of 2 MiB (small pool) or 20 MiB (large pool); a request with no fitting free block is
+  placed at the lowest address with enough free + unmapped space (in a growing run, the free tail of the
+  segment) and only the missing pages are mapped; every remainder of at least 512 bytes is split off.
+
+The simulation assumes one stream (no ``record_stream`` deferrals) and memory to spare (no OOM retries):
+its ``reserved`` is what ``max_memory_reserved`` reports when the card is large enough, an upper bound of
+what a tighter card would need.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+K_MIN_BLOCK = 512                 # kMinBlockSize
+K_SMALL_SIZE = 1 << 20            # kSmallSize: largest small-pool request, 1 MiB
+K_SMALL_BUFFER = 2 << 20          # kSmallBuffer: small-pool segment, 2 MiB
+K_LARGE_BUFFER = 20 << 20         # kLargeBuffer: segment for 1-10 MiB requests, 20 MiB
+K_MIN_LARGE_ALLOC = 10 << 20      # kMinLargeAlloc
+K_ROUND_LARGE = 2 << 20           # kRoundLarge
+NO_MAX_SPLIT = 1 << 62            # max_split_size default: unlimited (SIZE_MAX)
+
+
+def round_size(size: int) -> int:
+    """``round_size``: the request rounded up to a multiple of 512 bytes (at least 512)."""
+    if size < K_MIN_BLOCK:
+        return K_MIN_BLOCK
+    return K_MIN_BLOCK * ((size + K_MIN_BLOCK - 1) // K_MIN_BLOCK)
+
+
+def allocation_size(size: int) -> int:
+    """``get_allocation_size``: bytes of the segment cudaMalloc'd for a rounded request with no cached fit."""
+    if size <= K_SMALL_SIZE:
+        return K_SMALL_BUFFER
+    if size < K_MIN_LARGE_ALLOC:
+        return K_LARGE_BUFFER
+    return K_ROUND_LARGE * ((size + K_ROUND_LARGE - 1) // K_ROUND_LARGE)
+
+
+class _Block:
+    __slots__ = ("size", "addr", "prev", "next", "allocated", "small")
+
+    def __init__(self, size: int, addr: int, small: bool):
+        self.size, self.addr, self.small = size, addr, small
+        self.prev: _Block | None = None
+        self.next: _Block | None = None
+        self.allocated = False
+
+
+@dataclass(frozen=True)
+class AllocatorStats:
+    """Result of a simulated sequence, in bytes: the peaks ``max_memory_allocated`` / ``max_memory_reserved``
+    report, the peak of the raw requested bytes, and the number of segments (cudaMalloc calls or mappings)."""
+
+    peak_allocated: int
+    peak_reserved: int
+    peak_requested: int
+    segments: int
+    oom: bool = False         # a segment did not fit ``capacity`` even after releasing the cached ones
+    released: int = 0         # bytes of cached segments released by OOM retries
+
+
+class CachingAllocator:
+    """One device's caching allocator (one stream). ``malloc(key, nbytes)`` / ``free(key)``; the peaks are
+    read from :meth:`stats`."""
+
+    def __init__(self, expandable_segments: bool = False, max_split_size: int | None = None):
+        self.expandable = expandable_segments
+        self.max_split = max_split_size if max_split_size else NO_MAX_SPLIT
+        self._free = {True: [], False: []}              # pool (small?) -> sorted [(size, addr)]
+        self._by_addr: dict[int, _Block] = {}          # free blocks by address
+        self._live: dict[object, tuple[_Block, int]] = {}
+        self._next_addr = 0
+        self._seg_end: dict[bool, int] = {}            # expandable: mapped end of each pool's segment
+        self._last: dict[bool, _Block] = {}            # expandable: the block at that end
+        self.allocated = self.reserved = self.requested = 0
+        self.peak_allocated = self.peak_reserved = self.peak_requested = 0
+        self.segments = 0
+
+    # -- free-list bookkeeping
+    def _insert(self, b: _Block) -> None:
+        insort(self._free[b.small], (b.size, b.addr))
+        self._by_addr[b.addr] = b
+
+    def _remove(self, b: _Block) -> None:
+        lst = self._free[b.small]
+        del lst[bisect_left(lst, (b.size, b.addr))]
+        del self._by_addr[b.addr]
+
+    def _new_segment(self, size: int, small: bool) -> _Block:
+        b = _Block(size, self._next_addr, small)
+        self._next_addr += size + K_LARGE_BUFFER      # distinct address ranges: segments never merge
+        self.reserved += size
+        self.segments += 1
+        return b
+
+    # -- best fit (get_free_block)
+    def _find(self, size: int, small: bool) -> _Block | None:
+        lst = self._free[small]
+        i = bisect_left(lst, (size, -1))
+        if i == len(lst):
+            return None
+        b = self._by_addr[lst[i][1]]
+        if self.expandable and b is self._last.get(small) and i + 1 < len(lst):
+            b = self._by_addr[lst[i + 1][1]]          # expandable_size: the growing tail ranks last
+        if size < self.max_split <= b.size:
+            return None
+        if size >= self.max_split and b.size >= size + K_LARGE_BUFFER:
+            return None
+        self._remove(b)
+        return b
+
+    # -- expandable segments (try_allocate_expandable_block)
+    def _grow(self, size: int, small: bool) -> _Block:
+        """Map pages at the end of the pool's segment: extend its free tail, or add a block after the last."""
+        page = K_SMALL_BUFFER if small else K_LARGE_BUFFER
+        if small not in self._seg_end:
+            self._seg_end[small] = self._next_addr
+            self._next_addr += 1 << 50                # the segment's reserved virtual address space
+            self.segments += 1
+        last = self._last.get(small)
+        if last is not None and not last.allocated:
+            self._remove(last)
+            grow = page * -(-(size - last.size) // page)
+            last.size += grow
+        else:
+            grow = page * -(-size // page)
+            last_new = _Block(grow, self._seg_end[small], small)
+            last_new.prev = last
+            if last is not None:
+                last.next = last_new
+            self._last[small] = last = last_new
+        self._seg_end[small] += grow
+        self.reserved += grow
+        return last
+
+    # -- public API
+    def malloc(self, key: object, nbytes: int) -> None:
+        """Allocate ``nbytes`` for ``key`` (CUDACachingAllocator ``malloc``)."""
+        size = round_size(nbytes)
+        small = size <= K_SMALL_SIZE
+        b = self._find(size, small)
+        if b is None:
+            b = self._grow(size, small) if self.expandable else self._new_segment(allocation_size(size), small)
+        remaining = b.size - size
+        if small or self.expandable:
+            split = remaining >= K_MIN_BLOCK
+        else:
+            split = size < self.max_split and remaining > K_SMALL_SIZE
+        if split:
+            rest = _Block(remaining, b.addr + size, small)
+            rest.prev, rest.next = b, b.next
+            if b.next is not None:
+                b.next.prev = rest
+            b.next = rest
+            b.size = size
+            self._insert(rest)
+            if self.expandable and self._last.get(small) is b:
+                self._last[small] = rest
+        b.allocated = True
+        self._live[key] = (b, nbytes)
+        self.allocated += b.size
+        self.requested += nbytes
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        self.peak_reserved = max(self.peak_reserved, self.reserved)
+        self.peak_requested = max(self.peak_requested, self.requested)
+
+    def free(self, key: object) -> None:
+        """Return ``key``'s block to its pool, merging free neighbours (``free_block``)."""
+        b, nbytes = self._live.pop(key)
+        b.allocated = False
+        self.allocated -= b.size
+        self.requested -= nbytes
+        for nb in (b.prev, b.next):
+            if nb is not None and not nb.allocated:
+                self._remove(nb)
+                if nb is b.prev:
+                    b.addr = nb.addr
+                    b.prev = nb.prev
+                    if nb.prev is not None:
+                        nb.prev.next = b
+                else:
+                    b.next = nb.next
+                    if nb.next is not None:
+                        nb.next.prev = b
+                b.size += nb.size
+                if self.expandable and self._last.get(b.small) is nb:
+                    self._last[b.small] = b
+        self._insert(b)
+
+    def stats(self) -> AllocatorStats:
+        return AllocatorStats(self.peak_allocated, self.peak_reserved, self.peak_requested, self.segments)
+
+
+def simulate(events: Iterable[tuple[str, object, int]], expandable_segments: bool = False,
+             max_split_size: int | None = None, capacity: int | None = None) -> AllocatorStats:
+    """Run ``events`` — ``("a", key, nbytes)`` allocations and ``("f", key, 0)`` frees — through a fresh
+    allocator and return its peaks (bytes). ``capacity`` (default configuration only): see
+    :func:`_simulate_default`."""
+    al = CachingAllocator(expandable_segments, max_split_size)
+    if expandable_segments or max_split_size:
+        for op, key, nbytes in events:
+            if op == "a":
+                al.malloc(key, nbytes)
+            else:
+                al.free(key)
+        return al.stats()
+    return _simulate_default(events, capacity)
+
+
+def _simulate_default(events: Iterable[tuple[str, object, int]], capacity: int | None = None) -> AllocatorStats:
+    """:class:`CachingAllocator` with the default configuration, inlined for speed (it runs inside every
+    estimate); ``tests/memory/test_allocator.py`` checks it against the class on random sequences.
+    A block is a list [size, addr, prev, next, allocated, small].
+
+    ``capacity``: bytes cudaMalloc can give. A new segment that would exceed it first makes the allocator
+    release every cached block that is a whole segment (``release_cached_blocks``, then ``alloc_block``
+    again: CUDACachingAllocator ``malloc``); if it still does not fit, the run is out of memory."""
+    released = 0
+    free_lists: dict[bool, list] = {True: [], False: []}
+    by_addr: dict[int, list] = {}
+    live: dict = {}
+    next_addr = 0
+    allocated = reserved = requested = 0
+    peak_a = peak_r = peak_q = 0
+    segments = 0
+    for op, key, nbytes in events:
+        if op == "a":
+            size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else K_MIN_BLOCK * ((nbytes + K_MIN_BLOCK - 1) // K_MIN_BLOCK)
+            small = size <= K_SMALL_SIZE
+            lst = free_lists[small]
+            i = bisect_left(lst, (size, -1))
+            if i < len(lst):
+                b = by_addr.pop(lst[i][1])
+                del lst[i]
+            else:
+                seg = (K_SMALL_BUFFER if small else K_LARGE_BUFFER if size < K_MIN_LARGE_ALLOC
+                       else K_ROUND_LARGE * ((size + K_ROUND_LARGE - 1) // K_ROUND_LARGE))
+                if capacity is not None and reserved + seg > capacity:
+                    for pool in free_lists.values():
+                        keep = []
+                        for fsz, faddr in pool:
+                            fb = by_addr[faddr]
+                            if fb[2] is None and fb[3] is None:      # an unsplit cached segment: cudaFree
+                                del by_addr[faddr]
+                                reserved -= fsz
+                                released += fsz
+                            else:
+                                keep.append((fsz, faddr))
+                        pool[:] = keep
+                    if reserved + seg > capacity:
+                        return AllocatorStats(peak_a, peak_r, peak_q, segments, True, released)
+                b = [seg, next_addr, None, None, False, small]
+                next_addr += seg + K_LARGE_BUFFER
+                reserved += seg
+                segments += 1
+                if reserved > peak_r:
+                    peak_r = reserved
+            remaining = b[0] - size
+            if remaining >= K_MIN_BLOCK if small else remaining > K_SMALL_SIZE:
+                rest = [remaining, b[1] + size, b, b[3], False, small]
+                if b[3] is not None:
+                    b[3][2] = rest
+                b[3] = rest
+                b[0] = size
+                insort(lst, (remaining, rest[1]))
+                by_addr[rest[1]] = rest
+            b[4] = True
+            live[key] = (b, nbytes)
+            allocated += b[0]
+            requested += nbytes
+            if allocated > peak_a:
+                peak_a = allocated
+            if requested > peak_q:
+                peak_q = requested
+        else:
+            b, nbytes = live.pop(key)
+            b[4] = False
+            allocated -= b[0]
+            requested -= nbytes
+            lst = free_lists[b[5]]
+            nb = b[2]
+            if nb is not None and not nb[4]:
+                del lst[bisect_left(lst, (nb[0], nb[1]))]
+                del by_addr[nb[1]]
+                b[1] = nb[1]
+                b[0] += nb[0]
+                b[2] = nb[2]
+                if nb[2] is not None:
+                    nb[2][3] = b
+            nb = b[3]
+            if nb is not None and not nb[4]:
+                del lst[bisect_left(lst, (nb[0], nb[1]))]
+                del by_addr[nb[1]]
+                b[0] += nb[0]
+                b[3] = nb[3]
+                if nb[3] is not None:
+                    nb[3][2] = b
+            insort(lst, (b[0], b[1]))
+            by_addr[b[1]] = b
+    return AllocatorStats(peak_a, peak_r, peak_q, segments, False, released)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The allocation sequence of training steps
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StateLayout:
+    """Model-state tensors (bytes each) in the order the engine allocates them; ``*_layer`` lists are one
+    decoder layer's tensors, repeated per layer, ``*_outside`` the rest (embeddings, head, final norm,
+    fixed-size buffers).
+
+    * ``persistent``: allocated before the first forward and never freed (parameters, DeepSpeed's flat
+      partitions, FSDP flat shards, persistent gradient buffers, communication buckets);
+    * ``grads``: parameter gradients formed during backward (AccumulateGrad) and freed by
+      ``zero_grad(set_to_none=True)`` after the step; a layer's when its backward starts, the head's when
+      the loss backward starts, the embedding's at the end of backward;
+    * ``lazy``: optimizer states torch optimizers create at the first ``step()`` (torch.optim.AdamW
+      ``_init_group``: ``zeros_like`` per parameter), after the first backward;
+    * ``step_temp``: foreach temporaries of each step (one list over all tensors, then freed)."""
+
+    persistent_outside: tuple[int, ...] = ()
+    persistent_layer: tuple[int, ...] = ()
+    grads_head: tuple[int, ...] = ()
+    grads_end: tuple[int, ...] = ()
+    grads_layer: tuple[int, ...] = ()
+    lazy_outside: tuple[int, ...] = ()
+    lazy_layer: tuple[int, ...] = ()
+    step_temp_outside: tuple[int, ...] = ()
+    step_temp_layer: tuple[int, ...] = ()
+
+
+def step_events(activation_events: list[tuple[str, object, int]], layers: int, layout: StateLayout,
+                iterations: int | None = None) -> list[tuple[str, object, int]]:
+    """The allocation sequence of training steps of a ``layers``-layer model: model states, then per step
+    the forward and backward of :func:`advisor.memory.activations._trace_events` with the gradients placed
+    where backward forms them, the optimizer step (lazy states at the first one, foreach temporaries),
+    ``zero_grad(set_to_none=True)`` and the held logits released last (``outputs`` stays in scope through
+    the step in accelerate's loop). Two steps when the first one allocates optimizer states (the second
+    then runs on a pool whose freed activation blocks the states took), else one: a step that starts and
+    ends with the same live tensors finds its own freed blocks again."""
+    if iterations is None:
+        iterations = 2 if (layout.lazy_outside or layout.lazy_layer) else 1
+    out: list[tuple[str, object, int]] = []
+    out += [("a", ("P", i), n) for i, n in enumerate(layout.persistent_outside)]
+    out += [("a", ("P", l, i), n) for l in range(layers) for i, n in enumerate(layout.persistent_layer)]
+    for it in range(iterations):
+        live: dict = {}
+        grads: list = []
+        held = None
+        for op, key, n in activation_events:
+            if op == "a":
+                k = (it, key)
+                live[k] = None
+                out.append(("a", k, n))
+            elif op == "f":
+                k = (it, key)
+                del live[k]
+                out.append(("f", k, 0))
+            elif op == "t":
+                if key == "logits_and_loss":
+                    new = [(("G", it, "head", i), n) for i, n in enumerate(layout.grads_head)]
+                elif key[0] == "L" and key[1:].isdigit():
+                    new = [(("G", it, key, i), n) for i, n in enumerate(layout.grads_layer)]
+                else:
+                    new = []
+                for k, n in new:
+                    grads.append(k)
+                    out.append(("a", k, n))
+            elif op == "h":
+                held = (it, key)
+        for i, n in enumerate(layout.grads_end):
+            grads.append(("G", it, "end", i))
+            out.append(("a", ("G", it, "end", i), n))
+        out += [("f", k, 0) for k in live if k != held]                  # leftovers of autograd
+        if it == 0:
+            out += [("a", ("S", i), n) for i, n in enumerate(layout.lazy_outside)]
+            out += [("a", ("S", l, i), n) for l in range(layers) for i, n in enumerate(layout.lazy_layer)]
+        temps = [(("T", it, i), n) for i, n in enumerate(layout.step_temp_outside)]
+        temps += [(("T", it, l, i), n) for l in range(layers) for i, n in enumerate(layout.step_temp_layer)]
+        out += [("a", k, n) for k, n in temps]
+        out += [("f", k, 0) for k, _ in temps]
+        out += [("f", k, 0) for k in grads]
+        if held is not None:
+            out.append(("f", held, 0))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From an estimate's terms to allocated / reserved
+# ---------------------------------------------------------------------------------------------------------
+# Buffers whose size grows with the model (split over the layers in the sequence); the others are fixed-size
+# buckets allocated once.
+_PER_LAYER_BUFFERS = ("autocast 16-bit weight copies", "DDP reducer buckets", "whole model",
+                      "mixed-precision parameter copy")
+
+
+@dataclass(frozen=True)
+class GpuAllocation:
+    """What PyTorch's allocator reports for one estimate, in bytes per GPU: ``allocated`` =
+    max_memory_allocated (tensor bytes + 512-byte rounding + unsplit block remainders), ``reserved`` =
+    max_memory_reserved (+ cached free blocks of its segments)."""
+
+    allocated: int
+    reserved: int
+    rounding: int            # allocated - tensor bytes
+    cached: int              # reserved - allocated
+    simulated_layers: tuple[int, ...]
+    oom_retries: bool = False  # fits only because the allocator releases cached segments when cudaMalloc fails
+
+
+def _tensor_elements(arch) -> tuple[list[int], list[int], int, int, int]:
+    """Parameter tensors (elements) of one decoder layer in module order, and the embedding, lm_head and
+    final-norm elements (advisor.param_count)."""
+    from ..param_count import count_parameters, linear_shapes
+
+    counts = count_parameters(arch)
+    layer: list[int] = []
+    for i, o, c in linear_shapes(arch).values():
+        layer.append(i * o * c)                # biases and norms: the rest of the layer, below
+    rest = counts.per_layer - sum(layer)
+    norms = max(arch.norms_per_layer, 1)
+    if rest > 0:
+        layer += [rest // norms] * (norms - 1) + [rest - (rest // norms) * (norms - 1)]
+    return layer, [counts.per_layer], counts.embedding, counts.lm_head, counts.final
+
+
+def state_layout(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool,
+                 layers: int) -> StateLayout:
+    """The model-state tensors of a ``layers``-layer slice of the model, sized from the estimate's own
+    per-GPU terms (``ms``: ModelStates, ``buffers``), in each engine's allocation granularity:
+    torch optimizers and DDP/single keep one tensor per parameter; DeepSpeed ZeRO-0/1/2 flattens the 16-bit
+    parameters, gradients and optimizer partitions into one buffer each (stage_1_and_2
+    ``flatten_dense_tensors_aligned``), ZeRO-3 one partition per parameter plus flat gradient/optimizer
+    partitions; FSDP one flat parameter per wrapped decoder layer (FlatParameter)."""
+    from ..param_count import count_parameters
+
+    counts = count_parameters(arch)
+    n = max(arch.num_layers, 1)
+    layer_t, _, emb, head, final = _tensor_elements(arch)
+    outside_t = [e for e in (emb, head, final) if e]
+    total = max(counts.total, 1)
+    full = training.method == "full"
+    frac = (sum(outside_t) + layers * counts.per_layer) / total if full else layers / n
+    deepspeed = strategy.backend == "deepspeed"
+    stage = strategy.zero_stage or 0
+    fsdp = strategy.backend == "fsdp"
+
+    def scaled(elems: list[int], per_elem: float) -> tuple[int, ...]:
+        return tuple(max(int(e * per_elem), 1) for e in elems if e * per_elem >= 1)
+
+    step_temporaries = ms.step.step_temporaries if ms.step is not None else 0   # the optimizer step's transient
+    p_elem = ms.parameters / total
+    persistent_out: list[int] = []
+    persistent_layer: list[int] = []
+    if deepspeed and stage <= 2:
+        persistent_out.append(int(ms.parameters * frac))
+    elif fsdp:
+        persistent_out += scaled([sum(outside_t)], p_elem)
+        persistent_layer += scaled([counts.per_layer], p_elem)
+    else:
+        persistent_out += scaled(outside_t, p_elem)
+        persistent_layer += scaled(layer_t, p_elem)
+
+    g = dict(grads_head=(), grads_end=(), grads_layer=())
+    if ms.gradients:
+        if formed_in_backward:
+            g_elem = ms.gradients / total
+            g = dict(grads_head=scaled([head or emb], g_elem),
+                     grads_end=scaled([emb if head else 0, final], g_elem), grads_layer=scaled(layer_t, g_elem))
+        elif deepspeed:
+            persistent_out.append(int(ms.gradients * frac))
+        elif full and not fsdp:
+            g_elem = ms.gradients / total
+            persistent_out += scaled(outside_t, g_elem)
+            persistent_layer += scaled(layer_t, g_elem)
+        else:
+            persistent_layer.append(max(ms.gradients // n, 1))
+
+    lazy_out: list[int] = []
+    lazy_layer: list[int] = []
+    temp_out: list[int] = []
+    temp_layer: list[int] = []
+    if deepspeed:
+        for name, v in ms.gpu_breakdown.items():
+            if name not in ("parameters", "gradients") and v:
+                persistent_out.append(int(v * frac))
+    elif ms.optimizer_states:
+        k = 1 if training.optimizer in ("lion", "sgd", "adafactor") else 2
+        trainable_elems = total if full else None
+        if full and not fsdp:
+            s_elem = ms.optimizer_states / trainable_elems / k
+            for _ in range(k):
+                lazy_out += scaled(outside_t, s_elem)
+                lazy_layer += scaled(layer_t, s_elem)
+            if step_temporaries:
+                t_elem = step_temporaries / trainable_elems
+                temp_out += scaled(outside_t, t_elem)
+                temp_layer += scaled(layer_t, t_elem)
+        else:
+            per_layer_states = ms.optimizer_states / n / k
+            lazy_layer += [max(int(per_layer_states), 1)] * k
+            if step_temporaries:
+                temp_layer.append(max(step_temporaries // n, 1))
+
+    for name, v in buffers.items():
+        if any(tag in name for tag in _PER_LAYER_BUFFERS):
+            persistent_layer.append(max(v // n, 1))
+        else:
+            persistent_out.append(v)
+    return StateLayout(persistent_outside=tuple(persistent_out), persistent_layer=tuple(persistent_layer),
+                       lazy_outside=tuple(lazy_out), lazy_layer=tuple(lazy_layer),
+                       step_temp_outside=tuple(temp_out), step_temp_layer=tuple(temp_layer), **g)
+
+
+@lru_cache(maxsize=512)
+def _activation_segments(arch, trace_training, mode: str, ckpt: str, layers: int):
+    """The trace's events cut where backward enters a new term: ``[(term, events)]`` (the first term is None:
+    the forward), the frees of what autograd leaves behind, the held logits' key. A key may be allocated again
+    after its free (a checkpointed layer's recompute): the simulator allows that."""
+    from .activations import allocation_trace
+
+    segs: list = []
+    cur: list = []
+    term = None
+    held = None
+    alive: dict = {}
+    for ev in allocation_trace(arch, trace_training, mode, ckpt, layers):
+        op = ev[0]
+        if op == "a":
+            alive[ev[1]] = None
+            cur.append(ev)
+        elif op == "f":
+            del alive[ev[1]]
+            cur.append(ev)
+        elif op == "t":
+            segs.append((term, cur))
+            cur, term = [], ev[1]
+        elif op == "h":
+            held = ev[1]
+    segs.append((term, cur))
+    leftovers = [("f", k, 0) for k in alive if k != held]
+    return segs, leftovers, held
+
+
+def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
+                 iterations: int | None = None) -> list[tuple[str, object, int]]:
+    """:func:`step_events` without the persistent states, from :func:`_activation_segments`."""
+    if iterations is None:
+        iterations = 2 if (layout.lazy_outside or layout.lazy_layer) else 1
+    out: list = []
+    for it in range(iterations):
+        grads: list = []
+        for term, evs in segments:
+            if term == "logits_and_loss":
+                new = [(("G", "head", i), n) for i, n in enumerate(layout.grads_head)]
+            elif term is not None and term[0] == "L" and term[1:].isdigit():
+                new = [(("G", term, i), n) for i, n in enumerate(layout.grads_layer)]
+            else:
+                new = ()
+            for k, n in new:
+                grads.append(k)
+                out.append(("a", k, n))
+            out.extend(evs)
+        for i, n in enumerate(layout.grads_end):
+            grads.append(("G", "end", i))
+            out.append(("a", ("G", "end", i), n))
+        out.extend(leftovers)
+        if it == 0:
+            out += [("a", ("S", i), n) for i, n in enumerate(layout.lazy_outside)]
+            out += [("a", ("S", l, i), n) for l in range(layers) for i, n in enumerate(layout.lazy_layer)]
+        temps = [(("T", i), n) for i, n in enumerate(layout.step_temp_outside)]
+        temps += [(("T", l, i), n) for l in range(layers) for i, n in enumerate(layout.step_temp_layer)]
+        out += [("a", k, n) for k, n in temps]
+        out += [("f", k, 0) for k, _ in temps]
+        out += [("f", k, 0) for k in grads]
+        if held is not None:
+            out.append(("f", held, 0))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _persistent_stats(outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
+                      expandable: bool) -> AllocatorStats:
+    """The model states allocated before the first step, alone (nothing is freed among them)."""
+    events = [("a", ("P", i), n) for i, n in enumerate(outside)]
+    events += [("a", ("P", l, i), n) for l in range(layers) for i, n in enumerate(per_layer)]
+    return simulate(events, expandable_segments=expandable)
+
+
+@lru_cache(maxsize=4096)
+def _churn_stats(arch, trace_training, mode: str, ckpt: str, layers: int, layout: StateLayout,
+                 expandable: bool, capacity: int | None = None) -> AllocatorStats:
+    """The step's allocations and frees (activations, gradients formed in backward, lazy optimizer states,
+    step temporaries) from an empty pool (``capacity``: what is left for them, see :func:`simulate`)."""
+    segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
+    return simulate(churn_events(segs, leftovers, held, layers, layout), expandable_segments=expandable,
+                    capacity=None if expandable else capacity)
+
+
+def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool,
+                   mode: str, tensor_bytes: int, limit: int | None = None) -> GpuAllocation:
+    """max_memory_allocated and max_memory_reserved (bytes per GPU) for an estimate whose tensors peak at
+    ``tensor_bytes``: the caching allocator simulated over the step's allocation sequence (two steps when
+    the first allocates torch optimizers' states), its rounding and cached-block overheads added on top.
+    When ``tensor_bytes`` alone exceed ``limit`` (the bytes the allocator can have) nothing is simulated
+    and ``simulated_layers`` is empty."""
+    from .activations import allocation_key
+
+    if limit is not None and tensor_bytes > limit:
+        # the tensors alone exceed what the allocator may reserve: the verdict cannot change, skip the work
+        return GpuAllocation(allocated=tensor_bytes, reserved=tensor_bytes, rounding=0, cached=0,
+                             simulated_layers=())
+    trace_training, ckpt = allocation_key(arch, training)
+    expandable = getattr(training, "expandable_segments", False)
+    n = arch.num_layers
+    # Model states allocated before the first step fill their own segments (nothing among them is freed);
+    # the step's churn then runs in segments of its own. Simulating the two apart ignores the step's use of
+    # the persistent segments' leftover space (at most a 20 MiB or 2 MiB segment's tail each), which can
+    # only make the churn need more: an upper bound that lets every strategy sharing a trace and a dynamic
+    # layout share one simulation.
+    full = state_layout(arch, training, strategy, hw, ms, buffers, formed_in_backward, n)
+    ps = _persistent_stats(full.persistent_outside, full.persistent_layer, n, expandable)
+    dyn = replace(full, persistent_outside=(), persistent_layer=())
+    # The whole depth is simulated: extrapolating from fewer layers misses patterns that repeat every 12 or
+    # more layers and was up to 4 % of the total low (benchmarks/allocator_extrapolation.py). The layers'
+    # allocation sequence itself is built from a 4-layer trace (activations.allocation_trace).
+    st = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable)
+    retried = False
+    if limit is not None and ps.peak_reserved + st.peak_reserved > limit and not expandable:
+        # Over the card with every cached block kept: the real allocator then releases its unsplit cached
+        # segments and retries cudaMalloc. Replay with the capacity the step has; if that completes, its
+        # reserved peak (at most the capacity) is what the run reaches.
+        capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved)
+        if not capped.oom:
+            st, retried = capped, True
+    rounding = st.peak_allocated - st.peak_requested
+    cached = st.peak_reserved - st.peak_allocated
+    rounding += ps.peak_allocated - ps.peak_requested
+    cached += ps.peak_reserved - ps.peak_allocated
+    rounding, cached = max(rounding, 0), max(cached, 0)
+    allocated = tensor_bytes + rounding
+    return GpuAllocation(allocated=allocated, reserved=allocated + cached, rounding=rounding, cached=cached,
+                         simulated_layers=(n,), oom_retries=retried)

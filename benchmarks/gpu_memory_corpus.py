@@ -1,0 +1,91 @@
+"""Published GPU memory measurements vs dsadvise, like for like.
+
+Run: python benchmarks/gpu_memory_corpus.py [--csv]
+
+Each point of benchmarks/gpu_memory_corpus.yaml is estimated with the settings its source states (and the
+assumptions it lists) and compared with what was measured: max_memory_allocated with ``per_gpu.allocated``,
+max_memory_reserved with ``per_gpu.reserved``, nvidia-smi with ``per_gpu.total``. A point measured "OOM" passes
+when the estimate's total exceeds the card. Summary over the comparable points: in band (−3 … +15 %), median
+|error|, worst low. Nothing is fitted to these points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from advisor.api import estimate  # noqa: E402
+from advisor.errors import InputError  # noqa: E402
+
+CORPUS = Path(__file__).with_name("gpu_memory_corpus.yaml")
+UNIT = {"GB": 1e9, "GiB": 2 ** 30, "MiB": 2 ** 20}
+BAND = (-3.0, 15.0)
+
+
+def kwargs(p: dict) -> dict:
+    kw = dict(model=p["model"], gpus=p["gpus"], gpu=p["gpu"], strategy=p.get("strategy"), method=p["method"],
+              precision=p.get("precision"), micro_batch=p["micro_batch"], seq_len=p["seq_len"],
+              checkpointing=p.get("checkpointing", "none"), loss=p.get("loss", "plain"),
+              loss_chunks=p.get("loss_chunks", 8), double_quant=p.get("double_quant", True))
+    if p["method"] in ("lora", "qlora"):
+        kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]), lora_dropout=p.get("lora_dropout", 0.0))
+    if p.get("offload", "none") != "none":
+        kw.update(offload_optimizer=p["offload"], offload_param=p["offload"])
+    return kw
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--csv", action="store_true", help="one CSV line per point")
+    args = ap.parse_args()
+    points = yaml.safe_load(CORPUS.read_text())["points"]
+    rows, errors, oom_ok, oom_all, skipped = [], [], 0, 0, []
+    for p in points:
+        if not p.get("expressible", True):
+            skipped.append(p)
+            continue
+        m = p["measured"]
+        try:
+            est = estimate(**kwargs(p))
+        except InputError as exc:
+            rows.append((p, "error", str(exc), None))
+            continue
+        g = est.per_gpu
+        if m["value"] == "OOM":
+            oom_all += 1
+            ok = g.total > est.hardware.vram_bytes
+            oom_ok += ok
+            rows.append((p, "OOM", f"estimate {g.total / 2**30:.2f} GiB of {est.hardware.vram_bytes / 2**30:.2f}",
+                         "pass" if ok else "FAIL"))
+            continue
+        measured = float(m["value"]) * UNIT[m["unit"]]
+        estimated = {"allocated": g.allocated, "reserved": g.reserved, "nvidia-smi": g.total}[m["kind"]]
+        err = 100 * (estimated - measured) / measured
+        errors.append(err)
+        rows.append((p, m["kind"], f"{measured / 2**30:8.2f} {estimated / 2**30:8.2f}", err))
+    print(f"{'point':<52}{'measured':<11}{'meas GiB':>9}{'est GiB':>9}{'error':>9}")
+    for p, kind, text, err in rows:
+        e = f"{err:+8.1f}%" if isinstance(err, float) else f"{err or '':>9}"
+        print(f"{p['id'][:51]:<52}{kind:<11}{text:>18}{e}")
+    n = len(errors)
+    if n:
+        inband = sum(BAND[0] <= e <= BAND[1] for e in errors)
+        print(f"\n{n} comparable points ({len({r[0]['source'] for r in rows})} sources); in band "
+              f"({BAND[0]:+.0f} ... +{BAND[1]:.0f} %): {inband}/{n}; median |error| "
+              f"{statistics.median(abs(e) for e in errors):.1f} %; worst low {min(errors):+.1f} %; worst high "
+              f"{max(errors):+.1f} %")
+    print(f"OOM points: {oom_ok}/{oom_all} estimated over the card")
+    print(f"not expressible: {len(skipped)} (" + "; ".join(sorted({s['why_not'][:60] for s in skipped})) + ")")
+    if args.csv:
+        for p, kind, text, err in rows:
+            print(",".join([p["id"], kind, text.replace(" ", "").replace(",", ";"), str(err)]))
+
+
+if __name__ == "__main__":
+    main()

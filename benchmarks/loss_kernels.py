@@ -1,0 +1,184 @@
+"""Loss kernels: the estimator's accounting of the output head + loss against pure-PyTorch implementations of
+the same algorithms, measured on the CPU allocator.
+
+Run: python benchmarks/loss_kernels.py [--model llama-3.2-1b] [--seq 512] [--batch 1]
+
+Per kernel (``--loss plain | chunked | fused-linear``, advisor/memory/activations.py ``_Model.head``):
+* saved  - bytes autograd keeps for backward during the head (saved_tensors_hooks, unique storages, no
+           parameters), vs the estimator's ``logits_and_loss`` term;
+* fwd    - peak live bytes of the head's forward above its input, vs the estimator's saved + held logits +
+           forward-end transient (torchtune's logits list, Liger's chunk logits);
+* bwd    - peak live bytes of the head's backward above the end-of-forward level
+           (``torch.autograd.grad(loss, hidden)``: no parameter gradient is formed, as in benchmarks/measure.py),
+           vs the estimator's backward replay of the head (``bw_head``).
+The implementations follow the sources the estimator cites: transformers ForCausalLMLoss (plain),
+torchtune CEWithChunkedOutputLoss with the decoder's chunked output and the recipe's ``del logits`` (chunked),
+Liger's LigerFusedLinearCrossEntropyFunction written in PyTorch (fused-linear: grad_input / grad_weight
+accumulated chunk by chunk in the forward, saved for backward). fp32 (CPU), lm_head trainable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from advisor.catalog.models import resolve_model  # noqa: E402
+from advisor.memory import activations as act  # noqa: E402
+from advisor.specs import TrainingSpec  # noqa: E402
+
+MARK = 7_777_777
+
+
+def mark() -> None:
+    m = torch.empty(MARK, dtype=torch.uint8)
+    del m
+
+
+def curve(prof):
+    from torch.profiler._memory_profiler import Action
+
+    live, out, marks = 0, [], []
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            if size == MARK:
+                marks.append(len(out))
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        else:
+            continue
+        out.append(live)
+    return out, marks
+
+
+class FusedLinearCE(torch.autograd.Function):
+    """Liger's algorithm (src/liger_kernel/ops/fused_linear_cross_entropy.py) in PyTorch: chunks of
+    next_pow2(ceil(N / ceil(V / H))) tokens; each chunk's logits, softmax gradient, grad_input slice and
+    grad_weight contribution are computed in the forward; only grad_input and grad_weight are saved."""
+
+    @staticmethod
+    def forward(ctx, x, weight, target):
+        N, H = x.shape
+        V = weight.shape[0]
+        inc = -(-V // H)
+        chunk = min(1 << max(0, (-(-N // inc) - 1).bit_length()), N)
+        grad_input = torch.zeros_like(x)
+        grad_weight = torch.zeros_like(weight)
+        loss_1d = torch.zeros(N, dtype=torch.float32)
+        for start in range(0, N, chunk):
+            xc = x[start:start + chunk]
+            logits = xc @ weight.t()
+            lse = torch.logsumexp(logits, dim=-1)
+            tc = target[start:start + chunk]
+            loss_1d[start:start + chunk] = lse - logits.gather(1, tc[:, None])[:, 0]
+            logits.sub_(lse[:, None]).exp_()                  # softmax, in place (the kernel's X_ptr)
+            logits[torch.arange(len(tc)), tc] -= 1.0
+            logits.div_(N)
+            del lse
+            grad_input[start:start + chunk] = logits @ weight
+            grad_weight.addmm_(logits.t(), xc)
+            del logits
+        ctx.save_for_backward(grad_input, grad_weight)
+        return loss_1d.sum() / N
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_input, grad_weight = ctx.saved_tensors
+        grad_input.mul_(grad_out)                                # element_mul_kernel, in place
+        grad_weight.mul_(grad_out)
+        return grad_input, grad_weight, None
+
+
+def run(kind: str, x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunks: int):
+    """Forward of the head + loss; returns (loss, what the caller holds through backward)."""
+    if kind == "plain":
+        logits = F.linear(x, weight)
+        loss = F.cross_entropy(logits.float(), target)
+        return loss, logits
+    if kind == "chunked":
+        parts = [F.linear(c, weight) for c in x.tensor_split(chunks, dim=0)]
+        labels = target.tensor_split(chunks, dim=0)
+        total = 0.0
+        for lc, tc in zip(parts, labels):
+            total = total + F.cross_entropy(lc.float(), tc, reduction="sum")
+        loss = total / target.numel()
+        del parts                                                 # the recipe's `del logits`
+        return loss, None
+    return FusedLinearCE.apply(x, weight, target), None
+
+
+def measure(kind: str, N: int, H: int, V: int, chunks: int):
+    g = torch.Generator().manual_seed(0)
+    weight = (torch.randn(V, H, generator=g) * 0.02).requires_grad_()
+    x = torch.randn(N, H, generator=g).requires_grad_()
+    target = torch.randint(0, V, (N,), generator=g)
+    saved: dict[int, int] = {}
+    params = {weight.untyped_storage().data_ptr()}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    from torch.profiler import ProfilerActivity, profile
+
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        mark()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, held = run(kind, x, weight, target, chunks)
+        mark()
+        torch.autograd.grad(loss, [x])
+        mark()
+    c, m = curve(prof)
+    i0, i1, i2 = m[:3]
+    base = c[i0] - MARK
+    level = c[i1] - MARK
+    fwd_peak = max(c[i0 + 1:i1] or [base]) - base
+    bwd_peak = max(c[i1 + 2:i2] or [level]) - level
+    del held, loss
+    return sum(saved.values()), fwd_peak, bwd_peak
+
+
+def estimate(kind: str, model: str, seq: int, batch: int, chunks: int):
+    arch = resolve_model(model).architecture
+    t = TrainingSpec(seq_len=seq, micro_batch_size=batch, loss=kind, loss_chunks=chunks, precision="fp32")
+    terms = act._trace_model(arch, act._trace_key(t), "fp32", "none")
+    saved = terms["logits_and_loss"]
+    fwd = saved + terms["logits_held"] + terms["forward_end"]
+    return saved, fwd, terms["bw_head"], arch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="llama-3.2-1b")
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--chunks", type=int, default=8)
+    a = ap.parse_args()
+    MiB = 2 ** 20
+    print(f"{a.model}, batch {a.batch} x seq {a.seq}, fp32, CPU; MiB: measured / estimated (error)")
+    print(f"{'loss':<14}{'saved':>26}{'fwd peak':>26}{'bwd transient':>26}")
+    for kind in ("plain", "chunked", "fused-linear"):
+        es, ef, eb, arch = estimate(kind, a.model, a.seq, a.batch, a.chunks)
+        N = a.seq * a.batch
+        ms, mf, mb = measure(kind, N, arch.hidden_size, arch.vocab_size, a.chunks)
+
+        def cell(m: int, e: int) -> str:
+            err = f"{100 * (e - m) / m:+.1f}%" if m else "n/a"
+            return f"{m / MiB:>9.1f} / {e / MiB:>7.1f} ({err:>6})"
+
+        print(f"{kind:<14}{cell(ms, es):>26}{cell(mf, ef):>26}{cell(mb, eb):>26}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The caching-allocator simulator against sequences whose peaks are derived by hand from the rules of
+c10/cuda/CUDACachingAllocator.cpp (see advisor/memory/allocator.py), plus properties on random sequences."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advisor.memory.allocator import CachingAllocator, _simulate_default, allocation_size, round_size, simulate
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+def run(events, **kw):
+    return simulate([(e[0], e[1], e[2] if len(e) > 2 else 0) for e in events], **kw)
+
+
+def test_round_size_and_segment_size():
+    assert round_size(1) == 512 and round_size(512) == 512 and round_size(513) == 1024
+    assert allocation_size(512) == 2 * MiB            # small pool: 2 MiB segment
+    assert allocation_size(1 * MiB) == 2 * MiB        # exactly kSmallSize is still small
+    assert allocation_size(1 * MiB + 512) == 20 * MiB  # 1-10 MiB: 20 MiB segment
+    assert allocation_size(10 * MiB) == 10 * MiB      # >= 10 MiB: rounded to 2 MiB
+    assert allocation_size(11 * MiB) == 12 * MiB
+
+
+def test_small_request_packs_into_a_2mib_segment():
+    # 100 B -> 512 B, small pool, new 2 MiB segment, the rest (2 MiB - 512 >= 512) split off.
+    # A second 100 B request takes 512 B of the split remainder: no new segment.
+    s = run([("a", 1, 100), ("a", 2, 100)])
+    assert (s.peak_allocated, s.peak_reserved, s.segments) == (1024, 2 * MiB, 1)
+
+
+def test_medium_requests_share_a_20mib_segment_and_large_ones_round_to_2mib():
+    # 3 MiB: new 20 MiB segment, rest 17 MiB > 1 MiB -> split.   5 MiB: best fit is the 17 MiB block -> 12 MiB
+    # free.  13 MiB: no free block >= 13 MiB -> new segment round_up(13, 2) = 14 MiB; the 1 MiB rest is not
+    # > kSmallSize, so it is not split and the whole 14 MiB counts as allocated.
+    s = run([("a", 1, 3 * MiB), ("a", 2, 5 * MiB), ("a", 3, 13 * MiB)])
+    assert s.peak_reserved == 20 * MiB + 14 * MiB
+    assert s.peak_allocated == 3 * MiB + 5 * MiB + 14 * MiB
+    assert s.peak_requested == 21 * MiB
+
+
+def test_freed_hole_too_small_forces_a_new_segment():
+    # A, B: two 30 MiB segments. Free A. C = 40 MiB: the 30 MiB hole does not fit -> third segment.
+    s = run([("a", "A", 30 * MiB), ("a", "B", 30 * MiB), ("f", "A"), ("a", "C", 40 * MiB)])
+    assert s.peak_reserved == 100 * MiB and s.peak_allocated == 70 * MiB
+
+
+def test_split_blocks_merge_back_on_free():
+    # A (30 MiB) freed; B (10 MiB) splits it (20 MiB rest > 1 MiB); freeing B merges 10 + 20 back into one
+    # 30 MiB block, which C (30 MiB) reuses: still one segment.
+    s = run([("a", "A", 30 * MiB), ("f", "A"), ("a", "B", 10 * MiB), ("f", "B"), ("a", "C", 30 * MiB)])
+    assert (s.peak_reserved, s.segments) == (30 * MiB, 1)
+
+
+def test_best_fit_picks_the_smallest_block():
+    # Holes of 40 and 24 MiB (separate segments). 22 MiB goes to the 24 MiB hole (rest 2 MiB > 1 MiB: split);
+    # 38 MiB then still fits the 40 MiB hole: no new segment.
+    s = run([("a", "A", 40 * MiB), ("a", "B", 24 * MiB), ("f", "A"), ("f", "B"),
+             ("a", "C", 22 * MiB), ("a", "D", 38 * MiB)])
+    assert (s.peak_reserved, s.segments) == (64 * MiB, 2)
+
+
+def test_unsplit_remainder_counts_as_allocated():
+    # 12 MiB segment freed; 11.5 MiB takes it, the 0.5 MiB rest is not > 1 MiB: allocated = 12 MiB.
+    al = CachingAllocator()
+    al.malloc("A", 12 * MiB)
+    al.free("A")
+    al.malloc("B", 11 * MiB + 512 * KiB)
+    assert al.allocated == 12 * MiB and al.requested == 11 * MiB + 512 * KiB
+
+
+def test_max_split_size_keeps_oversize_blocks_whole():
+    # max_split_size 20 MiB. A 40 MiB hole may not serve a 10 MiB request (below max_split_size) -> new
+    # 10 MiB segment. A 60 MiB hole may not serve 30 MiB (60 >= 30 + 20) -> new 30 MiB segment.
+    s = run([("a", "A", 40 * MiB), ("f", "A"), ("a", "B", 10 * MiB)], max_split_size=20 * MiB)
+    assert s.peak_reserved == 50 * MiB
+    s = run([("a", "A", 60 * MiB), ("f", "A"), ("a", "B", 30 * MiB)], max_split_size=20 * MiB)
+    assert s.peak_reserved == 90 * MiB
+    # 45 MiB hole, 30 MiB request: 45 < 30 + 20 -> reused whole (oversize blocks are not split).
+    al = CachingAllocator(max_split_size=20 * MiB)
+    al.malloc("A", 45 * MiB)
+    al.free("A")
+    al.malloc("B", 30 * MiB)
+    assert al.reserved == 46 * MiB and al.allocated == 46 * MiB
+
+
+def test_expandable_segments_map_pages_at_the_tail():
+    # Large pool pages are 20 MiB. A = 11 MiB maps one page (20), split: tail 9 MiB free. B = 11 MiB does not
+    # fit the 9 MiB tail: one more page extends it to 29 MiB, B takes 11, tail 18. Reserved 40 MiB.
+    s = run([("a", "A", 11 * MiB), ("a", "B", 11 * MiB)], expandable_segments=True)
+    assert (s.peak_reserved, s.peak_allocated, s.segments) == (40 * MiB, 22 * MiB, 1)
+    # Without expandable segments: two 12 MiB segments, each handed out whole (rest 1 MiB not split).
+    s = run([("a", "A", 11 * MiB), ("a", "B", 11 * MiB)])
+    assert (s.peak_reserved, s.peak_allocated) == (24 * MiB, 24 * MiB)
+
+
+def test_expandable_segments_grow_over_a_free_tail_instead_of_a_new_segment():
+    # 30, 30 MiB: mapped 60 (pages of 20: A maps 40, rest 10; B needs 20 more: one page, tail 0).
+    # Free B (the tail), C = 50 MiB: the free tail of 30 MiB grows by one page to 50: reserved 80 MiB,
+    # where plain segments need 30 + 30 + 50 = 110 MiB.
+    ev = [("a", "A", 30 * MiB), ("a", "B", 30 * MiB), ("f", "B"), ("a", "C", 50 * MiB)]
+    assert run(ev, expandable_segments=True).peak_reserved == 80 * MiB
+    assert run(ev).peak_reserved == 110 * MiB
+
+
+def test_expandable_best_fit_ranks_the_growable_tail_last():
+    # A = 30 MiB maps 2 pages (40), rest 10; B = 10 MiB takes that rest exactly; C = 20 MiB maps one more page.
+    # Free A (a 30 MiB hole at the start) and C (a free 20 MiB tail). D = 20 MiB: by size the tail fits best,
+    # but get_free_block ranks the tail by the size it can grow to, so D splits the hole (20 + 10 free).
+    # E = 30 MiB then fits nowhere and the tail grows by one page (20 + 20 = 40): reserved 80 MiB.
+    # (Had D taken the tail, E would have reused the hole and reserved stayed at 60 MiB.)
+    ev = [("a", "A", 30 * MiB), ("a", "B", 10 * MiB), ("a", "C", 20 * MiB), ("f", "A"), ("f", "C"),
+          ("a", "D", 20 * MiB), ("a", "E", 30 * MiB)]
+    s = run(ev, expandable_segments=True)
+    assert (s.peak_reserved, s.segments) == (80 * MiB, 1)
+
+
+sizes = st.one_of(st.integers(1, 4096), st.integers(4096, 2 * MiB), st.integers(2 * MiB, 64 * MiB))
+
+
+@st.composite
+def sequences(draw):
+    n = draw(st.integers(1, 60))
+    live, events, k = [], [], 0
+    for _ in range(n):
+        if live and draw(st.booleans()):
+            key = live.pop(draw(st.integers(0, len(live) - 1)))
+            events.append(("f", key, 0))
+        else:
+            k += 1
+            live.append(k)
+            events.append(("a", k, draw(sizes)))
+    return events
+
+
+@settings(max_examples=150, deadline=None)
+@given(sequences(), st.booleans())
+def test_properties(events, expandable):
+    al = CachingAllocator(expandable_segments=expandable)
+    for op, key, n in events:
+        al.malloc(key, n) if op == "a" else al.free(key)
+        assert al.requested <= al.allocated <= al.reserved
+        assert al.reserved % (2 * MiB) == 0                 # segments / pages are multiples of 2 MiB
+    # every free block is back in a pool: freeing everything leaves allocated at 0, reserved unchanged
+    reserved = al.reserved
+    for key in list(al._live):
+        al.free(key)
+    assert al.allocated == 0 and al.requested == 0 and al.reserved == reserved
+    # with everything free, each pool's free blocks add up to that pool's segments (merging lost nothing)
+    assert sum(size for pool in al._free.values() for size, _ in pool) == reserved
+    s = al.stats()
+    assert s.peak_requested <= s.peak_allocated <= s.peak_reserved
+
+
+@settings(max_examples=150, deadline=None)
+@given(sequences())
+def test_inlined_default_simulation_matches_the_class(events):
+    al = CachingAllocator()
+    for op, key, n in events:
+        al.malloc(key, n) if op == "a" else al.free(key)
+    assert _simulate_default(events) == al.stats()
+
+
+def test_capacity_releases_cached_segments_then_retries():
+    # A and B: 40 MiB segments each; free both (cached, unsplit). C = 60 MiB with capacity 100 MiB: a new
+    # 60 MiB segment would make 140 > 100, so the allocator releases both cached segments (reserved 0) and
+    # cudaMallocs 60 MiB. Peak reserved stays 80 MiB; 80 MiB were released.
+    ev = [("a", "A", 40 * MiB), ("a", "B", 40 * MiB), ("f", "A", 0), ("f", "B", 0), ("a", "C", 60 * MiB)]
+    s = _simulate_default(ev, capacity=100 * MiB)
+    assert (s.oom, s.peak_reserved, s.released) == (False, 80 * MiB, 80 * MiB)
+    # A split segment cannot be released: A (40) is split by D (10 MiB, rest 30 MiB free), so with B live
+    # nothing is releasable and C = 60 MiB is out of memory at capacity 100 MiB.
+    ev = [("a", "A", 40 * MiB), ("a", "B", 40 * MiB), ("f", "A", 0), ("a", "D", 10 * MiB), ("a", "C", 60 * MiB)]
+    assert _simulate_default(ev, capacity=100 * MiB).oom
+    assert not _simulate_default(ev).oom
+
+
+def _canonical(events):
+    """Events with keys renamed by order of first allocation (two sequences equal up to key names compare
+    equal)."""
+    ids, out = {}, []
+    for op, key, n in events:
+        if op == "a":
+            ids[key] = len(ids)
+        out.append((op, ids.get(key, key) if op in ("a", "f", "h") else key, n))
+    return out
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("model,ckpt,method,mode", [
+    ("llama-3-8b", "none", "lora", "autocast-bf16"),
+    ("llama-3-8b", "full", "full", "half-bf16"),
+    ("gpt2", "selective", "full", "autocast-bf16"),
+    ("mixtral-8x7b", "full", "qlora", "half-bf16"),
+])
+def test_repeated_layer_sequence_equals_the_direct_trace(model, ckpt, method, mode):
+    """allocation_trace builds deep stacks from a 4-layer trace by repeating its third layer; the result must
+    be the sequence a trace of every layer produces, up to key names."""
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import activations as act
+    from advisor.specs import TrainingSpec
+
+    arch = resolve_model(model).architecture
+    t = TrainingSpec(seq_len=64, micro_batch_size=2, activation_checkpointing=ckpt, method=method,
+                     attention="eager" if ckpt == "selective" else "sdpa")
+    key, c = act.allocation_key(arch, t)
+    direct = act._trace_events(arch, key, mode, c, 7)
+    repeated = act._replicate_layers(*act._trace_events(arch, key, mode, c, 4, return_sections=True), 7)
+    assert repeated is not None                                     # no fallback to the direct trace
+    assert _canonical(repeated) == _canonical(direct)
