@@ -28,10 +28,6 @@ SEQ = 32
 # name -> why the replay (advisor/memory/activations.py, helper D2's module this session) and the trace differ.
 # In every case the trace equals the CPU harness at reduced width (benchmarks/trace_table.py --catalog).
 KNOWN_SAVED_DISAGREEMENTS = {
-    "falcon-7b": "replay counts 34,544 B/layer more than autograd saves (over-estimate, +0.1 %)",
-    "falcon-40b": "new_decoder_architecture's grouped qkv split: the replay misses a copy (under-estimate, -4 %)",
-    "bloom-560m": "eager ALiBi attention: the replay misses a b*h*s*s-scale tensor (under-estimate)",
-    "bloom-7b1": "eager ALiBi attention: the replay misses a b*h*s*s-scale tensor (under-estimate)",
     "mixtral-8x7b": "replay keeps grouped_mm's 32-byte expert offsets the fake-tensor fallback op does not save",
     "mixtral-8x22b": "replay keeps grouped_mm's 32-byte expert offsets the fake-tensor fallback op does not save",
     "phi-4-mini": "partial rotary (75 %): the replay counts 16 KiB more (over-estimate, +0.02 %)",
