@@ -123,7 +123,7 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
     with its signature (tests pass a fixed one so that screenshots do not follow every rule change).
     ``profile``: a :class:`advisor.profile.MachineProfile` whose measured rates the step times use.
     """
-    from ..api import estimate
+    from ..api import estimate, resolve_seq_len
     from ..catalog.models import resolve_model
 
     out = Outcome(inputs=inputs)
@@ -145,6 +145,10 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
         return out
 
     kwargs = problem_kwargs(inputs, parsed.values)
+    # a blank sequence length is the CLI's default (advisor.api.resolve_seq_len), said beside the model
+    kwargs["seq_len"], seq_note = resolve_seq_len(resolved, kwargs["seq_len"])
+    if seq_note:
+        out.model_note = "; ".join(n for n in (out.model_note, seq_note) if n)
     out.problem = kwargs
     chosen = None if inputs.strategy == RECOMMENDED else inputs.strategy
 

@@ -42,7 +42,7 @@ class WizardInputs:
     gpus: str = "1"
     nodes: str = "1"
     cpu_ram: str = ""             # GiB per node; blank: not checked
-    seq_len: str = "2048"
+    seq_len: str = ""             # tokens; blank: the smaller of 2048 and the model's context (as the CLI)
     micro_batch: str = "1"
     global_batch: str = ""
     method: str = "full"
@@ -69,7 +69,7 @@ def _optional(parse: Callable[[str], object]) -> Callable[[str], object]:
 # Field id -> parser of its text (the CLI's argparse types); a parser raises ValueError or ArgumentTypeError.
 PARSERS: dict[str, Callable[[str], object]] = {
     "vram": _optional(gib), "gpus": positive_int, "nodes": positive_int, "cpu_ram": _optional(gib),
-    "seq_len": positive_int, "micro_batch": positive_int, "global_batch": _optional(positive_int),
+    "seq_len": _optional(positive_int), "micro_batch": positive_int, "global_batch": _optional(positive_int),
     "lora_rank": positive_int,
 }
 

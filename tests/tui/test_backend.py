@@ -25,8 +25,17 @@ def test_estimate_only_equals_the_cli_default_strategy():
     out = backend.evaluate(BASE.with_(strategy="zero3"), recommender=None)
     assert out.ready and out.strategy_source == "chosen"
     assert out.recommender_note == "the recommender is off"
-    same = estimate("llama-3.1-8b", gpus=4, gpu="a100-80g", strategy="zero3", seq_len=2048)  # the form shows 2048
+    same = estimate("llama-3.1-8b", gpus=4, gpu="a100-80g", strategy="zero3", seq_len=2048)  # blank: 2048 here
     assert out.estimate == same       # the filled-in VRAM is the GPU's own: --gpu without --vram
+
+
+def test_blank_sequence_length_is_the_cli_default_and_said():
+    """As `--seq-len` not given: the smaller of 2048 and the model's context (gpt2: 1024), said at the model."""
+    out = backend.evaluate(BASE.with_(model="gpt2", strategy="single", gpus="1"), recommender=None)
+    assert out.ready and out.problem["seq_len"] == 1024 and out.estimate.strategy.seq_len == 1024
+    assert "sequence length 1024" in out.model_note
+    given = backend.evaluate(BASE.with_(model="gpt2", strategy="single", gpus="1", seq_len="512"), recommender=None)
+    assert given.problem["seq_len"] == 512 and "sequence length" not in given.model_note
 
 
 def test_default_strategy_without_recommender():
@@ -36,7 +45,7 @@ def test_default_strategy_without_recommender():
 
 @pytest.mark.parametrize("field,text,words", [
     ("gpus", "0", "at least 1"), ("gpus", "two", "whole number"), ("vram", "-3", "positive"),
-    ("seq_len", "", "whole number"), ("global_batch", "x", "whole number"), ("cpu_ram", "lots", "GiB"),
+    ("seq_len", "0", "at least 1"), ("global_batch", "x", "whole number"), ("cpu_ram", "lots", "GiB"),
 ])
 def test_bad_numbers_are_errors_at_their_field(field, text, words):
     assert words in check_field(field, text)

@@ -38,7 +38,8 @@ class TrainingStep(VerticalScroll):
             yield Field("method", "Method", _choice("method", METHOD_CHOICES, v.method))
             yield Field("precision", "Precision", _choice("precision", PRECISION_CHOICES, v.precision),
                         hint="auto: bf16 where the GPU has it, else fp16")
-            yield Field("seq_len", "Sequence length (tokens)", number_input("seq_len", v.seq_len))
+            yield Field("seq_len", "Sequence length (tokens)", number_input("seq_len", v.seq_len, "auto"),
+                        hint="auto: min(2048, model context)")
             yield Field("micro_batch", "Micro-batch per GPU", number_input("micro_batch", v.micro_batch),
                         hint="the smallest the advisor may use")
             yield Field("global_batch", "Global batch (samples/step)",
