@@ -9,12 +9,12 @@ Usage::
 Each case trains a small Llama (h=512, 4 layers) for two steps in 2 processes (``torchrun``, gloo,
 ``DS_ACCELERATOR=cpu``) and profiles rank 0's second step with marks between forward, backward and step, so
 the table shows the peak of each phase as well as the whole step. Measured = the bytes of every tensor storage
-alive before the step (a ``gc`` scan) + the profiler's peak above that level (``zero_step.live_tensor_bytes``
-and ``zero_step._raw_curve``).
+alive before the step (a ``gc`` scan) + the profiler's peak above that level (``benchmarks.harness.profiling``:
+``live_tensor_bytes`` and ``raw_curve``).
 
 * ZeRO: ``deepspeed.initialize`` with dsadvise's own rendered ``ds_config.json`` (bf16), plus the case's
   ``zero_optimization`` overrides (a small ``sub_group_size``; ``offload_optimizer``). The optimizer is
-  ``zero_step``'s in-place chunked Adam (FusedAdam's memory behaviour; CPU cannot build FusedAdam).
+  the harness's in-place chunked Adam (``benchmarks.harness.kinds.zero.chunked_adam``) (FusedAdam's memory behaviour; CPU cannot build FusedAdam).
   With optimizer offload the "GPU" and the offload target are the same CPU here, so the estimate compared is
   ``per_gpu`` + the offloaded states of one rank (master, moments, fp32 gradient partition, no 1.5 buffer
   factor); the backward phase shows the 16-bit gradients that ZeRO-1 keeps until the boundary.

@@ -9,7 +9,7 @@ Per kernel (``--loss plain | chunked | fused-linear``, advisor/memory/activation
 * fwd    - peak live bytes of the head's forward above its input, vs the estimator's saved + held logits +
            forward-end transient (torchtune's logits list, Liger's chunk logits);
 * bwd    - peak live bytes of the head's backward above the end-of-forward level
-           (``torch.autograd.grad(loss, hidden)``: no parameter gradient is formed, as in benchmarks/measure.py),
+           (``torch.autograd.grad(loss, hidden)``: no parameter gradient is formed, as in benchmarks/harness/kinds/saved.py),
            vs the estimator's backward replay of the head (``bw_head``).
 The implementations follow the sources the estimator cites: transformers ForCausalLMLoss (plain),
 torchtune CEWithChunkedOutputLoss with the decoder's chunked output and the recipe's ``del logits`` (chunked),

@@ -2,7 +2,7 @@
 
 1. Every causal-LM model_type of tests/trace/cases.yaml at reduced width: parameters of the tracer (meta build)
    against the real model, saved-for-backward bytes of the tracer (fake tensors, prefix per layer kind,
-   extrapolated) against the CPU harness (real model, saved_tensors_hooks: benchmarks/measure.py), trace time.
+   extrapolated) against the CPU harness (real model, saved_tensors_hooks: benchmarks/harness/kinds/saved.py), trace time.
 2. 70B-class configs traced at sequence 4096, bf16 autocast, from scratch (no cache): seconds.
 3. ``--catalog``: every catalog model (full width, two layers): traced against the arithmetic (parameters;
    saved bytes where advisor/memory/activations.py replays the family).
@@ -27,7 +27,9 @@ import yaml  # noqa: E402
 
 from advisor.trace import TraceSettings, trace_model  # noqa: E402
 from advisor.trace.tracer import _ATTN_DROPOUT_KEYS  # noqa: E402
-from benchmarks.measure import _forward_saved, _instantiate, make_config  # noqa: E402
+from benchmarks.harness.kinds.saved import _forward_saved  # noqa: E402
+from benchmarks.harness.models import instantiate as _instantiate, make_config  # noqa: E402
+from benchmarks.harness.semantics import cuda_semantics  # noqa: E402
 
 SEQ = 64
 
@@ -43,7 +45,8 @@ def harness(cfg: dict, attention: str, mode: str) -> tuple[int, int, float]:
     model = _instantiate(config, attention, torch.bfloat16 if mode.startswith("half") else torch.float32, 0)
     params = sum(p.numel() for p in model.parameters())
     ids = torch.randint(0, cfg["vocab_size"], (1, SEQ), generator=torch.Generator().manual_seed(0))
-    snap, out = _forward_saved(model, mode, ids)
+    with cuda_semantics(mode, fast_matmul=True):   # as the harness's saved kind measures
+        snap, out = _forward_saved(model, mode, ids)
     del out, model
     gc.collect()
     return params, snap.activations, time.perf_counter() - start

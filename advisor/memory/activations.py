@@ -9,7 +9,7 @@ autocast's op lists from ``aten/src/ATen/autocast_mode.cpp``, type promotion, th
 upcasts of the HF code) and the storage aliasing that decides whether two saved tensors share memory (a view
 of a fused QKV projection keeps the whole projection alive). Saved storages are counted once.
 
-Nothing is fitted: every byte comes from a tensor the HF module creates. ``benchmarks/measure.py`` records
+Nothing is fitted: every byte comes from a tensor the HF module creates. ``benchmarks/harness/kinds/saved.py`` records
 the same quantity on real models with ``torch.autograd.graph.saved_tensors_hooks`` and
 ``benchmarks/accuracy.py`` compares the two (see ``docs/accuracy.md``).
 

@@ -33,7 +33,7 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             # DeepSpeed/HF docs: "overlap_comm uses 4.5x the allgather_bucket_size and reduce_bucket_size".
             # The all-gather of updated 16-bit partitions allocates nothing: all_gather_into_tensor writes into
             # the flat 16-bit group the parameters are views of (deepspeed/runtime/utils.py
-            # all_gather_into_tensor_dp_groups; measured: benchmarks/zero_step.py), so only the reduce side
+            # all_gather_into_tensor_dp_groups; measured: benchmarks/harness/kinds/zero.py), so only the reduce side
             # holds a bucket.
             factor = 4.5 if ds.overlap_comm else 1.0
             out["ZeRO reduce bucket"] = int(factor * ds.reduce_bucket_size * grad_b)

@@ -1,6 +1,6 @@
 """Make a CPU (or fake-CPU) forward save what the same forward saves on a CUDA GPU.
 
-The same patch as the ground-truth harness (``benchmarks/measure.py``, ``cuda_semantics``) so that traced and
+The same patch as the ground-truth harness (``benchmarks/harness/semantics.py``, ``cuda_semantics``) so that traced and
 measured figures are taken under one set of rules:
 
 * CUDA autocast's op lists (``aten/src/ATen/autocast_mode.cpp``: ``AT_FORALL_FP32``,

@@ -16,7 +16,7 @@ and stepped under ``FakeTensorMode``):
    :mod:`advisor.trace.cuda_semantics`), attention implementation and checkpointing. Every tensor autograd
    saves is seen through ``saved_tensors_hooks``; storages are counted once (a saved view keeps its whole
    storage alive); parameters, anything sharing their storage and autocast's weight copies are excluded —
-   the accounting of the CPU harness ``benchmarks/measure.py``. A layer of kind K at index j ≥ 1 costs
+   the accounting of the CPU harness ``benchmarks/harness/kinds/saved.py``. A layer of kind K at index j ≥ 1 costs
    ``m(j+1) − m(j)``; the full model is ``m(P) + Σ_{i ≥ P} cost(kind_i)`` for the shortest prefix P holding
    every kind at an index ≥ 1.
 4. Allocation/free sequence: a dispatch mode records each new output storage and notices its release (weak
@@ -453,7 +453,7 @@ def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) ->
     if settings.attention == "sdpa":
         # CUDA's fused SDPA kernels regenerate the attention-dropout mask from a Philox seed (nothing of size
         # b*h*s*s is saved); CPU has no fused SDPA dropout kernel and would take the math path. Traced with
-        # attention dropout off, as the harness measures (benchmarks/measure.py, _sdpa_no_attn_dropout).
+        # attention dropout off, as the harness measures (benchmarks/harness/models.py, sdpa_no_attn_dropout).
         for key in _ATTN_DROPOUT_KEYS:
             if getattr(text, key, None):
                 setattr(text, key, 0.0)

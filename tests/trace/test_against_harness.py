@@ -1,7 +1,7 @@
 """The tracer against the CPU harness: every causal-LM model_type of issue 14's list, at reduced width.
 
 The harness builds the real model with random weights and records what autograd saves with
-``saved_tensors_hooks`` (benchmarks/measure.py); the tracer builds it on fake tensors, traces a prefix per layer
+``saved_tensors_hooks`` (benchmarks/harness/kinds/saved.py); the tracer builds it on fake tensors, traces a prefix per layer
 kind and extrapolates to the full depth. Parameters must agree exactly; saved bytes within −3 … +10 %.
 """
 
@@ -31,10 +31,10 @@ def measured(harness, cfg: dict, attention: str, mode: str = "fp32") -> tuple[in
         for key in _ATTN_DROPOUT_KEYS:
             if getattr(config, key, None):
                 setattr(config, key, 0.0)
-    model = harness._instantiate(config, attention, torch.float32, 0)
+    model = harness.instantiate(config, attention, torch.float32, 0)
     params = sum(p.numel() for p in model.parameters())
     ids = torch.randint(0, cfg["vocab_size"], (1, SEQ), generator=torch.Generator().manual_seed(0))
-    snap, out = harness._forward_saved(model, mode, ids)
+    snap, out = harness.saved(model, mode, ids)
     del out, model
     gc.collect()
     return params, snap.activations
