@@ -934,6 +934,23 @@ def _saving_layers(arch: Architecture, training: TrainingSpec, ckpt: str) -> int
     return arch.num_layers
 
 
+def _checkpointed_layer(tr, m, x, term: str):
+    """One layer under full activation checkpointing: checkpoint() keeps the layer input (NoopSaveInputs);
+    what the layer saves inside is dropped after the forward and rebuilt during its backward (recorded in
+    ``m.recompute``). Returns the layer's output."""
+    tr.term = term + ":inner"
+    before = set(tr.saved)
+    out = m.layer(x, False)
+    inner = [sid for sid in tr.saved if sid not in before]
+    m.recompute.append((term + ":inner", inner))
+    for sid in inner:
+        del tr.saved[sid]
+    tr.term = term
+    tr.save(x)
+    tr._take()                                                         # released by the layer's own nodes
+    return tr.op(tr.new(out.n, out.dt, out.rg), [out], "alias")
+
+
 def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str) -> dict[str, int]:
     """Byte terms of one micro-batch: embeddings, first_layer, per_layer, final_norm, logits_and_loss, ..."""
     b, s = training.micro_batch_size, training.seq_len
@@ -960,19 +977,7 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
     layer_terms = ("first_layer", "per_layer")
     for term in layer_terms:
         if ckpt == "full":
-            # checkpoint() keeps the layer input (NoopSaveInputs); what the layer saves inside is dropped
-            # after the forward and rebuilt, one layer at a time, during backward
-            tr.term = term + ":inner"
-            before = set(tr.saved)
-            out = m.layer(x, False)
-            inner = [sid for sid in tr.saved if sid not in before]
-            m.recompute.append((term + ":inner", inner))
-            for sid in inner:
-                del tr.saved[sid]
-            tr.term = term
-            tr.save(x)
-            tr._take()                                                 # released by the layer's own nodes
-            x = tr.op(tr.new(out.n, out.dt, out.rg), [out], "alias")
+            x = _checkpointed_layer(tr, m, x, term)
         else:
             tr.term = term
             x = m.layer(x, selective)
@@ -1032,17 +1037,7 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
     for i in range(layers):
         term = f"L{i}"
         if ckpt == "full":
-            tr.term = term + ":inner"
-            before = set(tr.saved)
-            out = m.layer(x, False)
-            inner = [sid for sid in tr.saved if sid not in before]
-            m.recompute.append((term + ":inner", inner))
-            for sid in inner:
-                del tr.saved[sid]
-            tr.term = term
-            tr.save(x)
-            tr._take()
-            x = tr.op(tr.new(out.n, out.dt, out.rg), [out], "alias")
+            x = _checkpointed_layer(tr, m, x, term)
         else:
             tr.term = term
             x = m.layer(x, ckpt == "selective")
