@@ -33,29 +33,7 @@ from advisor.catalog.models import resolve_model  # noqa: E402
 from advisor.memory import activations as act  # noqa: E402
 from advisor.specs import TrainingSpec  # noqa: E402
 
-MARK = 7_777_777
-
-
-def mark() -> None:
-    m = torch.empty(MARK, dtype=torch.uint8)
-    del m
-
-
-def curve(prof):
-    from torch.profiler._memory_profiler import Action
-
-    live, out, marks = 0, [], []
-    for _, action, _, size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            if size == MARK:
-                marks.append(len(out))
-            live += size
-        elif action == Action.DESTROY:
-            live -= size
-        else:
-            continue
-        out.append(live)
-    return out, marks
+from benchmarks.harness.profiling import MARK_BYTES as MARK, live_curve as curve, mark  # noqa: E402
 
 
 class FusedLinearCE(torch.autograd.Function):
