@@ -156,3 +156,18 @@ def test_a_cached_allocator_simulation_equals_a_fresh_one(cache):
     assert allocator._churn_stats(*args[:5], other, False) == allocator._churn_stats.__wrapped__.uncached(
         *args[:5], other, False)
     assert len(list(cache.glob("allocator-*.json"))) == 2
+
+
+def test_a_cached_activation_replay_equals_a_fresh_one(cache):
+    from advisor.api import build_hardware, build_training
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import activations
+
+    arch = resolve_model("llama-2-7b").architecture
+    training = activations._trace_key(build_training(build_hardware(gpus=1, vram=80), seq_len=256))
+    args = (arch, training, "autocast-bf16", "none")
+    fresh = activations._traced.__wrapped__.uncached(*args)
+    for _ in range(2):                                             # computed and written, then read back
+        activations._traced.cache_clear()
+        assert activations._traced(*args) == fresh and fresh["per_layer"] > 0
+    assert len(list(cache.glob("replay-*.json"))) == 1

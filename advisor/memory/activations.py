@@ -67,6 +67,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from advisor.architecture import Architecture
+from advisor.datacache import computed
 from advisor.specs import TrainingSpec
 
 # autocast16-*: torch autocast over 16-bit weights (FSDP MixedPrecision param_dtype; a LoRA/QLoRA base loaded in
@@ -1214,6 +1215,7 @@ def _trace_key(training: TrainingSpec) -> TrainingSpec:
 
 
 @lru_cache(maxsize=4096)
+@computed("replay", dict, dict)             # kept across runs (advisor/datacache.py)
 def _traced(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str) -> dict[str, int]:
     """Cached :func:`_trace_model` (the recommender asks for the same micro-batch under many strategies;
     one trace with its backward replay costs milliseconds). Callers must not mutate the returned dict."""
