@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..batching import gradient_accumulation
 from ..catalog.models import ResolvedModel
+from ..layout import data_parallel_size
 from ..memory.inference import weight_bytes_for_inference
 from ..param_count import count_parameters
 from ..estimate_result import Estimate
@@ -37,7 +38,8 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
                                   weight_bytes=weights, attention=training.attention, profile=profile)
                   for lay in est.inference]
         return est.model_copy(update={"inference_speed": speeds, "notes": list(est.notes) + notes})
-    gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
+    gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size,
+                                data_parallel_size(hw, strategy))   # tp/sp/cp ranks share a batch
     st = training_step_time(arch, counts, est.model.trainable_parameters, hw, gpu, strategy,
                             precision=training.precision, method=training.method,
                             checkpointing=training.activation_checkpointing, micro_batch=training.micro_batch_size,
