@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -114,17 +115,30 @@ def test_canonical_text_changes_with_every_field_and_refuses_unknown_types():
         datacache.canonical(object())
 
 
-def test_code_fingerprint_covers_every_source_file(tmp_path, monkeypatch):
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "a.py").write_text("x = 1\n")
-    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
-    monkeypatch.setattr(datacache, "_PACKAGE", tmp_path)
-    datacache.code_fingerprint.cache_clear()
-    try:
-        first = datacache.code_fingerprint()
-        (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+def test_code_fingerprint_covers_every_source_and_data_file(cache, tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    (pkg / "sub" / "c.yaml").write_text("k: 1\n")
+    monkeypatch.setattr(datacache, "_PACKAGE", pkg)
+
+    def fingerprint():
         datacache.code_fingerprint.cache_clear()
-        assert datacache.code_fingerprint() != first
+        return datacache.code_fingerprint()
+
+    try:
+        first = fingerprint()
+        assert fingerprint() == first and any(cache.glob("code-*.json"))         # the stat-keyed entry
+        (pkg / "sub" / "b.py").write_text("y = 22\n")
+        second = fingerprint()
+        assert second != first
+        (pkg / "sub" / "c.yaml").write_text("k: 2\n")
+        os.utime(pkg / "sub" / "c.yaml", ns=(1, 1))                    # same size, another mtime: a miss too
+        third = fingerprint()
+        assert third not in (first, second)
+        monkeypatch.setenv("DSADVISE_CACHE_DIR", "off")                # the cached hash is the hash of the bytes
+        assert fingerprint() == third
     finally:
         datacache.code_fingerprint.cache_clear()
 
