@@ -185,3 +185,20 @@ def test_a_cached_activation_replay_equals_a_fresh_one(cache):
         activations._traced.cache_clear()
         assert activations._traced(*args) == fresh and fresh["per_layer"] > 0
     assert len(list(cache.glob("replay-*.json"))) == 1
+
+
+def test_the_cached_catalog_equals_a_fresh_build(cache):
+    # Every catalog model read back from the cache equals the one built from models.yaml through the
+    # family registry, including the architecture's source (excluded from its JSON dump).
+    from advisor.catalog import models
+
+    fresh = models._catalog.__wrapped__.uncached()
+    try:
+        for _ in range(2):                                         # built and written, then read back
+            models._catalog.cache_clear()
+            cached = models._catalog()
+            assert cached == fresh and len(cached) >= 60
+            assert [m.architecture.source_config for m in cached] == [m.architecture.source_config for m in fresh]
+        assert len(list(cache.glob("catalog-*.json"))) == 1
+    finally:
+        models._catalog.cache_clear()
