@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..architecture import Architecture
 from ..catalog.models import ResolvedModel, resolve_model
 from ..errors import InputError
 from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
-from ..profile import MachineProfile
 from ..ruleengine import RuleSet
 from ..ruleengine.engine import Rule
 from ..specs import GPUInfo, HardwareSpec, TrainingSpec
@@ -30,6 +30,9 @@ from . import facts as F
 from .candidates import MicroBatches, micro_batches
 from .ruleset import recommend_rules
 from .step_time import GENERIC_GPU_NOTE, Rates, generic_gpu, rates_for, step_time_assumptions
+
+if TYPE_CHECKING:  # annotations only: the profile model is built when a profile is loaded
+    from ..profile import MachineProfile
 
 CHECKPOINTING = ("none", "selective", "full")
 METHOD_TIERS = ("full", "lora", "qlora")
