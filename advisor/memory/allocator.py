@@ -27,9 +27,13 @@ github.com/pytorch/pytorch commit 001074d2; the rules below have been stable sin
   placed at the lowest address with enough free + unmapped space (in a growing run, the free tail of the
   segment) and only the missing pages are mapped; every remainder of at least 512 bytes is split off.
 
-The simulation assumes one stream (no ``record_stream`` deferrals) and memory to spare (no OOM retries):
-its ``reserved`` is what ``max_memory_reserved`` reports when the card is large enough, an upper bound of
-what a tighter card would need.
+The simulation assumes memory to spare (no OOM retries): its ``reserved`` is what ``max_memory_reserved``
+reports when the card is large enough, an upper bound of what a tighter card would need. Free blocks belong to
+the stream that allocated them (``BlockComparatorSize`` orders by stream first and ``get_free_block`` takes
+no block of another stream): FSDP's all-gathers allocate in its unshard stream, so the gathered units form a
+pool of their own that the compute stream's tensors never reuse (and vice versa); everything else is one
+stream. FSDP (v1) initialization runs on the compute stream before the first step and leaves its transients
+cached there (:func:`fsdp_init_events`).
 """
 
 from __future__ import annotations
@@ -606,6 +610,95 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
     return out
 
 
+# torch/distributed/fsdp/_init_utils.py PARAM_BROADCAST_BUCKET_SIZE: the bucket of sync_module_states' broadcast.
+FSDP_BROADCAST_BUCKET = 250 * 1024 * 1024
+# torch/csrc/distributed/c10d/comm.cpp broadcast_coalesced: "a maximum of 2 in flight broadcast operations".
+FSDP_BROADCAST_IN_FLIGHT = 2
+
+
+def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_states: bool
+                     ) -> list[tuple[str, object, int]]:
+    """The allocation sequence of FSDP (v1) wrapping, one unit after the other (bytes per GPU): ``units`` are
+    the wrapped modules' parameter tensors, unsharded, in wrap order (auto-wrap wraps the decoder layers
+    bottom-up, the root last). Per unit (torch/distributed/fsdp/_init_utils.py ``_init_param_handle_from_module``):
+
+    * ``_move_module_to_device`` (or ``param_init_fn``'s ``to_empty`` on the meta-device ranks) puts each of the
+      unit's parameters on the GPU, whole;
+    * ``sync_module_states``: ``_sync_params_and_buffers`` -> ``dist._broadcast_coalesced`` flattens them into
+      buckets of ``PARAM_BROADCAST_BUCKET_SIZE``, at most two alive at once (comm.cpp ``broadcast_coalesced``);
+    * ``FlatParamHandle`` flattens the parameters into one tensor (``flatten_tensors``: ``torch.cat``) and the
+      originals are dropped (the module's parameters become views of the flat one);
+    * ``FlatParamHandle.shard`` clones this rank's chunk (``_get_shard``: ``chunk.clone()``, padded) and frees
+      the unsharded storage; with one shard (NO_SHARD) the flat tensor itself stays.
+
+    The shards stay (keys ``("P", unit)``); every transient is freed into the compute stream's pool, where it
+    stays cached into training (nothing calls ``empty_cache``)."""
+    out: list[tuple[str, object, int]] = []
+    for u, tensors in enumerate(units):
+        total = sum(tensors)
+        out += [("a", ("init", u, i), n) for i, n in enumerate(tensors)]
+        if sync_module_states and world > 1:
+            buckets: list[int] = []
+            acc = 0
+            for n in tensors:
+                acc += n
+                if acc >= FSDP_BROADCAST_BUCKET:
+                    buckets.append(acc)
+                    acc = 0
+            if acc:
+                buckets.append(acc)
+            for b, n in enumerate(buckets):
+                if b >= FSDP_BROADCAST_IN_FLIGHT:
+                    out.append(("f", ("bcast", u, b - FSDP_BROADCAST_IN_FLIGHT), 0))
+                out.append(("a", ("bcast", u, b), n))
+            out += [("f", ("bcast", u, b), 0) for b in range(max(len(buckets) - FSDP_BROADCAST_IN_FLIGHT, 0),
+                                                              len(buckets))]
+        if world > 1:
+            out.append(("a", ("flat", u), total))
+            out += [("f", ("init", u, i), 0) for i in range(len(tensors))]
+            out.append(("a", ("P", u), -(-total // world)))
+            out.append(("f", ("flat", u), 0))
+        else:
+            out.append(("a", ("P", u), total))
+            out += [("f", ("init", u, i), 0) for i in range(len(tensors))]
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool,
+                             outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
+                             arch, trace_training, mode: str, ckpt: str, dyn: StateLayout) -> AllocatorStats:
+    """The compute stream's pool of an FSDP run: the wrapping (:func:`fsdp_init_events`), the other states,
+    then the step's churn, in one sequence: the step reuses what the wrapping left cached."""
+    events = fsdp_init_events([list(u) for u in init], world, sync)
+    events += [("a", ("Q", i), n) for i, n in enumerate(outside)]
+    events += [("a", ("Q", l, i), n) for l in range(layers) for i, n in enumerate(per_layer)]
+    segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
+    events += churn_events(segs, leftovers, held, layers, dyn)
+    return simulate(events)
+
+
+def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
+    """The unsharded bytes of each FSDP unit's parameter tensors in wrap order: every decoder layer, then the
+    root (embeddings, lm_head, final norm). Weights as loaded: 16-bit under bf16/fp16/pure-bf16 with a
+    LoRA/QLoRA base (NF4 for QLoRA's decoder linears), the weight dtype of full fine-tuning otherwise
+    (advisor.memory.bytes_per_param); the adapters (own units, small) are left out."""
+    from ..param_count import linear_shapes
+    from .bytes_per_param import state_bytes
+
+    sb = state_bytes(training, strategy)
+    layer_t, _, emb, head, final = _tensor_elements(arch)
+    n_lin = len(linear_shapes(arch))
+    if training.method in ("lora", "qlora", "freeze"):
+        lin_b = sb.frozen_weight
+        other_b = 4 if training.precision == "fp32" else 2
+    else:
+        lin_b = other_b = sb.weight
+    layer = tuple(int(e * (lin_b if i < n_lin else other_b)) for i, e in enumerate(layer_t) if e)
+    root = tuple(int(e * other_b) for e in (emb, head, final) if e)
+    return tuple([layer] * arch.num_layers + [root])
+
+
 @lru_cache(maxsize=4096)
 def _persistent_stats(outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
                       expandable: bool) -> AllocatorStats:
@@ -647,8 +740,11 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     # only make the churn need more: an upper bound that lets every strategy sharing a trace and a dynamic
     # layout share one simulation.
     full = state_layout(arch, training, strategy, hw, ms, buffers, formed_in_backward, n)
-    ps = _persistent_stats(full.persistent_outside, full.persistent_layer, n, expandable)
     dyn = replace(full, persistent_outside=(), persistent_layer=())
+    if _fsdp_init_modelled(training, strategy) and not expandable:
+        return _fsdp_allocation(arch, training, strategy, hw, ms, buffers, formed_in_backward, n, dyn,
+                                trace_training, mode, ckpt, tensor_bytes)
+    ps = _persistent_stats(full.persistent_outside, full.persistent_layer, n, expandable)
     # The whole depth is simulated: extrapolating from fewer layers misses patterns that repeat every 12 or
     # more layers and was up to 4 % of the total low (benchmarks/allocator_extrapolation.py). The layers'
     # allocation sequence itself is built from a 4-layer trace (activations.allocation_trace).
@@ -669,3 +765,46 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     allocated = tensor_bytes + rounding
     return GpuAllocation(allocated=allocated, reserved=allocated + cached, rounding=rounding, cached=cached,
                          simulated_layers=(n,), oom_retries=retried)
+
+
+def _fsdp_init_modelled(training, strategy) -> bool:
+    """FSDP (v1) with its parameters on the GPU: the wrapping's transients and the unshard stream's pool are
+    simulated (:func:`_fsdp_allocation`). CPU-offloaded parameters stay on the CPU (no unsharded unit on the
+    GPU at wrap time) and FSDP2 (``fully_shard``) shards per parameter: not modelled there."""
+    return (strategy.backend == "fsdp" and strategy.offload_param == "none"
+            and getattr(strategy, "fsdp_version", 1) in (None, 1))
+
+
+# The buffers FSDP's all-gathers allocate: in its unshard stream (torch/distributed/fsdp/_runtime_utils.py
+# ``_unshard``: ``with state._device_handle.stream(unshard_stream): handle.unshard()``), a pool of their own.
+_UNSHARD_STREAM_BUFFERS = ("FSDP gathered",)
+
+
+def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool, n: int,
+                     dyn: StateLayout, trace_training, mode: str, ckpt: str, tensor_bytes: int) -> GpuAllocation:
+    """max_memory_allocated / max_memory_reserved of an FSDP (v1) run (bytes per GPU), with two pools:
+
+    * the compute stream's: the wrapping (:func:`fsdp_init_events`: whole units on the GPU, broadcast buckets,
+      the flattened copy, the shard) leaves its transients cached, then the other states and the step's churn
+      reuse them (``sync_module_states`` as dsadvise renders it: ``fsdp_cpu_ram_efficient_loading``);
+    * the unshard stream's: the gathered units, which no compute-stream tensor can reuse.
+
+    ``allocated`` is the larger of the step's tensors and the wrapping's own peak (whichever is later reset
+    or not, ``max_memory_allocated`` has seen it unless the run calls ``reset_peak_memory_stats``)."""
+    from .model_states import fsdp_shard_degree
+
+    world = fsdp_shard_degree(strategy, hw)
+    gathered = {k: v for k, v in buffers.items() if k.startswith(_UNSHARD_STREAM_BUFFERS)}
+    others = {k: v for k, v in buffers.items() if k not in gathered}
+    rest = state_layout(arch, training, strategy, hw, replace(ms, parameters=0), others, formed_in_backward, n)
+    units = _fsdp_units(arch, training, strategy)
+    st = _fsdp_default_pool_stats(units, world, True, rest.persistent_outside, rest.persistent_layer, n,
+                                  arch, trace_training, mode, ckpt, dyn)
+    gp = _persistent_stats(tuple(gathered.values()), (), n, False)
+    # The wrapping's peak of tensor bytes (its own sequence, shards included).
+    init_peak = simulate(fsdp_init_events([list(u) for u in units], world, True)).peak_requested
+    rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
+    allocated = max(tensor_bytes, init_peak) + rounding
+    reserved = max(st.peak_reserved + gp.peak_reserved, allocated)
+    return GpuAllocation(allocated=allocated, reserved=reserved, rounding=allocated - tensor_bytes,
+                         cached=reserved - allocated, simulated_layers=(n,))
