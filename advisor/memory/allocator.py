@@ -616,8 +616,8 @@ FSDP_BROADCAST_BUCKET = 250 * 1024 * 1024
 FSDP_BROADCAST_IN_FLIGHT = 2
 
 
-def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_states: bool
-                     ) -> list[tuple[str, object, int]]:
+def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_states: bool,
+                     offload_params: bool = False) -> list[tuple[str, object, int]]:
     """The allocation sequence of FSDP (v1) wrapping, one unit after the other (bytes per GPU): ``units`` are
     the wrapped modules' parameter tensors, unsharded, in wrap order (auto-wrap wraps the decoder layers
     bottom-up, the root last). Per unit (torch/distributed/fsdp/_init_utils.py ``_init_param_handle_from_module``):
@@ -629,7 +629,9 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
     * ``FlatParamHandle`` flattens the parameters into one tensor (``flatten_tensors``: ``torch.cat``) and the
       originals are dropped (the module's parameters become views of the flat one);
     * ``FlatParamHandle.shard`` clones this rank's chunk (``_get_shard``: ``chunk.clone()``, padded) and frees
-      the unsharded storage; with one shard (NO_SHARD) the flat tensor itself stays.
+      the unsharded storage; with one shard (NO_SHARD) the flat tensor itself stays;
+    * ``CPUOffload(offload_params=True)``: ``_init_param_handle_from_params`` then moves the shard to the CPU
+      (``handle.flat_param_to(cpu_device)``): the unit still passed through the GPU whole.
 
     The shards stay (keys ``("P", unit)``); every transient is freed into the compute stream's pool, where it
     stays cached into training (nothing calls ``empty_cache``)."""
@@ -661,16 +663,18 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
         else:
             out.append(("a", ("P", u), total))
             out += [("f", ("init", u, i), 0) for i in range(len(tensors))]
+        if offload_params:
+            out.append(("f", ("P", u), 0))
     return out
 
 
 @lru_cache(maxsize=1024)
-def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool,
+def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
                              outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
                              arch, trace_training, mode: str, ckpt: str, dyn: StateLayout) -> AllocatorStats:
     """The compute stream's pool of an FSDP run: the wrapping (:func:`fsdp_init_events`), the other states,
     then the step's churn, in one sequence: the step reuses what the wrapping left cached."""
-    events = fsdp_init_events([list(u) for u in init], world, sync)
+    events = fsdp_init_events([list(u) for u in init], world, sync, offload)
     events += [("a", ("Q", i), n) for i, n in enumerate(outside)]
     events += [("a", ("Q", l, i), n) for l in range(layers) for i, n in enumerate(per_layer)]
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
@@ -690,7 +694,9 @@ def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
     layer_t, _, emb, head, final = _tensor_elements(arch)
     n_lin = len(linear_shapes(arch))
     if training.method in ("lora", "qlora", "freeze"):
-        lin_b = sb.frozen_weight
+        # QLoRA: the packed 4-bit data (half a byte per weight) is what FSDP flattens and shards; the
+        # quantization state stays whole on the module (see _fsdp_allocation).
+        lin_b = 0.5 if training.method == "qlora" else sb.frozen_weight
         other_b = 4 if training.precision == "fp32" else 2
     else:
         lin_b = other_b = sb.weight
@@ -768,11 +774,10 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
 
 
 def _fsdp_init_modelled(training, strategy) -> bool:
-    """FSDP (v1) with its parameters on the GPU: the wrapping's transients and the unshard stream's pool are
-    simulated (:func:`_fsdp_allocation`). CPU-offloaded parameters stay on the CPU (no unsharded unit on the
-    GPU at wrap time) and FSDP2 (``fully_shard``) shards per parameter: not modelled there."""
-    return (strategy.backend == "fsdp" and strategy.offload_param == "none"
-            and getattr(strategy, "fsdp_version", 1) in (None, 1))
+    """FSDP (v1): the wrapping's transients and the unshard stream's pool are simulated
+    (:func:`_fsdp_allocation`); with CPU offload too (each unit passes through the GPU before its shard moves to
+    the CPU). FSDP2 (``fully_shard``) shards per parameter: not modelled there."""
+    return strategy.backend == "fsdp" and getattr(strategy, "fsdp_version", 1) in (None, 1)
 
 
 # The buffers FSDP's all-gathers allocate: in its unshard stream (torch/distributed/fsdp/_runtime_utils.py
@@ -798,11 +803,16 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     others = {k: v for k, v in buffers.items() if k not in gathered}
     rest = state_layout(arch, training, strategy, hw, replace(ms, parameters=0), others, formed_in_backward, n)
     units = _fsdp_units(arch, training, strategy)
-    st = _fsdp_default_pool_stats(units, world, True, rest.persistent_outside, rest.persistent_layer, n,
+    # What of the per-GPU parameter bytes the shards do not hold (QLoRA's quantization state, kept whole on
+    # every GPU, offload or not: advisor.memory.model_states), one block per layer, allocated after the wrapping.
+    offload = strategy.offload_param != "none"
+    unsharded = ms.parameters - (0 if offload else sum(-(-sum(u) // world) for u in units))
+    per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n else ())
+    st = _fsdp_default_pool_stats(units, world, True, offload, rest.persistent_outside, per_layer, n,
                                   arch, trace_training, mode, ckpt, dyn)
     gp = _persistent_stats(tuple(gathered.values()), (), n, False)
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
-    init_peak = simulate(fsdp_init_events([list(u) for u in units], world, True)).peak_requested
+    init_peak = simulate(fsdp_init_events([list(u) for u in units], world, True, offload)).peak_requested
     rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
     allocated = max(tensor_bytes, init_peak) + rounding
     reserved = max(st.peak_reserved + gp.peak_reserved, allocated)
