@@ -776,6 +776,16 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
                          simulated_layers=(n,), oom_retries=retried)
 
 
+@lru_cache(maxsize=1024)
+def _unshard_pool_stats(held: tuple[int, ...], pending: tuple[int, ...]) -> AllocatorStats:
+    """The unshard stream's pool: the gathered units held at the peak, and blocks freed but not yet
+    reusable (pending their record_stream event): allocated, then freed, so they count in reserved only."""
+    events = [("a", ("G", i), v) for i, v in enumerate(held)]
+    events += [("a", ("pending", i), v) for i, v in enumerate(pending)]
+    events += [("f", ("pending", i), 0) for i in range(len(pending))]
+    return simulate(events)
+
+
 def _fsdp_init_modelled(training, strategy) -> bool:
     """FSDP (v1): the wrapping's transients and the unshard stream's pool are simulated
     (:func:`_fsdp_allocation`); with CPU offload too (each unit passes through the GPU before its shard moves to
@@ -813,7 +823,20 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n else ())
     st = _fsdp_default_pool_stats(units, world, True, offload, rest.persistent_outside, per_layer, n,
                                   arch, trace_training, mode, ckpt, dyn)
-    gp = _persistent_stats(tuple(gathered.values()), (), n, False)
+    # The unshard stream's pool: the gathered units, plus one more layer block when units are resharded
+    # (FULL_SHARD / HYBRID_SHARD): FSDP frees an unsharded unit with record_stream on the compute stream
+    # (flat_param.py _free_unsharded_flat_param -> _no_dispatch_record_stream) and CUDACachingAllocator's free()
+    # returns such a block to the pool only once that stream's event has completed (insert_events /
+    # process_events). The rate limiter (limit_all_gathers, fsdp/_limiter_utils.py: _max_num_inflight_all_gathers
+    # = 2; _runtime_utils._unshard synchronizes only the oldest of them, dequeue_if_needed) lets the next
+    # all-gather allocate while the other freed layer's event may still be pending: one layer block more.
+    pending = ()
+    if gathered and strategy.fsdp_sharding in ("FULL_SHARD", "HYBRID_SHARD") and world > 1:
+        from .buffers import fsdp_gathered_layer_bytes
+        from ..param_count import count_parameters
+
+        pending = (fsdp_gathered_layer_bytes(arch, count_parameters(arch), training),)
+    gp = _unshard_pool_stats(tuple(gathered.values()), pending)
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
     init_peak = simulate(fsdp_init_events([list(u) for u in units], world, True, offload)).peak_requested
     rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
