@@ -622,12 +622,13 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
                      offload_params: bool = False) -> list[tuple[str, object, int]]:
     """The allocation sequence of FSDP (v1) wrapping, one unit after the other (bytes per GPU): ``units`` are
     the wrapped modules' parameter tensors, unsharded, in wrap order (auto-wrap wraps the decoder layers
-    bottom-up, the root last). Per unit (torch/distributed/fsdp/_init_utils.py ``_init_param_handle_from_module``):
+    bottom-up, the root last); ``world`` the ranks a unit is sharded over (1: NO_SHARD). Per unit (torch/distributed/fsdp/_init_utils.py ``_init_param_handle_from_module``):
 
     * ``_move_module_to_device`` (or ``param_init_fn``'s ``to_empty`` on the meta-device ranks) puts each of the
       unit's parameters on the GPU, whole;
-    * ``sync_module_states``: ``_sync_params_and_buffers`` -> ``dist._broadcast_coalesced`` flattens them into
-      buckets of ``PARAM_BROADCAST_BUCKET_SIZE``, at most two alive at once (comm.cpp ``broadcast_coalesced``);
+    * ``sync_module_states`` (with more than one process, whatever the sharding): ``_sync_params_and_buffers`` ->
+      ``dist._broadcast_coalesced`` flattens them into buckets of ``PARAM_BROADCAST_BUCKET_SIZE``, at most two
+      alive at once (comm.cpp ``broadcast_coalesced``);
     * ``FlatParamHandle`` flattens the parameters into one tensor (``flatten_tensors``: ``torch.cat``) and the
       originals are dropped (the module's parameters become views of the flat one);
     * ``FlatParamHandle.shard`` clones this rank's chunk (``_get_shard``: ``chunk.clone()``, padded) and frees
@@ -641,7 +642,7 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
     for u, tensors in enumerate(units):
         total = sum(tensors)
         out += [("a", ("init", u, i), n) for i, n in enumerate(tensors)]
-        if sync_module_states and world > 1:
+        if sync_module_states:
             buckets: list[int] = []
             acc = 0
             for n in tensors:
@@ -821,7 +822,8 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     offload = strategy.offload_param != "none"
     unsharded = ms.parameters - (0 if offload else sum(-(-sum(u) // world) for u in units))
     per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n else ())
-    st = _fsdp_default_pool_stats(units, world, True, offload, rest.persistent_outside, per_layer, n,
+    sync = hw.world_size > 1        # rendered with fsdp_cpu_ram_efficient_loading: sync_module_states
+    st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
                                   arch, trace_training, mode, ckpt, dyn)
     # The unshard stream's pool: the gathered units, plus one more layer block when units are resharded
     # (FULL_SHARD / HYBRID_SHARD): FSDP frees an unsharded unit with record_stream on the compute stream
@@ -838,7 +840,7 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
         pending = (fsdp_gathered_layer_bytes(arch, count_parameters(arch), training),)
     gp = _unshard_pool_stats(tuple(gathered.values()), pending)
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
-    init_peak = simulate(fsdp_init_events([list(u) for u in units], world, True, offload)).peak_requested
+    init_peak = simulate(fsdp_init_events([list(u) for u in units], world, sync, offload)).peak_requested
     rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
     allocated = max(tensor_bytes, init_peak) + rounding
     reserved = max(st.peak_reserved + gp.peak_reserved, allocated)

@@ -228,10 +228,15 @@ def test_fsdp_wrapping_sequence_leaves_its_transients_cached():
     assert (s.peak_reserved, s.peak_allocated, s.segments) == (120 * MiB, 120 * MiB, 3)
     s2 = simulate(ev + [("a", "step", 25 * MiB)])
     assert (s2.peak_reserved, s2.segments) == (120 * MiB, 3)
-    # NO_SHARD (one shard): the flattened copy itself stays; no clone, no broadcast with one rank.
+    # NO_SHARD (one shard) over 2 processes: still broadcast, then the flattened copy itself stays (no clone).
     ev1 = fsdp_init_events([[30 * MiB, 30 * MiB]], world=1, sync_module_states=True)
-    assert [(op, k[0]) for op, k, _ in ev1] == [("a", "init"), ("a", "init"), ("a", "P"), ("f", "init"),
-                                                ("f", "init")]
+    assert [(op, k[0]) for op, k, _ in ev1] == [("a", "init"), ("a", "init"), ("a", "bcast"), ("f", "bcast"),
+                                                ("a", "P"), ("f", "init"), ("f", "init")]
+    # Buckets close at 250 MiB and at most two are alive: three 200 MiB parameters -> buckets of 400 and 200 MiB.
+    ev2 = fsdp_init_events([[200 * MiB] * 3], world=2, sync_module_states=False)
+    assert not any(k[0] == "bcast" for _, k, _ in ev2)
+    ev3 = fsdp_init_events([[200 * MiB] * 3], world=2, sync_module_states=True)
+    assert [n for op, k, n in ev3 if op == "a" and k[0] == "bcast"] == [400 * MiB, 200 * MiB]
 
 
 def test_fsdp_reserved_keeps_the_wrapping_cache():
