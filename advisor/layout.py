@@ -10,12 +10,13 @@ Where the keys come from (what the rendered files need at least):
 
 * accelerate ``ParallelismConfig`` (dp_replicate/dp_shard/tp/cp sizes): accelerate 1.10.0 (the ND-parallel
   release, huggingface.co/blog/accelerate-nd-parallel, 8 Aug 2025); ``sp_size``/``sp_backend: deepspeed``
-  (ALST/Ulysses) came later, present in the pinned 1.15.
+  (ALST/Ulysses) documented from accelerate 1.12.0 (concept guide "Sequence parallel"), present in the pinned 1.15.
 * DeepSpeed AutoTP training ``"tensor_parallel": {"autotp_size": N}``: deepspeed 0.16.4 (with transformers
   4.50.1, accelerate 1.6.0: github.com/deepspeedai/DeepSpeed/pull/7206, blogs/huggingface-tp); ZeRO-3 with AutoTP
   is supported in the pinned 0.19.8 (``runtime/engine.py`` ``_configure_tensor_parallel_states``).
-* DeepSpeed ``sequence_parallel_size`` + ``UlyssesSPAttentionHF`` (Arctic Long Sequence Training): deepspeed
-  0.17.x ALST (``runtime/sequence_parallel/ulysses_sp.py``, needs transformers >= 4.51.3).
+* DeepSpeed ``sequence_parallel_size`` + ``UlyssesSPAttentionHF`` (Arctic Long Sequence Training,
+  deepspeed.ai/tutorials/ulysses-alst-sequence-parallelism; ``runtime/sequence_parallel/ulysses_sp.py`` of the
+  pinned 0.19.8, which needs transformers >= 4.51.3; its first release is not pinned down here).
 """
 
 from __future__ import annotations
