@@ -6,7 +6,8 @@ DeepSpeed AutoTP (tp) and DeepSpeed Ulysses / ALST (sp) on reduced-width transfo
 
 Context parallelism is not measured: torch's ``context_parallel`` dispatches only the CUDA SDPA kernels
 (flash / efficient / cuDNN) to ring attention; the CPU SDPA kernel (``_scaled_dot_product_flash_attention_for_cpu``)
-has no context-parallel rule, so a CPU run does not shard attention.
+is not in its handler map, so a CPU run raises NotImplementedError (``_context_parallel/_attention.py``
+``_sdpa_handler``).
 
 Usage: python benchmarks/parallel_memory.py [--quick]
 """

@@ -199,17 +199,20 @@ def layout_terms(arch: Architecture, training: TrainingSpec, view: RankView, dty
 
 
 def layout_estimate(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strategy: StrategySpec,
-                    estimate_fn: Callable[..., Estimate]) -> Estimate:
-    """The estimate of one rank of a tensor/sequence/context-parallel layout (bytes per GPU and per node)."""
+                    estimate_fn: Callable[..., Estimate], trainable_fn: Callable[..., int]) -> Estimate:
+    """The estimate of one rank of a tensor/sequence/context-parallel layout (bytes per GPU and per node);
+    ``estimate_fn`` / ``trainable_fn``: :func:`advisor.memory.core.estimate_memory` / ``trainable_parameters``
+    (passed in: core calls this module)."""
     from .bytes_per_param import state_bytes
-    from .core import trainable_parameters
     from .model_states import model_states
+
+    trainable_parameters = trainable_fn
 
     view = rank_view(model, hw, training, strategy)
     est = estimate_fn(view.model, view.hw, view.training, view.strategy)
     arch_n = view.model.architecture
     if training.task == "infer":
-        return _inference(est, model, hw, training, strategy, view)
+        return _inference(est, model, hw, training, strategy, view, trainable_fn)
 
     # 1. the lm_head rows other tp ranks hold: the same model-state accounting for those elements, removed
     counts_n = count_parameters(arch_n)
@@ -256,20 +259,18 @@ def layout_estimate(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or nvme <= hw.nvme_bytes
     notes = list(est.notes) + layout_notes(model.architecture, hw, training, strategy, view)
     return est.model_copy(update=dict(
-        model=_model_info(est, model, training), hardware=hardware_info(hw),
+        model=_model_info(est, model, training, trainable_fn), hardware=hardware_info(hw),
         strategy=strategy_info(training, strategy), per_gpu=per_gpu,
         per_node_cpu=est.per_node_cpu.model_copy(update=dict(total=cpu_total, fits=cpu_fits, breakdown=cpu)),
         per_node_nvme_bytes=nvme, fits=total <= hw.vram_bytes and cpu_fits and nvme_fits,
         headroom_bytes=hw.vram_bytes - total, notes=notes))
 
 
-def _model_info(est: Estimate, model: ResolvedModel, training: TrainingSpec):
+def _model_info(est: Estimate, model: ResolvedModel, training: TrainingSpec, trainable_fn: Callable[..., int]):
     """The model block of the whole model (the view's counts are one rank's)."""
-    from .core import trainable_parameters
-
     counts = count_parameters(model.architecture)
     return est.model.model_copy(update=dict(parameters=counts.total,
-                                            trainable_parameters=trainable_parameters(model, counts, training)))
+                                            trainable_parameters=trainable_fn(model, counts, training)))
 
 
 def _per_node_cpu(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec,
@@ -309,7 +310,7 @@ def layout_notes(arch: Architecture, hw: HardwareSpec, training: TrainingSpec, s
 
 
 def _inference(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec,
-               strategy: StrategySpec, view: RankView) -> Estimate:
+               strategy: StrategySpec, view: RankView, trainable_fn: Callable[..., int]) -> Estimate:
     """Inference under --tp: the narrowed model's weights and KV cache on each GPU, less the lm_head rows of the
     other ranks; the layouts are renamed ``tensor-parallel`` (one model copy per tp group)."""
     elsewhere = lm_head_rows_elsewhere(model.architecture, view.tp)
@@ -335,7 +336,8 @@ def _inference(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
     notes = list(est.notes) + [f"tp {view.tp}: each GPU holds 1/{view.tp} of every layer's attention and MLP "
                                f"weights and of the KV cache (kv heads/{view.tp}); embeddings and norms replicated"]
     return est.model_copy(update=dict(
-        model=_model_info(est, model, training), hardware=hardware_info(hw), strategy=s_info, per_gpu=per_gpu,
+        model=_model_info(est, model, training, trainable_fn), hardware=hardware_info(hw), strategy=s_info,
+        per_gpu=per_gpu,
         inference=layouts,
         per_node_cpu=est.per_node_cpu.model_copy(update=dict(total=cpu_total, fits=cpu_fits, breakdown=cpu)),
         fits=chosen.fits and cpu_fits, headroom_bytes=hw.vram_bytes - chosen.total, notes=notes))
