@@ -35,7 +35,8 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
         weights = weight_bytes_for_inference(model, counts, training)
         speeds = [inference_speed(arch, counts, hw, gpu, lay.layout, precision=training.precision,
                                   method=training.method, batch=training.micro_batch_size, seq_len=training.seq_len,
-                                  weight_bytes=weights, attention=training.attention, profile=profile)
+                                  weight_bytes=weights, attention=training.attention, profile=profile,
+                                  tp=strategy.tp_size)
                   for lay in est.inference]
         return est.model_copy(update={"inference_speed": speeds, "notes": list(est.notes) + notes})
     gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size,

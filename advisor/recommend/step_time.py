@@ -540,7 +540,7 @@ def kv_bytes_per_token(arch: Architecture, dtype_bytes: int = 2) -> int:
 
 def inference_speed(arch: Architecture, counts: ParameterCounts, hw: HardwareSpec, gpu: GPUInfo, layout: str, *,
                     precision: str, method: str, batch: int, seq_len: int, weight_bytes: int,
-                    attention: str = "sdpa", profile: MachineProfile | None = None) -> InferenceSpeed:
+                    attention: str = "sdpa", profile: MachineProfile | None = None, tp: int = 1) -> InferenceSpeed:
     """Prefill and decode tokens/s of ``layout`` (``replica-per-gpu`` or ``device-map-auto``) on the whole job.
 
     A replica per GPU serves ``world`` copies at once. ``device_map="auto"`` holds one copy per node whose layers
@@ -559,6 +559,14 @@ def inference_speed(arch: Architecture, counts: ParameterCounts, hw: HardwareSpe
     decode_flops = flops_per_token(arch, counts, seq_len, method, "none", task="infer", attention=attention) * batch
     decode = max(decode_mem, decode_flops / (peak * efficiency(r, precision, arch.hidden_size, batch)))
     copies = hw.world_size if layout == "replica-per-gpu" else hw.nodes
+    if layout == "tensor-parallel":
+        # issue 15: each of the tp GPUs of a copy computes and reads 1/tp of the weights and of the KV cache
+        # (embeddings aside) at once; the two all-reduces per layer of the activations are added at the
+        # intra-node rate (their latency, which dominates a decode step's small messages, is not modelled)
+        ar = 2 * (tp - 1) / tp * 2 * arch.num_layers * arch.hidden_size * (4 if precision == "fp32" else 2)
+        prefill = prefill / tp + tokens * ar / r.intra_bytes_per_s
+        decode = decode / tp + batch * ar / r.intra_bytes_per_s
+        copies = hw.world_size // tp
     return InferenceSpeed(layout=layout, copies=copies, batch=batch,
                           prefill_tokens_per_second=copies * tokens / prefill,
                           decode_tokens_per_second=copies * batch / decode, decode_seconds_per_token=decode,
