@@ -46,6 +46,10 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
                             checkpointing=training.activation_checkpointing, micro_batch=training.micro_batch_size,
                             seq_len=training.seq_len, gas=gas, freeze_layers=training.freeze_trainable_layers,
                             attention=training.attention, rates=rates)
+    if strategy.tp_size * strategy.sp_size * strategy.cp_size > 1:   # issue 15: said, not assumed silently
+        notes.append("tensor/sequence/context-parallel collectives (TP all-reduces, Ulysses all-to-alls, ring K/V "
+                     "all-gathers) run inside a node on the critical path, not overlapped with compute "
+                     "(advisor/recommend/step_time.py layout_communication)")
     if gas > 1 or training.global_batch_size:
         notes = [f"one optimizer step = {gas} micro-step(s) of micro-batch {training.micro_batch_size} on each of "
                  f"{hw.world_size} GPU(s)"] + notes

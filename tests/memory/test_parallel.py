@@ -90,6 +90,9 @@ def test_tensor_parallel_inference_divides_weights_and_kv_cache():
     embed = 128_256 * 8192 * 2
     assert abs(lay.weights - ((full.weights - embed) / 8 + embed)) < 0.01 * lay.weights
     assert sum(tp8.per_gpu.breakdown.values()) == tp8.per_gpu.total
+    (speed,) = tp8.inference_speed                     # one copy over 8 GPUs, each reading 1/8 per token
+    split = next(x for x in one.inference_speed if x.layout == "device-map-auto")
+    assert speed.copies == 1 and speed.decode_seconds_per_token < split.decode_seconds_per_token / 4
 
 
 def test_step_time_counts_data_parallel_samples_and_layout_collectives():
