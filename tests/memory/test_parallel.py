@@ -59,7 +59,7 @@ def test_narrowed_architecture_keeps_the_replicated_parts():
 
 @pytest.mark.parametrize("layout, strategy", [
     (dict(tp=8), "zero1"), (dict(tp=2), "zero3"), (dict(sp=4), "zero3"), (dict(sp=8), "zero3"),
-    (dict(cp=4, fsdp_version=2), "fsdp-full"), (dict(tp=2, dp_replicate=2, fsdp_version=2), "fsdp-full"),
+    (dict(cp=4, fsdp_version=2), "fsdp-full"), (dict(cp=2, dp_replicate=2, fsdp_version=2), "fsdp-full"),
 ])
 def test_breakdown_sums_and_layout_terms_are_named(layout, strategy):
     est = estimate("llama-3.1-8b", gpus=8, gpu="h100-sxm", seq_len=16384, strategy=strategy, **layout)
