@@ -50,18 +50,33 @@ def build(cfg: dict, attn: str):
     return instantiate(config, attn, torch.float32, seed=0)
 
 
+def zero_partition(engine, zopt) -> int:
+    """Bytes of the fp32 master partition plus the Adam moments this rank holds after one step (ZeRO-1/2)."""
+    masters = list(zopt.single_partition_of_fp32_groups)
+    moments = sum(v.numel() * v.element_size() for p in masters for v in zopt.optimizer.state.get(p, {}).values()
+                  if torch.is_tensor(v) and v.numel() > 1)
+    return sum(m.numel() * m.element_size() for m in masters) + moments
+
+
 def run_tp(case: dict) -> dict:
     import deepspeed
 
     model = build(case["config"], "sdpa")
+    stage = case.get("zero_stage", 0)
     ds = {"train_micro_batch_size_per_gpu": case["batch"], "gradient_accumulation_steps": 1,
-          "bf16": {"enabled": True}, "zero_optimization": {"stage": 0},
+          "bf16": {"enabled": True}, "zero_optimization": {"stage": stage},
           "tensor_parallel": {"autotp_size": case["tp"]}, "zero_allow_untested_optimizer": True}
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if stage else torch.optim.SGD(model.parameters(), lr=0.0)
+    engine, zopt, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, case["config"]["vocab_size"], (case["batch"], case["seq_len"]), generator=g)
     params = sum(p.numel() for p in engine.module.parameters())
+    if stage:      # the optimizer partition after one real engine step (ZeRO shards over world / tp)
+        loss = engine(input_ids=ids, labels=ids).loss
+        engine.backward(loss)
+        engine.step()
+        return {"parameters": params, "optimizer_partition": zero_partition(engine, zopt),
+                "dp_world": engine.dp_world_size}
     saved, logits = saved_forward(engine.module, "half-bf16", input_ids=ids, labels=ids)
     return {"parameters": params, "saved": saved, "logits_held": logits}
 
@@ -70,10 +85,32 @@ def run_sp(case: dict) -> dict:
     from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
 
     sp = case["sp"]
-    model = build(case["config"], "sdpa").to(torch.bfloat16)
-    UlyssesSPAttentionHF.register_with_transformers(model_name_or_path=model, core_attn_implementation="sdpa",
-                                                    sequence_parallel_size=sp, micro_batch_size=case["batch"],
-                                                    seq_length=case["seq_len"], seq_length_is_variable=False)
+    stage = case.get("zero_stage", 0)
+    model = build(case["config"], "sdpa")
+    if not stage:
+        model = model.to(torch.bfloat16)
+    mpu = UlyssesSPAttentionHF.register_with_transformers(model_name_or_path=model, core_attn_implementation="sdpa",
+                                                          sequence_parallel_size=sp, micro_batch_size=case["batch"],
+                                                          seq_length=case["seq_len"], seq_length_is_variable=False)
+    if stage:      # ZeRO over the sequence-data-parallel group (ALST: deepspeed.initialize(..., mpu=mpu))
+        import deepspeed
+
+        ds = {"train_micro_batch_size_per_gpu": case["batch"], "gradient_accumulation_steps": 1,
+              "bf16": {"enabled": True}, "zero_optimization": {"stage": stage},
+              "sequence_parallel_size": sp, "zero_allow_untested_optimizer": True}
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        engine, zopt, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds, mpu=mpu)
+        rank = dist.get_rank() % sp
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, case["config"]["vocab_size"], (case["batch"], case["seq_len"]), generator=g)
+        chunk = case["seq_len"] // sp
+        local = ids[:, rank * chunk:(rank + 1) * chunk]
+        pos = torch.arange(rank * chunk, (rank + 1) * chunk).unsqueeze(0).expand(case["batch"], -1)
+        loss = engine(input_ids=local, labels=local, position_ids=pos).loss
+        engine.backward(loss)
+        engine.step()
+        return {"parameters": sum(p.numel() for p in engine.module.parameters()),
+                "optimizer_partition": zero_partition(engine, zopt), "dp_world": engine.seq_dp_world_size}
     rank = dist.get_rank() % sp
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, case["config"]["vocab_size"], (case["batch"], case["seq_len"]), generator=g)

@@ -50,6 +50,23 @@ def test_rank_matches_the_engines(cfg, kind, size, seq, batch, params, saved):
     assert LOW <= (est_saved - saved) / saved <= HIGH, (est_saved, saved)
 
 
+# ZeRO-1 inside a layout, 4 processes: fp32 master + Adam moments per rank after one real engine step
+# (benchmarks/parallel_memory.py, second table). AutoTP: the ZeRO group is world / tp = 2; Ulysses: the whole
+# sequence-data-parallel group, 4 (ALST's deepspeed.initialize(..., mpu=...)).
+ZERO_MEASURED = [("tp", 2, 6_716_928), ("sp", 2, 5_926_656)]
+
+
+@pytest.mark.parametrize("kind, size, measured", ZERO_MEASURED, ids=[f"{k}{n}" for k, n, _ in ZERO_MEASURED])
+def test_zero_partition_inside_the_layout_matches_the_engine(kind, size, measured):
+    from advisor.catalog.models import ResolvedModel
+
+    model = ResolvedModel(name="llama", architecture=architecture_from_hf_config(LLAMA), source="config", note="")
+    hw = build_hardware(gpus=4, vram=80)
+    est = estimate_memory(model, hw, build_training(hw, seq_len=64, precision="bf16"),
+                          build_strategy(hw, "zero1", **layout_fields(**{kind: size})))
+    assert LOW <= (est.per_gpu.optimizer_states - measured) / measured <= HIGH
+
+
 def test_narrowed_architecture_keeps_the_replicated_parts():
     arch = architecture_from_hf_config(LLAMA)
     n = narrow_architecture(arch, 4)
