@@ -120,7 +120,9 @@ def plan(args):
                               method=r.method, lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"],
                               checkpointing=r.activation_checkpointing, attention=r.attention,
                               freeze_layers=kw["freeze_layers"])
-    strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes)
+    strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
+                              tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout
+                              dp_replicate_size=r.dp_replicate_size, fsdp_version=r.fsdp_version)
     return model, hw, training, strategy, r.gradient_accumulation_steps, rec
 
 

@@ -149,6 +149,7 @@ def problem_facts(p: Problem, method: str) -> dict[str, object]:
         "model.layers": a.num_layers, "model.hidden_size": a.hidden_size, "model.vocab_size": a.vocab_size,
         "model.is_moe": a.is_moe, "model.position": a.position,
         "model.max_position_embeddings": a.max_position_embeddings,
+        "model.attention_heads": a.num_attention_heads, "model.kv_heads": a.num_key_value_heads,   # issue 15
         "hardware.gpu": hw.gpu.name if hw.gpu else None, "hardware.gpu_known": hw.gpu is not None,
         "hardware.vendor": gpu.vendor, "hardware.gpus_per_node": hw.gpus_per_node, "hardware.nodes": hw.nodes,
         "hardware.world_size": hw.world_size, "hardware.multi_node": hw.nodes > 1,
