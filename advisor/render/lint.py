@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import InputError
 from ..formatting import fmt_bytes
 from ..specs import GiB
+from .lint_parallel import ds_layout_world, lint_parallel_deepspeed, lint_parallelism_yaml   # issue 15
 from .validate import (DS_IGNORED_WITH_FILE, ConfigFileError, EngineError, Finding, fill_auto, load_accelerate,
                        load_deepspeed, missing_dependency, parse_text, read_text, resolve_ds_path, schema_findings)
 
@@ -150,6 +151,9 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
             "needs one of them")
         batch_error = True
     implied_world = None
+    full_world, world = world, ds_layout_world(data, world)   # issue 15: Ulysses divides it by sequence_parallel_size
+    if world != full_world:
+        world_source = f"{full_world} from {world_source} / sequence_parallel_size"
     if tb and mb and ga:
         if world is not None and tb != mb * ga * world:
             right = mb * ga * world
@@ -183,7 +187,9 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
             add("error", "train_batch_size", f"{tb} is not a multiple of the world size {world}")
             batch_error = True
 
+    world = full_world
     out += _keys_findings(data, zero, stage, file)
+    out += lint_parallel_deepspeed(data, file, p.model, world, stage)     # issue 15
 
     # Offload
     for what in ("offload_optimizer", "offload_param"):
@@ -517,6 +523,8 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
                 add("error", "fsdp_config.fsdp_transformer_layer_cls_to_wrap", f"{', '.join(names)} is not a layer "
                     f"of {fam} models ({want}): accelerate fails with 'Could not find the transformer layer class'")
 
+    out += lint_parallelism_yaml(data, file, p.model, ds_data)      # issue 15: parallelism_config, FSDP2 keys
+
     # Fit (DeepSpeed's is checked with its JSON)
     vram, _ = _hw(p) if (p.gpu or p.vram) else (None, None)
     if p.model and vram and dtype in ("NO", "MULTI_GPU", "FSDP") and not schema_errors:
@@ -525,6 +533,8 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
         if dtype == "FSDP":
             fc = data.get("fsdp_config") or {}
             s = str(fc.get("fsdp_sharding_strategy") or fc.get("fsdp_reshard_after_forward") or "FULL_SHARD").upper()
+            if str(fc.get("fsdp_version", 1)) == "2":       # issue 15: FSDP2 takes reshard_after_forward true/false
+                s = "SHARD_GRAD_OP" if str(fc.get("fsdp_reshard_after_forward")).lower() == "false" else "FULL_SHARD"
             name = {"FULL_SHARD": "fsdp-full", "SHARD_GRAD_OP": "fsdp-grad-op", "HYBRID_SHARD": "fsdp-hybrid",
                     "NO_SHARD": "fsdp-no-shard"}.get(s, "fsdp-full")
             off = "cpu" if fc.get("fsdp_offload_params") is True and name in ("fsdp-full", "fsdp-hybrid") else "none"
