@@ -183,11 +183,13 @@ def _deepspeed(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, s
                             "offload_param": _offload(strategy.offload_param, hw) if stage == 3 else None}
     preset = ("the HF integration's 'auto' values from hidden size %d" % arch.hidden_size
               if strategy.bucket_sizes == "auto" else "DeepSpeed's built-in defaults")
+    # issue 15: under AutoTP ZeRO shards over the data-parallel ranks only (world / autotp_size)
+    zero_world = hw.world_size // (parallel["autotp"] or 1) if parallel else hw.world_size
     why("zero_optimization.stage", stage, {
         0: "ZeRO-0: plain data parallel inside DeepSpeed, nothing sharded",
-        1: "ZeRO-1: optimizer states (with the fp32 master copy) sharded over the %d GPUs" % hw.world_size,
-        2: "ZeRO-2: optimizer states and gradients sharded over the %d GPUs" % hw.world_size,
-        3: "ZeRO-3: parameters, gradients and optimizer states sharded over the %d GPUs" % hw.world_size}[stage])
+        1: "ZeRO-1: optimizer states (with the fp32 master copy) sharded over the %d GPUs" % zero_world,
+        2: "ZeRO-2: optimizer states and gradients sharded over the %d GPUs" % zero_world,
+        3: "ZeRO-3: parameters, gradients and optimizer states sharded over the %d GPUs" % zero_world}[stage])
     why("zero_optimization.reduce_bucket_size", sizes.reduce_bucket_size, f"{preset}; the estimate counts this "
         "bucket")
     if stage in (1, 2):
