@@ -16,7 +16,8 @@ from typing import Any
 from ..errors import InputError
 from ..formatting import fmt_bytes
 from ..specs import GiB
-from .lint_parallel import ds_layout_world, lint_parallel_deepspeed, lint_parallelism_yaml   # issue 15
+from .lint_parallel import (ds_layout_fields, ds_layout_world, fsdp_layout_fields, lint_parallel_deepspeed,  # issue 15
+                            lint_parallelism_yaml)
 from .validate import (DS_IGNORED_WITH_FILE, ConfigFileError, EngineError, Finding, fill_auto, load_accelerate,
                        load_deepspeed, missing_dependency, parse_text, read_text, resolve_ds_path, schema_findings)
 
@@ -238,7 +239,8 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
         micro = mb or (p.micro_batch or 1)
         out += _fit("deepspeed", file, p, world=eff_world or 1, stage=stage, precision=precision or "bf16",
                     micro=micro, offload_optimizer=_dev(zero.get("offload_optimizer")),
-                    offload_param=_dev(zero.get("offload_param")) if stage == 3 else "none", zero=zero)
+                    offload_param=_dev(zero.get("offload_param")) if stage == 3 else "none", zero=zero,
+                    layout=ds_layout_fields(data))      # issue 15: AutoTP / Ulysses sizes of the JSON
 
     # An HF template without zero_optimization: plain DeepSpeed would run it as stage 0, but it cannot fill
     # "auto", and the HF Trainer / accelerate refuse it (accelerate/utils/dataclasses.py DeepSpeedPlugin:
@@ -366,8 +368,9 @@ def _dev(block: Any) -> str:
 
 def _fit(kind: str, file: str, p: Problem, *, world: int, stage: int | None = None, precision: str,
          micro: int, offload_optimizer: str = "none", offload_param: str = "none", zero: dict | None = None,
-         backend: str | None = None, fsdp_sharding: str | None = None) -> list[Finding]:
-    """Estimate the configuration for --model on the hardware; an error with the numbers when it does not fit."""
+         backend: str | None = None, fsdp_sharding: str | None = None, layout: dict | None = None) -> list[Finding]:
+    """Estimate the configuration for --model on the hardware; an error with the numbers when it does not fit.
+    ``layout``: the file's tp/sp/cp/dp_replicate sizes and FSDP version (StrategySpec field names, issue 15)."""
     from ..api import build_hardware, build_strategy, build_training
     from ..catalog.models import resolve_model
     from ..memory.buffers import deepspeed_sizes
@@ -390,10 +393,12 @@ def _fit(kind: str, file: str, p: Problem, *, world: int, stage: int | None = No
             if zero.get("reduce_bucket_size") == d.reduce_bucket_size:
                 preset = "default"
         name = f"zero{stage}"
-        strategy = build_strategy(hw, name, offload_optimizer, offload_param, preset)
-    else:
-        strategy = build_strategy(hw, backend, offload_optimizer, offload_param)
+    layout = dict(layout or {}, allow_cross_node_tp=True) if layout else {}
     try:
+        if kind == "deepspeed":
+            strategy = build_strategy(hw, name, offload_optimizer, offload_param, preset, **layout)
+        else:
+            strategy = build_strategy(hw, backend, offload_optimizer, offload_param, **layout)
         est = estimate_memory(model, hw, training, strategy)
     except InputError as exc:
         return [Finding("info", file, "", f"fit not checked: {exc}")]
@@ -401,6 +406,7 @@ def _fit(kind: str, file: str, p: Problem, *, world: int, stage: int | None = No
     what = (f"{model.name} ({est.model.parameters / 1e9:.2f}B parameters), {strategy.name}"
             + (f" + offload optimizer {offload_optimizer}" if offload_optimizer != "none" else "")
             + (f" + offload param {offload_param}" if offload_param != "none" else "")
+            + "".join(f" {k.replace('_size', '')} {v}" for k, v in layout.items() if k.endswith("_size"))
             + f", {precision}, micro-batch {micro} x seq {p.seq_len}, checkpointing {p.checkpointing}, "
               f"{hw.nodes} x {hw.gpus_per_node} GPUs")
     if total > cap:
@@ -539,7 +545,8 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
                     "NO_SHARD": "fsdp-no-shard"}.get(s, "fsdp-full")
             off = "cpu" if fc.get("fsdp_offload_params") is True and name in ("fsdp-full", "fsdp-hybrid") else "none"
             out += _fit("accelerate", file, p, world=w, precision=precision, micro=p.micro_batch or 1,
-                        offload_optimizer=off, offload_param=off, backend=name, fsdp_sharding=s)
+                        offload_optimizer=off, offload_param=off, backend=name, fsdp_sharding=s,
+                        layout=fsdp_layout_fields(data))     # issue 15: FSDP2 / parallelism_config sizes
         else:
             out += _fit("accelerate", file, p, world=w, precision=precision, micro=p.micro_batch or 1,
                         backend="single" if w == 1 else "ddp")

@@ -179,6 +179,31 @@ def _safe_arch(model: str | None):
         return None
 
 
+def ds_layout_fields(data: dict) -> dict | None:
+    """StrategySpec layout fields (tp_size, sp_size) of a DeepSpeed JSON, for the fit estimate; None if plain."""
+    tpb = data.get("tensor_parallel") if isinstance(data.get("tensor_parallel"), dict) else {}
+    tp, sp = _int(tpb.get("autotp_size")), _int(data.get("sequence_parallel_size"))
+    out = {"tp_size": tp} if tp and tp > 1 else {}
+    if sp and sp > 1:
+        out["sp_size"] = sp
+    return out or None
+
+
+def fsdp_layout_fields(data: dict) -> dict | None:
+    """StrategySpec layout fields of an accelerate FSDP YAML (fsdp_version, parallelism_config sizes); None if plain."""
+    fc = data.get("fsdp_config") if isinstance(data.get("fsdp_config"), dict) else {}
+    if str(fc.get("fsdp_version", 1)) != "2":
+        return None
+    out: dict[str, Any] = {"fsdp_version": 2}
+    block = data.get("parallelism_config")
+    if isinstance(block, dict):
+        s = pc_sizes(block)
+        for key in ("tp_size", "cp_size", "dp_replicate_size"):
+            if _int(s[key]) and s[key] > 1:
+                out[key] = s[key]
+    return out
+
+
 def ds_layout_world(data: dict, world: int | None) -> int | None:
     """The world DeepSpeed's batch arithmetic uses for this JSON (world / sequence_parallel_size)."""
     from .validate import ds_batch_world
