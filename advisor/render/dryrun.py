@@ -339,7 +339,7 @@ def file_layout(acc: dict, ds: dict | None) -> dict | None:
     lay = {"fsdp_version": 2 if fsdp2 else 1, "dp_replicate": s["dp_replicate_size"], "dp_shard": s["dp_shard_size"],
            "tp": s["tp_size"] if fsdp2 else 1, "cp": s["cp_size"] if fsdp2 else 1, "sp": sp,
            "autotp": autotp if isinstance(autotp, int) and autotp > 1 else None,
-           "sp_attn": s.get("sp_attn_implementation") or "sdpa"}
+           "sp_attn": s.get("sp_attn_implementation") or "sdpa", "block": bool(block)}
     if not fsdp2 and lay["autotp"] is None and sp == 1:
         return None
     if fsdp2 and not block:

@@ -286,8 +286,8 @@ def run(exp: dict, checks: Checks, timings: dict) -> None:
 
 def check_mesh(accelerator, layout: dict, checks: Checks) -> None:
     """accelerate's device mesh has the sizes the YAML's parallelism_config gives (FSDP2 layouts)."""
-    if layout.get("sp", 1) > 1 or layout.get("autotp"):
-        return      # DeepSpeed builds these groups itself
+    if layout.get("sp", 1) > 1 or layout.get("autotp") or not layout.get("block"):
+        return      # DeepSpeed builds these groups itself; FSDP2 without a parallelism_config has no named mesh
     mesh = accelerator.torch_device_mesh
     want = {k: layout[k] for k in ("dp_replicate", "dp_shard", "tp", "cp") if layout.get(k, 1) > 1}
     got = dict(zip(mesh.mesh_dim_names, mesh.mesh.shape)) if mesh is not None else {}
@@ -336,6 +336,8 @@ def check_layout(model, loader, layout: dict, exp: dict, checks: Checks, seq: in
                            setting="fsdp_config.fsdp_version"):
             return
         names = tuple(q.device_mesh.mesh_dim_names or ())
+        if not layout.get("block"):     # plain FSDP2: fully_shard's default 1-D mesh over the world, no names
+            names = ("dp_shard_cp",) if len(q.placements) == 1 else names
         shard_dims = [n for n in names if n.startswith("dp_shard")]
         want_names = (("dp_replicate",) if layout.get("dp_replicate", 1) > 1 else ()) + ("dp_shard_cp",)
         checks.eq("FSDP2 mesh of the parameters", names[:len(want_names)], want_names, file=yaml_file,
@@ -358,11 +360,13 @@ def check_layout(model, loader, layout: dict, exp: dict, checks: Checks, seq: in
         checks.eq("DeepSpeed autotp_size in effect", engine.autotp_size(), tp, file=ds_file,
                   setting="tensor_parallel.autotp_size")
         q, o = _first(engine.module, "q_proj.weight"), _first(engine.module, "o_proj.weight")
+        # under ZeRO-3 the parameter is a placeholder; ds_shape is the (tensor-parallel) shape ZeRO partitions
+        qs, os_ = tuple(getattr(q, "ds_shape", q.shape)), tuple(getattr(o, "ds_shape", o.shape))
         full = exp["proxy_model"]["hidden_size"]
-        checks.eq("AutoTP column shard: q_proj rows on this rank", tuple(q.shape)[0], full // tp, file=ds_file,
+        checks.eq("AutoTP column shard: q_proj rows on this rank", qs[0], full // tp, file=ds_file,
                   setting="tensor_parallel.autotp_size")
-        checks.eq("AutoTP row shard: o_proj columns on this rank", tuple(o.shape)[1], full // tp, file=ds_file,
-                  setting="tensor_parallel.autotp_size")
+        checks.eq("AutoTP row shard: o_proj columns on this rank", os_[1] if len(os_) > 1 else None, full // tp,
+                  file=ds_file, setting="tensor_parallel.autotp_size")
     sp = layout.get("sp", 1)
     if sp > 1:
         from deepspeed.runtime.sequence_parallel import parallel_state_sp as mpu
