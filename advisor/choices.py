@@ -18,3 +18,7 @@ StrategyName = Literal["single", "ddp", "zero0", "zero1", "zero2", "zero3",
                        "fsdp-full", "fsdp-grad-op", "fsdp-hybrid", "fsdp-no-shard"]
 BucketSizes = Literal["auto", "default"]
 Loss = Literal["plain", "chunked", "fused-linear"]
+
+# issue 16 (helper F): training frameworks and presets
+Framework = Literal["accelerate", "hf-trainer", "trl", "llamafactory", "axolotl"]
+Preset = Literal["lora", "qlora", "full", "z2-offload", "z3", "minimal"]
