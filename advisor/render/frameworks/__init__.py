@@ -38,6 +38,8 @@ def _yamlvalue(value: Any) -> str:
         return "\n" + "\n".join("  " + line for line in text.rstrip("\n").split("\n"))
     if isinstance(value, (dict, list, tuple)):
         return " {}" if isinstance(value, dict) else " []"
+    if isinstance(value, float):   # YAML 1.1 (PyYAML) reads 1e-05 as a string: its own spelling is 1.0e-05
+        return " " + yaml.safe_dump(value).split("\n")[0]
     return " " + to_yaml(value)
 
 
