@@ -67,7 +67,7 @@ def lint_file(path: str | Path, problem: Problem | None = None) -> list[Finding]
     text = read_text(path)
     from .frameworks.lint import lint_framework_file   # issue 16 (helper F): LLaMA-Factory/axolotl/HF/TRL files
 
-    if (framework := lint_framework_file(path, text, p)) is not None:
+    if (framework := lint_framework_file(path, text, p, lint_deepspeed)) is not None:
         return no_contradictions(framework)
     kind = _kind(path, text)
     if kind == "deepspeed":

@@ -8,35 +8,8 @@ import argparse
 from ...errors import InputError
 
 # flag dest -> the preset key it reads, and the flag's table default (a flag left at its default takes the preset)
-_PRESET_FLAGS = {"method": ("--method", "full"), "checkpointing": ("--checkpointing", None),
+_PRESET_FLAGS = {"method": ("--method", "full"), "checkpointing": ("--checkpointing", "none"),
                  "offload_optimizer": ("--offload-optimizer", "none"), "loss": ("--loss", "plain")}
-
-
-def presets() -> dict[str, dict]:
-    """Preset name -> its settings (advisor/data/presets.yaml)."""
-    from ...datafiles import load_data
-
-    return load_data("presets.yaml")["presets"]
-
-
-def preset_strategy(value: str, world: int) -> str:
-    """The strategy name a preset's ``strategy`` means for ``world`` GPUs."""
-    if value == "data-parallel":
-        return "single" if world == 1 else "ddp"
-    if value == "zero3-or-single":
-        return "single" if world == 1 else "zero3"
-    return value
-
-
-def preset_settings(name: str, world: int) -> dict:
-    """The flag values (by argparse dest) preset ``name`` sets for ``world`` GPUs."""
-    table = presets()
-    if name not in table:
-        raise InputError(f"unknown preset {name!r}; choose from {', '.join(table)}", field="--preset")
-    p = table[name]
-    out = {"method": p["method"], "checkpointing": p["checkpointing"], "strategy": preset_strategy(p["strategy"], world),
-           "offload_optimizer": p.get("offload_optimizer", "none"), "loss": p.get("loss", "plain")}
-    return out
 
 
 def apply_preset(args: argparse.Namespace) -> None:
@@ -44,6 +17,8 @@ def apply_preset(args: argparse.Namespace) -> None:
     name = getattr(args, "preset", None)
     if not name:
         return
+    from ...presets import preset_settings
+
     world = (args.gpus or 1) * (args.nodes or 1)
     for dest, value in preset_settings(name, world).items():
         current = getattr(args, dest, None)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ...catalog.models import ResolvedModel
 from ...errors import InputError
-from ...param_count import _NATIVE_NAMES, ALL_LINEAR, linear_shapes
+from ...param_count import ALL_LINEAR, native_lora_names
 from ...specs import HardwareSpec, StrategySpec, TrainingSpec
 from ..context import FSDP_LAYER_CLASSES
 
@@ -94,35 +94,26 @@ def model_id(model: ResolvedModel) -> tuple[str, bool]:
 
 
 def native_lora_targets(model: ResolvedModel, targets: tuple[str, ...]) -> tuple[str, ...]:
-    """LoRA targets as the model's own module names (what PEFT matches), from dsadvise's normalized names.
-
-    A normalized name that is not one module of the family (GPT-2's ``o_proj`` lives in ``c_proj`` together
-    with ``fc2``) would adapt more than was estimated: refused."""
+    """LoRA targets as the model's own module names (what PEFT matches), from dsadvise's normalized names
+    (:func:`advisor.param_count.native_lora_names`). A normalized name that is only part of a native module
+    (GPT-2's ``o_proj`` lives in ``c_proj`` with ``fc2``) would adapt more than was estimated: refused."""
     if tuple(targets) == (ALL_LINEAR,):
         return (ALL_LINEAR,)
     arch = model.architecture
-    native = _NATIVE_NAMES.get(arch.family, {})
-    back: dict[str, list[str]] = {}
-    for own, normalized in native.items():
-        for n in normalized:
-            back.setdefault(n, []).append(own)
+    native = native_lora_names(arch.family)
     out: list[str] = []
     for t in targets:
-        if t in native:                                  # already the family's own name
-            out.append(t)
-        elif t in back:
-            own = back[t][0]
-            if len(native[own]) != 1:
-                raise InputError(f"LoRA target {t!r} is part of {arch.family}'s {own!r}, which also holds "
-                                 f"{', '.join(n for n in native[own] if n != t)}: a framework adapts the whole "
-                                 f"module; give --lora-targets {own}", field="--lora-targets")
-            out.append(own)
-        elif t == "router" and arch.is_moe:
+        owners = [own for own, held in native.items() if t in held]
+        if t in native or not owners and t != "router":
+            out.append(t)                                # the family's own name, or the same name there
+        elif not owners:
             out.append("gate")                           # transformers names the MoE router `gate`
-        elif t in linear_shapes(arch) or t in ("project_in", "project_out"):
-            out.append(t)
+        elif len(native[owners[0]]) == 1:
+            out.append(owners[0])
         else:
-            out.append(t)                                # validated by the estimate already
+            raise InputError(f"LoRA target {t!r} is part of {arch.family}'s {owners[0]!r}, which also holds "
+                             f"{', '.join(n for n in native[owners[0]] if n != t)}: a framework adapts whole "
+                             f"modules; give --lora-targets {owners[0]}", field="--lora-targets")
     return tuple(dict.fromkeys(out))
 
 

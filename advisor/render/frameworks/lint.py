@@ -60,10 +60,9 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def lint_framework(data: dict, path: Path, kind: str, p) -> list[Finding]:
-    """Findings for one framework file (``p``: :class:`advisor.render.lint.Problem`)."""
-    from ..lint import lint_deepspeed
-
+def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list[Finding]:
+    """Findings for one framework file (``p``: :class:`advisor.render.lint.Problem`; ``lint_deepspeed``: lint.py's
+    DeepSpeed linter, for the file the framework points to)."""
     file = path.name
     out: list[Finding] = []
 
@@ -155,7 +154,7 @@ def lint_framework(data: dict, path: Path, kind: str, p) -> list[Finding]:
     return out
 
 
-def lint_framework_file(path: Path, text: str, p) -> list[Finding] | None:
+def lint_framework_file(path: Path, text: str, p, lint_deepspeed) -> list[Finding] | None:
     """Findings when ``path`` is a framework file, else None (lint.py goes on with its own kinds)."""
     fmt = "json" if path.suffix == ".json" or text.lstrip().startswith("{") else "yaml"
     try:
@@ -163,4 +162,4 @@ def lint_framework_file(path: Path, text: str, p) -> list[Finding] | None:
     except ConfigFileError:
         return None
     kind = framework_kind(data)
-    return None if kind is None else lint_framework(data, path, kind, p)
+    return None if kind is None else lint_framework(data, path, kind, p, lint_deepspeed)

@@ -106,7 +106,7 @@ def launch(run: Run) -> tuple[list[tuple[str, str, str]], list[str], list[str]]:
 
 def render(run: Run) -> dict[str, str]:
     """``llamafactory_train.yaml`` and ``launch_llamafactory.sh``."""
-    from . import render_launch, render_yaml
+    from .templating import render_launch, render_yaml
 
     sections = config(run)
     env, cmd, notes = launch(run)

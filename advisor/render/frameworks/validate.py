@@ -27,11 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..validate import Finding, Step, StepStatus, _finish, parse_text
+from ..validate import Finding, Step, StepStatus, parse_text
 
 CONFIG_FILES = {"hf-trainer": ("hf_trainer_args.yaml", "hf_model_args.yaml"), "trl": ("trl_sft.yaml",),
                 "llamafactory": ("llamafactory_train.yaml",), "axolotl": ("axolotl.yaml",)}
 CPU_NOTE = "use_cpu: true added for the parse only (TrainingArguments refuses bf16/fp16 without a GPU)"
+
+
+def _finish(step: Step, t0: float) -> Step:
+    step.seconds = time.perf_counter() - t0
+    if any(f.severity == "error" for f in step.findings) and step.status == StepStatus.PASS:
+        step.status = StepStatus.FAIL
+    return step
 
 
 def _first_line(exc: BaseException) -> str:
