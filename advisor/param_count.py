@@ -160,11 +160,6 @@ def lora_target_names(arch: Architecture) -> tuple[str, ...]:
     return (*linear_shapes(arch), *native_linear_names(arch.family), *_outside_linears(arch), ALL_LINEAR)
 
 
-def native_lora_names(family: str) -> dict[str, tuple[str, ...]]:
-    """A family's own linear module names -> the normalized names each holds ({} where they are the same)."""
-    return dict(_NATIVE_NAMES.get(family, {}))
-
-
 def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tuple[str, ...]) -> int:
     """Elements of the LoRA A and B matrices: rank × (in + out) per targeted linear, copies and layers.
 

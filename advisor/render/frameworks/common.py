@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ...catalog.models import ResolvedModel
 from ...errors import InputError
-from ...param_count import ALL_LINEAR, native_lora_names
+from ...param_count import ALL_LINEAR, native_linear_names
 from ...specs import HardwareSpec, StrategySpec, TrainingSpec
 from ..context import FSDP_LAYER_CLASSES
 
@@ -95,12 +95,12 @@ def model_id(model: ResolvedModel) -> tuple[str, bool]:
 
 def native_lora_targets(model: ResolvedModel, targets: tuple[str, ...]) -> tuple[str, ...]:
     """LoRA targets as the model's own module names (what PEFT matches), from dsadvise's normalized names
-    (:func:`advisor.param_count.native_lora_names`). A normalized name that is only part of a native module
+    (:func:`advisor.param_count.native_linear_names`). A normalized name that is only part of a native module
     (GPT-2's ``o_proj`` lives in ``c_proj`` with ``fc2``) would adapt more than was estimated: refused."""
     if tuple(targets) == (ALL_LINEAR,):
         return (ALL_LINEAR,)
     arch = model.architecture
-    native = native_lora_names(arch.family)
+    native = native_linear_names(arch.family)
     out: list[str] = []
     for t in targets:
         owners = [own for own, held in native.items() if t in held]
@@ -149,6 +149,11 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
     if training.method == "qlora" and strategy.backend == "deepspeed" and strategy.offload_param != "none":
         raise InputError(f"{where}: QLoRA's 4-bit weights cannot be offloaded by ZeRO-3 (offload_param)",
                          field="--offload-param")
+    layout = {k: getattr(strategy, k, 1) for k in ("tp_size", "sp_size", "cp_size", "dp_replicate_size")}
+    if any(v > 1 for v in layout.values()) or getattr(strategy, "fsdp_version", 1) != 1:
+        raise InputError(f"{where}: tensor / sequence / context parallel layouts and FSDP2 are written for accelerate "
+                         "only so far (the frameworks' own keys for them are not rendered): use --framework "
+                         "accelerate", field="--framework")
     mid, known = model_id(model)
     ckpt = training.activation_checkpointing == "full"
     return Run(framework=framework, model_id=mid, model_id_known=known, family=model.architecture.family,
