@@ -162,7 +162,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     est = estimate_memory(model, hw, training, strategy)
     if args.json:
         print(json.dumps({"out": str(args.out), "files": [p.name for p in written], "strategy": strategy.name,
-                          "gradient_accumulation_steps": gas, "recommended": rec is not None,
+                          "gradient_accumulation_steps": gas, "recommended": rec is not None, "framework": framework,
                           "fits": est.fits, "per_gpu_bytes": est.per_gpu.total,
                           "checks": [s.to_json() for s in steps],
                           "assumptions": list(getattr(args, "assumed", []))}, indent=2))

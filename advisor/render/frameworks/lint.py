@@ -81,10 +81,15 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
         for key in data:
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
-                verdict = ("axolotl ignores it" if kind == "axolotl" else
-                           f"{name}'s HfArgumentParser refuses it ('Some keys are not used')")
-                add("warning" if kind == "axolotl" else "error", key, f"unknown key ({source}): {verdict}"
-                    + (f" (did you mean {close[0]!r}?)" if close else ""))
+                if kind == "axolotl":
+                    add("warning", key, f"unknown key ({source}): axolotl ignores it"
+                        + (f" (did you mean {close[0]!r}?)" if close else ""))
+                elif close:   # a misspelling: the HfArgumentParser refuses it ('Some keys are not used')
+                    add("error", key, f"unknown key ({source}): {name}'s argument parser refuses it (did you mean "
+                        f"{close[0]!r}?)")
+                else:         # TrainingArguments' keys change between transformers versions (warmup_ratio, ...)
+                    add("warning", key, f"not a key of {source}: {name}'s argument parser refuses it unless your "
+                        "transformers version's TrainingArguments has it")
 
     micro_key = "micro_batch_size" if kind == "axolotl" else "per_device_train_batch_size"
     micro = _int(data.get(micro_key, 1 if kind == "axolotl" else 8))   # TrainingArguments' default is 8
@@ -141,8 +146,9 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
         four_bit = data.get("load_in_4bit") is True or q.get("load_in_4bit") is True
         storage = data.get("bnb_4bit_quant_storage") or q.get("bnb_4bit_quant_storage") or \
             bnb.get("bnb_4bit_quant_storage")
-        if four_bit and sharded and not storage:
-            add("warning" if kind == "axolotl" else "error", "bnb_4bit_quant_storage",
+        # axolotl sets bnb_4bit_quant_storage itself for qlora (src/axolotl/loaders/model.py), like LLaMA-Factory
+        if four_bit and sharded and not storage and kind != "axolotl":
+            add("error", "bnb_4bit_quant_storage",
                 f"4-bit weights with {where} need bnb_4bit_quant_storage set to the compute dtype (e.g. bfloat16): "
                 "stored as uint8 they are not sharded, each GPU keeps a whole copy (transformers' FSDP-QLoRA / "
                 "DeepSpeed ZeRO-3 QLoRA docs)")
