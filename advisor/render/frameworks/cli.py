@@ -40,4 +40,12 @@ def framework_files(framework: str, model, hw, training, strategy, gas: int, fil
 
     extra = render_framework(model, hw, training, strategy, framework, gradient_accumulation_steps=gas,
                              main_process_ip=args.main_process_ip, main_process_port=args.main_process_port)
+    if "README.md" in files:
+        launch = next(n for n in extra if n.startswith("launch_"))
+        lines = [f"\n## {framework} files\n", "The estimated settings, in the framework's own keys "
+                 "(docs/frameworks.md says where each goes):\n"]
+        lines += [f"- `{name}`" for name in extra]
+        lines.append(f"\nLaunch: `./{launch}`." + (" ds_config.json's batch sizes are \"auto\": the framework's "
+                     "Trainer fills them from its own keys." if "ds_config.json" in files else "") + "\n")
+        extra = {**extra, "README.md": files["README.md"] + "\n".join(lines)}
     return extra, validate_framework_files({**files, **extra}, framework)

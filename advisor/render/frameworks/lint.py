@@ -94,6 +94,7 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
     micro_key = "micro_batch_size" if kind == "axolotl" else "per_device_train_batch_size"
     micro = _int(data.get(micro_key, 1 if kind == "axolotl" else 8))   # TrainingArguments' default is 8
     gas = _int(data.get("gradient_accumulation_steps", 1))
+    p = run_problem(data, kind, p)        # the fit checks use what the file launches
 
     # DeepSpeed file
     ds_ref, ds, stage = data.get("deepspeed"), None, None
@@ -129,6 +130,8 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
                 f"the DeepSpeed file fixes train_batch_size {tb}: write \"auto\" there")
 
     fsdp = bool(data.get("fsdp")) or (kind == "axolotl" and bool(data.get("fsdp_config")))
+    if ds is None and p.model and (p.vram or p.gpu):
+        out += _fit(data, file, p, fsdp)
     sharded = stage == 3 or fsdp
     where = "ZeRO-3" if stage == 3 else "FSDP"
     if kind == "llamafactory":
@@ -158,6 +161,77 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
             add("error", "gradient_checkpointing", "true together with fsdp_config.activation_checkpointing: the "
                 "Trainer refuses both ('can't be set to True simultaneously'); keep the FSDP one")
     return out
+
+
+def _fit(data: dict, file: str, p, fsdp: bool) -> list[Finding]:
+    """Without DeepSpeed (whose file lint.py estimates): the run this file launches, estimated for --model on
+    the given hardware (advisor.api.estimate); an error with the numbers when it does not fit."""
+    from ...api import estimate
+    from ...errors import InputError
+    from ...formatting import fmt_bytes
+
+    world = p.world or 1
+    words = str(data.get("fsdp", "")).lower() if not isinstance(data.get("fsdp"), list) else \
+        " ".join(data["fsdp"]).lower()
+    strategy = ("fsdp-grad-op" if "shard_grad_op" in words else "fsdp-hybrid" if "hybrid" in words else "fsdp-full") \
+        if fsdp else ("single" if world == 1 else "ddp")
+    offload = "cpu" if fsdp and ("offload" in words or (data.get("fsdp_config") or {}).get("offload_params")) else "none"
+    precision = "bf16" if data.get("bf16") in (True, "auto") or data.get("pure_bf16") else \
+        "fp16" if data.get("fp16") is True else "fp32"
+    lora: dict[str, Any] = {}
+    rank = _int(data.get("lora_rank", data.get("lora_r")))
+    if rank:
+        lora["lora_rank"] = rank
+    targets = data.get("lora_target", data.get("lora_target_modules"))
+    if isinstance(targets, str) and targets not in ("all", "all-linear"):
+        lora["lora_targets"] = tuple(t.strip() for t in targets.split(",") if t.strip())
+    elif isinstance(targets, list) and targets and targets != ["all-linear"]:
+        lora["lora_targets"] = tuple(str(t) for t in targets)
+    try:
+        est = estimate(p.model, gpus=p.gpus or 1, nodes=p.nodes or 1, vram=p.vram, gpu=p.gpu, cpu_ram=p.cpu_ram,
+                       seq_len=p.seq_len, micro_batch=p.micro_batch or 1, precision=precision, method=p.method,
+                       checkpointing=p.checkpointing, strategy=strategy, offload_optimizer=offload, offload_param=offload,
+                       **(lora if p.method in ("lora", "qlora") else {}))
+    except InputError as exc:
+        return [Finding("info", file, "", f"fit not checked: {exc}")]
+    total, cap = est.per_gpu.total, est.hardware.vram_bytes
+    what = (f"{est.model.name}, {strategy}, {precision}, {p.method}, micro-batch {p.micro_batch or 1} x seq {p.seq_len}, "
+            f"checkpointing {p.checkpointing}, {world} GPU(s)")
+    if not est.fits:
+        return [Finding("error", file, "", f"does not fit: {what} needs about {fmt_bytes(total)} per GPU of "
+                        f"{fmt_bytes(cap)}; try `dsadvise presets` or `dsadvise recommend`")]
+    return [Finding("info", file, "", f"fits: {what} needs about {fmt_bytes(total)} per GPU of {fmt_bytes(cap)}")]
+
+
+# sequence-length key and its framework default (LLaMA-Factory cutoff_len 2048, axolotl sequence_len 512,
+# TRL max_length 1024: their argument classes)
+_SEQ = {"llamafactory": ("cutoff_len", 2048), "axolotl": ("sequence_len", 512), "trl": ("max_length", 1024)}
+
+
+def run_problem(data: dict, kind: str, p):
+    """``p`` with the micro-batch, sequence length, checkpointing and method the framework file sets."""
+    import dataclasses
+
+    micro = _int(data.get("micro_batch_size" if kind == "axolotl" else "per_device_train_batch_size"))
+    update: dict[str, Any] = {"micro_batch": micro or p.micro_batch}
+    if kind in _SEQ:
+        key, default = _SEQ[kind]
+        update["seq_len"] = _int(data.get(key)) or default
+    if kind == "llamafactory":
+        update["checkpointing"] = "none" if data.get("disable_gradient_checkpointing") is True else "full"
+        ft = data.get("finetuning_type", "lora")
+        update["method"] = ("qlora" if data.get("quantization_bit") == 4 else "lora") if ft == "lora" else \
+            (ft if ft in ("full", "freeze") else p.method)
+    else:
+        update["checkpointing"] = "full" if data.get("gradient_checkpointing") in (True, "offload") else "none"
+        four_bit = data.get("load_in_4bit") is True
+        if kind == "axolotl" and data.get("adapter") in ("lora", "qlora"):
+            update["method"] = "qlora" if four_bit else "lora"
+        elif kind == "trl" and data.get("use_peft") is True:
+            update["method"] = "qlora" if four_bit else "lora"
+        elif kind in ("axolotl", "trl"):
+            update["method"] = "full"
+    return dataclasses.replace(p, **update)
 
 
 def lint_framework_file(path: Path, text: str, p, lint_deepspeed) -> list[Finding] | None:

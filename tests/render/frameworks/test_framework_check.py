@@ -95,3 +95,19 @@ def test_hf_args_json_checkpointing_twice_under_fsdp(tmp_path):
             "gradient_checkpointing": True, "fsdp": "full_shard auto_wrap",
             "fsdp_config": {"activation_checkpointing": True}}
     assert ("error", "gradient_checkpointing") in _findings(tmp_path, "args.json", json.dumps(args))
+
+
+@pytest.mark.parametrize("framework", ["llamafactory", "trl", "axolotl"])
+def test_check_estimates_what_the_framework_file_launches(framework_rendered, tmp_path, framework):
+    """The fit check reads micro-batch, sequence length, checkpointing, method and LoRA settings from the file:
+    it estimates the same bytes as the generating command's estimate."""
+    from advisor.api import estimate
+    from advisor.formatting import fmt_bytes
+
+    *_, files = framework_rendered[("llama-2-7b-1x24g-lora", framework)]
+    _write(tmp_path, files)
+    findings = lint_file(tmp_path / CONFIG[framework], Problem(gpus=1, model="llama-2-7b", vram=24, engines=False))
+    est = estimate("llama-2-7b", gpus=1, vram=24, strategy="single", method="lora", lora_rank=8,
+                   lora_targets=("q_proj", "v_proj"), checkpointing="full", micro_batch=2, seq_len=1024)
+    fit = [f.message for f in findings if f.message.startswith("fits:")]
+    assert fit and f"needs about {fmt_bytes(est.per_gpu.total)} per GPU" in fit[0]
