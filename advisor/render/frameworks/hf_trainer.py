@@ -36,11 +36,14 @@ def training_arguments(run: Run, *, output_dir: str = "output") -> list[tuple[st
         ("logging_steps", 10, ""),
         ("report_to", "none", ""),
     ]
-    if run.precision == "bf16" or (run.precision == "pure-bf16" and run.deepspeed):
-        items.append(("bf16", True, "bf16 mixed precision, as estimated" if run.precision == "bf16" else
-                      "pure bf16: ds_config.json keeps no fp32 master copy (bf16_master_weights_and_grads)"))
-    elif run.precision == "fp16":
-        items.append(("fp16", True, "fp16 mixed precision with loss scaling, as estimated"))
+    # both written out: TRL's SFTConfig turns bf16 on when it is not given (trl/trainer/sft_config.py)
+    bf16 = run.precision == "bf16" or (run.precision == "pure-bf16" and bool(run.deepspeed))
+    items.append(("bf16", bf16, "bf16 mixed precision, as estimated" if run.precision == "bf16" else
+                  "pure bf16: ds_config.json keeps no fp32 master copy (bf16_master_weights_and_grads)" if bf16 else
+                  "pure bf16: the weights are loaded in bfloat16 (dtype), no autocast" if run.precision == "pure-bf16"
+                  else "" if run.precision == "fp16" else "fp32, as estimated"))
+    items.append(("fp16", run.precision == "fp16", "fp16 mixed precision with loss scaling, as estimated"
+                  if run.precision == "fp16" else ""))
     ckpt = run.checkpointing and not fsdp
     items.append(("gradient_checkpointing", ckpt, "every decoder layer recomputed in backward, as estimated" if ckpt
                   else ("FSDP checkpoints the wrapped layers (fsdp_config.activation_checkpointing)" if fsdp and
