@@ -4,7 +4,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE"
-# llamafactory-cli starts torchrun (required with DeepSpeed)
+# llamafactory-cli starts torchrun with exactly these processes (required with DeepSpeed; without it, it takes every visible GPU)
 export FORCE_TORCHRUN=1
 export NNODES=1
 export NPROC_PER_NODE=4
