@@ -30,6 +30,8 @@ OFFLOAD: tuple[str, ...] = get_args(choices.OffloadTarget)
 STRATEGIES: tuple[str, ...] = get_args(choices.StrategyName)
 BUCKET_SIZES: tuple[str, ...] = get_args(choices.BucketSizes)
 FSDP_VERSIONS: tuple[int, ...] = get_args(choices.FsdpVersion)    # issue 15
+FRAMEWORKS: tuple[str, ...] = get_args(choices.Framework)     # issue 16 (helper F)
+PRESETS: tuple[str, ...] = get_args(choices.Preset)           # issue 16 (helper F)
 
 
 # ---------------------------------------------------------------- argument types (shared with the wizard)
@@ -217,6 +219,12 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--no-collectives", "skip the all-reduce / all-gather measurement", action="store_true"),
     Flag("--no-deepspeed-adam", "skip DeepSpeedCPUAdam (its first use JIT-compiles an op for minutes)",
          action="store_true"),
+    # issue 16 (helper F): training frameworks and presets
+    Flag("--framework", "also write that framework's own config (LLaMA-Factory YAML, HF Trainer / TRL arguments, "
+         "axolotl YAML) carrying the estimated settings (default accelerate: no extra file)", choices=FRAMEWORKS,
+         default="accelerate", spec_fields=("framework",)),
+    Flag("--preset", "LLaMA-Factory-style preset: sets method, strategy, offload and checkpointing unless given "
+         "(see docs/frameworks.md)", choices=PRESETS),
 )
 
 # Spec field -> the flag users know it by, so that API errors name what they typed.
