@@ -25,6 +25,7 @@ def register(sub) -> None:
                                    "the recommender picks the configuration.")
     flags.add_problem_flags(p, with_strategy=True)
     p.set_defaults(checkpointing=None)
+    flags.add(p, ("--prompt-len",))   # --task infer (advisor/cli/infer.py)
     flags.add(p.add_argument_group("output"),
               ("--out", "--force", "--hf-trainer", "--main-process-ip", "--main-process-port", "--no-engine-check"),
               out={"required": True})
@@ -119,6 +120,10 @@ def plan(args):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.task == "infer":
+        from .infer import cmd_generate_infer
+
+        return cmd_generate_infer(args)
     from ..formatting import fmt_bytes
     from ..render.render import render_files
     from ..render.validate import StepStatus, errors_of, validate_files
