@@ -111,13 +111,11 @@ def placement_step(folder: Path, manifest: dict) -> Step:
     return step
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float, log: Path) -> tuple[int, bool]:
-    from .dryrun import wait_owned
-
-    with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.Popen(cmd, cwd=str(cwd), env=_env(), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        return wait_owned(proc, max(timeout, 5))
+def _start(cmd: list[str], cwd: Path, stdout: Path, stderr: Path) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of its own process group (one killpg ends it and its workers)."""
+    with open(stdout, "w", encoding="utf-8") as out, open(stderr, "w", encoding="utf-8") as err:
+        return subprocess.Popen(cmd, cwd=str(cwd), env=_env(), stdout=out,
+                                stderr=subprocess.STDOUT if stdout == stderr else err, start_new_session=True)
 
 
 def _fail(step: Step, file: str, message: str, log: Path | None = None) -> Step:
@@ -129,68 +127,76 @@ def _fail(step: Step, file: str, message: str, log: Path | None = None) -> Step:
     return step
 
 
-def device_map_step(folder: Path, work: Path, model_dir: Path, prompts: Path, timeout: float) -> Step:
-    """Run infer_device_map.py --cpu on the proxy: one JSON line per prompt."""
-    t0 = time.perf_counter()
+class _Launch:
+    """One launched script: its process, and how to turn its outputs into a Step."""
+
+    def __init__(self, step: Step, file: str, proc: subprocess.Popen, log: Path, collect):
+        self.step, self.file, self.proc, self.log, self.collect = step, file, proc, log, collect
+        self.t0 = time.perf_counter()
+
+    def finish(self, timeout: float) -> Step:
+        from .dryrun import wait_owned
+
+        rc, timed_out = wait_owned(self.proc, max(timeout, 5))
+        self.step.seconds = time.perf_counter() - self.t0
+        file = self.file
+        if timed_out:
+            return _fail(self.step, file, f"timed out after {timeout:.0f} s", self.log)
+        if rc != 0:
+            return _fail(self.step, file, f"exited {rc}", self.log)
+        return self.collect(self.step)
+
+
+def start_device_map(folder: Path, work: Path, model_dir: Path, prompts: Path) -> _Launch:
+    """Start infer_device_map.py --cpu on the proxy; it must print one JSON line per prompt."""
     step = Step("launch device_map=\"auto\" on CPU (infer_device_map.py --cpu)")
-    log = work / "device_map.log"
-    out = work / "device_map.jsonl"
+    log, out = work / "device_map.log", work / "device_map.jsonl"
     cmd = [sys.executable, str(folder / "infer_device_map.py"), "--model", str(model_dir), "--prompts-file",
            str(prompts), "--cpu", "--max-new-tokens", str(NEW_TOKENS), "--batch-size", "4"]
-    with open(out, "w", encoding="utf-8") as fh_out:
-        with open(log, "w", encoding="utf-8") as fh_err:
-            from .dryrun import wait_owned
 
-            proc = subprocess.Popen(cmd, cwd=str(folder), env=_env(), stdout=fh_out, stderr=fh_err,
-                                    start_new_session=True)
-            rc, timed_out = wait_owned(proc, max(timeout, 5))
-    step.seconds = time.perf_counter() - t0
-    if timed_out:
-        return _fail(step, "infer_device_map.py", f"timed out after {timeout:.0f} s", log)
-    if rc != 0:
-        return _fail(step, "infer_device_map.py", f"exited {rc}", log)
-    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines() if x.strip().startswith("{")]
-    got = sorted(r["index"] for r in rows)
-    if got != list(range(len(PROMPTS))):
-        return _fail(step, "infer_device_map.py", f"outputs for prompts {got}, expected 0..{len(PROMPTS) - 1}")
-    placed = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.startswith("placed on:")]
-    step.detail = f"{len(rows)} prompts generated; {placed[-1] if placed else ''}".rstrip("; ")
-    return step
+    def collect(step: Step) -> Step:
+        rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines() if x.strip().startswith("{")]
+        got = sorted(r["index"] for r in rows)
+        if got != list(range(len(PROMPTS))):
+            return _fail(step, "infer_device_map.py", f"outputs for prompts {got}, expected 0..{len(PROMPTS) - 1}")
+        placed = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.startswith("placed on:")]
+        step.detail = f"{len(rows)} prompts generated; {placed[-1] if placed else ''}".rstrip("; ")
+        return step
+
+    return _Launch(step, "infer_device_map.py", _start(cmd, folder, out, log), log, collect)
 
 
-def replicas_step(folder: Path, work: Path, model_dir: Path, prompts: Path, planned: int, timeout: float) -> Step:
-    """accelerate launch 2 CPU processes of infer_replicas.py: each writes its shard, together every prompt once."""
+def start_replicas(folder: Path, work: Path, model_dir: Path, prompts: Path, planned: int) -> _Launch:
+    """Start 2 CPU processes of infer_replicas.py under accelerate launch (gloo); each must write its own shard,
+    together every prompt once."""
     from .dryrun import _accelerate_cmd, _free_port
 
-    t0 = time.perf_counter()
     procs = 2
     step = Step(f"launch replicas on CPU (accelerate launch --num_processes {procs} infer_replicas.py)")
-    log = work / "replicas.log"
-    out_dir = work / "replicas"
+    log, out_dir = work / "replicas.log", work / "replicas"
     cmd = _accelerate_cmd() + ["--multi_gpu", "--num_processes", str(procs), "--num_machines", "1",
                                "--mixed_precision", "no", "--dynamo_backend", "no",
                                "--main_process_port", str(_free_port()), str(folder / "infer_replicas.py"),
                                "--model", str(model_dir), "--prompts-file", str(prompts), "--out-dir", str(out_dir),
                                "--max-new-tokens", str(NEW_TOKENS), "--batch-size", "2", "--cpu"]
-    rc, timed_out = _run(cmd, folder, timeout, log)
-    step.seconds = time.perf_counter() - t0
-    if timed_out:
-        return _fail(step, "infer_replicas.py", f"timed out after {timeout:.0f} s", log)
-    if rc != 0:
-        return _fail(step, "infer_replicas.py", f"accelerate launch exited {rc}", log)
-    shards = {}
-    for r in range(procs):
-        path = out_dir / f"rank{r}.jsonl"
-        if not path.is_file():
-            return _fail(step, "infer_replicas.py", f"rank {r} wrote no {path.name}", log)
-        shards[r] = [json.loads(x)["index"] for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    every = sorted(i for s in shards.values() for i in s)
-    if every != list(range(len(PROMPTS))) or any(not s for s in shards.values()):
-        return _fail(step, "infer_replicas.py", f"shards {shards}: expected every prompt once, split over both ranks")
-    step.detail = "; ".join(f"rank {r}: prompts {s}" for r, s in shards.items())
-    if planned != procs:
-        step.detail += f"; overrides: num_processes {planned} -> {procs}"
-    return step
+
+    def collect(step: Step) -> Step:
+        shards = {}
+        for r in range(procs):
+            path = out_dir / f"rank{r}.jsonl"
+            if not path.is_file():
+                return _fail(step, "infer_replicas.py", f"rank {r} wrote no {path.name}", log)
+            shards[r] = [json.loads(x)["index"] for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        every = sorted(i for s in shards.values() for i in s)
+        if every != list(range(len(PROMPTS))) or any(not s for s in shards.values()):
+            return _fail(step, "infer_replicas.py", f"shards {shards}: expected every prompt once, split over both "
+                                                    "ranks")
+        step.detail = "; ".join(f"rank {r}: prompts {s}" for r, s in shards.items())
+        if planned != procs:
+            step.detail += f"; overrides: num_processes {planned} -> {procs}"
+        return step
+
+    return _Launch(step, "infer_replicas.py", _start(cmd, folder, log, log), log, collect)
 
 
 def dry_run_infer(folder: Path, *, timeout: float, gpu: bool, keep: str | None):
@@ -236,11 +242,22 @@ def dry_run_infer(folder: Path, *, timeout: float, gpu: bool, keep: str | None):
         deadline = start + timeout
         if "infer_device_map.py" in scripts:
             report.steps.append(placement_step(folder, manifest))
-            report.steps.append(device_map_step(folder, work, model_dir, prompts, deadline - time.perf_counter()))
-        if "infer_replicas.py" in scripts:
-            planned = int(manifest.get("hardware", {}).get("gpus_per_node", 2))
-            report.steps.append(replicas_step(folder, work, model_dir, prompts, planned,
-                                              deadline - time.perf_counter()))
+        # both layouts run at the same time (their own process groups); either is ended on a timeout or Ctrl+C
+        launches: list[_Launch] = []
+        try:
+            if "infer_device_map.py" in scripts:
+                launches.append(start_device_map(folder, work, model_dir, prompts))
+            if "infer_replicas.py" in scripts:
+                planned = int(manifest.get("hardware", {}).get("gpus_per_node", 2))
+                launches.append(start_replicas(folder, work, model_dir, prompts, planned))
+            for launch in launches:
+                report.steps.append(launch.finish(deadline - time.perf_counter()))
+        finally:
+            from .dryrun import _kill_group
+
+            for launch in launches:
+                if launch.proc.poll() is None:
+                    _kill_group(launch.proc)
         if keep:
             dest = Path(keep)
             dest.mkdir(parents=True, exist_ok=True)
