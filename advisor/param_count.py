@@ -30,14 +30,13 @@ from advisor.errors import InputError, did_you_mean
 
 ALL_LINEAR = "all-linear"
 
-# Module names as the families spell them, mapped to the normalized names above (for LoRA targets).
-_NATIVE_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
-    "gpt2": {"c_attn": ("qkv_proj",), "c_proj": ("o_proj", "fc2"), "c_fc": ("fc1",)},
-    "opt": {"out_proj": ("o_proj",)},
-    "mixtral": {"gate": ("router",), "w1": ("gate_proj",), "w3": ("up_proj",), "w2": ("down_proj",)},
-    **{fam: {"query_key_value": ("qkv_proj",), "dense": ("o_proj",),
-             "dense_h_to_4h": ("fc1",), "dense_4h_to_h": ("fc2",)} for fam in ("falcon", "bloom", "gpt_neox")},
-}
+
+def native_linear_names(model_type: str) -> dict[str, tuple[str, ...]]:
+    """Module names as ``model_type`` spells them → normalized names (its family module's
+    ``native_linear_names``, advisor/families); empty for families without a module."""
+    from advisor.families import family, has_family
+
+    return dict(family(model_type).native_linear_names) if has_family(model_type) else {}
 
 
 class ParameterCounts(BaseModel):
@@ -158,7 +157,7 @@ def _outside_linears(arch: Architecture) -> dict[str, tuple[int, int]]:
 
 def lora_target_names(arch: Architecture) -> tuple[str, ...]:
     """The LoRA target names ``arch`` accepts: normalized names, the family's own names, ``all-linear``."""
-    return (*linear_shapes(arch), *_NATIVE_NAMES.get(arch.family, {}), *_outside_linears(arch), ALL_LINEAR)
+    return (*linear_shapes(arch), *native_linear_names(arch.family), *_outside_linears(arch), ALL_LINEAR)
 
 
 def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tuple[str, ...]) -> int:
@@ -177,7 +176,7 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
 
         return traced_lora_trainable(arch, rank, tuple(target_modules))
     shapes = linear_shapes(arch)
-    native = _NATIVE_NAMES.get(arch.family, {})
+    native = native_linear_names(arch.family)
     outside = _outside_linears(arch)
     chosen: set[str] = set()
     chosen_outside: set[str] = set()

@@ -92,8 +92,14 @@ def plan(args):
     if args.strategy is not None:
         training = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none",
                                   **train_kw)
-        strategy = build_strategy(hw, args.strategy, args.offload_optimizer, args.offload_param, args.bucket_sizes)
-        gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
+        from ..api import layout_fields
+        from ..layout import check_layout, data_parallel_size
+
+        strategy = build_strategy(hw, args.strategy, args.offload_optimizer, args.offload_param, args.bucket_sizes,
+                                  **layout_fields(**flags.layout_kwargs(args)))
+        check_layout(model.architecture, hw, training, strategy)      # issue 15
+        gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size,
+                                    data_parallel_size(hw, strategy))
         return model, hw, training, strategy, gas, None
     if args.offload_optimizer != "none" or args.offload_param != "none":
         raise InputError("--offload-* needs --strategy (without it the recommender decides offload)",

@@ -23,6 +23,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     est = estimate(args.model, checkpointing=args.checkpointing, strategy=args.strategy,
                    offload_optimizer=args.offload_optimizer, offload_param=args.offload_param,
                    bucket_sizes=args.bucket_sizes, prompt_len=args.prompt_len,
-                   sub_group_size=args.sub_group_size, profile=flags.profile(args), **flags.problem_kwargs(args))
+                   sub_group_size=args.sub_group_size, profile=flags.profile(args), **flags.problem_kwargs(args),
+                   **flags.layout_kwargs(args))
     print(json.dumps(est.to_json_dict(), indent=2) if args.json else render_estimate(est))
     return exit_codes.OK

@@ -29,6 +29,7 @@ TASKS: tuple[str, ...] = get_args(choices.Task)
 OFFLOAD: tuple[str, ...] = get_args(choices.OffloadTarget)
 STRATEGIES: tuple[str, ...] = get_args(choices.StrategyName)
 BUCKET_SIZES: tuple[str, ...] = get_args(choices.BucketSizes)
+FSDP_VERSIONS: tuple[int, ...] = get_args(choices.FsdpVersion)    # issue 15
 
 
 # ---------------------------------------------------------------- argument types (shared with the wizard)
@@ -167,6 +168,19 @@ FLAGS: dict[str, Flag] = _flags(
          wizard_field="strategy"),
     Flag("--bucket-sizes", "DeepSpeed buckets: HF 'auto' sizes from hidden size, or DeepSpeed defaults",
          choices=BUCKET_SIZES, default="auto", spec_fields=("bucket_sizes",)),
+    # issue 15: tensor / sequence / context parallel layouts (advisor/layout.py checks them)
+    Flag("--tp", "tensor-parallel degree: DeepSpeed AutoTP or FSDP2 + TP (within a node; default 1)", positive_int,
+         default=1, spec_fields=("tp_size",)),
+    Flag("--sp", "Ulysses/ALST sequence-parallel degree (DeepSpeed --strategy zero*; default 1)", positive_int,
+         default=1, spec_fields=("sp_size",)),
+    Flag("--cp", "context-parallel degree, ring attention (FSDP2: --strategy fsdp-* --fsdp-version 2; default 1)",
+         positive_int, default=1, spec_fields=("cp_size",)),
+    Flag("--dp-replicate", "HSDP replicas of the FSDP2 shard group (default 1)", positive_int, default=1,
+         spec_fields=("dp_replicate_size",)),
+    Flag("--fsdp-version", "FSDP generation for --strategy fsdp-* (2 = fully_shard, needed by --cp/--tp with FSDP; "
+         "default 1)", int, choices=FSDP_VERSIONS, default=1, spec_fields=("fsdp_version",)),
+    Flag("--allow-cross-node-tp", "let --tp exceed the GPUs of one node (all-reduces over the network)",
+         action="store_true", spec_fields=("allow_cross_node_tp",)),
     Flag("--json", "print one JSON object (sizes in bytes)", action="store_true"),
     Flag("--profile", "use the rates `dsadvise calibrate` measured (a profile YAML) for step times and speeds",
          metavar="PATH"),
@@ -228,6 +242,7 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant")
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
+LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 
 
 def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> None:
@@ -243,6 +258,7 @@ def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> Non
     add(p.add_argument_group("training"), TRAINING_FLAGS, **training_overrides)
     if with_strategy:
         add(p.add_argument_group("strategy"), STRATEGY_FLAGS)
+        add(p.add_argument_group("parallel layout"), LAYOUT_FLAGS)
     add(p, ("--json",))
 
 
@@ -266,3 +282,11 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 attention=args.attention, freeze_layers=args.freeze_layers, loss=args.loss,
                 loss_chunks=args.loss_chunks, offload_activations=args.offload_activations,
                 expandable_segments=args.expandable_segments, double_quant=not args.no_double_quant)
+
+
+def layout_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`advisor.api.estimate` the layout flags give (issue 15; defaults when a
+    command has no such flags)."""
+    return dict(tp=getattr(args, "tp", 1), sp=getattr(args, "sp", 1), cp=getattr(args, "cp", 1),
+                dp_replicate=getattr(args, "dp_replicate", 1), fsdp_version=getattr(args, "fsdp_version", 1),
+                allow_cross_node_tp=getattr(args, "allow_cross_node_tp", False))

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
+
+from ..datacache import computed
 
 K_MIN_BLOCK = 512                 # kMinBlockSize
 K_SMALL_SIZE = 1 << 20            # kSmallSize: largest small-pool request, 1 MiB
@@ -616,6 +618,7 @@ def _persistent_stats(outside: tuple[int, ...], per_layer: tuple[int, ...], laye
 
 
 @lru_cache(maxsize=4096)
+@computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _churn_stats(arch, trace_training, mode: str, ckpt: str, layers: int, layout: StateLayout,
                  expandable: bool, capacity: int | None = None) -> AllocatorStats:
     """The step's allocations and frees (activations, gradients formed in backward, lazy optimizer states,

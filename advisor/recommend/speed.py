@@ -6,15 +6,20 @@ memory :class:`advisor.estimate_result.Estimate`, from the step-time model (:mod
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..batching import gradient_accumulation
 from ..catalog.models import ResolvedModel
+from ..layout import data_parallel_size
 from ..memory.inference import weight_bytes_for_inference
 from ..param_count import count_parameters
 from ..estimate_result import Estimate
-from ..profile import MachineProfile
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .step_time import (GENERIC_GPU_NOTE, generic_gpu, inference_speed, rates_for, step_time_assumptions,
                         training_step_time)
+
+if TYPE_CHECKING:  # annotations only: the profile model is built when a profile is loaded
+    from ..profile import MachineProfile
 
 
 def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec,
@@ -33,7 +38,8 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
                                   weight_bytes=weights, attention=training.attention, profile=profile)
                   for lay in est.inference]
         return est.model_copy(update={"inference_speed": speeds, "notes": list(est.notes) + notes})
-    gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
+    gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size,
+                                data_parallel_size(hw, strategy))   # tp/sp/cp ranks share a batch
     st = training_step_time(arch, counts, est.model.trainable_parameters, hw, gpu, strategy,
                             precision=training.precision, method=training.method,
                             checkpointing=training.activation_checkpointing, micro_batch=training.micro_batch_size,

@@ -38,13 +38,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from ..architecture import Architecture
 from ..datafiles import load_data
 from ..estimate_result import InferenceSpeed, StepTime
 from ..param_count import ParameterCounts
-from ..profile import MachineProfile
 from ..specs import GiB, GPUInfo, HardwareSpec, StrategySpec
+
+if TYPE_CHECKING:  # annotations only: the profile model is built when a profile is loaded
+    from ..profile import MachineProfile
 
 # When no --gpu is given, times assume this generic PCIe card (memory is the --vram given).
 GENERIC_GPU_NOTE = ("no --gpu given: step times assume a generic PCIe GPU (150 TFLOPS bf16/fp16, PCIe Gen4 "

@@ -11,21 +11,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .. import families as _families
 from ..catalog.models import ResolvedModel
 from ..errors import InputError
 from ..memory.buffers import deepspeed_sizes
 from ..specs import GiB, HardwareSpec, StrategySpec, TrainingSpec
 
-# The decoder layer class of each family, as transformers names it: what FSDP's TRANSFORMER_BASED_WRAP wraps.
-# tests/render/test_proxy.py builds each family and checks the class is in the model.
-FSDP_LAYER_CLASSES: dict[str, str] = {
-    "llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "mixtral": "MixtralDecoderLayer",
-    "qwen2": "Qwen2DecoderLayer", "qwen3": "Qwen3DecoderLayer", "gemma": "GemmaDecoderLayer",
-    "gemma2": "Gemma2DecoderLayer", "phi3": "Phi3DecoderLayer", "gpt2": "GPT2Block", "opt": "OPTDecoderLayer",
-    "falcon": "FalconDecoderLayer", "bloom": "BloomBlock", "gpt_neox": "GPTNeoXLayer",
-    "qwen3_moe": "Qwen3MoeDecoderLayer", "gemma3_text": "Gemma3DecoderLayer", "olmo2": "Olmo2DecoderLayer",
-    "smollm3": "SmolLM3DecoderLayer", "glm4": "Glm4DecoderLayer",
-}
+# The decoder layer class of each family, as transformers names it (its module's FAMILY.fsdp_layer_class,
+# advisor/families): what FSDP's TRANSFORMER_BASED_WRAP wraps. tests/render/test_proxy.py builds each family and
+# checks the class is in the model.
+FSDP_LAYER_CLASSES = _families.FSDP_LAYER_CLASSES
 
 # DeepSpeed's fp16 dynamic loss scaling defaults (deepspeed/runtime/precision_config.py, DeepSpeedFP16Config).
 FP16_DEFAULTS: dict[str, float | int] = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
@@ -400,6 +395,8 @@ def _notes(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strat
                      "DeepSpeed refuses a torch optimizer with offload (zero_force_ds_cpu_optimizer)")
     if training.attention == "flash":
         notes.append("load the model with attn_implementation=\"flash_attention_2\" (the estimate assumes it)")
+    if ds and strategy.zero_stage == 3 and _families.z3_leaf_advice(model.architecture.family):
+        notes.append(_families.z3_leaf_advice(model.architecture.family))   # MoE blocks as ZeRO-3 leaf modules
     if training.method in ("lora", "qlora"):
         notes.append(f"--method {training.method}: wrap the model with peft (rank {training.lora.rank}); only the "
                      "adapters train")

@@ -1,0 +1,443 @@
+"""The decoder forward every replayed family shares, on symbolic tensors (:mod:`advisor.memory.symbolic`).
+
+:class:`DecoderReplay` walks a pre-norm decoder the way the transformers v5 modeling files write it (embeddings,
+rotary tables, per layer: norm, attention, residual, norm, MLP or MoE, residual; final norm, lm_head and
+``ForCausalLMLoss``). A family whose modeling file differs subclasses it in its own module under
+:mod:`advisor.families` and overrides the piece that differs (a class attribute for a one-line quirk, a method
+for a block); what it overrides is what its modeling file does differently from Llama's.
+"""
+
+from __future__ import annotations
+
+from advisor.architecture import Architecture
+from advisor.memory.symbolic import BYTES, Tensor, Trace
+from advisor.specs import TrainingSpec
+
+
+def _lora_linear_names(arch: Architecture, targets: tuple[str, ...]) -> set[str]:
+    """Normalized linear names (advisor.param_count.linear_shapes) that get LoRA adapters."""
+    from advisor import param_count as pc
+
+    shapes = pc.linear_shapes(arch)
+    native = pc.native_linear_names(arch.family)
+    chosen: set[str] = set()
+    for t in targets:
+        if t == getattr(pc, "ALL_LINEAR", "all-linear"):
+            chosen.update(shapes)
+        elif t in shapes:
+            chosen.add(t)
+        elif t in native:
+            chosen.update(native[t])
+    return chosen
+
+
+class DecoderReplay:
+    """One family's forward, replayed on a :class:`Trace` (Llama's, unless a family's subclass says otherwise).
+
+    Class attributes are the one-line quirks of a family's modeling file; the defaults are Llama's."""
+
+    gemma_norm = False          # GemmaRMSNorm: x.float() * (1 + w.float()), then .type_as(x)
+    softmax_no_dtype = False    # eager softmax(scores) without dtype=, then .type(v.dtype) (GPT-2)
+    scaled_embedding = False    # embeddings * sqrt(hidden), a 0-d tensor (Gemma)
+    batch_position_ids = False  # (b, s) position ids of a learned table (OPT's cumsum)
+    rope_cat = False            # apply_rotary_pos_emb ends in torch.cat([q_embed, q_pass]): a new contiguous tensor
+    scale_q_after_proj = False  # q_proj(x) * scaling before the head split (OPT)
+    sandwich_norm = False       # post_attention and post_feedforward norms around each block (Gemma-2/3)
+
+    def __init__(self, arch: Architecture, training: TrainingSpec, tr: Trace, layer_trainable: bool):
+        self.a, self.t, self.tr = arch, training, tr
+        self.method = training.method
+        self.lora = (_lora_linear_names(arch, training.lora.target_modules)
+                     if training.method in ("lora", "qlora") else set())
+        self.rank = training.lora.rank
+        self.layer_trainable = layer_trainable  # weights of the decoder layer being traced need grads
+        self.rope_cos = self.rope_sin = None
+        self.mask_dt = tr.pdt                   # create_causal_mask: dtype of inputs_embeds
+        self.recompute: list[tuple[str, list[int]]] = []   # (term prefix, storages) rebuilt in backward
+        self.forward_held: list[int] = []       # storages alive until the forward ends (torchtune's logit chunks)
+
+    # -- pieces ------------------------------------------------------------------------------------------
+    def proj(self, x: Tensor, n_in: int, n_out: int, name: str) -> Tensor:
+        """A decoder-layer linear, LoRA-wrapped when targeted (peft.tuners.lora.Linear.forward)."""
+        tr = self.tr
+        if self.method == "qlora":
+            # bitsandbytes MatMul4Bit.forward (bitsandbytes/autograd/_functions.py) keeps its input whenever A or
+            # B needs a gradient (`if any(ctx.needs_input_grad[:2]): ctx.tensors = (A, B)`): a frozen 4-bit
+            # linear whose input requires grad saves that input, cast to the compute dtype (Linear4bit.forward
+            # casts x to compute_dtype), unlike a frozen nn.Linear.
+            xq = tr.ac_low(x) if tr.autocast else x
+            if xq.rg:
+                tr.save(xq)
+            base = tr.linear(xq, n_in, n_out, False)
+            if name not in self.lora:
+                return base
+        elif name not in self.lora:
+            return tr.linear(x, n_in, n_out, self.layer_trainable)
+        else:
+            base = tr.linear(x, n_in, n_out, False)                # frozen base: saves no input
+        xa = tr.cast(x, "f32")                                      # _cast_input_dtype(x, lora_A.weight.dtype)
+        # lora_B(lora_A(dropout(x))): with lora_dropout > 0 nn.Dropout saves a bool mask and lora_A saves the
+        # dropped copy, one per adapted linear (peft.tuners.lora.layer.Linear.forward; Identity when p = 0)
+        xa = tr.dropout(xa, self.t.lora.dropout)
+        a = tr.linear(xa, n_in, self.rank, True, w_dt="f32")        # lora_A saves its input
+        bo = tr.linear(a, self.rank, n_out, True, w_dt="f32")       # lora_B saves lora_A's output
+        res = tr.add(base, tr.scalar_op(bo))                        # result + lora_B(...) * scaling
+        return tr.cast(res, base.dt)                                # result.to(torch_result_dtype)
+
+    def norm(self, x: Tensor, trainable: bool) -> Tensor:
+        a, tr = self.a, self.tr
+        h = a.hidden_size
+        if a.norm == "layernorm":
+            return tr.layer_norm(x, h, trainable and a.norm_affine)
+        w = tr.param(h, trainable)
+        hf = tr.cast(x, "f32")                                      # hidden_states.to(float32) / x.float()
+        var = tr.mean(tr.pow_(hf), h)                               # pow(2).mean(-1): PowBackward saves hf
+        r = tr.save_result(tr.scalar_op(var, add=True))             # rsqrt(variance + eps) saves its result
+        n = tr.mul(hf, r)                                           # saves hf and r
+        if self.gemma_norm:                                         # Gemma2RMSNorm.forward
+            w1 = tr.new(h, "f32", trainable)                        # (1.0 + self.weight.float())
+            o = tr.mul(n, w1)                                       # saves n (fp32) and w1
+            return tr.cast(o, x.dt)                                 # .type_as(x)
+        n2 = tr.cast(n, x.dt)                                       # LlamaRMSNorm: .to(input_dtype)
+        return tr.mul(w, n2)                                        # weight * hs: saves hs iff weight trains
+
+    def rope(self, q: Tensor, heads: int) -> Tensor:
+        """apply_rotary_pos_emb: q*cos saves cos, rotate_half(q)*sin saves sin (shared by all layers)."""
+        a, tr = self.a, self.tr
+        d = a.head_dim
+        rot = max(1, int(d * a.rotary_pct))
+        full = tr.b * heads * tr.s * d
+        part = q if rot == d else tr.view(q, full * rot // d)        # q[..., :rot] (a slice)
+        c1 = tr.mul(part, self.rope_cos)
+        x1, x2 = tr.view(part, part.n // 2), tr.view(part, part.n // 2)   # rotate_half: two slices,
+        rh = tr.cat([tr.scalar_op(x2), x1], part.bshd)               # cat((-x2, x1)): a new tensor
+        c2 = tr.mul(rh, self.rope_sin)
+        e = tr.add(c1, c2)
+        if rot == d and not self.rope_cat:
+            return e                                                # keeps q's (b, s, h, d) memory layout
+        if rot == d:
+            return tr.cat([e])
+        return tr.cat([e, tr.view(q, full - part.n)])                # torch.cat([q_embed, q_pass]) contiguous
+
+    def repeat_kv(self, x: Tensor, heads: int) -> Tensor:
+        a, tr = self.a, self.tr
+        if a.num_key_value_heads == heads:
+            return x
+        # expand + reshape: a copy; ExpandBackward sums the gradient back to the kv heads (a new tensor)
+        return tr.op(tr.new(tr.b * heads * tr.s * a.head_dim, x.dt, x.rg, False), [x])
+
+    def bmm_operand(self, x: Tensor) -> Tensor:
+        """torch.matmul on 4-D inputs reshapes to (b*h, ., .): a view when (b, h) merge, else a copy."""
+        tr = self.tr
+        c = tr.ac_low(x)
+        if tr.b > 1 and c.bshd:
+            c = tr.op(tr.new(c.n, c.dt, c.rg, False), [c], "view")   # reshape copy; backward views the grad
+        return c
+
+    def attention_core(self, q: Tensor, k: Tensor, v: Tensor, selective: bool) -> Tensor:
+        """Returns the attention output laid out (b, s, heads*d), as o_proj receives it."""
+        a, tr, t = self.a, self.tr, self.t
+        H, d = a.num_attention_heads, a.head_dim
+        b, s = tr.b, tr.s
+        out_n = b * H * s * d
+        impl = t.attention
+        window_mask = (a.sliding_window is not None and s > a.sliding_window)
+        if impl == "eager" and selective:
+            # checkpointed attention interface: its tensor inputs are kept (NoopSaveInputs); what the eager
+            # core saves inside is rebuilt during backward (a temporary, recorded for the layer moment)
+            term, before = tr.term, set(tr.saved)
+            tr.term = term + ":recompute"
+            out = self.attention_core(q, k, v, False)
+            inner = [sid for sid in tr.saved if sid not in before]
+            self.recompute.append((term + ":recompute", inner))
+            for sid in inner:
+                del tr.saved[sid]
+            tr.term = term
+            if q.rg or k.rg or v.rg:
+                tr.save(q, k, v)
+                tr._take()                                             # released by the core's own nodes
+            return out
+        if impl == "eager":
+            kr, vr = self.repeat_kv(k, H), self.repeat_kv(v, H)
+            qo, ko = self.bmm_operand(q), self.bmm_operand(kr)
+            if ko.rg:
+                tr.save(qo)
+            if qo.rg:
+                tr.save(ko)
+            mm_dt = tr.low if tr.autocast else qo.dt
+            # matmul(q, kᵀ) (* scaling: no save); BmmBackward: grad.bmm(k), qᵀ.bmm(grad), new tensors seen
+            # through the views that fold (b, h) for bmm
+            sc = tr.op(tr.new(b * H * s * s, mm_dt, qo.rg or ko.rg), [qo, ko], "newview")
+            sc = tr.scalar_op(sc)
+            if a.attn_logit_softcapping:
+                sc = tr.scalar_op(tr.save_result(tr.scalar_op(sc)))   # / cap, tanh (saves result), * cap
+            sc = tr.add(sc, tr.new(b * s * s, self.mask_dt, False))   # + causal mask (no save)
+            if self.softmax_no_dtype:
+                p = tr.save_result(tr.ac_f32(sc))                      # softmax: fp32 under CUDA autocast
+                p = tr.cast(p, vr.dt)                                  # .type(value.dtype)
+            else:
+                p = tr.save_result(sc, "f32")                          # softmax(..., dtype=float32)
+                p = tr.cast(p, q.dt)                                   # .to(query.dtype)
+            p = tr.dropout(p, a.attention_dropout)
+            po, vo = self.bmm_operand(p), self.bmm_operand(vr)
+            if vo.rg:
+                tr.save(po)
+            if po.rg:
+                tr.save(vo)
+            o = tr.op(tr.new(out_n, tr.low if tr.autocast else po.dt, po.rg or vo.rg, False), [po, vo], "newview")
+            # transpose(1, 2).contiguous(): a copy; CloneBackward and TransposeBackward hand on (a view of) the
+            # gradient
+            return tr.op(tr.new(out_n, o.dt, o.rg, True), [o], "view")
+        # SDPA / flash: saves q, k, v (as passed), out and the fp32 logsumexp
+        sdpa_mask = impl == "sdpa" and window_mask
+        if sdpa_mask and a.num_key_value_heads != H:                   # mask given: no enable_gqa, repeat_kv
+            k, v = self.repeat_kv(k, H), self.repeat_kv(v, H)
+        qc, kc, vc = tr.ac_low(q), tr.ac_low(k), tr.ac_low(v)
+        rg = qc.rg or kc.rg or vc.rg
+        out = tr.new(out_n, qc.dt, rg, qc.bshd)                        # output follows the query's layout
+        if rg:
+            tr.save(qc, kc, vc, out, tr.new(b * H * s, "f32", False))
+            if sdpa_mask:                                              # memory-efficient kernel keeps attn_bias
+                tr.save(tr.new(b * s * s, qc.dt, False))
+        # the fused backward allocates grad_q, grad_k, grad_v (in the inputs' layouts)
+        out = tr.op(out, [qc, kc, vc])
+        if out.bshd:
+            return tr.view(out, out_n, True)                           # transpose(1, 2).contiguous(): no-op
+        return tr.op(tr.new(out_n, out.dt, out.rg, True), [out], "view")
+
+    def attention(self, x: Tensor, selective: bool) -> Tensor:
+        a, tr = self.a, self.tr
+        h, H, KV, d = a.hidden_size, a.num_attention_heads, a.num_key_value_heads, a.head_dim
+        b, s = tr.b, tr.s
+        qn, kn = b * s * H * d, b * s * KV * d
+        # The head split (view + transpose) hands back a view of the gradient when that gradient comes in the
+        # projection's (b, s, h, d) layout (SDPA's); after RoPE, repeat_kv or eager's bmm it is (b, h, s, d)
+        # and reshaping it back copies (measured).
+        copy_qk = a.position == "rope" or self.t.attention == "eager" or KV != H
+        copy_v = self.t.attention == "eager" or KV != H
+        if a.fused_qkv:
+            qkv = self.proj(x, h, (H + 2 * KV) * d, "qkv_proj")
+            q, k, v = tr.split(qkv, [qn, kn, kn], True)                 # split / chunk of the fused output
+        else:
+            q = self.proj(x, h, H * d, "q_proj")
+            k = self.proj(x, h, KV * d, "k_proj")
+            v = self.proj(x, h, KV * d, "v_proj")
+            if self.scale_q_after_proj:
+                q = tr.scalar_op(q)                                    # q_proj(x) * self.scaling
+            q = tr.view(q, qn, True, "new" if copy_qk else "view")
+            k = tr.view(k, kn, True, "new" if copy_qk else "view")
+            v = tr.view(v, kn, True, "new" if copy_v else "view")
+        if a.qk_norm:                                                  # Qwen3: per-head RMSNorm on q and k
+            q, k = self._head_norm(q), self._head_norm(k)
+        if a.position == "rope":
+            q, k = self.rope(q, H), self.rope(k, KV)
+        o = self.attention_core(q, k, v, selective)
+        return self.proj(o, H * d, h, "o_proj")
+
+    def _head_norm(self, x: Tensor) -> Tensor:
+        tr, d = self.tr, self.a.head_dim
+        hf = tr.cast(x, "f32")
+        r = tr.save_result(tr.scalar_op(tr.mean(tr.pow_(hf), d), add=True))
+        n2 = tr.cast(tr.mul(hf, r), x.dt)
+        return tr.mul(tr.param(d, self.layer_trainable), n2)
+
+    def act(self, x: Tensor) -> Tensor:
+        """The MLP activation, op by op as transformers.activations writes it."""
+        tr = self.tr
+        kind = self.a.hidden_act
+        if kind in ("silu", "swish", "gelu", "gelu_pytorch_tanh", "gelu_10"):
+            return tr.save_input(x)                                    # SiluBackward / GeluBackward: input
+        if kind in ("relu", "tanh", "sigmoid"):
+            return tr.save_result(x)                                   # ReluBackward saves its result
+        if kind == "quick_gelu":                                       # x * sigmoid(1.702 * x)
+            sg = tr.save_result(tr.scalar_op(x))
+            return tr.mul(x, sg)
+        if kind == "gelu_fast":                                        # FastGELUActivation
+            half = tr.scalar_op(x)                                     # 0.5 * input
+            i1 = tr.scalar_op(x)                                       # input * 0.7978845608
+            c = tr.scalar_op(x)                                        # 0.044715 * input
+            d = tr.scalar_op(tr.mul(c, x), add=True)                   # 1.0 + c * input
+            th = tr.scalar_op(tr.save_result(tr.mul(i1, d)), add=True)  # 1.0 + tanh(i1 * d)
+            return tr.mul(half, th)
+        # gelu_new / gelu_python_tanh / gelu_accurate and unknown kinds: NewGELUActivation's chain
+        half = tr.scalar_op(x)                                         # 0.5 * input
+        p3 = tr.scalar_op(tr.pow_(x))                                  # 0.044715 * pow(input, 3)
+        inner = tr.scalar_op(tr.add(x, p3))                            # sqrt(2/pi) * (input + ...)
+        th = tr.scalar_op(tr.save_result(inner), add=True)             # 1.0 + tanh(...)
+        return tr.mul(half, th)
+
+    def mlp(self, x: Tensor) -> Tensor:
+        a, tr = self.a, self.tr
+        h, i = a.hidden_size, a.intermediate_size
+        if a.is_moe:
+            return self.moe(x)
+        if a.mlp == "gated":
+            if a.fused_gate_up:
+                gu = self.proj(x, h, 2 * i, "gate_up_proj")
+                g, u = tr.split(gu, [gu.n // 2, gu.n // 2])
+            else:
+                g = self.proj(x, h, i, "gate_proj")
+                u = self.proj(x, h, i, "up_proj")
+            m = tr.mul(self.act(g), u)
+            return self.proj(m, i, h, "down_proj")
+        f = self.proj(x, h, i, "fc1")
+        return self.proj(self.act(f), i, h, "fc2")
+
+    def moe(self, x: Tensor) -> Tensor:
+        """MixtralSparseMoeBlock with transformers v5's default grouped_mm experts (integrations/moe.py)."""
+        a, tr = self.a, self.tr
+        h, i, E, k = a.hidden_size, a.intermediate_size, a.num_experts, max(a.experts_per_token, 1)
+        N = tr.N
+        S = N * k
+        logits = self.proj(x, h, E, "router")                          # router F.linear
+        probs = tr.save_result(tr.cast(logits, "f32"))                 # softmax(router_logits.float())
+        idx = tr.new(N * k, "i64", False)                              # topk: TopkBackward saves indices
+        tr.save(idx)
+        top = tr.op(tr.new(N * k, "f32", probs.rg), [probs])           # backward: zeros + scatter
+        tr.save(top, tr.new(N, "f32", probs.rg))                       # top /= top.sum(): DivBackward
+        top = tr.op(tr.new(N * k, "f32", probs.rg), [top])
+        tr.save(tr.new(S, "i64", False), tr.new(S, "i64", False))     # sort perm; hidden_states[perm // k]
+        tr.save(tr.new(E, "i32", False))                               # grouped_mm offsets (cumsum)
+        sel = tr.op(tr.new(S * h, x.dt, x.rg), [x])                    # IndexBackward: zeros + index_put
+        w_dt = tr.pdt
+        sel = tr.cast(sel, w_dt)                                       # input.to(weight.dtype); no autocast
+        train = self.layer_trainable
+        if train:
+            tr.save(sel)                                               # grouped_mm saves input (and weight)
+        gu = tr.op(tr.new(S * 2 * i, sel.dt, sel.rg or train), [sel])
+        g, u = tr.split(gu, [S * i, S * i])
+        m = tr.mul(self.act(g), u)
+        m = tr.cast(m, w_dt)
+        if train:
+            tr.save(m)
+        o = tr.op(tr.new(S * h, m.dt, m.rg or train), [m])
+        sw = tr.op(tr.new(S, "f32", top.rg), [top])                    # sample_weights[perm]
+        wo = tr.mul(o, sw)                                             # saves o and the weights
+        tr.save(tr.new(S, "i64", False))                               # weighted_out[inv_perm] indices
+        f = tr.op(tr.new(N * h, wo.dt, wo.rg), [wo])                   # view(...).sum(dim=1)
+        return tr.cast(f, x.dt)
+
+    # -- blocks ------------------------------------------------------------------------------------------
+    def layer(self, x: Tensor, selective: bool) -> Tensor:
+        """One decoder layer. Saved tensors are attributed to ``<term>|attn`` and ``<term>|mlp`` (the MLP
+        half is freed first in backward)."""
+        a, tr = self.a, self.tr
+        base = tr.term
+        train = self.layer_trainable
+        hp = a.hidden_dropout
+        tr.term = base + "|attn"
+        att = self.attention(self.norm(x, train), selective)
+        if self.sandwich_norm:                                         # Gemma-2 post_attention_layernorm
+            att = self.norm(att, train)
+        x2 = tr.add(x, tr.dropout(att, hp))
+        tr.term = base + "|mlp"
+        m = self.mlp(self.norm(x2, train))
+        if self.sandwich_norm:                                         # post_feedforward_layernorm
+            m = self.norm(m, train)
+        tr.term = base
+        return tr.add(x2, tr.dropout(m, hp))
+
+    def embeddings(self, emb_trainable: bool) -> Tensor:
+        a, tr = self.a, self.tr
+        N, h = tr.N, a.hidden_size
+        ids = tr.new(N, "i64", False)
+        if emb_trainable:
+            tr.save(ids)                                               # EmbeddingBackward saves the indices
+        e = tr.new(N * (a.word_embed_proj_dim or h), tr.pdt, emb_trainable)
+        if self.scaled_embedding:
+            e = tr.mul(e, tr.new(1, tr.pdt, False))                    # * embed_scale (a 0-d tensor)
+        if a.word_embed_proj_dim:                                      # OPT-350m project_in (bias-free)
+            e = tr.linear(e, a.word_embed_proj_dim, h, emb_trainable)
+        if a.position == "learned":
+            pos_n = N if self.batch_position_ids else tr.s
+            if emb_trainable:
+                tr.save(tr.new(pos_n, "i64", False))                   # position ids of the learned table
+            e = tr.add(e, tr.new(N * h, tr.pdt, emb_trainable))
+        return tr.dropout(e, a.embedding_dropout)
+
+    def make_rope_cache(self) -> None:
+        a, tr = self.a, self.tr
+        if a.position != "rope":
+            return
+        d = a.head_dim
+        rot = max(1, int(d * a.rotary_pct))
+        # rotary_emb(hidden_states, position_ids): (1, s, rot) in the embeddings' dtype, shared by all layers
+        self.rope_cos = tr.new(tr.s * rot, tr.pdt, False)
+        self.rope_sin = tr.new(tr.s * rot, tr.pdt, False)
+        tr.owner[self.rope_cos.sid] = tr.owner[self.rope_sin.sid] = "rope_cache"
+
+    def head(self, x: Tensor, final_trainable: bool, lm_trainable: bool) -> tuple[Tensor, Tensor]:
+        """Final norm, lm_head and ForCausalLMLoss. Returns the logits tensor (held by the caller's output) and
+        the loss."""
+        a, tr = self.a, self.tr
+        tr.term = "final_norm"
+        if a.final_norm:
+            x = self.norm(x, final_trainable)
+        width = a.hidden_size
+        if a.word_embed_proj_dim:                                       # OPT-350m project_out
+            x = tr.linear(x, width, a.word_embed_proj_dim, final_trainable)
+            width = a.word_embed_proj_dim
+        tr.term = "logits_and_loss"
+        loss_kind = getattr(self.t, "loss", "plain")
+        if loss_kind == "fused-linear":
+            return None, self.fused_linear_loss(x, width, lm_trainable)
+        if loss_kind == "chunked":
+            return None, self.chunked_loss(x, width, lm_trainable)
+        logits = tr.linear(x, width, a.vocab_size, lm_trainable)
+        held = logits
+        loss = self.cross_entropy(logits, tr.N if tr.b > 1 else tr.s + 1)
+        return held, loss
+
+    def cross_entropy(self, logits: Tensor, labels: int) -> Tensor:
+        """transformers ForCausalLMLoss on ``logits``: (soft-capping,) ``.float()``, log_softmax (saves its
+        fp32 result), nll_loss (saves the targets and total_weight)."""
+        a, tr = self.a, self.tr
+        if a.final_logit_softcapping:                                  # logits / cap; tanh; * cap
+            logits = tr.scalar_op(tr.save_result(tr.scalar_op(logits)))
+        lf = tr.cast(logits, "f32")                                    # logits.float()
+        lp = tr.save_result(lf)                                        # log_softmax saves its fp32 result
+        tr.save(tr.new(labels, "i64", False), tr.new(1, "f32", False))  # nll_loss: target, total_weight
+        # NllLossBackward: a zero N x V fp32 gradient scattered at the targets
+        return tr.op(tr.new(1, "f32", lp.rg), [lp])
+
+    def chunked_loss(self, x: Tensor, width: int, lm_trainable: bool) -> Tensor:
+        """torchtune ``CEWithChunkedOutputLoss`` (torchtune/modules/loss/ce_chunked_output_loss.py, default
+        ``num_output_chunks=8``): the decoder applies the output projection to each of C sequence chunks
+        (``h.tensor_split(C, dim=1)``), the loss upcasts and cross-entropies one chunk at a time; the recipe
+        deletes the logits list before backward (``del logits``), so no logits are held in backward and each
+        chunk's backward runs alone. Eager mode (uncompiled): every chunk's log_softmax saves its fp32 result."""
+        tr = self.tr
+        C = max(1, min(self.t.loss_chunks, tr.s))
+        rows = [tr.s // C + (1 if i < tr.s % C else 0) for i in range(C)]     # tensor_split sizes
+        parts = tr.split(x, [r * tr.b * width for r in rows])
+        loss = None
+        for r, xc in zip(rows, parts):
+            lc = tr.linear(xc, width, self.a.vocab_size, lm_trainable)
+            self.forward_held.append(lc.sid)                           # the list lives until `del logits`
+            lo = self.cross_entropy(lc, r * tr.b)
+            loss = lo if loss is None else tr.add(loss, lo)            # total_loss += ...
+        return tr.scalar_op(loss)                                      # / total_elements
+
+    def fused_linear_loss(self, x: Tensor, width: int, lm_trainable: bool) -> Tensor:
+        """Liger ``LigerFusedLinearCrossEntropyFunction`` (src/liger_kernel/ops/fused_linear_cross_entropy.py):
+        the forward loops over token chunks of ``next_pow2(ceil(N / ceil(V / h)))`` rows (transient logits
+        ≈ N x h), computes each chunk's loss and logits gradient in place, and accumulates ``grad_input``
+        (``zeros_like(input)``) and ``grad_weight`` (``zeros_like(weight)``, when the head trains), which it
+        saves for backward; backward only scales them by the incoming gradient. No N x V tensor exists and the
+        model returns no logits."""
+        a, tr = self.a, self.tr
+        V, N = a.vocab_size, tr.N
+        inc = -(-V // width)
+        chunk = min(1 << max(0, (-(-N // inc) - 1).bit_length()), N)
+        xin = tr.ac_low(x)
+        saved = []
+        if x.rg or lm_trainable:
+            saved.append(tr.new(xin.n, xin.dt, False))                  # grad_input
+            if lm_trainable:
+                saved.append(tr.new(V * width, tr.pdt, False))          # grad_weight
+        tr.save(*saved)
+        loss_1d = tr.new(N, "f32", False)                               # per-token losses (not saved)
+        logits_chunk = chunk * V * BYTES[xin.dt]                       # freed chunk by chunk in the forward
+        self.forward_transient = max(getattr(self, "forward_transient", 0), logits_chunk + loss_1d.nbytes)
+        # backward: element_mul of the saved grad_input (in place), handed on as the input's gradient
+        return tr.op(tr.new(1, "f32", x.rg or lm_trainable), [xin], "new", leaf=lm_trainable)
