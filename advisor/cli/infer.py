@@ -53,35 +53,10 @@ def plan_infer(args: argparse.Namespace):
     return model, hw, plan_inference(model, args.model, hw, template, rec)
 
 
-def validate_infer_files(files: dict[str, str]) -> list[str]:
-    """Problems with rendered inference files (empty when every Python file compiles, every shell script passes
-    ``bash -n`` where bash exists, and the manifest is JSON)."""
-    import shutil
-    import subprocess
-
-    problems = []
-    for name, text in files.items():
-        if name.endswith(".py"):
-            try:
-                compile(text, name, "exec")
-            except SyntaxError as exc:
-                problems.append(f"{name}: line {exc.lineno}: {exc.msg}")
-        elif name.endswith(".json"):
-            try:
-                json.loads(text)
-            except ValueError as exc:
-                problems.append(f"{name}: {exc}")
-        elif name.endswith(".sh") and shutil.which("bash"):
-            r = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
-            if r.returncode != 0:
-                problems.append(f"{name}: {r.stderr.strip()}")
-    return problems
-
-
 def cmd_generate_infer(args: argparse.Namespace) -> int:
     """Render, check and write the inference files; print what was written (or JSON)."""
     from ..formatting import fmt_bytes
-    from ..render.infer_render import render_infer_files
+    from ..render.infer_render import render_infer_files, validate_infer_files
     from ..render.write import write_files
 
     model, hw, plan = plan_infer(args)

@@ -137,3 +137,28 @@ def render_infer_files(plan: InferPlan, model: ResolvedModel, hw: HardwareSpec, 
         text = env.get_template(f"infer/{name}.j2").render(**ctx)
         out[name] = text if text.endswith("\n") else text + "\n"
     return out
+
+
+def validate_infer_files(files: dict[str, str]) -> list[str]:
+    """Problems with rendered inference files (empty when every Python file compiles, every shell script passes
+    ``bash -n`` where bash exists, and the manifest is JSON)."""
+    import shutil
+    import subprocess
+
+    problems = []
+    for name, text in files.items():
+        if name.endswith(".py"):
+            try:
+                compile(text, name, "exec")
+            except SyntaxError as exc:
+                problems.append(f"{name}: line {exc.lineno}: {exc.msg}")
+        elif name.endswith(".json"):
+            try:
+                json.loads(text)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        elif name.endswith(".sh") and shutil.which("bash"):
+            r = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+            if r.returncode != 0:
+                problems.append(f"{name}: {r.stderr.strip()}")
+    return problems
