@@ -228,9 +228,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- dry-run
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
-    from ..render.dryrun import dry_run
+    from ..render.infer_dryrun import dry_run_folder     # inference folders (generate --task infer) too
 
-    report = dry_run(args.dir, timeout=args.timeout, gpu=args.gpu, keep=args.keep_logs)
+    report = dry_run_folder(args.dir, timeout=args.timeout, gpu=args.gpu, keep=args.keep_logs)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -128,10 +128,6 @@ def _terminate_as_interrupt():
 def _dry_run(folder, *, timeout: float, gpu: bool, keep: str | None) -> DryRunReport:
     start = time.perf_counter()
     folder = Path(folder).expanduser().resolve()
-    from .infer_dryrun import dry_run_infer, is_infer_folder   # generate --task infer folders
-
-    if is_infer_folder(folder):
-        return dry_run_infer(folder, timeout=timeout, gpu=gpu, keep=keep)
     report = DryRunReport(str(folder))
     acc, ds, manifest = _load_files(folder)
 

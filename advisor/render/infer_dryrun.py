@@ -266,3 +266,16 @@ def dry_run_infer(folder: Path, *, timeout: float, gpu: bool, keep: str | None):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def dry_run_folder(folder, *, timeout: float | None = None, gpu: bool = False, keep: str | None = None):
+    """``dsadvise dry-run FOLDER`` for any folder ``generate`` wrote: the inference dry-run above for a
+    ``--task infer`` folder, else the training one (:func:`advisor.render.dryrun.dry_run`)."""
+    from .dryrun import DEFAULT_TIMEOUT, _terminate_as_interrupt, dry_run
+
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    path = Path(folder).expanduser().resolve()
+    if not is_infer_folder(path):
+        return dry_run(folder, timeout=timeout, gpu=gpu, keep=keep)
+    with _terminate_as_interrupt():
+        return dry_run_infer(path, timeout=timeout, gpu=gpu, keep=keep)

@@ -14,24 +14,11 @@ import json
 from ..catalog.models import ResolvedModel
 from ..formatting import fmt_bytes
 from ..specs import HardwareSpec
+from .infer_files import DESCRIPTIONS, EXECUTABLE, FILES, MANIFEST  # noqa: F401 (EXECUTABLE: re-exported)
 from .infer_plan import MIB, InferPlan, LayoutPlan
 from .proxy import proxy_hf_config
 
-MANIFEST = "dsadvise.json"
-EXECUTABLE = ("launch_device_map.sh", "launch_replicas.sh", "infer_device_map.py", "infer_replicas.py")
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "pure-bf16": "bfloat16"}
-FILES = {
-    "device-map-auto": ("infer_device_map.py", "launch_device_map.sh"),
-    "replica-per-gpu": ("infer_replicas.py", "launch_replicas.sh"),
-}
-DESCRIPTIONS = {
-    "infer_device_map.py": "one process over all GPUs: from_pretrained(device_map=\"auto\", max_memory=...), generate",
-    "launch_device_map.sh": "CUDA_VISIBLE_DEVICES=... python infer_device_map.py (and the llamafactory-cli chat line)",
-    "infer_replicas.py": "one replica per GPU: each process generates its share of the prompts",
-    "launch_replicas.sh": "accelerate launch --num_processes N infer_replicas.py (and the LLaMA-Factory predict line)",
-    "README.md": "this file",
-    MANIFEST: "the plan these files were rendered from; `dsadvise dry-run` reads its proxy model here",
-}
 
 
 def file_names(plan: InferPlan) -> list[str]:

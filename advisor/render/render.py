@@ -121,7 +121,7 @@ FILE_DESCRIPTIONS = {
 
 # generate --task infer (advisor/render/infer_render.py): its scripts are executable, and --force removes them
 # like the other files dsadvise writes when a folder is re-rendered for training (and the reverse).
-from .infer_render import DESCRIPTIONS as _INFER_DESCRIPTIONS, EXECUTABLE as _INFER_EXECUTABLE  # noqa: E402
+from .infer_files import DESCRIPTIONS as _INFER_DESCRIPTIONS, EXECUTABLE as _INFER_EXECUTABLE  # noqa: E402
 
 EXECUTABLE = EXECUTABLE + _INFER_EXECUTABLE
 FILE_DESCRIPTIONS.update({k: v for k, v in _INFER_DESCRIPTIONS.items() if k not in FILE_DESCRIPTIONS})

@@ -368,7 +368,7 @@ def save(out: Outcome, shown: Preview | None, out_dir: str, *, force: bool) -> l
 def dry_run(folder: str, *, timeout: float | None = None) -> tuple[bool, list[str]]:
     """``dsadvise dry-run`` on a saved folder (the renderer's ``dry_run``): passed?, and one line per step,
     finding and override. Slow (loads the engines, launches a tiny proxy run): call it from a thread."""
-    from ..render.dryrun import dry_run as run_dry
+    from ..render.infer_dryrun import dry_run_folder as run_dry     # training and inference folders
 
     report = run_dry(folder) if timeout is None else run_dry(folder, timeout=timeout)
     lines = []

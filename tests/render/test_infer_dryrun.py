@@ -12,7 +12,7 @@ from .test_infer import INFER_SCENARIOS, render
 
 @pytest.mark.slow
 def test_both_layouts_load_and_generate_on_cpu(tmp_path):
-    from advisor.render.dryrun import dry_run
+    from advisor.render.infer_dryrun import dry_run_folder as dry_run
 
     files = render(INFER_SCENARIOS["infer-llama-2-7b-2x24gib"])
     for name, text in files.items():
