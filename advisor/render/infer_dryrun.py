@@ -224,6 +224,12 @@ def dry_run_infer(folder: Path, *, timeout: float, gpu: bool, keep: str | None):
         return report
     if gpu:
         report.steps.append(Step("launch", StepStatus.SKIP, detail="--gpu: the inference dry-run runs on the CPU"))
+    if manifest.get("plan", {}).get("method") == "qlora":
+        # bitsandbytes' 4-bit layers quantize and run on CUDA; on the CPU it would be a different (16-bit) model
+        report.steps.append(Step("launch", StepStatus.SKIP, detail=(
+            "cannot run on a CPU: the scripts load 4-bit NF4 weights with bitsandbytes (QUANTIZE_4BIT), which "
+            "quantizes on a CUDA GPU; run these scripts on the GPU machine")))
+        return report
     work = Path(tempfile.mkdtemp(prefix="dsadvise-infer-dryrun-"))
     try:
         t = time.perf_counter()

@@ -16,6 +16,9 @@ from ..catalog.models import ResolvedModel
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 
 MIB = 1024 ** 2
+# transformers' bitsandbytes 4-bit quantizer hands accelerate 90 % of each max_memory ("need more space for buffers
+# that are created during quantization", quantizers/quantizer_bnb_4bit.py adjust_max_memory)
+BNB_4BIT_MAX_MEMORY_FRACTION = 0.90
 LAYOUT_NAMES = ("device-map-auto", "replica-per-gpu")   # the order the files are listed in
 
 
@@ -129,9 +132,10 @@ def plan_inference(model: ResolvedModel, model_arg: str, hw: HardwareSpec, templ
             # GPU 0 must hold its layers plus accelerate's reserve: shrink the batch (KV cache) until it does.
             found = batches[name]
             lo, hi = 0, found          # largest batch in [1, found] whose budget covers weights + reserve
+            usable_fraction = BNB_4BIT_MAX_MEMORY_FRACTION if training.method == "qlora" else 1.0
             while hi - lo > 0:
                 mid = (lo + hi + 1) // 2
-                if at(name, mid)[1] >= lay.weights + reserve:
+                if at(name, mid)[1] * usable_fraction >= lay.weights + reserve:
                     lo = mid
                 else:
                     hi = mid - 1
@@ -142,7 +146,9 @@ def plan_inference(model: ResolvedModel, model_arg: str, hw: HardwareSpec, templ
             if lo != found:
                 assumptions.append(f"device_map=\"auto\": batch {lo} instead of the search's {found}, so that each "
                                    "GPU's max_memory also holds the largest layer accelerate keeps free on GPU 0 "
-                                   "(infer_auto_device_map, accelerate/utils/modeling.py)")
+                                   "(infer_auto_device_map, accelerate/utils/modeling.py)"
+                                   + (" within the 90 % of it transformers' 4-bit quantizer passes on"
+                                      if training.method == "qlora" else ""))
                 batches[name] = lo
                 lay, mm = at(name, lo)
         else:
@@ -172,13 +178,15 @@ def accelerate_reserve_bytes(model: ResolvedModel, training: TrainingSpec) -> in
     """Bytes accelerate's ``infer_auto_device_map`` keeps free on the first GPU: the largest layer (a decoder layer,
     or the embedding / output projection when larger), so that an offloaded layer could be brought in
     (``current_max_size - max_layer_size`` for main devices, accelerate/utils/modeling.py)."""
-    from ..memory.inference import weight_bytes_for_inference
+    from ..memory.bytes_per_param import NF4_BYTES
     from ..param_count import count_parameters
 
     counts = count_parameters(model.architecture)
-    weights = weight_bytes_for_inference(model, counts, training)
-    largest = max(counts.per_layer, counts.embedding, counts.lm_head)
-    return -(-largest * weights // counts.total)
+    if training.method == "qlora":
+        # decoder linears in NF4, embeddings and lm_head stay 16-bit (as weight_bytes_for_inference counts them)
+        return int(max(counts.per_layer * NF4_BYTES, 2 * counts.embedding, 2 * counts.lm_head)) + 1
+    per_param = 4 if training.precision == "fp32" else 2
+    return max(counts.per_layer, counts.embedding, counts.lm_head) * per_param
 
 
 def lay_batch(rec, name: str) -> int | None:
