@@ -71,6 +71,8 @@ async def test_inference_mode_shows_weights_kv_cache_layouts_and_saves_both_scri
         assert est.task == "infer" and {x.layout for x in est.inference} == {"replica-per-gpu", "device-map-auto"}
         legend = _text(app, "#memory-legend")
         assert "weights" in legend and "KV cache" in legend and "optimizer" not in legend
+        verdict = _text(app, "#rec-verdict")      # the recommended layout, its batch and processes
+        assert "RECOMMENDED" in verdict and " process(es)" in verdict and "checkpointing" not in verdict
         line = _text(app, "#memory-strategy")
         assert "Layouts: replica-per-gpu" in line and "device-map-auto" in line
         # the preview holds both launch scripts; the training configs are not written for inference

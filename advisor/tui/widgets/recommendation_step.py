@@ -26,8 +26,11 @@ def settings_line(s: dict | None) -> str:
         if s.get(key) not in (None, "none"):
             out += f" +{tag}:{s[key]}"
     parts = [out]
-    for key, fmt in (("precision", "{}"), ("method", "{}"), ("activation_checkpointing", "checkpointing {}"),
-                     ("micro_batch_size", "micro-batch {}")):
+    keys = (("precision", "{}"), ("method", "{}"), ("activation_checkpointing", "checkpointing {}"),
+            ("micro_batch_size", "micro-batch {}"))
+    if s.get("layout"):            # an inference layout: no checkpointing; the batch per generate() call
+        keys = (("precision", "{}"), ("method", "{}"), ("batch_size", "batch {}"), ("processes", "{} process(es)"))
+    for key, fmt in keys:
         if s.get(key) is not None:
             parts.append(fmt.format(s[key]))
     if (s.get("gradient_accumulation_steps") or 1) > 1:
