@@ -108,7 +108,13 @@ def _Model(arch: Architecture, training: TrainingSpec, tr: _Trace, layer_trainab
     """The forward replay of ``arch``'s family (its module's ``FAMILY.replay``, advisor/families)."""
     from advisor.families import family
 
-    return family(arch.family).replay(arch, training, tr, layer_trainable)
+    replay = family(arch.family).replay
+    if replay is None:
+        # A traced family (Falcon, BLOOM): its bytes come from the tracer, but the allocator model still needs
+        # an allocation sequence; GPT-NeoX's replay (parallel residual, fused QKV, LayerNorm, GELU MLP) is the
+        # stand-in for it, as the pre-registry Falcon/BLOOM replay was. Only allocator.py reaches here for them.
+        replay = family("gpt_neox").replay
+    return replay(arch, training, tr, layer_trainable)
 
 
 # ---------------------------------------------------------------------------------------------------------
