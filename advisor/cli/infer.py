@@ -42,6 +42,10 @@ def plan_infer(args: argparse.Namespace):
     check_against_model(model, template)
     rec = recommend(model, hw, template, method=method, precision=precision or "auto", checkpointing="none")
     said = ([seq_note] if seq_note else []) + hardware_notes(hw, args.vram)
+    framework = getattr(args, "framework", None)
+    if framework not in (None, "accelerate"):
+        said.append(f"--framework {framework} renders training configs; for inference the launch scripts carry "
+                    "LLaMA-Factory's chat and predict lines beside the transformers / accelerate ones")
     if said:
         rec = rec.model_copy(update={"assumptions": said + list(rec.assumptions)})
     if not rec.found or rec.recommendation is None:
