@@ -25,6 +25,7 @@ def register(sub) -> None:
                                    "the recommender picks the configuration.")
     flags.add_problem_flags(p, with_strategy=True)
     p.set_defaults(checkpointing=None)
+    flags.add(p, ("--prompt-len",))   # --task infer (advisor/cli/infer.py)
     flags.add(p.add_argument_group("output"),
               ("--out", "--force", "--hf-trainer", "--main-process-ip", "--main-process-port", "--no-engine-check"),
               out={"required": True})
@@ -133,6 +134,10 @@ def plan(args):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.task == "infer":
+        from .infer import cmd_generate_infer
+
+        return cmd_generate_infer(args)
     from ..formatting import fmt_bytes
     from ..render.render import render_files
     from ..render.validate import StepStatus, errors_of, validate_files
@@ -238,9 +243,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- dry-run
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
-    from ..render.dryrun import dry_run
+    from ..render.infer_dryrun import dry_run_folder     # inference folders (generate --task infer) too
 
-    report = dry_run(args.dir, timeout=args.timeout, gpu=args.gpu, keep=args.keep_logs)
+    report = dry_run_folder(args.dir, timeout=args.timeout, gpu=args.gpu, keep=args.keep_logs)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
