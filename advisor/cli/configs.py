@@ -25,6 +25,7 @@ def register(sub) -> None:
                                    "the recommender picks the configuration.")
     flags.add_problem_flags(p, with_strategy=True)
     p.set_defaults(checkpointing=None)
+    flags.add(p, ("--prompt-len",))   # --task infer (advisor/cli/infer.py)
     flags.add(p.add_argument_group("output"),
               ("--out", "--force", "--hf-trainer", "--main-process-ip", "--main-process-port", "--no-engine-check"),
               out={"required": True})
@@ -126,11 +127,17 @@ def plan(args):
                               offload_activations=kw["offload_activations"],
                               expandable_segments=kw["expandable_segments"], double_quant=kw["double_quant"],
                               lora_dropout=kw["lora_dropout"])
-    strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes)
+    strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
+                              tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout
+                              dp_replicate_size=r.dp_replicate_size, fsdp_version=r.fsdp_version)
     return model, hw, training, strategy, r.gradient_accumulation_steps, rec
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.task == "infer":
+        from .infer import cmd_generate_infer
+
+        return cmd_generate_infer(args)
     from ..formatting import fmt_bytes
     from ..render.render import render_files
     from ..render.validate import StepStatus, errors_of, validate_files
@@ -236,9 +243,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- dry-run
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
-    from ..render.dryrun import dry_run
+    from ..render.infer_dryrun import dry_run_folder     # inference folders (generate --task infer) too
 
-    report = dry_run(args.dir, timeout=args.timeout, gpu=args.gpu, keep=args.keep_logs)
+    report = dry_run_folder(args.dir, timeout=args.timeout, gpu=args.gpu, keep=args.keep_logs)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
