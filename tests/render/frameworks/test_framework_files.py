@@ -154,3 +154,9 @@ def test_selective_checkpointing_from_the_recommender_becomes_full_for_a_framewo
     _, _, training, *_ = plan_for_framework(plan, args)
     assert calls == [None, "full"] and training.activation_checkpointing == "full"
     assert "selective checkpointing has no axolotl key" in args.assumed[-1]
+
+
+def test_parallel_layouts_are_refused_for_framework_files():
+    with pytest.raises(InputError) as err:
+        plan_scenario("--model llama-2-7b --gpus 4 --vram 80 --strategy fsdp-full --fsdp-version 2", "trl")
+    assert err.value.field == "--framework" and "--framework accelerate" in str(err.value)
