@@ -643,15 +643,18 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
         total = sum(tensors)
         out += [("a", ("init", u, i), n) for i, n in enumerate(tensors)]
         if sync_module_states:
+            # take_tensors closes a bucket once it reaches the limit; flatten_dense_tensors of a one-tensor
+            # bucket is a view of it (torch/csrc/utils/tensor_flatten.h): only multi-tensor buckets allocate.
             buckets: list[int] = []
-            acc = 0
+            acc, count = 0, 0
             for n in tensors:
-                acc += n
+                acc, count = acc + n, count + 1
                 if acc >= FSDP_BROADCAST_BUCKET:
-                    buckets.append(acc)
-                    acc = 0
+                    buckets.append(acc if count > 1 else 0)
+                    acc, count = 0, 0
             if acc:
-                buckets.append(acc)
+                buckets.append(acc if count > 1 else 0)
+            buckets = [n for n in buckets if n]
             for b, n in enumerate(buckets):
                 if b >= FSDP_BROADCAST_IN_FLIGHT:
                     out.append(("f", ("bcast", u, b - FSDP_BROADCAST_IN_FLIGHT), 0))
