@@ -675,6 +675,7 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
 
 
 @lru_cache(maxsize=1024)
+@computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
                              outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
                              arch, trace_training, mode: str, ckpt: str, dyn: StateLayout) -> AllocatorStats:
@@ -686,6 +687,13 @@ def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
     events += churn_events(segs, leftovers, held, layers, dyn)
     return simulate(events)
+
+
+@lru_cache(maxsize=1024)
+@computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
+def _fsdp_init_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool) -> AllocatorStats:
+    """The FSDP wrapping alone (:func:`fsdp_init_events`): its own peak of tensor bytes."""
+    return simulate(fsdp_init_events([list(u) for u in init], world, sync, offload))
 
 
 def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
@@ -843,7 +851,7 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
         pending = (fsdp_gathered_layer_bytes(arch, count_parameters(arch), training),)
     gp = _unshard_pool_stats(tuple(gathered.values()), pending)
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
-    init_peak = simulate(fsdp_init_events([list(u) for u in units], world, sync, offload)).peak_requested
+    init_peak = _fsdp_init_stats(units, world, sync, offload).peak_requested
     rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
     allocated = max(tensor_bytes, init_peak) + rounding
     reserved = max(st.peak_reserved + gp.peak_reserved, allocated)
