@@ -672,6 +672,7 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
 
 
 @lru_cache(maxsize=1024)
+@computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
                              outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
                              arch, trace_training, mode: str, ckpt: str, dyn: StateLayout) -> AllocatorStats:
