@@ -224,6 +224,22 @@ def test_proxy_layout_keeps_each_dimension_at_two():
     assert (lay["autotp"], procs) == (2, 2)
 
 
+def test_file_layout_reads_what_the_files_ask_for(rendered_layouts):
+    from advisor.render.dryrun import file_layout
+
+    _, acc, ds = files_of(rendered_layouts, "llama-3.1-70b-8xh100-32k-sp8-zero3")
+    lay = file_layout(acc, ds)
+    assert (lay["sp"], lay["autotp"], lay["sp_attn"], lay["block"]) == (8, None, "flash_attention_2", True)
+    _, acc, ds = files_of(rendered_layouts, "llama-3.1-70b-8xh100-autotp8-zero1")
+    assert file_layout(acc, ds)["autotp"] == 8
+    _, acc, _ = files_of(rendered_layouts, "llama-3.1-70b-2x8xh100-hsdp")
+    lay = file_layout(acc, None)
+    assert (lay["fsdp_version"], lay["dp_replicate"], lay["dp_shard"]) == (2, 2, 8)
+    plain = {"distributed_type": "FSDP", "num_processes": 8, "fsdp_config": {"fsdp_version": 2}}
+    assert file_layout(plain, None)["block"] is False and file_layout(plain, None)["dp_shard"] == 8
+    assert file_layout({"distributed_type": "DEEPSPEED"}, {"zero_optimization": {"stage": 2}}) is None
+
+
 @pytest.mark.slow
 def test_ulysses_sp_runs_on_cpu_and_splits_the_sequence(tmp_path, capsys):
     """One real launch (2 processes, gloo): accelerate + DeepSpeed Ulysses on the SP golden; inside the run the
