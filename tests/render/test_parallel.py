@@ -183,6 +183,27 @@ def test_check_sp_without_deepspeed_and_autotp_rules(tmp_path):
     assert not [f for f in found if f.severity == "error"], [f.line() for f in found]   # ZeRO-3 + AutoTP is fine
 
 
+def test_check_autotp_zero3_follows_the_installed_engine(tmp_path, monkeypatch):
+    """ZeRO-3 + AutoTP: accepted by the installed DeepSpeed (0.19.8 has no assertion against it); an engine whose
+    _configure_tensor_parallel_states still asserts against zero_stage = 3 (releases before it, DeepSpeed issue
+    #7389) makes it an error. The older engine is not installable next to 0.19.8, so its source line is given."""
+    import inspect
+
+    from advisor.render import lint_parallel
+
+    assert lint_parallel._autotp_stage_supported(3)
+    real = inspect.getsource
+    old = ("def _configure_tensor_parallel_states(self, model):\n    assert self.zero_optimization_stage() != 3, "
+           "'Currently, the compatibility between autotp and zero_stage = 3 has been validated'\n")
+    monkeypatch.setattr(inspect, "getsource", lambda obj: old if getattr(obj, "__name__", "") ==
+                        "_configure_tensor_parallel_states" else real(obj))
+    ds = {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+          "zero_optimization": {"stage": 3}, "tensor_parallel": {"autotp_size": 2}}
+    found = _lint(tmp_path, "z3.json", ds, gpus=8)
+    assert ("error", "tensor_parallel.autotp_size") in _by_key(found)
+    assert lint_parallel._autotp_stage_supported(1)
+
+
 def test_check_engine_verdict_on_total_size(tmp_path):
     """accelerate's own ParallelismConfig check (built from the launch environment) refuses a wrong product."""
     acc = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "mixed_precision": "bf16",
