@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_serializer
 
 NormKind = Literal["rmsnorm", "layernorm"]
 MlpKind = Literal["gated", "plain"]
@@ -58,6 +58,7 @@ class Architecture(BaseModel):
 
     num_experts: int = Field(0, ge=0, description="routed experts per MoE layer; 0 = dense")
     experts_per_token: int = Field(0, ge=0)
+    moe_norm_topk: bool = True            # top-k router weights renormalized to sum 1 (Qwen3-MoE norm_topk_prob)
 
     attention_dropout: float = Field(0.0, ge=0, lt=1)
     hidden_dropout: float = Field(0.0, ge=0, lt=1)
@@ -72,6 +73,16 @@ class Architecture(BaseModel):
                                       description="the HF config (canonical JSON) the shape was read from; traced "
                                                   "families are built from it (not dumped)")
 
+    @model_serializer(mode="wrap")
+    def _omit_unused_family_fields(self, handler):
+        """Fields added for the 2025 families are dumped only where they differ from their default, so the
+        dump of every older architecture (and the files that hold it) stays as it was."""
+        data = handler(self)
+        for name in _FAMILY_FIELDS:
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return data
+
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
@@ -85,3 +96,7 @@ class Architecture(BaseModel):
     def kv_width(self) -> int:
         """Width of one of the key/value projection outputs: kv_heads × head_dim."""
         return self.num_key_value_heads * self.head_dim
+
+
+# fields that only some 2025 families use (dumped only when set: Architecture._omit_unused_family_fields)
+_FAMILY_FIELDS = ("moe_norm_topk",)

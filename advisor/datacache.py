@@ -97,13 +97,30 @@ _PACKAGE = Path(__file__).resolve().parent
 _CODE_SUFFIXES = frozenset({".py", ".yaml", ".yml", ".json"})
 
 
+def _package_files(folder: Path, rel: str = "") -> list[tuple[str, os.stat_result]]:
+    """(relative path, stat) of the package's sources and data files, sorted; os.scandir, not pathlib."""
+    out = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if e.name != "__pycache__":
+                    out += _package_files(Path(e.path), f"{rel}{e.name}/")
+            elif os.path.splitext(e.name)[1] in _CODE_SUFFIXES:
+                out.append((rel + e.name, e.stat()))
+    return sorted(out)
+
+
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
     """SHA-256 (hex) of every Python source and data file of the ``advisor`` package (relative path and
-    bytes), once per process: part of the key of every computed result, so that any edit is a miss."""
-    files = sorted(p for p in _PACKAGE.rglob("*") if p.suffix in _CODE_SUFFIXES and "__pycache__" not in p.parts)
-    return cache_key("code", (part for path in files
-                              for part in (path.relative_to(_PACKAGE).as_posix(), path.read_bytes())))
+    bytes), once per process: part of the key of every computed result, so that any edit is a miss.
+
+    The hash of the contents is itself cached, keyed by every file's path, size and mtime (the check
+    Python's own bytecode cache makes of a source), so a start reads the files only after one changed."""
+    files = _package_files(_PACKAGE)
+    stats = "\n".join(f"{rel} {st.st_size} {st.st_mtime_ns}" for rel, st in files)
+    return cached("code", (stats,), lambda: cache_key("code", (
+        part for rel, _ in files for part in (rel, (_PACKAGE / rel).read_bytes()))))
 
 
 def canonical(value: object) -> str:

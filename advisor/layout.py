@@ -10,12 +10,13 @@ Where the keys come from (what the rendered files need at least):
 
 * accelerate ``ParallelismConfig`` (dp_replicate/dp_shard/tp/cp sizes): accelerate 1.10.0 (the ND-parallel
   release, huggingface.co/blog/accelerate-nd-parallel, 8 Aug 2025); ``sp_size``/``sp_backend: deepspeed``
-  (ALST/Ulysses) came later, present in the pinned 1.15.
+  (ALST/Ulysses) documented from accelerate 1.12.0 (concept guide "Sequence parallel"), present in the pinned 1.15.
 * DeepSpeed AutoTP training ``"tensor_parallel": {"autotp_size": N}``: deepspeed 0.16.4 (with transformers
   4.50.1, accelerate 1.6.0: github.com/deepspeedai/DeepSpeed/pull/7206, blogs/huggingface-tp); ZeRO-3 with AutoTP
   is supported in the pinned 0.19.8 (``runtime/engine.py`` ``_configure_tensor_parallel_states``).
-* DeepSpeed ``sequence_parallel_size`` + ``UlyssesSPAttentionHF`` (Arctic Long Sequence Training): deepspeed
-  0.17.x ALST (``runtime/sequence_parallel/ulysses_sp.py``, needs transformers >= 4.51.3).
+* DeepSpeed ``sequence_parallel_size`` + ``UlyssesSPAttentionHF`` (Arctic Long Sequence Training,
+  deepspeed.ai/tutorials/ulysses-alst-sequence-parallelism; ``runtime/sequence_parallel/ulysses_sp.py`` of the
+  pinned 0.19.8, which needs transformers >= 4.51.3; its first release is not pinned down here).
 """
 
 from __future__ import annotations
@@ -66,11 +67,17 @@ def check_layout(arch: "Architecture", hw: "HardwareSpec", training: "TrainingSp
                          field="--sp" if sp > 1 else "--cp" if cp > 1 else "--dp-replicate")
     if tp > 1:
         if training.task == "train" and strategy.backend not in ("deepspeed", "fsdp"):
-            raise InputError("trains under DeepSpeed AutoTP (--strategy zero0..zero3) or FSDP2 (--strategy "
-                             "fsdp-full/fsdp-grad-op --fsdp-version 2)", field="--tp")
+            raise InputError("trains under DeepSpeed AutoTP (--strategy zero0..zero3)", field="--tp")
         if training.task == "train" and strategy.backend == "fsdp" and strategy.fsdp_version != 2:
             raise InputError("with FSDP needs --fsdp-version 2 (accelerate's ParallelismConfig composes TP "
                              "only with FSDP2)", field="--tp")
+        if training.task == "train" and strategy.backend == "fsdp":
+            # accelerate 1.15 Accelerator._prepare_tp (FSDP2): `from transformers.integrations.tensor_parallel
+            # import ReplicateParallel` for the replicated parameters; transformers 5.24 has no such class
+            # (ImportError, also hit by dsadvise's dry-run): FSDP2 + TP does not start with the pinned versions.
+            raise InputError("with FSDP2 does not start with the pinned accelerate 1.15 + transformers 5.24 "
+                             "(accelerate imports transformers' ReplicateParallel, which 5.24 removed): use "
+                             "DeepSpeed AutoTP, --strategy zero0..zero3", field="--tp")
         if arch.num_attention_heads % tp:
             raise InputError(f"{tp} must divide the {arch.num_attention_heads} attention heads", field="--tp")
         if arch.num_key_value_heads % tp:

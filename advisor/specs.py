@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpSharding, Loss, Method, OffloadTarget,  # noqa: F401
                       Optimizer, Precision, StrategyName, Task)
 from .choices import FsdpVersion  # issue 15: parallel layouts
+from .choices import Framework  # issue 16 (helper F)
 
 GiB = 1024**3
 
@@ -213,3 +214,11 @@ class StrategySpec(_Spec):
         if name in fsdp:
             return cls(backend="fsdp", fsdp_sharding=fsdp[name], **common)
         return cls(backend=name, **common)
+
+
+# issue 16 (helper F): which training framework the rendered files are for
+class FrameworkSpec(_Spec):
+    """The training framework whose own config files ``generate`` writes next to the accelerate / DeepSpeed
+    ones (``accelerate``: none beyond those)."""
+
+    framework: Framework = "accelerate"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -114,17 +115,30 @@ def test_canonical_text_changes_with_every_field_and_refuses_unknown_types():
         datacache.canonical(object())
 
 
-def test_code_fingerprint_covers_every_source_file(tmp_path, monkeypatch):
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "a.py").write_text("x = 1\n")
-    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
-    monkeypatch.setattr(datacache, "_PACKAGE", tmp_path)
-    datacache.code_fingerprint.cache_clear()
-    try:
-        first = datacache.code_fingerprint()
-        (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+def test_code_fingerprint_covers_every_source_and_data_file(cache, tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    (pkg / "sub" / "c.yaml").write_text("k: 1\n")
+    monkeypatch.setattr(datacache, "_PACKAGE", pkg)
+
+    def fingerprint():
         datacache.code_fingerprint.cache_clear()
-        assert datacache.code_fingerprint() != first
+        return datacache.code_fingerprint()
+
+    try:
+        first = fingerprint()
+        assert fingerprint() == first and any(cache.glob("code-*.json"))         # the stat-keyed entry
+        (pkg / "sub" / "b.py").write_text("y = 22\n")
+        second = fingerprint()
+        assert second != first
+        (pkg / "sub" / "c.yaml").write_text("k: 2\n")
+        os.utime(pkg / "sub" / "c.yaml", ns=(1, 1))                    # same size, another mtime: a miss too
+        third = fingerprint()
+        assert third not in (first, second)
+        monkeypatch.setenv("DSADVISE_CACHE_DIR", "off")                # the cached hash is the hash of the bytes
+        assert fingerprint() == third
     finally:
         datacache.code_fingerprint.cache_clear()
 
@@ -156,3 +170,35 @@ def test_a_cached_allocator_simulation_equals_a_fresh_one(cache):
     assert allocator._churn_stats(*args[:5], other, False) == allocator._churn_stats.__wrapped__.uncached(
         *args[:5], other, False)
     assert len(list(cache.glob("allocator-*.json"))) == 2
+
+
+def test_a_cached_activation_replay_equals_a_fresh_one(cache):
+    from advisor.api import build_hardware, build_training
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import activations
+
+    arch = resolve_model("llama-2-7b").architecture
+    training = activations._trace_key(build_training(build_hardware(gpus=1, vram=80), seq_len=256))
+    args = (arch, training, "autocast-bf16", "none")
+    fresh = activations._traced.__wrapped__.uncached(*args)
+    for _ in range(2):                                             # computed and written, then read back
+        activations._traced.cache_clear()
+        assert activations._traced(*args) == fresh and fresh["per_layer"] > 0
+    assert len(list(cache.glob("replay-*.json"))) == 1
+
+
+def test_the_cached_catalog_equals_a_fresh_build(cache):
+    # Every catalog model read back from the cache equals the one built from models.yaml through the
+    # family registry, including the architecture's source (excluded from its JSON dump).
+    from advisor.catalog import models
+
+    fresh = models._catalog.__wrapped__.uncached()
+    try:
+        for _ in range(2):                                         # built and written, then read back
+            models._catalog.cache_clear()
+            cached = models._catalog()
+            assert cached == fresh and len(cached) >= 60
+            assert [m.architecture.source_config for m in cached] == [m.architecture.source_config for m in fresh]
+        assert len(list(cache.glob("catalog-*.json"))) == 1
+    finally:
+        models._catalog.cache_clear()

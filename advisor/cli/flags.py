@@ -30,6 +30,8 @@ OFFLOAD: tuple[str, ...] = get_args(choices.OffloadTarget)
 STRATEGIES: tuple[str, ...] = get_args(choices.StrategyName)
 BUCKET_SIZES: tuple[str, ...] = get_args(choices.BucketSizes)
 FSDP_VERSIONS: tuple[int, ...] = get_args(choices.FsdpVersion)    # issue 15
+FRAMEWORKS: tuple[str, ...] = get_args(choices.Framework)     # issue 16 (helper F)
+PRESETS: tuple[str, ...] = get_args(choices.Preset)           # issue 16 (helper F)
 
 
 # ---------------------------------------------------------------- argument types (shared with the wizard)
@@ -127,7 +129,7 @@ FLAGS: dict[str, Flag] = _flags(
          wizard_field="cpu_ram"),
     Flag("--nvme-path", "NVMe mount for ZeRO-Infinity offload"),
     Flag("--nvme-size", "free NVMe space per node in GiB", gib, spec_fields=("nvme_bytes",)),
-    Flag("--task", "", choices=TASKS, default="train", spec_fields=("task",)),
+    Flag("--task", "", choices=TASKS, default="train", spec_fields=("task",), wizard_field="task"),
     Flag("--seq-len", "tokens per sample (default: the smaller of 2048 and the model's context)", positive_int,
          default=None, spec_fields=("seq_len",),
          wizard_field="seq_len"),
@@ -144,14 +146,14 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--lora-dropout", "LoRA dropout probability (PEFT default 0: no mask is saved)", float, default=0.0,
          spec_fields=("dropout",), wizard_field="lora_rank"),
     Flag("--lora-targets", "comma-separated modules for LoRA (q_proj,v_proj,...) or all-linear",
-         default="all-linear", spec_fields=("target_modules",), wizard_field="lora_rank"),
+         default="all-linear", spec_fields=("target_modules",), wizard_field="lora_targets"),
     Flag("--freeze-layers", "--method freeze: how many last layers train (default 2)", positive_int, default=2,
          spec_fields=("freeze_trainable_layers",), wizard_field="method"),
     Flag("--checkpointing", "activation checkpointing", choices=CHECKPOINTING, default="none",
          spec_fields=("activation_checkpointing",), wizard_field="checkpointing"),
-    Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",)),
+    Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",), wizard_field="attention"),
     Flag("--loss", "cross-entropy kernel: plain (transformers), chunked (torchtune chunked output), fused-linear "
-         "(Liger / Cut Cross-Entropy: no logits)", choices=LOSSES, default="plain", spec_fields=("loss",)),
+         "(Liger / Cut Cross-Entropy: no logits)", choices=LOSSES, default="plain", spec_fields=("loss",), wizard_field="loss"),
     Flag("--loss-chunks", "--loss chunked: sequence chunks (torchtune default 8)", positive_int, default=8,
          spec_fields=("loss_chunks",)),
     Flag("--offload-activations", "keep saved activations in pinned CPU memory (save_on_cpu, torchtune "
@@ -159,7 +161,7 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--expandable-segments", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", action="store_true",
          spec_fields=("expandable_segments",)),
     Flag("--no-double-quant", "QLoRA without bitsandbytes double quantization", action="store_true",
-         spec_fields=("double_quant",)),
+         spec_fields=("double_quant",), wizard_field="double_quant"),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
     Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",),
@@ -186,7 +188,7 @@ FLAGS: dict[str, Flag] = _flags(
          metavar="PATH"),
     # estimate
     Flag("--prompt-len", "--task infer: prompt tokens of --seq-len (sliding-window KV cache; default: all)",
-         positive_int, spec_fields=("prompt_len",)),
+         positive_int, spec_fields=("prompt_len",), wizard_field="prompt_len"),
     Flag("--sub-group-size", "DeepSpeed ZeRO-3 sub_group_size in elements (default 1e9)", positive_int,
          spec_fields=("sub_group_size",)),
     # recommend
@@ -217,6 +219,12 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--no-collectives", "skip the all-reduce / all-gather measurement", action="store_true"),
     Flag("--no-deepspeed-adam", "skip DeepSpeedCPUAdam (its first use JIT-compiles an op for minutes)",
          action="store_true"),
+    # issue 16 (helper F): training frameworks and presets
+    Flag("--framework", "also write that framework's own config (LLaMA-Factory YAML, HF Trainer / TRL arguments, "
+         "axolotl YAML) carrying the estimated settings (default accelerate: no extra file)", choices=FRAMEWORKS,
+         default="accelerate", spec_fields=("framework",)),
+    Flag("--preset", "LLaMA-Factory-style preset: sets method, strategy, offload and checkpointing unless given "
+         "(see docs/frameworks.md)", choices=PRESETS),
 )
 
 # Spec field -> the flag users know it by, so that API errors name what they typed.

@@ -2,7 +2,10 @@
 
 Qwen3's attention (per-head q/k norms) with a sparse MoE block in every layer (``num_experts`` gated experts of
 width ``moe_intermediate_size``, top ``num_experts_per_tok``, no shared expert). Configs with dense layers
-(``mlp_only_layers``, ``decoder_sparse_step`` > 1) are traced.
+(``mlp_only_layers``, ``decoder_sparse_step`` > 1) are traced. The forward is Llama's with the MoE block of
+:meth:`DecoderReplay.moe` (Qwen3MoeSparseMoeBlock: softmax router in fp32, top-k, renormalized, transformers v5
+grouped_mm experts — the same code path as Mixtral's); tests/trace/test_catalog_agreement.py holds it against
+the tracer.
 """
 
 from __future__ import annotations
@@ -11,13 +14,24 @@ from advisor.hf_config import NeedsTrace
 
 from .base import PROXY_HEAD_DIM, PROXY_INNER, Family, llama_proxy, proxy_experts, qwen_window, read_experts, \
     read_llama_like
+from .replay import DecoderReplay
+
+
+class Qwen3MoeReplay(DecoderReplay):
+    """Qwen3MoeTopKRouter: softmax(router_logits, dtype=torch.float), top-k, renormalized (norm_topk_prob), then
+    ``.to(router_logits.dtype)``."""
+
+    router_softmax_dtype = True
+    router_cast_back = True
 
 
 def extra(r):
     mlp_only = r.cfg.get("mlp_only_layers") or []
     if mlp_only or r.integer("decoder_sparse_step", default=1) != 1:
         raise NeedsTrace("qwen3_moe with dense layers (mlp_only_layers / decoder_sparse_step)")
-    return read_experts(r, "num_experts", 128, 8)
+    experts = read_experts(r, "num_experts", 128, 8)
+    # Qwen3MoeConfig's default is False; the released models set true
+    return dict(experts, moe_norm_topk=r.flag("norm_topk_prob", default=False))
 
 
 def read(r):
@@ -32,5 +46,5 @@ def proxy(arch):
 
 
 FAMILY = Family(model_type="qwen3_moe", modeling="transformers/models/qwen3_moe/modeling_qwen3_moe.py", read=read,
-                fsdp_layer_class="Qwen3MoeDecoderLayer", proxy=proxy,
+                fsdp_layer_class="Qwen3MoeDecoderLayer", proxy=proxy, replay=Qwen3MoeReplay,
                 z3_leaf_modules=("Qwen3MoeSparseMoeBlock",))

@@ -43,6 +43,8 @@ class DecoderReplay:
     rope_cat = False            # apply_rotary_pos_emb ends in torch.cat([q_embed, q_pass]): a new contiguous tensor
     scale_q_after_proj = False  # q_proj(x) * scaling before the head split (OPT)
     sandwich_norm = False       # post_attention and post_feedforward norms around each block (Gemma-2/3)
+    router_softmax_dtype = False  # MoE router: softmax(logits, dtype=float) instead of softmax(logits.float())
+    router_cast_back = False    # MoE router: top-k weights cast back to the logits' dtype (Qwen3-MoE)
 
     def __init__(self, arch: Architecture, training: TrainingSpec, tr: Trace, layer_trainable: bool):
         self.a, self.t, self.tr = arch, training, tr
@@ -290,12 +292,18 @@ class DecoderReplay:
         N = tr.N
         S = N * k
         logits = self.proj(x, h, E, "router")                          # router F.linear
-        probs = tr.save_result(tr.cast(logits, "f32"))                 # softmax(router_logits.float())
+        if self.router_softmax_dtype:
+            probs = tr.save_result(logits, "f32")                      # softmax(router_logits, dtype=float)
+        else:
+            probs = tr.save_result(tr.cast(logits, "f32"))             # softmax(router_logits.float())
         idx = tr.new(N * k, "i64", False)                              # topk: TopkBackward saves indices
         tr.save(idx)
         top = tr.op(tr.new(N * k, "f32", probs.rg), [probs])           # backward: zeros + scatter
-        tr.save(top, tr.new(N, "f32", probs.rg))                       # top /= top.sum(): DivBackward
-        top = tr.op(tr.new(N * k, "f32", probs.rg), [top])
+        if a.moe_norm_topk:
+            tr.save(top, tr.new(N, "f32", probs.rg))                   # top /= top.sum(): DivBackward
+            top = tr.op(tr.new(N * k, "f32", probs.rg), [top])
+        if self.router_cast_back:
+            top = tr.cast(top, logits.dt)                              # router_top_value.to(router_logits.dtype)
         tr.save(tr.new(S, "i64", False), tr.new(S, "i64", False))     # sort perm; hidden_states[perm // k]
         tr.save(tr.new(E, "i32", False))                               # grouped_mm offsets (cumsum)
         sel = tr.op(tr.new(S * h, x.dt, x.rg), [x])                    # IndexBackward: zeros + index_put
@@ -311,7 +319,7 @@ class DecoderReplay:
         if train:
             tr.save(m)
         o = tr.op(tr.new(S * h, m.dt, m.rg or train), [m])
-        sw = tr.op(tr.new(S, "f32", top.rg), [top])                    # sample_weights[perm]
+        sw = tr.op(tr.new(S, top.dt, top.rg), [top])                   # sample_weights[perm]
         wo = tr.mul(o, sw)                                             # saves o and the weights
         tr.save(tr.new(S, "i64", False))                               # weighted_out[inv_perm] indices
         f = tr.op(tr.new(N * h, wo.dt, wo.rg), [wo])                   # view(...).sum(dim=1)

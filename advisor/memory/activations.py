@@ -71,6 +71,7 @@ from functools import lru_cache
 from pydantic import BaseModel, ConfigDict
 
 from advisor.architecture import Architecture
+from advisor.datacache import computed
 from advisor.families import REPLAYED_FAMILIES
 from advisor.specs import TrainingSpec
 
@@ -409,6 +410,7 @@ def _trace_key(training: TrainingSpec) -> TrainingSpec:
 
 
 @lru_cache(maxsize=4096)
+@computed("replay", dict, dict)             # kept across runs (advisor/datacache.py)
 def _traced(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str) -> dict[str, int]:
     """Cached :func:`_trace_model` (the recommender asks for the same micro-batch under many strategies;
     one trace with its backward replay costs milliseconds). Callers must not mutate the returned dict."""

@@ -35,7 +35,8 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
         weights = weight_bytes_for_inference(model, counts, training)
         speeds = [inference_speed(arch, counts, hw, gpu, lay.layout, precision=training.precision,
                                   method=training.method, batch=training.micro_batch_size, seq_len=training.seq_len,
-                                  weight_bytes=weights, attention=training.attention, profile=profile)
+                                  weight_bytes=weights, attention=training.attention, profile=profile,
+                                  tp=strategy.tp_size)
                   for lay in est.inference]
         return est.model_copy(update={"inference_speed": speeds, "notes": list(est.notes) + notes})
     gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size,
@@ -45,6 +46,10 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
                             checkpointing=training.activation_checkpointing, micro_batch=training.micro_batch_size,
                             seq_len=training.seq_len, gas=gas, freeze_layers=training.freeze_trainable_layers,
                             attention=training.attention, rates=rates)
+    if strategy.tp_size * strategy.sp_size * strategy.cp_size > 1:   # issue 15: said, not assumed silently
+        notes.append("tensor/sequence/context-parallel collectives (TP all-reduces, Ulysses all-to-alls, ring K/V "
+                     "all-gathers) run inside a node on the critical path, not overlapped with compute "
+                     "(advisor/recommend/step_time.py layout_communication)")
     if gas > 1 or training.global_batch_size:
         notes = [f"one optimizer step = {gas} micro-step(s) of micro-batch {training.micro_batch_size} on each of "
                  f"{hw.world_size} GPU(s)"] + notes

@@ -67,6 +67,10 @@ def lint_file(path: str | Path, problem: Problem | None = None) -> list[Finding]
     p = problem or Problem()
     path = Path(path)
     text = read_text(path)
+    from .frameworks.lint import lint_framework_file   # issue 16 (helper F): LLaMA-Factory/axolotl/HF/TRL files
+
+    if (framework := lint_framework_file(path, text, p, lint_deepspeed)) is not None:
+        return no_contradictions(framework)
     kind = _kind(path, text)
     if kind == "deepspeed":
         data = parse_text(path.name, text, "json")
