@@ -46,24 +46,13 @@ def parse_generate(argv: str, out: str = "/nonexistent"):
     return build_parser().parse_args(["generate", *shlex.split(argv), "--out", out])
 
 
-# Rendered through the Python API only (render_files does not refuse it): `generate` refuses FSDP2 + TP with the
-# pinned accelerate 1.15 + transformers 5.24 (advisor/layout.py: accelerate's FSDP2 TP preparation imports a
-# class transformers 5.24 lacks), but the file's keys are what accelerate reads when the versions line up.
-API_ONLY = {"llama-3.1-70b-8xh100-fsdp2-tp2"}
-
-
-def render_scenario(argv: str, *, api_only: bool = False) -> dict[str, str]:
-    """Render what `dsadvise generate ARGV` would write (same planning path), without writing. ``api_only``: skip
-    generate's layout refusal, as a caller of render_files does."""
-    import contextlib
-    from unittest import mock
-
+def render_scenario(argv: str) -> dict[str, str]:
+    """Render what `dsadvise generate ARGV` would write (same planning path), without writing."""
     from advisor.cli.configs import plan
     from advisor.render.render import render_files
 
     args = parse_generate(argv)
-    with mock.patch("advisor.layout.check_layout") if api_only else contextlib.nullcontext():
-        model, hw, training, strategy, gas, rec = plan(args)
+    model, hw, training, strategy, gas, rec = plan(args)
     return render_files(model, hw, training, strategy, gradient_accumulation_steps=gas, hf_trainer=args.hf_trainer,
                         main_process_ip=args.main_process_ip, main_process_port=args.main_process_port,
                         recommendation=rec)
@@ -76,4 +65,4 @@ def rendered() -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def rendered_layouts() -> dict[str, dict[str, str]]:
-    return {name: render_scenario(argv, api_only=name in API_ONLY) for name, argv in LAYOUT_SCENARIOS.items()}
+    return {name: render_scenario(argv) for name, argv in LAYOUT_SCENARIOS.items()}

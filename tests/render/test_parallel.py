@@ -104,15 +104,6 @@ def test_readme_says_the_script_changes(rendered_layouts):
     assert "maybe_context_parallel" in cp
 
 
-def test_generate_refuses_fsdp2_tp_with_the_pinned_versions():
-    """The FSDP2 + TP golden comes from the Python API; `generate` refuses it in one line naming --tp."""
-    from advisor.errors import InputError
-
-    with pytest.raises(InputError) as exc:
-        render_scenario(LAYOUT_SCENARIOS["llama-3.1-70b-8xh100-fsdp2-tp2"])
-    assert exc.value.field == "--tp" and "ReplicateParallel" in str(exc.value)
-
-
 def test_deepspeed_tp_with_sp_is_refused_in_one_line():
     from advisor.errors import InputError
 
