@@ -118,6 +118,69 @@ def estimated(cfg: dict, seq: int, batch: int, tiled: bool) -> tuple[int, int]:
     return act.activations - shard, shard
 
 
+def measure_tiled_loss(cfg: dict, seq: int, shards: int) -> tuple[int, int]:
+    """(bytes saved for backward at the end of the forward with transformers' own loss, with DeepSpeed's
+    ``TiledFusedLogitsLoss`` over ``shards`` tiles). TiledFusedLogitsLoss runs each tile's backward inside its
+    forward, so tensors packed for a tile die with it: only those still alive when the forward ends count (weak
+    references; storages deduplicated, parameters excluded)."""
+    import weakref
+
+    import torch
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledFusedLogitsLoss
+
+    from benchmarks.harness.models import instantiate, make_config
+    from benchmarks.harness.semantics import cuda_semantics
+
+    config = make_config(cfg, "sdpa", cfg["num_hidden_layers"])
+    model = instantiate(config, "sdpa", torch.bfloat16, seed=0)
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    ids = torch.randint(0, cfg["vocab_size"], (1, seq), generator=torch.Generator().manual_seed(0))
+
+    def loss_fn(self, x, y):
+        return self.loss_function(logits=self.lm_head(x), labels=None, shift_labels=y, vocab_size=cfg["vocab_size"])
+
+    out = []
+    for tiled in (False, True):
+        packed = []
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                packed.append((t.untyped_storage().data_ptr(), t.untyped_storage().nbytes(), weakref.ref(t)))
+            return t
+
+        with cuda_semantics("half-bf16", fast_matmul=True), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            if tiled:
+                hidden = model.model(input_ids=ids).last_hidden_state
+                shift = torch.nn.functional.pad(ids, (0, 1), value=-100)[:, 1:]
+                loss = TiledFusedLogitsLoss.apply(loss_fn, model, hidden, shift, None, shards,
+                                                  [model.lm_head.weight], "mean")
+            else:
+                loss = model(input_ids=ids, labels=ids).loss
+        out.append(sum({ptr: n for ptr, n, ref in packed if ref() is not None}.values()))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+    return out[0], out[1]
+
+
+def loss_table() -> None:
+    """TiledFusedLogitsLoss's saved set against the existing --loss models (not a --loss of its own yet)."""
+    from advisor.hf_config import architecture_from_hf_config
+    from advisor.memory.activations import activation_memory
+    from advisor.specs import TrainingSpec
+
+    print("\n| case | tiles | plain saved measured (B) | --loss plain estimated | TiledFusedLogitsLoss saved measured (B) "
+          "| --loss fused-linear estimated | err |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, cfg, seq, shards in (("llama seq 1024", LLAMA, 1024, 4), ("qwen2 seq 2048", QWEN2, 2048, 8)):
+        plain, tiled = measure_tiled_loss(cfg, seq, shards)
+        arch = architecture_from_hf_config(cfg)
+        est = {loss: activation_memory(arch, TrainingSpec(seq_len=seq, precision="bf16", loss=loss), "half-bf16")
+               .activations for loss in ("plain", "fused-linear")}
+        print(f"| {label} | {shards} | {plain:,} | {est['plain']:,} | {tiled:,} | {est['fused-linear']:,} | "
+              f"{(est['fused-linear'] - tiled) / tiled:+.2%} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one case")
@@ -136,6 +199,8 @@ def main() -> None:
         print(f"| {label} | {shards} | {mu:,} | {eu:,} | {errs[0]:+.2%} | {mt:,} | {et:,} | {errs[1]:+.2%} | "
               f"{ms:,} | {es:,} | {errs[2]:+.2%} |", flush=True)
     print(f"\nband {LOW:+.0%} ... {HIGH:+.0%}: {3 * len(rows) - bad} of {3 * len(rows)} in band")
+    if not args.quick:
+        loss_table()
     sys.exit(1 if bad else 0)
 
 
