@@ -87,7 +87,7 @@ def _has_bias(arch: Architecture, name: str) -> bool:
     if name == "o_proj":
         return arch.o_bias
     if name == "router":
-        return False
+        return arch.router_bias
     return arch.mlp_bias
 
 
@@ -123,6 +123,8 @@ def count_parameters(arch: Architecture) -> ParameterCounts:
         per_layer += 2 * arch.head_dim   # Qwen3 q_norm and k_norm: RMSNorm(head_dim) each
     if arch.qk_norm_full:
         per_layer += arch.q_width + arch.kv_width   # OLMo-2 q_norm(heads*head_dim), k_norm(kv_heads*head_dim)
+    if arch.attention_sinks:
+        per_layer += arch.num_attention_heads       # GPT-OSS attention sinks: one logit per head
 
     token_table = vocab * emb_dim
     position_table = arch.learned_position_rows * h

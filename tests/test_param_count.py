@@ -81,10 +81,14 @@ def real_linear_shapes(layer) -> dict[str, tuple[int, int, int]]:
         elif isinstance(module, Conv1D):      # GPT-2: weight is (in, out)
             shapes[NORMALIZED[path]] = (module.weight.shape[0], module.weight.shape[1], 1)
         elif path.endswith("experts") and hasattr(module, "gate_up_proj"):   # transformers 5 fused experts
-            experts, two_inner, hidden = module.gate_up_proj.shape
+            if getattr(module, "is_transposed", False):   # GPT-OSS: gate_up_proj [E, h, 2i], down_proj [E, i, h]
+                experts, hidden, two_inner = module.gate_up_proj.shape
+                shapes["down_proj"] = (module.down_proj.shape[1], module.down_proj.shape[2], experts)
+            else:                                         # Mixtral: gate_up_proj [E, 2i, h], down_proj [E, h, i]
+                experts, two_inner, hidden = module.gate_up_proj.shape
+                shapes["down_proj"] = (module.down_proj.shape[2], module.down_proj.shape[1], experts)
             shapes["gate_proj"] = shapes["up_proj"] = (hidden, two_inner // 2, experts)
-            shapes["down_proj"] = (module.down_proj.shape[2], module.down_proj.shape[1], experts)
-        elif path.endswith("mlp.gate") and hasattr(module, "weight"):        # MoE router
+        elif path.endswith(("mlp.gate", "mlp.router")) and hasattr(module, "weight"):   # MoE router
             shapes["router"] = (module.weight.shape[1], module.weight.shape[0], 1)
     return shapes
 
