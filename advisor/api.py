@@ -15,6 +15,7 @@ from .catalog.gpus import resolve_gpu
 from .cli.flags import SPEC_FIELD_FLAGS
 from .catalog.models import ResolvedModel, resolve_model
 from .errors import InputError, did_you_mean
+from .layout import check_layout, data_parallel_size
 from .estimate_result import Estimate
 from .specs import STRATEGY_NAMES, GiB, HardwareSpec, LoraSpec, StrategySpec, TrainingSpec
 
@@ -131,16 +132,25 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
 
 
 def build_strategy(hw: HardwareSpec, strategy: str | None = None, offload_optimizer: str = "none",
-                   offload_param: str = "none", bucket_sizes: str = "auto") -> StrategySpec:
-    """StrategySpec from a CLI name; the default is ``single`` on one GPU and ``ddp`` on more."""
+                   offload_param: str = "none", bucket_sizes: str = "auto", **layout) -> StrategySpec:
+    """StrategySpec from a CLI name; the default is ``single`` on one GPU and ``ddp`` on more. ``layout``: the
+    issue-15 fields (tp_size, sp_size, cp_size, dp_replicate_size, fsdp_version, allow_cross_node_tp)."""
     name = strategy or ("single" if hw.world_size == 1 else "ddp")
     if name not in STRATEGY_NAMES:
         raise InputError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}"
                          f"{did_you_mean(name, STRATEGY_NAMES)}", field="--strategy")
+    layout = {k: v for k, v in layout.items() if v is not None}
     try:
-        return StrategySpec.from_name(name, offload_optimizer, offload_param, bucket_sizes=bucket_sizes)
+        return StrategySpec.from_name(name, offload_optimizer, offload_param, bucket_sizes=bucket_sizes, **layout)
     except ValidationError as exc:
         raise input_error(exc) from None
+
+
+def layout_fields(tp: int = 1, sp: int = 1, cp: int = 1, dp_replicate: int = 1, fsdp_version: int = 1,
+                  allow_cross_node_tp: bool = False) -> dict:
+    """The StrategySpec fields of the parallel-layout flags (--tp, --sp, --cp, --dp-replicate, --fsdp-version)."""
+    return dict(tp_size=tp, sp_size=sp, cp_size=cp, dp_replicate_size=dp_replicate, fsdp_version=fsdp_version,
+                allow_cross_node_tp=allow_cross_node_tp)
 
 
 def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram: float | None = None,
@@ -152,7 +162,9 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
              freeze_layers: int = 2, prompt_len: int | None = None, sub_group_size: int | None = None,
              loss: str = "plain", loss_chunks: int = 8, offload_activations: bool = False,
-             expandable_segments: bool = False, double_quant: bool = True, profile=None) -> Estimate:
+             expandable_segments: bool = False, double_quant: bool = True, profile=None,
+             tp: int = 1, sp: int = 1, cp: int = 1, dp_replicate: int = 1, fsdp_version: int = 1,
+             allow_cross_node_tp: bool = False) -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
     optimizer step (training) or prefill/decode tokens/s per layout (inference); raises InputError on bad
     input. ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes.
@@ -171,11 +183,14 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               loss_chunks=loss_chunks, offload_activations=offload_activations,
                               expandable_segments=expandable_segments, double_quant=double_quant)
     check_against_model(resolved, training)
-    strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes)
+    strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes,
+                           **layout_fields(tp, sp, cp, dp_replicate, fsdp_version, allow_cross_node_tp))
+    check_layout(resolved.architecture, hw, training, strat)   # issue 15: one line naming the flag
     if sub_group_size is not None:
         strat = strat.model_copy(update={"sub_group_size": sub_group_size})
     if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)
-        gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
+        gradient_accumulation(training.global_batch_size, training.micro_batch_size,
+                              data_parallel_size(hw, strat))   # tp/sp/cp ranks share one batch (advisor/layout.py)
     if isinstance(profile, (str, bytes)) or hasattr(profile, "__fspath__"):
         from .profile import load_profile
 

@@ -18,3 +18,9 @@ StrategyName = Literal["single", "ddp", "zero0", "zero1", "zero2", "zero3",
                        "fsdp-full", "fsdp-grad-op", "fsdp-hybrid", "fsdp-no-shard"]
 BucketSizes = Literal["auto", "default"]
 Loss = Literal["plain", "chunked", "fused-linear"]
+# issue 15 (tensor / sequence / context parallelism): FSDP generation (accelerate fsdp_version; FSDP2 = fully_shard)
+FsdpVersion = Literal[1, 2]
+
+# issue 16 (helper F): training frameworks and presets
+Framework = Literal["accelerate", "hf-trainer", "trl", "llamafactory", "axolotl"]
+Preset = Literal["lora", "qlora", "full", "z2-offload", "z3", "minimal"]

@@ -1,5 +1,6 @@
 """A content-keyed cache of parsed (and validated) data files, so that a command does not pay for YAML
-parsing and JSON Schema validation of unchanged files on every start.
+parsing and JSON Schema validation of unchanged files on every start; and of pure computed results
+(:func:`computed`: the caching-allocator simulation), keyed by their arguments and the package's code.
 
 An entry is a JSON file named by the SHA-256 of everything its value depends on (the file bytes, the schema
 bytes, the code that validated it): an edited file, schema or validator is a new key,
@@ -11,6 +12,9 @@ the speed-up.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import functools
 import hashlib
 import json
 import os
@@ -85,3 +89,77 @@ def _write(folder: Path, path: Path, value: object) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+# ---------------------------------------------------------------- computed results
+
+_PACKAGE = Path(__file__).resolve().parent
+_CODE_SUFFIXES = frozenset({".py", ".yaml", ".yml", ".json"})
+
+
+def _package_files(folder: Path, rel: str = "") -> list[tuple[str, os.stat_result]]:
+    """(relative path, stat) of the package's sources and data files, sorted; os.scandir, not pathlib."""
+    out = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if e.name != "__pycache__":
+                    out += _package_files(Path(e.path), f"{rel}{e.name}/")
+            elif os.path.splitext(e.name)[1] in _CODE_SUFFIXES:
+                out.append((rel + e.name, e.stat()))
+    return sorted(out)
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 (hex) of every Python source and data file of the ``advisor`` package (relative path and
+    bytes), once per process: part of the key of every computed result, so that any edit is a miss.
+
+    The hash of the contents is itself cached, keyed by every file's path, size and mtime (the check
+    Python's own bytecode cache makes of a source), so a start reads the files only after one changed."""
+    files = _package_files(_PACKAGE)
+    stats = "\n".join(f"{rel} {st.st_size} {st.st_mtime_ns}" for rel, st in files)
+    return cached("code", (stats,), lambda: cache_key("code", (
+        part for rel, _ in files for part in (rel, (_PACKAGE / rel).read_bytes()))))
+
+
+def canonical(value: object) -> str:
+    """A deterministic text of ``value`` that differs whenever any field differs: pydantic models (every field
+    in ``__dict__``, excluded ones too), dataclasses, enums, tuples/lists/dicts of those, and scalars.
+    Any other type raises TypeError (it could not be keyed safely)."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return repr(value)
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__qualname__}.{value.name}={value.value!r}"
+    if isinstance(value, (tuple, list)):
+        inner = ",".join(canonical(v) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{canonical(k)}:{canonical(v)}" for k, v in sorted(value.items(), key=repr)) + "}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = ",".join(f"{f.name}={canonical(getattr(value, f.name))}" for f in dataclasses.fields(value))
+        return f"{type(value).__module__}.{type(value).__qualname__}({fields})"
+    if hasattr(type(value), "model_fields") and hasattr(value, "__dict__"):      # a pydantic model
+        extra = getattr(value, "__pydantic_extra__", None) or {}
+        fields = ",".join(f"{k}={canonical(v)}" for k, v in (*value.__dict__.items(), *sorted(extra.items())))
+        return f"{type(value).__module__}.{type(value).__qualname__}({fields})"
+    raise TypeError(f"cannot key a cached result on a {type(value).__qualname__}")
+
+
+def computed(kind: str, encode: Callable[[T], object], decode: Callable[[object], T]):
+    """Decorator: keep a pure function's results in the cache, keyed by :func:`canonical` of its arguments
+    and :func:`code_fingerprint`. ``encode`` turns a result into plain JSON data, ``decode`` back; a
+    decoded hit equals what the call would return (``tests/test_datacache.py``)."""
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if cache_dir() is None:
+                return fn(*args, **kwargs)
+            parts = (code_fingerprint(), fn.__module__, fn.__qualname__,
+                     *(canonical(a) for a in args), *(f"{k}={canonical(v)}" for k, v in sorted(kwargs.items())))
+            return decode(cached(kind, parts, lambda: encode(fn(*args, **kwargs))))
+
+        call.uncached = fn
+        return call
+
+    return wrap

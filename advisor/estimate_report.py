@@ -31,6 +31,11 @@ def render_estimate(est: Estimate) -> str:
             offl.append(f"optimizer->{st.offload_optimizer}")
         if st.offload_param != "none":
             offl.append(f"params->{st.offload_param}")
+        # issue 15: the parallel layout, as accelerate's ParallelismConfig names the sizes
+        layout = [f"{k} {getattr(st, k + '_size')}" for k in ("tp", "sp", "cp", "dp_replicate")
+                  if getattr(st, k + "_size") > 1] + (["fsdp2"] if st.fsdp_version == 2 else [])
+        if layout:
+            lines.append(f"Layout    {', '.join(layout)} (world = dp_replicate x dp_shard x tp x sp x cp)")
         lines.append(f"Strategy  {st.name}{' + offload ' + ', '.join(offl) if offl else ''}; {st.precision}, "
                      f"{st.optimizer}, {st.method}; micro-batch {st.micro_batch_size} x seq {st.seq_len}; "
                      f"checkpointing {st.activation_checkpointing}; attention {st.attention}")

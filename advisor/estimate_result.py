@@ -48,6 +48,12 @@ class StrategyInfo(_Out):
     attention: str
     optimizer: str
     method: str
+    # issue 15: the parallel layout (accelerate ParallelismConfig sizes; dp_shard is what remains of the world)
+    tp_size: int = 1
+    sp_size: int = 1
+    cp_size: int = 1
+    dp_replicate_size: int = 1
+    fsdp_version: int = 1
 
 
 class PerGPU(_Out):
@@ -157,4 +163,6 @@ def strategy_info(training: TrainingSpec, strategy: StrategySpec) -> StrategyInf
                         offload_param=strategy.offload_param, precision=training.precision,
                         activation_checkpointing=training.activation_checkpointing,
                         micro_batch_size=training.micro_batch_size, seq_len=training.seq_len,
-                        attention=training.attention, optimizer=training.optimizer, method=training.method)
+                        attention=training.attention, optimizer=training.optimizer, method=training.method,
+                        tp_size=strategy.tp_size, sp_size=strategy.sp_size, cp_size=strategy.cp_size,
+                        dp_replicate_size=strategy.dp_replicate_size, fsdp_version=strategy.fsdp_version)

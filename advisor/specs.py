@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpSharding, Loss, Method, OffloadTarget,  # noqa: F401
                       Optimizer, Precision, StrategyName, Task)
+from .choices import FsdpVersion  # issue 15: parallel layouts
+from .choices import Framework  # issue 16 (helper F)
 
 GiB = 1024**3
 
@@ -124,6 +126,45 @@ class StrategySpec(_Spec):
         None, ge=1, le=10**12,
         description="DeepSpeed ZeRO-3 sub_group_size (elements): the optimizer steps one sub group at a time; "
                     "None = the value of bucket_sizes (1e9)")
+    # --- issue 15: tensor / sequence / context parallelism (advisor/layout.py holds the cross-checks) ---
+    # Mesh sizes as accelerate's ParallelismConfig names them (accelerate/parallelism_config.py); the data-parallel
+    # shard size is what remains: world = dp_replicate x dp_shard x tp x sp x cp (ParallelismConfig.total_size).
+    tp_size: int = Field(1, ge=1, le=1024, description="tensor-parallel degree (DeepSpeed AutoTP "
+                                                       "tensor_parallel.autotp_size, accelerate tp_size)")
+    sp_size: int = Field(1, ge=1, le=1024, description="Ulysses / ALST sequence-parallel degree (DeepSpeed "
+                                                       "sequence_parallel_size, accelerate sp_size)")
+    cp_size: int = Field(1, ge=1, le=1024, description="context-parallel degree, ring attention under FSDP2 "
+                                                       "(accelerate cp_size)")
+    dp_replicate_size: int = Field(1, ge=1, le=4096, description="HSDP replicas (accelerate dp_replicate_size)")
+    fsdp_version: FsdpVersion = Field(1, description="FSDP generation: 1 (FullyShardedDataParallel) or 2 "
+                                                     "(fully_shard, what ParallelismConfig needs)")
+    allow_cross_node_tp: bool = Field(False, description="let --tp span nodes (its per-layer all-reduces then "
+                                                         "cross the network)")
+
+    @model_validator(mode="after")
+    def _layout(self) -> "StrategySpec":
+        """Which engine runs each layout (accelerate 1.15 / DeepSpeed 0.19.8 sources: see advisor/layout.py)."""
+        fsdp2 = self.backend == "fsdp" and self.fsdp_version == 2
+        if self.fsdp_version == 2 and self.backend != "fsdp":
+            raise ValueError("--fsdp-version 2 is an FSDP setting: use it with --strategy fsdp-*")
+        if self.cp_size > 1 and not fsdp2:
+            raise ValueError("--cp needs FSDP2: --strategy fsdp-full or fsdp-grad-op with --fsdp-version 2 "
+                             "(accelerate runs context parallelism only under FSDP2)")
+        if self.sp_size > 1 and self.backend != "deepspeed":
+            raise ValueError("--sp needs DeepSpeed: --strategy zero0..zero3 (Ulysses/ALST runs in DeepSpeed; "
+                             "accelerate sp_backend 'deepspeed')")
+        if self.sp_size > 1 and self.cp_size > 1:
+            raise ValueError("--sp and --cp cannot be combined (accelerate ParallelismConfig: CP and SP are "
+                             "mutually exclusive)")
+        if self.dp_replicate_size > 1 and not fsdp2:
+            raise ValueError("--dp-replicate needs FSDP2 (--strategy fsdp-* --fsdp-version 2: HSDP via "
+                             "ParallelismConfig); with FSDP1 use --strategy fsdp-hybrid")
+        if fsdp2 and self.fsdp_sharding == "NO_SHARD":
+            raise ValueError("--fsdp-version 2 has no NO_SHARD: use --strategy ddp, or fsdp-full/fsdp-grad-op")
+        if fsdp2 and self.fsdp_sharding == "HYBRID_SHARD":
+            raise ValueError("--fsdp-version 2 expresses hybrid sharding as --strategy fsdp-full with --dp-replicate N "
+                             "(accelerate's FSDP2 takes only reshard_after_forward true/false)")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> "StrategySpec":
@@ -173,3 +214,11 @@ class StrategySpec(_Spec):
         if name in fsdp:
             return cls(backend="fsdp", fsdp_sharding=fsdp[name], **common)
         return cls(backend=name, **common)
+
+
+# issue 16 (helper F): which training framework the rendered files are for
+class FrameworkSpec(_Spec):
+    """The training framework whose own config files ``generate`` writes next to the accelerate / DeepSpeed
+    ones (``accelerate``: none beyond those)."""
+
+    framework: Framework = "accelerate"

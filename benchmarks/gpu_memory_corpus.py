@@ -7,6 +7,10 @@ assumptions it lists) and compared with what was measured: max_memory_allocated 
 max_memory_reserved with ``per_gpu.reserved``, nvidia-smi with ``per_gpu.total``. A point measured "OOM" passes
 when the estimate's total exceeds the card. Summary over the comparable points: in band (−3 … +15 %), median
 |error|, worst low. Nothing is fitted to these points.
+
+Points whose setup dsadvise cannot express (``expressible: false``, with ``why_not``) are not compared; those marked
+``reference: true`` are still estimated with the nearest settings dsadvise has and listed apart, so the gap stays
+visible.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ def kwargs(p: dict) -> dict:
     kw = dict(model=p["model"], gpus=p["gpus"], gpu=p["gpu"], strategy=p.get("strategy"), method=p["method"],
               precision=p.get("precision"), micro_batch=p["micro_batch"], seq_len=p["seq_len"],
               checkpointing=p.get("checkpointing", "none"), loss=p.get("loss", "plain"),
-              loss_chunks=p.get("loss_chunks", 8), double_quant=p.get("double_quant", True))
+              loss_chunks=p.get("loss_chunks", 8), double_quant=p.get("double_quant", True),
+              attention=p.get("attention", "sdpa"), global_batch=p.get("global_batch"))
     if p["method"] in ("lora", "qlora"):
         kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]), lora_dropout=p.get("lora_dropout", 0.0))
     if p.get("offload", "none") != "none":
@@ -46,10 +51,13 @@ def main() -> None:
     args = ap.parse_args()
     points = yaml.safe_load(CORPUS.read_text())["points"]
     rows, errors, oom_ok, oom_all, skipped = [], [], 0, 0, []
+    refs = []
     for p in points:
-        if not p.get("expressible", True):
+        reference = not p.get("expressible", True)
+        if reference:
             skipped.append(p)
-            continue
+            if not p.get("reference"):
+                continue
         m = p["measured"]
         try:
             est = estimate(**kwargs(p))
@@ -57,6 +65,13 @@ def main() -> None:
             rows.append((p, "error", str(exc), None))
             continue
         g = est.per_gpu
+        if reference:
+            if m["value"] != "OOM":
+                measured = float(m["value"]) * UNIT[m["unit"]]
+                estimated = {"allocated": g.allocated, "reserved": g.reserved, "nvidia-smi": g.total}[m["kind"]]
+                refs.append((p, m["kind"], f"{measured / 2**30:8.2f} {estimated / 2**30:8.2f}",
+                             100 * (estimated - measured) / measured))
+            continue
         if m["value"] == "OOM":
             oom_all += 1
             ok = g.total > est.hardware.vram_bytes
@@ -81,7 +96,12 @@ def main() -> None:
               f"{statistics.median(abs(e) for e in errors):.1f} %; worst low {min(errors):+.1f} %; worst high "
               f"{max(errors):+.1f} %")
     print(f"OOM points: {oom_ok}/{oom_all} estimated over the card")
+    if refs:
+        print(f"\nnot expressible, estimated with the nearest settings for reference (not compared; why_not in the corpus):")
+        for p, kind, text, err in refs:
+            print(f"{p['id'][:51]:<52}{kind:<11}{text:>18}{err:+8.1f}%")
     print(f"not expressible: {len(skipped)} (" + "; ".join(sorted({s['why_not'][:60] for s in skipped})) + ")")
+    print(f"sources: {len({p['source'] for p in points})} in the corpus, {len(points)} points")
     if args.csv:
         for p, kind, text, err in rows:
             print(",".join([p["id"], kind, text.replace(" ", "").replace(",", ";"), str(err)]))

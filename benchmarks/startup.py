@@ -10,9 +10,12 @@ first paint under 0.5 s. On a machine shared with other jobs the wall time inclu
 CPU-time column is the steadier measure there. The first row is the floor any command that validates
 its input with pydantic pays (import and first model); the rest of a command is what dsadvise adds.
 
-Each command runs once untimed first, so that the content-keyed data cache (advisor/datacache.py) and
-Python's bytecode caches are warm, as they are for a user from the second run on. Set
-DSADVISE_CACHE_DIR=off to measure without the data cache.
+Each command runs once untimed first, so that the content-keyed data cache (advisor/datacache.py: parsed
+catalogs and rules, and the caching-allocator simulations a search ran) and Python's bytecode caches are warm,
+as they are for a user from the second run on. The commands run with bytecode writing allowed
+(PYTHONDONTWRITEBYTECODE is dropped from their environment) because an installed package has its .pyc files.
+The "cold" row runs `recommend` with DSADVISE_CACHE_DIR=off: the first run on a machine (nothing cached);
+set DSADVISE_CACHE_DIR=off for the whole script to measure every row that way.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ COMMANDS = {
     "dsadvise recommend --model 7B --gpus 4 --vram 24":
         ["recommend", "--model", "7B", "--gpus", "4", "--vram", "24"],
 }
+ESTIMATE = "dsadvise estimate --model 7B --gpus 4 --vram 24"
+RECOMMEND = "dsadvise recommend --model 7B --gpus 4 --vram 24"
+FLOOR = "(floor) python -c 'import pydantic; one BaseModel'"
 # As the console script runs it: import advisor.cli, call main (no runpy, unlike `python -m advisor`).
 PROBE = ("import sys\n"
          "from advisor.cli import main\n"
@@ -60,11 +66,16 @@ print('HEAVY=' + ','.join(m for m in %r if m in sys.modules if m != "textual"), 
 """ % (HEAVY,)
 
 
-def run(argv: list[str]) -> tuple[float, float, str, str]:
+# A user's installed package has its bytecode; without it every start recompiles the package's sources.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+COLD_ENV = {**ENV, "DSADVISE_CACHE_DIR": "off"}
+
+
+def run(argv: list[str], env: dict | None = None) -> tuple[float, float, str, str]:
     """(wall s, CPU s, heavy modules, stderr) of one fresh interpreter running ``argv``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env or ENV)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -72,11 +83,11 @@ def run(argv: list[str]) -> tuple[float, float, str, str]:
     return wall, cpu, heavy[0] if heavy else "-", proc.stderr
 
 
-def measure(argv: list[str], n: int) -> tuple[list[float], list[float], str, str]:
-    run(argv)                                   # warm the caches
+def measure(argv: list[str], n: int, env: dict | None = None) -> tuple[list[float], list[float], str, str]:
+    run(argv, env)                              # warm the caches
     walls, cpus, heavy, err = [], [], "", ""
     for _ in range(n):
-        wall, cpu, heavy, err = run(argv)
+        wall, cpu, heavy, err = run(argv, env)
         walls.append(wall)
         cpus.append(cpu)
     return walls, cpus, heavy, err
@@ -93,13 +104,17 @@ def main() -> None:
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"{'command':<90}{'wall ms':>8}{'min':>6}{'x bare':>8}{'CPU ms':>8}{'x bare':>8}  heavy imports")
     # The floor every command that validates input pays: pydantic's import and its first model.
-    rows = [("(floor) python -c 'import pydantic; one BaseModel'", ["-c", PYDANTIC_FLOOR])]
-    rows += [(label, ["-c", PROBE, *args]) for label, args in COMMANDS.items()]
-    for label, argv in rows:
-        walls, cpus, heavy, _ = measure(argv, n)
+    rows = [(FLOOR, ["-c", PYDANTIC_FLOOR], None)]
+    rows += [(label, ["-c", PROBE, *args], None) for label, args in COMMANDS.items()]
+    rows.append(("(cold: DSADVISE_CACHE_DIR=off) " + RECOMMEND, ["-c", PROBE, *COMMANDS[RECOMMEND]], COLD_ENV))
+    result = {}
+    for label, argv, env in rows:
+        walls, cpus, heavy, _ = measure(argv, n, env)
         w, c = statistics.median(walls), statistics.median(cpus)
+        result[label] = (w, c / max(bc, 1e-3))
         print(f"{label:<90}{w * 1000:>8.0f}{min(walls) * 1000:>6.0f}{w / bw:>8.1f}{c * 1000:>8.0f}"
               f"{c / max(bc, 1e-3):>8.1f}  {heavy or 'none'}")
+    paint = []
     if not ap.parse_args().no_wizard:
         walls, cpus, heavy, err = measure(["-c", WIZARD_PROBE], max(3, n // 3))
         paint = [float(line[6:]) for line in err.splitlines() if line.startswith("PAINT=")]
@@ -107,6 +122,11 @@ def main() -> None:
               f"{statistics.median(walls) * 1000:>8.0f}{min(walls) * 1000:>6.0f}{statistics.median(walls) / bw:>8.1f}"
               f"{statistics.median(cpus) * 1000:>8.0f}{statistics.median(cpus) / max(bc, 1e-3):>8.1f}  "
               f"{heavy or 'none'}")
+
+    print(f"targets (issue 11): estimate CPU {result[ESTIMATE][1]:.1f}x bare (target < 10; the pydantic floor "
+          f"alone is {result[FLOOR][1]:.1f}x); recommend wall {result[RECOMMEND][0]:.2f} s (target < 0.4 s; "
+          f"cold {result['(cold: DSADVISE_CACHE_DIR=off) ' + RECOMMEND][0]:.2f} s)"
+          + (f"; wizard first paint {paint[0]:.2f} s (target < 0.5 s)" if paint else ""))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -95,3 +96,109 @@ def test_rules_from_the_cache_equal_fresh_rules_and_a_bad_file_still_fails(cache
     for _ in range(2):                         # the error is not cached: it is raised both times
         with pytest.raises(RuleError, match="bad.yaml"):
             load_rules([root, bad], catalog=CATALOG, domains=DOMAINS, bundled_root=root)
+
+
+# ---------------------------------------------------------------- computed results (the allocator simulation)
+
+def test_canonical_text_changes_with_every_field_and_refuses_unknown_types():
+    from advisor.memory.allocator import StateLayout
+    from advisor.specs import HardwareSpec
+
+    hw = HardwareSpec(gpus_per_node=4, vram_bytes=24 << 30)
+    assert datacache.canonical(hw) == datacache.canonical(HardwareSpec(gpus_per_node=4, vram_bytes=24 << 30))
+    assert datacache.canonical(hw) != datacache.canonical(hw.model_copy(update={"gpus_per_node": 8}))
+    layout = StateLayout(grads_layer=(1, 2))
+    assert datacache.canonical(layout) != datacache.canonical(StateLayout(grads_layer=(2, 1)))
+    assert datacache.canonical(layout) != datacache.canonical(StateLayout(lazy_layer=(1, 2)))
+    assert datacache.canonical((1, "1")) != datacache.canonical((1, 1))
+    with pytest.raises(TypeError):
+        datacache.canonical(object())
+
+
+def test_code_fingerprint_covers_every_source_and_data_file(cache, tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    (pkg / "sub" / "c.yaml").write_text("k: 1\n")
+    monkeypatch.setattr(datacache, "_PACKAGE", pkg)
+
+    def fingerprint():
+        datacache.code_fingerprint.cache_clear()
+        return datacache.code_fingerprint()
+
+    try:
+        first = fingerprint()
+        assert fingerprint() == first and any(cache.glob("code-*.json"))         # the stat-keyed entry
+        (pkg / "sub" / "b.py").write_text("y = 22\n")
+        second = fingerprint()
+        assert second != first
+        (pkg / "sub" / "c.yaml").write_text("k: 2\n")
+        os.utime(pkg / "sub" / "c.yaml", ns=(1, 1))                    # same size, another mtime: a miss too
+        third = fingerprint()
+        assert third not in (first, second)
+        monkeypatch.setenv("DSADVISE_CACHE_DIR", "off")                # the cached hash is the hash of the bytes
+        assert fingerprint() == third
+    finally:
+        datacache.code_fingerprint.cache_clear()
+
+
+def test_a_cached_allocator_simulation_equals_a_fresh_one(cache):
+    # The real search's simulation of a 7B model: the value read back from the cache file is the one the
+    # simulation computes, and a different layout is a different entry.
+    from dataclasses import replace
+
+    from advisor.api import build_hardware, build_training
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import allocator
+    from advisor.memory.activations import allocation_key
+
+    arch = resolve_model("llama-2-7b").architecture
+    hw = build_hardware(gpus=1, vram=80)
+    training = build_training(hw, seq_len=512, checkpointing="full")
+    trace_training, ckpt = allocation_key(arch, training)
+    layout = allocator.StateLayout(grads_layer=(1 << 20,) * 4, grads_end=(1 << 24,))
+    args = (arch, trace_training, "autocast-bf16", ckpt, arch.num_layers, layout, False)
+    fresh = allocator._churn_stats.__wrapped__.uncached(*args)
+    allocator._churn_stats.cache_clear()
+    assert allocator._churn_stats(*args) == fresh                  # computed, written
+    assert len(list(cache.glob("allocator-*.json"))) == 1
+    allocator._churn_stats.cache_clear()
+    assert allocator._churn_stats(*args) == fresh                  # read back from the file
+    other = replace(layout, grads_end=(1 << 25,))
+    allocator._churn_stats.cache_clear()
+    assert allocator._churn_stats(*args[:5], other, False) == allocator._churn_stats.__wrapped__.uncached(
+        *args[:5], other, False)
+    assert len(list(cache.glob("allocator-*.json"))) == 2
+
+
+def test_a_cached_activation_replay_equals_a_fresh_one(cache):
+    from advisor.api import build_hardware, build_training
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import activations
+
+    arch = resolve_model("llama-2-7b").architecture
+    training = activations._trace_key(build_training(build_hardware(gpus=1, vram=80), seq_len=256))
+    args = (arch, training, "autocast-bf16", "none")
+    fresh = activations._traced.__wrapped__.uncached(*args)
+    for _ in range(2):                                             # computed and written, then read back
+        activations._traced.cache_clear()
+        assert activations._traced(*args) == fresh and fresh["per_layer"] > 0
+    assert len(list(cache.glob("replay-*.json"))) == 1
+
+
+def test_the_cached_catalog_equals_a_fresh_build(cache):
+    # Every catalog model read back from the cache equals the one built from models.yaml through the
+    # family registry, including the architecture's source (excluded from its JSON dump).
+    from advisor.catalog import models
+
+    fresh = models._catalog.__wrapped__.uncached()
+    try:
+        for _ in range(2):                                         # built and written, then read back
+            models._catalog.cache_clear()
+            cached = models._catalog()
+            assert cached == fresh and len(cached) >= 60
+            assert [m.architecture.source_config for m in cached] == [m.architecture.source_config for m in fresh]
+        assert len(list(cache.glob("catalog-*.json"))) == 1
+    finally:
+        models._catalog.cache_clear()

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from advisor.datacache import computed
 from advisor.datafiles import load_data
 from advisor.architecture import Architecture
 from advisor.errors import InputError, did_you_mean
@@ -53,8 +54,20 @@ class ResolvedModel(BaseModel):
     note: str
 
 
+def _catalog_fields(models: tuple[CatalogModel, ...]) -> list[dict]:
+    """The catalog as plain data for the datacache (the architecture's excluded ``source_config`` too)."""
+    return [{**m.model_dump(mode="json"), "architecture": {**m.architecture.model_dump(mode="json"),
+                                                           "source_config": m.architecture.source_config}}
+            for m in models]
+
+
+def _catalog_from_fields(fields: list[dict]) -> tuple[CatalogModel, ...]:
+    return tuple(CatalogModel.model_validate(f) for f in fields)         # validated again, from plain data
+
+
 @lru_cache(maxsize=1)
-def _catalog() -> tuple[CatalogModel, ...]:
+@computed("catalog", _catalog_fields, _catalog_from_fields)  # a start validates cached fields instead of
+def _catalog() -> tuple[CatalogModel, ...]:                  # reading every family's config (datacache)
     entries = load_data("models.yaml")["models"]
     models = []
     for entry in entries:

@@ -24,14 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``dsadvise`` parser with every sub-command."""
     from .. import __version__
     # Imported here, not at the top, so that importing the flag table (advisor.cli.flags) stays light.
-    from . import calibrate, catalogs, configs, estimate, recommend, wizard
+    from . import calibrate, catalogs, configs, estimate, presets, recommend, wizard
     from .boundary import Parser
 
     parser = Parser(prog="dsadvise", description="Estimate GPU memory, recommend and render accelerate / "
                                                  "DeepSpeed configs for training large models.")
     parser.add_argument("--version", action="version", version=f"dsadvise {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for group in (estimate, recommend, configs, calibrate, catalogs, wizard):
+    for group in (estimate, recommend, configs, presets, calibrate, catalogs, wizard):
         group.register(sub)
     return parser
 

@@ -25,9 +25,11 @@ def register(sub) -> None:
                                    "the recommender picks the configuration.")
     flags.add_problem_flags(p, with_strategy=True)
     p.set_defaults(checkpointing=None)
+    flags.add(p, ("--prompt-len",))   # --task infer (advisor/cli/infer.py)
     flags.add(p.add_argument_group("output"),
               ("--out", "--force", "--hf-trainer", "--main-process-ip", "--main-process-port", "--no-engine-check"),
               out={"required": True})
+    flags.add(p.add_argument_group("framework"), ("--framework", "--preset"))   # issue 16 (helper F)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("check", help="lint a DeepSpeed JSON or accelerate YAML",
@@ -85,14 +87,22 @@ def plan(args):
     train_kw = dict(task=kw["task"], seq_len=kw["seq_len"], micro_batch=kw["micro_batch"],
                     global_batch=kw["global_batch"], optimizer=kw["optimizer"], method=kw["method"],
                     lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"], attention=kw["attention"],
-                    freeze_layers=kw["freeze_layers"])
+                    freeze_layers=kw["freeze_layers"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
+                    offload_activations=kw["offload_activations"], expandable_segments=kw["expandable_segments"],
+                    double_quant=kw["double_quant"], lora_dropout=kw["lora_dropout"])
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
     if args.strategy is not None:
         training = build_training(hw, precision=kw["precision"], checkpointing=args.checkpointing or "none",
                                   **train_kw)
-        strategy = build_strategy(hw, args.strategy, args.offload_optimizer, args.offload_param, args.bucket_sizes)
-        gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size)
+        from ..api import layout_fields
+        from ..layout import check_layout, data_parallel_size
+
+        strategy = build_strategy(hw, args.strategy, args.offload_optimizer, args.offload_param, args.bucket_sizes,
+                                  **layout_fields(**flags.layout_kwargs(args)))
+        check_layout(model.architecture, hw, training, strategy)      # issue 15
+        gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size,
+                                    data_parallel_size(hw, strategy))
         return model, hw, training, strategy, gas, None
     if args.offload_optimizer != "none" or args.offload_param != "none":
         raise InputError("--offload-* needs --strategy (without it the recommender decides offload)",
@@ -113,18 +123,32 @@ def plan(args):
                               global_batch=kw["global_batch"], precision=r.precision, optimizer=r.optimizer,
                               method=r.method, lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"],
                               checkpointing=r.activation_checkpointing, attention=r.attention,
-                              freeze_layers=kw["freeze_layers"])
-    strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes)
+                              freeze_layers=kw["freeze_layers"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
+                              offload_activations=kw["offload_activations"],
+                              expandable_segments=kw["expandable_segments"], double_quant=kw["double_quant"],
+                              lora_dropout=kw["lora_dropout"])
+    strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
+                              tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout
+                              dp_replicate_size=r.dp_replicate_size, fsdp_version=r.fsdp_version)
     return model, hw, training, strategy, r.gradient_accumulation_steps, rec
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.task == "infer":
+        from .infer import cmd_generate_infer
+
+        return cmd_generate_infer(args)
     from ..formatting import fmt_bytes
     from ..render.render import render_files
     from ..render.validate import StepStatus, errors_of, validate_files
     from ..render.write import write_files
 
+    from ..render.frameworks.cli import apply_preset, framework_files
+
+    apply_preset(args)
     model, hw, training, strategy, gas, rec = plan(args)
+    framework = getattr(args, "framework", "accelerate")
+    args.hf_trainer = args.hf_trainer or framework != "accelerate"   # the frameworks run the HF Trainer: "auto"
     fp16 = rec.recommendation.fp16 if rec is not None and rec.recommendation is not None else None
     loss_scaling = fp16.model_dump() if fp16 is not None else None
     files = render_files(model, hw, training, strategy, gradient_accumulation_steps=gas, hf_trainer=args.hf_trainer,
@@ -132,7 +156,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          main_process_port=args.main_process_port,
                          estimate=rec.estimate if rec is not None and rec.estimate is not None
                          and _same(rec.estimate, training, strategy) else None, recommendation=rec)
-    steps = validate_files(files, engines=not args.no_engine_check)
+    extra, fw_steps = framework_files(framework, model, hw, training, strategy, gas, files, args)
+    files.update(extra)
+    steps = validate_files(files, engines=not args.no_engine_check) + fw_steps
     errors = errors_of(steps)
     if errors:   # a bug of ours: never write files the engines refuse
         print("dsadvise: internal error: the rendered files do not validate: " + errors[0].line(), file=sys.stderr)
@@ -143,7 +169,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     est = estimate_memory(model, hw, training, strategy)
     if args.json:
         print(json.dumps({"out": str(args.out), "files": [p.name for p in written], "strategy": strategy.name,
-                          "gradient_accumulation_steps": gas, "recommended": rec is not None,
+                          "gradient_accumulation_steps": gas, "recommended": rec is not None, "framework": framework,
                           "fits": est.fits, "per_gpu_bytes": est.per_gpu.total,
                           "checks": [s.to_json() for s in steps],
                           "assumptions": list(getattr(args, "assumed", []))}, indent=2))
@@ -217,9 +243,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- dry-run
 
 def cmd_dry_run(args: argparse.Namespace) -> int:
-    from ..render.dryrun import dry_run
+    from ..render.infer_dryrun import dry_run_folder     # inference folders (generate --task infer) too
 
-    report = dry_run(args.dir, timeout=args.timeout, gpu=args.gpu, keep=args.keep_logs)
+    report = dry_run_folder(args.dir, timeout=args.timeout, gpu=args.gpu, keep=args.keep_logs)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

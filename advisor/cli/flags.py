@@ -29,6 +29,9 @@ TASKS: tuple[str, ...] = get_args(choices.Task)
 OFFLOAD: tuple[str, ...] = get_args(choices.OffloadTarget)
 STRATEGIES: tuple[str, ...] = get_args(choices.StrategyName)
 BUCKET_SIZES: tuple[str, ...] = get_args(choices.BucketSizes)
+FSDP_VERSIONS: tuple[int, ...] = get_args(choices.FsdpVersion)    # issue 15
+FRAMEWORKS: tuple[str, ...] = get_args(choices.Framework)     # issue 16 (helper F)
+PRESETS: tuple[str, ...] = get_args(choices.Preset)           # issue 16 (helper F)
 
 
 # ---------------------------------------------------------------- argument types (shared with the wizard)
@@ -126,7 +129,7 @@ FLAGS: dict[str, Flag] = _flags(
          wizard_field="cpu_ram"),
     Flag("--nvme-path", "NVMe mount for ZeRO-Infinity offload"),
     Flag("--nvme-size", "free NVMe space per node in GiB", gib, spec_fields=("nvme_bytes",)),
-    Flag("--task", "", choices=TASKS, default="train", spec_fields=("task",)),
+    Flag("--task", "", choices=TASKS, default="train", spec_fields=("task",), wizard_field="task"),
     Flag("--seq-len", "tokens per sample (default: the smaller of 2048 and the model's context)", positive_int,
          default=None, spec_fields=("seq_len",),
          wizard_field="seq_len"),
@@ -143,14 +146,14 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--lora-dropout", "LoRA dropout probability (PEFT default 0: no mask is saved)", float, default=0.0,
          spec_fields=("dropout",), wizard_field="lora_rank"),
     Flag("--lora-targets", "comma-separated modules for LoRA (q_proj,v_proj,...) or all-linear",
-         default="all-linear", spec_fields=("target_modules",), wizard_field="lora_rank"),
+         default="all-linear", spec_fields=("target_modules",), wizard_field="lora_targets"),
     Flag("--freeze-layers", "--method freeze: how many last layers train (default 2)", positive_int, default=2,
          spec_fields=("freeze_trainable_layers",), wizard_field="method"),
     Flag("--checkpointing", "activation checkpointing", choices=CHECKPOINTING, default="none",
          spec_fields=("activation_checkpointing",), wizard_field="checkpointing"),
-    Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",)),
+    Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",), wizard_field="attention"),
     Flag("--loss", "cross-entropy kernel: plain (transformers), chunked (torchtune chunked output), fused-linear "
-         "(Liger / Cut Cross-Entropy: no logits)", choices=LOSSES, default="plain", spec_fields=("loss",)),
+         "(Liger / Cut Cross-Entropy: no logits)", choices=LOSSES, default="plain", spec_fields=("loss",), wizard_field="loss"),
     Flag("--loss-chunks", "--loss chunked: sequence chunks (torchtune default 8)", positive_int, default=8,
          spec_fields=("loss_chunks",)),
     Flag("--offload-activations", "keep saved activations in pinned CPU memory (save_on_cpu, torchtune "
@@ -158,7 +161,7 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--expandable-segments", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", action="store_true",
          spec_fields=("expandable_segments",)),
     Flag("--no-double-quant", "QLoRA without bitsandbytes double quantization", action="store_true",
-         spec_fields=("double_quant",)),
+         spec_fields=("double_quant",), wizard_field="double_quant"),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
     Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",),
@@ -167,12 +170,25 @@ FLAGS: dict[str, Flag] = _flags(
          wizard_field="strategy"),
     Flag("--bucket-sizes", "DeepSpeed buckets: HF 'auto' sizes from hidden size, or DeepSpeed defaults",
          choices=BUCKET_SIZES, default="auto", spec_fields=("bucket_sizes",)),
+    # issue 15: tensor / sequence / context parallel layouts (advisor/layout.py checks them)
+    Flag("--tp", "tensor-parallel degree: DeepSpeed AutoTP or FSDP2 + TP (within a node; default 1)", positive_int,
+         default=1, spec_fields=("tp_size",)),
+    Flag("--sp", "Ulysses/ALST sequence-parallel degree (DeepSpeed --strategy zero*; default 1)", positive_int,
+         default=1, spec_fields=("sp_size",)),
+    Flag("--cp", "context-parallel degree, ring attention (FSDP2: --strategy fsdp-* --fsdp-version 2; default 1)",
+         positive_int, default=1, spec_fields=("cp_size",)),
+    Flag("--dp-replicate", "HSDP replicas of the FSDP2 shard group (default 1)", positive_int, default=1,
+         spec_fields=("dp_replicate_size",)),
+    Flag("--fsdp-version", "FSDP generation for --strategy fsdp-* (2 = fully_shard, needed by --cp/--tp with FSDP; "
+         "default 1)", int, choices=FSDP_VERSIONS, default=1, spec_fields=("fsdp_version",)),
+    Flag("--allow-cross-node-tp", "let --tp exceed the GPUs of one node (all-reduces over the network)",
+         action="store_true", spec_fields=("allow_cross_node_tp",)),
     Flag("--json", "print one JSON object (sizes in bytes)", action="store_true"),
     Flag("--profile", "use the rates `dsadvise calibrate` measured (a profile YAML) for step times and speeds",
          metavar="PATH"),
     # estimate
     Flag("--prompt-len", "--task infer: prompt tokens of --seq-len (sliding-window KV cache; default: all)",
-         positive_int, spec_fields=("prompt_len",)),
+         positive_int, spec_fields=("prompt_len",), wizard_field="prompt_len"),
     Flag("--sub-group-size", "DeepSpeed ZeRO-3 sub_group_size in elements (default 1e9)", positive_int,
          spec_fields=("sub_group_size",)),
     # recommend
@@ -203,6 +219,12 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--no-collectives", "skip the all-reduce / all-gather measurement", action="store_true"),
     Flag("--no-deepspeed-adam", "skip DeepSpeedCPUAdam (its first use JIT-compiles an op for minutes)",
          action="store_true"),
+    # issue 16 (helper F): training frameworks and presets
+    Flag("--framework", "also write that framework's own config (LLaMA-Factory YAML, HF Trainer / TRL arguments, "
+         "axolotl YAML) carrying the estimated settings (default accelerate: no extra file)", choices=FRAMEWORKS,
+         default="accelerate", spec_fields=("framework",)),
+    Flag("--preset", "LLaMA-Factory-style preset: sets method, strategy, offload and checkpointing unless given "
+         "(see docs/frameworks.md)", choices=PRESETS),
 )
 
 # Spec field -> the flag users know it by, so that API errors name what they typed.
@@ -228,6 +250,7 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant")
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
+LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 
 
 def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> None:
@@ -243,6 +266,7 @@ def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> Non
     add(p.add_argument_group("training"), TRAINING_FLAGS, **training_overrides)
     if with_strategy:
         add(p.add_argument_group("strategy"), STRATEGY_FLAGS)
+        add(p.add_argument_group("parallel layout"), LAYOUT_FLAGS)
     add(p, ("--json",))
 
 
@@ -266,3 +290,11 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 attention=args.attention, freeze_layers=args.freeze_layers, loss=args.loss,
                 loss_chunks=args.loss_chunks, offload_activations=args.offload_activations,
                 expandable_segments=args.expandable_segments, double_quant=not args.no_double_quant)
+
+
+def layout_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`advisor.api.estimate` the layout flags give (issue 15; defaults when a
+    command has no such flags)."""
+    return dict(tp=getattr(args, "tp", 1), sp=getattr(args, "sp", 1), cp=getattr(args, "cp", 1),
+                dp_replicate=getattr(args, "dp_replicate", 1), fsdp_version=getattr(args, "fsdp_version", 1),
+                allow_cross_node_tp=getattr(args, "allow_cross_node_tp", False))

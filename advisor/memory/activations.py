@@ -71,6 +71,7 @@ from functools import lru_cache
 from pydantic import BaseModel, ConfigDict
 
 from advisor.architecture import Architecture
+from advisor.datacache import computed
 from advisor.families import REPLAYED_FAMILIES
 from advisor.specs import TrainingSpec
 
@@ -108,7 +109,13 @@ def _Model(arch: Architecture, training: TrainingSpec, tr: _Trace, layer_trainab
     """The forward replay of ``arch``'s family (its module's ``FAMILY.replay``, advisor/families)."""
     from advisor.families import family
 
-    return family(arch.family).replay(arch, training, tr, layer_trainable)
+    replay = family(arch.family).replay
+    if replay is None:
+        # A traced family (Falcon, BLOOM): its bytes come from the tracer, but the allocator model still needs
+        # an allocation sequence; GPT-NeoX's replay (parallel residual, fused QKV, LayerNorm, GELU MLP) is the
+        # stand-in for it, as the pre-registry Falcon/BLOOM replay was. Only allocator.py reaches here for them.
+        replay = family("gpt_neox").replay
+    return replay(arch, training, tr, layer_trainable)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -421,6 +428,7 @@ def _trace_key(training: TrainingSpec) -> TrainingSpec:
 
 
 @lru_cache(maxsize=4096)
+@computed("replay", dict, dict)             # kept across runs (advisor/datacache.py)
 def _traced(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str) -> dict[str, int]:
     """Cached :func:`_trace_model` (the recommender asks for the same micro-batch under many strategies;
     one trace with its backward replay costs milliseconds). Callers must not mutate the returned dict."""

@@ -27,17 +27,23 @@ github.com/pytorch/pytorch commit 001074d2; the rules below have been stable sin
   placed at the lowest address with enough free + unmapped space (in a growing run, the free tail of the
   segment) and only the missing pages are mapped; every remainder of at least 512 bytes is split off.
 
-The simulation assumes one stream (no ``record_stream`` deferrals) and memory to spare (no OOM retries):
-its ``reserved`` is what ``max_memory_reserved`` reports when the card is large enough, an upper bound of
-what a tighter card would need.
+The simulation assumes memory to spare (no OOM retries): its ``reserved`` is what ``max_memory_reserved``
+reports when the card is large enough, an upper bound of what a tighter card would need. Free blocks belong to
+the stream that allocated them (``BlockComparatorSize`` orders by stream first and ``get_free_block`` takes
+no block of another stream): FSDP's all-gathers allocate in its unshard stream, so the gathered units form a
+pool of their own that the compute stream's tensors never reuse (and vice versa); everything else is one
+stream. FSDP (v1) initialization runs on the compute stream before the first step and leaves its transients
+cached there (:func:`fsdp_init_events`).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
+
+from ..datacache import computed
 
 K_MIN_BLOCK = 512                 # kMinBlockSize
 K_SMALL_SIZE = 1 << 20            # kSmallSize: largest small-pool request, 1 MiB
@@ -606,6 +612,102 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
     return out
 
 
+# torch/distributed/fsdp/_init_utils.py PARAM_BROADCAST_BUCKET_SIZE: the bucket of sync_module_states' broadcast.
+FSDP_BROADCAST_BUCKET = 250 * 1024 * 1024
+# torch/csrc/distributed/c10d/comm.cpp broadcast_coalesced: "a maximum of 2 in flight broadcast operations".
+FSDP_BROADCAST_IN_FLIGHT = 2
+
+
+def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_states: bool,
+                     offload_params: bool = False) -> list[tuple[str, object, int]]:
+    """The allocation sequence of FSDP (v1) wrapping, one unit after the other (bytes per GPU): ``units`` are
+    the wrapped modules' parameter tensors, unsharded, in wrap order (auto-wrap wraps the decoder layers
+    bottom-up, the root last); ``world`` the ranks a unit is sharded over (1: NO_SHARD). Per unit (torch/distributed/fsdp/_init_utils.py ``_init_param_handle_from_module``):
+
+    * ``_move_module_to_device`` (or ``param_init_fn``'s ``to_empty`` on the meta-device ranks) puts each of the
+      unit's parameters on the GPU, whole;
+    * ``sync_module_states`` (with more than one process, whatever the sharding): ``_sync_params_and_buffers`` ->
+      ``dist._broadcast_coalesced`` flattens them into buckets of ``PARAM_BROADCAST_BUCKET_SIZE``, at most two
+      alive at once (comm.cpp ``broadcast_coalesced``);
+    * ``FlatParamHandle`` flattens the parameters into one tensor (``flatten_tensors``: ``torch.cat``) and the
+      originals are dropped (the module's parameters become views of the flat one);
+    * ``FlatParamHandle.shard`` clones this rank's chunk (``_get_shard``: ``chunk.clone()``, padded) and frees
+      the unsharded storage; with one shard (NO_SHARD) the flat tensor itself stays;
+    * ``CPUOffload(offload_params=True)``: ``_init_param_handle_from_params`` then moves the shard to the CPU
+      (``handle.flat_param_to(cpu_device)``): the unit still passed through the GPU whole.
+
+    The shards stay (keys ``("P", unit)``); every transient is freed into the compute stream's pool, where it
+    stays cached into training (nothing calls ``empty_cache``)."""
+    out: list[tuple[str, object, int]] = []
+    for u, tensors in enumerate(units):
+        total = sum(tensors)
+        out += [("a", ("init", u, i), n) for i, n in enumerate(tensors)]
+        if sync_module_states:
+            buckets: list[int] = []
+            acc = 0
+            for n in tensors:
+                acc += n
+                if acc >= FSDP_BROADCAST_BUCKET:
+                    buckets.append(acc)
+                    acc = 0
+            if acc:
+                buckets.append(acc)
+            for b, n in enumerate(buckets):
+                if b >= FSDP_BROADCAST_IN_FLIGHT:
+                    out.append(("f", ("bcast", u, b - FSDP_BROADCAST_IN_FLIGHT), 0))
+                out.append(("a", ("bcast", u, b), n))
+            out += [("f", ("bcast", u, b), 0) for b in range(max(len(buckets) - FSDP_BROADCAST_IN_FLIGHT, 0),
+                                                              len(buckets))]
+        if world > 1:
+            out.append(("a", ("flat", u), total))
+            out += [("f", ("init", u, i), 0) for i in range(len(tensors))]
+            out.append(("a", ("P", u), -(-total // world)))
+            out.append(("f", ("flat", u), 0))
+        else:
+            out.append(("a", ("P", u), total))
+            out += [("f", ("init", u, i), 0) for i in range(len(tensors))]
+        if offload_params:
+            out.append(("f", ("P", u), 0))
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
+                             outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
+                             arch, trace_training, mode: str, ckpt: str, dyn: StateLayout) -> AllocatorStats:
+    """The compute stream's pool of an FSDP run: the wrapping (:func:`fsdp_init_events`), the other states,
+    then the step's churn, in one sequence: the step reuses what the wrapping left cached."""
+    events = fsdp_init_events([list(u) for u in init], world, sync, offload)
+    events += [("a", ("Q", i), n) for i, n in enumerate(outside)]
+    events += [("a", ("Q", l, i), n) for l in range(layers) for i, n in enumerate(per_layer)]
+    segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
+    events += churn_events(segs, leftovers, held, layers, dyn)
+    return simulate(events)
+
+
+def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
+    """The unsharded bytes of each FSDP unit's parameter tensors in wrap order: every decoder layer, then the
+    root (embeddings, lm_head, final norm). Weights as loaded: 16-bit under bf16/fp16/pure-bf16 with a
+    LoRA/QLoRA base (NF4 for QLoRA's decoder linears), the weight dtype of full fine-tuning otherwise
+    (advisor.memory.bytes_per_param); the adapters (own units, small) are left out."""
+    from ..param_count import linear_shapes
+    from .bytes_per_param import state_bytes
+
+    sb = state_bytes(training, strategy)
+    layer_t, _, emb, head, final = _tensor_elements(arch)
+    n_lin = len(linear_shapes(arch))
+    if training.method in ("lora", "qlora", "freeze"):
+        # QLoRA: the packed 4-bit data (half a byte per weight) is what FSDP flattens and shards; the
+        # quantization state stays whole on the module (see _fsdp_allocation).
+        lin_b = 0.5 if training.method == "qlora" else sb.frozen_weight
+        other_b = 4 if training.precision == "fp32" else 2
+    else:
+        lin_b = other_b = sb.weight
+    layer = tuple(int(e * (lin_b if i < n_lin else other_b)) for i, e in enumerate(layer_t) if e)
+    root = tuple(int(e * other_b) for e in (emb, head, final) if e)
+    return tuple([layer] * arch.num_layers + [root])
+
+
 @lru_cache(maxsize=4096)
 def _persistent_stats(outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
                       expandable: bool) -> AllocatorStats:
@@ -616,6 +718,7 @@ def _persistent_stats(outside: tuple[int, ...], per_layer: tuple[int, ...], laye
 
 
 @lru_cache(maxsize=4096)
+@computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _churn_stats(arch, trace_training, mode: str, ckpt: str, layers: int, layout: StateLayout,
                  expandable: bool, capacity: int | None = None) -> AllocatorStats:
     """The step's allocations and frees (activations, gradients formed in backward, lazy optimizer states,
@@ -647,8 +750,11 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     # only make the churn need more: an upper bound that lets every strategy sharing a trace and a dynamic
     # layout share one simulation.
     full = state_layout(arch, training, strategy, hw, ms, buffers, formed_in_backward, n)
-    ps = _persistent_stats(full.persistent_outside, full.persistent_layer, n, expandable)
     dyn = replace(full, persistent_outside=(), persistent_layer=())
+    if _fsdp_init_modelled(training, strategy) and not expandable:
+        return _fsdp_allocation(arch, training, strategy, hw, ms, buffers, formed_in_backward, n, dyn,
+                                trace_training, mode, ckpt, tensor_bytes)
+    ps = _persistent_stats(full.persistent_outside, full.persistent_layer, n, expandable)
     # The whole depth is simulated: extrapolating from fewer layers misses patterns that repeat every 12 or
     # more layers and was up to 4 % of the total low (benchmarks/allocator_extrapolation.py). The layers'
     # allocation sequence itself is built from a 4-layer trace (activations.allocation_trace).
@@ -669,3 +775,74 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     allocated = tensor_bytes + rounding
     return GpuAllocation(allocated=allocated, reserved=allocated + cached, rounding=rounding, cached=cached,
                          simulated_layers=(n,), oom_retries=retried)
+
+
+@lru_cache(maxsize=1024)
+def _unshard_pool_stats(held: tuple[int, ...], pending: tuple[int, ...]) -> AllocatorStats:
+    """The unshard stream's pool: the gathered units held at the peak, and blocks freed but not yet
+    reusable (pending their record_stream event): allocated, then freed, so they count in reserved only."""
+    events = [("a", ("G", i), v) for i, v in enumerate(held)]
+    events += [("a", ("pending", i), v) for i, v in enumerate(pending)]
+    events += [("f", ("pending", i), 0) for i in range(len(pending))]
+    return simulate(events)
+
+
+def _fsdp_init_modelled(training, strategy) -> bool:
+    """FSDP (v1): the wrapping's transients and the unshard stream's pool are simulated
+    (:func:`_fsdp_allocation`); with CPU offload too (each unit passes through the GPU before its shard moves to
+    the CPU). FSDP2 (``fully_shard``) shards per parameter: not modelled there."""
+    return strategy.backend == "fsdp" and getattr(strategy, "fsdp_version", 1) in (None, 1)
+
+
+# The buffers FSDP's all-gathers allocate: in its unshard stream (torch/distributed/fsdp/_runtime_utils.py
+# ``_unshard``: ``with state._device_handle.stream(unshard_stream): handle.unshard()``), a pool of their own.
+_UNSHARD_STREAM_BUFFERS = ("FSDP gathered",)
+
+
+def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool, n: int,
+                     dyn: StateLayout, trace_training, mode: str, ckpt: str, tensor_bytes: int) -> GpuAllocation:
+    """max_memory_allocated / max_memory_reserved of an FSDP (v1) run (bytes per GPU), with two pools:
+
+    * the compute stream's: the wrapping (:func:`fsdp_init_events`: whole units on the GPU, broadcast buckets,
+      the flattened copy, the shard) leaves its transients cached, then the other states and the step's churn
+      reuse them (``sync_module_states`` as dsadvise renders it: ``fsdp_cpu_ram_efficient_loading``);
+    * the unshard stream's: the gathered units, which no compute-stream tensor can reuse.
+
+    ``allocated`` is the larger of the step's tensors and the wrapping's own peak (whichever is later reset
+    or not, ``max_memory_allocated`` has seen it unless the run calls ``reset_peak_memory_stats``)."""
+    from .model_states import fsdp_shard_degree
+
+    world = fsdp_shard_degree(strategy, hw)
+    gathered = {k: v for k, v in buffers.items() if k.startswith(_UNSHARD_STREAM_BUFFERS)}
+    others = {k: v for k, v in buffers.items() if k not in gathered}
+    rest = state_layout(arch, training, strategy, hw, replace(ms, parameters=0), others, formed_in_backward, n)
+    units = _fsdp_units(arch, training, strategy)
+    # What of the per-GPU parameter bytes the shards do not hold (QLoRA's quantization state, kept whole on
+    # every GPU, offload or not: advisor.memory.model_states), one block per layer, allocated after the wrapping.
+    offload = strategy.offload_param != "none"
+    unsharded = ms.parameters - (0 if offload else sum(-(-sum(u) // world) for u in units))
+    per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n else ())
+    sync = hw.world_size > 1        # rendered with fsdp_cpu_ram_efficient_loading: sync_module_states
+    st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
+                                  arch, trace_training, mode, ckpt, dyn)
+    # The unshard stream's pool: the gathered units, plus one more layer block when units are resharded
+    # (FULL_SHARD / HYBRID_SHARD): FSDP frees an unsharded unit with record_stream on the compute stream
+    # (flat_param.py _free_unsharded_flat_param -> _no_dispatch_record_stream) and CUDACachingAllocator's free()
+    # returns such a block to the pool only once that stream's event has completed (insert_events /
+    # process_events). The rate limiter (limit_all_gathers, fsdp/_limiter_utils.py: _max_num_inflight_all_gathers
+    # = 2; _runtime_utils._unshard synchronizes only the oldest of them, dequeue_if_needed) lets the next
+    # all-gather allocate while the other freed layer's event may still be pending: one layer block more.
+    pending = ()
+    if gathered and strategy.fsdp_sharding in ("FULL_SHARD", "HYBRID_SHARD") and world > 1:
+        from .buffers import fsdp_gathered_layer_bytes
+        from ..param_count import count_parameters
+
+        pending = (fsdp_gathered_layer_bytes(arch, count_parameters(arch), training),)
+    gp = _unshard_pool_stats(tuple(gathered.values()), pending)
+    # The wrapping's peak of tensor bytes (its own sequence, shards included).
+    init_peak = simulate(fsdp_init_events([list(u) for u in units], world, sync, offload)).peak_requested
+    rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
+    allocated = max(tensor_bytes, init_peak) + rounding
+    reserved = max(st.peak_reserved + gp.peak_reserved, allocated)
+    return GpuAllocation(allocated=allocated, reserved=reserved, rounding=allocated - tensor_bytes,
+                         cached=reserved - allocated, simulated_layers=(n,))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..architecture import Architecture
 from ..param_count import ParameterCounts, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
-from .bytes_per_param import NF4_DOUBLE_QUANT_BYTES, StateBytes
+from .bytes_per_param import StateBytes
 from .model_states import fsdp_shard_degree
 from .zero_sizes import DeepSpeedSizes, deepspeed_sizes  # noqa: F401  (re-exported: render uses them)
 
@@ -14,6 +14,19 @@ def _vector_elements_per_layer(arch: Architecture, counts: ParameterCounts) -> i
     """Elements in a layer's 1-D parameters (norm weights, biases): what ZeRO-3 keeps unpartitioned."""
     matrices = sum(i * o * c for i, o, c in linear_shapes(arch).values())
     return max(counts.per_layer - matrices, 0)
+
+
+def fsdp_gathered_layer_bytes(arch: Architecture, counts: ParameterCounts, training: TrainingSpec) -> int:
+    """Bytes of one decoder layer's FSDP unit once all-gathered: 16-bit under mixed precision / pure-bf16
+    (accelerate's MixedPrecision(param_dtype)), fp32 otherwise; QLoRA gathers the packed NF4 data only
+    (bnb_4bit_quant_storage = the 16-bit dtype, so the uint8-packed values travel as 16-bit elements: half a
+    byte per weight; accelerate fsdp_utils, bitsandbytes FSDP-QLoRA docs); its quantization state is not a
+    parameter and stays whole on every GPU (counted with the parameters, model_states.py)."""
+    gathered_b = 2 if training.precision in ("fp16", "bf16", "pure-bf16") else 4
+    if training.method != "qlora":
+        return int(counts.layer_gathered * gathered_b)
+    quantized = sum(i * o * c for i, o, c in linear_shapes(arch).values())
+    return int(quantized * 0.5 + (counts.layer_gathered - quantized) * gathered_b)
 
 
 def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb: StateBytes,
@@ -72,14 +85,9 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         gathered_b = 2 if (mixed or training.precision == "pure-bf16") else 4
         shards = fsdp_shard_degree(strategy, hw)
         root = counts.embedding + counts.lm_head + counts.final
-        layer_bytes = counts.layer_gathered * gathered_b
+        layer_bytes = fsdp_gathered_layer_bytes(arch, counts, training)
         model_bytes = counts.total * gathered_b
         if training.method == "qlora":
-            # FSDP-QLoRA shards the packed NF4 weights (bnb_4bit_quant_storage = the 16-bit dtype, so the
-            # uint8-packed values travel as 16-bit elements): a gathered unit is its NF4 bytes, not 16-bit
-            # (accelerate fsdp_utils: Params4bit with a floating quant_storage are sharded; bitsandbytes docs).
-            quantized = sum(i * o * c for i, o, c in linear_shapes(arch).values())
-            layer_bytes = quantized * NF4_DOUBLE_QUANT_BYTES + (counts.layer_gathered - quantized) * gathered_b
             model_bytes = layer_bytes * arch.num_layers + root * gathered_b
         if training.method == "full":
             layer_grad = counts.layer_gathered * gathered_b

@@ -53,6 +53,9 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                     strategy: StrategySpec) -> Estimate:
     """Per-GPU and per-node-CPU bytes for training (or inference) of ``model`` under ``strategy``."""
     check_compatible(training, strategy, hw)
+    if strategy.tp_size * strategy.sp_size * strategy.cp_size * strategy.dp_replicate_size > 1:
+        from .parallel import layout_estimate   # issue 15: one rank of a TP/SP/CP layout (memory/parallel.py)
+        return layout_estimate(model, hw, training, strategy, estimate_memory, trainable_parameters)
     arch = model.architecture
     counts = count_parameters(arch)
     trainable = trainable_parameters(model, counts, training)

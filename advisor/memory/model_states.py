@@ -117,6 +117,17 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
     # Frozen weights are not in ZeRO-1/2 optimizer groups (never partitioned there); ZeRO-3 and FSDP
     # shard every parameter.
     param_bytes = weight_bytes / pl.param_shards
+    quant_state_gpu = 0.0
+    if training.method == "qlora" and (pl.param_shards > 1 or pl.params_on != "gpu"):
+        # Only the packed 4-bit data is a parameter FSDP / ZeRO-3 shards or offloads. Its quantization state
+        # (absmax per 64-block, the nested absmax with double quantization) is a QuantState object each
+        # Linear4bit keeps whole, created on the GPU when the weight is quantized there (bitsandbytes/nn/modules.py:
+        # Params4bit._quantize / .to move quant_state with the data; fix_4bit_weight_quant_state_from_module
+        # restores it from the module "when the parameter got converted ... for example for fsdp"; FSDP's
+        # offload moves only the FlatParameter, _init_utils flat_param_to(cpu)): every GPU holds all of it.
+        quant_state = quantized * (sb.frozen_weight - 0.5)
+        param_bytes -= quant_state / pl.param_shards
+        quant_state_gpu = quant_state
     grad_bytes = trainable * sb.gradient / pl.grad_shards
 
     if training.optimizer == "adafactor":
@@ -144,6 +155,8 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             ms.nvme_per_node += per_rank * local
 
     put(pl.params_on, "parameters", param_bytes)
+    if quant_state_gpu:
+        put("gpu", "parameters", quant_state_gpu)
     stage = strategy.zero_stage or 0
     zero_mixed = strategy.backend == "deepspeed" and stage >= 1 and bool(step_grad)
     if zero_mixed and pl.grads_on == "cpu":

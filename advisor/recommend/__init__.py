@@ -19,12 +19,25 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..catalog.models import ResolvedModel
 from ..specs import HardwareSpec, TrainingSpec
-from .recommendation import Alternative, Recommendation, StepTimeInfo, Suggestion
+
+if TYPE_CHECKING:
+    from .recommendation import Recommendation
 
 __all__ = ["recommend", "Recommendation", "Alternative", "Suggestion", "StepTimeInfo"]
+
+
+def __getattr__(name: str):
+    # The result models are imported on first use, not with the package: `dsadvise estimate` imports
+    # advisor.recommend.speed (and so this package) and needs none of them (benchmarks/startup.py).
+    if name in ("Recommendation", "Alternative", "Suggestion", "StepTimeInfo"):
+        from . import recommendation
+
+        return getattr(recommendation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def recommend(model: ResolvedModel | str, hw: HardwareSpec, training_template: TrainingSpec | None = None, *,

@@ -49,14 +49,20 @@ class Layout:
 
     @cached_property
     def label(self) -> str:
-        """Short name used in reports and ``rules_fired``: ``zero3+opt:cpu+param:cpu``."""
+        """Short name used in reports and ``rules_fired``: ``zero3+opt:cpu+param:cpu``, ``zero3+sp4``."""
         s = self.strategy
         out = s.name
         if s.offload_optimizer != "none":
             out += f"+opt:{s.offload_optimizer}"
         if s.offload_param != "none":
             out += f"+param:{s.offload_param}"
+        out += parallel_suffix(s)          # issue 15
         return out
+
+    @property
+    def parallel(self) -> bool:
+        """A tensor/sequence/context-parallel layout (issue 15)."""
+        return self.strategy.tp_size * self.strategy.sp_size * self.strategy.cp_size > 1
 
     @property
     def offloads(self) -> bool:
@@ -75,7 +81,10 @@ class Layout:
         return {"candidate.strategy": s.name, "candidate.backend": s.backend, "candidate.zero_stage": s.zero_stage,
                 "candidate.fsdp_sharding": s.fsdp_sharding, "candidate.offload_optimizer": s.offload_optimizer,
                 "candidate.offload_param": s.offload_param, "candidate.offload": self.offloads,
-                "candidate.shards_parameters": shards_params}
+                "candidate.shards_parameters": shards_params,
+                # issue 15: parallel layouts
+                "candidate.tp_size": s.tp_size, "candidate.sp_size": s.sp_size, "candidate.cp_size": s.cp_size,
+                "candidate.model_parallel": self.parallel}
 
 
 @lru_cache(maxsize=1)
@@ -119,3 +128,61 @@ def micro_batches(start: int, cap: int, global_batch: int | None, hw: HardwareSp
         cap = max(cap, start)
         return MicroBatches(tuple(range(start, cap + 1)), None, world)
     return MicroBatches(dividing_micro_batches(global_batch, world, start, cap), global_batch, world)
+
+
+# ---------------------------------------------------------------- issue 15: tensor / sequence / context parallel
+
+def parallel_suffix(s: StrategySpec) -> str:
+    """``+tp8``, ``+sp4``, ``+cp2`` (and ``(fsdp2)``) for a layout's label; empty for data parallelism."""
+    out = "".join(f"+{k}{v}" for k, v in (("tp", s.tp_size), ("sp", s.sp_size), ("cp", s.cp_size)) if v > 1)
+    if s.backend == "fsdp" and s.fsdp_version == 2:
+        out += "(fsdp2)"
+    return out
+
+
+# The data-parallel strategy each layout composes with, in the engine that runs it: DeepSpeed AutoTP with ZeRO-1
+# (states sharded, weights whole on each tp rank) or ZeRO-3 (all sharded); Ulysses/ALST with ZeRO-3 (the ALST
+# recipe, arXiv 2506.13996 §4); ring attention with FSDP2 FULL_SHARD (accelerate's context parallelism).
+# Offloading variants are kept: a 70B full fine-tune does not hold its optimizer states on 8 GPUs whatever the
+# layout (16 bytes x 70.6B parameters > 8 x 80 GB), so long context there is SP/CP + ZeRO-3 + CPU offload.
+PARALLEL_BASES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "tp": (("zero1", "none", "none"), ("zero3", "none", "none"), ("zero3", "cpu", "none")),
+    "sp": (("zero3", "none", "none"), ("zero3", "cpu", "none"), ("zero3", "cpu", "cpu")),
+    "cp": (("fsdp-full", "none", "none"), ("fsdp-full", "cpu", "cpu")),
+}
+# Guidance rank added to a parallel layout: after every data-parallel layout, so that within the model's time
+# resolution data parallelism alone is preferred (TP/SP/CP add collectives on the critical path).
+PARALLEL_RANK_OFFSET = 100
+
+
+def parallel_layouts(arch, hw: HardwareSpec, training) -> tuple[Layout, ...]:
+    """The tensor-, sequence- and context-parallel layouts the engines accept for this problem: sizes 2, 4, 8, ...
+    that pass :func:`advisor.layout.check_layout` (heads, kv heads, GPUs per node, sequence length), each with its
+    engine's base strategies (:data:`PARALLEL_BASES`). One dimension at a time (the product of all sizes is not
+    searched), sizes up to one node, and context parallelism only at a size Ulysses cannot take (heads or
+    sequence not divisible): both split the sequence the same way."""
+    from ..errors import InputError
+    from ..layout import check_layout
+
+    out: list[Layout] = []
+    # Sizes up to one node: TP must stay inside it (advisor/layout.py), and Ulysses' all-to-alls and the ring's
+    # K/V all-gathers on every layer run at the intra-node rate only there (advisor/recommend/step_time.py).
+    sizes = [2 ** k for k in range(1, 13) if 2 ** k <= min(hw.world_size, hw.gpus_per_node)]
+    sp_sizes: set[int] = set()
+    for dim, bases in PARALLEL_BASES.items():
+        for n in sizes:
+            if dim == "cp" and n in sp_sizes:
+                continue      # the same sequence split as Ulysses at this size: one of the two is searched
+            for name, opt, param in bases:
+                extra = {f"{dim}_size": n}
+                if name.startswith("fsdp"):
+                    extra["fsdp_version"] = 2
+                try:
+                    strategy = StrategySpec.from_name(name, opt, param, **extra)
+                    check_layout(arch, hw, training, strategy)
+                except (InputError, ValueError):
+                    continue
+                if dim == "sp":
+                    sp_sizes.add(n)
+                out.append(Layout(strategy, guidance_rank(strategy) + PARALLEL_RANK_OFFSET))
+    return tuple(out)

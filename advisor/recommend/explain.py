@@ -6,7 +6,7 @@ from ..formatting import fmt_bytes
 from .problem import Problem
 from .recommendation import (Alternative, Fp16Settings, Recommendation, RuleFired, StepTimeInfo, StrategyRef,
                              TrainingChoice)
-from .search import SAVING, Group, GroupStatus, Outcome, ranking_key
+from .search import SAVING, Group, GroupStatus, Outcome, effective_global, ranking_key
 
 MIXED_PRECISION = {"bf16": "bf16", "pure-bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 GUIDANCE = "ZeRO-0 > ZeRO-1 > ZeRO-2 > ZeRO-2 + offload > ZeRO-3 > ZeRO-3 + offloads"
@@ -22,13 +22,18 @@ def fp16_settings(p: Problem) -> Fp16Settings:
 
 def strategy_ref(p: Problem, g: Group) -> StrategyRef:
     """The estimate's ``strategy`` block for a group (from its estimate when it has one)."""
-    if g.estimate is not None:
-        return StrategyRef(**g.estimate.strategy.model_dump(mode="json"))
+    if g.estimate is not None:   # layout sizes only where a layout is used (issue 15), as before otherwise
+        dump = g.estimate.strategy.model_dump(mode="json")
+        return StrategyRef(**{k: v for k, v in dump.items()
+                              if not (k in ("tp_size", "sp_size", "cp_size", "dp_replicate_size", "fsdp_version")
+                                      and v == 1)})
     s, t = g.layout.strategy, p.template
+    layout = {k: getattr(s, k) for k in ("tp_size", "sp_size", "cp_size", "fsdp_version")
+              if getattr(s, k) > 1} if g.layout.parallel else {}
     return StrategyRef(name=s.name, backend=s.backend, zero_stage=s.zero_stage, fsdp_sharding=s.fsdp_sharding,
                        offload_optimizer=s.offload_optimizer, offload_param=s.offload_param, precision=g.precision,
                        activation_checkpointing=g.checkpointing, micro_batch_size=g.micro or p.micro.values[0],
-                       seq_len=t.seq_len, attention=t.attention, optimizer=t.optimizer, method=g.method)
+                       seq_len=t.seq_len, attention=t.attention, optimizer=t.optimizer, method=g.method, **layout)
 
 
 def launcher(p: Problem) -> str:
@@ -46,7 +51,7 @@ def _describe(g: Group) -> str:
 def _step_info(p: Problem, g: Group) -> StepTimeInfo:
     st = g.step
     assert st is not None and g.micro is not None and g.gas is not None
-    samples = g.micro * p.hw.world_size * g.gas
+    samples = effective_global(p, g, g.micro)
     return StepTimeInfo(seconds=st.seconds, compute_seconds=st.compute_seconds,
                         communication_seconds=st.communication_seconds, offload_seconds=st.offload_seconds,
                         tokens_per_second=st.tokens_per_second, samples_per_second=samples / st.seconds,
@@ -165,14 +170,22 @@ def reasons(p: Problem, out: Outcome) -> list[str]:
                  f"{fmt_bytes(p.usable_bytes - (g.estimate.per_gpu.total if g.estimate else 0))} to spare")
     else:
         r.append(f"micro-batch {g.micro}: the largest that fits ({g.limit or 'a larger one does not fit'})")
+    if g.layout.parallel:      # issue 15: tp/sp/cp ranks share one batch
+        from ..layout import data_parallel_size
+
+        world = data_parallel_size(p.hw, g.layout.strategy)
     if p.template.global_batch_size:
-        r.append(f"gradient_accumulation_steps {g.gas}: global batch {p.micro.effective_global(g.micro)} = "
-                 f"micro-batch {g.micro} x {world} GPU(s) x {g.gas}")
+        r.append(f"gradient_accumulation_steps {g.gas}: global batch {effective_global(p, g, g.micro)} = "
+                 f"micro-batch {g.micro} x {world} data-parallel rank(s) x {g.gas}")
     else:
         r.append(f"no --global-batch: no gradient accumulation, global batch {g.micro * world} "
                  f"(micro-batch {g.micro} x {world} GPU(s))")
     r.append(_checkpointing_reason(p, out, g))
     r.extend(_layout_reasons(p, out, g))
+    if out.parallel_reason:
+        r.append(out.parallel_reason)
+    if g.layout.parallel:
+        r.extend(_parallel_reasons(p, g))
     if p.method_auto:
         if g.method == "full":
             r.append("method auto: full fine-tuning fits, so neither LoRA nor QLoRA is needed")
@@ -182,6 +195,28 @@ def reasons(p: Problem, out: Outcome) -> list[str]:
     for rule, factor in g.factors:
         r.append(f"rule {rule.id} ({rule.file}) weighs the step time x{factor:g}: {rule.description}")
     return r
+
+
+def _parallel_reasons(p: Problem, g: Group) -> list[str]:
+    """What the chosen tensor/sequence/context-parallel layout does and costs (issue 15)."""
+    from ..layout import data_parallel_size
+
+    s, a = g.layout.strategy, p.arch
+    out = []
+    if s.tp_size > 1:
+        out.append(f"tp {s.tp_size}: every GPU of a tensor-parallel group holds 1/{s.tp_size} of each layer's "
+                   f"attention ({a.num_attention_heads} heads) and MLP and of the lm_head; two all-reduces per "
+                   "layer in the forward and two in the backward run over the node's link, on the critical path")
+    if s.sp_size > 1:
+        out.append(f"sp {s.sp_size} (DeepSpeed Ulysses / ALST): each GPU keeps {p.template.seq_len // s.sp_size} of "
+                   f"the {p.template.seq_len} tokens of a sample; all-to-alls around attention trade them for "
+                   f"heads/{s.sp_size} over the whole sequence")
+    if s.cp_size > 1:
+        out.append(f"cp {s.cp_size} (ring attention under FSDP2): each GPU keeps {p.template.seq_len // s.cp_size} "
+                   "tokens; K and V are all-gathered per layer")
+    out.append(f"{data_parallel_size(p.hw, s)} data-parallel rank(s) take separate samples "
+               f"({p.hw.world_size} GPUs / {s.tp_size * s.sp_size * s.cp_size})")
+    return out
 
 
 def _checkpointing_reason(p: Problem, out: Outcome, g: Group) -> str:
@@ -265,7 +300,7 @@ def training_recommendation(p: Problem, out: Outcome, search_ms: float) -> Recom
                               candidates_evaluated=out.estimates, search_ms=search_ms)
     assert g.estimate is not None and g.micro is not None and g.gas is not None
     rec = TrainingChoice(**g.estimate.strategy.model_dump(), gradient_accumulation_steps=g.gas,
-                         global_batch_size=p.micro.effective_global(g.micro), world_size=p.hw.world_size,
+                         global_batch_size=effective_global(p, g, g.micro), world_size=p.hw.world_size,
                          gpus_per_node=p.hw.gpus_per_node, nodes=p.hw.nodes,
                          mixed_precision=MIXED_PRECISION[g.precision], launcher=launcher(p),
                          fp16=fp16_settings(p) if g.precision == "fp16" else None)

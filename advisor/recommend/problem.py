@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..architecture import Architecture
 from ..catalog.models import ResolvedModel, resolve_model
 from ..errors import InputError
 from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
-from ..profile import MachineProfile
 from ..ruleengine import RuleSet
 from ..ruleengine.engine import Rule
 from ..specs import GPUInfo, HardwareSpec, TrainingSpec
@@ -30,6 +30,9 @@ from . import facts as F
 from .candidates import MicroBatches, micro_batches
 from .ruleset import recommend_rules
 from .step_time import GENERIC_GPU_NOTE, Rates, generic_gpu, rates_for, step_time_assumptions
+
+if TYPE_CHECKING:  # annotations only: the profile model is built when a profile is loaded
+    from ..profile import MachineProfile
 
 CHECKPOINTING = ("none", "selective", "full")
 METHOD_TIERS = ("full", "lora", "qlora")
@@ -146,6 +149,7 @@ def problem_facts(p: Problem, method: str) -> dict[str, object]:
         "model.layers": a.num_layers, "model.hidden_size": a.hidden_size, "model.vocab_size": a.vocab_size,
         "model.is_moe": a.is_moe, "model.position": a.position,
         "model.max_position_embeddings": a.max_position_embeddings,
+        "model.attention_heads": a.num_attention_heads, "model.kv_heads": a.num_key_value_heads,   # issue 15
         "hardware.gpu": hw.gpu.name if hw.gpu else None, "hardware.gpu_known": hw.gpu is not None,
         "hardware.vendor": gpu.vendor, "hardware.gpus_per_node": hw.gpus_per_node, "hardware.nodes": hw.nodes,
         "hardware.world_size": hw.world_size, "hardware.multi_node": hw.nodes > 1,

@@ -119,6 +119,12 @@ class StrategyRef(_DropUnset):
     attention: str | None = None
     optimizer: str | None = None
     method: str | None = None
+    # issue 15: parallel layout sizes (absent for data parallelism alone)
+    tp_size: int | None = None
+    sp_size: int | None = None
+    cp_size: int | None = None
+    dp_replicate_size: int | None = None
+    fsdp_version: int | None = None
 
 
 class StepTimeInfo(_Out):

@@ -12,7 +12,11 @@ def _strategy_label(s: TrainingChoice | StrategyRef) -> str:
     fields = s.model_dump()
     out = fields.get("name", "?")
     off = [f"{k.removeprefix('offload_')}->{v}" for k, v in fields.items() if k.startswith("offload_") and v != "none"]
-    return out + (f" + offload {', '.join(off)}" if off else "")
+    # issue 15: the parallel layout (tp/sp/cp sizes, FSDP2)
+    par = " ".join(f"{k} {fields[k + '_size']}" for k in ("tp", "sp", "cp") if (fields.get(k + "_size") or 1) > 1)
+    if fields.get("fsdp_version") == 2:
+        out += " (fsdp2)"
+    return out + (f" + {par}" if par else "") + (f" + offload {', '.join(off)}" if off else "")
 
 
 def render_recommendation(rec: Recommendation) -> str:
@@ -33,7 +37,8 @@ def render_recommendation(rec: Recommendation) -> str:
             lines.append(f"Recommendation  {_strategy_label(r)}, {r.precision}, {r.method}, activation "
                          f"checkpointing {r.activation_checkpointing}"
                          + (" -- host RAM NOT checked (give --cpu-ram)" if unchecked else ""))
-            lines.append(f"  micro-batch {r.micro_batch_size} x {r.world_size} GPU(s) x gradient accumulation "
+            ranks = r.world_size // (r.tp_size * r.sp_size * r.cp_size)     # issue 15: data-parallel ranks
+            lines.append(f"  micro-batch {r.micro_batch_size} x {ranks} {'GPU(s)' if ranks == r.world_size else 'data-parallel rank(s)'} x gradient accumulation "
                          f"{r.gradient_accumulation_steps} = global batch {r.global_batch_size} "
                          f"(seq {r.seq_len})")
             if r.fp16 is not None:

@@ -36,7 +36,7 @@ from ..estimate_result import Estimate
 from ..ruleengine import apply_rules, narrow_domains
 from ..ruleengine.engine import Firing, Rule
 from . import facts as F
-from .candidates import Layout, all_layouts
+from .candidates import Layout, all_layouts, parallel_layouts
 from .problem import CHECKPOINTING, Problem
 from .step_time import StepTime, training_step_time
 
@@ -104,6 +104,7 @@ class Outcome:
     tier_summaries: dict[str, str]             # method -> why it failed (method auto)
     estimates: int
     global_reject: str = ""
+    parallel_reason: str = ""                  # issue 15: why TP/SP/CP layouts were (not) searched
 
 
 class _Search:
@@ -151,11 +152,17 @@ class _Search:
                            f"({fmt_bytes(p.hw.vram_bytes)} less the {p.margin:.0%} margin)"), est
         return True, "", est
 
+    def gas(self, g: Group, micro: int) -> int:
+        """Accumulation steps of ``g`` at ``micro``: tp/sp/cp ranks share a batch (advisor/layout.py)."""
+        if not g.layout.parallel:
+            return self.p.micro.accumulation(micro)
+        return layout_accumulation(self.p, g.layout.strategy, micro)
+
     def step_time(self, g: Group, micro: int) -> StepTime:
         p = self.p
         return training_step_time(p.arch, p.counts, g.trainable, p.hw, p.gpu, g.layout.strategy,
                                   precision=g.precision, method=g.method, checkpointing=g.checkpointing,
-                                  micro_batch=micro, seq_len=p.template.seq_len, gas=p.micro.accumulation(micro),
+                                  micro_batch=micro, seq_len=p.template.seq_len, gas=self.gas(g, micro),
                                   freeze_layers=p.template.freeze_trainable_layers, attention=p.template.attention,
                                   rates=p.rates)
 
@@ -165,7 +172,7 @@ class _Search:
         hit = self.per_sample_cache.get(key)
         if hit is None:
             st = st or self.step_time(g, micro)
-            hit = st.seconds / (micro * self.p.hw.world_size * self.p.micro.accumulation(micro))
+            hit = st.seconds / (st.tokens_per_step / self.p.template.seq_len)   # samples per step
             self.per_sample_cache[key] = hit
         return hit
 
@@ -274,7 +281,7 @@ class _Search:
                 g.status, g.reason = GroupStatus.INFEASIBLE, f"does not fit: {why}"
                 return
             lo = 0
-        g.micro, g.gas, g.estimate = vals[lo], self.p.micro.accumulation(vals[lo]), est
+        g.micro, g.gas, g.estimate = vals[lo], self.gas(g, vals[lo]), est
         g.step = self.step_time(g, g.micro)
         if hi is not None and hi in failed:
             g.limit = f"micro-batch {vals[hi]} would not fit: {failed[hi]}"
@@ -305,7 +312,7 @@ def sized_facts(p: Problem, g: Group, est: Estimate, st: StepTime) -> dict[str, 
     pg = est.per_gpu
     return {
         "candidate.micro_batch_size": g.micro, "candidate.gradient_accumulation_steps": g.gas,
-        "candidate.global_batch_size": p.micro.effective_global(g.micro or 1),
+        "candidate.global_batch_size": effective_global(p, g, g.micro or 1),
         "estimate.per_gpu.parameters": pg.parameters, "estimate.per_gpu.gradients": pg.gradients,
         "estimate.per_gpu.optimizer_states": pg.optimizer_states, "estimate.per_gpu.activations": pg.activations,
         "estimate.per_gpu.temporaries": pg.temporaries, "estimate.per_gpu.buffers": pg.buffers,
@@ -396,21 +403,126 @@ def search_training(p: Problem) -> Outcome:
     tier_summaries: dict[str, str] = {}
     tiers_tried: list[str] = []
     chosen: Group | None = None
+    parallel_reason = ""
+    extra_layouts: list[Layout] | None = None
     if not global_reject:
         for method in methods:
             tiers_tried.append(method)
             trainable = trainable_parameters(p.model, p.counts, p.template.model_copy(update={"method": method}))
             tier = _build_groups(s, p, layouts, layout_verdicts, precision, method, ckpts, trainable)
             _branch_and_bound(s, p, tier)
-            groups.extend(tier)
             chosen = _choose(p, tier)
+            # issue 15: tensor/sequence/context parallelism only where data parallelism alone cannot do it
+            need = parallel_needed(chosen)
+            if need:
+                if extra_layouts is None:
+                    extra_layouts = _judge_layouts(p, parallel_layouts(p.arch, p.hw, p.template), allowed, blame,
+                                                   layout_rejects, layout_verdicts, problem_fired)
+                    layouts.extend(extra_layouts)
+                usable = [lay for lay in extra_layouts if chosen is None or _less_offload(lay, chosen.layout)]
+                extra = _build_groups(s, p, usable, layout_verdicts, precision, method, ckpts, trainable)
+                _seed_smallest(s, p, extra)
+                _branch_and_bound(s, p, extra, best=chosen.adj if chosen is not None else math.inf)
+                tier += extra
+                chosen = _choose(p, tier)
+                parallel_reason = (f"tensor/sequence/context-parallel layouts searched: {need}"
+                                   if extra_layouts else f"{need}; no tensor/sequence/context-parallel layout "
+                                   "applies (heads, kv heads, GPUs per node or sequence length do not divide)")
+            elif chosen is not None:
+                parallel_reason = (f"no tensor/sequence/context parallelism: {chosen.layout.label} fits without "
+                                   "offload, and TP/SP/CP only add per-layer collectives on the critical path")
+            groups.extend(tier)
             if chosen is not None:
                 break
             tier_summaries[method] = _closest(tier)
     return Outcome(chosen=chosen, groups=groups, layouts=layouts, layout_rejects=layout_rejects,
                    problem_fired=problem_fired, problem_advice=problem_advice, precision=precision,
                    precision_reason=precision_reason, tiers_tried=tiers_tried, tier_summaries=tier_summaries,
-                   estimates=s.estimates, global_reject=global_reject)
+                   estimates=s.estimates, global_reject=global_reject, parallel_reason=parallel_reason)
+
+
+_OFFLOAD_LEVEL = {"none": 0, "cpu": 1, "nvme": 2}
+
+
+def _less_offload(lay: Layout, dp: Layout) -> bool:
+    """When data parallelism fits only by offloading, a parallel layout can be faster only by offloading less:
+    the CPU optimizer step and the parameter fetches cost the same per optimizer step whatever shards the GPUs
+    hold (the same optimizer states of every node stream through its CPU)."""
+    a, b = lay.strategy, dp.strategy
+    mine = (_OFFLOAD_LEVEL[a.offload_optimizer], _OFFLOAD_LEVEL[a.offload_param])
+    theirs = (_OFFLOAD_LEVEL[b.offload_optimizer], _OFFLOAD_LEVEL[b.offload_param])
+    return mine <= theirs and mine != theirs
+
+
+def _seed_smallest(s: "_Search", p: Problem, groups: list[Group]) -> None:
+    """One estimate per parallel layout at its smallest memory (smallest micro-batch, most checkpointing): a
+    layout that does not fit there is infeasible at every checkpointing level without more estimates."""
+    most = max((g for g in groups if g.status == GroupStatus.PENDING), key=lambda g: SAVING[g.checkpointing],
+               default=None)
+    if most is None:
+        return
+    level = SAVING[most.checkpointing]
+    seen = set()
+    for g in groups:
+        if g.status != GroupStatus.PENDING or g.checkpointing != most.checkpointing or g.layout.label in seen:
+            continue
+        seen.add(g.layout.label)
+        ok, why, est = s.fits(g, p.micro.values[0])
+        if not ok:
+            memo = s._memo(g)
+            memo["fail"][level] = 0
+            memo["why"][level] = f"does not fit: {why} (micro-batch {p.micro.values[0]}, checkpointing " \
+                                 f"{g.checkpointing})"
+            if est is not None:
+                g.need_bytes = est.per_gpu.total
+
+
+def parallel_needed(chosen: "Group | None") -> str:
+    """Why the search adds tensor/sequence/context-parallel layouts, or '' when data parallelism alone does it:
+    nothing fits, or it fits only by offloading (5-10x slower steps, issue 15)."""
+    if chosen is None:
+        return "data parallelism alone does not fit"
+    if chosen.layout.offloads:
+        return f"data parallelism fits only with offload ({chosen.layout.label})"
+    return ""
+
+
+def layout_accumulation(p: Problem, strategy, micro: int) -> int:
+    """gradient_accumulation_steps of a parallel layout: global batch / (micro x data-parallel ranks)."""
+    from ..batching import gradient_accumulation
+    from ..layout import data_parallel_size
+
+    return gradient_accumulation(p.template.global_batch_size, micro, data_parallel_size(p.hw, strategy))
+
+
+def effective_global(p: Problem, g: "Group", micro: int) -> int:
+    """Samples per optimizer step: micro x data-parallel ranks x accumulation."""
+    if not g.layout.parallel:
+        return p.micro.effective_global(micro)
+    from ..layout import data_parallel_size
+
+    return micro * data_parallel_size(p.hw, g.layout.strategy) * layout_accumulation(p, g.layout.strategy, micro)
+
+
+def _judge_layouts(p: Problem, candidates, allowed: dict, blame: dict, layout_rejects: dict, verdicts: dict,
+                   problem_fired: list) -> list[Layout]:
+    """Stage-0 domains and stage-1 rules on extra layouts, as for the data-parallel ones."""
+    out = []
+    for lay in candidates:
+        bad = [st for st, val in lay.settings().items() if st in allowed and val not in allowed[st]]
+        if bad:
+            rules = [r for st in bad for r in _excluding(blame[st], st, lay.settings()[st])]
+            layout_rejects[lay.label] = "; ".join(f"{r.description} [rule {r.id}]" for r in rules)
+            continue
+        v1 = apply_rules(p.stages[F.LAYOUT], {**p.facts, **lay.facts()}, lay.settings(), F.DOMAINS,
+                         candidate=lay.label)
+        problem_fired.extend(f for f in v1.fired if f.outcome != "advised")
+        if v1.rejected:
+            layout_rejects[lay.label] = v1.reason
+            continue
+        out.append(lay)
+        verdicts[lay.label] = v1
+    return out
 
 
 def _build_groups(s: _Search, p: Problem, layouts: list[Layout], verdicts: dict, precision: str, method: str,
@@ -434,7 +546,7 @@ def _build_groups(s: _Search, p: Problem, layouts: list[Layout], verdicts: dict,
     return out
 
 
-def _branch_and_bound(s: _Search, p: Problem, groups: list[Group]) -> None:
+def _branch_and_bound(s: _Search, p: Problem, groups: list[Group], best: float = math.inf) -> None:
     """Visit groups by lower bound (lazily tightened as memory is learned); stop when none can win."""
     siblings: dict[tuple, list[Group]] = {}
     for g in groups:
@@ -446,7 +558,6 @@ def _branch_and_bound(s: _Search, p: Problem, groups: list[Group]) -> None:
     heap = [(g.lb, g.layout.rank, SAVING[g.checkpointing], i) for i, g in enumerate(groups)
             if g.status == GroupStatus.PENDING]
     heapq.heapify(heap)
-    best = math.inf
     while heap:
         lb, rank, saving, i = heapq.heappop(heap)
         g = groups[i]
@@ -478,7 +589,7 @@ GUIDANCE_CHAIN = frozenset({"ddp", "zero0", "zero1", "zero2", "zero3"})
 
 
 def in_guidance_chain(g: Group) -> bool:
-    return g.layout.strategy.name in GUIDANCE_CHAIN
+    return g.layout.strategy.name in GUIDANCE_CHAIN and not g.layout.parallel
 
 
 def apply_guidance(groups: list[Group]) -> None:

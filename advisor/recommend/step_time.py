@@ -38,13 +38,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from ..architecture import Architecture
 from ..datafiles import load_data
 from ..estimate_result import InferenceSpeed, StepTime
 from ..param_count import ParameterCounts
-from ..profile import MachineProfile
 from ..specs import GiB, GPUInfo, HardwareSpec, StrategySpec
+
+if TYPE_CHECKING:  # annotations only: the profile model is built when a profile is loaded
+    from ..profile import MachineProfile
 
 # When no --gpu is given, times assume this generic PCIe card (memory is the --vram given).
 GENERIC_GPU_NOTE = ("no --gpu given: step times assume a generic PCIe GPU (150 TFLOPS bf16/fp16, PCIe Gen4 "
@@ -250,12 +253,14 @@ def flops_per_token(arch: Architecture, counts: ParameterCounts, seq_len: int, m
 
 def compute_seconds_per_token(arch: Architecture, counts: ParameterCounts, rates: "Rates", precision: str,
                               tokens_per_microstep: int, seq_len: int, method: str, checkpointing: str,
-                              freeze_layers: int = 2, task: str = "train", attention: str = "sdpa") -> float:
+                              freeze_layers: int = 2, task: str = "train", attention: str = "sdpa",
+                              width: int | None = None) -> float:
     """Seconds per token on one GPU: matmuls at :func:`efficiency`, the attention core at ``attention_efficiency``
-    of that (eager attention also at ``eager_attention_efficiency``), plus QLoRA/LoRA costs."""
+    of that (eager attention also at ``eager_attention_efficiency``), plus QLoRA/LoRA costs. ``width``: the
+    hidden size the width factor sees (tensor parallelism: hidden/tp, see :func:`_layout_step_time`)."""
     c = constants()
     mm, at = flop_parts(arch, counts, seq_len, method, checkpointing, freeze_layers, task, attention)
-    rate = rates.peak(precision) * efficiency(rates, precision, arch.hidden_size, tokens_per_microstep)
+    rate = rates.peak(precision) * efficiency(rates, precision, width or arch.hidden_size, tokens_per_microstep)
     attn_rate = rate * c["attention_efficiency"] * (c["eager_attention_efficiency"] if attention == "eager" else 1)
     t = mm / rate + at / attn_rate
     if method in ("lora", "qlora") and task == "train":
@@ -395,6 +400,10 @@ def training_step_time(arch: Architecture, counts: ParameterCounts, trainable: i
     """Seconds of one optimizer step of ``gas`` micro-steps of ``micro_batch`` x ``seq_len`` tokens per GPU."""
     c = constants()
     r = rates or rates_for(gpu, profile)
+    if strategy.tp_size * strategy.sp_size * strategy.cp_size * strategy.dp_replicate_size > 1:
+        return _layout_step_time(arch, counts, trainable, hw, strategy, r, precision=precision, method=method,
+                                 checkpointing=checkpointing, micro_batch=micro_batch, seq_len=seq_len, gas=gas,
+                                 freeze_layers=freeze_layers, attention=attention)
     tokens_micro = micro_batch * seq_len
     eff = efficiency(r, precision, arch.hidden_size, tokens_micro)
     peak = r.peak(precision)
@@ -421,6 +430,109 @@ def training_step_time(arch: Architecture, counts: ParameterCounts, trainable: i
                     mfu=mfu, tokens_per_step=tokens, peak_tflops=peak / 1e12, rates=r.source)
 
 
+# ---------------------------------------------------------------- tensor / sequence / context parallel layouts
+
+def layout_communication(arch: Architecture, hw: HardwareSpec, strategy: StrategySpec, r: Rates, *,
+                         micro_batch: int, seq_len: int, checkpointing: str, act_bytes: int) -> dict[str, float]:
+    """Seconds per micro-step of the layout's own collectives, all on the critical path (exposed):
+
+    * TP (Megatron-style column/row split, Shoeybi et al. 2019 §3): per layer two all-reduces of the layer
+      output in the forward (o_proj, down_proj) and two of the input gradients in the backward (q/k/v and
+      gate/up), one more forward's worth when full checkpointing re-runs it; the lm_head's logits all-gather
+      (``colwise_gather_output``) and its input-gradient all-reduce. Not overlapped: accelerate ignores
+      ``enable_async_tp`` (``TorchTensorParallelConfig``) and DeepSpeed AutoTP's ``tp_overlap_comm`` is off by
+      default (``runtime/tensor_parallel/config.py``).
+    * SP (Ulysses, Jacobs et al. 2023 §3): per layer all-to-alls of q, k, v in and of the attention output back,
+      the same in the backward; an all-to-all moves (sp-1)/sp of its data per GPU.
+    * CP (torch ring attention, allgather rotation): per layer an all-gather of K and V in the forward, again in
+      the backward plus a reduce-scatter of their gradients.
+    Ring all-reduce moves 2(n-1)/n of the data per GPU, all-gather/reduce-scatter (n-1)/n. A group inside a node
+    runs at the intra-node rate; one that spans nodes shares each node's network among its GPUs."""
+    tp, sp, cp = strategy.tp_size, strategy.sp_size, strategy.cp_size
+    b, s_local = micro_batch, seq_len // (sp * cp)
+    L, h = arch.num_layers, arch.hidden_size
+    fwd_passes = 2 if checkpointing == "full" else 1
+    out: dict[str, float] = {}
+
+    def rate(group: int, inner: int) -> float:
+        """Bus rate of a group of ``group`` GPUs whose members sit ``inner`` apart in the rank order."""
+        if group * inner <= hw.gpus_per_node:
+            return r.intra_bytes_per_s
+        return min(r.intra_bytes_per_s, r.node_bytes_per_s / hw.gpus_per_node)
+
+    if tp > 1:
+        layer_out = b * s_local * h * act_bytes
+        ar = 2 * (tp - 1) / tp
+        per_layer = (2 * fwd_passes + 2) * ar * layer_out
+        head = (tp - 1) / tp * b * s_local * arch.vocab_size * act_bytes + ar * layer_out
+        out["tensor parallel all-reduces"] = (L * per_layer + head) / rate(tp, 1)
+    if sp > 1:
+        heads = arch.num_attention_heads // tp
+        kv = max(max(arch.num_key_value_heads // tp, 1), sp)      # kv heads replicated up to sp
+        width = (2 * heads + 2 * kv) * arch.head_dim            # q, k, v in; attention output back
+        per_layer = (fwd_passes + 1) * (sp - 1) / sp * b * s_local * width * act_bytes
+        out["sequence parallel all-to-alls"] = L * per_layer / rate(sp, tp)
+    if cp > 1:
+        kv_width = max(arch.num_key_value_heads // tp, 1) * arch.head_dim
+        kv_full = 2 * b * seq_len * kv_width * act_bytes
+        per_layer = (fwd_passes + 2) * (cp - 1) / cp * kv_full
+        out["context parallel K/V all-gathers"] = L * per_layer / rate(cp, tp)
+    return out
+
+
+def _layout_step_time(arch: Architecture, counts: ParameterCounts, trainable: int, hw: HardwareSpec,
+                      strategy: StrategySpec, r: Rates, *, precision: str, method: str, checkpointing: str,
+                      micro_batch: int, seq_len: int, gas: int, freeze_layers: int, attention: str) -> StepTime:
+    """Step time of a TP/SP/CP layout: one rank computes the narrowed model (heads, kv heads, MLP width and the
+    lm_head's vocabulary / tp) on its ``seq_len / (sp x cp)`` tokens, attending over the whole sequence; its
+    ZeRO/FSDP collectives run over the ranks sharing its parameters (:mod:`advisor.memory.parallel`); the
+    layout's collectives (:func:`layout_communication`) are exposed. The width factor of :func:`efficiency`
+    sees hidden/tp: the per-token elementwise work (norms, residuals) stays whole while the matmuls divide."""
+    from ..memory.parallel import narrow_architecture, rank_view_hardware
+    from ..layout import data_parallel_size
+
+    tp, sp, cp = strategy.tp_size, strategy.sp_size, strategy.cp_size
+    arch_n = narrow_architecture(arch, tp)
+    arch_c = arch_n.model_copy(update={"vocab_size": -(-arch.vocab_size // tp)}) if tp > 1 else arch_n
+    from ..param_count import count_parameters
+
+    counts_c = count_parameters(arch_c)
+    share = counts_c.total / counts.total
+    trainable_n = int(trainable * share)
+    view_hw, view_strategy = rank_view_hardware(hw, strategy)
+    tokens_micro = micro_batch * (seq_len // (sp * cp))
+    act_bytes = 4 if precision == "fp32" else 2
+    eff = efficiency(r, precision, arch.hidden_size // tp, tokens_micro)
+    peak = r.peak(precision)
+    micro_compute = tokens_micro * compute_seconds_per_token(arch_c, counts_c, r, precision, tokens_micro, seq_len,
+                                                             method, checkpointing, freeze_layers,
+                                                             attention=attention, width=arch.hidden_size // tp)
+    compute = gas * micro_compute + optimizer_seconds(view_strategy, view_hw, r, trainable_n)
+    backward_share = 2.0 / 3.0 if method == "full" else 0.5
+    comm = _communication(view_strategy, view_hw, r, counts_c.total, trainable_n, precision, method, gas)
+    off = _offload(view_strategy, view_hw, r, counts_c.total, trainable_n, precision, method, gas)
+    # the view's node holds gpus_per_node / tp ranks; the CPU optimizer and parameter fetches of a real node serve
+    # all its ranks (every tp shard): the per-node exposed offload x tp (its per-GPU copy term too: conservative)
+    off = _Offload(behind_compute=off.behind_compute, exposed=off.exposed * hw.gpus_per_node / view_hw.gpus_per_node)
+    budget = compute
+    comm_a, budget = _hide(comm.behind_compute, budget, comm.overlap)
+    back_budget = min(budget, compute * backward_share)
+    comm_b, used = _hide(comm.behind_backward, back_budget, comm.overlap)
+    budget -= back_budget - used
+    off_a, budget = _hide(off.behind_compute, budget, 1.0)
+    layout = gas * sum(layout_communication(arch, hw, strategy, r, micro_batch=micro_batch, seq_len=seq_len,
+                                            checkpointing=checkpointing, act_bytes=act_bytes).values())
+    comm_s = comm_a + comm_b + comm.exposed + layout
+    off_s = off_a + off.exposed
+    seconds = compute + comm_s + off_s
+    tokens = micro_batch * seq_len * gas * data_parallel_size(hw, strategy)
+    tps = tokens / seconds
+    mfu = model_flops_per_token(arch, counts, method, freeze_layers) * tps / (hw.world_size * peak)
+    return StepTime(seconds=seconds, compute_seconds=compute, communication_seconds=comm_s, offload_seconds=off_s,
+                    tokens_per_second=tps, tokens_per_second_per_gpu=tps / hw.world_size, compute_efficiency=eff,
+                    mfu=mfu, tokens_per_step=tokens, peak_tflops=peak / 1e12, rates=r.source)
+
+
 def kv_bytes_per_token(arch: Architecture, dtype_bytes: int = 2) -> int:
     """Bytes of K and V cached per token of context, all layers."""
     return 2 * arch.num_layers * arch.kv_width * dtype_bytes
@@ -428,7 +540,7 @@ def kv_bytes_per_token(arch: Architecture, dtype_bytes: int = 2) -> int:
 
 def inference_speed(arch: Architecture, counts: ParameterCounts, hw: HardwareSpec, gpu: GPUInfo, layout: str, *,
                     precision: str, method: str, batch: int, seq_len: int, weight_bytes: int,
-                    attention: str = "sdpa", profile: MachineProfile | None = None) -> InferenceSpeed:
+                    attention: str = "sdpa", profile: MachineProfile | None = None, tp: int = 1) -> InferenceSpeed:
     """Prefill and decode tokens/s of ``layout`` (``replica-per-gpu`` or ``device-map-auto``) on the whole job.
 
     A replica per GPU serves ``world`` copies at once. ``device_map="auto"`` holds one copy per node whose layers
@@ -447,6 +559,14 @@ def inference_speed(arch: Architecture, counts: ParameterCounts, hw: HardwareSpe
     decode_flops = flops_per_token(arch, counts, seq_len, method, "none", task="infer", attention=attention) * batch
     decode = max(decode_mem, decode_flops / (peak * efficiency(r, precision, arch.hidden_size, batch)))
     copies = hw.world_size if layout == "replica-per-gpu" else hw.nodes
+    if layout == "tensor-parallel":
+        # issue 15: each of the tp GPUs of a copy computes and reads 1/tp of the weights and of the KV cache
+        # (embeddings aside) at once; the two all-reduces per layer of the activations are added at the
+        # intra-node rate (their latency, which dominates a decode step's small messages, is not modelled)
+        ar = 2 * (tp - 1) / tp * 2 * arch.num_layers * arch.hidden_size * (4 if precision == "fp32" else 2)
+        prefill = prefill / tp + tokens * ar / r.intra_bytes_per_s
+        decode = decode / tp + batch * ar / r.intra_bytes_per_s
+        copies = hw.world_size // tp
     return InferenceSpeed(layout=layout, copies=copies, batch=batch,
                           prefill_tokens_per_second=copies * tokens / prefill,
                           decode_tokens_per_second=copies * batch / decode, decode_seconds_per_token=decode,

@@ -16,6 +16,7 @@ from ..catalog.models import ResolvedModel
 from ..errors import InputError
 from ..memory.buffers import deepspeed_sizes
 from ..specs import GiB, HardwareSpec, StrategySpec, TrainingSpec
+from .parallel import parallel_context, parallel_env, parallel_notes, readme_batch   # issue 15
 
 # The decoder layer class of each family, as transformers names it (its module's FAMILY.fsdp_layer_class,
 # advisor/families): what FSDP's TRANSFORMER_BASED_WRAP wraps. tests/render/test_proxy.py builds each family and
@@ -109,7 +110,7 @@ def slurm_job_name(name: str) -> str:
 
 
 def _deepspeed(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strategy: StrategySpec, *,
-               gas: int, hf_trainer: bool, loss_scaling: Any, settings: list[dict]) -> dict:
+               gas: int, hf_trainer: bool, loss_scaling: Any, settings: list[dict], parallel: dict | None = None) -> dict:
     arch = model.architecture
     stage = strategy.zero_stage or 0
     sizes = deepspeed_sizes(arch, strategy)
@@ -127,6 +128,17 @@ def _deepspeed(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, s
             f"--gradient_accumulation_steps {gas} (world {hw.world_size}: train_batch_size "
             f"{micro * gas * hw.world_size})")
         why("gradient_clipping", "auto", "--hf-trainer: the Trainer fills it from --max_grad_norm (default 1.0)")
+    elif parallel and parallel["ds_batch_world"] != hw.world_size or parallel and parallel["autotp"]:
+        world = parallel["ds_batch_world"]       # issue 15: the world DeepSpeedConfig divides the batch by
+        ds.update(train_batch_size=micro * gas * world, micro_batch=micro,
+                  gradient_accumulation_steps=gas, gradient_clipping=GRADIENT_CLIPPING)
+        why("train_batch_size", ds["train_batch_size"],
+            f"DeepSpeed requires train_batch_size = micro-batch {micro} x accumulation {gas} x {world}: "
+            + (f"the data-parallel world of Ulysses' mpu ({hw.world_size} GPUs / sp {parallel['sp']})"
+               if parallel["sp"] > 1 else
+               f"every rank, as DeepSpeedConfig counts them before AutoTP builds its groups (the {parallel['tp']} "
+               f"ranks of a TP group train on the same samples: {micro * gas * hw.world_size // parallel['tp']} "
+               "distinct samples per step)"))
     else:
         ds.update(train_batch_size=micro * gas * hw.world_size, micro_batch=micro,
                   gradient_accumulation_steps=gas, gradient_clipping=GRADIENT_CLIPPING)
@@ -166,11 +178,13 @@ def _deepspeed(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, s
                             "offload_param": _offload(strategy.offload_param, hw) if stage == 3 else None}
     preset = ("the HF integration's 'auto' values from hidden size %d" % arch.hidden_size
               if strategy.bucket_sizes == "auto" else "DeepSpeed's built-in defaults")
+    # issue 15: under AutoTP ZeRO shards over the data-parallel ranks only (world / autotp_size)
+    zero_world = hw.world_size // (parallel["autotp"] or 1) if parallel else hw.world_size
     why("zero_optimization.stage", stage, {
         0: "ZeRO-0: plain data parallel inside DeepSpeed, nothing sharded",
-        1: "ZeRO-1: optimizer states (with the fp32 master copy) sharded over the %d GPUs" % hw.world_size,
-        2: "ZeRO-2: optimizer states and gradients sharded over the %d GPUs" % hw.world_size,
-        3: "ZeRO-3: parameters, gradients and optimizer states sharded over the %d GPUs" % hw.world_size}[stage])
+        1: "ZeRO-1: optimizer states (with the fp32 master copy) sharded over the %d GPUs" % zero_world,
+        2: "ZeRO-2: optimizer states and gradients sharded over the %d GPUs" % zero_world,
+        3: "ZeRO-3: parameters, gradients and optimizer states sharded over the %d GPUs" % zero_world}[stage])
     why("zero_optimization.reduce_bucket_size", sizes.reduce_bucket_size, f"{preset}; the estimate counts this "
         "bucket")
     if stage in (1, 2):
@@ -200,6 +214,8 @@ def _deepspeed(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, s
 
     ds["zero"] = zero
     ds["zero3_init"] = stage == 3
+    ds["autotp_size"] = parallel["autotp"] if parallel else None           # issue 15
+    ds["sequence_parallel_size"] = parallel["sp_ds"] if parallel else None
     offloading = strategy.offload_optimizer != "none"
     ds["optimizer"] = None
     ds["allow_untested_optimizer"] = stage >= 1 and training.optimizer not in ZERO_TESTED_OPTIMIZERS
@@ -226,7 +242,10 @@ def _fsdp(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strate
     offload = strategy.offload_param != "none"
     fsdp = {"sharding": strategy.fsdp_sharding, "layer_cls": layer, "offload_params": offload,
             "activation_checkpointing": training.activation_checkpointing == "full",
-            "use_orig_params": True, "backward_prefetch": "BACKWARD_PRE", "state_dict_type": "SHARDED_STATE_DICT"}
+            "use_orig_params": True, "backward_prefetch": "BACKWARD_PRE", "state_dict_type": "SHARDED_STATE_DICT",
+            "version": strategy.fsdp_version, "reshard_after_forward": strategy.fsdp_sharding == "FULL_SHARD"}
+    if strategy.fsdp_version == 2:      # issue 15: FSDP2 (fully_shard) keys, advisor/render/parallel.py
+        return _fsdp2(model, hw, training, strategy, fsdp, settings)
 
     def why(key: str, value: Any, reason: str) -> None:
         settings.append({"file": "accelerate_config.yaml", "key": f"fsdp_config.{key}", "value": value,
@@ -261,6 +280,33 @@ def _fsdp(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strate
     if fsdp["activation_checkpointing"]:
         why("fsdp_activation_checkpointing", True, "--checkpointing full: FSDP checkpoints each wrapped layer "
             "(do not also call gradient_checkpointing_enable())")
+    return fsdp
+
+
+def _fsdp2(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strategy: StrategySpec, fsdp: dict,
+           settings: list[dict]) -> dict:
+    """FSDP2's keys (accelerate 1.15 FullyShardedDataParallelPlugin with fsdp_version 2: reshard_after_forward is a
+    bool; backward/forward prefetch, use_orig_params and sync_module_states do not exist there)."""
+    def why(key: str, value: Any, reason: str) -> None:
+        settings.append({"file": "accelerate_config.yaml", "key": f"fsdp_config.{key}", "value": value,
+                         "why": reason})
+
+    why("fsdp_version", 2, "FSDP2 (torch fully_shard, DTensor parameters): what accelerate's ParallelismConfig "
+        "composes with TP, CP and HSDP")
+    why("fsdp_reshard_after_forward", fsdp["reshard_after_forward"],
+        "parameters freed after forward and gathered again in backward (like ZeRO-3)" if fsdp["reshard_after_forward"]
+        else "parameters kept gathered between forward and backward (like ZeRO-2)")
+    if fsdp["layer_cls"]:
+        why("fsdp_transformer_layer_cls_to_wrap", fsdp["layer_cls"], f"one fully_shard unit per "
+            f"{model.architecture.family} decoder layer")
+    why("fsdp_cpu_ram_efficient_loading", True, "only rank 0 loads the checkpoint into CPU RAM; the others start "
+        "on the meta device and receive their shards")
+    why("fsdp_state_dict_type", "SHARDED_STATE_DICT", "each rank saves its shard (DCP)")
+    why("fsdp_offload_params", fsdp["offload_params"], "--offload-param cpu: CPUOffloadPolicy keeps parameters, "
+        "gradients and the optimizer step on the CPU" if fsdp["offload_params"] else "nothing offloaded")
+    if fsdp["activation_checkpointing"]:
+        why("fsdp_activation_checkpointing", True, "--checkpointing full: each wrapped layer is checkpointed (do "
+            "not also call gradient_checkpointing_enable())")
     return fsdp
 
 
@@ -306,7 +352,11 @@ def build_context(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec
         "ds": None, "fsdp": None, "settings": settings, "estimate": est,
         "recommendation": recommendation, "job_name": slurm_job_name(model.name),
         "strategy_spec": strategy.model_dump(mode="json"),
+        "parallel": parallel_context(model, hw, training, strategy, settings),     # issue 15
     }
+    if ctx["parallel"]:
+        ctx["global_batch"] = training.micro_batch_size * gas * ctx["parallel"]["data_parallel"]
+    ctx["batch_ranks"] = readme_batch(ctx["parallel"], hw.world_size)
     settings.append({"file": "accelerate_config.yaml", "key": "distributed_type", "value": dtype, "why": {
         "NO": "one process on one GPU", "MULTI_GPU": f"DDP: a full replica on each of {hw.world_size} GPUs",
         "DEEPSPEED": f"DeepSpeed {strategy.name}; its settings live in ds_config.json",
@@ -321,7 +371,7 @@ def build_context(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec
                                 "SLURM_NODEID)"})
     if dtype == "DEEPSPEED":
         ctx["ds"] = _deepspeed(model, hw, training, strategy, gas=gas, hf_trainer=hf_trainer,
-                               loss_scaling=loss_scaling, settings=settings)
+                               loss_scaling=loss_scaling, settings=settings, parallel=ctx["parallel"])
         settings.append({"file": "accelerate_config.yaml", "key": "mixed_precision", "value": "(absent)",
                          "why": "precision lives in ds_config.json: accelerate launch refuses mixed_precision "
                                 "next to deepspeed_config_file"})
@@ -360,9 +410,19 @@ def launch_env(ctx: dict) -> list[tuple[str, str]]:
         env += [("ACCELERATE_USE_DEEPSPEED", "true"), ("ACCELERATE_DEEPSPEED_CONFIG_FILE", "$HERE/ds_config.json"),
                 ("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true" if ctx["ds"]["zero3_init"] else "false"),
                 ("ACCELERATE_MIXED_PRECISION", "no")]
-        return env
+        return env + parallel_env(ctx.get("parallel"))
     env.append(("ACCELERATE_MIXED_PRECISION", ctx["mixed_precision"]))
     f = ctx["fsdp"]
+    if f is not None and f["version"] == 2:      # issue 15: FSDP2 (accelerate/utils/launch.py prepare_multi_gpu_env)
+        env += [("ACCELERATE_USE_FSDP", "true"), ("FSDP_VERSION", "2"),
+                ("FSDP_RESHARD_AFTER_FORWARD", "true" if f["reshard_after_forward"] else "false"),
+                ("FSDP_OFFLOAD_PARAMS", "true" if f["offload_params"] else "false"),
+                ("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")]
+        if f["layer_cls"]:
+            env.append(("FSDP_TRANSFORMER_CLS_TO_WRAP", f["layer_cls"]))
+        env += [("FSDP_STATE_DICT_TYPE", f["state_dict_type"]), ("FSDP_CPU_RAM_EFFICIENT_LOADING", "true"),
+                ("FSDP_ACTIVATION_CHECKPOINTING", "true" if f["activation_checkpointing"] else "false")]
+        return env + parallel_env(ctx.get("parallel"))
     if f is not None:
         env += [("ACCELERATE_USE_FSDP", "true"), ("FSDP_VERSION", "1"), ("FSDP_SHARDING_STRATEGY", f["sharding"]),
                 ("FSDP_RESHARD_AFTER_FORWARD", f["sharding"].lower()),
@@ -405,6 +465,7 @@ def _notes(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strat
                      "can be sharded")
     if training.precision == "pure-bf16" and strategy.backend != "deepspeed":
         notes.append("pure bf16: load the model with torch_dtype=torch.bfloat16 (mixed_precision is 'no')")
+    notes += parallel_notes(model, training, ctx.get("parallel"))     # issue 15
     if ctx["hf_trainer"]:
         flag = {"fp16": " --fp16", "bf16": " --bf16", "pure-bf16": " --bf16"}.get(training.precision, "")
         notes.append(f"HF Trainer: pass --per_device_train_batch_size {training.micro_batch_size} "

@@ -315,6 +315,94 @@ def _expectations(acc: dict, ds: dict | None, manifest: dict, world: int, device
     return exp
 
 
+# ---------------------------------------------------------------- parallel layouts (issue 15)
+
+MAX_LAYOUT_PROCS = 4
+
+
+def file_layout(acc: dict, ds: dict | None) -> dict | None:
+    """The layout the files ask for: FSDP version, accelerate's parallelism_config sizes, DeepSpeed's autotp_size
+    and sequence_parallel_size (None for a plain data-parallel run)."""
+    from .lint_parallel import pc_sizes
+
+    dtype = acc.get("distributed_type")
+    fc = acc.get("fsdp_config") if isinstance(acc.get("fsdp_config"), dict) else {}
+    fsdp2 = dtype == "FSDP" and str(fc.get("fsdp_version", 1)) == "2"
+    block = acc.get("parallelism_config") if isinstance(acc.get("parallelism_config"), dict) else {}
+    s = pc_sizes(block)
+    ds = ds or {}
+    tpb = ds.get("tensor_parallel") if isinstance(ds.get("tensor_parallel"), dict) else {}
+    autotp = tpb.get("autotp_size") if dtype == "DEEPSPEED" else None
+    sp = s["sp_size"] if dtype == "DEEPSPEED" else 1
+    if dtype == "DEEPSPEED" and isinstance(ds.get("sequence_parallel_size"), int):
+        sp = max(sp, ds["sequence_parallel_size"])
+    lay = {"fsdp_version": 2 if fsdp2 else 1, "dp_replicate": s["dp_replicate_size"], "dp_shard": s["dp_shard_size"],
+           "tp": s["tp_size"] if fsdp2 else 1, "cp": s["cp_size"] if fsdp2 else 1, "sp": sp,
+           "autotp": autotp if isinstance(autotp, int) and autotp > 1 else None,
+           "sp_attn": s.get("sp_attn_implementation") or "sdpa", "block": bool(block)}
+    if not fsdp2 and lay["autotp"] is None and sp == 1:
+        return None
+    if fsdp2 and not block:
+        lay["dp_shard"] = int(acc.get("num_processes") or 2)
+    return lay
+
+
+def proxy_layout(lay: dict) -> tuple[dict, int, list[str]]:
+    """The same layout at degree 2 per dimension (at most MAX_LAYOUT_PROCS processes on the CPU): (layout, processes,
+    what changed)."""
+    out, changed = dict(lay), []
+
+    def two(key: str) -> None:
+        if lay[key] > 2:
+            changed.append(f"{key} {lay[key]} -> 2")
+        out[key] = min(lay[key], 2)
+
+    if lay["autotp"]:
+        if lay["autotp"] > 2:
+            changed.append(f"tensor_parallel.autotp_size {lay['autotp']} -> 2")
+        out.update(autotp=2, tp=1, sp=1)
+        return out, 2, changed
+    if lay["sp"] > 1:
+        two("sp")
+        if lay["dp_shard"] * lay["dp_replicate"] != 1:
+            changed.append(f"dp_shard {lay['dp_shard']} -> 1")
+        out.update(dp_shard=1, dp_replicate=1)
+        if lay["sp_attn"] != "sdpa":
+            changed.append(f"sp_attn_implementation {lay['sp_attn']} -> sdpa (no flash-attn kernels on a CPU)")
+            out["sp_attn"] = "sdpa"
+        return out, 2, changed
+    for key in ("tp", "cp", "dp_replicate", "dp_shard"):
+        two(key)
+    if out["tp"] * out["cp"] * out["dp_replicate"] * out["dp_shard"] > MAX_LAYOUT_PROCS and out["dp_replicate"] > 1:
+        changed.append("dp_replicate 2 -> 1 (at most %d processes on a CPU)" % MAX_LAYOUT_PROCS)
+        out["dp_replicate"] = 1
+    if out["cp"] > 1 and out["dp_shard"] > 1 and out["tp"] * out["cp"] * out["dp_replicate"] * 2 > MAX_LAYOUT_PROCS:
+        changed.append("dp_shard 2 -> 1 (cp carries the FSDP2 shard)")
+        out["dp_shard"] = 1
+    if out["dp_shard"] == 1 and out["cp"] == 1:
+        out["dp_shard"] = 2          # FSDP2 needs a dimension to shard across
+    procs = out["tp"] * out["cp"] * out["dp_replicate"] * out["dp_shard"]
+    return out, procs, changed
+
+
+def layout_yaml(acc: dict, lay: dict, procs: int, folder: Path) -> dict:
+    """The accelerate YAML for the proxy layout (num_processes and the parallelism_config sizes)."""
+    cfg = json.loads(json.dumps(acc))
+    cfg["num_processes"] = procs
+    dscfg = cfg.get("deepspeed_config")
+    if isinstance(dscfg, dict) and dscfg.get("deepspeed_config_file"):
+        dscfg["deepspeed_config_file"] = str((folder / str(dscfg["deepspeed_config_file"])).resolve())
+    block = cfg.get("parallelism_config") if isinstance(cfg.get("parallelism_config"), dict) else None
+    if block is not None:
+        p = "parallelism_config_"
+        block.update({p + "dp_replicate_size": lay["dp_replicate"], p + "dp_shard_size": lay["dp_shard"],
+                      p + "tp_size": lay["tp"], p + "cp_size": lay["cp"]})
+        if lay["sp"] > 1:
+            block.update({p + "sp_size": lay["sp"], p + "sp_attn_implementation": lay["sp_attn"],
+                          p + "dp_shard_size": 1})
+    return cfg
+
+
 def _cpu_blocker(acc: dict, ds: dict | None, exp: dict) -> str | None:
     """Why this configuration cannot run on a CPU at all (so it is skipped, not faked), or None."""
     dtype = exp["distributed_type"]
@@ -376,7 +464,12 @@ def _launch_one(folder: Path, acc: dict, ds: dict | None, manifest: dict, report
         ds, filled = fill_auto(ds, micro_batch=training.get("micro_batch_size", 1),
                                gradient_accumulation_steps=manifest.get("gradient_accumulation_steps", 1),
                                hidden_size=manifest.get("model", {}).get("architecture", {}).get("hidden_size"))
+    layout = file_layout(acc, ds)
+    layout_changes: list[str] = []
+    if layout is not None and not gpu:
+        layout, procs, layout_changes = proxy_layout(layout)
     exp = _expectations(acc, ds, manifest, procs, device)
+    exp["layout"] = layout
     if not gpu:
         blocker = _cpu_blocker(acc, ds, exp)
         if blocker:
@@ -396,14 +489,20 @@ def _launch_one(folder: Path, acc: dict, ds: dict | None, manifest: dict, report
     timeout = max(deadline - time.perf_counter(), 5)
     t0 = time.perf_counter()
 
-    overrides = []
+    overrides = list(layout_changes)
     if procs != configured:
         overrides.append(f"num_processes {configured} -> {procs}")
     if machines > 1:
         overrides.append(f"num_machines {machines} -> 1, machine_rank 0 (a multi-node config, run on one machine)")
     tmp = Path(tempfile.mkdtemp(prefix="dsadvise-dryrun-"))
     try:
-        cmd = _accelerate_cmd() + ["--config_file", str(folder / "accelerate_config.yaml"),
+        config_file = folder / "accelerate_config.yaml"
+        if layout is not None and (layout_changes or procs != configured) and not gpu:
+            import yaml
+
+            config_file = tmp / "accelerate_config.yaml"
+            config_file.write_text(yaml.safe_dump(layout_yaml(acc, layout, procs, folder)), encoding="utf-8")
+        cmd = _accelerate_cmd() + ["--config_file", str(config_file),
                                    "--num_processes", str(procs), "--num_machines", "1", "--machine_rank", "0",
                                    "--main_process_port", str(_free_port())]
         if machines > 1:
@@ -460,12 +559,22 @@ def _launch_one(folder: Path, acc: dict, ds: dict | None, manifest: dict, report
 
 
 def _ds_for_world(ds: dict, exp: dict, procs: int) -> tuple[dict, list[str]]:
-    """The DeepSpeed config for the proxy world: train_batch_size follows micro x accumulation x world."""
+    """The DeepSpeed config for the proxy world: train_batch_size follows micro x accumulation x world (world / sp
+    under Ulysses); autotp_size and sequence_parallel_size follow the proxy layout."""
     cfg = json.loads(json.dumps(ds))
     changed = []
+    lay = exp.get("layout") or {}
+    if lay.get("autotp") and isinstance(cfg.get("tensor_parallel"), dict) \
+            and cfg["tensor_parallel"].get("autotp_size") != lay["autotp"]:
+        changed.append(f"ds_config.json tensor_parallel.autotp_size {cfg['tensor_parallel'].get('autotp_size')} -> "
+                       f"{lay['autotp']}")
+        cfg["tensor_parallel"]["autotp_size"] = lay["autotp"]
+    if lay.get("sp", 1) > 1 and cfg.get("sequence_parallel_size") not in (None, lay["sp"]):
+        changed.append(f"ds_config.json sequence_parallel_size {cfg['sequence_parallel_size']} -> {lay['sp']}")
+        cfg["sequence_parallel_size"] = lay["sp"]
     tb = cfg.get("train_batch_size")
     if isinstance(tb, int) and not isinstance(tb, bool):
-        want = exp["micro_batch"] * exp["gradient_accumulation_steps"] * procs
+        want = exp["micro_batch"] * exp["gradient_accumulation_steps"] * (procs // lay.get("sp", 1))
         if tb != want:
             cfg["train_batch_size"] = want
             changed.append(f"ds_config.json train_batch_size {tb} -> {want} (micro-batch "
@@ -534,7 +643,16 @@ def _collect(name: str, results: Path, log: Path, procs: int, rc: int, timed_out
             f"{c['check']} = {c['got']}" for c in passed if c["check"] in (
                 "torch.distributed world size", "ZeRO stage (engine.zero_optimization_stage())",
                 "precision in effect", "optimizer offload device", "parameter offload device",
-                "FSDP sharding strategy in effect", "accelerate mixed_precision", "optimizer steps taken"))
+                "FSDP sharding strategy in effect", "accelerate mixed_precision", "optimizer steps taken",
+                "accelerate device mesh (ParallelismConfig)", "tensor-parallel shards (q_proj rows / tp)",
+                "rows of q_proj held by this rank",
+                "DeepSpeed autotp_size in effect", "AutoTP column shard: q_proj rows on this rank",
+                "sequence split: tokens per rank", "context parallel: tokens per rank",
+                "Ulysses sequence-parallel group size"))
+        skipped = [c for c in r0["checks"] if c.get("skipped")]
+        if skipped:
+            step.detail += "; not run on this machine: " + "; ".join(f"{c['check']} ({c['skipped']})"
+                                                                     for c in skipped)
         t = r0.get("timings", {})
         if t:
             step.detail += " (" + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) + ")"

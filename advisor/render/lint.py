@@ -16,6 +16,8 @@ from typing import Any
 from ..errors import InputError
 from ..formatting import fmt_bytes
 from ..specs import GiB
+from .lint_parallel import (ds_layout_fields, ds_layout_world, fsdp_layout_fields, lint_parallel_deepspeed,  # issue 15
+                            lint_parallelism_yaml)
 from .validate import (DS_IGNORED_WITH_FILE, ConfigFileError, EngineError, Finding, fill_auto, load_accelerate,
                        load_deepspeed, missing_dependency, parse_text, read_text, resolve_ds_path, schema_findings)
 
@@ -65,6 +67,10 @@ def lint_file(path: str | Path, problem: Problem | None = None) -> list[Finding]
     p = problem or Problem()
     path = Path(path)
     text = read_text(path)
+    from .frameworks.lint import lint_framework_file   # issue 16 (helper F): LLaMA-Factory/axolotl/HF/TRL files
+
+    if (framework := lint_framework_file(path, text, p, lint_deepspeed)) is not None:
+        return no_contradictions(framework)
     kind = _kind(path, text)
     if kind == "deepspeed":
         data = parse_text(path.name, text, "json")
@@ -150,6 +156,9 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
             "needs one of them")
         batch_error = True
     implied_world = None
+    full_world, world = world, ds_layout_world(data, world)   # issue 15: Ulysses divides it by sequence_parallel_size
+    if world != full_world:
+        world_source = f"{full_world} from {world_source} / sequence_parallel_size"
     if tb and mb and ga:
         if world is not None and tb != mb * ga * world:
             right = mb * ga * world
@@ -183,7 +192,9 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
             add("error", "train_batch_size", f"{tb} is not a multiple of the world size {world}")
             batch_error = True
 
+    world = full_world
     out += _keys_findings(data, zero, stage, file)
+    out += lint_parallel_deepspeed(data, file, p.model, world, stage)     # issue 15
 
     # Offload
     for what in ("offload_optimizer", "offload_param"):
@@ -232,7 +243,8 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
         micro = mb or (p.micro_batch or 1)
         out += _fit("deepspeed", file, p, world=eff_world or 1, stage=stage, precision=precision or "bf16",
                     micro=micro, offload_optimizer=_dev(zero.get("offload_optimizer")),
-                    offload_param=_dev(zero.get("offload_param")) if stage == 3 else "none", zero=zero)
+                    offload_param=_dev(zero.get("offload_param")) if stage == 3 else "none", zero=zero,
+                    layout=ds_layout_fields(data))      # issue 15: AutoTP / Ulysses sizes of the JSON
 
     # An HF template without zero_optimization: plain DeepSpeed would run it as stage 0, but it cannot fill
     # "auto", and the HF Trainer / accelerate refuse it (accelerate/utils/dataclasses.py DeepSpeedPlugin:
@@ -360,8 +372,9 @@ def _dev(block: Any) -> str:
 
 def _fit(kind: str, file: str, p: Problem, *, world: int, stage: int | None = None, precision: str,
          micro: int, offload_optimizer: str = "none", offload_param: str = "none", zero: dict | None = None,
-         backend: str | None = None, fsdp_sharding: str | None = None) -> list[Finding]:
-    """Estimate the configuration for --model on the hardware; an error with the numbers when it does not fit."""
+         backend: str | None = None, fsdp_sharding: str | None = None, layout: dict | None = None) -> list[Finding]:
+    """Estimate the configuration for --model on the hardware; an error with the numbers when it does not fit.
+    ``layout``: the file's tp/sp/cp/dp_replicate sizes and FSDP version (StrategySpec field names, issue 15)."""
     from ..api import build_hardware, build_strategy, build_training
     from ..catalog.models import resolve_model
     from ..memory.buffers import deepspeed_sizes
@@ -384,10 +397,12 @@ def _fit(kind: str, file: str, p: Problem, *, world: int, stage: int | None = No
             if zero.get("reduce_bucket_size") == d.reduce_bucket_size:
                 preset = "default"
         name = f"zero{stage}"
-        strategy = build_strategy(hw, name, offload_optimizer, offload_param, preset)
-    else:
-        strategy = build_strategy(hw, backend, offload_optimizer, offload_param)
+    layout = dict(layout or {}, allow_cross_node_tp=True) if layout else {}
     try:
+        if kind == "deepspeed":
+            strategy = build_strategy(hw, name, offload_optimizer, offload_param, preset, **layout)
+        else:
+            strategy = build_strategy(hw, backend, offload_optimizer, offload_param, **layout)
         est = estimate_memory(model, hw, training, strategy)
     except InputError as exc:
         return [Finding("info", file, "", f"fit not checked: {exc}")]
@@ -395,6 +410,7 @@ def _fit(kind: str, file: str, p: Problem, *, world: int, stage: int | None = No
     what = (f"{model.name} ({est.model.parameters / 1e9:.2f}B parameters), {strategy.name}"
             + (f" + offload optimizer {offload_optimizer}" if offload_optimizer != "none" else "")
             + (f" + offload param {offload_param}" if offload_param != "none" else "")
+            + "".join(f" {k.replace('_size', '')} {v}" for k, v in layout.items() if k.endswith("_size"))
             + f", {precision}, micro-batch {micro} x seq {p.seq_len}, checkpointing {p.checkpointing}, "
               f"{hw.nodes} x {hw.gpus_per_node} GPUs")
     if total > cap:
@@ -517,6 +533,8 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
                 add("error", "fsdp_config.fsdp_transformer_layer_cls_to_wrap", f"{', '.join(names)} is not a layer "
                     f"of {fam} models ({want}): accelerate fails with 'Could not find the transformer layer class'")
 
+    out += lint_parallelism_yaml(data, file, p.model, ds_data)      # issue 15: parallelism_config, FSDP2 keys
+
     # Fit (DeepSpeed's is checked with its JSON)
     vram, _ = _hw(p) if (p.gpu or p.vram) else (None, None)
     if p.model and vram and dtype in ("NO", "MULTI_GPU", "FSDP") and not schema_errors:
@@ -525,11 +543,14 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
         if dtype == "FSDP":
             fc = data.get("fsdp_config") or {}
             s = str(fc.get("fsdp_sharding_strategy") or fc.get("fsdp_reshard_after_forward") or "FULL_SHARD").upper()
+            if str(fc.get("fsdp_version", 1)) == "2":       # issue 15: FSDP2 takes reshard_after_forward true/false
+                s = "SHARD_GRAD_OP" if str(fc.get("fsdp_reshard_after_forward")).lower() == "false" else "FULL_SHARD"
             name = {"FULL_SHARD": "fsdp-full", "SHARD_GRAD_OP": "fsdp-grad-op", "HYBRID_SHARD": "fsdp-hybrid",
                     "NO_SHARD": "fsdp-no-shard"}.get(s, "fsdp-full")
             off = "cpu" if fc.get("fsdp_offload_params") is True and name in ("fsdp-full", "fsdp-hybrid") else "none"
             out += _fit("accelerate", file, p, world=w, precision=precision, micro=p.micro_batch or 1,
-                        offload_optimizer=off, offload_param=off, backend=name, fsdp_sharding=s)
+                        offload_optimizer=off, offload_param=off, backend=name, fsdp_sharding=s,
+                        layout=fsdp_layout_fields(data))     # issue 15: FSDP2 / parallelism_config sizes
         else:
             out += _fit("accelerate", file, p, world=w, precision=precision, micro=p.micro_batch or 1,
                         backend="single" if w == 1 else "ddp")

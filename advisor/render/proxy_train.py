@@ -38,6 +38,11 @@ class Checks:
                            "setting": setting})
         return bool(ok)
 
+    def skip(self, what: str, why: str, *, file: str = "", setting: str = "") -> None:
+        """A part of the run this machine cannot do (named, never counted as passed or faked)."""
+        self.items.append({"check": what, "ok": True, "skipped": why, "got": "", "expected": "", "file": file,
+                           "setting": setting})
+
 
 def _plain(v):
     if isinstance(v, (str, int, float, bool)) or v is None:
@@ -96,10 +101,19 @@ def run(exp: dict, checks: Checks, timings: dict) -> None:
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
     elif on_cpu:
         kwargs["cpu"] = True           # MULTI_GPU / FSDP / NO on the CPU: accelerate's MULTI_CPU with gloo
+    layout = exp.get("layout") or {}
     if on_cpu and dtype == "FSDP":
-        with _no_gpu_device_lookup():
+        from unittest import mock
+
+        from accelerate.parallelism_config import ParallelismConfig
+
+        # accelerate checks the ParallelismConfig against the distributed type in Accelerator(); on the CPU that
+        # is MULTI_CPU until _fsdp_on_cpu switches it, so its own check runs after the switch, unchanged.
+        with _no_gpu_device_lookup(), mock.patch.object(ParallelismConfig, "_validate_accelerator"):
             accelerator = Accelerator(**kwargs)
         _fsdp_on_cpu(accelerator)
+        if accelerator.parallelism_config is not None:
+            accelerator.parallelism_config._validate_accelerator(accelerator)
     else:
         accelerator = Accelerator(**kwargs)
     timings["accelerator"] = time.perf_counter() - t0
@@ -126,9 +140,14 @@ def run(exp: dict, checks: Checks, timings: dict) -> None:
 
     torch.manual_seed(0)
     cfg = AutoConfig.for_model(**exp["proxy_model"])
-    model = AutoModelForCausalLM.from_config(cfg)
+    attn = {"attn_implementation": "sdpa"} if layout.get("sp", 1) > 1 or layout.get("cp", 1) > 1 else {}
+    model = AutoModelForCausalLM.from_config(cfg, **attn)
     if exp.get("gradient_checkpointing") and dtype != "FSDP":
         model.gradient_checkpointing_enable()
+    if layout:
+        check_mesh(accelerator, layout, checks)
+    if dtype == "FSDP" and layout.get("tp", 1) > 1:
+        tensor_parallel(model, accelerator, layout["tp"], checks)
     timings["model"] = time.perf_counter() - t1
 
     micro = exp["micro_batch"]
@@ -146,17 +165,38 @@ def run(exp: dict, checks: Checks, timings: dict) -> None:
     else:
         optimizer = torch.optim.AdamW(params, lr=1e-3)
     n = micro * gas * steps * 2 * world
-    ids = torch.randint(0, cfg.vocab_size, (n, exp.get("seq_len", 32)))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=micro)
+    seq = exp.get("seq_len", 32)
+    ids = torch.randint(0, cfg.vocab_size, (n, seq))
+    sp = layout.get("sp", 1)
+    if sp > 1:    # Ulysses' dataloader adapter shards dict batches and needs position_ids (ulysses_sp.py refill)
+        rows = [{"input_ids": r, "labels": r, "position_ids": torch.arange(seq)} for r in ids]
+        loader = torch.utils.data.DataLoader(rows, batch_size=micro)
+    else:
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=micro)
     t2 = time.perf_counter()
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    try:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    except ImportError as exc:
+        if "ReplicateParallel" in str(exc):
+            raise ImportError(f"accelerate's FSDP2+TP preparation (Accelerator._prepare_tp) needs "
+                              f"transformers.integrations.tensor_parallel.ReplicateParallel, which the installed "
+                              f"transformers does not define: accelerator.prepare fails on any device with these "
+                              f"versions ({exc})") from exc
+        raise
     timings["prepare"] = time.perf_counter() - t2
+    if layout:
+        check_layout(model, loader, layout, exp, checks, seq)
 
     if dtype == "DEEPSPEED":
         engine = model
         checks.eq("ZeRO stage (engine.zero_optimization_stage())", int(engine.zero_optimization_stage()),
                   exp["zero_stage"], file=ds_file, setting="zero_optimization.stage")
-        checks.eq("DeepSpeed data-parallel world size", engine.dp_world_size, exp["world_size"], file=yaml_file,
+        if layout.get("sp", 1) > 1:      # Ulysses: the batch world DeepSpeedConfig took from its mpu (world / sp)
+            dp_world = int(engine._config.world_size)
+        else:
+            dp_world = engine.dp_world_size
+        checks.eq("DeepSpeed data-parallel world size", dp_world,
+                  exp["world_size"] // (layout.get("autotp") or 1) // layout.get("sp", 1), file=yaml_file,
                   setting="num_processes")
         off_o = engine.zero_offload_optimizer()
         checks.eq("optimizer offload device", _dev(off_o), exp["offload_optimizer"], file=ds_file,
@@ -179,6 +219,8 @@ def run(exp: dict, checks: Checks, timings: dict) -> None:
             full = getattr(big, "ds_numel", big.numel())
             checks.true("ZeRO-3 partitions parameters", held < full, f"largest parameter: {held} of {full} "
                         "elements on this rank", file=ds_file, setting="zero_optimization.stage")
+    elif dtype == "FSDP" and layout.get("fsdp_version", 1) == 2:
+        pass     # FSDP2: check_layout asserted the DTensor shards
     elif dtype == "FSDP":
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
@@ -206,27 +248,181 @@ def run(exp: dict, checks: Checks, timings: dict) -> None:
 
     t3 = time.perf_counter()
     done, losses, micro_steps = 0, [], 0
-    for (batch,) in loader:
+    for batch in loader:
         with accelerator.accumulate(model):
-            out = model(input_ids=batch, labels=batch)
-            accelerator.backward(out.loss)
+            if layout.get("cp", 1) > 1:
+                loss = context_parallel_step(accelerator, model, batch[0], layout["cp"], checks)
+                if loss is None:          # the CPU cannot run ring attention (said in the checks)
+                    accelerator.wait_for_everyone()
+                    accelerator.end_training()
+                    return
+            elif sp > 1:
+                loss = ulysses_loss(model, batch)
+            else:
+                ids_ = batch[0]
+                loss = model(input_ids=ids_, labels=ids_).loss
+            if layout.get("cp", 1) == 1:
+                accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
         micro_steps += 1
-        losses.append(float(out.loss.detach().float().item()))
+        losses.append(float(loss.detach().float().item()))
         if accelerator.sync_gradients:
             done += 1
         if done >= steps:
             break
     timings["train"] = time.perf_counter() - t3
     checks.eq("optimizer steps taken", done, steps)
-    checks.eq("micro-steps per optimizer step", micro_steps // max(done, 1), gas, file=ds_file if dtype == "DEEPSPEED"
+    checks.eq("micro-steps per optimizer step", micro_steps // max(done, 1), gas if sp == 1 else gas, file=ds_file if dtype == "DEEPSPEED"
               else "", setting="gradient_accumulation_steps")
     if dtype == "DEEPSPEED":
         checks.eq("DeepSpeed global_steps", model.global_steps, steps)
     checks.true("losses finite", all(math.isfinite(x) for x in losses), ", ".join(f"{x:.3f}" for x in losses))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+# ---------------------------------------------------------------- parallel layouts (issue 15)
+
+def check_mesh(accelerator, layout: dict, checks: Checks) -> None:
+    """accelerate's device mesh has the sizes the YAML's parallelism_config gives (FSDP2 layouts)."""
+    if layout.get("sp", 1) > 1 or layout.get("autotp") or not layout.get("block"):
+        return      # DeepSpeed builds these groups itself; FSDP2 without a parallelism_config has no named mesh
+    mesh = accelerator.torch_device_mesh
+    want = {k: layout[k] for k in ("dp_replicate", "dp_shard", "tp", "cp") if layout.get(k, 1) > 1}
+    got = dict(zip(mesh.mesh_dim_names, mesh.mesh.shape)) if mesh is not None else {}
+    checks.eq("accelerate device mesh (ParallelismConfig)", got, want, file="accelerate_config.yaml",
+              setting="parallelism_config")
+
+
+def tensor_parallel(model, accelerator, tp: int, checks: Checks) -> None:
+    """Split the proxy model's layers over the mesh's 'tp' dimension with transformers' own tensor-parallel code and
+    the model's tp_plan (what from_pretrained(tp_plan='auto') applies), as accelerate expects before prepare."""
+    from torch.distributed.tensor import DTensor
+    from transformers.distributed import DistributedConfig
+    from transformers.distributed.tensor_parallel import apply_tensor_parallelism
+
+    dc = DistributedConfig(tp_size=tp)
+    plan, _, _ = model._resolve_parallel_plans(dc)
+    # a tied lm_head shares the embedding's parameter, which named_parameters() lists once (as the embedding's)
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_modules()}
+    plan = {k: v for k, v in plan.items() if k in names}
+    apply_tensor_parallelism(model, accelerator.torch_device_mesh["tp"], plan)
+    model.config.distributed_config = dc
+    q = _first(model, "q_proj.weight")
+    ok = isinstance(q, DTensor) and q.to_local().shape[0] * tp == q.shape[0]
+    checks.true("tensor-parallel shards (q_proj rows / tp)", ok,
+                f"{tuple(q.to_local().shape) if isinstance(q, DTensor) else tuple(q.shape)} of {tuple(q.shape)}",
+                file="accelerate_config.yaml", setting="parallelism_config.parallelism_config_tp_size")
+
+
+def _first(model, suffix: str):
+    return next(p for n, p in model.named_parameters() if n.endswith(suffix))
+
+
+def check_layout(model, loader, layout: dict, exp: dict, checks: Checks, seq: int) -> None:
+    """Inside the run, after accelerate.prepare: the shards and groups the files ask for are in effect."""
+    import torch.distributed as dist
+
+    yaml_file, ds_file = "accelerate_config.yaml", "ds_config.json"
+    if layout.get("fsdp_version") == 2:
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+
+        checks.true("model sharded by FSDP2 (fully_shard)", isinstance(model, FSDPModule), type(model).__name__,
+                    file=yaml_file, setting="fsdp_config.fsdp_version")
+        q = _first(model, "q_proj.weight")
+        if not checks.true("parameters are DTensors", isinstance(q, DTensor), type(q).__name__, file=yaml_file,
+                           setting="fsdp_config.fsdp_version"):
+            return
+        names = tuple(q.device_mesh.mesh_dim_names or ())
+        if not layout.get("block"):     # plain FSDP2: fully_shard's default 1-D mesh over the world, no names
+            names = ("dp_shard_cp",) if len(q.placements) == 1 else names
+        shard_dims = [n for n in names if n.startswith("dp_shard")]
+        want_names = (("dp_replicate",) if layout.get("dp_replicate", 1) > 1 else ()) + ("dp_shard_cp",)
+        checks.eq("FSDP2 mesh of the parameters", names[:len(want_names)], want_names, file=yaml_file,
+                  setting="parallelism_config")
+        placements = {n: p for n, p in zip(names, q.placements)}
+        if layout.get("dp_replicate", 1) > 1:
+            checks.eq("HSDP: replicated over dp_replicate", str(placements.get("dp_replicate")), str(Replicate()),
+                      file=yaml_file, setting="parallelism_config.parallelism_config_dp_replicate_size")
+        checks.eq("FSDP2: sharded on dim 0 over dp_shard x cp", str(placements.get(shard_dims[0]) if shard_dims
+                                                                    else None), str(Shard(0)),
+                  file=yaml_file, setting="parallelism_config.parallelism_config_dp_shard_size")
+        width = layout.get("dp_shard", 1) * layout.get("cp", 1) * layout.get("tp", 1)
+        checks.eq("rows of q_proj held by this rank", q.to_local().shape[0], -(-q.shape[0] // width),
+                  file=yaml_file, setting="parallelism_config")
+        if layout.get("tp", 1) > 1:
+            checks.true("tensor parallel placement on 'tp'", "tp" in names, str(q.placements), file=yaml_file,
+                        setting="parallelism_config.parallelism_config_tp_size")
+    if layout.get("autotp"):
+        engine, tp = model, layout["autotp"]
+        checks.eq("DeepSpeed autotp_size in effect", engine.autotp_size(), tp, file=ds_file,
+                  setting="tensor_parallel.autotp_size")
+        q, o = _first(engine.module, "q_proj.weight"), _first(engine.module, "o_proj.weight")
+        # under ZeRO-3 the parameter is a placeholder; ds_shape is the (tensor-parallel) shape ZeRO partitions
+        qs, os_ = tuple(getattr(q, "ds_shape", q.shape)), tuple(getattr(o, "ds_shape", o.shape))
+        full = exp["proxy_model"]["hidden_size"]
+        checks.eq("AutoTP column shard: q_proj rows on this rank", qs[0], full // tp, file=ds_file,
+                  setting="tensor_parallel.autotp_size")
+        checks.eq("AutoTP row shard: o_proj columns on this rank", os_[1] if len(os_) > 1 else None, full // tp,
+                  file=ds_file, setting="tensor_parallel.autotp_size")
+    sp = layout.get("sp", 1)
+    if sp > 1:
+        from deepspeed.runtime.sequence_parallel import parallel_state_sp as mpu
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        checks.eq("Ulysses sequence-parallel group size", mpu.get_sequence_parallel_world_size(), sp,
+                  file=yaml_file, setting="parallelism_config.parallelism_config_sp_size")
+        checks.eq("accelerate wrapped the dataloader", type(loader).__name__, "UlyssesSPDataLoaderAdapter",
+                  file=yaml_file, setting="parallelism_config.parallelism_config_sp_size")
+        checks.eq("Ulysses attention registered for sdpa", getattr(ALL_ATTENTION_FUNCTIONS["sdpa"], "__name__", ""),
+                  "uattn_wrapper", file=yaml_file, setting="parallelism_config.parallelism_config_sp_attn_implementation")
+        first = next(iter(loader))
+        checks.eq("sequence split: tokens per rank", tuple(first["input_ids"].shape)[-1], seq // sp, file=yaml_file,
+                  setting="parallelism_config.parallelism_config_sp_size")
+        if dist.is_initialized():
+            pass
+
+
+def ulysses_loss(model, batch):
+    """ALST's loss under Ulysses: each rank's shift_labels shard, averaged over the SP group weighted by its
+    tokens (deepspeed.ai/tutorials/ulysses-alst-sequence-parallelism)."""
+    import torch
+    import torch.distributed.nn.functional as dfn
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp as mpu
+
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
+    unwrapped = model.module
+    shift = batch["shift_labels"]
+    loss = unwrapped.loss_function(logits=out.logits, labels=None, shift_labels=shift,
+                                   vocab_size=unwrapped.config.vocab_size)
+    group = mpu.get_sequence_parallel_group()
+    losses = dfn.all_gather(loss, group=group)
+    good = (shift != -100).view(-1).sum()
+    goods = dfn.all_gather(good, group=group)
+    return sum(l_ * g for l_, g in zip(losses, goods)) / torch.clamp(sum(goods), min=1)
+
+
+def context_parallel_step(accelerator, model, ids, cp: int, checks: Checks):
+    """One step inside accelerate's context-parallel region: the sequence each rank keeps is checked; torch's ring
+    attention dispatches only CUDA SDPA kernels, so on a CPU the attention call is reported as skipped."""
+    n = ids.shape[1]
+    with accelerator.maybe_context_parallel(buffers=[ids], buffer_seq_dims=[1], no_restore_buffers={ids}):
+        checks.eq("context parallel: tokens per rank", ids.shape[1], n // cp, file="accelerate_config.yaml",
+                  setting="parallelism_config.parallelism_config_cp_size")
+        try:
+            out = model(input_ids=ids, labels=ids)
+        except NotImplementedError as exc:
+            if "for_cpu" in str(exc) or "sharding strategy" in str(exc):
+                checks.skip("ring attention forward/backward", "torch context_parallel shards SDPA's CUDA kernels "
+                            "(flash / efficient / cuDNN); the CPU kernel aten._scaled_dot_product_flash_attention_for_"
+                            "cpu has no sharding strategy, so the step itself needs a GPU (dsadvise dry-run --gpu)",
+                            file="accelerate_config.yaml", setting="parallelism_config.parallelism_config_cp_size")
+                return None
+            raise
+        accelerator.backward(out.loss)
+    return out.loss
 
 
 def _dev(offload) -> str:

@@ -119,6 +119,13 @@ FILE_DESCRIPTIONS = {
     MANIFEST: "the specs these files were rendered from; `dsadvise dry-run` reads its proxy model here",
 }
 
+# generate --task infer (advisor/render/infer_render.py): its scripts are executable, and --force removes them
+# like the other files dsadvise writes when a folder is re-rendered for training (and the reverse).
+from .infer_files import DESCRIPTIONS as _INFER_DESCRIPTIONS, EXECUTABLE as _INFER_EXECUTABLE  # noqa: E402
+
+EXECUTABLE = EXECUTABLE + _INFER_EXECUTABLE
+FILE_DESCRIPTIONS.update({k: v for k, v in _INFER_DESCRIPTIONS.items() if k not in FILE_DESCRIPTIONS})
+
 
 def file_names(ctx: dict) -> list[str]:
     """The files a configuration needs, in the order they are listed."""

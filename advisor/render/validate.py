@@ -272,14 +272,15 @@ def missing_dependency(message: str) -> bool:
 class _DataParallelOnly:
     """The piece of an ``mpu`` DeepSpeedConfig asks for: the data-parallel world size."""
 
-    def __init__(self, world_size: int):
+    def __init__(self, world_size: int, sequence_parallel: int = 1):
         self.world_size = world_size
+        self.sequence_parallel = sequence_parallel
 
     def get_data_parallel_world_size(self) -> int:
         return self.world_size
 
     def get_sequence_parallel_world_size(self) -> int:
-        return 1
+        return self.sequence_parallel
 
 
 def fill_auto(config: dict, *, micro_batch: int = 1, gradient_accumulation_steps: int = 1,
@@ -342,16 +343,18 @@ def _pydantic_message(exc: Exception) -> tuple[str, str]:
             prefix = {"DeepSpeedZeroConfig": "zero_optimization", "DeepSpeedFP16Config": "fp16",
                       "DeepSpeedBF16Config": "bf16", "DeepSpeedZeroOffloadOptimizerConfig":
                       "zero_optimization.offload_optimizer", "DeepSpeedZeroOffloadParamConfig":
-                      "zero_optimization.offload_param"}.get(title, title)
+                      "zero_optimization.offload_param", "TPTrainingConfig": "tensor_parallel"}.get(title, title)
             setting = ".".join(x for x in (prefix, loc) if x)
             msg = err.get("msg", str(exc))
-            if err.get("type") == "extra_forbidden" and title == "DeepSpeedZeroConfig":
+            if err.get("type") == "extra_forbidden" and title in ("DeepSpeedZeroConfig", "TPTrainingConfig"):
                 import difflib
 
+                from deepspeed.runtime.tensor_parallel.config import TPTrainingConfig
                 from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-                names = sorted(set(DeepSpeedZeroConfig.model_fields) | {f.alias for f in
-                               DeepSpeedZeroConfig.model_fields.values() if f.alias})
+                model_cls = DeepSpeedZeroConfig if title == "DeepSpeedZeroConfig" else TPTrainingConfig
+                names = sorted(set(model_cls.model_fields) | {f.alias for f in
+                               model_cls.model_fields.values() if f.alias})
                 close = difflib.get_close_matches(str(err["loc"][-1]), names, n=1, cutoff=0.75)
                 msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else f" ({msg})")
             return setting, msg
@@ -361,6 +364,16 @@ def _pydantic_message(exc: Exception) -> tuple[str, str]:
     return "", text[0] if text else type(exc).__name__
 
 
+def ds_batch_world(config: dict, world_size: int) -> int:
+    """The world DeepSpeedConfig divides train_batch_size by: world / sequence_parallel_size under Ulysses (its mpu's
+    data-parallel world, or the config key when no mpu is given: deepspeed/runtime/config.py), else the world
+    (AutoTP builds its groups after the config is checked)."""
+    sp = config.get("sequence_parallel_size") if isinstance(config, dict) else None
+    if isinstance(sp, int) and not isinstance(sp, bool) and sp > 1 and world_size % sp == 0:
+        return world_size // sp
+    return world_size
+
+
 def load_deepspeed(config: dict, world_size: int, file: str = "ds_config.json"):
     """``DeepSpeedConfig(config, mpu=...)`` for ``world_size`` ranks; raises EngineError with a readable line."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -368,7 +381,8 @@ def load_deepspeed(config: dict, world_size: int, file: str = "ds_config.json"):
         import deepspeed.runtime.config as ds_config_module
     try:
         with _quiet(), mock.patch.object(ds_config_module.dist, "get_rank", return_value=0):
-            return ds_config_module.DeepSpeedConfig(copy.deepcopy(config), mpu=_DataParallelOnly(world_size))
+            return ds_config_module.DeepSpeedConfig(copy.deepcopy(config),
+                                                    mpu=_DataParallelOnly(ds_batch_world(config, world_size)))
     except AssertionError as exc:
         msg = str(exc).strip() or "assertion failed"
         setting = "train_batch_size" if "batch" in msg.lower() else ""
@@ -430,6 +444,7 @@ class AccelerateLoad:
     env: dict[str, str]
     plugin: Any
     ds_config_path: str | None
+    parallelism: Any = None       # accelerate's ParallelismConfig built from the launch environment (issue 15)
 
 
 DS_IGNORED_WITH_FILE = ("gradient_accumulation_steps", "gradient_clipping", "zero_stage", "offload_optimizer_device",
@@ -496,7 +511,8 @@ def load_accelerate(yaml_path: Path, *, num_processes: int | None = None) -> Acc
                 env = launch_utils.prepare_simple_launcher_cmd_env(args)[1]
     except Exception as exc:
         raise EngineError(file, "", f"accelerate launch refuses it: {_first_line(exc)}") from None
-    child = {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_")) and os.environ.get(k) != v}
+    child = {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_", "PARALLELISM_CONFIG_"))
+             and os.environ.get(k) != v}
     plugin = None
     try:
         with _quiet(), mock.patch.dict(os.environ, child):
@@ -515,7 +531,31 @@ def load_accelerate(yaml_path: Path, *, num_processes: int | None = None) -> Acc
             msg = ("accelerate refuses these next to deepspeed_config_file (they belong in the DeepSpeed JSON): "
                    + (", ".join(present) or msg))
         raise EngineError(file, setting, msg) from None
-    return AccelerateLoad(cfg, args, child, plugin, ds_path)
+    parallelism = _parallelism_config(child, args, file) if child.get("ACCELERATE_USE_PARALLELISM_CONFIG") else None
+    return AccelerateLoad(cfg, args, child, plugin, ds_path, parallelism)
+
+
+def _parallelism_config(child: dict[str, str], args, file: str):
+    """accelerate's ParallelismConfig as each process builds it from the launch environment
+    (``PARALLELISM_CONFIG_*``), then accelerate's own ``_validate_accelerator`` for the launch's process count and
+    distributed type (accelerate/parallelism_config.py; the stand-in carries only what that check reads)."""
+    from types import SimpleNamespace
+
+    try:
+        with _quiet(), mock.patch.dict(os.environ, child):
+            from accelerate.parallelism_config import ParallelismConfig
+            from accelerate.utils import DistributedType
+
+            pc = ParallelismConfig()
+            dtype = (DistributedType.DEEPSPEED if args.use_deepspeed else DistributedType.FSDP if args.use_fsdp
+                     else DistributedType.MULTI_GPU if args.multi_gpu else DistributedType.NO)
+            fsdp2 = bool(args.use_fsdp) and str(getattr(args, "fsdp_version", 1)) == "2"
+            n = int(args.num_processes or 1)
+            pc._validate_accelerator(SimpleNamespace(multi_device=dtype == DistributedType.MULTI_GPU, num_processes=n,
+                                                     is_fsdp2=fsdp2, distributed_type=dtype, is_main_process=False))
+            return pc
+    except Exception as exc:
+        raise EngineError(file, "parallelism_config", f"accelerate refuses it: {_first_line(exc)}") from None
 
 
 def _fsdp_plugin():
@@ -610,6 +650,11 @@ def engine_steps(folder: Path, parsed: dict[str, Any], manifest: dict,
                        + (f", mixed_precision {c.mixed_precision}" if c.mixed_precision else ""))
         if loaded.plugin is not None:
             step.detail += f", {type(loaded.plugin).__name__} built from the launch environment"
+        if loaded.parallelism is not None:
+            pc = loaded.parallelism
+            backend = pc.sp_backend if pc.sp_size > 1 else pc.cp_backend
+            step.detail += (f", ParallelismConfig dp_replicate {pc.dp_replicate_size} x dp_shard {pc.dp_shard_size} x "
+                            f"tp {pc.tp_size} x cp {pc.cp_size} x sp {pc.sp_size} ({backend})")
     except EngineError as exc:
         step.findings.append(Finding("error", exc.file, exc.setting, exc.message))
     except ImportError as exc:
@@ -632,9 +677,14 @@ def engine_steps(folder: Path, parsed: dict[str, Any], manifest: dict,
         try:
             loaded_ds = load_deepspeed(cfg, world)
             s = ds_summary(loaded_ds)
+            bw = ds_batch_world(cfg, world)
             step.detail = (f"ZeRO-{s['zero_stage']}, {s['precision']}, train_batch_size {s['train_batch_size']} = "
-                           f"{s['micro_batch']} x {s['gradient_accumulation_steps']} x {world}, offload optimizer "
-                           f"{s['offload_optimizer']}, param {s['offload_param']}")
+                           f"{s['micro_batch']} x {s['gradient_accumulation_steps']} x {bw}"
+                           + (f" (world {world} / sequence_parallel_size)" if bw != world else "")
+                           + f", offload optimizer {s['offload_optimizer']}, param {s['offload_param']}")
+            tpc = loaded_ds.tensor_parallel_config
+            if tpc.autotp_size > 1:
+                step.detail += f", AutoTP autotp_size {tpc.autotp_size}"
             if filled:
                 step.detail += "; 'auto' filled as the HF Trainer would: " + ", ".join(filled)
         except EngineError as exc:

@@ -47,7 +47,7 @@ def write_files(files: dict[str, str], out_dir: str | os.PathLike, *, force: boo
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.chmod(tmp, 0o755 if name in EXECUTABLE else 0o644)
+            os.chmod(tmp, 0o755 if name in EXECUTABLE or name.endswith(".sh") else 0o644)
         written = []
         for name, tmp in temps.items():
             os.replace(tmp, out / name)

@@ -26,11 +26,22 @@ from .form import WizardInputs, check_field
 from .widgets.fields import Field
 from .widgets.memory_bar import MemoryPanel
 from .widgets.model_step import ModelStep
+from .wording import wizard_words
+
+
+def fmt_size(n: int) -> str:
+    from ..formatting import fmt_bytes     # late: keeps pydantic off the first paint
+
+    return fmt_bytes(n)
 
 STEPS: tuple[tuple[str, str], ...] = (
     ("model", "F1 Model"), ("hardware", "F2 Hardware"), ("training", "F3 Training"),
     ("recommendation", "F4 Recommendation"), ("files", "F5 Configs"),
 )
+# The same steps under 110 columns, where the live panel leaves the tabs about 50 (every tab stays on screen at 80x24).
+COMPACT_TITLES: dict[str, str] = {"model": "F1 Model", "hardware": "F2 GPUs", "training": "F3 Task",
+                                  "recommendation": "F4 Advice", "files": "F5 Files"}
+NARROW = 110          # columns: the breakpoint of HORIZONTAL_BREAKPOINTS below
 INPUT_FIELDS = frozenset(WizardInputs.field_names())
 
 
@@ -40,8 +51,11 @@ def internal_error(exc: Exception) -> str:
 
 
 def strategy_label(st) -> str:
-    """``zero3 +opt:cpu, bf16, full, ckpt full, micro-batch 4`` from an estimate's StrategyInfo."""
+    """``zero3 +opt:cpu, bf16, full, ckpt full, micro-batch 4`` from an estimate's StrategyInfo (an inference
+    layout: ``replica-per-gpu, bf16, full, batch 48``)."""
     out = st.name
+    if st.name in ("replica-per-gpu", "device-map-auto"):
+        return f"{out}, {st.precision}, {st.method}, batch {st.micro_batch_size}"
     if st.offload_optimizer != "none":
         out += f" +opt:{st.offload_optimizer}"
     if st.offload_param != "none":
@@ -67,6 +81,8 @@ class WizardApp(App[int]):
         Binding("ctrl+r", "dry_run", "Dry run", priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
         *(Binding(f"f{i}", f"go('{name}')", title, show=False) for i, (name, title) in enumerate(STEPS, 1)),
+        # "what would fit": on the Recommendation step, 1-9 apply that suggestion (Enter applies the highlighted)
+        *(Binding(str(i), f"apply_suggestion({i})", f"Apply suggestion {i}", show=False) for i in range(1, 10)),
     ]
 
     def __init__(self, inputs: WizardInputs | None = None, *, output_dir: str = "dsadvise-configs",
@@ -110,7 +126,23 @@ class WizardApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._title_tabs(self.size.width)
         self.call_after_refresh(self._finish_startup)
+
+    def on_resize(self, event) -> None:
+        self._title_tabs(event.size.width)
+
+    def _title_tabs(self, width: int) -> None:
+        """Full step titles on wide terminals, compact ones under NARROW columns (all five stay on screen)."""
+        try:
+            tabs = self.query_one("#steps", TabbedContent)
+        except Exception:       # not composed yet
+            return
+        for name, title in STEPS:
+            label = COMPACT_TITLES[name] if width < NARROW else title
+            tab = tabs.get_tab(f"step-{name}")
+            if str(tab.label) != label:
+                tab.label = label
 
     async def _finish_startup(self) -> None:
         """After the first paint: mount the hidden steps, read the catalogs, evaluate the initial inputs."""
@@ -127,7 +159,7 @@ class WizardApp(App[int]):
                                      id="hardware-step"),
             "training": TrainingStep(v, id="training-step"),
             "recommendation": RecommendationView(id="recommendation-view"),
-            "files": PreviewStep(self._output_dir, self._force, id="preview-step"),
+            "files": PreviewStep(self._output_dir, self._force, v.framework, id="preview-step"),
         }
         try:
             for name, widget in steps.items():
@@ -207,6 +239,61 @@ class WizardApp(App[int]):
         name = self._field_of(event.select)
         if name is not None:
             self._set_field(name, event.value if isinstance(event.value, str) else "")
+            if name in ("task", "method") and self._started:
+                self.query_one("#training-step").show_for(self.inputs.task, self.inputs.method)
+
+    # ---------------------------------------------------------------- "what would fit"
+
+    def suggestions(self) -> list:
+        """The recommender's verified changes that make something fit (empty when something fits)."""
+        rec = self.outcome.recommendation if self.outcome is not None else None
+        if rec is None or rec.found:
+            return []
+        return list(rec.suggestions)
+
+    def action_apply_suggestion(self, number: int) -> None:
+        """Apply suggestion ``number`` (1-based) to the fields, as if typed; only on the Recommendation step."""
+        if self._step_index() != [n for n, _ in STEPS].index("recommendation"):
+            return
+        found = self.suggestions()
+        if not 1 <= number <= len(found):
+            return
+        applied, skipped = self.apply_flags(found[number - 1].flags)
+        if applied:
+            self.notify("Applied: " + ", ".join(applied) + (f" (not a wizard field: {', '.join(skipped)})"
+                                                            if skipped else ""), timeout=4)
+        else:
+            self.notify(f"Not a wizard field: {', '.join(skipped)}", severity="warning", timeout=4)
+
+    def apply_flags(self, changes: dict) -> tuple[list[str], list[str]]:
+        """Set the fields that stand for these CLI flags (the flag table's map) in the inputs and on screen."""
+        from .form import field_for_flag, vram_text
+        from .wording import field_words
+
+        applied, skipped, updates = [], [], {}
+        for flag, value in changes.items():
+            name = field_for_flag(flag)
+            if name is None or name not in INPUT_FIELDS:
+                skipped.append(flag)
+                continue
+            updates[name] = str(value)
+            if name == "gpu":
+                updates["vram"] = vram_text(str(value))
+            applied.append(f"{field_words(name)} = {value}")
+        if not updates:
+            return applied, skipped
+        for name, value in updates.items():
+            try:
+                widget = self.query_one(f"#field-{name}")
+            except Exception:
+                continue
+            widget.value = value        # its Changed event finds the inputs already updated
+            self._show_error(name, None)
+        self.inputs = self.inputs.with_(**updates)
+        if "task" in updates or "method" in updates:
+            self.query_one("#training-step").show_for(self.inputs.task, self.inputs.method)
+        self.schedule_evaluation(0.001)
+        return applied, skipped
 
     @on(Input.Submitted)
     def _next_field(self, event: Input.Submitted) -> None:
@@ -262,11 +349,11 @@ class WizardApp(App[int]):
             errors["model"] = (f"not a model name yet: {n} catalog match{'es' if n > 1 else ''} below "
                                f"(Down, then Enter picks one)")
         for name, row in self._fields().items():
-            row.set_error(errors.get(name))
-        model_step.set_note(outcome.model_note)
+            row.set_error(wizard_words(errors[name]) if name in errors else None)
+        model_step.set_note(wizard_words(outcome.model_note))
         self._show_live(outcome)
         self.query_one("#recommendation-view").show(outcome)
-        self.query_one("#preview-step").show_files(shown.texts, shown.note)
+        self.query_one("#preview-step").show_files(shown.texts, wizard_words(shown.note), outcome.inputs.task)
 
     def _show_live(self, out: backend.Outcome) -> None:
         est, rec = out.estimate, out.recommendation
@@ -283,7 +370,10 @@ class WizardApp(App[int]):
             if self._last_shown is not None:        # keep the last valid picture while a field is being fixed
                 est, fits = self._last_shown[0], self._last_shown[1]
                 line = f"Showing the last valid inputs ({strategy_label(est.strategy)})."
-        self.query_one(MemoryPanel).show(est, out.missing, status, strategy_line=line, fits=fits)
+        if est is not None and est.task == "infer" and est.inference:
+            line += "\nLayouts: " + "; ".join(f"{x.layout} {fmt_size(x.total)} per GPU"
+                                             f"{'' if x.fits else ' (does not fit)'}" for x in est.inference)
+        self.query_one(MemoryPanel).show(est, out.missing, wizard_words(status), strategy_line=line, fits=fits)
 
     # ---------------------------------------------------------------- files
 
@@ -329,6 +419,7 @@ class WizardApp(App[int]):
     def _saved(self, message: str, ok: bool) -> None:
         if not self._alive():
             return
+        message = wizard_words(message)
         self.last_save = (ok, message)
         self.query_one("#preview-step").set_status(message)
         self.notify(message, severity="information" if ok else "error", timeout=6)
@@ -391,6 +482,7 @@ class WizardApp(App[int]):
             self._dry_run_timer.stop()
         self._dry_run_started, self._dry_run_timer = None, None
         self._dry_run_label = "Dry run: saving the configs ..."
+        lines = [wizard_words(line) for line in lines]
         self.dry_run_result = (passed, lines)
         head = "Dry run passed." if passed else "Dry run found problems."
         step = self.query_one("#preview-step")

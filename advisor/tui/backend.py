@@ -82,11 +82,16 @@ def problem_kwargs(inputs: WizardInputs, values: dict[str, object]) -> dict[str,
                 vram = None
         except AdvisorError:
             pass
+    infer = inputs.task == "infer"
     return dict(
         gpus=values["gpus"], nodes=values["nodes"], vram=vram, gpu=inputs.gpu or None,
-        cpu_ram=values["cpu_ram"], task="train", seq_len=values["seq_len"], micro_batch=values["micro_batch"],
-        global_batch=values["global_batch"], precision=None if inputs.precision == AUTO else inputs.precision,
-        optimizer=inputs.optimizer, method=inputs.method, lora_rank=values["lora_rank"])
+        cpu_ram=values["cpu_ram"], task=inputs.task, seq_len=values["seq_len"], micro_batch=values["micro_batch"],
+        global_batch=None if infer else values["global_batch"],
+        precision=None if inputs.precision == AUTO else inputs.precision,
+        optimizer=inputs.optimizer, method=inputs.method, lora_rank=values["lora_rank"],
+        # issue 16 (helper I): method details and inference
+        lora_targets=values["lora_targets"], double_quant=inputs.double_quant != "no", loss=inputs.loss,
+        attention=inputs.attention, prompt_len=values["prompt_len"] if infer else None)
 
 
 def _recommend(recommend, resolved, inputs: WizardInputs, kwargs: dict[str, Any], profile: Any = None):
@@ -99,10 +104,13 @@ def _recommend(recommend, resolved, inputs: WizardInputs, kwargs: dict[str, Any]
     template = build_training(hw, task=kwargs["task"], seq_len=kwargs["seq_len"],
                               micro_batch=kwargs["micro_batch"], global_batch=kwargs["global_batch"],
                               precision=kwargs["precision"], optimizer=kwargs["optimizer"],
-                              method="full" if method == AUTO else method, lora_rank=kwargs["lora_rank"])
+                              method="full" if method == AUTO else method, lora_rank=kwargs["lora_rank"],
+                              lora_targets=kwargs["lora_targets"], double_quant=kwargs["double_quant"],
+                              loss=kwargs["loss"], attention=kwargs["attention"], prompt_len=kwargs["prompt_len"])
     extra = {} if profile is None else {"profile": profile}     # a `dsadvise calibrate` profile (--profile)
+    checkpointing = "none" if kwargs["task"] == "infer" else inputs.checkpointing
     return recommend(resolved, hw, template, method=method, precision=inputs.precision,
-                     checkpointing=inputs.checkpointing, **extra)
+                     checkpointing=checkpointing, **extra)
 
 
 def _record(out: Outcome, exc: AdvisorError) -> None:
@@ -150,7 +158,8 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
     if seq_note:
         out.model_note = "; ".join(n for n in (out.model_note, seq_note) if n)
     out.problem = kwargs
-    chosen = None if inputs.strategy == RECOMMENDED else inputs.strategy
+    # inference has no training strategy: its layouts are the recommendation's
+    chosen = None if inputs.strategy == RECOMMENDED or inputs.task == "infer" else inputs.strategy
 
     if recommender == LOAD:
         from ..recommend import recommend
@@ -184,6 +193,8 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
         fixed["precision"] = picked["precision"]
     checkpointing = inputs.checkpointing if inputs.checkpointing != AUTO else \
         picked.get("activation_checkpointing", "none")
+    if inputs.task == "infer":
+        checkpointing = "none"
     try:
         out.estimate = estimate(resolved, strategy=chosen, checkpointing=checkpointing, profile=profile, **fixed)
     except AdvisorError as exc:
@@ -204,6 +215,9 @@ class Preview:
 
 
 PREVIEW_FILES = {"accelerate": "accelerate_config.yaml", "deepspeed": "ds_config.json"}
+# issue 16 (helper I): the framework's own file, and the inference scripts (generate --task infer)
+INFER_PREVIEW_FILES = {"device_map": "infer_device_map.py", "replicas": "infer_replicas.py"}
+PREVIEW_KEYS = (*PREVIEW_FILES, "framework", *INFER_PREVIEW_FILES)
 
 
 def shown_settings(out: Outcome) -> dict[str, Any] | None:
@@ -250,7 +264,9 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
 
 def preview(out: Outcome) -> Preview:
     """What ``dsadvise generate`` would write for what the wizard shows; bad input becomes the note (a bug raises)."""
-    empty: dict[str, str | None] = {key: None for key in PREVIEW_FILES}
+    empty: dict[str, str | None] = {key: None for key in PREVIEW_KEYS}
+    if out.ready and out.inputs.task == "infer":
+        return infer_preview(out, empty)
     if not out.ready or out.estimate is None:
         if out.ready:
             return Preview(empty, "Nothing fits: pick a strategy on the Training step, or change the inputs.")
@@ -260,14 +276,67 @@ def preview(out: Outcome) -> Preview:
     try:
         args, kwargs = render_args(out)
         files = render_files(*args, **kwargs)
+        framework_file, framework_note = framework_preview(out, args, kwargs, files)
     except AdvisorError as exc:
         return Preview(empty, f"Cannot render this configuration: {exc}")
     texts = {key: files.get(name) for key, name in PREVIEW_FILES.items()}
+    texts.update(framework=framework_file, device_map=None, replicas=None)
     notes = [f"{len(files)} files: {', '.join(files)}."]
+    if framework_note:
+        notes.append(framework_note)
     if texts["deepspeed"] is None:
         notes.append(f"No DeepSpeed JSON: {args[3].name} runs without DeepSpeed.")
     if not out.estimate.fits:
         notes.append("Warning: by the estimate this configuration does not fit.")
+    return Preview(texts, " ".join(notes), files)
+
+
+def framework_preview(out: Outcome, args: tuple, kwargs: dict, files: dict[str, str]) -> tuple[str | None, str]:
+    """The framework's own file for the Framework field, added to ``files`` (its config, as ``generate
+    --framework`` writes it), and a note. ``accelerate``: its launch script (the file that framework reads is the
+    accelerate YAML already shown). The framework renderer (:mod:`advisor.render.frameworks`) is used where this
+    dsadvise has it."""
+    framework = out.inputs.framework
+    if framework == "accelerate":
+        return files.get("launch_accelerate.sh"), "Framework accelerate: launch_accelerate.sh below."
+    try:
+        from ..render.frameworks import render_framework
+    except ImportError:
+        return None, f"This dsadvise cannot render {framework} files yet."
+    extra = render_framework(*args, framework, gradient_accumulation_steps=kwargs["gradient_accumulation_steps"])
+    files.update(extra)
+    main = next((n for n in extra if not n.endswith(".sh")), next(iter(extra), None))
+    return (extra[main] if main else None), (f"Framework {framework}: {main} below." if main else "")
+
+
+def infer_preview(out: Outcome, empty: dict[str, str | None]) -> Preview:
+    """What ``dsadvise generate --task infer`` would write: the scripts of the layouts that fit."""
+    from ..render.infer_plan import plan_inference
+    from ..render.infer_render import render_infer_files
+
+    rec = out.recommendation
+    if rec is None or not rec.found or rec.recommendation is None:
+        return Preview(empty, "No inference layout fits: see the suggestions on the Recommendation step (F4).")
+    try:
+        from ..api import build_hardware, build_training
+        from ..catalog.models import resolve_model
+
+        k = out.problem
+        model = resolve_model(out.inputs.model)
+        hw = build_hardware(k["gpus"], k["nodes"], k["vram"], k["gpu"], k["cpu_ram"])
+        template = build_training(hw, task="infer", seq_len=k["seq_len"], micro_batch=k["micro_batch"],
+                                  precision=k["precision"], method=rec.recommendation.method,
+                                  attention=k["attention"], prompt_len=k["prompt_len"],
+                                  double_quant=k["double_quant"])
+        plan = plan_inference(model, out.inputs.model, hw, template, rec)
+        files = render_infer_files(plan, model, hw, model_arg=out.inputs.model)
+    except AdvisorError as exc:
+        return Preview(empty, f"Cannot render this configuration: {exc}")
+    texts = dict(empty)
+    texts.update({key: files.get(name) for key, name in INFER_PREVIEW_FILES.items()})
+    layouts = ", ".join(f"{x.layout} (batch {x.batch_size})" for x in plan.layouts)
+    notes = [f"{len(files)} files: {', '.join(files)}.", f"Layouts that fit: {layouts}."]
+    notes += [f"Not written: {line}." for line in plan.not_fitting]
     return Preview(texts, " ".join(notes), files)
 
 
@@ -283,6 +352,13 @@ def save(out: Outcome, shown: Preview | None, out_dir: str, *, force: bool) -> l
     if not out_dir.strip():
         raise InputError("give a folder to save into", field="output_dir")
     # as generate: never write files that do not validate (the engine load is Dry run's)
+    if "dsadvise.json" in shown.files and '"task": "infer"' in shown.files["dsadvise.json"]:
+        from ..render.infer_render import validate_infer_files
+
+        problems = validate_infer_files(shown.files)
+        if problems:
+            raise AdvisorError("the rendered files do not parse (a dsadvise bug): " + problems[0])
+        return write_files(shown.files, out_dir.strip(), force=force)
     errors = errors_of(validate_files(shown.files, engines=False))
     if errors:
         raise AdvisorError("the rendered files do not validate (a dsadvise bug): " + errors[0].line())
@@ -292,7 +368,7 @@ def save(out: Outcome, shown: Preview | None, out_dir: str, *, force: bool) -> l
 def dry_run(folder: str, *, timeout: float | None = None) -> tuple[bool, list[str]]:
     """``dsadvise dry-run`` on a saved folder (the renderer's ``dry_run``): passed?, and one line per step,
     finding and override. Slow (loads the engines, launches a tiny proxy run): call it from a thread."""
-    from ..render.dryrun import dry_run as run_dry
+    from ..render.infer_dryrun import dry_run_folder as run_dry     # training and inference folders
 
     report = run_dry(folder) if timeout is None else run_dry(folder, timeout=timeout)
     lines = []

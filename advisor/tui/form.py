@@ -12,14 +12,22 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
-from ..cli.flags import (AUTO, CHECKPOINTING, FLAG_WIZARD_FIELDS, METHODS, OPTIMIZERS, PRECISIONS, RECOMMENDED,
-                         STRATEGIES, WIZARD_FIELD_FLAGS, gib, positive_int)
+from ..cli.flags import (ATTENTION, AUTO, CHECKPOINTING, FLAG_WIZARD_FIELDS, LOSSES, METHODS, OPTIMIZERS, PRECISIONS,
+                         RECOMMENDED, STRATEGIES, TASKS, WIZARD_FIELD_FLAGS, gib, positive_int)
+from ..cli import flags as _flags
 
 METHOD_CHOICES = (*METHODS, AUTO)
 PRECISION_CHOICES = (AUTO, *PRECISIONS)
 OPTIMIZER_CHOICES = OPTIMIZERS
 CHECKPOINTING_CHOICES = (AUTO, *CHECKPOINTING)
 STRATEGY_CHOICES = (RECOMMENDED, *STRATEGIES)
+# issue 16 (helper I): task switch, method details, framework
+TASK_CHOICES = TASKS
+ATTENTION_CHOICES = ATTENTION
+LOSS_CHOICES = LOSSES
+DOUBLE_QUANT_CHOICES = ("yes", "no")
+# the frameworks `generate --framework` renders (the flag table's choices once that flag exists)
+FRAMEWORK_CHOICES: tuple[str, ...] = getattr(_flags, "FRAMEWORKS", ("accelerate",))
 
 # Field id -> the CLI flag it stands for (errors from the API name the flag; the wizard shows them at the field).
 FIELD_FLAGS: dict[str, str] = WIZARD_FIELD_FLAGS
@@ -51,6 +59,14 @@ class WizardInputs:
     checkpointing: str = AUTO
     lora_rank: str = "16"
     strategy: str = RECOMMENDED
+    # issue 16 (helper I)
+    task: str = "train"           # train | infer
+    lora_targets: str = "all-linear"   # comma-separated module names, as --lora-targets
+    double_quant: str = "yes"     # QLoRA: bitsandbytes double quantization (--no-double-quant is "no")
+    loss: str = "plain"
+    attention: str = "sdpa"
+    prompt_len: str = ""          # --task infer: prompt tokens of the sequence; blank: all
+    framework: str = "accelerate"
 
     def with_(self, **changes: str) -> WizardInputs:
         return replace(self, **changes)
@@ -70,8 +86,17 @@ def _optional(parse: Callable[[str], object]) -> Callable[[str], object]:
 PARSERS: dict[str, Callable[[str], object]] = {
     "vram": _optional(gib), "gpus": positive_int, "nodes": positive_int, "cpu_ram": _optional(gib),
     "seq_len": _optional(positive_int), "micro_batch": positive_int, "global_batch": _optional(positive_int),
-    "lora_rank": positive_int,
+    "lora_rank": positive_int, "prompt_len": _optional(positive_int),
+    "lora_targets": lambda text: lora_targets(text),
 }
+
+
+def lora_targets(text: str) -> tuple[str, ...]:
+    """The LoRA target modules from the field's text, split as the CLI splits --lora-targets."""
+    targets = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not targets:
+        raise ValueError("give module names (q_proj,v_proj,...) or all-linear")
+    return targets
 
 
 def check_field(name: str, text: str) -> str | None:

@@ -23,6 +23,23 @@ SCENARIOS: dict[str, str] = {
 }
 
 
+# issue 15: tensor / sequence / context parallel layouts and FSDP2 (their own tests: tests/render/test_parallel.py)
+LAYOUT_SCENARIOS: dict[str, str] = {
+    # the issue's scenario: 70B full fine-tune at 32k on 8 x H100 with DeepSpeed Ulysses (ALST)
+    "llama-3.1-70b-8xh100-32k-sp8-zero3": "--model llama-3.1-70b --gpus 8 --gpu h100-sxm --strategy zero3 --sp 8 "
+                                          "--seq-len 32768 --checkpointing full --attention flash",
+    "llama-3.1-70b-8xh100-fsdp2-tp2": "--model llama-3.1-70b --gpus 8 --gpu h100-sxm --strategy fsdp-full "
+                                      "--fsdp-version 2 --tp 2 --checkpointing full",
+    "llama-3.1-8b-8xh100-64k-fsdp2-cp4": "--model llama-3.1-8b --gpus 8 --gpu h100-sxm --strategy fsdp-full "
+                                         "--fsdp-version 2 --cp 4 --seq-len 65536 --checkpointing full "
+                                         "--attention sdpa",
+    "llama-3.1-70b-2x8xh100-hsdp": "--model llama-3.1-70b --nodes 2 --gpus 8 --gpu h100-sxm --strategy fsdp-full "
+                                   "--fsdp-version 2 --dp-replicate 2 --checkpointing full --main-process-ip 10.0.0.1",
+    "llama-3.1-70b-8xh100-autotp8-zero1": "--model llama-3.1-70b --gpus 8 --gpu h100-sxm --strategy zero1 --tp 8 "
+                                          "--checkpointing full",
+}
+
+
 def parse_generate(argv: str, out: str = "/nonexistent"):
     from advisor.cli import build_parser
 
@@ -44,3 +61,8 @@ def render_scenario(argv: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, dict[str, str]]:
     return {name: render_scenario(argv) for name, argv in SCENARIOS.items()}
+
+
+@pytest.fixture(scope="session")
+def rendered_layouts() -> dict[str, dict[str, str]]:
+    return {name: render_scenario(argv) for name, argv in LAYOUT_SCENARIOS.items()}

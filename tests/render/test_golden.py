@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SCENARIOS
+from .conftest import LAYOUT_SCENARIOS, SCENARIOS
 
 GOLDEN = Path(__file__).with_name("golden")
 UPDATE = os.environ.get("DSADVISE_UPDATE_GOLDENS") == "1"
@@ -26,9 +26,9 @@ def comparable(name: str, text: str) -> str:
     return text
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_golden(rendered, scenario):
-    files = {n: comparable(n, t) for n, t in rendered[scenario].items()}
+@pytest.mark.parametrize("scenario", list(SCENARIOS) + list(LAYOUT_SCENARIOS))
+def test_golden(rendered, rendered_layouts, scenario):
+    files = {n: comparable(n, t) for n, t in {**rendered, **rendered_layouts}[scenario].items()}
     folder = GOLDEN / scenario
     if UPDATE:
         folder.mkdir(parents=True, exist_ok=True)
@@ -46,5 +46,5 @@ def test_golden(rendered, scenario):
 
 def test_scenario_commands_are_documented():
     readme = (GOLDEN / "README.md").read_text(encoding="utf-8")
-    for name, argv in SCENARIOS.items():
+    for name, argv in {**SCENARIOS, **LAYOUT_SCENARIOS}.items():
         assert name in readme and argv.split()[1] in readme

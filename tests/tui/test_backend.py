@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from advisor.api import estimate
 from advisor.tui import backend
-from advisor.tui.form import (METHOD_CHOICES, PRECISION_CHOICES, STRATEGY_CHOICES, WizardInputs, check_field,
+from advisor.tui.form import (METHOD_CHOICES, PRECISION_CHOICES, STRATEGY_CHOICES, TASK_CHOICES, WizardInputs, check_field,
                               field_for_flag, vram_text)
 
 GIB = 1024**3
@@ -107,7 +107,7 @@ def test_real_recommender():
 
 def test_preview_before_inputs_are_complete():
     shown = backend.preview(backend.evaluate(WizardInputs(), recommender=None))
-    assert shown.texts == {"accelerate": None, "deepspeed": None} and "model" in shown.note
+    assert shown.texts == dict.fromkeys(backend.PREVIEW_KEYS) and "model" in shown.note
 
 
 def test_recommender_input_errors_land_at_their_field_others_fall_back():
@@ -166,7 +166,7 @@ TEXT = st.one_of(st.sampled_from(["", "0", "-1", "1", "8", "24", "1e9", "nan", "
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model=TEXT, vram=TEXT, gpus=TEXT, nodes=TEXT, cpu_ram=TEXT, seq_len=TEXT, micro_batch=TEXT,
-       global_batch=TEXT, lora_rank=TEXT,
+       global_batch=TEXT, lora_rank=TEXT, prompt_len=TEXT, lora_targets=TEXT, task=st.sampled_from(TASK_CHOICES),
        method=st.sampled_from(METHOD_CHOICES), strategy=st.sampled_from(STRATEGY_CHOICES),
        precision=st.sampled_from(PRECISION_CHOICES))
 def test_any_field_text_gives_errors_never_exceptions(**fields):
@@ -175,7 +175,7 @@ def test_any_field_text_gives_errors_never_exceptions(**fields):
     assert set(out.errors) <= set(WizardInputs.field_names())
     assert out.estimate is not None or out.errors or out.missing or out.general_error
     shown = backend.preview(out)
-    assert set(shown.texts) == {"accelerate", "deepspeed"}
+    assert set(shown.texts) == set(backend.PREVIEW_KEYS)
 
 
 def test_model_from_a_config_json_path(tmp_path):

@@ -25,6 +25,8 @@ PARTS: tuple[tuple[str, str, str], ...] = (
     ("buffers", "buffers", "#edc948"),
     ("overhead", "overhead", "#b07aa1"),
 )
+# --task infer: the same PerGPU fields hold weights, KV cache and the prefill transient (advisor.memory.inference)
+INFER_NAMES = {"parameters": "weights", "activations": "KV cache", "temporaries": "prefill"}
 FREE_STYLE = "#5a5a5a"
 OVER_STYLE = "bold #ff5555"
 
@@ -101,7 +103,11 @@ class MemoryPanel(Vertical):
         legend = Text()
         if est is not None:
             g = est.per_gpu
+            infer = getattr(est, "task", "train") == "infer"
             for key, name, colour in PARTS:
+                if infer and not getattr(g, key) and key not in INFER_NAMES:
+                    continue        # no gradients, optimizer states or buffers in inference
+                name = INFER_NAMES.get(key, name) if infer else name
                 legend.append("█ ", style=colour)
                 legend.append(f"{name:<13}{fmt_bytes(getattr(g, key)):>11}\n")
             legend.append(f"  {'total':<13}{fmt_bytes(g.total):>11}", style="bold")

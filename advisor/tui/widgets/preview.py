@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Button, Checkbox, Input, ProgressBar, Static, TabbedContent, TabPane, TextArea
+from textual.widgets import Button, Checkbox, Input, ProgressBar, Select, Static, TabbedContent, TabPane, TextArea
 
+from ..form import FRAMEWORK_CHOICES
 from .fields import Field
 
-# (tab id, title, TextArea language): the two configs the wizard previews.
-PREVIEWS: tuple[tuple[str, str, str], ...] = (
+# (tab id, title, TextArea language): the files the wizard previews (a tab is disabled when the setup writes no
+# such file): training's two configs and the framework's own file; inference's two launch scripts.
+PREVIEWS: tuple[tuple[str, str, str | None], ...] = (
     ("accelerate", "accelerate YAML", "yaml"),
     ("deepspeed", "DeepSpeed JSON", "json"),
+    ("framework", "Framework file", None),
+    ("device_map", "device_map.py", "python"),
+    ("replicas", "replicas.py", "python"),
 )
+# the tabs each task writes (the others are hidden): training's configs, inference's two launch scripts
+TASK_TABS = {"train": ("accelerate", "deepspeed", "framework"), "infer": ("device_map", "replicas")}
 
 
 class PreviewStep(VerticalScroll):
@@ -20,13 +27,18 @@ class PreviewStep(VerticalScroll):
 
     can_focus = False    # Tab goes to the fields; they scroll into view
 
-    def __init__(self, output_dir: str = "dsadvise-configs", force: bool = False, **kwargs) -> None:
+    def __init__(self, output_dir: str = "dsadvise-configs", force: bool = False, framework: str = "accelerate",
+                 **kwargs) -> None:
         super().__init__(**kwargs)
+        self._framework = framework if framework in FRAMEWORK_CHOICES else FRAMEWORK_CHOICES[0]
         self._output_dir = output_dir
         self._force = force
 
     def compose(self) -> ComposeResult:
         yield Static("The configs to launch it", classes="step-title")
+        yield Field("framework", "Framework", Select([(f, f) for f in FRAMEWORK_CHOICES], value=self._framework,
+                                                     allow_blank=False, id="field-framework"),
+                    hint="its own file is previewed under 'Framework file'")
         yield Static("", id="preview-note", markup=False)
         with TabbedContent(id="preview-tabs"):
             for key, title, language in PREVIEWS:
@@ -45,9 +57,17 @@ class PreviewStep(VerticalScroll):
     def on_mount(self) -> None:
         self.query_one("#dry-run-progress").display = False
 
-    def show_files(self, texts: dict[str, str | None], note: str) -> None:
-        """Put each config's text in its tab (``None``: this setup writes no such file, say why in ``note``)."""
+    def show_files(self, texts: dict[str, str | None], note: str, task: str = "train") -> None:
+        """Put each config's text in its tab (``None``: this setup writes no such file, say why in ``note``);
+        only the tabs of ``task`` are shown, and the Framework field only for training."""
         self.query_one("#preview-note", Static).update(note)
+        tabs = self.query_one("#preview-tabs", TabbedContent)
+        for key, _, _ in PREVIEWS:
+            if key in TASK_TABS.get(task, ()):
+                tabs.show_tab(f"tab-{key}")
+            else:
+                tabs.hide_tab(f"tab-{key}")
+        self.query_one("#row-framework").display = task != "infer"
         for key, _, _ in PREVIEWS:
             text = texts.get(key)
             area = self.query_one(f"#preview-{key}", TextArea)
@@ -55,6 +75,13 @@ class PreviewStep(VerticalScroll):
             if area.text != new:
                 area.load_text(new)
             self.query_one(f"#tab-{key}", TabPane).disabled = text is None
+        pane = tabs.get_pane(tabs.active) if tabs.active else None
+        shown = TASK_TABS.get(task, ())
+        if pane is None or pane.disabled or pane.id.removeprefix("tab-") not in shown:
+            # the shown tab has no file now: show the first of this task that has one
+            first = next((key for key, _, _ in PREVIEWS if key in shown and texts.get(key) is not None), None)
+            if first is not None:
+                tabs.active = f"tab-{first}"
 
     @property
     def output_dir(self) -> str:

@@ -7,7 +7,10 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import DataTable, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, OptionList, Static, TabbedContent, TabPane
+from textual.widgets.option_list import Option
+
+from ..wording import wizard_words
 
 from ..backend import Outcome, StrategySource
 from .memory_bar import fmt_bytes
@@ -23,8 +26,11 @@ def settings_line(s: dict | None) -> str:
         if s.get(key) not in (None, "none"):
             out += f" +{tag}:{s[key]}"
     parts = [out]
-    for key, fmt in (("precision", "{}"), ("method", "{}"), ("activation_checkpointing", "checkpointing {}"),
-                     ("micro_batch_size", "micro-batch {}")):
+    keys = (("precision", "{}"), ("method", "{}"), ("activation_checkpointing", "checkpointing {}"),
+            ("micro_batch_size", "micro-batch {}"))
+    if s.get("layout"):            # an inference layout: no checkpointing; the batch per generate() call
+        keys = (("precision", "{}"), ("method", "{}"), ("batch_size", "batch {}"), ("processes", "{} process(es)"))
+    for key, fmt in keys:
         if s.get(key) is not None:
             parts.append(fmt.format(s[key]))
     if (s.get("gradient_accumulation_steps") or 1) > 1:
@@ -83,8 +89,19 @@ def _bullets(title: str, items: list[str]) -> Text:
     if items:
         out.append(f"{title}\n", style="bold")
         for item in items:
-            out.append(f"  • {item}\n")
+            out.append(f"  • {wizard_words(item)}\n")
     return out
+
+
+def suggestion_text(number: int, s: Any) -> str:
+    """One "what would fit" line: its key, the change in the wizard's words, and what the re-run found."""
+    from ..form import field_for_flag
+    from ..wording import field_words
+
+    fields = [f"{field_words(n)} = {v}" if (n := field_for_flag(k)) else f"{k} {v} (command line only)"
+              for k, v in s.flags.items()]
+    return (f"{number}  {wizard_words(s.change)}: {', '.join(fields)}" + ("" if s.verified else " [unverified]")
+            + (f" -> {wizard_words(s.result)}" if s.result else ""))
 
 
 class RecommendationView(Vertical):
@@ -93,6 +110,8 @@ class RecommendationView(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("Recommendation", classes="step-title")
         yield Static(id="rec-verdict")
+        yield Static("What would fit: press its number (or Enter on it) to apply it", id="suggestions-title")
+        yield OptionList(id="suggestions")
         with TabbedContent(id="rec-tabs"):
             with TabPane("Why", id="rec-why"):
                 yield VerticalScroll(Static(id="rec-details"))
@@ -154,6 +173,17 @@ class RecommendationView(Vertical):
         self.query_one("#rec-verdict", Static).update(verdict)
         self.query_one("#rec-details", Static).update(details)
         self.query_one("#rec-tabs", TabbedContent).display = rec is not None and out is not None and out.ready
+        found = list(rec.suggestions) if rec is not None and not rec.found and out.ready else []
+        options = self.query_one("#suggestions", OptionList)
+        options.clear_options()
+        options.add_options([Option(suggestion_text(i, s), id=f"suggestion-{i}")
+                             for i, s in enumerate(found[:9], 1)])
+        options.display = bool(found)
+        self.query_one("#suggestions-title", Static).display = bool(found)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option_list.id == "suggestions" and event.option.id:
+            self.app.action_apply_suggestion(int(event.option.id.split("-")[1]))
 
     def _show_recommendation(self, out: Outcome, rec: Any, verdict: Text, details: Text,
                              alternatives: DataTable, rules: DataTable) -> None:
@@ -181,11 +211,6 @@ class RecommendationView(Vertical):
         details.append_text(_bullets("Why", list(rec.reasons)))
         details.append_text(_bullets("Advice", list(rec.advice)))
         details.append_text(_bullets("Assumptions", list(rec.assumptions)))
-        if not rec.found:
-            details.append_text(_bullets("What would make it fit", [
-                f"{s.change} ({' '.join(f'{k} {v}' for k, v in s.flags.items())})"
-                + ("" if s.verified else " [unverified]") + (f": {s.result}" if s.result else "")
-                for s in rec.suggestions]))
         for alt in rec.alternatives:
             fits = "-" if alt.fits is None else ("yes" if alt.fits else "no")
             label = short_label(alt.strategy.model_dump(mode="json"))

@@ -1,13 +1,15 @@
-"""Step 3: training. Method, sequence length, batch, precision (auto by default) and, optionally, a strategy."""
+"""Step 3: training or inference. The task, the method and its details (LoRA rank and targets, QLoRA double
+quantization, loss kernel, attention), sequence length, batch, precision (auto by default) and, for training,
+optionally a strategy. Fields that do not apply to the task or method are hidden."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Grid, VerticalScroll
-from textual.widgets import Select, Static
+from textual.widgets import Input, Select, Static
 
-from ..form import (CHECKPOINTING_CHOICES, METHOD_CHOICES, OPTIMIZER_CHOICES, PRECISION_CHOICES, STRATEGY_CHOICES,
-                    WizardInputs)
+from ..form import (ATTENTION_CHOICES, CHECKPOINTING_CHOICES, DOUBLE_QUANT_CHOICES, LOSS_CHOICES, METHOD_CHOICES,
+                    OPTIMIZER_CHOICES, PRECISION_CHOICES, STRATEGY_CHOICES, TASK_CHOICES, WizardInputs)
 from .fields import Field, number_input
 
 _LABELS = {
@@ -15,15 +17,35 @@ _LABELS = {
     "full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit base)",
     "freeze": "freeze all but the last layers",
     "none": "none", "bf16": "bf16 mixed", "fp16": "fp16 mixed", "fp32": "fp32", "pure-bf16": "pure bf16",
+    "train": "train (fine-tune)", "infer": "inference (generate)",
+    "plain": "plain (transformers)", "chunked": "chunked (torchtune)", "fused-linear": "fused linear (Liger / CCE)",
+    "sdpa": "sdpa (PyTorch)", "eager": "eager", "flash": "flash-attention 2",
+    "yes": "yes (bitsandbytes default)", "no": "no",
 }
+_INFER_LABELS = {"full": "16-bit weights", "qlora": "4-bit weights (NF4)"}
+
+# Fields each task shows (the rest of the step is hidden); method details follow the method.
+TRAIN_ONLY = ("global_batch", "optimizer", "checkpointing", "strategy", "loss")
+INFER_ONLY = ("prompt_len",)
+LORA_FIELDS = ("lora_rank", "lora_targets")
 
 
 def _choice(name: str, values: tuple[str, ...], value: str) -> Select:
     return Select([(_LABELS.get(v, v), v) for v in values], value=value, allow_blank=False, id=f"field-{name}")
 
 
+def visible_fields(task: str, method: str) -> dict[str, bool]:
+    """Which of the step's optional fields show for ``task`` and ``method``."""
+    lora = method in ("lora", "qlora", "auto") and task == "train"
+    out = {name: task == "train" for name in TRAIN_ONLY}
+    out.update({name: task == "infer" for name in INFER_ONLY})
+    out.update({name: lora for name in LORA_FIELDS})
+    out["double_quant"] = method in ("qlora", "auto")
+    return out
+
+
 class TrainingStep(VerticalScroll):
-    """The training fields; blanks and 'auto' leave the choice to the recommender."""
+    """The training (or inference) fields; blanks and 'auto' leave the choice to the recommender."""
 
     can_focus = False    # Tab goes to the fields; they scroll into view
 
@@ -33,13 +55,17 @@ class TrainingStep(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         v = self._v
-        yield Static("How will you train it?", classes="step-title")
+        yield Static(self._title(v.task), classes="step-title", id="training-title")
         with Grid(classes="fields"):
+            yield Field("task", "Task", _choice("task", TASK_CHOICES, v.task),
+                        hint="inference: weights + KV cache, two launch layouts")
             yield Field("method", "Method", _choice("method", METHOD_CHOICES, v.method))
             yield Field("precision", "Precision", _choice("precision", PRECISION_CHOICES, v.precision),
                         hint="auto: bf16 where the GPU has it, else fp16")
             yield Field("seq_len", "Sequence length (tokens)", number_input("seq_len", v.seq_len, "auto"),
                         hint="auto: min(2048, model context)")
+            yield Field("prompt_len", "Prompt tokens", number_input("prompt_len", v.prompt_len, "all"),
+                        hint="of the sequence; the rest is generated")
             yield Field("micro_batch", "Micro-batch per GPU", number_input("micro_batch", v.micro_batch),
                         hint="the smallest the advisor may use")
             yield Field("global_batch", "Global batch (samples/step)",
@@ -49,5 +75,27 @@ class TrainingStep(VerticalScroll):
                         _choice("checkpointing", CHECKPOINTING_CHOICES, v.checkpointing))
             yield Field("lora_rank", "LoRA rank", number_input("lora_rank", v.lora_rank),
                         hint="used by LoRA and QLoRA")
+            yield Field("lora_targets", "LoRA target modules",
+                        Input(v.lora_targets, placeholder="all-linear", id="field-lora_targets"),
+                        hint="all-linear, or q_proj,v_proj,...")
+            yield Field("double_quant", "QLoRA double quantization",
+                        _choice("double_quant", DOUBLE_QUANT_CHOICES, v.double_quant),
+                        hint="quantizes the 4-bit scales too")
+            yield Field("loss", "Loss kernel", _choice("loss", LOSS_CHOICES, v.loss),
+                        hint="fused linear: no full logits tensor")
+            yield Field("attention", "Attention", _choice("attention", ATTENTION_CHOICES, v.attention))
             yield Field("strategy", "Strategy", _choice("strategy", STRATEGY_CHOICES, v.strategy),
                         hint="pick one to see its estimate instead")
+
+    def on_mount(self) -> None:
+        self.show_for(self._v.task, self._v.method)
+
+    @staticmethod
+    def _title(task: str) -> str:
+        return "How will you serve it?" if task == "infer" else "How will you train it?"
+
+    def show_for(self, task: str, method: str) -> None:
+        """Show the fields ``task`` and ``method`` use, hide the others."""
+        for name, shown in visible_fields(task, method).items():
+            self.query_one(f"#row-{name}").display = shown
+        self.query_one("#training-title", Static).update(self._title(task))

@@ -1,0 +1,245 @@
+"""``dsadvise check`` on framework files: a LLaMA-Factory training YAML, an axolotl YAML, HF Trainer / TRL
+argument files (YAML or JSON). Reads the ``deepspeed:`` file they point to and lints the combination: keys the
+framework does not know, a DeepSpeed path that does not exist, batch sizes that disagree with a fixed
+``train_batch_size``, 4-bit quantization under ZeRO-3/FSDP without a shardable storage dtype, what LLaMA-Factory's
+parser refuses (8-bit with ZeRO-3/FSDP, pure_bf16 with ZeRO-3), checkpointing twice under FSDP.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..validate import ConfigFileError, Finding, parse_text, read_text, resolve_ds_path
+
+# Keys that only one kind of file has (accelerate YAMLs and DeepSpeed JSONs never carry them).
+_LF = ("finetuning_type", "stage", "cutoff_len", "lora_target", "quantization_bit", "template")
+_AXOLOTL = ("base_model", "sequence_len", "micro_batch_size", "lora_target_linear", "adapter")
+_HF = ("per_device_train_batch_size", "output_dir", "gradient_accumulation_steps")
+_TRL = ("max_length", "dataset_name", "use_peft", "lora_r", "load_in_4bit", "packing")
+
+
+def framework_kind(data: Any) -> str | None:
+    """``llamafactory``, ``axolotl``, ``hf-trainer`` or ``trl`` when ``data`` is such a file, else None (accelerate
+    YAMLs and DeepSpeed JSONs are left to lint.py)."""
+    if not isinstance(data, dict) or "distributed_type" in data or "compute_environment" in data \
+            or "zero_optimization" in data or "train_micro_batch_size_per_gpu" in data:
+        return None
+    if "model_name_or_path" in data and sum(k in data for k in _LF) >= 2:
+        return "llamafactory"
+    if "base_model" in data and sum(k in data for k in _AXOLOTL) >= 2:
+        return "axolotl"
+    if sum(k in data for k in _HF) >= 2:
+        return "trl" if any(k in data for k in _TRL) else "hf-trainer"
+    return None
+
+
+def _known_keys(kind: str) -> tuple[set[str], str]:
+    """(keys, where they come from) for the framework's file."""
+    if kind in ("llamafactory", "axolotl"):
+        from .validate import documented_keys
+
+        doc = documented_keys(kind)
+        return set(doc["keys"]), doc["source"]
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    keys = {f.name for f in dataclasses.fields(TrainingArguments)}
+    source = "transformers TrainingArguments"
+    if kind == "trl":
+        from trl import ModelConfig, ScriptArguments, SFTConfig
+
+        for cls in (SFTConfig, ModelConfig, ScriptArguments):
+            keys |= {f.name for f in dataclasses.fields(cls)}
+        source = "TRL ScriptArguments + SFTConfig + ModelConfig"
+    return keys, source
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list[Finding]:
+    """Findings for one framework file (``p``: :class:`advisor.render.lint.Problem`; ``lint_deepspeed``: lint.py's
+    DeepSpeed linter, for the file the framework points to)."""
+    file = path.name
+    out: list[Finding] = []
+
+    def add(severity: str, setting: str, message: str) -> None:
+        out.append(Finding(severity, file, setting, message))
+
+    name = {"llamafactory": "LLaMA-Factory", "axolotl": "axolotl", "hf-trainer": "the HF Trainer", "trl": "TRL"}[kind]
+    try:
+        known, source = _known_keys(kind)
+    except ImportError as exc:
+        known, source = set(), ""
+        add("info", "", f"could not check the keys here: {exc}")
+    if known:
+        import difflib
+
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+                if kind == "axolotl":
+                    add("warning", key, f"unknown key ({source}): axolotl ignores it"
+                        + (f" (did you mean {close[0]!r}?)" if close else ""))
+                elif close:   # a misspelling: the HfArgumentParser refuses it ('Some keys are not used')
+                    add("error", key, f"unknown key ({source}): {name}'s argument parser refuses it (did you mean "
+                        f"{close[0]!r}?)")
+                else:         # TrainingArguments' keys change between transformers versions (warmup_ratio, ...)
+                    add("warning", key, f"not a key of {source}: {name}'s argument parser refuses it unless your "
+                        "transformers version's TrainingArguments has it")
+
+    micro_key = "micro_batch_size" if kind == "axolotl" else "per_device_train_batch_size"
+    micro = _int(data.get(micro_key, 1 if kind == "axolotl" else 8))   # TrainingArguments' default is 8
+    gas = _int(data.get("gradient_accumulation_steps", 1))
+    p = run_problem(data, kind, p)        # the fit checks use what the file launches
+
+    # DeepSpeed file
+    ds_ref, ds, stage = data.get("deepspeed"), None, None
+    if isinstance(ds_ref, dict):
+        ds = ds_ref
+    elif isinstance(ds_ref, str) and ds_ref:
+        found = resolve_ds_path(path.resolve(), ds_ref)
+        if found is None:
+            add("error", "deepspeed", f"{ds_ref!r} not found next to {file} or in the current directory (the "
+                "framework reads it relative to where you launch)")
+        else:
+            try:
+                ds = parse_text(found.name, read_text(found), "json")
+            except ConfigFileError as exc:
+                add("error", "deepspeed", str(exc))
+            if isinstance(ds, dict):
+                # the framework runs the HF Trainer, which fills "auto": lint.py's note about plain DeepSpeed is moot
+                out += [f for f in lint_deepspeed(ds, found.name, p, world=p.world, world_source="--gpus x --nodes")
+                        if not (f.severity == "info" and "'auto'" in f.message)]
+    if isinstance(ds, dict):
+        zero = ds.get("zero_optimization") if isinstance(ds.get("zero_optimization"), dict) else {}
+        stage = zero.get("stage", 0)
+        tb, mb, ga = (ds.get(k) for k in ("train_batch_size", "train_micro_batch_size_per_gpu",
+                                          "gradient_accumulation_steps"))
+        if _int(mb) is not None and micro is not None and mb != micro:
+            add("error", micro_key, f"{micro}, but the DeepSpeed file fixes train_micro_batch_size_per_gpu {mb}: the "
+                "HF Trainer stops with a mismatch; write \"auto\" there")
+        if _int(ga) is not None and gas is not None and ga != gas:
+            add("error", "gradient_accumulation_steps", f"{gas}, but the DeepSpeed file fixes {ga}: write \"auto\" "
+                "there")
+        if _int(tb) is not None and micro and gas and p.world is not None and tb != micro * gas * p.world:
+            add("error", micro_key, f"{micro} x accumulation {gas} x {p.world} GPUs = {micro * gas * p.world}, but "
+                f"the DeepSpeed file fixes train_batch_size {tb}: write \"auto\" there")
+
+    fsdp = bool(data.get("fsdp")) or (kind == "axolotl" and bool(data.get("fsdp_config")))
+    if ds is None and p.model and (p.vram or p.gpu):
+        out += _fit(data, file, p, fsdp)
+    sharded = stage == 3 or fsdp
+    where = "ZeRO-3" if stage == 3 else "FSDP"
+    if kind == "llamafactory":
+        bits = data.get("quantization_bit")
+        if sharded and bits not in (None, 4):
+            add("error", "quantization_bit", f"{bits}-bit with {where}: LLaMA-Factory refuses it ('Only 4-bit "
+                "quantized model can use fsdp+qlora', model/model_utils/quantization.py)")
+        if data.get("pure_bf16") and stage == 3:
+            add("error", "pure_bf16", "LLaMA-Factory refuses pure_bf16 with DeepSpeed ZeRO-3 (hparams/parser.py)")
+        if data.get("deepspeed") and fsdp:
+            add("error", "deepspeed", "both DeepSpeed and FSDP")
+    else:
+        q = data.get("quantization_config") if isinstance(data.get("quantization_config"), dict) else {}
+        bnb = data.get("bnb_config_kwargs") if isinstance(data.get("bnb_config_kwargs"), dict) else {}
+        four_bit = data.get("load_in_4bit") is True or q.get("load_in_4bit") is True
+        storage = data.get("bnb_4bit_quant_storage") or q.get("bnb_4bit_quant_storage") or \
+            bnb.get("bnb_4bit_quant_storage")
+        # axolotl sets bnb_4bit_quant_storage itself for qlora (src/axolotl/loaders/model.py), like LLaMA-Factory
+        if four_bit and sharded and not storage and kind != "axolotl":
+            add("error", "bnb_4bit_quant_storage",
+                f"4-bit weights with {where} need bnb_4bit_quant_storage set to the compute dtype (e.g. bfloat16): "
+                "stored as uint8 they are not sharded, each GPU keeps a whole copy (transformers' FSDP-QLoRA / "
+                "DeepSpeed ZeRO-3 QLoRA docs)")
+        fc = data.get("fsdp_config") if isinstance(data.get("fsdp_config"), dict) else {}
+        ac = fc.get("activation_checkpointing", fc.get("fsdp_activation_checkpointing"))
+        if fsdp and ac in (True, "true") and data.get("gradient_checkpointing") is True:
+            add("error", "gradient_checkpointing", "true together with fsdp_config.activation_checkpointing: the "
+                "Trainer refuses both ('can't be set to True simultaneously'); keep the FSDP one")
+    return out
+
+
+def _fit(data: dict, file: str, p, fsdp: bool) -> list[Finding]:
+    """Without DeepSpeed (whose file lint.py estimates): the run this file launches, estimated for --model on
+    the given hardware (advisor.api.estimate); an error with the numbers when it does not fit."""
+    from ...api import estimate
+    from ...errors import InputError
+    from ...formatting import fmt_bytes
+
+    world = p.world or 1
+    words = str(data.get("fsdp", "")).lower() if not isinstance(data.get("fsdp"), list) else \
+        " ".join(data["fsdp"]).lower()
+    strategy = ("fsdp-grad-op" if "shard_grad_op" in words else "fsdp-hybrid" if "hybrid" in words else "fsdp-full") \
+        if fsdp else ("single" if world == 1 else "ddp")
+    offload = "cpu" if fsdp and ("offload" in words or (data.get("fsdp_config") or {}).get("offload_params")) else "none"
+    precision = "bf16" if data.get("bf16") in (True, "auto") or data.get("pure_bf16") else \
+        "fp16" if data.get("fp16") is True else "fp32"
+    lora: dict[str, Any] = {}
+    rank = _int(data.get("lora_rank", data.get("lora_r")))
+    if rank:
+        lora["lora_rank"] = rank
+    targets = data.get("lora_target", data.get("lora_target_modules"))
+    if isinstance(targets, str) and targets not in ("all", "all-linear"):
+        lora["lora_targets"] = tuple(t.strip() for t in targets.split(",") if t.strip())
+    elif isinstance(targets, list) and targets and targets != ["all-linear"]:
+        lora["lora_targets"] = tuple(str(t) for t in targets)
+    try:
+        est = estimate(p.model, gpus=p.gpus or 1, nodes=p.nodes or 1, vram=p.vram, gpu=p.gpu, cpu_ram=p.cpu_ram,
+                       seq_len=p.seq_len, micro_batch=p.micro_batch or 1, precision=precision, method=p.method,
+                       checkpointing=p.checkpointing, strategy=strategy, offload_optimizer=offload, offload_param=offload,
+                       **(lora if p.method in ("lora", "qlora") else {}))
+    except InputError as exc:
+        return [Finding("info", file, "", f"fit not checked: {exc}")]
+    total, cap = est.per_gpu.total, est.hardware.vram_bytes
+    what = (f"{est.model.name}, {strategy}, {precision}, {p.method}, micro-batch {p.micro_batch or 1} x seq {p.seq_len}, "
+            f"checkpointing {p.checkpointing}, {world} GPU(s)")
+    if not est.fits:
+        return [Finding("error", file, "", f"does not fit: {what} needs about {fmt_bytes(total)} per GPU of "
+                        f"{fmt_bytes(cap)}; try `dsadvise presets` or `dsadvise recommend`")]
+    return [Finding("info", file, "", f"fits: {what} needs about {fmt_bytes(total)} per GPU of {fmt_bytes(cap)}")]
+
+
+# sequence-length key and its framework default (LLaMA-Factory cutoff_len 2048, axolotl sequence_len 512,
+# TRL max_length 1024: their argument classes)
+_SEQ = {"llamafactory": ("cutoff_len", 2048), "axolotl": ("sequence_len", 512), "trl": ("max_length", 1024)}
+
+
+def run_problem(data: dict, kind: str, p):
+    """``p`` with the micro-batch, sequence length, checkpointing and method the framework file sets."""
+    import dataclasses
+
+    micro = _int(data.get("micro_batch_size" if kind == "axolotl" else "per_device_train_batch_size"))
+    update: dict[str, Any] = {"micro_batch": micro or p.micro_batch}
+    if kind in _SEQ:
+        key, default = _SEQ[kind]
+        update["seq_len"] = _int(data.get(key)) or default
+    if kind == "llamafactory":
+        update["checkpointing"] = "none" if data.get("disable_gradient_checkpointing") is True else "full"
+        ft = data.get("finetuning_type", "lora")
+        update["method"] = ("qlora" if data.get("quantization_bit") == 4 else "lora") if ft == "lora" else \
+            (ft if ft in ("full", "freeze") else p.method)
+    else:
+        update["checkpointing"] = "full" if data.get("gradient_checkpointing") in (True, "offload") else "none"
+        four_bit = data.get("load_in_4bit") is True
+        if kind == "axolotl" and data.get("adapter") in ("lora", "qlora"):
+            update["method"] = "qlora" if four_bit else "lora"
+        elif kind == "trl" and data.get("use_peft") is True:
+            update["method"] = "qlora" if four_bit else "lora"
+        elif kind in ("axolotl", "trl"):
+            update["method"] = "full"
+    return dataclasses.replace(p, **update)
+
+
+def lint_framework_file(path: Path, text: str, p, lint_deepspeed) -> list[Finding] | None:
+    """Findings when ``path`` is a framework file, else None (lint.py goes on with its own kinds)."""
+    fmt = "json" if path.suffix == ".json" or text.lstrip().startswith("{") else "yaml"
+    try:
+        data = parse_text(path.name, text, fmt)
+    except ConfigFileError:
+        return None
+    kind = framework_kind(data)
+    return None if kind is None else lint_framework(data, path, kind, p, lint_deepspeed)
