@@ -67,17 +67,11 @@ def check_layout(arch: "Architecture", hw: "HardwareSpec", training: "TrainingSp
                          field="--sp" if sp > 1 else "--cp" if cp > 1 else "--dp-replicate")
     if tp > 1:
         if training.task == "train" and strategy.backend not in ("deepspeed", "fsdp"):
-            raise InputError("trains under DeepSpeed AutoTP (--strategy zero0..zero3)", field="--tp")
+            raise InputError("trains under DeepSpeed AutoTP (--strategy zero0..zero3) or FSDP2 (--strategy "
+                             "fsdp-full/fsdp-grad-op --fsdp-version 2)", field="--tp")
         if training.task == "train" and strategy.backend == "fsdp" and strategy.fsdp_version != 2:
             raise InputError("with FSDP needs --fsdp-version 2 (accelerate's ParallelismConfig composes TP "
                              "only with FSDP2)", field="--tp")
-        if training.task == "train" and strategy.backend == "fsdp":
-            # accelerate 1.15 Accelerator._prepare_tp (FSDP2): `from transformers.integrations.tensor_parallel
-            # import ReplicateParallel` for the replicated parameters; transformers 5.24 has no such class
-            # (ImportError, also hit by dsadvise's dry-run): FSDP2 + TP does not start with the pinned versions.
-            raise InputError("with FSDP2 does not start with the pinned accelerate 1.15 + transformers 5.24 "
-                             "(accelerate imports transformers' ReplicateParallel, which 5.24 removed): use "
-                             "DeepSpeed AutoTP, --strategy zero0..zero3", field="--tp")
         if arch.num_attention_heads % tp:
             raise InputError(f"{tp} must divide the {arch.num_attention_heads} attention heads", field="--tp")
         if arch.num_key_value_heads % tp:

@@ -16,7 +16,6 @@ LLAMA8B = "llama-3.1-8b"          # 32 heads, 8 kv heads
     (dict(tp=3, strategy="zero1"), "--tp", "does not divide the 8 GPUs"),
     (dict(tp=2, strategy="ddp"), "--tp", "DeepSpeed AutoTP"),
     (dict(tp=2, strategy="fsdp-full"), "--tp", "--fsdp-version 2"),
-    (dict(tp=2, strategy="fsdp-full", fsdp_version=2), "--tp", "ReplicateParallel"),
     (dict(tp=8, gpus=4, nodes=2, strategy="zero1"), "--tp", "spans nodes"),
     (dict(sp=2, strategy="zero3", seq_len=4095), "--sp", "must divide --seq-len 4095"),
     (dict(sp=2, strategy="zero3", attention="eager"), "--sp", "sdpa or flash"),

@@ -143,10 +143,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..render.validate import StepStatus, errors_of, validate_files
     from ..render.write import write_files
 
-    from ..render.frameworks.cli import apply_preset, framework_files
+    from ..render.frameworks.cli import apply_preset, framework_files, plan_for_framework
 
     apply_preset(args)
-    model, hw, training, strategy, gas, rec = plan(args)
+    model, hw, training, strategy, gas, rec = plan_for_framework(plan, args)
     framework = getattr(args, "framework", "accelerate")
     args.hf_trainer = args.hf_trainer or framework != "accelerate"   # the frameworks run the HF Trainer: "auto"
     fp16 = rec.recommendation.fp16 if rec is not None and rec.recommendation is not None else None

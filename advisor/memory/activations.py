@@ -107,14 +107,16 @@ class ActivationEstimate(BaseModel):
 
 def _Model(arch: Architecture, training: TrainingSpec, tr: _Trace, layer_trainable: bool):
     """The forward replay of ``arch``'s family (its module's ``FAMILY.replay``, advisor/families)."""
-    from advisor.families import family
+    from advisor.families import REPLAYED_FAMILIES, family
 
-    replay = family(arch.family).replay
-    if replay is None:
-        # A traced family (Falcon, BLOOM): its bytes come from the tracer, but the allocator model still needs
-        # an allocation sequence; GPT-NeoX's replay (parallel residual, fused QKV, LayerNorm, GELU MLP) is the
-        # stand-in for it, as the pre-registry Falcon/BLOOM replay was. Only allocator.py reaches here for them.
-        replay = family("gpt_neox").replay
+    if arch.family in REPLAYED_FAMILIES:
+        replay = family(arch.family).replay
+    else:
+        # A traced model (Falcon, BLOOM, or any model_type outside the registry): its bytes come from the
+        # tracer, but the allocator model still needs an allocation sequence of the same shapes. The stand-in
+        # is the registry's generic decoder with the same block layout: GPT-NeoX's replay for a parallel
+        # residual (as the pre-registry Falcon/BLOOM replay was), Llama's otherwise. Only allocator.py gets here.
+        replay = family("gpt_neox" if arch.parallel_residual else "llama").replay
     return replay(arch, training, tr, layer_trainable)
 
 

@@ -300,6 +300,12 @@ def layout_notes(arch: Architecture, hw: HardwareSpec, training: TrainingSpec, s
         notes.append(f"tp {tp}: each GPU holds heads/{tp}, kv heads/{tp} and the MLP's inner width/{tp} of every "
                      "layer and 1/tp of the lm_head (the Hugging Face tp_plan DeepSpeed AutoTP and accelerate "
                      "apply); embeddings and norms are replicated; logits are gathered whole on every GPU")
+    if tp > 1 and strategy.backend == "fsdp":
+        # accelerate 1.15 Accelerator._prepare_tp (FSDP2): `from transformers.integrations.tensor_parallel import
+        # ReplicateParallel` for the parameters the plan leaves whole; transformers 5.24 has no such class
+        notes.append("FSDP2 + TP: accelerate 1.15 prepares the replicated parameters with transformers' "
+                     "ReplicateParallel, which transformers 5.24 no longer has (ImportError at accelerator.prepare "
+                     "with these versions); DeepSpeed AutoTP (--strategy zero*) runs the same sharding")
     if sp > 1:
         notes.append(f"sp {sp} (Ulysses/ALST): each GPU keeps {training.seq_len // sp} of the {training.seq_len} "
                      "tokens of a sample; attention runs on the whole sequence with heads/sp after an all-to-all")

@@ -143,3 +143,8 @@ def test_per_node_cpu_counts_every_process():
     assert tp.per_node_cpu.breakdown["training processes"] == plain.per_node_cpu.breakdown["training processes"]
     key = "model loading (one copy per process)"
     assert tp.per_node_cpu.breakdown[key] == pytest.approx(plain.per_node_cpu.breakdown[key], rel=0.01)
+
+
+def test_fsdp2_tensor_parallel_says_the_pinned_versions_fail():
+    est = estimate("llama-3.1-8b", gpus=8, gpu="h100-sxm", strategy="fsdp-full", fsdp_version=2, tp=2)
+    assert any("ReplicateParallel" in n and "AutoTP" in n for n in est.notes)

@@ -29,6 +29,20 @@ def apply_preset(args: argparse.Namespace) -> None:
         setattr(args, dest, value)
 
 
+def plan_for_framework(plan, args: argparse.Namespace):
+    """``plan(args)``, re-planned with full checkpointing when the recommender chose selective checkpointing for
+    a framework that has no key for it (said in the assumptions)."""
+    planned = plan(args)
+    framework = getattr(args, "framework", "accelerate")
+    training = planned[2]
+    if framework != "accelerate" and args.checkpointing is None and training.activation_checkpointing == "selective":
+        args.checkpointing = "full"
+        planned = plan(args)
+        args.assumed = list(getattr(args, "assumed", [])) + [
+            f"checkpointing full: the recommendation's selective checkpointing has no {framework} key"]
+    return planned
+
+
 def framework_files(framework: str, model, hw, training, strategy, gas: int, files: dict[str, str],
                     args: argparse.Namespace):
     """(framework files, validation steps) for ``generate``: the framework's own config rendered, then parsed

@@ -153,7 +153,8 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
     if any(v > 1 for v in layout.values()) or getattr(strategy, "fsdp_version", 1) != 1:
         raise InputError(f"{where}: tensor / sequence / context parallel layouts and FSDP2 are written for accelerate "
                          "only so far (the frameworks' own keys for them are not rendered): use --framework "
-                         "accelerate", field="--framework")
+                         "accelerate, or a --strategy without --tp/--sp/--cp/--dp-replicate/--fsdp-version 2",
+                         field="--framework")
     mid, known = model_id(model)
     ckpt = training.activation_checkpointing == "full"
     return Run(framework=framework, model_id=mid, model_id_known=known, family=model.architecture.family,

@@ -134,3 +134,29 @@ def test_hf_parsers_refuse_a_wrong_value(framework_rendered, framework):
     files[CONFIG[framework]] += "optim: adamw_tourch\n"
     (step,) = validate_framework_files(files, framework)
     assert step.status == StepStatus.FAIL and "adamw_tourch" in step.findings[0].message
+
+
+def test_selective_checkpointing_from_the_recommender_becomes_full_for_a_framework():
+    """plan_for_framework re-plans with --checkpointing full (and says so) when the recommendation used selective
+    checkpointing, which no framework key expresses. The plan function is the real one with the flag honoured."""
+    import argparse
+
+    from advisor.render.frameworks.cli import plan_for_framework
+    from advisor.specs import TrainingSpec
+
+    calls = []
+
+    def plan(args):
+        calls.append(args.checkpointing)
+        return (None, None, TrainingSpec(activation_checkpointing=args.checkpointing or "selective"), None, 1, None)
+
+    args = argparse.Namespace(framework="axolotl", checkpointing=None, assumed=[])
+    _, _, training, *_ = plan_for_framework(plan, args)
+    assert calls == [None, "full"] and training.activation_checkpointing == "full"
+    assert "selective checkpointing has no axolotl key" in args.assumed[-1]
+
+
+def test_parallel_layouts_are_refused_for_framework_files():
+    with pytest.raises(InputError) as err:
+        plan_scenario("--model llama-2-7b --gpus 4 --vram 80 --strategy fsdp-full --fsdp-version 2", "trl")
+    assert err.value.field == "--framework" and "--framework accelerate" in str(err.value)
