@@ -21,15 +21,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CASES = {
-    "sp (DeepSpeed Ulysses, ZeRO-3)": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy zero3 --sp 8 "
+    "sp-zero3": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy zero3 --sp 8 "
                                       "--seq-len 4096 --attention flash",
-    "autotp (DeepSpeed AutoTP, ZeRO-1)": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy zero1 --tp 2",
-    "autotp (DeepSpeed AutoTP, ZeRO-3)": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy zero3 --tp 2",
-    "fsdp2 (dp_shard only)": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy fsdp-full --fsdp-version 2",
-    "fsdp2 + tp": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy fsdp-full --fsdp-version 2 --tp 2",
-    "fsdp2 + cp": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy fsdp-full --fsdp-version 2 --cp 2 "
+    "autotp-zero1": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy zero1 --tp 2",
+    "autotp-zero3": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy zero3 --tp 2",
+    "fsdp2": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy fsdp-full --fsdp-version 2",
+    "fsdp2-tp": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy fsdp-full --fsdp-version 2 --tp 2",
+    "fsdp2-cp": "--model llama-3.2-1b --gpus 8 --gpu h100-sxm --strategy fsdp-full --fsdp-version 2 --cp 2 "
                   "--seq-len 4096 --attention sdpa",
-    "hsdp (fsdp2, dp_replicate)": "--model llama-3.2-1b --nodes 2 --gpus 4 --gpu h100-sxm --strategy fsdp-full "
+    "hsdp-fsdp2": "--model llama-3.2-1b --nodes 2 --gpus 4 --gpu h100-sxm --strategy fsdp-full "
                                   "--fsdp-version 2 --dp-replicate 2",
 }
 SHOWN = ("accelerate device mesh", "tensor-parallel shards", "rows of q_proj", "autotp_size in effect",
@@ -47,7 +47,7 @@ def run_case(name: str, argv: str, root: Path) -> dict:
     model, hw, training, strategy, gas, rec = plan(args)
     files = render_files(model, hw, training, strategy, gradient_accumulation_steps=gas,
                          main_process_ip=args.main_process_ip, main_process_port=args.main_process_port)
-    folder = root / name.split()[0].replace("+", "")
+    folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     for fname, text in files.items():
         (folder / fname).write_text(text, encoding="utf-8")
@@ -75,17 +75,17 @@ def run_case(name: str, argv: str, root: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", help="comma-separated prefixes of layout names")
+    ap.add_argument("--only", help="comma-separated layout names: " + ", ".join(CASES))
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     cases = {k: v for k, v in CASES.items()
-             if not args.only or any(k.startswith(p) for p in args.only.split(","))}
+             if not args.only or k in args.only.split(",")}
     rows = []
     with tempfile.TemporaryDirectory(prefix="dsadvise-parallel-") as tmp:
         for name, flags in cases.items():
             row = run_case(name, flags, Path(tmp))
             rows.append(row)
-            print(f"{row['layout']:<36} {row['status']:<5} {row['processes']:>3} proc  {row['seconds']:>6.1f} s",
+            print(f"{row['layout']:<14} {row['status']:<5} {row['processes']:>3} proc  {row['seconds']:>6.1f} s",
                   flush=True)
             for c in row["checked"]:
                 print(f"    checked: {c}")

@@ -202,3 +202,27 @@ def test_the_cached_catalog_equals_a_fresh_build(cache):
         assert len(list(cache.glob("catalog-*.json"))) == 1
     finally:
         models._catalog.cache_clear()
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "fsdp-full"])
+def test_an_estimate_through_the_cache_equals_one_without_it(cache, monkeypatch, strategy):
+    # End to end: the allocator simulations (DeepSpeed's churn, FSDP's pool) and the replay read back from
+    # the cache files give the estimate computed with the cache off.
+    from advisor.api import estimate
+    from advisor.catalog import models
+    from advisor.memory import activations, allocator
+
+    def fresh_estimate():
+        for fn in (allocator._churn_stats, allocator._fsdp_default_pool_stats, activations._traced, models._catalog):
+            fn.cache_clear()
+        return estimate("qwen2.5-0.5b", gpus=2, vram=80, strategy=strategy, seq_len=512).to_json_dict()
+
+    monkeypatch.setenv("DSADVISE_CACHE_DIR", "off")
+    off = fresh_estimate()
+    monkeypatch.setenv("DSADVISE_CACHE_DIR", str(cache))
+    assert fresh_estimate() == off                                  # computed and written
+    assert any(cache.glob("allocator-*.json")) and any(cache.glob("replay-*.json"))
+    assert fresh_estimate() == off                                  # read back
+    assert off["per_gpu"]["reserved"] > off["per_gpu"]["allocated"] > 0
+    simulated = allocator._fsdp_default_pool_stats if strategy == "fsdp-full" else allocator._churn_stats
+    assert simulated.cache_info().currsize > 0                     # the path under test was taken

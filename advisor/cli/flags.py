@@ -222,7 +222,7 @@ FLAGS: dict[str, Flag] = _flags(
     # issue 16 (helper F): training frameworks and presets
     Flag("--framework", "also write that framework's own config (LLaMA-Factory YAML, HF Trainer / TRL arguments, "
          "axolotl YAML) carrying the estimated settings (default accelerate: no extra file)", choices=FRAMEWORKS,
-         default="accelerate", spec_fields=("framework",)),
+         default="accelerate", spec_fields=("framework",), wizard_field="framework"),
     Flag("--preset", "LLaMA-Factory-style preset: sets method, strategy, offload and checkpointing unless given "
          "(see docs/frameworks.md)", choices=PRESETS),
 )

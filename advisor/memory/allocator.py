@@ -643,15 +643,18 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
         total = sum(tensors)
         out += [("a", ("init", u, i), n) for i, n in enumerate(tensors)]
         if sync_module_states:
+            # take_tensors closes a bucket once it reaches the limit; flatten_dense_tensors of a one-tensor
+            # bucket is a view of it (torch/csrc/utils/tensor_flatten.h): only multi-tensor buckets allocate.
             buckets: list[int] = []
-            acc = 0
+            acc, count = 0, 0
             for n in tensors:
-                acc += n
+                acc, count = acc + n, count + 1
                 if acc >= FSDP_BROADCAST_BUCKET:
-                    buckets.append(acc)
-                    acc = 0
+                    buckets.append(acc if count > 1 else 0)
+                    acc, count = 0, 0
             if acc:
-                buckets.append(acc)
+                buckets.append(acc if count > 1 else 0)
+            buckets = [n for n in buckets if n]
             for b, n in enumerate(buckets):
                 if b >= FSDP_BROADCAST_IN_FLIGHT:
                     out.append(("f", ("bcast", u, b - FSDP_BROADCAST_IN_FLIGHT), 0))
@@ -672,6 +675,7 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
 
 
 @lru_cache(maxsize=1024)
+@computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
                              outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
                              arch, trace_training, mode: str, ckpt: str, dyn: StateLayout) -> AllocatorStats:
@@ -683,6 +687,13 @@ def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
     events += churn_events(segs, leftovers, held, layers, dyn)
     return simulate(events)
+
+
+@lru_cache(maxsize=1024)
+@computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
+def _fsdp_init_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool) -> AllocatorStats:
+    """The FSDP wrapping alone (:func:`fsdp_init_events`): its own peak of tensor bytes."""
+    return simulate(fsdp_init_events([list(u) for u in init], world, sync, offload))
 
 
 def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
@@ -840,7 +851,7 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
         pending = (fsdp_gathered_layer_bytes(arch, count_parameters(arch), training),)
     gp = _unshard_pool_stats(tuple(gathered.values()), pending)
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
-    init_peak = simulate(fsdp_init_events([list(u) for u in units], world, sync, offload)).peak_requested
+    init_peak = _fsdp_init_stats(units, world, sync, offload).peak_requested
     rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
     allocated = max(tensor_bytes, init_peak) + rounding
     reserved = max(st.peak_reserved + gp.peak_reserved, allocated)

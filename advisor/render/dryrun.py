@@ -347,9 +347,9 @@ def file_layout(acc: dict, ds: dict | None) -> dict | None:
     return lay
 
 
-def proxy_layout(lay: dict) -> tuple[dict, int, list[str]]:
-    """The same layout at degree 2 per dimension (at most MAX_LAYOUT_PROCS processes on the CPU): (layout, processes,
-    what changed)."""
+def proxy_layout(lay: dict, *, cpu: bool = True) -> tuple[dict, int, list[str]]:
+    """The same layout at degree 2 per dimension (at most MAX_LAYOUT_PROCS processes): (layout, processes, what
+    changed). ``cpu``: flash attention becomes sdpa (no flash kernels on a CPU)."""
     out, changed = dict(lay), []
 
     def two(key: str) -> None:
@@ -367,7 +367,7 @@ def proxy_layout(lay: dict) -> tuple[dict, int, list[str]]:
         if lay["dp_shard"] * lay["dp_replicate"] != 1:
             changed.append(f"dp_shard {lay['dp_shard']} -> 1")
         out.update(dp_shard=1, dp_replicate=1)
-        if lay["sp_attn"] != "sdpa":
+        if lay["sp_attn"] != "sdpa" and cpu:
             changed.append(f"sp_attn_implementation {lay['sp_attn']} -> sdpa (no flash-attn kernels on a CPU)")
             out["sp_attn"] = "sdpa"
         return out, 2, changed
@@ -466,8 +466,12 @@ def _launch_one(folder: Path, acc: dict, ds: dict | None, manifest: dict, report
                                hidden_size=manifest.get("model", {}).get("architecture", {}).get("hidden_size"))
     layout = file_layout(acc, ds)
     layout_changes: list[str] = []
-    if layout is not None and not gpu:
-        layout, procs, layout_changes = proxy_layout(layout)
+    if layout is not None:
+        layout, want, layout_changes = proxy_layout(layout, cpu=not gpu)
+        if gpu and want > procs:
+            return Step(name, StepStatus.SKIP, detail=f"--gpu: this layout needs {want} GPUs at degree 2 per "
+                        f"dimension, this machine has {procs}")
+        procs = want
     exp = _expectations(acc, ds, manifest, procs, device)
     exp["layout"] = layout
     if not gpu:
@@ -497,7 +501,7 @@ def _launch_one(folder: Path, acc: dict, ds: dict | None, manifest: dict, report
     tmp = Path(tempfile.mkdtemp(prefix="dsadvise-dryrun-"))
     try:
         config_file = folder / "accelerate_config.yaml"
-        if layout is not None and (layout_changes or procs != configured) and not gpu:
+        if layout is not None and (layout_changes or procs != configured):
             import yaml
 
             config_file = tmp / "accelerate_config.yaml"

@@ -162,9 +162,17 @@ def parallel_notes(model: ResolvedModel, training: TrainingSpec, par: dict | Non
             "that are not -100 (torch.distributed.nn.functional.all_gather over "
             "deepspeed.runtime.sequence_parallel.parallel_state_sp.get_sequence_parallel_group())" % sp)
         notes.append(
-            "ALST long-sequence extras (deepspeed.runtime.sequence_parallel.ulysses_sp): TiledMLP to run each "
-            "MLP in sequence tiles, TiledFusedLogitsLoss to compute logits + loss per tile without the full "
-            "N x V logits; with the HF Trainer/accelerate, `--loss fused-linear` (Liger) gives the same bound")
+            "ALST tiled MLP (deepspeed.runtime.sequence_parallel.ulysses_sp.TiledMLP): before building the model, "
+            "replace the MLP class's forward (e.g. transformers.models.llama.modeling_llama.LlamaMLP.forward) by one "
+            "returning `TiledMLP.apply(mlp_forward, self, x, num_shards, [self.down_proj.weight, "
+            "self.gate_proj.weight, self.up_proj.weight])` with num_shards = ceil(local seq / hidden size), agreed "
+            "across ranks by an all_reduce MAX (the example in TiledMLP's docstring): the MLP's intermediate "
+            "activations then exist one tile at a time")
+        notes.append(
+            "ALST tiled logits + loss (TiledFusedLogitsLoss): compute the loss from the last hidden states with "
+            "`TiledFusedLogitsLoss.apply(loss_fn, unwrapped, hidden_states, shift_labels, None, shards, "
+            "[unwrapped.lm_head.weight], \"mean\")`, loss_fn = lm_head + cross-entropy on one tile, so the "
+            "N x vocabulary logits never exist whole")
     return notes
 
 

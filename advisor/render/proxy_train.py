@@ -166,7 +166,9 @@ def run(exp: dict, checks: Checks, timings: dict) -> None:
         optimizer = torch.optim.AdamW(params, lr=1e-3)
     n = micro * gas * steps * 2 * world
     seq = exp.get("seq_len", 32)
-    ids = torch.randint(0, cfg.vocab_size, (n, seq))
+    # a generator of its own: building the model under ZeRO-3's zero.Init draws from the global RNG differently on each
+    # rank, and ranks of a tensor-parallel group must read the same samples (DeepSpeed checks the first batch)
+    ids = torch.randint(0, cfg.vocab_size, (n, seq), generator=torch.Generator().manual_seed(1))
     sp = layout.get("sp", 1)
     if sp > 1:    # Ulysses' dataloader adapter shards dict batches and needs position_ids (ulysses_sp.py refill)
         rows = [{"input_ids": r, "labels": r, "position_ids": torch.arange(seq)} for r in ids]
@@ -213,7 +215,9 @@ def run(exp: dict, checks: Checks, timings: dict) -> None:
                   setting="gradient_accumulation_steps")
         checks.eq("train_micro_batch_size_per_gpu", engine.train_micro_batch_size_per_gpu(), micro, file=ds_file,
                   setting="train_micro_batch_size_per_gpu")
-        if exp["zero_stage"] == 3 and world > 1:
+        # ZeRO partitions over the data-parallel ranks: world / autotp_size under AutoTP, every rank under Ulysses
+        # (its sequence-data-parallel group)
+        if exp["zero_stage"] == 3 and world // (layout.get("autotp") or 1) > 1:
             big = max(engine.module.parameters(), key=lambda p: getattr(p, "ds_numel", p.numel()))
             held = big.ds_tensor.numel() if hasattr(big, "ds_tensor") else big.numel()
             full = getattr(big, "ds_numel", big.numel())

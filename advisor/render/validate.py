@@ -447,6 +447,7 @@ class AccelerateLoad:
     parallelism: Any = None       # accelerate's ParallelismConfig built from the launch environment (issue 15)
 
 
+LAUNCH_PREFIXES = ("ACCELERATE_", "FSDP_", "PARALLELISM_CONFIG_")   # what accelerate launch sets for its children
 DS_IGNORED_WITH_FILE = ("gradient_accumulation_steps", "gradient_clipping", "zero_stage", "offload_optimizer_device",
                         "offload_param_device", "offload_param_nvme_path", "offload_optimizer_nvme_path",
                         "zero3_save_16bit_model", "mixed_precision")
@@ -493,7 +494,11 @@ def load_accelerate(yaml_path: Path, *, num_processes: int | None = None) -> Acc
         ds_path = str(found)
     try:
         # A static check must not depend on this machine's ports: accelerate refuses a busy main_process_port.
-        with _quiet(), mock.patch.object(launch_utils, "is_port_in_use", return_value=False):
+        # ... nor on launch variables this process happens to carry (the HF Trainer's argument classes export
+        # ACCELERATE_* / FSDP_* into os.environ): accelerate launch computes its children's from the file alone.
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_PREFIXES)}
+        with _quiet(), mock.patch.object(launch_utils, "is_port_in_use", return_value=False), \
+                mock.patch.dict(os.environ, clean, clear=True):
             parser = launch_command_parser()
             args = parser.parse_args(argv + ["train.py"])
             args, defaults, mp_from_config = _validate_launch_command(args)
@@ -511,8 +516,7 @@ def load_accelerate(yaml_path: Path, *, num_processes: int | None = None) -> Acc
                 env = launch_utils.prepare_simple_launcher_cmd_env(args)[1]
     except Exception as exc:
         raise EngineError(file, "", f"accelerate launch refuses it: {_first_line(exc)}") from None
-    child = {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_", "PARALLELISM_CONFIG_"))
-             and os.environ.get(k) != v}
+    child = {k: v for k, v in env.items() if k.startswith(LAUNCH_PREFIXES)}
     plugin = None
     try:
         with _quiet(), mock.patch.dict(os.environ, child):

@@ -275,7 +275,8 @@ def preview(out: Outcome) -> Preview:
 
     try:
         args, kwargs = render_args(out)
-        files = render_files(*args, **kwargs)
+        # as generate --framework: the frameworks run the HF Trainer, which fills DeepSpeed's "auto" batch sizes
+        files = render_files(*args, hf_trainer=out.inputs.framework != "accelerate", **kwargs)
         framework_file, framework_note = framework_preview(out, args, kwargs, files)
     except AdvisorError as exc:
         return Preview(empty, f"Cannot render this configuration: {exc}")

@@ -232,11 +232,14 @@ def test_fsdp_wrapping_sequence_leaves_its_transients_cached():
     ev1 = fsdp_init_events([[30 * MiB, 30 * MiB]], world=1, sync_module_states=True)
     assert [(op, k[0]) for op, k, _ in ev1] == [("a", "init"), ("a", "init"), ("a", "bcast"), ("f", "bcast"),
                                                 ("a", "P"), ("f", "init"), ("f", "init")]
-    # Buckets close at 250 MiB and at most two are alive: three 200 MiB parameters -> buckets of 400 and 200 MiB.
+    # Buckets close at 250 MiB: three 200 MiB parameters -> a 400 MiB bucket (flattened: allocated) and a
+    # one-tensor bucket, which flatten_dense_tensors returns as a view (allocates nothing).
     ev2 = fsdp_init_events([[200 * MiB] * 3], world=2, sync_module_states=False)
     assert not any(k[0] == "bcast" for _, k, _ in ev2)
     ev3 = fsdp_init_events([[200 * MiB] * 3], world=2, sync_module_states=True)
-    assert [n for op, k, n in ev3 if op == "a" and k[0] == "bcast"] == [400 * MiB, 200 * MiB]
+    assert [n for op, k, n in ev3 if op == "a" and k[0] == "bcast"] == [400 * MiB]
+    ev4 = fsdp_init_events([[300 * MiB]], world=2, sync_module_states=True)
+    assert not any(k[0] == "bcast" for _, k, _ in ev4)
 
 
 def test_fsdp_reserved_keeps_the_wrapping_cache():
@@ -254,6 +257,7 @@ def test_fsdp_reserved_keeps_the_wrapping_cache():
     units = A._fsdp_units(resolve_model("llama-2-7b").architecture, build_training(hw, **train),
                           build_strategy(hw, "fsdp-full"))
     wrap = A.simulate(A.fsdp_init_events([list(u) for u in units], 2, True))
-    assert 3.2 * 2**30 < wrap.peak_reserved < 3.72 * 2**30
+    # the base units alone (adapters and the quantization state come after): below what Answer.AI measured
+    assert 2.8 * 2**30 < wrap.peak_reserved < 3.72 * 2**30
     gathered = sum(v for k, v in est.per_gpu.breakdown.items() if k.startswith("FSDP gathered"))
     assert est.per_gpu.reserved >= wrap.peak_reserved + gathered

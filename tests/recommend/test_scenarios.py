@@ -89,7 +89,10 @@ def test_7b_method_auto_falls_back_to_adapters():
 
 def test_70b_on_8x80gb_offloads_the_optimizer_or_refuses():
     r = run("70B", gpus=8, gpu="a100-80g")
-    assert r.found and r.recommendation.zero_stage == 3 and r.recommendation.offload_optimizer == "cpu"
+    # 70B x 16 bytes of model states over 8 GPUs is 141 GB per GPU: only a fully sharded strategy with the
+    # optimizer on the CPU fits (ZeRO-3 or FSDP FULL_SHARD: which one is faster is the step-time model's call)
+    rec = r.recommendation
+    assert r.found and (rec.zero_stage == 3 or rec.fsdp_sharding == "FULL_SHARD") and rec.offload_optimizer == "cpu"
     assert any(x.startswith("offload (optimizer states to cpu") for x in r.reasons)
     small = run("70B", gpus=8, gpu="a100-80g", cpu_ram=512)
     assert not small.found

@@ -183,6 +183,27 @@ def test_check_sp_without_deepspeed_and_autotp_rules(tmp_path):
     assert not [f for f in found if f.severity == "error"], [f.line() for f in found]   # ZeRO-3 + AutoTP is fine
 
 
+def test_check_autotp_zero3_follows_the_installed_engine(tmp_path, monkeypatch):
+    """ZeRO-3 + AutoTP: accepted by the installed DeepSpeed (0.19.8 has no assertion against it); an engine whose
+    _configure_tensor_parallel_states still asserts against zero_stage = 3 (releases before it, DeepSpeed issue
+    #7389) makes it an error. The older engine is not installable next to 0.19.8, so its source line is given."""
+    import inspect
+
+    from advisor.render import lint_parallel
+
+    assert lint_parallel._autotp_stage_supported(3)
+    real = inspect.getsource
+    old = ("def _configure_tensor_parallel_states(self, model):\n    assert self.zero_optimization_stage() != 3, "
+           "'Currently, the compatibility between autotp and zero_stage = 3 has been validated'\n")
+    monkeypatch.setattr(inspect, "getsource", lambda obj: old if getattr(obj, "__name__", "") ==
+                        "_configure_tensor_parallel_states" else real(obj))
+    ds = {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+          "zero_optimization": {"stage": 3}, "tensor_parallel": {"autotp_size": 2}}
+    found = _lint(tmp_path, "z3.json", ds, gpus=8)
+    assert ("error", "tensor_parallel.autotp_size") in _by_key(found)
+    assert lint_parallel._autotp_stage_supported(1)
+
+
 def test_check_engine_verdict_on_total_size(tmp_path):
     """accelerate's own ParallelismConfig check (built from the launch environment) refuses a wrong product."""
     acc = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "mixed_precision": "bf16",
@@ -224,12 +245,30 @@ def test_proxy_layout_keeps_each_dimension_at_two():
     assert (lay["autotp"], procs) == (2, 2)
 
 
+def test_file_layout_reads_what_the_files_ask_for(rendered_layouts):
+    from advisor.render.dryrun import file_layout
+
+    _, acc, ds = files_of(rendered_layouts, "llama-3.1-70b-8xh100-32k-sp8-zero3")
+    lay = file_layout(acc, ds)
+    assert (lay["sp"], lay["autotp"], lay["sp_attn"], lay["block"]) == (8, None, "flash_attention_2", True)
+    _, acc, ds = files_of(rendered_layouts, "llama-3.1-70b-8xh100-autotp8-zero1")
+    assert file_layout(acc, ds)["autotp"] == 8
+    _, acc, _ = files_of(rendered_layouts, "llama-3.1-70b-2x8xh100-hsdp")
+    lay = file_layout(acc, None)
+    assert (lay["fsdp_version"], lay["dp_replicate"], lay["dp_shard"]) == (2, 2, 8)
+    plain = {"distributed_type": "FSDP", "num_processes": 8, "fsdp_config": {"fsdp_version": 2}}
+    assert file_layout(plain, None)["block"] is False and file_layout(plain, None)["dp_shard"] == 8
+    assert file_layout({"distributed_type": "DEEPSPEED"}, {"zero_optimization": {"stage": 2}}) is None
+
+
 @pytest.mark.slow
-def test_ulysses_sp_runs_on_cpu_and_splits_the_sequence(tmp_path, capsys):
+def test_ulysses_sp_runs_on_cpu_and_splits_the_sequence(tmp_path, capsys, monkeypatch):
     """One real launch (2 processes, gloo): accelerate + DeepSpeed Ulysses on the SP golden; inside the run the
     SP group, the wrapped dataloader, the registered attention and the sequence split (32 -> 16 tokens) are checked."""
-    pytest.importorskip("deepspeed")
     from advisor.cli import main
+
+    # DeepSpeed prints its accelerator auto-detection warning to stdout on first import unless this is set
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
 
     dest = tmp_path / "sp"
     shutil.copytree(GOLDEN / "llama-3.1-70b-8xh100-32k-sp8-zero3", dest)

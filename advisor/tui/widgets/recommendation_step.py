@@ -160,7 +160,7 @@ class RecommendationView(Vertical):
             self._show_recommendation(out, rec, verdict, details, alternatives, rules)
         else:
             verdict.append("Recommender unavailable", style="bold")
-            verdict.append(f": {out.recommender_note}.\n" if out.recommender_note else ".\n")
+            verdict.append(f": {wizard_words(out.recommender_note)}.\n" if out.recommender_note else ".\n")
             est = out.estimate
             if est is not None:
                 st = est.strategy
@@ -169,7 +169,7 @@ class RecommendationView(Vertical):
                 verdict.append(f", {fmt_bytes(est.per_gpu.total)} of {fmt_bytes(est.hardware.vram_bytes)} per GPU.")
                 verdict.append(_estimate_speed(est))
         if out is not None and out.general_error:
-            verdict.append(f"\n{out.general_error}", style="bold red")
+            verdict.append(f"\n{wizard_words(out.general_error)}", style="bold red")
         self.query_one("#rec-verdict", Static).update(verdict)
         self.query_one("#rec-details", Static).update(details)
         self.query_one("#rec-tabs", TabbedContent).display = rec is not None and out is not None and out.ready
@@ -216,7 +216,7 @@ class RecommendationView(Vertical):
             label = short_label(alt.strategy.model_dump(mode="json"))
             tps = "-" if alt.tokens_per_second is None else f"{alt.tokens_per_second:,.0f}"
             alternatives.add_row(label, fits, tps,
-                                 Text(alt.rejected_because), height=None)
+                                 Text(wizard_words(alt.rejected_because)), height=None)
         for rule in rec.rules_fired:
             rid, effect, detail = _rule_text(rule.model_dump(mode="json"))
             rules.add_row(rid, effect, Text(detail), height=None)
