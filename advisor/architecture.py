@@ -59,6 +59,21 @@ class Architecture(BaseModel):
     num_experts: int = Field(0, ge=0, description="routed experts per MoE layer; 0 = dense")
     experts_per_token: int = Field(0, ge=0)
     moe_norm_topk: bool = True            # top-k router weights renormalized to sum 1 (Qwen3-MoE norm_topk_prob)
+    router_bias: bool = False             # the MoE router carries a bias (GPT-OSS)
+    # multi-head latent attention (DeepSeek-V2/V3 MLA): kv_lora_rank > 0; head_dim is the q/k head width
+    # (qk_nope_head_dim + qk_rope_head_dim); q_lora_rank 0: an uncompressed q_proj
+    kv_lora_rank: int = Field(0, ge=0)
+    q_lora_rank: int = Field(0, ge=0)
+    qk_rope_head_dim: int = Field(0, ge=0)
+    v_head_dim: int = Field(0, ge=0)
+    shared_expert_size: int = Field(0, ge=0, description="inner width of the shared experts' MLP (DeepSeek)")
+    dense_layers: int = Field(0, ge=0, description="leading dense decoder layers of an MoE model (DeepSeek "
+                                                   "first_k_dense_replace)")
+    dense_intermediate_size: int = Field(0, ge=0, description="MLP width of those dense layers")
+    attention_sinks: bool = False         # one learned sink logit per head and layer (GPT-OSS ``sinks``)
+    layer_pattern: tuple[str, ...] = Field((), description="kinds of successive decoder layers, repeating "
+                                           "(layer i is layer_pattern[i % len]); empty: all layers alike. Gemma-3: "
+                                           "5 x sliding_attention, 1 x full_attention")
 
     attention_dropout: float = Field(0.0, ge=0, lt=1)
     hidden_dropout: float = Field(0.0, ge=0, lt=1)
@@ -87,6 +102,20 @@ class Architecture(BaseModel):
     def is_moe(self) -> bool:
         return self.num_experts > 0
 
+    def layer_kind(self, i: int) -> str:
+        """The kind of decoder layer ``i`` ("" when all layers are alike)."""
+        return self.layer_pattern[i % len(self.layer_pattern)] if self.layer_pattern else ""
+
+    @property
+    def layer_kinds(self) -> tuple[str, ...]:
+        """The kind of every decoder layer, in order (all "" when alike)."""
+        return tuple(self.layer_kind(i) for i in range(self.num_layers))
+
+    @property
+    def moe_layers(self) -> int:
+        """Decoder layers holding routed experts (0 when dense)."""
+        return max(self.num_layers - self.dense_layers, 0) if self.is_moe else 0
+
     @property
     def q_width(self) -> int:
         """Width of the query projection output: heads × head_dim."""
@@ -99,4 +128,5 @@ class Architecture(BaseModel):
 
 
 # fields that only some 2025 families use (dumped only when set: Architecture._omit_unused_family_fields)
-_FAMILY_FIELDS = ("moe_norm_topk",)
+_FAMILY_FIELDS = ("moe_norm_topk", "layer_pattern", "router_bias", "attention_sinks", "kv_lora_rank", "q_lora_rank",
+                  "qk_rope_head_dim", "v_head_dim", "shared_expert_size", "dense_layers", "dense_intermediate_size")

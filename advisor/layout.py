@@ -72,6 +72,14 @@ def check_layout(arch: "Architecture", hw: "HardwareSpec", training: "TrainingSp
         if training.task == "train" and strategy.backend == "fsdp" and strategy.fsdp_version != 2:
             raise InputError("with FSDP needs --fsdp-version 2 (accelerate's ParallelismConfig composes TP "
                              "only with FSDP2)", field="--tp")
+        # The per-rank accounting narrows heads and the MLP width (advisor/memory/parallel.py), measured on dense
+        # Llama/Qwen2 models only (benchmarks/parallel_memory.py). Experts (whose sharding AutoTP decides per
+        # module), latent attention and traced models are not narrowed by it: refuse rather than guess.
+        if arch.is_moe or arch.kv_lora_rank or arch.traced:
+            kind = ("mixture-of-experts" if arch.is_moe else "latent-attention (MLA)" if arch.kv_lora_rank
+                    else "traced")
+            raise InputError(f"tensor parallelism of a {kind} model ({arch.family}) is not modelled by dsadvise; "
+                             "use --sp, or ZeRO-3 / FSDP sharding without --tp", field="--tp")
         if arch.num_attention_heads % tp:
             raise InputError(f"{tp} must divide the {arch.num_attention_heads} attention heads", field="--tp")
         if arch.num_key_value_heads % tp:

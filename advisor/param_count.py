@@ -54,20 +54,35 @@ class ParameterCounts(BaseModel):
     layer_gathered: int     # one whole decoder layer (what ZeRO-3/FSDP gather for its compute)
 
 
-def linear_shapes(arch: Architecture) -> dict[str, tuple[int, int, int]]:
+def linear_shapes(arch: Architecture, dense: bool = False) -> dict[str, tuple[int, int, int]]:
     """Linear layers of one decoder layer: normalized name → (in_features, out_features, copies).
 
     ``copies`` is the number of experts for MoE expert projections, else 1. See the module docstring
-    for the mapping from each family's own module names.
+    for the mapping from each family's own module names. ``dense``: a leading dense layer of an MoE model
+    (DeepSeek's first_k_dense_replace); by default an MoE layer.
     """
     h, q, kv, inner = arch.hidden_size, arch.q_width, arch.kv_width, arch.intermediate_size
     experts = max(arch.num_experts, 1)
     shapes: dict[str, tuple[int, int, int]] = {}
-    if arch.fused_qkv:
-        shapes["qkv_proj"] = (h, q + 2 * kv, 1)
+    if arch.kv_lora_rank:   # DeepseekV3Attention (multi-head latent attention)
+        H, rope, nope = arch.num_attention_heads, arch.qk_rope_head_dim, arch.head_dim - arch.qk_rope_head_dim
+        if arch.q_lora_rank:
+            shapes.update(q_a_proj=(h, arch.q_lora_rank, 1), q_b_proj=(arch.q_lora_rank, q, 1))
+        else:
+            shapes["q_proj"] = (h, q, 1)
+        shapes.update(kv_a_proj_with_mqa=(h, arch.kv_lora_rank + rope, 1),
+                      kv_b_proj=(arch.kv_lora_rank, H * (nope + arch.v_head_dim), 1),
+                      o_proj=(H * arch.v_head_dim, h, 1))
     else:
-        shapes.update(q_proj=(h, q, 1), k_proj=(h, kv, 1), v_proj=(h, kv, 1))
-    shapes["o_proj"] = (q, h, 1)
+        if arch.fused_qkv:
+            shapes["qkv_proj"] = (h, q + 2 * kv, 1)
+        else:
+            shapes.update(q_proj=(h, q, 1), k_proj=(h, kv, 1), v_proj=(h, kv, 1))
+        shapes["o_proj"] = (q, h, 1)
+    if dense and arch.is_moe:
+        d = arch.dense_intermediate_size or inner
+        shapes.update(gate_proj=(h, d, 1), up_proj=(h, d, 1), down_proj=(d, h, 1))
+        return shapes
     if arch.mlp == "gated":
         if arch.fused_gate_up:
             shapes["gate_up_proj"] = (h, 2 * inner, experts)
@@ -78,16 +93,21 @@ def linear_shapes(arch: Architecture) -> dict[str, tuple[int, int, int]]:
         shapes.update(fc1=(h, inner, experts), fc2=(inner, h, experts))
     if arch.is_moe:
         shapes["router"] = (h, arch.num_experts, 1)
+    if arch.shared_expert_size:
+        s = arch.shared_expert_size
+        shapes.update(shared_gate_proj=(h, s, 1), shared_up_proj=(h, s, 1), shared_down_proj=(s, h, 1))
     return shapes
 
 
 def _has_bias(arch: Architecture, name: str) -> bool:
-    if name in ("q_proj", "k_proj", "v_proj", "qkv_proj"):
+    if arch.kv_lora_rank and name in ("q_proj", "q_b_proj", "kv_b_proj"):
+        return False                      # DeepseekV3Attention: only q_a, kv_a and o carry attention_bias
+    if name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "q_a_proj", "kv_a_proj_with_mqa"):
         return arch.qkv_bias
     if name == "o_proj":
         return arch.o_bias
     if name == "router":
-        return False
+        return arch.router_bias
     return arch.mlp_bias
 
 
@@ -118,27 +138,45 @@ def count_parameters(arch: Architecture) -> ParameterCounts:
     shapes = linear_shapes(arch)
     linear = {name: _module_size(arch, name, shape) for name, shape in shapes.items()}
     per_layer = sum(linear[name] * shape[2] for name, shape in shapes.items())
-    per_layer += arch.norms_per_layer * norm
+    in_layer_norms = arch.norms_per_layer * norm
     if arch.qk_norm:
-        per_layer += 2 * arch.head_dim   # Qwen3 q_norm and k_norm: RMSNorm(head_dim) each
+        in_layer_norms += 2 * arch.head_dim   # Qwen3 q_norm and k_norm: RMSNorm(head_dim) each
     if arch.qk_norm_full:
-        per_layer += arch.q_width + arch.kv_width   # OLMo-2 q_norm(heads*head_dim), k_norm(kv_heads*head_dim)
+        in_layer_norms += arch.q_width + arch.kv_width   # OLMo-2 q_norm(heads*head_dim), k_norm(kv_heads*head_dim)
+    if arch.attention_sinks:
+        in_layer_norms += arch.num_attention_heads       # GPT-OSS attention sinks: one logit per head
+    if arch.kv_lora_rank:                                # MLA q_a_layernorm and kv_a_layernorm
+        in_layer_norms += arch.q_lora_rank + arch.kv_lora_rank
+    per_layer += in_layer_norms
+    dense_layers = arch.num_layers - arch.moe_layers if arch.is_moe else 0
+    dense_linear = {}
+    if dense_layers:   # DeepSeek's leading dense layers: same attention, a plain gated MLP
+        dense_shapes = linear_shapes(arch, dense=True)
+        dense_linear = {name: _module_size(arch, name, shape) for name, shape in dense_shapes.items()}
+        dense_per_layer = sum(dense_linear.values()) + in_layer_norms
 
     token_table = vocab * emb_dim
     position_table = arch.learned_position_rows * h
     embedding = token_table + position_table + (norm if arch.embedding_norm else 0) + projection
     lm_head = 0 if arch.tie_word_embeddings else vocab * emb_dim
     final = (norm if arch.final_norm else 0) + projection
-    total = embedding + lm_head + arch.num_layers * per_layer + final
+    total = embedding + lm_head + arch.moe_layers * per_layer + final if arch.is_moe \
+        else embedding + lm_head + arch.num_layers * per_layer + final
+    if dense_layers:
+        total += dense_layers * dense_per_layer
+        # hybrid depth: the largest layer stands for one layer (as the trace does)
+        per_layer = max(dense_per_layer, per_layer) if arch.moe_layers else dense_per_layer
 
     active = total
     if arch.is_moe:
         one_expert = sum(linear[name] for name, shape in shapes.items() if shape[2] > 1)
         idle = arch.num_experts - min(arch.experts_per_token, arch.num_experts)
-        active = total - arch.num_layers * idle * one_expert
+        active = total - arch.moe_layers * idle * one_expert
 
-    modules = [token_table, position_table, lm_head, projection, norm, *linear.values()]
-    if arch.is_moe:
+    has_moe_layer = arch.moe_layers > 0 or not arch.is_moe
+    modules = [token_table, position_table, lm_head, projection, norm, *dense_linear.values(),
+               *(linear.values() if has_moe_layer else ())]
+    if arch.is_moe and has_moe_layer:
         # transformers 5 holds all experts of a layer in one module (fused gate_up_proj / down_proj tensors
         # of shape [num_experts, ...]), so ZeRO-3 gathers every expert of the layer at once.
         modules.append(sum(linear[name] * shape[2] for name, shape in shapes.items() if shape[2] > 1))
@@ -198,4 +236,9 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
     if not chosen and not chosen_outside:
         raise InputError("no LoRA target modules given", field="lora.target_modules")
     per_layer = sum(rank * (shapes[n][0] + shapes[n][1]) * shapes[n][2] for n in chosen)
-    return per_layer * arch.num_layers + sum(rank * sum(outside[n]) for n in chosen_outside)
+    layers = per_layer * arch.num_layers
+    if arch.is_moe and arch.dense_layers:   # leading dense layers: their own MLP shapes (no router, experts)
+        dense = linear_shapes(arch, dense=True)
+        per_dense = sum(rank * (dense[n][0] + dense[n][1]) for n in chosen if n in dense)
+        layers = per_layer * arch.moe_layers + per_dense * (arch.num_layers - arch.moe_layers)
+    return layers + sum(rank * sum(outside[n]) for n in chosen_outside)

@@ -72,6 +72,8 @@ BIG = {
     "llama-3.1-70b (seq 4096)": "llama-3.1-70b",
     "qwen2.5-72b (seq 4096)": "qwen2.5-72b",
     "qwen3-235b-a22b (seq 4096)": "qwen3-235b-a22b",
+    "gemma-3-27b (seq 4096)": "gemma-3-27b",
+    "gpt-oss-120b (seq 4096)": "gpt-oss-120b",
 }
 
 
@@ -80,14 +82,24 @@ def big_models() -> None:
 
     cfgs = {e["name"]: e["config"] for e in load_data("models.yaml")["models"]}
     print("\n### 70B-class traces from scratch (no cache), seq 4096, batch 1, autocast-bf16\n")
-    print("| model | layers | prefix traced | parameters | saved GiB | trace s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | layers | prefix traced | parameters | saved GiB | trace s | fast path (replay) GiB | replay s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    from advisor.hf_config import architecture_from_hf_config
+    from advisor.memory.activations import REPLAYED_FAMILIES, activation_memory
+    from advisor.specs import TrainingSpec
+
     for label, name in BIG.items():
         t0 = time.perf_counter()
         r = trace_model(cfgs[name], TraceSettings(seq_len=4096, mode="autocast-bf16"), use_cache=False)
         dt = time.perf_counter() - t0
+        replay, rdt = "traced", ""
+        arch = architecture_from_hf_config(cfgs[name])
+        if arch.family in REPLAYED_FAMILIES:
+            t0 = time.perf_counter()
+            a = activation_memory(arch, TrainingSpec(seq_len=4096, precision="bf16"), "autocast-bf16").activations
+            replay, rdt = f"{a / 2**30:.4f} ({a - r.activations:+,} B)", f"{time.perf_counter() - t0:.2f}"
         print(f"| {label} | {r.num_layers} | {r.traced_prefix} | {r.parameters.total:,} | "
-              f"{r.activations / 2**30:.2f} | {dt:.1f} |", flush=True)
+              f"{r.activations / 2**30:.4f} | {dt:.1f} | {replay} | {rdt} |", flush=True)
 
 
 def catalog() -> None:
@@ -124,11 +136,13 @@ def main() -> None:
     ap.add_argument("--catalog", action="store_true", help="also the catalog agreement table")
     ap.add_argument("--mode", default="fp32", help="compute mode of the model_type table")
     ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--big-only", action="store_true", help="only the 70B-class trace-time table")
     args = ap.parse_args()
-    model_types(args.mode)
+    if not args.big_only:
+        model_types(args.mode)
     if not args.skip_big:
         big_models()
-    if args.catalog:
+    if args.catalog and not args.big_only:
         catalog()
 
 

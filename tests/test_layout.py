@@ -66,3 +66,11 @@ def test_cli_refuses_in_one_line(capsys):
     rc = main(["estimate", "--model", LLAMA8B, "--gpus", "8", "--gpu", "h100-sxm", "--tp", "2", "--strategy", "ddp"])
     err = capsys.readouterr().err
     assert rc != 0 and err.count("\n") == 1 and "--tp" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("model", ["qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v3"])
+def test_tp_of_moe_or_mla_models_is_refused_not_guessed(model):
+    """The TP narrowing is measured on dense models only: experts and latent attention are refused in one line."""
+    with pytest.raises(InputError, match="--tp.*not modelled"):
+        estimate(model, gpus=8, gpu="h100-sxm", strategy="zero3", tp=8 if model != "qwen3-30b-a3b" else 4,
+                 seq_len=4096)

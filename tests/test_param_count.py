@@ -37,6 +37,11 @@ NORMALIZED = {
     "mlp.dense_h_to_4h": "fc1", "mlp.dense_4h_to_h": "fc2", "fc1": "fc1", "fc2": "fc2",
     "mlp.gate_proj": "gate_proj", "mlp.up_proj": "up_proj", "mlp.down_proj": "down_proj",
     "mlp.gate_up_proj": "gate_up_proj",
+    # DeepSeek-V3 multi-head latent attention and shared experts
+    "self_attn.q_a_proj": "q_a_proj", "self_attn.q_b_proj": "q_b_proj",
+    "self_attn.kv_a_proj_with_mqa": "kv_a_proj_with_mqa", "self_attn.kv_b_proj": "kv_b_proj",
+    "mlp.shared_experts.gate_proj": "shared_gate_proj", "mlp.shared_experts.up_proj": "shared_up_proj",
+    "mlp.shared_experts.down_proj": "shared_down_proj",
 }
 
 
@@ -81,10 +86,14 @@ def real_linear_shapes(layer) -> dict[str, tuple[int, int, int]]:
         elif isinstance(module, Conv1D):      # GPT-2: weight is (in, out)
             shapes[NORMALIZED[path]] = (module.weight.shape[0], module.weight.shape[1], 1)
         elif path.endswith("experts") and hasattr(module, "gate_up_proj"):   # transformers 5 fused experts
-            experts, two_inner, hidden = module.gate_up_proj.shape
+            if getattr(module, "is_transposed", False):   # GPT-OSS: gate_up_proj [E, h, 2i], down_proj [E, i, h]
+                experts, hidden, two_inner = module.gate_up_proj.shape
+                shapes["down_proj"] = (module.down_proj.shape[1], module.down_proj.shape[2], experts)
+            else:                                         # Mixtral: gate_up_proj [E, 2i, h], down_proj [E, h, i]
+                experts, two_inner, hidden = module.gate_up_proj.shape
+                shapes["down_proj"] = (module.down_proj.shape[2], module.down_proj.shape[1], experts)
             shapes["gate_proj"] = shapes["up_proj"] = (hidden, two_inner // 2, experts)
-            shapes["down_proj"] = (module.down_proj.shape[2], module.down_proj.shape[1], experts)
-        elif path.endswith("mlp.gate") and hasattr(module, "weight"):        # MoE router
+        elif path.endswith(("mlp.gate", "mlp.router")) and hasattr(module, "weight"):   # MoE router
             shapes["router"] = (module.weight.shape[1], module.weight.shape[0], 1)
     return shapes
 
@@ -106,7 +115,7 @@ def real_parts(model, num_layers: int) -> dict[str, int]:
         else:
             embedding += p.numel()
     return {"embedding": embedding, "lm_head": 0 if tied else numel(out_emb.parameters()),
-            "per_layer": numel(layers[0].parameters()), "final": final}
+            "per_layer": max(numel(layer.parameters()) for layer in layers), "final": final}   # the largest layer
 
 
 def largest_leaf(model, experts: int) -> int:
@@ -143,9 +152,14 @@ def test_parts_match_real_modules(name):
 
 @names
 def test_linear_shapes_match_layer_zero(name):
+    """Layer 0 (and, for an MoE model with leading dense layers, the first MoE layer too)."""
     arch = architecture_from_hf_config(CATALOG[name], source=name)
-    layer = decoder_layers(catalog_model(name), arch.num_layers)[0]
-    assert linear_shapes(arch) == real_linear_shapes(layer)
+    layers = decoder_layers(catalog_model(name), arch.num_layers)
+    if arch.is_moe and arch.dense_layers:
+        assert linear_shapes(arch, dense=True) == real_linear_shapes(layers[0])
+        assert linear_shapes(arch) == real_linear_shapes(layers[arch.dense_layers])
+    else:
+        assert linear_shapes(arch) == real_linear_shapes(layers[0])
 
 
 def hand_lora_all_linear(model, num_layers: int, rank: int) -> int:

@@ -26,7 +26,8 @@ _MODULES: dict[str, str] = {
     "llama": "llama", "mistral": "mistral", "mixtral": "mixtral", "qwen2": "qwen2", "qwen3": "qwen3",
     "gemma": "gemma", "gemma2": "gemma2", "phi3": "phi3", "gpt2": "gpt2", "opt": "opt", "falcon": "falcon",
     "bloom": "bloom", "gpt_neox": "gpt_neox", "qwen3_moe": "qwen3_moe", "gemma3_text": "gemma3_text",
-    "olmo2": "olmo2", "smollm3": "smollm3", "glm4": "glm4",
+    "olmo2": "olmo2", "smollm3": "smollm3", "glm4": "glm4", "gpt_oss": "gpt_oss",
+    "deepseek_v3": "deepseek_v3",
 }
 
 MODEL_TYPES: tuple[str, ...] = tuple(sorted(_MODULES))

@@ -89,7 +89,7 @@ def read_llama_like(r: Reader, *, kv: int | None, head_dim: int | None, tie: boo
     sliding = window(r)
     more = extra(r)
     key, default = intermediate
-    return Architecture(
+    fields = dict(
         family=r.family,
         num_layers=r.integer("num_hidden_layers"),
         hidden_size=hidden,
@@ -110,8 +110,8 @@ def read_llama_like(r: Reader, *, kv: int | None, head_dim: int | None, tie: boo
         position="rope",
         attention_dropout=r.dropout("attention_dropout"),
         sliding_window=sliding,
-        **more,
     )
+    return Architecture(**{**fields, **more})   # ``extra`` may set any field, overriding the Llama default
 
 
 # ---------------------------------------------------------------- the proxy config (advisor.render.proxy)

@@ -7,12 +7,37 @@ default.
 from __future__ import annotations
 
 from .base import PROXY_HEAD_DIM, Family, llama_proxy, read_llama_like, window_default
+from .gemma2 import Gemma2Replay
+
+LAYER_TYPES = ("sliding_attention", "full_attention")
+
+
+class Gemma3Replay(Gemma2Replay):
+    rope_per_layer_kind = True
+
+    def _head_norm(self, x):
+        """q_norm / k_norm: Gemma3RMSNorm(head_dim) on the (b, h, s, d) view."""
+        return self.norm(x, self.layer_trainable, width=self.a.head_dim)
+
+
+def pattern(r) -> tuple[str, ...]:
+    """The repeating layer-type pattern: ``layer_types`` (its shortest period) or, as Gemma3TextConfig derives
+    it, ``sliding_window_pattern`` (default 6): layer i is full attention when (i + 1) % pattern == 0."""
+    types = r.cfg.get("layer_types")
+    if types is None:
+        n = r.integer("sliding_window_pattern", default=6)
+        return tuple("sliding_attention" if (i + 1) % n else "full_attention" for i in range(n))
+    if not isinstance(types, list) or not types or any(t not in LAYER_TYPES for t in types):
+        raise r.fail("layer_types", f"must be a list of {' / '.join(LAYER_TYPES)}")
+    period = next(p for p in range(1, len(types) + 1) if all(t == types[i % p] for i, t in enumerate(types)))
+    return tuple(types[:period])
 
 
 def extra(r):
     return dict(attn_logit_softcapping=r.number("attn_logit_softcapping", default=None, low=0, high=1e9),
                 final_logit_softcapping=r.number("final_logit_softcapping", default=None, low=0, high=1e9),
-                norms_per_layer=4)   # Gemma3DecoderLayer: the four norms of Gemma-2
+                norms_per_layer=4,   # Gemma3DecoderLayer: the four norms of Gemma-2
+                layer_pattern=pattern(r))
 
 
 def read(r):
@@ -26,4 +51,4 @@ def proxy(arch):
 
 
 FAMILY = Family(model_type="gemma3_text", modeling="transformers/models/gemma3/modeling_gemma3.py", read=read,
-                fsdp_layer_class="Gemma3DecoderLayer", proxy=proxy)
+                fsdp_layer_class="Gemma3DecoderLayer", proxy=proxy, replay=Gemma3Replay)

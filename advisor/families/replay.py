@@ -45,6 +45,7 @@ class DecoderReplay:
     sandwich_norm = False       # post_attention and post_feedforward norms around each block (Gemma-2/3)
     router_softmax_dtype = False  # MoE router: softmax(logits, dtype=float) instead of softmax(logits.float())
     router_cast_back = False    # MoE router: top-k weights cast back to the logits' dtype (Qwen3-MoE)
+    rope_per_layer_kind = False  # one rotary table pair per layer type (Gemma-3: local and global rope bases)
 
     def __init__(self, arch: Architecture, training: TrainingSpec, tr: Trace, layer_trainable: bool):
         self.a, self.t, self.tr = arch, training, tr
@@ -54,6 +55,8 @@ class DecoderReplay:
         self.rank = training.lora.rank
         self.layer_trainable = layer_trainable  # weights of the decoder layer being traced need grads
         self.rope_cos = self.rope_sin = None
+        self.rope_tables: dict[str, tuple[Tensor, Tensor]] = {}   # per rope kind (rope_per_layer_kind)
+        self.kind = ""                          # the kind of the decoder layer being replayed (layer_pattern)
         self.mask_dt = tr.pdt                   # create_causal_mask: dtype of inputs_embeds
         self.recompute: list[tuple[str, list[int]]] = []   # (term prefix, storages) rebuilt in backward
         self.forward_held: list[int] = []       # storages alive until the forward ends (torchtune's logit chunks)
@@ -86,9 +89,10 @@ class DecoderReplay:
         res = tr.add(base, tr.scalar_op(bo))                        # result + lora_B(...) * scaling
         return tr.cast(res, base.dt)                                # result.to(torch_result_dtype)
 
-    def norm(self, x: Tensor, trainable: bool) -> Tensor:
+    def norm(self, x: Tensor, trainable: bool, width: int | None = None) -> Tensor:
+        """The family's norm over the last ``width`` elements (default: hidden)."""
         a, tr = self.a, self.tr
-        h = a.hidden_size
+        h = width or a.hidden_size
         if a.norm == "layernorm":
             return tr.layer_norm(x, h, trainable and a.norm_affine)
         w = tr.param(h, trainable)
@@ -143,7 +147,8 @@ class DecoderReplay:
         b, s = tr.b, tr.s
         out_n = b * H * s * d
         impl = t.attention
-        window_mask = (a.sliding_window is not None and s > a.sliding_window)
+        window = self.window()
+        window_mask = (window is not None and s > window)
         if impl == "eager" and selective:
             # checkpointed attention interface: its tensor inputs are kept (NoopSaveInputs); what the eager
             # core saves inside is rebuilt during backward (a temporary, recorded for the layer moment)
@@ -326,6 +331,18 @@ class DecoderReplay:
         return tr.cast(f, x.dt)
 
     # -- blocks ------------------------------------------------------------------------------------------
+    def window(self) -> int | None:
+        """The sliding window of the layer being replayed: the config's, unless its kind is full attention."""
+        if self.kind == "full_attention":
+            return None
+        return self.a.sliding_window
+
+    def enter(self, kind: str) -> None:
+        """Start a decoder layer of ``kind``: its rope tables (``rope_per_layer_kind``)."""
+        self.kind = kind
+        if self.rope_tables:
+            self.rope_cos, self.rope_sin = self.rope_tables[kind if self.rope_per_layer_kind else ""]
+
     def layer(self, x: Tensor, selective: bool) -> Tensor:
         """One decoder layer. Saved tensors are attributed to ``<term>|attn`` and ``<term>|mlp`` (the MLP
         half is freed first in backward)."""
@@ -363,16 +380,25 @@ class DecoderReplay:
             e = tr.add(e, tr.new(N * h, tr.pdt, emb_trainable))
         return tr.dropout(e, a.embedding_dropout)
 
-    def make_rope_cache(self) -> None:
+    def make_rope_cache(self, layer_kinds: tuple[str, ...] = ()) -> None:
+        """The rotary tables of the layers (``layer_kinds``: of the replayed layers, default the model's)."""
         a, tr = self.a, self.tr
         if a.position != "rope":
             return
         d = a.head_dim
         rot = max(1, int(d * a.rotary_pct))
-        # rotary_emb(hidden_states, position_ids): (1, s, rot) in the embeddings' dtype, shared by all layers
-        self.rope_cos = tr.new(tr.s * rot, tr.pdt, False)
-        self.rope_sin = tr.new(tr.s * rot, tr.pdt, False)
-        tr.owner[self.rope_cos.sid] = tr.owner[self.rope_sin.sid] = "rope_cache"
+        # rotary_emb(hidden_states, position_ids): (1, s, rot) in the embeddings' dtype, shared by all layers (of a
+        # kind, with rope_per_layer_kind: one pair per layer type of the whole model, sorted as Gemma-3 does)
+        kinds = sorted(set(layer_kinds or a.layer_kinds)) if self.rope_per_layer_kind else [""]
+        for kind in kinds:
+            cos, sin = tr.new(tr.s * rot, tr.pdt, False), tr.new(tr.s * rot, tr.pdt, False)
+            tr.owner[cos.sid] = tr.owner[sin.sid] = "rope_cache"
+            self.rope_tables[kind] = (cos, sin)
+        self.rope_cos, self.rope_sin = self.rope_tables[kinds[0]]
+
+    def rope_storages(self) -> list[Tensor]:
+        """Every rotary table (alive in the layers' kwargs under checkpointing)."""
+        return [t for pair in self.rope_tables.values() for t in pair]
 
     def head(self, x: Tensor, final_trainable: bool, lm_trainable: bool) -> tuple[Tensor, Tensor]:
         """Final norm, lm_head and ForCausalLMLoss. Returns the logits tensor (held by the caller's output) and

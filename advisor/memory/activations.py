@@ -149,6 +149,19 @@ def _checkpointed_layer(tr, m, x, term: str):
     return tr.op(tr.new(out.n, out.dt, out.rg), [out], "alias")
 
 
+def _layer_plan(arch: Architecture, training: TrainingSpec, ckpt: str) -> list[tuple[str, str]]:
+    """(term, layer kind) of the decoder layers :func:`_trace_model` replays: ``first_layer`` (the first layer
+    that saves: its input may need no gradient) and ``per_layer`` (a layer of the model's last kind at index
+    >= 1: the first layer backward runs); with a ``layer_pattern``, one ``per_layer@<kind>`` in between for
+    every other kind among the saving layers, so each kind's cost at index >= 1 is known."""
+    if not arch.layer_pattern:
+        return [("first_layer", ""), ("per_layer", "")]
+    kinds = arch.layer_kinds
+    saving = kinds[arch.num_layers - _saving_layers(arch, training, ckpt):]
+    others = [k for k in dict.fromkeys(saving[1:]) if k != kinds[-1]]
+    return [("first_layer", saving[0]), *((f"per_layer@{k}", k) for k in others), ("per_layer", kinds[-1])]
+
+
 def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt: str) -> dict[str, int]:
     """Byte terms of one micro-batch: embeddings, first_layer, per_layer, final_norm, logits_and_loss, ..."""
     b, s = training.micro_batch_size, training.seq_len
@@ -172,17 +185,20 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
 
     terms: dict[str, int] = {}
     x = emb
-    layer_terms = ("first_layer", "per_layer")
-    for term in layer_terms:
+    plan = _layer_plan(arch, training, ckpt)
+    for term, kind in plan:
+        m.enter(kind)
         if ckpt == "full":
             x = _checkpointed_layer(tr, m, x, term)
         else:
             tr.term = term
             x = m.layer(x, selective)
     if ckpt == "full" and m.rope_cos is not None:
-        tr.save(m.rope_cos, m.rope_sin)                                # alive in the layers' kwargs
-    for term in layer_terms:
+        tr.save(*m.rope_storages())                                    # alive in the layers' kwargs
+    for term, kind in plan:
         terms[term] = tr.bytes_of(term)
+        if arch.layer_pattern and term != "first_layer":
+            terms[f"kind:{kind}"] = terms[term]                        # one layer of this kind at index >= 1
     weight_copy_layer = tr.weight_copy_elems // 2
     tr.weight_copy_elems = 0
 
@@ -225,7 +241,7 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
     tr.term = "embeddings"
     emb = m.embeddings(emb_trainable=full)
     tr.term = "rope_cache"
-    m.make_rope_cache()
+    m.make_rope_cache(tuple(arch.layer_kind(i) for i in range(layers)))
     if ckpt == "full":
         emb = _T(emb.n, emb.dt, True, emb.sid)
     elif freeze:
@@ -234,13 +250,14 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
     x = emb
     for i in range(layers):
         term = f"L{i}"
+        m.enter(arch.layer_kind(i))
         if ckpt == "full":
             x = _checkpointed_layer(tr, m, x, term)
         else:
             tr.term = term
             x = m.layer(x, ckpt == "selective")
     if ckpt == "full" and m.rope_cos is not None:
-        tr.save(m.rope_cos, m.rope_sin)
+        tr.save(*m.rope_storages())
     held, loss = m.head(x, full, full)
     fwd, fwd_terms = tr.events, tr.event_terms
     tr.events = None
@@ -305,8 +322,9 @@ def allocation_trace(arch: Architecture, training: TrainingSpec, mode: ComputeMo
                      layers: int) -> list[tuple[str, object, int]]:
     """:func:`_trace_events` of ``layers`` decoder layers, cached (callers must not mutate it). Deeper than
     5 layers, the sequence is built from a 4-layer trace by repeating its third layer
-    (:func:`_replicate_layers`); tests/memory/test_allocator.py checks it equals the direct trace."""
-    if layers <= 5:
+    (:func:`_replicate_layers`); tests/memory/test_allocator.py checks it equals the direct trace. Layers of
+    several kinds (``layer_pattern``) are traced directly."""
+    if layers <= 5 or arch.layer_pattern:
         return _trace_events(arch, training, mode, ckpt, layers)
     events, sections = _four_layer_trace(arch, training, mode, ckpt)
     out = _replicate_layers(events, sections, layers)
@@ -441,12 +459,20 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
         ckpt = "none"                                                  # nothing quadratic to recompute
     terms = _traced(arch, _trace_key(training), mode, ckpt)
     n_train = _saving_layers(arch, training, ckpt)
-    layers = terms["first_layer"] + max(n_train - 1, 0) * terms["per_layer"]
+    per_layer = terms["per_layer"]
+    masks = 1
+    if arch.layer_pattern:   # each saving layer after the first costs what one layer of its kind costs
+        saving = arch.layer_kinds[arch.num_layers - n_train:]
+        layers = terms["first_layer"] + sum(terms[f"kind:{k}"] for k in saving[1:])
+        per_layer = max(v for k, v in terms.items() if k.startswith("kind:"))
+        masks = len(set(saving))   # one 4-D mask per layer type (create_causal_mask / create_sliding_window_...)
+    else:
+        layers = terms["first_layer"] + max(n_train - 1, 0) * terms["per_layer"]
 
     breakdown: dict[str, int] = {
         "embeddings": terms["embeddings"],
         "rope_cache": terms["rope_cache"],
-        "per_layer": terms["per_layer"],
+        "per_layer": per_layer,
         "layers": layers,
         "final_norm": terms["final_norm"],
         "logits_and_loss": terms["logits_and_loss"],
@@ -455,7 +481,7 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     if ckpt in ("full", "selective") and training.attention == "eager":
         # checkpointed calls keep the 4-D causal mask (inputs_embeds dtype) until backward: as a kwarg of
         # each checkpointed layer (full) or as an input of each checkpointed attention call (selective)
-        breakdown["attention_mask"] = b * s * s * (2 if mode.startswith(("half", "autocast16")) else 4)
+        breakdown["attention_mask"] = masks * b * s * s * (2 if mode.startswith(("half", "autocast16")) else 4)
     activations = sum(v for k, v in breakdown.items() if k != "per_layer")
 
     # -- temporaries: the largest transient on top of the saved set during backward, from the replay of the

@@ -17,7 +17,9 @@ and stepped under ``FakeTensorMode``):
    saves is seen through ``saved_tensors_hooks``; storages are counted once (a saved view keeps its whole
    storage alive); parameters, anything sharing their storage and autocast's weight copies are excluded —
    the accounting of the CPU harness ``benchmarks/harness/kinds/saved.py``. A layer of kind K at index j ≥ 1 costs
-   ``m(j+1) − m(j)``; the full model is ``m(P) + Σ_{i ≥ P} cost(kind_i)`` for the shortest prefix P holding
+   ``m(j+1) − m(j)`` (j: K's second occurrence when K is not layer 0's kind and occurs twice, since its first
+   layer also creates what its kind shares, e.g. Gemma-3's global rotary tables); the full model is
+   ``m(P) + Σ_{i ≥ P} cost(kind_i)`` for the shortest prefix P holding
    every kind at an index ≥ 1.
 4. Allocation/free sequence: a dispatch mode records each new output storage and notices its release (weak
    storage reference expired); the backward's peak above the end-of-forward level (parameter gradients
@@ -43,7 +45,7 @@ from typing import Any, Iterator
 from advisor.errors import InputError
 from advisor.trace.result import TraceEvent, TracedParameters, TraceResult, TraceSettings
 
-TRACER_VERSION = "1"
+TRACER_VERSION = "2"   # 2: a hybrid kind costed at its second occurrence
 _MAX_EVENTS = 20000
 
 
@@ -545,9 +547,14 @@ def trace_model(cfg: dict, settings: TraceSettings, *, source: str = "config.jso
     kinds = _kinds(_layer_list(full, n), _text_config(config))
     del full
 
+    # the layer whose cost stands for its kind: the first at index >= 1; for a kind other than layer 0's, its
+    # second occurrence where there is one, because the first layer of a kind also creates what all layers of
+    # that kind then share (Gemma-3's global rotary tables, a second mask): counted once, in the prefix
     rep: dict[str, int] = {}
     for i, kind in enumerate(kinds):
         if i >= 1 and kind not in rep:
+            rep[kind] = i
+        elif i >= 1 and kind != kinds[0] and rep[kind] == kinds.index(kind, 1):
             rep[kind] = i
     prefix = max([j + 1 for j in rep.values()] + [1])
     if settings.method == "freeze":   # the trainable layers are the last ones: trace the whole depth's tail

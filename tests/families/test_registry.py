@@ -36,7 +36,7 @@ def test_every_model_type_has_its_own_module():
         fam = families.family(model_type)
         assert fam.model_type == model_type
         assert fam.read.__module__ == f"advisor.families.{model_type}"
-    assert not families.has_family("deepseek_v3") and families.fsdp_layer_class("foo") is None
+    assert not families.has_family("falcon_h1") and families.fsdp_layer_class("foo") is None
     assert families.z3_leaf_modules("foo") == () and "foo" not in REPLAYED_FAMILIES
 
 
@@ -74,6 +74,11 @@ def test_zero3_moe_launch_advice_names_the_leaf_modules():
     assert _note("mixtral-8x7b", 2) == [] and _note("llama-3.1-8b", 3) == []
 
 
+def proxy_moe_layers(arch, cfg: dict) -> int:
+    """MoE layers of the proxy: all but the leading dense ones (DeepSeek's first_k_dense_replace)."""
+    return cfg["num_hidden_layers"] - (cfg.get("first_k_dense_replace", 0) if arch.dense_layers else 0)
+
+
 def test_leaf_modules_are_the_moe_blocks_of_the_real_model():
     """The classes ZeRO-3 is told to treat as leaves (``set_z3_leaf_modules`` matches by class) are in the built
     dry-run proxy of each MoE family, one per decoder layer, each holding its layer's router and experts."""
@@ -88,11 +93,12 @@ def test_leaf_modules_are_the_moe_blocks_of_the_real_model():
         seen.add(fam)
         cfg = proxy_hf_config(model.architecture)
         net = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg))
+        layer = next(x for x in net.model.layers if type(x.mlp).__name__ in families.z3_leaf_modules(fam))
         blocks = [m for m in net.modules() if type(m).__name__ in families.z3_leaf_modules(fam)]
-        assert len(blocks) == cfg["num_hidden_layers"], fam
-        layer_params = sum(p.numel() for p in net.model.layers[0].parameters())
-        attention = sum(p.numel() for p in net.model.layers[0].self_attn.parameters())
-        norms = sum(p.numel() for n, p in net.model.layers[0].named_parameters() if "norm" in n
-                    and not n.startswith("self_attn."))
+        moe_layers = proxy_moe_layers(model.architecture, cfg)
+        assert len(blocks) == moe_layers and blocks[0] is layer.mlp, fam
+        layer_params = sum(p.numel() for p in layer.parameters())
+        attention = sum(p.numel() for p in layer.self_attn.parameters())
+        norms = sum(p.numel() for n, p in layer.named_parameters() if "norm" in n and not n.startswith("self_attn."))
         assert sum(p.numel() for p in blocks[0].parameters()) == layer_params - attention - norms, fam
     assert seen
