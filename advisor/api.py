@@ -109,7 +109,8 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                    lora_dropout: float = 0.0, checkpointing: str = "none", attention: str = "sdpa",
                    freeze_layers: int = 2, prompt_len: int | None = None, loss: str = "plain",
                    loss_chunks: int = 8, offload_activations: bool = False,
-                   expandable_segments: bool = False, double_quant: bool = True) -> TrainingSpec:
+                   expandable_segments: bool = False, double_quant: bool = True,
+                   tiled_mlp: bool = False) -> TrainingSpec:
     """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16."""
     if precision is None:
         precision = "bf16" if hw.bf16_supported else "fp16"
@@ -126,7 +127,8 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                             activation_checkpointing=checkpointing, attention=attention,
                             freeze_trainable_layers=freeze_layers, prompt_len=prompt_len, loss=loss,
                             loss_chunks=loss_chunks, offload_activations=offload_activations,
-                            expandable_segments=expandable_segments, double_quant=double_quant)
+                            expandable_segments=expandable_segments, double_quant=double_quant,
+                            tiled_mlp=tiled_mlp)
     except ValidationError as exc:
         raise input_error(exc) from None
 
@@ -164,7 +166,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              loss: str = "plain", loss_chunks: int = 8, offload_activations: bool = False,
              expandable_segments: bool = False, double_quant: bool = True, profile=None,
              tp: int = 1, sp: int = 1, cp: int = 1, dp_replicate: int = 1, fsdp_version: int = 1,
-             allow_cross_node_tp: bool = False) -> Estimate:
+             allow_cross_node_tp: bool = False, tiled_mlp: bool = False) -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
     optimizer step (training) or prefill/decode tokens/s per layout (inference); raises InputError on bad
     input. ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes.
@@ -181,11 +183,16 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               lora_targets=lora_targets, checkpointing=checkpointing, attention=attention,
                               freeze_layers=freeze_layers, prompt_len=prompt_len, loss=loss,
                               loss_chunks=loss_chunks, offload_activations=offload_activations,
-                              expandable_segments=expandable_segments, double_quant=double_quant)
+                              expandable_segments=expandable_segments, double_quant=double_quant,
+                              tiled_mlp=tiled_mlp)
     check_against_model(resolved, training)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes,
                            **layout_fields(tp, sp, cp, dp_replicate, fsdp_version, allow_cross_node_tp))
     check_layout(resolved.architecture, hw, training, strat)   # issue 15: one line naming the flag
+    if tiled_mlp and strat.backend not in ("deepspeed", "single"):   # issue 15 (helper T): ALST TiledMLP
+        raise InputError("needs --strategy zero* (DeepSpeed) or one GPU: TiledMLP's backward tells "
+                         "only ZeRO to wait for the last shard (ulysses_sp.py), DDP/FSDP hooks fire per shard",
+                         field="--tiled-mlp")
     if sub_group_size is not None:
         strat = strat.model_copy(update={"sub_group_size": sub_group_size})
     if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)

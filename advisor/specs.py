@@ -109,6 +109,9 @@ class TrainingSpec(_Spec):
     offload_activations: bool = Field(False, description="activations saved for backward kept in pinned CPU "
                                                          "memory (torch.autograd.graph.save_on_cpu)")
     double_quant: bool = Field(True, description="QLoRA: bitsandbytes bnb_4bit_use_double_quant")
+    # --- issue 15 (helper T): ALST tiled MLP (advisor/memory/tiling.py) ---
+    tiled_mlp: bool = Field(False, description="DeepSpeed ALST TiledMLP around every decoder layer's MLP "
+                                               "(ulysses_sp.py): saves only the MLP input, recomputes per shard")
 
 
 class StrategySpec(_Spec):

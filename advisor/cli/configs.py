@@ -89,7 +89,8 @@ def plan(args):
                     lora_rank=kw["lora_rank"], lora_targets=kw["lora_targets"], attention=kw["attention"],
                     freeze_layers=kw["freeze_layers"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
                     offload_activations=kw["offload_activations"], expandable_segments=kw["expandable_segments"],
-                    double_quant=kw["double_quant"], lora_dropout=kw["lora_dropout"])
+                    double_quant=kw["double_quant"], lora_dropout=kw["lora_dropout"],
+                    tiled_mlp=kw["tiled_mlp"])   # issue 15 (helper T)
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
     if args.strategy is not None:
@@ -126,7 +127,7 @@ def plan(args):
                               freeze_layers=kw["freeze_layers"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
                               offload_activations=kw["offload_activations"],
                               expandable_segments=kw["expandable_segments"], double_quant=kw["double_quant"],
-                              lora_dropout=kw["lora_dropout"])
+                              lora_dropout=kw["lora_dropout"], tiled_mlp=kw["tiled_mlp"])
     strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
                               tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout
                               dp_replicate_size=r.dp_replicate_size, fsdp_version=r.fsdp_version)

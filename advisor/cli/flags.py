@@ -160,6 +160,10 @@ FLAGS: dict[str, Flag] = _flags(
          "offloading, DeepSpeed cpu_checkpointing)", action="store_true", spec_fields=("offload_activations",)),
     Flag("--expandable-segments", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", action="store_true",
          spec_fields=("expandable_segments",)),
+    # issue 15 (helper T): ALST tiled MLP (advisor/memory/tiling.py)
+    Flag("--tiled-mlp", "DeepSpeed ALST TiledMLP (ulysses_sp.py) around each layer's MLP: estimate with its "
+         "sequence-sharded recompute (DeepSpeed strategies or one GPU)", action="store_true",
+         spec_fields=("tiled_mlp",)),
     Flag("--no-double-quant", "QLoRA without bitsandbytes double quantization", action="store_true",
          spec_fields=("double_quant",), wizard_field="double_quant"),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
@@ -248,7 +252,8 @@ MODEL_FLAGS = ("--model",)
 HARDWARE_FLAGS = ("--gpus", "--nodes", "--vram", "--gpu", "--cpu-ram", "--nvme-path", "--nvme-size")
 TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--precision", "--optimizer",
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
-                  "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant")
+                  "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant",
+                  "--tiled-mlp")
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 
@@ -289,7 +294,8 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
                 attention=args.attention, freeze_layers=args.freeze_layers, loss=args.loss,
                 loss_chunks=args.loss_chunks, offload_activations=args.offload_activations,
-                expandable_segments=args.expandable_segments, double_quant=not args.no_double_quant)
+                expandable_segments=args.expandable_segments, double_quant=not args.no_double_quant,
+                tiled_mlp=getattr(args, "tiled_mlp", False))
 
 
 def layout_kwargs(args: argparse.Namespace) -> dict:

@@ -68,6 +68,10 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     sb = state_bytes(training, strategy)
     ms = model_states(arch, counts, trainable, sb, training, strategy, hw)
     act = activation_memory(arch, training, activation_mode(training, strategy))
+    tiling_note = None
+    if getattr(training, "tiled_mlp", False):      # issue 15: ALST TiledMLP (advisor/memory/tiling.py)
+        from .tiling import tiled_activations
+        act, tiling_note = tiled_activations(arch, training, strategy, act, activation_mode(training, strategy))
     buffers = buffer_bytes(arch, counts, trainable, sb, training, strategy, hw)
     terms = ActivationTerms.of(act)
     if terms.autocast_weight_copies and strategy.backend != "fsdp" and training.method not in ("lora", "qlora"):
@@ -125,6 +129,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
+    if tiling_note:
+        notes.append(tiling_note)
     if act.breakdown.get("info:offloaded_activations"):
         moved = act.breakdown["info:offloaded_activations"]
         pcie = hw.gpu.pcie_bandwidth_gbps if hw.gpu is not None and getattr(hw.gpu, "pcie_bandwidth_gbps", None) else None

@@ -57,6 +57,7 @@ FACTS: dict[str, tuple[str, int, str]] = {
     "training.attention": ("string", 0, "eager | sdpa | flash"),
     "training.loss": ("string", 0, "plain | chunked | fused-linear (cross-entropy kernel, --loss)"),
     "training.lora_rank": ("number", 0, "LoRA rank"),
+    "training.tiled_mlp": ("bool", 0, "ALST TiledMLP is estimated (--tiled-mlp)"),   # issue 15 (helper T)
     "training.margin": ("number", 0, "safety margin, fraction of VRAM kept free"),
     "candidate.strategy": ("string", 1, "single | ddp | zero0..zero3 | fsdp-full | fsdp-grad-op | fsdp-hybrid | "
                                         "fsdp-no-shard"),

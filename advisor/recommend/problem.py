@@ -164,5 +164,6 @@ def problem_facts(p: Problem, method: str) -> dict[str, object]:
         "training.precision": p.precision_fixed, "training.method": method,
         "training.checkpointing": p.checkpointing_fixed, "training.optimizer": t.optimizer,
         "training.attention": t.attention, "training.loss": t.loss, "training.lora_rank": t.lora.rank, "training.margin": p.margin,
+        "training.tiled_mlp": bool(getattr(t, "tiled_mlp", False)),   # issue 15 (helper T)
     })
     return out

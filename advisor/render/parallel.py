@@ -167,7 +167,10 @@ def parallel_notes(model: ResolvedModel, training: TrainingSpec, par: dict | Non
             "returning `TiledMLP.apply(mlp_forward, self, x, num_shards, [self.down_proj.weight, "
             "self.gate_proj.weight, self.up_proj.weight])` with num_shards = ceil(local seq / hidden size), agreed "
             "across ranks by an all_reduce MAX (the example in TiledMLP's docstring): the MLP's intermediate "
-            "activations then exist one tile at a time")
+            "activations then exist one tile at a time; "
+            + ("the estimate above counts it (--tiled-mlp)" if getattr(training, "tiled_mlp", False) else
+               "the estimate above counts the MLP untiled: add --tiled-mlp to `dsadvise estimate`/`generate` to "
+               "estimate with it"))
         notes.append(
             "ALST tiled logits + loss (TiledFusedLogitsLoss): compute the loss from the last hidden states with "
             "`TiledFusedLogitsLoss.apply(loss_fn, unwrapped, hidden_states, shift_labels, None, shards, "
