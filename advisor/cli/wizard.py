@@ -19,12 +19,13 @@ def register(sub) -> None:
     """Add the ``wizard`` sub-command to the ``dsadvise`` sub-parsers ``sub``."""
     p = sub.add_parser("wizard", help="interactive wizard: pick model, hardware and training, see memory and "
                                       "the recommendation live, preview and save the configs")
-    flags.add(p, ("--model", "--gpu", "--gpus", "--nodes", "--vram", "--out", "--force", "--profile"),
+    flags.add(p, ("--model", "--gpu", "--gpus", "--nodes", "--vram", "--task", "--out", "--force", "--profile"),
               model={"default": "", "help": "start with this model (a size, a catalog name or a config.json)"},
               gpu={"default": "", "help": "start with this catalog GPU (see `dsadvise gpus`)"},
               gpus={"help": "GPUs per node to start with (default 1)"},
               nodes={"help": "nodes to start with (default 1)"},
               vram={"help": "memory per GPU in GiB to start with"},
+              task={"help": "start in training (train, the default) or inference (infer) mode"},
               out={"default": DEFAULT_OUT, "help": "folder Save writes the configs to, as `dsadvise generate "
                                                    f"--out` (default: {DEFAULT_OUT})"},
               force={"help": "start with 'overwrite existing files' ticked (a non-empty folder is refused "
@@ -42,7 +43,8 @@ def initial_inputs(args: argparse.Namespace):
 
         gpu = resolve_gpu(args.gpu).name          # InputError (exit 2) names the candidates
     vram = f"{args.vram:g}" if args.vram else (vram_text(gpu) if gpu else "")
-    return WizardInputs(model=args.model, gpu=gpu, vram=vram, gpus=str(args.gpus), nodes=str(args.nodes))
+    return WizardInputs(model=args.model, gpu=gpu, vram=vram, gpus=str(args.gpus), nodes=str(args.nodes),
+                        task=args.task)
 
 
 def cmd_wizard(args: argparse.Namespace) -> int:

@@ -190,3 +190,26 @@ def test_wizard_words():
     assert wizard_words("a flag the wizard lacks: --nvme-path") == \
         "a flag the wizard lacks: the command-line option --nvme-path"
     assert wizard_words("all-linear, q-proj") == "all-linear, q-proj"
+
+
+@run_async
+async def test_wizard_task_flag_starts_in_inference_mode():
+    """`dsadvise wizard --task infer` starts on the inference form: the flag reaches the starting fields, and the
+    first estimate is an inference one (weights + KV cache layouts), with no step to switch it."""
+    import argparse
+
+    from advisor.cli import wizard as wizard_cli
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    wizard_cli.register(sub)
+    args = parser.parse_args(["wizard", "--model", "llama-2-7b", "--gpu", "a100-80g", "--gpus", "2", "--task",
+                              "infer"])
+    inputs = wizard_cli.initial_inputs(args)
+    assert inputs.task == "infer"
+    app = WizardApp(inputs, debounce=0.01)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        est = app.outcome.estimate
+        assert est.task == "infer" and {x.layout for x in est.inference} >= {"replica-per-gpu"}
+        assert app.query_one("#row-prompt_len").display and not app.query_one("#row-optimizer").display
