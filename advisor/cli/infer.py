@@ -18,8 +18,8 @@ from . import flags
 
 def plan_infer(args: argparse.Namespace):
     """(model, hw, plan) from the generate flags with --task infer; raises NothingFits when no layout fits."""
-    from ..api import build_hardware, build_training, check_against_model, hardware_notes, resolve_seq_len
-    from ..catalog.models import resolve_model
+    from ..api import build_training, check_against_model, hardware_notes
+    from .problem import resolved_problem
     from ..errors import InputError
     from ..recommend import recommend
     from ..render.infer_plan import plan_inference
@@ -27,13 +27,7 @@ def plan_infer(args: argparse.Namespace):
     if getattr(args, "strategy", None) is not None:
         raise InputError("--strategy is for training; --task infer picks its layouts (device_map=\"auto\" and one "
                          "replica per GPU) itself", field="--strategy")
-    kw = flags.problem_kwargs(args)
-    hw = build_hardware(kw.pop("gpus"), kw.pop("nodes"), kw.pop("vram"), kw.pop("gpu"), kw.pop("cpu_ram"),
-                        kw.pop("nvme_path"), kw.pop("nvme_size"))
-    method = kw.pop("method")
-    precision = kw.pop("precision")
-    model = resolve_model(args.model)
-    kw["seq_len"], seq_note = resolve_seq_len(model, kw["seq_len"])
+    model, hw, method, precision, kw, seq_note = resolved_problem(args)
     kw["prompt_len"] = getattr(args, "prompt_len", None)
     if kw["prompt_len"] is not None and kw["prompt_len"] >= kw["seq_len"]:
         raise InputError(f"--prompt-len {kw['prompt_len']} leaves no room to generate in --seq-len {kw['seq_len']}",

@@ -22,18 +22,12 @@ def register(sub) -> None:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     """Run the sub-command: the recommendation as text or JSON; exit 3 when nothing fits."""
-    from ..api import build_hardware, build_training, check_against_model, hardware_notes, resolve_seq_len
-    from ..catalog.models import resolve_model
+    from ..api import build_training, check_against_model, hardware_notes
+    from .problem import resolved_problem
     from ..recommend import recommend
     from ..recommend.recommendation_report import render_recommendation
 
-    kw = flags.problem_kwargs(args)
-    hw = build_hardware(kw.pop("gpus"), kw.pop("nodes"), kw.pop("vram"), kw.pop("gpu"), kw.pop("cpu_ram"),
-                        kw.pop("nvme_path"), kw.pop("nvme_size"))
-    method = kw.pop("method")
-    precision = kw.pop("precision")
-    model = resolve_model(args.model)
-    kw["seq_len"], seq_note = resolve_seq_len(model, kw["seq_len"])
+    model, hw, method, precision, kw, seq_note = resolved_problem(args)
     template = build_training(hw, method="full" if method == "auto" else method, precision=precision,
                               checkpointing=args.checkpointing or "none", **kw)
     check_against_model(model, template)
