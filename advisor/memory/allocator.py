@@ -576,11 +576,28 @@ def _activation_segments(arch, trace_training, mode: str, ckpt: str, layers: int
     return segs, leftovers, held
 
 
+# The key of accelerate's fp32 copy of the model output's logits in the step's sequence.
+ACCELERATE_FP32_LOGITS = ("accelerate fp32 logits",)
+
+
 def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
-                 iterations: int | None = None) -> list[tuple[str, object, int]]:
-    """:func:`step_events` without the persistent states, from :func:`_activation_segments`."""
+                 iterations: int | None = None, held_fp32: int = 0) -> list[tuple[str, object, int]]:
+    """:func:`step_events` without the persistent states, from :func:`_activation_segments`.
+
+    ``held_fp32`` (bytes, :func:`advisor.memory.core.accelerate_fp32_logits`): the training loop's output is
+    accelerate's fp32 copy of the 16-bit logits, not the logits themselves. ``Accelerator.prepare_model``
+    wraps the forward in ``convert_outputs_to_fp32`` (accelerate utils/operations.py ``ConvertOutputsToFp32``:
+    ``convert_to_fp32(self.model_forward(...))``, ``.float()`` of every 16-bit tensor of the output), so when
+    the forward (loss included) returns, an fp32 copy of the logits is allocated and the 16-bit output, which
+    nothing saved, is dropped; the copy is what the caller holds through the optimizer step. Recorded on a real
+    step (``benchmarks/allocator_sequence.py``): the copy takes the block the loss's upcast freed and the
+    backward's two fp32 logit gradients then need segments of their own (four fp32 logit-sized segments; the
+    H200 allocator snapshot of docs/calibration.md shows the same four)."""
     if iterations is None:
         iterations = 2 if (layout.lazy_outside or layout.lazy_layer) else 1
+    held_size = 0
+    if held_fp32 and held is not None:
+        held_size = next((n for _, evs in segments for op, k, n in evs if op == "a" and k == held), 0)
     out: list = []
     for it in range(iterations):
         grads: list = []
@@ -595,6 +612,8 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
                 grads.append(k)
                 out.append(("a", k, n))
             out.extend(evs)
+            if term is None and held_size:                  # the forward returned: accelerate's copy
+                out += [("a", ACCELERATE_FP32_LOGITS, held_size + held_fp32), ("f", held, 0)]
         for i, n in enumerate(layout.grads_end):
             grads.append(("G", "end", i))
             out.append(("a", ("G", "end", i), n))
@@ -607,7 +626,9 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
         out += [("a", k, n) for k, n in temps]
         out += [("f", k, 0) for k, _ in temps]
         out += [("f", k, 0) for k in grads]
-        if held is not None:
+        if held_size:
+            out.append(("f", ACCELERATE_FP32_LOGITS, 0))
+        elif held is not None:
             out.append(("f", held, 0))
     return out
 
@@ -678,14 +699,15 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
 @computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
                              outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
-                             arch, trace_training, mode: str, ckpt: str, dyn: StateLayout) -> AllocatorStats:
+                             arch, trace_training, mode: str, ckpt: str, dyn: StateLayout,
+                             held_fp32: int = 0) -> AllocatorStats:
     """The compute stream's pool of an FSDP run: the wrapping (:func:`fsdp_init_events`), the other states,
     then the step's churn, in one sequence: the step reuses what the wrapping left cached."""
     events = fsdp_init_events([list(u) for u in init], world, sync, offload)
     events += [("a", ("Q", i), n) for i, n in enumerate(outside)]
     events += [("a", ("Q", l, i), n) for l in range(layers) for i, n in enumerate(per_layer)]
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
-    events += churn_events(segs, leftovers, held, layers, dyn)
+    events += churn_events(segs, leftovers, held, layers, dyn, held_fp32=held_fp32)
     return simulate(events)
 
 
@@ -731,21 +753,25 @@ def _persistent_stats(outside: tuple[int, ...], per_layer: tuple[int, ...], laye
 @lru_cache(maxsize=4096)
 @computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _churn_stats(arch, trace_training, mode: str, ckpt: str, layers: int, layout: StateLayout,
-                 expandable: bool, capacity: int | None = None) -> AllocatorStats:
+                 expandable: bool, capacity: int | None = None, held_fp32: int = 0) -> AllocatorStats:
     """The step's allocations and frees (activations, gradients formed in backward, lazy optimizer states,
-    step temporaries) from an empty pool (``capacity``: what is left for them, see :func:`simulate`)."""
+    step temporaries) from an empty pool (``capacity``: what is left for them, see :func:`simulate`;
+    ``held_fp32``: accelerate's fp32 logits, see :func:`churn_events`)."""
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
-    return simulate(churn_events(segs, leftovers, held, layers, layout), expandable_segments=expandable,
+    return simulate(churn_events(segs, leftovers, held, layers, layout, held_fp32=held_fp32),
+                    expandable_segments=expandable,
                     capacity=None if expandable else capacity)
 
 
 def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool,
-                   mode: str, tensor_bytes: int, limit: int | None = None) -> GpuAllocation:
+                   mode: str, tensor_bytes: int, limit: int | None = None, held_fp32: int = 0) -> GpuAllocation:
     """max_memory_allocated and max_memory_reserved (bytes per GPU) for an estimate whose tensors peak at
     ``tensor_bytes``: the caching allocator simulated over the step's allocation sequence (two steps when
     the first allocates torch optimizers' states), its rounding and cached-block overheads added on top.
     When ``tensor_bytes`` alone exceed ``limit`` (the bytes the allocator can have) nothing is simulated
-    and ``simulated_layers`` is empty."""
+    and ``simulated_layers`` is empty. ``held_fp32``: bytes accelerate's fp32 copy of the logits adds to the
+    16-bit logits the loop would hold (:func:`advisor.memory.core.accelerate_fp32_logits`), placed in the
+    sequence where accelerate allocates it (:func:`churn_events`)."""
     from .activations import allocation_key
 
     if limit is not None and tensor_bytes > limit:
@@ -764,18 +790,19 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     dyn = replace(full, persistent_outside=(), persistent_layer=())
     if _fsdp_init_modelled(training, strategy) and not expandable:
         return _fsdp_allocation(arch, training, strategy, hw, ms, buffers, formed_in_backward, n, dyn,
-                                trace_training, mode, ckpt, tensor_bytes)
+                                trace_training, mode, ckpt, tensor_bytes, held_fp32)
     ps = _persistent_stats(full.persistent_outside, full.persistent_layer, n, expandable)
     # The whole depth is simulated: extrapolating from fewer layers misses patterns that repeat every 12 or
     # more layers and was up to 4 % of the total low (benchmarks/allocator_extrapolation.py). The layers'
     # allocation sequence itself is built from a 4-layer trace (activations.allocation_trace).
-    st = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable)
+    st = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, held_fp32=held_fp32)
     retried = False
     if limit is not None and ps.peak_reserved + st.peak_reserved > limit and not expandable:
         # Over the card with every cached block kept: the real allocator then releases its unsplit cached
         # segments and retries cudaMalloc. Replay with the capacity the step has; if that completes, its
         # reserved peak (at most the capacity) is what the run reaches.
-        capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved)
+        capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved,
+                              held_fp32=held_fp32)
         if not capped.oom:
             st, retried = capped, True
     rounding = st.peak_allocated - st.peak_requested
@@ -811,7 +838,8 @@ _UNSHARD_STREAM_BUFFERS = ("FSDP gathered",)
 
 
 def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool, n: int,
-                     dyn: StateLayout, trace_training, mode: str, ckpt: str, tensor_bytes: int) -> GpuAllocation:
+                     dyn: StateLayout, trace_training, mode: str, ckpt: str, tensor_bytes: int,
+                     held_fp32: int = 0) -> GpuAllocation:
     """max_memory_allocated / max_memory_reserved of an FSDP (v1) run (bytes per GPU), with two pools:
 
     * the compute stream's: the wrapping (:func:`fsdp_init_events`: whole units on the GPU, broadcast buckets,
@@ -835,7 +863,7 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n else ())
     sync = hw.world_size > 1        # rendered with fsdp_cpu_ram_efficient_loading: sync_module_states
     st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
-                                  arch, trace_training, mode, ckpt, dyn)
+                                  arch, trace_training, mode, ckpt, dyn, held_fp32)
     # The unshard stream's pool: the gathered units, plus one more layer block when units are resharded
     # (FULL_SHARD / HYBRID_SHARD): FSDP frees an unsharded unit with record_stream on the compute stream
     # (flat_param.py _free_unsharded_flat_param -> _no_dispatch_record_stream) and CUDACachingAllocator's free()
