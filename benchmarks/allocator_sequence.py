@@ -1,7 +1,7 @@
 """The real allocation/free sequence of training steps, run through dsadvise's allocator model.
 
-Run: python benchmarks/allocator_sequence.py [--model llama-3.2-1b --layers 4 --hidden 512 --batch 2 --seq 1024
-     --method lora --steps 3 --loop accelerate]
+Run: python benchmarks/allocator_sequence.py [--model llama-3.2-1b --layers 4 --hidden 512 --batch 2 --seq 256
+     --steps 3 --loop accelerate] [--method lora --checkpointing full]   (the table: ~2 min on 2 cores)
 
 What it separates: ``per_gpu.reserved`` comes from PyTorch's CUDA caching allocator simulated
 (``advisor/memory/allocator.py``) over the allocation sequence dsadvise *builds* (its replay of the step). This
@@ -134,14 +134,17 @@ def segments(events, min_mib: int = 100) -> list[int]:
     return sorted((s >> 20 for s in sizes if s >= min_mib << 20), reverse=True)
 
 
+TABLE = (("lora", "none"), ("lora", "full"), ("full", "none"), ("full", "full"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama-3.2-1b")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=512, help="hidden size (the catalog's at 0); intermediate x4")
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=1024)
-    ap.add_argument("--method", choices=("full", "lora"), default="lora")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--method", choices=("full", "lora"), help="one case (default: the table of TABLE)")
     ap.add_argument("--checkpointing", choices=("none", "full"), default="none")
     ap.add_argument("--loop", choices=("accelerate", "plain"), default="accelerate")
     ap.add_argument("--steps", type=int, default=3)
@@ -155,19 +158,21 @@ def main() -> None:
         heads = max(a.hidden // 64, 1)
         cfg.update(hidden_size=a.hidden, intermediate_size=4 * a.hidden, num_attention_heads=heads,
                    num_key_value_heads=max(heads // 4, 1), head_dim=64)
-    events = record_steps(cfg, layers=a.layers, batch=a.batch, seq=a.seq, method=a.method, steps=a.steps,
-                          loop=a.loop, checkpointing=a.checkpointing, lora_rank=a.lora_rank)
-    rec = simulate(events)
-    est = dsadvise_estimate(cfg, layers=a.layers, batch=a.batch, seq=a.seq, method=a.method,
-                            checkpointing=a.checkpointing, lora_rank=a.lora_rank).per_gpu
-    print(f"{a.model} x{a.layers} layers, hidden {cfg['hidden_size']}, V {cfg['vocab_size']}, {a.batch}x{a.seq}, "
-          f"{a.method}, checkpointing {a.checkpointing}, {a.loop} loop, {a.steps} steps (CPU, CUDA semantics)")
-    print(f"{'':34}{'allocated GiB':>14}{'reserved GiB':>14}")
-    print(f"{'recorded sequence, simulated':34}{rec.peak_allocated / GIB:>14.3f}{rec.peak_reserved / GIB:>14.3f}")
-    print(f"{'dsadvise per_gpu':34}{est.allocated / GIB:>14.3f}{est.reserved / GIB:>14.3f}")
-    print(f"error of dsadvise vs recorded: allocated {100 * (est.allocated / rec.peak_allocated - 1):+.1f} %, "
-          f"reserved {100 * (est.reserved / rec.peak_reserved - 1):+.1f} %")
-    print("segments >= 100 MiB of the recorded sequence (MiB):", segments(events))
+    print(f"{a.model} x{a.layers} layers, hidden {cfg['hidden_size']}, V {cfg['vocab_size']}, {a.batch}x{a.seq} "
+          f"tokens, bf16, {a.loop} loop, {a.steps} steps (CPU, CUDA semantics); GiB")
+    print(f"{'case':<22}{'rec alloc':>10}{'est alloc':>10}{'err %':>7}{'rec resv':>10}{'est resv':>10}{'err %':>7}"
+          f"  segments >= 100 MiB of the recorded sequence (MiB)")
+    cases = [(a.method, a.checkpointing)] if a.method else TABLE
+    for method, ckpt in cases:
+        events = record_steps(cfg, layers=a.layers, batch=a.batch, seq=a.seq, method=method, steps=a.steps,
+                              loop=a.loop, checkpointing=ckpt, lora_rank=a.lora_rank)
+        rec = simulate(events)
+        est = dsadvise_estimate(cfg, layers=a.layers, batch=a.batch, seq=a.seq, method=method,
+                                checkpointing=ckpt, lora_rank=a.lora_rank).per_gpu
+        print(f"{method + (' + ckpt' if ckpt != 'none' else ''):<22}{rec.peak_allocated / GIB:>10.3f}"
+              f"{est.allocated / GIB:>10.3f}{100 * (est.allocated / rec.peak_allocated - 1):>+7.1f}"
+              f"{rec.peak_reserved / GIB:>10.3f}{est.reserved / GIB:>10.3f}"
+              f"{100 * (est.reserved / rec.peak_reserved - 1):>+7.1f}  {segments(events)}", flush=True)
 
 
 if __name__ == "__main__":
