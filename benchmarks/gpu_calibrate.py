@@ -30,6 +30,10 @@ JSON is written) and records no reading, saying so. The cases (``CASES``):
   rendered in-process when dsadvise imports (DeepSpeed needs pydantic, so it usually does), else read from
   ``--ds-configs DIR`` written here by ``python benchmarks/gpu_calibrate.py render-ds --out DIR``.
 
+``--trace`` also records the allocator's own event history (``torch.cuda.memory._record_memory_history``) from
+an empty allocator on; ``compare`` then runs that GPU sequence through dsadvise's allocator model too, which
+separates "dsadvise's sequence is wrong" from "the allocator model is wrong" on the GPU itself.
+
 ``compare`` estimates each case with dsadvise (the same config and layers, ``--gpus 1``, the device's memory)
 and prints measured vs estimated, like for like (allocated vs ``per_gpu.allocated``, reserved vs
 ``per_gpu.reserved``). Results and their history: docs/calibration.md.
@@ -105,13 +109,33 @@ def _segments(torch) -> list[int]:
                   reverse=True)
 
 
-def _train_case(case: str, cfg: dict, seq_len: int, batch: int, steps: int, device: str) -> dict:
+def _start_trace(torch, cuda: bool, trace: bool) -> bool:
+    """Record the caching allocator's own event history (CUDA only) from an empty allocator on."""
+    if not (cuda and trace):
+        return False
+    torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python", max_entries=1_000_000)
+    return True
+
+
+def _read_trace(torch) -> list:
+    """The recorded history as ``[action, addr, size, stream]`` rows: ``alloc`` (the requested bytes),
+    ``free_completed`` (the block is back in its pool) and ``segment_alloc`` (a cudaMalloc)."""
+    snap = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    keep = ("alloc", "free_completed", "segment_alloc", "segment_map")
+    return [[e["action"], e["addr"], e["size"], e.get("stream", 0)]
+            for e in (snap.get("device_traces") or [[]])[0] if e["action"] in keep]
+
+
+def _train_case(case: str, cfg: dict, seq_len: int, batch: int, steps: int, device: str,
+                trace: bool = False) -> dict:
     """One training case (``CASES``): steps 1..``steps``, peak statistics reset after step 1."""
     import torch
 
     spec = CASES[case]
     cuda = device == "cuda"
     lora = spec["method"] == "lora"
+    tracing = _start_trace(torch, cuda, trace)
     model = _build(cfg, torch.bfloat16 if lora else torch.float32, device)
     if lora:
         from peft import LoraConfig, get_peft_model
@@ -155,8 +179,11 @@ def _train_case(case: str, cfg: dict, seq_len: int, batch: int, steps: int, devi
     if not cuda:
         return {"loss": loss, "steps": steps}
     torch.cuda.synchronize()
-    return {"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved(),
-            "segments_mib": _segments(torch)}
+    row = {"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved(),
+           "segments_mib": _segments(torch)}
+    if tracing:
+        row["trace"] = _read_trace(torch)
+    return row
 
 
 def _fsdp_wrap_case(cfg: dict, device: str) -> dict:
@@ -246,7 +273,7 @@ def measure_one(args) -> dict:
         row = _deepspeed_case(args.case, cfg, args.seq_len, args.batch, args.steps, device, args.ds_configs,
                               args.vram_gib)
     else:
-        row = _train_case(args.case, cfg, args.seq_len, args.batch, args.steps, device)
+        row = _train_case(args.case, cfg, args.seq_len, args.batch, args.steps, device, args.trace)
     if device != "cuda" and "skipped" not in row:
         row["skipped"] = "no CUDA device: the loop ran on the CPU, no allocator reading"
     return {"case": args.case, **row}
@@ -274,6 +301,7 @@ def measure(args) -> int:
                "--layers", str(args.layers), "--seq-len", str(args.seq_len), "--batch", str(args.batch),
                "--steps", str(args.steps), "--vram-gib", str(vram)]
         cmd += ["--cpu"] if args.cpu else []
+        cmd += ["--trace"] if args.trace else []
         cmd += ["--ds-configs", args.ds_configs] if args.ds_configs else []
         cmd += ["--config-overrides", args.config_overrides] if args.config_overrides else []
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -358,6 +386,25 @@ def estimate_case(settings: dict, case: str, vram_gib: float) -> tuple[int, int,
     return g.allocated, g.reserved, how
 
 
+def trace_events(trace: list) -> tuple[list[tuple[str, object, int]], int, int]:
+    """A recorded allocator history (``measure --trace``) as the simulator's events (one stream: the training
+    cases run on one), with the number and bytes of the segments the real allocator cudaMalloc'ed."""
+    events: list[tuple[str, object, int]] = []
+    live: dict[int, tuple] = {}
+    segments = seg_bytes = 0
+    for action, addr, size, _stream in trace:
+        if action == "alloc":
+            key = (addr, len(events))
+            live[addr] = key
+            events.append(("a", key, size))
+        elif action == "free_completed" and addr in live:
+            events.append(("f", live.pop(addr), 0))
+        elif action in ("segment_alloc", "segment_map"):
+            segments += 1
+            seg_bytes += size
+    return events, segments, seg_bytes
+
+
 def compare(paths: list[str]) -> int:
     files = [Path(p) for p in paths] or sorted(RUNS.glob("*.json"))
     if not files:
@@ -385,6 +432,16 @@ def compare(paths: list[str]) -> int:
                 errors += [(f"{path.name}:{case}:allocated", ea), (f"{path.name}:{case}:reserved", er)]
             print(f"{case:<24}{row['allocated'] / GIB:>10.2f}{alloc / GIB:>8.2f}{ea:>+8.1f}{row['reserved'] / GIB:>10.2f}"
                   f"{resv / GIB:>8.2f}{er:>+8.1f}  {how}")
+            if row.get("trace"):
+                from advisor.memory.allocator import simulate
+
+                events, segs, seg_bytes = trace_events(row["trace"])
+                st = simulate(events)
+                print(f"{'  GPU sequence, simulated':<24}{row['allocated'] / GIB:>10.2f}{st.peak_allocated / GIB:>8.2f}"
+                      f"{100 * (st.peak_allocated / row['allocated'] - 1):>+8.1f}{row['reserved'] / GIB:>10.2f}"
+                      f"{st.peak_reserved / GIB:>8.2f}{100 * (st.peak_reserved / row['reserved'] - 1):>+8.1f}  the "
+                      f"allocator model on the GPU's own events ({segs} cudaMallocs, {seg_bytes / GIB:.2f} GiB; "
+                      f"simulated {st.segments})")
         print()
     if errors:
         worst = min(errors, key=lambda e: e[1])
@@ -418,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config-overrides", help="JSON merged into the model config (e.g. a smaller width)")
         p.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is there (smoke test)")
         p.add_argument("--ds-configs", help="folder of ds_config_zero{0..3}.json (render-ds) for the ZeRO cases")
+        p.add_argument("--trace", action="store_true",
+                       help="also record the allocator's event history (training cases, CUDA): compare then runs "
+                            "the GPU's own allocation sequence through dsadvise's allocator model")
 
     m = sub.add_parser("measure", help="run the cases (GPU box: torch/transformers/accelerate/peft)")
     settings(m)

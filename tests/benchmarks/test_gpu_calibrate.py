@@ -46,3 +46,19 @@ def test_compare_prints_every_case_of_the_committed_h200_run(capsys):
         assert f"{row['reserved'] / gc.GIB:.2f}" in line        # measured, then dsadvise's estimate and error
         assert line.count("%") == 0 and len(line.split()) >= 7
     assert "like-for-like readings: 8" in text
+
+
+def test_a_recorded_gpu_history_becomes_the_simulators_events():
+    # The CUDA allocator's history format (torch.cuda.memory._snapshot()["device_traces"]: alloc with the
+    # requested size, free_requested then free_completed, segment_alloc per cudaMalloc), hand-written: two 3 MiB
+    # tensors share one 20 MiB segment (kLargeBuffer), the first is freed and its address reused.
+    from advisor.memory.allocator import simulate
+
+    mib = 1 << 20
+    trace = [["segment_alloc", 0, 20 * mib, 0], ["alloc", 0, 3 * mib, 0], ["alloc", 3 * mib, 3 * mib, 0],
+             ["free_requested", 0, 3 * mib, 0], ["free_completed", 0, 3 * mib, 0], ["alloc", 0, 2 * mib, 0]]
+    events, segments, seg_bytes = gc.trace_events(trace)
+    assert events == [("a", (0, 0), 3 * mib), ("a", (3 * mib, 1), 3 * mib), ("f", (0, 0), 0), ("a", (0, 3), 2 * mib)]
+    assert (segments, seg_bytes) == (1, 20 * mib)
+    st = simulate(events)
+    assert (st.peak_reserved, st.segments, st.peak_allocated) == (20 * mib, 1, 6 * mib)
