@@ -7,7 +7,8 @@ What it separates: ``per_gpu.reserved`` comes from PyTorch's CUDA caching alloca
 (``advisor/memory/allocator.py``) over the allocation sequence dsadvise *builds* (its replay of the step). This
 script records the sequence a real step *makes* — a transformers model built from the catalog config, on the
 CPU under the harness's CUDA semantics (``benchmarks/harness/semantics.py``: CUDA autocast lists, fused dropout),
-the profiler's memory timeline (each tensor storage's CREATE and DESTROY) — and feeds it to the same simulator.
+the profiler's memory timeline (each tensor storage's CREATE and DESTROY), plus the two cuBLAS workspaces a GPU
+allocates where it does (32 MiB each, Hopper's; estimated for an H200) — and feeds it to the same simulator.
 If the two reserved figures differ, the built sequence is wrong; if the recorded one's reserved differs from a
 GPU's ``max_memory_reserved`` (docs/calibration.md), the allocator model is.
 
@@ -32,8 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 GIB = 2 ** 30
 
 
+MARK_BYTES = 7_777_777     # an odd size no tensor of these runs has
+
+
 def record_steps(cfg: dict, *, layers: int, batch: int, seq: int, method: str, steps: int, loop: str,
-                 checkpointing: str = "none", lora_rank: int = 16) -> list[tuple[str, object, int]]:
+                 checkpointing: str = "none", lora_rank: int = 16,
+                 workspace: int = 32 << 20) -> list[tuple[str, object, int]]:
     """The allocation sequence (``("a", key, bytes)`` / ``("f", key, 0)``) of ``steps`` real training steps:
     the tensors alive before the first one first (never freed), then every storage the steps create and
     destroy, in the profiler's order."""
@@ -63,6 +68,25 @@ def record_steps(cfg: dict, *, layers: int, batch: int, seq: int, method: str, s
 
         forward = convert_outputs_to_fp32(model.forward)    # what Accelerator.prepare_model installs
     ids = torch.randint(0, config.vocab_size, (batch, seq))
+    # Where a GPU allocates its two cuBLAS workspaces (advisor.memory.allocator.BLAS_WORKSPACE_KEYS): the
+    # forward's first matmul and the output projection's backward. A marker allocation of an odd size is made
+    # there in the first step and replaced by the workspace below; the CPU has no cuBLAS.
+    marks: list = []
+
+    def mark(*_):
+        if len(marks) < 2:
+            marks.append(len(marks))
+            torch.empty(MARK_BYTES, dtype=torch.uint8)
+
+    first_linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    first_linear.register_forward_pre_hook(lambda *a: mark())
+    head = model.get_output_embeddings()
+
+    def on_logits(mod, inp, out):
+        if out.requires_grad:
+            out.register_hook(mark)
+
+    head.register_forward_hook(on_logits)
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -99,7 +123,32 @@ def record_steps(cfg: dict, *, layers: int, batch: int, seq: int, method: str, s
         elif action == Action.DESTROY:
             if key in alive:
                 events.append(("f", alive.pop(key), 0))
-    return first + events
+    return first + with_workspaces(events, workspace)
+
+
+def with_workspaces(events: list, workspace: int) -> list:
+    """``events`` with the two marker allocations (see :func:`record_steps`) replaced by the cuBLAS workspaces:
+    the forward's at its marker, the backward's after the next allocation (the matmul's output is allocated
+    before cuBLAS takes its handle's workspace); both never freed."""
+    from advisor.memory.allocator import BLAS_WORKSPACE_KEYS
+
+    marker_keys = [k for op, k, n in events if op == "a" and n == MARK_BYTES]
+    out: list = []
+    pending = None
+    for op, k, n in events:
+        if k in marker_keys:
+            if op == "a":
+                i = marker_keys.index(k)
+                if i == 0:
+                    out.append(("a", BLAS_WORKSPACE_KEYS[0], workspace))
+                elif i == 1:
+                    pending = ("a", BLAS_WORKSPACE_KEYS[1], workspace)
+            continue
+        out.append((op, k, n))
+        if pending is not None and op == "a":
+            out.append(pending)
+            pending = None
+    return out
 
 
 def dsadvise_estimate(cfg: dict, *, layers: int, batch: int, seq: int, method: str, checkpointing: str,

@@ -95,6 +95,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                          limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0),
                          held_fp32=held_fp32)
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
+                      "cuBLAS workspaces (forward and backward thread)": gpu.workspaces,
                       "allocator: block rounding (allocated - tensors)": gpu.rounding,
                       "allocator: cached free blocks (reserved - allocated)": gpu.cached}
     if hw.world_size > 1:

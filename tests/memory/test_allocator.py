@@ -300,3 +300,26 @@ def test_accelerate_fp32_logits_are_allocated_where_accelerate_makes_them():
     assert events[i + 1] == ("f", held, 0)                         # the 16-bit output is dropped at once
     assert events[-1] == ("f", A.ACCELERATE_FP32_LOGITS, 0)         # the copy lives through the step
     assert fp32_segments(0)[0] == 3
+
+
+def test_two_cublas_workspaces_per_gpu_sized_by_generation():
+    """CublasHandlePool.cpp: one workspace per (handle, stream) from the caching allocator, 4096 * 8 * 1024 bytes
+    on Hopper/Blackwell, 4096 * 1024 * 2 + 16 * 1024 * 8 before; the forward thread's and autograd's each."""
+    from advisor.api import estimate
+    from advisor.memory.allocator import blas_workspace_bytes
+
+    class Gpu:
+        def __init__(self, generation):
+            self.generation = generation
+
+    class Hw:
+        def __init__(self, generation):
+            self.gpu = Gpu(generation)
+
+    assert blas_workspace_bytes(Hw("hopper")) == blas_workspace_bytes(Hw("blackwell")) == 33_554_432
+    assert blas_workspace_bytes(Hw("ampere")) == blas_workspace_bytes(Hw("ada")) == 8_519_680
+    assert blas_workspace_bytes(Hw("cdna3")) == 134_217_728
+    for gpu, each in (("h100-sxm", 33_554_432), ("a100-80g", 8_519_680)):
+        g = estimate("gpt2", gpu=gpu, seq_len=256).per_gpu
+        assert g.breakdown["cuBLAS workspaces (forward and backward thread)"] == 2 * each
+        assert g.allocated >= 2 * each + g.parameters
