@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -76,6 +75,8 @@ def cached(kind: str, parts: Iterable[bytes | str], build: Callable[[], T]) -> T
 
 
 def _write(folder: Path, path: Path, value: object) -> None:
+    import tempfile     # here, not at the top: it imports shutil, bz2, lzma (a start that only reads pays none)
+
     tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
