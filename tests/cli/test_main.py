@@ -188,3 +188,16 @@ def test_cli_skips_pydantic_plugin_discovery_only_when_plugins_are_disabled():
                           env={**env, "PYDANTIC_DISABLE_PLUGINS": "some-plugin"})
     assert proc.returncode == 0, proc.stderr
     assert "importlib.metadata" in proc.stdout.strip().splitlines()[-1]
+
+
+def test_the_plugin_loader_stand_in_hands_over_to_pydantics_own_when_plugins_are_enabled_later():
+    code = ("import os, sys\nos.environ['PYDANTIC_DISABLE_PLUGINS'] = '__all__'\n"
+            "from advisor.cli import pydantic_plugins as pp\nassert pp.skip_discovery()\n"
+            "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nassert A(x=1).x == 1\n"
+            "stand_in = sys.modules[pp.LOADER]\nassert stand_in.get_plugins() == ()\n"
+            "assert 'importlib.metadata' not in sys.modules\n"
+            "os.environ['PYDANTIC_DISABLE_PLUGINS'] = 'some-plugin'\nplugins = list(stand_in.get_plugins())\n"
+            "real = sys.modules[pp.LOADER]\nassert real is not stand_in and real.get_plugins is not None\n"
+            "assert stand_in.PYDANTIC_ENTRY_POINT_GROUP == 'pydantic'\nprint('OK')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr
