@@ -47,10 +47,11 @@ COMMANDS = {
 ESTIMATE = "dsadvise estimate --model 7B --gpus 4 --vram 24"
 RECOMMEND = "dsadvise recommend --model 7B --gpus 4 --vram 24"
 FLOOR = "(floor) python -c 'import pydantic; one BaseModel' (plugin discovery skipped as the CLI does)"
-# As the console script runs it: import advisor.cli, call main (no runpy, unlike `python -m advisor`).
+# As the console script runs it: import advisor.cli, call main() on the command line (no runpy, unlike
+# `python -m advisor`).
 PROBE = ("import sys\n"
          "from advisor.cli import main\n"
-         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+         "try:\n    main()\nexcept SystemExit:\n    pass\n"
          "sys.stdout.flush()\n"
          "print('HEAVY=' + ','.join(m for m in %r if m in sys.modules), file=sys.stderr)" % (HEAVY,))
 PYDANTIC_FLOOR = ("import os; os.environ['PYDANTIC_DISABLE_PLUGINS'] = '__all__'\n"
@@ -94,7 +95,7 @@ meta.__new__ = timed(meta.__new__, "models", "n_models")
 dataclasses._process_class = timed(dataclasses._process_class, "dataclasses", "n_dataclasses")
 from advisor.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
-    main(sys.argv[1:])
+    main()
 t2 = time.perf_counter()
 n = sum(1 for m in sys.modules if m.startswith("advisor"))
 print("BREAKDOWN=%.2f,%.2f,%.2f,%.2f,%.2f,%d,%d,%d" % (1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * acc["import"],
@@ -148,25 +149,26 @@ def breakdown(bare_wall: float, n: int = 7) -> None:
     """Where ``estimate``'s time goes, per part (median of ``n`` fresh interpreters, ms and x bare python)."""
     rows = []
     for _ in range(n + 1):
-        _, _, _, err = run(["-c", BREAKDOWN_PROBE, *COMMANDS[ESTIMATE]])
+        wall, _, _, err = run(["-c", BREAKDOWN_PROBE, *COMMANDS[ESTIMATE]])
         line = [x for x in err.splitlines() if x.startswith("BREAKDOWN=")]
         if not line:
             print(f"breakdown probe failed: {err.strip()[-300:]}")
             return
-        rows.append([float(v) for v in line[0][10:].split(",")])
-    floor, command, imports, models, dcs, n_models, n_dcs, n_mods = (statistics.median(c) for c in zip(*rows[1:]))
+        rows.append([float(v) for v in line[0][10:].split(",")] + [wall * 1000])
+    floor, command, imports, models, dcs, n_models, n_dcs, n_mods, wall = (statistics.median(c) for c in zip(*rows[1:]))
     b = bare_wall * 1000
     parts = [("interpreter start (bare python -c pass, wall)", b),
              ("pydantic import + its first model (the floor; plugin discovery skipped)", floor),
              (f"imports the command adds (stdlib + {n_mods:.0f} advisor modules' code)", imports),
              (f"  of which building {n_models:.0f} pydantic model classes (specs, catalog, results)", models),
              (f"  of which building {n_dcs:.0f} dataclasses", dcs),
-             ("parser, the estimate's computation (caches warm) and printing", command - imports)]
+             ("parser, the estimate's computation (caches warm) and printing", command - imports),
+             ("interpreter exit and the rest (the process's wall time minus the parts above)",
+              wall - b - floor - command)]
     print(f"where `{ESTIMATE}` spends its time (in-process perf_counter, median of {n}):")
     for label, ms in parts:
         print(f"  {label:<86}{ms:>7.1f} ms {ms / b:>5.1f}x")
-    total = b + floor + command
-    print(f"  {'total':<86}{total:>7.1f} ms {total / b:>5.1f}x")
+    print(f"  {'total (wall of the probe process)':<86}{wall:>7.1f} ms {wall / b:>5.1f}x")
 
 
 def main() -> None:

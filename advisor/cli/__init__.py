@@ -55,8 +55,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dsadvise`` console script; returns the process exit code."""
+    """Entry point of the ``dsadvise`` console script; returns the process exit code. Without ``argv`` it runs
+    as the program (``sys.argv``; the console script, ``python -m advisor``) and tunes the process's garbage
+    collector for a short run; with ``argv`` (tests, callers) it leaves the process's settings alone."""
     from .boundary import run
+
+    program = argv is None
 
     # pydantic looks for plugins by scanning every installed distribution's entry points when it builds its
     # first model (importlib.metadata; tens of ms in a venv with torch). The command uses none; the Python
@@ -67,20 +71,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .pydantic_plugins import skip_discovery
 
     skip_discovery()
-    # A start creates ~40k long-lived objects (modules, classes, pydantic schemas): with CPython's default
-    # threshold (a young-generation collection every 700 net allocations; docs: gc.set_threshold) ~55
-    # collections re-scan them, ~10 ms of a 150 ms estimate. Collections every 50k allocations free the same
-    # cycles, a little later.
-    gc.set_threshold(max(gc.get_threshold()[0], 50_000), *gc.get_threshold()[1:])
-
-    if argv is None:
+    if program:
+        # A start creates ~40k long-lived objects (modules, classes, pydantic schemas): with CPython's default
+        # threshold (a young-generation collection every 700 net allocations; docs: gc.set_threshold) ~55
+        # collections re-scan them, ~10 ms of a 150 ms estimate. Collections every 50k allocations free the
+        # same cycles, a little later.
+        gc.set_threshold(max(gc.get_threshold()[0], 50_000), *gc.get_threshold()[1:])
         argv = sys.argv[1:]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return exit_codes.BAD_INPUT
-    return run(args.func, args)
+    code = run(args.func, args)
+    if program:
+        # The interpreter's exit runs full collections over every object left (~15 % of an estimate's CPU time
+        # on this project's machine); frozen objects (docs: gc.freeze) are skipped there. Exit handlers,
+        # flushing and finalizers of objects freed by reference counting run as usual.
+        gc.freeze()
+    return code
 
 
 if __name__ == "__main__":
