@@ -46,7 +46,7 @@ COMMANDS = {
 }
 ESTIMATE = "dsadvise estimate --model 7B --gpus 4 --vram 24"
 RECOMMEND = "dsadvise recommend --model 7B --gpus 4 --vram 24"
-FLOOR = "(floor) python -c 'import pydantic; one BaseModel' (plugin discovery skipped as the CLI does)"
+FLOOR = "(floor) python -c 'import pydantic; one BaseModel' (the CLI's process settings: advisor/cli/__init__.py)"
 # As the console script runs it: import advisor.cli, call main() on the command line (no runpy, unlike
 # `python -m advisor`).
 PROBE = ("import sys\n"
@@ -54,9 +54,10 @@ PROBE = ("import sys\n"
          "try:\n    main()\nexcept SystemExit:\n    pass\n"
          "sys.stdout.flush()\n"
          "print('HEAVY=' + ','.join(m for m in %r if m in sys.modules), file=sys.stderr)" % (HEAVY,))
-PYDANTIC_FLOOR = ("import os; os.environ['PYDANTIC_DISABLE_PLUGINS'] = '__all__'\n"
+PYDANTIC_FLOOR = ("import gc, os; os.environ['PYDANTIC_DISABLE_PLUGINS'] = '__all__'\n"
                   "from advisor.cli.pydantic_plugins import skip_discovery; skip_discovery()\n"
-                  "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nA(x=1)")
+                  "gc.set_threshold(50_000, *gc.get_threshold()[1:])\n"
+                  "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nA(x=1)\ngc.freeze()")
 # Where one `estimate` spends its time, measured inside one fresh interpreter (perf_counter): pydantic's import
 # and first model (the floor), then the command as main() runs it, split into the time inside imports (module
 # code: of which building pydantic model classes and dataclasses is counted apart) and the rest (parser, the
