@@ -5,8 +5,6 @@ from the shipped model catalog, or synthesized from a bare size such as ``7B``. 
 shape facts that decide memory: widths, counts, which modules exist and which carry biases.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_serializer
