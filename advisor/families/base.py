@@ -29,6 +29,9 @@ class Family:
     native_linear_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # MoE block classes for deepspeed.utils.set_z3_leaf_modules (deepspeed/utils/z3_leaf_module.py)
     z3_leaf_modules: tuple[str, ...] = ()
+    # (arch, training) -> False where the replay does not cover the run (its activations are then traced on the
+    # real model); None: the replay covers every run of the family
+    replay_covers: Callable[[Architecture, Any], bool] | None = None
 
 
 # ---------------------------------------------------------------- the Llama-shaped config reader

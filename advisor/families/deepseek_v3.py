@@ -129,6 +129,10 @@ class DeepseekV3Replay(DecoderReplay):
         # router_logits = F.linear(x.type(float32), weight.type(float32)) (the weight is kept in fp32;
         # a frozen or half copy of it is a weight copy, not an activation); a plain F.linear: no LoRA
         xf = tr.cast(x, "f32")
+        if tr.pdt != "f32" and not tr.autocast and not self.layer_trainable and xf.rg:
+            # weight.type(float32) of a frozen 16-bit router: a plain fp32 copy (no grad_fn ties it to the
+            # parameter) that the mm saves for the input's gradient; it lives until backward
+            tr.save(tr.new(E * h, "f32", False))
         logits = tr.linear(xf, h, E, self.layer_trainable, w_dt="f32")
         scores = tr.save_result(logits)                                 # sigmoid saves its result
         choice = tr.add(scores, tr.new(E, "f32", False))                # + e_score_correction_bias (fp32)
@@ -162,6 +166,21 @@ class DeepseekV3Replay(DecoderReplay):
         if name.startswith("shared_") and name[7:] in self.lora:
             name = name[7:]
         return super().proj(x, n_in, n_out, name)
+
+
+# LoRA targets that reach the MoE block: PEFT adapts the 3-D expert weights (and, under all-linear, the router)
+# with its MoE adapters, which the replay does not write; such runs are traced on the real PEFT model
+_MOE_TARGETS = frozenset({"all-linear", "gate_proj", "up_proj", "down_proj", "gate_up_proj", "experts", "gate",
+                          "router", "shared_gate_proj", "shared_up_proj", "shared_down_proj"})
+
+
+def replay_covers(arch, training) -> bool:
+    """The replay covers every run but LoRA/QLoRA targeting the MLP, experts or router of an MoE model."""
+    if training.method not in ("lora", "qlora") or not arch.is_moe:
+        return True
+    targets = training.lora.target_modules
+    targets = {targets} if isinstance(targets, str) else set(targets)
+    return not targets & _MOE_TARGETS
 
 
 def extra(r):
@@ -206,5 +225,5 @@ def proxy(arch):
 
 FAMILY = Family(model_type="deepseek_v3", modeling="transformers/models/deepseek_v3/modeling_deepseek_v3.py",
                 read=read, fsdp_layer_class="DeepseekV3DecoderLayer", proxy=proxy, replay=DeepseekV3Replay,
-                z3_leaf_modules=("DeepseekV3MoE",),
+                z3_leaf_modules=("DeepseekV3MoE",), replay_covers=replay_covers,
                 native_linear_names={"gate": ("router",)})

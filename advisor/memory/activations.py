@@ -442,9 +442,18 @@ def _traced(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt:
 # on the real transformers model (advisor/trace). REPLAYED_FAMILIES (imported above) asks each family module.
 
 
+def _replay_covers(arch: Architecture, training: TrainingSpec) -> bool:
+    """False where the family's replay declines this run (``Family.replay_covers``, e.g. DeepSeek LoRA on experts)."""
+    from advisor.families import family
+
+    covers = family(arch.family).replay_covers
+    return covers is None or covers(arch, training)
+
+
 def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeMode) -> ActivationEstimate:
     """Saved-for-backward bytes of one micro-batch and the backward transient peak on top (per GPU)."""
-    if arch.traced or arch.family not in REPLAYED_FAMILIES:   # no replay for this family: the real model, traced
+    if arch.traced or arch.family not in REPLAYED_FAMILIES or not _replay_covers(arch, training):
+        # no replay for this family (or this run of it): the real model, traced
         from advisor.trace.estimate import traced_activation_terms
 
         activations, temporaries, breakdown = traced_activation_terms(arch, training, mode)
