@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from advisor.memory.symbolic import Tensor
 
-from .base import PROXY_HEADS, PROXY_INNER, Family, llama_proxy, proxy_experts, read_experts, read_llama_like
+from .base import PROXY_HEADS, PROXY_INNER, Family, attention_lora_only, llama_proxy, proxy_experts, read_experts, \
+    read_llama_like
 from .replay import DecoderReplay
 
 
@@ -168,21 +169,6 @@ class DeepseekV3Replay(DecoderReplay):
         return super().proj(x, n_in, n_out, name)
 
 
-# LoRA targets that reach the MoE block: PEFT adapts the 3-D expert weights (and, under all-linear, the router)
-# with its MoE adapters, which the replay does not write; such runs are traced on the real PEFT model
-_MOE_TARGETS = frozenset({"all-linear", "gate_proj", "up_proj", "down_proj", "gate_up_proj", "experts", "gate",
-                          "router", "shared_gate_proj", "shared_up_proj", "shared_down_proj"})
-
-
-def replay_covers(arch, training) -> bool:
-    """The replay covers every run but LoRA/QLoRA targeting the MLP, experts or router of an MoE model."""
-    if training.method not in ("lora", "qlora") or not arch.is_moe:
-        return True
-    targets = training.lora.target_modules
-    targets = {targets} if isinstance(targets, str) else set(targets)
-    return not targets & _MOE_TARGETS
-
-
 def extra(r):
     heads = r.integer("num_attention_heads")
     nope = r.integer("qk_nope_head_dim", default=128)
@@ -225,5 +211,5 @@ def proxy(arch):
 
 FAMILY = Family(model_type="deepseek_v3", modeling="transformers/models/deepseek_v3/modeling_deepseek_v3.py",
                 read=read, fsdp_layer_class="DeepseekV3DecoderLayer", proxy=proxy, replay=DeepseekV3Replay,
-                z3_leaf_modules=("DeepseekV3MoE",), replay_covers=replay_covers,
+                z3_leaf_modules=("DeepseekV3MoE",), replay_covers=attention_lora_only,
                 native_linear_names={"gate": ("router",)})
