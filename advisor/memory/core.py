@@ -129,6 +129,11 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
+    if "outside_layers" in act.breakdown and "traced on the real" not in (model.note or ""):
+        # a replayed family whose replay declines this run (Family.replay_covers; issue 14, A2)
+        notes.append(f"activations traced on the real transformers model for this run: the {model.architecture.family} "
+                     "replay does not cover it (LoRA adapters on MoE experts or the router); needs torch and "
+                     "transformers, cached after the first run per setting")
     if tiling_note:
         notes.append(tiling_note)
     if act.breakdown.get("info:offloaded_activations"):
