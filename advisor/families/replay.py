@@ -315,13 +315,17 @@ class DecoderReplay:
         w_dt = tr.pdt
         sel = tr.cast(sel, w_dt)                                       # input.to(weight.dtype); no autocast
         train = self.layer_trainable
-        if train:
+        # torch's grouped_mm (bf16 weights) saves its input iff the weight trains (derivatives.yaml _grouped_mm);
+        # other dtypes take transformers' fallback op, whose setup_context saves input and weight whenever its
+        # node exists, frozen experts (LoRA) included (integrations/moe.py _grouped_mm_fallback_setup_context)
+        fallback = w_dt != "bf16"
+        if train or (fallback and sel.rg):
             tr.save(sel)                                               # grouped_mm saves input (and weight)
         gu = tr.op(tr.new(S * 2 * i, sel.dt, sel.rg or train), [sel])
         g, u = tr.split(gu, [S * i, S * i])
         m = tr.mul(self.act(g), u)
         m = tr.cast(m, w_dt)
-        if train:
+        if train or (fallback and m.rg):
             tr.save(m)
         o = tr.op(tr.new(S * h, m.dt, m.rg or train), [m])
         sw = tr.op(tr.new(S, top.dt, top.rg), [top])                   # sample_weights[perm]

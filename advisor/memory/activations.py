@@ -310,7 +310,7 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
 def allocation_key(arch: Architecture, training: TrainingSpec) -> tuple[TrainingSpec, str]:
     """The trace key and checkpointing mode :func:`activation_memory` traces for ``training``."""
     ckpt = training.activation_checkpointing
-    if arch.attn_logit_softcapping and training.attention == "sdpa":
+    if (arch.attn_logit_softcapping or arch.attention_sinks) and training.attention == "sdpa":
         training = training.model_copy(update={"attention": "eager"})
     if training.attention in ("sdpa", "flash") and ckpt == "selective":
         ckpt = "none"
@@ -452,8 +452,9 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
             return _offloaded(activations, temporaries, breakdown)
         return ActivationEstimate(activations=activations, temporaries=temporaries, breakdown=breakdown)
     ckpt = training.activation_checkpointing
-    if arch.attn_logit_softcapping and training.attention == "sdpa":
-        # transformers' sdpa_attention_forward refuses softcap (Gemma-2): the model runs eager attention
+    if (arch.attn_logit_softcapping or arch.attention_sinks) and training.attention == "sdpa":
+        # transformers' sdpa_attention_forward refuses softcap (Gemma-2), GPT-OSS has no SDPA path (its sinks):
+        # the model runs eager attention
         training = training.model_copy(update={"attention": "eager"})
     if training.attention in ("sdpa", "flash") and ckpt == "selective":
         ckpt = "none"                                                  # nothing quadratic to recompute

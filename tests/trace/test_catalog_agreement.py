@@ -35,6 +35,8 @@ KNOWN_SAVED_DISAGREEMENTS = {
     "mixtral-8x22b": _OFFSETS,
     "qwen3-30b-a3b": _OFFSETS,
     "qwen3-235b-a22b": _OFFSETS,
+    "gpt-oss-20b": _OFFSETS,
+    "gpt-oss-120b": _OFFSETS,
     "phi-4-mini": "partial rotary (75 %): the replay counts 16 KiB more (over-estimate, +0.02 %)",
 }
 
