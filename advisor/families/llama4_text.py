@@ -33,7 +33,8 @@ def layer_kinds(r) -> list[str]:
     chunk = cfg.get("attention_chunk_size", 8192)
     types = cfg.get("layer_types") or ["chunked_attention" if nr and chunk is not None else "full_attention"
                                        for nr in rope]
-    if len(rope) != n or len(types) != n or any(t not in ("chunked_attention", "full_attention") for t in types):
+    # the modeling file indexes the lists by layer (``no_rope_layers[layer_idx]``): longer lists are read up to n
+    if len(rope) < n or len(types) < n or any(t not in ("chunked_attention", "full_attention") for t in types):
         raise r.fail("no_rope_layers", f"no_rope_layers / layer_types must list the {n} layers")
     return [f"{types[i]}/{'rope' if rope[i] else 'nope'}/{'moe' if i in moe else 'dense'}" for i in range(n)]
 
