@@ -120,6 +120,8 @@ class GptOssReplay(DecoderReplay):
         sw = tr.op(tr.new(S, scores.dt, scores.rg), [scores])          # sample_weights[perm]
         if scores.rg:
             tr.save(perm)
+        counts = tr.new(S, "f32", False)                                # expert_ids_g.float() for histc (CPU);
+        tr.op(tr.new(E, "f32", False), [counts])                        # histc (allocation sequence only)
         tr.save(tr.new(E, "i32", False))                                # grouped_mm offsets (cumsum)
         w_dt = tr.pdt
         # torch's grouped_mm (bf16 weights) saves its input iff the weight trains (derivatives.yaml
@@ -131,7 +133,8 @@ class GptOssReplay(DecoderReplay):
             tr.save(sel)                                                # grouped_mm's input
         if train:
             tr.save(ids_g)                                              # bias[expert_ids_g]: IndexBackward
-        gu = tr.op(tr.new(S * 2 * i, sel.dt, sel.rg or train), [sel])   # grouped_mm, then add_(bias)
+        bias = tr.new(S * 2 * i, w_dt, False)                           # gate_up_proj_bias[expert_ids_g]
+        gu = tr.op(tr.new(S * 2 * i, sel.dt, sel.rg or train), [sel, bias])  # grouped_mm, then add_(bias)
         g, u = tr.split(gu, [S * i, S * i])                             # gate_up[..., ::2], [..., 1::2]
         if gu.rg:
             tr.save(gu)                                                 # clamp saves self (the sliced base)
@@ -145,7 +148,8 @@ class GptOssReplay(DecoderReplay):
             tr.save(m)
         if train:
             tr.save(ids_g)
-        o = tr.op(tr.new(S * h, m.dt, m.rg or train), [m])
+        bias = tr.new(S * h, w_dt, False)                               # down_proj_bias[expert_ids_g]
+        o = tr.op(tr.new(S * h, m.dt, m.rg or train), [m, bias])        # grouped_mm, then add_(bias)
         wo = tr.mul(o, sw)                                              # proj_out * sample_weights_g[:, None]
         inv = tr.new(S, "i64", False)                                   # weighted_out[inv_perm]
         if wo.rg:
