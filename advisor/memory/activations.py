@@ -188,11 +188,16 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
     plan = _layer_plan(arch, training, ckpt)
     for term, kind in plan:
         m.enter(kind)
+        copies_before = tr.weight_copy_elems
         if ckpt == "full":
             x = _checkpointed_layer(tr, m, x, term)
         else:
             tr.term = term
             x = m.layer(x, selective)
+        if arch.layer_pattern:   # autocast weight copies of one layer of this kind (issue 14: Llama-4's differ)
+            terms.setdefault(f"copies:{kind}", tr.weight_copy_elems - copies_before)
+            if term != "first_layer":
+                terms[f"copies:{kind}"] = tr.weight_copy_elems - copies_before
     if ckpt == "full" and m.rope_cos is not None:
         tr.save(*m.rope_storages())                                    # alive in the layers' kwargs
     for term, kind in plan:
@@ -510,6 +515,8 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     breakdown["info:layer_transient"] = layer_transient + layer_extra
     if mode.startswith("autocast"):
         layer_copies = terms["weight_copy_layer"] * n_train
+        if arch.layer_pattern:   # one layer's copies per saving layer, by kind (the plan replays more than two)
+            layer_copies = sum(terms[f"copies:{k}"] for k in arch.layer_kinds[arch.num_layers - n_train:])
         breakdown["info:autocast_weight_copies"] = (layer_copies + terms["weight_copy_head"]) * 2
     if getattr(training, "offload_activations", False):
         return _offloaded(activations, temporaries, breakdown)
