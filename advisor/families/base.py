@@ -29,6 +29,10 @@ class Family:
     native_linear_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # MoE block classes for deepspeed.utils.set_z3_leaf_modules (deepspeed/utils/z3_leaf_module.py)
     z3_leaf_modules: tuple[str, ...] = ()
+    # issue 14 (A1): LoRA targets PEFT accepts but that fail in training, each with the one-line reason; and the
+    # normalized linears ``all-linear`` leaves out here (PEFT: LoraConfig(exclude_modules=...)), with the reason
+    lora_refused: Mapping[str, str] = field(default_factory=dict)
+    all_linear_excludes: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- the Llama-shaped config reader

@@ -71,6 +71,10 @@ def proxy(arch):
                        attention_chunk_size=16, use_qk_norm=arch.qk_l2_norm)
 
 
+_ROUTER_LORA = ("PEFT wraps Llama4Router, an nn.Linear whose forward returns a tuple, and training fails in the "
+                "adapter's forward (peft/tuners/lora/layer.py); leave the router out")
+
+
 class Llama4Replay(DecoderReplay):
     """Llama4ForCausalLM's forward where it differs from Llama's (modeling_llama4.py, op by op)."""
 
@@ -181,10 +185,12 @@ class Llama4Replay(DecoderReplay):
         if tr.autocast and tr.pdt == "f32" and (mi.rg or train):
             tr.weight_copy_elems += E * i * h                       # the down_proj copy
         ro = tr.op(tr.new(E * N * h, tr.low if tr.autocast else mi.dt, mi.rg or train), [mi], leaf=train)
-        # shared expert on x
-        gs = self.proj(x, h, i, "shared_gate_proj")
-        ms = tr.mul(self.act(gs), self.proj(x, h, i, "shared_up_proj"))
-        out = self.proj(ms, i, h, "shared_down_proj")
+        # shared expert on x: PEFT matches its gate_proj / up_proj / down_proj by name like the dense MLP's
+        def shared(name):
+            return name if name in self.lora else f"shared_{name}"
+        gs = self.proj(x, h, i, shared("gate_proj"))
+        ms = tr.mul(self.act(gs), self.proj(x, h, i, shared("up_proj")))
+        out = self.proj(ms, i, h, shared("down_proj"))
         summed = tr.op(tr.new(N * h, ro.dt, ro.rg), [ro])           # reshape(E, N, h).sum(dim=0)
         return tr.add(out, summed)                                  # out.add_(...): in place, nothing saved
 
@@ -192,4 +198,7 @@ class Llama4Replay(DecoderReplay):
 FAMILY = Family(model_type="llama4_text", modeling="transformers/models/llama4/modeling_llama4.py", read=read,
                 fsdp_layer_class="Llama4TextDecoderLayer", proxy=proxy, replay=Llama4Replay,
                 z3_leaf_modules=("Llama4TextMoe",),
-                native_linear_names={"router": ("router",)})
+                native_linear_names={"router": ("router",)},
+                # measured: peft 0.21.2 wraps Llama4Router (an nn.Linear whose forward returns a tuple) and its
+                # forward fails (peft/tuners/lora/layer.py: result.dtype of a tuple)
+                lora_refused={"router": _ROUTER_LORA}, all_linear_excludes=("router",))

@@ -23,7 +23,7 @@ def _lora_linear_names(arch: Architecture, targets: tuple[str, ...]) -> set[str]
     chosen: set[str] = set()
     for t in targets:
         if t == getattr(pc, "ALL_LINEAR", "all-linear"):
-            chosen.update(shapes)
+            chosen.update(n for n in shapes if n not in pc.all_linear_excludes(arch))
         elif t in shapes:
             chosen.add(t)
         elif t in native:

@@ -129,6 +129,11 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
+    if training.method in ("lora", "qlora"):   # issue 14: all-linear leaving out a family's router (Llama-4)
+        from advisor.param_count import all_linear_note
+
+        if lora_note := all_linear_note(model.architecture, tuple(training.lora.target_modules)):
+            notes.append(lora_note)
     if tiling_note:
         notes.append(tiling_note)
     if act.breakdown.get("info:offloaded_activations"):

@@ -91,3 +91,37 @@ def test_autocast_frozen_experts_differ_by_their_weight_copies_only():
     replay = _replay("autocast-bf16", "eager", "lora", 1)
     h, i, E, moe_layers = 64, 64, 4, 6
     assert traced.activations - replay.activations == moe_layers * E * 3 * h * i * 2
+
+
+def test_lora_on_the_router_is_refused_and_all_linear_leaves_it_out():
+    from advisor.errors import InputError
+    from advisor.param_count import all_linear_note, linear_shapes, lora_trainable_parameters
+
+    arch = architecture_from_hf_config(MAVERICK_SMALL)
+    with pytest.raises(InputError, match="Llama4Router"):
+        lora_trainable_parameters(arch, 8, ("q_proj", "router"))
+    everything = lora_trainable_parameters(arch, 8, tuple(n for n in linear_shapes(arch) if n != "router"))
+    assert lora_trainable_parameters(arch, 8, ("all-linear",)) == everything
+    assert 'exclude_modules=["router"]' in all_linear_note(arch, ("all-linear",))
+    assert all_linear_note(arch, TARGETS) is None
+
+
+@pytest.mark.slow
+def test_peft_fails_on_the_router_and_trains_without_it():
+    """What the refusal and the note say, on the real model: PEFT's all-linear wraps Llama4Router and the forward
+    fails; with exclude_modules=["router"] forward and backward run."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = {k: v for k, v in MAVERICK_SMALL.items() if k != "model_type"}
+    ids = torch.zeros((1, 8), dtype=torch.long)
+    for exclude, fails in ((None, True), (["router"], False)):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama4_text", **dict(cfg, num_hidden_layers=2)))
+        lora = peft.LoraConfig(r=4, target_modules="all-linear", exclude_modules=exclude, task_type="CAUSAL_LM")
+        wrapped = peft.get_peft_model(model, lora)
+        if fails:
+            with pytest.raises(AttributeError, match="tuple"):
+                wrapped(input_ids=ids, labels=ids)
+        else:
+            wrapped(input_ids=ids, labels=ids).loss.backward()
