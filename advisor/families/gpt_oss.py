@@ -188,4 +188,7 @@ def proxy(arch):
 
 FAMILY = Family(model_type="gpt_oss", modeling="transformers/models/gpt_oss/modeling_gpt_oss.py", read=read,
                 fsdp_layer_class="GptOssDecoderLayer", proxy=proxy, replay=GptOssReplay, z3_leaf_modules=("GptOssMLP",),
-                native_linear_names={"router": ("router",)})
+                native_linear_names={"router": ("router",)},
+                # measured (peft 0.21.2): get_peft_model refuses GptOssTopKRouter as a target, and all-linear skips it
+                lora_refused={"router": "GptOssTopKRouter is not an nn.Linear: PEFT refuses it as a LoRA target"},
+                all_linear_excludes=("router",))

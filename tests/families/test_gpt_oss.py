@@ -30,21 +30,21 @@ def test_gpt_oss_is_replayed_and_its_sdpa_runs_eager():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, method, batch, offsets", [
-    ("fp32", "full", 2, True),            # fallback experts: offsets unseen by the hooks
-    ("autocast-bf16", "lora", 1, True),   # fp32 frozen experts: the fallback still saves its input
-    ("half-bf16", "lora", 2, False),      # torch grouped_mm: everything seen
+@pytest.mark.parametrize("mode, method, batch, offsets, targets", [
+    ("fp32", "full", 2, True, TARGETS),            # fallback experts: offsets unseen by the hooks
+    ("autocast-bf16", "lora", 1, True, TARGETS),   # fp32 frozen experts: the fallback still saves its input
+    ("half-bf16", "lora", 2, False, ("all-linear",)),   # torch grouped_mm: everything seen; PEFT skips the router
 ])
-def test_gpt_oss_replay_equals_the_trace(mode, method, batch, offsets):
+def test_gpt_oss_replay_equals_the_trace(mode, method, batch, offsets, targets):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from advisor.trace import TraceSettings, trace_model
 
     arch = architecture_from_hf_config(GPT_OSS)
     replay = activation_memory(arch, TrainingSpec(seq_len=SEQ, micro_batch_size=batch, attention="eager",
-                                                  method=method, lora=LoraSpec(target_modules=TARGETS)), mode)
+                                                  method=method, lora=LoraSpec(target_modules=targets)), mode)
     traced = trace_model(GPT_OSS, TraceSettings(seq_len=SEQ, batch=batch, mode=mode, attention="eager",
-                                                method=method, lora_targets=TARGETS), use_cache=False)
+                                                method=method, lora_targets=targets), use_cache=False)
     unseen = 4 * arch.num_experts * arch.num_layers if offsets else 0
     assert replay.activations - traced.activations == unseen
     assert replay.breakdown["per_layer"] - unseen // arch.num_layers == traced.saved_per_layer[-1]
