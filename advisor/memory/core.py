@@ -134,6 +134,11 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         notes.append(f"activations traced on the real transformers model for this run: the {model.architecture.family} "
                      "replay does not cover it (LoRA adapters on MoE experts or the router); needs torch and "
                      "transformers, cached after the first run per setting")
+    if training.method in ("lora", "qlora"):   # issue 14: all-linear leaving out a family's router (Llama-4)
+        from advisor.param_count import all_linear_note
+
+        if lora_note := all_linear_note(model.architecture, tuple(training.lora.target_modules)):
+            notes.append(lora_note)
     if tiling_note:
         notes.append(tiling_note)
     if act.breakdown.get("info:offloaded_activations"):
