@@ -67,11 +67,12 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
 
     sb = state_bytes(training, strategy)
     ms = model_states(arch, counts, trainable, sb, training, strategy, hw)
-    act = activation_memory(arch, training, activation_mode(training, strategy))
+    mode = activation_mode(training, strategy)
+    act = activation_memory(arch, training, mode)
     tiling_note = None
-    if getattr(training, "tiled_mlp", False):      # issue 15: ALST TiledMLP (advisor/memory/tiling.py)
+    if training.tiled_mlp:      # issue 15: ALST TiledMLP (advisor/memory/tiling.py)
         from .tiling import tiled_activations
-        act, tiling_note = tiled_activations(arch, training, strategy, act, activation_mode(training, strategy))
+        act, tiling_note = tiled_activations(arch, training, strategy, act, mode)
     buffers = buffer_bytes(arch, counts, trainable, sb, training, strategy, hw)
     terms = ActivationTerms.of(act)
     if terms.autocast_weight_copies and strategy.backend != "fsdp" and training.method not in ("lora", "qlora"):
@@ -89,10 +90,12 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     # PyTorch's caching allocator over the step's allocation sequence (advisor/memory/allocator.py):
     # max_memory_allocated and max_memory_reserved; total = reserved + CUDA context + NCCL.
     gpu = gpu_allocation(arch, training, strategy, hw, ms, buffers,
-                         gradients_formed_in_backward(training, strategy, hw), activation_mode(training, strategy),
+                         gradients_formed_in_backward(training, strategy, hw), mode,
                          tensor_bytes,
-                         limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0))
+                         limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0),
+                         held_fp32=held_fp32)
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
+                      "cuBLAS workspaces (forward and backward thread)": gpu.workspaces,
                       "allocator: block rounding (allocated - tensors)": gpu.rounding,
                       "allocator: cached free blocks (reserved - allocated)": gpu.cached}
     if hw.world_size > 1:
@@ -157,7 +160,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     if arch.traced or arch.family not in REPLAYED_FAMILIES:   # what the trace had to approximate, said
         from ..trace.estimate import trace_settings
 
-        _, approximations = trace_settings(training, activation_mode(training, strategy))
+        _, approximations = trace_settings(training, mode)
         notes += [f"traced activations: {text}" for text in approximations]
     if CHECKPOINT_SAVE_ITEM in cpu_parts and not cpu_fits \
             and cpu_total - cpu_parts[CHECKPOINT_SAVE_ITEM] <= (hw.cpu_ram_bytes or 0):
