@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..catalog.models import ResolvedModel
 from ..errors import InputError
 from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
@@ -92,8 +94,10 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                          gradients_formed_in_backward(training, strategy, hw), activation_mode(training, strategy),
                          tensor_bytes,
                          limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0))
+    gpu, loading = _zero3_loading_floor(arch, counts, training, strategy, hw, gpu)   # issue 17 (G2): QLoRA + ZeRO-3
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
                       "allocator: block rounding (allocated - tensors)": gpu.rounding,
+                      ZERO3_LOADING_ITEM: loading,
                       "allocator: cached free blocks (reserved - allocated)": gpu.cached}
     if hw.world_size > 1:
         overhead_parts["NCCL communicators"] = ov.nccl_bytes
@@ -166,6 +170,27 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                     per_node_nvme_bytes=ms.nvme_per_node,
                     fits=total <= hw.vram_bytes and cpu_fits and nvme_fits,
                     headroom_bytes=hw.vram_bytes - total, notes=notes)
+
+
+ZERO3_LOADING_ITEM = "model loading: the whole quantized model on the GPU before ZeRO-3 partitions it (cached)"
+
+
+def _zero3_loading_floor(arch, counts: ParameterCounts, training: TrainingSpec, strategy: StrategySpec,
+                         hw: HardwareSpec, gpu):
+    """``gpu`` (GpuAllocation) raised to the engine's loading peak, and the bytes that adds to allocated (0 when
+    the loading stays below the step): a quantized base under ZeRO-3 goes whole onto every GPU before it is
+    partitioned (model_states.zero3_whole_model_placement); max_memory_allocated has seen that peak and the
+    reserved memory keeps its cached blocks (a floor: the step reuses them where it can)."""
+    from .allocator import simulate
+    from .model_states import zero3_whole_model_placement
+
+    events = zero3_whole_model_placement(arch, counts, training, strategy, hw)
+    if not events or not gpu.simulated_layers:
+        return gpu, 0
+    init = simulate(events)
+    allocated = max(gpu.allocated, init.peak_allocated)
+    reserved = max(gpu.reserved, init.peak_reserved, allocated)
+    return replace(gpu, allocated=allocated, reserved=reserved, cached=reserved - allocated), allocated - gpu.allocated
 
 
 def activation_mode(training: TrainingSpec, strategy: StrategySpec) -> ComputeMode:
