@@ -205,3 +205,20 @@ def test_zero3_qlora_goes_whole_onto_each_gpu_before_partitioning():
     e = estimate(MODEL, gpus=2, gpu="a100-40g", strategy="zero3", method="qlora", precision="bf16", lora_rank=8,
                  checkpointing="full", seq_len=512)
     assert e.per_gpu.allocated >= stats.peak_allocated and e.per_gpu.reserved >= stats.peak_reserved
+
+
+def test_fsdp_pre_unshard_shard_copy():
+    # FSDP's pre_unshard copies this rank's shard to the GPU (CPU offload) or casts it to 16 bit (MixedPrecision
+    # over fp32 shards) before each all-gather: the largest unit's shard, in its own stream's pool.
+    name = "FSDP shard copied to the GPU before each all-gather (pre-unshard stream)"
+    c = count_parameters(resolve_model(MODEL).architecture)
+    root = (c.embedding + c.lm_head + c.final) * 2              # bf16 embeddings + lm_head + final norm
+    assert root > c.layer_gathered * 2                          # Llama-2-7B: the root unit is the largest
+    off = estimate(MODEL, gpus=2, gpu="rtx-4090", strategy="fsdp-full", offload_param="cpu", offload_optimizer="cpu", method="lora",
+                   precision="pure-bf16", checkpointing="full", seq_len=512)
+    assert off.per_gpu.breakdown[name] == -(-root // 2)
+    full = estimate(MODEL, gpus=4, vram=80, strategy="fsdp-full", precision="bf16", checkpointing="full", seq_len=512)
+    assert full.per_gpu.breakdown[name] == -(-root // 4)
+    lora = estimate(MODEL, gpus=2, gpu="rtx-4090", strategy="fsdp-full", method="lora", precision="pure-bf16",
+                    checkpointing="full", seq_len=512)
+    assert name not in lora.per_gpu.breakdown                 # 16-bit shards all-gathered as they are
