@@ -22,7 +22,8 @@ alive before the step (a ``gc`` scan) + the profiler's peak above that level (``
   decoder layer + the root, ``MixedPrecision(param_dtype=bf16, reduce_dtype=bf16, buffer_dtype=bf16)``,
   ``BACKWARD_PRE`` prefetch, fp32 sharded parameters, ``use_orig_params=True``) with accelerate's autocast
   around the forward and its ``convert_outputs_to_fp32`` on the output, and ``torch.optim.AdamW(foreach=True)``
-  (CUDA's default).
+  (CUDA's default). The unsharded gradient each unit reduce-scatters is freed when the collective returns, as
+  on CUDA (``_cuda_release_of_reduce_scatter_inputs``: gloo's work object could keep it into the step).
 
 Estimated = ``per_gpu.total - per_gpu.overhead`` (no CUDA context, NCCL or fragmentation on CPU).
 """
@@ -159,6 +160,31 @@ def _fsdp_model(case: dict, vocab: int):
         limit_all_gathers=True)
 
 
+def _cuda_release_of_reduce_scatter_inputs() -> None:
+    """CUDA's semantics for FSDP's reduce-scatter inputs (applied to every FSDP case): FSDP drops its last
+    reference to a unit's unsharded gradient when ``_reduce_grad`` returns (torch/distributed/fsdp/_runtime_utils.py
+    ``_reduce_grad``: ``flat_param.grad = None``, then ``dist.reduce_scatter_single(new_sharded_grad,
+    padded_unsharded_grad)``; ``_post_backward_hook`` only ``record_stream``s it on the post-backward stream). On
+    CUDA that frees it into the caching allocator at once (``CUDACachingAllocator::free`` lowers ``allocated_bytes``
+    immediately; a block with recorded streams is reused once their events complete, and
+    ``_post_backward_final_callback`` makes the compute stream wait for the post-backward stream before the
+    optimizer step). Under gloo the work object of the (synchronous) collective, which keeps its input tensors, can
+    outlive the call on gloo's worker thread, so whole units' gradients were measured alive into the step, more
+    or less depending on load. The patch frees the input's storage once the collective has returned: FSDP reads
+    nothing of it afterwards."""
+    import torch.distributed as dist
+
+    original = dist.reduce_scatter_single
+
+    def reduce_scatter_single(output, input, *args, **kwargs):
+        work = original(output, input, *args, **kwargs)
+        if work is None:                                   # synchronous: the reduction is complete
+            input.untyped_storage().resize_(0)
+        return work
+
+    dist.reduce_scatter_single = reduce_scatter_single
+
+
 def worker(case_name: str, config_path: str) -> None:
     case = CASES[case_name]
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -207,6 +233,7 @@ def worker(case_name: str, config_path: str) -> None:
         world = engine.world_size
     else:
         torch.distributed.init_process_group("gloo")
+        _cuda_release_of_reduce_scatter_inputs()
         fsdp = _fsdp_model(case, vocab)
         opt = torch.optim.AdamW(fsdp.parameters(), lr=1e-5, foreach=True)
 
