@@ -161,26 +161,31 @@ def _fsdp_model(case: dict, vocab: int):
 
 
 def _cuda_release_of_reduce_scatter_inputs() -> None:
-    """CUDA's semantics for FSDP's reduce-scatter inputs (applied to every FSDP case): FSDP drops its last
-    reference to a unit's unsharded gradient when ``_reduce_grad`` returns (torch/distributed/fsdp/_runtime_utils.py
-    ``_reduce_grad``: ``flat_param.grad = None``, then ``dist.reduce_scatter_single(new_sharded_grad,
+    """CUDA's semantics for FSDP's reduce-scatter (applied to every FSDP case). FSDP drops its last reference to
+    a unit's unsharded gradient when ``_reduce_grad`` returns (torch/distributed/fsdp/_runtime_utils.py
+    ``_reduce_grad``: ``flat_param.grad = None``, ``dist.reduce_scatter_single(new_sharded_grad,
     padded_unsharded_grad)``; ``_post_backward_hook`` only ``record_stream``s it on the post-backward stream). On
-    CUDA that frees it into the caching allocator at once (``CUDACachingAllocator::free`` lowers ``allocated_bytes``
-    immediately; a block with recorded streams is reused once their events complete, and
-    ``_post_backward_final_callback`` makes the compute stream wait for the post-backward stream before the
-    optimizer step). Under gloo the work object of the (synchronous) collective, which keeps its input tensors, can
-    outlive the call on gloo's worker thread, so whole units' gradients were measured alive into the step, more
-    or less depending on load. The patch frees the input's storage once the collective has returned: FSDP reads
-    nothing of it afterwards."""
+    CUDA, NCCL reduce-scatters in place of its own buffers and the gradient goes back to the caching allocator at
+    once (``CUDACachingAllocator::free`` lowers ``allocated_bytes`` immediately; a block with recorded streams is
+    reused once their events complete, and ``_post_backward_final_callback`` makes the compute stream wait for the
+    post-backward stream before the optimizer step): no unsharded gradient outlives its unit's post-backward hook.
+    Under gloo the collective's work object (and the full-size copy ProcessGroupGloo's reduce-scatter makes of its
+    input) can outlive the call on gloo's worker thread, so whole units' gradients were measured alive into the
+    step, more or less depending on load (docs/memory-model.md). The patch reduces with an in-place
+    ``all_reduce`` (gloo's scratch space is not a torch allocation, like NCCL's), copies this rank's chunk out and
+    frees the input's storage once the synchronous collective has returned: FSDP reads nothing of it afterwards."""
     import torch.distributed as dist
 
     original = dist.reduce_scatter_single
 
-    def reduce_scatter_single(output, input, *args, **kwargs):
-        work = original(output, input, *args, **kwargs)
-        if work is None:                                   # synchronous: the reduction is complete
-            input.untyped_storage().resize_(0)
-        return work
+    def reduce_scatter_single(output, input, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        if async_op:
+            return original(output, input, op=op, group=group, async_op=True)
+        dist.all_reduce(input, op=op, group=group)
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        output.copy_(input.reshape(world, -1)[rank].view_as(output))
+        input.untyped_storage().resize_(0)
+        return None
 
     dist.reduce_scatter_single = reduce_scatter_single
 
