@@ -299,6 +299,7 @@ def zero3_whole_model_placement(arch: Architecture, counts: ParameterCounts, tra
     put(("final",), counts.final * half)
     put(("head",), counts.lm_head * half)
     for key, nbytes in params:
-        events.append(("a", ("part", key), -(-nbytes // world)))
+        if strategy.offload_param == "none":      # with offload_param the partitions go to remote_device (CPU/NVMe)
+            events.append(("a", ("part", key), -(-nbytes // world)))
         events.append(("f", key, 0))
     return events
