@@ -141,6 +141,11 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         secs = f" (~{2 * moved / (pcie * 1e9):.2f} s per micro-step at {pcie:g} GB/s if not overlapped)" if pcie else ""
         notes.append(f"--offload-activations: {moved / 2**30:.2f} GiB of saved activations go to pinned CPU memory "
                      f"in each forward and back in the backward{secs}")
+    if loading:
+        notes.append(f"ZeRO-3 with a QLoRA base: transformers does not build a quantized model under zero.Init, so "
+                     f"DeepSpeed puts the whole quantized model on every GPU before partitioning it "
+                     f"({gpu.allocated / 2**30:.1f} GiB allocated at that moment, above the training step): that "
+                     f"sets this estimate's peak; FSDP wraps it unit by unit instead")
     if gpu.oom_retries:
         notes.append("fits only because PyTorch's allocator frees its cached segments and retries when "
                      "cudaMalloc fails (reserved reaches the card): expect cudaFree/cudaMalloc stalls each step; "
