@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 
 from ..catalog.models import ResolvedModel
 from ..errors import InputError
@@ -186,16 +187,23 @@ def _zero3_loading_floor(arch, counts: ParameterCounts, training: TrainingSpec, 
     the loading stays below the step): a quantized base under ZeRO-3 goes whole onto every GPU before it is
     partitioned (model_states.zero3_whole_model_placement); max_memory_allocated has seen that peak and the
     reserved memory keeps its cached blocks (a floor: the step reuses them where it can)."""
+    init = _zero3_loading_stats(arch, counts, training, strategy, hw) if gpu.simulated_layers else None
+    if init is None:
+        return gpu, 0
+    allocated = max(gpu.allocated, init.peak_allocated)
+    reserved = max(gpu.reserved, init.peak_reserved, allocated)
+    return replace(gpu, allocated=allocated, reserved=reserved, cached=reserved - allocated), allocated - gpu.allocated
+
+
+@lru_cache(maxsize=256)
+def _zero3_loading_stats(arch, counts: ParameterCounts, training: TrainingSpec, strategy: StrategySpec,
+                         hw: HardwareSpec):
+    """The simulated allocator peaks (AllocatorStats) of the ZeRO-3 loading sequence, None when there is none."""
     from .allocator import simulate
     from .model_states import zero3_whole_model_placement
 
     events = zero3_whole_model_placement(arch, counts, training, strategy, hw)
-    if not events or not gpu.simulated_layers:
-        return gpu, 0
-    init = simulate(events)
-    allocated = max(gpu.allocated, init.peak_allocated)
-    reserved = max(gpu.reserved, init.peak_reserved, allocated)
-    return replace(gpu, allocated=allocated, reserved=reserved, cached=reserved - allocated), allocated - gpu.allocated
+    return simulate(events) if events else None
 
 
 def activation_mode(training: TrainingSpec, strategy: StrategySpec) -> ComputeMode:
