@@ -187,7 +187,11 @@ def _zero3_loading_floor(arch, counts: ParameterCounts, training: TrainingSpec, 
     the loading stays below the step): a quantized base under ZeRO-3 goes whole onto every GPU before it is
     partitioned (model_states.zero3_whole_model_placement); max_memory_allocated has seen that peak and the
     reserved memory keeps its cached blocks (a floor: the step reuses them where it can)."""
-    init = _zero3_loading_stats(arch, counts, training, strategy, hw) if gpu.simulated_layers else None
+    if not (training.method == "qlora" and strategy.backend == "deepspeed" and strategy.zero_stage == 3):
+        return gpu, 0
+    # the loading does not depend on the batch: one simulation for every micro-batch a search tries
+    key = training.model_copy(update={"micro_batch_size": 1})
+    init = _zero3_loading_stats(arch, counts, key, strategy, hw) if gpu.simulated_layers else None
     if init is None:
         return gpu, 0
     allocated = max(gpu.allocated, init.peak_allocated)
