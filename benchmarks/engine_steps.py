@@ -389,6 +389,9 @@ def main() -> int:
             print("    estimated moments: " + ", ".join(f"{k} {v / mib:.1f}" for k, v in r["moments"].items()))
             for k, v in sorted(r["breakdown"].items(), key=lambda kv: -abs(kv[1])):
                 print(f"    {k:<60}{v / mib:10.1f} MiB")
+    if any(CASES[n]["engine"] == "fsdp" for n in names):
+        print("\nfsdp rows: FSDP's reduce-scatter measured with CUDA's release of its input (gloo's work object kept "
+              "whole units' unsharded gradients alive into the step; see _cuda_release_of_reduce_scatter_inputs)")
     return 0
 
 
