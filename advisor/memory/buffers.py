@@ -73,8 +73,11 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             out["ZeRO-3 gathered parameters (module + prefetch)"] = live * weight_b
             # Backward produces a module's gradients at full size before they enter the reduce bucket.
             out["ZeRO-3 unpartitioned module gradients"] = counts.largest_module * grad_b
-            factor = 2 if ds.overlap_comm else 1   # double-buffered ipg bucket with overlap_comm
-            out["ZeRO-3 reduce bucket"] = factor * ds.reduce_bucket_size * grad_b
+            # One contiguous ipg buffer per communication dtype, allocated at init whether or not it fills
+            # (stage3._setup_for_real_optimizer: torch.empty(reduce_bucket_size) with contiguous_gradients), and
+            # at each reduce the flat copy reduce_scatter_coalesced makes of the bucket's gradients (torch.cat of
+            # the padded per-rank chunks, runtime/comm/coalesced_collectives.py): at most the trainable gradients.
+            out["ZeRO-3 reduce bucket"] = (ds.reduce_bucket_size + min(ds.reduce_bucket_size, trainable)) * grad_b
             if world > 1:
                 persistent = _vector_elements_per_layer(arch, counts) * arch.num_layers
                 if ds.param_persistence_threshold >= arch.hidden_size:
