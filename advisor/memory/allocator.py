@@ -893,7 +893,9 @@ def _fsdp_init_modelled(training, strategy) -> bool:
 
 # The buffers FSDP's all-gathers allocate: in its unshard stream (torch/distributed/fsdp/_runtime_utils.py
 # ``_unshard``: ``with state._device_handle.stream(unshard_stream): handle.unshard()``), a pool of their own.
-_UNSHARD_STREAM_BUFFERS = ("FSDP gathered",)
+_UNSHARD_STREAM_BUFFERS = ("FSDP gathered",
+                           # the pre-unshard stream's shard copies (buffers.py): a pool of its own as well
+                           "FSDP shard copied")
 
 
 def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool, n: int,
