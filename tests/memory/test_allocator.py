@@ -332,3 +332,22 @@ def test_two_cublas_workspaces_per_gpu_sized_by_generation():
         g = estimate("gpt2", gpu=gpu, seq_len=256).per_gpu
         assert g.breakdown["cuBLAS workspaces (forward and backward thread)"] == 2 * each
         assert g.allocated >= 2 * each + g.parameters
+
+
+def test_qlora_quant_state_is_bitsandbytes_tensors_loaded_before_the_wrapping():
+    # Llama-2-7B: q_proj is 4096 x 4096, so quantize_4bit's absmax has 4096*4096/64 = 262144 blocks, one byte
+    # each with double quantization and four without; the blocks of a layer sum to what they are given.
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import allocator as A
+
+    arch = resolve_model("llama-2-7b").architecture
+    total = 3 * 2**20
+    dq = A.qlora_quant_state_tensors(arch, True, total)
+    assert dq[0] == 262144 and sum(dq) == total
+    assert A.qlora_quant_state_tensors(arch, False, 4 * total)[0] == 4 * 262144
+    # allocated first, never freed: the wrapping that follows cannot place them in its freed blocks
+    ev = A.loaded_events(dq, 2) + A.fsdp_init_events([[300 * 2**20]], world=2, sync_module_states=True)
+    assert [op for op, _, _ in ev[:2 * len(dq)]] == ["a"] * (2 * len(dq))
+    assert not any(op == "f" and k[0] == "L" for op, k, _ in ev)
+    alone = A.simulate(A.fsdp_init_events([[300 * 2**20]], world=2, sync_module_states=True))
+    assert A.simulate(ev).peak_reserved > alone.peak_reserved
