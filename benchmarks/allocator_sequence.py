@@ -165,7 +165,7 @@ def with_workspaces(events: list, workspace: int) -> list:
 
 
 def dsadvise_estimate(cfg: dict, *, layers: int, batch: int, seq: int, method: str, checkpointing: str,
-                      lora_rank: int):
+                      lora_rank: int, loss: str = "current"):
     from advisor.api import estimate
     from advisor.catalog.models import ResolvedModel
     from advisor.hf_config import architecture_from_hf_config
@@ -175,7 +175,7 @@ def dsadvise_estimate(cfg: dict, *, layers: int, batch: int, seq: int, method: s
     model = ResolvedModel(name="sequence", architecture=architecture_from_hf_config(c), source="config", note="")
     kw = dict(lora_rank=lora_rank) if method == "lora" else {}
     return estimate(model, gpu="h200", precision="bf16", seq_len=seq, micro_batch=batch, method=method,
-                    checkpointing=checkpointing, **kw)
+                    checkpointing=checkpointing, loss="legacy-inline" if loss == "inline-4.37" else "plain", **kw)
 
 
 def segments(events, min_mib: int = 100) -> list[int]:
@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--loop", choices=("accelerate", "plain", "hold"), default="accelerate",
                     help="hold: the model's output kept through optimizer.step, no fp32 copy (Answer.AI fsdp_qlora "
                          "train.py: 'output = None' after the step)")
+    ap.add_argument("--loss", choices=("current", "inline-4.37"), default="current",
+                    help="the recorded step's loss (see record_steps); dsadvise: --loss plain / legacy-inline")
     ap.add_argument("--compare-loss", action="store_true",
                     help="record each case with transformers' current loss and 4.37's inline loss and print "
                          "what the inline one adds, in fp32 N x V logit blocks (issue 17, Answer.AI rows)")
@@ -249,10 +251,10 @@ def main() -> None:
           f"  segments >= 100 MiB of the recorded sequence (MiB)")
     for method, ckpt in cases:
         events = record_steps(cfg, layers=a.layers, batch=a.batch, seq=a.seq, method=method, steps=a.steps,
-                              loop=a.loop, checkpointing=ckpt, lora_rank=a.lora_rank)
+                              loop=a.loop, checkpointing=ckpt, lora_rank=a.lora_rank, loss=a.loss)
         rec = simulate(events)
         est = dsadvise_estimate(cfg, layers=a.layers, batch=a.batch, seq=a.seq, method=method,
-                                checkpointing=ckpt, lora_rank=a.lora_rank).per_gpu
+                                checkpointing=ckpt, lora_rank=a.lora_rank, loss=a.loss).per_gpu
         print(f"{method + (' + ckpt' if ckpt != 'none' else ''):<22}{rec.peak_allocated / GIB:>10.3f}"
               f"{est.allocated / GIB:>10.3f}{100 * (est.allocated / rec.peak_allocated - 1):>+7.1f}"
               f"{rec.peak_reserved / GIB:>10.3f}{est.reserved / GIB:>10.3f}"

@@ -351,3 +351,19 @@ def test_qlora_quant_state_is_bitsandbytes_tensors_loaded_before_the_wrapping():
     assert not any(op == "f" and k[0] == "L" for op, k, _ in ev)
     alone = A.simulate(A.fsdp_init_events([[300 * 2**20]], world=2, sync_module_states=True))
     assert A.simulate(ev).peak_reserved > alone.peak_reserved
+
+
+def test_legacy_inline_loss_adds_what_the_recorded_step_adds():
+    # transformers <= 4.45's in-model loss (fp32 logits held, shifted contiguous copy) against today's
+    # ForCausalLMLoss, recorded on the CPU allocator (benchmarks/gpu_memory_corpus_legacy_loss.py: +1.99 bytes
+    # per logit at the peak; benchmarks/allocator_sequence.py --compare-loss: +0.50 fp32 logit block allocated,
+    # +1.00 reserved). Llama-2-7B LoRA, FSDP over 2 GPUs, pure bf16 (no accelerate copy), 4 x 2048 tokens.
+    from advisor.api import estimate
+
+    kw = dict(gpus=2, gpu="rtx-3090", strategy="fsdp-full", method="lora", precision="pure-bf16", micro_batch=4,
+              seq_len=2048, checkpointing="full", lora_rank=64, lora_targets=("all-linear",))
+    plain = estimate("llama-2-7b", loss="plain", **kw).per_gpu
+    legacy = estimate("llama-2-7b", loss="legacy-inline", **kw).per_gpu
+    block = 4 * 2048 * 32000 * 4
+    assert 0.45 * block < legacy.allocated - plain.allocated < 0.55 * block
+    assert 0.9 * block < legacy.reserved - plain.reserved < 1.1 * block
