@@ -19,9 +19,12 @@ set DSADVISE_CACHE_DIR=off for the whole script to measure every row that way.
 
 Then a breakdown of one `estimate` (inside a fresh interpreter): the interpreter's start, pydantic's import and
 first model (the floor), the imports the command adds (with the time spent building pydantic model classes and
-dataclasses counted apart), and the rest (parser, computation, printing). On this project's 2-core machine
-(quiet, 2026-11-30) the floor alone is ~7-8x bare python and the 20-odd model classes the command validates
-with ~1.5x more: what keeps `estimate` above 10x while its inputs and results stay pydantic-validated.
+dataclasses counted apart), the rest (parser, computation, printing) and the interpreter's exit. On this
+project's 2-core machine (2026-11-30, load 4-7 from other jobs) the floor under the CLI's settings is ~8x bare
+python, the 22 pydantic model classes the command validates (specs, catalog, results) ~1x, 18 dataclasses
+(memory model, step time) ~0.6x, the other module code ~1x, the computation and printing ~0.4x, the exit
+~0.9x: `estimate` at ~12x, what its pydantic-validated inputs and results cost (a naive
+`import pydantic; one BaseModel` with plugin discovery costs as much).
 """
 
 from __future__ import annotations
