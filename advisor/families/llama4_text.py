@@ -16,7 +16,6 @@ router's sigmoid scores, zero for the unrouted): saved bytes grow with the exper
 
 from __future__ import annotations
 
-
 from .base import PROXY_HEAD_DIM, PROXY_INNER, Family, llama_proxy, proxy_experts, read_experts, read_llama_like
 from .replay import DecoderReplay
 
@@ -27,19 +26,27 @@ def layer_kinds(r) -> list[str]:
     n = r.integer("num_hidden_layers")
     interval = r.integer("no_rope_layer_interval", default=4)
     rope = cfg.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
+    if not isinstance(rope, list) or any(v not in (0, 1) or isinstance(v, float) for v in rope):
+        raise r.fail("no_rope_layers", "must be a list of 0 (no RoPE) / 1 (RoPE), one per layer")
     step = r.integer("interleave_moe_layer_step", default=1)
     moe = cfg.get("moe_layers")
+    if moe is not None and (not isinstance(moe, list) or any(isinstance(i, bool) or not isinstance(i, int)
+                                                              for i in moe)):
+        raise r.fail("moe_layers", "must be a list of layer indices")
     moe = set(range(step - 1, n, step)) if moe is None else set(moe)
     chunk = cfg.get("attention_chunk_size", 8192)
     types = cfg.get("layer_types") or ["chunked_attention" if nr and chunk is not None else "full_attention"
                                        for nr in rope]
+    if not isinstance(types, list):
+        raise r.fail("layer_types", "must be a list of chunked_attention / full_attention")
     # the modeling file indexes the lists by layer (``no_rope_layers[layer_idx]``): longer lists are read up to n
     if len(rope) < n or len(types) < n or any(t not in ("chunked_attention", "full_attention") for t in types):
-        raise r.fail("no_rope_layers", f"no_rope_layers / layer_types must list the {n} layers")
+        raise r.fail("no_rope_layers", f"and layer_types must list the {n} layers")
     return [f"{types[i]}/{'rope' if rope[i] else 'nope'}/{'moe' if i in moe else 'dense'}" for i in range(n)]
 
 
 def period(kinds: list[str]) -> tuple[str, ...]:
+    """The shortest repeating prefix of ``kinds`` (the whole list when it does not repeat)."""
     p = next(p for p in range(1, len(kinds) + 1) if all(k == kinds[i % p] for i, k in enumerate(kinds)))
     return tuple(kinds[:p])
 

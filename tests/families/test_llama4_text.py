@@ -125,3 +125,13 @@ def test_peft_fails_on_the_router_and_trains_without_it():
                 wrapped(input_ids=ids, labels=ids)
         else:
             wrapped(input_ids=ids, labels=ids).loss.backward()
+
+
+@pytest.mark.parametrize("bad", [{"no_rope_layers": "x"}, {"no_rope_layers": [1, 2]}, {"moe_layers": ["a"]},
+                                 {"layer_types": 3}, {"no_rope_layers": [1, 1, 1]},
+                                 {"interleave_moe_layer_step": 0}, {"num_experts_per_tok": 5}])
+def test_bad_layer_lists_are_one_line_errors(bad):
+    from advisor.errors import InputError
+
+    with pytest.raises(InputError, match="config.json: "):
+        architecture_from_hf_config(dict(MAVERICK_SMALL, **bad))
