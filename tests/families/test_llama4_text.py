@@ -117,7 +117,8 @@ def test_peft_fails_on_the_router_and_trains_without_it():
     cfg = {k: v for k, v in MAVERICK_SMALL.items() if k != "model_type"}
     ids = torch.zeros((1, 8), dtype=torch.long)
     for exclude, fails in ((None, True), (["router"], False)):
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama4_text", **dict(cfg, num_hidden_layers=2)))
+        one_moe_layer = dict(cfg, num_hidden_layers=1, interleave_moe_layer_step=1)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama4_text", **one_moe_layer))
         lora = peft.LoraConfig(r=4, target_modules="all-linear", exclude_modules=exclude, task_type="CAUSAL_LM")
         wrapped = peft.get_peft_model(model, lora)
         if fails:
