@@ -5,8 +5,6 @@ from the shipped model catalog, or synthesized from a bare size such as ``7B``. 
 shape facts that decide memory: widths, counts, which modules exist and which carry biases.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_serializer
@@ -72,6 +70,11 @@ class Architecture(BaseModel):
                                                    "placed by the '/dense' kinds of layer_pattern")
     dense_intermediate_size: int = Field(0, ge=0, description="MLP width of those dense layers")
     attention_sinks: bool = False         # one learned sink logit per head and layer (GPT-OSS ``sinks``)
+    # DeepSeek-V3 (issue 14, helper A2): the router's expert groups (n_group) and groups kept (topk_group), and
+    # rope applied on interleaved pairs (rope_interleave)
+    moe_groups: int = Field(1, ge=1)
+    moe_topk_groups: int = Field(1, ge=1)
+    rope_interleave: bool = False
     layer_pattern: tuple[str, ...] = Field((), description="kinds of successive decoder layers, repeating "
                                            "(layer i is layer_pattern[i % len]); empty: all layers alike. Gemma-3: "
                                            "5 x sliding_attention, 1 x full_attention")
@@ -110,8 +113,18 @@ class Architecture(BaseModel):
         return self.num_experts > 0
 
     def layer_kind(self, i: int) -> str:
-        """The kind of decoder layer ``i`` ("" when all layers are alike)."""
-        return self.layer_pattern[i % len(self.layer_pattern)] if self.layer_pattern else ""
+        """The kind of decoder layer ``i`` ("" when all layers are alike; an MoE model with leading dense layers,
+        DeepSeek's first_k_dense_replace: "dense" then "moe")."""
+        if self.layer_pattern:
+            return self.layer_pattern[i % len(self.layer_pattern)]
+        if self.is_moe and 0 < self.dense_layers < self.num_layers:
+            return "dense" if i < self.dense_layers else "moe"
+        return ""
+
+    @property
+    def hybrid(self) -> bool:
+        """Decoder layers come in several kinds (a ``layer_pattern``, or leading dense layers of an MoE model)."""
+        return bool(self.layer_pattern) or (self.is_moe and 0 < self.dense_layers < self.num_layers)
 
     @property
     def layer_kinds(self) -> tuple[str, ...]:
@@ -137,4 +150,5 @@ class Architecture(BaseModel):
 # fields that only some 2025 families use (dumped only when set: Architecture._omit_unused_family_fields)
 _FAMILY_FIELDS = ("moe_norm_topk", "layer_pattern", "router_bias", "attention_sinks", "kv_lora_rank", "q_lora_rank",
                   "qk_rope_head_dim", "v_head_dim", "shared_expert_size", "dense_layers", "dense_intermediate_size",
+                  "moe_groups", "moe_topk_groups", "rope_interleave",
                   "attention_chunk_size", "qk_l2_norm", "attn_temperature_tuning")

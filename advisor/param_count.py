@@ -19,8 +19,6 @@ Normalized linear-layer names (:func:`linear_shapes`) and what they are in each 
 ===============  ==========================================================================
 """
 
-from __future__ import annotations
-
 from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict

@@ -6,7 +6,8 @@ the MoE replay is :meth:`DecoderReplay.moe` (transformers v5 grouped_mm experts)
 
 from __future__ import annotations
 
-from .base import Family, llama_proxy, no_bias, proxy_experts, read_experts, read_llama_like, window_default
+from .base import Family, attention_lora_only, llama_proxy, no_bias, proxy_experts, read_experts, read_llama_like, \
+    window_default
 from .replay import DecoderReplay
 
 
@@ -25,4 +26,4 @@ FAMILY = Family(model_type="mixtral", modeling="transformers/models/mixtral/mode
                 fsdp_layer_class="MixtralDecoderLayer", proxy=proxy, replay=DecoderReplay,
                 native_linear_names={"gate": ("router",), "w1": ("gate_proj",), "w3": ("up_proj",),
                                      "w2": ("down_proj",)},
-                z3_leaf_modules=("MixtralSparseMoeBlock",))
+                z3_leaf_modules=("MixtralSparseMoeBlock",), replay_covers=attention_lora_only)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from advisor.hf_config import NeedsTrace
 
-from .base import PROXY_HEAD_DIM, PROXY_INNER, Family, llama_proxy, proxy_experts, qwen_window, read_experts, \
-    read_llama_like
+from .base import PROXY_HEAD_DIM, PROXY_INNER, Family, attention_lora_only, llama_proxy, proxy_experts, \
+    qwen_window, read_experts, read_llama_like
 from .replay import DecoderReplay
 
 
@@ -47,4 +47,4 @@ def proxy(arch):
 
 FAMILY = Family(model_type="qwen3_moe", modeling="transformers/models/qwen3_moe/modeling_qwen3_moe.py", read=read,
                 fsdp_layer_class="Qwen3MoeDecoderLayer", proxy=proxy, replay=Qwen3MoeReplay,
-                z3_leaf_modules=("Qwen3MoeSparseMoeBlock",))
+                z3_leaf_modules=("Qwen3MoeSparseMoeBlock",), replay_covers=attention_lora_only)

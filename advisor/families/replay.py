@@ -145,7 +145,7 @@ class DecoderReplay:
         a, tr, t = self.a, self.tr, self.t
         H, d = a.num_attention_heads, a.head_dim
         b, s = tr.b, tr.s
-        out_n = b * H * s * d
+        out_n = b * H * s * (a.v_head_dim or d)                        # MLA: values narrower than q/k
         impl = t.attention
         window = self.window()
         window_mask = (window is not None and s > window)
@@ -309,6 +309,15 @@ class DecoderReplay:
             top = tr.op(tr.new(N * k, "f32", probs.rg), [top])
         if self.router_cast_back:
             top = tr.cast(top, logits.dt)                              # router_top_value.to(router_logits.dtype)
+        return self.grouped_experts(x, top, i)
+
+    def grouped_experts(self, x: Tensor, top: Tensor, i: int) -> Tensor:
+        """transformers v5's default experts forward (integrations/moe.py ``grouped_mm_experts_forward``) on the
+        tokens ``x`` and their top-k routing weights ``top`` (N x k); ``i``: one expert's inner width."""
+        a, tr = self.a, self.tr
+        h, E, k = a.hidden_size, a.num_experts, max(a.experts_per_token, 1)
+        N = tr.N
+        S = N * k
         tr.save(tr.new(S, "i64", False), tr.new(S, "i64", False))     # sort perm; hidden_states[perm // k]
         tr.save(tr.new(E, "i32", False))                               # grouped_mm offsets (cumsum)
         sel = tr.op(tr.new(S * h, x.dt, x.rg), [x])                    # IndexBackward: zeros + index_put
@@ -389,7 +398,7 @@ class DecoderReplay:
         a, tr = self.a, self.tr
         if a.position != "rope":
             return
-        d = a.head_dim
+        d = a.qk_rope_head_dim or a.head_dim                            # MLA: rope on qk_rope_head_dim only
         rot = max(1, int(d * a.rotary_pct))
         # rotary_emb(hidden_states, position_ids): (1, s, rot) in the embeddings' dtype, shared by all layers (of a
         # kind, with rope_per_layer_kind: one pair per layer type of the whole model, sorted as Gemma-3 does)

@@ -154,7 +154,7 @@ def _layer_plan(arch: Architecture, training: TrainingSpec, ckpt: str) -> list[t
     that saves: its input may need no gradient) and ``per_layer`` (a layer of the model's last kind at index
     >= 1: the first layer backward runs); with a ``layer_pattern``, one ``per_layer@<kind>`` in between for
     every other kind among the saving layers, so each kind's cost at index >= 1 is known."""
-    if not arch.layer_pattern:
+    if not arch.hybrid:
         return [("first_layer", ""), ("per_layer", "")]
     kinds = arch.layer_kinds
     saving = kinds[arch.num_layers - _saving_layers(arch, training, ckpt):]
@@ -202,7 +202,7 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
         tr.save(*m.rope_storages())                                    # alive in the layers' kwargs
     for term, kind in plan:
         terms[term] = tr.bytes_of(term)
-        if arch.layer_pattern and term != "first_layer":
+        if arch.hybrid and term != "first_layer":
             terms[f"kind:{kind}"] = terms[term]                        # one layer of this kind at index >= 1
     weight_copy_layer = tr.weight_copy_elems // 2
     tr.weight_copy_elems = 0
@@ -329,7 +329,7 @@ def allocation_trace(arch: Architecture, training: TrainingSpec, mode: ComputeMo
     5 layers, the sequence is built from a 4-layer trace by repeating its third layer
     (:func:`_replicate_layers`); tests/memory/test_allocator.py checks it equals the direct trace. Layers of
     several kinds (``layer_pattern``) are traced directly."""
-    if layers <= 5 or arch.layer_pattern:
+    if layers <= 5 or arch.hybrid:
         return _trace_events(arch, training, mode, ckpt, layers)
     events, sections = _four_layer_trace(arch, training, mode, ckpt)
     out = _replicate_layers(events, sections, layers)
@@ -447,9 +447,18 @@ def _traced(arch: Architecture, training: TrainingSpec, mode: ComputeMode, ckpt:
 # on the real transformers model (advisor/trace). REPLAYED_FAMILIES (imported above) asks each family module.
 
 
+def _replay_covers(arch: Architecture, training: TrainingSpec) -> bool:
+    """False where the family's replay declines this run (``Family.replay_covers``, e.g. DeepSeek LoRA on experts)."""
+    from advisor.families import family
+
+    covers = family(arch.family).replay_covers
+    return covers is None or covers(arch, training)
+
+
 def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeMode) -> ActivationEstimate:
     """Saved-for-backward bytes of one micro-batch and the backward transient peak on top (per GPU)."""
-    if arch.traced or arch.family not in REPLAYED_FAMILIES:   # no replay for this family: the real model, traced
+    if arch.traced or arch.family not in REPLAYED_FAMILIES or not _replay_covers(arch, training):
+        # no replay for this family (or this run of it): the real model, traced
         from advisor.trace.estimate import traced_activation_terms
 
         activations, temporaries, breakdown = traced_activation_terms(arch, training, mode)
@@ -467,11 +476,13 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     n_train = _saving_layers(arch, training, ckpt)
     per_layer = terms["per_layer"]
     masks = 1
-    if arch.layer_pattern:   # each saving layer after the first costs what one layer of its kind costs
+    if arch.hybrid:   # each saving layer after the first costs what one layer of its kind costs
         saving = arch.layer_kinds[arch.num_layers - n_train:]
         layers = terms["first_layer"] + sum(terms[f"kind:{k}"] for k in saving[1:])
         per_layer = max(v for k, v in terms.items() if k.startswith("kind:"))
-        masks = len(set(saving))   # one 4-D mask per layer type (create_causal_mask / create_sliding_window_...)
+        # one 4-D mask per attention type (create_causal_mask / create_sliding_window_...); dense and MoE layers
+        # (DeepSeek) share the one causal mask
+        masks = len(set(saving)) if arch.layer_pattern else 1
     else:
         layers = terms["first_layer"] + max(n_train - 1, 0) * terms["per_layer"]
 

@@ -25,6 +25,35 @@ def kv_cache_bytes(counts_layers: int, kv_heads: int, head_dim: int, seq_len: in
     return counts_layers * 2 * kv_heads * head_dim * seq_len * batch * dtype_bytes
 
 
+# -- multi-head latent attention (DeepSeek-V3/R1; issue 14, helper A2) ---------------------------------------
+def mla_kv_cache_bytes(arch, seq_len: int, batch: int, dtype_bytes: int) -> int:
+    """MLA cache of transformers' DynamicCache: per layer and token the compressed latent (kv_a_layernorm output,
+    ``kv_lora_rank``) and the roped shared key (``qk_rope_head_dim``): DeepseekV3Attention.forward calls
+    ``cache.update(kv_nope, k_rot)`` before ``expand_kv`` (modeling_deepseek_v3.py), the same 576 elements a
+    token that vLLM and SGLang keep for DeepSeek-V3."""
+    return arch.num_layers * (arch.kv_lora_rank + arch.qk_rope_head_dim) * seq_len * batch * dtype_bytes
+
+
+def mla_attention_transient(arch, batch: int, seq: int, dtype_bytes: int) -> int:
+    """One MLA layer's attention tensors alive at the SDPA call (bytes): q_b_proj's output and the query,
+    kv_b_proj's output (k_nope and v per head, re-expanded from the latent at every step: transformers does not
+    absorb kv_b_proj into the query as vLLM/SGLang do) and the key (heads × (qk_nope + qk_rope)), the output
+    (heads × v_head_dim). A decoding step over ``seq`` cached tokens holds less (no per-token query)."""
+    H, qk, v = arch.num_attention_heads, arch.head_dim, arch.v_head_dim
+    nope = qk - arch.qk_rope_head_dim
+    return batch * seq * H * (3 * qk + nope + 2 * v) * dtype_bytes
+
+
+def moe_experts_transient(arch, batch: int, seq: int, dtype_bytes: int) -> int:
+    """transformers v5 grouped_mm experts forward (integrations/moe.py) over S = tokens × top-k rows: the
+    gathered input with the gate/up output, activation and product (h + 4 i), or later the input, the down
+    output, the weighted and the re-ordered rows (4 h), per row; plus a shared-experts MLP (3 × its width)."""
+    S = batch * seq * max(arch.experts_per_token, 1)
+    h, i = arch.hidden_size, arch.intermediate_size
+    return (S * max(h + 4 * i, 4 * h) + batch * seq * 3 * arch.shared_expert_size) * dtype_bytes
+# -- end MLA block
+
+
 def sliding_layers(arch) -> int:
     """Decoder layers whose attention is a sliding window (transformers' default ``layer_types``).
 
@@ -77,6 +106,11 @@ def transient_bytes(model: ResolvedModel, training: TrainingSpec, dtype_bytes: i
         attn = b * a.num_attention_heads * s * s * (dtype_bytes + 4)
     else:
         attn = 4 * b * s * a.q_width * dtype_bytes
+    if a.kv_lora_rank and training.attention != "eager":              # MLA (A2): decompressed K/V per head
+        attn = mla_attention_transient(a, b, s, dtype_bytes)
+    if a.is_moe:                                                      # routed experts, dense layers (A2)
+        dense = b * s * (a.dense_intermediate_size or a.intermediate_size) * 3 * dtype_bytes if a.dense_layers else 0
+        mlp = max(moe_experts_transient(a, b, s, dtype_bytes), dense)
     hidden = 3 * b * s * a.hidden_size * dtype_bytes
     # The prefill's 4-D attention mask: eager attention adds a (b, 1, s, s) mask in the compute dtype; SDPA skips
     # it for a plain causal mask (is_causal) but needs a materialized boolean one for a sliding window
@@ -102,6 +136,8 @@ def inference_layouts(model: ResolvedModel, counts: ParameterCounts, info: Model
                          training.micro_batch_size, dtype_bytes)
           + kv_cache_bytes(n_sliding, a.num_key_value_heads, a.head_dim, sliding_tokens,
                            training.micro_batch_size, dtype_bytes))
+    if a.kv_lora_rank:                                                # MLA: the compressed latent (A2)
+        kv = mla_kv_cache_bytes(a, full_tokens, training.micro_batch_size, dtype_bytes)
     transient = transient_bytes(model, training, dtype_bytes)
     frag = ov.allocator_fragmentation_fraction
 
@@ -130,7 +166,13 @@ def inference_layouts(model: ResolvedModel, counts: ParameterCounts, info: Model
     cpu_fits = hw.cpu_ram_bytes is None or cpu_total <= hw.cpu_ram_bytes
     s_info = strategy_info(training, strategy).model_copy(update={"name": chosen.layout})
     notes = [model.note] if model.note else []
-    notes.append("KV cache = layers x 2 x kv_heads x head_dim x seq_len x batch x bytes")
+    if a.kv_lora_rank:   # MLA (A2)
+        notes.append(f"KV cache (multi-head latent attention) = layers x (kv_lora_rank {a.kv_lora_rank} + "
+                     f"qk_rope_head_dim {a.qk_rope_head_dim}) x seq_len x batch x bytes: transformers caches the "
+                     "compressed latent, as vLLM/SGLang do; unlike them it re-expands K and V per head "
+                     f"({a.num_attention_heads} heads) in every layer at every step, counted in the transient")
+    else:
+        notes.append("KV cache = layers x 2 x kv_heads x head_dim x seq_len x batch x bytes")
     if n_sliding:
         prompt = "the prompt" if training.prompt_len else "the prompt (assumed the whole sequence: set prompt_len)"
         notes.append(f"{n_sliding} of {a.num_layers} layers use a {a.sliding_window}-token sliding window: their "

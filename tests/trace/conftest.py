@@ -20,8 +20,12 @@ def harness():
     from benchmarks.harness.kinds.saved import _forward_saved
     from benchmarks.harness.semantics import cuda_semantics
 
+    from advisor.trace.cuda_semantics import sdpa_as_cuda
+
     def saved(model, mode: str, ids):
-        with cuda_semantics(mode, fast_matmul=True):
+        # the harness's CUDA semantics plus the SDPA patch the tracer applies (CUDA's memory-efficient kernel where
+        # v is narrower than q/k: DeepSeek's MLA), so both sides measure under one set of rules
+        with cuda_semantics(mode, fast_matmul=True), sdpa_as_cuda():
             return _forward_saved(model, mode, ids)
 
     return SimpleNamespace(make_config=models.make_config, instantiate=models.instantiate, saved=saved)
