@@ -208,4 +208,5 @@ FAMILY = Family(model_type="llama4_text", modeling="transformers/models/llama4/m
                 native_linear_names={"router": ("router",)},
                 # measured: peft 0.21.2 wraps Llama4Router (an nn.Linear whose forward returns a tuple) and its
                 # forward fails (peft/tuners/lora/layer.py: result.dtype of a tuple)
-                lora_refused={"router": _ROUTER_LORA}, all_linear_excludes=("router",))
+                lora_refused={"router": _ROUTER_LORA}, all_linear_excludes=("router",),
+                dense_expert_compute=True)

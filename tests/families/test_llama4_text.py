@@ -136,3 +136,16 @@ def test_bad_layer_lists_are_one_line_errors(bad):
 
     with pytest.raises(InputError, match="config.json: "):
         architecture_from_hf_config(dict(MAVERICK_SMALL, **bad))
+
+
+def test_step_time_computes_every_expert_as_llama4textmoe_does():
+    """Llama4TextMoe multiplies every token through every expert (x.repeat(num_experts, 1)): the hardware's matmul
+    parameters per token are all the layer weights, not the top-k's (GPT-OSS, grouped_mm: only the routed ones)."""
+    from advisor.recommend.step_time import matmul_parameters
+
+    for cfg, every in ((MAVERICK_SMALL, True), ({**MAVERICK_SMALL, "model_type": "gpt_oss", "num_hidden_layers": 4,
+                                                 "sliding_window": 16}, False)):
+        arch = architecture_from_hf_config(cfg)
+        c = count_parameters(arch)
+        per_token = c.total if every else c.active_per_token
+        assert matmul_parameters(arch, c) == per_token - c.embedding - c.lm_head - c.final + 256 * 64
