@@ -16,6 +16,8 @@ router's sigmoid scores, zero for the unrouted): saved bytes grow with the exper
 
 from __future__ import annotations
 
+from advisor.errors import InputError
+
 from .base import PROXY_HEAD_DIM, PROXY_INNER, Family, llama_proxy, proxy_experts, read_experts, read_llama_like
 from .replay import DecoderReplay
 
@@ -86,6 +88,13 @@ class Llama4Replay(DecoderReplay):
     """Llama4ForCausalLM's forward where it differs from Llama's (modeling_llama4.py, op by op)."""
 
     softmax_no_dtype = True     # eager: softmax(attn_weights) in the scores' dtype, no .to() after it
+
+    def attention_core(self, q, k, v, selective):
+        if self.t.attention == "flash":   # from_config(attn_implementation="flash_attention_2") refuses Llama-4
+            raise InputError("llama4_text: transformers has no flash-attention path for Llama-4 "
+                             "(Llama4PreTrainedModel._supports_flash_attn = False): use --attention sdpa or eager",
+                             field="--attention")
+        return super().attention_core(q, k, v, selective)
 
     def window(self):
         """Chunked layers need a mask once the sequence exceeds a chunk (create_chunked_causal_mask)."""

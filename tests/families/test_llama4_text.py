@@ -149,3 +149,10 @@ def test_step_time_computes_every_expert_as_llama4textmoe_does():
         c = count_parameters(arch)
         per_token = c.total if every else c.active_per_token
         assert matmul_parameters(arch, c) == per_token - c.embedding - c.lm_head - c.final + 256 * 64
+
+
+def test_flash_attention_is_refused_as_transformers_refuses_it():
+    from advisor.errors import InputError
+
+    with pytest.raises(InputError, match="no flash-attention path"):
+        _replay("half-bf16", "flash", "full", 1)
