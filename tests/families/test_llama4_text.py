@@ -87,9 +87,15 @@ def test_autocast_frozen_experts_differ_by_their_weight_copies_only():
     down_proj. The replay reports those with the other weight copies (they scale with parameters); the tracer's
     weight-copy rule knows 2-D weights only and counts these 3-D ones as activations."""
     pytest.importorskip("transformers")
-    traced = _trace("autocast-bf16", "eager", "lora", 1)
-    replay = _replay("autocast-bf16", "eager", "lora", 1)
-    h, i, E, moe_layers = 64, 64, 4, 6
+    from advisor.trace import TraceSettings, trace_model
+
+    cfg = dict(MAVERICK_SMALL, num_hidden_layers=4)                # one period: each kind once
+    traced = trace_model(cfg, TraceSettings(seq_len=SEQ, mode="autocast-bf16", attention="eager", method="lora",
+                                            lora_targets=TARGETS), use_cache=False)
+    replay = activation_memory(architecture_from_hf_config(cfg),
+                               TrainingSpec(seq_len=SEQ, attention="eager", method="lora",
+                                            lora=LoraSpec(target_modules=TARGETS)), "autocast-bf16")
+    h, i, E, moe_layers = 64, 64, 4, 2
     assert traced.activations - replay.activations == moe_layers * E * 3 * h * i * 2
 
 
