@@ -162,3 +162,17 @@ def test_flash_attention_is_refused_as_transformers_refuses_it():
 
     with pytest.raises(InputError, match="no flash-attention path"):
         _replay("half-bf16", "flash", "full", 1)
+
+
+@pytest.mark.slow
+def test_autocast_weight_copies_are_counted_per_layer_kind():
+    """autocast's bf16 weight copies (the model-state side, info:autocast_weight_copies) of a 4-layer period of
+    dense and MoE layers equal the tracer's: each saving layer counts its own kind's copies."""
+    pytest.importorskip("transformers")
+    from advisor.trace import TraceSettings, trace_model
+
+    cfg = dict(MAVERICK_SMALL, num_hidden_layers=4)
+    traced = trace_model(cfg, TraceSettings(seq_len=SEQ, mode="autocast-bf16"), use_cache=False)
+    replay = activation_memory(architecture_from_hf_config(cfg), TrainingSpec(seq_len=SEQ), "autocast-bf16")
+    assert replay.activations == traced.activations
+    assert replay.breakdown["info:autocast_weight_copies"] == traced.weight_copies
