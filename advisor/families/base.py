@@ -36,6 +36,9 @@ class Family:
     # normalized linears ``all-linear`` leaves out here (PEFT: LoraConfig(exclude_modules=...)), with the reason
     lora_refused: Mapping[str, str] = field(default_factory=dict)
     all_linear_excludes: tuple[str, ...] = ()
+    # every routed expert runs on every token, the unrouted scaled by 0 (Llama-4's Llama4TextMoe): the hardware
+    # computes all experts' matmuls (step time), not the top-k's
+    dense_expert_compute: bool = False
 
 
 # ---------------------------------------------------------------- the Llama-shaped config reader
