@@ -5,8 +5,6 @@ from the shipped model catalog, or synthesized from a bare size such as ``7B``. 
 shape facts that decide memory: widths, counts, which modules exist and which carry biases.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_serializer
@@ -68,7 +66,8 @@ class Architecture(BaseModel):
     v_head_dim: int = Field(0, ge=0)
     shared_expert_size: int = Field(0, ge=0, description="inner width of the shared experts' MLP (DeepSeek)")
     dense_layers: int = Field(0, ge=0, description="leading dense decoder layers of an MoE model (DeepSeek "
-                                                   "first_k_dense_replace)")
+                                                   "first_k_dense_replace); Llama-4: how many layers are dense, "
+                                                   "placed by the '/dense' kinds of layer_pattern")
     dense_intermediate_size: int = Field(0, ge=0, description="MLP width of those dense layers")
     attention_sinks: bool = False         # one learned sink logit per head and layer (GPT-OSS ``sinks``)
     # DeepSeek-V3 (issue 14, helper A2): the router's expert groups (n_group) and groups kept (topk_group), and
@@ -79,6 +78,12 @@ class Architecture(BaseModel):
     layer_pattern: tuple[str, ...] = Field((), description="kinds of successive decoder layers, repeating "
                                            "(layer i is layer_pattern[i % len]); empty: all layers alike. Gemma-3: "
                                            "5 x sliding_attention, 1 x full_attention")
+
+    # issue 14 (A1): Llama-4 text (transformers/models/llama4/modeling_llama4.py)
+    attention_chunk_size: int | None = Field(None, description="chunked attention (Llama-4 attention_chunk_size): "
+                                             "the layers of kind chunked_attention attend within chunks of this size")
+    qk_l2_norm: bool = False              # parameter-free L2 norm of q and k on the RoPE layers (Llama-4 use_qk_norm)
+    attn_temperature_tuning: bool = False  # q scaled per position on the NoPE layers (Llama-4)
 
     attention_dropout: float = Field(0.0, ge=0, lt=1)
     hidden_dropout: float = Field(0.0, ge=0, lt=1)
@@ -145,4 +150,5 @@ class Architecture(BaseModel):
 # fields that only some 2025 families use (dumped only when set: Architecture._omit_unused_family_fields)
 _FAMILY_FIELDS = ("moe_norm_topk", "layer_pattern", "router_bias", "attention_sinks", "kv_lora_rank", "q_lora_rank",
                   "qk_rope_head_dim", "v_head_dim", "shared_expert_size", "dense_layers", "dense_intermediate_size",
-                  "moe_groups", "moe_topk_groups", "rope_interleave")
+                  "moe_groups", "moe_topk_groups", "rope_interleave",
+                  "attention_chunk_size", "qk_l2_norm", "attn_temperature_tuning")

@@ -8,6 +8,10 @@ so a cached value is always what a fresh parse and validation would give. Errors
 build raises, nothing is written). Where: ``$DSADVISE_CACHE_DIR``, else ``$XDG_CACHE_HOME/dsadvise``, else
 ``~/.cache/dsadvise``; ``DSADVISE_CACHE_DIR=off`` turns it off. A folder that cannot be written only costs
 the speed-up.
+
+The folder is bounded (:func:`prune`): a process that writes an entry first deletes the entries unused for
+MAX_AGE_DAYS (those of an older code or data version are never read again) and, beyond MAX_ENTRIES files or
+MAX_BYTES, the least recently used ones (a hit refreshes an entry's modification time).
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 FORMAT = "1"          # bump when the layout of cached values changes
+MAX_ENTRIES = 5000                # files kept; beyond, the least recently used go (a trace is ~0.1-1 MB, the rest KB)
+MAX_BYTES = 512 * 1024**2         # bytes kept; beyond, the least recently used go
+MAX_AGE_DAYS = 30                 # an entry unused this long is deleted
+_pruned: set[Path] = set()        # folders this process has pruned (once each: a scan is a stat per entry)
 
 
 def cache_dir() -> Path | None:
@@ -66,16 +73,73 @@ def cached(kind: str, parts: Iterable[bytes | str], build: Callable[[], T]) -> T
     path = folder / f"{kind}-{cache_key(kind, parts)}.json"
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            value = json.load(f)
     except (OSError, ValueError):      # no entry yet, unreadable, or torn: rebuild it
         pass
+    else:
+        _touch(path)
+        return value
     value = build()
     if _json_safe(value):
+        if folder not in _pruned:
+            _pruned.add(folder)
+            prune(folder)
         _write(folder, path, value)
     return value
 
 
+def _touch(path: Path) -> None:
+    """Mark an entry used now (its modification time is what :func:`prune` keeps the newest of)."""
+    try:
+        os.utime(path)
+    except OSError:                     # a read-only cache: nothing is pruned there either
+        pass
+
+
+def prune(folder: Path, now: float | None = None) -> int:
+    """Delete the entries of ``folder`` unused for MAX_AGE_DAYS, then the least recently used beyond MAX_ENTRIES
+    files or MAX_BYTES, and temporary files an interrupted write left (older than an hour); returns how many
+    files were deleted. Only the cache's own files (``*.json``, ``.*.tmp``) directly in ``folder``."""
+    import time
+
+    now = time.time() if now is None else now
+    entries, removed = [], 0
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if not e.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if e.name.endswith(".json"):
+                    entries.append((st.st_mtime, st.st_size, e.path))
+                elif e.name.startswith(".") and e.name.endswith(".tmp") and st.st_mtime < now - 3600:
+                    removed += _unlink(e.path)
+    except OSError:
+        return removed
+    entries.sort(reverse=True)                     # most recently used first
+    kept = kept_bytes = 0
+    for mtime, size, path in entries:
+        if mtime >= now - MAX_AGE_DAYS * 86400 and kept < MAX_ENTRIES and kept_bytes + size <= MAX_BYTES:
+            kept, kept_bytes = kept + 1, kept_bytes + size
+        else:
+            removed += _unlink(path)
+    return removed
+
+
+def _unlink(path: str) -> int:
+    try:
+        os.unlink(path)
+        return 1
+    except OSError:
+        return 0
+
+
 def _write(folder: Path, path: Path, value: object) -> None:
+    import tempfile     # here, not at the top: it imports shutil, bz2, lzma (a start that only reads pays none)
+
     tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)

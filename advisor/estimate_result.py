@@ -1,7 +1,5 @@
 """The estimate returned by the API and printed by ``dsadvise estimate --json`` (all sizes in bytes)."""
 
-from __future__ import annotations
-
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
@@ -149,14 +147,14 @@ class Estimate(_Out):
         return self.model_dump(mode="json")
 
 
-def hardware_info(hw: HardwareSpec) -> HardwareInfo:
+def hardware_info(hw: "HardwareSpec") -> HardwareInfo:
     """Echo of the hardware an estimate was made for."""
     return HardwareInfo(gpu=hw.gpu.name if hw.gpu else None, gpus_per_node=hw.gpus_per_node, nodes=hw.nodes,
                         world_size=hw.world_size, vram_bytes=hw.vram_bytes, bf16_supported=hw.bf16_supported,
                         cpu_ram_bytes=hw.cpu_ram_bytes, nvme_bytes=hw.nvme_bytes)
 
 
-def strategy_info(training: TrainingSpec, strategy: StrategySpec) -> StrategyInfo:
+def strategy_info(training: "TrainingSpec", strategy: "StrategySpec") -> StrategyInfo:
     """The strategy block of the estimate JSON."""
     return StrategyInfo(name=strategy.name, backend=strategy.backend, zero_stage=strategy.zero_stage,
                         fsdp_sharding=strategy.fsdp_sharding, offload_optimizer=strategy.offload_optimizer,

@@ -19,8 +19,6 @@ Normalized linear-layer names (:func:`linear_shapes`) and what they are in each 
 ===============  ==========================================================================
 """
 
-from __future__ import annotations
-
 from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict
@@ -193,6 +191,27 @@ def _outside_linears(arch: Architecture) -> dict[str, tuple[int, int]]:
     return {"project_in": (dim, h), "project_out": (h, dim)}   # OPT-350m's embedding projections
 
 
+def all_linear_excludes(arch: Architecture) -> tuple[str, ...]:
+    """Normalized linears that ``all-linear`` leaves out for ``arch``'s family (its module's
+    ``all_linear_excludes``: linears PEFT would wrap but whose adapter fails, e.g. Llama-4's router)."""
+    from advisor.families import family, has_family
+
+    return family(arch.family).all_linear_excludes if has_family(arch.family) else ()
+
+
+def all_linear_note(arch: Architecture, target_modules: tuple[str, ...]) -> str | None:
+    """The note an ``all-linear`` LoRA on ``arch`` needs when its family leaves linears out (else None)."""
+    from advisor.families import family
+
+    excluded = all_linear_excludes(arch)
+    if ALL_LINEAR not in target_modules or not excluded:
+        return None
+    why = "; ".join(dict.fromkeys(family(arch.family).lora_refused.get(n, "") for n in excluded if n))
+    names = ", ".join(f'"{n}"' for n in excluded)
+    return (f"LoRA all-linear on {arch.family}: counted without {names.replace(chr(34), '')} ({why}); in PEFT write "
+            f"LoraConfig(target_modules=\"all-linear\", exclude_modules=[{names}])")
+
+
 def lora_target_names(arch: Architecture) -> tuple[str, ...]:
     """The LoRA target names ``arch`` accepts: normalized names, the family's own names, ``all-linear``."""
     return (*linear_shapes(arch), *native_linear_names(arch.family), *_outside_linears(arch), ALL_LINEAR)
@@ -209,6 +228,13 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
         raise InputError(f"LoRA rank must be a positive integer, got {rank!r}", field="lora.rank")
     if isinstance(target_modules, str):
         target_modules = (target_modules,)
+    from advisor.families import family, has_family
+
+    refused = family(arch.family).lora_refused if has_family(arch.family) else {}
+    excluded = set(all_linear_excludes(arch))
+    for target in target_modules:
+        if target in refused:
+            raise InputError(f"LoRA target {target!r} on {arch.family}: {refused[target]}", field="lora.target_modules")
     if arch.traced:
         from advisor.trace.estimate import traced_lora_trainable
 
@@ -220,7 +246,7 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
     chosen_outside: set[str] = set()
     for target in target_modules:
         if target == ALL_LINEAR:
-            chosen.update(shapes)
+            chosen.update(n for n in shapes if n not in excluded)
             chosen_outside.update(outside)
         elif target in shapes:
             chosen.add(target)

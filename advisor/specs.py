@@ -4,8 +4,6 @@ All sizes inside are bytes; the CLI converts GiB at the edge. Every field carrie
 that a bad value fails with a message naming the field (see :func:`advisor.errors.InputError`).
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator

@@ -22,7 +22,8 @@ alive before the step (a ``gc`` scan) + the profiler's peak above that level (``
   decoder layer + the root, ``MixedPrecision(param_dtype=bf16, reduce_dtype=bf16, buffer_dtype=bf16)``,
   ``BACKWARD_PRE`` prefetch, fp32 sharded parameters, ``use_orig_params=True``) with accelerate's autocast
   around the forward and its ``convert_outputs_to_fp32`` on the output, and ``torch.optim.AdamW(foreach=True)``
-  (CUDA's default).
+  (CUDA's default). The unsharded gradient each unit reduce-scatters is freed when the collective returns, as
+  on CUDA (``_cuda_release_of_reduce_scatter_inputs``: gloo's work object could keep it into the step).
 
 Estimated = ``per_gpu.total - per_gpu.overhead`` (no CUDA context, NCCL or fragmentation on CPU).
 """
@@ -159,6 +160,36 @@ def _fsdp_model(case: dict, vocab: int):
         limit_all_gathers=True)
 
 
+def _cuda_release_of_reduce_scatter_inputs() -> None:
+    """CUDA's semantics for FSDP's reduce-scatter (applied to every FSDP case). FSDP drops its last reference to
+    a unit's unsharded gradient when ``_reduce_grad`` returns (torch/distributed/fsdp/_runtime_utils.py
+    ``_reduce_grad``: ``flat_param.grad = None``, ``dist.reduce_scatter_single(new_sharded_grad,
+    padded_unsharded_grad)``; ``_post_backward_hook`` only ``record_stream``s it on the post-backward stream). On
+    CUDA, NCCL reduce-scatters in place of its own buffers and the gradient goes back to the caching allocator at
+    once (``CUDACachingAllocator::free`` lowers ``allocated_bytes`` immediately; a block with recorded streams is
+    reused once their events complete, and ``_post_backward_final_callback`` makes the compute stream wait for the
+    post-backward stream before the optimizer step): no unsharded gradient outlives its unit's post-backward hook.
+    Under gloo the collective's work object (and the full-size copy ProcessGroupGloo's reduce-scatter makes of its
+    input) can outlive the call on gloo's worker thread, so whole units' gradients were measured alive into the
+    step, more or less depending on load (docs/memory-model.md). The patch reduces with an in-place
+    ``all_reduce`` (gloo's scratch space is not a torch allocation, like NCCL's), copies this rank's chunk out and
+    frees the input's storage once the synchronous collective has returned: FSDP reads nothing of it afterwards."""
+    import torch.distributed as dist
+
+    original = dist.reduce_scatter_single
+
+    def reduce_scatter_single(output, input, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        if async_op:
+            return original(output, input, op=op, group=group, async_op=True)
+        dist.all_reduce(input, op=op, group=group)
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        output.copy_(input.reshape(world, -1)[rank].view_as(output))
+        input.untyped_storage().resize_(0)
+        return None
+
+    dist.reduce_scatter_single = reduce_scatter_single
+
+
 def worker(case_name: str, config_path: str) -> None:
     case = CASES[case_name]
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -207,6 +238,7 @@ def worker(case_name: str, config_path: str) -> None:
         world = engine.world_size
     else:
         torch.distributed.init_process_group("gloo")
+        _cuda_release_of_reduce_scatter_inputs()
         fsdp = _fsdp_model(case, vocab)
         opt = torch.optim.AdamW(fsdp.parameters(), lr=1e-5, foreach=True)
 
@@ -357,6 +389,9 @@ def main() -> int:
             print("    estimated moments: " + ", ".join(f"{k} {v / mib:.1f}" for k, v in r["moments"].items()))
             for k, v in sorted(r["breakdown"].items(), key=lambda kv: -abs(kv[1])):
                 print(f"    {k:<60}{v / mib:10.1f} MiB")
+    if any(CASES[n]["engine"] == "fsdp" for n in names):
+        print("\nfsdp rows: FSDP's reduce-scatter measured with CUDA's release of its input (gloo's work object kept "
+              "whole units' unsharded gradients alive into the step; see _cuda_release_of_reduce_scatter_inputs)")
     return 0
 
 

@@ -37,7 +37,8 @@ def kwargs(p: dict) -> dict:
               precision=p.get("precision"), micro_batch=p["micro_batch"], seq_len=p["seq_len"],
               checkpointing=p.get("checkpointing", "none"), loss=p.get("loss", "plain"),
               loss_chunks=p.get("loss_chunks", 8), double_quant=p.get("double_quant", True),
-              attention=p.get("attention", "sdpa"), global_batch=p.get("global_batch"))
+              attention=p.get("attention", "sdpa"), global_batch=p.get("global_batch"),
+              bucket_sizes=p.get("bucket_sizes", "auto"))
     if p["method"] in ("lora", "qlora"):
         kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]), lora_dropout=p.get("lora_dropout", 0.0))
     if p.get("offload", "none") != "none":

@@ -16,6 +16,12 @@ as they are for a user from the second run on. The commands run with bytecode wr
 (PYTHONDONTWRITEBYTECODE is dropped from their environment) because an installed package has its .pyc files.
 The "cold" row runs `recommend` with DSADVISE_CACHE_DIR=off: the first run on a machine (nothing cached);
 set DSADVISE_CACHE_DIR=off for the whole script to measure every row that way.
+
+Then a breakdown of one `estimate` (inside a fresh interpreter): the interpreter's start, pydantic's import and
+first model (the floor), the imports the command adds (with the time spent building pydantic model classes and
+dataclasses counted apart), and the rest (parser, computation, printing). On this project's 2-core machine
+(quiet, 2026-11-30) the floor alone is ~7-8x bare python and the 20-odd model classes the command validates
+with ~1.5x more: what keeps `estimate` above 10x while its inputs and results stay pydantic-validated.
 """
 
 from __future__ import annotations
@@ -40,15 +46,62 @@ COMMANDS = {
 }
 ESTIMATE = "dsadvise estimate --model 7B --gpus 4 --vram 24"
 RECOMMEND = "dsadvise recommend --model 7B --gpus 4 --vram 24"
-FLOOR = "(floor) python -c 'import pydantic; one BaseModel'"
-# As the console script runs it: import advisor.cli, call main (no runpy, unlike `python -m advisor`).
+FLOOR = "(floor) python -c 'import pydantic; one BaseModel' (the CLI's process settings: advisor/cli/__init__.py)"
+# As the console script runs it: import advisor.cli, call main() on the command line (no runpy, unlike
+# `python -m advisor`).
 PROBE = ("import sys\n"
          "from advisor.cli import main\n"
-         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+         "try:\n    main()\nexcept SystemExit:\n    pass\n"
          "sys.stdout.flush()\n"
          "print('HEAVY=' + ','.join(m for m in %r if m in sys.modules), file=sys.stderr)" % (HEAVY,))
-PYDANTIC_FLOOR = ("import os; os.environ['PYDANTIC_DISABLE_PLUGINS'] = '__all__'\n"
-                  "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nA(x=1)")
+PYDANTIC_FLOOR = ("import gc, os; os.environ['PYDANTIC_DISABLE_PLUGINS'] = '__all__'\n"
+                  "from advisor.cli.pydantic_plugins import skip_discovery; skip_discovery()\n"
+                  "gc.set_threshold(50_000, *gc.get_threshold()[1:])\n"
+                  "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nA(x=1)\ngc.freeze()")
+# Where one `estimate` spends its time, measured inside one fresh interpreter (perf_counter): pydantic's import
+# and first model (the floor), then the command as main() runs it, split into the time inside imports (module
+# code: of which building pydantic model classes and dataclasses is counted apart) and the rest (parser, the
+# estimate's computation, printing).
+BREAKDOWN_PROBE = r"""
+import builtins, dataclasses, importlib, io, contextlib, os, sys, time
+t0 = time.perf_counter()
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+from advisor.cli.pydantic_plugins import skip_discovery
+skip_discovery()
+from pydantic import BaseModel
+class _A(BaseModel):
+    x: int
+_A(x=1)
+t1 = time.perf_counter()
+acc = {"import": 0.0, "models": 0.0, "dataclasses": 0.0, "n_models": 0, "n_dataclasses": 0}
+depth = [0]
+def timed(fn, key, count=None):
+    def wrapper(*a, **k):
+        if depth[0] and key == "import":
+            return fn(*a, **k)
+        depth[0] += key == "import"
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            acc[key] += time.perf_counter() - t
+            depth[0] -= key == "import"
+            if count:
+                acc[count] += 1
+    return wrapper
+builtins.__import__ = timed(builtins.__import__, "import")
+importlib.import_module = timed(importlib.import_module, "import")
+meta = type(BaseModel)
+meta.__new__ = timed(meta.__new__, "models", "n_models")
+dataclasses._process_class = timed(dataclasses._process_class, "dataclasses", "n_dataclasses")
+from advisor.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    main()
+t2 = time.perf_counter()
+n = sum(1 for m in sys.modules if m.startswith("advisor"))
+print("BREAKDOWN=%.2f,%.2f,%.2f,%.2f,%.2f,%d,%d,%d" % (1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * acc["import"],
+      1000 * acc["models"], 1000 * acc["dataclasses"], acc["n_models"], acc["n_dataclasses"], n), file=sys.stderr)
+"""
 WIZARD_PROBE = r"""
 import sys, time
 t0 = time.perf_counter()
@@ -93,6 +146,32 @@ def measure(argv: list[str], n: int, env: dict | None = None) -> tuple[list[floa
     return walls, cpus, heavy, err
 
 
+def breakdown(bare_wall: float, n: int = 7) -> None:
+    """Where ``estimate``'s time goes, per part (median of ``n`` fresh interpreters, ms and x bare python)."""
+    rows = []
+    for _ in range(n + 1):
+        wall, _, _, err = run(["-c", BREAKDOWN_PROBE, *COMMANDS[ESTIMATE]])
+        line = [x for x in err.splitlines() if x.startswith("BREAKDOWN=")]
+        if not line:
+            print(f"breakdown probe failed: {err.strip()[-300:]}")
+            return
+        rows.append([float(v) for v in line[0][10:].split(",")] + [wall * 1000])
+    floor, command, imports, models, dcs, n_models, n_dcs, n_mods, wall = (statistics.median(c) for c in zip(*rows[1:]))
+    b = bare_wall * 1000
+    parts = [("interpreter start (bare python -c pass, wall)", b),
+             ("pydantic import + its first model (the floor; plugin discovery skipped)", floor),
+             (f"imports the command adds (stdlib + {n_mods:.0f} advisor modules' code)", imports),
+             (f"  of which building {n_models:.0f} pydantic model classes (specs, catalog, results)", models),
+             (f"  of which building {n_dcs:.0f} dataclasses", dcs),
+             ("parser, the estimate's computation (caches warm) and printing", command - imports),
+             ("interpreter exit and the rest (the process's wall time minus the parts above)",
+              wall - b - floor - command)]
+    print(f"where `{ESTIMATE}` spends its time (in-process perf_counter, median of {n}):")
+    for label, ms in parts:
+        print(f"  {label:<86}{ms:>7.1f} ms {ms / b:>5.1f}x")
+    print(f"  {'total (wall of the probe process)':<86}{wall:>7.1f} ms {wall / b:>5.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
@@ -123,6 +202,7 @@ def main() -> None:
               f"{statistics.median(cpus) * 1000:>8.0f}{statistics.median(cpus) / max(bc, 1e-3):>8.1f}  "
               f"{heavy or 'none'}")
 
+    breakdown(bw)
     print(f"targets (issue 11): estimate CPU {result[ESTIMATE][1]:.1f}x bare (target < 10; the pydantic floor "
           f"alone is {result[FLOOR][1]:.1f}x); recommend wall {result[RECOMMEND][0]:.2f} s (target < 0.4 s; "
           f"cold {result['(cold: DSADVISE_CACHE_DIR=off) ' + RECOMMEND][0]:.2f} s)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -57,6 +58,50 @@ def test_a_torn_entry_is_rebuilt(cache):
 def test_values_json_would_change_are_not_cached(cache):
     assert datacache.cached("t", (b"x",), lambda: {1: "int key"}) == {1: "int key"}
     assert not cache.exists() or not list(cache.glob("t-*.json"))
+
+
+def _entry(name: str, cache, age_days: float, size: int = 10):
+    path = cache / name
+    path.write_text("0" * size)
+    stamp = time.time() - age_days * 86400
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_a_write_prunes_old_and_least_recently_used_entries(cache, monkeypatch):
+    """The folder stays bounded: unused for MAX_AGE_DAYS is deleted (an older code version's entries), beyond
+    MAX_ENTRIES the least recently used go (a hit counts as a use), interrupted writes' temporaries go, and
+    nothing else in the folder is touched; once per process (a second write scans no more)."""
+    cache.mkdir()
+    monkeypatch.setattr(datacache, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(datacache, "_pruned", set())
+    stale = _entry("allocator-old.json", cache, datacache.MAX_AGE_DAYS + 1)
+    oldest, older, newer = (_entry(f"t-{i}.json", cache, age) for i, age in enumerate((3, 2, 1)))
+    torn_tmp = _entry(".t-x-1.tmp", cache, 1)
+    fresh_tmp = _entry(".t-y-2.tmp", cache, 0)
+    other = _entry("notes.txt", cache, 400)
+    assert datacache.cached("hit", (b"h",), lambda: 1) == 1            # a write: the first prune (nothing over)
+    assert not stale.exists() and not torn_tmp.exists() and fresh_tmp.exists() and other.exists()
+    hit = next(cache.glob("hit-*.json"))
+    stamp = time.time() - 5 * 86400                                      # ... then long unused,
+    os.utime(hit, (stamp, stamp))
+    assert datacache.cached("hit", (b"h",), lambda: 2) == 1             # ... and read: used now
+    monkeypatch.setattr(datacache, "_pruned", set())                    # a new process
+    assert datacache.cached("new", (b"n",), lambda: 3) == 3
+    left = {p.name for p in cache.glob("*.json")}
+    assert left == {hit.name, newer.name, older.name, next(cache.glob("new-*.json")).name}
+    assert not oldest.exists() and other.exists()
+    _entry("t-9.json", cache, 0)
+    datacache.cached("again", (b"a",), lambda: 4)                        # same process: no second scan
+    assert len(list(cache.glob("*.json"))) == 6
+
+
+def test_prune_keeps_the_most_recent_entries_within_the_byte_cap(cache, monkeypatch):
+    cache.mkdir()
+    monkeypatch.setattr(datacache, "MAX_BYTES", 250)
+    old, mid, new = (_entry(f"t-{i}.json", cache, age, size=100) for i, age in enumerate((3, 2, 1)))
+    assert datacache.prune(cache) == 1
+    assert not old.exists() and mid.exists() and new.exists()
 
 
 def test_off_and_unwritable(tmp_path, monkeypatch):

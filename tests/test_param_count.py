@@ -42,6 +42,10 @@ NORMALIZED = {
     "self_attn.kv_a_proj_with_mqa": "kv_a_proj_with_mqa", "self_attn.kv_b_proj": "kv_b_proj",
     "mlp.shared_experts.gate_proj": "shared_gate_proj", "mlp.shared_experts.up_proj": "shared_up_proj",
     "mlp.shared_experts.down_proj": "shared_down_proj",
+    # Llama-4 (issue 14): feed_forward is a dense MLP or a Llama4TextMoe (router, experts, shared_expert)
+    "feed_forward.gate_proj": "gate_proj", "feed_forward.up_proj": "up_proj", "feed_forward.down_proj": "down_proj",
+    "feed_forward.router": "router", "feed_forward.shared_expert.gate_proj": "shared_gate_proj",
+    "feed_forward.shared_expert.up_proj": "shared_up_proj", "feed_forward.shared_expert.down_proj": "shared_down_proj",
 }
 
 
@@ -81,12 +85,15 @@ def real_linear_shapes(layer) -> dict[str, tuple[int, int, int]]:
 
     shapes: dict[str, tuple[int, int, int]] = {}
     for path, module in layer.named_modules():
-        if isinstance(module, torch.nn.Linear):
+        if isinstance(module, torch.nn.Linear) and path.endswith("router"):   # Llama4Router is an nn.Linear
+            shapes["router"] = (module.in_features, module.out_features, 1)
+        elif isinstance(module, torch.nn.Linear):
             shapes[NORMALIZED[path]] = (module.in_features, module.out_features, 1)
         elif isinstance(module, Conv1D):      # GPT-2: weight is (in, out)
             shapes[NORMALIZED[path]] = (module.weight.shape[0], module.weight.shape[1], 1)
         elif path.endswith("experts") and hasattr(module, "gate_up_proj"):   # transformers 5 fused experts
-            if getattr(module, "is_transposed", False):   # GPT-OSS: gate_up_proj [E, h, 2i], down_proj [E, i, h]
+            # GPT-OSS and Llama-4 (Llama4TextExperts, bmm): gate_up_proj [E, h, 2i], down_proj [E, i, h]
+            if getattr(module, "is_transposed", False) or type(module).__name__ == "Llama4TextExperts":
                 experts, hidden, two_inner = module.gate_up_proj.shape
                 shapes["down_proj"] = (module.down_proj.shape[1], module.down_proj.shape[2], experts)
             else:                                         # Mixtral: gate_up_proj [E, 2i, h], down_proj [E, h, i]
@@ -155,18 +162,25 @@ def test_linear_shapes_match_layer_zero(name):
     """Layer 0 (and, for an MoE model with leading dense layers, the first MoE layer too)."""
     arch = architecture_from_hf_config(CATALOG[name], source=name)
     layers = decoder_layers(catalog_model(name), arch.num_layers)
-    if arch.is_moe and arch.dense_layers:
+    if arch.is_moe and arch.dense_layers and arch.layer_pattern:   # Llama-4: dense and MoE layers interleave
+        kinds = arch.layer_kinds
+        dense = next(i for i, k in enumerate(kinds) if k.endswith("/dense"))
+        moe = next(i for i, k in enumerate(kinds) if not k.endswith("/dense"))
+        assert linear_shapes(arch, dense=True) == real_linear_shapes(layers[dense])
+        assert linear_shapes(arch) == real_linear_shapes(layers[moe])
+    elif arch.is_moe and arch.dense_layers:
         assert linear_shapes(arch, dense=True) == real_linear_shapes(layers[0])
         assert linear_shapes(arch) == real_linear_shapes(layers[arch.dense_layers])
     else:
         assert linear_shapes(arch) == real_linear_shapes(layers[0])
 
 
-def hand_lora_all_linear(model, num_layers: int, rank: int) -> int:
-    """PEFT's all-linear by hand: every linear of every layer plus linears outside them, minus the lm_head."""
+def hand_lora_all_linear(model, num_layers: int, rank: int, exclude: tuple[str, ...] = ()) -> int:
+    """PEFT's all-linear by hand: every linear of every layer plus linears outside them, minus the lm_head (and
+    minus ``exclude``: LoraConfig(exclude_modules=...), Llama-4's router, whose adapter fails in PEFT)."""
     layers = decoder_layers(model, num_layers)
     total = sum(rank * (i + o) * copies
-                for layer in layers for i, o, copies in real_linear_shapes(layer).values())
+                for layer in layers for name, (i, o, copies) in real_linear_shapes(layer).items() if name not in exclude)
     inside = {id(m) for m in layers.modules()}
     head = model.get_output_embeddings()
     for module in model.modules():
@@ -178,7 +192,9 @@ def hand_lora_all_linear(model, num_layers: int, rank: int) -> int:
 @names
 def test_lora_all_linear_matches_hand_count_from_real_shapes(name):
     arch = architecture_from_hf_config(CATALOG[name], source=name)
-    expected = hand_lora_all_linear(catalog_model(name), arch.num_layers, 16)
+    from advisor.param_count import all_linear_excludes
+
+    expected = hand_lora_all_linear(catalog_model(name), arch.num_layers, 16, all_linear_excludes(arch))
     assert lora_trainable_parameters(arch, 16, ("all-linear",)) == expected
 
 

@@ -4,8 +4,6 @@ Only pydantic, yaml and json are used on this path: resolving a model must stay 
 nor transformers is imported here.
 """
 
-from __future__ import annotations
-
 import re
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache

@@ -28,6 +28,7 @@ _MODULES: dict[str, str] = {
     "bloom": "bloom", "gpt_neox": "gpt_neox", "qwen3_moe": "qwen3_moe", "gemma3_text": "gemma3_text",
     "olmo2": "olmo2", "smollm3": "smollm3", "glm4": "glm4", "gpt_oss": "gpt_oss",
     "deepseek_v3": "deepseek_v3",
+    "llama4_text": "llama4_text",   # issue 14 (A1)
 }
 
 MODEL_TYPES: tuple[str, ...] = tuple(sorted(_MODULES))

@@ -32,6 +32,10 @@ class Family:
     # (arch, training) -> False where the replay does not cover the run (its activations are then traced on the
     # real model); None: the replay covers every run of the family
     replay_covers: Callable[[Architecture, Any], bool] | None = None
+    # issue 14 (A1): LoRA targets PEFT accepts but that fail in training, each with the one-line reason; and the
+    # normalized linears ``all-linear`` leaves out here (PEFT: LoraConfig(exclude_modules=...)), with the reason
+    lora_refused: Mapping[str, str] = field(default_factory=dict)
+    all_linear_excludes: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- the Llama-shaped config reader

@@ -23,7 +23,7 @@ def _lora_linear_names(arch: Architecture, targets: tuple[str, ...]) -> set[str]
     chosen: set[str] = set()
     for t in targets:
         if t == getattr(pc, "ALL_LINEAR", "all-linear"):
-            chosen.update(shapes)
+            chosen.update(n for n in shapes if n not in pc.all_linear_excludes(arch))
         elif t in shapes:
             chosen.add(t)
         elif t in native:
@@ -375,9 +375,9 @@ class DecoderReplay:
         w_dt = tr.pdt
         sel = tr.cast(sel, w_dt)                                       # input.to(weight.dtype); no autocast
         train = self.layer_trainable
-        # torch's grouped_mm takes bf16 weights only (transformers' _can_use_grouped_mm); it saves its input iff
-        # the weight needs a grad (derivatives.yaml _grouped_mm). Other dtypes run transformers' fallback op,
-        # whose setup_context saves input and weight whatever needs a grad (integrations/moe.py).
+        # torch's grouped_mm (bf16 weights) saves its input iff the weight trains (derivatives.yaml _grouped_mm);
+        # other dtypes take transformers' fallback op, whose setup_context saves input and weight whenever its
+        # node exists, frozen experts (LoRA) included (integrations/moe.py _grouped_mm_fallback_setup_context)
         fallback = w_dt != "bf16"
         ad_gu, ad_down = "gate_up" in self.moe_lora, "down" in self.moe_lora
         w_gu = self.merged_expert_weight(2 * i, h, fused=2) if ad_gu else None

@@ -188,11 +188,16 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
     plan = _layer_plan(arch, training, ckpt)
     for term, kind in plan:
         m.enter(kind)
+        copies_before = tr.weight_copy_elems
         if ckpt == "full":
             x = _checkpointed_layer(tr, m, x, term)
         else:
             tr.term = term
             x = m.layer(x, selective)
+        if arch.layer_pattern:   # autocast weight copies of one layer of this kind (issue 14: Llama-4's differ)
+            terms.setdefault(f"copies:{kind}", tr.weight_copy_elems - copies_before)
+            if term != "first_layer":
+                terms[f"copies:{kind}"] = tr.weight_copy_elems - copies_before
     if ckpt == "full" and m.rope_cos is not None:
         tr.save(*m.rope_storages())                                    # alive in the layers' kwargs
     for term, kind in plan:
@@ -310,7 +315,7 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
 def allocation_key(arch: Architecture, training: TrainingSpec) -> tuple[TrainingSpec, str]:
     """The trace key and checkpointing mode :func:`activation_memory` traces for ``training``."""
     ckpt = training.activation_checkpointing
-    if arch.attn_logit_softcapping and training.attention == "sdpa":
+    if (arch.attn_logit_softcapping or arch.attention_sinks) and training.attention == "sdpa":
         training = training.model_copy(update={"attention": "eager"})
     if training.attention in ("sdpa", "flash") and ckpt == "selective":
         ckpt = "none"
@@ -461,8 +466,9 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
             return _offloaded(activations, temporaries, breakdown)
         return ActivationEstimate(activations=activations, temporaries=temporaries, breakdown=breakdown)
     ckpt = training.activation_checkpointing
-    if arch.attn_logit_softcapping and training.attention == "sdpa":
-        # transformers' sdpa_attention_forward refuses softcap (Gemma-2): the model runs eager attention
+    if (arch.attn_logit_softcapping or arch.attention_sinks) and training.attention == "sdpa":
+        # transformers' sdpa_attention_forward refuses softcap (Gemma-2), GPT-OSS has no SDPA path (its sinks):
+        # the model runs eager attention
         training = training.model_copy(update={"attention": "eager"})
     if training.attention in ("sdpa", "flash") and ckpt == "selective":
         ckpt = "none"                                                  # nothing quadratic to recompute
@@ -520,6 +526,8 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     breakdown["info:layer_transient"] = layer_transient + layer_extra
     if mode.startswith("autocast"):
         layer_copies = terms["weight_copy_layer"] * n_train
+        if arch.layer_pattern:   # one layer's copies per saving layer, by kind (the plan replays more than two)
+            layer_copies = sum(terms[f"copies:{k}"] for k in arch.layer_kinds[arch.num_layers - n_train:])
         breakdown["info:autocast_weight_copies"] = (layer_copies + terms["weight_copy_head"]) * 2
     if getattr(training, "offload_activations", False):
         return _offloaded(activations, temporaries, breakdown)

@@ -440,6 +440,7 @@ class GpuAllocation:
     cached: int              # reserved - allocated
     simulated_layers: tuple[int, ...]
     oom_retries: bool = False  # fits only because the allocator releases cached segments when cudaMalloc fails
+    workspaces: int = 0      # the cuBLAS workspaces (part of allocated; see BLAS_WORKSPACE_KEYS)
 
 
 def _tensor_elements(arch) -> tuple[list[int], list[int], int, int, int]:
@@ -576,11 +577,62 @@ def _activation_segments(arch, trace_training, mode: str, ckpt: str, layers: int
     return segs, leftovers, held
 
 
+# The key of accelerate's fp32 copy of the model output's logits in the step's sequence.
+ACCELERATE_FP32_LOGITS = ("accelerate fp32 logits",)
+
+# cuBLAS workspaces. aten/src/ATen/cuda/CublasHandlePool.cpp: ``getNewWorkspace`` takes the workspace from the
+# caching allocator (``CUDACachingAllocator::get()->allocate(getChosenWorkspaceSize())``), one per (cuBLAS handle,
+# stream), kept for the process; handles come from a per-thread pool window (``getCurrentCUDABlasHandle``), so
+# the forward (the training loop's thread) and the backward (autograd's device thread) each get one, at their first
+# matmul. ``parseChosenWorkspaceSize`` default: 4096 * 8 * 1024 (32 MiB) on compute capability 9.x-12.x (Hopper,
+# Blackwell), else 4096 * 1024 * 2 + 16 * 1024 * 8; ROCm (hipBLAS) 32 MiB, 128 MiB on gfx94x/gfx95x (MI300, MI350).
+# The H200 of docs/calibration.md reserved 98 MiB after one 4096^2 bf16 matmul: two 32 MiB tensors + 32 MiB.
+BLAS_WORKSPACE_KEYS = (("cuBLAS workspace", "forward"), ("cuBLAS workspace", "backward"))
+_WORKSPACE_32MIB = 4096 * 8 * 1024
+_WORKSPACE_BY_GENERATION = {"hopper": _WORKSPACE_32MIB, "blackwell": _WORKSPACE_32MIB, "cdna2": 32 << 20,
+                            "cdna3": 128 << 20, "cdna4": 128 << 20}
+_WORKSPACE_OLDER_NVIDIA = 4096 * 1024 * 2 + 16 * 1024 * 8
+
+
+def blas_workspace_bytes(hw) -> int:
+    """Bytes of one cuBLAS/hipBLAS workspace on ``hw``'s GPU (see ``BLAS_WORKSPACE_KEYS``); a GPU of unknown
+    generation (``--vram`` only) takes the 32 MiB of current NVIDIA data-center GPUs."""
+    gen = getattr(getattr(hw, "gpu", None), "generation", None) or "unknown"
+    if gen in _WORKSPACE_BY_GENERATION:
+        return _WORKSPACE_BY_GENERATION[gen]
+    return _WORKSPACE_32MIB if gen == "unknown" else _WORKSPACE_OLDER_NVIDIA
+
+
 def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
-                 iterations: int | None = None) -> list[tuple[str, object, int]]:
-    """:func:`step_events` without the persistent states, from :func:`_activation_segments`."""
+                 iterations: int | None = None, held_fp32: int = 0,
+                 blas_workspace: int = 0) -> list[tuple[str, object, int]]:
+    """:func:`step_events` without the persistent states, from :func:`_activation_segments`.
+
+    ``held_fp32`` (bytes, :func:`advisor.memory.core.accelerate_fp32_logits`): the training loop's output is
+    accelerate's fp32 copy of the 16-bit logits, not the logits themselves. ``Accelerator.prepare_model``
+    wraps the forward in ``convert_outputs_to_fp32`` (accelerate utils/operations.py ``ConvertOutputsToFp32``:
+    ``convert_to_fp32(self.model_forward(...))``, ``.float()`` of every 16-bit tensor of the output), so when
+    the forward (loss included) returns, an fp32 copy of the logits is allocated and the 16-bit output, which
+    nothing saved, is dropped; the copy is what the caller holds through the optimizer step. Recorded on a real
+    step (``benchmarks/allocator_sequence.py``): the copy takes the block the loss's upcast freed and the
+    backward's two fp32 logit gradients then need segments of their own (four fp32 logit-sized segments; the
+    H200 allocator snapshot of docs/calibration.md shows the same four).
+
+    ``blas_workspace`` (bytes, :func:`blas_workspace_bytes`): the two cuBLAS workspaces, allocated in the first
+    step and kept: the forward's at its first matmul, the backward's at the output projection's backward (its
+    first matmul: after the loss's fp32 logit gradients are freed and the input gradient is allocated). There
+    only the freed logit-sized blocks are large enough, so the workspace splits one of them and a later step's
+    logit gradient needs a segment of its own: with it the CPU-recorded full fine-tuning step at the H200's
+    shape simulates to 13.50 GiB reserved (H200: 13.53; without: 12.38)."""
     if iterations is None:
         iterations = 2 if (layout.lazy_outside or layout.lazy_layer) else 1
+    held_size = 0
+    if held_fp32 and held is not None:
+        held_size = next((n for _, evs in segments for op, k, n in evs if op == "a" and k == held), 0)
+    held_logits = 0
+    if blas_workspace and held is not None:
+        held_logits = next((n for _, evs in segments for op, k, n in evs if op == "a" and k == held), 0)
+    bwd_placed = False
     out: list = []
     for it in range(iterations):
         grads: list = []
@@ -594,7 +646,15 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
             for k, n in new:
                 grads.append(k)
                 out.append(("a", k, n))
+            if it == 0 and blas_workspace and term is None:
+                first = next((i for i, e in enumerate(evs) if e[0] == "a"), len(evs) - 1)
+                evs = [*evs[:first + 1], ("a", BLAS_WORKSPACE_KEYS[0], blas_workspace), *evs[first + 1:]]
+            elif it == 0 and blas_workspace and term is not None and not bwd_placed:
+                evs = _with_backward_workspace(evs, term, held_size or held_logits, blas_workspace)
+                bwd_placed = True
             out.extend(evs)
+            if term is None and held_size:                  # the forward returned: accelerate's copy
+                out += [("a", ACCELERATE_FP32_LOGITS, held_size + held_fp32), ("f", held, 0)]
         for i, n in enumerate(layout.grads_end):
             grads.append(("G", "end", i))
             out.append(("a", ("G", "end", i), n))
@@ -607,9 +667,26 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
         out += [("a", k, n) for k, n in temps]
         out += [("f", k, 0) for k, _ in temps]
         out += [("f", k, 0) for k in grads]
-        if held is not None:
+        if held_size:
+            out.append(("f", ACCELERATE_FP32_LOGITS, 0))
+        elif held is not None:
             out.append(("f", held, 0))
     return out
+
+
+def _with_backward_workspace(evs: list, term, logits_bytes: int, workspace: int) -> list:
+    """``evs`` (the first backward segment) with the backward's cuBLAS workspace after the output projection's
+    input gradient: the first allocation below the 16-bit logits' size in the loss/head segment (its loss
+    gradients are logit-sized), else the segment's first allocation."""
+    key = BLAS_WORKSPACE_KEYS[1]
+    at = None
+    for i, e in enumerate(evs):
+        if e[0] == "a" and (term != "logits_and_loss" or not logits_bytes or e[2] < logits_bytes):
+            at = i
+            break
+    if at is None:
+        return [*evs, ("a", key, workspace)]
+    return [*evs[:at + 1], ("a", key, workspace), *evs[at + 1:]]
 
 
 # torch/distributed/fsdp/_init_utils.py PARAM_BROADCAST_BUCKET_SIZE: the bucket of sync_module_states' broadcast.
@@ -678,14 +755,15 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
 @computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
                              outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
-                             arch, trace_training, mode: str, ckpt: str, dyn: StateLayout) -> AllocatorStats:
+                             arch, trace_training, mode: str, ckpt: str, dyn: StateLayout,
+                             held_fp32: int = 0, blas_workspace: int = 0) -> AllocatorStats:
     """The compute stream's pool of an FSDP run: the wrapping (:func:`fsdp_init_events`), the other states,
     then the step's churn, in one sequence: the step reuses what the wrapping left cached."""
     events = fsdp_init_events([list(u) for u in init], world, sync, offload)
     events += [("a", ("Q", i), n) for i, n in enumerate(outside)]
     events += [("a", ("Q", l, i), n) for l in range(layers) for i, n in enumerate(per_layer)]
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
-    events += churn_events(segs, leftovers, held, layers, dyn)
+    events += churn_events(segs, leftovers, held, layers, dyn, held_fp32=held_fp32, blas_workspace=blas_workspace)
     return simulate(events)
 
 
@@ -731,21 +809,27 @@ def _persistent_stats(outside: tuple[int, ...], per_layer: tuple[int, ...], laye
 @lru_cache(maxsize=4096)
 @computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _churn_stats(arch, trace_training, mode: str, ckpt: str, layers: int, layout: StateLayout,
-                 expandable: bool, capacity: int | None = None) -> AllocatorStats:
+                 expandable: bool, capacity: int | None = None, held_fp32: int = 0,
+                 blas_workspace: int = 0) -> AllocatorStats:
     """The step's allocations and frees (activations, gradients formed in backward, lazy optimizer states,
-    step temporaries) from an empty pool (``capacity``: what is left for them, see :func:`simulate`)."""
+    step temporaries) from an empty pool (``capacity``: what is left for them, see :func:`simulate`;
+    ``held_fp32``: accelerate's fp32 logits, see :func:`churn_events`)."""
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
-    return simulate(churn_events(segs, leftovers, held, layers, layout), expandable_segments=expandable,
+    return simulate(churn_events(segs, leftovers, held, layers, layout, held_fp32=held_fp32,
+                                 blas_workspace=blas_workspace),
+                    expandable_segments=expandable,
                     capacity=None if expandable else capacity)
 
 
 def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool,
-                   mode: str, tensor_bytes: int, limit: int | None = None) -> GpuAllocation:
+                   mode: str, tensor_bytes: int, limit: int | None = None, held_fp32: int = 0) -> GpuAllocation:
     """max_memory_allocated and max_memory_reserved (bytes per GPU) for an estimate whose tensors peak at
     ``tensor_bytes``: the caching allocator simulated over the step's allocation sequence (two steps when
     the first allocates torch optimizers' states), its rounding and cached-block overheads added on top.
     When ``tensor_bytes`` alone exceed ``limit`` (the bytes the allocator can have) nothing is simulated
-    and ``simulated_layers`` is empty."""
+    and ``simulated_layers`` is empty. ``held_fp32``: bytes accelerate's fp32 copy of the logits adds to the
+    16-bit logits the loop would hold (:func:`advisor.memory.core.accelerate_fp32_logits`), placed in the
+    sequence where accelerate allocates it (:func:`churn_events`)."""
     from .activations import allocation_key
 
     if limit is not None and tensor_bytes > limit:
@@ -753,7 +837,8 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
         return GpuAllocation(allocated=tensor_bytes, reserved=tensor_bytes, rounding=0, cached=0,
                              simulated_layers=())
     trace_training, ckpt = allocation_key(arch, training)
-    expandable = getattr(training, "expandable_segments", False)
+    expandable = training.expandable_segments
+    ws = blas_workspace_bytes(hw)
     n = arch.num_layers
     # Model states allocated before the first step fill their own segments (nothing among them is freed);
     # the step's churn then runs in segments of its own. Simulating the two apart ignores the step's use of
@@ -764,18 +849,19 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     dyn = replace(full, persistent_outside=(), persistent_layer=())
     if _fsdp_init_modelled(training, strategy) and not expandable:
         return _fsdp_allocation(arch, training, strategy, hw, ms, buffers, formed_in_backward, n, dyn,
-                                trace_training, mode, ckpt, tensor_bytes)
+                                trace_training, mode, ckpt, tensor_bytes, held_fp32, ws)
     ps = _persistent_stats(full.persistent_outside, full.persistent_layer, n, expandable)
     # The whole depth is simulated: extrapolating from fewer layers misses patterns that repeat every 12 or
     # more layers and was up to 4 % of the total low (benchmarks/allocator_extrapolation.py). The layers'
     # allocation sequence itself is built from a 4-layer trace (activations.allocation_trace).
-    st = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable)
+    st = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, held_fp32=held_fp32, blas_workspace=ws)
     retried = False
     if limit is not None and ps.peak_reserved + st.peak_reserved > limit and not expandable:
         # Over the card with every cached block kept: the real allocator then releases its unsplit cached
         # segments and retries cudaMalloc. Replay with the capacity the step has; if that completes, its
         # reserved peak (at most the capacity) is what the run reaches.
-        capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved)
+        capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved,
+                              held_fp32=held_fp32, blas_workspace=ws)
         if not capped.oom:
             st, retried = capped, True
     rounding = st.peak_allocated - st.peak_requested
@@ -783,9 +869,9 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     rounding += ps.peak_allocated - ps.peak_requested
     cached += ps.peak_reserved - ps.peak_allocated
     rounding, cached = max(rounding, 0), max(cached, 0)
-    allocated = tensor_bytes + rounding
+    allocated = tensor_bytes + rounding + 2 * ws
     return GpuAllocation(allocated=allocated, reserved=allocated + cached, rounding=rounding, cached=cached,
-                         simulated_layers=(n,), oom_retries=retried)
+                         simulated_layers=(n,), oom_retries=retried, workspaces=2 * ws)
 
 
 @lru_cache(maxsize=1024)
@@ -807,11 +893,14 @@ def _fsdp_init_modelled(training, strategy) -> bool:
 
 # The buffers FSDP's all-gathers allocate: in its unshard stream (torch/distributed/fsdp/_runtime_utils.py
 # ``_unshard``: ``with state._device_handle.stream(unshard_stream): handle.unshard()``), a pool of their own.
-_UNSHARD_STREAM_BUFFERS = ("FSDP gathered",)
+_UNSHARD_STREAM_BUFFERS = ("FSDP gathered",
+                           # the pre-unshard stream's shard copies (buffers.py): a pool of its own as well
+                           "FSDP shard copied")
 
 
 def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool, n: int,
-                     dyn: StateLayout, trace_training, mode: str, ckpt: str, tensor_bytes: int) -> GpuAllocation:
+                     dyn: StateLayout, trace_training, mode: str, ckpt: str, tensor_bytes: int,
+                     held_fp32: int = 0, ws: int = 0) -> GpuAllocation:
     """max_memory_allocated / max_memory_reserved of an FSDP (v1) run (bytes per GPU), with two pools:
 
     * the compute stream's: the wrapping (:func:`fsdp_init_events`: whole units on the GPU, broadcast buckets,
@@ -835,7 +924,7 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n else ())
     sync = hw.world_size > 1        # rendered with fsdp_cpu_ram_efficient_loading: sync_module_states
     st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
-                                  arch, trace_training, mode, ckpt, dyn)
+                                  arch, trace_training, mode, ckpt, dyn, held_fp32, ws)
     # The unshard stream's pool: the gathered units, plus one more layer block when units are resharded
     # (FULL_SHARD / HYBRID_SHARD): FSDP frees an unsharded unit with record_stream on the compute stream
     # (flat_param.py _free_unsharded_flat_param -> _no_dispatch_record_stream) and CUDACachingAllocator's free()
@@ -853,7 +942,7 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
     init_peak = _fsdp_init_stats(units, world, sync, offload).peak_requested
     rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
-    allocated = max(tensor_bytes, init_peak) + rounding
+    allocated = max(tensor_bytes, init_peak) + rounding + 2 * ws
     reserved = max(st.peak_reserved + gp.peak_reserved, allocated)
-    return GpuAllocation(allocated=allocated, reserved=reserved, rounding=allocated - tensor_bytes,
-                         cached=reserved - allocated, simulated_layers=(n,))
+    return GpuAllocation(allocated=allocated, reserved=reserved, rounding=allocated - tensor_bytes - 2 * ws,
+                         cached=reserved - allocated, simulated_layers=(n,), workspaces=2 * ws)

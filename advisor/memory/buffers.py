@@ -73,8 +73,11 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             out["ZeRO-3 gathered parameters (module + prefetch)"] = live * weight_b
             # Backward produces a module's gradients at full size before they enter the reduce bucket.
             out["ZeRO-3 unpartitioned module gradients"] = counts.largest_module * grad_b
-            factor = 2 if ds.overlap_comm else 1   # double-buffered ipg bucket with overlap_comm
-            out["ZeRO-3 reduce bucket"] = factor * ds.reduce_bucket_size * grad_b
+            # One contiguous ipg buffer per communication dtype, allocated at init whether or not it fills
+            # (stage3._setup_for_real_optimizer: torch.empty(reduce_bucket_size) with contiguous_gradients), and
+            # at each reduce the flat copy reduce_scatter_coalesced makes of the bucket's gradients (torch.cat of
+            # the padded per-rank chunks, runtime/comm/coalesced_collectives.py): at most the trainable gradients.
+            out["ZeRO-3 reduce bucket"] = (ds.reduce_bucket_size + min(ds.reduce_bucket_size, trainable)) * grad_b
             if world > 1:
                 persistent = _vector_elements_per_layer(arch, counts) * arch.num_layers
                 if ds.param_persistence_threshold >= arch.hidden_size:
@@ -109,4 +112,16 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         elif mixed and training.method == "full":
             # NO_SHARD / one GPU with MixedPrecision: a 16-bit compute copy of the flat parameters.
             out["FSDP mixed-precision parameter copy"] = model_bytes
+        if shards > 1 and strategy.fsdp_sharding != "NO_SHARD" and (
+                strategy.offload_param == "cpu" or (mixed and training.method == "full")):
+            # Before each all-gather FSDP puts this rank's shard on the GPU in the gathered dtype: with
+            # CPUOffload(offload_params=True) a copy of the CPU shard (flat_param.py pre_unshard ->
+            # flat_param_to(device)), under MixedPrecision over fp32 shards a 16-bit copy
+            # (_use_low_precision_shard -> _mp_shard). It is made in FSDP's pre-unshard stream
+            # (_runtime_utils._unshard: `with stream(pre_unshard_stream): handle.pre_unshard()`) and dropped
+            # once gathered, so its blocks form a pool of their own that compute tensors never reuse: that
+            # pool holds the largest unit's shard (the root's or a layer's; smaller shards split it).
+            largest_unit = max(root * gathered_b, layer_bytes)
+            out["FSDP shard copied to the GPU before each all-gather (pre-unshard stream)"] = \
+                -(-largest_unit // shards)
     return {k: int(v) for k, v in out.items() if v}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import lru_cache
+
 from ..catalog.models import ResolvedModel
 from ..errors import InputError
 from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
@@ -67,11 +70,12 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
 
     sb = state_bytes(training, strategy)
     ms = model_states(arch, counts, trainable, sb, training, strategy, hw)
-    act = activation_memory(arch, training, activation_mode(training, strategy))
+    mode = activation_mode(training, strategy)
+    act = activation_memory(arch, training, mode)
     tiling_note = None
-    if getattr(training, "tiled_mlp", False):      # issue 15: ALST TiledMLP (advisor/memory/tiling.py)
+    if training.tiled_mlp:      # issue 15: ALST TiledMLP (advisor/memory/tiling.py)
         from .tiling import tiled_activations
-        act, tiling_note = tiled_activations(arch, training, strategy, act, activation_mode(training, strategy))
+        act, tiling_note = tiled_activations(arch, training, strategy, act, mode)
     buffers = buffer_bytes(arch, counts, trainable, sb, training, strategy, hw)
     terms = ActivationTerms.of(act)
     if terms.autocast_weight_copies and strategy.backend != "fsdp" and training.method not in ("lora", "qlora"):
@@ -89,11 +93,15 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     # PyTorch's caching allocator over the step's allocation sequence (advisor/memory/allocator.py):
     # max_memory_allocated and max_memory_reserved; total = reserved + CUDA context + NCCL.
     gpu = gpu_allocation(arch, training, strategy, hw, ms, buffers,
-                         gradients_formed_in_backward(training, strategy, hw), activation_mode(training, strategy),
+                         gradients_formed_in_backward(training, strategy, hw), mode,
                          tensor_bytes,
-                         limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0))
+                         limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0),
+                         held_fp32=held_fp32)
+    gpu, loading = _zero3_loading_floor(arch, counts, training, strategy, hw, gpu)   # issue 17 (G2): QLoRA + ZeRO-3
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
+                      "cuBLAS workspaces (forward and backward thread)": gpu.workspaces,
                       "allocator: block rounding (allocated - tensors)": gpu.rounding,
+                      ZERO3_LOADING_ITEM: loading,
                       "allocator: cached free blocks (reserved - allocated)": gpu.cached}
     if hw.world_size > 1:
         overhead_parts["NCCL communicators"] = ov.nccl_bytes
@@ -134,6 +142,11 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         notes.append(f"activations traced on the real transformers model for this run: the {model.architecture.family} "
                      "replay does not cover it (LoRA adapters on MoE experts or the router); needs torch and "
                      "transformers, cached after the first run per setting")
+    if training.method in ("lora", "qlora"):   # issue 14: all-linear leaving out a family's router (Llama-4)
+        from advisor.param_count import all_linear_note
+
+        if lora_note := all_linear_note(model.architecture, tuple(training.lora.target_modules)):
+            notes.append(lora_note)
     if tiling_note:
         notes.append(tiling_note)
     if act.breakdown.get("info:offloaded_activations"):
@@ -142,6 +155,11 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         secs = f" (~{2 * moved / (pcie * 1e9):.2f} s per micro-step at {pcie:g} GB/s if not overlapped)" if pcie else ""
         notes.append(f"--offload-activations: {moved / 2**30:.2f} GiB of saved activations go to pinned CPU memory "
                      f"in each forward and back in the backward{secs}")
+    if loading:
+        notes.append(f"ZeRO-3 with a QLoRA base: transformers does not build a quantized model under zero.Init, so "
+                     f"DeepSpeed puts the whole quantized model on every GPU before partitioning it "
+                     f"({gpu.allocated / 2**30:.1f} GiB allocated at that moment, above the training step): that "
+                     f"sets this estimate's peak; FSDP wraps it unit by unit instead")
     if gpu.oom_retries:
         notes.append("fits only because PyTorch's allocator frees its cached segments and retries when "
                      "cudaMalloc fails (reserved reaches the card): expect cudaFree/cudaMalloc stalls each step; "
@@ -152,7 +170,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     if arch.traced or arch.family not in REPLAYED_FAMILIES:   # what the trace had to approximate, said
         from ..trace.estimate import trace_settings
 
-        _, approximations = trace_settings(training, activation_mode(training, strategy))
+        _, approximations = trace_settings(training, mode)
         notes += [f"traced activations: {text}" for text in approximations]
     if CHECKPOINT_SAVE_ITEM in cpu_parts and not cpu_fits \
             and cpu_total - cpu_parts[CHECKPOINT_SAVE_ITEM] <= (hw.cpu_ram_bytes or 0):
@@ -171,6 +189,38 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                     per_node_nvme_bytes=ms.nvme_per_node,
                     fits=total <= hw.vram_bytes and cpu_fits and nvme_fits,
                     headroom_bytes=hw.vram_bytes - total, notes=notes)
+
+
+ZERO3_LOADING_ITEM = "model loading: the whole quantized model on the GPU before ZeRO-3 partitions it (cached)"
+
+
+def _zero3_loading_floor(arch, counts: ParameterCounts, training: TrainingSpec, strategy: StrategySpec,
+                         hw: HardwareSpec, gpu):
+    """``gpu`` (GpuAllocation) raised to the engine's loading peak, and the bytes that adds to allocated (0 when
+    the loading stays below the step): a quantized base under ZeRO-3 goes whole onto every GPU before it is
+    partitioned (model_states.zero3_whole_model_placement); max_memory_allocated has seen that peak and the
+    reserved memory keeps its cached blocks (a floor: the step reuses them where it can)."""
+    if not (training.method == "qlora" and strategy.backend == "deepspeed" and strategy.zero_stage == 3):
+        return gpu, 0
+    # the loading does not depend on the batch: one simulation for every micro-batch a search tries
+    key = training.model_copy(update={"micro_batch_size": 1})
+    init = _zero3_loading_stats(arch, counts, key, strategy, hw) if gpu.simulated_layers else None
+    if init is None:
+        return gpu, 0
+    allocated = max(gpu.allocated, init.peak_allocated)
+    reserved = max(gpu.reserved, init.peak_reserved, allocated)
+    return replace(gpu, allocated=allocated, reserved=reserved, cached=reserved - allocated), allocated - gpu.allocated
+
+
+@lru_cache(maxsize=256)
+def _zero3_loading_stats(arch, counts: ParameterCounts, training: TrainingSpec, strategy: StrategySpec,
+                         hw: HardwareSpec):
+    """The simulated allocator peaks (AllocatorStats) of the ZeRO-3 loading sequence, None when there is none."""
+    from .allocator import simulate
+    from .model_states import zero3_whole_model_placement
+
+    events = zero3_whole_model_placement(arch, counts, training, strategy, hw)
+    return simulate(events) if events else None
 
 
 def activation_mode(training: TrainingSpec, strategy: StrategySpec) -> ComputeMode:

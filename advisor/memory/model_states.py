@@ -240,3 +240,66 @@ def step_gradients(arch: Architecture, counts: ParameterCounts, trainable: int, 
         state = 2 if training.precision == "pure-bf16" else 4
         temps = int(trainable * state / pl.optim_shards)
     return StepGradients(formed=gpu_gradients, at_step=gpu_gradients, step_temporaries=temps)
+
+
+def zero3_whole_model_placement(arch: Architecture, counts: ParameterCounts, training: TrainingSpec,
+                                strategy: StrategySpec, hw: HardwareSpec) -> list[tuple[str, object, int]]:
+    """Allocation sequence (bytes per GPU) of a DeepSpeed ZeRO-3 engine wrapping a model that was not built
+    under ``zero.Init``: a bitsandbytes-quantized (QLoRA) base; empty for anything else.
+
+    * transformers never builds a quantized model under ``zero.Init`` (modeling_utils ``get_init_context``:
+      ``zero.Init`` only ``if not is_quantized``; a quantized one is built on the meta device and loaded
+      quantized, on the GPU or moved to the CPU after quantize-on-GPU, depending on the version);
+    * ``deepspeed.initialize`` -> ``DeepSpeedEngine._configure_distributed_model``: ``is_zero_init_model`` is
+      False (no parameter has ``ds_id``), so ``self.module.to(self.device)`` puts the WHOLE model on every GPU
+      (the NF4 data, each Linear4bit's quant_state - Params4bit.to moves it along -, the 16-bit embeddings,
+      norms, lm_head and the LoRA adapters, cast to the engine's dtype by ``module.bfloat16()`` just before);
+    * only then does the ZeRO-3 optimizer partition it (``DeepSpeedZeRoOffload._convert_to_zero_parameters``
+      -> ``zero.Init(module=...)`` -> ``_zero_init_param`` -> ``partition``: per parameter, in
+      ``module.parameters()`` order, a new ``ds_tensor`` of ceil(numel / world) elements, then ``free_param``
+      drops the whole tensor). The quant_state is not a parameter and stays whole.
+
+    Every freed block stays cached (nothing calls ``empty_cache``): the reserved peak of this sequence is a
+    floor of the run's ``max_memory_reserved``, and its allocated peak is what ``max_memory_allocated`` has
+    seen. ``("a", key, n)`` allocates, ``("f", key, 0)`` frees (advisor.memory.allocator.simulate)."""
+    if not (training.method == "qlora" and strategy.backend == "deepspeed" and (strategy.zero_stage or 0) == 3):
+        return []
+    from .bytes_per_param import state_bytes
+
+    sb = state_bytes(training, strategy)
+    world = hw.world_size
+    half = 4 if training.precision == "fp32" else 2          # engine dtype of the non-quantized tensors
+    rank = training.lora.rank if training.lora else 0
+    targets = set(training.lora.target_modules) if training.lora else set()
+    params: list[tuple[object, int]] = []                     # (key, bytes) of each parameter, module order
+    events: list[tuple[str, object, int]] = []
+
+    def put(key: object, nbytes: int, parameter: bool = True) -> None:
+        nbytes = int(nbytes)
+        if nbytes <= 0:
+            return
+        events.append(("a", key, nbytes))
+        if parameter:
+            params.append((key, nbytes))
+
+    put(("embed",), counts.embedding * half)
+    shapes = linear_shapes(arch)
+    matrices = sum(i * o * c for i, o, c in shapes.values())
+    vectors = max(counts.per_layer - matrices, 0)
+    for layer in range(arch.num_layers):
+        for name, (fan_in, fan_out, copies) in shapes.items():
+            for c in range(copies):
+                n = fan_in * fan_out
+                put(("qs", layer, name, c), n * (sb.frozen_weight - 0.5), parameter=False)   # quant_state
+                put(("w", layer, name, c), n * 0.5)                                         # packed NF4
+                if rank and ("all-linear" in targets or name in targets):
+                    put(("A", layer, name, c), rank * fan_in * half)
+                    put(("B", layer, name, c), rank * fan_out * half)
+        put(("v", layer), vectors * half)
+    put(("final",), counts.final * half)
+    put(("head",), counts.lm_head * half)
+    for key, nbytes in params:
+        if strategy.offload_param == "none":      # with offload_param the partitions go to remote_device (CPU/NVMe)
+            events.append(("a", ("part", key), -(-nbytes // world)))
+        events.append(("f", key, 0))
+    return events

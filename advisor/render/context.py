@@ -216,6 +216,16 @@ def _deepspeed(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, s
     ds["zero3_init"] = stage == 3
     ds["autotp_size"] = parallel["autotp"] if parallel else None           # issue 15
     ds["sequence_parallel_size"] = parallel["sp_ds"] if parallel else None
+    # issue 14: accelerate's deepspeed_moe_layer_cls_names (accelerate 1.15 DeepSpeedPlugin.set_moe_leaf_modules,
+    # called from Accelerator._prepare_deepspeed: set_z3_leaf_modules(model, <those classes>)) for MoE families
+    leaves = _families.z3_leaf_modules(model.architecture.family) if stage == 3 else ()
+    ds["moe_layer_cls_names"] = ",".join(leaves) or None
+    if leaves:
+        settings.append({"file": "accelerate_config.yaml", "key": "deepspeed_config.deepspeed_moe_layer_cls_names",
+                         "value": ds["moe_layer_cls_names"],
+                         "why": "accelerator.prepare() marks each MoE block as a ZeRO-3 leaf module "
+                                "(deepspeed.utils.set_z3_leaf_modules): its experts are gathered at once, so a "
+                                "router that skips an expert cannot stall ZeRO-3's parameter prefetch"})
     offloading = strategy.offload_optimizer != "none"
     ds["optimizer"] = None
     ds["allow_untested_optimizer"] = stage >= 1 and training.optimizer not in ZERO_TESTED_OPTIMIZERS
@@ -410,6 +420,8 @@ def launch_env(ctx: dict) -> list[tuple[str, str]]:
         env += [("ACCELERATE_USE_DEEPSPEED", "true"), ("ACCELERATE_DEEPSPEED_CONFIG_FILE", "$HERE/ds_config.json"),
                 ("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true" if ctx["ds"]["zero3_init"] else "false"),
                 ("ACCELERATE_MIXED_PRECISION", "no")]
+        if ctx["ds"].get("moe_layer_cls_names"):                 # accelerate/utils/launch.py prepare_deepspeed_cmd_env
+            env.append(("ACCELERATE_DEEPSPEED_MOE_LAYER_CLS_NAMES", ctx["ds"]["moe_layer_cls_names"]))
         return env + parallel_env(ctx.get("parallel"))
     env.append(("ACCELERATE_MIXED_PRECISION", ctx["mixed_precision"]))
     f = ctx["fsdp"]

@@ -18,8 +18,8 @@ from ..formatting import fmt_bytes
 from ..specs import GiB
 from .lint_parallel import (ds_layout_fields, ds_layout_world, fsdp_layout_fields, lint_parallel_deepspeed,  # issue 15
                             lint_parallelism_yaml)
-from .validate import (DS_IGNORED_WITH_FILE, ConfigFileError, EngineError, Finding, fill_auto, load_accelerate,
-                       load_deepspeed, missing_dependency, parse_text, read_text, resolve_ds_path, schema_findings)
+from .validate import (DS_IGNORED_WITH_FILE, EngineError, Finding, fill_auto, load_accelerate,
+                       load_deepspeed, missing_dependency, parse_text, read_ds_reference, read_text, schema_findings)
 
 BUCKET_WARN_FRACTION = 0.25
 
@@ -471,18 +471,12 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
                 add("error", ", ".join(f"deepspeed_config.{k}" for k in ignored),
                     "accelerate launch refuses these next to deepspeed_config_file: set them in the DeepSpeed "
                     "JSON instead")
-            found = resolve_ds_path(path.resolve(), str(ds_file))
-            if found is None:
-                add("error", "deepspeed_config.deepspeed_config_file", f"{ds_file!r} not found next to {file} or "
-                    "in the current directory (accelerate reads it relative to the directory you launch from)")
-            else:
-                try:
-                    ds_data = parse_text(found.name, read_text(found), "json")
-                except ConfigFileError as exc:
-                    add("error", "deepspeed_config.deepspeed_config_file", str(exc))
-                if ds_data is not None:
-                    ds_findings = lint_deepspeed(ds_data, found.name, p, world=world,
-                                                 world_source=f"num_processes in {file}")
+            found, ds_data, problem = read_ds_reference(path, str(ds_file), "accelerate")
+            if problem:
+                add("error", "deepspeed_config.deepspeed_config_file", problem)
+            if ds_data is not None:
+                ds_findings = lint_deepspeed(ds_data, found.name, p, world=world,
+                                             world_source=f"num_processes in {file}")
             if mp is not None:
                 json_mp = ds_precision(ds_data) if ds_data is not None else None
                 yaml_mp = {"no": "fp32"}.get(mp, mp)

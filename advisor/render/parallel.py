@@ -168,7 +168,7 @@ def parallel_notes(model: ResolvedModel, training: TrainingSpec, par: dict | Non
             "self.gate_proj.weight, self.up_proj.weight])` with num_shards = ceil(local seq / hidden size), agreed "
             "across ranks by an all_reduce MAX (the example in TiledMLP's docstring): the MLP's intermediate "
             "activations then exist one tile at a time; "
-            + ("the estimate above counts it (--tiled-mlp)" if getattr(training, "tiled_mlp", False) else
+            + ("the estimate above counts it (--tiled-mlp)" if training.tiled_mlp else
                "the estimate above counts the MLP untiled: add --tiled-mlp to `dsadvise estimate`/`generate` to "
                "estimate with it"))
         notes.append(

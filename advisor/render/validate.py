@@ -465,6 +465,21 @@ def resolve_ds_path(yaml_path: Path, value: str) -> Path | None:
     return None
 
 
+def read_ds_reference(config_path: Path, value: str, reader: str) -> tuple[Path | None, Any, str | None]:
+    """The DeepSpeed JSON a config file points to (accelerate's ``deepspeed_config_file``, a framework's
+    ``deepspeed:`` key), found as :func:`resolve_ds_path` finds it and parsed: (its path or None, its parsed
+    content or None, None or the one-line problem: not found, not readable, not JSON). ``reader`` names who
+    reads the reference at launch (for the not-found message). The one reader of such references for ``check``."""
+    found = resolve_ds_path(config_path.resolve(), value)
+    if found is None:
+        return None, None, (f"{value!r} not found next to {config_path.name} or in the current directory ({reader} "
+                            "reads it relative to the directory you launch from)")
+    try:
+        return found, parse_text(found.name, read_text(found), "json"), None
+    except ConfigFileError as exc:
+        return found, None, str(exc)
+
+
 def load_accelerate(yaml_path: Path, *, num_processes: int | None = None) -> AccelerateLoad:
     """Run accelerate launch's own config handling on ``yaml_path`` (no process is started): load the file,
     resolve the launch arguments, build each child's environment and the DeepSpeed/FSDP plugin from it.

@@ -27,25 +27,23 @@ and stepped under ``FakeTensorMode``):
 
 Sequences are traced unpacked and unpadded (transformers' packed-sequence detection reads values, which fake
 tensors do not have: it is told there is no packing, which is what a plain batch is), so SDPA gets
-``is_causal`` as on a GPU. Results are cached on disk keyed by config, settings and library versions.
+``is_causal`` as on a GPU. Results are cached on disk keyed by config, settings, library versions and the
+tracer's code (:mod:`advisor.trace.cache`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
-import os
 import time
 import warnings
-from pathlib import Path
 from typing import Any, Iterator
 
 from advisor.errors import InputError
+from advisor.trace.cache import cached_trace, installed_version, library_versions
 from advisor.trace.result import TraceEvent, TracedParameters, TraceResult, TraceSettings
 
-TRACER_VERSION = "2"   # 2: a hybrid kind costed at its second occurrence
 _MAX_EVENTS = 20000
 
 
@@ -81,7 +79,7 @@ def check_causal_lm(cfg: dict, source: str = "config.json") -> tuple[Any, str]:
     if model_type not in CONFIG_MAPPING_NAMES:
         raise InputError(f"{source}: unknown model_type {model_type!r}"
                          f"{did_you_mean(model_type, tuple(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES))}: transformers "
-                         f"{_version('transformers')} does not know it", field="model")
+                         f"{installed_version('transformers')} does not know it", field="model")
     arch_name = next((a for a in archs if isinstance(a, str)), None)
     if cfg.get("is_encoder_decoder", getattr(CONFIG_MAPPING[model_type], "is_encoder_decoder", False)):
         raise InputError(f"{source}: dsadvise estimates causal language models; "
@@ -111,19 +109,6 @@ def check_causal_lm(cfg: dict, source: str = "config.json") -> tuple[Any, str]:
         msg = " ".join(str(exc).split())[:300]
         raise InputError(f"{source}: transformers refuses this {model_type} config ({msg})", field="model") from None
     return config, causal
-
-
-def _version(pkg: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return "absent"
-
-
-def _versions() -> dict[str, str]:
-    return {p: _version(p) for p in ("torch", "transformers", "peft")} | {"tracer": TRACER_VERSION}
 
 
 def _text_config(config):
@@ -508,32 +493,16 @@ def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) ->
     return _Prefix(saved.activations, saved.weight_copies, logits, temporaries, kept)
 
 
-# ---------------------------------------------------------------------------------------------------- cache
-
-def _cache_dir() -> Path:
-    root = os.environ.get("DSADVISE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME")
-                                                            or os.path.expanduser("~/.cache"), "dsadvise")
-    return Path(root) / "trace"
-
-
-def _cache_key(cfg: dict, settings: TraceSettings) -> str:
-    blob = json.dumps({"config": cfg, "settings": settings.model_dump(mode="json"), "versions": _versions()},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
 # ---------------------------------------------------------------------------------------------------- main
 
 def trace_model(cfg: dict, settings: TraceSettings, *, source: str = "config.json",
                 use_cache: bool = True) -> TraceResult:
-    """Trace the causal LM of HF config ``cfg`` under ``settings`` (bytes; see the module docstring)."""
-    key = _cache_key(cfg, settings)
-    path = _cache_dir() / f"{key}.json"
-    if use_cache and path.is_file():
-        try:
-            return TraceResult.model_validate_json(path.read_text())
-        except ValueError:
-            pass
+    """Trace the causal LM of HF config ``cfg`` under ``settings`` (bytes; see the module docstring); kept in
+    the disk cache (:mod:`advisor.trace.cache`) unless ``use_cache`` is False."""
+    return cached_trace("trace", cfg, settings, TraceResult, lambda: _trace_model(cfg, settings, source), use_cache)
+
+
+def _trace_model(cfg: dict, settings: TraceSettings, source: str) -> TraceResult:
     start = time.perf_counter()
     config, arch_class = check_causal_lm(cfg, source)
     import torch
@@ -577,15 +546,7 @@ def trace_model(cfg: dict, settings: TraceSettings, *, source: str = "config.jso
         layer_kinds=kinds, traced_prefix=prefix, parameters=params, activations=total, saved_fixed=fixed,
         saved_per_layer=per_layer, weight_copies=weight_copies, logits_held=top.logits,
         temporaries=top.temporaries, events=tuple(top.events), seconds=round(time.perf_counter() - start, 3),
-        library_versions=_versions())
-    if use_cache:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(result.model_dump_json())
-            tmp.replace(path)
-        except OSError:
-            pass
+        library_versions=library_versions())
     return result
 
 
@@ -593,14 +554,13 @@ def trace_parameters(cfg: dict, settings: TraceSettings | None = None, *, source
                      use_cache: bool = True) -> TracedParameters:
     """Parameter counts of the full-depth meta-device build (after the method of ``settings``), cached."""
     settings = settings or TraceSettings(seq_len=1)
-    key = "params-" + _cache_key(cfg, settings.model_copy(update={"seq_len": 1, "batch": 1, "mode": "fp32",
-                                                                 "checkpointing": "none"}))
-    path = _cache_dir() / f"{key}.json"
-    if use_cache and path.is_file():
-        try:
-            return TracedParameters.model_validate_json(path.read_text())
-        except ValueError:
-            pass
+    # what the counts do not depend on is left out of the key
+    key_settings = settings.model_copy(update={"seq_len": 1, "batch": 1, "mode": "fp32", "checkpointing": "none"})
+    return cached_trace("trace-params", cfg, key_settings, TracedParameters,
+                        lambda: _trace_parameters(cfg, settings, source), use_cache)
+
+
+def _trace_parameters(cfg: dict, settings: TraceSettings, source: str) -> TracedParameters:
     config, _ = check_causal_lm(cfg, source)
     import torch
 
@@ -608,14 +568,7 @@ def trace_parameters(cfg: dict, settings: TraceSettings | None = None, *, source
     with torch.device("meta"):
         full, _ = _instantiate_any(config, "sdpa", torch.float32)
     full = _apply_method(full, settings, n)
-    params = _parameters(full, n, config)
-    if use_cache:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(params.model_dump_json())
-        except OSError:
-            pass
-    return params
+    return _parameters(full, n, config)
 
 
 def describe(cfg: dict, source: str = "config.json") -> dict:

@@ -153,3 +153,51 @@ def test_any_input_gives_an_estimate_or_a_clean_error(model, gpus, nodes, vram, 
     assert g.total > 0 and all(v >= 0 for v in (g.parameters, g.gradients, g.optimizer_states, g.activations,
                                                 g.temporaries, g.buffers, g.overhead))
     assert e.fits == (g.total <= e.hardware.vram_bytes and e.per_node_cpu.fits) or e.task == "infer"
+
+
+def _subparsers(parser):
+    import argparse
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_a_command_line_builds_only_its_group_and_parses_the_same():
+    """main() builds only the named command's group (startup speed): GROUP_OF must name every command of the
+    full parser, and each command's parser built alone must be the one the full parser holds."""
+    from advisor.cli import GROUP_OF, build_parser
+    full = _subparsers(build_parser())
+    assert set(full) == set(GROUP_OF)
+    for command, sub in full.items():
+        alone = _subparsers(build_parser([command, "--help"]))
+        assert command in alone and set(alone) < set(full)
+        assert alone[command].format_help() == sub.format_help()
+    argv = ["estimate", "--model", "7B", "--gpus", "4", "--vram", "24", "--strategy", "zero3", "--json"]
+    assert vars(build_parser(argv).parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+def test_cli_skips_pydantic_plugin_discovery_only_when_plugins_are_disabled():
+    """With PYDANTIC_DISABLE_PLUGINS=__all__ (the CLI's default) the estimate imports no importlib.metadata
+    (pydantic's plugin loader module pulls it); with another value pydantic's own loader runs."""
+    import os
+    code = ("import sys\nfrom advisor.cli import main\nmain(['estimate','--model','7B','--gpus','4','--vram','24'])\n"
+            "print('LOADED=' + ','.join(m for m in ('importlib.metadata', 'email') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "LOADED="
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "PYDANTIC_DISABLE_PLUGINS": "some-plugin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "importlib.metadata" in proc.stdout.strip().splitlines()[-1]
+
+
+def test_the_plugin_loader_stand_in_hands_over_to_pydantics_own_when_plugins_are_enabled_later():
+    code = ("import os, sys\nos.environ['PYDANTIC_DISABLE_PLUGINS'] = '__all__'\n"
+            "from advisor.cli import pydantic_plugins as pp\nassert pp.skip_discovery()\n"
+            "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nassert A(x=1).x == 1\n"
+            "stand_in = sys.modules[pp.LOADER]\nassert stand_in.get_plugins() == ()\n"
+            "assert 'importlib.metadata' not in sys.modules\n"
+            "os.environ['PYDANTIC_DISABLE_PLUGINS'] = 'some-plugin'\nplugins = list(stand_in.get_plugins())\n"
+            "real = sys.modules[pp.LOADER]\nassert real is not stand_in and real.get_plugins is not None\n"
+            "assert stand_in.PYDANTIC_ENTRY_POINT_GROUP == 'pydantic'\nprint('OK')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr

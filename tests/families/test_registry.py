@@ -76,7 +76,14 @@ def test_zero3_moe_launch_advice_names_the_leaf_modules():
 
 def proxy_moe_layers(arch, cfg: dict) -> int:
     """MoE layers of the proxy: all but the leading dense ones (DeepSeek's first_k_dense_replace)."""
+    if "interleave_moe_layer_step" in cfg:   # Llama-4: every step-th layer (Llama4TextConfig.moe_layers)
+        return len(range(cfg["interleave_moe_layer_step"] - 1, cfg["num_hidden_layers"], cfg["interleave_moe_layer_step"]))
     return cfg["num_hidden_layers"] - (cfg.get("first_k_dense_replace", 0) if arch.dense_layers else 0)
+
+
+def _ff(layer):
+    """The decoder layer's feed-forward block (``mlp``; Llama-4: ``feed_forward``)."""
+    return layer.mlp if hasattr(layer, "mlp") else layer.feed_forward
 
 
 def test_leaf_modules_are_the_moe_blocks_of_the_real_model():
@@ -93,10 +100,10 @@ def test_leaf_modules_are_the_moe_blocks_of_the_real_model():
         seen.add(fam)
         cfg = proxy_hf_config(model.architecture)
         net = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg))
-        layer = next(x for x in net.model.layers if type(x.mlp).__name__ in families.z3_leaf_modules(fam))
+        layer = next(x for x in net.model.layers if type(_ff(x)).__name__ in families.z3_leaf_modules(fam))
         blocks = [m for m in net.modules() if type(m).__name__ in families.z3_leaf_modules(fam)]
         moe_layers = proxy_moe_layers(model.architecture, cfg)
-        assert len(blocks) == moe_layers and blocks[0] is layer.mlp, fam
+        assert len(blocks) == moe_layers and blocks[0] is _ff(layer), fam
         layer_params = sum(p.numel() for p in layer.parameters())
         attention = sum(p.numel() for p in layer.self_attn.parameters())
         norms = sum(p.numel() for n, p in layer.named_parameters() if "norm" in n and not n.startswith("self_attn."))

@@ -261,3 +261,65 @@ def test_fsdp_reserved_keeps_the_wrapping_cache():
     assert 2.8 * 2**30 < wrap.peak_reserved < 3.72 * 2**30
     gathered = sum(v for k, v in est.per_gpu.breakdown.items() if k.startswith("FSDP gathered"))
     assert est.per_gpu.reserved >= wrap.peak_reserved + gathered
+
+
+def test_accelerate_fp32_logits_are_allocated_where_accelerate_makes_them():
+    """accelerate's convert_outputs_to_fp32 copies the 16-bit logits to fp32 when the forward returns; the loop
+    holds the copy through the step and the 16-bit output dies. A real LoRA step recorded on the CPU
+    (benchmarks/allocator_sequence.py: llama-3.2-1b at width 512, 4 layers, 2 x 256 tokens, accelerate loop)
+    runs through the simulator with four fp32 N x V segments (252 MiB), as the H200's allocator snapshot of the
+    same loop shows four (docs/calibration.md); without the copy in the sequence there were three."""
+    from advisor.hf_config import architecture_from_hf_config
+    from advisor.memory import allocator as A
+    from advisor.memory.activations import allocation_key
+    from advisor.datafiles import load_data
+    from advisor.specs import TrainingSpec
+
+    cfg = dict(next(m for m in load_data("models.yaml")["models"] if m["name"] == "llama-3.2-1b")["config"])
+    cfg.update(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
+               num_hidden_layers=4)
+    arch = architecture_from_hf_config(cfg)
+    t = TrainingSpec(seq_len=256, micro_batch_size=2, method="lora", precision="bf16")
+    key, ckpt = allocation_key(arch, t)
+    segs, leftovers, held = A._activation_segments(arch, key, "autocast16-bf16", ckpt, 4)
+    logits16 = 2 * 256 * arch.vocab_size * 2
+    fp32_seg = -(-2 * logits16 // A.K_ROUND_LARGE) * A.K_ROUND_LARGE
+
+    def fp32_segments(held_fp32: int) -> tuple[int, list]:
+        events = A.churn_events(segs, leftovers, held, 4, A.StateLayout(), held_fp32=held_fp32)
+        al, sizes = A.CachingAllocator(), []
+        new = al._new_segment
+        al._new_segment = lambda size, small: sizes.append(size) or new(size, small)
+        for op, k, n in events:
+            al.malloc(k, n) if op == "a" else al.free(k)
+        return sizes.count(fp32_seg), events
+
+    count, events = fp32_segments(logits16)
+    assert count == 4
+    i = events.index(("a", A.ACCELERATE_FP32_LOGITS, 2 * logits16))
+    assert events[i + 1] == ("f", held, 0)                         # the 16-bit output is dropped at once
+    assert events[-1] == ("f", A.ACCELERATE_FP32_LOGITS, 0)         # the copy lives through the step
+    assert fp32_segments(0)[0] == 3
+
+
+def test_two_cublas_workspaces_per_gpu_sized_by_generation():
+    """CublasHandlePool.cpp: one workspace per (handle, stream) from the caching allocator, 4096 * 8 * 1024 bytes
+    on Hopper/Blackwell, 4096 * 1024 * 2 + 16 * 1024 * 8 before; the forward thread's and autograd's each."""
+    from advisor.api import estimate
+    from advisor.memory.allocator import blas_workspace_bytes
+
+    class Gpu:
+        def __init__(self, generation):
+            self.generation = generation
+
+    class Hw:
+        def __init__(self, generation):
+            self.gpu = Gpu(generation)
+
+    assert blas_workspace_bytes(Hw("hopper")) == blas_workspace_bytes(Hw("blackwell")) == 33_554_432
+    assert blas_workspace_bytes(Hw("ampere")) == blas_workspace_bytes(Hw("ada")) == 8_519_680
+    assert blas_workspace_bytes(Hw("cdna3")) == 134_217_728
+    for gpu, each in (("h100-sxm", 33_554_432), ("a100-80g", 8_519_680)):
+        g = estimate("gpt2", gpu=gpu, seq_len=256).per_gpu
+        assert g.breakdown["cuBLAS workspaces (forward and backward thread)"] == 2 * each
+        assert g.allocated >= 2 * each + g.parameters

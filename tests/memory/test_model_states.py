@@ -168,3 +168,57 @@ def test_largest_micro_batch_is_the_fitting_boundary():
 
     assert total(best) <= 0.95 * hw.vram_bytes < total(best + 1)
     assert largest_micro_batch(model, build_hardware(gpus=1, vram=8), tr, build_strategy(build_hardware(vram=8))) == 0
+
+
+def test_zero3_qlora_goes_whole_onto_each_gpu_before_partitioning():
+    # transformers builds a quantized model without zero.Init, so DeepSpeedEngine._configure_distributed_model
+    # moves it whole to the GPU (module.to(device)) and ZeRO-3 partitions it afterwards, one parameter at a time.
+    from advisor.api import build_hardware, build_strategy, build_training
+    from advisor.memory.allocator import simulate
+    from advisor.memory.model_states import zero3_whole_model_placement
+
+    arch = resolve_model(MODEL).architecture
+    counts = count_parameters(arch)
+    hw = build_hardware(2, 1, None, "a100-40g", None, None, None)
+    kw = dict(task="train", seq_len=512, micro_batch=1, global_batch=None, precision="bf16", optimizer="adamw",
+              lora_rank=8, lora_dropout=0.0, lora_targets=("all-linear",), checkpointing="full", attention="sdpa",
+              freeze_layers=2, prompt_len=None, loss="plain", loss_chunks=8, offload_activations=False,
+              expandable_segments=False, double_quant=True, tiled_mlp=False)
+    qlora, lora = build_training(hw, method="qlora", **kw), build_training(hw, method="lora", **kw)
+    z3, fsdp = build_strategy(hw, "zero3"), build_strategy(hw, "fsdp-full")
+    events = zero3_whole_model_placement(arch, counts, qlora, z3, hw)
+    assert zero3_whole_model_placement(arch, counts, lora, z3, hw) == []      # built under zero.Init
+    assert zero3_whole_model_placement(arch, counts, qlora, fsdp, hw) == []   # FSDP wraps unit by unit
+    # by hand: every decoder linear as NF4 (half a byte) + its quant state, LoRA A/B and the rest in bf16
+    matrices = sum(i * o * c for i, o, c in linear_shapes(arch).values())
+    lora = sum(8 * (i + o) * c for i, o, c in linear_shapes(arch).values())
+    whole = arch.num_layers * (matrices * 0.5 + lora * 2 + (counts.per_layer - matrices) * 2) \
+        + (counts.embedding + counts.lm_head + counts.final) * 2
+    qs = arch.num_layers * matrices * (8 / 64 + 32 / (64 * 256)) / 8     # 8-bit absmax per 64, fp32 per 256 blocks
+    allocs = [n for op, k, n in events if op == "a" and k[0] != "part"]
+    assert sum(allocs) == pytest.approx(whole + qs, rel=1e-3)
+    parts = [n for op, k, n in events if op == "a" and k[0] == "part"]
+    assert sum(parts) == pytest.approx(whole / 2, rel=1e-3)                   # ceil(numel / world) each
+    stats = simulate(events)
+    # the peak is the whole model plus the partitions made before the first whole tensor could be reused
+    assert whole + qs <= stats.peak_requested <= whole + qs + max(parts)
+    e = estimate(MODEL, gpus=2, gpu="a100-40g", strategy="zero3", method="qlora", precision="bf16", lora_rank=8,
+                 checkpointing="full", seq_len=512)
+    assert e.per_gpu.allocated >= stats.peak_allocated and e.per_gpu.reserved >= stats.peak_reserved
+
+
+def test_fsdp_pre_unshard_shard_copy():
+    # FSDP's pre_unshard copies this rank's shard to the GPU (CPU offload) or casts it to 16 bit (MixedPrecision
+    # over fp32 shards) before each all-gather: the largest unit's shard, in its own stream's pool.
+    name = "FSDP shard copied to the GPU before each all-gather (pre-unshard stream)"
+    c = count_parameters(resolve_model(MODEL).architecture)
+    root = (c.embedding + c.lm_head + c.final) * 2              # bf16 embeddings + lm_head + final norm
+    assert root > c.layer_gathered * 2                          # Llama-2-7B: the root unit is the largest
+    off = estimate(MODEL, gpus=2, gpu="rtx-4090", strategy="fsdp-full", offload_param="cpu", offload_optimizer="cpu", method="lora",
+                   precision="pure-bf16", checkpointing="full", seq_len=512)
+    assert off.per_gpu.breakdown[name] == -(-root // 2)
+    full = estimate(MODEL, gpus=4, vram=80, strategy="fsdp-full", precision="bf16", checkpointing="full", seq_len=512)
+    assert full.per_gpu.breakdown[name] == -(-root // 4)
+    lora = estimate(MODEL, gpus=2, gpu="rtx-4090", strategy="fsdp-full", method="lora", precision="pure-bf16",
+                    checkpointing="full", seq_len=512)
+    assert name not in lora.per_gpu.breakdown                 # 16-bit shards all-gathered as they are

@@ -209,14 +209,13 @@ def test_fsdp_lora_unsharded_gradient_is_adapters_only():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["zero1-offload", "zero3-subgroup"])
+@pytest.mark.parametrize("case", ["zero1-offload", "zero3-subgroup", "fsdp-full"])
 def test_real_engine_step_in_band(case):
-    """Real DeepSpeed engines in 2 processes (gloo): the whole step's peak, by moment, in band.
-    ZeRO-1 + offload shows the 16-bit gradients; a 1M-element sub_group_size exercises ZeRO-3's step cap.
-    FSDP FULL_SHARD is in `python benchmarks/engine_steps.py` but not here: its measured step peak was
-    250.6 MiB in four runs, 272.4 and 262.9 MiB in others; the excess is always whole FSDP units' unsharded
-    bf16 gradients (reduce-scatter inputs) alive into the optimizer step, a gloo work-object timing effect
-    under load (docs/memory-model.md, "Whole steps of real engines"): it cannot gate CI."""
+    """Real DeepSpeed and FSDP engines in 2 processes (gloo): the whole step's peak, by moment, in band.
+    ZeRO-1 + offload shows the 16-bit gradients; a 1M-element sub_group_size exercises ZeRO-3's step cap;
+    FSDP FULL_SHARD runs with CUDA's release of the reduce-scatter input (engine_steps
+    ``_cuda_release_of_reduce_scatter_inputs``: without it gloo's work objects kept whole units' gradients
+    alive into the step, by load, docs/memory-model.md "Whole steps of real engines")."""
     from benchmarks import engine_steps
 
     r = engine_steps.run_case(case)

@@ -20,6 +20,9 @@ SCENARIOS: dict[str, str] = {
                               "--checkpointing full --main-process-ip 10.0.0.1",
     "llama-2-7b-8xa100-80g-fsdp-full": "--model llama-2-7b --gpus 8 --gpu a100-80g --strategy fsdp-full "
                                        "--checkpointing full",
+    # issue 14: an MoE model under ZeRO-3: accelerate's deepspeed_moe_layer_cls_names marks its MoE blocks as leaves
+    "qwen3-30b-a3b-8xh100-zero3": "--model qwen3-30b-a3b --gpus 8 --gpu h100-sxm --strategy zero3 "
+                                  "--checkpointing full",
 }
 
 

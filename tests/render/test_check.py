@@ -122,6 +122,27 @@ def test_yaml_mixed_precision_next_to_deepspeed_file_is_refused(capsys, tmp_path
     assert rc == 1 and "accelerate launch refuses mixed_precision next to deepspeed_config_file" in out
 
 
+@pytest.mark.parametrize("reference,needle", [
+    ("nowhere/ds_config.json", "'nowhere/ds_config.json' not found next to {config} or in the current directory"),
+    ("broken.json", "broken.json: "),
+])
+def test_a_referenced_deepspeed_file_is_read_alike_by_accelerate_and_framework_files(capsys, tmp_path, monkeypatch,
+                                                                                    reference, needle):
+    """accelerate's deepspeed_config_file and a framework file's ``deepspeed:`` go through one reader: the same
+    error for a file that is missing or does not parse, under each file's own setting name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.json").write_text("{not json")
+    acc = _yaml_with_json(tmp_path, {}, ds())
+    acc["deepspeed_config"]["deepspeed_config_file"] = reference
+    rc, out, _ = run(capsys, tmp_path, acc, name="accelerate_config.yaml")
+    assert rc == 1 and f"error: accelerate_config.yaml: deepspeed_config.deepspeed_config_file: " \
+        f"{needle.format(config='accelerate_config.yaml')}" in out
+    trl = ("model_name_or_path: gpt2\nper_device_train_batch_size: 1\ngradient_accumulation_steps: 1\n"
+           f"deepspeed: {reference}\n")
+    rc, out, _ = run(capsys, tmp_path, trl, name="trl_sft.yaml")
+    assert rc == 1 and f"error: trl_sft.yaml: deepspeed: {needle.format(config='trl_sft.yaml')}" in out
+
+
 def test_yaml_lints_its_json_for_its_world_size(capsys, tmp_path):
     acc = _yaml_with_json(tmp_path, {"num_processes": 2}, ds())
     rc, out, _ = run(capsys, tmp_path, acc, name="accelerate_config.yaml")

@@ -66,7 +66,7 @@ def test_bucket_sizes_are_the_estimators(rendered, scenario):
 
 
 @pytest.mark.parametrize("scenario", ["7b-4x24gib-zero3", "llama-2-7b-8xa100-80g-fsdp-full", "gpt2-single-gpu",
-                                      "13b-2x8xa100-40g-zero3"])
+                                      "13b-2x8xa100-40g-zero3", "qwen3-30b-a3b-8xh100-zero3"])
 def test_launch_env_is_what_accelerate_launch_sets(rendered, scenario, tmp_path):
     """launch_torchrun.sh / launch_deepspeed.sh export the environment accelerate launch gives each process."""
     from advisor.render.validate import load_accelerate

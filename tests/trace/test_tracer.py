@@ -38,15 +38,15 @@ def test_extrapolated_depth_equals_a_full_depth_trace(model_type, layers):
 
 @pytest.mark.slow
 def test_cache_is_keyed_by_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("DSADVISE_CACHE", str(tmp_path))
+    monkeypatch.setenv("DSADVISE_CACHE_DIR", str(tmp_path))      # the dsadvise cache folder (advisor/trace/cache.py)
     cfg = CASES["qwen3"]
     first = trace_model(cfg, TraceSettings(seq_len=32))
-    files = list((tmp_path / "trace").glob("*.json"))
+    files = list(tmp_path.glob("trace-[0-9a-f]*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["activations"] == first.activations
     assert trace_model(cfg, TraceSettings(seq_len=32)) == first            # read back, not re-traced
     longer = trace_model(cfg, TraceSettings(seq_len=64))
     assert longer.activations > first.activations
-    assert len(list((tmp_path / "trace").glob("*.json"))) == 2
+    assert len(list(tmp_path.glob("trace-[0-9a-f]*.json"))) == 2
 
 
 @pytest.mark.slow

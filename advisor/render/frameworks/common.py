@@ -149,8 +149,8 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
     if training.method == "qlora" and strategy.backend == "deepspeed" and strategy.offload_param != "none":
         raise InputError(f"{where}: QLoRA's 4-bit weights cannot be offloaded by ZeRO-3 (offload_param)",
                          field="--offload-param")
-    layout = {k: getattr(strategy, k, 1) for k in ("tp_size", "sp_size", "cp_size", "dp_replicate_size")}
-    if any(v > 1 for v in layout.values()) or getattr(strategy, "fsdp_version", 1) != 1:
+    layout = (strategy.tp_size, strategy.sp_size, strategy.cp_size, strategy.dp_replicate_size)
+    if any(v > 1 for v in layout) or strategy.fsdp_version != 1:
         raise InputError(f"{where}: tensor / sequence / context parallel layouts and FSDP2 are written for accelerate "
                          "only so far (the frameworks' own keys for them are not rendered): use --framework "
                          "accelerate, or a --strategy without --tp/--sp/--cp/--dp-replicate/--fsdp-version 2",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..validate import ConfigFileError, Finding, parse_text, read_text, resolve_ds_path
+from ..validate import ConfigFileError, Finding, parse_text, read_ds_reference
 
 # Keys that only one kind of file has (accelerate YAMLs and DeepSpeed JSONs never carry them).
 _LF = ("finetuning_type", "stage", "cutoff_len", "lora_target", "quantization_bit", "template")
@@ -101,19 +101,13 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
     if isinstance(ds_ref, dict):
         ds = ds_ref
     elif isinstance(ds_ref, str) and ds_ref:
-        found = resolve_ds_path(path.resolve(), ds_ref)
-        if found is None:
-            add("error", "deepspeed", f"{ds_ref!r} not found next to {file} or in the current directory (the "
-                "framework reads it relative to where you launch)")
-        else:
-            try:
-                ds = parse_text(found.name, read_text(found), "json")
-            except ConfigFileError as exc:
-                add("error", "deepspeed", str(exc))
-            if isinstance(ds, dict):
-                # the framework runs the HF Trainer, which fills "auto": lint.py's note about plain DeepSpeed is moot
-                out += [f for f in lint_deepspeed(ds, found.name, p, world=p.world, world_source="--gpus x --nodes")
-                        if not (f.severity == "info" and "'auto'" in f.message)]
+        found, ds, problem = read_ds_reference(path, ds_ref, "the framework")
+        if problem:
+            add("error", "deepspeed", problem)
+        if isinstance(ds, dict):
+            # the framework runs the HF Trainer, which fills "auto": lint.py's note about plain DeepSpeed is moot
+            out += [f for f in lint_deepspeed(ds, found.name, p, world=p.world, world_source="--gpus x --nodes")
+                    if not (f.severity == "info" and "'auto'" in f.message)]
     if isinstance(ds, dict):
         zero = ds.get("zero_optimization") if isinstance(ds.get("zero_optimization"), dict) else {}
         stage = zero.get("stage", 0)
