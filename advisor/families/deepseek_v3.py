@@ -30,6 +30,8 @@ class DeepseekV3Replay(DecoderReplay):
     """DeepseekV3DecoderLayer: MLA attention, a dense gated MLP (``dense`` layers) or DeepseekV3MoE (sigmoid
     group-limited router, grouped_mm routed experts, a shared-experts MLP)."""
 
+    peft_moe_params = True      # PEFT adapts experts and router; neither the dense MLP nor the shared experts
+
     # -- attention (DeepseekV3Attention.forward) -------------------------------------------------------------
     def attention(self, x: Tensor, selective: bool) -> Tensor:
         a, tr = self.a, self.tr

@@ -69,6 +69,7 @@ class DecoderReplay:
     router_softmax_dtype = False  # MoE router: softmax(logits, dtype=float) instead of softmax(logits.float())
     router_cast_back = False    # MoE router: top-k weights cast back to the logits' dtype (Qwen3-MoE)
     rope_per_layer_kind = False  # one rotary table pair per layer type (Gemma-3: local and global rope bases)
+    peft_moe_params = False     # PEFT LoRA adapts the 3-D expert weights and router, no MLP nn.Linear (A2)
 
     def __init__(self, arch: Architecture, training: TrainingSpec, tr: Trace, layer_trainable: bool):
         self.a, self.t, self.tr = arch, training, tr
@@ -76,8 +77,10 @@ class DecoderReplay:
         self.lora = (_lora_linear_names(arch, training.lora.target_modules)
                      if training.method in ("lora", "qlora") else set())
         self.rank = training.lora.rank
-        self.moe_lora = _moe_lora_parts(arch, training)   # PEFT ParamWrapper adapters on MoE weights
-        if arch.is_moe:
+        # PEFT ParamWrapper adapters on the MoE weights (families whose MLP is only the MoE block and its dense
+        # neighbours, measured: Mixtral, Qwen3-MoE, DeepSeek-V3; not Llama-4, whose shared expert takes them)
+        self.moe_lora = _moe_lora_parts(arch, training) if self.peft_moe_params else frozenset()
+        if self.peft_moe_params and arch.is_moe:
             self.lora -= _MLP_NAMES
         self.layer_trainable = layer_trainable  # weights of the decoder layer being traced need grads
         self.rope_cos = self.rope_sin = None
