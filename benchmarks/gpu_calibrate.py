@@ -410,6 +410,12 @@ def compare(paths: list[str]) -> int:
     if not files:
         print("no calibration run: give a JSON file written by `measure`", file=sys.stderr)
         return 2
+    for path in files:
+        try:
+            json.loads(path.read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"{path}: not a run written by `measure` ({type(exc).__name__})", file=sys.stderr)
+            return 2
     errors: list[tuple[str, float]] = []
     for path in files:
         run = json.loads(path.read_text())

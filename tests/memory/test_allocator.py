@@ -301,6 +301,15 @@ def test_accelerate_fp32_logits_are_allocated_where_accelerate_makes_them():
     assert events[-1] == ("f", A.ACCELERATE_FP32_LOGITS, 0)         # the copy lives through the step
     assert fp32_segments(0)[0] == 3
 
+    # the cuBLAS workspaces: the forward's after its first allocation, the backward's after the output
+    # projection's input gradient (2 x 256 tokens x 512 bf16), which comes after the loss's logit gradients
+    ws = A.churn_events(segs, leftovers, held, 4, A.StateLayout(), held_fp32=logits16, blas_workspace=32 << 20)
+    fwd, bwd = (ws.index(("a", k, 32 << 20)) for k in A.BLAS_WORKSPACE_KEYS)
+    assert ws[fwd - 1][0] == "a" and not any(e[0] == "a" for e in ws[:fwd - 1])
+    assert ws[bwd - 1][0] == "a" and ws[bwd - 1][2] == 2 * 256 * 512 * 2
+    assert ws.index(("a", A.ACCELERATE_FP32_LOGITS, 2 * logits16)) < bwd
+    assert not any(e[0] == "f" and e[1] in A.BLAS_WORKSPACE_KEYS for e in ws)      # kept
+
 
 def test_two_cublas_workspaces_per_gpu_sized_by_generation():
     """CublasHandlePool.cpp: one workspace per (handle, stream) from the caching allocator, 4096 * 8 * 1024 bytes
