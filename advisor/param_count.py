@@ -217,6 +217,32 @@ def lora_target_names(arch: Architecture) -> tuple[str, ...]:
     return (*linear_shapes(arch), *native_linear_names(arch.family), *_outside_linears(arch), ALL_LINEAR)
 
 
+_MOE_MLP = ("gate_proj", "up_proj", "down_proj", "router", "shared_gate_proj", "shared_up_proj", "shared_down_proj")
+
+
+def _peft_moe_params(arch: Architecture) -> bool:
+    """PEFT puts LoRA on this MoE family's 3-D expert weights and router (ParamWrapper), not on MLP nn.Linear
+    modules (the replay's ``peft_moe_params``: Mixtral, Qwen3-MoE, DeepSeek-V3)."""
+    from advisor.families import family, has_family
+
+    if not arch.is_moe or not has_family(arch.family):
+        return False
+    replay = family(arch.family).replay
+    return bool(getattr(replay, "peft_moe_params", False))
+
+
+def _peft_moe_all_linear(arch: Architecture, rank: int, chosen: set[str]) -> int:
+    """all-linear LoRA elements as PEFT 0.21 builds them on an MoE model (peft/tuners/lora/layer.py ParamWrapper:
+    lora_A (E·r, in), lora_B (out, E·r) per 3-D expert weight; the fused gate_up_proj at rank 2r; the router's
+    2-D weight r·(in + out); no adapter on the MLP's nn.Linear modules: DeepSeek's dense MLP and shared experts
+    get none). Checked against the meta-device PEFT build (tests/families/test_moe_lora.py)."""
+    shapes = linear_shapes(arch)
+    h, i, E = arch.hidden_size, arch.intermediate_size, arch.num_experts
+    attention = sum(rank * (shapes[n][0] + shapes[n][1]) * shapes[n][2] for n in chosen if n not in _MOE_MLP)
+    moe = E * 2 * rank * (h + 2 * i) + E * rank * (i + h) + (rank * (h + E) if "router" in chosen else 0)
+    return attention * arch.num_layers + moe * arch.moe_layers
+
+
 def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tuple[str, ...]) -> int:
     """Elements of the LoRA A and B matrices: rank × (in + out) per targeted linear, copies and layers.
 
@@ -261,6 +287,8 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
                              field="lora.target_modules")
     if not chosen and not chosen_outside:
         raise InputError("no LoRA target modules given", field="lora.target_modules")
+    if ALL_LINEAR in target_modules and _peft_moe_params(arch):
+        return _peft_moe_all_linear(arch, rank, chosen) + sum(rank * sum(outside[n]) for n in chosen_outside)
     per_layer = sum(rank * (shapes[n][0] + shapes[n][1]) * shapes[n][2] for n in chosen)
     layers = per_layer * arch.num_layers
     if arch.is_moe and arch.dense_layers:   # leading dense layers: their own MLP shapes (no router, experts)

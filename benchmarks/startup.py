@@ -17,11 +17,15 @@ as they are for a user from the second run on. The commands run with bytecode wr
 The "cold" row runs `recommend` with DSADVISE_CACHE_DIR=off: the first run on a machine (nothing cached);
 set DSADVISE_CACHE_DIR=off for the whole script to measure every row that way.
 
-Then a breakdown of one `estimate` (inside a fresh interpreter): the interpreter's start, pydantic's import and
-first model (the floor), the imports the command adds (with the time spent building pydantic model classes and
-dataclasses counted apart), and the rest (parser, computation, printing). On this project's 2-core machine
-(quiet, 2026-11-30) the floor alone is ~7-8x bare python and the 20-odd model classes the command validates
-with ~1.5x more: what keeps `estimate` above 10x while its inputs and results stay pydantic-validated.
+Then a breakdown of one `estimate`'s CPU time (inside a fresh interpreter): the interpreter's start and exit,
+pydantic's import and first model (the floor), the imports the command adds (with the time spent building
+pydantic model classes and dataclasses counted apart), the parser, computation and printing, and the rest (the
+exit of an interpreter holding ~40k more objects). On this project's 2-core machine (2026-11-30, load 6-7 from
+other jobs: ratios of CPU time) the floor is ~8x bare python, the imports ~3.3x (22 pydantic model classes the
+command validates ~1.1x, 18 dataclasses of the memory and step-time models ~0.8x), computation and printing
+~0.5x, the exit ~0.5x: `estimate` at ~12x, about what a plain `import pydantic; one BaseModel` with pydantic's
+plugin discovery costs. The floor and the validated model classes alone are ~9x; the other ~3x is spread
+over the module code, the dataclasses, the computation and the exit, none above ~1x.
 """
 
 from __future__ import annotations
@@ -58,13 +62,15 @@ PYDANTIC_FLOOR = ("import gc, os; os.environ['PYDANTIC_DISABLE_PLUGINS'] = '__al
                   "from advisor.cli.pydantic_plugins import skip_discovery; skip_discovery()\n"
                   "gc.set_threshold(50_000, *gc.get_threshold()[1:])\n"
                   "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nA(x=1)\ngc.freeze()")
-# Where one `estimate` spends its time, measured inside one fresh interpreter (perf_counter): pydantic's import
+# Where one `estimate` spends its time, measured inside one fresh interpreter (CPU time of the process,
+# time.process_time, steadier than the wall clock on a shared machine): pydantic's import
 # and first model (the floor), then the command as main() runs it, split into the time inside imports (module
 # code: of which building pydantic model classes and dataclasses is counted apart) and the rest (parser, the
 # estimate's computation, printing).
 BREAKDOWN_PROBE = r"""
-import builtins, dataclasses, importlib, io, contextlib, os, sys, time
-t0 = time.perf_counter()
+import time
+t0 = time.process_time()
+import builtins, dataclasses, importlib, io, contextlib, os, sys
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 from advisor.cli.pydantic_plugins import skip_discovery
 skip_discovery()
@@ -72,7 +78,7 @@ from pydantic import BaseModel
 class _A(BaseModel):
     x: int
 _A(x=1)
-t1 = time.perf_counter()
+t1 = time.process_time()
 acc = {"import": 0.0, "models": 0.0, "dataclasses": 0.0, "n_models": 0, "n_dataclasses": 0}
 depth = [0]
 def timed(fn, key, count=None):
@@ -80,11 +86,11 @@ def timed(fn, key, count=None):
         if depth[0] and key == "import":
             return fn(*a, **k)
         depth[0] += key == "import"
-        t = time.perf_counter()
+        t = time.process_time()
         try:
             return fn(*a, **k)
         finally:
-            acc[key] += time.perf_counter() - t
+            acc[key] += time.process_time() - t
             depth[0] -= key == "import"
             if count:
                 acc[count] += 1
@@ -97,7 +103,7 @@ dataclasses._process_class = timed(dataclasses._process_class, "dataclasses", "n
 from advisor.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     main()
-t2 = time.perf_counter()
+t2 = time.process_time()
 n = sum(1 for m in sys.modules if m.startswith("advisor"))
 print("BREAKDOWN=%.2f,%.2f,%.2f,%.2f,%.2f,%d,%d,%d" % (1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * acc["import"],
       1000 * acc["models"], 1000 * acc["dataclasses"], acc["n_models"], acc["n_dataclasses"], n), file=sys.stderr)
@@ -146,30 +152,31 @@ def measure(argv: list[str], n: int, env: dict | None = None) -> tuple[list[floa
     return walls, cpus, heavy, err
 
 
-def breakdown(bare_wall: float, n: int = 7) -> None:
-    """Where ``estimate``'s time goes, per part (median of ``n`` fresh interpreters, ms and x bare python)."""
+def breakdown(bare_cpu: float, n: int = 7) -> None:
+    """Where ``estimate``'s CPU time goes, per part (median of ``n`` fresh interpreters, ms and x bare python)."""
     rows = []
     for _ in range(n + 1):
-        wall, _, _, err = run(["-c", BREAKDOWN_PROBE, *COMMANDS[ESTIMATE]])
+        _, cpu, _, err = run(["-c", BREAKDOWN_PROBE, *COMMANDS[ESTIMATE]])
         line = [x for x in err.splitlines() if x.startswith("BREAKDOWN=")]
         if not line:
             print(f"breakdown probe failed: {err.strip()[-300:]}")
             return
-        rows.append([float(v) for v in line[0][10:].split(",")] + [wall * 1000])
-    floor, command, imports, models, dcs, n_models, n_dcs, n_mods, wall = (statistics.median(c) for c in zip(*rows[1:]))
-    b = bare_wall * 1000
-    parts = [("interpreter start (bare python -c pass, wall)", b),
+        rows.append([float(v) for v in line[0][10:].split(",")] + [cpu * 1000])
+    floor, command, imports, models, dcs, n_models, n_dcs, n_mods, cpu = (statistics.median(c) for c in zip(*rows[1:]))
+    b = bare_cpu * 1000
+    parts = [("interpreter start and exit (bare python -c pass)", b),
              ("pydantic import + its first model (the floor; plugin discovery skipped)", floor),
              (f"imports the command adds (stdlib + {n_mods:.0f} advisor modules' code)", imports),
              (f"  of which building {n_models:.0f} pydantic model classes (specs, catalog, results)", models),
              (f"  of which building {n_dcs:.0f} dataclasses", dcs),
              ("parser, the estimate's computation (caches warm) and printing", command - imports),
-             ("interpreter exit and the rest (the process's wall time minus the parts above)",
-              wall - b - floor - command)]
-    print(f"where `{ESTIMATE}` spends its time (in-process perf_counter, median of {n}):")
+             ("the rest: the exit of a bigger interpreter (the process's CPU time minus the parts above)",
+              cpu - b - floor - command)]
+    print(f"where `{ESTIMATE}` spends its CPU time (time.process_time inside the process, median of {n}; the "
+          "probe's own import timers add a little to the imports):")
     for label, ms in parts:
         print(f"  {label:<86}{ms:>7.1f} ms {ms / b:>5.1f}x")
-    print(f"  {'total (wall of the probe process)':<86}{wall:>7.1f} ms {wall / b:>5.1f}x")
+    print(f"  {'total (CPU time of the probe process)':<86}{cpu:>7.1f} ms {cpu / b:>5.1f}x")
 
 
 def main() -> None:
@@ -202,7 +209,7 @@ def main() -> None:
               f"{statistics.median(cpus) * 1000:>8.0f}{statistics.median(cpus) / max(bc, 1e-3):>8.1f}  "
               f"{heavy or 'none'}")
 
-    breakdown(bw)
+    breakdown(bc)
     print(f"targets (issue 11): estimate CPU {result[ESTIMATE][1]:.1f}x bare (target < 10; the pydantic floor "
           f"alone is {result[FLOOR][1]:.1f}x); recommend wall {result[RECOMMEND][0]:.2f} s (target < 0.4 s; "
           f"cold {result['(cold: DSADVISE_CACHE_DIR=off) ' + RECOMMEND][0]:.2f} s)"

@@ -175,10 +175,34 @@ def test_linear_shapes_match_layer_zero(name):
         assert linear_shapes(arch) == real_linear_shapes(layers[0])
 
 
+# MoE models whose experts PEFT 0.21 adapts through ParamWrapper on the 3-D weights (and the router's weight),
+# leaving the MLP's nn.Linear modules alone (measured on the meta-device PEFT build: tests/families/test_moe_lora.py)
+_PEFT_PARAM_MOE = ("MixtralForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV3ForCausalLM")
+
+
+def _peft_param_moe_layer(layer, rank: int) -> int:
+    """PEFT's all-linear adapters of one decoder layer of a ``_PEFT_PARAM_MOE`` model, from its real modules:
+    nn.Linear outside the MLP r·(in + out); a 3-D expert weight (E, out, in) lora_A (E·r, in) + lora_B (out, E·r),
+    the fused gate_up_proj at rank 2r; the router's 2-D weight r·(in + out)."""
+    total = 0
+    for path, module in layer.named_modules():
+        if isinstance(module, torch.nn.Linear) and not path.startswith("mlp"):
+            total += rank * (module.in_features + module.out_features)
+        elif path.endswith("experts") and hasattr(module, "gate_up_proj"):
+            experts, two_inner, hidden = module.gate_up_proj.shape
+            total += experts * 2 * rank * (two_inner + hidden)
+            total += experts * rank * (module.down_proj.shape[1] + module.down_proj.shape[2])
+        elif path.endswith("mlp.gate") and hasattr(module, "weight") and module.weight.dim() == 2:
+            total += rank * sum(module.weight.shape)
+    return total
+
+
 def hand_lora_all_linear(model, num_layers: int, rank: int, exclude: tuple[str, ...] = ()) -> int:
     """PEFT's all-linear by hand: every linear of every layer plus linears outside them, minus the lm_head (and
     minus ``exclude``: LoraConfig(exclude_modules=...), Llama-4's router, whose adapter fails in PEFT)."""
     layers = decoder_layers(model, num_layers)
+    if type(model).__name__ in _PEFT_PARAM_MOE:
+        return sum(_peft_param_moe_layer(layer, rank) for layer in layers)
     total = sum(rank * (i + o) * copies
                 for layer in layers for name, (i, o, copies) in real_linear_shapes(layer).items() if name not in exclude)
     inside = {id(m) for m in layers.modules()}

@@ -36,6 +36,9 @@ class Family:
     # normalized linears ``all-linear`` leaves out here (PEFT: LoraConfig(exclude_modules=...)), with the reason
     lora_refused: Mapping[str, str] = field(default_factory=dict)
     all_linear_excludes: tuple[str, ...] = ()
+    # every routed expert runs on every token, the unrouted scaled by 0 (Llama-4's Llama4TextMoe): the hardware
+    # computes all experts' matmuls (step time), not the top-k's
+    dense_expert_compute: bool = False
 
 
 # ---------------------------------------------------------------- the Llama-shaped config reader
@@ -123,21 +126,23 @@ def read_llama_like(r: Reader, *, kv: int | None, head_dim: int | None, tie: boo
 
 # ---------------------------------------------------------------- what an MoE family's replay covers
 
-# LoRA targets the replay writes in an MoE model: the attention projections. PEFT puts its MoE adapters on the
-# 3-D expert weights for the MLP names (gate_proj/up_proj/down_proj, all-linear; the adapted weight W + BA is
-# materialized per expert and saved by grouped_mm) and on the router under all-linear: not replayed, traced.
+# LoRA targets the replay writes in an MoE model: the attention projections, and all-linear, under which PEFT
+# (0.21) adapts the 3-D expert weights and the router through ParamWrapper (replayed in
+# families/replay.py: merged weights, fused gate_up at rank 2r) but no nn.Linear of the MLP. MLP names alone
+# (gate_proj/up_proj/down_proj) adapt only the experts and leave the layers before them without gradients, which
+# the replay's layer plan does not cover: traced.
 ATTENTION_LORA_TARGETS = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "q_a_proj", "q_b_proj",
                                     "kv_a_proj_with_mqa", "kv_b_proj"})
 
 
 def attention_lora_only(arch: Architecture, training: Any) -> bool:
-    """``Family.replay_covers`` of MoE families: every run but LoRA/QLoRA reaching beyond the attention
-    projections (measured: the replay of Qwen3-MoE with all-linear LoRA was 32 % short of the trace)."""
+    """``Family.replay_covers`` of MoE families: every run but LoRA/QLoRA whose targets name MLP modules other
+    than through all-linear (DeepSeek-V3 with down_proj alone: the replay was 65 % short of the trace)."""
     if training.method not in ("lora", "qlora") or not arch.is_moe:
         return True
     targets = training.lora.target_modules
     targets = {targets} if isinstance(targets, str) else set(targets)
-    return targets <= ATTENTION_LORA_TARGETS
+    return targets <= ATTENTION_LORA_TARGETS | {"all-linear"}
 
 
 # ---------------------------------------------------------------- the proxy config (advisor.render.proxy)

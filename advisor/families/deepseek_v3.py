@@ -30,6 +30,8 @@ class DeepseekV3Replay(DecoderReplay):
     """DeepseekV3DecoderLayer: MLA attention, a dense gated MLP (``dense`` layers) or DeepseekV3MoE (sigmoid
     group-limited router, grouped_mm routed experts, a shared-experts MLP)."""
 
+    peft_moe_params = True      # PEFT adapts experts and router; neither the dense MLP nor the shared experts
+
     # -- attention (DeepseekV3Attention.forward) -------------------------------------------------------------
     def attention(self, x: Tensor, selective: bool) -> Tensor:
         a, tr = self.a, self.tr
@@ -130,11 +132,11 @@ class DeepseekV3Replay(DecoderReplay):
         # router_logits = F.linear(x.type(float32), weight.type(float32)) (the weight is kept in fp32;
         # a frozen or half copy of it is a weight copy, not an activation); a plain F.linear: no LoRA
         xf = tr.cast(x, "f32")
-        if tr.pdt != "f32" and not tr.autocast and not self.layer_trainable and xf.rg:
+        if tr.pdt != "f32" and not tr.autocast and not self.layer_trainable and xf.rg and "router" not in self.moe_lora:
             # weight.type(float32) of a frozen 16-bit router: a plain fp32 copy (no grad_fn ties it to the
             # parameter) that the mm saves for the input's gradient; it lives until backward
             tr.save(tr.new(E * h, "f32", False))
-        logits = tr.linear(xf, h, E, self.layer_trainable, w_dt="f32")
+        logits = self.router_linear(xf, h, E, "f32")
         scores = tr.save_result(logits)                                 # sigmoid saves its result
         choice = tr.add(scores, tr.new(E, "f32", False))                # + e_score_correction_bias (fp32)
         # group_scores = choice.view(-1, G, E/G).topk(2)[0].sum(-1): TopkBackward saves its indices

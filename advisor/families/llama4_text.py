@@ -16,6 +16,7 @@ router's sigmoid scores, zero for the unrouted): saved bytes grow with the exper
 
 from __future__ import annotations
 
+from advisor.errors import InputError
 
 from .base import PROXY_HEAD_DIM, PROXY_INNER, Family, llama_proxy, proxy_experts, read_experts, read_llama_like
 from .replay import DecoderReplay
@@ -27,19 +28,27 @@ def layer_kinds(r) -> list[str]:
     n = r.integer("num_hidden_layers")
     interval = r.integer("no_rope_layer_interval", default=4)
     rope = cfg.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
+    if not isinstance(rope, list) or any(v not in (0, 1) or isinstance(v, float) for v in rope):
+        raise r.fail("no_rope_layers", "must be a list of 0 (no RoPE) / 1 (RoPE), one per layer")
     step = r.integer("interleave_moe_layer_step", default=1)
     moe = cfg.get("moe_layers")
+    if moe is not None and (not isinstance(moe, list) or any(isinstance(i, bool) or not isinstance(i, int)
+                                                              for i in moe)):
+        raise r.fail("moe_layers", "must be a list of layer indices")
     moe = set(range(step - 1, n, step)) if moe is None else set(moe)
     chunk = cfg.get("attention_chunk_size", 8192)
     types = cfg.get("layer_types") or ["chunked_attention" if nr and chunk is not None else "full_attention"
                                        for nr in rope]
+    if not isinstance(types, list):
+        raise r.fail("layer_types", "must be a list of chunked_attention / full_attention")
     # the modeling file indexes the lists by layer (``no_rope_layers[layer_idx]``): longer lists are read up to n
     if len(rope) < n or len(types) < n or any(t not in ("chunked_attention", "full_attention") for t in types):
-        raise r.fail("no_rope_layers", f"no_rope_layers / layer_types must list the {n} layers")
+        raise r.fail("no_rope_layers", f"and layer_types must list the {n} layers")
     return [f"{types[i]}/{'rope' if rope[i] else 'nope'}/{'moe' if i in moe else 'dense'}" for i in range(n)]
 
 
 def period(kinds: list[str]) -> tuple[str, ...]:
+    """The shortest repeating prefix of ``kinds`` (the whole list when it does not repeat)."""
     p = next(p for p in range(1, len(kinds) + 1) if all(k == kinds[i % p] for i, k in enumerate(kinds)))
     return tuple(kinds[:p])
 
@@ -79,6 +88,13 @@ class Llama4Replay(DecoderReplay):
     """Llama4ForCausalLM's forward where it differs from Llama's (modeling_llama4.py, op by op)."""
 
     softmax_no_dtype = True     # eager: softmax(attn_weights) in the scores' dtype, no .to() after it
+
+    def attention_core(self, q, k, v, selective):
+        if self.t.attention == "flash":   # from_config(attn_implementation="flash_attention_2") refuses Llama-4
+            raise InputError("llama4_text: transformers has no flash-attention path for Llama-4 "
+                             "(Llama4PreTrainedModel._supports_flash_attn = False): use --attention sdpa or eager",
+                             field="--attention")
+        return super().attention_core(q, k, v, selective)
 
     def window(self):
         """Chunked layers need a mask once the sequence exceeds a chunk (create_chunked_causal_mask)."""
@@ -201,4 +217,5 @@ FAMILY = Family(model_type="llama4_text", modeling="transformers/models/llama4/m
                 native_linear_names={"router": ("router",)},
                 # measured: peft 0.21.2 wraps Llama4Router (an nn.Linear whose forward returns a tuple) and its
                 # forward fails (peft/tuners/lora/layer.py: result.dtype of a tuple)
-                lora_refused={"router": _ROUTER_LORA}, all_linear_excludes=("router",))
+                lora_refused={"router": _ROUTER_LORA}, all_linear_excludes=("router",),
+                dense_expert_compute=True)

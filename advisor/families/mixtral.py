@@ -22,8 +22,15 @@ def proxy(arch):
     return llama_proxy(arch, num_local_experts=experts, num_experts_per_tok=top_k)
 
 
+class MixtralReplay(DecoderReplay):
+    """Mixtral's forward is Llama's with the MoE block of :meth:`DecoderReplay.moe`; PEFT's LoRA adapts its 3-D
+    expert weights and router (ParamWrapper), as in Qwen3-MoE."""
+
+    peft_moe_params = True
+
+
 FAMILY = Family(model_type="mixtral", modeling="transformers/models/mixtral/modeling_mixtral.py", read=read,
-                fsdp_layer_class="MixtralDecoderLayer", proxy=proxy, replay=DecoderReplay,
+                fsdp_layer_class="MixtralDecoderLayer", proxy=proxy, replay=MixtralReplay,
                 native_linear_names={"gate": ("router",), "w1": ("gate_proj",), "w3": ("up_proj",),
                                      "w2": ("down_proj",)},
                 z3_leaf_modules=("MixtralSparseMoeBlock",), replay_covers=attention_lora_only)

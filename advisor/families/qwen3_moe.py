@@ -23,6 +23,7 @@ class Qwen3MoeReplay(DecoderReplay):
 
     router_softmax_dtype = True
     router_cast_back = True
+    peft_moe_params = True
 
 
 def extra(r):

@@ -31,6 +31,29 @@ def _lora_linear_names(arch: Architecture, targets: tuple[str, ...]) -> set[str]
     return chosen
 
 
+# PEFT's LoRA on an MoE model (peft/tuners/lora/layer.py ParamWrapper, PEFT 0.21): the MLP names and all-linear
+# put adapters on the 3-D expert weights (gate_up_proj, down_proj) and, under all-linear, on the router weight,
+# not on nn.Linear modules of the MLP (measured: DeepSeek-V3's dense MLP and shared experts get none).
+_MLP_NAMES = frozenset({"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "router",
+                        "shared_gate_proj", "shared_up_proj", "shared_down_proj"})
+
+
+def _moe_lora_parts(arch: Architecture, training: TrainingSpec) -> frozenset[str]:
+    """Which MoE weights PEFT adapts: ``gate_up``, ``down``, ``router`` (empty without LoRA or experts)."""
+    if training.method not in ("lora", "qlora") or not arch.is_moe:
+        return frozenset()
+    targets = training.lora.target_modules
+    targets = {targets} if isinstance(targets, str) else set(targets)
+    if "all-linear" in targets:
+        return frozenset({"gate_up", "down", "router"})
+    parts = set()
+    if targets & {"gate_proj", "up_proj", "gate_up_proj"}:
+        parts.add("gate_up")
+    if "down_proj" in targets:
+        parts.add("down")
+    return frozenset(parts)
+
+
 class DecoderReplay:
     """One family's forward, replayed on a :class:`Trace` (Llama's, unless a family's subclass says otherwise).
 
@@ -46,6 +69,7 @@ class DecoderReplay:
     router_softmax_dtype = False  # MoE router: softmax(logits, dtype=float) instead of softmax(logits.float())
     router_cast_back = False    # MoE router: top-k weights cast back to the logits' dtype (Qwen3-MoE)
     rope_per_layer_kind = False  # one rotary table pair per layer type (Gemma-3: local and global rope bases)
+    peft_moe_params = False     # PEFT LoRA adapts the 3-D expert weights and router, no MLP nn.Linear (A2)
 
     def __init__(self, arch: Architecture, training: TrainingSpec, tr: Trace, layer_trainable: bool):
         self.a, self.t, self.tr = arch, training, tr
@@ -53,6 +77,11 @@ class DecoderReplay:
         self.lora = (_lora_linear_names(arch, training.lora.target_modules)
                      if training.method in ("lora", "qlora") else set())
         self.rank = training.lora.rank
+        # PEFT ParamWrapper adapters on the MoE weights (families whose MLP is only the MoE block and its dense
+        # neighbours, measured: Mixtral, Qwen3-MoE, DeepSeek-V3; not Llama-4, whose shared expert takes them)
+        self.moe_lora = _moe_lora_parts(arch, training) if self.peft_moe_params else frozenset()
+        if self.peft_moe_params and arch.is_moe:
+            self.lora -= _MLP_NAMES
         self.layer_trainable = layer_trainable  # weights of the decoder layer being traced need grads
         self.rope_cos = self.rope_sin = None
         self.rope_tables: dict[str, tuple[Tensor, Tensor]] = {}   # per rope kind (rope_per_layer_kind)
@@ -296,7 +325,7 @@ class DecoderReplay:
         h, i, E, k = a.hidden_size, a.intermediate_size, a.num_experts, max(a.experts_per_token, 1)
         N = tr.N
         S = N * k
-        logits = self.proj(x, h, E, "router")                          # router F.linear
+        logits = self.router_linear(x, h, E, tr.pdt)                   # router F.linear(x, weight)
         if self.router_softmax_dtype:
             probs = tr.save_result(logits, "f32")                      # softmax(router_logits, dtype=float)
         else:
@@ -310,6 +339,31 @@ class DecoderReplay:
         if self.router_cast_back:
             top = tr.cast(top, logits.dt)                              # router_top_value.to(router_logits.dtype)
         return self.grouped_experts(x, top, i)
+
+    def router_linear(self, x: Tensor, h: int, E: int, w_dt: str) -> Tensor:
+        """The router's F.linear with a weight of dtype ``w_dt`` (a plain parameter module: no LoRA layer, no
+        4-bit base). Adapted by PEFT (all-linear): the weight is W + (B @ A) * scaling, a new tensor that needs a
+        gradient, so the mm saves the input and that weight (its autocast copy under autocast)."""
+        tr = self.tr
+        if "router" not in self.moe_lora:
+            return tr.linear(x, h, E, self.layer_trainable, w_dt=w_dt)
+        merged = tr.new(E * h, tr.pdt, True)                           # W + delta (the parameter's dtype)
+        wd = tr.low if tr.autocast else w_dt
+        used = merged if wd == merged.dt else tr.new(E * h, wd, True)  # .type(float32) / autocast's copy
+        if x.rg:
+            tr.save(used)
+        return tr.linear(x, h, E, True, w_dt=wd)
+
+    def merged_expert_weight(self, out_f: int, in_f: int, fused: int = 1) -> Tensor:
+        """PEFT ParamWrapper on a 3-D expert weight, one adapter: ``baddbmm(W, lhs, rhs, alpha=scaling)`` with
+        autocast off (_LoraFactorsProxy): a new E x out x in tensor in the parameter's dtype. The factors are
+        cast to that dtype (``lhs.to(param.dtype)``): in 16 bit, copies baddbmm saves. ``fused``: projections
+        fused in the weight (gate_up_proj: 2), each with its own rank-r adapter (rank fused * r, measured)."""
+        a, tr = self.a, self.tr
+        E, r = a.num_experts, self.rank * fused
+        if tr.pdt != "f32":
+            tr.save(tr.new(E * out_f * r, tr.pdt, True), tr.new(E * r * in_f, tr.pdt, True))
+        return tr.new(E * out_f * in_f, tr.pdt, True)
 
     def grouped_experts(self, x: Tensor, top: Tensor, i: int) -> Tensor:
         """transformers v5's default experts forward (integrations/moe.py ``grouped_mm_experts_forward``) on the
@@ -328,15 +382,22 @@ class DecoderReplay:
         # other dtypes take transformers' fallback op, whose setup_context saves input and weight whenever its
         # node exists, frozen experts (LoRA) included (integrations/moe.py _grouped_mm_fallback_setup_context)
         fallback = w_dt != "bf16"
-        if train or (fallback and sel.rg):
+        ad_gu, ad_down = "gate_up" in self.moe_lora, "down" in self.moe_lora
+        w_gu = self.merged_expert_weight(2 * i, h, fused=2) if ad_gu else None
+        if train or ad_gu or (fallback and sel.rg):
             tr.save(sel)                                               # grouped_mm saves input (and weight)
-        gu = tr.op(tr.new(S * 2 * i, sel.dt, sel.rg or train), [sel])
+        if ad_gu and (sel.rg or fallback):
+            tr.save(w_gu)                                              # the adapted weight, not a parameter
+        gu = tr.op(tr.new(S * 2 * i, sel.dt, sel.rg or train or ad_gu), [sel])
         g, u = tr.split(gu, [S * i, S * i])
         m = tr.mul(self.act(g), u)
         m = tr.cast(m, w_dt)
-        if train or (fallback and m.rg):
+        w_down = self.merged_expert_weight(h, i) if ad_down else None
+        if train or ad_down or (fallback and m.rg):
             tr.save(m)
-        o = tr.op(tr.new(S * h, m.dt, m.rg or train), [m])
+        if ad_down and (m.rg or fallback):
+            tr.save(w_down)
+        o = tr.op(tr.new(S * h, m.dt, m.rg or train or ad_down), [m])
         sw = tr.op(tr.new(S, top.dt, top.rg), [top])                   # sample_weights[perm]
         wo = tr.mul(o, sw)                                             # saves o and the weights
         tr.save(tr.new(S, "i64", False))                               # weighted_out[inv_perm] indices

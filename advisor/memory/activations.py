@@ -194,7 +194,7 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
         else:
             tr.term = term
             x = m.layer(x, selective)
-        if arch.layer_pattern:   # autocast weight copies of one layer of this kind (issue 14: Llama-4's differ)
+        if arch.hybrid:   # autocast weight copies of one layer of this kind (issue 14: Llama-4's differ)
             terms.setdefault(f"copies:{kind}", tr.weight_copy_elems - copies_before)
             if term != "first_layer":
                 terms[f"copies:{kind}"] = tr.weight_copy_elems - copies_before
@@ -481,8 +481,9 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
         layers = terms["first_layer"] + sum(terms[f"kind:{k}"] for k in saving[1:])
         per_layer = max(v for k, v in terms.items() if k.startswith("kind:"))
         # one 4-D mask per attention type (create_causal_mask / create_sliding_window_...); dense and MoE layers
-        # (DeepSeek) share the one causal mask
-        masks = len(set(saving)) if arch.layer_pattern else 1
+        # (DeepSeek) share the one causal mask; a kind's attention type is its first "/" field (Llama-4's
+        # "chunked_attention/rope/moe" and "chunked_attention/rope/dense" share the chunked mask)
+        masks = len({k.split("/")[0] for k in saving}) if arch.layer_pattern else 1
     else:
         layers = terms["first_layer"] + max(n_train - 1, 0) * terms["per_layer"]
 
@@ -526,7 +527,7 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     breakdown["info:layer_transient"] = layer_transient + layer_extra
     if mode.startswith("autocast"):
         layer_copies = terms["weight_copy_layer"] * n_train
-        if arch.layer_pattern:   # one layer's copies per saving layer, by kind (the plan replays more than two)
+        if arch.hybrid:   # one layer's copies per saving layer, by kind (the plan replays more than two)
             layer_copies = sum(terms[f"copies:{k}"] for k in arch.layer_kinds[arch.num_layers - n_train:])
         breakdown["info:autocast_weight_copies"] = (layer_copies + terms["weight_copy_head"]) * 2
     if getattr(training, "offload_activations", False):

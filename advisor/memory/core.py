@@ -147,6 +147,13 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
 
         if lora_note := all_linear_note(model.architecture, tuple(training.lora.target_modules)):
             notes.append(lora_note)
+    arch_ = model.architecture
+    if training.attention == "sdpa" and (arch_.attention_sinks or arch_.attn_logit_softcapping):
+        # transformers: GptOssPreTrainedModel._supports_sdpa = False (sinks); sdpa_attention_forward refuses softcap
+        why = "attention sinks" if arch_.attention_sinks else "attention logit soft-capping"
+        notes.append(f"{arch_.family} has no SDPA path in transformers ({why}): --attention sdpa runs eager "
+                     f"attention, which saves the b x heads x s x s probabilities of every layer (counted); "
+                     f"--attention flash avoids them")
     if tiling_note:
         notes.append(tiling_note)
     if act.breakdown.get("info:offloaded_activations"):

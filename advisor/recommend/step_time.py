@@ -204,8 +204,12 @@ def efficiency(rates: Rates, precision: str, hidden: int, tokens_per_microstep: 
 
 
 def matmul_parameters(arch: Architecture, counts: ParameterCounts) -> int:
-    """Parameters that take part in a matmul per token: active layer weights + the output projection."""
-    layers = counts.active_per_token - counts.embedding - counts.lm_head - counts.final
+    """Parameters that take part in a matmul per token: active layer weights + the output projection (every
+    expert's where the family's MoE runs all experts on every token: Llama-4's Llama4TextMoe, issue 14)."""
+    from advisor.families import family, has_family
+
+    every = has_family(arch.family) and family(arch.family).dense_expert_compute
+    layers = (counts.total if every else counts.active_per_token) - counts.embedding - counts.lm_head - counts.final
     return max(layers, 0) + arch.vocab_size * arch.hidden_size
 
 

@@ -65,3 +65,12 @@ def test_frozen_fp32_experts_still_save_the_fallback_inputs():
                                "fp32")
     traced = trace_model(cfg, TraceSettings(seq_len=SEQ, method="lora", lora_targets=TARGETS), use_cache=False)
     assert replay.activations - traced.activations == 4 * arch.num_experts * arch.num_layers
+
+
+def test_the_eager_fallback_is_said_in_the_notes():
+    from advisor.api import estimate
+
+    notes = estimate("gpt-oss-20b", gpus=8, gpu="h100-sxm", attention="sdpa").notes
+    assert any("no SDPA path" in n and "eager" in n for n in notes)
+    assert not any("no SDPA path" in n for n in estimate("gpt-oss-20b", gpus=8, gpu="h100-sxm",
+                                                             attention="flash").notes)

@@ -87,9 +87,15 @@ def test_autocast_frozen_experts_differ_by_their_weight_copies_only():
     down_proj. The replay reports those with the other weight copies (they scale with parameters); the tracer's
     weight-copy rule knows 2-D weights only and counts these 3-D ones as activations."""
     pytest.importorskip("transformers")
-    traced = _trace("autocast-bf16", "eager", "lora", 1)
-    replay = _replay("autocast-bf16", "eager", "lora", 1)
-    h, i, E, moe_layers = 64, 64, 4, 6
+    from advisor.trace import TraceSettings, trace_model
+
+    cfg = dict(MAVERICK_SMALL, num_hidden_layers=4)                # one period: each kind once
+    traced = trace_model(cfg, TraceSettings(seq_len=SEQ, mode="autocast-bf16", attention="eager", method="lora",
+                                            lora_targets=TARGETS), use_cache=False)
+    replay = activation_memory(architecture_from_hf_config(cfg),
+                               TrainingSpec(seq_len=SEQ, attention="eager", method="lora",
+                                            lora=LoraSpec(target_modules=TARGETS)), "autocast-bf16")
+    h, i, E, moe_layers = 64, 64, 4, 2
     assert traced.activations - replay.activations == moe_layers * E * 3 * h * i * 2
 
 
@@ -117,7 +123,8 @@ def test_peft_fails_on_the_router_and_trains_without_it():
     cfg = {k: v for k, v in MAVERICK_SMALL.items() if k != "model_type"}
     ids = torch.zeros((1, 8), dtype=torch.long)
     for exclude, fails in ((None, True), (["router"], False)):
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama4_text", **dict(cfg, num_hidden_layers=2)))
+        one_moe_layer = dict(cfg, num_hidden_layers=1, interleave_moe_layer_step=1)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama4_text", **one_moe_layer))
         lora = peft.LoraConfig(r=4, target_modules="all-linear", exclude_modules=exclude, task_type="CAUSAL_LM")
         wrapped = peft.get_peft_model(model, lora)
         if fails:
@@ -125,3 +132,47 @@ def test_peft_fails_on_the_router_and_trains_without_it():
                 wrapped(input_ids=ids, labels=ids)
         else:
             wrapped(input_ids=ids, labels=ids).loss.backward()
+
+
+@pytest.mark.parametrize("bad", [{"no_rope_layers": "x"}, {"no_rope_layers": [1, 2]}, {"moe_layers": ["a"]},
+                                 {"layer_types": 3}, {"no_rope_layers": [1, 1, 1]},
+                                 {"interleave_moe_layer_step": 0}, {"num_experts_per_tok": 5}])
+def test_bad_layer_lists_are_one_line_errors(bad):
+    from advisor.errors import InputError
+
+    with pytest.raises(InputError, match="config.json: "):
+        architecture_from_hf_config(dict(MAVERICK_SMALL, **bad))
+
+
+def test_step_time_computes_every_expert_as_llama4textmoe_does():
+    """Llama4TextMoe multiplies every token through every expert (x.repeat(num_experts, 1)): the hardware's matmul
+    parameters per token are all the layer weights, not the top-k's (GPT-OSS, grouped_mm: only the routed ones)."""
+    from advisor.recommend.step_time import matmul_parameters
+
+    for cfg, every in ((MAVERICK_SMALL, True), ({**MAVERICK_SMALL, "model_type": "gpt_oss", "num_hidden_layers": 4,
+                                                 "sliding_window": 16}, False)):
+        arch = architecture_from_hf_config(cfg)
+        c = count_parameters(arch)
+        per_token = c.total if every else c.active_per_token
+        assert matmul_parameters(arch, c) == per_token - c.embedding - c.lm_head - c.final + 256 * 64
+
+
+def test_flash_attention_is_refused_as_transformers_refuses_it():
+    from advisor.errors import InputError
+
+    with pytest.raises(InputError, match="no flash-attention path"):
+        _replay("half-bf16", "flash", "full", 1)
+
+
+@pytest.mark.slow
+def test_autocast_weight_copies_are_counted_per_layer_kind():
+    """autocast's bf16 weight copies (the model-state side, info:autocast_weight_copies) of a 4-layer period of
+    dense and MoE layers equal the tracer's: each saving layer counts its own kind's copies."""
+    pytest.importorskip("transformers")
+    from advisor.trace import TraceSettings, trace_model
+
+    cfg = dict(MAVERICK_SMALL, num_hidden_layers=4)
+    traced = trace_model(cfg, TraceSettings(seq_len=SEQ, mode="autocast-bf16"), use_cache=False)
+    replay = activation_memory(architecture_from_hf_config(cfg), TrainingSpec(seq_len=SEQ), "autocast-bf16")
+    assert replay.activations == traced.activations
+    assert replay.breakdown["info:autocast_weight_copies"] == traced.weight_copies
