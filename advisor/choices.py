@@ -17,7 +17,8 @@ FsdpSharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"
 StrategyName = Literal["single", "ddp", "zero0", "zero1", "zero2", "zero3",
                        "fsdp-full", "fsdp-grad-op", "fsdp-hybrid", "fsdp-no-shard"]
 BucketSizes = Literal["auto", "default"]
-Loss = Literal["plain", "chunked", "fused-linear"]
+Loss = Literal["plain", "chunked", "fused-linear",
+               "legacy-inline"]   # issue 17 (G3): transformers <= 4.45's inline causal-LM loss
 # issue 15 (tensor / sequence / context parallelism): FSDP generation (accelerate fsdp_version; FSDP2 = fully_shard)
 FsdpVersion = Literal[1, 2]
 

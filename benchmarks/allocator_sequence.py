@@ -38,10 +38,14 @@ MARK_BYTES = 7_777_777     # an odd size no tensor of these runs has
 
 def record_steps(cfg: dict, *, layers: int, batch: int, seq: int, method: str, steps: int, loop: str,
                  checkpointing: str = "none", lora_rank: int = 16,
-                 workspace: int = 32 << 20) -> list[tuple[str, object, int]]:
+                 workspace: int = 32 << 20, loss: str = "current") -> list[tuple[str, object, int]]:
     """The allocation sequence (``("a", key, bytes)`` / ``("f", key, 0)``) of ``steps`` real training steps:
     the tensors alive before the first one first (never freed), then every storage the steps create and
-    destroy, in the profiler's order."""
+    destroy, in the profiler's order. ``loss``: ``current`` = the model's own (transformers >= 4.46
+    ForCausalLMLoss: 16-bit logits held, upcast inside the loss, labels shifted); ``inline-4.37`` = what
+    ``LlamaForCausalLM.forward`` of transformers 4.37 computed inline (src/transformers/models/llama/
+    modeling_llama.py v4.37.2: ``logits = logits.float()``, which the output holds; ``shift_logits =
+    logits[..., :-1, :].contiguous()``; ``CrossEntropyLoss()``), rebuilt here on the model's 16-bit logits."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
@@ -90,15 +94,24 @@ def record_steps(cfg: dict, *, layers: int, batch: int, seq: int, method: str, s
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = forward(input_ids=ids, labels=ids)
-        loss = out.loss
+            if loss == "inline-4.37":
+                logits = forward(input_ids=ids).logits.float()         # the output holds the fp32 logits
+                shift = logits[..., :-1, :].contiguous()
+                out = type("Out", (), {})()
+                out.logits = logits
+                out.loss = torch.nn.functional.cross_entropy(shift.view(-1, shift.size(-1)),
+                                                             ids[..., 1:].contiguous().view(-1))
+                del logits, shift
+            else:
+                out = forward(input_ids=ids, labels=ids)
+        loss_t = out.loss
         if loop == "plain":
             del out
-        loss.backward()
+        loss_t.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        del loss
-        if loop == "accelerate":
+        del loss_t
+        if loop in ("accelerate", "hold"):
             del out
 
     gc.collect()
@@ -152,7 +165,7 @@ def with_workspaces(events: list, workspace: int) -> list:
 
 
 def dsadvise_estimate(cfg: dict, *, layers: int, batch: int, seq: int, method: str, checkpointing: str,
-                      lora_rank: int):
+                      lora_rank: int, loss: str = "current"):
     from advisor.api import estimate
     from advisor.catalog.models import ResolvedModel
     from advisor.hf_config import architecture_from_hf_config
@@ -162,7 +175,7 @@ def dsadvise_estimate(cfg: dict, *, layers: int, batch: int, seq: int, method: s
     model = ResolvedModel(name="sequence", architecture=architecture_from_hf_config(c), source="config", note="")
     kw = dict(lora_rank=lora_rank) if method == "lora" else {}
     return estimate(model, gpu="h200", precision="bf16", seq_len=seq, micro_batch=batch, method=method,
-                    checkpointing=checkpointing, **kw)
+                    checkpointing=checkpointing, loss="legacy-inline" if loss == "inline-4.37" else "plain", **kw)
 
 
 def segments(events, min_mib: int = 100) -> list[int]:
@@ -195,7 +208,14 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--method", choices=("full", "lora"), help="one case (default: the table of TABLE)")
     ap.add_argument("--checkpointing", choices=("none", "full"), default="none")
-    ap.add_argument("--loop", choices=("accelerate", "plain"), default="accelerate")
+    ap.add_argument("--loop", choices=("accelerate", "plain", "hold"), default="accelerate",
+                    help="hold: the model's output kept through optimizer.step, no fp32 copy (Answer.AI fsdp_qlora "
+                         "train.py: 'output = None' after the step)")
+    ap.add_argument("--loss", choices=("current", "inline-4.37"), default="current",
+                    help="the recorded step's loss (see record_steps); dsadvise: --loss plain / legacy-inline")
+    ap.add_argument("--compare-loss", action="store_true",
+                    help="record each case with transformers' current loss and 4.37's inline loss and print "
+                         "what the inline one adds, in fp32 N x V logit blocks (issue 17, Answer.AI rows)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--lora-rank", type=int, default=16)
     a = ap.parse_args()
@@ -209,15 +229,32 @@ def main() -> None:
                    num_key_value_heads=max(heads // 4, 1), head_dim=64)
     print(f"{a.model} x{a.layers} layers, hidden {cfg['hidden_size']}, V {cfg['vocab_size']}, {a.batch}x{a.seq} "
           f"tokens, bf16, {a.loop} loop, {a.steps} steps (CPU, CUDA semantics); GiB")
+    cases = [(a.method, a.checkpointing)] if a.method else TABLE
+    if a.compare_loss:
+        block = a.batch * a.seq * cfg["vocab_size"] * 4
+        print(f"{'case':<22}{'loss':<13}{'rec alloc':>10}{'rec resv':>10}  added (fp32 logit blocks of "
+              f"{block / 2**20:.1f} MiB)")
+        for method, ckpt in cases:
+            base = None
+            for loss in ("current", "inline-4.37"):
+                rec = simulate(record_steps(cfg, layers=a.layers, batch=a.batch, seq=a.seq, method=method,
+                                            steps=a.steps, loop=a.loop, checkpointing=ckpt,
+                                            lora_rank=a.lora_rank, loss=loss))
+                added = "" if base is None else (f"  {(rec.peak_allocated - base.peak_allocated) / block:+.2f} "
+                                                 f"allocated, {(rec.peak_reserved - base.peak_reserved) / block:+.2f}"
+                                                 f" reserved")
+                print(f"{method + (' + ckpt' if ckpt != 'none' else ''):<22}{loss:<13}"
+                      f"{rec.peak_allocated / GIB:>10.3f}{rec.peak_reserved / GIB:>10.3f}{added}", flush=True)
+                base = base or rec
+        return
     print(f"{'case':<22}{'rec alloc':>10}{'est alloc':>10}{'err %':>7}{'rec resv':>10}{'est resv':>10}{'err %':>7}"
           f"  segments >= 100 MiB of the recorded sequence (MiB)")
-    cases = [(a.method, a.checkpointing)] if a.method else TABLE
     for method, ckpt in cases:
         events = record_steps(cfg, layers=a.layers, batch=a.batch, seq=a.seq, method=method, steps=a.steps,
-                              loop=a.loop, checkpointing=ckpt, lora_rank=a.lora_rank)
+                              loop=a.loop, checkpointing=ckpt, lora_rank=a.lora_rank, loss=a.loss)
         rec = simulate(events)
         est = dsadvise_estimate(cfg, layers=a.layers, batch=a.batch, seq=a.seq, method=method,
-                                checkpointing=ckpt, lora_rank=a.lora_rank).per_gpu
+                                checkpointing=ckpt, lora_rank=a.lora_rank, loss=a.loss).per_gpu
         print(f"{method + (' + ckpt' if ckpt != 'none' else ''):<22}{rec.peak_allocated / GIB:>10.3f}"
               f"{est.allocated / GIB:>10.3f}{100 * (est.allocated / rec.peak_allocated - 1):>+7.1f}"
               f"{rec.peak_reserved / GIB:>10.3f}{est.reserved / GIB:>10.3f}"

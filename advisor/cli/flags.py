@@ -153,7 +153,8 @@ FLAGS: dict[str, Flag] = _flags(
          spec_fields=("activation_checkpointing",), wizard_field="checkpointing"),
     Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",), wizard_field="attention"),
     Flag("--loss", "cross-entropy kernel: plain (transformers), chunked (torchtune chunked output), fused-linear "
-         "(Liger / Cut Cross-Entropy: no logits)", choices=LOSSES, default="plain", spec_fields=("loss",), wizard_field="loss"),
+         "(Liger / Cut Cross-Entropy: no logits), legacy-inline (transformers <= 4.45's in-model loss on fp32 logits)",
+         choices=LOSSES, default="plain", spec_fields=("loss",), wizard_field="loss"),
     Flag("--loss-chunks", "--loss chunked: sequence chunks (torchtune default 8)", positive_int, default=8,
          spec_fields=("loss_chunks",)),
     Flag("--offload-activations", "keep saved activations in pinned CPU memory (save_on_cpu, torchtune "

@@ -492,6 +492,8 @@ class DecoderReplay:
         if loss_kind == "chunked":
             return None, self.chunked_loss(x, width, lm_trainable)
         logits = tr.linear(x, width, a.vocab_size, lm_trainable)
+        if loss_kind == "legacy-inline":
+            return self.legacy_inline_loss(logits)
         held = logits
         loss = self.cross_entropy(logits, tr.N if tr.b > 1 else tr.s + 1)
         return held, loss
@@ -507,6 +509,24 @@ class DecoderReplay:
         tr.save(tr.new(labels, "i64", False), tr.new(1, "f32", False))  # nll_loss: target, total_weight
         # NllLossBackward: a zero N x V fp32 gradient scattered at the targets
         return tr.op(tr.new(1, "f32", lp.rg), [lp])
+
+    def legacy_inline_loss(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """The loss transformers <= 4.45 computed inside ``LlamaForCausalLM.forward`` (v4.37.2
+        src/transformers/models/llama/modeling_llama.py; every causal LM alike): ``logits = logits.float()``,
+        which the returned output holds; ``shift_logits = logits[..., :-1, :].contiguous()`` (a slice, whose
+        backward allocates a zero fp32 gradient of all the logits, and a copy that dies when the forward
+        returns); ``CrossEntropyLoss`` on it (log_softmax saves its fp32 result). Returns (held fp32 logits,
+        loss). Measured against a recorded step: benchmarks/allocator_sequence.py --compare-loss."""
+        a, tr = self.a, self.tr
+        if a.final_logit_softcapping:                                  # logits / cap; tanh; * cap
+            logits = tr.scalar_op(tr.save_result(tr.scalar_op(logits)))
+        lf = tr.cast(logits, "f32")
+        rows = tr.N - tr.b                                             # (s - 1) positions per sequence
+        sliced = tr.view(lf, rows * a.vocab_size)
+        shift = tr.op(tr.new(rows * a.vocab_size, "f32", sliced.rg), [sliced], "alias")   # .contiguous()
+        lp = tr.save_result(shift)
+        tr.save(tr.new(rows, "i64", False), tr.new(1, "f32", False))   # nll_loss: target, total_weight
+        return lf, tr.op(tr.new(1, "f32", lp.rg), [lp])
 
     def chunked_loss(self, x: Tensor, width: int, lm_trainable: bool) -> Tensor:
         """torchtune ``CEWithChunkedOutputLoss`` (torchtune/modules/loss/ce_chunked_output_loss.py, default

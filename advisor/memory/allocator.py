@@ -756,10 +756,13 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
 def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
                              outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
                              arch, trace_training, mode: str, ckpt: str, dyn: StateLayout,
-                             held_fp32: int = 0, blas_workspace: int = 0) -> AllocatorStats:
-    """The compute stream's pool of an FSDP run: the wrapping (:func:`fsdp_init_events`), the other states,
-    then the step's churn, in one sequence: the step reuses what the wrapping left cached."""
-    events = fsdp_init_events([list(u) for u in init], world, sync, offload)
+                             held_fp32: int = 0, blas_workspace: int = 0,
+                             loaded: tuple[int, ...] = ()) -> AllocatorStats:
+    """The compute stream's pool of an FSDP run: what loading left on the GPU (``loaded``, per layer: see
+    :func:`qlora_quant_state_tensors`), the wrapping (:func:`fsdp_init_events`), the other states, then the
+    step's churn, in one sequence: the step reuses what the wrapping left cached."""
+    events = loaded_events(loaded, layers)
+    events += fsdp_init_events([list(u) for u in init], world, sync, offload)
     events += [("a", ("Q", i), n) for i, n in enumerate(outside)]
     events += [("a", ("Q", l, i), n) for l in range(layers) for i, n in enumerate(per_layer)]
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
@@ -769,9 +772,42 @@ def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync
 
 @lru_cache(maxsize=1024)
 @computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
-def _fsdp_init_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool) -> AllocatorStats:
-    """The FSDP wrapping alone (:func:`fsdp_init_events`): its own peak of tensor bytes."""
-    return simulate(fsdp_init_events([list(u) for u in init], world, sync, offload))
+def _fsdp_init_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
+                     loaded: tuple[int, ...] = (), layers: int = 0) -> AllocatorStats:
+    """The FSDP wrapping alone (:func:`fsdp_init_events`) after what loading left (``loaded``): its own peak
+    of tensor bytes."""
+    return simulate(loaded_events(loaded, layers) + fsdp_init_events([list(u) for u in init], world, sync, offload))
+
+
+def loaded_events(loaded: tuple[int, ...], layers: int) -> list[tuple[str, object, int]]:
+    """Allocations of the tensors loading leaves on the GPU before the engine wraps the model (``loaded``: one
+    decoder layer's, bytes each), layer after layer; never freed."""
+    return [("a", ("L", l, i), n) for l in range(layers) for i, n in enumerate(loaded)]
+
+
+def qlora_quant_state_tensors(arch, double_quant: bool, total: int) -> tuple[int, ...]:
+    """One decoder layer's bitsandbytes quantization state as the tensors ``quantize_4bit`` leaves on the GPU
+    (bytes each), per quantized linear: the absmax of every 64-block (uint8 with double quantization, fp32
+    without) and the rest of its QuantState (the nested fp32 absmax per 256 absmax, the offset, the code) as
+    one block (bitsandbytes/functional.py ``quantize_4bit`` with ``compress_statistics``: ``quantize_blockwise``
+    of ``absmax - offset``; nn/modules.py ``Params4bit._quantize``). ``total``: the layer's quantization state
+    in bytes (advisor.memory.model_states); the blocks sum to it. They are created when the weight is
+    quantized, i.e. while the model loads, before any engine wraps it (transformers' quantize-on-load,
+    Answer.AI fsdp_qlora ``load_and_quantize``), and stay there: Params4bit.to moves the quant_state along,
+    FSDP shards only the packed data."""
+    from ..param_count import linear_shapes
+
+    sizes = [i * o for i, o, c in linear_shapes(arch).values() for _ in range(c)]
+    n_all = sum(sizes)
+    if not n_all or total <= 0:
+        return ()
+    out: list[int] = []
+    for n in sizes:
+        share = total * n // n_all
+        absmax = min(n // 64 * (1 if double_quant else 4), share)
+        out += [absmax] + ([share - absmax] if share > absmax else [])
+    out[-1] += total - sum(out)
+    return tuple(b for b in out if b > 0)
 
 
 def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
@@ -921,10 +957,15 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     # every GPU, offload or not: advisor.memory.model_states), one block per layer, allocated after the wrapping.
     offload = strategy.offload_param != "none"
     unsharded = ms.parameters - (0 if offload else sum(-(-sum(u) // world) for u in units))
-    per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n else ())
+    # issue 17 (G3): QLoRA's quantization state exists from loading on, before the wrapping (in bitsandbytes'
+    # own tensors: qlora_quant_state_tensors), so the wrapping's cached blocks cannot hold it.
+    loaded: tuple[int, ...] = ()
+    if training.method == "qlora" and unsharded > n:
+        loaded = qlora_quant_state_tensors(arch, training.double_quant, unsharded // n)
+    per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n and not loaded else ())
     sync = hw.world_size > 1        # rendered with fsdp_cpu_ram_efficient_loading: sync_module_states
     st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
-                                  arch, trace_training, mode, ckpt, dyn, held_fp32, ws)
+                                  arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded)
     # The unshard stream's pool: the gathered units, plus one more layer block when units are resharded
     # (FULL_SHARD / HYBRID_SHARD): FSDP frees an unsharded unit with record_stream on the compute stream
     # (flat_param.py _free_unsharded_flat_param -> _no_dispatch_record_stream) and CUDACachingAllocator's free()
@@ -940,7 +981,7 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
         pending = (fsdp_gathered_layer_bytes(arch, count_parameters(arch), training),)
     gp = _unshard_pool_stats(tuple(gathered.values()), pending)
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
-    init_peak = _fsdp_init_stats(units, world, sync, offload).peak_requested
+    init_peak = _fsdp_init_stats(units, world, sync, offload, loaded, n).peak_requested
     rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
     allocated = max(tensor_bytes, init_peak) + rounding + 2 * ws
     reserved = max(st.peak_reserved + gp.peak_reserved, allocated)

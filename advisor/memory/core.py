@@ -254,6 +254,8 @@ def accelerate_fp32_logits(arch, training: TrainingSpec, strategy: StrategySpec)
     caller holds N x V x 4 bytes instead of the 16-bit logits (freed: nothing saves them)."""
     if strategy.backend == "deepspeed" or training.precision not in ("fp16", "bf16"):
         return 0
+    if training.loss == "legacy-inline":    # the model already returns fp32 logits: convert_to_fp32 keeps them
+        return 0
     return training.micro_batch_size * training.seq_len * arch.vocab_size * (4 - 2)
 
 

@@ -332,3 +332,38 @@ def test_two_cublas_workspaces_per_gpu_sized_by_generation():
         g = estimate("gpt2", gpu=gpu, seq_len=256).per_gpu
         assert g.breakdown["cuBLAS workspaces (forward and backward thread)"] == 2 * each
         assert g.allocated >= 2 * each + g.parameters
+
+
+def test_qlora_quant_state_is_bitsandbytes_tensors_loaded_before_the_wrapping():
+    # Llama-2-7B: q_proj is 4096 x 4096, so quantize_4bit's absmax has 4096*4096/64 = 262144 blocks, one byte
+    # each with double quantization and four without; the blocks of a layer sum to what they are given.
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import allocator as A
+
+    arch = resolve_model("llama-2-7b").architecture
+    total = 4 * 2**20          # above the layer's absmax bytes (202M weights / 64)
+    dq = A.qlora_quant_state_tensors(arch, True, total)
+    assert dq[0] == 262144 and sum(dq) == total
+    assert A.qlora_quant_state_tensors(arch, False, 4 * total)[0] == 4 * 262144
+    # allocated first, never freed: the wrapping that follows cannot place them in its freed blocks
+    ev = A.loaded_events(dq, 2) + A.fsdp_init_events([[300 * 2**20]], world=2, sync_module_states=True)
+    assert [op for op, _, _ in ev[:2 * len(dq)]] == ["a"] * (2 * len(dq))
+    assert not any(op == "f" and k[0] == "L" for op, k, _ in ev)
+    alone = A.simulate(A.fsdp_init_events([[300 * 2**20]], world=2, sync_module_states=True))
+    assert A.simulate(ev).peak_reserved > alone.peak_reserved
+
+
+def test_legacy_inline_loss_adds_what_the_recorded_step_adds():
+    # transformers <= 4.45's in-model loss (fp32 logits held, shifted contiguous copy) against today's
+    # ForCausalLMLoss, recorded on the CPU allocator (benchmarks/gpu_memory_corpus_legacy_loss.py: +1.99 bytes
+    # per logit at the peak; benchmarks/allocator_sequence.py --compare-loss: +0.50 fp32 logit block allocated,
+    # +1.00 reserved). Llama-2-7B LoRA, FSDP over 2 GPUs, pure bf16 (no accelerate copy), 4 x 2048 tokens.
+    from advisor.api import estimate
+
+    kw = dict(gpus=2, gpu="rtx-3090", strategy="fsdp-full", method="lora", precision="pure-bf16", micro_batch=4,
+              seq_len=2048, checkpointing="full", lora_rank=64, lora_targets=("all-linear",))
+    plain = estimate("llama-2-7b", loss="plain", **kw).per_gpu
+    legacy = estimate("llama-2-7b", loss="legacy-inline", **kw).per_gpu
+    block = 4 * 2048 * 32000 * 4
+    assert 0.45 * block < legacy.allocated - plain.allocated < 0.55 * block
+    assert 0.9 * block < legacy.reserved - plain.reserved < 1.1 * block
