@@ -97,11 +97,11 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                          tensor_bytes,
                          limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0),
                          held_fp32=held_fp32)
-    gpu, loading = _zero3_loading_floor(arch, counts, training, strategy, hw, gpu)   # issue 17 (G2): QLoRA + ZeRO-3
+    gpu, zero3_loading = _zero3_loading_floor(arch, counts, training, strategy, hw, gpu)   # issue 17 (G2): QLoRA + ZeRO-3
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
                       "cuBLAS workspaces (forward and backward thread)": gpu.workspaces,
                       "allocator: block rounding (allocated - tensors)": gpu.rounding,
-                      ZERO3_LOADING_ITEM: loading,
+                      ZERO3_LOADING_ITEM: zero3_loading,
                       "allocator: cached free blocks (reserved - allocated)": gpu.cached}
     if hw.world_size > 1:
         overhead_parts["NCCL communicators"] = ov.nccl_bytes
@@ -162,7 +162,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         secs = f" (~{2 * moved / (pcie * 1e9):.2f} s per micro-step at {pcie:g} GB/s if not overlapped)" if pcie else ""
         notes.append(f"--offload-activations: {moved / 2**30:.2f} GiB of saved activations go to pinned CPU memory "
                      f"in each forward and back in the backward{secs}")
-    if loading:
+    if zero3_loading:
         notes.append(f"ZeRO-3 with a QLoRA base: transformers does not build a quantized model under zero.Init, so "
                      f"DeepSpeed puts the whole quantized model on every GPU before partitioning it "
                      f"({gpu.allocated / 2**30:.1f} GiB allocated at that moment, above the training step): that "

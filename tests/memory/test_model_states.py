@@ -222,3 +222,21 @@ def test_fsdp_pre_unshard_shard_copy():
     lora = estimate(MODEL, gpus=2, gpu="rtx-4090", strategy="fsdp-full", method="lora", precision="pure-bf16",
                     checkpointing="full", seq_len=512)
     assert name not in lora.per_gpu.breakdown                 # 16-bit shards all-gathered as they are
+
+
+def test_zero3_loading_note_only_where_the_loading_sets_the_peak():
+    # the loading floor's bytes and its note belong to QLoRA under ZeRO-3 only; a single-GPU LoRA estimate (whose
+    # CPU-side model loading is also called "loading" in core.estimate_memory) must carry neither
+    from advisor.api import estimate
+
+    def zero3_note(est):
+        return [n for n in est.notes if n.startswith("ZeRO-3 with a QLoRA base")]
+
+    single = estimate("llama-2-7b", gpus=1, gpu="a100-80g", method="lora", seq_len=512)
+    assert zero3_note(single) == []
+    assert "model loading: the whole quantized model" not in " ".join(single.per_gpu.breakdown)
+    z3 = estimate("llama-2-70b", gpus=2, gpu="a100-40g", method="qlora", strategy="zero3", seq_len=512,
+                  checkpointing="full")
+    assert len(zero3_note(z3)) == 1
+    assert any(k.startswith("model loading: the whole quantized model") and v > 0
+               for k, v in z3.per_gpu.breakdown.items())
