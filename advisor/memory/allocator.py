@@ -644,7 +644,7 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
     if held_fp32 and held is not None:
         held_size = next((n for _, evs in segments for op, k, n in evs if op == "a" and k == held), 0)
     held_logits = 0
-    if blas_workspace and held is not None:
+    if held is not None:
         held_logits = next((n for _, evs in segments for op, k, n in evs if op == "a" and k == held), 0)
     bwd_placed = False
     out: list = []
