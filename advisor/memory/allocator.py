@@ -361,6 +361,9 @@ class StateLayout:
     lazy_layer: tuple[int, ...] = ()
     step_temp_outside: tuple[int, ...] = ()
     step_temp_layer: tuple[int, ...] = ()
+    # issue 17 (G4): autocast's 16-bit copy of the output projection's fp32 weight (bytes; 0: none, or kept in
+    # ``persistent_layer``), placed where a real step allocates and frees it (see :func:`churn_events`).
+    copy_head: int = 0
 
 
 def step_events(activation_events: list[tuple[str, object, int]], layers: int, layout: StateLayout,
@@ -424,7 +427,8 @@ def step_events(activation_events: list[tuple[str, object, int]], layers: int, l
 # ---------------------------------------------------------------------------------------------------------
 # Buffers whose size grows with the model (split over the layers in the sequence); the others are fixed-size
 # buckets allocated once.
-_PER_LAYER_BUFFERS = ("autocast 16-bit weight copies", "DDP reducer buckets", "whole model",
+AUTOCAST_COPIES_BUFFER = "autocast 16-bit weight copies"      # advisor.memory.core's buffer name
+_PER_LAYER_BUFFERS = (AUTOCAST_COPIES_BUFFER, "DDP reducer buckets", "whole model",
                       "mixed-precision parameter copy")
 
 
@@ -537,14 +541,24 @@ def state_layout(arch, training, strategy, hw, ms, buffers: dict[str, int], form
             if step_temporaries:
                 temp_layer.append(max(step_temporaries // n, 1))
 
+    copy_head = 0
     for name, v in buffers.items():
+        if name.startswith(AUTOCAST_COPIES_BUFFER) and g["grads_head"]:
+            # issue 17 (G4): the head's copy (V x h, 16-bit: the output projection's weight, cast by autocast
+            # like every linear's) is not alive through the step: the forward allocates it just before the
+            # logits and the head's backward frees it (see churn_events). The decoder layers' copies stay here.
+            copy_head = min(v, arch.vocab_size * arch.hidden_size * 2)
+            v -= copy_head
+            if v <= 0:
+                continue
         if any(tag in name for tag in _PER_LAYER_BUFFERS):
             persistent_layer.append(max(v // n, 1))
         else:
             persistent_out.append(v)
     return StateLayout(persistent_outside=tuple(persistent_out), persistent_layer=tuple(persistent_layer),
                        lazy_outside=tuple(lazy_out), lazy_layer=tuple(lazy_layer),
-                       step_temp_outside=tuple(temp_out), step_temp_layer=tuple(temp_layer), **g)
+                       step_temp_outside=tuple(temp_out), step_temp_layer=tuple(temp_layer),
+                       copy_head=copy_head, **g)
 
 
 @lru_cache(maxsize=512)
@@ -630,14 +644,18 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
     if held_fp32 and held is not None:
         held_size = next((n for _, evs in segments for op, k, n in evs if op == "a" and k == held), 0)
     held_logits = 0
-    if blas_workspace and held is not None:
+    if held is not None:
         held_logits = next((n for _, evs in segments for op, k, n in evs if op == "a" and k == held), 0)
     bwd_placed = False
     out: list = []
     for it in range(iterations):
         grads: list = []
         for term, evs in segments:
-            if term == "logits_and_loss":
+            head_grads = ()
+            if term == "logits_and_loss" and layout.copy_head:
+                head_grads, new = [(("G", "head", i), n) for i, n in enumerate(layout.grads_head)], ()
+                grads += [k for k, _ in head_grads]
+            elif term == "logits_and_loss":
                 new = [(("G", "head", i), n) for i, n in enumerate(layout.grads_head)]
             elif term is not None and term[0] == "L" and term[1:].isdigit():
                 new = [(("G", term, i), n) for i, n in enumerate(layout.grads_layer)]
@@ -652,6 +670,10 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
             elif it == 0 and blas_workspace and term is not None and not bwd_placed:
                 evs = _with_backward_workspace(evs, term, held_size or held_logits, blas_workspace)
                 bwd_placed = True
+            if layout.copy_head and term is None:
+                evs = _with_head_copy(evs, held, layout.copy_head)
+            elif head_grads:
+                evs = _head_backward(evs, held_size or held_logits, layout.copy_head, head_grads)
             out.extend(evs)
             if term is None and held_size:                  # the forward returned: accelerate's copy
                 out += [("a", ACCELERATE_FP32_LOGITS, held_size + held_fp32), ("f", held, 0)]
@@ -672,6 +694,46 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
         elif held is not None:
             out.append(("f", held, 0))
     return out
+
+
+# issue 17 (G4): autocast's 16-bit copy of the output projection's weight and the 16-bit weight gradient its
+# backward computes (see _head_backward).
+HEAD_COPY_KEYS = (("autocast head weight copy",), ("head 16-bit weight gradient",))
+
+
+def _with_head_copy(evs: list, held, copy: int) -> list:
+    """The forward segment with autocast's 16-bit copy of the head's fp32 weight allocated where the head's
+    linear runs: just before its output, the 16-bit logits (``held``; else at the forward's end). torch.autocast
+    casts a linear's fp32 weight when the op runs (aten/src/ATen/autocast_mode.cpp ``cached_cast``; the cache
+    lives until the autocast region exits) and MmBackward saves the copy, so it lives until the head's backward.
+    Recorded at the H200's full fine-tuning shape (benchmarks/allocator_sequence.py): allocated right before
+    the 16-bit logits, freed in the head's backward."""
+    key = HEAD_COPY_KEYS[0]
+    at = next((i for i, e in enumerate(evs) if e[0] == "a" and e[1] == held), len(evs))
+    return [*evs[:at], ("a", key, copy), *evs[at:]]
+
+
+def _head_backward(evs: list, logits_bytes: int, copy: int, head_grads: list) -> list:
+    """The loss/head backward segment with the head's gradient formed where autograd forms it (full fine-tuning
+    under autocast over fp32 weights). The output projection's MmBackward computes the input gradient and the
+    16-bit weight gradient (the size of the 16-bit weight copy it saved); when the node has run, its saved copy
+    is released, the cast's backward (ToCopyBackward of autocast's ``to(bf16)``) makes the fp32 gradient that
+    AccumulateGrad keeps as ``.grad`` (torch/csrc/autograd/functions/accumulate_grad.h: the incoming gradient
+    is stolen, not copied), and the 16-bit one dies. The order recorded on a real step at the H200's shape
+    (benchmarks/allocator_sequence.py): input gradient, 16-bit weight gradient, the logits gradient freed, the
+    copy freed, the fp32 gradient, the 16-bit gradient freed. The node's input gradient is the segment's first
+    allocation below the 16-bit logits' size (its loss gradients are logit-sized); the node ends at the next
+    allocation that is not its temporary or the cuBLAS workspace."""
+    hc, dw = HEAD_COPY_KEYS
+    formed = [("a", k, n) for k, n in head_grads]
+    dx = next((i for i, e in enumerate(evs)
+               if e[0] == "a" and (not logits_bytes or e[2] < logits_bytes)), None)
+    if dx is None:
+        return [("f", hc, 0), *formed, *evs]
+    rest = evs[dx + 1:]
+    end = next((i for i, e in enumerate(rest) if e[0] == "a" and not (
+        isinstance(e[1], tuple) and (e[1][0] == "tmp" or e[1] in BLAS_WORKSPACE_KEYS))), len(rest))
+    return [*evs[:dx + 1], ("a", dw, copy), *rest[:end], ("f", hc, 0), *formed, ("f", dw, 0), *rest[end:]]
 
 
 def _with_backward_workspace(evs: list, term, logits_bytes: int, workspace: int) -> list:
