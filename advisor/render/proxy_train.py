@@ -459,5 +459,30 @@ def main(argv=None) -> int:
     return 0 if result["ok"] else 1
 
 
+def exit_without_teardown(code: int) -> None:
+    """Leave the process with ``code`` once its rank file is written, without running destructors: a passing
+    rank first waits (at most 60 s) for the others, then the process group is destroyed explicitly. A gloo
+    process group left to the interpreter's exit can abort a rank whose results are already complete
+    ("terminate called without an active exception"; seen in CI for tests/memory/ds_probe.py and for this
+    script under ZeRO-3), which the launcher would report as a failed run. A failing rank leaves at once: its
+    rank file says why, and the launcher stops the others."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            if code == 0:
+                from datetime import timedelta
+
+                try:
+                    dist.monitored_barrier(timeout=timedelta(seconds=60))   # gloo; a missing rank raises
+                except RuntimeError:
+                    pass                                                    # that rank's file says why
+            dist.destroy_process_group()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())
