@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from ..catalog.models import ResolvedModel
 from ..errors import InputError
-from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
+from ..param_count import ParameterCounts, all_linear_note, count_parameters, lora_trainable_parameters
 from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_info, strategy_info
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
@@ -137,21 +137,19 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
-    if "outside_layers" in act.breakdown and "traced on the real" not in (model.note or ""):
+    replayed = not arch.traced and arch.family in REPLAYED_FAMILIES   # else model.note says it is traced
+    if replayed and "outside_layers" in act.breakdown:
         # a replayed family whose replay declines this run (Family.replay_covers; issue 14, A2)
-        notes.append(f"activations traced on the real transformers model for this run: the {model.architecture.family} "
+        notes.append(f"activations traced on the real transformers model for this run: the {arch.family} "
                      "replay does not cover it (LoRA adapters on MoE experts or the router); needs torch and "
                      "transformers, cached after the first run per setting")
     if training.method in ("lora", "qlora"):   # issue 14: all-linear leaving out a family's router (Llama-4)
-        from advisor.param_count import all_linear_note
-
-        if lora_note := all_linear_note(model.architecture, tuple(training.lora.target_modules)):
+        if lora_note := all_linear_note(arch, tuple(training.lora.target_modules)):
             notes.append(lora_note)
-    arch_ = model.architecture
-    if training.attention == "sdpa" and (arch_.attention_sinks or arch_.attn_logit_softcapping):
+    if training.attention == "sdpa" and (arch.attention_sinks or arch.attn_logit_softcapping):
         # transformers: GptOssPreTrainedModel._supports_sdpa = False (sinks); sdpa_attention_forward refuses softcap
-        why = "attention sinks" if arch_.attention_sinks else "attention logit soft-capping"
-        notes.append(f"{arch_.family} has no SDPA path in transformers ({why}): --attention sdpa runs eager "
+        why = "attention sinks" if arch.attention_sinks else "attention logit soft-capping"
+        notes.append(f"{arch.family} has no SDPA path in transformers ({why}): --attention sdpa runs eager "
                      f"attention, which saves the b x heads x s x s probabilities of every layer (counted); "
                      f"--attention flash avoids them")
     if tiling_note:
@@ -174,7 +172,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     if not gpu.simulated_layers:
         notes.append("the tensors alone exceed the GPU: the caching allocator was not simulated "
                      "(allocated = reserved = tensor bytes here)")
-    if arch.traced or arch.family not in REPLAYED_FAMILIES:   # what the trace had to approximate, said
+    if not replayed:   # what the trace had to approximate, said
         from ..trace.estimate import trace_settings
 
         _, approximations = trace_settings(training, mode)
