@@ -640,12 +640,10 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
     shape simulates to 13.50 GiB reserved (H200: 13.53; without: 12.38)."""
     if iterations is None:
         iterations = 2 if (layout.lazy_outside or layout.lazy_layer) else 1
-    held_size = 0
-    if held_fp32 and held is not None:
-        held_size = next((n for _, evs in segments for op, k, n in evs if op == "a" and k == held), 0)
     held_logits = 0
     if held is not None:
         held_logits = next((n for _, evs in segments for op, k, n in evs if op == "a" and k == held), 0)
+    held_size = held_logits if held_fp32 else 0         # accelerate's copy replaces the held logits
     bwd_placed = False
     out: list = []
     for it in range(iterations):
@@ -668,12 +666,12 @@ def churn_events(segments, leftovers, held, layers: int, layout: StateLayout,
                 first = next((i for i, e in enumerate(evs) if e[0] == "a"), len(evs) - 1)
                 evs = [*evs[:first + 1], ("a", BLAS_WORKSPACE_KEYS[0], blas_workspace), *evs[first + 1:]]
             elif it == 0 and blas_workspace and term is not None and not bwd_placed:
-                evs = _with_backward_workspace(evs, term, held_size or held_logits, blas_workspace)
+                evs = _with_backward_workspace(evs, term, held_logits, blas_workspace)
                 bwd_placed = True
             if layout.copy_head and term is None:
                 evs = _with_head_copy(evs, held, layout.copy_head)
             elif head_grads:
-                evs = _head_backward(evs, held_size or held_logits, layout.copy_head, head_grads)
+                evs = _head_backward(evs, held_logits, layout.copy_head, head_grads)
             out.extend(evs)
             if term is None and held_size:                  # the forward returned: accelerate's copy
                 out += [("a", ACCELERATE_FP32_LOGITS, held_size + held_fp32), ("f", held, 0)]
