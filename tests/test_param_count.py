@@ -237,6 +237,9 @@ def test_active_parameters_of_mixtral_from_real_experts():
 @pytest.mark.parametrize("name, total", [
     ("gpt2", 124_439_808), ("llama-2-7b", 6_738_415_616), ("mistral-7b-v0.1", 7_241_732_096),
     ("llama-3-8b", 8_030_261_248), ("mixtral-8x7b", 46_702_792_704), ("qwen2.5-7b", 7_615_616_512),
+    # Mistral-7B-v0.2 (mistralai/Mistral-7B-Instruct-v0.2 config.json) changes rope_theta, the window and the
+    # context of v0.1, not a shape (vocab 32000): v0.1's count; v0.3's 32768 vocab would add 768 x 4096 x 2
+    ("mistral-7b-v0.2", 7_241_732_096),
 ])
 def test_published_totals(name, total):
     assert count_parameters(architecture_from_hf_config(CATALOG[name])).total == total
