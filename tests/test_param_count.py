@@ -324,7 +324,11 @@ def test_lora_mixtral_experts_count_every_expert():
     arch = _arch("mixtral-8x7b")
     per_expert = 16 * (4096 + 14336)
     assert lora_trainable_parameters(arch, 16, ("gate_proj",)) == per_expert * 8 * 32
-    assert lora_trainable_parameters(arch, 16, ("w1",)) == per_expert * 8 * 32   # Mixtral's own name
+    # Mixtral's own names are what PEFT 0.21 converts to transformers 5's fused experts (param_count
+    # _PEFT_MOE_CONVERTED): w1 + w3 one gate_up_proj adapter at rank 2r per expert, w1 alone refused as PEFT does
+    assert lora_trainable_parameters(arch, 16, ("w1", "w3")) == 8 * 2 * 16 * (4096 + 2 * 14336) * 32
+    with pytest.raises(InputError, match="without also targeting w3"):
+        lora_trainable_parameters(arch, 16, ("w1",))
 
 
 def test_lora_native_names_map_to_normalized():
