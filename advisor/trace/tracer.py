@@ -243,8 +243,8 @@ def _grad_after_layers(model) -> None:
     import torch
 
     dec = model.get_decoder() if hasattr(model, "get_decoder") else None
-    target = getattr(dec, "norm", None) if isinstance(getattr(dec, "norm", None), torch.nn.Module) else None
-    target = target or model.get_output_embeddings()
+    norms = [getattr(dec, name, None) for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm")]
+    target = next((m for m in norms if isinstance(m, torch.nn.Module)), None) or model.get_output_embeddings()
 
     def hook(_module, args):
         x = args[0]
