@@ -39,13 +39,13 @@ LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=
                  vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5)
 
 
-def _build(method: str, layers: int, rank: int, lora_rank: int):
+def _build(method: str, layers: int, rank: int, lora_rank: int, shape: dict):
     """The model as train.py has it just before ``FSDP(...)``: rank 0 on the CPU, the others on meta."""
     import torch
     from torch import nn
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(num_hidden_layers=layers, use_cache=False, **LLAMA2_7B)
+    cfg = LlamaConfig(num_hidden_layers=layers, use_cache=False, **{**LLAMA2_7B, **shape})
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
     for p in model.parameters():        # bf16 weights; the rotary buffers stay fp32 (train.py loads weights only)
@@ -110,7 +110,7 @@ def _allocation_events(prof, with_ops: bool = False) -> list[tuple]:
     return out
 
 
-def _worker(method: str, layers: int, lora_rank: int, out_path: str) -> None:
+def _worker(method: str, layers: int, lora_rank: int, out_path: str, shape: dict) -> None:
     import torch
     import torch.distributed as dist
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
@@ -124,7 +124,7 @@ def _worker(method: str, layers: int, lora_rank: int, out_path: str) -> None:
 
     init_utils._check_module_states_for_sync_module_states = lambda states: None
     rank = dist.get_rank()
-    model = _build(method, layers, rank, lora_rank)
+    model = _build(method, layers, rank, lora_rank, shape)
     units: list[list[int]] = []
     import gc
 
@@ -134,23 +134,30 @@ def _worker(method: str, layers: int, lora_rank: int, out_path: str) -> None:
                      use_orig_params=False, limit_all_gathers=True, sync_module_states=True, device_id=torch.device("cpu"),
                      param_init_fn=(lambda m: m.to_empty(device=torch.device("cpu"), recurse=False))
                      if rank != 0 else None)
-    for m in model.modules():
+    def post_order(m):                  # the order FSDP wrapped them in (wrap.py _recursive_wrap: children first)
+        for c in m.children():
+            yield from post_order(c)
         if isinstance(m, FSDP) and m._handle is not None:
-            fp = m._handle.flat_param
-            units.append([int(s.numel()) * fp.element_size() for s in fp._shapes])
+            yield m
+
+    for m in post_order(model):
+        fp = m._handle.flat_param
+        units.append([int(s.numel()) * fp.element_size() for s in fp._shapes])
     if rank == 1:
         Path(out_path).write_text(json.dumps({"events": _allocation_events(prof, with_ops=True), "units": units}))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def record(method: str, layers: int, lora_rank: int = 64, port: int = 29631) -> dict:
-    """Rank 1's allocation events of the wrap and the units FSDP built (post-order, bytes of each tensor)."""
+def record(method: str, layers: int, lora_rank: int = 64, port: int = 29631, shape: dict | None = None) -> dict:
+    """Rank 1's allocation events of the wrap and the units FSDP built, in the order it wrapped them (bytes of each
+    tensor). ``shape``: LlamaConfig fields that replace Llama-2-7B's."""
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "seq.json")
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
                    OMP_NUM_THREADS="1")
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", method, str(layers), str(lora_rank), out],
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker", method, str(layers), str(lora_rank), out,
+                                   json.dumps(shape or {})],
                                   env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(2)]
         rcs = [p.wait() for p in procs]
         if any(rcs):
@@ -158,20 +165,27 @@ def record(method: str, layers: int, lora_rank: int = 64, port: int = 29631) -> 
         return json.loads(Path(out).read_text())
 
 
+def compare(rec: dict):
+    """The allocator simulated over the recorded wrap and over dsadvise's sequence for the same units
+    (``fsdp_init_events``, FULL_SHARD over 2, sync_module_states): (recorded, built) AllocatorStats."""
+    from advisor.memory.allocator import fsdp_init_events, simulate
+
+    real = simulate([tuple(e[:3]) for e in rec["events"]])
+    built = simulate(fsdp_init_events([tuple(u) for u in rec["units"]], 2, True))
+    return real, built
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6]))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", default="qlora", choices=["qlora", "lora"])
     ap.add_argument("--layers", type=int, default=4)
     args = ap.parse_args()
-    from advisor.memory.allocator import fsdp_init_events, simulate
-
     rec = record(args.method, args.layers)
     events = [tuple(e[:3]) for e in rec["events"]]
-    real = simulate(events)
-    built = simulate(fsdp_init_events([tuple(u) for u in rec["units"]], 2, True))
+    real, built = compare(rec)
     live = sum(n for op, k, n in events if op == "a") - sum(
         dict((k, n) for op, k, n in events if op == "a")[k] for op, k, _ in events if op == "f")
     print(f"{args.method}, {args.layers} layers, {len(rec['units'])} units; recorded: {len(events)} events, "
