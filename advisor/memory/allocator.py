@@ -1032,6 +1032,42 @@ _UNSHARD_STREAM_BUFFERS = ("FSDP gathered",
                            "FSDP shard copied")
 
 
+def _fsdp_wrap_inputs(arch, training, strategy, hw, parameters: int):
+    """What the FSDP (v1) wrapping of an estimate works on: its units (:func:`_fsdp_units`), whether it broadcasts
+    (``sync_module_states``), offloads, what loading left on the GPU before it (per layer, bytes each), and the
+    per-GPU parameter bytes (of ``parameters``) the shards do not hold."""
+    from .model_states import fsdp_shard_degree
+
+    n = arch.num_layers
+    world = fsdp_shard_degree(strategy, hw)
+    units = _fsdp_units(arch, training, strategy)
+    # What of the per-GPU parameter bytes the shards do not hold (QLoRA's quantization state, kept whole on
+    # every GPU, offload or not: advisor.memory.model_states), one block per layer, allocated after the wrapping.
+    offload = strategy.offload_param != "none"
+    unsharded = parameters - (0 if offload else sum(-(-sum(u) // world) for u in units))
+    # issue 17 (G3): QLoRA's quantization state exists from loading on, before the wrapping (in bitsandbytes'
+    # own tensors: qlora_quant_state_tensors), so the wrapping's cached blocks cannot hold it.
+    loaded: tuple[int, ...] = ()
+    if training.method == "qlora" and unsharded > n:
+        loaded = qlora_quant_state_tensors(arch, training.double_quant, unsharded // n)
+    sync = hw.world_size > 1        # rendered with fsdp_cpu_ram_efficient_loading: sync_module_states
+    return units, sync, offload, loaded, unsharded
+
+
+def fsdp_after_wrap(arch, training, strategy, hw, parameters: int) -> AllocatorStats | None:
+    """The compute stream's allocator right after FSDP (v1) wraps the model (bytes per GPU; None where the wrapping
+    is not modelled): what loading left, then :func:`fsdp_init_events`. Its ``peak_reserved`` is what
+    ``torch.cuda.memory_reserved()`` reads after ``FSDP(...)`` returns (segments are only released by
+    ``empty_cache``), e.g. Answer.AI fsdp_qlora's ``reserved_after_model_wrap``. ``parameters``: the estimate's
+    per-GPU parameter bytes (``per_gpu.parameters``)."""
+    from .model_states import fsdp_shard_degree
+
+    if not _fsdp_init_modelled(training, strategy) or training.expandable_segments:
+        return None
+    units, sync, offload, loaded, _ = _fsdp_wrap_inputs(arch, training, strategy, hw, parameters)
+    return _fsdp_init_stats(units, fsdp_shard_degree(strategy, hw), sync, offload, loaded, arch.num_layers)
+
+
 def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool, n: int,
                      dyn: StateLayout, trace_training, mode: str, ckpt: str, tensor_bytes: int,
                      held_fp32: int = 0, ws: int = 0) -> GpuAllocation:
@@ -1050,18 +1086,8 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     gathered = {k: v for k, v in buffers.items() if k.startswith(_UNSHARD_STREAM_BUFFERS)}
     others = {k: v for k, v in buffers.items() if k not in gathered}
     rest = state_layout(arch, training, strategy, hw, replace(ms, parameters=0), others, formed_in_backward, n)
-    units = _fsdp_units(arch, training, strategy)
-    # What of the per-GPU parameter bytes the shards do not hold (QLoRA's quantization state, kept whole on
-    # every GPU, offload or not: advisor.memory.model_states), one block per layer, allocated after the wrapping.
-    offload = strategy.offload_param != "none"
-    unsharded = ms.parameters - (0 if offload else sum(-(-sum(u) // world) for u in units))
-    # issue 17 (G3): QLoRA's quantization state exists from loading on, before the wrapping (in bitsandbytes'
-    # own tensors: qlora_quant_state_tensors), so the wrapping's cached blocks cannot hold it.
-    loaded: tuple[int, ...] = ()
-    if training.method == "qlora" and unsharded > n:
-        loaded = qlora_quant_state_tensors(arch, training.double_quant, unsharded // n)
+    units, sync, offload, loaded, unsharded = _fsdp_wrap_inputs(arch, training, strategy, hw, ms.parameters)
     per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n and not loaded else ())
-    sync = hw.world_size > 1        # rendered with fsdp_cpu_ram_efficient_loading: sync_module_states
     st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
                                   arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded)
     # The unshard stream's pool: the gathered units, plus one more layer block when units are resharded

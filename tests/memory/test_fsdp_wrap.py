@@ -49,3 +49,21 @@ def test_fsdp_lora_units_are_the_adapters_and_the_whole_base():
     assert shards == pytest.approx((6_738_415_616 + 159_907_840) * 2 / 2, abs=1024)
     est = estimate("llama-2-7b", gpus=2, gpu="rtx-3090", strategy="fsdp-full", **train)
     assert est.per_gpu.parameters == pytest.approx(shards, abs=1024)
+
+
+def test_after_wrap_moment_holds_the_parameters_and_the_step_only_grows_it():
+    # The corpus' 'reserved-after-wrap' point (Answer.AI 7B QLoRA ctx-512, 2 x RTX 3090: 3.72 GiB measured) is
+    # compared with fsdp_after_wrap: right after FSDP(...) the allocator holds at least every byte the GPU keeps
+    # (the shards, the adapters' shards and the quantization state: per_gpu.parameters), and training never
+    # returns a segment (no empty_cache), so the step's max_memory_reserved is at least that moment's.
+    import yaml
+
+    from benchmarks.gpu_memory_corpus import CORPUS, after_wrap_reserved, kwargs
+    from advisor.api import estimate
+
+    p = next(x for x in yaml.safe_load(CORPUS.read_text())["points"]
+             if x["id"] == "answerai-7b-qlora-ctx512-3090-after-wrap")
+    assert p["measured"]["kind"] == "reserved-after-wrap"
+    est = estimate(**kwargs(p))
+    after = after_wrap_reserved(p, est)
+    assert est.per_gpu.parameters < after <= est.per_gpu.reserved
