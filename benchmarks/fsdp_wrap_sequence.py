@@ -159,7 +159,12 @@ def record(method: str, layers: int, lora_rank: int = 64, port: int = 29631, sha
         procs = [subprocess.Popen([sys.executable, __file__, "--worker", method, str(layers), str(lora_rank), out,
                                    json.dumps(shape or {})],
                                   env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(2)]
-        rcs = [p.wait() for p in procs]
+        try:
+            rcs = [p.wait(timeout=600) for p in procs]
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise SystemExit("the wrap did not finish in 10 minutes (a worker failed and the other waits?)")
         if any(rcs):
             raise SystemExit(f"workers failed: {rcs}")
         return json.loads(Path(out).read_text())
