@@ -49,6 +49,11 @@ def moe_experts_transient(arch, batch: int, seq: int, dtype_bytes: int) -> int:
     gathered input with the gate/up output, activation and product (h + 4 i), or later the input, the down
     output, the weighted and the re-ordered rows (4 h), per row; plus a shared-experts MLP (3 × its width)."""
     S = batch * seq * max(arch.experts_per_token, 1)
+    if arch.family == "llama4_text":
+        # issue 17 (Z): Llama4TextMoe runs every expert on every token (modeling_llama4.py: routed_in =
+        # hidden_states.repeat(num_experts, 1) scaled by the router's scores; Llama4TextExperts: bmm over
+        # [E, N, h]): E x N rows, not top-k
+        S = batch * seq * max(arch.num_experts, 1)
     h, i = arch.hidden_size, arch.intermediate_size
     return (S * max(h + 4 * i, 4 * h) + batch * seq * 3 * arch.shared_expert_size) * dtype_bytes
 # -- end MLA block
