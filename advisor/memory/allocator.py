@@ -892,10 +892,10 @@ def _fsdp_adapter_units(arch, training, weight_bytes: float) -> tuple[tuple[int,
     ``_recursive_wrap``), so a layer's adapters are wrapped just before the layer. Empty where the adapters are
     not per-linear ``nn.Linear`` pairs dsadvise can list (traced models, PEFT's MoE parameter adapters, adapters
     outside the decoder layers) or do not add up to the trainable count: they are then left out."""
-    from ..param_count import (ALL_LINEAR, _peft_moe_params, all_linear_excludes, linear_shapes,
+    from ..param_count import (ALL_LINEAR, peft_moe_params, all_linear_excludes, linear_shapes,
                                lora_trainable_parameters, native_linear_names)
 
-    if training.method not in ("lora", "qlora") or arch.traced or _peft_moe_params(arch) or arch.dense_layers:
+    if training.method not in ("lora", "qlora") or arch.traced or peft_moe_params(arch) or arch.dense_layers:
         return ()
     rank, targets = training.lora.rank, tuple(training.lora.target_modules)
     shapes = linear_shapes(arch)
