@@ -513,7 +513,16 @@ def state_layout(arch, training, strategy, hw, ms, buffers: dict[str, int], form
             persistent_out += scaled(outside_t, g_elem)
             persistent_layer += scaled(layer_t, g_elem)
         else:
-            persistent_layer.append(max(ms.gradients // n, 1))
+            # issue 17: FSDP's unsharded gradients under no_sync (model_states.fsdp_no_sync_gradient_bytes) are
+            # formed in the first micro-batch's backward, layer by layer, and freed by the last one's
+            # reduce-scatter: allocated in the step's backward, freed at the step, like gradients formed there.
+            from .model_states import FSDP_NO_SYNC_GRADIENTS
+
+            nosync = ms.gpu_breakdown.get(FSDP_NO_SYNC_GRADIENTS, 0) if fsdp else 0
+            if ms.gradients - nosync > 0:
+                persistent_layer.append(max((ms.gradients - nosync) // n, 1))
+            if nosync:
+                g["grads_layer"] = (max(nosync // n, 1),)
 
     lazy_out: list[int] = []
     lazy_layer: list[int] = []
