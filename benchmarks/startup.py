@@ -61,7 +61,8 @@ PROBE = ("import sys\n"
 PYDANTIC_FLOOR = ("import gc, os; os.environ['PYDANTIC_DISABLE_PLUGINS'] = '__all__'\n"
                   "from advisor.cli.pydantic_plugins import skip_discovery; skip_discovery()\n"
                   "gc.set_threshold(50_000, *gc.get_threshold()[1:])\n"
-                  "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nA(x=1)\ngc.freeze()")
+                  "from advisor.cli import codecache; codecache.install('floor')\n"
+                  "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nA(x=1)\ncodecache.save()\ngc.freeze()")
 # Where one `estimate` spends its time, measured inside one fresh interpreter (CPU time of the process,
 # time.process_time, steadier than the wall clock on a shared machine): pydantic's import
 # and first model (the floor), then the command as main() runs it, split into the time inside imports (module
@@ -74,6 +75,8 @@ import builtins, dataclasses, importlib, io, contextlib, os, sys
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 from advisor.cli.pydantic_plugins import skip_discovery
 skip_discovery()
+from advisor.cli import codecache
+codecache.install(sys.argv[1])   # as main() does before the command's imports (main's own call finds it done)
 from pydantic import BaseModel
 class _A(BaseModel):
     x: int
@@ -165,7 +168,8 @@ def breakdown(bare_cpu: float, n: int = 7) -> None:
     floor, command, imports, models, dcs, n_models, n_dcs, n_mods, cpu = (statistics.median(c) for c in zip(*rows[1:]))
     b = bare_cpu * 1000
     parts = [("interpreter start and exit (bare python -c pass)", b),
-             ("pydantic import + its first model (the floor; plugin discovery skipped)", floor),
+             ("pydantic import + its first model (the floor; plugin discovery skipped, compiled code cached)",
+              floor),
              (f"imports the command adds (stdlib + {n_mods:.0f} advisor modules' code)", imports),
              (f"  of which building {n_models:.0f} pydantic model classes (specs, catalog, results)", models),
              (f"  of which building {n_dcs:.0f} dataclasses", dcs),

@@ -1,12 +1,14 @@
 """Compiled code that every ``dsadvise`` start would compile again: the methods :mod:`dataclasses` generates
-and the forward references :mod:`typing` compiles, kept between runs of the command in one file.
+and the forward references :mod:`typing` compiles, kept between runs of a command (one file per command).
 
 For each dataclass, ``dataclasses`` writes the source of ``__init__``, ``__repr__``, ``__eq__`` ... and runs
 ``exec`` on it (CPython 3.11: one ``exec`` per method); ``typing.ForwardRef`` compiles each annotation given as
 a string. An ``estimate`` creates ~70 dataclasses (~50 of them pydantic's and annotated_types' at import, the
 memory and step-time models' the rest: ~300 generated methods) and ~750 forward references (pydantic_core's
-core-schema TypedDicts): compiling them is ~18 ms of its ~145 ms CPU time on this project's machine (2026-11-30,
-benchmarks/startup.py: estimate 12.2x -> 10.7x bare python with this cache, the rest unchanged).
+core-schema TypedDicts). Compiling them is a quarter of the work of an ``estimate`` (2026-11-30, valgrind
+--tool=cachegrind, instructions: 693M without this cache, 516M with it; bare ``python -c pass`` 43M) and took it
+from ~11-12.6x to ~9.9x the CPU time of bare python on this project's shared 2-core machine
+(benchmarks/startup.py and runs of both trees interleaved, medians of 15).
 
 :func:`install` (the CLI does it for the command it runs, never when the package is imported) points those two
 call sites, ``dataclasses.exec`` and ``typing.compile`` (module globals that shadow the builtins), at a dict from
@@ -16,7 +18,8 @@ module has any), per interpreter version and optimization level (the file's name
 dict is compiled as before and added; a syntax error is raised as before and not kept. :func:`save` writes the
 dict when the run added entries (atomically: readers see the old file or the new one), in the data cache's
 folder (:func:`advisor.datacache.cache_dir`; ``DSADVISE_CACHE_DIR=off``: no file, nothing installed). A file that
-cannot be read or is not such a dict is ignored; one that cannot be written only costs the speed-up.
+cannot be read, is not such a dict or is owned by another user is ignored (its code objects would run as the
+command's own, as a ``__pycache__`` file's would); one that cannot be written only costs the speed-up.
 """
 
 import builtins
@@ -80,9 +83,13 @@ def install(command: str) -> bool:
     if folder is None:
         return False
     path = cache_file(folder, command)
+    if _state["installed"] and _state["path"] == path:
+        return True
     try:
         with open(path, "rb") as f:
-            loaded = marshal.loads(f.read())
+            # code is run from this file as from a __pycache__ file: only from one this user owns
+            mine = not hasattr(os, "getuid") or os.fstat(f.fileno()).st_uid == os.getuid()
+            loaded = marshal.loads(f.read()) if mine else None
     except (OSError, ValueError, EOFError, TypeError):
         loaded = None
     if isinstance(loaded, dict):
