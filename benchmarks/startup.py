@@ -4,14 +4,16 @@
 Run: python benchmarks/startup.py [--runs 10]
 
 Prints one row per command: wall time (median and min, ms), CPU time of the process (user + system, median
-ms), both as a ratio to bare Python, and the heavy modules the command imported. The targets (issue 11):
+ms), both as a ratio to bare Python (the median of bare runs interleaved with that row's runs), and the heavy
+modules the command imported. The targets (issue 11):
 `estimate` under 10x bare Python, `recommend --model 7B --gpus 4 --vram 24` under 0.4 s wall, the wizard's
 first paint under 0.5 s. On a machine shared with other jobs the wall time includes waiting for a CPU; the
 CPU-time column is the steadier measure there. The first row is the floor any command that validates
 its input with pydantic pays (import and first model); the rest of a command is what dsadvise adds.
 
 Each command runs once untimed first, so that the content-keyed data cache (advisor/datacache.py: parsed
-catalogs and rules, and the caching-allocator simulations a search ran) and Python's bytecode caches are warm,
+catalogs and rules, and the caching-allocator simulations a search ran), the compiled code of generated
+dataclass methods and forward references (advisor/cli/codecache.py) and Python's bytecode caches are warm,
 as they are for a user from the second run on. The commands run with bytecode writing allowed
 (PYTHONDONTWRITEBYTECODE is dropped from their environment) because an installed package has its .pyc files.
 The "cold" row runs `recommend` with DSADVISE_CACHE_DIR=off: the first run on a machine (nothing cached);
@@ -20,12 +22,14 @@ set DSADVISE_CACHE_DIR=off for the whole script to measure every row that way.
 Then a breakdown of one `estimate`'s CPU time (inside a fresh interpreter): the interpreter's start and exit,
 pydantic's import and first model (the floor), the imports the command adds (with the time spent building
 pydantic model classes and dataclasses counted apart), the parser, computation and printing, and the rest (the
-exit of an interpreter holding ~40k more objects). On this project's 2-core machine (2026-11-30, load 6-7 from
-other jobs: ratios of CPU time) the floor is ~8x bare python, the imports ~3.3x (22 pydantic model classes the
-command validates ~1.1x, 18 dataclasses of the memory and step-time models ~0.8x), computation and printing
-~0.5x, the exit ~0.5x: `estimate` at ~12x, about what a plain `import pydantic; one BaseModel` with pydantic's
-plugin discovery costs. The floor and the validated model classes alone are ~9x; the other ~3x is spread
-over the module code, the dataclasses, the computation and the exit, none above ~1x.
+exit of an interpreter holding ~40k more objects). On this project's 2-core machine (2026-11-30, load 1.5-2.5
+from other jobs: ratios of CPU time) the floor is ~6.7x bare python, the imports ~2.3x (22 pydantic model
+classes the command validates ~1.1x, 18 dataclasses of the memory and step-time models ~0.2x), computation and
+printing ~0.5x, the exit ~0.5x: `estimate` at ~9.5-11x depending on the load (it was 11-14x before the
+compiled-code cache, measured the same way). Under valgrind --tool=cachegrind (instructions, steady where CPU
+time is not): bare python 43M, `estimate` 516M (701M before the code cache and the lazy imports of issue 11's
+last pass). The floor and the validated model classes are ~8x of that; pydantic's import alone is mostly
+unmarshalling its modules and building pydantic_core's ~90 TypedDicts, which no setting of ours avoids.
 """
 
 from __future__ import annotations
@@ -145,10 +149,18 @@ def run(argv: list[str], env: dict | None = None) -> tuple[float, float, str, st
     return wall, cpu, heavy[0] if heavy else "-", proc.stderr
 
 
-def measure(argv: list[str], n: int, env: dict | None = None) -> tuple[list[float], list[float], str, str]:
+def measure(argv: list[str], n: int, env: dict | None = None,
+            bare: tuple[list[float], list[float]] | None = None) -> tuple[list[float], list[float], str, str]:
+    """``n`` timed runs of ``argv`` after one untimed; with ``bare``, a bare ``python -c pass`` runs before each,
+    its (wall, CPU) appended there: the ratio's reference taken at the same moments (on a shared machine the
+    load drifts within a minute)."""
     run(argv, env)                              # warm the caches
     walls, cpus, heavy, err = [], [], "", ""
     for _ in range(n):
+        if bare is not None:
+            w, c, _, _ = run(["-c", "pass"])
+            bare[0].append(w)
+            bare[1].append(c)
         wall, cpu, heavy, err = run(argv, env)
         walls.append(wall)
         cpus.append(cpu)
@@ -199,18 +211,22 @@ def main() -> None:
     rows.append(("(cold: DSADVISE_CACHE_DIR=off) " + RECOMMEND, ["-c", PROBE, *COMMANDS[RECOMMEND]], COLD_ENV))
     result = {}
     for label, argv, env in rows:
-        walls, cpus, heavy, _ = measure(argv, n, env)
+        ref = ([], [])                          # bare runs interleaved with this row's: its own reference
+        walls, cpus, heavy, _ = measure(argv, n, env, ref)
         w, c = statistics.median(walls), statistics.median(cpus)
-        result[label] = (w, c / max(bc, 1e-3))
-        print(f"{label:<90}{w * 1000:>8.0f}{min(walls) * 1000:>6.0f}{w / bw:>8.1f}{c * 1000:>8.0f}"
-              f"{c / max(bc, 1e-3):>8.1f}  {heavy or 'none'}")
+        rw, rc = statistics.median(ref[0]), max(statistics.median(ref[1]), 1e-3)
+        result[label] = (w, c / rc)
+        print(f"{label:<90}{w * 1000:>8.0f}{min(walls) * 1000:>6.0f}{w / rw:>8.1f}{c * 1000:>8.0f}"
+              f"{c / rc:>8.1f}  {heavy or 'none'}")
     paint = []
     if not ap.parse_args().no_wizard:
-        walls, cpus, heavy, err = measure(["-c", WIZARD_PROBE], max(3, n // 3))
+        ref = ([], [])
+        walls, cpus, heavy, err = measure(["-c", WIZARD_PROBE], max(3, n // 3), None, ref)
+        rw, rc = statistics.median(ref[0]), max(statistics.median(ref[1]), 1e-3)
         paint = [float(line[6:]) for line in err.splitlines() if line.startswith("PAINT=")]
         print(f"{'dsadvise wizard: first paint ' + (f'{paint[0] * 1000:.0f} ms after start' if paint else '?'):<90}"
-              f"{statistics.median(walls) * 1000:>8.0f}{min(walls) * 1000:>6.0f}{statistics.median(walls) / bw:>8.1f}"
-              f"{statistics.median(cpus) * 1000:>8.0f}{statistics.median(cpus) / max(bc, 1e-3):>8.1f}  "
+              f"{statistics.median(walls) * 1000:>8.0f}{min(walls) * 1000:>6.0f}{statistics.median(walls) / rw:>8.1f}"
+              f"{statistics.median(cpus) * 1000:>8.0f}{statistics.median(cpus) / rc:>8.1f}  "
               f"{heavy or 'none'}")
 
     breakdown(bc)
