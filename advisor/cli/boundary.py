@@ -13,8 +13,9 @@ from ..errors import AdvisorError
 
 
 def terminal_columns() -> int:
-    """The terminal's width in columns as ``shutil.get_terminal_size().columns`` gives it (Python 3.9-3.14,
-    shutil.py): a positive ``$COLUMNS``, else the width of the terminal on ``sys.__stdout__``, else 80."""
+    """The terminal's width in columns as ``shutil.get_terminal_size().columns`` computes it (CPython 3.11
+    shutil.py; tests/cli/test_codecache.py compares the two): a positive ``$COLUMNS``, else the width of the
+    terminal on ``sys.__stdout__`` when not 0, else 80."""
     try:
         columns = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
