@@ -118,6 +118,8 @@ print("BREAKDOWN=%.2f,%.2f,%.2f,%.2f,%.2f,%d,%d,%d" % (1000 * (t1 - t0), 1000 * 
 WIZARD_PROBE = r"""
 import sys, time
 t0 = time.perf_counter()
+from advisor.cli import codecache
+codecache.install("wizard")      # as main() does for `dsadvise wizard` before the command runs
 from advisor.tui.app import WizardApp
 
 class Probe(WizardApp):
@@ -127,6 +129,7 @@ class Probe(WizardApp):
 
 app = Probe()
 app.run(headless=True, size=(120, 40))
+codecache.save()
 print(f"PAINT={app.painted}", file=sys.stderr)
 print('HEAVY=' + ','.join(m for m in %r if m in sys.modules if m != "textual"), file=sys.stderr)
 """ % (HEAVY,)
