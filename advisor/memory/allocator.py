@@ -799,10 +799,14 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
             out += [("f", ("bcast", u, b), 0) for b in range(max(len(buckets) - FSDP_BROADCAST_IN_FLIGHT, 0),
                                                               len(buckets))]
         if world > 1:
+            # The originals are freed after the shard exists: _init_param_handle_from_module keeps them in its
+            # ``managed_params`` list until _init_param_handle_from_params (FlatParamHandle(...), then
+            # handle.shard()) has returned (torch/distributed/fsdp/_init_utils.py, torch 2.2 ... 2.13). Recorded:
+            # benchmarks/fsdp_wrap_sequence.py (flat copy, shard, flat copy freed, the originals freed).
             out.append(("a", ("flat", u), total))
-            out += [("f", ("init", u, i), 0) for i in range(len(tensors))]
             out.append(("a", ("P", u), -(-total // world)))
             out.append(("f", ("flat", u), 0))
+            out += [("f", ("init", u, i), 0) for i in range(len(tensors))]
         else:
             out.append(("a", ("P", u), total))
             out += [("f", ("init", u, i), 0) for i in range(len(tensors))]
@@ -870,11 +874,44 @@ def qlora_quant_state_tensors(arch, double_quant: bool, total: int) -> tuple[int
     return tuple(b for b in out if b > 0)
 
 
+def _fsdp_adapter_units(arch, training, weight_bytes: float) -> tuple[tuple[int, ...], ...]:
+    """One decoder layer's LoRA adapters as FSDP wraps them: each ``lora_A`` / ``lora_B`` linear a unit of its
+    own (bytes of its weight), in module order (each targeted linear's A then B). The auto-wrap policies of
+    LoRA runs wrap every leaf module whose weight requires grad (PEFT ``fsdp_auto_wrap_policy``
+    ``lambda_policy_fn``, which accelerate and HF Trainer use; Answer.AI fsdp_qlora train.py
+    ``get_wrapping_policy``), and FSDP wraps children before their parent (torch/distributed/fsdp/wrap.py
+    ``_recursive_wrap``), so a layer's adapters are wrapped just before the layer. Empty where the adapters are
+    not per-linear ``nn.Linear`` pairs dsadvise can list (traced models, PEFT's MoE parameter adapters, adapters
+    outside the decoder layers) or do not add up to the trainable count: they are then left out."""
+    from ..param_count import (ALL_LINEAR, _peft_moe_params, all_linear_excludes, linear_shapes,
+                               lora_trainable_parameters, native_linear_names)
+
+    if training.method not in ("lora", "qlora") or arch.traced or _peft_moe_params(arch) or arch.dense_layers:
+        return ()
+    rank, targets = training.lora.rank, tuple(training.lora.target_modules)
+    shapes = linear_shapes(arch)
+    native = native_linear_names(arch.family)
+    chosen: set[str] = set()
+    for t in targets:
+        if t == ALL_LINEAR:
+            chosen.update(n for n in shapes if n not in all_linear_excludes(arch))
+        elif t in shapes:
+            chosen.add(t)
+        elif t in native:
+            chosen.update(native[t])
+    units = [(int(e * weight_bytes),) for name, (i, o, c) in shapes.items() if name in chosen
+             for _ in range(c) for e in (i * rank, rank * o)]
+    per_layer = sum(rank * (i + o) * c for name, (i, o, c) in shapes.items() if name in chosen)
+    if not units or per_layer * arch.num_layers != lora_trainable_parameters(arch, rank, targets):
+        return ()
+    return tuple(units)
+
+
 def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
-    """The unsharded bytes of each FSDP unit's parameter tensors in wrap order: every decoder layer, then the
-    root (embeddings, lm_head, final norm). Weights as loaded: 16-bit under bf16/fp16/pure-bf16 with a
-    LoRA/QLoRA base (NF4 for QLoRA's decoder linears), the weight dtype of full fine-tuning otherwise
-    (advisor.memory.bytes_per_param); the adapters (own units, small) are left out."""
+    """The unsharded bytes of each FSDP unit's parameter tensors in wrap order: every decoder layer (LoRA/QLoRA:
+    its adapters' units first, :func:`_fsdp_adapter_units`), then the root (embeddings, lm_head, final norm).
+    Weights as loaded: 16-bit under bf16/fp16/pure-bf16 with a LoRA/QLoRA base (NF4 for QLoRA's decoder
+    linears), the weight dtype of full fine-tuning otherwise (advisor.memory.bytes_per_param)."""
     from ..param_count import linear_shapes
     from .bytes_per_param import state_bytes
 
@@ -890,7 +927,8 @@ def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
         lin_b = other_b = sb.weight
     layer = tuple(int(e * (lin_b if i < n_lin else other_b)) for i, e in enumerate(layer_t) if e)
     root = tuple(int(e * other_b) for e in (emb, head, final) if e)
-    return tuple([layer] * arch.num_layers + [root])
+    adapters = _fsdp_adapter_units(arch, training, sb.weight)
+    return tuple([*adapters, layer] * arch.num_layers + [root])
 
 
 @lru_cache(maxsize=4096)
@@ -994,6 +1032,42 @@ _UNSHARD_STREAM_BUFFERS = ("FSDP gathered",
                            "FSDP shard copied")
 
 
+def _fsdp_wrap_inputs(arch, training, strategy, hw, parameters: int):
+    """What the FSDP (v1) wrapping of an estimate works on: its units (:func:`_fsdp_units`), whether it broadcasts
+    (``sync_module_states``), offloads, what loading left on the GPU before it (per layer, bytes each), and the
+    per-GPU parameter bytes (of ``parameters``) the shards do not hold."""
+    from .model_states import fsdp_shard_degree
+
+    n = arch.num_layers
+    world = fsdp_shard_degree(strategy, hw)
+    units = _fsdp_units(arch, training, strategy)
+    # What of the per-GPU parameter bytes the shards do not hold (QLoRA's quantization state, kept whole on
+    # every GPU, offload or not: advisor.memory.model_states), one block per layer, allocated after the wrapping.
+    offload = strategy.offload_param != "none"
+    unsharded = parameters - (0 if offload else sum(-(-sum(u) // world) for u in units))
+    # issue 17 (G3): QLoRA's quantization state exists from loading on, before the wrapping (in bitsandbytes'
+    # own tensors: qlora_quant_state_tensors), so the wrapping's cached blocks cannot hold it.
+    loaded: tuple[int, ...] = ()
+    if training.method == "qlora" and unsharded > n:
+        loaded = qlora_quant_state_tensors(arch, training.double_quant, unsharded // n)
+    sync = hw.world_size > 1        # rendered with fsdp_cpu_ram_efficient_loading: sync_module_states
+    return units, sync, offload, loaded, unsharded
+
+
+def fsdp_after_wrap(arch, training, strategy, hw, parameters: int) -> AllocatorStats | None:
+    """The compute stream's allocator right after FSDP (v1) wraps the model (bytes per GPU; None where the wrapping
+    is not modelled): what loading left, then :func:`fsdp_init_events`. Its ``peak_reserved`` is what
+    ``torch.cuda.memory_reserved()`` reads after ``FSDP(...)`` returns (segments are only released by
+    ``empty_cache``), e.g. Answer.AI fsdp_qlora's ``reserved_after_model_wrap``. ``parameters``: the estimate's
+    per-GPU parameter bytes (``per_gpu.parameters``)."""
+    from .model_states import fsdp_shard_degree
+
+    if not _fsdp_init_modelled(training, strategy) or training.expandable_segments:
+        return None
+    units, sync, offload, loaded, _ = _fsdp_wrap_inputs(arch, training, strategy, hw, parameters)
+    return _fsdp_init_stats(units, fsdp_shard_degree(strategy, hw), sync, offload, loaded, arch.num_layers)
+
+
 def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool, n: int,
                      dyn: StateLayout, trace_training, mode: str, ckpt: str, tensor_bytes: int,
                      held_fp32: int = 0, ws: int = 0) -> GpuAllocation:
@@ -1012,18 +1086,8 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     gathered = {k: v for k, v in buffers.items() if k.startswith(_UNSHARD_STREAM_BUFFERS)}
     others = {k: v for k, v in buffers.items() if k not in gathered}
     rest = state_layout(arch, training, strategy, hw, replace(ms, parameters=0), others, formed_in_backward, n)
-    units = _fsdp_units(arch, training, strategy)
-    # What of the per-GPU parameter bytes the shards do not hold (QLoRA's quantization state, kept whole on
-    # every GPU, offload or not: advisor.memory.model_states), one block per layer, allocated after the wrapping.
-    offload = strategy.offload_param != "none"
-    unsharded = ms.parameters - (0 if offload else sum(-(-sum(u) // world) for u in units))
-    # issue 17 (G3): QLoRA's quantization state exists from loading on, before the wrapping (in bitsandbytes'
-    # own tensors: qlora_quant_state_tensors), so the wrapping's cached blocks cannot hold it.
-    loaded: tuple[int, ...] = ()
-    if training.method == "qlora" and unsharded > n:
-        loaded = qlora_quant_state_tensors(arch, training.double_quant, unsharded // n)
+    units, sync, offload, loaded, unsharded = _fsdp_wrap_inputs(arch, training, strategy, hw, ms.parameters)
     per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n and not loaded else ())
-    sync = hw.world_size > 1        # rendered with fsdp_cpu_ram_efficient_loading: sync_module_states
     st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
                                   arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded)
     # The unshard stream's pool: the gathered units, plus one more layer block when units are resharded

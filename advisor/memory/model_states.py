@@ -103,7 +103,9 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
     """Bytes of weights, gradients and optimizer states per GPU and per node CPU for one configuration."""
     pl = placement(strategy, hw)
     total = counts.total
-    frozen = total - trainable
+    # LoRA/QLoRA adapters come on top of the base model (counts.total: the base's parameters; PEFT adds lora_A /
+    # lora_B modules); freeze and full fine-tuning train a part of the base itself.
+    frozen = total if training.method in ("lora", "qlora") else total - trainable
     local = hw.gpus_per_node
 
     if training.method == "qlora":
