@@ -220,7 +220,7 @@ def lora_target_names(arch: Architecture) -> tuple[str, ...]:
 _MOE_MLP = ("gate_proj", "up_proj", "down_proj", "router", "shared_gate_proj", "shared_up_proj", "shared_down_proj")
 
 
-def _peft_moe_params(arch: Architecture) -> bool:
+def peft_moe_params(arch: Architecture) -> bool:
     """PEFT puts LoRA on this MoE family's 3-D expert weights and router (ParamWrapper), not on MLP nn.Linear
     modules (the replay's ``peft_moe_params``: Mixtral, Qwen3-MoE, DeepSeek-V3)."""
     from advisor.families import family, has_family
@@ -287,7 +287,7 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
                              field="lora.target_modules")
     if not chosen and not chosen_outside:
         raise InputError("no LoRA target modules given", field="lora.target_modules")
-    if ALL_LINEAR in target_modules and _peft_moe_params(arch):
+    if ALL_LINEAR in target_modules and peft_moe_params(arch):
         return _peft_moe_all_linear(arch, rank, chosen) + sum(rank * sum(outside[n]) for n in chosen_outside)
     per_layer = sum(rank * (shapes[n][0] + shapes[n][1]) * shapes[n][2] for n in chosen)
     layers = per_layer * arch.num_layers

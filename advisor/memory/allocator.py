@@ -513,7 +513,16 @@ def state_layout(arch, training, strategy, hw, ms, buffers: dict[str, int], form
             persistent_out += scaled(outside_t, g_elem)
             persistent_layer += scaled(layer_t, g_elem)
         else:
-            persistent_layer.append(max(ms.gradients // n, 1))
+            # issue 17: FSDP's unsharded gradients under no_sync (model_states.fsdp_no_sync_gradient_bytes) are
+            # formed in the first micro-batch's backward, layer by layer, and freed by the last one's
+            # reduce-scatter: allocated in the step's backward, freed at the step, like gradients formed there.
+            from .model_states import FSDP_NO_SYNC_GRADIENTS
+
+            nosync = ms.gpu_breakdown.get(FSDP_NO_SYNC_GRADIENTS, 0) if fsdp else 0
+            if ms.gradients - nosync > 0:
+                persistent_layer.append(max((ms.gradients - nosync) // n, 1))
+            if nosync:
+                g["grads_layer"] = (max(nosync // n, 1),)
 
     lazy_out: list[int] = []
     lazy_layer: list[int] = []
@@ -883,10 +892,10 @@ def _fsdp_adapter_units(arch, training, weight_bytes: float) -> tuple[tuple[int,
     ``_recursive_wrap``), so a layer's adapters are wrapped just before the layer. Empty where the adapters are
     not per-linear ``nn.Linear`` pairs dsadvise can list (traced models, PEFT's MoE parameter adapters, adapters
     outside the decoder layers) or do not add up to the trainable count: they are then left out."""
-    from ..param_count import (ALL_LINEAR, _peft_moe_params, all_linear_excludes, linear_shapes,
+    from ..param_count import (ALL_LINEAR, peft_moe_params, all_linear_excludes, linear_shapes,
                                lora_trainable_parameters, native_linear_names)
 
-    if training.method not in ("lora", "qlora") or arch.traced or _peft_moe_params(arch) or arch.dense_layers:
+    if training.method not in ("lora", "qlora") or arch.traced or peft_moe_params(arch) or arch.dense_layers:
         return ()
     rank, targets = training.lora.rank, tuple(training.lora.target_modules)
     shapes = linear_shapes(arch)

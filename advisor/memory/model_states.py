@@ -8,7 +8,7 @@ nodes, NO_SHARD ≈ DDP (PyTorch FSDP docs, ShardingStrategy).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..architecture import Architecture
 from ..param_count import ParameterCounts, linear_shapes
@@ -171,6 +171,9 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             put("gpu", "gradients", trainable * sb.gradient)
     else:
         put(pl.grads_on, "gradients", grad_bytes)
+    nosync = fsdp_no_sync_gradient_bytes(trainable, training, strategy, hw)
+    if nosync:
+        put("gpu", FSDP_NO_SYNC_GRADIENTS, nosync)
     put(pl.optim_on, "optimizer moments", moments / pl.optim_shards)
     if master:
         put(pl.optim_on, "fp32 master weights", master / pl.optim_shards)
@@ -181,14 +184,47 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         put(pl.optim_on, "fp32 gradient partition for the step", step_grad / pl.optim_shards)
 
     ms.parameters = ms.gpu_breakdown.get("parameters", 0)
-    ms.gradients = ms.gpu_breakdown.get("gradients", 0)
-    ms.optimizer_states = sum(v for k, v in ms.gpu_breakdown.items() if k not in ("parameters", "gradients"))
+    ms.gradients = ms.gpu_breakdown.get("gradients", 0) + ms.gpu_breakdown.get(FSDP_NO_SYNC_GRADIENTS, 0)
+    ms.optimizer_states = sum(v for k, v in ms.gpu_breakdown.items()
+                              if k not in ("parameters", "gradients", FSDP_NO_SYNC_GRADIENTS))
     if pl.optim_on != "gpu" or pl.params_on != "gpu":
         offloaded = sum(ms.cpu_per_node.values())
         if strategy.backend == "deepspeed" and offloaded:
             ms.cpu_per_node["offload pinned/staging buffers"] = int(offloaded * (DEEPSPEED_CPU_BUFFER_FACTOR - 1))
     ms.step = step_gradients(arch, counts, trainable, sb, training, strategy, hw, ms.gradients, pl)
+    if nosync:
+        # The unsharded gradients are reduce-scattered and freed in the last micro-batch's backward: the
+        # optimizer step reads the sharded ones only.
+        ms.step = replace(ms.step, at_step=max(ms.step.at_step - ms.gpu_breakdown[FSDP_NO_SYNC_GRADIENTS], 0))
     return ms
+
+
+# issue 17: the breakdown item of FSDP's unsharded gradients under no_sync (see fsdp_no_sync_gradient_bytes).
+FSDP_NO_SYNC_GRADIENTS = "FSDP unsharded gradients under no_sync (accelerate accumulation, sync_each_batch off)"
+
+
+def fsdp_no_sync_gradient_bytes(trainable: int, training: TrainingSpec, strategy: StrategySpec,
+                                hw: HardwareSpec) -> int:
+    """Bytes per GPU of the unsharded gradients an FSDP run accumulates over the micro-batches of one optimizer
+    step (0 without accumulation or without sharding).
+
+    accelerate's ``Accelerator.accumulate`` (the HF Trainer's loop likewise) runs every micro-batch but the
+    last under ``Accelerator.no_sync`` unless ``sync_each_batch`` is set (accelerate/accelerator.py: FSDP1
+    ``model.no_sync()``, FSDP2 ``set_requires_gradient_sync(False)``), and FSDP then "will accumulate the full
+    model gradients (instead of gradient shards) until the eventual sync" and, with CPU offloading, "the
+    gradients will not be offloaded to CPU when inside the context manager" (torch/distributed/fsdp/
+    fully_sharded_data_parallel.py ``no_sync``; _runtime_utils.py ``_post_backward_hook`` returns before the
+    reduce-scatter when ``not state._sync_gradients``, leaving ``flat_param.grad`` unsharded). The gradient
+    has the dtype the unsharded parameter computes in: accelerate's FSDP mixed-precision policy sets
+    ``param_dtype`` (and ``reduce_dtype``) to the 16-bit type (utils/dataclasses.py ``set_mixed_precision``),
+    fp32 without mixed precision. With one shard (NO_SHARD) the gradient is whole anyway: nothing more."""
+    from ..batching import gradient_accumulation
+
+    if strategy.backend != "fsdp" or fsdp_shard_degree(strategy, hw) <= 1 or not trainable:
+        return 0
+    if gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size) <= 1:
+        return 0
+    return int(trainable * (4 if training.precision == "fp32" else 2))
 
 
 def step_gradients(arch: Architecture, counts: ParameterCounts, trainable: int, sb: StateBytes,
