@@ -25,8 +25,9 @@ pydantic model classes and dataclasses counted apart), the parser, computation a
 exit of an interpreter holding ~40k more objects). On this project's 2-core machine (2026-11-30, load 1.5-2.5
 from other jobs: ratios of CPU time) the floor is ~6.7x bare python, the imports ~2.3x (22 pydantic model
 classes the command validates ~1.1x, 18 dataclasses of the memory and step-time models ~0.2x), computation and
-printing ~0.5x, the exit ~0.5x: `estimate` at ~9.5-11x depending on the load (it was 11-14x before the
-compiled-code cache, measured the same way). Under valgrind --tool=cachegrind (instructions, steady where CPU
+printing ~0.5x, the exit ~0.5x: `estimate` at ~9.9-10.4x (12.2-12.6x before the compiled-code cache and the
+lazy imports; both trees' runs interleaved, 21 each, at load 0.8-2.4), i.e. at the target, not below it with
+room: the floor alone is ~7.5x. Under valgrind --tool=cachegrind (instructions, steady where CPU
 time is not): bare python 43M, `estimate` 516M (701M before the code cache and the lazy imports of issue 11's
 last pass). The floor and the validated model classes are ~8x of that; pydantic's import alone is mostly
 unmarshalling its modules and building pydantic_core's ~90 TypedDicts, which no setting of ours avoids.
