@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from .catalog.gpus import resolve_gpu
 from .cli.flags import SPEC_FIELD_FLAGS
 from .catalog.models import ResolvedModel, resolve_model
 from .errors import InputError, did_you_mean
@@ -57,7 +56,10 @@ def build_hardware(gpus: int = 1, nodes: int = 1, vram: float | None = None, gpu
                    cpu_ram: float | None = None, nvme_path: str | None = None,
                    nvme_size: float | None = None) -> HardwareSpec:
     """HardwareSpec from CLI-style arguments: VRAM/CPU RAM/NVMe in GiB, or a GPU catalog name."""
-    info = resolve_gpu(gpu) if gpu else None
+    info = None
+    if gpu:
+        from .catalog.gpus import resolve_gpu   # here: a start given --vram alone imports no GPU catalog code
+        info = resolve_gpu(gpu)
     vram_bytes = _gib(vram, "--vram")
     if vram_bytes is None:
         if info is None:

@@ -4,14 +4,16 @@
 Run: python benchmarks/startup.py [--runs 10]
 
 Prints one row per command: wall time (median and min, ms), CPU time of the process (user + system, median
-ms), both as a ratio to bare Python, and the heavy modules the command imported. The targets (issue 11):
+ms), both as a ratio to bare Python (the median of bare runs interleaved with that row's runs), and the heavy
+modules the command imported. The targets (issue 11):
 `estimate` under 10x bare Python, `recommend --model 7B --gpus 4 --vram 24` under 0.4 s wall, the wizard's
 first paint under 0.5 s. On a machine shared with other jobs the wall time includes waiting for a CPU; the
 CPU-time column is the steadier measure there. The first row is the floor any command that validates
 its input with pydantic pays (import and first model); the rest of a command is what dsadvise adds.
 
 Each command runs once untimed first, so that the content-keyed data cache (advisor/datacache.py: parsed
-catalogs and rules, and the caching-allocator simulations a search ran) and Python's bytecode caches are warm,
+catalogs and rules, and the caching-allocator simulations a search ran), the compiled code of generated
+dataclass methods and forward references (advisor/cli/codecache.py) and Python's bytecode caches are warm,
 as they are for a user from the second run on. The commands run with bytecode writing allowed
 (PYTHONDONTWRITEBYTECODE is dropped from their environment) because an installed package has its .pyc files.
 The "cold" row runs `recommend` with DSADVISE_CACHE_DIR=off: the first run on a machine (nothing cached);
@@ -20,12 +22,15 @@ set DSADVISE_CACHE_DIR=off for the whole script to measure every row that way.
 Then a breakdown of one `estimate`'s CPU time (inside a fresh interpreter): the interpreter's start and exit,
 pydantic's import and first model (the floor), the imports the command adds (with the time spent building
 pydantic model classes and dataclasses counted apart), the parser, computation and printing, and the rest (the
-exit of an interpreter holding ~40k more objects). On this project's 2-core machine (2026-11-30, load 6-7 from
-other jobs: ratios of CPU time) the floor is ~8x bare python, the imports ~3.3x (22 pydantic model classes the
-command validates ~1.1x, 18 dataclasses of the memory and step-time models ~0.8x), computation and printing
-~0.5x, the exit ~0.5x: `estimate` at ~12x, about what a plain `import pydantic; one BaseModel` with pydantic's
-plugin discovery costs. The floor and the validated model classes alone are ~9x; the other ~3x is spread
-over the module code, the dataclasses, the computation and the exit, none above ~1x.
+exit of an interpreter holding ~40k more objects). On this project's 2-core machine (2026-11-30, load 1.5-2.5
+from other jobs: ratios of CPU time) the floor is ~6.7x bare python, the imports ~2.3x (22 pydantic model
+classes the command validates ~1.1x, 18 dataclasses of the memory and step-time models ~0.2x), computation and
+printing ~0.5x, the exit ~0.5x: `estimate` at ~9.9-10.4x (12.2-12.6x before the compiled-code cache and the
+lazy imports; both trees' runs interleaved, 21 each, at load 0.8-2.4), i.e. at the target, not below it with
+room: the floor alone is ~7.5x. Under valgrind --tool=cachegrind (instructions, steady where CPU
+time is not): bare python 43M, `estimate` 516M (701M before the code cache and the lazy imports of issue 11's
+last pass). The floor and the validated model classes are ~8x of that; pydantic's import alone is mostly
+unmarshalling its modules and building pydantic_core's ~90 TypedDicts, which no setting of ours avoids.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ PROBE = ("import sys\n"
 PYDANTIC_FLOOR = ("import gc, os; os.environ['PYDANTIC_DISABLE_PLUGINS'] = '__all__'\n"
                   "from advisor.cli.pydantic_plugins import skip_discovery; skip_discovery()\n"
                   "gc.set_threshold(50_000, *gc.get_threshold()[1:])\n"
-                  "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nA(x=1)\ngc.freeze()")
+                  "from advisor.cli import codecache; codecache.install('floor')\n"
+                  "from pydantic import BaseModel\nclass A(BaseModel):\n    x: int\nA(x=1)\ncodecache.save()\ngc.freeze()")
 # Where one `estimate` spends its time, measured inside one fresh interpreter (CPU time of the process,
 # time.process_time, steadier than the wall clock on a shared machine): pydantic's import
 # and first model (the floor), then the command as main() runs it, split into the time inside imports (module
@@ -74,6 +80,8 @@ import builtins, dataclasses, importlib, io, contextlib, os, sys
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 from advisor.cli.pydantic_plugins import skip_discovery
 skip_discovery()
+from advisor.cli import codecache
+codecache.install(sys.argv[1])   # as main() does before the command's imports (main's own call finds it done)
 from pydantic import BaseModel
 class _A(BaseModel):
     x: int
@@ -111,6 +119,8 @@ print("BREAKDOWN=%.2f,%.2f,%.2f,%.2f,%.2f,%d,%d,%d" % (1000 * (t1 - t0), 1000 * 
 WIZARD_PROBE = r"""
 import sys, time
 t0 = time.perf_counter()
+from advisor.cli import codecache
+codecache.install("wizard")      # as main() does for `dsadvise wizard` before the command runs
 from advisor.tui.app import WizardApp
 
 class Probe(WizardApp):
@@ -120,6 +130,7 @@ class Probe(WizardApp):
 
 app = Probe()
 app.run(headless=True, size=(120, 40))
+codecache.save()
 print(f"PAINT={app.painted}", file=sys.stderr)
 print('HEAVY=' + ','.join(m for m in %r if m in sys.modules if m != "textual"), file=sys.stderr)
 """ % (HEAVY,)
@@ -142,10 +153,18 @@ def run(argv: list[str], env: dict | None = None) -> tuple[float, float, str, st
     return wall, cpu, heavy[0] if heavy else "-", proc.stderr
 
 
-def measure(argv: list[str], n: int, env: dict | None = None) -> tuple[list[float], list[float], str, str]:
+def measure(argv: list[str], n: int, env: dict | None = None,
+            bare: tuple[list[float], list[float]] | None = None) -> tuple[list[float], list[float], str, str]:
+    """``n`` timed runs of ``argv`` after one untimed; with ``bare``, a bare ``python -c pass`` runs before each,
+    its (wall, CPU) appended there: the ratio's reference taken at the same moments (on a shared machine the
+    load drifts within a minute)."""
     run(argv, env)                              # warm the caches
     walls, cpus, heavy, err = [], [], "", ""
     for _ in range(n):
+        if bare is not None:
+            w, c, _, _ = run(["-c", "pass"])
+            bare[0].append(w)
+            bare[1].append(c)
         wall, cpu, heavy, err = run(argv, env)
         walls.append(wall)
         cpus.append(cpu)
@@ -165,7 +184,8 @@ def breakdown(bare_cpu: float, n: int = 7) -> None:
     floor, command, imports, models, dcs, n_models, n_dcs, n_mods, cpu = (statistics.median(c) for c in zip(*rows[1:]))
     b = bare_cpu * 1000
     parts = [("interpreter start and exit (bare python -c pass)", b),
-             ("pydantic import + its first model (the floor; plugin discovery skipped)", floor),
+             ("pydantic import + its first model (the floor; plugin discovery skipped, compiled code cached)",
+              floor),
              (f"imports the command adds (stdlib + {n_mods:.0f} advisor modules' code)", imports),
              (f"  of which building {n_models:.0f} pydantic model classes (specs, catalog, results)", models),
              (f"  of which building {n_dcs:.0f} dataclasses", dcs),
@@ -195,18 +215,22 @@ def main() -> None:
     rows.append(("(cold: DSADVISE_CACHE_DIR=off) " + RECOMMEND, ["-c", PROBE, *COMMANDS[RECOMMEND]], COLD_ENV))
     result = {}
     for label, argv, env in rows:
-        walls, cpus, heavy, _ = measure(argv, n, env)
+        ref = ([], [])                          # bare runs interleaved with this row's: its own reference
+        walls, cpus, heavy, _ = measure(argv, n, env, ref)
         w, c = statistics.median(walls), statistics.median(cpus)
-        result[label] = (w, c / max(bc, 1e-3))
-        print(f"{label:<90}{w * 1000:>8.0f}{min(walls) * 1000:>6.0f}{w / bw:>8.1f}{c * 1000:>8.0f}"
-              f"{c / max(bc, 1e-3):>8.1f}  {heavy or 'none'}")
+        rw, rc = statistics.median(ref[0]), max(statistics.median(ref[1]), 1e-3)
+        result[label] = (w, c / rc)
+        print(f"{label:<90}{w * 1000:>8.0f}{min(walls) * 1000:>6.0f}{w / rw:>8.1f}{c * 1000:>8.0f}"
+              f"{c / rc:>8.1f}  {heavy or 'none'}")
     paint = []
     if not ap.parse_args().no_wizard:
-        walls, cpus, heavy, err = measure(["-c", WIZARD_PROBE], max(3, n // 3))
+        ref = ([], [])
+        walls, cpus, heavy, err = measure(["-c", WIZARD_PROBE], max(3, n // 3), None, ref)
+        rw, rc = statistics.median(ref[0]), max(statistics.median(ref[1]), 1e-3)
         paint = [float(line[6:]) for line in err.splitlines() if line.startswith("PAINT=")]
         print(f"{'dsadvise wizard: first paint ' + (f'{paint[0] * 1000:.0f} ms after start' if paint else '?'):<90}"
-              f"{statistics.median(walls) * 1000:>8.0f}{min(walls) * 1000:>6.0f}{statistics.median(walls) / bw:>8.1f}"
-              f"{statistics.median(cpus) * 1000:>8.0f}{statistics.median(cpus) / max(bc, 1e-3):>8.1f}  "
+              f"{statistics.median(walls) * 1000:>8.0f}{min(walls) * 1000:>6.0f}{statistics.median(walls) / rw:>8.1f}"
+              f"{statistics.median(cpus) * 1000:>8.0f}{statistics.median(cpus) / rc:>8.1f}  "
               f"{heavy or 'none'}")
 
     breakdown(bc)

@@ -16,7 +16,6 @@ from advisor.datacache import computed
 from advisor.datafiles import load_data
 from advisor.architecture import Architecture
 from advisor.errors import InputError, did_you_mean
-from advisor.hf_config import NeedsTrace, architecture_from_hf_config, load_hf_config
 from advisor.param_count import count_parameters
 
 MIN_SIZE = 10_000_000
@@ -66,6 +65,8 @@ def _catalog_from_fields(fields: list[dict]) -> tuple[CatalogModel, ...]:
 @lru_cache(maxsize=1)
 @computed("catalog", _catalog_fields, _catalog_from_fields)  # a start validates cached fields instead of
 def _catalog() -> tuple[CatalogModel, ...]:                  # reading every family's config (datacache)
+    from advisor.hf_config import architecture_from_hf_config   # here: a start that reads the cached catalog
+                                                                 # imports no config reader
     entries = load_data("models.yaml")["models"]
     models = []
     for entry in entries:
@@ -242,6 +243,8 @@ def _traced(cfg: dict, file: str, name: str, why: str) -> ResolvedModel:
 
 
 def _from_config(path: Path) -> ResolvedModel:
+    from advisor.hf_config import NeedsTrace, architecture_from_hf_config, load_hf_config
+
     cfg = load_hf_config(path)
     file = path / "config.json" if path.is_dir() else path
     name = (path if path.is_dir() else path.parent).resolve().name or str(file)

@@ -13,7 +13,6 @@ from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
 from .buffers import buffer_bytes
 from .bytes_per_param import state_bytes
-from .inference import inference_layouts
 from .model_states import model_states
 from .overhead import overhead_defaults
 from .allocator import gpu_allocation
@@ -66,6 +65,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                      source=model.source, note=model.note)
     ov = overhead_defaults()
     if training.task == "infer":
+        from .inference import inference_layouts   # here: a training estimate imports no inference code
         return inference_layouts(model, counts, info, hw, training, strategy, ov)
 
     sb = state_bytes(training, strategy)

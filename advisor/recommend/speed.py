@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from ..batching import gradient_accumulation
 from ..catalog.models import ResolvedModel
 from ..layout import data_parallel_size
-from ..memory.inference import weight_bytes_for_inference
 from ..param_count import count_parameters
 from ..estimate_result import Estimate
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
@@ -32,6 +31,7 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
     notes = ([GENERIC_GPU_NOTE] if hw.gpu is None and profile is None else []) + \
         step_time_assumptions(rates, hw, training.task)
     if training.task == "infer":
+        from ..memory.inference import weight_bytes_for_inference   # here: training imports no inference code
         weights = weight_bytes_for_inference(model, counts, training)
         speeds = [inference_speed(arch, counts, hw, gpu, lay.layout, precision=training.precision,
                                   method=training.method, batch=training.micro_batch_size, seq_len=training.seq_len,
