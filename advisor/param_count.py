@@ -243,6 +243,48 @@ def _peft_moe_all_linear(arch: Architecture, rank: int, chosen: set[str]) -> int
     return attention * arch.num_layers + moe * arch.moe_layers
 
 
+# PEFT 0.21 converts a LoRA config written for transformers v4's per-expert modules (peft/utils/
+# transformers_weight_conversion.py ``_convert_peft_config_moe`` with ``_MOE_TARGET_MODULE_MAPPING`` and
+# ``_MOE_FUSED_TARGETS``) for the model types transformers' conversion_mapping ``_MODEL_TO_CONVERSION_PATTERN`` maps
+# to "qwen2_moe" (DeepSeek-V3, Qwen3-MoE, OLMoE) or "mixtral" (PEFT adds Mixtral itself; MiniMax): a target ending
+# in one of the names below leaves ``target_modules`` for the routed experts' ``gate_up_proj`` / ``down_proj``
+# parameter (or the router's ``gate.weight``), so no nn.Linear of that name (DeepSeek-V3's dense MLP, the shared
+# experts) is adapted; the two halves of gate_up_proj together become one adapter at rank 2r, one without the
+# other is refused. Raw target name -> dsadvise's normalized name.
+_QWEN2_MOE_NAMES = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj", "gate": "router"}
+_MIXTRAL_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj", "gate": "router"}
+_PEFT_MOE_CONVERTED = {"deepseek_v3": _QWEN2_MOE_NAMES, "qwen3_moe": _QWEN2_MOE_NAMES, "olmoe": _QWEN2_MOE_NAMES,
+                       "mixtral": _MIXTRAL_NAMES, "minimax": _MIXTRAL_NAMES}
+_PEFT_MOE_FUSED_ALONE = ("Cannot convert PEFT target(s) {present} without also targeting {missing} because they "
+                         "are fused into gate_up_proj (PEFT 0.21 on transformers 5's fused experts)")
+
+
+def _peft_moe_converted(arch: Architecture, rank: int, targets: tuple[str, ...], chosen: set[str]) -> int | None:
+    """LoRA elements PEFT 0.21 builds for explicit ``targets`` (``chosen``: their normalized names) on a model type
+    it converts (see ``_PEFT_MOE_CONVERTED``), or None when no target is converted: the attention targets on every
+    layer, the routed experts' parameters (ParamWrapper: E·r·(in + out) per 3-D weight, gate_up_proj at rank 2r)
+    and the router on the MoE layers, nothing on an nn.Linear of a converted name. An MLP name PEFT does not
+    convert is counted per linear as before (PEFT adapts it or ignores it: never fewer elements)."""
+    names = _PEFT_MOE_CONVERTED.get(arch.family)
+    if not names or not arch.is_moe:
+        return None
+    converted = {names[t] for t in targets if t in names}
+    if not converted:
+        return None
+    fused = {"gate_proj", "up_proj"} & converted
+    if len(fused) == 1:
+        raw = {v: k for k, v in names.items()}
+        raise InputError(_PEFT_MOE_FUSED_ALONE.format(present=raw[next(iter(fused))],
+                                                      missing=raw[({"gate_proj", "up_proj"} - fused).pop()]),
+                         field="lora.target_modules")
+    shapes = linear_shapes(arch)
+    h, i, E = arch.hidden_size, arch.intermediate_size, arch.num_experts
+    per_linear = sum(rank * (shapes[n][0] + shapes[n][1]) * shapes[n][2] for n in chosen - converted)
+    moe = (E * 2 * rank * (h + 2 * i) if fused else 0) + (E * rank * (i + h) if "down_proj" in converted else 0) \
+        + (rank * (h + E) if "router" in converted else 0)
+    return per_linear * arch.num_layers + moe * arch.moe_layers
+
+
 def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tuple[str, ...]) -> int:
     """Elements of the LoRA A and B matrices: rank × (in + out) per targeted linear, copies and layers.
 
@@ -289,6 +331,9 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
         raise InputError("no LoRA target modules given", field="lora.target_modules")
     if ALL_LINEAR in target_modules and peft_moe_params(arch):
         return _peft_moe_all_linear(arch, rank, chosen) + sum(rank * sum(outside[n]) for n in chosen_outside)
+    converted = _peft_moe_converted(arch, rank, tuple(target_modules), chosen)
+    if converted is not None:
+        return converted + sum(rank * sum(outside[n]) for n in chosen_outside)
     per_layer = sum(rank * (shapes[n][0] + shapes[n][1]) * shapes[n][2] for n in chosen)
     layers = per_layer * arch.num_layers
     if arch.is_moe and arch.dense_layers:   # leading dense layers: their own MLP shapes (no router, experts)

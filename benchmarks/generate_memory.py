@@ -35,6 +35,12 @@ MISTRAL = dict(model_type="mistral", hidden_size=256, intermediate_size=688, num
 GEMMA2 = dict(model_type="gemma2", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
               num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=8000,
               max_position_embeddings=4096, sliding_window=64)
+# Llama-4 text (issue 17, Z): three chunked-attention layers (cached as sliding windows of attention_chunk_size) and one
+# full layer
+LLAMA4 = dict(model_type="llama4_text", hidden_size=256, intermediate_size=344, intermediate_size_mlp=688,
+              num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=8000,
+              num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=1, attention_chunk_size=64,
+              max_position_embeddings=4096)
 
 # name, config, prompt tokens, new tokens, batch
 CASES = [
@@ -43,6 +49,8 @@ CASES = [
     ("mistral window 64, prompt 512 + 64", MISTRAL, 512, 64, 1),
     ("mistral window 64, prompt 32 + 224", MISTRAL, 32, 224, 1),
     ("gemma2 window 64, prompt 32 + 224", GEMMA2, 32, 224, 1),
+    ("llama4 chunk 64, prompt 512 + 64", LLAMA4, 512, 64, 1),
+    ("llama4 chunk 64, prompt 32 + 224", LLAMA4, 32, 224, 1),
 ]
 
 

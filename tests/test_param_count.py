@@ -237,6 +237,9 @@ def test_active_parameters_of_mixtral_from_real_experts():
 @pytest.mark.parametrize("name, total", [
     ("gpt2", 124_439_808), ("llama-2-7b", 6_738_415_616), ("mistral-7b-v0.1", 7_241_732_096),
     ("llama-3-8b", 8_030_261_248), ("mixtral-8x7b", 46_702_792_704), ("qwen2.5-7b", 7_615_616_512),
+    # Mistral-7B-v0.2 (mistralai/Mistral-7B-Instruct-v0.2 config.json) changes rope_theta, the window and the
+    # context of v0.1, not a shape (vocab 32000): v0.1's count; v0.3's 32768 vocab would add 768 x 4096 x 2
+    ("mistral-7b-v0.2", 7_241_732_096),
 ])
 def test_published_totals(name, total):
     assert count_parameters(architecture_from_hf_config(CATALOG[name])).total == total
@@ -321,7 +324,11 @@ def test_lora_mixtral_experts_count_every_expert():
     arch = _arch("mixtral-8x7b")
     per_expert = 16 * (4096 + 14336)
     assert lora_trainable_parameters(arch, 16, ("gate_proj",)) == per_expert * 8 * 32
-    assert lora_trainable_parameters(arch, 16, ("w1",)) == per_expert * 8 * 32   # Mixtral's own name
+    # Mixtral's own names are what PEFT 0.21 converts to transformers 5's fused experts (param_count
+    # _PEFT_MOE_CONVERTED): w1 + w3 one gate_up_proj adapter at rank 2r per expert, w1 alone refused as PEFT does
+    assert lora_trainable_parameters(arch, 16, ("w1", "w3")) == 8 * 2 * 16 * (4096 + 2 * 14336) * 32
+    with pytest.raises(InputError, match="without also targeting w3"):
+        lora_trainable_parameters(arch, 16, ("w1",))
 
 
 def test_lora_native_names_map_to_normalized():

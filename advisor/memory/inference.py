@@ -49,6 +49,11 @@ def moe_experts_transient(arch, batch: int, seq: int, dtype_bytes: int) -> int:
     gathered input with the gate/up output, activation and product (h + 4 i), or later the input, the down
     output, the weighted and the re-ordered rows (4 h), per row; plus a shared-experts MLP (3 × its width)."""
     S = batch * seq * max(arch.experts_per_token, 1)
+    if arch.family == "llama4_text":
+        # issue 17 (Z): Llama4TextMoe runs every expert on every token (modeling_llama4.py: routed_in =
+        # hidden_states.repeat(num_experts, 1) scaled by the router's scores; Llama4TextExperts: bmm over
+        # [E, N, h]): E x N rows, not top-k
+        S = batch * seq * max(arch.num_experts, 1)
     h, i = arch.hidden_size, arch.intermediate_size
     return (S * max(h + 4 * i, 4 * h) + batch * seq * 3 * arch.shared_expert_size) * dtype_bytes
 # -- end MLA block
@@ -72,6 +77,23 @@ def sliding_layers(arch) -> int:
     if family in ("mistral", "mixtral"):
         return n
     return 0
+
+
+def chunked_layers(arch) -> int:
+    """Decoder layers with chunked attention (Llama-4's ``chunked_attention`` layer type, ``attention_chunk_size``):
+    transformers 5 caches them like sliding-window layers (cache_utils.py ``DynamicCache``: a
+    ``DynamicSlidingWindowLayer`` of ``sliding_window = attention_chunk_size`` for a ``chunked_attention`` layer;
+    checked on a real Llama4 text model in tests/memory/test_inference_chunked.py)."""
+    if not getattr(arch, "attention_chunk_size", None):
+        return 0
+    return sum(1 for kind in arch.layer_kinds if kind.startswith("chunked_attention"))
+
+
+def windowed_peak_tokens(window: int, seq_len: int, prompt_len: int | None) -> int:
+    """Tokens per sequence a ``DynamicSlidingWindowLayer`` of ``window`` holds at its peak: max(prompt, window),
+    at most the sequence (see :func:`kv_cache_peak_tokens`)."""
+    prompt = min(prompt_len or seq_len, seq_len)
+    return min(seq_len, max(prompt, window))
 
 
 def kv_cache_peak_tokens(arch, seq_len: int, prompt_len: int | None) -> tuple[int, int]:
@@ -117,8 +139,8 @@ def transient_bytes(model: ResolvedModel, training: TrainingSpec, dtype_bytes: i
     # (transformers masking_utils: sdpa_mask / sliding_window_causal_mask).
     if training.attention == "eager":
         hidden += b * s * s * dtype_bytes
-    elif sliding_layers(a):
-        hidden += b * s * s
+    elif sliding_layers(a) or (chunked_layers(a) and s > a.attention_chunk_size):
+        hidden += b * s * s         # a chunked mask too, once the sequence exceeds a chunk (create_chunked_causal_mask)
     # generate() keeps logits of the last position only (logits_to_keep=1), upcast to fp32 for sampling.
     logits = 2 * b * a.vocab_size * 4
     return max(mlp, attn) + hidden + logits
@@ -132,9 +154,14 @@ def inference_layouts(model: ResolvedModel, counts: ParameterCounts, info: Model
     weights = weight_bytes_for_inference(model, counts, training)
     full_tokens, sliding_tokens = kv_cache_peak_tokens(a, training.seq_len, training.prompt_len)
     n_sliding = sliding_layers(a)
-    kv = (kv_cache_bytes(a.num_layers - n_sliding, a.num_key_value_heads, a.head_dim, full_tokens,
+    n_chunked = chunked_layers(a)       # Llama-4: cached like sliding layers with the chunk as window
+    chunk_tokens = windowed_peak_tokens(a.attention_chunk_size, training.seq_len, training.prompt_len) \
+        if n_chunked else 0
+    kv = (kv_cache_bytes(a.num_layers - n_sliding - n_chunked, a.num_key_value_heads, a.head_dim, full_tokens,
                          training.micro_batch_size, dtype_bytes)
           + kv_cache_bytes(n_sliding, a.num_key_value_heads, a.head_dim, sliding_tokens,
+                           training.micro_batch_size, dtype_bytes)
+          + kv_cache_bytes(n_chunked, a.num_key_value_heads, a.head_dim, chunk_tokens,
                            training.micro_batch_size, dtype_bytes))
     if a.kv_lora_rank:                                                # MLA: the compressed latent (A2)
         kv = mla_kv_cache_bytes(a, full_tokens, training.micro_batch_size, dtype_bytes)
@@ -173,6 +200,11 @@ def inference_layouts(model: ResolvedModel, counts: ParameterCounts, info: Model
                      f"({a.num_attention_heads} heads) in every layer at every step, counted in the transient")
     else:
         notes.append("KV cache = layers x 2 x kv_heads x head_dim x seq_len x batch x bytes")
+    if n_chunked:
+        prompt = "the prompt" if training.prompt_len else "the prompt (assumed the whole sequence: set prompt_len)"
+        notes.append(f"{n_chunked} of {a.num_layers} layers use {a.attention_chunk_size}-token chunked attention: "
+                     f"transformers caches them as sliding windows of the chunk size, max({prompt}, chunk) tokens "
+                     "at their peak")
     if n_sliding:
         prompt = "the prompt" if training.prompt_len else "the prompt (assumed the whole sequence: set prompt_len)"
         notes.append(f"{n_sliding} of {a.num_layers} layers use a {a.sliding_window}-token sliding window: their "

@@ -194,8 +194,17 @@ def _layer_list(model, n: int):
     return best
 
 
-def _apply_method(model, settings: TraceSettings, n_layers: int):
-    """Freeze / LoRA (PEFT, adapters in fp32 as ``autocast_adapter_dtype=True``, no dropout); full: as is."""
+def _apply_method(model, settings: TraceSettings, n_layers: int, prefix: bool = False):
+    """Freeze / LoRA (PEFT, adapters in fp32 as ``autocast_adapter_dtype=True``, no dropout); full: as is.
+
+    ``prefix``: ``model`` is the first layers of a model the targets matched (:func:`_trace_prefix`). There PEFT may
+    find none of them: DeepSeek-V3 / Qwen-MoE under PEFT 0.21 map ``gate_proj``/``up_proj``/``down_proj`` to the
+    routed experts' fused parameters (peft/utils/transformers_weight_conversion.py ``_convert_peft_config_moe``:
+    they leave ``target_modules`` for ``target_parameters``), so a prefix of dense layers has no adapter and PEFT
+    raises ``NoMatchingPeftModuleError``. That prefix is then what get_peft_model leaves of a layer it does not
+    adapt: every weight frozen, and, under gradient checkpointing, the embedding output requiring grad
+    (peft_model.py ``PeftModel.__init__`` -> ``_prepare_model_for_gradient_checkpointing``:
+    ``enable_input_require_grads``)."""
     if settings.method == "full":
         return model
     if settings.method == "freeze":
@@ -216,7 +225,34 @@ def _apply_method(model, settings: TraceSettings, n_layers: int):
     try:
         return get_peft_model(model, lcfg, low_cpu_mem_usage=True)
     except ValueError as exc:
+        if prefix and type(exc).__name__ == "NoMatchingPeftModuleError":
+            for p in model.parameters():
+                p.requires_grad_(False)
+            if getattr(model, "is_gradient_checkpointing", False):
+                model.enable_input_require_grads()
+            _grad_after_layers(model)
+            return model
         raise InputError(f"LoRA: {' '.join(str(exc).split())[:200]}", field="lora.target_modules") from None
+
+
+def _grad_after_layers(model) -> None:
+    """In the whole model an adapter above this prefix's layers makes their output require grad; the prefix has
+    none, so the final norm's input is made to (a forward pre-hook: ``detach().requires_grad_()``, an alias of
+    the same storage): what the final norm, the head and the loss save is then what they save in the whole
+    model, and layers without a graph (no checkpointing) save nothing, as there."""
+    import torch
+
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    norms = [getattr(dec, name, None) for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm")]
+    target = next((m for m in norms if isinstance(m, torch.nn.Module)), None) or model.get_output_embeddings()
+
+    def hook(_module, args):
+        x = args[0]
+        if torch.is_tensor(x) and x.is_floating_point() and not x.requires_grad:
+            return (x.detach().requires_grad_(True), *args[1:])
+        return None
+
+    target.register_forward_pre_hook(hook)
 
 
 # ---------------------------------------------------------------------------------------------------- params
@@ -454,7 +490,7 @@ def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) ->
             model = _instantiate(cfg, settings.attention, wdtype)
             if settings.checkpointing == "full":
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model = _apply_method(model, settings, k)
+            model = _apply_method(model, settings, k, prefix=True)
         _fakeify(model, fake)
     with fake, _fake_friendly(), cuda_semantics(low):
         if settings.method != "lora":
@@ -474,7 +510,8 @@ def _trace_prefix(config, k: int, settings: TraceSettings, want_events: bool) ->
             logits = out.logits.untyped_storage().nbytes()
             alloc._collect("forward-end")
             alloc.phase = "backward"
-            out.loss.backward()
+            if out.loss.requires_grad:        # a LoRA prefix without adapter and without checkpointing: no graph
+                out.loss.backward()
             alloc._collect("backward-end")
         grads = {StorageWeakRef(p.grad.untyped_storage()) for p in model.parameters() if p.grad is not None}
         grad_ids = {alloc.live[g][1] for g in grads if g in alloc.live}
@@ -514,6 +551,11 @@ def _trace_model(cfg: dict, settings: TraceSettings, source: str) -> TraceResult
     full = _apply_method(full, settings, n)
     params = _parameters(full, n, config)
     kinds = _kinds(_layer_list(full, n), _text_config(config))
+    # the first layer holding a trainable parameter: below it (a LoRA whose targets skip the first layers, e.g.
+    # DeepSeek-V3's dense layers under expert-only targets, see _apply_method) the layers have no adapter, and
+    # that first adapted layer's input needs no gradient, so it saves less than the later layers of its kind
+    first_trained = next((i for i, layer in enumerate(_layer_list(full, n))
+                          if any(p.requires_grad for p in layer.parameters())), 0)
     del full
 
     # the layer whose cost stands for its kind: the first at index >= 1; for a kind other than layer 0's, its
@@ -529,6 +571,9 @@ def _trace_model(cfg: dict, settings: TraceSettings, source: str) -> TraceResult
     if settings.method == "freeze":   # the trainable layers are the last ones: trace the whole depth's tail
         prefix = max(prefix, min(n, settings.freeze_trainable_layers + 1))
     lengths = sorted({prefix} | {j for j in rep.values()} | {j + 1 for j in rep.values()})
+    boundary = 0 < first_trained < prefix and settings.method == "lora"
+    if boundary:        # that layer measured on its own (traced[b + 1] - traced[b]), not as its kind's later layers
+        lengths = sorted(set(lengths) | {first_trained, first_trained + 1})
     if settings.method == "freeze":
         raise InputError("the tracer does not trace method=freeze yet", field="method")
     run = settings.model_copy(update={"attention": attention})
@@ -536,6 +581,9 @@ def _trace_model(cfg: dict, settings: TraceSettings, source: str) -> TraceResult
     cost = {kind: traced[j + 1].activations - traced[j].activations for kind, j in rep.items()}
     copies = {kind: traced[j + 1].weight_copies - traced[j].weight_copies for kind, j in rep.items()}
     per_layer = tuple(cost.get(kind, 0) for kind in kinds)
+    if boundary:
+        b = first_trained
+        per_layer = (*per_layer[:b], traced[b + 1].activations - traced[b].activations, *per_layer[b + 1:])
     top = traced[prefix]
     total = top.activations + sum(per_layer[prefix:])
     fixed = total - sum(per_layer)

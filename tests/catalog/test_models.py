@@ -25,7 +25,7 @@ from advisor.param_count import count_parameters
 
 REQUIRED = ["llama-2-7b", "llama-2-13b", "llama-2-70b", "llama-3-8b", "llama-3-70b", "llama-3.1-8b",
             "llama-3.1-70b", "llama-3.1-405b", "llama-3.2-1b", "llama-3.2-3b", "mistral-7b-v0.1",
-            "mistral-7b-v0.3", "mixtral-8x7b", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b",
+            "mistral-7b-v0.2", "mistral-7b-v0.3", "mixtral-8x7b", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b",
             "qwen2.5-14b", "qwen2.5-32b", "qwen2.5-72b", "gemma-2-2b", "gemma-2-9b", "gemma-2-27b", "phi-3-mini-4k",
             "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "opt-1.3b", "opt-6.7b", "falcon-7b", "bloom-7b1",
             "gpt-neox-20b"]
@@ -233,3 +233,14 @@ def test_resolving_imports_neither_torch_nor_transformers():
             "list_models(); resolve_model('7B'); resolve_model('5B'); resolve_model('llama-3-8b'); "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mistral_v0_2_is_its_own_entry():
+    # mistralai/Mistral-7B-Instruct-v0.2 config.json: the v0.1 shapes and 32000 vocab, no sliding window,
+    # rope_theta 1e6 (v0.3 has a 32768 vocab; v0.1 a 4096 window)
+    v2 = resolve_model("mistralai/Mistral-7B-Instruct-v0.2")
+    assert v2.name == "mistral-7b-v0.2"
+    a = v2.architecture
+    assert (a.vocab_size, a.sliding_window, a.max_position_embeddings) == (32000, None, 32768)
+    assert resolve_model("mistral-7b-v0.3").architecture.vocab_size == 32768
+    assert resolve_model("mistral-7b-v0.1").architecture.sliding_window == 4096

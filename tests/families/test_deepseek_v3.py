@@ -8,6 +8,7 @@ import pytest
 
 from advisor.hf_config import architecture_from_hf_config
 from advisor.memory.activations import activation_memory
+from advisor.param_count import lora_trainable_parameters
 from advisor.specs import LoraSpec, TrainingSpec
 
 # 4 layers: 1 dense (first_k_dense_replace) + 3 MoE; 8 experts in 4 groups, 2 groups kept, top-3
@@ -83,3 +84,65 @@ def test_full_checkpointing_keeps_one_causal_mask():
     est = activation_memory(arch, TrainingSpec(seq_len=SEQ, attention="eager", precision="fp32",
                                                activation_checkpointing="full"), "fp32")
     assert est.breakdown["attention_mask"] == SEQ * SEQ * 4            # dense and MoE layers share it
+
+
+def _peft_adapted(cfg: dict, targets) -> tuple[set[str], int]:
+    """What PEFT itself adapts on the real transformers model of ``cfg`` (built with from_config): the
+    adapted modules' names and the trainable elements."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(targets), task_type="CAUSAL_LM"))
+    adapted = {n.split(".lora_")[0].removeprefix("base_model.model.") for n, _ in model.named_parameters()
+               if ".lora_" in n}
+    return adapted, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("cfg", [DS, dict(DS, num_hidden_layers=5, first_k_dense_replace=3)])
+def test_lora_on_gate_and_up_traces_what_peft_adapts(cfg):
+    """--lora-targets gate_proj,up_proj on DeepSeek-V3: PEFT 0.21 maps gate_proj/up_proj to the routed experts'
+    fused gate_up_proj (target_parameters; peft/utils/transformers_weight_conversion.py _convert_peft_config_moe)
+    and adapts no nn.Linear, neither the dense layers' MLP nor the shared experts. The tracer's prefix models
+    (the first k layers) may hold only dense layers, where PEFT then finds no target at all: that prefix has no
+    adapter, it is not an error (the estimate was refused with PEFT's "No `target_modules` passed ...")."""
+    pytest.importorskip("peft")
+    from advisor.trace import TraceSettings, trace_model
+    from advisor.trace.tracer import trace_parameters
+
+    targets = ("gate_proj", "up_proj")
+    adapted, trainable = _peft_adapted(cfg, targets)
+    moe_layers = cfg["num_hidden_layers"] - cfg["first_k_dense_replace"]
+    assert adapted == {f"model.layers.{i}.mlp.experts" for i in range(cfg["first_k_dense_replace"],
+                                                                        cfg["num_hidden_layers"])}
+    settings = TraceSettings(seq_len=SEQ, mode="half-bf16", method="lora", lora_rank=8, lora_targets=targets)
+    assert trace_parameters(cfg, settings, use_cache=False).trainable == trainable
+    # the catalog's arithmetic (advisor.param_count) counts what PEFT builds: the fused gate_up_proj at rank 2r on
+    # the routed experts, no dense or shared-expert adapter (it counted per-expert linears and the dense MLPs)
+    assert lora_trainable_parameters(architecture_from_hf_config(cfg), 8, targets) == trainable
+    traced = trace_model(cfg, settings, use_cache=False)
+    dense = cfg["first_k_dense_replace"]
+    assert len(traced.saved_per_layer) == cfg["num_hidden_layers"] and moe_layers >= 1
+    assert traced.activations > 0 and traced.saved_fixed > 0
+    # the first adapted layer's input needs no gradient: it saves less than the MoE layers above it, all alike
+    assert traced.saved_per_layer[dense] < traced.saved_per_layer[dense + 1]
+    assert len(set(traced.saved_per_layer[dense + 1:])) == 1
+
+
+@pytest.mark.parametrize("targets", [("down_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj", "kv_b_proj")])
+def test_lora_on_expert_projections_counts_what_peft_builds(targets):
+    pytest.importorskip("peft")
+    _, trainable = _peft_adapted(DS, targets)
+    assert lora_trainable_parameters(architecture_from_hf_config(DS), 8, targets) == trainable
+
+
+def test_gate_proj_without_up_proj_is_refused_as_peft_refuses_it():
+    pytest.importorskip("peft")
+    from advisor.errors import InputError
+
+    with pytest.raises(ValueError, match="without also targeting up_proj"):
+        _peft_adapted(DS, ("gate_proj",))
+    with pytest.raises(InputError, match="without also targeting up_proj"):
+        lora_trainable_parameters(architecture_from_hf_config(DS), 8, ("gate_proj",))
