@@ -8,7 +8,9 @@ processes on the CPU wrap a small stack of linears with FSDP FULL_SHARD (``use_o
 per linear, accelerate's mixed-precision policy: ``param_dtype`` = ``reduce_dtype`` = bf16 over fp32
 parameters) and run one micro-batch inside ``model.no_sync()``; the bytes of every unit's ``flat_param.grad``
 are then compared with dsadvise's ``model_states.fsdp_no_sync_gradient_bytes`` for the same trainable
-parameters. The same run without mixed precision (fp32) is the second row. Prints one line per case.
+parameters. A second, synchronized micro-batch records each unit's new gradient as it reaches ``flat_param``
+with the accumulated one still alive (``sync_fresh_accumulated_distinct``). The same run without mixed
+precision (fp32) is the second row. Prints one line per case.
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ def _worker(precision: str, out_path: str) -> None:
     rec = {"grad_bytes": sum(g.numel() * g.element_size() for g in grads if g is not None),
            "shard_bytes": sum(m._handle.flat_param.numel() * 4 for m in FSDP.fsdp_modules(model) if m._handle is not None),
            "params": sum(i * o for i, o in zip(SIZES, SIZES[1:]))}
+    # The next (synchronized) micro-batch: each unit's new gradient reaches flat_param as a tensor of its own
+    # (a tensor hook on flat_param runs before AccumulateGrad adds it in place into .grad), so while it exists
+    # the gradient accumulated under no_sync is alive too: one layer's unsharded gradient more than that item.
+    fresh = []
+    for m in FSDP.fsdp_modules(model):
+        if m._handle is not None:
+            fp = m._handle.flat_param
+            fp.register_hook(lambda g, fp=fp: fresh.append(
+                [g.numel() * g.element_size(), 0 if fp.grad is None else fp.grad.numel() * fp.grad.element_size(),
+                 fp.grad is not None and fp.grad.data_ptr() != g.data_ptr()]) or g)
+    model(torch.randn(4, SIZES[0])).float().sum().backward()
+    rec["sync_fresh_accumulated_distinct"] = fresh
     if dist.get_rank() == 1:
         Path(out_path).write_text(json.dumps(rec))
     dist.barrier()

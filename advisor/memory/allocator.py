@@ -965,6 +965,25 @@ def _churn_stats(arch, trace_training, mode: str, ckpt: str, layers: int, layout
                     capacity=None if expandable else capacity)
 
 
+def oom_retry_reserved(limit: int, allocated: int) -> int:
+    """max_memory_reserved (bytes per GPU) of a step that is over ``limit`` with every cached block kept and
+    completes only through the caching allocator's OOM retry (both paths of :func:`gpu_allocation`): ``limit``
+    itself (or ``allocated``, were that above it).
+
+    CUDACachingAllocator ``malloc`` (c10/cuda/CUDACachingAllocator.cpp): ``alloc_block`` fails ->
+    ``release_cached_blocks`` -> ``release_blocks`` frees every free block with no ``prev``/``next`` (an unsplit
+    cached segment) -> ``alloc_block`` again (``release_available_cached_blocks`` first returns false under the
+    default ``max_split_size``). The retry comes at the first cudaMalloc that fails, with reserved anywhere
+    between the true free memory less that segment (up to the largest tensor's size, the fp32 logits here) and
+    the true free memory, which ``limit`` (the card less the CUDA context and NCCL) only estimates: a replay
+    capped at ``limit`` reserves what that exact capacity leaves and can be well below what the run reaches
+    (Llama-2-7B QLoRA, batch 12 x 2048 on one 26.49 GiB card: 24.47 GiB capped, limit 25.82 GiB). Only the limit
+    bounds max_memory_reserved from above (Answer.AI's Llama-2-7B / Mistral-7B QLoRA + CPU offload at 12 x 2048
+    on RTX 4090s under FSDP: 25.1 / 26.8 GiB simulated with every cached block kept, 22.38 / 22.54 measured,
+    22.78 the limit), so that bound is the estimate."""
+    return max(limit, allocated)
+
+
 def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool,
                    mode: str, tensor_bytes: int, limit: int | None = None, held_fp32: int = 0) -> GpuAllocation:
     """max_memory_allocated and max_memory_reserved (bytes per GPU) for an estimate whose tensors peak at
@@ -1002,8 +1021,9 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     retried = False
     if limit is not None and ps.peak_reserved + st.peak_reserved > limit and not expandable:
         # Over the card with every cached block kept: the real allocator then releases its unsplit cached
-        # segments and retries cudaMalloc. Replay with the capacity the step has; if that completes, its
-        # reserved peak (at most the capacity) is what the run reaches.
+        # segments and retries cudaMalloc. Replay with the capacity the step has, to know whether the step
+        # completes that way (else the estimate stays over the card: out of memory); reserved is then the limit
+        # (oom_retry_reserved), not the replay's own peak.
         capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved,
                               held_fp32=held_fp32, blas_workspace=ws)
         if not capped.oom:
@@ -1014,6 +1034,9 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     cached += ps.peak_reserved - ps.peak_allocated
     rounding, cached = max(rounding, 0), max(cached, 0)
     allocated = tensor_bytes + rounding + 2 * ws
+    if retried:
+        # the capped replay says the step completes; its own reserved peak is not the bound (oom_retry_reserved)
+        cached = oom_retry_reserved(limit, allocated) - allocated
     return GpuAllocation(allocated=allocated, reserved=allocated + cached, rounding=rounding, cached=cached,
                          simulated_layers=(n,), oom_retries=retried, workspaces=2 * ws)
 
@@ -1097,11 +1120,7 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     ``alloc_block`` fails -> ``release_cached_blocks`` -> ``release_blocks`` frees every free block with no
     ``prev``/``next`` -> ``alloc_block`` again; ``release_available_cached_blocks`` returns false under the
     default ``max_split_size``). The unshard pool is kept at its own peak (its cached blocks are released
-    too: an upper bound). ``reserved`` is then the limit itself: the failing cudaMalloc comes with reserved
-    anywhere above the capacity less that segment, and the capacity is what the true free memory sets, so
-    only the limit bounds max_memory_reserved from above (Answer.AI's Llama-2-7B / Mistral-7B QLoRA + CPU
-    offload at 12 x 2048 on RTX 4090s: 25.1 / 26.8 GiB simulated with every cached block kept, 22.38 / 22.54
-    measured, 22.78 the limit)."""
+    too: an upper bound). ``reserved`` is then the limit itself (:func:`oom_retry_reserved`)."""
     from .model_states import fsdp_shard_degree
 
     world = fsdp_shard_degree(strategy, hw)
@@ -1134,15 +1153,13 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
         capped = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
                                           arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
                                           limit - gp.peak_reserved)
-        # The retry happens at the first cudaMalloc that fails, with reserved anywhere between the capacity less
-        # that segment (here up to the fp32 logits' size) and the capacity, which the true free memory sets: the
-        # run's max_memory_reserved is bounded by the capacity only, and that bound is the estimate.
+        # reserved is then the limit (oom_retry_reserved), as on the other engines' path
         retried = not capped.oom
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
     init_peak = _fsdp_init_stats(units, world, sync, offload, loaded, n).peak_requested
     rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
     allocated = max(tensor_bytes, init_peak) + rounding + 2 * ws
-    reserved = max(limit if retried else st.peak_reserved + gp.peak_reserved, allocated)
+    reserved = oom_retry_reserved(limit, allocated) if retried else max(st.peak_reserved + gp.peak_reserved, allocated)
     return GpuAllocation(allocated=allocated, reserved=reserved, rounding=allocated - tensor_bytes - 2 * ws,
                          cached=reserved - allocated, simulated_layers=(n,), oom_retries=retried,
                          workspaces=2 * ws)

@@ -217,7 +217,10 @@ def fsdp_no_sync_gradient_bytes(trainable: int, training: TrainingSpec, strategy
     reduce-scatter when ``not state._sync_gradients``, leaving ``flat_param.grad`` unsharded). The gradient
     has the dtype the unsharded parameter computes in: accelerate's FSDP mixed-precision policy sets
     ``param_dtype`` (and ``reduce_dtype``) to the 16-bit type (utils/dataclasses.py ``set_mixed_precision``),
-    fp32 without mixed precision. With one shard (NO_SHARD) the gradient is whole anyway: nothing more."""
+    fp32 without mixed precision. With one shard (NO_SHARD) the gradient is whole anyway: nothing more.
+    The buffer "FSDP unsharded layer gradient" is counted beside it, not twice: from the second micro-batch on,
+    each layer's new gradient is a tensor of its own until AccumulateGrad adds it in place into this ``.grad``
+    (benchmarks/fsdp_no_sync.py records both alive at once)."""
     from ..batching import gradient_accumulation
 
     if strategy.backend != "fsdp" or fsdp_shard_degree(strategy, hw) <= 1 or not trainable:

@@ -424,3 +424,19 @@ def test_fsdp_run_over_the_card_with_cached_blocks_kept_fits_by_the_oom_retry():
     # batch 4 stays below the card: no retry, reserved below the bound
     small = estimate("llama-2-7b", gpus=2, gpu="rtx-4090", strategy="fsdp-full", micro_batch=4, **train)
     assert small.per_gpu.reserved < limit and not any("retries when cudaMalloc" in n for n in small.notes)
+
+
+def test_oom_retry_reserved_is_the_limit_on_every_engine_path():
+    """A run over the card with every cached block kept that completes by the allocator's OOM retry reports the
+    limit as max_memory_reserved on the non-FSDP path too, not the capped replay's own reserved peak (which was
+    24.47 GiB here: the real retry comes wherever the true free memory makes a cudaMalloc fail, so only the
+    limit bounds reserved; allocator.oom_retry_reserved, the rule the FSDP path uses as well)."""
+    from advisor.api import estimate
+
+    est = estimate("llama-2-7b", vram=26.5, method="qlora", precision="pure-bf16", micro_batch=12, seq_len=2048,
+                   checkpointing="full", loss="legacy-inline")
+    pg = est.per_gpu
+    assert est.strategy.backend != "fsdp" and any("retries when cudaMalloc fails" in n for n in est.notes)
+    limit = est.hardware.vram_bytes - pg.breakdown["CUDA context"]
+    assert pg.reserved == limit and pg.total == est.hardware.vram_bytes and est.fits
+    assert pg.breakdown["allocator: cached free blocks (reserved - allocated)"] == limit - pg.allocated

@@ -77,3 +77,29 @@ def test_fsdp_no_sync_gradients_are_formed_in_the_backward_not_kept_from_the_wra
     assert abs(sum(layout.grads_layer) * 32 - LLAMA2_7B * 2) <= 32
     # what stays persistent per layer is the sharded gradient only (plus the parameters' and states' own)
     assert sum(layout.persistent_layer) * 32 < ms.parameters + ms.gradients - LLAMA2_7B * 2 + ms.optimizer_states
+
+
+def test_fsdp_accumulation_keeps_the_layer_gradient_buffer_beside_the_no_sync_gradients():
+    # Not a double count: from the second micro-batch on, each layer's new unsharded gradient reaches
+    # flat_param as a tensor of its own and AccumulateGrad adds it in place into the no_sync .grad, so at the
+    # backward's first layer (activations all held) the N accumulated layer gradients and that new one are
+    # alive together (recorded: benchmarks/fsdp_no_sync.py, sync_fresh_accumulated_distinct). Llama-2-7B: one
+    # layer's 202,383,360 parameters in bf16, 386 MiB, on top of the whole model's.
+    from advisor.api import estimate
+    from advisor.memory.model_states import FSDP_NO_SYNC_GRADIENTS
+
+    two = estimate("llama-2-7b", strategy="fsdp-full", global_batch=16, **KW).per_gpu
+    assert two.breakdown[FSDP_NO_SYNC_GRADIENTS] == LLAMA2_7B * 2
+    assert two.breakdown["FSDP unsharded layer gradient"] == 202_383_360 * 2
+
+
+@pytest.mark.slow
+def test_real_fsdp_new_gradient_is_alive_beside_the_accumulated_one():
+    # The synchronized micro-batch after one under no_sync: every unit's new gradient (bf16, unsharded) exists
+    # beside its accumulated flat_param.grad, in a storage of its own.
+    from benchmarks.fsdp_no_sync import record
+
+    rec = record("bf16", port=29653)
+    fresh = rec["sync_fresh_accumulated_distinct"]
+    assert len(fresh) == 3 and sum(f[0] for f in fresh) == rec["params"] * 2
+    assert all(new == acc and distinct for new, acc, distinct in fresh)
