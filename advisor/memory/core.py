@@ -14,7 +14,7 @@ from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, comp
 from .buffers import buffer_bytes
 from .bytes_per_param import state_bytes
 from .model_states import model_states
-from .overhead import overhead_defaults
+from .overhead import nccl_communicators, nccl_nvls_bytes_per_communicator, overhead_defaults
 from .allocator import gpu_allocation
 from .peak import ActivationTerms, StepPeak, gradients_formed_in_backward, step_peak
 
@@ -69,6 +69,9 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         return inference_layouts(model, counts, info, hw, training, strategy, ov)
 
     sb = state_bytes(training, strategy)
+    # NCCL's NVLink-SHARP buffers: per communicator, on NVSwitch H100/H200 nodes (advisor/memory/overhead.py)
+    comms = nccl_communicators(strategy)
+    nvls = comms * nccl_nvls_bytes_per_communicator(hw)
     ms = model_states(arch, counts, trainable, sb, training, strategy, hw)
     mode = activation_mode(training, strategy)
     act = activation_memory(arch, training, mode)
@@ -95,7 +98,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     gpu = gpu_allocation(arch, training, strategy, hw, ms, buffers,
                          gradients_formed_in_backward(training, strategy, hw), mode,
                          tensor_bytes,
-                         limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0),
+                         limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0)
+                         - nvls,
                          held_fp32=held_fp32)
     gpu, zero3_loading = _zero3_loading_floor(arch, counts, training, strategy, hw, gpu)   # issue 17 (G2): QLoRA + ZeRO-3
     overhead_parts = {"CUDA context": ov.cuda_context_bytes,
@@ -105,6 +109,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                       "allocator: cached free blocks (reserved - allocated)": gpu.cached}
     if hw.world_size > 1:
         overhead_parts["NCCL communicators"] = ov.nccl_bytes
+        overhead_parts[f"NCCL NVLS buffers ({comms} communicator{'s' if comms > 1 else ''})"] = nvls
     overhead = sum(overhead_parts.values())
     total = tensor_bytes + overhead
 
@@ -137,6 +142,11 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
+    if nvls:
+        notes.append(f"NCCL NVLink-SHARP buffers: {nvls / 2**20:.0f} MiB per GPU, {comms} communicator"
+                     f"{'s' if comms > 1 else ''} x 16 channels x 2 x 1 MiB x {hw.gpus_per_node} local ranks "
+                     f"(NCCL >= 2.22 on an NVSwitch {hw.gpu.name} node; 2.18-2.20, the torch 2.1-2.4 wheels, map "
+                     f"16+ channels x 2 x 6 MiB, 1.5 GiB per communicator at 8 GPUs); NCCL_NVLS_ENABLE=0 removes them")
     replayed = not arch.traced and arch.family in REPLAYED_FAMILIES   # else model.note says it is traced
     if replayed and "outside_layers" in act.breakdown:
         # a replayed family whose replay declines this run (Family.replay_covers; issue 14, A2)

@@ -23,3 +23,40 @@ def overhead_defaults() -> Overhead:
     return Overhead(cuda_context_bytes=int(d["gpu"]["cuda_context_bytes"]), nccl_bytes=int(d["gpu"]["nccl_bytes"]),
                     allocator_fragmentation_fraction=float(d["gpu"]["allocator_fragmentation_fraction"]),
                     cpu_per_process_bytes=int(d["cpu"]["per_process_bytes"]))
+
+
+@dataclass(frozen=True)
+class NvlsBuffers:
+    gpus: frozenset[str]
+    min_gpus_per_node: int
+    channels: int
+    bytes_per_channel_per_rank: int
+
+
+@lru_cache(maxsize=1)
+def _nvls() -> NvlsBuffers:
+    d = load_data("overhead.yaml")["gpu"]["nccl_nvls"]
+    return NvlsBuffers(gpus=frozenset(d["gpus"]), min_gpus_per_node=int(d["min_gpus_per_node"]),
+                       channels=int(d["channels"]), bytes_per_channel_per_rank=int(d["bytes_per_channel_per_rank"]))
+
+
+def nccl_communicators(strategy) -> int:
+    """NCCL communicators a rank of a data-parallel run talks over.
+
+    ZeRO-3: two, ``zero.Init`` gathers over torch's world group and DeepSpeed's optimizer reduces over its clone
+    (``groups._clone_world_group``; benchmarks/zero3_process_groups.py on the real engine). DDP and FSDP talk over
+    the world group (their ``process_group`` default); ZeRO-1/2 are counted as one, not checked on the engine.
+    """
+    return 2 if strategy.backend == "deepspeed" and strategy.zero_stage == 3 else 1
+
+
+def nccl_nvls_bytes_per_communicator(hw) -> int:
+    """NCCL's NVLink-SHARP buffers of one communicator on one GPU, 0 where NCCL does not set them up.
+
+    Only on the NVSwitch GPUs of ``overhead.yaml`` (``nccl_nvls.gpus``), more GPUs per node than a board without
+    NVSwitch has, one node (see overhead.yaml for the versions).
+    """
+    n = _nvls()
+    if hw.gpu is None or hw.gpu.name not in n.gpus or hw.nodes != 1 or hw.gpus_per_node < n.min_gpus_per_node:
+        return 0
+    return n.channels * n.bytes_per_channel_per_rank * hw.gpus_per_node
