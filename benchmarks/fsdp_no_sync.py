@@ -16,13 +16,12 @@ precision (fp32) is the second row. Prints one line per case.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness.launch import run_ranks  # noqa: E402
 
 SIZES = (512, 1024, 768, 512)        # a stack of linears, one FSDP unit each
 
@@ -67,20 +66,7 @@ def _worker(precision: str, out_path: str) -> None:
 def record(precision: str, port: int = 29641) -> dict:
     """Rank 1's gradient bytes after one micro-batch under ``no_sync`` (``grad_bytes``), its fp32 shard bytes
     (``shard_bytes``) and the model's parameter count (``params``)."""
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "rec.json")
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", precision, out],
-                                  env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(2)]
-        try:
-            rcs = [p.wait(timeout=300) for p in procs]
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise SystemExit("the run did not finish in 5 minutes (a worker failed and the other waits?)")
-        if any(rcs):
-            raise SystemExit(f"workers failed: {rcs}")
-        return json.loads(Path(out).read_text())
+    return run_ranks(__file__, [precision], port=port, timeout=300, what="run")
 
 
 def built(precision: str, params: int) -> int:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness.launch import run_ranks  # noqa: E402
 
 
 SENTINEL = 123_457       # bytes of a marker tensor allocated right after the forward
@@ -113,20 +112,7 @@ def _worker(layers: int, reentrant: bool, out_path: str) -> None:
 
 def record(layers: int = 6, reentrant: bool = True, port: int = 29661) -> dict:
     """Rank 1's most units unsharded at once, per phase and kind (``peak``), and how many units of each kind."""
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "rec.json")
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(layers), str(int(reentrant)), out],
-                                  env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(2)]
-        try:
-            rcs = [p.wait(timeout=300) for p in procs]
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise SystemExit("the step did not finish in 5 minutes (a worker failed and the other waits?)")
-        if any(rcs):
-            raise SystemExit(f"workers failed: {rcs}")
-        return json.loads(Path(out).read_text())
+    return run_ranks(__file__, [str(layers), str(int(reentrant))], port=port, timeout=300, what="step")
 
 
 def main() -> None:

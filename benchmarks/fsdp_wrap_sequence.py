@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness.launch import run_ranks  # noqa: E402
 
 MIB = 2 ** 20
 # Llama-2-7B (meta-llama/Llama-2-7b-hf config.json)
@@ -152,22 +151,8 @@ def _worker(method: str, layers: int, lora_rank: int, out_path: str, shape: dict
 def record(method: str, layers: int, lora_rank: int = 64, port: int = 29631, shape: dict | None = None) -> dict:
     """Rank 1's allocation events of the wrap and the units FSDP built, in the order it wrapped them (bytes of each
     tensor). ``shape``: LlamaConfig fields that replace Llama-2-7B's."""
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "seq.json")
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
-                   OMP_NUM_THREADS="1")
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", method, str(layers), str(lora_rank), out,
-                                   json.dumps(shape or {})],
-                                  env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(2)]
-        try:
-            rcs = [p.wait(timeout=600) for p in procs]
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise SystemExit("the wrap did not finish in 10 minutes (a worker failed and the other waits?)")
-        if any(rcs):
-            raise SystemExit(f"workers failed: {rcs}")
-        return json.loads(Path(out).read_text())
+    return run_ranks(__file__, [method, str(layers), str(lora_rank), json.dumps(shape or {})], port=port, timeout=600,
+                     what="wrap")
 
 
 def compare(rec: dict):
@@ -182,7 +167,7 @@ def compare(rec: dict):
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6]))
+        _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[6], json.loads(sys.argv[5]))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", default="qlora", choices=["qlora", "lora"])
