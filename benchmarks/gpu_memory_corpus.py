@@ -40,7 +40,9 @@ def kwargs(p: dict) -> dict:
               checkpointing=p.get("checkpointing", "none"), loss=p.get("loss", "plain"),
               loss_chunks=p.get("loss_chunks", 8), double_quant=p.get("double_quant", True),
               attention=p.get("attention", "sdpa"), global_batch=p.get("global_batch"),
-              bucket_sizes=p.get("bucket_sizes", "auto"))
+              bucket_sizes=p.get("bucket_sizes", "auto"),
+              # issue 17 (helper T): the software stack the point's sources support (advisor/data/stacks.yaml)
+              torch_version=p.get("torch_version"), transformers_version=p.get("transformers_version"))
     if p["method"] in ("lora", "qlora"):
         kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]), lora_dropout=p.get("lora_dropout", 0.0))
     if p.get("offload", "none") != "none":
@@ -67,7 +69,8 @@ def after_wrap_reserved(p: dict, est) -> int | None:
                               lora_targets=kw.get("lora_targets", ("all-linear",)),
                               lora_dropout=kw.get("lora_dropout", 0.0), checkpointing=kw["checkpointing"],
                               attention=kw["attention"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
-                              double_quant=kw["double_quant"])
+                              double_quant=kw["double_quant"], torch_version=kw["torch_version"],
+                              transformers_version=kw["transformers_version"])
     strategy = build_strategy(hw, kw["strategy"], kw.get("offload_optimizer", "none"), kw.get("offload_param", "none"),
                               kw["bucket_sizes"])
     st = fsdp_after_wrap(resolve_model(p["model"]).architecture, training, strategy, hw, est.per_gpu.parameters)

@@ -90,7 +90,8 @@ def plan(args):
                     freeze_layers=kw["freeze_layers"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
                     offload_activations=kw["offload_activations"], expandable_segments=kw["expandable_segments"],
                     double_quant=kw["double_quant"], lora_dropout=kw["lora_dropout"],
-                    tiled_mlp=kw["tiled_mlp"])   # issue 15 (helper T)
+                    tiled_mlp=kw["tiled_mlp"],   # issue 15 (helper T)
+                    torch_version=kw["torch_version"], transformers_version=kw["transformers_version"])  # issue 17
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
     if args.strategy is not None:
@@ -127,7 +128,8 @@ def plan(args):
                               freeze_layers=kw["freeze_layers"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
                               offload_activations=kw["offload_activations"],
                               expandable_segments=kw["expandable_segments"], double_quant=kw["double_quant"],
-                              lora_dropout=kw["lora_dropout"], tiled_mlp=kw["tiled_mlp"])
+                              lora_dropout=kw["lora_dropout"], tiled_mlp=kw["tiled_mlp"],
+                              torch_version=kw["torch_version"], transformers_version=kw["transformers_version"])
     strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
                               tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout
                               dp_replicate_size=r.dp_replicate_size, fsdp_version=r.fsdp_version)

@@ -124,4 +124,40 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             largest_unit = max(root * gathered_b, layer_bytes)
             out["FSDP shard copied to the GPU before each all-gather (pre-unshard stream)"] = \
                 -(-largest_unit // shards)
+    out.update(stack_buffer_bytes(arch, training, strategy))    # issue 17 (helper T): the stated transformers
     return {k: int(v) for k, v in out.items() if v}
+
+
+# issue 17 (helper T): buffers an old transformers' model holds (advisor/data/stacks.yaml)
+ROTARY_CACHES_BUFFER = "per-layer rotary caches"   # the name's prefix; advisor.memory.allocator places them
+
+
+def rotary_cache_bytes(arch, training: TrainingSpec, strategy: StrategySpec) -> tuple[int, int]:
+    """(bytes per decoder layer when the engine takes the model, bytes per layer through training) of the
+    per-layer rotary cos/sin caches the stated transformers builds (advisor.stacks.rotary_caches); (0, 0) where it
+    builds none. Built in torch's default dtype, counted fp32 (4 bytes: from_pretrained(torch_dtype=16-bit) would
+    halve them, dsadvise cannot tell); FSDP (v1) under accelerate's MixedPrecision(buffer_dtype=16-bit) (mixed
+    fp16/bf16) casts every buffer to it at the root's lazy init (torch/distributed/fsdp/_runtime_utils.py
+    _lazy_init -> _cast_buffers_to_dtype_and_device; torch 2.0 ... 2.13). DeepSpeed 0.19.8 keeps buffers as loaded
+    (engine.py _configure_distributed_model: parameters only), FSDP2 has no buffer dtype: fp32 kept."""
+    from ..stacks import rotary_caches
+
+    caches = rotary_caches(arch, training.transformers_version)
+    if caches is None:
+        return 0, 0
+    at_wrap = caches.elements_per_layer * 4
+    cast = (strategy.backend == "fsdp" and getattr(strategy, "fsdp_version", 1) == 1
+            and training.precision in ("fp16", "bf16"))
+    return at_wrap, caches.elements_per_layer * 2 if cast else at_wrap
+
+
+def stack_buffer_bytes(arch, training: TrainingSpec, strategy: StrategySpec) -> dict[str, int]:
+    """Named GPU buffers (bytes per GPU through training) the models of the stated transformers version hold
+    beyond dsadvise's default: every decoder layer's rotary cos/sin caches (transformers 4.30-4.40 llama, 4.34-4.41
+    mistral), whole on every GPU (buffers are not sharded by ZeRO-3 or FSDP)."""
+    _, per_layer = rotary_cache_bytes(arch, training, strategy)
+    if not per_layer:
+        return {}
+    dtype = "fp32" if per_layer == 2 * arch.max_position_embeddings * arch.head_dim * 4 else "16-bit"
+    return {f"{ROTARY_CACHES_BUFFER} (cos/sin, transformers {training.transformers_version}, {dtype})":
+            per_layer * arch.num_layers}
