@@ -66,7 +66,12 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     ov = overhead_defaults()
     if training.task == "infer":
         from .inference import inference_layouts   # here: a training estimate imports no inference code
-        return inference_layouts(model, counts, info, hw, training, strategy, ov)
+        est = inference_layouts(model, counts, info, hw, training, strategy, ov)
+        if training.torch_version or training.transformers_version:   # issue 17 (helper T): said, not applied
+            est = est.model_copy(update={"notes": list(est.notes) + [
+                "--torch-version / --transformers-version are applied to training estimates only (an old "
+                "transformers' per-layer rotary caches are not counted here)"]})
+        return est
 
     sb = state_bytes(training, strategy)
     # NCCL's NVLink-SHARP buffers: per communicator, on NVSwitch H100/H200 nodes (advisor/memory/overhead.py)
