@@ -136,8 +136,10 @@ def rotary_cache_bytes(arch, training: TrainingSpec, strategy: StrategySpec) -> 
     """(bytes per decoder layer when the engine takes the model, bytes per layer through training) of the
     per-layer rotary cos/sin caches the stated transformers builds (advisor.stacks.rotary_caches); (0, 0) where it
     builds none. Built in torch's default dtype, counted fp32 (4 bytes: from_pretrained(torch_dtype=16-bit) would
-    halve them, dsadvise cannot tell); FSDP (v1) under accelerate's MixedPrecision(buffer_dtype=16-bit) (mixed
-    fp16/bf16) casts every buffer to it at the root's lazy init (torch/distributed/fsdp/_runtime_utils.py
+    halve them, dsadvise cannot tell); FSDP (v1) under accelerate's mixed fp16/bf16 has
+    MixedPrecision(buffer_dtype=the 16-bit dtype) (accelerate utils/dataclasses.py
+    FullyShardedDataParallelPlugin.set_mixed_precision, 0.28.0 and 1.15: buffer_dtype = dtype unless buffer_autocast)
+    and casts every buffer to it at the root's lazy init (torch/distributed/fsdp/_runtime_utils.py
     _lazy_init -> _cast_buffers_to_dtype_and_device; torch 2.0 ... 2.13). DeepSpeed 0.19.8 keeps buffers as loaded
     (engine.py _configure_distributed_model: parameters only), FSDP2 has no buffer dtype: fp32 kept."""
     from ..stacks import rotary_caches
