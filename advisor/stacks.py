@@ -119,9 +119,21 @@ def rotary_caches(arch, transformers_version: str | None) -> RotaryCaches | None
                         elements_per_layer=2 * arch.max_position_embeddings * arch.head_dim)
 
 
-def not_counted(arch, transformers_version: str | None) -> list[str]:
-    """What that transformers does to memory for ``arch``'s family that dsadvise read but does not count."""
+def causal_mask_buffer(arch, transformers_version: str | None) -> bool:
+    """True when that transformers' model of ``arch``'s family registers a max_pos x max_pos bool ``causal_mask``
+    buffer and builds a (batch, 1, max_pos, max_pos) mask from it every forward (llama 4.38, stacks.yaml
+    ``causal_mask``); False without a version."""
+    if transformers_version is None:
+        return False
+    entry = _table()["transformers"].get("causal_mask", {}).get(arch.family)
+    return entry is not None and _within(entry, _minor(normalize_version("transformers", transformers_version)))
+
+
+def not_counted(arch, transformers_version: str | None, attention: str | None = None) -> list[str]:
+    """What that transformers does to memory for ``arch``'s family (under ``attention``, where an entry names the
+    attention implementations it concerns) that dsadvise read but does not count."""
     if transformers_version is None:
         return []
     v = _minor(normalize_version("transformers", transformers_version))
-    return [e["what"] for e in _table()["transformers"].get("not_counted", {}).get(arch.family, []) if _within(e, v)]
+    return [e["what"] for e in _table()["transformers"].get("not_counted", {}).get(arch.family, [])
+            if _within(e, v) and (attention is None or attention in e.get("attention", (attention,)))]

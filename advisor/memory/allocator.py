@@ -429,6 +429,8 @@ def step_events(activation_events: list[tuple[str, object, int]], layers: int, l
 # buckets allocated once.
 AUTOCAST_COPIES_BUFFER = "autocast 16-bit weight copies"      # advisor.memory.core's buffer name
 ROTARY_CACHES = "per-layer rotary caches"      # advisor.memory.buffers.ROTARY_CACHES_BUFFER (issue 17, helper T)
+# the buffers FSDP moves with their module's unit (advisor.memory.buffers: ROTARY_CACHES_BUFFER, CAUSAL_MASK_BUFFER)
+_MODULE_BUFFERS = (ROTARY_CACHES, "LlamaModel.causal_mask buffer")
 _PER_LAYER_BUFFERS = (AUTOCAST_COPIES_BUFFER, "DDP reducer buckets", "whole model",
                       "mixed-precision parameter copy", ROTARY_CACHES)
 
@@ -880,15 +882,18 @@ def _fsdp_unit_buffers(arch, training, strategy, units) -> tuple[tuple, tuple]:
     cast them at the first forward, empty where it does not) for the buffers an old transformers' decoder layers
     own (advisor.memory.buffers.rotary_cache_bytes: cos and sin, half each). Only the decoder layers' units hold
     them (their adapters' units come first in each layer's group, :func:`_fsdp_units`)."""
-    from .buffers import rotary_cache_bytes
+    from .buffers import causal_mask_buffer_bytes, rotary_cache_bytes
 
     at_wrap, steady = rotary_cache_bytes(arch, training, strategy)
-    if not at_wrap:
+    mask = causal_mask_buffer_bytes(arch, training)       # the model's own buffer: the root unit's (wrapped last)
+    if not at_wrap and not mask:
         return (), ()
     group = (len(units) - 1) // max(arch.num_layers, 1)     # a layer's adapter units and the layer itself
-    layer_unit = {g * group + group - 1 for g in range(arch.num_layers)}
-    wrap = tuple((at_wrap // 2, at_wrap - at_wrap // 2) if u in layer_unit else () for u in range(len(units)))
-    cast = () if steady == at_wrap else tuple(
+    layer_unit = {g * group + group - 1 for g in range(arch.num_layers)} if at_wrap else set()
+    root = {len(units) - 1: (mask,)} if mask else {}
+    wrap = tuple((at_wrap // 2, at_wrap - at_wrap // 2) if u in layer_unit else root.get(u, ())
+                 for u in range(len(units)))
+    cast = () if steady == at_wrap else tuple(      # the bool mask is not floating: FSDP does not cast it
         (steady // 2, steady - steady // 2) if u in layer_unit else () for u in range(len(units)))
     return wrap, cast
 
@@ -1168,7 +1173,7 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     world = fsdp_shard_degree(strategy, hw)
     gathered = {k: v for k, v in buffers.items() if k.startswith(_UNSHARD_STREAM_BUFFERS)}
     # issue 17 (helper T): the decoder layers' own buffers reach the GPU with their units (fsdp_init_events)
-    others = {k: v for k, v in buffers.items() if k not in gathered and not k.startswith(ROTARY_CACHES)}
+    others = {k: v for k, v in buffers.items() if k not in gathered and not k.startswith(_MODULE_BUFFERS)}
     rest = state_layout(arch, training, strategy, hw, replace(ms, parameters=0), others, formed_in_backward, n)
     units, sync, offload, loaded, unsharded = _fsdp_wrap_inputs(arch, training, strategy, hw, ms.parameters)
     unit_buffers, cast_buffers = _fsdp_unit_buffers(arch, training, strategy, units)

@@ -153,13 +153,47 @@ def rotary_cache_bytes(arch, training: TrainingSpec, strategy: StrategySpec) -> 
     return at_wrap, caches.elements_per_layer * 2 if cast else at_wrap
 
 
+CAUSAL_MASK_BUFFER = "LlamaModel.causal_mask buffer"    # the name's prefix; advisor.memory.allocator places it
+CAUSAL_MASK_4D = "4D causal mask built each forward"
+
+
+def causal_mask_buffer_bytes(arch, training: TrainingSpec) -> int:
+    """Bytes of transformers 4.38's ``LlamaModel.causal_mask``: max_pos x max_pos bool, one byte each (0 where the
+    stated version has none; advisor.stacks.causal_mask_buffer). Not floating: no engine casts it."""
+    from ..stacks import causal_mask_buffer
+
+    return arch.max_position_embeddings ** 2 if causal_mask_buffer(arch, training.transformers_version) else 0
+
+
+def _embedding_output_bytes(training: TrainingSpec, strategy: StrategySpec) -> int:
+    """Bytes per element of ``inputs_embeds`` (the embedding's weight dtype as the forward sees it; embedding is not
+    an autocast op): 4 with fp32 weights (fp32, or mixed fp16/bf16 full/freeze fine-tuning on one GPU / DDP, whose
+    weights are fp32 under autocast), 2 otherwise (FSDP's 16-bit gathered parameters, DeepSpeed's 16-bit module,
+    a LoRA/QLoRA base counted 16-bit, pure bf16)."""
+    if training.precision == "fp32":
+        return 4
+    if training.precision == "pure-bf16" or strategy.backend in ("fsdp", "deepspeed") \
+            or training.method in ("lora", "qlora"):
+        return 2
+    return 4
+
+
 def stack_buffer_bytes(arch, training: TrainingSpec, strategy: StrategySpec) -> dict[str, int]:
     """Named GPU buffers (bytes per GPU through training) the models of the stated transformers version hold
     beyond dsadvise's default: every decoder layer's rotary cos/sin caches (transformers 4.30-4.40 llama, 4.34-4.41
-    mistral), whole on every GPU (buffers are not sharded by ZeRO-3 or FSDP)."""
+    mistral), whole on every GPU (buffers are not sharded by ZeRO-3 or FSDP); transformers 4.38's
+    ``LlamaModel.causal_mask`` and, except under flash attention, the (batch, 1, max_pos, max_pos) mask
+    ``_update_causal_mask`` builds from it each forward in the embeddings' dtype, held through forward and backward
+    (every layer's input; counted as held through the step)."""
+    out: dict[str, int] = {}
+    v = training.transformers_version
     _, per_layer = rotary_cache_bytes(arch, training, strategy)
-    if not per_layer:
-        return {}
-    dtype = "fp32" if per_layer == 2 * arch.max_position_embeddings * arch.head_dim * 4 else "16-bit"
-    return {f"{ROTARY_CACHES_BUFFER} (cos/sin, transformers {training.transformers_version}, {dtype})":
-            per_layer * arch.num_layers}
+    if per_layer:
+        dtype = "fp32" if per_layer == 2 * arch.max_position_embeddings * arch.head_dim * 4 else "16-bit"
+        out[f"{ROTARY_CACHES_BUFFER} (cos/sin, transformers {v}, {dtype})"] = per_layer * arch.num_layers
+    if mask := causal_mask_buffer_bytes(arch, training):
+        out[f"{CAUSAL_MASK_BUFFER} (max_pos^2 bool, transformers {v})"] = mask
+        if training.attention != "flash":
+            out[f"{CAUSAL_MASK_4D} (batch x max_pos^2, transformers {v})"] = \
+                training.micro_batch_size * mask * _embedding_output_bytes(training, strategy)
+    return out

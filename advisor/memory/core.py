@@ -228,7 +228,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
 def stack_notes(arch, training: TrainingSpec, strategy: StrategySpec) -> list[str]:
     """What the stated --transformers-version changes in this estimate, and what of it is not counted
     (advisor/data/stacks.yaml); nothing without a version."""
-    from ..stacks import inline_fp32_loss, not_counted, rotary_caches
+    from ..stacks import causal_mask_buffer, inline_fp32_loss, not_counted, rotary_caches
     from .buffers import rotary_cache_bytes
 
     v = training.transformers_version
@@ -247,7 +247,12 @@ def stack_notes(arch, training: TrainingSpec, strategy: StrategySpec) -> list[st
     if inline_fp32_loss(v) and training.loss != "legacy-inline":
         out.append(f"transformers {v} computes the loss inside the model on fp32 logits (--loss legacy-inline); "
                    f"this estimate uses --loss {training.loss} as given")
-    out += [f"transformers {v}: not counted: {what}" for what in not_counted(arch, v)]
+    if causal_mask_buffer(arch, v):
+        built = ("and builds a (batch, 1, max_pos, max_pos) mask from it each forward, counted held through the step"
+                 if training.attention != "flash" else "(flash attention: no 4D mask is built from it)")
+        out.append(f"transformers {v}: LlamaModel registers a {arch.max_position_embeddings}^2 bool causal_mask "
+                   f"buffer {built}")
+    out += [f"transformers {v}: not counted: {what}" for what in not_counted(arch, v, training.attention)]
     return out
 
 

@@ -124,3 +124,29 @@ def test_versions_are_dumped_only_when_given():
     assert "torch_version" not in build_training(hw).model_dump()
     dumped = build_training(hw, torch_version="2.2.1+cu121", transformers_version="4.39.0.dev0").model_dump()
     assert (dumped["torch_version"], dumped["transformers_version"]) == ("2.2", "4.39")
+
+
+def test_transformers_4_38_causal_mask_buffer_and_its_4d_mask():
+    # 4.38.2 LlamaModel: causal_mask = triu(full((4096, 4096), True)): 16 MiB of bool; _update_causal_mask builds
+    # (batch, 1, 4096, 4096) in the embeddings' dtype (bf16 here) each forward except under flash attention
+    def items(est):
+        return {k.split(" (")[0]: v for k, v in est.per_gpu.breakdown.items() if "causal" in k}
+
+    sdpa = estimate("llama-2-7b", transformers_version="4.38", **dict(QLORA_7B, micro_batch=2))
+    assert items(sdpa) == {"LlamaModel.causal_mask buffer": 4096 * 4096,
+                           "4D causal mask built each forward": 2 * 4096 * 4096 * 2}
+    assert any("not counted: the per-layer copy" in n for n in sdpa.notes)
+    flash = estimate("llama-2-70b", transformers_version="4.38", **LORA_70B_Z3)
+    assert items(flash) == {"LlamaModel.causal_mask buffer": 4096 * 4096}
+    assert not any("not counted" in n for n in flash.notes)
+    assert items(estimate("llama-2-7b", transformers_version="4.39", **QLORA_7B)) == {}
+    assert items(estimate("mistral-7b-v0.2", transformers_version="4.38", **QLORA_7B)) == {}
+    # FSDP moves the model's own buffer with the root unit: after the wrap it is there with the layers' caches
+    arch = resolve_model("llama-2-7b").architecture
+    hw = build_hardware(2, 1, None, "rtx-3090", None, None, None)
+    base = dict(seq_len=512, micro_batch=1, precision="pure-bf16", method="qlora", lora_rank=64,
+                lora_targets=("all-linear",), checkpointing="full", loss="legacy-inline")
+    params = estimate("llama-2-7b", **QLORA_7B).per_gpu.parameters
+    wraps = [A.fsdp_after_wrap(arch, build_training(hw, transformers_version=v, **base), build_strategy(hw, "fsdp-full"),
+                               hw, params).peak_allocated for v in ("4.38", None)]
+    assert wraps[0] - wraps[1] == 2 * 4096 * 128 * 4 * 32 + 4096 * 4096
