@@ -252,6 +252,10 @@ def stack_notes(arch, training: TrainingSpec, strategy: StrategySpec) -> list[st
                  if training.attention != "flash" else "(flash attention: no 4D mask is built from it)")
         out.append(f"transformers {v}: LlamaModel registers a {arch.max_position_embeddings}^2 bool causal_mask "
                    f"buffer {built}")
+    if caches is not None and strategy.backend == "ddp":
+        out.append(f"transformers {v}: not counted: torch DDP broadcasts every buffer from rank 0 at each forward "
+                   f"(broadcast_buffers=True: torch/nn/parallel/distributed.py _sync_buffers, flat buckets of up to "
+                   f"250 MiB while it copies them)")
     out += [f"transformers {v}: not counted: {what}" for what in not_counted(arch, v, training.attention)]
     return out
 
