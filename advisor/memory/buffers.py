@@ -141,7 +141,8 @@ def rotary_cache_bytes(arch, training: TrainingSpec, strategy: StrategySpec) -> 
     FullyShardedDataParallelPlugin.set_mixed_precision, 0.28.0 and 1.15: buffer_dtype = dtype unless buffer_autocast)
     and casts every buffer to it at the root's lazy init (torch/distributed/fsdp/_runtime_utils.py
     _lazy_init -> _cast_buffers_to_dtype_and_device; torch 2.0 ... 2.13). DeepSpeed 0.19.8 keeps buffers as loaded
-    (engine.py _configure_distributed_model: parameters only), FSDP2 has no buffer dtype: fp32 kept."""
+    (engine.py _configure_distributed_model: parameters only; 0.13.5 called module.bfloat16()/half(), buffers too),
+    FSDP2 has no buffer dtype: fp32 kept."""
     from ..stacks import rotary_caches
 
     caches = rotary_caches(arch, training.transformers_version)
