@@ -43,6 +43,8 @@ def kwargs(p: dict) -> dict:
               bucket_sizes=p.get("bucket_sizes", "auto"),
               # issue 17 (helper T): the software stack the point's sources support (advisor/data/stacks.yaml)
               torch_version=p.get("torch_version"), transformers_version=p.get("transformers_version"))
+    if p.get("base_dtype"):                      # issue 17: a LoRA base loaded in fp32
+        kw.update(base_dtype=p["base_dtype"])
     if p["method"] in ("lora", "qlora"):
         kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]), lora_dropout=p.get("lora_dropout", 0.0))
     if p.get("offload", "none") != "none":

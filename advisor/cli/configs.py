@@ -91,7 +91,8 @@ def plan(args):
                     offload_activations=kw["offload_activations"], expandable_segments=kw["expandable_segments"],
                     double_quant=kw["double_quant"], lora_dropout=kw["lora_dropout"],
                     tiled_mlp=kw["tiled_mlp"],   # issue 15 (helper T)
-                    torch_version=kw["torch_version"], transformers_version=kw["transformers_version"])  # issue 17
+                    torch_version=kw["torch_version"], transformers_version=kw["transformers_version"],  # issue 17
+                    base_dtype=kw["base_dtype"])   # issue 17
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
     if args.strategy is not None:
