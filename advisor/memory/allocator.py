@@ -880,8 +880,9 @@ def _fsdp_init_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, 
 def _fsdp_unit_buffers(arch, training, strategy, units) -> tuple[tuple, tuple]:
     """(per unit: the bytes of each buffer it holds when wrapped, per unit: their bytes once FSDP's MixedPrecision
     cast them at the first forward, empty where it does not) for the buffers an old transformers' decoder layers
-    own (advisor.memory.buffers.rotary_cache_bytes: cos and sin, half each). Only the decoder layers' units hold
-    them (their adapters' units come first in each layer's group, :func:`_fsdp_units`)."""
+    own (advisor.memory.buffers.rotary_cache_bytes: cos and sin, half each), held by the decoder layers' units
+    only (their adapters' units come first in each layer's group, :func:`_fsdp_units`), and for transformers
+    4.38's ``LlamaModel.causal_mask`` (advisor.memory.buffers.causal_mask_buffer_bytes), held by the root unit."""
     from .buffers import causal_mask_buffer_bytes, rotary_cache_bytes
 
     at_wrap, steady = rotary_cache_bytes(arch, training, strategy)

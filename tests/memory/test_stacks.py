@@ -58,6 +58,14 @@ def test_fsdp_mixed_precision_casts_them_to_16_bit():
     assert any("cast to 16-bit by FSDP's MixedPrecision" in n for n in est.notes)
 
 
+def test_the_allocator_knows_the_buffer_names():
+    # allocator.py keeps the names as literals (it imports nothing heavy): they must be the ones buffers.py writes
+    from advisor.memory import buffers as B
+
+    assert A.ROTARY_CACHES == B.ROTARY_CACHES_BUFFER and A._MODULE_BUFFERS == (B.ROTARY_CACHES_BUFFER,
+                                                                               B.CAUSAL_MASK_BUFFER)
+
+
 def test_wrapping_moves_each_layers_buffers_with_its_unit_and_keeps_them_whole():
     # one unit of 8 MiB of parameters and two 2 MiB buffers, sharded over 2, no broadcast: the parameters pass
     # through whole, the flat copy and the shard are made, the originals go; the buffers stay, unsharded
