@@ -133,23 +133,38 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
 ROTARY_CACHES_BUFFER = "per-layer rotary caches"   # the name's prefix; advisor.memory.allocator places them
 
 
+def buffer_build_bytes(training: TrainingSpec) -> int:
+    """Bytes per element of the floating buffers a transformers model builds (``torch.get_default_dtype()`` at
+    construction, which ``from_pretrained``/``from_config(torch_dtype=...)`` sets, or what a later ``model.to(dtype)``
+    casts them to): 2 for a 16-bit model, i.e. a LoRA base counted 16-bit (``--base-dtype 16-bit``: loaded with
+    torch_dtype=bfloat16/float16, dsadvise's LoRA assumption) and pure bf16 full/freeze/LoRA fine-tuning (a 16-bit
+    model: loaded in it or cast whole); 4 otherwise, the larger where unsure: fp32 and mixed full fine-tuning (an
+    fp32 model), a LoRA base loaded in fp32, and QLoRA (Answer.AI fsdp_qlora train.py builds it with
+    ``from_config(cfg)`` under ``init_empty_weights()``: real fp32 buffers; transformers' own quantized loading with
+    torch_dtype=bf16 would build them in bf16)."""
+    if training.precision == "fp32" or training.method == "qlora":
+        return 4
+    if training.method == "lora" and getattr(training, "base_dtype", "16-bit") == "16-bit":
+        return 2
+    return 2 if training.precision == "pure-bf16" else 4
+
+
 def rotary_cache_bytes(arch, training: TrainingSpec, strategy: StrategySpec) -> tuple[int, int]:
     """(bytes per decoder layer when the engine takes the model, bytes per layer through training) of the
     per-layer rotary cos/sin caches the stated transformers builds (advisor.stacks.rotary_caches); (0, 0) where it
-    builds none. Built in torch's default dtype, counted fp32 (4 bytes: from_pretrained(torch_dtype=16-bit) would
-    halve them, dsadvise cannot tell); FSDP (v1) under accelerate's mixed fp16/bf16 has
-    MixedPrecision(buffer_dtype=the 16-bit dtype) (accelerate utils/dataclasses.py
+    builds none. Built in the model's dtype (:func:`buffer_build_bytes`); FSDP (v1) under accelerate's mixed
+    fp16/bf16 has MixedPrecision(buffer_dtype=the 16-bit dtype) (accelerate utils/dataclasses.py
     FullyShardedDataParallelPlugin.set_mixed_precision, 0.28.0 and 1.15: buffer_dtype = dtype unless buffer_autocast)
     and casts every buffer to it at the root's lazy init (torch/distributed/fsdp/_runtime_utils.py
     _lazy_init -> _cast_buffers_to_dtype_and_device; torch 2.0 ... 2.13). DeepSpeed 0.19.8 keeps buffers as loaded
     (engine.py _configure_distributed_model: parameters only; 0.13.5 called module.bfloat16()/half(), buffers too),
-    FSDP2 has no buffer dtype: fp32 kept."""
+    FSDP2 has no buffer dtype: kept as built."""
     from ..stacks import rotary_caches
 
     caches = rotary_caches(arch, training.transformers_version)
     if caches is None:
         return 0, 0
-    at_wrap = caches.elements_per_layer * 4
+    at_wrap = caches.elements_per_layer * buffer_build_bytes(training)
     cast = (strategy.backend == "fsdp" and getattr(strategy, "fsdp_version", 1) == 1
             and training.precision in ("fp16", "bf16"))
     return at_wrap, caches.elements_per_layer * 2 if cast else at_wrap

@@ -262,10 +262,12 @@ def stack_notes(arch, training: TrainingSpec, strategy: StrategySpec) -> list[st
         at_wrap, steady = rotary_cache_bytes(arch, training, strategy)
         cast = (f", cast to 16-bit by FSDP's MixedPrecision at the first forward ({steady * arch.num_layers / 2**20:.0f}"
                 f" MiB)" if steady != at_wrap else "")
+        built = ("16-bit, the model's dtype as counted (loaded with torch_dtype=bf16/fp16 or cast whole)"
+                 if at_wrap == caches.elements_per_layer * 2 else
+                 "fp32, torch's default dtype (the larger; a model built with torch_dtype=bf16 holds half)")
         out.append(f"transformers {v}: every decoder layer owns rotary cos/sin caches ({caches.names}) "
                    f"of {arch.max_position_embeddings} x {arch.head_dim} each, buffers whole on every GPU: "
-                   f"{at_wrap * arch.num_layers / 2**20:.0f} MiB counted in fp32, torch's default dtype"
-                   f"{cast}; a model built with torch_dtype=bf16 holds half")
+                   f"{at_wrap * arch.num_layers / 2**20:.0f} MiB built in {built}{cast}")
     if inline_fp32_loss(v) and training.loss != "legacy-inline":
         out.append(f"transformers {v} computes the loss inside the model on fp32 logits (--loss legacy-inline); "
                    f"this estimate uses --loss {training.loss} as given")

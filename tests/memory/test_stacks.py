@@ -36,11 +36,14 @@ def test_without_versions_the_estimate_is_what_it_was():
 
 def test_rotary_caches_per_layer_from_the_source_shapes():
     # transformers 4.37-4.40 LlamaRotaryEmbedding: cos and sin, max_position_embeddings x head_dim each, in
-    # torch's default dtype (fp32 counted), in every one of the decoder layers: Llama-2-7B 2 x 4096 x 128 x 4 B
-    # = 4 MiB per layer x 32; Llama-2-70B (head_dim 128 too) x 80.
+    # torch's default dtype (fp32 for a QLoRA model built with from_config, as Answer.AI does), in every one of the
+    # decoder layers: Llama-2-7B 2 x 4096 x 128 x 4 B = 4 MiB per layer x 32
     for v in ("4.37", "4.38.2", "4.39", "4.40"):
         assert _rotary(estimate("llama-2-7b", transformers_version=v, **QLORA_7B)) == 2 * 4096 * 128 * 4 * 32
-    assert _rotary(estimate("llama-2-70b", transformers_version="4.39", **LORA_70B_Z3)) == 320 * MiB
+    # Llama-2-70B (head_dim 128 too) x 80 layers: a LoRA base counted 16-bit (loaded with torch_dtype=bf16) builds
+    # them in bf16, 160 MiB; a base loaded in fp32 (--base-dtype fp32) in fp32, 320 MiB (DeepSpeed 0.19.8 keeps them)
+    assert _rotary(estimate("llama-2-70b", transformers_version="4.39", **LORA_70B_Z3)) == 2 * 4096 * 128 * 2 * 80
+    assert _rotary(estimate("llama-2-70b", transformers_version="4.39", base_dtype="fp32", **LORA_70B_Z3)) == 320 * MiB
     # transformers 4.41 keeps only inv_freq in Llama's rotary module; dsadvise's default: none
     assert _rotary(estimate("llama-2-7b", transformers_version="4.41", **QLORA_7B)) == 0
     assert _rotary(estimate("llama-2-7b", **QLORA_7B)) == 0
