@@ -207,10 +207,10 @@ def stack_buffer_bytes(arch, training: TrainingSpec, strategy: StrategySpec) -> 
     _, per_layer = rotary_cache_bytes(arch, training, strategy)
     if per_layer:
         dtype = "fp32" if per_layer == 2 * arch.max_position_embeddings * arch.head_dim * 4 else "16-bit"
-        out[f"{ROTARY_CACHES_BUFFER} (cos/sin, transformers {v}, {dtype})"] = per_layer * arch.num_layers
+        out[f"{ROTARY_CACHES_BUFFER} (transformers {v}, {dtype})"] = per_layer * arch.num_layers
     if mask := causal_mask_buffer_bytes(arch, training):
-        out[f"{CAUSAL_MASK_BUFFER} (max_pos^2 bool, transformers {v})"] = mask
+        out[f"{CAUSAL_MASK_BUFFER} (transformers {v})"] = mask
         if training.attention != "flash":
-            out[f"{CAUSAL_MASK_4D} (batch x max_pos^2, transformers {v})"] = \
+            out[f"{CAUSAL_MASK_4D} (transformers {v})"] = \
                 training.micro_batch_size * mask * _embedding_output_bytes(training, strategy)
     return out
