@@ -96,7 +96,8 @@ def lora_fp32_base_extra_bytes(counts: ParameterCounts, training: TrainingSpec, 
     passes ``torch_dtype=quant_storage_dtype or torch.float32``: fp32 without quantization), twice those bytes.
     DeepSpeed fp16/bf16 casts the module itself and pure bf16 is a 16-bit model: 0 there, and 0 where the
     parameters live on the CPU (offload)."""
-    if training.method != "lora" or training.precision not in ("fp16", "bf16") or strategy.backend == "deepspeed":
+    if training.method != "lora" or training.precision not in ("fp16", "bf16") or strategy.backend == "deepspeed" \
+            or getattr(training, "base_dtype", "16-bit") == "fp32":
         return 0
     pl = placement(strategy, hw)
     if pl.params_on != "gpu":
