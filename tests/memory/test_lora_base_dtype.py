@@ -123,3 +123,13 @@ def test_the_replay_of_an_fp32_base_matches_autograd(harness_kind):
     per_layer = m.two.weight_copies - m.one.weight_copies
     linears = sum(i * o * c for i, o, c in linear_shapes(arch).values())
     assert linears * 2 <= per_layer <= (linears + 8 * 18176) * 2   # r=8 adapters: 8 x sum(in + out) = 8 x 18176
+
+
+def test_qlora_says_what_peft_kbit_preparation_would_upcast():
+    """prepare_model_for_kbit_training casts every non-quantized 16-bit parameter to fp32; TRL skips it for sharded
+    QLoRA (FSDP, ZeRO-3). Llama-2-7B: embeddings and lm_head 2 x 32000 x 4096, 65 norms x 4096."""
+    rest = 2 * 32000 * 4096 + 65 * 4096
+    [note] = [n for n in _est(method="qlora").notes if n.startswith("QLoRA's embeddings, norms and lm_head")]
+    assert f"{rest * 2 / 2**30:.2f} GiB per GPU here" in note
+    for kw in (dict(gpus=2, strategy="fsdp-full"), dict(gpus=2, strategy="zero3")):
+        assert not [n for n in _est(method="qlora", **kw).notes if n.startswith("QLoRA's embeddings")]
