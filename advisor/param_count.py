@@ -157,6 +157,8 @@ def count_parameters(arch: Architecture) -> ParameterCounts:
     position_table = arch.learned_position_rows * h
     embedding = token_table + position_table + (norm if arch.embedding_norm else 0) + projection
     lm_head = 0 if arch.tie_word_embeddings else vocab * emb_dim
+    if arch.lm_head_bias:   # Phi's lm_head carries a bias (its own parameter, even where the weight is tied)
+        lm_head += vocab
     final = (norm if arch.final_norm else 0) + projection
     total = embedding + lm_head + arch.moe_layers * per_layer + final if arch.is_moe \
         else embedding + lm_head + arch.num_layers * per_layer + final

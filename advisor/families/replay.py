@@ -436,13 +436,17 @@ class DecoderReplay:
         tr.term = base
         return tr.add(x2, tr.dropout(m, hp))
 
-    def embeddings(self, emb_trainable: bool) -> Tensor:
+    def embeddings(self, emb_trainable: bool, input_grads: bool = False) -> Tensor:
+        """Token (and learned position) embeddings and their dropout. ``input_grads``: the token embedding's
+        output requires grad though its weight is frozen (enable_input_require_grads' forward hook on
+        get_input_embeddings(), which gradient checkpointing installs): the ops after it (the embedding
+        dropout's mask) save what they save for a tensor that needs a gradient."""
         a, tr = self.a, self.tr
         N, h = tr.N, a.hidden_size
         ids = tr.new(N, "i64", False)
         if emb_trainable:
             tr.save(ids)                                               # EmbeddingBackward saves the indices
-        e = tr.new(N * (a.word_embed_proj_dim or h), tr.pdt, emb_trainable)
+        e = tr.new(N * (a.word_embed_proj_dim or h), tr.pdt, emb_trainable or input_grads)
         if self.scaled_embedding:
             e = tr.mul(e, tr.new(1, tr.pdt, False))                    # * embed_scale (a 0-d tensor)
         if a.word_embed_proj_dim:                                      # OPT-350m project_in (bias-free)

@@ -172,7 +172,7 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
     # Frozen layers in front of the first trainable one save nothing: no tensor there needs a gradient.
     m = _Model(arch, training, tr, layer_trainable=full or freeze)
     tr.term = "embeddings"
-    emb = m.embeddings(emb_trainable=full)
+    emb = m.embeddings(emb_trainable=full, input_grads=ckpt == "full")   # issue 17 (C): the hook's output
     tr.term = "rope_cache"
     m.make_rope_cache()
     if ckpt == "full":
@@ -244,7 +244,7 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
     freeze = training.method == "freeze"
     m = _Model(arch, training, tr, layer_trainable=full or freeze)
     tr.term = "embeddings"
-    emb = m.embeddings(emb_trainable=full)
+    emb = m.embeddings(emb_trainable=full, input_grads=ckpt == "full")   # issue 17 (C): the hook's output
     tr.term = "rope_cache"
     m.make_rope_cache(tuple(arch.layer_kind(i) for i in range(layers)))
     if ckpt == "full":
