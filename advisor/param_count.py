@@ -27,6 +27,11 @@ from advisor.architecture import Architecture
 from advisor.errors import InputError, did_you_mean
 
 ALL_LINEAR = "all-linear"
+# issue 17 (L): the output layer as a LoRA target. Every transformers causal LM dsadvise models names it
+# ``lm_head`` (get_output_embeddings(), an nn.Linear; transformers 5 renamed GPT-NeoX's ``embed_out``); PEFT's
+# ``all-linear`` leaves it out (peft/tuners/tuners_utils.py ``_maybe_include_all_linear_layers``), so it is only
+# adapted when named.
+LM_HEAD = "lm_head"
 
 
 def native_linear_names(model_type: str) -> dict[str, tuple[str, ...]]:
@@ -213,8 +218,50 @@ def all_linear_note(arch: Architecture, target_modules: tuple[str, ...]) -> str 
 
 
 def lora_target_names(arch: Architecture) -> tuple[str, ...]:
-    """The LoRA target names ``arch`` accepts: normalized names, the family's own names, ``all-linear``."""
-    return (*linear_shapes(arch), *native_linear_names(arch.family), *_outside_linears(arch), ALL_LINEAR)
+    """The LoRA target names ``arch`` accepts: normalized names, the family's own names, ``all-linear``,
+    ``lm_head``."""
+    return (*linear_shapes(arch), *native_linear_names(arch.family), *_outside_linears(arch), ALL_LINEAR, LM_HEAD)
+
+
+def lora_head_elements(arch: Architecture, rank: int) -> int:
+    """LoRA elements of an adapted lm_head: lora_A (r x in) + lora_B (vocab x r), in = the head's input width
+    (hidden, OPT-350m's word_embed_proj_dim). PEFT 0.21 adds nothing else with ``ensure_weight_tying`` left
+    False, tied or not (checked on a real get_peft_model: tests/families/test_lora_head.py)."""
+    return rank * ((arch.word_embed_proj_dim or arch.hidden_size) + arch.vocab_size)
+
+
+def lora_targets_head(target_modules) -> bool:
+    """Whether ``target_modules`` names the lm_head (issue 17)."""
+    targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules or ())
+    return LM_HEAD in targets
+
+
+def lora_head_note(arch: Architecture, training) -> str | None:
+    """What an estimate with LoRA on the lm_head must say (None without it): the tied-weights behaviour PEFT
+    0.21 has by default (peft/tuners/tuners_utils.py: it warns that a tied layer is part of the adapter and adapts
+    the lm_head module only unless ``ensure_weight_tying=True``, which also puts an adapter on the embedding)."""
+    if training.method not in ("lora", "qlora") or not lora_targets_head(training.lora.target_modules):
+        return None
+    note = (f"LoRA on the lm_head: {lora_head_elements(arch, training.lora.rank):,} adapter elements and, each "
+            f"micro-step, its vocabulary-sized fp32 LoRA output added to the logits (counted)")
+    if arch.tie_word_embeddings:
+        note += ("; the head is tied to the embedding: PEFT 0.21 adapts the lm_head module only (it warns; "
+                 "LoraConfig(ensure_weight_tying=True) would also adapt the embedding, not counted)")
+    return note
+
+
+def check_lora_head(training) -> None:
+    """Refuse, in one line, a LoRA on the lm_head that a loss kernel would not run (issue 17): Liger's fused
+    linear cross-entropy (and Cut Cross-Entropy) is called with ``self.lm_head.weight``
+    (liger_kernel/transformers/model/*.py ``LigerForCausalLMLoss(hidden_states, lm_head_weight=...)``), which
+    on PEFT's wrapper is the frozen base weight (peft/tuners/tuners_utils.py ``BaseTunerLayer.weight``): the
+    head's adapter would never be applied nor trained."""
+    if training.method in ("lora", "qlora") and training.loss == "fused-linear" \
+            and lora_targets_head(training.lora.target_modules):
+        raise InputError("--loss fused-linear with LoRA on the lm_head: Liger's fused linear cross-entropy (and Cut "
+                         "Cross-Entropy) multiplies by lm_head.weight, the frozen base weight of PEFT's wrapper, so "
+                         "the head's adapter would never run: use --loss plain or chunked, or drop lm_head from "
+                         "--lora-targets", field="--lora-targets")
 
 
 _MOE_MLP = ("gate_proj", "up_proj", "down_proj", "router", "shared_gate_proj", "shared_up_proj", "shared_down_proj")
@@ -289,7 +336,8 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
     """Elements of the LoRA A and B matrices: rank × (in + out) per targeted linear, copies and layers.
 
     ``all-linear`` targets every linear layer of the decoder layers (the MoE router included) plus OPT's
-    project_in/project_out, but not the lm_head, as PEFT does. Experts count as separate linears, one
+    project_in/project_out, but not the lm_head, as PEFT does; ``lm_head`` (alone or next to other names)
+    adds the output layer's adapter (:func:`lora_head_elements`). Experts count as separate linears, one
     adapter per expert (PEFT on per-expert ``nn.Linear`` modules).
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
@@ -312,8 +360,11 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
     outside = _outside_linears(arch)
     chosen: set[str] = set()
     chosen_outside: set[str] = set()
+    head = 0
     for target in target_modules:
-        if target == ALL_LINEAR:
+        if target == LM_HEAD:
+            head = lora_head_elements(arch, rank)
+        elif target == ALL_LINEAR:
             chosen.update(n for n in shapes if n not in excluded)
             chosen_outside.update(outside)
         elif target in shapes:
@@ -327,17 +378,22 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
             raise InputError(f"{target!r} is not a linear layer of {arch.family}"
                              f"{did_you_mean(str(target), valid)}; choose from {', '.join(valid)}",
                              field="lora.target_modules")
-    if not chosen and not chosen_outside:
+    if ALL_LINEAR in target_modules and len(set(target_modules)) > 1 and arch.is_moe:
+        raise InputError(f"'all-linear' next to other LoRA targets on {arch.family} (an MoE model): a list of module "
+                         "names cannot reproduce what PEFT's all-linear shorthand adapts on experts; give all-linear "
+                         "alone, or list the modules (e.g. q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,"
+                         "lm_head)", field="lora.target_modules")
+    if not chosen and not chosen_outside and not head:
         raise InputError("no LoRA target modules given", field="lora.target_modules")
     if ALL_LINEAR in target_modules and peft_moe_params(arch):
-        return _peft_moe_all_linear(arch, rank, chosen) + sum(rank * sum(outside[n]) for n in chosen_outside)
+        return _peft_moe_all_linear(arch, rank, chosen) + sum(rank * sum(outside[n]) for n in chosen_outside) + head
     converted = _peft_moe_converted(arch, rank, tuple(target_modules), chosen)
     if converted is not None:
-        return converted + sum(rank * sum(outside[n]) for n in chosen_outside)
+        return converted + sum(rank * sum(outside[n]) for n in chosen_outside) + head
     per_layer = sum(rank * (shapes[n][0] + shapes[n][1]) * shapes[n][2] for n in chosen)
     layers = per_layer * arch.num_layers
     if arch.is_moe and arch.dense_layers:   # leading dense layers: their own MLP shapes (no router, experts)
         dense = linear_shapes(arch, dense=True)
         per_dense = sum(rank * (dense[n][0] + dense[n][1]) for n in chosen if n in dense)
         layers = per_layer * arch.moe_layers + per_dense * (arch.num_layers - arch.moe_layers)
-    return layers + sum(rank * sum(outside[n]) for n in chosen_outside)
+    return layers + sum(rank * sum(outside[n]) for n in chosen_outside) + head

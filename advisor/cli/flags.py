@@ -145,7 +145,9 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--lora-rank", "", positive_int, default=16, spec_fields=("rank",), wizard_field="lora_rank"),
     Flag("--lora-dropout", "LoRA dropout probability (PEFT default 0: no mask is saved)", float, default=0.0,
          spec_fields=("dropout",), wizard_field="lora_rank"),
-    Flag("--lora-targets", "comma-separated modules for LoRA (q_proj,v_proj,...) or all-linear",
+    Flag("--lora-targets", "comma-separated modules for LoRA (q_proj,v_proj,...) or all-linear (every decoder "
+         "linear, not the output layer, as PEFT); add lm_head to adapt the output layer too (PEFT "
+         "target_modules=[..., 'lm_head'], litgpt lora_head: true; not with --loss fused-linear)",
          default="all-linear", spec_fields=("target_modules",), wizard_field="lora_targets"),
     Flag("--freeze-layers", "--method freeze: how many last layers train (default 2)", positive_int, default=2,
          spec_fields=("freeze_trainable_layers",), wizard_field="method"),

@@ -8,6 +8,7 @@ from functools import lru_cache
 from ..catalog.models import ResolvedModel
 from ..errors import InputError
 from ..param_count import ParameterCounts, all_linear_note, count_parameters, lora_trainable_parameters
+from ..param_count import check_lora_head, lora_head_note   # issue 17 (L): LoRA on the lm_head
 from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_info, strategy_info
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
@@ -49,6 +50,7 @@ def check_compatible(training: TrainingSpec, strategy: StrategySpec, hw: Hardwar
     if training.method == "qlora" and strategy.backend == "deepspeed" and strategy.zero_stage == 3 \
             and training.precision == "fp32":
         raise InputError("QLoRA computes in 16-bit: use bf16 or fp16", field="precision")
+    check_lora_head(training)
 
 
 def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec,
@@ -156,6 +158,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     if training.method in ("lora", "qlora"):   # issue 14: all-linear leaving out a family's router (Llama-4)
         if lora_note := all_linear_note(arch, tuple(training.lora.target_modules)):
             notes.append(lora_note)
+        if head_note := lora_head_note(arch, training):
+            notes.append(head_note)
     if training.attention == "sdpa" and (arch.attention_sinks or arch.attn_logit_softcapping):
         # transformers: GptOssPreTrainedModel._supports_sdpa = False (sinks); sdpa_attention_forward refuses softcap
         why = "attention sinks" if arch.attention_sinks else "attention logit soft-capping"

@@ -339,6 +339,9 @@ def zero3_whole_model_placement(arch: Architecture, counts: ParameterCounts, tra
         put(("v", layer), vectors * half)
     put(("final",), counts.final * half)
     put(("head",), counts.lm_head * half)
+    if rank and "lm_head" in targets:   # issue 17 (L): the lm_head's adapter, after the head in module order
+        put(("A", "lm_head"), rank * (arch.word_embed_proj_dim or arch.hidden_size) * half)
+        put(("B", "lm_head"), rank * arch.vocab_size * half)
     for key, nbytes in params:
         if strategy.offload_param == "none":      # with offload_param the partitions go to remote_device (CPU/NVMe)
             events.append(("a", ("part", key), -(-nbytes // world)))
