@@ -44,3 +44,13 @@ def test_bad_head_targets_are_one_line_exit_2(capsys, extra, needle):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err
     assert needle in err
+
+
+def test_recommend_does_not_advise_a_fused_loss_that_would_skip_the_head_adapter(capsys):
+    base = ("recommend", "--model", "gemma-2b", "--gpu", "a10g", "--method", "lora", "--json")
+    code, out, err = run(capsys, *base)
+    assert code == 0, err
+    assert "fused-linear-loss" in out          # 256k vocabulary: the rule fires
+    code, out, err = run(capsys, *base, "--lora-targets", "all-linear,lm_head")
+    assert code == 0, err
+    assert "fused-linear-loss" not in out
