@@ -250,6 +250,43 @@ def lora_head_note(arch: Architecture, training) -> str | None:
     return note
 
 
+def lightning_quantized_head(training) -> bool:
+    """QLoRA quantized by lightning (``--qlora-quantizer lightning``, litgpt ``--quantize bnb.nf4``): the lm_head is
+    NF4 too (lightning BitsandbytesPrecision.module_init_context / _convert_layers swap every torch.nn.Linear for
+    _Linear4bit; litgpt/finetune/lora.py passes no ignore_modules)."""
+    return training.method == "qlora" and getattr(training, "qlora_quantizer", "transformers") == "lightning"
+
+
+def check_qlora_quantizer(arch: Architecture, training, world_size: int) -> None:
+    """Refuse, in one line, a ``--qlora-quantizer lightning`` run litgpt/lightning would not run or dsadvise cannot
+    replay (issue 17): only with ``--method qlora``; one GPU (litgpt finetune/lora.py at fd71063c: "Quantization is
+    currently not supported for multi-GPU training"); a "-true" precision ("Quantization and mixed precision is
+    not supported": pure-bf16 or fp32 here); an untied head (litgpt's GPT holds wte and lm_head apart, lightning
+    quantizes the lm_head module: give the config with tie_word_embeddings false); a replayed family (the tracer
+    runs transformers' models, not lightning's quantized ones)."""
+    if getattr(training, "qlora_quantizer", "transformers") == "transformers":
+        return
+    where = "lightning (litgpt's QLoRA)"
+    if training.method != "qlora":
+        raise InputError(f"{where} quantizes a QLoRA model: use it with --method qlora", field="--qlora-quantizer")
+    if world_size > 1:
+        raise InputError(f"{where}: litgpt refuses quantization on more than one GPU (finetune/lora.py: "
+                         "\"Quantization is currently not supported for multi-GPU training\"): use one GPU",
+                         field="--qlora-quantizer")
+    if training.precision not in ("pure-bf16", "fp32"):
+        raise InputError(f"{where}: litgpt refuses quantization with mixed precision (finetune/lora.py); its bf16-true "
+                         "is --precision pure-bf16", field="--precision")
+    from advisor.families import REPLAYED_FAMILIES
+
+    if arch.traced or arch.family not in REPLAYED_FAMILIES:
+        raise InputError(f"{where}: {arch.family} is traced on the transformers model, which cannot stand for a "
+                         "lightning-quantized one; not expressible yet", field="--qlora-quantizer")
+    if arch.tie_word_embeddings:
+        raise InputError(f"{where}: the lm_head of {arch.family} is tied to the embedding here, but litgpt keeps them "
+                         "apart and quantizes the head: give a config.json with tie_word_embeddings false",
+                         field="--qlora-quantizer")
+
+
 def check_lora_head(training) -> None:
     """Refuse, in one line, a LoRA on the lm_head that a loss kernel would not run (issue 17): Liger's fused
     linear cross-entropy (and Cut Cross-Entropy) is called with ``self.lm_head.weight``

@@ -12,6 +12,7 @@ from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpShardi
                       Optimizer, Precision, StrategyName, Task)
 from .choices import FsdpVersion  # issue 15: parallel layouts
 from .choices import Framework  # issue 16 (helper F)
+from .choices import QloraQuantizer  # issue 17 (helper L)
 
 GiB = 1024**3
 
@@ -111,6 +112,12 @@ class TrainingSpec(_Spec):
     # --- issue 15 (helper T): ALST tiled MLP (advisor/memory/tiling.py) ---
     tiled_mlp: bool = Field(False, description="DeepSpeed ALST TiledMLP around every decoder layer's MLP "
                                                "(ulysses_sp.py): saves only the MLP input, recomputes per shard")
+    # --- issue 17 (helper L): who quantizes a QLoRA model (advisor/param_count.check_qlora_quantizer) ---
+    qlora_quantizer: QloraQuantizer = Field(
+        "transformers", description="QLoRA: transformers (BitsAndBytesConfig: decoder linears NF4, lm_head 16-bit; "
+                                    "PEFT, TRL, axolotl, LLaMA-Factory) or lightning (BitsandbytesPrecision, litgpt "
+                                    "--quantize bnb.nf4: every nn.Linear NF4, the lm_head included, quantized from "
+                                    "fp16, so each dequantization is an fp16 copy cast to the compute dtype)")
 
 
 class StrategySpec(_Spec):

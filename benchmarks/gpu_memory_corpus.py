@@ -52,6 +52,8 @@ def kwargs(p: dict) -> dict:
               bucket_sizes=p.get("bucket_sizes", "auto"))
     if p["method"] in ("lora", "qlora"):
         kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]), lora_dropout=p.get("lora_dropout", 0.0))
+    if p.get("qlora_quantizer"):   # issue 17 (L): litgpt's QLoRA is quantized by lightning (the lm_head too)
+        kw.update(qlora_quantizer=p["qlora_quantizer"])
     if p.get("offload", "none") != "none":
         kw.update(offload_optimizer=p["offload"], offload_param=p["offload"])
     return kw
@@ -76,7 +78,8 @@ def after_wrap_reserved(p: dict, est) -> int | None:
                               lora_targets=kw.get("lora_targets", ("all-linear",)),
                               lora_dropout=kw.get("lora_dropout", 0.0), checkpointing=kw["checkpointing"],
                               attention=kw["attention"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
-                              double_quant=kw["double_quant"])
+                              double_quant=kw["double_quant"],
+                              qlora_quantizer=kw.get("qlora_quantizer", "transformers"))
     strategy = build_strategy(hw, kw["strategy"], kw.get("offload_optimizer", "none"), kw.get("offload_param", "none"),
                               kw["bucket_sizes"])
     st = fsdp_after_wrap(resolve_model(model_arg(p)).architecture, training, strategy, hw, est.per_gpu.parameters)

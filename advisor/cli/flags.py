@@ -32,6 +32,7 @@ BUCKET_SIZES: tuple[str, ...] = get_args(choices.BucketSizes)
 FSDP_VERSIONS: tuple[int, ...] = get_args(choices.FsdpVersion)    # issue 15
 FRAMEWORKS: tuple[str, ...] = get_args(choices.Framework)     # issue 16 (helper F)
 PRESETS: tuple[str, ...] = get_args(choices.Preset)           # issue 16 (helper F)
+QLORA_QUANTIZERS: tuple[str, ...] = get_args(choices.QloraQuantizer)   # issue 17 (helper L)
 
 
 # ---------------------------------------------------------------- argument types (shared with the wizard)
@@ -169,6 +170,11 @@ FLAGS: dict[str, Flag] = _flags(
          spec_fields=("tiled_mlp",)),
     Flag("--no-double-quant", "QLoRA without bitsandbytes double quantization", action="store_true",
          spec_fields=("double_quant",), wizard_field="double_quant"),
+    # issue 17 (helper L): litgpt's QLoRA quantizes the lm_head too
+    Flag("--qlora-quantizer", "QLoRA: transformers (BitsAndBytesConfig: lm_head 16-bit; PEFT, TRL, axolotl, "
+         "LLaMA-Factory) or lightning (litgpt --quantize bnb.nf4: every Linear NF4, lm_head included, dequantized "
+         "from fp16 per call; one GPU, pure-bf16/fp32)", choices=QLORA_QUANTIZERS, default="transformers",
+         spec_fields=("qlora_quantizer",)),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
     Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",),
@@ -256,7 +262,7 @@ HARDWARE_FLAGS = ("--gpus", "--nodes", "--vram", "--gpu", "--cpu-ram", "--nvme-p
 TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--precision", "--optimizer",
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant",
-                  "--tiled-mlp")
+                  "--tiled-mlp", "--qlora-quantizer")
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 
@@ -298,7 +304,8 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 attention=args.attention, freeze_layers=args.freeze_layers, loss=args.loss,
                 loss_chunks=args.loss_chunks, offload_activations=args.offload_activations,
                 expandable_segments=args.expandable_segments, double_quant=not args.no_double_quant,
-                tiled_mlp=getattr(args, "tiled_mlp", False))
+                tiled_mlp=getattr(args, "tiled_mlp", False),
+                qlora_quantizer=getattr(args, "qlora_quantizer", "transformers"))   # issue 17 (helper L)
 
 
 def layout_kwargs(args: argparse.Namespace) -> dict:

@@ -37,6 +37,12 @@ def _targets_head(targets) -> bool:
     return lora_targets_head(targets)
 
 
+def _lightning_head(training) -> bool:
+    from advisor.param_count import lightning_quantized_head
+
+    return lightning_quantized_head(training)
+
+
 # PEFT's LoRA on an MoE model (peft/tuners/lora/layer.py ParamWrapper, PEFT 0.21): the MLP names and all-linear
 # put adapters on the 3-D expert weights (gate_up_proj, down_proj) and, under all-linear, on the router weight,
 # not on nn.Linear modules of the MLP (measured: DeepSeek-V3's dense MLP and shared experts get none).
@@ -87,6 +93,8 @@ class DecoderReplay:
         # head stays a 16-bit nn.Linear (transformers' bitsandbytes integration skips the output embeddings:
         # get_keys_to_not_convert), so its adapter is the LoRA path over a plain frozen linear
         self.lora_head = training.method in ("lora", "qlora") and _targets_head(training.lora.target_modules)
+        # litgpt's QLoRA (--qlora-quantizer lightning): the lm_head is a bitsandbytes Linear4bit too
+        self.quantized_head = _lightning_head(training)
         # PEFT ParamWrapper adapters on the MoE weights (families whose MLP is only the MoE block and its dense
         # neighbours, measured: Mixtral, Qwen3-MoE, DeepSeek-V3; not Llama-4, whose shared expert takes them)
         self.moe_lora = _moe_lora_parts(arch, training) if self.peft_moe_params else frozenset()
@@ -518,6 +526,14 @@ class DecoderReplay:
         """The lm_head on ``x`` (one loss chunk or all tokens): a plain linear, or PEFT's lora.Linear when the
         head is a LoRA target (issue 17): the frozen base logits plus the adapter's vocabulary-sized output."""
         tr, V = self.tr, self.a.vocab_size
+        if self.quantized_head:
+            # bitsandbytes 0.42.0 (litgpt's pin) MatMul4Bit.forward keeps its input when it requires grad
+            # (autograd/_functions.py ``ctx.tensors = (A, B)``), as the decoder's 4-bit linears (proj); the
+            # dequantized weight is a transient (activation_memory: info:qlora_dequantized_lm_head)
+            if x.rg:
+                tr.save(x)
+            base = tr.linear(x, width, V, False)
+            return self.lora_branch(x, base, width, V) if self.lora_head else base
         if not self.lora_head:
             return tr.linear(x, width, V, lm_trainable)
         return self.lora_branch(x, tr.linear(x, width, V, False), width, V)

@@ -431,7 +431,8 @@ def _trace_key(training: TrainingSpec) -> TrainingSpec:
                         method=training.method, lora=training.lora, attention=training.attention,
                         freeze_trainable_layers=training.freeze_trainable_layers,
                         activation_checkpointing=training.activation_checkpointing,
-                        loss=training.loss, loss_chunks=training.loss_chunks)
+                        loss=training.loss, loss_chunks=training.loss_chunks,
+                        qlora_quantizer=training.qlora_quantizer)   # issue 17 (L)
 
 
 @lru_cache(maxsize=4096)
@@ -517,7 +518,18 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
         biggest = max(i * o for i, o, _ in pc.linear_shapes(arch).values())
         # bitsandbytes MatMul4Bit dequantizes the weight (compute dtype) for the forward and again for
         # grad_input in backward; one at a time
-        breakdown["info:qlora_dequantized_weight"] = biggest * (4 if mode == "fp32" else 2)
+        deq = 4 if mode == "fp32" else 2
+        if pc.lightning_quantized_head(training):
+            # issue 17 (L): lightning's _Linear4bit.quantize quantizes ``weight.to(dtype=torch.half)``, so
+            # dequantize_4bit returns fp16 and MatMul4Bit's ``.to(A.dtype)`` makes the compute-dtype copy beside it
+            # (lightning 2.3 plugins/precision/bitsandbytes.py; bitsandbytes 0.42.0 autograd/_functions.py)
+            deq += 2
+            width = arch.word_embed_proj_dim or arch.hidden_size
+            # the NF4 lm_head, dequantized for every call (each loss chunk), forward and backward: on top of the
+            # loss and head moment
+            breakdown["info:qlora_dequantized_lm_head"] = arch.vocab_size * width * deq
+            logits_phase += breakdown["info:qlora_dequantized_lm_head"]
+        breakdown["info:qlora_dequantized_weight"] = biggest * deq
         layer_extra = breakdown["info:qlora_dequantized_weight"]
     layer_phase = max(held + terms["bw_layer"] + layer_extra, 0)
     breakdown["temp:logits_and_loss_backward"] = logits_phase

@@ -9,6 +9,7 @@ from ..catalog.models import ResolvedModel
 from ..errors import InputError
 from ..param_count import ParameterCounts, all_linear_note, count_parameters, lora_trainable_parameters
 from ..param_count import check_lora_head, lora_head_note   # issue 17 (L): LoRA on the lm_head
+from ..param_count import check_qlora_quantizer, lightning_quantized_head   # issue 17 (L): litgpt's QLoRA
 from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_info, strategy_info
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
@@ -61,6 +62,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         from .parallel import layout_estimate   # issue 15: one rank of a TP/SP/CP layout (memory/parallel.py)
         return layout_estimate(model, hw, training, strategy, estimate_memory, trainable_parameters)
     arch = model.architecture
+    check_qlora_quantizer(arch, training, hw.world_size)
     counts = count_parameters(arch)
     trainable = trainable_parameters(model, counts, training)
     info = ModelInfo(name=model.name, family=arch.family, parameters=counts.total, trainable_parameters=trainable,
@@ -160,6 +162,10 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
             notes.append(lora_note)
         if head_note := lora_head_note(arch, training):
             notes.append(head_note)
+        if lightning_quantized_head(training):
+            notes.append("QLoRA quantized by lightning (litgpt --quantize bnb.nf4): every nn.Linear is NF4, the lm_head "
+                         "included, and each dequantization is an fp16 copy cast to the compute dtype, one weight at a "
+                         "time (counted: the lm_head's for each call on top of the loss moment)")
     if training.attention == "sdpa" and (arch.attention_sinks or arch.attn_logit_softcapping):
         # transformers: GptOssPreTrainedModel._supports_sdpa = False (sinks); sdpa_attention_forward refuses softcap
         why = "attention sinks" if arch.attention_sinks else "attention logit soft-capping"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..architecture import Architecture
-from ..param_count import ParameterCounts, linear_shapes
+from ..param_count import ParameterCounts, lightning_quantized_head, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .bytes_per_param import StateBytes
 from .peak import StepGradients
@@ -112,6 +112,8 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         # bitsandbytes quantizes the decoder's linear layers to NF4; embeddings, norms and an untied
         # lm_head stay in the 16-bit compute dtype (peft prepare_model_for_kbit_training).
         quantized = min(frozen, arch.num_layers * sum(i * o * c for i, o, c in linear_shapes(arch).values()))
+        if lightning_quantized_head(training):   # issue 17 (L): lightning quantizes the (untied) lm_head too
+            quantized = min(frozen, quantized + counts.lm_head)
         frozen_bytes = quantized * sb.frozen_weight + (frozen - quantized) * 2
     else:
         frozen_bytes = frozen * sb.frozen_weight
