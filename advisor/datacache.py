@@ -99,7 +99,8 @@ def _touch(path: Path) -> None:
 def prune(folder: Path, now: float | None = None) -> int:
     """Delete the entries of ``folder`` unused for MAX_AGE_DAYS, then the least recently used beyond MAX_ENTRIES
     files or MAX_BYTES, and temporary files an interrupted write left (older than an hour); returns how many
-    files were deleted. Only the cache's own files (``*.json``, ``.*.tmp``) directly in ``folder``."""
+    files were deleted. Only the cache's own files (``*.json``, the CLI's compiled-code files ``pycode-*.marshal``
+    (advisor/cli/codecache.py), ``.*.tmp``) directly in ``folder``."""
     import time
 
     now = time.time() if now is None else now
@@ -113,7 +114,7 @@ def prune(folder: Path, now: float | None = None) -> int:
                     st = e.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                if e.name.endswith(".json"):
+                if e.name.endswith(".json") or (e.name.startswith("pycode-") and e.name.endswith(".marshal")):
                     entries.append((st.st_mtime, st.st_size, e.path))
                 elif e.name.startswith(".") and e.name.endswith(".tmp") and st.st_mtime < now - 3600:
                     removed += _unlink(e.path)

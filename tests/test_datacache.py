@@ -271,3 +271,14 @@ def test_an_estimate_through_the_cache_equals_one_without_it(cache, monkeypatch,
     assert off["per_gpu"]["reserved"] > off["per_gpu"]["allocated"] > 0
     simulated = allocator._fsdp_default_pool_stats if strategy == "fsdp-full" else allocator._churn_stats
     assert simulated.cache_info().currsize > 0                     # the path under test was taken
+
+
+def test_prune_bounds_the_clis_compiled_code_files_too(cache):
+    """The CLI's compiled-code files (advisor/cli/codecache.py) age out like entries: one of a Python no longer
+    used goes after MAX_AGE_DAYS, a recent one stays; other files in the folder are not touched."""
+    cache.mkdir()
+    old = _entry("pycode-estimate-cpython-39-3.9.18-O0.marshal", cache, datacache.MAX_AGE_DAYS + 1)
+    recent = _entry("pycode-estimate-cpython-311-3.11.9-O0.marshal", cache, 2)
+    foreign = _entry("notes.marshal", cache, 400)
+    assert datacache.prune(cache) == 1
+    assert not old.exists() and recent.exists() and foreign.exists()

@@ -19,13 +19,16 @@ dict is compiled as before and added; a syntax error is raised as before and not
 dict when the run added entries (atomically: readers see the old file or the new one), in the data cache's
 folder (:func:`advisor.datacache.cache_dir`; ``DSADVISE_CACHE_DIR=off``: no file, nothing installed). A file that
 cannot be read, is not such a dict or is owned by another user is ignored (its code objects would run as the
-command's own, as a ``__pycache__`` file's would); one that cannot be written only costs the speed-up.
+command's own, as a ``__pycache__`` file's would); one that cannot be written only costs the speed-up. The files
+are bounded with the data cache's entries (:func:`advisor.datacache.prune`: a file unused for its MAX_AGE_DAYS,
+e.g. that of a Python no longer installed, is deleted); a read refreshes the file's time at most once a day.
 """
 
 import builtins
 import marshal
 import os
 import sys
+import time
 
 MAX_ENTRIES = 20_000       # beyond, a save keeps only the entries this run used (texts of older code versions go)
 
@@ -88,8 +91,11 @@ def install(command: str) -> bool:
     try:
         with open(path, "rb") as f:
             # code is run from this file as from a __pycache__ file: only from one this user owns
-            mine = not hasattr(os, "getuid") or os.fstat(f.fileno()).st_uid == os.getuid()
+            st = os.fstat(f.fileno())
+            mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
             loaded = marshal.loads(f.read()) if mine else None
+        if loaded is not None and st.st_mtime < time.time() - 86400:
+            os.utime(path)        # used: datacache.prune keeps it (refreshed at most daily, not every start)
     except (OSError, ValueError, EOFError, TypeError):
         loaded = None
     if isinstance(loaded, dict):

@@ -15,7 +15,7 @@ from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
 from .buffers import buffer_bytes
 from .bytes_per_param import state_bytes
-from .model_states import model_states
+from .model_states import LORA_16BIT_BASE_NOTE, lora_fp32_base_extra_bytes, model_states
 from .overhead import nccl_communicators, nccl_nvls_bytes_per_communicator, overhead_defaults
 from .allocator import gpu_allocation
 from .peak import ActivationTerms, StepPeak, gradients_formed_in_backward, step_peak
@@ -166,6 +166,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
             notes.append("QLoRA quantized by lightning (litgpt --quantize bnb.nf4): every nn.Linear is NF4, the lm_head "
                          "included, and each dequantization is an fp16 copy cast to the compute dtype, one weight at a "
                          "time (counted: the lm_head's for each call on top of the loss moment)")
+    if fp32_extra := lora_fp32_base_extra_bytes(counts, training, strategy, hw):
+        notes.append(f"{LORA_16BIT_BASE_NOTE}: {fp32_extra / 2**30:.2f} GiB per GPU here, as much again in fp32")
     if training.attention == "sdpa" and (arch.attention_sinks or arch.attn_logit_softcapping):
         # transformers: GptOssPreTrainedModel._supports_sdpa = False (sinks); sdpa_attention_forward refuses softcap
         why = "attention sinks" if arch.attention_sinks else "attention logit soft-capping"

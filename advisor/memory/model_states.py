@@ -79,6 +79,31 @@ def placement(strategy: StrategySpec, hw: HardwareSpec) -> Placement:
     return p
 
 
+# issue 17: the base's dtype is the user's loading choice, not an input: said in estimates and recommendations.
+LORA_16BIT_BASE_NOTE = ("the LoRA base is counted in 16-bit, as loaded with torch_dtype=bfloat16/float16 (LLaMA-Factory, "
+                        "axolotl, TRL, transformers v5 \"auto\"); a base loaded in fp32 (transformers v4 without "
+                        "torch_dtype, e.g. PEFT's examples/sft without quantization) holds twice those bytes under "
+                        "single/DDP/FSDP (DeepSpeed fp16/bf16 casts it), and autocast then casts each weight to "
+                        "16-bit per matmul (not counted)")
+
+
+def lora_fp32_base_extra_bytes(counts: ParameterCounts, training: TrainingSpec, strategy: StrategySpec,
+                               hw: HardwareSpec) -> int:
+    """Bytes per GPU that a LoRA base loaded in fp32 would add over the 16-bit base counted for mixed fp16/bf16
+    on single/DDP/FSDP (0 where there is no such choice). dsadvise counts the base as loaded with
+    ``torch_dtype=bfloat16``/``float16`` (LLaMA-Factory, axolotl, TRL scripts, transformers v5's ``"auto"``);
+    transformers v4's ``from_pretrained`` without ``torch_dtype`` loads fp32 (PEFT's examples/sft/utils.py
+    passes ``torch_dtype=quant_storage_dtype or torch.float32``: fp32 without quantization), twice those bytes.
+    DeepSpeed fp16/bf16 casts the module itself and pure bf16 is a 16-bit model: 0 there, and 0 where the
+    parameters live on the CPU (offload)."""
+    if training.method != "lora" or training.precision not in ("fp16", "bf16") or strategy.backend == "deepspeed":
+        return 0
+    pl = placement(strategy, hw)
+    if pl.params_on != "gpu":
+        return 0
+    return int(counts.total * 2 / pl.param_shards)
+
+
 def adafactor_state_elements(arch: Architecture, counts: ParameterCounts) -> int:
     """Elements of Adafactor's factored second moment: rows+cols per matrix, full size for vectors.
 

@@ -136,6 +136,10 @@ def make_problem(model: ResolvedModel | str, hw: HardwareSpec, template: Trainin
     if assumed and profile is None:
         p.assumptions.append(GENERIC_GPU_NOTE)
     p.assumptions.extend(step_time_assumptions(p.rates, hw, template.task))
+    if "lora" in methods and template.task == "train":
+        from ..memory.model_states import LORA_16BIT_BASE_NOTE
+
+        p.assumptions.append(LORA_16BIT_BASE_NOTE)
     return p
 
 

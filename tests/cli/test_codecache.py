@@ -83,3 +83,19 @@ def test_parser_width_is_shutils(monkeypatch, columns):
     else:
         monkeypatch.setenv("COLUMNS", columns)
     assert terminal_columns() == shutil.get_terminal_size().columns
+
+
+def test_reading_an_old_file_marks_it_used(tmp_path, monkeypatch):
+    """A file read more than a day after it was written gets a fresh time, so datacache.prune (which deletes
+    files unused for MAX_AGE_DAYS) keeps the file of the interpreter in use."""
+    import time
+
+    monkeypatch.setenv("DSADVISE_CACHE_DIR", str(tmp_path))
+    path = codecache.cache_file(tmp_path, "test")
+    with open(path, "wb") as f:
+        f.write(codecache.marshal.dumps({}))
+    stamp = time.time() - 3 * 86400
+    os.utime(path, (stamp, stamp))
+    assert codecache.install("test")
+    codecache.uninstall()
+    assert os.stat(path).st_mtime > time.time() - 3600
