@@ -139,8 +139,14 @@ class DecoderReplay:
         xa = tr.dropout(xa, self.t.lora.dropout)
         a = tr.linear(xa, n_in, self.rank, True, w_dt="f32")        # lora_A saves its input
         bo = tr.linear(a, self.rank, n_out, True, w_dt="f32")       # lora_B saves lora_A's output
-        res = tr.add(base, tr.scalar_op(bo))                        # result + lora_B(...) * scaling
-        return tr.cast(res, base.dt)                                # result.to(torch_result_dtype)
+        scaled = tr.scalar_op(bo)
+        res = tr.add(base, scaled)                                  # result + lora_B(...) * scaling
+        out = tr.cast(res, base.dt)                                 # result.to(torch_result_dtype)
+        # the output-sized tensors alive at once (none saved): base, lora_B's output and its scaled copy, then
+        # base, the scaled copy and the sum, then the sum and its cast (the head's forward moment, issue 17)
+        self.branch_live = max(base.nbytes + bo.nbytes + scaled.nbytes, base.nbytes + scaled.nbytes + res.nbytes,
+                               res.nbytes + (out.nbytes if out.sid != res.sid else 0))
+        return out
 
     def norm(self, x: Tensor, trainable: bool, width: int | None = None) -> Tensor:
         """The family's norm over the last ``width`` elements (default: hidden)."""
@@ -519,13 +525,23 @@ class DecoderReplay:
         if loss_kind == "legacy-inline":
             return self.legacy_inline_loss(logits)
         held = logits
+        before = tr.bytes_of("logits_and_loss")
         loss = self.cross_entropy(logits, tr.N if tr.b > 1 else tr.s + 1)
+        if self.lora_head:
+            # issue 17: the LoRA'd head's forward moment above the end-of-forward saved set, which the loss's
+            # saves (made after it) are part of (measured: benchmarks/loss_kernels.py --lora-head)
+            self.head_moment(self.branch_live - (tr.bytes_of("logits_and_loss") - before))
         return held, loss
+
+    def head_moment(self, above: int) -> None:
+        """A forward moment of the head ``above`` bytes over the end-of-forward saved set (``forward_end``)."""
+        self.forward_moment = max(getattr(self, "forward_moment", 0), above)
 
     def head_linear(self, x: Tensor, width: int, lm_trainable: bool) -> Tensor:
         """The lm_head on ``x`` (one loss chunk or all tokens): a plain linear, or PEFT's lora.Linear when the
         head is a LoRA target (issue 17): the frozen base logits plus the adapter's vocabulary-sized output."""
         tr, V = self.tr, self.a.vocab_size
+        self.branch_live = 0
         if self.quantized_head:
             # bitsandbytes 0.42.0 (litgpt's pin) MatMul4Bit.forward keeps its input when it requires grad
             # (autograd/_functions.py ``ctx.tensors = (A, B)``), as the decoder's 4-bit linears (proj); the
@@ -579,11 +595,18 @@ class DecoderReplay:
         rows = [tr.s // C + (1 if i < tr.s % C else 0) for i in range(C)]     # tensor_split sizes
         parts = tr.split(x, [r * tr.b * width for r in rows])
         loss = None
+        before = tr.bytes_of("logits_and_loss")
+        moments = []
         for r, xc in zip(rows, parts):
             lc = self.head_linear(xc, width, lm_trainable)
+            # the decoder applies the head to every chunk before the loss runs (torchtune's chunked output,
+            # litgpt's lm_head_chunk_size): a LoRA'd head's chunk moment holds the earlier chunks' logits
+            moments.append(sum(tr.size[sid] for sid in self.forward_held) + self.branch_live)
             self.forward_held.append(lc.sid)                           # the list lives until `del logits`
             lo = self.cross_entropy(lc, r * tr.b)
             loss = lo if loss is None else tr.add(loss, lo)            # total_loss += ...
+        if self.lora_head:   # the losses' saves (all made after the heads) are in the end-of-forward set
+            self.head_moment(max(moments) - (tr.bytes_of("logits_and_loss") - before))
         return tr.scalar_op(loss)                                      # / total_elements
 
     def fused_linear_loss(self, x: Tensor, width: int, lm_trainable: bool) -> Tensor:

@@ -216,7 +216,8 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
         terms[term] = tr.bytes_of(term)
     terms["logits_held"] = tr.size[held.sid] if held is not None else 0
     # the end of the forward: tensors alive only until then (torchtune's logits list, Liger's chunk logits)
-    terms["forward_end"] = sum(tr.size[sid] for sid in m.forward_held) + getattr(m, "forward_transient", 0)
+    terms["forward_end"] = max(sum(tr.size[sid] for sid in m.forward_held) + getattr(m, "forward_transient", 0),
+                               getattr(m, "forward_moment", 0))   # issue 17: a LoRA'd head's forward moment
     # backward replay: the caller's output holds the logits; the first layer's input is the replay's end
     kept = {emb.sid} | ({held.sid} if held is not None else set())
     peaks = _replay_backward(tr, loss, kept, m.recompute)
@@ -509,7 +510,7 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     # to run; lower layers run with less saved). The logits tensor the caller's output holds is alive
     # throughout (``outputs = model(**batch); accelerator.backward(outputs.loss)``).
     held = terms["logits_held"]
-    logits_phase = max(held + terms["bw_head"], terms.get("forward_end", 0))
+    logits_phase = max(held + terms["bw_head"], terms.get("forward_end", 0))   # forward_end: above the saved set
     layer_transient = terms["bw_layer_transient"]
     layer_extra = 0
     if training.method == "qlora":
