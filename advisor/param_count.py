@@ -223,6 +223,12 @@ def lora_target_names(arch: Architecture) -> tuple[str, ...]:
     return (*linear_shapes(arch), *native_linear_names(arch.family), *_outside_linears(arch), ALL_LINEAR, LM_HEAD)
 
 
+def all_linear_names(arch: Architecture) -> list[str]:
+    """Normalized names of the linears PEFT's ``all-linear`` adapts on ``arch`` (not MoE): every decoder linear
+    but the family's exclusions, and OPT's project_in/project_out; never the lm_head."""
+    return [n for n in linear_shapes(arch) if n not in all_linear_excludes(arch)] + list(_outside_linears(arch))
+
+
 def lora_head_elements(arch: Architecture, rank: int) -> int:
     """LoRA elements of an adapted lm_head: lora_A (r x in) + lora_B (vocab x r), in = the head's input width
     (hidden, OPT-350m's word_embed_proj_dim). PEFT 0.21 adds nothing else with ``ensure_weight_tying`` left

@@ -105,9 +105,9 @@ def native_lora_targets(model: ResolvedModel, targets: tuple[str, ...]) -> tuple
         # issue 17 (L): all-linear next to other names (e.g. lm_head): PEFT reads a list's entries as module
         # names, so the shorthand is written out as the linears it adapts (every decoder linear but the
         # family's exclusions, OPT's project_in/out); MoE models are refused before (param_count)
-        from ...param_count import _outside_linears, all_linear_excludes, linear_shapes
+        from ...param_count import all_linear_names
 
-        chosen = [n for n in linear_shapes(arch) if n not in all_linear_excludes(arch)] + list(_outside_linears(arch))
+        chosen = all_linear_names(arch)
         owned = [own for own, held in native.items() if set(held) <= set(chosen)]
         covered = {n for own in owned for n in native[own]}
         rest = [t for t in targets if t != ALL_LINEAR]
