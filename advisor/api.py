@@ -112,7 +112,8 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                    freeze_layers: int = 2, prompt_len: int | None = None, loss: str = "plain",
                    loss_chunks: int = 8, offload_activations: bool = False,
                    expandable_segments: bool = False, double_quant: bool = True,
-                   tiled_mlp: bool = False, qlora_quantizer: str = "transformers") -> TrainingSpec:
+                   tiled_mlp: bool = False,
+                   base_dtype: str = "16-bit", qlora_quantizer: str = "transformers") -> TrainingSpec:
     """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16."""
     if precision is None:
         precision = "bf16" if hw.bf16_supported else "fp16"
@@ -130,7 +131,8 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                             freeze_trainable_layers=freeze_layers, prompt_len=prompt_len, loss=loss,
                             loss_chunks=loss_chunks, offload_activations=offload_activations,
                             expandable_segments=expandable_segments, double_quant=double_quant,
-                            tiled_mlp=tiled_mlp, qlora_quantizer=qlora_quantizer)
+                            tiled_mlp=tiled_mlp,
+                            base_dtype=base_dtype, qlora_quantizer=qlora_quantizer)
     except ValidationError as exc:
         raise input_error(exc) from None
 
@@ -169,7 +171,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              expandable_segments: bool = False, double_quant: bool = True, profile=None,
              tp: int = 1, sp: int = 1, cp: int = 1, dp_replicate: int = 1, fsdp_version: int = 1,
              allow_cross_node_tp: bool = False, tiled_mlp: bool = False,
-             qlora_quantizer: str = "transformers") -> Estimate:
+             base_dtype: str = "16-bit", qlora_quantizer: str = "transformers") -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
     optimizer step (training) or prefill/decode tokens/s per layout (inference); raises InputError on bad
     input. ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes.
@@ -187,7 +189,8 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               freeze_layers=freeze_layers, prompt_len=prompt_len, loss=loss,
                               loss_chunks=loss_chunks, offload_activations=offload_activations,
                               expandable_segments=expandable_segments, double_quant=double_quant,
-                              tiled_mlp=tiled_mlp, qlora_quantizer=qlora_quantizer)
+                              tiled_mlp=tiled_mlp,
+                              base_dtype=base_dtype, qlora_quantizer=qlora_quantizer)
     check_against_model(resolved, training)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes,
                            **layout_fields(tp, sp, cp, dp_replicate, fsdp_version, allow_cross_node_tp))

@@ -29,3 +29,6 @@ QloraQuantizer = Literal["transformers", "lightning"]
 # issue 16 (helper F): training frameworks and presets
 Framework = Literal["accelerate", "hf-trainer", "trl", "llamafactory", "axolotl"]
 Preset = Literal["lora", "qlora", "full", "z2-offload", "z3", "minimal"]
+
+# issue 17: the dtype a LoRA base is loaded in (from_pretrained torch_dtype): 16-bit, or fp32 under autocast
+BaseDtype = Literal["16-bit", "fp32"]

@@ -12,6 +12,7 @@ from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpShardi
                       Optimizer, Precision, StrategyName, Task)
 from .choices import FsdpVersion  # issue 15: parallel layouts
 from .choices import Framework  # issue 16 (helper F)
+from .choices import BaseDtype  # issue 17: LoRA base dtype
 from .choices import QloraQuantizer  # issue 17 (helper L)
 
 GiB = 1024**3
@@ -112,6 +113,20 @@ class TrainingSpec(_Spec):
     # --- issue 15 (helper T): ALST tiled MLP (advisor/memory/tiling.py) ---
     tiled_mlp: bool = Field(False, description="DeepSpeed ALST TiledMLP around every decoder layer's MLP "
                                                "(ulysses_sp.py): saves only the MLP input, recomputes per shard")
+    # --- issue 17: the dtype the LoRA base is loaded in ---
+    base_dtype: BaseDtype = Field("16-bit", description="method=lora: the frozen base as loaded (from_pretrained "
+                                                        "torch_dtype): 16-bit (the compute dtype) or fp32 (transformers "
+                                                        "v4 without torch_dtype), run under fp16/bf16 autocast")
+
+    @model_validator(mode="after")
+    def _base_dtype(self) -> "TrainingSpec":
+        if self.base_dtype == "fp32" and self.method != "lora":
+            raise ValueError("--base-dtype fp32 is a LoRA setting (the frozen base's dtype): use it with --method lora")
+        if self.base_dtype == "fp32" and self.precision not in ("fp16", "bf16"):
+            raise ValueError("--base-dtype fp32 means an fp32 base under fp16/bf16 autocast: use it with "
+                             "--precision bf16 or fp16 (--precision fp32 already counts an fp32 base)")
+        return self
+
     # --- issue 17 (helper L): who quantizes a QLoRA model (advisor/param_count.check_qlora_quantizer) ---
     qlora_quantizer: QloraQuantizer = Field(
         "transformers", description="QLoRA: transformers (BitsAndBytesConfig: decoder linears NF4, lm_head 16-bit; "

@@ -50,6 +50,8 @@ def kwargs(p: dict) -> dict:
               loss_chunks=p.get("loss_chunks", 8), double_quant=p.get("double_quant", True),
               attention=p.get("attention", "sdpa"), global_batch=p.get("global_batch"),
               bucket_sizes=p.get("bucket_sizes", "auto"))
+    if p.get("base_dtype"):                      # issue 17: a LoRA base loaded in fp32
+        kw.update(base_dtype=p["base_dtype"])
     if p["method"] in ("lora", "qlora"):
         kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]), lora_dropout=p.get("lora_dropout", 0.0))
     if p.get("qlora_quantizer"):   # issue 17 (L): litgpt's QLoRA is quantized by lightning (the lm_head too)

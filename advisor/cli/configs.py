@@ -90,7 +90,8 @@ def plan(args):
                     freeze_layers=kw["freeze_layers"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
                     offload_activations=kw["offload_activations"], expandable_segments=kw["expandable_segments"],
                     double_quant=kw["double_quant"], lora_dropout=kw["lora_dropout"],
-                    tiled_mlp=kw["tiled_mlp"])   # issue 15 (helper T)
+                    tiled_mlp=kw["tiled_mlp"],   # issue 15 (helper T)
+                    base_dtype=kw["base_dtype"])   # issue 17
     if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
         raise InputError("--qlora-quantizer lightning is litgpt's QLoRA (lightning BitsandbytesPrecision); generate "
                          "renders transformers/PEFT configs: drop it, or estimate with it", field="--qlora-quantizer")

@@ -25,6 +25,7 @@ METHODS: tuple[str, ...] = get_args(choices.Method)
 CHECKPOINTING: tuple[str, ...] = get_args(choices.Checkpointing)
 ATTENTION: tuple[str, ...] = get_args(choices.Attention)
 LOSSES: tuple[str, ...] = get_args(choices.Loss)
+BASE_DTYPES: tuple[str, ...] = get_args(choices.BaseDtype)   # issue 17
 TASKS: tuple[str, ...] = get_args(choices.Task)
 OFFLOAD: tuple[str, ...] = get_args(choices.OffloadTarget)
 STRATEGIES: tuple[str, ...] = get_args(choices.StrategyName)
@@ -170,6 +171,10 @@ FLAGS: dict[str, Flag] = _flags(
          spec_fields=("tiled_mlp",)),
     Flag("--no-double-quant", "QLoRA without bitsandbytes double quantization", action="store_true",
          spec_fields=("double_quant",), wizard_field="double_quant"),
+    # issue 17: the LoRA base's dtype (a loading choice in the user's script)
+    Flag("--base-dtype", "--method lora: the frozen base as your script loads it: 16-bit (torch_dtype=bfloat16/"
+         "float16, the default) or fp32 (transformers v4 from_pretrained without torch_dtype), under autocast",
+         choices=BASE_DTYPES, default="16-bit", spec_fields=("base_dtype",)),
     # issue 17 (helper L): litgpt's QLoRA quantizes the lm_head too
     Flag("--qlora-quantizer", "QLoRA: transformers (BitsAndBytesConfig: lm_head 16-bit; PEFT, TRL, axolotl, "
          "LLaMA-Factory) or lightning (litgpt --quantize bnb.nf4: every Linear NF4, lm_head included, dequantized "
@@ -262,7 +267,8 @@ HARDWARE_FLAGS = ("--gpus", "--nodes", "--vram", "--gpu", "--cpu-ram", "--nvme-p
 TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--precision", "--optimizer",
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant",
-                  "--tiled-mlp", "--qlora-quantizer")
+                  "--tiled-mlp",
+                  "--base-dtype", "--qlora-quantizer")   # issue 17
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 
@@ -305,6 +311,7 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 loss_chunks=args.loss_chunks, offload_activations=args.offload_activations,
                 expandable_segments=args.expandable_segments, double_quant=not args.no_double_quant,
                 tiled_mlp=getattr(args, "tiled_mlp", False),
+                base_dtype=getattr(args, "base_dtype", "16-bit"),
                 qlora_quantizer=getattr(args, "qlora_quantizer", "transformers"))   # issue 17 (helper L)
 
 

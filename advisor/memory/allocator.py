@@ -925,7 +925,7 @@ def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
     Weights as loaded: 16-bit under bf16/fp16/pure-bf16 with a LoRA/QLoRA base (NF4 for QLoRA's decoder
     linears), the weight dtype of full fine-tuning otherwise (advisor.memory.bytes_per_param)."""
     from ..param_count import linear_shapes
-    from .bytes_per_param import state_bytes
+    from .bytes_per_param import fp32_lora_base, state_bytes
 
     sb = state_bytes(training, strategy)
     layer_t, _, emb, head, final = _tensor_elements(arch)
@@ -934,7 +934,7 @@ def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
         # QLoRA: the packed 4-bit data (half a byte per weight) is what FSDP flattens and shards; the
         # quantization state stays whole on the module (see _fsdp_allocation).
         lin_b = 0.5 if training.method == "qlora" else sb.frozen_weight
-        other_b = 4 if training.precision == "fp32" else 2
+        other_b = 4 if training.precision == "fp32" or fp32_lora_base(training, strategy) else 2
     else:
         lin_b = other_b = sb.weight
     layer = tuple(int(e * (lin_b if i < n_lin else other_b)) for i, e in enumerate(layer_t) if e)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..architecture import Architecture
 from ..param_count import ParameterCounts, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
-from .bytes_per_param import StateBytes
+from .bytes_per_param import StateBytes, fp32_lora_base
 from .model_states import fsdp_shard_degree
 from .zero_sizes import DeepSpeedSizes, deepspeed_sizes  # noqa: F401  (re-exported: render uses them)
 
@@ -109,11 +109,12 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             # SHARD_GRAD_OP keeps parameters gathered from forward through backward.
             out["FSDP gathered parameters (whole model)"] = model_bytes
             out["FSDP unsharded layer gradient"] = layer_grad
-        elif mixed and training.method == "full":
+        elif mixed and (training.method == "full" or fp32_lora_base(training, strategy)):
             # NO_SHARD / one GPU with MixedPrecision: a 16-bit compute copy of the flat parameters.
             out["FSDP mixed-precision parameter copy"] = model_bytes
         if shards > 1 and strategy.fsdp_sharding != "NO_SHARD" and (
-                strategy.offload_param == "cpu" or (mixed and training.method == "full")):
+                strategy.offload_param == "cpu" or (mixed and (training.method == "full"
+                                                            or fp32_lora_base(training, strategy)))):
             # Before each all-gather FSDP puts this rank's shard on the GPU in the gathered dtype: with
             # CPUOffload(offload_params=True) a copy of the CPU shard (flat_param.py pre_unshard ->
             # flat_param_to(device)), under MixedPrecision over fp32 shards a 16-bit copy

@@ -38,6 +38,14 @@ def is_half_model(training: TrainingSpec, strategy: StrategySpec) -> bool:
     return strategy.backend == "deepspeed" and training.precision in ("fp16", "bf16")
 
 
+def fp32_lora_base(training: TrainingSpec, strategy: StrategySpec) -> bool:
+    """True when a LoRA base is held in fp32 under fp16/bf16 autocast (``--base-dtype fp32``: transformers v4's
+    ``from_pretrained`` without ``torch_dtype``). DeepSpeed fp16/bf16 casts the module to 16 bit anyway
+    (engine.py ``_configure_distributed_model``), so there it stays 16-bit."""
+    return (getattr(training, "base_dtype", "16-bit") == "fp32" and training.method == "lora"
+            and training.precision in ("fp16", "bf16") and strategy.backend != "deepspeed")
+
+
 def optimizer_state_bytes(optimizer: str, state_bytes: int) -> float:
     """Per-element bytes of optimizer moments; ``state_bytes`` is 4 (fp32 states) or 2 (pure bf16)."""
     return {
@@ -66,7 +74,7 @@ def state_bytes(training: TrainingSpec, strategy: StrategySpec) -> StateBytes:
         # trainable part is fp32 with fp32 grads; DeepSpeed half models hold them at 2 bytes plus fp32 master.
         weight = 2 if half else 4
         nf4 = NF4_DOUBLE_QUANT_BYTES if getattr(training, "double_quant", True) else NF4_BYTES
-        frozen = nf4 if training.method == "qlora" else (4 if p == "fp32" else 2)
+        frozen = nf4 if training.method == "qlora" else (4 if p == "fp32" or fp32_lora_base(training, strategy) else 2)
     else:
         weight = 2 if half else 4
         frozen = weight

@@ -14,8 +14,9 @@ from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
 from .buffers import buffer_bytes
-from .bytes_per_param import state_bytes
-from .model_states import LORA_16BIT_BASE_NOTE, lora_fp32_base_extra_bytes, model_states
+from .bytes_per_param import fp32_lora_base, state_bytes
+from .model_states import (LORA_16BIT_BASE_NOTE, QLORA_16BIT_REST_NOTE, lora_fp32_base_extra_bytes, model_states,
+                           qlora_kbit_upcast_extra_bytes)
 from .overhead import nccl_communicators, nccl_nvls_bytes_per_communicator, overhead_defaults
 from .allocator import gpu_allocation
 from .peak import ActivationTerms, StepPeak, gradients_formed_in_backward, step_peak
@@ -90,6 +91,25 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         # for backward (autocast weight cache). FSDP's MixedPrecision already holds 16-bit params, and a
         # LoRA/QLoRA base is stored in 16 bit / NF4, so neither is copied.
         buffers["autocast 16-bit weight copies (saved for backward)"] = terms.autocast_weight_copies
+    elif strategy.backend != "fsdp" and training.method in ("lora", "qlora") and mode.startswith("autocast"):
+        # issue 17: LoRA under autocast (FSDP's MixedPrecision gathers 16-bit params: no casts there). Autocast
+        # caches the 16-bit cast of every leaf that requires grad until the autocast region ends
+        # (aten/src/ATen/autocast_mode.cpp cached_cast: arg.requires_grad() && arg.is_leaf()): the fp32
+        # adapters (PEFT autocast_adapter_dtype) of every layer, through the forward (and the saved ones through
+        # the backward). A frozen fp32 base (--base-dtype fp32) is not cached: each weight is cast at every use
+        # and MmBackward saves the copy while its input needs a grad: every layer's linears through the backward
+        # without checkpointing (the first layer's too: an upper bound), with full checkpointing only the
+        # recomputed layer's (during its backward); and the lm_head's (saved by the logits until the head's
+        # backward). Counted from the linears' shapes (param_count.linear_shapes).
+        copies = trainable * 2
+        if fp32_lora_base(training, strategy):
+            from ..param_count import linear_shapes
+
+            layer = sum(i * o * c for i, o, c in linear_shapes(arch).values())
+            layers = 1 if training.activation_checkpointing == "full" else arch.num_layers
+            copies += (layers * layer + arch.vocab_size * arch.hidden_size) * 2
+        buffers["autocast 16-bit copies of fp32 weights (LoRA adapters" + (
+            ", the fp32 base" if fp32_lora_base(training, strategy) else "") + ")"] = copies
     buffers_total = sum(buffers.values())
 
     # The peak is the worst moment of the step (advisor/memory/peak.py): gradients formed during backward,
@@ -135,7 +155,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     if act.breakdown.get("info:offloaded_activations"):
         # --offload-activations: pinned host copies of every GPU's saved activations
         cpu_parts["offloaded activations (pinned)"] = act.breakdown["info:offloaded_activations"] * hw.gpus_per_node
-    loading = _model_loading_cpu(counts, sb.weight, training, strategy, hw)
+    loading = _model_loading_cpu(counts, sb, training, strategy, hw)
     cpu_parts.update(loading)
     save = checkpoint_save_cpu(counts, training, strategy)
     if save > sum(loading.values()):
@@ -168,6 +188,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                          "time (counted: the lm_head's for each call on top of the loss moment)")
     if fp32_extra := lora_fp32_base_extra_bytes(counts, training, strategy, hw):
         notes.append(f"{LORA_16BIT_BASE_NOTE}: {fp32_extra / 2**30:.2f} GiB per GPU here, as much again in fp32")
+    if upcast := qlora_kbit_upcast_extra_bytes(arch, counts, training, strategy):
+        notes.append(f"{QLORA_16BIT_REST_NOTE}: {upcast / 2**30:.2f} GiB per GPU here, as much again in fp32")
     if training.attention == "sdpa" and (arch.attention_sinks or arch.attn_logit_softcapping):
         # transformers: GptOssPreTrainedModel._supports_sdpa = False (sinks); sdpa_attention_forward refuses softcap
         why = "attention sinks" if arch.attention_sinks else "attention logit soft-capping"
@@ -263,6 +285,8 @@ def activation_mode(training: TrainingSpec, strategy: StrategySpec) -> ComputeMo
     * Single GPU / DDP full fine-tuning: autocast over the fp32 weights the optimizer updates (``autocast-*``).
     """
     mode = compute_mode(training.precision, strategy.backend)
+    if mode.startswith("autocast") and strategy.backend != "fsdp" and fp32_lora_base(training, strategy):
+        return mode   # issue 17: --base-dtype fp32: autocast over the fp32 base (FSDP gathers it in 16 bit)
     if mode.startswith("autocast") and (strategy.backend == "fsdp" or training.method in ("lora", "qlora")):
         return f"autocast16-{training.precision}"  # type: ignore[return-value]
     return mode
@@ -305,10 +329,19 @@ def checkpoint_save_cpu(counts: ParameterCounts, training: TrainingSpec, strateg
     return 0
 
 
-def _model_loading_cpu(counts: ParameterCounts, weight_bytes: float, training: TrainingSpec,
+def _model_loading_cpu(counts: ParameterCounts, sb, training: TrainingSpec,
                        strategy: StrategySpec, hw: HardwareSpec) -> dict[str, int]:
-    """Transient CPU RAM while each process loads the checkpoint before moving it to the GPU."""
-    load_b = 2 if training.precision != "fp32" else 4   # checkpoints load in torch_dtype (16-bit usually)
+    """Transient CPU RAM while each process loads the checkpoint before moving it to the GPU: the model in the
+    dtype it is loaded in (``from_pretrained(torch_dtype=...)``, what advisor/render/frameworks/common.py
+    ``load_dtype`` writes): a LoRA base as counted (16-bit, fp32 with --base-dtype fp32), a QLoRA base in
+    16 bit (quantized layer by layer), full fine-tuning's weights as the model holds them (fp32 under
+    accelerate's autocast, 16-bit for DeepSpeed fp16/bf16 and pure bf16)."""
+    if training.method == "qlora":
+        load_b = 4 if training.precision == "fp32" else 2
+    elif training.method == "lora":
+        load_b = sb.frozen_weight
+    else:
+        load_b = sb.weight
     if strategy.backend == "deepspeed" and strategy.zero_stage == 3:
         # zero.Init partitions at construction: only the largest layer is whole on CPU per process
         # (estimate_zero3_model_states_mem_needs, zero_init=True).

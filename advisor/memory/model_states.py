@@ -96,12 +96,36 @@ def lora_fp32_base_extra_bytes(counts: ParameterCounts, training: TrainingSpec, 
     passes ``torch_dtype=quant_storage_dtype or torch.float32``: fp32 without quantization), twice those bytes.
     DeepSpeed fp16/bf16 casts the module itself and pure bf16 is a 16-bit model: 0 there, and 0 where the
     parameters live on the CPU (offload)."""
-    if training.method != "lora" or training.precision not in ("fp16", "bf16") or strategy.backend == "deepspeed":
+    if training.method != "lora" or training.precision not in ("fp16", "bf16") or strategy.backend == "deepspeed" \
+            or getattr(training, "base_dtype", "16-bit") == "fp32":
         return 0
     pl = placement(strategy, hw)
     if pl.params_on != "gpu":
         return 0
     return int(counts.total * 2 / pl.param_shards)
+
+
+QLORA_16BIT_REST_NOTE = ("QLoRA's embeddings, norms and lm_head are counted in 16-bit, as LLaMA-Factory keeps them; "
+                         "PEFT's prepare_model_for_kbit_training, which TRL's SFTTrainer and axolotl call for QLoRA "
+                         "unless FSDP/ZeRO-3 shard it, casts them to fp32, twice those bytes, and the hidden states "
+                         "and logits then run in fp32 (not counted)")
+
+
+def qlora_kbit_upcast_extra_bytes(arch: Architecture, counts: ParameterCounts, training: TrainingSpec,
+                                  strategy: StrategySpec) -> int:
+    """Bytes per GPU that PEFT's ``prepare_model_for_kbit_training`` would add to a QLoRA model by casting every
+    non-quantized 16-bit parameter (embeddings, norms, an untied lm_head) to fp32 (peft/utils/other.py: "cast all
+    non INT8 parameters to fp32"). TRL's SFTTrainer calls it for QLoRA unless the 4-bit weights are sharded
+    (sft_trainer.py ``is_sharded_qlora``: FSDP / ZeRO-3 skip it), axolotl too; LLaMA-Factory does not (its own
+    ``prepare_model_for_training`` upcasts only norms, with ``upcast_layernorm``). dsadvise counts those weights
+    16-bit; 0 where the call is skipped or everything is already fp32."""
+    if training.method != "qlora" or training.precision == "fp32" or strategy.backend == "fsdp" \
+            or (strategy.backend == "deepspeed" and (strategy.zero_stage or 0) >= 3):
+        return 0
+    if lightning_quantized_head(training):   # issue 17 (L): litgpt's QLoRA: no PEFT, no upcast
+        return 0
+    quantized = min(counts.total, arch.num_layers * sum(i * o * c for i, o, c in linear_shapes(arch).values()))
+    return int((counts.total - quantized) * 2)
 
 
 def adafactor_state_elements(arch: Architecture, counts: ParameterCounts) -> int:

@@ -136,10 +136,11 @@ def make_problem(model: ResolvedModel | str, hw: HardwareSpec, template: Trainin
     if assumed and profile is None:
         p.assumptions.append(GENERIC_GPU_NOTE)
     p.assumptions.extend(step_time_assumptions(p.rates, hw, template.task))
-    if "lora" in methods and template.task == "train":
-        from ..memory.model_states import LORA_16BIT_BASE_NOTE
+    if template.task == "train" and ("lora" in methods or "qlora" in methods):
+        from ..memory.model_states import LORA_16BIT_BASE_NOTE, QLORA_16BIT_REST_NOTE
 
-        p.assumptions.append(LORA_16BIT_BASE_NOTE)
+        p.assumptions += [n for m, n in (("lora", LORA_16BIT_BASE_NOTE), ("qlora", QLORA_16BIT_REST_NOTE))
+                          if m in methods]
     return p
 
 

@@ -13,6 +13,7 @@ from ...catalog.models import ResolvedModel
 from ...errors import InputError
 from ...param_count import ALL_LINEAR, native_linear_names
 from ...specs import HardwareSpec, StrategySpec, TrainingSpec
+from ...memory.bytes_per_param import fp32_lora_base
 from ..context import FSDP_LAYER_CLASSES
 
 DS_CONFIG = "ds_config.json"
@@ -67,6 +68,7 @@ class Run:
     main_process_ip: str = "127.0.0.1"
     main_process_port: int = 29500
     notes: list[str] = field(default_factory=list)
+    fp32_base: bool = False         # issue 17: --base-dtype fp32 (a LoRA base loaded in fp32 under autocast)
 
     @property
     def deepspeed(self) -> str | None:
@@ -166,6 +168,9 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
                          "only so far (the frameworks' own keys for them are not rendered): use --framework "
                          "accelerate, or a --strategy without --tp/--sp/--cp/--dp-replicate/--fsdp-version 2",
                          field="--framework")
+    if training.base_dtype == "fp32" and framework in ("llamafactory", "axolotl"):
+        raise InputError(f"{where}: --base-dtype fp32 has no key there ({framework} loads the model in the compute "
+                         "dtype): drop it, or pick hf-trainer / trl, whose dtype key loads float32", field="--base-dtype")
     mid, known = model_id(model)
     ckpt = training.activation_checkpointing == "full"
     return Run(framework=framework, model_id=mid, model_id_known=known, family=model.architecture.family,
@@ -181,7 +186,8 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
                fsdp_layer_cls=FSDP_LAYER_CLASSES.get(model.architecture.family),
                offload_activations=training.offload_activations,
                expandable_segments=training.expandable_segments, main_process_ip=main_process_ip,
-               main_process_port=main_process_port)
+               main_process_port=main_process_port,
+               fp32_base=fp32_lora_base(training, strategy))
 
 
 def bnb_config(run: Run) -> dict | None:
@@ -224,7 +230,7 @@ def load_dtype(run: Run) -> str:
     (DeepSpeed casts the module anyway) in 16 bits, otherwise fp32 weights under autocast. transformers 5 loads
     in the checkpoint's dtype by default (``dtype="auto"``), so it is always written out."""
     half = {"fp16": "float16", "bf16": "bfloat16", "pure-bf16": "bfloat16"}.get(run.precision)
-    if half is None:
+    if half is None or run.fp32_base:
         return "float32"
     if run.method in ("lora", "qlora") or run.precision == "pure-bf16" or run.backend == "deepspeed":
         return half

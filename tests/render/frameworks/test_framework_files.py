@@ -100,11 +100,25 @@ def test_qlora_under_zero3_stores_4bit_weights_in_the_compute_dtype(framework_re
     ("--model llama-2-7b --gpus 2 --vram 80 --strategy zero2 --optimizer lamb", "trl", "--optimizer"),
     ("--model gpt2 --gpus 1 --vram 24 --strategy single --method lora --lora-targets o_proj", "axolotl",
      "--lora-targets"),
+    # issue 17: both load the model in the compute dtype
+    ("--model gpt2 --gpus 1 --vram 24 --strategy single --method lora --base-dtype fp32", "llamafactory", "--base-dtype"),
+    ("--model gpt2 --gpus 1 --vram 24 --strategy single --method lora --base-dtype fp32", "axolotl", "--base-dtype"),
 ])
 def test_what_a_framework_cannot_express_is_refused(argv, framework, flag):
     with pytest.raises(InputError) as err:
         plan_scenario(argv, framework)
     assert err.value.field == flag
+
+
+@pytest.mark.parametrize("framework, file, key", [("hf-trainer", "hf_model_args.yaml", "dtype"),
+                                                   ("trl", "trl_sft.yaml", "dtype")])
+def test_an_fp32_lora_base_is_loaded_in_float32(framework, file, key):
+    """--base-dtype fp32 (issue 17): the file loads what the estimate counts; the 16-bit default loads bfloat16."""
+    argv = "--model gpt2 --gpus 1 --vram 24 --strategy single --method lora --precision bf16"
+    *_, files = plan_scenario(argv + " --base-dtype fp32", framework)
+    assert yaml.safe_load(files[file])[key] == "float32"
+    *_, files = plan_scenario(argv, framework)
+    assert yaml.safe_load(files[file])[key] == "bfloat16"
 
 
 def test_llamafactory_freeze_and_gpt2_native_targets():
