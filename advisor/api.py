@@ -113,7 +113,7 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                    loss_chunks: int = 8, offload_activations: bool = False,
                    expandable_segments: bool = False, double_quant: bool = True,
                    tiled_mlp: bool = False,
-                   base_dtype: str = "16-bit") -> TrainingSpec:
+                   base_dtype: str = "16-bit", qlora_quantizer: str = "transformers") -> TrainingSpec:
     """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16."""
     if precision is None:
         precision = "bf16" if hw.bf16_supported else "fp16"
@@ -132,7 +132,7 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                             loss_chunks=loss_chunks, offload_activations=offload_activations,
                             expandable_segments=expandable_segments, double_quant=double_quant,
                             tiled_mlp=tiled_mlp,
-                            base_dtype=base_dtype)
+                            base_dtype=base_dtype, qlora_quantizer=qlora_quantizer)
     except ValidationError as exc:
         raise input_error(exc) from None
 
@@ -171,7 +171,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              expandable_segments: bool = False, double_quant: bool = True, profile=None,
              tp: int = 1, sp: int = 1, cp: int = 1, dp_replicate: int = 1, fsdp_version: int = 1,
              allow_cross_node_tp: bool = False, tiled_mlp: bool = False,
-             base_dtype: str = "16-bit") -> Estimate:
+             base_dtype: str = "16-bit", qlora_quantizer: str = "transformers") -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
     optimizer step (training) or prefill/decode tokens/s per layout (inference); raises InputError on bad
     input. ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes.
@@ -190,7 +190,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               loss_chunks=loss_chunks, offload_activations=offload_activations,
                               expandable_segments=expandable_segments, double_quant=double_quant,
                               tiled_mlp=tiled_mlp,
-                              base_dtype=base_dtype)
+                              base_dtype=base_dtype, qlora_quantizer=qlora_quantizer)
     check_against_model(resolved, training)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes,
                            **layout_fields(tp, sp, cp, dp_replicate, fsdp_version, allow_cross_node_tp))

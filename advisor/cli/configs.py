@@ -92,6 +92,9 @@ def plan(args):
                     double_quant=kw["double_quant"], lora_dropout=kw["lora_dropout"],
                     tiled_mlp=kw["tiled_mlp"],   # issue 15 (helper T)
                     base_dtype=kw["base_dtype"])   # issue 17
+    if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
+        raise InputError("--qlora-quantizer lightning is litgpt's QLoRA (lightning BitsandbytesPrecision); generate "
+                         "renders transformers/PEFT configs: drop it, or estimate with it", field="--qlora-quantizer")
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
     if args.strategy is not None:
