@@ -84,6 +84,8 @@ class Architecture(BaseModel):
                                              "the layers of kind chunked_attention attend within chunks of this size")
     qk_l2_norm: bool = False              # parameter-free L2 norm of q and k on the RoPE layers (Llama-4 use_qk_norm)
     attn_temperature_tuning: bool = False  # q scaled per position on the NoPE layers (Llama-4)
+    # issue 17 (C): Phi-1/1.5/2's lm_head is nn.Linear(hidden, vocab, bias=True) (modeling_phi.py)
+    lm_head_bias: bool = False
 
     attention_dropout: float = Field(0.0, ge=0, lt=1)
     hidden_dropout: float = Field(0.0, ge=0, lt=1)
@@ -151,4 +153,5 @@ class Architecture(BaseModel):
 _FAMILY_FIELDS = ("moe_norm_topk", "layer_pattern", "router_bias", "attention_sinks", "kv_lora_rank", "q_lora_rank",
                   "qk_rope_head_dim", "v_head_dim", "shared_expert_size", "dense_layers", "dense_intermediate_size",
                   "moe_groups", "moe_topk_groups", "rope_interleave",
-                  "attention_chunk_size", "qk_l2_norm", "attn_temperature_tuning")
+                  "attention_chunk_size", "qk_l2_norm", "attn_temperature_tuning",
+                  "lm_head_bias")

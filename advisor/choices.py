@@ -22,6 +22,10 @@ Loss = Literal["plain", "chunked", "fused-linear",
 # issue 15 (tensor / sequence / context parallelism): FSDP generation (accelerate fsdp_version; FSDP2 = fully_shard)
 FsdpVersion = Literal[1, 2]
 
+# issue 17 (helper L): who quantizes a QLoRA model (transformers' BitsAndBytesConfig, or lightning's
+# BitsandbytesPrecision as litgpt --quantize bnb.nf4 uses it)
+QloraQuantizer = Literal["transformers", "lightning"]
+
 # issue 16 (helper F): training frameworks and presets
 Framework = Literal["accelerate", "hf-trainer", "trl", "llamafactory", "axolotl"]
 Preset = Literal["lora", "qlora", "full", "z2-offload", "z3", "minimal"]

@@ -27,6 +27,11 @@ from advisor.architecture import Architecture
 from advisor.errors import InputError, did_you_mean
 
 ALL_LINEAR = "all-linear"
+# issue 17 (L): the output layer as a LoRA target. Every transformers causal LM dsadvise models names it
+# ``lm_head`` (get_output_embeddings(), an nn.Linear; transformers 5 renamed GPT-NeoX's ``embed_out``); PEFT's
+# ``all-linear`` leaves it out (peft/tuners/tuners_utils.py ``_maybe_include_all_linear_layers``), so it is only
+# adapted when named.
+LM_HEAD = "lm_head"
 
 
 def native_linear_names(model_type: str) -> dict[str, tuple[str, ...]]:
@@ -157,6 +162,8 @@ def count_parameters(arch: Architecture) -> ParameterCounts:
     position_table = arch.learned_position_rows * h
     embedding = token_table + position_table + (norm if arch.embedding_norm else 0) + projection
     lm_head = 0 if arch.tie_word_embeddings else vocab * emb_dim
+    if arch.lm_head_bias:   # Phi's lm_head carries a bias (its own parameter, even where the weight is tied)
+        lm_head += vocab
     final = (norm if arch.final_norm else 0) + projection
     total = embedding + lm_head + arch.moe_layers * per_layer + final if arch.is_moe \
         else embedding + lm_head + arch.num_layers * per_layer + final
@@ -213,8 +220,93 @@ def all_linear_note(arch: Architecture, target_modules: tuple[str, ...]) -> str 
 
 
 def lora_target_names(arch: Architecture) -> tuple[str, ...]:
-    """The LoRA target names ``arch`` accepts: normalized names, the family's own names, ``all-linear``."""
-    return (*linear_shapes(arch), *native_linear_names(arch.family), *_outside_linears(arch), ALL_LINEAR)
+    """The LoRA target names ``arch`` accepts: normalized names, the family's own names, ``all-linear``,
+    ``lm_head``."""
+    return (*linear_shapes(arch), *native_linear_names(arch.family), *_outside_linears(arch), ALL_LINEAR, LM_HEAD)
+
+
+def all_linear_names(arch: Architecture) -> list[str]:
+    """Normalized names of the linears PEFT's ``all-linear`` adapts on ``arch`` (not MoE): every decoder linear
+    but the family's exclusions, and OPT's project_in/project_out; never the lm_head."""
+    return [n for n in linear_shapes(arch) if n not in all_linear_excludes(arch)] + list(_outside_linears(arch))
+
+
+def lora_head_elements(arch: Architecture, rank: int) -> int:
+    """LoRA elements of an adapted lm_head: lora_A (r x in) + lora_B (vocab x r), in = the head's input width
+    (hidden, OPT-350m's word_embed_proj_dim). PEFT 0.21 adds nothing else with ``ensure_weight_tying`` left
+    False, tied or not (checked on a real get_peft_model: tests/families/test_lora_head.py)."""
+    return rank * ((arch.word_embed_proj_dim or arch.hidden_size) + arch.vocab_size)
+
+
+def lora_targets_head(target_modules) -> bool:
+    """Whether ``target_modules`` names the lm_head (issue 17)."""
+    targets = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules or ())
+    return LM_HEAD in targets
+
+
+def lora_head_note(arch: Architecture, training) -> str | None:
+    """What an estimate with LoRA on the lm_head must say (None without it): the tied-weights behaviour PEFT
+    0.21 has by default (peft/tuners/tuners_utils.py: it warns that a tied layer is part of the adapter and adapts
+    the lm_head module only unless ``ensure_weight_tying=True``, which also puts an adapter on the embedding)."""
+    if training.method not in ("lora", "qlora") or not lora_targets_head(training.lora.target_modules):
+        return None
+    note = (f"LoRA on the lm_head: {lora_head_elements(arch, training.lora.rank):,} adapter elements and, each "
+            f"micro-step, its vocabulary-sized fp32 LoRA output added to the logits (counted)")
+    if arch.tie_word_embeddings:
+        note += ("; the head is tied to the embedding: PEFT 0.21 adapts the lm_head module only (it warns; "
+                 "LoraConfig(ensure_weight_tying=True) would also adapt the embedding, not counted)")
+    return note
+
+
+def lightning_quantized_head(training) -> bool:
+    """QLoRA quantized by lightning (``--qlora-quantizer lightning``, litgpt ``--quantize bnb.nf4``): the lm_head is
+    NF4 too (lightning BitsandbytesPrecision.module_init_context / _convert_layers swap every torch.nn.Linear for
+    _Linear4bit; litgpt/finetune/lora.py passes no ignore_modules)."""
+    return training.method == "qlora" and getattr(training, "qlora_quantizer", "transformers") == "lightning"
+
+
+def check_qlora_quantizer(arch: Architecture, training, world_size: int) -> None:
+    """Refuse, in one line, a ``--qlora-quantizer lightning`` run litgpt/lightning would not run or dsadvise cannot
+    replay (issue 17): only with ``--method qlora``; one GPU (litgpt finetune/lora.py at fd71063c: "Quantization is
+    currently not supported for multi-GPU training"); a "-true" precision ("Quantization and mixed precision is
+    not supported": pure-bf16 or fp32 here); an untied head (litgpt's GPT holds wte and lm_head apart, lightning
+    quantizes the lm_head module: give the config with tie_word_embeddings false); a replayed family (the tracer
+    runs transformers' models, not lightning's quantized ones)."""
+    if getattr(training, "qlora_quantizer", "transformers") == "transformers":
+        return
+    where = "lightning (litgpt's QLoRA)"
+    if training.method != "qlora":
+        raise InputError(f"{where} quantizes a QLoRA model: use it with --method qlora", field="--qlora-quantizer")
+    if world_size > 1:
+        raise InputError(f"{where}: litgpt refuses quantization on more than one GPU (finetune/lora.py: "
+                         "\"Quantization is currently not supported for multi-GPU training\"): use one GPU",
+                         field="--qlora-quantizer")
+    if training.precision not in ("pure-bf16", "fp32"):
+        raise InputError(f"{where}: litgpt refuses quantization with mixed precision (finetune/lora.py); its bf16-true "
+                         "is --precision pure-bf16", field="--precision")
+    from advisor.families import REPLAYED_FAMILIES
+
+    if arch.traced or arch.family not in REPLAYED_FAMILIES:
+        raise InputError(f"{where}: {arch.family} is traced on the transformers model, which cannot stand for a "
+                         "lightning-quantized one; not expressible yet", field="--qlora-quantizer")
+    if arch.tie_word_embeddings:
+        raise InputError(f"{where}: the lm_head of {arch.family} is tied to the embedding here, but litgpt keeps them "
+                         "apart and quantizes the head: give a config.json with tie_word_embeddings false",
+                         field="--qlora-quantizer")
+
+
+def check_lora_head(training) -> None:
+    """Refuse, in one line, a LoRA on the lm_head that a loss kernel would not run (issue 17): Liger's fused
+    linear cross-entropy (and Cut Cross-Entropy) is called with ``self.lm_head.weight``
+    (liger_kernel/transformers/model/*.py ``LigerForCausalLMLoss(hidden_states, lm_head_weight=...)``), which
+    on PEFT's wrapper is the frozen base weight (peft/tuners/tuners_utils.py ``BaseTunerLayer.weight``): the
+    head's adapter would never be applied nor trained."""
+    if training.method in ("lora", "qlora") and training.loss == "fused-linear" \
+            and lora_targets_head(training.lora.target_modules):
+        raise InputError("--loss fused-linear with LoRA on the lm_head: Liger's fused linear cross-entropy (and Cut "
+                         "Cross-Entropy) multiplies by lm_head.weight, the frozen base weight of PEFT's wrapper, so "
+                         "the head's adapter would never run: use --loss plain or chunked, or drop lm_head from "
+                         "--lora-targets", field="--lora-targets")
 
 
 _MOE_MLP = ("gate_proj", "up_proj", "down_proj", "router", "shared_gate_proj", "shared_up_proj", "shared_down_proj")
@@ -289,7 +381,8 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
     """Elements of the LoRA A and B matrices: rank × (in + out) per targeted linear, copies and layers.
 
     ``all-linear`` targets every linear layer of the decoder layers (the MoE router included) plus OPT's
-    project_in/project_out, but not the lm_head, as PEFT does. Experts count as separate linears, one
+    project_in/project_out, but not the lm_head, as PEFT does; ``lm_head`` (alone or next to other names)
+    adds the output layer's adapter (:func:`lora_head_elements`). Experts count as separate linears, one
     adapter per expert (PEFT on per-expert ``nn.Linear`` modules).
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
@@ -312,8 +405,11 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
     outside = _outside_linears(arch)
     chosen: set[str] = set()
     chosen_outside: set[str] = set()
+    head = 0
     for target in target_modules:
-        if target == ALL_LINEAR:
+        if target == LM_HEAD:
+            head = lora_head_elements(arch, rank)
+        elif target == ALL_LINEAR:
             chosen.update(n for n in shapes if n not in excluded)
             chosen_outside.update(outside)
         elif target in shapes:
@@ -327,17 +423,22 @@ def lora_trainable_parameters(arch: Architecture, rank: int, target_modules: tup
             raise InputError(f"{target!r} is not a linear layer of {arch.family}"
                              f"{did_you_mean(str(target), valid)}; choose from {', '.join(valid)}",
                              field="lora.target_modules")
-    if not chosen and not chosen_outside:
+    if ALL_LINEAR in target_modules and len(set(target_modules)) > 1 and arch.is_moe:
+        raise InputError(f"'all-linear' next to other LoRA targets on {arch.family} (an MoE model): a list of module "
+                         "names cannot reproduce what PEFT's all-linear shorthand adapts on experts; give all-linear "
+                         "alone, or list the modules (e.g. q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,"
+                         "lm_head)", field="lora.target_modules")
+    if not chosen and not chosen_outside and not head:
         raise InputError("no LoRA target modules given", field="lora.target_modules")
     if ALL_LINEAR in target_modules and peft_moe_params(arch):
-        return _peft_moe_all_linear(arch, rank, chosen) + sum(rank * sum(outside[n]) for n in chosen_outside)
+        return _peft_moe_all_linear(arch, rank, chosen) + sum(rank * sum(outside[n]) for n in chosen_outside) + head
     converted = _peft_moe_converted(arch, rank, tuple(target_modules), chosen)
     if converted is not None:
-        return converted + sum(rank * sum(outside[n]) for n in chosen_outside)
+        return converted + sum(rank * sum(outside[n]) for n in chosen_outside) + head
     per_layer = sum(rank * (shapes[n][0] + shapes[n][1]) * shapes[n][2] for n in chosen)
     layers = per_layer * arch.num_layers
     if arch.is_moe and arch.dense_layers:   # leading dense layers: their own MLP shapes (no router, experts)
         dense = linear_shapes(arch, dense=True)
         per_dense = sum(rank * (dense[n][0] + dense[n][1]) for n in chosen if n in dense)
         layers = per_layer * arch.moe_layers + per_dense * (arch.num_layers - arch.moe_layers)
-    return layers + sum(rank * sum(outside[n]) for n in chosen_outside)
+    return layers + sum(rank * sum(outside[n]) for n in chosen_outside) + head

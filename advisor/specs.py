@@ -13,6 +13,7 @@ from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpShardi
 from .choices import FsdpVersion  # issue 15: parallel layouts
 from .choices import Framework  # issue 16 (helper F)
 from .choices import BaseDtype  # issue 17: LoRA base dtype
+from .choices import QloraQuantizer  # issue 17 (helper L)
 
 GiB = 1024**3
 
@@ -150,6 +151,13 @@ class TrainingSpec(_Spec):
                 if data.get(name, 0) is None:
                     del data[name]
         return data
+
+    # --- issue 17 (helper L): who quantizes a QLoRA model (advisor/param_count.check_qlora_quantizer) ---
+    qlora_quantizer: QloraQuantizer = Field(
+        "transformers", description="QLoRA: transformers (BitsAndBytesConfig: decoder linears NF4, lm_head 16-bit; "
+                                    "PEFT, TRL, axolotl, LLaMA-Factory) or lightning (BitsandbytesPrecision, litgpt "
+                                    "--quantize bnb.nf4: every nn.Linear NF4, the lm_head included, quantized from "
+                                    "fp16, so each dequantization is an fp16 copy cast to the compute dtype)")
 
 
 class StrategySpec(_Spec):

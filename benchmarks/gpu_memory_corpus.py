@@ -34,8 +34,17 @@ UNIT = {"GB": 1e9, "GiB": 2 ** 30, "MiB": 2 ** 20}
 BAND = (-3.0, 15.0)
 
 
+def model_arg(p: dict) -> str:
+    """The point's model: a catalog name, or a config.json under benchmarks/ (relative to the repository root, e.g.
+    litgpt's untied Gemma in benchmarks/corpus_configs/) made absolute so the script runs from any directory."""
+    m = p["model"]
+    if m.endswith(".json"):
+        return str(Path(__file__).resolve().parents[1] / m)
+    return m
+
+
 def kwargs(p: dict) -> dict:
-    kw = dict(model=p["model"], gpus=p["gpus"], gpu=p["gpu"], strategy=p.get("strategy"), method=p["method"],
+    kw = dict(model=model_arg(p), gpus=p["gpus"], gpu=p["gpu"], strategy=p.get("strategy"), method=p["method"],
               precision=p.get("precision"), micro_batch=p["micro_batch"], seq_len=p["seq_len"],
               checkpointing=p.get("checkpointing", "none"), loss=p.get("loss", "plain"),
               loss_chunks=p.get("loss_chunks", 8), double_quant=p.get("double_quant", True),
@@ -47,6 +56,8 @@ def kwargs(p: dict) -> dict:
         kw.update(base_dtype=p["base_dtype"])
     if p["method"] in ("lora", "qlora"):
         kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]), lora_dropout=p.get("lora_dropout", 0.0))
+    if p.get("qlora_quantizer"):   # issue 17 (L): litgpt's QLoRA is quantized by lightning (the lm_head too)
+        kw.update(qlora_quantizer=p["qlora_quantizer"])
     if p.get("offload", "none") != "none":
         kw.update(offload_optimizer=p["offload"], offload_param=p["offload"])
     return kw
@@ -72,10 +83,11 @@ def after_wrap_reserved(p: dict, est) -> int | None:
                               lora_dropout=kw.get("lora_dropout", 0.0), checkpointing=kw["checkpointing"],
                               attention=kw["attention"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
                               double_quant=kw["double_quant"], torch_version=kw["torch_version"],
-                              transformers_version=kw["transformers_version"])
+                              transformers_version=kw["transformers_version"],
+                              qlora_quantizer=kw.get("qlora_quantizer", "transformers"))
     strategy = build_strategy(hw, kw["strategy"], kw.get("offload_optimizer", "none"), kw.get("offload_param", "none"),
                               kw["bucket_sizes"])
-    st = fsdp_after_wrap(resolve_model(p["model"]).architecture, training, strategy, hw, est.per_gpu.parameters)
+    st = fsdp_after_wrap(resolve_model(model_arg(p)).architecture, training, strategy, hw, est.per_gpu.parameters)
     return None if st is None else st.peak_reserved
 
 

@@ -31,6 +31,7 @@ CATALOG = {entry["name"]: entry["config"] for entry in load_data("models.yaml")[
 NORMALIZED = {
     "self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
     "self_attn.o_proj": "o_proj", "self_attn.out_proj": "o_proj", "self_attn.qkv_proj": "qkv_proj",
+    "self_attn.dense": "o_proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2",   # Phi (issue 17, C)
     "attn.c_attn": "qkv_proj", "attn.c_proj": "o_proj", "mlp.c_fc": "fc1", "mlp.c_proj": "fc2",
     "self_attention.query_key_value": "qkv_proj", "self_attention.dense": "o_proj",
     "attention.query_key_value": "qkv_proj", "attention.dense": "o_proj",
@@ -117,7 +118,7 @@ def real_parts(model, num_layers: int) -> dict[str, int]:
         if id(p) in in_layers or (id(p) in head and not tied):
             continue
         owner = name.rsplit(".", 2)[-2]
-        if owner in ("norm", "ln_f", "final_layer_norm", "project_out"):
+        if owner in ("norm", "ln_f", "final_layer_norm", "final_layernorm", "project_out"):   # Phi: final_layernorm
             final += p.numel()
         else:
             embedding += p.numel()

@@ -38,6 +38,9 @@ class CatalogModel(BaseModel):
     description: str
     architecture: Architecture
     parameters: int
+    # issue 17 (C): False for entries kept for a published measurement (models.yaml ``by_size: false``): a bare
+    # size (``--model 30B``) never picks them over the reference families' models
+    by_size: bool = True
 
 
 class ResolvedModel(BaseModel):
@@ -73,7 +76,8 @@ def _catalog() -> tuple[CatalogModel, ...]:                  # reading every fam
         arch = architecture_from_hf_config(entry["config"], source=f"models.yaml:{entry['name']}")
         models.append(CatalogModel(name=entry["name"], aliases=tuple(entry.get("aliases", ())),
                                    hf_id=entry["hf_id"], description=entry["description"],
-                                   architecture=arch, parameters=count_parameters(arch).total))
+                                   architecture=arch, parameters=count_parameters(arch).total,
+                                   by_size=entry.get("by_size", True)))
     return tuple(models)
 
 
@@ -180,7 +184,7 @@ def _small_llama(target: int) -> Architecture:
 
 
 def _from_size(text: str, target: int) -> ResolvedModel:
-    dense = [m for m in _catalog() if not m.architecture.is_moe]
+    dense = [m for m in _catalog() if not m.architecture.is_moe and m.by_size]
     for tier in (*_TIERS, None):
         pool = [m for m in dense if tier is None or m.architecture.family in tier]
         pick = _nearest(pool, target)

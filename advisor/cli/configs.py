@@ -93,6 +93,9 @@ def plan(args):
                     tiled_mlp=kw["tiled_mlp"],   # issue 15 (helper T)
                     torch_version=kw["torch_version"], transformers_version=kw["transformers_version"],  # issue 17
                     base_dtype=kw["base_dtype"])   # issue 17
+    if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
+        raise InputError("--qlora-quantizer lightning is litgpt's QLoRA (lightning BitsandbytesPrecision); generate "
+                         "renders transformers/PEFT configs: drop it, or estimate with it", field="--qlora-quantizer")
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
     if args.strategy is not None:

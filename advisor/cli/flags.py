@@ -33,6 +33,7 @@ BUCKET_SIZES: tuple[str, ...] = get_args(choices.BucketSizes)
 FSDP_VERSIONS: tuple[int, ...] = get_args(choices.FsdpVersion)    # issue 15
 FRAMEWORKS: tuple[str, ...] = get_args(choices.Framework)     # issue 16 (helper F)
 PRESETS: tuple[str, ...] = get_args(choices.Preset)           # issue 16 (helper F)
+QLORA_QUANTIZERS: tuple[str, ...] = get_args(choices.QloraQuantizer)   # issue 17 (helper L)
 
 
 # ---------------------------------------------------------------- argument types (shared with the wizard)
@@ -146,7 +147,9 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--lora-rank", "", positive_int, default=16, spec_fields=("rank",), wizard_field="lora_rank"),
     Flag("--lora-dropout", "LoRA dropout probability (PEFT default 0: no mask is saved)", float, default=0.0,
          spec_fields=("dropout",), wizard_field="lora_rank"),
-    Flag("--lora-targets", "comma-separated modules for LoRA (q_proj,v_proj,...) or all-linear",
+    Flag("--lora-targets", "comma-separated modules for LoRA (q_proj,v_proj,...) or all-linear (every decoder "
+         "linear, not the output layer, as PEFT); add lm_head to adapt the output layer too (PEFT "
+         "target_modules=[..., 'lm_head'], litgpt lora_head: true; not with --loss fused-linear)",
          default="all-linear", spec_fields=("target_modules",), wizard_field="lora_targets"),
     Flag("--freeze-layers", "--method freeze: how many last layers train (default 2)", positive_int, default=2,
          spec_fields=("freeze_trainable_layers",), wizard_field="method"),
@@ -179,6 +182,11 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--base-dtype", "--method lora: the frozen base as your script loads it: 16-bit (torch_dtype=bfloat16/"
          "float16, the default) or fp32 (transformers v4 from_pretrained without torch_dtype), under autocast",
          choices=BASE_DTYPES, default="16-bit", spec_fields=("base_dtype",)),
+    # issue 17 (helper L): litgpt's QLoRA quantizes the lm_head too
+    Flag("--qlora-quantizer", "QLoRA: transformers (BitsAndBytesConfig: lm_head 16-bit; PEFT, TRL, axolotl, "
+         "LLaMA-Factory) or lightning (litgpt --quantize bnb.nf4: every Linear NF4, lm_head included, dequantized "
+         "from fp16 per call; one GPU, pure-bf16/fp32)", choices=QLORA_QUANTIZERS, default="transformers",
+         spec_fields=("qlora_quantizer",)),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
     Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",),
@@ -267,7 +275,7 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant",
                   "--tiled-mlp", "--torch-version", "--transformers-version",
-                  "--base-dtype")   # issue 17
+                  "--base-dtype", "--qlora-quantizer")   # issue 17
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 
@@ -312,7 +320,8 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 tiled_mlp=getattr(args, "tiled_mlp", False),
                 torch_version=getattr(args, "torch_version", None),                 # issue 17 (helper T)
                 transformers_version=getattr(args, "transformers_version", None),
-                base_dtype=getattr(args, "base_dtype", "16-bit"))
+                base_dtype=getattr(args, "base_dtype", "16-bit"),
+                qlora_quantizer=getattr(args, "qlora_quantizer", "transformers"))   # issue 17 (helper L)
 
 
 def layout_kwargs(args: argparse.Namespace) -> dict:

@@ -28,6 +28,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from ..recommend.recommendation_report import render_recommendation
 
     model, hw, method, precision, kw, seq_note = resolved_problem(args)
+    if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
+        from ..errors import InputError
+
+        raise InputError("--qlora-quantizer lightning (litgpt's QLoRA: one GPU, bf16-true) is for estimate only; "
+                         "recommend searches transformers/PEFT setups", field="--qlora-quantizer")
     template = build_training(hw, method="full" if method == "auto" else method, precision=precision,
                               checkpointing=args.checkpointing or "none", **kw)
     check_against_model(model, template)

@@ -29,6 +29,7 @@ _MODULES: dict[str, str] = {
     "olmo2": "olmo2", "smollm3": "smollm3", "glm4": "glm4", "gpt_oss": "gpt_oss",
     "deepseek_v3": "deepseek_v3",
     "llama4_text": "llama4_text",   # issue 14 (A1)
+    "phi": "phi",                   # issue 17 (C): Phi-1/1.5/2
 }
 
 MODEL_TYPES: tuple[str, ...] = tuple(sorted(_MODULES))

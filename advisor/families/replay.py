@@ -31,6 +31,18 @@ def _lora_linear_names(arch: Architecture, targets: tuple[str, ...]) -> set[str]
     return chosen
 
 
+def _targets_head(targets) -> bool:
+    from advisor.param_count import lora_targets_head
+
+    return lora_targets_head(targets)
+
+
+def _lightning_head(training) -> bool:
+    from advisor.param_count import lightning_quantized_head
+
+    return lightning_quantized_head(training)
+
+
 # PEFT's LoRA on an MoE model (peft/tuners/lora/layer.py ParamWrapper, PEFT 0.21): the MLP names and all-linear
 # put adapters on the 3-D expert weights (gate_up_proj, down_proj) and, under all-linear, on the router weight,
 # not on nn.Linear modules of the MLP (measured: DeepSeek-V3's dense MLP and shared experts get none).
@@ -77,6 +89,12 @@ class DecoderReplay:
         self.lora = (_lora_linear_names(arch, training.lora.target_modules)
                      if training.method in ("lora", "qlora") else set())
         self.rank = training.lora.rank
+        # issue 17 (L): PEFT's lora.Linear around the lm_head (``--lora-targets ...,lm_head``); under QLoRA the
+        # head stays a 16-bit nn.Linear (transformers' bitsandbytes integration skips the output embeddings:
+        # get_keys_to_not_convert), so its adapter is the LoRA path over a plain frozen linear
+        self.lora_head = training.method in ("lora", "qlora") and _targets_head(training.lora.target_modules)
+        # litgpt's QLoRA (--qlora-quantizer lightning): the lm_head is a bitsandbytes Linear4bit too
+        self.quantized_head = _lightning_head(training)
         # PEFT ParamWrapper adapters on the MoE weights (families whose MLP is only the MoE block and its dense
         # neighbours, measured: Mixtral, Qwen3-MoE, DeepSeek-V3; not Llama-4, whose shared expert takes them)
         self.moe_lora = _moe_lora_parts(arch, training) if self.peft_moe_params else frozenset()
@@ -109,14 +127,26 @@ class DecoderReplay:
             return tr.linear(x, n_in, n_out, self.layer_trainable)
         else:
             base = tr.linear(x, n_in, n_out, False)                # frozen base: saves no input
+        return self.lora_branch(x, base, n_in, n_out)
+
+    def lora_branch(self, x: Tensor, base: Tensor, n_in: int, n_out: int) -> Tensor:
+        """``result + lora_B(lora_A(dropout(x))) * scaling`` over the frozen base output ``base``
+        (peft.tuners.lora.layer.Linear.forward), cast back to the base output's dtype."""
+        tr = self.tr
         xa = tr.cast(x, "f32")                                      # _cast_input_dtype(x, lora_A.weight.dtype)
         # lora_B(lora_A(dropout(x))): with lora_dropout > 0 nn.Dropout saves a bool mask and lora_A saves the
         # dropped copy, one per adapted linear (peft.tuners.lora.layer.Linear.forward; Identity when p = 0)
         xa = tr.dropout(xa, self.t.lora.dropout)
         a = tr.linear(xa, n_in, self.rank, True, w_dt="f32")        # lora_A saves its input
         bo = tr.linear(a, self.rank, n_out, True, w_dt="f32")       # lora_B saves lora_A's output
-        res = tr.add(base, tr.scalar_op(bo))                        # result + lora_B(...) * scaling
-        return tr.cast(res, base.dt)                                # result.to(torch_result_dtype)
+        scaled = tr.scalar_op(bo)
+        res = tr.add(base, scaled)                                  # result + lora_B(...) * scaling
+        out = tr.cast(res, base.dt)                                 # result.to(torch_result_dtype)
+        # the output-sized tensors alive at once (none saved): base, lora_B's output and its scaled copy, then
+        # base, the scaled copy and the sum, then the sum and its cast (the head's forward moment, issue 17)
+        self.branch_live = max(base.nbytes + bo.nbytes + scaled.nbytes, base.nbytes + scaled.nbytes + res.nbytes,
+                               res.nbytes + (out.nbytes if out.sid != res.sid else 0))
+        return out
 
     def norm(self, x: Tensor, trainable: bool, width: int | None = None) -> Tensor:
         """The family's norm over the last ``width`` elements (default: hidden)."""
@@ -436,13 +466,17 @@ class DecoderReplay:
         tr.term = base
         return tr.add(x2, tr.dropout(m, hp))
 
-    def embeddings(self, emb_trainable: bool) -> Tensor:
+    def embeddings(self, emb_trainable: bool, input_grads: bool = False) -> Tensor:
+        """Token (and learned position) embeddings and their dropout. ``input_grads``: the token embedding's
+        output requires grad though its weight is frozen (enable_input_require_grads' forward hook on
+        get_input_embeddings(), which gradient checkpointing installs): the ops after it (the embedding
+        dropout's mask) save what they save for a tensor that needs a gradient."""
         a, tr = self.a, self.tr
         N, h = tr.N, a.hidden_size
         ids = tr.new(N, "i64", False)
         if emb_trainable:
             tr.save(ids)                                               # EmbeddingBackward saves the indices
-        e = tr.new(N * (a.word_embed_proj_dim or h), tr.pdt, emb_trainable)
+        e = tr.new(N * (a.word_embed_proj_dim or h), tr.pdt, emb_trainable or input_grads)
         if self.scaled_embedding:
             e = tr.mul(e, tr.new(1, tr.pdt, False))                    # * embed_scale (a 0-d tensor)
         if a.word_embed_proj_dim:                                      # OPT-350m project_in (bias-free)
@@ -491,12 +525,38 @@ class DecoderReplay:
             return None, self.fused_linear_loss(x, width, lm_trainable)
         if loss_kind == "chunked":
             return None, self.chunked_loss(x, width, lm_trainable)
-        logits = tr.linear(x, width, a.vocab_size, lm_trainable)
+        logits = self.head_linear(x, width, lm_trainable)
         if loss_kind == "legacy-inline":
             return self.legacy_inline_loss(logits)
         held = logits
+        before = tr.bytes_of("logits_and_loss")
         loss = self.cross_entropy(logits, tr.N if tr.b > 1 else tr.s + 1)
+        if self.lora_head:
+            # issue 17: the LoRA'd head's forward moment above the end-of-forward saved set, which the loss's
+            # saves (made after it) are part of (measured: benchmarks/loss_kernels.py --lora-head)
+            self.head_moment(self.branch_live - (tr.bytes_of("logits_and_loss") - before))
         return held, loss
+
+    def head_moment(self, above: int) -> None:
+        """A forward moment of the head ``above`` bytes over the end-of-forward saved set (``forward_end``)."""
+        self.forward_moment = max(getattr(self, "forward_moment", 0), above)
+
+    def head_linear(self, x: Tensor, width: int, lm_trainable: bool) -> Tensor:
+        """The lm_head on ``x`` (one loss chunk or all tokens): a plain linear, or PEFT's lora.Linear when the
+        head is a LoRA target (issue 17): the frozen base logits plus the adapter's vocabulary-sized output."""
+        tr, V = self.tr, self.a.vocab_size
+        self.branch_live = 0
+        if self.quantized_head:
+            # bitsandbytes 0.42.0 (litgpt's pin) MatMul4Bit.forward keeps its input when it requires grad
+            # (autograd/_functions.py ``ctx.tensors = (A, B)``), as the decoder's 4-bit linears (proj); the
+            # dequantized weight is a transient (activation_memory: info:qlora_dequantized_lm_head)
+            if x.rg:
+                tr.save(x)
+            base = tr.linear(x, width, V, False)
+            return self.lora_branch(x, base, width, V) if self.lora_head else base
+        if not self.lora_head:
+            return tr.linear(x, width, V, lm_trainable)
+        return self.lora_branch(x, tr.linear(x, width, V, False), width, V)
 
     def cross_entropy(self, logits: Tensor, labels: int) -> Tensor:
         """transformers ForCausalLMLoss on ``logits``: (soft-capping,) ``.float()``, log_softmax (saves its
@@ -539,11 +599,18 @@ class DecoderReplay:
         rows = [tr.s // C + (1 if i < tr.s % C else 0) for i in range(C)]     # tensor_split sizes
         parts = tr.split(x, [r * tr.b * width for r in rows])
         loss = None
+        before = tr.bytes_of("logits_and_loss")
+        moments = []
         for r, xc in zip(rows, parts):
-            lc = tr.linear(xc, width, self.a.vocab_size, lm_trainable)
+            lc = self.head_linear(xc, width, lm_trainable)
+            # the decoder applies the head to every chunk before the loss runs (torchtune's chunked output,
+            # litgpt's lm_head_chunk_size): a LoRA'd head's chunk moment holds the earlier chunks' logits
+            moments.append(sum(tr.size[sid] for sid in self.forward_held) + self.branch_live)
             self.forward_held.append(lc.sid)                           # the list lives until `del logits`
             lo = self.cross_entropy(lc, r * tr.b)
             loss = lo if loss is None else tr.add(loss, lo)            # total_loss += ...
+        if self.lora_head:   # the losses' saves (all made after the heads) are in the end-of-forward set
+            self.head_moment(max(moments) - (tr.bytes_of("logits_and_loss") - before))
         return tr.scalar_op(loss)                                      # / total_elements
 
     def fused_linear_loss(self, x: Tensor, width: int, lm_trainable: bool) -> Tensor:
@@ -554,6 +621,8 @@ class DecoderReplay:
         saves for backward; backward only scales them by the incoming gradient. No N x V tensor exists and the
         model returns no logits."""
         a, tr = self.a, self.tr
+        if self.lora_head:   # refused before (advisor.param_count.check_lora_head): Liger skips the adapter
+            raise ValueError("fused-linear loss with LoRA on the lm_head")
         V, N = a.vocab_size, tr.N
         inc = -(-V // width)
         chunk = min(1 << max(0, (-(-N // inc) - 1).bit_length()), N)

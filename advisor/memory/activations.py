@@ -172,7 +172,7 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
     # Frozen layers in front of the first trainable one save nothing: no tensor there needs a gradient.
     m = _Model(arch, training, tr, layer_trainable=full or freeze)
     tr.term = "embeddings"
-    emb = m.embeddings(emb_trainable=full)
+    emb = m.embeddings(emb_trainable=full, input_grads=ckpt == "full")   # issue 17 (C): the hook's output
     tr.term = "rope_cache"
     m.make_rope_cache()
     if ckpt == "full":
@@ -216,7 +216,8 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
         terms[term] = tr.bytes_of(term)
     terms["logits_held"] = tr.size[held.sid] if held is not None else 0
     # the end of the forward: tensors alive only until then (torchtune's logits list, Liger's chunk logits)
-    terms["forward_end"] = sum(tr.size[sid] for sid in m.forward_held) + getattr(m, "forward_transient", 0)
+    terms["forward_end"] = max(sum(tr.size[sid] for sid in m.forward_held) + getattr(m, "forward_transient", 0),
+                               getattr(m, "forward_moment", 0))   # issue 17: a LoRA'd head's forward moment
     # backward replay: the caller's output holds the logits; the first layer's input is the replay's end
     kept = {emb.sid} | ({held.sid} if held is not None else set())
     peaks = _replay_backward(tr, loss, kept, m.recompute)
@@ -244,7 +245,7 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
     freeze = training.method == "freeze"
     m = _Model(arch, training, tr, layer_trainable=full or freeze)
     tr.term = "embeddings"
-    emb = m.embeddings(emb_trainable=full)
+    emb = m.embeddings(emb_trainable=full, input_grads=ckpt == "full")   # issue 17 (C): the hook's output
     tr.term = "rope_cache"
     m.make_rope_cache(tuple(arch.layer_kind(i) for i in range(layers)))
     if ckpt == "full":
@@ -431,7 +432,8 @@ def _trace_key(training: TrainingSpec) -> TrainingSpec:
                         method=training.method, lora=training.lora, attention=training.attention,
                         freeze_trainable_layers=training.freeze_trainable_layers,
                         activation_checkpointing=training.activation_checkpointing,
-                        loss=training.loss, loss_chunks=training.loss_chunks)
+                        loss=training.loss, loss_chunks=training.loss_chunks,
+                        qlora_quantizer=training.qlora_quantizer)   # issue 17 (L)
 
 
 @lru_cache(maxsize=4096)
@@ -508,7 +510,7 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     # to run; lower layers run with less saved). The logits tensor the caller's output holds is alive
     # throughout (``outputs = model(**batch); accelerator.backward(outputs.loss)``).
     held = terms["logits_held"]
-    logits_phase = max(held + terms["bw_head"], terms.get("forward_end", 0))
+    logits_phase = max(held + terms["bw_head"], terms.get("forward_end", 0))   # forward_end: above the saved set
     layer_transient = terms["bw_layer_transient"]
     layer_extra = 0
     if training.method == "qlora":
@@ -517,7 +519,18 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
         biggest = max(i * o for i, o, _ in pc.linear_shapes(arch).values())
         # bitsandbytes MatMul4Bit dequantizes the weight (compute dtype) for the forward and again for
         # grad_input in backward; one at a time
-        breakdown["info:qlora_dequantized_weight"] = biggest * (4 if mode == "fp32" else 2)
+        deq = 4 if mode == "fp32" else 2
+        if pc.lightning_quantized_head(training):
+            # issue 17 (L): lightning's _Linear4bit.quantize quantizes ``weight.to(dtype=torch.half)``, so
+            # dequantize_4bit returns fp16 and MatMul4Bit's ``.to(A.dtype)`` makes the compute-dtype copy beside it
+            # (lightning 2.3 plugins/precision/bitsandbytes.py; bitsandbytes 0.42.0 autograd/_functions.py)
+            deq += 2
+            width = arch.word_embed_proj_dim or arch.hidden_size
+            # the NF4 lm_head, dequantized for every call (each loss chunk), forward and backward: on top of the
+            # loss and head moment
+            breakdown["info:qlora_dequantized_lm_head"] = arch.vocab_size * width * deq
+            logits_phase += breakdown["info:qlora_dequantized_lm_head"]
+        breakdown["info:qlora_dequantized_weight"] = biggest * deq
         layer_extra = breakdown["info:qlora_dequantized_weight"]
     layer_phase = max(held + terms["bw_layer"] + layer_extra, 0)
     breakdown["temp:logits_and_loss_backward"] = logits_phase

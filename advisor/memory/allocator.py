@@ -939,8 +939,8 @@ def _fsdp_adapter_units(arch, training, weight_bytes: float) -> tuple[tuple[int,
     ``_recursive_wrap``), so a layer's adapters are wrapped just before the layer. Empty where the adapters are
     not per-linear ``nn.Linear`` pairs dsadvise can list (traced models, PEFT's MoE parameter adapters, adapters
     outside the decoder layers) or do not add up to the trainable count: they are then left out."""
-    from ..param_count import (ALL_LINEAR, peft_moe_params, all_linear_excludes, linear_shapes,
-                               lora_trainable_parameters, native_linear_names)
+    from ..param_count import (ALL_LINEAR, peft_moe_params, all_linear_excludes, linear_shapes, lora_head_elements,
+                               lora_targets_head, lora_trainable_parameters, native_linear_names)
 
     if training.method not in ("lora", "qlora") or arch.traced or peft_moe_params(arch) or arch.dense_layers:
         return ()
@@ -958,7 +958,9 @@ def _fsdp_adapter_units(arch, training, weight_bytes: float) -> tuple[tuple[int,
     units = [(int(e * weight_bytes),) for name, (i, o, c) in shapes.items() if name in chosen
              for _ in range(c) for e in (i * rank, rank * o)]
     per_layer = sum(rank * (i + o) * c for name, (i, o, c) in shapes.items() if name in chosen)
-    if not units or per_layer * arch.num_layers != lora_trainable_parameters(arch, rank, targets):
+    # issue 17 (L): an lm_head adapter (outside the decoder layers) is not among these units
+    head = lora_head_elements(arch, rank) if lora_targets_head(targets) else 0
+    if not units or per_layer * arch.num_layers != lora_trainable_parameters(arch, rank, targets) - head:
         return ()
     return tuple(units)
 

@@ -8,6 +8,8 @@ from functools import lru_cache
 from ..catalog.models import ResolvedModel
 from ..errors import InputError
 from ..param_count import ParameterCounts, all_linear_note, count_parameters, lora_trainable_parameters
+from ..param_count import check_lora_head, lora_head_note   # issue 17 (L): LoRA on the lm_head
+from ..param_count import check_qlora_quantizer, lightning_quantized_head   # issue 17 (L): litgpt's QLoRA
 from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_info, strategy_info
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
@@ -50,6 +52,7 @@ def check_compatible(training: TrainingSpec, strategy: StrategySpec, hw: Hardwar
     if training.method == "qlora" and strategy.backend == "deepspeed" and strategy.zero_stage == 3 \
             and training.precision == "fp32":
         raise InputError("QLoRA computes in 16-bit: use bf16 or fp16", field="precision")
+    check_lora_head(training)
 
 
 def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec,
@@ -60,6 +63,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         from .parallel import layout_estimate   # issue 15: one rank of a TP/SP/CP layout (memory/parallel.py)
         return layout_estimate(model, hw, training, strategy, estimate_memory, trainable_parameters)
     arch = model.architecture
+    check_qlora_quantizer(arch, training, hw.world_size)
     counts = count_parameters(arch)
     trainable = trainable_parameters(model, counts, training)
     info = ModelInfo(name=model.name, family=arch.family, parameters=counts.total, trainable_parameters=trainable,
@@ -192,6 +196,12 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     if training.method in ("lora", "qlora"):   # issue 14: all-linear leaving out a family's router (Llama-4)
         if lora_note := all_linear_note(arch, tuple(training.lora.target_modules)):
             notes.append(lora_note)
+        if head_note := lora_head_note(arch, training):
+            notes.append(head_note)
+        if lightning_quantized_head(training):
+            notes.append("QLoRA quantized by lightning (litgpt --quantize bnb.nf4): every nn.Linear is NF4, the lm_head "
+                         "included, and each dequantization is an fp16 copy cast to the compute dtype, one weight at a "
+                         "time (counted: the lm_head's for each call on top of the loss moment)")
     if fp32_extra := lora_fp32_base_extra_bytes(counts, training, strategy, hw):
         notes.append(f"{LORA_16BIT_BASE_NOTE}: {fp32_extra / 2**30:.2f} GiB per GPU here, as much again in fp32")
     if upcast := qlora_kbit_upcast_extra_bytes(arch, counts, training, strategy):

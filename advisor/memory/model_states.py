@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..architecture import Architecture
-from ..param_count import ParameterCounts, linear_shapes
+from ..param_count import ParameterCounts, lightning_quantized_head, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .bytes_per_param import StateBytes
 from .peak import StepGradients
@@ -122,6 +122,8 @@ def qlora_kbit_upcast_extra_bytes(arch: Architecture, counts: ParameterCounts, t
     if training.method != "qlora" or training.precision == "fp32" or strategy.backend == "fsdp" \
             or (strategy.backend == "deepspeed" and (strategy.zero_stage or 0) >= 3):
         return 0
+    if lightning_quantized_head(training):   # issue 17 (L): litgpt's QLoRA: no PEFT, no upcast
+        return 0
     quantized = min(counts.total, arch.num_layers * sum(i * o * c for i, o, c in linear_shapes(arch).values()))
     return int((counts.total - quantized) * 2)
 
@@ -159,6 +161,8 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         # bitsandbytes quantizes the decoder's linear layers to NF4; embeddings, norms and an untied
         # lm_head stay in the 16-bit compute dtype (peft prepare_model_for_kbit_training).
         quantized = min(frozen, arch.num_layers * sum(i * o * c for i, o, c in linear_shapes(arch).values()))
+        if lightning_quantized_head(training):   # issue 17 (L): lightning quantizes the (untied) lm_head too
+            quantized = min(frozen, quantized + counts.lm_head)
         frozen_bytes = quantized * sb.frozen_weight + (frozen - quantized) * 2
     else:
         frozen_bytes = frozen * sb.frozen_weight
@@ -386,6 +390,9 @@ def zero3_whole_model_placement(arch: Architecture, counts: ParameterCounts, tra
         put(("v", layer), vectors * half)
     put(("final",), counts.final * half)
     put(("head",), counts.lm_head * half)
+    if rank and "lm_head" in targets:   # issue 17 (L): the lm_head's adapter, after the head in module order
+        put(("A", "lm_head"), rank * (arch.word_embed_proj_dim or arch.hidden_size) * half)
+        put(("B", "lm_head"), rank * arch.vocab_size * half)
     for key, nbytes in params:
         if strategy.offload_param == "none":      # with offload_param the partitions go to remote_device (CPU/NVMe)
             events.append(("a", ("part", key), -(-nbytes // world)))

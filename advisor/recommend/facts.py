@@ -58,6 +58,7 @@ FACTS: dict[str, tuple[str, int, str]] = {
     "training.loss": ("string", 0, "plain | chunked | fused-linear | legacy-inline (cross-entropy kernel, --loss)"),
     "training.lora_rank": ("number", 0, "LoRA rank"),
     "training.tiled_mlp": ("bool", 0, "ALST TiledMLP is estimated (--tiled-mlp)"),   # issue 15 (helper T)
+    "training.lora_head": ("bool", 0, "LoRA targets name the lm_head (--lora-targets ...,lm_head)"),   # issue 17 (L)
     "training.margin": ("number", 0, "safety margin, fraction of VRAM kept free"),
     "candidate.strategy": ("string", 1, "single | ddp | zero0..zero3 | fsdp-full | fsdp-grad-op | fsdp-hybrid | "
                                         "fsdp-no-shard"),

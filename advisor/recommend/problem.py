@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ..architecture import Architecture
 from ..catalog.models import ResolvedModel, resolve_model
 from ..errors import InputError
-from ..param_count import ParameterCounts, count_parameters, lora_trainable_parameters
+from ..param_count import ParameterCounts, count_parameters, lora_targets_head, lora_trainable_parameters
 from ..ruleengine import RuleSet
 from ..ruleengine.engine import Rule
 from ..specs import GPUInfo, HardwareSpec, TrainingSpec
@@ -170,5 +170,6 @@ def problem_facts(p: Problem, method: str) -> dict[str, object]:
         "training.checkpointing": p.checkpointing_fixed, "training.optimizer": t.optimizer,
         "training.attention": t.attention, "training.loss": t.loss, "training.lora_rank": t.lora.rank, "training.margin": p.margin,
         "training.tiled_mlp": bool(getattr(t, "tiled_mlp", False)),   # issue 15 (helper T)
+        "training.lora_head": lora_targets_head(t.lora.target_modules),   # issue 17 (L)
     })
     return out

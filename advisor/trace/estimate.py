@@ -53,7 +53,8 @@ def trace_settings(training: TrainingSpec, mode: str) -> tuple[TraceSettings, li
         else (training.lora.target_modules,)
     return TraceSettings(seq_len=training.seq_len, batch=training.micro_batch_size, mode=mode, attention=attention,
                          checkpointing=ckpt, method=method, lora_rank=training.lora.rank,
-                         lora_targets=targets), notes
+                         lora_targets=targets,
+                         lora_dropout=training.lora.dropout if method == "lora" else 0.0), notes
 
 
 def traced_activation_terms(arch: Architecture, training: TrainingSpec, mode: str) -> tuple[int, int, dict[str, int]]:

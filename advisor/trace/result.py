@@ -24,6 +24,7 @@ class TraceSettings(BaseModel):
     method: TraceMethod = "full"
     lora_rank: int = Field(16, ge=1)
     lora_targets: tuple[str, ...] = ("all-linear",)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)   # issue 17 (L): PEFT's lora_dropout (nn.Dropout before lora_A)
     freeze_trainable_layers: int = Field(2, ge=1)
 
 

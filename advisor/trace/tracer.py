@@ -217,10 +217,8 @@ def _apply_method(model, settings: TraceSettings, n_layers: int, prefix: bool = 
         return model
     from peft import LoraConfig, get_peft_model
 
-    targets: Any = list(settings.lora_targets)
-    if targets == ["all-linear"]:
-        targets = "all-linear"
-    lcfg = LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, lora_dropout=0.0,
+    targets: Any = _peft_targets(model, settings.lora_targets)
+    lcfg = LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, lora_dropout=settings.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, lcfg, low_cpu_mem_usage=True)
@@ -233,6 +231,36 @@ def _apply_method(model, settings: TraceSettings, n_layers: int, prefix: bool = 
             _grad_after_layers(model)
             return model
         raise InputError(f"LoRA: {' '.join(str(exc).split())[:200]}", field="lora.target_modules") from None
+
+
+def _peft_targets(model, targets: tuple[str, ...]) -> Any:
+    """``target_modules`` for PEFT from dsadvise's targets (issue 17, L): ``all-linear`` alone stays PEFT's
+    shorthand; next to other names it becomes the set PEFT itself expands it to
+    (peft/tuners/tuners_utils.py ``_maybe_include_all_linear_layers``: every Linear/Conv1D but the output layer),
+    since PEFT matches a list's entries as module names; ``lm_head`` names the model's output layer
+    (``get_output_embeddings()``), refused in one line unless it is an nn.Linear."""
+    import torch
+
+    names = list(targets)
+    if names == ["all-linear"]:
+        return "all-linear"
+    out: set[str] = set()
+    for t in names:
+        if t == "all-linear":
+            from peft import LoraConfig
+            from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+            out |= set(_maybe_include_all_linear_layers(LoraConfig(target_modules="all-linear"), model).target_modules)
+        elif t == "lm_head":
+            head = model.get_output_embeddings()
+            if not isinstance(head, torch.nn.Linear):
+                kind = "none" if head is None else type(head).__name__
+                raise InputError(f"LoRA target 'lm_head': the output layer of {type(model).__name__} is {kind}, "
+                                 "not an nn.Linear that PEFT can adapt", field="lora.target_modules")
+            out.add(next(n for n, m in model.named_modules() if m is head))
+        else:
+            out.add(t)
+    return sorted(out)
 
 
 def _grad_after_layers(model) -> None:

@@ -103,6 +103,17 @@ def native_lora_targets(model: ResolvedModel, targets: tuple[str, ...]) -> tuple
         return (ALL_LINEAR,)
     arch = model.architecture
     native = native_linear_names(arch.family)
+    if ALL_LINEAR in targets:
+        # issue 17 (L): all-linear next to other names (e.g. lm_head): PEFT reads a list's entries as module
+        # names, so the shorthand is written out as the linears it adapts (every decoder linear but the
+        # family's exclusions, OPT's project_in/out); MoE models are refused before (param_count)
+        from ...param_count import all_linear_names
+
+        chosen = all_linear_names(arch)
+        owned = [own for own, held in native.items() if set(held) <= set(chosen)]
+        covered = {n for own in owned for n in native[own]}
+        rest = [t for t in targets if t != ALL_LINEAR]
+        targets = tuple(dict.fromkeys([*owned, *(n for n in chosen if n not in covered), *rest]))
     out: list[str] = []
     for t in targets:
         owners = [own for own, held in native.items() if t in held]
