@@ -72,6 +72,12 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         return layout_estimate(model, hw, training, strategy, estimate_memory, trainable_parameters)
     arch = model.architecture
     check_qlora_quantizer(arch, training, hw.world_size)
+    if fp32_qlora_rest(training, strategy) and (arch.traced or arch.family not in REPLAYED_FAMILIES):
+        # issue 17: the fp32 residual stream around Linear4bit is replayed (families/replay.py proj); the tracer
+        # runs QLoRA as LoRA over nn.Linear, whose outputs stay 16-bit under autocast: it would under-count
+        raise InputError(f"--method qlora --base-dtype fp32 is replayed for the replayed families only; "
+                         f"{arch.family} is traced (QLoRA as LoRA over nn.Linear): drop --base-dtype fp32",
+                         field="base_dtype")
     counts = count_parameters(arch)
     trainable = trainable_parameters(model, counts, training)
     info = ModelInfo(name=model.name, family=arch.family, parameters=counts.total, trainable_parameters=trainable,
@@ -202,7 +208,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     if fp32_extra := lora_fp32_base_extra_bytes(counts, training, strategy, hw):
         notes.append(f"{LORA_16BIT_BASE_NOTE}: {fp32_extra / 2**30:.2f} GiB per GPU here, as much again in fp32")
     if upcast := qlora_kbit_upcast_extra_bytes(arch, counts, training, strategy):
-        notes.append(f"{QLORA_16BIT_REST_NOTE}: {upcast / 2**30:.2f} GiB per GPU here, as much again in fp32")
+        notes.append(f"{QLORA_16BIT_REST_NOTE} ({upcast / 2**30:.2f} GiB per GPU here, as much again in fp32)")
     if training.attention == "sdpa" and (arch.attention_sinks or arch.attn_logit_softcapping):
         # transformers: GptOssPreTrainedModel._supports_sdpa = False (sinks); sdpa_attention_forward refuses softcap
         why = "attention sinks" if arch.attention_sinks else "attention logit soft-capping"

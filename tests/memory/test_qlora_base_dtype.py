@@ -61,6 +61,7 @@ def test_refused_where_the_upcast_does_not_apply(kw, needle):
     (["--strategy", "zero2", "--gpus", "2"], "drop --base-dtype fp32"),
     (["--qlora-quantizer", "lightning", "--precision", "bf16"], "runs no PEFT"),
     (["--precision", "pure-bf16"], "--precision bf16 or fp16"),
+    (["--model", "falcon-7b"], "traced"),          # the tracer runs QLoRA as LoRA over nn.Linear: not replayed
 ])
 def test_refusals_are_one_line_exit_2(capsys, argv, needle):
     try:
