@@ -39,12 +39,13 @@ def test_the_non_quantized_weights_count_twice_and_the_note_goes():
 
 
 def test_the_residual_stream_is_fp32_by_hand():
-    """Full checkpointing keeps each layer's input: b x s x h fp32 instead of bf16 (4 - 2 bytes more per element
-    and layer; the first layer's input is the embedding output, which needs no grad)."""
+    """Full checkpointing keeps each layer's input (checkpoint's NoopSaveInputs): b x s x h fp32 instead of bf16, 4 - 2
+    bytes more per element in each of the 32 layers; the rotary cos/sin tables follow the hidden states' dtype
+    (LlamaRotaryEmbedding: ``cos.to(x.dtype)``): 2 tables x s x head_dim(128) x (4 - 2) bytes more."""
     b, s = 1, 512
-    sixteen, fp32 = _est(), _est(base_dtype="fp32")
-    d = fp32.per_gpu.breakdown["activations: layers"] - sixteen.per_gpu.breakdown["activations: layers"]
-    assert d >= (L - 1) * b * s * H * 2
+    sixteen, fp32 = _est().per_gpu.breakdown, _est(base_dtype="fp32").per_gpu.breakdown
+    assert fp32["activations: layers"] - sixteen["activations: layers"] == L * b * s * H * 2
+    assert fp32["activations: rope_cache"] - sixteen["activations: rope_cache"] == 2 * s * 128 * 2
 
 
 @pytest.mark.parametrize("kw, needle", [
@@ -53,6 +54,8 @@ def test_the_residual_stream_is_fp32_by_hand():
     (dict(gpus=2, strategy="zero3"), "DeepSpeed casts the module"),
 ])
 def test_refused_where_the_upcast_does_not_apply(kw, needle):
+    """FSDP / ZeRO-3 skip prepare_model_for_kbit_training (TRL's is_sharded_qlora, axolotl's "same dtype"); DeepSpeed
+    fp16/bf16 casts the module to 16 bit (engine.py _configure_distributed_model)."""
     with pytest.raises(InputError, match=needle):
         _est(base_dtype="fp32", **kw)
 
@@ -173,3 +176,15 @@ def test_the_replay_matches_autograd_on_a_real_llama(harness_kind, base_dtype, w
         assert head <= one.weight_copies <= head + adapters
     else:
         assert one.weight_copies <= adapters
+
+
+def test_a_recommendation_given_the_setting_assumes_nothing_about_it():
+    from advisor.api import build_hardware
+    from advisor.recommend import recommend
+    from advisor.specs import TrainingSpec
+
+    hw = build_hardware(gpus=1, gpu="rtx4090")
+    given = recommend("llama-2-7b", hw, TrainingSpec(seq_len=512, method="qlora", base_dtype="fp32"), method="qlora")
+    default = recommend("llama-2-7b", hw, TrainingSpec(seq_len=512), method="qlora")
+    assert any(a.startswith("QLoRA's embeddings, norms and lm_head") for a in default.assumptions)
+    assert not any(a.startswith("QLoRA's embeddings, norms and lm_head") for a in given.assumptions)
