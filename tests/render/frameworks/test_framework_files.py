@@ -191,3 +191,15 @@ def test_parallel_layouts_are_refused_for_framework_files():
     with pytest.raises(InputError) as err:
         plan_scenario("--model llama-2-7b --gpus 4 --vram 80 --strategy fsdp-full --fsdp-version 2", "trl")
     assert err.value.field == "--framework" and "--framework accelerate" in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_generate_without_strategy_keeps_the_base_dtype(tmp_path, method):
+    """issue 17: the recommended run's training spec carries --base-dtype fp32 into the file (it was dropped)."""
+    from advisor.cli import main
+
+    out = tmp_path / "out"
+    code = main(["generate", "--model", "llama-2-7b", "--gpu", "a100-80g", "--method", method, "--base-dtype", "fp32",
+                 "--framework", "hf-trainer", "--seq-len", "512", "--out", str(out)])
+    assert code == 0
+    assert yaml.safe_load((out / "hf_model_args.yaml").read_text())["dtype"] == "float32"
