@@ -164,7 +164,7 @@ class _Search:
                                   precision=g.precision, method=g.method, checkpointing=g.checkpointing,
                                   micro_batch=micro, seq_len=p.template.seq_len, gas=self.gas(g, micro),
                                   freeze_layers=p.template.freeze_trainable_layers, attention=p.template.attention,
-                                  rates=p.rates)
+                                  rates=p.rates, sync_each_batch=p.template.sync_each_batch)   # issue 17 (L)
 
     def per_sample(self, g: Group, micro: int, st: StepTime | None = None) -> float:
         """Model seconds per sample of ``g`` at ``micro`` (cached: bounds ask for it often)."""
