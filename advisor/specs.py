@@ -116,12 +116,20 @@ class TrainingSpec(_Spec):
     # --- issue 17: the dtype the LoRA base is loaded in ---
     base_dtype: BaseDtype = Field("16-bit", description="method=lora: the frozen base as loaded (from_pretrained "
                                                         "torch_dtype): 16-bit (the compute dtype) or fp32 (transformers "
-                                                        "v4 without torch_dtype), run under fp16/bf16 autocast")
+                                                        "v4 without torch_dtype), run under fp16/bf16 autocast; "
+                                                        "method=qlora: the non-quantized weights (embeddings, norms, "
+                                                        "lm_head), fp32 after PEFT's prepare_model_for_kbit_training "
+                                                        "(one GPU / DDP)")
 
     @model_validator(mode="after")
     def _base_dtype(self) -> "TrainingSpec":
-        if self.base_dtype == "fp32" and self.method != "lora":
-            raise ValueError("--base-dtype fp32 is a LoRA setting (the frozen base's dtype): use it with --method lora")
+        if self.base_dtype == "fp32" and self.method not in ("lora", "qlora"):
+            raise ValueError("--base-dtype fp32 is a LoRA/QLoRA setting (the frozen base's dtype): use it with "
+                             "--method lora or qlora")
+        if self.base_dtype == "fp32" and self.method == "qlora" and self.qlora_quantizer == "lightning":
+            # issue 17 (L): lightning's BitsandbytesPrecision quantizes every linear and casts the rest itself
+            raise ValueError("--base-dtype fp32 is PEFT's prepare_model_for_kbit_training upcast; litgpt's QLoRA "
+                             "(--qlora-quantizer lightning) runs no PEFT and quantizes the lm_head: drop one of them")
         if self.base_dtype == "fp32" and self.precision not in ("fp16", "bf16"):
             raise ValueError("--base-dtype fp32 means an fp32 base under fp16/bf16 autocast: use it with "
                              "--precision bf16 or fp16 (--precision fp32 already counts an fp32 base)")

@@ -131,7 +131,8 @@ def plan(args):
                               freeze_layers=kw["freeze_layers"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
                               offload_activations=kw["offload_activations"],
                               expandable_segments=kw["expandable_segments"], double_quant=kw["double_quant"],
-                              lora_dropout=kw["lora_dropout"], tiled_mlp=kw["tiled_mlp"])
+                              lora_dropout=kw["lora_dropout"], tiled_mlp=kw["tiled_mlp"],
+                              base_dtype=kw["base_dtype"] if r.method in ("lora", "qlora") else "16-bit")   # issue 17
     strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
                               tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout
                               dp_replicate_size=r.dp_replicate_size, fsdp_version=r.fsdp_version)

@@ -173,7 +173,9 @@ FLAGS: dict[str, Flag] = _flags(
          spec_fields=("double_quant",), wizard_field="double_quant"),
     # issue 17: the LoRA base's dtype (a loading choice in the user's script)
     Flag("--base-dtype", "--method lora: the frozen base as your script loads it: 16-bit (torch_dtype=bfloat16/"
-         "float16, the default) or fp32 (transformers v4 from_pretrained without torch_dtype), under autocast",
+         "float16, the default) or fp32 (transformers v4 from_pretrained without torch_dtype), under autocast; "
+         "--method qlora: the non-quantized weights (embeddings, norms, lm_head), fp32 after PEFT's "
+         "prepare_model_for_kbit_training (one GPU / DDP)",
          choices=BASE_DTYPES, default="16-bit", spec_fields=("base_dtype",)),
     # issue 17 (helper L): litgpt's QLoRA quantizes the lm_head too
     Flag("--qlora-quantizer", "QLoRA: transformers (BitsAndBytesConfig: lm_head 16-bit; PEFT, TRL, axolotl, "

@@ -117,23 +117,29 @@ class DecoderReplay:
             # B needs a gradient (`if any(ctx.needs_input_grad[:2]): ctx.tensors = (A, B)`): a frozen 4-bit
             # linear whose input requires grad saves that input, cast to the compute dtype (Linear4bit.forward
             # casts x to compute_dtype), unlike a frozen nn.Linear.
+            # The output is cast back to the input's dtype (``.to(inp_dtype)``): an fp32 tensor when the residual
+            # stream is fp32 (--base-dtype fp32, issue 17), a no-op otherwise. The 4-bit weight is dequantized in
+            # the compute dtype (a transient, activation_memory): no autocast copy (w_dt = the compute dtype).
             xq = tr.ac_low(x) if tr.autocast else x
             if xq.rg:
                 tr.save(xq)
-            base = tr.linear(xq, n_in, n_out, False)
+            base = tr.cast(tr.linear(xq, n_in, n_out, False, w_dt=xq.dt), x.dt)
             if name not in self.lora:
                 return base
         elif name not in self.lora:
             return tr.linear(x, n_in, n_out, self.layer_trainable)
         else:
             base = tr.linear(x, n_in, n_out, False)                # frozen base: saves no input
-        return self.lora_branch(x, base, n_in, n_out)
+        return self.lora_branch(x, base, n_in, n_out, quantized=self.method == "qlora")
 
-    def lora_branch(self, x: Tensor, base: Tensor, n_in: int, n_out: int) -> Tensor:
+    def lora_branch(self, x: Tensor, base: Tensor, n_in: int, n_out: int, quantized: bool = False) -> Tensor:
         """``result + lora_B(lora_A(dropout(x))) * scaling`` over the frozen base output ``base``
-        (peft.tuners.lora.layer.Linear.forward), cast back to the base output's dtype."""
+        (peft.tuners.lora.layer.Linear.forward), cast back to the base output's dtype. ``quantized``: PEFT's
+        bnb Linear4bit, which casts x to the adapter dtype only outside autocast (peft/tuners/lora/bnb.py:
+        ``requires_conversion = not torch.is_autocast_enabled()``; under autocast lora_A casts x itself)."""
         tr = self.tr
-        xa = tr.cast(x, "f32")                                      # _cast_input_dtype(x, lora_A.weight.dtype)
+        # _cast_input_dtype(x, lora_A.weight.dtype)
+        xa = x if quantized and tr.autocast else tr.cast(x, "f32")
         # lora_B(lora_A(dropout(x))): with lora_dropout > 0 nn.Dropout saves a bool mask and lora_A saves the
         # dropped copy, one per adapted linear (peft.tuners.lora.layer.Linear.forward; Identity when p = 0)
         xa = tr.dropout(xa, self.t.lora.dropout)

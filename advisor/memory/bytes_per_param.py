@@ -46,6 +46,15 @@ def fp32_lora_base(training: TrainingSpec, strategy: StrategySpec) -> bool:
             and training.precision in ("fp16", "bf16") and strategy.backend != "deepspeed")
 
 
+def fp32_qlora_rest(training: TrainingSpec, strategy: StrategySpec) -> bool:
+    """True when a QLoRA model's non-quantized weights (embeddings, norms, an untied lm_head) are fp32 under
+    fp16/bf16 autocast (``--method qlora --base-dtype fp32``: PEFT's ``prepare_model_for_kbit_training`` casts every
+    non-INT8/non-Params4bit 16-bit parameter to fp32, peft/utils/other.py; or ``from_pretrained`` with
+    ``dtype=float32`` and a BitsAndBytesConfig). One GPU or DDP only (core.check_compatible refuses the rest)."""
+    return (getattr(training, "base_dtype", "16-bit") == "fp32" and training.method == "qlora"
+            and training.precision in ("fp16", "bf16") and strategy.backend in ("single", "ddp"))
+
+
 def optimizer_state_bytes(optimizer: str, state_bytes: int) -> float:
     """Per-element bytes of optimizer moments; ``state_bytes`` is 4 (fp32 states) or 2 (pure bf16)."""
     return {

@@ -14,7 +14,7 @@ from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
 from .buffers import buffer_bytes
-from .bytes_per_param import fp32_lora_base, state_bytes
+from .bytes_per_param import fp32_lora_base, fp32_qlora_rest, state_bytes
 from .model_states import (LORA_16BIT_BASE_NOTE, QLORA_16BIT_REST_NOTE, lora_fp32_base_extra_bytes, model_states,
                            qlora_kbit_upcast_extra_bytes)
 from .overhead import nccl_communicators, nccl_nvls_bytes_per_communicator, overhead_defaults
@@ -53,6 +53,14 @@ def check_compatible(training: TrainingSpec, strategy: StrategySpec, hw: Hardwar
             and training.precision == "fp32":
         raise InputError("QLoRA computes in 16-bit: use bf16 or fp16", field="precision")
     check_lora_head(training)
+    if training.method == "qlora" and getattr(training, "base_dtype", "16-bit") == "fp32" \
+            and strategy.backend in ("deepspeed", "fsdp"):
+        # issue 17: TRL/PEFT skip prepare_model_for_kbit_training when FSDP / ZeRO-3 shard the 4-bit weights (their
+        # flat parameters need one dtype, bnb_4bit_quant_storage); DeepSpeed fp16/bf16 casts the module to 16 bit
+        raise InputError(f"--base-dtype fp32 with --method qlora is the one-GPU/DDP upcast of PEFT's "
+                         f"prepare_model_for_kbit_training; under {strategy.backend} the non-quantized weights are "
+                         f"16-bit ({'DeepSpeed casts the module' if strategy.backend == 'deepspeed' else 'FSDP shards one storage dtype'}): "
+                         f"drop --base-dtype fp32", field="base_dtype")
 
 
 def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec,
@@ -64,6 +72,12 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         return layout_estimate(model, hw, training, strategy, estimate_memory, trainable_parameters)
     arch = model.architecture
     check_qlora_quantizer(arch, training, hw.world_size)
+    if fp32_qlora_rest(training, strategy) and (arch.traced or arch.family not in REPLAYED_FAMILIES):
+        # issue 17: the fp32 residual stream around Linear4bit is replayed (families/replay.py proj); the tracer
+        # runs QLoRA as LoRA over nn.Linear, whose outputs stay 16-bit under autocast: it would under-count
+        raise InputError(f"--method qlora --base-dtype fp32 is replayed for the replayed families only; "
+                         f"{arch.family} is traced (QLoRA as LoRA over nn.Linear): drop --base-dtype fp32",
+                         field="base_dtype")
     counts = count_parameters(arch)
     trainable = trainable_parameters(model, counts, training)
     info = ModelInfo(name=model.name, family=arch.family, parameters=counts.total, trainable_parameters=trainable,
@@ -102,14 +116,19 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         # recomputed layer's (during its backward); and the lm_head's (saved by the logits until the head's
         # backward). Counted from the linears' shapes (param_count.linear_shapes).
         copies = trainable * 2
-        if fp32_lora_base(training, strategy):
+        if fp32_qlora_rest(training, strategy):
+            # issue 17: QLoRA with fp32 non-quantized weights: the 4-bit linears dequantize (a transient, no autocast
+            # copy); the frozen fp32 lm_head is cast at its use and MmBackward saves the copy (input needs a grad)
+            copies += (arch.word_embed_proj_dim or arch.hidden_size) * arch.vocab_size * 2
+        elif fp32_lora_base(training, strategy):
             from ..param_count import linear_shapes
 
             layer = sum(i * o * c for i, o, c in linear_shapes(arch).values())
             layers = 1 if training.activation_checkpointing == "full" else arch.num_layers
             copies += (layers * layer + arch.vocab_size * arch.hidden_size) * 2
         buffers["autocast 16-bit copies of fp32 weights (LoRA adapters" + (
-            ", the fp32 base" if fp32_lora_base(training, strategy) else "") + ")"] = copies
+            ", the fp32 base" if fp32_lora_base(training, strategy) else "") + (
+            ", the fp32 lm_head" if fp32_qlora_rest(training, strategy) else "") + ")"] = copies
     buffers_total = sum(buffers.values())
 
     # The peak is the worst moment of the step (advisor/memory/peak.py): gradients formed during backward,
@@ -189,7 +208,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     if fp32_extra := lora_fp32_base_extra_bytes(counts, training, strategy, hw):
         notes.append(f"{LORA_16BIT_BASE_NOTE}: {fp32_extra / 2**30:.2f} GiB per GPU here, as much again in fp32")
     if upcast := qlora_kbit_upcast_extra_bytes(arch, counts, training, strategy):
-        notes.append(f"{QLORA_16BIT_REST_NOTE}: {upcast / 2**30:.2f} GiB per GPU here, as much again in fp32")
+        notes.append(f"{QLORA_16BIT_REST_NOTE} ({upcast / 2**30:.2f} GiB per GPU here, as much again in fp32)")
     if training.attention == "sdpa" and (arch.attention_sinks or arch.attn_logit_softcapping):
         # transformers: GptOssPreTrainedModel._supports_sdpa = False (sinks); sdpa_attention_forward refuses softcap
         why = "attention sinks" if arch.attention_sinks else "attention logit soft-capping"
@@ -287,6 +306,11 @@ def activation_mode(training: TrainingSpec, strategy: StrategySpec) -> ComputeMo
     mode = compute_mode(training.precision, strategy.backend)
     if mode.startswith("autocast") and strategy.backend != "fsdp" and fp32_lora_base(training, strategy):
         return mode   # issue 17: --base-dtype fp32: autocast over the fp32 base (FSDP gathers it in 16 bit)
+    if mode.startswith("autocast") and fp32_qlora_rest(training, strategy):
+        # issue 17: QLoRA, --base-dtype fp32: an fp32 embedding makes an fp32 residual stream, fp32 norms and an
+        # fp32 lm_head under autocast; each Linear4bit casts its input to the compute dtype and its output back
+        # to the input's (bitsandbytes nn/modules.py Linear4bit.forward), replayed in families/replay.py proj
+        return mode
     if mode.startswith("autocast") and (strategy.backend == "fsdp" or training.method in ("lora", "qlora")):
         return f"autocast16-{training.precision}"  # type: ignore[return-value]
     return mode

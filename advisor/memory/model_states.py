@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from ..architecture import Architecture
 from ..param_count import ParameterCounts, lightning_quantized_head, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
-from .bytes_per_param import StateBytes
+from .bytes_per_param import StateBytes, fp32_qlora_rest
 from .peak import StepGradients
 from .zero_sizes import deepspeed_sizes
 
@@ -105,22 +105,27 @@ def lora_fp32_base_extra_bytes(counts: ParameterCounts, training: TrainingSpec, 
     return int(counts.total * 2 / pl.param_shards)
 
 
-QLORA_16BIT_REST_NOTE = ("QLoRA's embeddings, norms and lm_head are counted in 16-bit, as LLaMA-Factory keeps them; "
-                         "PEFT's prepare_model_for_kbit_training, which TRL's SFTTrainer and axolotl call for QLoRA "
-                         "unless FSDP/ZeRO-3 shard it, casts them to fp32, twice those bytes, and the hidden states "
-                         "and logits then run in fp32 (not counted)")
+QLORA_16BIT_REST_NOTE = ("QLoRA's embeddings, norms and lm_head are counted in 16-bit, as LLaMA-Factory, axolotl (it "
+                         "casts them back after PEFT's upcast) and TRL's SFTTrainer (since huggingface/trl#4577; 1.16 "
+                         "here) keep them; PEFT's prepare_model_for_kbit_training called by your own script (PEFT's "
+                         "and older TRL's examples; skipped when FSDP/ZeRO-3 shard the 4-bit weights) or a load in "
+                         "float32 makes them fp32, twice those bytes, with fp32 hidden states and the head's 16-bit "
+                         "weight copy: --base-dtype fp32 counts that")
 
 
 def qlora_kbit_upcast_extra_bytes(arch: Architecture, counts: ParameterCounts, training: TrainingSpec,
                                   strategy: StrategySpec) -> int:
     """Bytes per GPU that PEFT's ``prepare_model_for_kbit_training`` would add to a QLoRA model by casting every
     non-quantized 16-bit parameter (embeddings, norms, an untied lm_head) to fp32 (peft/utils/other.py: "cast all
-    non INT8 parameters to fp32"). TRL's SFTTrainer calls it for QLoRA unless the 4-bit weights are sharded
-    (sft_trainer.py ``is_sharded_qlora``: FSDP / ZeRO-3 skip it), axolotl too; LLaMA-Factory does not (its own
-    ``prepare_model_for_training`` upcasts only norms, with ``upcast_layernorm``). dsadvise counts those weights
-    16-bit; 0 where the call is skipped or everything is already fp32."""
+    non INT8 parameters to fp32"). TRL's SFTTrainer called it for QLoRA unless the 4-bit weights were sharded
+    (``is_sharded_qlora``: FSDP / ZeRO-3 skip it) until huggingface/trl#4577 (TRL 1.16 does not); axolotl calls it
+    and casts norms and embeddings back to the compute dtype (loaders/model.py ``_convert_embedding_modules_dtype``);
+    LLaMA-Factory does not (its ``prepare_model_for_training`` upcasts only norms, with ``upcast_layernorm``).
+    dsadvise counts those weights 16-bit unless ``--base-dtype fp32`` says otherwise; 0 where the call is skipped,
+    the user stated the dtype, or everything is already fp32."""
     if training.method != "qlora" or training.precision == "fp32" or strategy.backend == "fsdp" \
-            or (strategy.backend == "deepspeed" and (strategy.zero_stage or 0) >= 3):
+            or (strategy.backend == "deepspeed" and (strategy.zero_stage or 0) >= 3) \
+            or getattr(training, "base_dtype", "16-bit") == "fp32":   # counted, not assumed (--base-dtype fp32)
         return 0
     if lightning_quantized_head(training):   # issue 17 (L): litgpt's QLoRA: no PEFT, no upcast
         return 0
@@ -163,7 +168,9 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         quantized = min(frozen, arch.num_layers * sum(i * o * c for i, o, c in linear_shapes(arch).values()))
         if lightning_quantized_head(training):   # issue 17 (L): lightning quantizes the (untied) lm_head too
             quantized = min(frozen, quantized + counts.lm_head)
-        frozen_bytes = quantized * sb.frozen_weight + (frozen - quantized) * 2
+        # --base-dtype fp32 (issue 17): PEFT's prepare_model_for_kbit_training leaves them fp32 (4 bytes)
+        rest_b = 4 if fp32_qlora_rest(training, strategy) else 2
+        frozen_bytes = quantized * sb.frozen_weight + (frozen - quantized) * rest_b
     else:
         frozen_bytes = frozen * sb.frozen_weight
     weight_bytes = trainable * sb.weight + frozen_bytes

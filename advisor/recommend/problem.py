@@ -140,7 +140,7 @@ def make_problem(model: ResolvedModel | str, hw: HardwareSpec, template: Trainin
         from ..memory.model_states import LORA_16BIT_BASE_NOTE, QLORA_16BIT_REST_NOTE
 
         p.assumptions += [n for m, n in (("lora", LORA_16BIT_BASE_NOTE), ("qlora", QLORA_16BIT_REST_NOTE))
-                          if m in methods]
+                          if m in methods and getattr(template, "base_dtype", "16-bit") != "fp32"]   # given: no assumption
     return p
 
 

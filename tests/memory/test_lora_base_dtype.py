@@ -88,8 +88,7 @@ def test_autocast_copies_of_fp32_weights():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(method="full"), "--base-dtype fp32 is a LoRA setting"),
-    (dict(method="qlora"), "--base-dtype fp32 is a LoRA setting"),
+    (dict(method="full"), "--base-dtype fp32 is a LoRA/QLoRA setting"),   # qlora: tests/memory/test_qlora_base_dtype.py
     (dict(precision="fp32"), "use it with --precision bf16 or fp16"),
 ])
 def test_base_dtype_fp32_outside_lora_autocast_is_refused(kw, message):

@@ -13,7 +13,7 @@ from ...catalog.models import ResolvedModel
 from ...errors import InputError
 from ...param_count import ALL_LINEAR, native_linear_names
 from ...specs import HardwareSpec, StrategySpec, TrainingSpec
-from ...memory.bytes_per_param import fp32_lora_base
+from ...memory.bytes_per_param import fp32_lora_base, fp32_qlora_rest
 from ..context import FSDP_LAYER_CLASSES
 
 DS_CONFIG = "ds_config.json"
@@ -68,7 +68,7 @@ class Run:
     main_process_ip: str = "127.0.0.1"
     main_process_port: int = 29500
     notes: list[str] = field(default_factory=list)
-    fp32_base: bool = False         # issue 17: --base-dtype fp32 (a LoRA base loaded in fp32 under autocast)
+    fp32_base: bool = False         # issue 17: --base-dtype fp32 (a LoRA base / QLoRA's non-quantized weights in fp32)
 
     @property
     def deepspeed(self) -> str | None:
@@ -171,6 +171,13 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
     if training.base_dtype == "fp32" and framework in ("llamafactory", "axolotl"):
         raise InputError(f"{where}: --base-dtype fp32 has no key there ({framework} loads the model in the compute "
                          "dtype): drop it, or pick hf-trainer / trl, whose dtype key loads float32", field="--base-dtype")
+    if training.base_dtype == "fp32" and training.method == "qlora" and framework == "trl":
+        # issue 17: trl sft's ModelConfig.dtype is also bnb_4bit_compute_dtype (trl/trainer/utils.py
+        # get_quantization_config), so a float32 load would compute the 4-bit linears in fp32
+        raise InputError(f"{where}: --method qlora --base-dtype fp32 has no TRL config (ModelConfig.dtype is also "
+                         "bnb_4bit_compute_dtype: float32 would compute in fp32; TRL 1.16's SFTTrainer runs no "
+                         "prepare_model_for_kbit_training): drop --base-dtype fp32, or pick hf-trainer",
+                         field="--base-dtype")
     mid, known = model_id(model)
     ckpt = training.activation_checkpointing == "full"
     return Run(framework=framework, model_id=mid, model_id_known=known, family=model.architecture.family,
@@ -187,7 +194,7 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
                offload_activations=training.offload_activations,
                expandable_segments=training.expandable_segments, main_process_ip=main_process_ip,
                main_process_port=main_process_port,
-               fp32_base=fp32_lora_base(training, strategy))
+               fp32_base=fp32_lora_base(training, strategy) or fp32_qlora_rest(training, strategy))
 
 
 def bnb_config(run: Run) -> dict | None:
@@ -227,7 +234,8 @@ def fsdp_strategy_word(run: Run) -> str:
 def load_dtype(run: Run) -> str:
     """The dtype to load the model in (``from_pretrained(dtype=...)``) so that its weights are what the estimate
     counts (advisor/memory/bytes_per_param.py): LoRA/QLoRA bases and pure bf16 in 16 bits, DeepSpeed half models
-    (DeepSpeed casts the module anyway) in 16 bits, otherwise fp32 weights under autocast. transformers 5 loads
+    (DeepSpeed casts the module anyway) in 16 bits, otherwise fp32 weights under autocast; ``--base-dtype fp32``
+    (``run.fp32_base``): float32 (QLoRA: the non-quantized weights, while bnb_4bit_compute_dtype stays 16-bit). transformers 5 loads
     in the checkpoint's dtype by default (``dtype="auto"``), so it is always written out."""
     half = {"fp16": "float16", "bf16": "bfloat16", "pure-bf16": "bfloat16"}.get(run.precision)
     if half is None or run.fp32_base:

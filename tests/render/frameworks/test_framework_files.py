@@ -103,6 +103,10 @@ def test_qlora_under_zero3_stores_4bit_weights_in_the_compute_dtype(framework_re
     # issue 17: both load the model in the compute dtype
     ("--model gpt2 --gpus 1 --vram 24 --strategy single --method lora --base-dtype fp32", "llamafactory", "--base-dtype"),
     ("--model gpt2 --gpus 1 --vram 24 --strategy single --method lora --base-dtype fp32", "axolotl", "--base-dtype"),
+    # issue 17: QLoRA's fp32 non-quantized weights: trl sft's dtype is also bnb_4bit_compute_dtype
+    ("--model llama-2-7b --gpus 1 --vram 24 --strategy single --method qlora --base-dtype fp32", "trl", "--base-dtype"),
+    ("--model llama-2-7b --gpus 1 --vram 24 --strategy single --method qlora --base-dtype fp32", "axolotl",
+     "--base-dtype"),
 ])
 def test_what_a_framework_cannot_express_is_refused(argv, framework, flag):
     with pytest.raises(InputError) as err:
@@ -119,6 +123,19 @@ def test_an_fp32_lora_base_is_loaded_in_float32(framework, file, key):
     assert yaml.safe_load(files[file])[key] == "float32"
     *_, files = plan_scenario(argv, framework)
     assert yaml.safe_load(files[file])[key] == "bfloat16"
+
+
+def test_qlora_fp32_non_quantized_weights_load_float32_and_compute_bf16():
+    """--method qlora --base-dtype fp32 (issue 17): from_pretrained(dtype=float32) with a bf16 compute dtype leaves the
+    embeddings, norms and lm_head fp32 as estimated; the 16-bit default loads bfloat16 (TRL 1.16 keeps it so)."""
+    argv = "--model llama-2-7b --gpus 1 --vram 24 --strategy single --method qlora --precision bf16"
+    *_, files = plan_scenario(argv + " --base-dtype fp32", "hf-trainer")
+    d = yaml.safe_load(files["hf_model_args.yaml"])
+    assert d["dtype"] == "float32" and d["quantization_config"]["bnb_4bit_compute_dtype"] == "bfloat16"
+    for fw, file in (("hf-trainer", "hf_model_args.yaml"), ("trl", "trl_sft.yaml")):
+        *_, files = plan_scenario(argv, fw)
+        d = yaml.safe_load(files[file])
+        assert d["dtype"] == "bfloat16"
 
 
 def test_llamafactory_freeze_and_gpt2_native_targets():
@@ -174,3 +191,15 @@ def test_parallel_layouts_are_refused_for_framework_files():
     with pytest.raises(InputError) as err:
         plan_scenario("--model llama-2-7b --gpus 4 --vram 80 --strategy fsdp-full --fsdp-version 2", "trl")
     assert err.value.field == "--framework" and "--framework accelerate" in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_generate_without_strategy_keeps_the_base_dtype(tmp_path, method):
+    """issue 17: the recommended run's training spec carries --base-dtype fp32 into the file (it was dropped)."""
+    from advisor.cli import main
+
+    out = tmp_path / "out"
+    code = main(["generate", "--model", "llama-2-7b", "--gpu", "a100-80g", "--method", method, "--base-dtype", "fp32",
+                 "--framework", "hf-trainer", "--seq-len", "512", "--out", str(out)])
+    assert code == 0
+    assert yaml.safe_load((out / "hf_model_args.yaml").read_text())["dtype"] == "float32"
