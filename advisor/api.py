@@ -109,12 +109,21 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                    global_batch: int | None = None, precision: str | None = None, optimizer: str = "adamw",
                    method: str = "full", lora_rank: int = 16, lora_targets: Sequence[str] = ("all-linear",),
                    lora_dropout: float = 0.0, checkpointing: str = "none", attention: str = "sdpa",
-                   freeze_layers: int = 2, prompt_len: int | None = None, loss: str = "plain",
+                   freeze_layers: int = 2, prompt_len: int | None = None, loss: str | None = None,
                    loss_chunks: int = 8, offload_activations: bool = False,
                    expandable_segments: bool = False, double_quant: bool = True,
-                   tiled_mlp: bool = False,
+                   tiled_mlp: bool = False, torch_version: str | None = None,
+                   transformers_version: str | None = None,
                    base_dtype: str = "16-bit", qlora_quantizer: str = "transformers") -> TrainingSpec:
-    """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16."""
+    """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16; ``loss`` None: ``plain``, or
+    ``legacy-inline`` under a ``transformers_version`` that computed the loss inline (advisor/stacks.py)."""
+    if loss is None:   # issue 17 (helper T): the loss the stated transformers computes
+        from .stacks import default_loss
+
+        try:
+            loss = default_loss(transformers_version)
+        except ValueError as exc:
+            raise InputError(str(exc), field="--transformers-version") from None
     if precision is None:
         precision = "bf16" if hw.bf16_supported else "fp16"
     if attention == "flash" and hw.gpu is not None and hw.gpu.vendor == "nvidia" and not hw.gpu.bf16:
@@ -131,7 +140,8 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                             freeze_trainable_layers=freeze_layers, prompt_len=prompt_len, loss=loss,
                             loss_chunks=loss_chunks, offload_activations=offload_activations,
                             expandable_segments=expandable_segments, double_quant=double_quant,
-                            tiled_mlp=tiled_mlp,
+                            tiled_mlp=tiled_mlp, torch_version=torch_version,
+                            transformers_version=transformers_version,
                             base_dtype=base_dtype, qlora_quantizer=qlora_quantizer)
     except ValidationError as exc:
         raise input_error(exc) from None
@@ -167,15 +177,18 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              lora_dropout: float = 0.0, checkpointing: str = "none", attention: str = "sdpa", strategy: str | None = None,
              offload_optimizer: str = "none", offload_param: str = "none", bucket_sizes: str = "auto",
              freeze_layers: int = 2, prompt_len: int | None = None, sub_group_size: int | None = None,
-             loss: str = "plain", loss_chunks: int = 8, offload_activations: bool = False,
+             loss: str | None = None, loss_chunks: int = 8, offload_activations: bool = False,
              expandable_segments: bool = False, double_quant: bool = True, profile=None,
              tp: int = 1, sp: int = 1, cp: int = 1, dp_replicate: int = 1, fsdp_version: int = 1,
-             allow_cross_node_tp: bool = False, tiled_mlp: bool = False,
+             allow_cross_node_tp: bool = False, tiled_mlp: bool = False, torch_version: str | None = None,
+             transformers_version: str | None = None,
              base_dtype: str = "16-bit", qlora_quantizer: str = "transformers") -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
     optimizer step (training) or prefill/decode tokens/s per layout (inference); raises InputError on bad
     input. ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes.
-    ``profile``: a path to, or a :class:`advisor.profile.MachineProfile` from, ``dsadvise calibrate``."""
+    ``profile``: a path to, or a :class:`advisor.profile.MachineProfile` from, ``dsadvise calibrate``.
+    ``torch_version`` / ``transformers_version``: the stack the run uses (major.minor, advisor/data/stacks.yaml);
+    None keeps dsadvise's default behaviour. ``loss`` None: see :func:`build_training`."""
     from .batching import gradient_accumulation
     from .memory.core import estimate_memory
     from .recommend.speed import with_speed
@@ -189,7 +202,8 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               freeze_layers=freeze_layers, prompt_len=prompt_len, loss=loss,
                               loss_chunks=loss_chunks, offload_activations=offload_activations,
                               expandable_segments=expandable_segments, double_quant=double_quant,
-                              tiled_mlp=tiled_mlp,
+                              tiled_mlp=tiled_mlp, torch_version=torch_version,
+                              transformers_version=transformers_version,
                               base_dtype=base_dtype, qlora_quantizer=qlora_quantizer)
     check_against_model(resolved, training)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes,
@@ -210,4 +224,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
         profile = load_profile(profile)
     est = with_speed(estimate_memory(resolved, hw, training, strat), resolved, hw, training, strat, profile)
     notes = ([seq_note] if seq_note else []) + hardware_notes(hw, vram)
+    if loss is None and training.loss != "plain":   # issue 17 (helper T): implied by --transformers-version
+        notes.append(f"--loss {training.loss}: transformers {training.transformers_version} computes the loss inside "
+                     f"the model on fp32 logits (--loss not given; advisor/data/stacks.yaml)")
     return est.model_copy(update={"notes": notes + list(est.notes)}) if notes else est

@@ -6,7 +6,7 @@ that a bad value fails with a message naming the field (see :func:`advisor.error
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpSharding, Loss, Method, OffloadTarget,  # noqa: F401
                       Optimizer, Precision, StrategyName, Task)
@@ -134,6 +134,31 @@ class TrainingSpec(_Spec):
             raise ValueError("--base-dtype fp32 means an fp32 base under fp16/bf16 autocast: use it with "
                              "--precision bf16 or fp16 (--precision fp32 already counts an fp32 base)")
         return self
+    # --- issue 17 (helper T): the software stack a run uses (advisor/data/stacks.yaml maps versions to behaviours) ---
+    torch_version: str | None = Field(None, description="torch major.minor the run uses (fixes NCCL's NVLS buffer "
+                                                        "size via its wheels); None = the floor over versions")
+    transformers_version: str | None = Field(None, description="transformers major.minor the run uses (per-layer "
+                                                               "rotary caches, the inline fp32 loss); None = current")
+
+    @field_validator("torch_version", "transformers_version")
+    @classmethod
+    def _known_version(cls, value: str | None, info) -> str | None:
+        """A version dsadvise knows, as major.minor (ValueError names the versions it knows)."""
+        if value is None:
+            return None
+        from .stacks import normalize_version
+
+        return normalize_version(info.field_name.removesuffix("_version"), value)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_stack(self, handler):
+        """The stack versions appear in dumps only when given (a dump without them is what it was before)."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in ("torch_version", "transformers_version"):
+                if data.get(name, 0) is None:
+                    del data[name]
+        return data
 
     # --- issue 17 (helper L): who quantizes a QLoRA model (advisor/param_count.check_qlora_quantizer) ---
     qlora_quantizer: QloraQuantizer = Field(

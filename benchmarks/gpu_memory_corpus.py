@@ -49,7 +49,9 @@ def kwargs(p: dict) -> dict:
               checkpointing=p.get("checkpointing", "none"), loss=p.get("loss", "plain"),
               loss_chunks=p.get("loss_chunks", 8), double_quant=p.get("double_quant", True),
               attention=p.get("attention", "sdpa"), global_batch=p.get("global_batch"),
-              bucket_sizes=p.get("bucket_sizes", "auto"))
+              bucket_sizes=p.get("bucket_sizes", "auto"),
+              # issue 17 (helper T): the software stack the point's sources support (advisor/data/stacks.yaml)
+              torch_version=p.get("torch_version"), transformers_version=p.get("transformers_version"))
     if p.get("base_dtype"):                      # issue 17: a LoRA base loaded in fp32
         kw.update(base_dtype=p["base_dtype"])
     if p["method"] in ("lora", "qlora"):
@@ -80,7 +82,8 @@ def after_wrap_reserved(p: dict, est) -> int | None:
                               lora_targets=kw.get("lora_targets", ("all-linear",)),
                               lora_dropout=kw.get("lora_dropout", 0.0), checkpointing=kw["checkpointing"],
                               attention=kw["attention"], loss=kw["loss"], loss_chunks=kw["loss_chunks"],
-                              double_quant=kw["double_quant"],
+                              double_quant=kw["double_quant"], torch_version=kw["torch_version"],
+                              transformers_version=kw["transformers_version"],
                               qlora_quantizer=kw.get("qlora_quantizer", "transformers"))
     strategy = build_strategy(hw, kw["strategy"], kw.get("offload_optimizer", "none"), kw.get("offload_param", "none"),
                               kw["bucket_sizes"])

@@ -91,6 +91,7 @@ def plan(args):
                     offload_activations=kw["offload_activations"], expandable_segments=kw["expandable_segments"],
                     double_quant=kw["double_quant"], lora_dropout=kw["lora_dropout"],
                     tiled_mlp=kw["tiled_mlp"],   # issue 15 (helper T)
+                    torch_version=kw["torch_version"], transformers_version=kw["transformers_version"],  # issue 17
                     base_dtype=kw["base_dtype"])   # issue 17
     if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
         raise InputError("--qlora-quantizer lightning is litgpt's QLoRA (lightning BitsandbytesPrecision); generate "
@@ -132,6 +133,7 @@ def plan(args):
                               offload_activations=kw["offload_activations"],
                               expandable_segments=kw["expandable_segments"], double_quant=kw["double_quant"],
                               lora_dropout=kw["lora_dropout"], tiled_mlp=kw["tiled_mlp"],
+                              torch_version=kw["torch_version"], transformers_version=kw["transformers_version"],
                               base_dtype=kw["base_dtype"] if r.method in ("lora", "qlora") else "16-bit")   # issue 17
     strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
                               tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout

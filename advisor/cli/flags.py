@@ -157,8 +157,9 @@ FLAGS: dict[str, Flag] = _flags(
          spec_fields=("activation_checkpointing",), wizard_field="checkpointing"),
     Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",), wizard_field="attention"),
     Flag("--loss", "cross-entropy kernel: plain (transformers), chunked (torchtune chunked output), fused-linear "
-         "(Liger / Cut Cross-Entropy: no logits), legacy-inline (transformers <= 4.45's in-model loss on fp32 logits)",
-         choices=LOSSES, default="plain", spec_fields=("loss",), wizard_field="loss"),
+         "(Liger / Cut Cross-Entropy: no logits), legacy-inline (transformers <= 4.45's in-model loss on fp32 logits; "
+         "default: plain, legacy-inline with --transformers-version < 4.46)",
+         choices=LOSSES, default=None, spec_fields=("loss",), wizard_field="loss"),
     Flag("--loss-chunks", "--loss chunked: sequence chunks (torchtune default 8)", positive_int, default=8,
          spec_fields=("loss_chunks",)),
     Flag("--offload-activations", "keep saved activations in pinned CPU memory (save_on_cpu, torchtune "
@@ -171,6 +172,12 @@ FLAGS: dict[str, Flag] = _flags(
          spec_fields=("tiled_mlp",)),
     Flag("--no-double-quant", "QLoRA without bitsandbytes double quantization", action="store_true",
          spec_fields=("double_quant",), wizard_field="double_quant"),
+    # issue 17 (helper T): the software stack a run uses (advisor/data/stacks.yaml)
+    Flag("--torch-version", "torch the run uses, e.g. 2.2: NCCL's NVLS buffers follow its wheels' NCCL (default: "
+         "the smallest over versions)", spec_fields=("torch_version",), metavar="X.Y"),
+    Flag("--transformers-version", "transformers the run uses, e.g. 4.39: counts what that version's models hold "
+         "(per-layer rotary caches before 4.41/4.42, the inline fp32 loss before 4.46; default: current)",
+         spec_fields=("transformers_version",), metavar="X.Y"),
     # issue 17: the LoRA base's dtype (a loading choice in the user's script)
     Flag("--base-dtype", "--method lora: the frozen base as your script loads it: 16-bit (torch_dtype=bfloat16/"
          "float16, the default) or fp32 (transformers v4 from_pretrained without torch_dtype), under autocast; "
@@ -269,7 +276,7 @@ HARDWARE_FLAGS = ("--gpus", "--nodes", "--vram", "--gpu", "--cpu-ram", "--nvme-p
 TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--precision", "--optimizer",
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant",
-                  "--tiled-mlp",
+                  "--tiled-mlp", "--torch-version", "--transformers-version",
                   "--base-dtype", "--qlora-quantizer")   # issue 17
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
@@ -313,6 +320,8 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 loss_chunks=args.loss_chunks, offload_activations=args.offload_activations,
                 expandable_segments=args.expandable_segments, double_quant=not args.no_double_quant,
                 tiled_mlp=getattr(args, "tiled_mlp", False),
+                torch_version=getattr(args, "torch_version", None),                 # issue 17 (helper T)
+                transformers_version=getattr(args, "transformers_version", None),
                 base_dtype=getattr(args, "base_dtype", "16-bit"),
                 qlora_quantizer=getattr(args, "qlora_quantizer", "transformers"))   # issue 17 (helper L)
 

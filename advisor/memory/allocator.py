@@ -428,8 +428,11 @@ def step_events(activation_events: list[tuple[str, object, int]], layers: int, l
 # Buffers whose size grows with the model (split over the layers in the sequence); the others are fixed-size
 # buckets allocated once.
 AUTOCAST_COPIES_BUFFER = "autocast 16-bit weight copies"      # advisor.memory.core's buffer name
+ROTARY_CACHES = "per-layer rotary caches"      # advisor.memory.buffers.ROTARY_CACHES_BUFFER (issue 17, helper T)
+# the buffers FSDP moves with their module's unit (advisor.memory.buffers: ROTARY_CACHES_BUFFER, CAUSAL_MASK_BUFFER)
+_MODULE_BUFFERS = (ROTARY_CACHES, "LlamaModel.causal_mask buffer")
 _PER_LAYER_BUFFERS = (AUTOCAST_COPIES_BUFFER, "DDP reducer buckets", "whole model",
-                      "mixed-precision parameter copy")
+                      "mixed-precision parameter copy", ROTARY_CACHES)
 
 
 @dataclass(frozen=True)
@@ -764,8 +767,24 @@ FSDP_BROADCAST_BUCKET = 250 * 1024 * 1024
 FSDP_BROADCAST_IN_FLIGHT = 2
 
 
+def _broadcast_buckets(tensors) -> list[int]:
+    """The flat buckets (bytes) ``dist._broadcast_coalesced`` allocates for ``tensors`` (one dtype):
+    take_tensors closes a bucket once it reaches PARAM_BROADCAST_BUCKET_SIZE; flatten_dense_tensors of a one-tensor
+    bucket is a view of it (torch/csrc/utils/tensor_flatten.h): only multi-tensor buckets allocate."""
+    buckets: list[int] = []
+    acc, count = 0, 0
+    for n in tensors:
+        acc, count = acc + n, count + 1
+        if acc >= FSDP_BROADCAST_BUCKET:
+            buckets.append(acc if count > 1 else 0)
+            acc, count = 0, 0
+    if acc:
+        buckets.append(acc if count > 1 else 0)
+    return [n for n in buckets if n]
+
+
 def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_states: bool,
-                     offload_params: bool = False) -> list[tuple[str, object, int]]:
+                     offload_params: bool = False, buffers=()) -> list[tuple[str, object, int]]:
     """The allocation sequence of FSDP (v1) wrapping, one unit after the other (bytes per GPU): ``units`` are
     the wrapped modules' parameter tensors, unsharded, in wrap order (auto-wrap wraps the decoder layers
     bottom-up, the root last); ``world`` the ranks a unit is sharded over (1: NO_SHARD). Per unit (torch/distributed/fsdp/_init_utils.py ``_init_param_handle_from_module``):
@@ -783,24 +802,21 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
       (``handle.flat_param_to(cpu_device)``): the unit still passed through the GPU whole.
 
     The shards stay (keys ``("P", unit)``); every transient is freed into the compute stream's pool, where it
-    stays cached into training (nothing calls ``empty_cache``)."""
+    stays cached into training (nothing calls ``empty_cache``).
+
+    ``buffers`` (issue 17): per unit (empty: none), the bytes of each buffer its module holds outside nested units
+    (an old transformers' per-layer rotary caches, advisor.memory.buffers). ``_move_module_to_device`` moves them
+    with the parameters (``_move_states_to_device`` chains params, then buffers), ``sync_module_states``
+    broadcasts them too (``_sync_module_params_and_buffers``: a dtype group of their own in take_tensors), and they
+    stay whole on the GPU (keys ``("B", unit, i)``): FSDP flattens and shards parameters only."""
     out: list[tuple[str, object, int]] = []
     for u, tensors in enumerate(units):
         total = sum(tensors)
+        bufs = tuple(buffers[u]) if buffers else ()
         out += [("a", ("init", u, i), n) for i, n in enumerate(tensors)]
+        out += [("a", ("B", u, i), n) for i, n in enumerate(bufs)]
         if sync_module_states:
-            # take_tensors closes a bucket once it reaches the limit; flatten_dense_tensors of a one-tensor
-            # bucket is a view of it (torch/csrc/utils/tensor_flatten.h): only multi-tensor buckets allocate.
-            buckets: list[int] = []
-            acc, count = 0, 0
-            for n in tensors:
-                acc, count = acc + n, count + 1
-                if acc >= FSDP_BROADCAST_BUCKET:
-                    buckets.append(acc if count > 1 else 0)
-                    acc, count = 0, 0
-            if acc:
-                buckets.append(acc if count > 1 else 0)
-            buckets = [n for n in buckets if n]
+            buckets = _broadcast_buckets(tensors) + _broadcast_buckets(bufs)
             for b, n in enumerate(buckets):
                 if b >= FSDP_BROADCAST_IN_FLIGHT:
                     out.append(("f", ("bcast", u, b - FSDP_BROADCAST_IN_FLIGHT), 0))
@@ -830,13 +846,20 @@ def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync
                              outside: tuple[int, ...], per_layer: tuple[int, ...], layers: int,
                              arch, trace_training, mode: str, ckpt: str, dyn: StateLayout,
                              held_fp32: int = 0, blas_workspace: int = 0,
-                             loaded: tuple[int, ...] = (), capacity: int | None = None) -> AllocatorStats:
+                             loaded: tuple[int, ...] = (), capacity: int | None = None,
+                             unit_buffers: tuple = (), cast_buffers: tuple = ()) -> AllocatorStats:
     """The compute stream's pool of an FSDP run: what loading left on the GPU (``loaded``, per layer: see
-    :func:`qlora_quant_state_tensors`), the wrapping (:func:`fsdp_init_events`), the other states, then the
-    step's churn, in one sequence: the step reuses what the wrapping left cached. ``capacity``: the bytes
-    cudaMalloc can give this pool (see :func:`simulate`)."""
+    :func:`qlora_quant_state_tensors`), the wrapping (:func:`fsdp_init_events`, with each unit's ``unit_buffers``),
+    the buffers' cast at the first forward (``cast_buffers``: their bytes after it, per unit, or empty: not cast),
+    the other states, then the step's churn, in one sequence: the step reuses what the wrapping left cached.
+    ``capacity``: the bytes cudaMalloc can give this pool (see :func:`simulate`)."""
     events = loaded_events(loaded, layers)
-    events += fsdp_init_events([list(u) for u in init], world, sync, offload)
+    events += fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers)
+    # issue 17: MixedPrecision(buffer_dtype) casts every buffer at the root's lazy init, one after the other
+    # (_runtime_utils._cast_buffers_to_dtype_and_device: buffer.data = buffer.to(dtype)): the new one, then the old freed
+    for u, bufs in enumerate(cast_buffers):
+        for i, n in enumerate(bufs):
+            events += [("a", ("B16", u, i), n), ("f", ("B", u, i), 0)]
     events += [("a", ("Q", i), n) for i, n in enumerate(outside)]
     events += [("a", ("Q", l, i), n) for l in range(layers) for i, n in enumerate(per_layer)]
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
@@ -847,10 +870,33 @@ def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync
 @lru_cache(maxsize=1024)
 @computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _fsdp_init_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
-                     loaded: tuple[int, ...] = (), layers: int = 0) -> AllocatorStats:
-    """The FSDP wrapping alone (:func:`fsdp_init_events`) after what loading left (``loaded``): its own peak
-    of tensor bytes."""
-    return simulate(loaded_events(loaded, layers) + fsdp_init_events([list(u) for u in init], world, sync, offload))
+                     loaded: tuple[int, ...] = (), layers: int = 0, unit_buffers: tuple = ()) -> AllocatorStats:
+    """The FSDP wrapping alone (:func:`fsdp_init_events`, with each unit's ``unit_buffers``) after what loading
+    left (``loaded``): its own peak of tensor bytes."""
+    return simulate(loaded_events(loaded, layers)
+                    + fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers))
+
+
+def _fsdp_unit_buffers(arch, training, strategy, units) -> tuple[tuple, tuple]:
+    """(per unit: the bytes of each buffer it holds when wrapped, per unit: their bytes once FSDP's MixedPrecision
+    cast them at the first forward, empty where it does not) for the buffers an old transformers' decoder layers
+    own (advisor.memory.buffers.rotary_cache_bytes: cos and sin, half each), held by the decoder layers' units
+    only (their adapters' units come first in each layer's group, :func:`_fsdp_units`), and for transformers
+    4.38's ``LlamaModel.causal_mask`` (advisor.memory.buffers.causal_mask_buffer_bytes), held by the root unit."""
+    from .buffers import causal_mask_buffer_bytes, rotary_cache_bytes
+
+    at_wrap, steady = rotary_cache_bytes(arch, training, strategy)
+    mask = causal_mask_buffer_bytes(arch, training)       # the model's own buffer: the root unit's (wrapped last)
+    if not at_wrap and not mask:
+        return (), ()
+    group = (len(units) - 1) // max(arch.num_layers, 1)     # a layer's adapter units and the layer itself
+    layer_unit = {g * group + group - 1 for g in range(arch.num_layers)} if at_wrap else set()
+    root = {len(units) - 1: (mask,)} if mask else {}
+    wrap = tuple((at_wrap // 2, at_wrap - at_wrap // 2) if u in layer_unit else root.get(u, ())
+                 for u in range(len(units)))
+    cast = () if steady == at_wrap else tuple(      # the bool mask is not floating: FSDP does not cast it
+        (steady // 2, steady - steady // 2) if u in layer_unit else () for u in range(len(units)))
+    return wrap, cast
 
 
 def loaded_events(loaded: tuple[int, ...], layers: int) -> list[tuple[str, object, int]]:
@@ -1100,7 +1146,9 @@ def fsdp_after_wrap(arch, training, strategy, hw, parameters: int) -> AllocatorS
     if not _fsdp_init_modelled(training, strategy) or training.expandable_segments:
         return None
     units, sync, offload, loaded, _ = _fsdp_wrap_inputs(arch, training, strategy, hw, parameters)
-    return _fsdp_init_stats(units, fsdp_shard_degree(strategy, hw), sync, offload, loaded, arch.num_layers)
+    unit_buffers, _ = _fsdp_unit_buffers(arch, training, strategy, units)      # issue 17 (helper T)
+    return _fsdp_init_stats(units, fsdp_shard_degree(strategy, hw), sync, offload, loaded, arch.num_layers,
+                            unit_buffers)
 
 
 def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool, n: int,
@@ -1127,12 +1175,15 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
 
     world = fsdp_shard_degree(strategy, hw)
     gathered = {k: v for k, v in buffers.items() if k.startswith(_UNSHARD_STREAM_BUFFERS)}
-    others = {k: v for k, v in buffers.items() if k not in gathered}
+    # issue 17 (helper T): the decoder layers' own buffers reach the GPU with their units (fsdp_init_events)
+    others = {k: v for k, v in buffers.items() if k not in gathered and not k.startswith(_MODULE_BUFFERS)}
     rest = state_layout(arch, training, strategy, hw, replace(ms, parameters=0), others, formed_in_backward, n)
     units, sync, offload, loaded, unsharded = _fsdp_wrap_inputs(arch, training, strategy, hw, ms.parameters)
+    unit_buffers, cast_buffers = _fsdp_unit_buffers(arch, training, strategy, units)
     per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n and not loaded else ())
     st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
-                                  arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded)
+                                  arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
+                                  unit_buffers=unit_buffers, cast_buffers=cast_buffers)
     # The unshard stream's pool: the gathered units, plus one more layer block when units are resharded
     # (FULL_SHARD / HYBRID_SHARD): FSDP frees an unsharded unit with record_stream on the compute stream
     # (flat_param.py _free_unsharded_flat_param -> _no_dispatch_record_stream) and CUDACachingAllocator's free()
@@ -1154,11 +1205,12 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
         # know whether the step completes that way (else the estimate stays over the card: out of memory).
         capped = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
                                           arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
-                                          limit - gp.peak_reserved)
+                                          limit - gp.peak_reserved, unit_buffers=unit_buffers,
+                                          cast_buffers=cast_buffers)
         # reserved is then the limit (oom_retry_reserved), as on the other engines' path
         retried = not capped.oom
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
-    init_peak = _fsdp_init_stats(units, world, sync, offload, loaded, n).peak_requested
+    init_peak = _fsdp_init_stats(units, world, sync, offload, loaded, n, unit_buffers).peak_requested
     rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
     allocated = max(tensor_bytes, init_peak) + rounding + 2 * ws
     reserved = oom_retry_reserved(limit, allocated) if retried else max(st.peak_reserved + gp.peak_reserved, allocated)

@@ -125,4 +125,92 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             largest_unit = max(root * gathered_b, layer_bytes)
             out["FSDP shard copied to the GPU before each all-gather (pre-unshard stream)"] = \
                 -(-largest_unit // shards)
+    out.update(stack_buffer_bytes(arch, training, strategy))    # issue 17 (helper T): the stated transformers
     return {k: int(v) for k, v in out.items() if v}
+
+
+# issue 17 (helper T): buffers an old transformers' model holds (advisor/data/stacks.yaml)
+ROTARY_CACHES_BUFFER = "per-layer rotary caches"   # the name's prefix; advisor.memory.allocator places them
+
+
+def buffer_build_bytes(training: TrainingSpec) -> int:
+    """Bytes per element of the floating buffers a transformers model builds (``torch.get_default_dtype()`` at
+    construction, which ``from_pretrained``/``from_config(torch_dtype=...)`` sets, or what a later ``model.to(dtype)``
+    casts them to): 2 for a 16-bit model, i.e. a LoRA base counted 16-bit (``--base-dtype 16-bit``: loaded with
+    torch_dtype=bfloat16/float16, dsadvise's LoRA assumption) and pure bf16 full/freeze/LoRA fine-tuning (a 16-bit
+    model: loaded in it or cast whole); 4 otherwise, the larger where unsure: fp32 and mixed full fine-tuning (an
+    fp32 model), a LoRA base loaded in fp32, and QLoRA (Answer.AI fsdp_qlora train.py builds it with
+    ``from_config(cfg)`` under ``init_empty_weights()``: real fp32 buffers; transformers' own quantized loading with
+    torch_dtype=bf16 would build them in bf16)."""
+    if training.precision == "fp32" or training.method == "qlora":
+        return 4
+    if training.method == "lora" and getattr(training, "base_dtype", "16-bit") == "16-bit":
+        return 2
+    return 2 if training.precision == "pure-bf16" else 4
+
+
+def rotary_cache_bytes(arch, training: TrainingSpec, strategy: StrategySpec) -> tuple[int, int]:
+    """(bytes per decoder layer when the engine takes the model, bytes per layer through training) of the
+    per-layer rotary cos/sin caches the stated transformers builds (advisor.stacks.rotary_caches); (0, 0) where it
+    builds none. Built in the model's dtype (:func:`buffer_build_bytes`); FSDP (v1) under accelerate's mixed
+    fp16/bf16 has MixedPrecision(buffer_dtype=the 16-bit dtype) (accelerate utils/dataclasses.py
+    FullyShardedDataParallelPlugin.set_mixed_precision, 0.28.0 and 1.15: buffer_dtype = dtype unless buffer_autocast)
+    and casts every buffer to it at the root's lazy init (torch/distributed/fsdp/_runtime_utils.py
+    _lazy_init -> _cast_buffers_to_dtype_and_device; torch 2.0 ... 2.13). DeepSpeed 0.19.8 keeps buffers as loaded
+    (engine.py _configure_distributed_model: parameters only; 0.13.5 called module.bfloat16()/half(), buffers too),
+    FSDP2 has no buffer dtype: kept as built."""
+    from ..stacks import rotary_caches
+
+    caches = rotary_caches(arch, training.transformers_version)
+    if caches is None:
+        return 0, 0
+    at_wrap = caches.elements_per_layer * buffer_build_bytes(training)
+    cast = (strategy.backend == "fsdp" and getattr(strategy, "fsdp_version", 1) == 1
+            and training.precision in ("fp16", "bf16"))
+    return at_wrap, caches.elements_per_layer * 2 if cast else at_wrap
+
+
+CAUSAL_MASK_BUFFER = "LlamaModel.causal_mask buffer"    # the name's prefix; advisor.memory.allocator places it
+CAUSAL_MASK_4D = "4D causal mask built each forward"
+
+
+def causal_mask_buffer_bytes(arch, training: TrainingSpec) -> int:
+    """Bytes of transformers 4.38's ``LlamaModel.causal_mask``: max_pos x max_pos bool, one byte each (0 where the
+    stated version has none; advisor.stacks.causal_mask_buffer). Not floating: no engine casts it."""
+    from ..stacks import causal_mask_buffer
+
+    return arch.max_position_embeddings ** 2 if causal_mask_buffer(arch, training.transformers_version) else 0
+
+
+def _embedding_output_bytes(training: TrainingSpec, strategy: StrategySpec) -> int:
+    """Bytes per element of ``inputs_embeds`` (the embedding's weight dtype as the forward sees it; embedding is not
+    an autocast op): 4 with fp32 weights (fp32, or mixed fp16/bf16 full/freeze fine-tuning on one GPU / DDP, whose
+    weights are fp32 under autocast), 2 otherwise (FSDP's 16-bit gathered parameters, DeepSpeed's 16-bit module,
+    a LoRA/QLoRA base counted 16-bit, pure bf16)."""
+    if training.precision == "fp32":
+        return 4
+    if training.precision == "pure-bf16" or strategy.backend in ("fsdp", "deepspeed") \
+            or training.method in ("lora", "qlora"):
+        return 2
+    return 4
+
+
+def stack_buffer_bytes(arch, training: TrainingSpec, strategy: StrategySpec) -> dict[str, int]:
+    """Named GPU buffers (bytes per GPU through training) the models of the stated transformers version hold
+    beyond dsadvise's default: every decoder layer's rotary cos/sin caches (transformers 4.30-4.40 llama, 4.34-4.41
+    mistral), whole on every GPU (buffers are not sharded by ZeRO-3 or FSDP); transformers 4.38's
+    ``LlamaModel.causal_mask`` and, except under flash attention, the (batch, 1, max_pos, max_pos) mask
+    ``_update_causal_mask`` builds from it each forward in the embeddings' dtype, held through forward and backward
+    (every layer's input; counted as held through the step)."""
+    out: dict[str, int] = {}
+    v = training.transformers_version
+    _, per_layer = rotary_cache_bytes(arch, training, strategy)
+    if per_layer:
+        dtype = "fp32" if per_layer == 2 * arch.max_position_embeddings * arch.head_dim * 4 else "16-bit"
+        out[f"{ROTARY_CACHES_BUFFER} (transformers {v}, {dtype})"] = per_layer * arch.num_layers
+    if mask := causal_mask_buffer_bytes(arch, training):
+        out[f"{CAUSAL_MASK_BUFFER} (transformers {v})"] = mask
+        if training.attention != "flash":
+            out[f"{CAUSAL_MASK_4D} (transformers {v})"] = \
+                training.micro_batch_size * mask * _embedding_output_bytes(training, strategy)
+    return out

@@ -85,12 +85,17 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     ov = overhead_defaults()
     if training.task == "infer":
         from .inference import inference_layouts   # here: a training estimate imports no inference code
-        return inference_layouts(model, counts, info, hw, training, strategy, ov)
+        est = inference_layouts(model, counts, info, hw, training, strategy, ov)
+        if training.torch_version or training.transformers_version:   # issue 17 (helper T): said, not applied
+            est = est.model_copy(update={"notes": list(est.notes) + [
+                "--torch-version / --transformers-version are applied to training estimates only (an old "
+                "transformers' per-layer rotary caches are not counted here)"]})
+        return est
 
     sb = state_bytes(training, strategy)
     # NCCL's NVLink-SHARP buffers: per communicator, on NVSwitch H100/H200 nodes (advisor/memory/overhead.py)
     comms = nccl_communicators(strategy)
-    nvls = comms * nccl_nvls_bytes_per_communicator(hw)
+    nvls = comms * nccl_nvls_bytes_per_communicator(hw, training.torch_version)   # issue 17: per torch's NCCL
     ms = model_states(arch, counts, trainable, sb, training, strategy, hw)
     mode = activation_mode(training, strategy)
     act = activation_memory(arch, training, mode)
@@ -185,7 +190,18 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
-    if nvls:
+    if nvls and training.torch_version is not None:   # issue 17 (helper T): the NCCL of the stated torch
+        from ..stacks import nccl_version
+        from .overhead import nvls_channels
+
+        channels = nvls_channels()
+        notes.append(f"NCCL NVLink-SHARP buffers: {nvls / 2**20:.0f} MiB per GPU, {comms} communicator"
+                     f"{'s' if comms > 1 else ''} x {channels} channels x "
+                     f"{nvls // comms // hw.gpus_per_node // channels / 2**20:g} MiB x "
+                     f"{hw.gpus_per_node} local ranks (NCCL {nccl_version(training.torch_version)}, the NCCL of the "
+                     f"torch {training.torch_version} wheels, on an NVSwitch {hw.gpu.name} node: "
+                     f"advisor/data/stacks.yaml); NCCL_NVLS_ENABLE=0 removes them")
+    elif nvls:
         notes.append(f"NCCL NVLink-SHARP buffers: {nvls / 2**20:.0f} MiB per GPU, {comms} communicator"
                      f"{'s' if comms > 1 else ''} x 16 channels x 2 x 1 MiB x {hw.gpus_per_node} local ranks "
                      f"(NCCL >= 2.22 on an NVSwitch {hw.gpu.name} node; 2.18-2.20, the torch 2.1-2.4 wheels, map "
@@ -217,6 +233,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                      f"--attention flash avoids them")
     if tiling_note:
         notes.append(tiling_note)
+    notes += stack_notes(arch, training, strategy)   # issue 17 (helper T): what the stated versions change
     if act.breakdown.get("info:offloaded_activations"):
         moved = act.breakdown["info:offloaded_activations"]
         pcie = hw.gpu.pcie_bandwidth_gbps if hw.gpu is not None and getattr(hw.gpu, "pcie_bandwidth_gbps", None) else None
@@ -257,6 +274,43 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                     per_node_nvme_bytes=ms.nvme_per_node,
                     fits=total <= hw.vram_bytes and cpu_fits and nvme_fits,
                     headroom_bytes=hw.vram_bytes - total, notes=notes)
+
+
+def stack_notes(arch, training: TrainingSpec, strategy: StrategySpec) -> list[str]:
+    """What the stated --transformers-version changes in this estimate, and what of it is not counted
+    (advisor/data/stacks.yaml); nothing without a version."""
+    from ..stacks import causal_mask_buffer, inline_fp32_loss, not_counted, rotary_caches
+    from .buffers import rotary_cache_bytes
+
+    v = training.transformers_version
+    if v is None:
+        return []
+    out = []
+    caches = rotary_caches(arch, v)
+    if caches is not None:
+        at_wrap, steady = rotary_cache_bytes(arch, training, strategy)
+        cast = (f", cast to 16-bit by FSDP's MixedPrecision at the first forward ({steady * arch.num_layers / 2**20:.0f}"
+                f" MiB)" if steady != at_wrap else "")
+        built = ("16-bit, the model's dtype as counted (loaded with torch_dtype=bf16/fp16 or cast whole)"
+                 if at_wrap == caches.elements_per_layer * 2 else
+                 "fp32, torch's default dtype (the larger; a model built with torch_dtype=bf16 holds half)")
+        out.append(f"transformers {v}: every decoder layer owns rotary cos/sin caches ({caches.names}) "
+                   f"of {arch.max_position_embeddings} x {arch.head_dim} each, buffers whole on every GPU: "
+                   f"{at_wrap * arch.num_layers / 2**20:.0f} MiB built in {built}{cast}")
+    if inline_fp32_loss(v) and training.loss != "legacy-inline":
+        out.append(f"transformers {v} computes the loss inside the model on fp32 logits (--loss legacy-inline); "
+                   f"this estimate uses --loss {training.loss} as given")
+    if causal_mask_buffer(arch, v):
+        built = ("and builds a (batch, 1, max_pos, max_pos) mask from it each forward, counted held through the step"
+                 if training.attention != "flash" else "(flash attention: no 4D mask is built from it)")
+        out.append(f"transformers {v}: LlamaModel registers a {arch.max_position_embeddings}^2 bool causal_mask "
+                   f"buffer {built}")
+    if caches is not None and strategy.backend == "ddp":
+        out.append(f"transformers {v}: not counted: torch DDP broadcasts every buffer from rank 0 at each forward "
+                   f"(broadcast_buffers=True: torch/nn/parallel/distributed.py _sync_buffers, flat buckets of up to "
+                   f"250 MiB while it copies them)")
+    out += [f"transformers {v}: not counted: {what}" for what in not_counted(arch, v, training.attention)]
+    return out
 
 
 ZERO3_LOADING_ITEM = "model loading: the whole quantized model on the GPU before ZeRO-3 partitions it (cached)"

@@ -40,6 +40,11 @@ def _nvls() -> NvlsBuffers:
                        channels=int(d["channels"]), bytes_per_channel_per_rank=int(d["bytes_per_channel_per_rank"]))
 
 
+def nvls_channels() -> int:
+    """NVLS channels NCCL sets up per communicator on sm90 (overhead.yaml ``nccl_nvls.channels``)."""
+    return _nvls().channels
+
+
 def nccl_communicators(strategy) -> int:
     """NCCL communicators a rank of a data-parallel run talks over.
 
@@ -50,13 +55,20 @@ def nccl_communicators(strategy) -> int:
     return 2 if strategy.backend == "deepspeed" and strategy.zero_stage == 3 else 1
 
 
-def nccl_nvls_bytes_per_communicator(hw) -> int:
-    """NCCL's NVLink-SHARP buffers of one communicator on one GPU, 0 where NCCL does not set them up.
+def nccl_nvls_bytes_per_communicator(hw, torch_version: str | None = None) -> int:
+    """NCCL's NVLink-SHARP buffers of one communicator on one GPU (bytes), 0 where NCCL does not set them up.
 
     Only on the NVSwitch GPUs of ``overhead.yaml`` (``nccl_nvls.gpus``), more GPUs per node than a board without
-    NVSwitch has, one node (see overhead.yaml for the versions).
+    NVSwitch has, one node. Channels x per-channel bytes x local ranks: the per-channel bytes of the NCCL that
+    ``torch_version``'s wheels ship (advisor/data/stacks.yaml, issue 17), or without a version the smallest over
+    NCCL versions (overhead.yaml).
     """
     n = _nvls()
     if hw.gpu is None or hw.gpu.name not in n.gpus or hw.nodes != 1 or hw.gpus_per_node < n.min_gpus_per_node:
         return 0
-    return n.channels * n.bytes_per_channel_per_rank * hw.gpus_per_node
+    per_channel = n.bytes_per_channel_per_rank
+    if torch_version is not None:
+        from ..stacks import nvls_bytes_per_channel_per_rank
+
+        per_channel = nvls_bytes_per_channel_per_rank(torch_version)
+    return n.channels * per_channel * hw.gpus_per_node

@@ -1,0 +1,139 @@
+"""The software stack a run uses (``--torch-version``, ``--transformers-version``) and what each version changes in
+GPU memory, read from ``advisor/data/stacks.yaml`` (the one table mapping versions to behaviours, with sources).
+
+Versions are compared as ``major.minor``; ``None`` (not given) means dsadvise's default behaviour everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .datafiles import load_data
+
+_VERSION = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.\d+)?(?:[.+\-]?[A-Za-z0-9]+)*\s*$")
+
+
+def _minor(text: str) -> tuple[int, int] | None:
+    m = _VERSION.match(str(text))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _name(v: tuple[int, int]) -> str:
+    return f"{v[0]}.{v[1]}"
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict:
+    return load_data("stacks.yaml")
+
+
+def known_torch_versions() -> tuple[str, ...]:
+    """The torch minor versions dsadvise knows (those with a NCCL entry in stacks.yaml), oldest first."""
+    return tuple(sorted(_table()["torch"]["nccl"], key=_minor))
+
+
+def normalize_version(kind: str, text: str) -> str:
+    """``text`` as the ``major.minor`` dsadvise keys its tables by (``kind``: ``torch`` or ``transformers``); raises
+    ValueError with one line naming the versions it knows."""
+    v = _minor(text)
+    if kind == "torch":
+        known = known_torch_versions()
+        span = f"{known[0]} ... {known[-1]}"
+        ok = v is not None and _name(v) in known
+    else:
+        t = _table()["transformers"]
+        first, last = _minor(t["first"]), _minor(t["last"])
+        span = f"{t['first']} ... {t['last']}"
+        ok = v is not None and first <= v <= last
+    if v is None:
+        raise ValueError(f"expected a {kind} version such as {span.split(' ')[0]} or {span.split(' ')[0]}.1")
+    if not ok:
+        raise ValueError(f"dsadvise does not know {kind} {_name(v)}: it knows {span} (advisor/data/stacks.yaml)")
+    return _name(v)
+
+
+def _within(entry: dict, v: tuple[int, int]) -> bool:
+    return _minor(entry["first"]) <= v <= _minor(entry["last"])
+
+
+def nccl_version(torch_version: str | None) -> str | None:
+    """The NCCL version of the PyPI wheels of ``torch_version`` (None when no version is given)."""
+    if torch_version is None:
+        return None
+    return _table()["torch"]["nccl"][normalize_version("torch", torch_version)]
+
+
+def nvls_bytes_per_channel_per_rank(torch_version: str | None) -> int | None:
+    """Bytes of NCCL NVLS buffers per channel and per local rank (sm90) for the NCCL of ``torch_version``'s wheels;
+    None when no version is given (the caller keeps its floor over NCCL versions)."""
+    nccl = nccl_version(torch_version)
+    if nccl is None:
+        return None
+    v = _minor(nccl)
+    for entry in _table()["nccl_nvls"]:
+        if _within(entry, v):
+            return int(entry["bytes_per_channel_per_rank"])
+    return 0       # before NCCL 2.18: no NVLS buffers mapped
+
+
+def inline_fp32_loss(transformers_version: str | None) -> bool:
+    """True when that transformers computes the causal-LM loss inside the model on fp32 logits (``--loss
+    legacy-inline``); False when no version is given."""
+    if transformers_version is None:
+        return False
+    return _within(_table()["transformers"]["inline_fp32_loss"],
+                   _minor(normalize_version("transformers", transformers_version)))
+
+
+def default_loss(transformers_version: str | None) -> str:
+    """The ``--loss`` a run has when it is not given: ``legacy-inline`` under a transformers that computed the loss
+    inline (< 4.46), else ``plain``."""
+    return "legacy-inline" if inline_fp32_loss(transformers_version) else "plain"
+
+
+@dataclass(frozen=True)
+class RotaryCaches:
+    """Per-decoder-layer rotary cos/sin caches of an old transformers (buffers, bytes in fp32 per layer)."""
+
+    family: str
+    version: str
+    names: str
+    source: str
+    elements_per_layer: int        # cos + sin
+
+
+def rotary_caches(arch, transformers_version: str | None) -> RotaryCaches | None:
+    """The rotary caches each decoder layer of ``arch`` owns under ``transformers_version`` (None where that
+    version's model of this family has none, or no version is given): cos and sin, each
+    max_position_embeddings x head_dim elements (stacks.yaml ``rotary_caches``)."""
+    if transformers_version is None:
+        return None
+    v = _minor(normalize_version("transformers", transformers_version))
+    entry = _table()["transformers"]["rotary_caches"].get(arch.family)
+    if entry is None or not _within(entry, v):
+        return None
+    names = [n for first, n in sorted(entry["names"].items(), key=lambda kv: _minor(kv[0])) if _minor(first) <= v]
+    return RotaryCaches(family=arch.family, version=_name(v), names=names[-1], source=entry["source"],
+                        elements_per_layer=2 * arch.max_position_embeddings * arch.head_dim)
+
+
+def causal_mask_buffer(arch, transformers_version: str | None) -> bool:
+    """True when that transformers' model of ``arch``'s family registers a max_pos x max_pos bool ``causal_mask``
+    buffer and builds a (batch, 1, max_pos, max_pos) mask from it every forward (llama 4.38, stacks.yaml
+    ``causal_mask``); False without a version."""
+    if transformers_version is None:
+        return False
+    entry = _table()["transformers"].get("causal_mask", {}).get(arch.family)
+    return entry is not None and _within(entry, _minor(normalize_version("transformers", transformers_version)))
+
+
+def not_counted(arch, transformers_version: str | None, attention: str | None = None) -> list[str]:
+    """What that transformers does to memory for ``arch``'s family (under ``attention``, where an entry names the
+    attention implementations it concerns) that dsadvise read but does not count."""
+    if transformers_version is None:
+        return []
+    v = _minor(normalize_version("transformers", transformers_version))
+    return [e["what"] for e in _table()["transformers"].get("not_counted", {}).get(arch.family, [])
+            if _within(e, v) and (attention is None or attention in e.get("attention", (attention,)))]
