@@ -114,7 +114,8 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                    expandable_segments: bool = False, double_quant: bool = True,
                    tiled_mlp: bool = False, torch_version: str | None = None,
                    transformers_version: str | None = None,
-                   base_dtype: str = "16-bit", qlora_quantizer: str = "transformers") -> TrainingSpec:
+                   base_dtype: str = "16-bit", qlora_quantizer: str = "transformers",
+                   sync_each_batch: bool = False) -> TrainingSpec:
     """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16; ``loss`` None: ``plain``, or
     ``legacy-inline`` under a ``transformers_version`` that computed the loss inline (advisor/stacks.py)."""
     if loss is None:   # issue 17 (helper T): the loss the stated transformers computes
@@ -142,7 +143,8 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                             expandable_segments=expandable_segments, double_quant=double_quant,
                             tiled_mlp=tiled_mlp, torch_version=torch_version,
                             transformers_version=transformers_version,
-                            base_dtype=base_dtype, qlora_quantizer=qlora_quantizer)
+                            base_dtype=base_dtype, qlora_quantizer=qlora_quantizer,
+                            sync_each_batch=sync_each_batch)
     except ValidationError as exc:
         raise input_error(exc) from None
 
@@ -160,6 +162,29 @@ def build_strategy(hw: HardwareSpec, strategy: str | None = None, offload_optimi
         return StrategySpec.from_name(name, offload_optimizer, offload_param, bucket_sizes=bucket_sizes, **layout)
     except ValidationError as exc:
         raise input_error(exc) from None
+
+
+def check_sync_each_batch(training: TrainingSpec, strategy: StrategySpec, gas: int) -> list[str]:
+    """issue 17 (helper L): refuse ``--sync-each-batch`` where it is no FSDP accumulation setting (InputError); the
+    note an estimate shows with it. accelerate 1.15 ``Accelerator.accumulate`` skips ``no_sync`` when
+    ``sync_each_batch`` in distributed runs only; ``no_sync`` is DDP's ``model.no_sync`` (nothing kept beyond the
+    ``param.grad`` DDP always holds: it only delays the all-reduce), FSDP's (unsharded gradients kept), and for
+    DeepSpeed ZeRO-2/3 a null context (DeepSpeed accumulates itself, gradient_accumulation_steps)."""
+    if not training.sync_each_batch:
+        return []
+    why = {"single": "one GPU synchronizes nothing (accelerate applies it to distributed runs only)",
+           "ddp": "DDP's no_sync keeps no more memory (gradients accumulate in the param.grad DDP always holds), "
+                  "sync_each_batch would only all-reduce every micro-batch",
+           "deepspeed": "DeepSpeed accumulates gradients itself (ds_config gradient_accumulation_steps)"}
+    if training.task != "train":
+        raise InputError("a training setting (gradient accumulation), not for --task infer", field="--sync-each-batch")
+    if strategy.backend != "fsdp":
+        raise InputError(f"an FSDP setting (--strategy fsdp-*), not for {strategy.name}: {why[strategy.backend]}",
+                         field="--sync-each-batch")
+    if gas <= 1:
+        return ["--sync-each-batch has no effect here: no gradient accumulation (one micro-batch per optimizer step)"]
+    return [f"--sync-each-batch (accelerate GradientAccumulationPlugin sync_each_batch): each of the {gas} "
+            "micro-batches reduce-scatters its gradients, no unsharded gradients are kept under no_sync"]
 
 
 def layout_fields(tp: int = 1, sp: int = 1, cp: int = 1, dp_replicate: int = 1, fsdp_version: int = 1,
@@ -182,7 +207,8 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              tp: int = 1, sp: int = 1, cp: int = 1, dp_replicate: int = 1, fsdp_version: int = 1,
              allow_cross_node_tp: bool = False, tiled_mlp: bool = False, torch_version: str | None = None,
              transformers_version: str | None = None,
-             base_dtype: str = "16-bit", qlora_quantizer: str = "transformers") -> Estimate:
+             base_dtype: str = "16-bit", qlora_quantizer: str = "transformers",
+             sync_each_batch: bool = False) -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
     optimizer step (training) or prefill/decode tokens/s per layout (inference); raises InputError on bad
     input. ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes.
@@ -204,7 +230,8 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               expandable_segments=expandable_segments, double_quant=double_quant,
                               tiled_mlp=tiled_mlp, torch_version=torch_version,
                               transformers_version=transformers_version,
-                              base_dtype=base_dtype, qlora_quantizer=qlora_quantizer)
+                              base_dtype=base_dtype, qlora_quantizer=qlora_quantizer,
+                              sync_each_batch=sync_each_batch)
     check_against_model(resolved, training)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes,
                            **layout_fields(tp, sp, cp, dp_replicate, fsdp_version, allow_cross_node_tp))
@@ -215,15 +242,17 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                          field="--tiled-mlp")
     if sub_group_size is not None:
         strat = strat.model_copy(update={"sub_group_size": sub_group_size})
+    gas = 1
     if training.task == "train":   # the one batch rule, checked before any estimate (advisor.batching)
-        gradient_accumulation(training.global_batch_size, training.micro_batch_size,
-                              data_parallel_size(hw, strat))   # tp/sp/cp ranks share one batch (advisor/layout.py)
+        gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size,
+                                    data_parallel_size(hw, strat))   # tp/sp/cp ranks share one batch (advisor/layout.py)
+    sync_notes = check_sync_each_batch(training, strat, gas)   # issue 17 (helper L)
     if isinstance(profile, (str, bytes)) or hasattr(profile, "__fspath__"):
         from .profile import load_profile
 
         profile = load_profile(profile)
     est = with_speed(estimate_memory(resolved, hw, training, strat), resolved, hw, training, strat, profile)
-    notes = ([seq_note] if seq_note else []) + hardware_notes(hw, vram)
+    notes = ([seq_note] if seq_note else []) + hardware_notes(hw, vram) + sync_notes
     if loss is None and training.loss != "plain":   # issue 17 (helper T): implied by --transformers-version
         notes.append(f"--loss {training.loss}: transformers {training.transformers_version} computes the loss inside "
                      f"the model on fp32 logits (--loss not given; advisor/data/stacks.yaml)")

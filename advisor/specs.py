@@ -158,6 +158,8 @@ class TrainingSpec(_Spec):
             for name in ("torch_version", "transformers_version"):
                 if data.get(name, 0) is None:
                     del data[name]
+            if data.get("sync_each_batch", True) is False:   # issue 17 (helper L): likewise, only when set
+                del data["sync_each_batch"]
         return data
 
     # --- issue 17 (helper L): who quantizes a QLoRA model (advisor/param_count.check_qlora_quantizer) ---
@@ -166,6 +168,12 @@ class TrainingSpec(_Spec):
                                     "PEFT, TRL, axolotl, LLaMA-Factory) or lightning (BitsandbytesPrecision, litgpt "
                                     "--quantize bnb.nf4: every nn.Linear NF4, the lm_head included, quantized from "
                                     "fp16, so each dequantization is an fp16 copy cast to the compute dtype)")
+    # --- issue 17 (helper L): accelerate's GradientAccumulationPlugin(sync_each_batch=True) ---
+    sync_each_batch: bool = Field(False, description="FSDP with gradient accumulation: every micro-batch reduce-"
+                                                     "scatters its gradients (accelerate GradientAccumulationPlugin "
+                                                     "sync_each_batch) instead of accumulating unsharded ones under "
+                                                     "no_sync: no unsharded gradients kept, one gradient "
+                                                     "reduce-scatter per micro-batch")
 
 
 class StrategySpec(_Spec):

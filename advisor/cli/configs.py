@@ -92,7 +92,8 @@ def plan(args):
                     double_quant=kw["double_quant"], lora_dropout=kw["lora_dropout"],
                     tiled_mlp=kw["tiled_mlp"],   # issue 15 (helper T)
                     torch_version=kw["torch_version"], transformers_version=kw["transformers_version"],  # issue 17
-                    base_dtype=kw["base_dtype"])   # issue 17
+                    base_dtype=kw["base_dtype"],   # issue 17
+                    sync_each_batch=kw["sync_each_batch"])   # issue 17 (helper L)
     if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
         raise InputError("--qlora-quantizer lightning is litgpt's QLoRA (lightning BitsandbytesPrecision); generate "
                          "renders transformers/PEFT configs: drop it, or estimate with it", field="--qlora-quantizer")
@@ -109,6 +110,9 @@ def plan(args):
         check_layout(model.architecture, hw, training, strategy)      # issue 15
         gas = gradient_accumulation(training.global_batch_size, training.micro_batch_size,
                                     data_parallel_size(hw, strategy))
+        from ..api import check_sync_each_batch
+
+        args.assumed += check_sync_each_batch(training, strategy, gas)   # issue 17 (helper L)
         return model, hw, training, strategy, gas, None
     if args.offload_optimizer != "none" or args.offload_param != "none":
         raise InputError("--offload-* needs --strategy (without it the recommender decides offload)",
@@ -134,10 +138,15 @@ def plan(args):
                               expandable_segments=kw["expandable_segments"], double_quant=kw["double_quant"],
                               lora_dropout=kw["lora_dropout"], tiled_mlp=kw["tiled_mlp"],
                               torch_version=kw["torch_version"], transformers_version=kw["transformers_version"],
-                              base_dtype=kw["base_dtype"] if r.method in ("lora", "qlora") else "16-bit")   # issue 17
+                              base_dtype=kw["base_dtype"] if r.method in ("lora", "qlora") else "16-bit",   # issue 17
+                              # issue 17 (helper L): an FSDP setting; the recommended layout decides whether it applies
+                              sync_each_batch=kw["sync_each_batch"] and r.name.startswith("fsdp"))
     strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
                               tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout
                               dp_replicate_size=r.dp_replicate_size, fsdp_version=r.fsdp_version)
+    if kw["sync_each_batch"] and not training.sync_each_batch:
+        args.assumed.append(f"--sync-each-batch dropped: the recommended {r.name} is no FSDP layout (it is an "
+                            "FSDP accumulation setting)")
     return model, hw, training, strategy, r.gradient_accumulation_steps, rec
 
 

@@ -189,6 +189,11 @@ FLAGS: dict[str, Flag] = _flags(
          "LLaMA-Factory) or lightning (litgpt --quantize bnb.nf4: every Linear NF4, lm_head included, dequantized "
          "from fp16 per call; one GPU, pure-bf16/fp32)", choices=QLORA_QUANTIZERS, default="transformers",
          spec_fields=("qlora_quantizer",)),
+    # issue 17 (helper L): accelerate's GradientAccumulationPlugin(sync_each_batch=True)
+    Flag("--sync-each-batch", "FSDP with gradient accumulation: reduce-scatter the gradients every micro-batch "
+         "(accelerate GradientAccumulationPlugin(sync_each_batch=True), HF Trainer accelerator_config "
+         "gradient_accumulation_kwargs) instead of keeping unsharded gradients under no_sync: less memory, one "
+         "gradient reduce-scatter per micro-batch", action="store_true", spec_fields=("sync_each_batch",)),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
     Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",),
@@ -277,7 +282,7 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant",
                   "--tiled-mlp", "--torch-version", "--transformers-version",
-                  "--base-dtype", "--qlora-quantizer")   # issue 17
+                  "--base-dtype", "--qlora-quantizer", "--sync-each-batch")   # issue 17
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 
@@ -323,7 +328,8 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 torch_version=getattr(args, "torch_version", None),                 # issue 17 (helper T)
                 transformers_version=getattr(args, "transformers_version", None),
                 base_dtype=getattr(args, "base_dtype", "16-bit"),
-                qlora_quantizer=getattr(args, "qlora_quantizer", "transformers"))   # issue 17 (helper L)
+                qlora_quantizer=getattr(args, "qlora_quantizer", "transformers"),   # issue 17 (helper L)
+                sync_each_batch=getattr(args, "sync_each_batch", False))
 
 
 def layout_kwargs(args: argparse.Namespace) -> dict:

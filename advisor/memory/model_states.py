@@ -283,6 +283,11 @@ def fsdp_no_sync_gradient_bytes(trainable: int, training: TrainingSpec, strategy
 
     if strategy.backend != "fsdp" or fsdp_shard_degree(strategy, hw) <= 1 or not trainable:
         return 0
+    if training.sync_each_batch:
+        # issue 17 (helper L): GradientAccumulationPlugin(sync_each_batch=True) -- accelerator.py ``accumulate``
+        # sets ``allow_gradient_sync`` when ``self.use_distributed and plugin_kwargs["sync_each_batch"]`` and enters
+        # nullcontext instead of ``no_sync``: every micro-batch's backward reduce-scatters, no unsharded gradients.
+        return 0
     if gradient_accumulation(training.global_batch_size, training.micro_batch_size, hw.world_size) <= 1:
         return 0
     return int(trainable * (4 if training.precision == "fp32" else 2))

@@ -6,7 +6,7 @@ from ..formatting import fmt_bytes
 from .problem import Problem
 from .recommendation import (Alternative, Fp16Settings, Recommendation, RuleFired, StepTimeInfo, StrategyRef,
                              TrainingChoice)
-from .search import SAVING, Group, GroupStatus, Outcome, effective_global, ranking_key
+from .search import SAVING, Group, GroupStatus, Outcome, effective_global, ranking_key, sync_each_batch_hint
 
 MIXED_PRECISION = {"bf16": "bf16", "pure-bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 GUIDANCE = "ZeRO-0 > ZeRO-1 > ZeRO-2 > ZeRO-2 + offload > ZeRO-3 > ZeRO-3 + offloads"
@@ -119,15 +119,15 @@ def alternatives(p: Problem, out: Outcome) -> list[Alternative]:
             lead = chosen.layout.label if chosen else "the best configuration"
             unfit = [x for x in groups if x.layout is g.layout and x.status == GroupStatus.INFEASIBLE
                      and SAVING[x.checkpointing] < SAVING[g.checkpointing]]
-            why = f"without checkpointing it does not fit ({unfit[0].reason.removeprefix('does not fit: ')}); " \
-                if unfit else ""
+            why = (f"without checkpointing it does not fit ({unfit[0].reason.removeprefix('does not fit: ')}"
+                   f"{sync_each_batch_hint(unfit[0])}); ") if unfit else ""
             why += (f"{'with ' + g.checkpointing + ' checkpointing ' if g.checkpointing != 'none' else ''}"
                     f"even the largest micro-batch would be slower than {lead} (not estimated)")
             if chosen is not None and g.layout.offloads and not chosen.layout.offloads:
                 why += "; offloading only adds PCIe traffic and a CPU optimizer step when the model fits without it"
             key = (1, g.lb)
         elif g.status == GroupStatus.INFEASIBLE:
-            fits, why, key = False, g.reason, (2, g.need_bytes or 0)
+            fits, why, key = False, g.reason + sync_each_batch_hint(g), (2, g.need_bytes or 0)
         else:
             fits, why, key = None, g.reason or "rejected", (3, 0)
         rows.append((key, Alternative(strategy=strategy_ref(p, g), fits=fits, step_time_seconds=seconds,
@@ -244,7 +244,7 @@ def _layout_reasons(p: Problem, out: Outcome, g: Group) -> list[str]:
     for x in faster:
         if x.status == GroupStatus.INFEASIBLE and x.need_bytes and x.need_bytes > p.usable_bytes:
             notes.append(f"{x.layout.label} needs {fmt_bytes(x.need_bytes)} per GPU (checkpointing "
-                         f"{x.checkpointing}, micro-batch {p.micro.values[0]})")
+                         f"{x.checkpointing}, micro-batch {p.micro.values[0]}{sync_each_batch_hint(x)})")
         elif x.status == GroupStatus.INFEASIBLE:
             notes.append(f"{x.layout.label} {x.reason}")
         elif x.status == GroupStatus.REJECTED:

@@ -78,6 +78,7 @@ class Group:
     need_bytes: int | None = None        # per-GPU total at the smallest micro-batch (infeasible groups)
     cpu_need_bytes: int | None = None    # per-node CPU RAM when only CPU RAM is short
     limit: str = ""                      # why the next micro-batch size does not fit
+    nosync_bytes: int = 0                # FSDP's unsharded no_sync gradients in need_bytes (issue 17, helper L)
 
     @property
     def label(self) -> str:
@@ -164,7 +165,7 @@ class _Search:
                                   precision=g.precision, method=g.method, checkpointing=g.checkpointing,
                                   micro_batch=micro, seq_len=p.template.seq_len, gas=self.gas(g, micro),
                                   freeze_layers=p.template.freeze_trainable_layers, attention=p.template.attention,
-                                  rates=p.rates)
+                                  rates=p.rates, sync_each_batch=p.template.sync_each_batch)   # issue 17 (L)
 
     def per_sample(self, g: Group, micro: int, st: StepTime | None = None) -> float:
         """Model seconds per sample of ``g`` at ``micro`` (cached: bounds ask for it often)."""
@@ -235,6 +236,7 @@ class _Search:
                 failed[i] = why
                 if i == 0:
                     g.need_bytes = est.per_gpu.total if est is not None else None
+                    g.nosync_bytes = _nosync_bytes(est)
                     if est is not None and est.per_gpu.total <= self.p.usable_bytes and not est.per_node_cpu.fits:
                         g.cpu_need_bytes = est.per_node_cpu.total
             return ok
@@ -475,6 +477,25 @@ def _seed_smallest(s: "_Search", p: Problem, groups: list[Group]) -> None:
                                  f"{g.checkpointing})"
             if est is not None:
                 g.need_bytes = est.per_gpu.total
+                g.nosync_bytes = _nosync_bytes(est)
+
+
+def _nosync_bytes(est: "Estimate | None") -> int:
+    """Per-GPU bytes of FSDP's unsharded gradients under accelerate's no_sync in ``est`` (0 without them)."""
+    from ..memory.model_states import FSDP_NO_SYNC_GRADIENTS
+
+    return est.per_gpu.breakdown.get(FSDP_NO_SYNC_GRADIENTS, 0) if est is not None else 0
+
+
+def sync_each_batch_hint(g: "Group") -> str:
+    """issue 17 (helper L): what --sync-each-batch would take off an FSDP layout that does not fit ('' if nothing)."""
+    if not g.nosync_bytes:
+        return ""
+    from ..formatting import fmt_bytes
+
+    return (f"; {fmt_bytes(g.nosync_bytes)} of it are FSDP's unsharded gradients under accelerate's no_sync, which "
+            "--sync-each-batch (GradientAccumulationPlugin(sync_each_batch=True)) drops for a gradient "
+            "reduce-scatter per micro-batch")
 
 
 def parallel_needed(chosen: "Group | None") -> str:

@@ -45,7 +45,8 @@ def with_speed(est: Estimate, model: ResolvedModel, hw: HardwareSpec, training: 
                             precision=training.precision, method=training.method,
                             checkpointing=training.activation_checkpointing, micro_batch=training.micro_batch_size,
                             seq_len=training.seq_len, gas=gas, freeze_layers=training.freeze_trainable_layers,
-                            attention=training.attention, rates=rates)
+                            attention=training.attention, rates=rates,
+                            sync_each_batch=training.sync_each_batch)   # issue 17 (helper L)
     if strategy.tp_size * strategy.sp_size * strategy.cp_size > 1:   # issue 15: said, not assumed silently
         notes.append("tensor/sequence/context-parallel collectives (TP all-reduces, Ulysses all-to-alls, ring K/V "
                      "all-gathers) run inside a node on the critical path, not overlapped with compute "

@@ -315,7 +315,7 @@ class _Comm:
 
 
 def _communication(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: int, trainable: int,
-                   precision: str, method: str, gas: int) -> _Comm:
+                   precision: str, method: str, gas: int, sync_each_batch: bool = False) -> _Comm:
     n = hw.world_size
     if n <= 1:
         return _Comm()
@@ -325,8 +325,13 @@ def _communication(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: i
     ov = min(r.intra_overlap, r.inter_overlap) if nodes > 1 else r.intra_overlap
     q = (n - 1) / n
     name = strategy.name
+    # FSDP's gradient reduction runs in the backward of every micro-batch it is not told to skip: the model counts
+    # it every micro-step (``gas``); accelerate's sync_each_batch (issue 17, helper L) is that, by the user's
+    # choice (accelerator.py ``accumulate``: ``allow_gradient_sync`` when ``sync_each_batch``, no ``no_sync``),
+    # and for FSDP NO_SHARD it turns the once-a-step all-reduce into one per micro-batch too.
+    syncs = gas if sync_each_batch and strategy.backend == "fsdp" else 1
     if name in ("ddp", "zero0", "fsdp-no-shard", "single"):
-        return _Comm(behind_backward=2 * q * trainable * gb / bw, overlap=ov)
+        return _Comm(behind_backward=syncs * 2 * q * trainable * gb / bw, overlap=ov)
     if name == "zero1":
         return _Comm(behind_backward=q * trainable * gb / bw, exposed=q * trainable * w / bw, overlap=ov)
     if name == "zero2":
@@ -337,7 +342,7 @@ def _communication(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: i
         return _Comm(behind_compute=gas * q * (params * w + trainable * gb) / bw, overlap=ov)
     if name == "fsdp-hybrid":
         inside = gas * (g - 1) / g * (2 * params * w + trainable * gb) / r.intra_bytes_per_s if g > 1 else 0.0
-        between = 2 * (nodes - 1) / nodes * trainable * gb / r.node_bytes_per_s if nodes > 1 else 0.0
+        between = syncs * 2 * (nodes - 1) / nodes * trainable * gb / r.node_bytes_per_s if nodes > 1 else 0.0
         # the within-node gathers overlap by the intra-node link; the between-node all-reduce by the network
         return _Comm(behind_compute=inside, behind_backward=between,
                      overlap=min(r.intra_overlap, r.inter_overlap) if nodes > 1 else r.intra_overlap)
@@ -400,14 +405,17 @@ def _hide(seconds: float, budget: float, overlap: float) -> tuple[float, float]:
 def training_step_time(arch: Architecture, counts: ParameterCounts, trainable: int, hw: HardwareSpec,
                        gpu: GPUInfo, strategy: StrategySpec, *, precision: str, method: str, checkpointing: str,
                        micro_batch: int, seq_len: int, gas: int, freeze_layers: int = 2, attention: str = "sdpa",
-                       profile: MachineProfile | None = None, rates: Rates | None = None) -> StepTime:
-    """Seconds of one optimizer step of ``gas`` micro-steps of ``micro_batch`` x ``seq_len`` tokens per GPU."""
+                       profile: MachineProfile | None = None, rates: Rates | None = None,
+                       sync_each_batch: bool = False) -> StepTime:
+    """Seconds of one optimizer step of ``gas`` micro-steps of ``micro_batch`` x ``seq_len`` tokens per GPU
+    (``sync_each_batch``: accelerate's GradientAccumulationPlugin setting, see :func:`_communication`)."""
     c = constants()
     r = rates or rates_for(gpu, profile)
     if strategy.tp_size * strategy.sp_size * strategy.cp_size * strategy.dp_replicate_size > 1:
         return _layout_step_time(arch, counts, trainable, hw, strategy, r, precision=precision, method=method,
                                  checkpointing=checkpointing, micro_batch=micro_batch, seq_len=seq_len, gas=gas,
-                                 freeze_layers=freeze_layers, attention=attention)
+                                 freeze_layers=freeze_layers, attention=attention,
+                                 sync_each_batch=sync_each_batch)
     tokens_micro = micro_batch * seq_len
     eff = efficiency(r, precision, arch.hidden_size, tokens_micro)
     peak = r.peak(precision)
@@ -415,7 +423,7 @@ def training_step_time(arch: Architecture, counts: ParameterCounts, trainable: i
                                                              checkpointing, freeze_layers, attention=attention)
     compute = gas * micro_compute + optimizer_seconds(strategy, hw, r, trainable)
     backward_share = 2.0 / 3.0 if method == "full" else 0.5
-    comm = _communication(strategy, hw, r, counts.total, trainable, precision, method, gas)
+    comm = _communication(strategy, hw, r, counts.total, trainable, precision, method, gas, sync_each_batch)
     off = _offload(strategy, hw, r, counts.total, trainable, precision, method, gas)
     budget = compute
     comm_a, budget = _hide(comm.behind_compute, budget, comm.overlap)
@@ -486,7 +494,8 @@ def layout_communication(arch: Architecture, hw: HardwareSpec, strategy: Strateg
 
 def _layout_step_time(arch: Architecture, counts: ParameterCounts, trainable: int, hw: HardwareSpec,
                       strategy: StrategySpec, r: Rates, *, precision: str, method: str, checkpointing: str,
-                      micro_batch: int, seq_len: int, gas: int, freeze_layers: int, attention: str) -> StepTime:
+                      micro_batch: int, seq_len: int, gas: int, freeze_layers: int, attention: str,
+                      sync_each_batch: bool = False) -> StepTime:
     """Step time of a TP/SP/CP layout: one rank computes the narrowed model (heads, kv heads, MLP width and the
     lm_head's vocabulary / tp) on its ``seq_len / (sp x cp)`` tokens, attending over the whole sequence; its
     ZeRO/FSDP collectives run over the ranks sharing its parameters (:mod:`advisor.memory.parallel`); the
@@ -513,7 +522,8 @@ def _layout_step_time(arch: Architecture, counts: ParameterCounts, trainable: in
                                                              attention=attention, width=arch.hidden_size // tp)
     compute = gas * micro_compute + optimizer_seconds(view_strategy, view_hw, r, trainable_n)
     backward_share = 2.0 / 3.0 if method == "full" else 0.5
-    comm = _communication(view_strategy, view_hw, r, counts_c.total, trainable_n, precision, method, gas)
+    comm = _communication(view_strategy, view_hw, r, counts_c.total, trainable_n, precision, method, gas,
+                          sync_each_batch)
     off = _offload(view_strategy, view_hw, r, counts_c.total, trainable_n, precision, method, gas)
     # the view's node holds gpus_per_node / tp ranks; the CPU optimizer and parameter fetches of a real node serve
     # all its ranks (every tp shard): the per-node exposed offload x tp (its per-GPU copy term too: conservative)

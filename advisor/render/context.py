@@ -478,6 +478,12 @@ def _notes(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strat
     if training.precision == "pure-bf16" and strategy.backend != "deepspeed":
         notes.append("pure bf16: load the model with torch_dtype=torch.bfloat16 (mixed_precision is 'no')")
     notes += parallel_notes(model, training, ctx.get("parallel"))     # issue 15
+    if training.sync_each_batch:
+        notes.append("--sync-each-batch is not a launcher setting: in your script create the Accelerator with "
+                     "gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps="
+                     f"{ctx['gradient_accumulation_steps']}, sync_each_batch=True) (accelerate >= 0.30; "
+                     "accelerate.utils) and accumulate with accelerator.accumulate(model); HF Trainer: "
+                     "accelerator_config: {gradient_accumulation_kwargs: {sync_each_batch: true}}")
     if ctx["hf_trainer"]:
         flag = {"fp16": " --fp16", "bf16": " --bf16", "pure-bf16": " --bf16"}.get(training.precision, "")
         notes.append(f"HF Trainer: pass --per_device_train_batch_size {training.micro_batch_size} "

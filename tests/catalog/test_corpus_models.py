@@ -72,14 +72,19 @@ def test_corpus_points_of_these_models_are_estimated():
     points = {p["id"]: p for p in yaml.safe_load(CORPUS.read_text())["points"]}
     ids = ["answerai-yi-34b-qlora-bs2-3090", "answerai-yi-34b-qlora-offload-bs4-3090", "litgpt-tiny-llama-full-1xa10g",
            "litgpt-stablelm-base-alpha-3b-lora-1xa10g", "litgpt-phi-2-full-4xa10g",
-           "litgpt-stablelm-base-alpha-3b-full-4xa10g", "litgpt-phi-2-lora-1xa10g"]
+           "litgpt-stablelm-base-alpha-3b-full-4xa10g", "litgpt-phi-2-lora-1xa10g", "litgpt-tiny-llama-lora-1xa10g",
+           "litgpt-tiny-llama-qlora-1xa10g", "litgpt-stablelm-base-alpha-3b-qlora-1xa10g", "litgpt-phi-2-qlora-1xa10g"]
     for pid in ids:
         p = points[pid]
         assert resolve_model(p["model"]).source == "catalog", pid
         assert "not in the model catalog" not in p.get("why_not", ""), pid
         assert p.get("assumptions") and p.get("strategy") and p.get("checkpointing"), pid
-    assert all(points[i].get("expressible", True) for i in ids[:-1])
-    assert points["litgpt-phi-2-lora-1xa10g"]["reference"]   # lora_head: true (LoRA on the lm_head)
+        assert p["measured"]["value"] and not p.get("reference"), pid
+    assert all(points[i].get("expressible", True) for i in ids)
+    # lora_head: true in the config files: LoRA on the lm_head too
+    head = ("litgpt-phi-2-lora", "litgpt-phi-2-qlora", "litgpt-tiny-llama-lora", "litgpt-tiny-llama-qlora")
+    assert all("lm_head" in points[i]["lora_targets"] for i in ids if i.startswith(head))
+    assert all(points[i]["qlora_quantizer"] == "lightning" for i in ids if "-qlora-" in i and i.startswith("litgpt"))
 
 
 @pytest.mark.parametrize("size, name", [("1.1B", "llama-3.2-1b"), ("34B", "qwen2.5-32b"), ("30B", "qwen3-32b")])

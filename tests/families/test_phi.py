@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:   # the measurement harness (benchmarks/harness) lives at the repository root
     sys.path.insert(0, str(ROOT))
 
-TINY = dict(model_type="phi", hidden_size=320, intermediate_size=1280, num_hidden_layers=4, num_attention_heads=4,
-            vocab_size=1024, partial_rotary_factor=0.4, resid_pdrop=0.1, embd_pdrop=0.0, attention_dropout=0.0)
+TINY = dict(model_type="phi", hidden_size=160, intermediate_size=640, num_hidden_layers=4, num_attention_heads=2,
+            vocab_size=512, partial_rotary_factor=0.4, resid_pdrop=0.1, embd_pdrop=0.0, attention_dropout=0.0)
 
 
 def _real(cfg: dict):
@@ -78,7 +78,7 @@ def test_parameters_match_the_real_model():
     model = _real(cfg)
     counts = count_parameters(architecture_from_hf_config(cfg))
     assert counts.total == sum(p.numel() for p in model.parameters())
-    assert counts.lm_head == sum(p.numel() for p in model.lm_head.parameters()) == 1024 * 320 + 1024
+    assert counts.lm_head == sum(p.numel() for p in model.lm_head.parameters()) == 512 * 160 + 512
     assert counts.per_layer == sum(p.numel() for p in model.model.layers[0].parameters())
     assert counts.final == sum(p.numel() for p in model.model.final_layernorm.parameters())
 

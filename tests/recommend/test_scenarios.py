@@ -116,6 +116,10 @@ def test_13b_on_two_nodes_of_8_a100_40g_uses_multi_node_settings():
     assert "--num_machines 2" in rec.launcher
     assert fired(r, "multi-node-prefers-hybrid") and fired(r, "multi-node-launch")
     assert any("--num_machines 2" in a for a in r.advice)
+    # issue 17 (helper L): the runner-up says what --sync-each-batch would take off, and with it fsdp-hybrid fits
+    assert "FSDP's unsharded gradients under accelerate's no_sync, which --sync-each-batch" in hybrid[0].rejected_because
+    synced = run("13B", gpus=8, nodes=2, gpu="a100-40g", global_batch=256, sync_each_batch=True)
+    assert synced.found and synced.recommendation.name == "fsdp-hybrid"
 
 
 def test_inference_replicas_when_the_model_fits_one_gpu():

@@ -69,6 +69,7 @@ class Run:
     main_process_port: int = 29500
     notes: list[str] = field(default_factory=list)
     fp32_base: bool = False         # issue 17: --base-dtype fp32 (a LoRA base / QLoRA's non-quantized weights in fp32)
+    sync_each_batch: bool = False   # issue 17 (helper L): accelerate GradientAccumulationPlugin(sync_each_batch=True)
 
     @property
     def deepspeed(self) -> str | None:
@@ -178,6 +179,11 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
                          "bnb_4bit_compute_dtype: float32 would compute in fp32; TRL 1.16's SFTTrainer runs no "
                          "prepare_model_for_kbit_training): drop --base-dtype fp32, or pick hf-trainer",
                          field="--base-dtype")
+    if training.sync_each_batch and framework in ("llamafactory", "axolotl"):   # issue 17 (helper L)
+        raise InputError(f"{where}: --sync-each-batch is written only as transformers' accelerator_config "
+                         "gradient_accumulation_kwargs (hf-trainer / trl, checked by their parsers); no "
+                         f"{framework} key for it is rendered: drop it, or pick hf-trainer / trl",
+                         field="--sync-each-batch")
     mid, known = model_id(model)
     ckpt = training.activation_checkpointing == "full"
     return Run(framework=framework, model_id=mid, model_id_known=known, family=model.architecture.family,
@@ -194,7 +200,8 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
                offload_activations=training.offload_activations,
                expandable_segments=training.expandable_segments, main_process_ip=main_process_ip,
                main_process_port=main_process_port,
-               fp32_base=fp32_lora_base(training, strategy) or fp32_qlora_rest(training, strategy))
+               fp32_base=fp32_lora_base(training, strategy) or fp32_qlora_rest(training, strategy),
+               sync_each_batch=training.sync_each_batch)
 
 
 def bnb_config(run: Run) -> dict | None:

@@ -69,6 +69,13 @@ def training_arguments(run: Run, *, output_dir: str = "output") -> list[tuple[st
                                                                              run.fsdp_offload else "")
                       + ", one unit per decoder layer, as estimated (accelerate_config.yaml says the same)"))
         items.append(("fsdp_config", cfg, ""))
+    if run.sync_each_batch:
+        # issue 17 (helper L): transformers AcceleratorConfig.gradient_accumulation_kwargs becomes accelerate's
+        # GradientAccumulationPlugin (trainer.py create_accelerator_and_postprocess); the training loop then skips
+        # no_sync when plugin_kwargs["sync_each_batch"] (trainer.py _inner_training_loop)
+        items.append(("accelerator_config", {"gradient_accumulation_kwargs": {"sync_each_batch": True}},
+                      "--sync-each-batch: every micro-batch reduce-scatters its gradients (no unsharded gradients "
+                      "under no_sync), as estimated"))
     return items
 
 
