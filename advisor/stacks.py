@@ -87,6 +87,17 @@ def inline_fp32_loss(transformers_version: str | None) -> bool:
                    _minor(normalize_version("transformers", transformers_version)))
 
 
+def lora_adapters_in_base_dtype(transformers_version: str | None) -> bool:
+    """True when the PEFT of that transformers' time (< 0.12, no ``autocast_adapter_dtype``) builds LoRA adapters in
+    the base weight's floating dtype (advisor/data/stacks.yaml ``lora_adapters_in_base_dtype``): on a 16-bit model
+    (pure bf16) they are 16-bit and the forward casts no input to fp32. False when no version is given (fp32
+    adapters, PEFT >= 0.12)."""
+    if transformers_version is None:
+        return False
+    return _within(_table()["transformers"]["lora_adapters_in_base_dtype"],
+                   _minor(normalize_version("transformers", transformers_version)))
+
+
 def default_loss(transformers_version: str | None) -> str:
     """The ``--loss`` a run has when it is not given: ``legacy-inline`` under a transformers that computed the loss
     inline (< 4.46), else ``plain``."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from advisor.architecture import Architecture
 from advisor.memory.symbolic import BYTES, Tensor, Trace
 from advisor.specs import TrainingSpec
+from advisor.stacks import lora_adapters_in_base_dtype
 
 
 def _lora_linear_names(arch: Architecture, targets: tuple[str, ...]) -> set[str]:
@@ -138,13 +139,15 @@ class DecoderReplay:
         bnb Linear4bit, which casts x to the adapter dtype only outside autocast (peft/tuners/lora/bnb.py:
         ``requires_conversion = not torch.is_autocast_enabled()``; under autocast lora_A casts x itself)."""
         tr = self.tr
-        # _cast_input_dtype(x, lora_A.weight.dtype)
-        xa = x if quantized and tr.autocast else tr.cast(x, "f32")
+        # _cast_input_dtype(x, lora_A.weight.dtype): fp32 adapters (PEFT >= 0.12 autocast_adapter_dtype), or, on a
+        # 16-bit model under an older PEFT, the model's own dtype: no copy (advisor.stacks.lora_adapters_in_base_dtype)
+        ad = tr.pdt if tr.half and lora_adapters_in_base_dtype(getattr(self.t, "transformers_version", None)) else "f32"
+        xa = x if quantized and tr.autocast else tr.cast(x, ad)
         # lora_B(lora_A(dropout(x))): with lora_dropout > 0 nn.Dropout saves a bool mask and lora_A saves the
         # dropped copy, one per adapted linear (peft.tuners.lora.layer.Linear.forward; Identity when p = 0)
         xa = tr.dropout(xa, self.t.lora.dropout)
-        a = tr.linear(xa, n_in, self.rank, True, w_dt="f32")        # lora_A saves its input
-        bo = tr.linear(a, self.rank, n_out, True, w_dt="f32")       # lora_B saves lora_A's output
+        a = tr.linear(xa, n_in, self.rank, True, w_dt=ad)           # lora_A saves its input
+        bo = tr.linear(a, self.rank, n_out, True, w_dt=ad)          # lora_B saves lora_A's output
         scaled = tr.scalar_op(bo)
         res = tr.add(base, scaled)                                  # result + lora_B(...) * scaling
         out = tr.cast(res, base.dt)                                 # result.to(torch_result_dtype)

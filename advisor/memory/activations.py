@@ -74,6 +74,7 @@ from advisor.architecture import Architecture
 from advisor.datacache import computed
 from advisor.families import REPLAYED_FAMILIES
 from advisor.specs import TrainingSpec
+from advisor.stacks import lora_adapters_in_base_dtype
 
 # The replay's pieces (re-exported: benchmarks and tests reach them through this module):
 from .backward import _Buf, _replay_backward  # noqa: F401
@@ -433,7 +434,11 @@ def _trace_key(training: TrainingSpec) -> TrainingSpec:
                         freeze_trainable_layers=training.freeze_trainable_layers,
                         activation_checkpointing=training.activation_checkpointing,
                         loss=training.loss, loss_chunks=training.loss_chunks,
-                        qlora_quantizer=training.qlora_quantizer)   # issue 17 (L)
+                        qlora_quantizer=training.qlora_quantizer,   # issue 17 (L)
+                        # issue 17 (helper T): the adapters' dtype follows the PEFT of the stack's time (replay lora_branch)
+                        transformers_version=training.transformers_version
+                        if training.method in ("lora", "qlora") and lora_adapters_in_base_dtype(training.transformers_version)
+                        else None)
 
 
 @lru_cache(maxsize=4096)

@@ -1027,7 +1027,7 @@ def oom_retry_reserved(limit: int, allocated: int) -> int:
     capped at ``limit`` reserves what that exact capacity leaves and can be well below what the run reaches
     (Llama-2-7B QLoRA, batch 12 x 2048 on one 26.49 GiB card: 24.47 GiB capped, limit 25.82 GiB). Only the limit
     bounds max_memory_reserved from above (Answer.AI's Llama-2-7B / Mistral-7B QLoRA + CPU offload at 12 x 2048
-    on RTX 4090s under FSDP: 25.1 / 26.8 GiB simulated with every cached block kept, 22.38 / 22.54 measured,
+    on RTX 4090s under FSDP: 25.2 / 25.8 GiB simulated with every cached block kept, 22.38 / 22.54 measured,
     22.78 the limit), so that bound is the estimate."""
     return max(limit, allocated)
 

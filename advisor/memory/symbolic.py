@@ -91,6 +91,7 @@ class Trace:
         self.autocast = mode.startswith("autocast")
         self.low = "f32" if mode == "fp32" else ("bf16" if mode.endswith("bf16") else "f16")
         self.pdt = self.low if mode.startswith(("half", "autocast16")) else "f32"   # parameter (and embedding output) dtype
+        self.half = mode.startswith("half")     # the whole model is 16-bit (DeepSpeed fp16/bf16, pure bf16)
         self.b, self.s, self.N = batch, seq, batch * seq
         self._next = 0
         self.size: dict[int, int] = {}

@@ -161,3 +161,29 @@ def test_transformers_4_38_causal_mask_buffer_and_its_4d_mask():
     wraps = [A.fsdp_after_wrap(arch, build_training(hw, transformers_version=v, **base), build_strategy(hw, "fsdp-full"),
                                hw, params).peak_allocated for v in ("4.38", None)]
     assert wraps[0] - wraps[1] == 2 * 4096 * 128 * 4 * 32 + 4096 * 4096
+
+
+def test_old_peft_builds_lora_adapters_in_the_16_bit_models_dtype():
+    # issue 17 (helper T): PEFT < 0.12 (transformers <= 4.42's time) casts each adapter to its base weight's floating
+    # dtype (peft 0.10.0 LoraLayer.update_layer), so on a pure-bf16 model Linear4bit.forward's x.to(lora_A.weight.dtype)
+    # copies nothing; PEFT >= 0.12 (or no version) keeps fp32 adapters and the fp32 input copies
+    from advisor.memory.activations import activation_memory
+    from advisor.stacks import lora_adapters_in_base_dtype
+
+    assert lora_adapters_in_base_dtype("4.39") and lora_adapters_in_base_dtype("4.42")
+    assert not lora_adapters_in_base_dtype("4.43") and not lora_adapters_in_base_dtype(None)
+    arch = resolve_model("llama-2-7b").architecture
+    hw = build_hardware(2, 1, None, "rtx-3090", None, None, None)
+
+    def saved(version, precision="pure-bf16"):
+        t = build_training(hw, seq_len=512, micro_batch=1, global_batch=None, precision=precision, method="qlora",
+                           lora_rank=64, lora_targets=("all-linear",), lora_dropout=0.1, checkpointing="none",
+                           attention="sdpa", loss="plain", loss_chunks=8, double_quant=True, torch_version=None,
+                           transformers_version=version)
+        mode = "half-bf16" if precision == "pure-bf16" else "autocast16-bf16"
+        return activation_memory(arch, t, mode).breakdown["layers"]
+
+    # under the old PEFT each adapted linear's input is neither copied to fp32 nor dropped out in fp32: fewer bytes
+    assert saved("4.39") < saved("4.46") == saved(None)
+    # under autocast (FSDP MixedPrecision) adapters stay fp32 whatever the version
+    assert saved("4.39", "bf16") == saved(None, "bf16")
