@@ -181,16 +181,29 @@ def _fit(data: dict, file: str, p, fsdp: bool) -> list[Finding]:
         lora["lora_targets"] = tuple(t.strip() for t in targets.split(",") if t.strip())
     elif isinstance(targets, list) and targets and targets != ["all-linear"]:
         lora["lora_targets"] = tuple(str(t) for t in targets)
+    # the accumulation the file launches: under FSDP every micro-batch but the last runs in accelerate's no_sync
+    # and keeps unsharded gradients unless accelerator_config sets sync_each_batch (issue 17)
+    gas = _int(data.get("gradient_accumulation_steps", 1)) or 1
+    accum: dict[str, Any] = {}
+    if gas > 1:
+        accum["global_batch"] = (p.micro_batch or 1) * world * gas
+        acc = data.get("accelerator_config") if isinstance(data.get("accelerator_config"), dict) else {}
+        kwargs = acc.get("gradient_accumulation_kwargs") if isinstance(acc.get("gradient_accumulation_kwargs"), dict) \
+            else {}
+        if fsdp and world > 1 and kwargs.get("sync_each_batch") is True:
+            accum["sync_each_batch"] = True
     try:
         est = estimate(p.model, gpus=p.gpus or 1, nodes=p.nodes or 1, vram=p.vram, gpu=p.gpu, cpu_ram=p.cpu_ram,
                        seq_len=p.seq_len, micro_batch=p.micro_batch or 1, precision=precision, method=p.method,
                        checkpointing=p.checkpointing, strategy=strategy, offload_optimizer=offload, offload_param=offload,
-                       **(lora if p.method in ("lora", "qlora") else {}))
+                       **accum, **(lora if p.method in ("lora", "qlora") else {}))
     except InputError as exc:
         return [Finding("info", file, "", f"fit not checked: {exc}")]
     total, cap = est.per_gpu.total, est.hardware.vram_bytes
     what = (f"{est.model.name}, {strategy}, {precision}, {p.method}, micro-batch {p.micro_batch or 1} x seq {p.seq_len}, "
-            f"checkpointing {p.checkpointing}, {world} GPU(s)")
+            f"checkpointing {p.checkpointing}, {world} GPU(s)"
+            + (f", accumulation {gas}" + (" (sync_each_batch)" if accum.get("sync_each_batch") else "")
+               if gas > 1 else ""))
     if not est.fits:
         return [Finding("error", file, "", f"does not fit: {what} needs about {fmt_bytes(total)} per GPU of "
                         f"{fmt_bytes(cap)}; try `dsadvise presets` or `dsadvise recommend`")]

@@ -111,3 +111,25 @@ def test_check_estimates_what_the_framework_file_launches(framework_rendered, tm
                    lora_targets=("q_proj", "v_proj"), checkpointing="full", micro_batch=2, seq_len=1024)
     fit = [f.message for f in findings if f.message.startswith("fits:")]
     assert fit and f"needs about {fmt_bytes(est.per_gpu.total)} per GPU" in fit[0]
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_check_counts_the_accumulation_an_fsdp_file_launches(tmp_path, sync):
+    """issue 17: an FSDP file with gradient_accumulation_steps 2 runs the first micro-batch under accelerate's no_sync
+    (unsharded gradients kept) unless accelerator_config sets sync_each_batch: check estimates what generate did."""
+    from advisor.api import estimate
+    from advisor.formatting import fmt_bytes
+
+    from .conftest import plan_scenario
+
+    argv = "--model llama-2-7b --gpus 8 --gpu a100-80g --strategy fsdp-full --micro-batch 1 --global-batch 16"
+    *_, files = plan_scenario(argv + (" --sync-each-batch" if sync else ""), "hf-trainer")
+    _write(tmp_path, files)
+    findings = lint_file(tmp_path / CONFIG["hf-trainer"], Problem(gpus=8, model="llama-2-7b", gpu="a100-80g",
+                                                                 engines=False))
+    est = estimate("llama-2-7b", gpus=8, gpu="a100-80g", strategy="fsdp-full", micro_batch=1, global_batch=16,
+                   sync_each_batch=sync, seq_len=2048)
+    plain = estimate("llama-2-7b", gpus=8, gpu="a100-80g", strategy="fsdp-full", micro_batch=1, seq_len=2048)
+    assert (est.per_gpu.total > plain.per_gpu.total) is not sync      # the no_sync gradients, or none
+    fit = [f.message for f in findings if f.message.startswith(("fits:", "does not fit:"))]
+    assert fit and f"needs about {fmt_bytes(est.per_gpu.total)} per GPU" in fit[0], fit
