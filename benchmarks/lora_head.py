@@ -19,11 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
 from advisor.hf_config import architecture_from_hf_config  # noqa: E402
-from advisor.memory.activations import activation_memory, allocation_key, allocation_trace  # noqa: E402
+from advisor.memory.activations import activation_memory  # noqa: E402
 from advisor.param_count import lora_trainable_parameters  # noqa: E402
 from advisor.specs import LoraSpec, TrainingSpec  # noqa: E402
 from advisor.trace import TraceSettings, trace_model  # noqa: E402
 from advisor.trace.tracer import trace_parameters  # noqa: E402
+from benchmarks.replay_vs_trace import forward_allocated  # noqa: E402
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=3, vocab_size=2048)
 CFG = {
@@ -48,11 +49,7 @@ def row(name: str, cfg: dict, mode: str, targets: tuple[str, ...], dropout: floa
                                             lora_dropout=dropout), use_cache=False)
     seconds = time.perf_counter() - start
     replay = activation_memory(arch, spec, mode)
-    key, ckpt = allocation_key(arch, spec)
-    events = allocation_trace(arch, key, mode, ckpt, traced.traced_prefix)
-    end = events.index(("m", "forward_end", 0))
-    fwd_replay = sum(n for op, _, n in events[:end] if op == "a")
-    fwd_trace = sum(e.delta for e in traced.events if e.phase == "forward" and e.delta > 0)
+    fwd_trace, fwd_replay = forward_allocated(arch, spec, mode, traced)
     return (f"| {name} | {mode} | {','.join(targets)} | {dropout} | {traced.activations:,} | {replay.activations:,} | "
             f"{replay.activations - traced.activations:+,} | {traced.temporaries:,} | {replay.temporaries:,} | "
             f"{replay.temporaries - traced.temporaries:+,} | {fwd_trace:,} | {fwd_replay:,} | {seconds:.1f} |")

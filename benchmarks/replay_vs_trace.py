@@ -37,6 +37,17 @@ SETTINGS = [("fp32", "eager", "full", 2), ("autocast-bf16", "eager", "lora", 1),
             ("fp32", "sdpa", "full", 2), ("half-bf16", "sdpa", "full", 1)]
 
 
+def forward_allocated(arch, spec: TrainingSpec, mode: str, traced) -> tuple[int, int]:
+    """(traced, replayed) bytes allocated in the forward: the tracer's positive forward deltas and the replay's
+    allocation events up to its ``forward_end`` mark (advisor.memory.activations.allocation_trace)."""
+    key, ckpt = allocation_key(arch, spec)
+    events = allocation_trace(arch, key, mode, ckpt, traced.traced_prefix)
+    end = events.index(("m", "forward_end", 0))
+    fwd_replay = sum(n for op, _, n in events[:end] if op == "a")
+    fwd_trace = sum(e.delta for e in traced.events if e.phase == "forward" and e.delta > 0)
+    return fwd_trace, fwd_replay
+
+
 def cause(cfg: dict, mode: str, method: str, diff: int) -> str:
     arch = architecture_from_hf_config(cfg)
     if diff == 0:
@@ -58,11 +69,7 @@ def row(cfg: dict, mode: str, attention: str, method: str, batch: int, seq: int)
     spec = TrainingSpec(seq_len=seq, micro_batch_size=batch, attention=attention, method=method,
                         lora=LoraSpec(target_modules=TARGETS))
     replay = activation_memory(arch, spec, mode)
-    key, ckpt = allocation_key(arch, spec)
-    events = allocation_trace(arch, key, mode, ckpt, traced.traced_prefix)
-    end = events.index(("m", "forward_end", 0))
-    fwd_replay = sum(n for op, _, n in events[:end] if op == "a")
-    fwd_trace = sum(e.delta for e in traced.events if e.phase == "forward" and e.delta > 0)
+    fwd_trace, fwd_replay = forward_allocated(arch, spec, mode, traced)
     diff = replay.activations - traced.activations
     return (f"| {arch.family} | {mode} {attention} {method} b{batch} s{seq} | {traced.activations:,} | "
             f"{replay.activations:,} | {diff:+,} ({cause(cfg, mode, method, diff)}) | {fwd_trace:,} | {fwd_replay:,} "
