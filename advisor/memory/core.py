@@ -358,12 +358,12 @@ def activation_mode(training: TrainingSpec, strategy: StrategySpec) -> ComputeMo
     * Single GPU / DDP full fine-tuning: autocast over the fp32 weights the optimizer updates (``autocast-*``).
     """
     mode = compute_mode(training.precision, strategy.backend)
-    if mode.startswith("autocast") and strategy.backend != "fsdp" and fp32_lora_base(training, strategy):
-        return mode   # issue 17: --base-dtype fp32: autocast over the fp32 base (FSDP gathers it in 16 bit)
-    if mode.startswith("autocast") and fp32_qlora_rest(training, strategy):
-        # issue 17: QLoRA, --base-dtype fp32: an fp32 embedding makes an fp32 residual stream, fp32 norms and an
-        # fp32 lm_head under autocast; each Linear4bit casts its input to the compute dtype and its output back
-        # to the input's (bitsandbytes nn/modules.py Linear4bit.forward), replayed in families/replay.py proj
+    if mode.startswith("autocast") and ((strategy.backend != "fsdp" and fp32_lora_base(training, strategy))
+                                        or fp32_qlora_rest(training, strategy)):
+        # issue 17: --base-dtype fp32: autocast over the fp32 LoRA base (FSDP gathers it in 16 bit); for QLoRA an
+        # fp32 embedding makes an fp32 residual stream, fp32 norms and an fp32 lm_head, each Linear4bit casting its
+        # input to the compute dtype and its output back (bitsandbytes nn/modules.py Linear4bit.forward), replayed
+        # in families/replay.py proj
         return mode
     if mode.startswith("autocast") and (strategy.backend == "fsdp" or training.method in ("lora", "qlora")):
         return f"autocast16-{training.precision}"  # type: ignore[return-value]

@@ -11,6 +11,8 @@ from advisor.api import estimate
 from advisor.cli import main
 from advisor.errors import InputError
 
+from .test_lora_base_dtype import _copies
+
 # meta-llama/Meta-Llama-3-8B: vocab 128256, hidden 4096, 32 layers, untied lm_head
 V, H, L = 128_256, 4096, 32
 REST = 2 * V * H + (2 * L + 1) * H          # embed_tokens + lm_head + 65 RMSNorm weights (not quantized)
@@ -20,10 +22,6 @@ def _est(**kw):
     base = dict(model="llama-3-8b", gpu="rtx4090", method="qlora", precision="bf16", micro_batch=1, seq_len=512,
                 checkpointing="full")
     return estimate(**{**base, **kw})
-
-
-def _copies(est) -> int:
-    return sum(v for k, v in est.per_gpu.breakdown.items() if k.startswith("autocast 16-bit copies"))
 
 
 def test_the_non_quantized_weights_count_twice_and_the_note_goes():
