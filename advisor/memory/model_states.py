@@ -113,6 +113,16 @@ QLORA_16BIT_REST_NOTE = ("QLoRA's embeddings, norms and lm_head are counted in 1
                          "weight copy: --base-dtype fp32 counts that")
 
 
+def qlora_quantized_elements(arch: Architecture, counts: ParameterCounts, training: TrainingSpec) -> int:
+    """Base elements QLoRA stores in NF4: bitsandbytes quantizes the decoder's linear layers (transformers'
+    BitsAndBytesConfig skips the lm_head); embeddings, norms and an untied lm_head keep their dtype. lightning
+    (litgpt) quantizes the (untied) lm_head too (issue 17, L)."""
+    quantized = min(counts.total, arch.num_layers * sum(i * o * c for i, o, c in linear_shapes(arch).values()))
+    if lightning_quantized_head(training):
+        quantized = min(counts.total, quantized + counts.lm_head)
+    return quantized
+
+
 def qlora_kbit_upcast_extra_bytes(arch: Architecture, counts: ParameterCounts, training: TrainingSpec,
                                   strategy: StrategySpec) -> int:
     """Bytes per GPU that PEFT's ``prepare_model_for_kbit_training`` would add to a QLoRA model by casting every
@@ -129,8 +139,7 @@ def qlora_kbit_upcast_extra_bytes(arch: Architecture, counts: ParameterCounts, t
         return 0
     if lightning_quantized_head(training):   # issue 17 (L): litgpt's QLoRA: no PEFT, no upcast
         return 0
-    quantized = min(counts.total, arch.num_layers * sum(i * o * c for i, o, c in linear_shapes(arch).values()))
-    return int((counts.total - quantized) * 2)
+    return int((counts.total - qlora_quantized_elements(arch, counts, training)) * 2)
 
 
 def adafactor_state_elements(arch: Architecture, counts: ParameterCounts) -> int:
@@ -165,9 +174,7 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
     if training.method == "qlora":
         # bitsandbytes quantizes the decoder's linear layers to NF4; embeddings, norms and an untied
         # lm_head stay in the 16-bit compute dtype (peft prepare_model_for_kbit_training).
-        quantized = min(frozen, arch.num_layers * sum(i * o * c for i, o, c in linear_shapes(arch).values()))
-        if lightning_quantized_head(training):   # issue 17 (L): lightning quantizes the (untied) lm_head too
-            quantized = min(frozen, quantized + counts.lm_head)
+        quantized = qlora_quantized_elements(arch, counts, training)
         # --base-dtype fp32 (issue 17): PEFT's prepare_model_for_kbit_training leaves them fp32 (4 bytes)
         rest_b = 4 if fp32_qlora_rest(training, strategy) else 2
         frozen_bytes = quantized * sb.frozen_weight + (frozen - quantized) * rest_b
