@@ -129,7 +129,7 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--gpu", "GPU catalog name, e.g. a100-80g, rtx4090 (see `dsadvise gpus`)", wizard_field="gpu"),
     Flag("--cpu-ram", "CPU RAM per node in GiB (checked for offload)", gib, spec_fields=("cpu_ram_bytes",),
          wizard_field="cpu_ram"),
-    Flag("--nvme-path", "NVMe mount for ZeRO-Infinity offload"),
+    Flag("--nvme-path", "NVMe mount for ZeRO-Infinity offload", spec_fields=("nvme_path",)),
     Flag("--nvme-size", "free NVMe space per node in GiB", gib, spec_fields=("nvme_bytes",)),
     Flag("--task", "", choices=TASKS, default="train", spec_fields=("task",), wizard_field="task"),
     Flag("--seq-len", "tokens per sample (default: the smaller of 2048 and the model's context)", positive_int,
@@ -285,6 +285,9 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--base-dtype", "--qlora-quantizer", "--sync-each-batch")   # issue 17
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
+# the flags `estimate` and `recommend` add to the problem flags (the wizard places each group on its step)
+ESTIMATE_FLAGS = ("--profile", "--prompt-len", "--sub-group-size", "--preset")
+RECOMMEND_FLAGS = ("--margin", "--max-micro-batch", "--rules", "--profile")
 
 
 def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> None:
