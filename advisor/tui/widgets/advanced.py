@@ -9,7 +9,7 @@ else an Input checked with the CLI's own parser on every change.
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.containers import Grid
+from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Checkbox, Collapsible, Input, Select
 
@@ -42,7 +42,7 @@ class AdvancedSection(Collapsible):
         self._section, self._title = section, title
         self._fields = section_fields(section)
         rows = [Field(f.name, f.flag.flag, control(f, inputs.get(f.name)), hint=f.flag.help) for f in self._fields]
-        super().__init__(Grid(*rows, classes="fields"), title=self._label(inputs), collapsed=not self._changed(inputs),
+        super().__init__(Vertical(*rows, classes="advanced-fields"), title=self._label(inputs), collapsed=not self._changed(inputs),
                          id=f"advanced-{section}", classes="advanced")
 
     def _changed(self, inputs: WizardInputs) -> int:

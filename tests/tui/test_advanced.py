@@ -1,0 +1,208 @@
+"""The wizard's Advanced areas: every flag of `dsadvise estimate` / `recommend` has a wizard field (generated from
+the flag table), a value set there reaches the same API call the CLI makes, a bad value gets the CLI parser's own
+words at that field, the estimate's notes are shown, and the command line shown reproduces what is shown."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shlex
+
+import pytest
+from textual.widgets import Checkbox, Collapsible, Input, Select, Static
+
+import advisor.api
+from advisor.cli import build_parser, main
+from advisor.cli.flags import FLAGS
+from advisor.memory.model_states import LORA_16BIT_BASE_NOTE
+from advisor.tui import backend
+from advisor.tui.app import WizardApp
+from advisor.tui.form import ADVANCED, CLI_ONLY, FIELD_FLAGS, WizardInputs, field_for_flag, vram_text
+from advisor.tui.widgets.fields import Field
+from advisor.tui.wording import wizard_words
+
+from .helpers import SIZE, run_async, settle
+
+# Flags of `dsadvise estimate` / `recommend` with no wizard field, on purpose (CLI-only switches). A new flag of
+# those commands fails test_every_estimate_and_recommend_flag_has_a_wizard_field until it has a field (the flag
+# table generates one) or is added here with its reason.
+EXCLUDED = {
+    "--json",      # output format: the wizard shows the result on screen
+    "--profile",   # a measured-rates file, given to the wizard once at start (`dsadvise wizard --profile`)
+    "--rules",     # extra rule files for the search: a command-line option
+    "--preset",    # a shortcut filling method / strategy / offload / checkpointing, which the wizard shows as fields
+}
+
+
+def command_flags(command: str) -> set[str]:
+    """Every option string of the real ``dsadvise <command>`` parser (the CLI's own argparse)."""
+    parser = build_parser([command])
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {s for a in sub._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+
+
+def test_every_estimate_and_recommend_flag_has_a_wizard_field():
+    assert set(CLI_ONLY) == EXCLUDED        # the wizard's own list cannot grow without this test saying why
+    for command in ("estimate", "recommend"):
+        for flag in sorted(command_flags(command) - EXCLUDED):
+            name = field_for_flag(flag)
+            assert name is not None and FIELD_FLAGS.get(name) == flag, (command, flag, name)
+    # every flag that fills a spec field (generate's --framework included) is a wizard field
+    for flag in FLAGS.values():
+        if flag.spec_fields and flag.flag not in EXCLUDED:
+            assert FIELD_FLAGS.get(field_for_flag(flag.flag)) == flag.flag, flag.flag
+    # the generated fields take the table's choices, default and type
+    assert ADVANCED["base_dtype"].kind == "choice" and ADVANCED["base_dtype"].choices == FLAGS["--base-dtype"].choices
+    assert ADVANCED["sync_each_batch"].kind == "switch" and ADVANCED["tp"].kind == "text"
+    assert ADVANCED["fsdp_version"].parse("2") == 2 and ADVANCED["tp"].parse("") == FLAGS["--tp"].default
+
+
+def cli_error(argv: list[str]) -> str:
+    """What ``dsadvise`` prints for a bad flag value after ``argument --flag:`` (exit 2)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    said = re.search(r"argument --[a-z-]+: (.*?)(?: \(see dsadvise \w+ --help\))?$", err.getvalue().strip())
+    assert said, err.getvalue()
+    return said.group(1)
+
+
+def _error(app, name: str) -> str:
+    row = app.query_one(f"#row-{name}", Field)
+    return str(app.query_one(f"#error-{name}", Static).render()) if row.has_class("-invalid") else ""
+
+
+@run_async
+async def test_every_field_is_on_screen_and_a_bad_value_gets_the_cli_parsers_words():
+    app = WizardApp(WizardInputs(model="7B", vram="24"), debounce=0.01, recommender=None)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        for name in FIELD_FLAGS:                   # every field the flag table names is mounted
+            assert app.query_one(f"#field-{name}"), name
+        assert len(app.query(Collapsible)) >= 3 and all(c.collapsed for c in app.query(Collapsible))
+        for name, flag, text in (("tp", "--tp", "0"), ("lora_dropout", "--lora-dropout", "abc"),
+                                 ("nvme_size", "--nvme-size", "lots")):
+            expected = cli_error(["estimate", "--model", "7B", "--vram", "24", flag, text])
+            app.query_one(f"#field-{name}", Input).value = text
+            await settle(pilot)
+            assert _error(app, name) == expected and app.outcome.errors[name] == expected
+            assert app.outcome.estimate is None
+            app.query_one(f"#field-{name}", Input).value = ""
+            await settle(pilot)
+            assert _error(app, name) == "" and app.outcome.estimate is not None
+        # an error the API raises about a generated flag lands at its field too: --tp on one GPU
+        app.query_one("#field-strategy", Select).value = "zero3"
+        app.query_one("#field-tp", Input).value = "2"
+        await settle(pilot)
+        with pytest.raises(advisor.api.InputError) as api_error:
+            advisor.api.estimate("7B", vram=24, strategy="zero3", tp=2)
+        assert api_error.value.field == "--tp"
+        assert _error(app, "tp") == wizard_words(str(api_error.value).removeprefix("--tp: "))   # its flags worded
+        await pilot.press("ctrl+q")
+
+
+A100 = WizardInputs(model="llama-3.1-8b", gpu="a100-80g", vram=vram_text("a100-80g"), gpus="1")
+
+
+@run_async
+async def test_lora_base_dtype_fp32_set_in_the_wizard_is_the_apis_estimate_and_notes_are_shown():
+    app = WizardApp(A100.with_(method="lora", strategy="single"), debounce=0.01, recommender=None)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        given = dict(model="llama-3.1-8b", gpu="a100-80g", method="lora", strategy="single", seq_len=2048)
+        sixteen = app.outcome.estimate
+        assert sixteen == advisor.api.estimate(**given)
+        # the 16-bit base is an assumption: the estimate says so, and so does the wizard (F4, Why)
+        assert any(n.startswith(LORA_16BIT_BASE_NOTE) for n in sixteen.notes)
+        await pilot.press("f4")
+        details = " ".join(str(app.query_one("#rec-details", Static).render()).split())
+        for said in (*sixteen.notes, *sixteen.step_time.assumptions):   # each, in the wizard's words
+            assert " ".join(wizard_words(said).split()) in details, said
+        assert "notes and assumptions" in str(app.query_one("#memory-status", Static).render())
+
+        await pilot.press("f3")
+        app.query_one("#field-base_dtype", Select).value = "fp32"
+        await settle(pilot)
+        fp32 = app.outcome.estimate
+        assert fp32 == advisor.api.estimate(**given, base_dtype="fp32")
+        assert fp32.per_gpu.total > sixteen.per_gpu.total          # the fp32 base holds twice the bytes
+        assert not any(n.startswith(LORA_16BIT_BASE_NOTE) for n in fp32.notes)   # given, not assumed
+        assert "(1 set)" in str(app.query_one("#advanced-training", Collapsible).title)
+        assert "--base-dtype fp32" in app.outcome.command
+        assert "--base-dtype fp32" in str(app.query_one("#cli-command", Static).render())
+        await pilot.press("ctrl+q")
+
+
+@run_async
+async def test_sync_each_batch_with_fsdp_reaches_estimate_preview_and_command_line():
+    inputs = A100.with_(gpus="4", strategy="fsdp-full", global_batch="32", framework="hf-trainer")
+    app = WizardApp(inputs, debounce=0.01, recommender=None)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        given = dict(model="llama-3.1-8b", gpu="a100-80g", gpus=4, strategy="fsdp-full", global_batch=32,
+                     seq_len=2048)
+        kept = app.outcome.estimate
+        assert kept == advisor.api.estimate(**given)
+        await pilot.press("f3")
+        app.query_one("#field-sync_each_batch", Checkbox).value = True
+        await settle(pilot)
+        synced = app.outcome.estimate
+        assert synced == advisor.api.estimate(**given, sync_each_batch=True)
+        assert synced.per_gpu.total < kept.per_gpu.total            # no unsharded gradients under no_sync
+        sync_note = next(n for n in synced.notes if n.startswith("--sync-each-batch"))
+        await pilot.press("f4")
+        details = " ".join(str(app.query_one("#rec-details", Static).render()).split())
+        assert " ".join(wizard_words(sync_note).split()) in details and "micro-batches reduce-scatters" in details
+        # the generated files carry it: the HF Trainer's accelerator_config
+        assert "sync_each_batch" in app.preview.texts["framework"]
+        # the command line shown is `dsadvise estimate` with the same flags, and it gives the same estimate
+        command = app.outcome.command
+        assert "--sync-each-batch" in command and "--strategy fsdp-full" in command
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(shlex.split(command)[1:] + ["--json"]) == 0
+        said = json.loads(out.getvalue())
+        seq_note = said["notes"].pop(0)        # the wizard says the assumed sequence length beside the model (F1)
+        assert seq_note.startswith("sequence length 2048") and seq_note in app.outcome.model_note
+        assert said == synced.to_json_dict()
+        await pilot.press("ctrl+q")
+
+
+def test_search_fields_reach_the_recommender_as_recommend_passes_them():
+    """--margin and --max-micro-batch go to advisor.recommend.recommend as `dsadvise recommend` passes them; the
+    command line shown parses back to the same values."""
+    seen = {}
+
+    def recorder(model, hw, template, **kwargs):
+        seen.update(kwargs, template=template)
+        return None
+
+    out = backend.evaluate(A100.with_(margin="0.2", max_micro_batch="4", offload_activations="yes"),
+                           recommender=recorder)
+    assert seen["margin"] == 0.2 and seen["max_micro_batch"] == 4 and seen["template"].offload_activations
+    args = build_parser(["recommend"]).parse_args(shlex.split(out.command)[1:])
+    assert (args.margin, args.max_micro_batch, args.offload_activations, args.model) == (0.2, 4, True, "llama-3.1-8b")
+
+
+def test_recommendation_with_advanced_fields_is_the_apis():
+    """LoRA with --base-dtype fp32 and --margin 0.1 set in the wizard: the recommendation shown is
+    advisor.recommend.recommend's for the same problem (built here from the API, as `dsadvise recommend` does)."""
+    from advisor.api import build_hardware, build_training
+    from advisor.catalog.models import resolve_model
+    from advisor.recommend import recommend
+
+    hw = build_hardware(1, 1, None, "a100-80g")
+    model = resolve_model("llama-3.1-8b")
+    for base, margin in (("16-bit", None), ("fp32", 0.1)):
+        fields = {"base_dtype": base} if margin is None else {"base_dtype": base, "margin": f"{margin}"}
+        out = backend.evaluate(A100.with_(method="lora", **fields))
+        same = recommend(model, hw, build_training(hw, seq_len=2048, method="lora", base_dtype=base), method="lora",
+                         precision="auto", checkpointing="auto", margin=margin)
+        timing = {"search_ms"}          # the search's own wall time, the one field that differs run to run
+        assert out.recommendation.model_dump(exclude=timing) == same.model_dump(exclude=timing) and same.found
+        assert out.estimate == same.estimate
+        # the 16-bit base is said as an assumption only when it is one
+        assert (LORA_16BIT_BASE_NOTE in same.assumptions) == (base == "16-bit")
