@@ -24,7 +24,7 @@ _LABELS = {
     "sdpa": "sdpa (PyTorch)", "eager": "eager", "flash": "flash-attention 2",
     "yes": "yes (bitsandbytes default)", "no": "no",
 }
-_LOSS_LABELS = {"auto": "auto (plain; inline under transformers <= 4.45)"}
+_LOSS_LABELS = {"auto": "auto (as the CLI)"}
 _INFER_LABELS = {"full": "16-bit weights", "qlora": "4-bit weights (NF4)"}
 
 # Fields each task shows (the rest of the step is hidden); method details follow the method.
@@ -86,7 +86,7 @@ class TrainingStep(VerticalScroll):
                         _choice("double_quant", DOUBLE_QUANT_CHOICES, v.double_quant),
                         hint="quantizes the 4-bit scales too")
             yield Field("loss", "Loss kernel", _choice("loss", LOSS_CHOICES, v.loss),
-                        hint="fused linear: no full logits tensor")
+                        hint="auto: plain, or inline under transformers < 4.46")
             yield Field("attention", "Attention", _choice("attention", ATTENTION_CHOICES, v.attention))
             yield Field("strategy", "Strategy", _choice("strategy", STRATEGY_CHOICES, v.strategy),
                         hint="pick one to see its estimate instead")
