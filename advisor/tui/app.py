@@ -323,6 +323,14 @@ class WizardApp(App[int]):
             self._field_rows = rows
         return self._field_rows
 
+    def fields_mounted(self) -> None:
+        """Fields mounted late (an Advanced section opened): find them, and show the errors of what is shown."""
+        self._field_rows = None
+        errors = self.outcome.errors if self.outcome is not None else {}
+        for name, row in self._fields().items():
+            if name in ADVANCED and name in errors:
+                row.set_error(wizard_words(errors[name]))
+
     def _show_error(self, name: str, message: str | None) -> None:
         row = self._fields().get(name)
         if row is not None:

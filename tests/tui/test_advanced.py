@@ -70,6 +70,20 @@ def cli_error(argv: list[str]) -> str:
     return said.group(1)
 
 
+async def open_sections(pilot) -> None:
+    """Open every Advanced section, as a click on its title does (its fields mount then)."""
+    from advisor.tui.widgets.advanced import AdvancedSection
+
+    for section in pilot.app.query(AdvancedSection):
+        section.collapsed = False
+    for _ in range(100):
+        await pilot.pause(0.02)
+        if all(s.filled for s in pilot.app.query(AdvancedSection)):
+            await pilot.pause()
+            return
+    raise AssertionError("the Advanced sections did not mount their fields")
+
+
 def _error(app, name: str) -> str:
     row = app.query_one(f"#row-{name}", Field)
     return str(app.query_one(f"#error-{name}", Static).render()) if row.has_class("-invalid") else ""
@@ -80,9 +94,21 @@ async def test_every_field_is_on_screen_and_a_bad_value_gets_the_cli_parsers_wor
     app = WizardApp(WizardInputs(model="7B", vram="24"), debounce=0.01, recommender=None)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        for name in FIELD_FLAGS:                   # every field the flag table names is mounted
-            assert app.query_one(f"#field-{name}"), name
         assert len(app.query(Collapsible)) >= 3 and all(c.collapsed for c in app.query(Collapsible))
+        # a suggestion applied to closed sections ("what would fit" sets flags): the values and the error wait there
+        app.apply_flags({"--nvme-path": "/local_nvme", "--tp": 0})
+        await settle(pilot)
+        tp_zero = cli_error(["estimate", "--model", "7B", "--vram", "24", "--tp", "0"])
+        assert app.outcome.errors == {"tp": tp_zero}
+        await open_sections(pilot)
+        for name in FIELD_FLAGS:                   # every field the flag table names is on a step
+            assert app.query_one(f"#field-{name}"), name
+        assert app.query_one("#field-nvme_path", Input).value == "/local_nvme" and _error(app, "tp") == tp_zero
+        for section in ("strategy", "hardware"):   # the titles count what is set (--tp, --nvme-path)
+            assert str(app.query_one(f"#advanced-{section}", Collapsible).title).endswith("(1 set)")
+        app.query_one("#field-tp", Input).value = ""
+        await settle(pilot)
+        assert _error(app, "tp") == "" and app.outcome.estimate is not None
         for name, flag, text in (("tp", "--tp", "0"), ("lora_dropout", "--lora-dropout", "abc"),
                                  ("nvme_size", "--nvme-size", "lots")):
             expected = cli_error(["estimate", "--model", "7B", "--vram", "24", flag, text])
@@ -124,6 +150,7 @@ async def test_lora_base_dtype_fp32_set_in_the_wizard_is_the_apis_estimate_and_n
         assert "notes and assumptions" in str(app.query_one("#memory-status", Static).render())
 
         await pilot.press("f3")
+        await open_sections(pilot)
         app.query_one("#field-base_dtype", Select).value = "fp32"
         await settle(pilot)
         fp32 = app.outcome.estimate
@@ -147,6 +174,7 @@ async def test_sync_each_batch_with_fsdp_reaches_estimate_preview_and_command_li
         kept = app.outcome.estimate
         assert kept == advisor.api.estimate(**given)
         await pilot.press("f3")
+        await open_sections(pilot)
         app.query_one("#field-sync_each_batch", Checkbox).value = True
         await settle(pilot)
         synced = app.outcome.estimate
