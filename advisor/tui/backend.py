@@ -320,6 +320,9 @@ def preview(out: Outcome) -> Preview:
         notes.append(framework_note)
     if texts["deepspeed"] is None:
         notes.append(f"No DeepSpeed JSON: {args[3].name} runs without DeepSpeed.")
+    if out.problem.get("sync_each_batch") and not args[2].sync_each_batch:     # as generate says it
+        notes.append(f"--sync-each-batch dropped: the recommended {args[3].name} is no FSDP layout (it is an FSDP "
+                     "accumulation setting).")
     if not out.estimate.fits:
         notes.append("Warning: by the estimate this configuration does not fit.")
     return Preview(texts, " ".join(notes), files)

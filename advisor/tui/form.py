@@ -288,10 +288,12 @@ def _flag_text(value: object) -> str:
 
 def command_line(ns: argparse.Namespace) -> str:
     """``dsadvise estimate ...`` (a strategy is given) or ``dsadvise recommend ...``: the command that computes
-    what the wizard shows, with every flag whose value differs from that command's default."""
+    what the wizard shows, with every flag of that command whose value differs from its default (the Advanced
+    strategy and layout values apply to a picked strategy only, as in the wizard)."""
     import shlex
 
-    estimate = ns.strategy is not None
+    # estimate: a picked strategy (and its layout flags), or --prompt-len, which only estimate takes
+    estimate = ns.strategy is not None or (ns.task == "infer" and ns.prompt_len is not None)
     names = [*_flags.MODEL_FLAGS, *_flags.HARDWARE_FLAGS, *_flags.TRAINING_FLAGS]
     names += [*_flags.STRATEGY_FLAGS, *_flags.LAYOUT_FLAGS, *_flags.ESTIMATE_FLAGS] if estimate \
         else list(_flags.RECOMMEND_FLAGS)
