@@ -7,6 +7,7 @@ all of this is testable without a terminal and runs in a worker thread.
 
 from __future__ import annotations
 
+import re
 from argparse import Namespace
 from dataclasses import dataclass, field
 from enum import Enum
@@ -23,6 +24,20 @@ def _message(exc: AdvisorError) -> str:
     text = str(exc)
     prefix = f"{getattr(exc, 'field', None)}: "
     return text[len(prefix):] if text.startswith(prefix) else text
+
+
+_LEADING_FLAG = re.compile(r"--[a-z][a-z0-9-]*(?![\w-])")
+
+
+def error_field(exc: AdvisorError) -> str | None:
+    """The wizard field an API error belongs to: the one standing for the flag it names (``exc.field``), or for an
+    error without one (a spec's cross-field check) the flag its message starts with (``--cp needs FSDP2 ...``);
+    None: the summary shows it."""
+    flag = getattr(exc, "field", None)
+    if flag is None:
+        lead = _LEADING_FLAG.match(str(exc))
+        flag = lead.group(0) if lead else None
+    return field_for_flag(flag)
 
 
 class StrategySource(str, Enum):
@@ -124,7 +139,7 @@ def _recommend(recommend, resolved, inputs: WizardInputs, kwargs: dict[str, Any]
 
 
 def _record(out: Outcome, exc: AdvisorError) -> None:
-    name = field_for_flag(getattr(exc, "field", None))
+    name = error_field(exc)
     if name is not None:
         out.errors.setdefault(name, _message(exc))
     else:
@@ -183,7 +198,7 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
         try:
             out.recommendation = _recommend(recommend, resolved, inputs, kwargs, args, profile)
         except AdvisorError as exc:
-            name = field_for_flag(getattr(exc, "field", None))
+            name = error_field(exc)
             if name is not None and chosen is None:   # bad input: say so at the field, as the CLI would
                 out.errors.setdefault(name, _message(exc))
                 return out

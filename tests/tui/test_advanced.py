@@ -11,6 +11,8 @@ import re
 import shlex
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from textual.widgets import Checkbox, Collapsible, Input, Select, Static
 
 import advisor.api
@@ -234,3 +236,35 @@ def test_recommendation_with_advanced_fields_is_the_apis():
         assert out.estimate == same.estimate
         # the 16-bit base is said as an assumption only when it is one
         assert (LORA_16BIT_BASE_NOTE in same.assumptions) == (base == "16-bit")
+
+
+TEXT = st.one_of(st.sampled_from(["", "0", "-1", "1", "2", "0.5", "1e9", "nan", "inf", "abc", "4.39", "2.2", " 3 "]),
+                 st.text(max_size=8))
+
+
+def _advanced_value(field):
+    return st.sampled_from(field.choices) if field.choices else TEXT
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.sampled_from(["recommended", "zero3", "fsdp-full", "ddp"]),
+       st.sampled_from(["full", "lora", "qlora"]))
+def test_any_advanced_value_gives_an_outcome_never_an_exception(data, strategy, method):
+    """Whatever a few generated fields hold, evaluate answers (an estimate, or errors by field) and preview renders."""
+    names = data.draw(st.sets(st.sampled_from(sorted(ADVANCED)), min_size=1, max_size=3))
+    values = {name: data.draw(_advanced_value(ADVANCED[name]), label=name) for name in sorted(names)}
+    out = backend.evaluate(WizardInputs(model="7B", vram="24", gpus="2", strategy=strategy, method=method,
+                                        global_batch="8").with_(**values), recommender=None)
+    assert set(out.errors) <= set(WizardInputs.field_names())
+    assert out.estimate is not None or out.errors or out.general_error
+    assert set(backend.preview(out).texts) == set(backend.PREVIEW_KEYS)
+
+
+def test_a_cross_field_api_error_lands_at_the_flag_it_starts_with():
+    """A spec's cross-field check has no field of its own; its message starts with the flag it is about (--cp)."""
+    with pytest.raises(advisor.api.InputError) as api_error:
+        advisor.api.estimate("7B", vram=24, gpus=2, strategy="fsdp-full", cp=2)
+    assert api_error.value.field is None and str(api_error.value).startswith("--cp ")
+    out = backend.evaluate(WizardInputs(model="7B", vram="24", gpus="2", strategy="fsdp-full").with_(cp="2"),
+                           recommender=None)
+    assert out.errors == {"cp": str(api_error.value)} and not out.general_error
