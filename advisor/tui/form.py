@@ -111,13 +111,8 @@ class AdvancedField:
 
 
 def _hand_made() -> set[str]:
-    """Flags a hand-made wizard field stands for (each field's first flag in the table)."""
-    return {flag for name, flag in WIZARD_FIELD_FLAGS.items() if name in _HAND_MADE_FIELDS}
-
-
-_HAND_MADE_FIELDS = ("model", "gpu", "vram", "gpus", "nodes", "cpu_ram", "seq_len", "micro_batch", "global_batch",
-                     "method", "precision", "optimizer", "checkpointing", "lora_rank", "strategy", "task",
-                     "lora_targets", "double_quant", "loss", "attention", "prompt_len", "framework")
+    """Flags with a hand-made wizard field (the table's ``wizard_field``); the others get generated ones."""
+    return {f.flag for f in FLAGS.values() if f.wizard_field}
 
 
 def _advanced() -> dict[str, AdvancedField]:
