@@ -348,8 +348,9 @@ def _communication(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: i
     ov = min(r.intra_overlap, r.inter_overlap) if nodes > 1 else r.intra_overlap
     q = (n - 1) / n
     name = strategy.name
-    # DeepSpeed ZeRO-2/3 reduce in every backward (stage_1_and_2 / stage3 ``reduce_ready_partitions_and_remove_
-    # grads``); ZeRO-1 keeps its gradients until the boundary. FSDP: see :func:`fsdp_passes`.
+    # DeepSpeed ZeRO-2/3 reduce in every backward, ZeRO-0/1 only at the accumulation boundary (engine.py
+    # ``allreduce_gradients``: "ZeRO stage >= 2 communicates during non gradient accumulation boundaries as
+    # well"). FSDP: see :func:`fsdp_passes`.
     gathers, syncs = fsdp_passes(strategy, gas, sync_each_batch) if strategy.backend == "fsdp" else (0, 1)
     if name in ("ddp", "zero0", "fsdp-no-shard", "single"):
         return _Comm(behind_backward=syncs * 2 * q * trainable * gb / bw, overlap=ov)
