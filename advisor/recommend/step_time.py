@@ -388,11 +388,13 @@ def _offload(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: int, tr
     host = r.host_bytes_per_s
     per_node_trainable = trainable / nodes
     if strategy.backend == "fsdp":
-        syncs = gas if sync_each_batch else 1
-        # CPUOffload: each GPU's shard in for forward and backward, gradients out once they are reduced (under
-        # no_sync "the gradients will not be offloaded to CPU": fully_sharded_data_parallel.py ``no_sync``);
-        # torch AdamW on the CPU.
-        copies = (gas * 2 * params / n * w + syncs * trainable / n * gb) / host
+        gathers, syncs = fsdp_passes(strategy, gas, sync_each_batch)
+        if strategy.fsdp_sharding == "NO_SHARD":
+            gathers = 2 * gas
+        # CPUOffload: each GPU's shard in for every gather (NO_SHARD: for forward and backward), gradients out
+        # once they are reduced (under no_sync "the gradients will not be offloaded to CPU":
+        # fully_sharded_data_parallel.py ``no_sync``); torch AdamW on the CPU.
+        copies = (gathers * params / n * w + syncs * trainable / n * gb) / host
         return _Offload(behind_compute=copies, exposed=per_node_trainable / r.torch_cpu_adam_params_per_s)
     hidden = exposed = 0.0
     if strategy.offload_optimizer != "none":
