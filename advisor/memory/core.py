@@ -53,7 +53,7 @@ def check_compatible(training: TrainingSpec, strategy: StrategySpec, hw: Hardwar
             and training.precision == "fp32":
         raise InputError("QLoRA computes in 16-bit: use bf16 or fp16", field="precision")
     check_lora_head(training)
-    if training.method == "qlora" and getattr(training, "base_dtype", "16-bit") == "fp32" \
+    if training.method == "qlora" and training.base_dtype == "fp32" \
             and strategy.backend in ("deepspeed", "fsdp"):
         # issue 17: TRL/PEFT skip prepare_model_for_kbit_training when FSDP / ZeRO-3 shard the 4-bit weights (their
         # flat parameters need one dtype, bnb_4bit_quant_storage); DeepSpeed fp16/bf16 casts the module to 16 bit
