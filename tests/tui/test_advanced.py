@@ -191,6 +191,10 @@ async def test_sync_each_batch_with_fsdp_reaches_estimate_preview_and_command_li
         # the command line shown is `dsadvise estimate` with the same flags, and it gives the same estimate
         command = app.outcome.command
         assert "--sync-each-batch" in command and "--strategy fsdp-full" in command
+        await pilot.press("f5")
+        await pilot.click("#copy-command")                 # Copy: the command on the clipboard
+        assert app.clipboard == command and command in " ".join(
+            str(app.query_one("#cli-command", Static).render()).split())
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             assert main(shlex.split(command)[1:] + ["--json"]) == 0
