@@ -137,17 +137,20 @@ A100 = WizardInputs(model="llama-3.1-8b", gpu="a100-80g", vram=vram_text("a100-8
 
 @run_async
 async def test_lora_base_dtype_fp32_set_in_the_wizard_is_the_apis_estimate_and_notes_are_shown():
-    app = WizardApp(A100.with_(method="lora", strategy="single"), debounce=0.01, recommender=None)
+    inputs = A100.with_(gpu="h100-sxm", vram=vram_text("h100-sxm"), gpus="8", method="lora", strategy="ddp")
+    app = WizardApp(inputs, debounce=0.01, recommender=None)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        given = dict(model="llama-3.1-8b", gpu="a100-80g", method="lora", strategy="single", seq_len=2048)
+        given = dict(model="llama-3.1-8b", gpu="h100-sxm", gpus=8, method="lora", strategy="ddp", seq_len=2048)
         sixteen = app.outcome.estimate
         assert sixteen == advisor.api.estimate(**given)
-        # the 16-bit base is an assumption: the estimate says so, and so does the wizard (F4, Why)
+        # what the estimate assumes (the 16-bit LoRA base; NCCL's NVLS buffers of an unstated torch) is said in the
+        # wizard too, on F4 (Why), in its words, with the step time's assumptions
         assert any(n.startswith(LORA_16BIT_BASE_NOTE) for n in sixteen.notes)
+        assert any(n.startswith("NCCL NVLink-SHARP buffers") for n in sixteen.notes)
         await pilot.press("f4")
         details = " ".join(str(app.query_one("#rec-details", Static).render()).split())
-        for said in (*sixteen.notes, *sixteen.step_time.assumptions):   # each, in the wizard's words
+        for said in (*sixteen.notes, *sixteen.step_time.assumptions):
             assert " ".join(wizard_words(said).split()) in details, said
         assert "notes and assumptions" in str(app.query_one("#memory-status", Static).render())
 
@@ -159,9 +162,14 @@ async def test_lora_base_dtype_fp32_set_in_the_wizard_is_the_apis_estimate_and_n
         assert fp32 == advisor.api.estimate(**given, base_dtype="fp32")
         assert fp32.per_gpu.total > sixteen.per_gpu.total          # the fp32 base holds twice the bytes
         assert not any(n.startswith(LORA_16BIT_BASE_NOTE) for n in fp32.notes)   # given, not assumed
-        assert "(1 set)" in str(app.query_one("#advanced-training", Collapsible).title)
-        assert "--base-dtype fp32" in app.outcome.command
-        assert "--base-dtype fp32" in str(app.query_one("#cli-command", Static).render())
+        assert str(app.query_one("#advanced-training", Collapsible).title).endswith("(1 set)")
+        # a stated torch: its wheels' NCCL sizes the NVLS buffers (a text field, checked as the CLI checks it)
+        app.query_one("#field-torch_version", Input).value = "2.2"
+        await settle(pilot)
+        stated = app.outcome.estimate
+        assert stated == advisor.api.estimate(**given, base_dtype="fp32", torch_version="2.2") and stated != fp32
+        assert "--base-dtype fp32" in app.outcome.command and "--torch-version 2.2" in app.outcome.command
+        assert "--torch-version 2.2" in " ".join(str(app.query_one("#cli-command", Static).render()).split())
         await pilot.press("ctrl+q")
 
 
