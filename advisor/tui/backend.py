@@ -229,8 +229,9 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
         out.command = command_line(Namespace(**{**vars(args), "method": fixed["method"],
                                                 "precision": fixed["precision"], "checkpointing": checkpointing}))
     try:
+        # the Advanced strategy and layout fields are those of a picked strategy (as `estimate --strategy`)
         out.estimate = estimate(resolved, strategy=chosen, checkpointing=checkpointing, profile=profile,
-                                **fixed, **strategy_kwargs(args))
+                                **fixed, **(strategy_kwargs(args) if chosen else {}))
     except AdvisorError as exc:
         _record(out, exc)
     return out
@@ -292,8 +293,10 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
                         sync_each_batch=k["sync_each_batch"] and str(settings["name"]).startswith("fsdp"))
         layout = {key: settings[key] for key in ("tp_size", "sp_size", "cp_size", "dp_replicate_size",
                                                   "fsdp_version") if settings.get(key) is not None}
+    elif out.strategy_source is StrategySource.CHOSEN and out.args is not None:   # the layout it was estimated with
+        layout = layout_fields(**_flags.layout_kwargs(out.args))
     else:
-        layout = layout_fields(**_flags.layout_kwargs(out.args)) if out.args is not None else {}
+        layout = {}
     training = build_training(hw, checkpointing=settings["activation_checkpointing"], **train_kw)
     strategy = build_strategy(hw, settings["name"], settings.get("offload_optimizer", "none"),
                               settings.get("offload_param", "none"),

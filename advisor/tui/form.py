@@ -1,9 +1,12 @@
 """What the wizard's fields hold, as plain data, and how their text becomes API arguments.
 
-No Textual here: the widgets fill a :class:`WizardInputs`, :mod:`advisor.tui.backend` turns it into the same
-keyword arguments the CLI passes to :func:`advisor.api.estimate` / ``advisor.recommend.recommend``. Field text
-is parsed with the CLI's own argument types (the flag table, :mod:`advisor.cli.flags`), so the wizard and
-``dsadvise`` accept and reject the same values with the same words.
+No Textual here: the widgets fill a :class:`WizardInputs`, :mod:`advisor.tui.backend` turns it into the
+``argparse.Namespace`` the CLI would parse (:func:`cli_namespace`) and from it the same keyword arguments the CLI
+passes to :func:`advisor.api.estimate` / ``advisor.recommend.recommend``. Field text is parsed with the CLI's own
+argument types (the flag table, :mod:`advisor.cli.flags`), so the wizard and ``dsadvise`` accept and reject the
+same values with the same words. Flags with a hand-made field name it in the table (``wizard_field``); every
+other flag of ``estimate`` / ``recommend`` gets a generated field (:data:`ADVANCED`) in an Advanced section of
+the step its group belongs to (:data:`SECTIONS`), except the CLI-only switches (:data:`CLI_ONLY`).
 """
 
 from __future__ import annotations
