@@ -282,17 +282,25 @@ def test_a_cross_field_api_error_lands_at_the_flag_it_starts_with():
     assert out.errors == {"cp": str(api_error.value)} and not out.general_error
 
 
-def test_preview_is_what_generate_writes_for_the_command_shown(tmp_path):
-    """A picked strategy with Advanced layout fields (--tp 2 --fsdp-version 2): the configs previewed are the files
-    `dsadvise generate` writes from the command line the wizard shows."""
+@pytest.mark.parametrize("strategy,advanced", [
+    ("fsdp-full", dict(tp="2", fsdp_version="2", bucket_sizes="default")),        # estimate --strategy ...
+    ("recommended", dict(base_dtype="fp32", lora_dropout="0.1")),                  # recommend (the real one)
+])
+def test_preview_is_what_generate_writes_for_the_command_shown(tmp_path, strategy, advanced):
+    """Advanced fields set (a picked strategy's layout; a LoRA base in fp32 with dropout, recommended): the files
+    previewed are those `dsadvise generate` writes from the command line the wizard shows."""
     inputs = WizardInputs(model="llama-3.1-8b", gpu="h100-sxm", vram=vram_text("h100-sxm"), gpus="8",
-                          global_batch="32", strategy="fsdp-full").with_(tp="2", fsdp_version="2", bucket_sizes="default")
-    out = backend.evaluate(inputs, recommender=None)
+                          global_batch="32", strategy=strategy, method="full" if strategy != "recommended" else "lora")
+    out = backend.evaluate(inputs.with_(**advanced), recommender=None if strategy != "recommended" else backend.LOAD)
     shown = backend.preview(out)
-    assert out.estimate.strategy.tp_size == 2 and "parallelism_config_tp_size: 2" in shown.texts["accelerate"]
     words = shlex.split(out.command)
-    assert words[:2] == ["dsadvise", "estimate"]
+    assert words[:2] == ["dsadvise", "estimate" if strategy != "recommended" else "recommend"]
+    for name, value in advanced.items():
+        assert f"{FIELD_FLAGS[name]} {value}" in out.command
+    if strategy != "recommended":
+        assert out.estimate.strategy.tp_size == 2 and "parallelism_config_tp_size: 2" in shown.texts["accelerate"]
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["generate", *words[2:], "--out", str(tmp_path), "--no-engine-check"]) == 0
+    assert sorted(shown.files) == sorted(p.name for p in tmp_path.iterdir())
     for name in shown.files:
         assert shown.files[name] == (tmp_path / name).read_text(), name
