@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
 
 from ..cli.flags import (ATTENTION, AUTO, CHECKPOINTING, FLAG_WIZARD_FIELDS, FLAGS, LOSSES, METHODS, OPTIMIZERS,
                          PRECISIONS, RECOMMENDED, STRATEGIES, TASKS, WIZARD_FIELD_FLAGS, Flag, gib, positive_int)
@@ -42,13 +43,25 @@ CLI_ONLY: dict[str, str] = {
     "--rules": "extra rule files for the recommender's search: a command-line option",
     "--preset": "a shortcut that fills the method, strategy, offload and checkpointing fields the wizard shows",
 }
-# Where each group of the flag table goes: (section id, the step it sits on, its title, the flags it may hold).
-SECTIONS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("hardware", "hardware", "Advanced: storage", _flags.HARDWARE_FLAGS),
-    ("training", "training", "Advanced: training", _flags.TRAINING_FLAGS),
-    ("strategy", "training", "Advanced: strategy and parallel layout (for the strategy you pick)",
-     (*_flags.STRATEGY_FLAGS, *_flags.LAYOUT_FLAGS, *_flags.ESTIMATE_FLAGS)),
-    ("search", "training", "Advanced: the recommender's search", _flags.RECOMMEND_FLAGS),
+class Section(NamedTuple):
+    """An Advanced area: where a group of the flag table goes."""
+
+    id: str
+    step: str                     # the wizard step it sits on
+    title: str
+    note: str                     # one line at its top ("" for none)
+    flags: tuple[str, ...]        # the flags it may hold (those without a hand-made field land here)
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("hardware", "hardware", "Advanced: storage", "", _flags.HARDWARE_FLAGS),
+    Section("training", "training", "Advanced: training", "", _flags.TRAINING_FLAGS),
+    Section("strategy", "training", "Advanced: strategy and layout",
+            "These apply to the strategy you pick (Strategy above), as dsadvise estimate --strategy; the "
+            "recommender searches strategies itself.",
+            (*_flags.STRATEGY_FLAGS, *_flags.LAYOUT_FLAGS, *_flags.ESTIMATE_FLAGS)),
+    Section("search", "training", "Advanced: the recommender's search", "How dsadvise recommend searches.",
+            _flags.RECOMMEND_FLAGS),
 )
 SWITCH_CHOICES = ("no", "yes")     # a store_true flag: "yes" passes it
 
@@ -120,11 +133,11 @@ def _hand_made() -> set[str]:
 
 def _advanced() -> dict[str, AdvancedField]:
     hand_made, out = _hand_made(), {}
-    for section, _, _, names in SECTIONS:
-        for flag in names:
+    for section in SECTIONS:
+        for flag in section.flags:
             if flag in hand_made or flag in CLI_ONLY or FLAGS[flag].dest in out:
                 continue
-            out[FLAGS[flag].dest] = AdvancedField(FLAGS[flag], section)
+            out[FLAGS[flag].dest] = AdvancedField(FLAGS[flag], section.id)
     return out
 
 

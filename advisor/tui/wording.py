@@ -26,8 +26,9 @@ FIELD_CAPTIONS: dict[str, tuple[str, str]] = {
 }
 # the generated fields: the flag as caption, in its step's Advanced area
 _STEP_KEYS = {"hardware": "F2", "training": "F3"}
-FIELD_CAPTIONS.update({a.name: (a.flag.flag, f"{_STEP_KEYS[step]} Advanced") for a in ADVANCED.values()
-                       for section, step, _, _ in SECTIONS if section == a.section})
+_SECTION_STEPS = {section.id: section.step for section in SECTIONS}
+FIELD_CAPTIONS.update({a.name: (a.flag.flag, f"{_STEP_KEYS[_SECTION_STEPS[a.section]]} Advanced")
+                       for a in ADVANCED.values()})
 
 # whole phrases first (the CLI's instructions), then any remaining flag
 _PHRASES: tuple[tuple[re.Pattern, str], ...] = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widget import Widget
-from textual.widgets import Checkbox, Collapsible, Input, Select
+from textual.widgets import Checkbox, Collapsible, Input, Select, Static
 
 from ..form import ADVANCED, SECTIONS, AdvancedField, WizardInputs
 from .fields import CliCheck, Field
@@ -39,10 +39,11 @@ class AdvancedSection(Collapsible):
     dozen rows nobody opened cost every start a third of a second."""
 
     def __init__(self, section: str, inputs: WizardInputs) -> None:
-        title = next(t for s, _, t, _ in SECTIONS if s == section)
-        self._section, self._title, self._inputs = section, title, inputs
+        spec = next(s for s in SECTIONS if s.id == section)
+        self._section, self._title, self._inputs = section, spec.title, inputs
         self._fields = section_fields(section)
-        self._body = Vertical(classes="advanced-fields")
+        self._body = Vertical(*([Static(spec.note, classes="advanced-note", markup=False)] if spec.note else []),
+                              classes="advanced-fields")
         self.filled = False
         super().__init__(self._body, title=self._label(inputs), collapsed=not self._changed(inputs),
                          id=f"advanced-{section}", classes="advanced")
@@ -81,7 +82,7 @@ class AdvancedSection(Collapsible):
 
 def sections_for(step: str) -> tuple[str, ...]:
     """The section ids placed on ``step`` (``hardware``, ``training``), in the table's order."""
-    return tuple(s for s, on_step, _, _ in SECTIONS if on_step == step and section_fields(s))
+    return tuple(s.id for s in SECTIONS if s.step == step and section_fields(s.id))
 
 
 def advanced_sections(step: str, inputs: WizardInputs) -> ComposeResult:
