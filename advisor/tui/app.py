@@ -394,8 +394,8 @@ class WizardApp(App[int]):
             if self._last_shown is not None:        # keep the last valid picture while a field is being fixed
                 est, fits = self._last_shown[0], self._last_shown[1]
                 line = f"Showing the last valid inputs ({strategy_label(est.strategy)})."
-        if out.estimate is not None and (est.notes or (est.step_time is not None and est.step_time.assumptions)):
-            n = len(est.notes) + (len(est.step_time.assumptions) if est.step_time is not None else 0)
+        if out.estimate is not None and (est.notes or out.assumed or (est.step_time and est.step_time.assumptions)):
+            n = len({*est.notes, *out.assumed}) + (len(est.step_time.assumptions) if est.step_time is not None else 0)
             status = "; ".join(x for x in (status, f"{n} notes and assumptions: F4 Recommendation, Why") if x)
         if est is not None and est.task == "infer" and est.inference:
             line += "\nLayouts: " + "; ".join(f"{x.layout} {fmt_size(x.total)} per GPU"

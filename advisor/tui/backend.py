@@ -76,6 +76,7 @@ class Outcome:
     general_error: str = ""                                  # an error no single field owns
     args: Any = None                                         # the argparse.Namespace the CLI would parse
     command: str = ""                                        # the dsadvise command computing what is shown
+    assumed: list[str] = field(default_factory=list)         # assumed from the inputs (sequence length, VRAM)
 
     @property
     def ready(self) -> bool:
@@ -156,7 +157,7 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
     with its signature (tests pass a fixed one so that screenshots do not follow every rule change).
     ``profile``: a :class:`advisor.profile.MachineProfile` whose measured rates the step times use.
     """
-    from ..api import estimate, resolve_seq_len
+    from ..api import build_hardware, estimate, hardware_notes, resolve_seq_len
     from ..catalog.models import resolve_model
 
     out = Outcome(inputs=inputs)
@@ -186,6 +187,12 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
     out.problem = kwargs
     out.args = args
     out.command = command_line(args)
+    # what the CLI says it assumed from the inputs (`recommend` lists these first, `estimate` among its notes)
+    out.assumed = [seq_note] if seq_note else []
+    try:
+        out.assumed += hardware_notes(build_hardware(*(kwargs[k] for k in HARDWARE_KEYS)), kwargs["vram"])
+    except AdvisorError:
+        pass                # a bad hardware field: said at that field by the calls below
     # inference has no training strategy: its layouts are the recommendation's
     chosen = None if inputs.strategy == RECOMMENDED or inputs.task == "infer" else inputs.strategy
 

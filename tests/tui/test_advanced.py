@@ -150,7 +150,8 @@ async def test_lora_base_dtype_fp32_set_in_the_wizard_is_the_apis_estimate_and_n
         assert any(n.startswith("NCCL NVLink-SHARP buffers") for n in sixteen.notes)
         await pilot.press("f4")
         details = " ".join(str(app.query_one("#rec-details", Static).render()).split())
-        for said in (*sixteen.notes, *sixteen.step_time.assumptions):
+        assert app.outcome.assumed[0].startswith("sequence length 2048")    # the CLI's own note on it, said too
+        for said in (*app.outcome.assumed, *sixteen.notes, *sixteen.step_time.assumptions):
             assert " ".join(wizard_words(said).split()) in details, said
         assert "notes and assumptions" in str(app.query_one("#memory-status", Static).render())
 
