@@ -43,6 +43,8 @@ CLI_ONLY: dict[str, str] = {
     "--rules": "extra rule files for the recommender's search: a command-line option",
     "--preset": "a shortcut that fills the method, strategy, offload and checkpointing fields the wizard shows",
 }
+
+
 class Section(NamedTuple):
     """An Advanced area: where a group of the flag table goes."""
 
