@@ -286,6 +286,14 @@ LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--a
 # the flags `estimate` and `recommend` add to the problem flags (the wizard places each group on its step)
 ESTIMATE_FLAGS = ("--profile", "--prompt-len", "--sub-group-size", "--preset")
 RECOMMEND_FLAGS = ("--margin", "--max-micro-batch", "--rules", "--profile")
+# Flags of estimate / recommend with no wizard field, and why (CLI-only switches); every other one has a field
+# (hand-made: wizard_field above; else generated in an Advanced section, advisor/tui/form.py)
+CLI_ONLY: dict[str, str] = {
+    "--json": "an output format: the wizard shows the result on screen",
+    "--profile": "a file given once, at start: `dsadvise wizard --profile PATH`",
+    "--rules": "extra rule files for the recommender's search: a command-line option",
+    "--preset": "a shortcut that fills the method, strategy, offload and checkpointing fields the wizard shows",
+}
 
 
 def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> None:

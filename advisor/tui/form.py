@@ -35,14 +35,8 @@ FRAMEWORK_CHOICES: tuple[str, ...] = getattr(_flags, "FRAMEWORKS", ("accelerate"
 
 # ---------------------------------------------------------------- the Advanced areas, generated from the flag table
 
-# Flags of `dsadvise estimate` / `recommend` that the wizard does not show as fields (CLI-only switches); every
-# other flag of those commands has a field (tests/tui/test_advanced.py checks this against the real parsers).
-CLI_ONLY: dict[str, str] = {
-    "--json": "an output format: the wizard shows the result on screen",
-    "--profile": "a file given once, at start: `dsadvise wizard --profile PATH`",
-    "--rules": "extra rule files for the recommender's search: a command-line option",
-    "--preset": "a shortcut that fills the method, strategy, offload and checkpointing fields the wizard shows",
-}
+# Flags of estimate / recommend with no wizard field: the table's CLI_ONLY (tests/tui/test_advanced.py checks the rest).
+CLI_ONLY = _flags.CLI_ONLY
 
 
 class Section(NamedTuple):
@@ -293,6 +287,25 @@ def cli_namespace(inputs: WizardInputs, values: dict[str, object], vram: float |
               prompt_len=values["prompt_len"] if infer else None, framework=inputs.framework)
     ns.update({name: values[name] for name in ADVANCED})
     return argparse.Namespace(**ns)
+
+
+def fields_from_args(ns: argparse.Namespace, names: tuple[str, ...]) -> dict[str, str]:
+    """The field texts the flags ``names`` set in ``ns`` (parsed as ``dsadvise estimate`` / ``recommend`` parse
+    them; None or False: not given, left out): the inverse of :func:`cli_namespace` for ``dsadvise wizard``'s
+    start values."""
+    out: dict[str, str] = {}
+    for flag in names:
+        value = getattr(ns, FLAGS[flag].dest, None)
+        name = field_for_flag(flag)
+        if value is None or value is False or name is None:
+            continue
+        if flag == "--no-double-quant":
+            out["double_quant"] = "no"
+        elif name in ADVANCED and ADVANCED[name].kind == "switch":
+            out[name] = "yes"
+        else:
+            out[name] = _flag_text(value)
+    return out
 
 
 def _flag_text(value: object) -> str:

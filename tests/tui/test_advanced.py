@@ -305,3 +305,18 @@ def test_preview_is_what_generate_writes_for_the_command_shown(tmp_path, strateg
     assert sorted(shown.files) == sorted(p.name for p in tmp_path.iterdir())
     for name in shown.files:
         assert shown.files[name] == (tmp_path / name).read_text(), name
+
+
+def test_the_command_shown_starts_the_wizard_with_the_same_fields():
+    """`dsadvise wizard` takes the flags of the command line the wizard shows (F5): its fields start as they were."""
+    from advisor.cli.wizard import initial_inputs
+
+    inputs = WizardInputs(model="llama-3.1-8b", gpu="a100-80g", vram=vram_text("a100-80g"), gpus="4",
+                          global_batch="32", method="lora", precision="bf16", checkpointing="full", loss="chunked",
+                          lora_targets="q_proj,v_proj", double_quant="no", strategy="fsdp-full").with_(
+        base_dtype="fp32", sync_each_batch="yes", lora_dropout="0.05", fsdp_version="2", tp="2", torch_version="2.4")
+    out = backend.evaluate(inputs, recommender=None)
+    assert not out.errors and out.command.startswith("dsadvise estimate ")
+    args = build_parser(["wizard"]).parse_args(["wizard", *shlex.split(out.command)[2:]])
+    assert initial_inputs(args) == inputs
+    assert initial_inputs(build_parser(["wizard"]).parse_args(["wizard"])) == WizardInputs()   # nothing given
