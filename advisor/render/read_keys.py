@@ -96,7 +96,9 @@ def _active(value: Any, when: Any) -> bool:
         return value is False or (isinstance(value, str) and value.lower() == "false")
     if when == "set":
         return value is not None
-    return value not in (None, False, 0, "", [], {}, "false", "False", "none")
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "none", "no", "null")
+    return value not in (None, False, 0, [], {})
 
 
 def review(kind: str, flat: dict[str, Any], reading: Reading) -> None:
@@ -134,12 +136,19 @@ def _enabled(block: Any) -> Any:
     return block.get("enabled") if isinstance(block, dict) else None
 
 
+# DeepSpeedZeroConfig fields whose stage3_ name is an alias (deepspeed/runtime/zero/config.py): both spellings
+_ZERO_ALIASES = {k: f"stage3_{k}" for k in ("prefetch_bucket_size", "max_live_parameters", "param_persistence_threshold",
+                                            "max_reuse_distance", "gather_16bit_weights_on_model_save")}
+
+
 def read_deepspeed(data: dict, arch=None) -> Reading:
     """Estimate inputs of a DeepSpeed JSON: the ZeRO stage, offload devices, precision, micro-batch and
     accumulation, bucket preset and sub_group_size, DeepSpeed's own optimizer. ``arch``: the model's
     Architecture, to compare the bucket sizes with the presets the estimate knows."""
     r = Reading()
     zero = data.get("zero_optimization") if isinstance(data.get("zero_optimization"), dict) else {}
+    zero = {_ZERO_ALIASES.get(k, k): v for k, v in zero.items()}
+    data = dict(data, zero_optimization=zero) if "zero_optimization" in data else data
     stage = _int(zero.get("stage", 0))
     stage = stage if stage is not None and 0 <= stage <= 3 else 0
     r.kwargs["strategy"] = f"zero{stage}"
@@ -384,6 +393,28 @@ def _hf_fsdp(data: dict, r: Reading) -> bool:
     return True
 
 
+# fsdp_config keys of TrainingArguments / axolotl (either spelling, fsdp_ prefix dropped) that need no memory
+# of their own: loading, saving, the layer class (one unit per decoder layer is what is estimated), ...
+_FSDP_NO_MEMORY = {"min_num_params", "transformer_layer_cls_to_wrap", "state_dict_type", "sync_module_states",
+                   "cpu_ram_efficient_loading", "use_orig_params", "xla", "xla_fsdp_v2", "xla_fsdp_grad_ckpt",
+                   "xla_fsdp_settings", "version", "offload_params", "activation_checkpointing",
+                   "reshard_after_forward", "sharding_strategy", "forward_prefetch", "backward_prefetch",
+                   "limit_all_gathers", "auto_wrap_policy", "final_state_dict_type", "offload_policy",
+                   "cpu_offload_pin_memory"}
+
+
+def fsdp_flat(data: dict) -> dict[str, Any]:
+    """The file's keys with its fsdp_config's keys not in _FSDP_NO_MEMORY as ``fsdp_config.<key>``."""
+    out = {k: v for k, v in data.items() if k != "fsdp_config"}
+    fc = data.get("fsdp_config")
+    if isinstance(fc, dict):
+        for k, v in fc.items():
+            name = k[5:] if k.startswith("fsdp_") else k
+            if name not in _FSDP_NO_MEMORY:
+                out[f"fsdp_config.{name}"] = v
+    return out
+
+
 def _sync_each_batch(data: dict, r: Reading) -> None:
     acc = data.get("accelerator_config") if isinstance(data.get("accelerator_config"), dict) else {}
     kw = acc.get("gradient_accumulation_kwargs") if isinstance(acc.get("gradient_accumulation_kwargs"), dict) else {}
@@ -435,7 +466,7 @@ def _hf(data: dict, side: dict | None) -> Reading:
         r.skip("(model loading)", "from_pretrained's dtype, quantization and LoRA live in your script: the method "
                "comes from --method (or dsadvise.json), a LoRA base counted in 16 bits; a float32 load (transformers "
                "4 without torch_dtype) needs more (--base-dtype fp32)", True)
-    review("hf-trainer", flat, r)
+    review("hf-trainer", fsdp_flat(flat), r)
     return r
 
 
@@ -534,7 +565,7 @@ def _trl(data: dict, side: dict | None) -> Reading:
                "runs): plain loss counted, an upper bound", False)
     r.skip("(SFTTrainer loss)", "TRL 1.16 computes the loss with a tiled fused LM head (sft_trainer.py "
            "add_fused_lm_head, no full logits): the plain loss over whole logits is counted, an upper bound", False)
-    review("trl", dict(data), r)
+    review("trl", fsdp_flat(data), r)
     return r
 
 
@@ -639,5 +670,5 @@ def _axolotl(data: dict, side: dict | None) -> Reading:
     if not data.get("deepspeed"):
         if data.get("fsdp") or isinstance(data.get("fsdp_config"), dict):
             _hf_fsdp(dict(data, fsdp=data.get("fsdp") or "full_shard"), r)
-    review("axolotl", dict(data), r)
+    review("axolotl", fsdp_flat(data), r)
     return r
