@@ -449,11 +449,20 @@ def _training_arguments(data: dict, r: Reading) -> None:
         _hf_fsdp(data, r)
 
 
+def _checkpointing(data: dict, default: bool) -> bool:
+    """TrainingArguments' activation_checkpointing, or its deprecated alias gradient_checkpointing when it is not
+    set (transformers 5.24 training_args.py __post_init__); ``default``: the alias's (TRL's _BaseConfig: true)."""
+    value = data.get("activation_checkpointing")
+    if value is None:
+        value = data.get("gradient_checkpointing", default)
+    return value is True
+
+
 def _hf(data: dict, side: dict | None) -> Reading:
     r = Reading()
     _training_arguments(data, r)
     r.kwargs["precision"] = "bf16" if data.get("bf16") is True else "fp16" if data.get("fp16") is True else "fp32"
-    ckpt = data.get("gradient_checkpointing") is True
+    ckpt = _checkpointing(data, False)
     r.kwargs.setdefault("checkpointing", "full" if ckpt else "none")
     if ckpt:
         r.kwargs["checkpointing"] = "full"
@@ -523,9 +532,8 @@ def _trl(data: dict, side: dict | None) -> Reading:
     fp16 = data.get("fp16") is True
     bf16 = data.get("bf16", not fp16)
     r.kwargs["precision"] = "bf16" if bf16 is True else "fp16" if fp16 else "fp32"
-    gc = data.get("gradient_checkpointing", True)
     if "checkpointing" not in r.kwargs:
-        r.kwargs["checkpointing"] = "full" if gc is True else "none"
+        r.kwargs["checkpointing"] = "full" if _checkpointing(data, True) else "none"
     r.kwargs["seq_len"] = _int(data.get("max_length", 1024)) or 1024
     if data.get("max_length", 1024) is None:
         r.skip("max_length", "null: no truncation, rows as long as the data (estimated at 1024)", True)

@@ -306,3 +306,18 @@ def test_the_command_check_prints_gives_the_same_estimate(capsys, tmp_path):
     main([*words[1:], "--json"])
     assert json.loads(capsys.readouterr().out)["per_gpu"]["total"] == est["per_gpu_bytes"]
 
+
+
+@pytest.mark.parametrize("kind,keys,ckpt", [
+    ("hf-trainer", "activation_checkpointing: true", "full"),          # transformers 5's name
+    ("hf-trainer", "gradient_checkpointing: true", "full"),            # its deprecated alias
+    ("trl", "max_length: 2048", "full"),                               # SFTConfig: on when not given
+    ("trl", "max_length: 2048\nactivation_checkpointing: false", "none"),   # the new name wins over the alias
+])
+def test_checkpointing_by_either_name(capsys, tmp_path, kind, keys, ckpt):
+    """transformers 5.24 TrainingArguments.__post_init__: activation_checkpointing, else gradient_checkpointing."""
+    head = "dataset_name: trl-lib/Capybara\n" if kind == "trl" else ""
+    est, _ = check(capsys, tmp_path, "args.yaml", head + "output_dir: out\nper_device_train_batch_size: 1\n"
+                   "gradient_accumulation_steps: 1\nbf16: true\n" + keys + "\n")
+    assert est["per_gpu_bytes"] == per_gpu(**A100X4, strategy="ddp", checkpointing=ckpt, precision="bf16",
+                                           micro_batch=1, seq_len=2048)
