@@ -396,7 +396,7 @@ def _hf_fsdp(data: dict, r: Reading) -> bool:
 # fsdp_config keys of TrainingArguments / axolotl (either spelling, fsdp_ prefix dropped) that need no memory
 # of their own: loading, saving, the layer class (one unit per decoder layer is what is estimated), ...
 _FSDP_NO_MEMORY = {"min_num_params", "transformer_layer_cls_to_wrap", "state_dict_type", "sync_module_states",
-                   "cpu_ram_efficient_loading", "use_orig_params", "xla", "xla_fsdp_v2", "xla_fsdp_grad_ckpt",
+                   "use_orig_params", "xla", "xla_fsdp_v2", "xla_fsdp_grad_ckpt",
                    "xla_fsdp_settings", "version", "offload_params", "activation_checkpointing",
                    "reshard_after_forward", "sharding_strategy", "forward_prefetch", "backward_prefetch",
                    "limit_all_gathers", "auto_wrap_policy", "final_state_dict_type", "offload_policy",

@@ -125,7 +125,10 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
 
     fsdp = bool(data.get("fsdp")) or (kind == "axolotl" and bool(data.get("fsdp_config")))
     if ds is None and p.model and (p.vram or p.gpu):
-        out += _fit(file, p)
+        if ds_ref:      # the run is DeepSpeed's, whose file could not be read: no estimate of another run
+            add("info", "", "fit not checked: the DeepSpeed file it names could not be read")
+        else:
+            out += _fit(file, p)
     sharded = stage == 3 or fsdp
     where = "ZeRO-3" if stage == 3 else "FSDP"
     if kind == "llamafactory":
