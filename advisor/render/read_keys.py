@@ -472,9 +472,10 @@ def _hf(data: dict, side: dict | None) -> Reading:
         flat.update({k: v for k, v in side.items() if k not in ("quantization_config", "lora_config", "dtype",
                                                                    "attn_implementation", "max_seq_length")})
     else:
-        r.skip("(model loading)", "from_pretrained's dtype, quantization and LoRA live in your script: the method "
-               "comes from --method (or dsadvise.json), a LoRA base counted in 16 bits; a float32 load (transformers "
-               "4 without torch_dtype) needs more (--base-dtype fp32)", True)
+        r.skip("(model loading)", "from_pretrained's dtype, quantization, LoRA and the tokenizer's length live in "
+               "your script: the method comes from --method, the sequence length from --seq-len (or dsadvise.json), "
+               "a LoRA base counted in 16 bits; a float32 load (transformers 4 without torch_dtype) needs more "
+               "(--base-dtype fp32)", True)
     review("hf-trainer", fsdp_flat(flat), r)
     return r
 
@@ -534,8 +535,9 @@ def _trl(data: dict, side: dict | None) -> Reading:
     r.kwargs["precision"] = "bf16" if bf16 is True else "fp16" if fp16 else "fp32"
     if "checkpointing" not in r.kwargs:
         r.kwargs["checkpointing"] = "full" if _checkpointing(data, True) else "none"
-    r.kwargs["seq_len"] = _int(data.get("max_length", 1024)) or 1024
-    if data.get("max_length", 1024) is None:
+    length = data.get("max_length", data.get("max_seq_length", 1024))      # max_seq_length: TRL before 0.20
+    r.kwargs["seq_len"] = _int(length) or 1024
+    if length is None:
         r.skip("max_length", "null: no truncation, rows as long as the data (estimated at 1024)", True)
     if data.get("activation_offloading") is True:
         r.kwargs["offload_activations"] = True
