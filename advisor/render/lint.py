@@ -242,7 +242,11 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
     # Does it fit? (every key that changes memory is read, or named as not counted: read_keys.py)
     eff_world = world or implied_world
     if p.model and vram and stage_ok:
-        out += _fit(file, p, _ds_reading(data, p), eff_world or 1)
+        reading = _ds_reading(data, p)
+        dp = ds_layout_world(data, eff_world)        # DeepSpeed derives the accumulation from train_batch_size
+        if reading.gas is None and tb and mb and dp and tb % (mb * dp) == 0:
+            reading.gas = tb // (mb * dp)
+        out += _fit(file, p, reading, eff_world or 1)
 
     # An HF template without zero_optimization: plain DeepSpeed would run it as stage 0, but it cannot fill
     # "auto", and the HF Trainer / accelerate refuse it (accelerate/utils/dataclasses.py DeepSpeedPlugin:
