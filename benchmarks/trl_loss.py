@@ -15,7 +15,7 @@ benchmarks/loss_kernels.py does:
           hidden)``: the input's gradient only, as in loss_kernels.py; with the head trainable TRL also forms an
           fp32 V x h ``grad_weight``, which is the parameter's gradient when the weights are fp32).
 against the estimator's ``logits_and_loss`` / forward moment / ``bw_head`` for ``--loss plain | chunked |
-fused-linear`` (benchmarks/loss_kernels.py ``estimate``). fp32 on the CPU. CPU vs CUDA: off Triton devices TRL
+fused-linear | trl-head`` (``estimate_head``; trl-head: advisor/families/replay.py trl_head_loss). fp32 on the CPU. CPU vs CUDA: off Triton devices TRL
 scores every position (``hidden.reshape``) and folds each tile with torch ops (``_forward_tile``: fp32
 temporaries of the tile), while on CUDA it scores ``hidden[mask]`` and folds in a Triton kernel (no tile
 temporaries): with every label valid the saved bytes and the backward are the same; the CPU forward peak is
@@ -60,8 +60,10 @@ def measure_trl(N: int, H: int, V: int, head_trainable: bool) -> tuple[int, int,
                  with_stack=True) as prof:
         mark()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            mask = torch.ones(N, dtype=torch.bool)
+            hidden = x[mask]                                 # add_fused_lm_head on CUDA: hidden_states[mask], a copy
             log_probs, entropy, _, _, is_top1 = ChunkedLogProbFunction.apply(
-                x, weight, None, target, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
+                hidden, weight, None, target, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
                 ("log_probs", "entropy", "is_top1"))
             loss = -log_probs.sum() / N                      # SFTTrainer.compute_loss, loss_type="nll"
             metrics = (entropy.detach().sum(), is_top1.sum())
@@ -74,7 +76,7 @@ def measure_trl(N: int, H: int, V: int, head_trainable: bool) -> tuple[int, int,
     level = c[i1] - MARK
     fwd_peak = max(c[i0 + 1:i1] or [base]) - base
     bwd_peak = max(c[i1 + 2:i2] or [level]) - level
-    del loss, metrics, log_probs, entropy, is_top1
+    del loss, metrics, log_probs, entropy, is_top1, hidden
     return sum(saved.values()), fwd_peak, bwd_peak
 
 
@@ -132,7 +134,7 @@ def main() -> None:
     N = a.seq * a.batch
     for frozen in (False, True):
         rows = [(kind, *estimate_head(kind, a.model, a.seq, a.batch, frozen)[:3])
-                for kind in ("plain", "chunked", "fused-linear")]
+                for kind in ("trl-head", "plain", "chunked", "fused-linear")]
         arch = estimate_head("plain", a.model, 8, 1, frozen)[3]
         H, V = arch.hidden_size, arch.vocab_size
         ms, mf, mb = measure_trl(N, H, V, not frozen)
@@ -141,7 +143,7 @@ def main() -> None:
         wgrad = 0 if frozen else 4 * V * H          # fp32 grad_weight = the fp32 parameter's .grad
         # the formula advisor/render/frameworks/trl.py trl_head_bytes uses (fp32: no casts), CUDA semantics
         tile = n * cols * 4
-        f_saved, f_fwd, f_bwd = 4 * N * H + 16 * N, tile + 28 * N, tile + 4 * N * H
+        f_saved, f_fwd, f_bwd = 4 * N * H + 16 * N, 4 * N * H + tile + 28 * N, tile + 4 * N * H
         head = "frozen (LoRA)" if frozen else "trainable (full)"
         print(f"\nTRL 1.16 SFTTrainer loss (ChunkedLogProbFunction, {TOKEN_CHUNK_SIZE} x {_CHUNKED_LOGPROB_CHUNK_SIZE} "
               f"tiles), {a.model} head (h={H}, V={V}), {N} tokens, fp32, lm_head {head}; MiB")

@@ -39,8 +39,8 @@ def apply_preset(args: argparse.Namespace) -> None:
 def plan_for_framework(plan, args: argparse.Namespace):
     """``plan(args)``, re-planned with full checkpointing when the recommender chose selective checkpointing for
     a framework that has no key for it (said in the assumptions)."""
-    planned = plan(args)
     framework = getattr(args, "framework", "accelerate")
+    planned = plan(args)
     training = planned[2]
     if framework != "accelerate" and args.checkpointing is None and training.activation_checkpointing == "selective":
         args.checkpointing = "full"

@@ -31,7 +31,7 @@ def trl_head_bytes(run: Run) -> tuple[int, int]:
     the head trains in 16-bit weights, an fp32 V x h weight gradient beside the parameter's own; with fp32
     weights that fp32 gradient is the parameter's gradient, counted with the gradients). Measured on the CPU in
     benchmarks/trl_loss.py."""
-    n, h, v = run.micro_batch * max(1, run.seq_len - 1), run.hidden_size, run.vocab_size
+    n, h, v = run.micro_batch * run.seq_len, run.hidden_size, run.vocab_size   # as the replay (tr.N)
     w = 4 if load_dtype(run) == "float32" and not (run.backend == "fsdp" and run.precision != "fp32") else 2
     c = 4 if run.precision == "fp32" else 2           # autocast's dtype, else the weights'
     a = w                                              # the final norm's output follows the residual stream
@@ -52,20 +52,24 @@ def plain_head_bytes(run: Run) -> int:
 
 
 def head_note(run: Run) -> str:
-    """One line: what TRL's loss is, how dsadvise estimates it, and where that estimate is low."""
+    """One line: what TRL's loss is and how this run's estimate counts it."""
     from ...formatting import fmt_bytes
 
     saved, transient = trl_head_bytes(run)
-    plain = plain_head_bytes(run)
+    trl = fmt_bytes(saved + transient)
     head = (f"TRL's SFTTrainer always computes the loss with its own tiled fused LM head (add_fused_lm_head, "
-            f"{TRL_TOKEN_TILE} x {TRL_VOCAB_TILE} tiles, no logits tensor): none of --loss plain/chunked/fused-linear "
-            f"is it; estimated as --loss {run.loss}")
-    trl, counted = fmt_bytes(saved + transient), fmt_bytes(plain)
+            f"{TRL_TOKEN_TILE} x {TRL_VOCAB_TILE} tiles, no logits tensor)")
+    if run.loss == "trl-head" and run.loss_replayed:
+        return (f"{head}: estimated as --loss trl-head, that head (~{trl} at its backward: {fmt_bytes(saved)} saved, "
+                f"{fmt_bytes(transient)} transient)")
+    plain = plain_head_bytes(run)
+    how = (f"estimated as --loss {run.loss}" if run.loss_replayed else
+           f"{run.family} is traced on the real model, whose plain loss is counted")
     if plain >= saved + transient:
-        return f"{head}, an upper bound (TRL's head ~{trl} at its backward, {counted} counted)"
-    return (f"{head}, which here counts ~{fmt_bytes(saved + transient - plain)} LESS than TRL's head ({trl} at its "
-            f"backward, {counted} counted: the fp32 V x h gradient TRL forms for a trained 16-bit lm_head exceeds "
-            "the logits of so few tokens)")
+        return f"{head}: {how}, an upper bound (TRL's head ~{trl} at its backward, {fmt_bytes(plain)} counted)"
+    return (f"{head}: {how}, which here counts ~{fmt_bytes(saved + transient - plain)} LESS than TRL's head ({trl} "
+            f"at its backward, {fmt_bytes(plain)} counted: the fp32 V x h gradient TRL forms for a trained 16-bit "
+            "lm_head exceeds the logits of so few tokens)")
 
 
 def sections(run: Run) -> list[tuple[str, list[tuple[str, object, str]]]]:

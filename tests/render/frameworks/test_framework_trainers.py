@@ -102,16 +102,38 @@ def test_hf_trainer_takes_the_rendered_arguments(loss, tmp_path, monkeypatch):
 
 
 def test_generate_says_how_trl_is_estimated(tmp_path, capsys):
-    """--framework trl: the notes (JSON assumptions) say TRL's loss is its fused LM head, estimated as --loss plain;
+    """--framework trl: the notes (JSON assumptions) say TRL's loss is its fused LM head, estimated as such;
     --preset minimal's fused-linear loss is left out for TRL (said), not refused."""
     import json
 
     from advisor.cli import main
 
     code = main(["generate", "--model", "llama-3.1-8b", "--gpus", "1", "--vram", "24", "--preset", "minimal",
-                 "--framework", "trl", "--out", str(tmp_path / "g"), "--no-engine-check", "--json"])
+                 "--strategy", "single", "--framework", "trl", "--out", str(tmp_path / "g"), "--no-engine-check", "--json"])
     notes = json.loads(capsys.readouterr().out)["assumptions"]
     assert code == 0
     assert any("--loss fused-linear left out" in n for n in notes)
-    assert any("own tiled fused LM head" in n and "estimated as --loss plain" in n for n in notes)
-    assert "estimated as --loss plain" in (tmp_path / "g" / "trl_sft.yaml").read_text().splitlines()[1]
+    assert any("own tiled fused LM head" in n and "estimated as --loss trl-head" in n for n in notes)
+    assert "estimated as --loss trl-head" in (tmp_path / "g" / "trl_sft.yaml").read_text().splitlines()[1]
+
+
+@pytest.mark.parametrize("argv", [
+    "--model llama-3.1-8b --gpus 1 --vram 80 --strategy single --method lora --micro-batch 2 --seq-len 2048",
+    "--model llama-2-7b --gpus 1 --vram 80 --strategy single --micro-batch 1 --seq-len 8192",
+    "--model llama-2-7b --gpus 2 --vram 80 --strategy zero2 --micro-batch 1 --seq-len 512",
+])
+def test_trl_head_estimate_is_trls_head(argv):
+    """--framework trl estimates with --loss trl-head: the replay's head terms are trl.py's trl_head_bytes
+    (measured against TRL's ChunkedLogProbFunction in benchmarks/trl_loss.py)."""
+    from advisor.memory import activations as act
+    from advisor.render.frameworks.common import build_run
+    from advisor.render.frameworks.trl import trl_head_bytes
+
+    model, hw, training, strategy, gas, _ = plan_scenario(argv, "trl")
+    assert training.loss == "trl-head"
+    from advisor.memory.core import activation_mode
+
+    terms = act._trace_model(model.architecture, act._trace_key(training), activation_mode(training, strategy), "none")
+    saved, transient = trl_head_bytes(build_run("trl", model, hw, training, strategy, gradient_accumulation_steps=gas))
+    assert terms["logits_and_loss"] == saved and terms["logits_held"] == 0
+    assert max(terms["bw_head"], terms["forward_end"]) == pytest.approx(transient, rel=0.01)
