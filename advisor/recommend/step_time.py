@@ -348,8 +348,9 @@ def _communication(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: i
     ov = min(r.intra_overlap, r.inter_overlap) if nodes > 1 else r.intra_overlap
     q = (n - 1) / n
     name = strategy.name
-    # DeepSpeed ZeRO-2/3 reduce in every backward (stage_1_and_2 / stage3 ``reduce_ready_partitions_and_remove_
-    # grads``); ZeRO-1 keeps its gradients until the boundary. FSDP: see :func:`fsdp_passes`.
+    # DeepSpeed ZeRO-2/3 reduce in every backward, ZeRO-0/1 only at the accumulation boundary (engine.py
+    # ``allreduce_gradients``: "ZeRO stage >= 2 communicates during non gradient accumulation boundaries as
+    # well"). FSDP: see :func:`fsdp_passes`.
     gathers, syncs = fsdp_passes(strategy, gas, sync_each_batch) if strategy.backend == "fsdp" else (0, 1)
     if name in ("ddp", "zero0", "fsdp-no-shard", "single"):
         return _Comm(behind_backward=syncs * 2 * q * trainable * gb / bw, overlap=ov)
@@ -387,11 +388,13 @@ def _offload(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: int, tr
     host = r.host_bytes_per_s
     per_node_trainable = trainable / nodes
     if strategy.backend == "fsdp":
-        syncs = gas if sync_each_batch else 1
-        # CPUOffload: each GPU's shard in for forward and backward, gradients out once they are reduced (under
-        # no_sync "the gradients will not be offloaded to CPU": fully_sharded_data_parallel.py ``no_sync``);
-        # torch AdamW on the CPU.
-        copies = (gas * 2 * params / n * w + syncs * trainable / n * gb) / host
+        gathers, syncs = fsdp_passes(strategy, gas, sync_each_batch)
+        if strategy.fsdp_sharding == "NO_SHARD":
+            gathers = 2 * gas
+        # CPUOffload: each GPU's shard in for every gather (NO_SHARD: for forward and backward), gradients out
+        # once they are reduced (under no_sync "the gradients will not be offloaded to CPU":
+        # fully_sharded_data_parallel.py ``no_sync``); torch AdamW on the CPU.
+        copies = (gathers * params / n * w + syncs * trainable / n * gb) / host
         return _Offload(behind_compute=copies, exposed=per_node_trainable / r.torch_cpu_adam_params_per_s)
     hidden = exposed = 0.0
     if strategy.offload_optimizer != "none":
