@@ -68,6 +68,17 @@ TARGETS = ["k_proj", "q_proj", "v_proj", "up_proj", "down_proj", "gate_proj"]   
 QS_MOVED = ("absmax", "offset")        # QuantState.to (bnb 0.43): these, and state2's absmax and code
 
 
+SENTINEL, ROOT = 9_876_543, 999       # marker allocations: SENTINEL + layer index (ROOT: outside the layers)
+
+
+def _layer_of(name: str) -> int | None:
+    """The decoder layer index in a parameter / module name (None outside the layers)."""
+    import re
+
+    m = re.search(r"layers\.(\d+)(\.|$)", name)
+    return int(m.group(1)) if m else None
+
+
 def _rotary_439(head_dim: int, max_pos: int, base: float = 10000.0):
     """transformers 4.39 LlamaRotaryEmbedding's buffers (inv_freq, _cos_cached, _sin_cached), fp32 (the default
     dtype: from_config without torch_dtype), on the CPU (init_empty_weights leaves buffers real)."""
@@ -174,7 +185,18 @@ class _Recorder:
     def mark(self, what: str) -> None:
         self.events.append(("mark", what, 0))
 
+    def layer(self, index: int | None) -> None:
+        """Mark, inside a recorded phase, that what follows belongs to decoder layer ``index`` (None: outside the
+        layers), by an allocation of a sentinel size (the profiler's events are read after the phase)."""
+        import torch
+
+        code = ROOT if index is None else index
+        if code != getattr(self, "_at", None):
+            self._at = code
+            torch.empty(SENTINEL + code, dtype=torch.uint8)
+
     def _take(self, prof) -> None:
+        self._at = None
         from torch._C._profiler import _EventType
 
         raw = []
@@ -186,7 +208,9 @@ class _Recorder:
                 raw.append((e.start_time_ns, e.extra_fields.ptr, e.extra_fields.alloc_size))
         raw.sort(key=lambda r: r[0])
         for _, ptr, size in raw:
-            if size > 0:
+            if SENTINEL <= size <= SENTINEL + ROOT:
+                self.events.append(("layer", size - SENTINEL, 0))
+            elif size > 0:
                 self.n += 1
                 self.alive[ptr] = self.n
                 self.events.append(("a", self.n, size))
@@ -251,22 +275,6 @@ def _inventory(model, rank: int) -> dict:
         groups[g] = groups.get(g, 0) + nb
         if g == "other":
             other.append((nb, f"{tuple(obj.shape)} {obj.dtype}"))
-            if os.environ.get("DSADVISE_WRAP_DEBUG") and nb > MIB:
-                import types
-                for r in gc.get_referrers(obj):
-                    if isinstance(r, (list, dict, tuple)) and r is not other:
-                        desc = [type(x).__name__ for x in gc.get_referrers(r)][:6]
-                        keys = list(r.keys())[:8] if isinstance(r, dict) else len(r)
-                        print(f"rank {rank}: {tuple(obj.shape)} held by {type(r).__name__} {keys} <- {desc}",
-                              file=sys.stderr)
-                    elif isinstance(r, types.FrameType):
-                        print(f"rank {rank}: {tuple(obj.shape)} held by frame {r.f_code.co_name} "
-                              f"{[k for k, v in r.f_locals.items() if v is obj]}", file=sys.stderr)
-                    else:
-                        fns = [f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', type(f).__name__)}"
-                               for f in gc.get_referrers(r)]
-                        print(f"rank {rank}: {tuple(obj.shape)} held by {type(r).__name__} <- {fns[:4]}",
-                              file=sys.stderr)
     other.sort(reverse=True)
     return {"groups": groups, "other": other[:8], "other_count": len(other)}
 
@@ -302,6 +310,7 @@ def _worker(model_key: str, layers: int, order: str, out_path: str) -> None:
     ckpt = [(n, tuple(p.shape)) for n, p in model.named_parameters()]      # Linear4bit's meta weight: (out, in)
     with rec.phase():
         for name, shp in ckpt:
+            rec.layer(_layer_of(name))
             _load_and_quantize(model, name, shp, rank)
     rec.mark("empty_cache")
     # PEFT
@@ -323,13 +332,18 @@ def _worker(model_key: str, layers: int, order: str, out_path: str) -> None:
             del m.weight.quant_state._orig_to
     if order == "rank0" and rank != 0:
         # rank 0's order on the recording rank: PEFT 0.10 moved the QuantStates off the device ...
+        names = {id(m): n for n, m in model.named_modules()}
         with rec.phase():
             for m in lin4:
+                rec.layer(_layer_of(names[id(m)]))
                 qs = m.weight.quant_state
                 qs.absmax, qs.offset = qs.absmax.to("meta"), qs.offset.to("meta")
                 qs.state2.absmax, qs.state2.code = qs.state2.absmax.to("meta"), qs.state2.code.to("meta")
 
+    layer_of = {id(m): _layer_of(n) for n, m in model.named_modules()}
+
     def init_fn(module):
+        rec.layer(layer_of[id(module)])
         # ... and FSDP's _move_states_to_device brings each back with its packed weight (Params4bit.to ->
         # QuantState.to before the data's own copy)
         if order == "rank0" and isinstance(module, Linear4bit):
@@ -396,12 +410,80 @@ def replay(events) -> tuple[int, int]:
             al.malloc(tuple(key) if isinstance(key, list) else key, n)
         elif op == "f":
             al.free(tuple(key) if isinstance(key, list) else key)
+        elif op == "layer":
+            continue
         else:                       # empty_cache: release_cached_blocks -> every unsplit free segment
             for addr, b in list(al._by_addr.items()):
                 if b.prev is None and b.next is None:
                     al._remove(b)
                     al.reserved -= b.size
     return al.reserved, al.allocated
+
+
+def deepen(events, layers: int) -> list:
+    """A recorded sequence of a model with 2+ decoder layers made ``layers`` deep: in each phase, the events marked
+    as layer 1's (the first layer after the first, in its steady state) repeated for layers 1 ... layers-1, each
+    copy with keys of its own for what layer 1 allocated; the events of layer 0 and outside the layers kept in
+    place. Checked: no copied event frees a key that layer 1 did not allocate, other than outside-layer keys."""
+    events = [tuple(e) for e in events]
+    own: set = set()                      # keys layer 1 allocated, in any phase
+    at = None
+    for op, k, n in events:
+        if op == "layer":
+            at = k
+        elif op == "mark":
+            at = None
+        elif op == "a" and at == 1:
+            own.add(k)
+    out: list = []
+    block: list = []
+    at = None
+
+    def flush():
+        nonlocal block
+        if at == 1:
+            for c in range(1, layers):
+                out.extend((op, (c, k) if k in own else k, n) for op, k, n in block)
+        elif at is None or at == ROOT or at == 0:
+            out.extend(block)
+        block = []
+
+    for e in events:
+        if e[0] in ("layer", "mark"):
+            flush()
+            if e[0] == "mark":
+                out.append(e)
+                at = None
+            else:
+                at = e[1]
+        else:
+            block.append(e)
+    flush()
+    alloc = {k for op, k, n in out if op == "a"}
+    bad = [e for e in out if e[0] == "f" and e[1] not in alloc]
+    assert not bad, f"{len(bad)} frees of keys never allocated in the deepened sequence"
+    return out
+
+
+def nccl_parked(events) -> list:
+    """dsadvise's wrap sequence with each unit's broadcast buckets freed at the unit's end instead of when comm.cpp's
+    BroadcastWork drops them: what NCCL's recordStream on the collective's input makes of them on a GPU
+    (ProcessGroupNCCL ``collective``; CUDACachingAllocator ``insert_events`` / ``process_events``: the flattened
+    copy and the shard, allocated microseconds after the broadcast is launched, cannot take the bucket's block; the
+    next unit's first pageable host-to-device copy synchronizes). A what-if, not in dsadvise's estimate: the gloo
+    recording cannot show it, and it moves the training rows both ways (issue 17 report, helper D)."""
+    out, parked, cur = [], [], None
+    for e in events:
+        op, k, n = e
+        u = k[1] if isinstance(k, tuple) and k[0] in ("init", "B", "bcast", "flat", "P") else None
+        if u is not None and u != cur:
+            out += parked
+            parked, cur = [], u
+        if op == "f" and k[0] == "bcast":
+            parked.append(e)
+        else:
+            out.append(e)
+    return out + parked
 
 
 def dsadvise_groups(model_key: str, layers: int) -> dict:
@@ -475,7 +557,8 @@ def main() -> None:
         r1 = recs["rank1"]
         per[n] = {"rank0": r1[0]["inventory"], "rank1": r1[1]["inventory"], "ds": ds,
                   "replay1": replay(r1[1]["events"]), "replay0": replay(recs["rank0"][1]["events"]),
-                  "units_equal": r1[1]["units"] == [list(u) for u in _units_of(ds)]}
+                  "units_equal": r1[1]["units"] == [list(u) for u in _units_of(ds)],
+                  "events": {"rank0": recs["rank0"][1]["events"], "rank1": r1[1]["events"]}}
     print(f"Llama-2-{args.model.upper()} shapes, QLoRA r64 (k/q/v/up/down/gate), FULL_SHARD over 2; MiB alive after "
           "FSDP(...) returns")
     for n, d in per.items():
@@ -511,10 +594,21 @@ def main() -> None:
                 vals.append(extra(get(per[a]), get(per[b])))
             if any(abs(v) > 0 for v in vals):
                 print(f"{g:<44}" + "".join(f"{v / GIB:>10.3f}" for v in vals))
-        rv = [extra(per[a]["replay0"][0], per[b]["replay0"][0]), extra(per[a]["replay1"][0], per[b]["replay1"][0]),
-              extra(per[a]["ds"]["reserved"], per[b]["ds"]["reserved"])]
-        print(f"{'reserved (allocator model; rank 0 order, rank 1 order, dsadvise)':<44}"
-              + "".join(f"{v / GIB:>10.3f}" for v in rv))
+    deep = max(per)
+    if deep >= 2:
+        ev = per[deep]["events"]
+        from advisor.memory.allocator import simulate
+
+        ds_full = dsadvise_groups(args.model, full)
+        rv = [replay(deepen(ev["rank0"], full))[0], replay(deepen(ev["rank1"], full))[0], ds_full["reserved"]]
+        print(f"\nreserved after the wrap at {full} layers, allocator model over each sequence (GiB): the recorded "
+              f"{deep}-layer sequence made {full} deep (layer 1's events repeated), in rank 0's order / rank 1's "
+              "order; dsadvise fsdp_after_wrap")
+        print(f"{'':<44}{'rank 0':>10}{'rank 1':>10}{'dsadvise':>10}")
+        print(f"{'reserved':<44}" + "".join(f"{v / GIB:>10.3f}" for v in rv))
+        parked = simulate(nccl_parked(ds_full["events"])).peak_reserved
+        print(f"what-if, NCCL: each unit's broadcast buckets parked until the unit's end (dsadvise's sequence): "
+              f"{parked / GIB:.3f} GiB")
 
 
 def _units_of(ds: dict) -> list:

@@ -984,7 +984,10 @@ def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
     else:
         lin_b = other_b = sb.weight
     layer = tuple(int(e * (lin_b if i < n_lin else other_b)) for i, e in enumerate(layer_t) if e)
-    root = tuple(int(e * other_b) for e in (emb, head, final) if e)
+    # the root's own parameters in module order, as FSDP flattens them (``_get_orig_params``: module.parameters()):
+    # model.embed_tokens, model.norm, then lm_head (recorded: benchmarks/fsdp_qlora_wrap.py); the broadcast
+    # buckets follow that order ([embed] alone, a view; [norm, lm_head] flattened)
+    root = tuple(int(e * other_b) for e in (emb, final, head) if e)
     adapters = _fsdp_adapter_units(arch, training, sb.weight)
     return tuple([*adapters, layer] * arch.num_layers + [root])
 

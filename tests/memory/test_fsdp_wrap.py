@@ -67,3 +67,32 @@ def test_after_wrap_moment_holds_the_parameters_and_the_step_only_grows_it():
     est = estimate(**kwargs(p))
     after = after_wrap_reserved(p, est)
     assert est.per_gpu.parameters < after <= est.per_gpu.reserved
+
+
+def test_fsdp_root_unit_flattens_embed_norm_head_in_module_order():
+    # issue 17 (helper D): FSDP flattens and broadcasts the root unit's own parameters in module.parameters() order
+    # (torch/distributed/fsdp/_init_utils.py _get_orig_params), which for a transformers Llama is embed_tokens,
+    # norm, lm_head (the decoder layers being units of their own). So sync_module_states broadcasts the 250 MiB
+    # embedding alone (a view) and flattens [norm, lm_head] into one bucket (benchmarks/fsdp_qlora_wrap.py
+    # recorded the units a real wrap builds: the root was the one unit dsadvise listed in another order).
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from advisor.api import build_hardware, build_strategy, build_training
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import allocator as A
+
+    arch = resolve_model("llama-2-7b").architecture
+    cfg = LlamaConfig(hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
+                      num_attention_heads=arch.num_attention_heads, num_hidden_layers=1,
+                      vocab_size=arch.vocab_size, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    real = [2 * p.numel() for n, p in model.named_parameters() if ".layers." not in n]
+    hw = build_hardware(2, 1, None, "rtx-3090", None, None, None)
+    train = dict(method="qlora", precision="pure-bf16", micro_batch=1, seq_len=512, checkpointing="full",
+                 lora_rank=64, lora_targets=("q_proj",))
+    units = A._fsdp_units(arch, build_training(hw, **train), build_strategy(hw, "fsdp-full"))
+    assert list(units[-1]) == real
+    ev = A.fsdp_init_events([units[-1]], 2, True)
+    assert [n for op, k, n in ev if op == "a" and k[0] == "bcast"] == [real[1] + real[2]]
