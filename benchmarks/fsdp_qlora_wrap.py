@@ -465,34 +465,13 @@ def deepen(events, layers: int) -> list:
     return out
 
 
-def nccl_parked(events) -> list:
-    """dsadvise's wrap sequence with each unit's broadcast buckets freed at the unit's end instead of when comm.cpp's
-    BroadcastWork drops them: what NCCL's recordStream on the collective's input makes of them on a GPU
-    (ProcessGroupNCCL ``collective``; CUDACachingAllocator ``insert_events`` / ``process_events``: the flattened
-    copy and the shard, allocated microseconds after the broadcast is launched, cannot take the bucket's block; the
-    next unit's first pageable host-to-device copy synchronizes). A what-if, not in dsadvise's estimate: the gloo
-    recording cannot show it, and it moves the training rows both ways (issue 17 report, helper D)."""
-    out, parked, cur = [], [], None
-    for e in events:
-        op, k, n = e
-        u = k[1] if isinstance(k, tuple) and k[0] in ("init", "B", "bcast", "flat", "P") else None
-        if u is not None and u != cur:
-            out += parked
-            parked, cur = [], u
-        if op == "f" and k[0] == "bcast":
-            parked.append(e)
-        else:
-            out.append(e)
-    return out + parked
-
-
 def dsadvise_groups(model_key: str, layers: int) -> dict:
     """dsadvise's after-wrap moment for the corpus point's settings on a ``layers``-layer model: the live bytes of
     its sequence by group, and the reserved bytes it simulates (fsdp_after_wrap)."""
     from advisor.api import build_hardware, build_strategy, build_training, estimate
     from advisor.catalog.models import resolve_model
     from advisor.memory.allocator import (_fsdp_unit_buffers, _fsdp_wrap_inputs, fsdp_after_wrap, fsdp_init_events,
-                                          loaded_events)
+                                          loaded_events, simulate)
     from advisor.memory.model_states import fsdp_shard_degree
 
     resolved = resolve_model(CATALOG[model_key])
@@ -533,7 +512,9 @@ def dsadvise_groups(model_key: str, layers: int) -> dict:
             g = "other"
         groups[g] = groups.get(g, 0) + n
     st = fsdp_after_wrap(arch, training, strategy, hw, params)
-    return {"groups": groups, "reserved": st.peak_reserved, "events": events}
+    gloo = simulate(loaded_events(loaded, layers)
+                    + fsdp_init_events([list(u) for u in units], world, sync, offload, ubuf, nccl=False))
+    return {"groups": groups, "reserved": st.peak_reserved, "reserved_gloo": gloo.peak_reserved, "events": events}
 
 
 GROUPS = ["flat shard: layer units", "flat shard: LoRA units", "flat shard: root", "QuantState tensors",
@@ -576,7 +557,8 @@ def main() -> None:
                       + ", ".join(f"{nb / MIB:.2f} MiB {w}" for nb, w in d[r]["other"][:4]))
         print(f"reserved (allocator model) over rank 1's recorded load + empty_cache + wrap: "
               f"{d['replay1'][0] / MIB:.1f} MiB; in rank 0's order: {d['replay0'][0] / MIB:.1f} MiB; "
-              f"dsadvise fsdp_after_wrap: {d['ds']['reserved'] / MIB:.1f} MiB")
+              f"dsadvise, same order: {d['ds']['reserved_gloo'] / MIB:.1f} MiB (fsdp_after_wrap, NCCL: "
+              f"{d['ds']['reserved'] / MIB:.1f} MiB)")
     if len(per) >= 2:
         a, b = sorted(per)[:2]
 
@@ -597,18 +579,17 @@ def main() -> None:
     deep = max(per)
     if deep >= 2:
         ev = per[deep]["events"]
-        from advisor.memory.allocator import simulate
-
         ds_full = dsadvise_groups(args.model, full)
-        rv = [replay(deepen(ev["rank0"], full))[0], replay(deepen(ev["rank1"], full))[0], ds_full["reserved"]]
+        rv = [replay(deepen(ev["rank0"], full))[0], replay(deepen(ev["rank1"], full))[0], ds_full["reserved_gloo"]]
         print(f"\nreserved after the wrap at {full} layers, allocator model over each sequence (GiB): the recorded "
               f"{deep}-layer sequence made {full} deep (layer 1's events repeated), in rank 0's order / rank 1's "
-              "order; dsadvise fsdp_after_wrap")
+              "order, and dsadvise's sequence, all with gloo's order (a bucket freed when its broadcast returns)")
         print(f"{'':<44}{'rank 0':>10}{'rank 1':>10}{'dsadvise':>10}")
-        print(f"{'reserved':<44}" + "".join(f"{v / GIB:>10.3f}" for v in rv))
-        parked = simulate(nccl_parked(ds_full["events"])).peak_reserved
-        print(f"what-if, NCCL: each unit's broadcast buckets parked until the unit's end (dsadvise's sequence): "
-              f"{parked / GIB:.3f} GiB")
+        print(f"{'reserved, gloo order':<44}" + "".join(f"{v / GIB:>10.3f}" for v in rv))
+        print(f"{'reserved, NCCL (dsadvise fsdp_after_wrap)':<44}{'':>20}{ds_full['reserved'] / GIB:>10.3f}")
+        if args.model == "7b":
+            print("measured (Answer.AI, rank 0's reserved_after_model_wrap, corpus answerai-7b-qlora-ctx512-3090-"
+                  "after-wrap): 3.72 GiB")
 
 
 def _units_of(ds: dict) -> list:
