@@ -16,8 +16,17 @@ from . import flags
 def register(sub) -> None:
     p = sub.add_parser("recommend", help="the fastest configuration that fits, explained")
     flags.add_problem_flags(p, with_strategy=False)
-    flags.add(p, ("--margin", "--max-micro-batch", "--rules", "--profile"))
+    flags.add(p, flags.RECOMMEND_FLAGS)
     p.set_defaults(func=cmd_recommend)
+
+
+def refuse_unsearchable(kw: dict) -> None:
+    """InputError for training keywords the recommender does not search (the CLI and the wizard ask this)."""
+    if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
+        from ..errors import InputError
+
+        raise InputError("--qlora-quantizer lightning (litgpt's QLoRA: one GPU, bf16-true) is for estimate only; "
+                         "recommend searches transformers/PEFT setups", field="--qlora-quantizer")
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -28,11 +37,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from ..recommend.recommendation_report import render_recommendation
 
     model, hw, method, precision, kw, seq_note = resolved_problem(args)
-    if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
-        from ..errors import InputError
-
-        raise InputError("--qlora-quantizer lightning (litgpt's QLoRA: one GPU, bf16-true) is for estimate only; "
-                         "recommend searches transformers/PEFT setups", field="--qlora-quantizer")
+    refuse_unsearchable(kw)
     template = build_training(hw, method="full" if method == "auto" else method, precision=precision,
                               checkpointing=args.checkpointing or "none", **kw)
     check_against_model(model, template)
