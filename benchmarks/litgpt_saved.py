@@ -152,26 +152,29 @@ def build_litgpt(p: dict, hub: dict, layers: int):
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        with ctx:
+        with ctx, torch.device("meta"):          # built on meta, then materialized: no slow CPU init of big weights
             model = cls(cfg)
     finally:
         torch.set_default_dtype(prev)
-    model = model.to(torch.bfloat16)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    with torch.no_grad():
+        for t in model.parameters():
+            t.normal_(0.0, 0.02)
     if method != "full":
         mark_only_lora_as_trainable(model)
     if quant:
         import bitsandbytes as bnb
-        from lightning.fabric.plugins.precision.bitsandbytes import _replace_param
         fwd = _matmul4bit_042()
         for m in model.modules():
             if isinstance(m, bnb.nn.Linear4bit):
                 # lightning _Linear4bit.quantize: weight.contiguous().to(dtype=torch.half), quantize_4bit (on CPU here)
                 w = m.weight.data.contiguous().to(dtype=torch.half)
-                w4, qs = bnb.functional.quantize_4bit(w, blocksize=m.weight.blocksize,
-                                                      compress_statistics=m.weight.compress_statistics,
-                                                      quant_type=m.weight.quant_type)
-                m.weight = _replace_param(m.weight, w4, qs)
-                m.weight.requires_grad_(False)
+                # _NF4Linear / _NF4DQLinear: quant_type nf4, compress_statistics for "-dq", Params4bit blocksize 64
+                w4, qs = bnb.functional.quantize_4bit(w, blocksize=64, compress_statistics=quant.endswith("-dq"),
+                                                      quant_type=quant[4:].split("-")[0])
+                m.weight = bnb.nn.Params4bit(w4, requires_grad=False, quant_state=qs, blocksize=64,
+                                             compress_statistics=quant.endswith("-dq"),
+                                             quant_type=quant[4:].split("-")[0])
                 m.compute_dtype = torch.bfloat16          # BitsandbytesPrecision.convert_module
                 m.forward = types.MethodType(fwd, m)
     # finetune/*.py: model.max_seq_length = longest sample (< block_size): the rope cache is rebuilt in fp32

@@ -125,7 +125,10 @@ class LitgptReplay(DecoderReplay):
         tr.save(a)
         en_w = sum(w for w, e in zip(widths, enabled) if e)
         bo = tr.op(tr.new(tr.N * en_w, a.dt, True), [a], "newview", leaf=True)
-        if parts < 3:                                                  # zero_pad: new_zeros + index_copy_
+        if parts < 3:
+            # zero_pad: new_zeros(...).index_copy_(-1, lora_ind, after_B): IndexCopyBackward keeps the source
+            # (derivatives.yaml index_copy: ``grad.index_select(dim, index).expand_as(source)``; measured)
+            tr.save(bo)
             bo = tr.op(tr.new(tr.N * out_w, bo.dt, True), [bo], "new")
         return tr.add(base, tr.scalar_op(bo))
 
@@ -157,7 +160,12 @@ class LitgptReplay(DecoderReplay):
         kv_heads = H if KV != H else KV
         q = tr.op(tr.new(N * H * d, q.dt, q.rg), [q], "new")
         k = tr.op(tr.new(N * kv_heads * d, k.dt, k.rg), [k], "new")
-        v = tr.op(tr.new(N * kv_heads * d, v.dt, v.rg), [v], "new")
+        if KV in (1, H):
+            # v.reshape(B, -1, T, hs) of the permuted qkv view is itself a view when one head dimension is 1 (MHA:
+            # no expand; MQA: the expanded group merges with stride 0): SDPA then keeps the whole qkv output alive
+            v = tr.view(qkv, N * H * d, how="new")
+        else:
+            v = tr.op(tr.new(N * kv_heads * d, v.dt, v.rg), [v], "new")   # grouped: expand + reshape copies
         q, k = self.rope_litgpt(q, kv_heads=H), self.rope_litgpt(k, kv_heads=kv_heads)
         y = self.litgpt_core(q, k, v, kv_heads)
         # y.transpose(1, 2).reshape(B, T, C): a copy (the output's layout follows q's (B, H, T, hs))
@@ -301,20 +309,20 @@ class LitgptReplay(DecoderReplay):
                 lo = self.litgpt_ce(part, c)
                 loss = lo if loss is None else tr.add(loss, lo)
             return logits, tr.scalar_op(loss)
-        held_sids = []
         loss = None
         rows_per = [min(LM_HEAD_CHUNK, tr.s - i) for i in range(0, tr.s, LM_HEAD_CHUNK)]
         parts = tr.split(x, [r * tr.b * h for r in rows_per])
         head_lora = self.lora_head
-        last = None
-        for j, (r, xc) in enumerate(zip(rows_per, parts)):
-            lc = last = self._head_chunk(xc, h, V, head_lora)
-            held_sids.append(lc.sid)
+        # model(...) applies the head to every chunk (a list comprehension), then the loss runs over the list
+        chunk_logits = [self._head_chunk(xc, h, V, head_lora) for xc in parts]
+        held_sids = [lc.sid for lc in chunk_logits]
+        last = chunk_logits[-1]
+        for j, (r, lc) in enumerate(zip(rows_per, chunk_logits)):
             rows = r * tr.b
             if j == len(rows_per) - 1:                                  # logits[-1][..., :-1, :]
                 rows = (r - 1) * tr.b
                 lc = tr.view(lc, rows * V)
-                if tr.b > 1:
+                if tr.b > 1:                                            # reshape(-1, V) of the slice: a copy
                     lc = tr.op(tr.new(rows * V, lc.dt, lc.rg), [lc], "view")
             lo = self.litgpt_ce(lc, rows)
             loss = lo if loss is None else tr.add(loss, lo)
