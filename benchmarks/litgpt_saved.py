@@ -95,8 +95,10 @@ def _cuda_dropout(x, p=0.5, training=True, inplace=False):
     return torch.native_dropout(x, p, True)[0]
 
 
-def _matmul4bit_042():
-    """bitsandbytes 0.42.0 MatMul4Bit (autograd/_functions.py lines 494-548), A saved through save_for_backward."""
+def _matmul4bit_042(as_042: bool = False):
+    """bitsandbytes 0.42.0 MatMul4Bit (autograd/_functions.py lines 494-548). ``as_042``: A kept as 0.42 keeps it
+    (``ctx.tensors``, a Python attribute alive as long as the graph); else through save_for_backward (the hooks
+    see it; released when the node runs)."""
     import torch
     import bitsandbytes.functional as bnbF
 
@@ -107,7 +109,10 @@ def _matmul4bit_042():
             out = torch.nn.functional.linear(A, W, bias)
             ctx.weight = weight
             if ctx.needs_input_grad[0]:      # any(needs_input_grad[:2]); the NF4 weight never trains
-                ctx.save_for_backward(A)
+                if as_042:
+                    ctx.tensors = (A,)
+                else:
+                    ctx.save_for_backward(A)
             return out
 
         @staticmethod
@@ -124,7 +129,7 @@ def _matmul4bit_042():
     return forward
 
 
-def build_litgpt(p: dict, hub: dict, layers: int):
+def build_litgpt(p: dict, hub: dict, layers: int, as_042: bool = False):
     """litgpt's model for point ``p`` with ``layers`` decoder layers, bf16, as finetune/{lora,full}.py builds it."""
     import torch
 
@@ -164,7 +169,7 @@ def build_litgpt(p: dict, hub: dict, layers: int):
         mark_only_lora_as_trainable(model)
     if quant:
         import bitsandbytes as bnb
-        fwd = _matmul4bit_042()
+        fwd = _matmul4bit_042(as_042)
         for m in model.modules():
             if isinstance(m, bnb.nn.Linear4bit):
                 # lightning _Linear4bit.quantize: weight.contiguous().to(dtype=torch.half), quantize_4bit (on CPU here)
@@ -246,6 +251,89 @@ def measure(p: dict, seq: int) -> dict[str, int]:
     return out
 
 
+def step_peak(p: dict, seq: int, layers: int = 2) -> tuple[int, int]:
+    """Peak live bytes above the model (parameters, buffers) over litgpt's training loop, two micro-steps as
+    finetune/lora.py (full.py) writes them: ``logits`` and ``loss`` stay bound from one iteration to the next
+    (``logits = model(...)`` replaces the previous list only when the forward returns, ``loss = ...`` the
+    previous graph only after the new loss exists). CPU allocator timeline from the profiler
+    (benchmarks/harness/profiling.py), CUDA semantics as in :func:`measure`; QLoRA keeps A in ctx.tensors as
+    bitsandbytes 0.42.0 does. Returns (peak of the first micro-step, peak of the second) above the level before
+    the first forward."""
+    import torch
+    import torch.nn.functional as F
+    from benchmarks.harness.profiling import live_curve, mark, profiled
+
+    hub = hub_config(p)
+    p = dict(p, seq_len_run=seq)
+    torch.manual_seed(0)
+    model = build_litgpt(p, hub, layers=layers, as_042=True)
+    model.train()
+    for m in model.modules():
+        if hasattr(m, "enable_lora") and hasattr(m, "lora_ind"):
+            m.lora_ind                                   # the lazily registered buffer, before the profile
+    from litgpt.utils import chunked_cross_entropy
+    b = p["micro_batch"]
+    ids = torch.randint(0, model.config.vocab_size, (b, seq))
+    targets = torch.randint(0, model.config.vocab_size, (b, seq))
+    old_dropout, old_linear = F.dropout, F.linear
+    F.dropout = _cuda_dropout
+
+    def linear(x, w, bias=None):
+        # the lm_head chunks are non-contiguous (B, 128, h) views: at::matmul does not fold them and runs bmm
+        # on the weight broadcast to the batch (stride 0), which CUDA's batched GEMM reads in place but the CPU
+        # kernel copies (B x the weight). Fold by a copy of the chunk instead (a chunk x hidden transient more).
+        if x.dim() > 2 and not x.is_contiguous():
+            x = x.contiguous()
+        return old_linear(x, w, bias)
+
+    F.linear = linear
+    try:
+        with profiled() as prof:
+            logits = loss = None
+            for _ in range(2):
+                mark()
+                if p["method"] == "full":
+                    logits = model(ids)
+                    loss = chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:])
+                else:
+                    logits = model(ids, lm_head_chunk_size=128)
+                    logits[-1] = logits[-1][..., :-1, :]
+                    loss = chunked_cross_entropy(logits, targets[..., 1:])
+                loss.backward()
+                for t in model.parameters():
+                    t.grad = None                        # optimizer.zero_grad(set_to_none=True)
+            mark()
+            del logits, loss
+    finally:
+        F.dropout, F.linear = old_dropout, old_linear
+    curve, marks = live_curve(prof)
+    base = curve[marks[0]] - 7_777_777
+    return (max(curve[marks[0] + 2:marks[1]]) - base, max(curve[marks[1] + 2:marks[2]]) - base)
+
+
+def replay_peak(p: dict, seq: int, layers: int = 2, model_code: str | None = None) -> int:
+    """dsadvise's activation peak above the model for ``layers`` decoder layers: saved set + the larger of its
+    backward/forward-end moments (activations + temporaries of advisor.memory.activations)."""
+    from advisor.memory.activations import activation_memory
+    from advisor.memory.core import activation_mode
+    from advisor.api import build_hardware, build_strategy, build_training
+    from advisor.catalog.models import resolve_model
+    from benchmarks.gpu_memory_corpus import kwargs
+
+    kw = kwargs(p)
+    kw["seq_len"] = seq
+    if model_code:
+        kw["model_code"] = model_code
+    model = resolve_model(kw.pop("model"))
+    arch = model.architecture.model_copy(update={"num_layers": layers})
+    hw = build_hardware(kw.pop("gpus"), 1, None, kw.pop("gpu"), None, None, None)
+    strat = build_strategy(hw, kw.pop("strategy"), kw.pop("offload_optimizer", "none"),
+                           kw.pop("offload_param", "none"), kw.pop("bucket_sizes"))
+    training = build_training(hw, **kw)
+    act = activation_memory(arch, training, activation_mode(training, strat))
+    return act.activations + act.temporaries
+
+
 # ----------------------------------------------------------------------------------------------- dsadvise side
 def replay(p: dict, seq: int, model_code: str | None = None) -> dict[str, int]:
     """dsadvise's replayed terms for point ``p`` at sequence ``seq`` (its own settings otherwise)."""
@@ -276,7 +364,18 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128, help="sequence length of the measured step (default 128)")
     ap.add_argument("--only", default=None, help="points whose id contains this")
     ap.add_argument("--model-code", default=None, help="dsadvise's --model-code for the replay column")
+    ap.add_argument("--step", action="store_true", help="whole-step peak (profiler) instead of saved bytes")
+    ap.add_argument("--bytes", action="store_true", help="exact bytes (layer, head) of litgpt and of the replay")
     args = ap.parse_args()
+    if args.step:
+        print(f"{'point':44} {'b':>2} {'litgpt step1':>12} {'litgpt step2':>12} {'dsadvise':>9} {'err':>7}")
+        for p in litgpt_points(args.only):
+            s1, s2 = step_peak(p, args.seq)
+            ds = replay_peak(p, args.seq, model_code=args.model_code)
+            print(f"{p['id']:44} {p['micro_batch']:>2} {s1 / MB:12.1f} {s2 / MB:12.1f} {ds / MB:9.1f} "
+                  f"{100 * (ds - s2) / s2:+6.1f}%", flush=True)
+        print(f"\nMiB above the model at sequence {args.seq}, 2 decoder layers (CPU allocator, CUDA dropout masks)")
+        return
     rows = []
     print(f"{'point':44} {'b':>2} {'litgpt L1':>10} {'dsadv L1':>9} {'err':>7} {'litgpt head':>11} "
           f"{'dsadv head':>10} {'err':>7} {'L0 lit/ds':>13}  note")
@@ -286,6 +385,10 @@ def main() -> None:
             ds = replay(p, args.seq, args.model_code)
         except Exception as e:  # noqa: BLE001 -- a point the replay refuses is shown, not hidden
             print(f"{p['id']:44} replay failed: {type(e).__name__}: {e}")
+            continue
+        if args.bytes:
+            print(f"{p['id']:44} litgpt ({lit['layer1']}, {lit['head']})  replay ({ds['layer1']}, {ds['head']})",
+                  flush=True)
             continue
         e1 = 100 * (ds["layer1"] - lit["layer1"]) / lit["layer1"]
         eh = 100 * (ds["head"] - lit["head"]) / lit["head"] if lit["head"] else 0.0
