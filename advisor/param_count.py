@@ -287,7 +287,8 @@ def check_qlora_quantizer(arch: Architecture, training, world_size: int) -> None
                          "is --precision pure-bf16", field="--precision")
     from advisor.families import REPLAYED_FAMILIES
 
-    if arch.traced or arch.family not in REPLAYED_FAMILIES:
+    litgpt = getattr(training, "model_code", "transformers") == "litgpt"   # issue 17 (G): litgpt's GPT is replayed
+    if not litgpt and (arch.traced or arch.family not in REPLAYED_FAMILIES):
         raise InputError(f"{where}: {arch.family} is traced on the transformers model, which cannot stand for a "
                          "lightning-quantized one; not expressible yet", field="--qlora-quantizer")
     if arch.tie_word_embeddings:

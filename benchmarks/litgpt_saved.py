@@ -199,6 +199,9 @@ def measure(p: dict, seq: int) -> dict[str, int]:
     torch.manual_seed(0)
     model = build_litgpt(p, hub, layers=2)
     model.train()
+    for m in model.modules():
+        if hasattr(m, "enable_lora") and hasattr(m, "lora_ind"):
+            m.lora_ind                                   # a buffer LoRAQKVLinear registers at its first forward
     params = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
     where = {"now": "embeddings"}
     for i, blk in enumerate(model.transformer.h):

@@ -33,6 +33,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
         raise InputError("--qlora-quantizer lightning (litgpt's QLoRA: one GPU, bf16-true) is for estimate only; "
                          "recommend searches transformers/PEFT setups", field="--qlora-quantizer")
+    if kw.get("model_code", "transformers") != "transformers":   # issue 17 (helper G)
+        from ..errors import InputError
+
+        raise InputError("--model-code litgpt is for estimate only; recommend searches transformers/PEFT setups "
+                         "(accelerate, DeepSpeed, FSDP)", field="--model-code")
     template = build_training(hw, method="full" if method == "auto" else method, precision=precision,
                               checkpointing=args.checkpointing or "none", **kw)
     check_against_model(model, template)

@@ -251,7 +251,9 @@ class LitgptReplay(DecoderReplay):
         att = self.attention(n1, selective)
         if self.sandwich_norm:
             att = self.norm(att, train)                              # post_attention_norm
-        if a.parallel_residual:
+        # one norm per layer feeding both branches is litgpt's shared_attention_norm, a parallel block (phi-2;
+        # transformers' Phi sets no parallel_residual flag, its PhiDecoderLayer is parallel)
+        if a.parallel_residual or a.norms_per_layer == 1:
             tr.term = base + "|mlp"
             n2 = n1 if a.norms_per_layer == 1 else self.norm(x, train)
             m = self.mlp(n2)
@@ -308,7 +310,7 @@ class LitgptReplay(DecoderReplay):
             for c, part in zip(chunks, tr.split(sl, [c * V for c in chunks])):
                 lo = self.litgpt_ce(part, c)
                 loss = lo if loss is None else tr.add(loss, lo)
-            return logits, tr.scalar_op(loss)
+            return logits, self._mean(loss)
         loss = None
         rows_per = [min(LM_HEAD_CHUNK, tr.s - i) for i in range(0, tr.s, LM_HEAD_CHUNK)]
         parts = tr.split(x, [r * tr.b * h for r in rows_per])
@@ -328,7 +330,14 @@ class LitgptReplay(DecoderReplay):
             loss = lo if loss is None else tr.add(loss, lo)
         # the loop's ``logits`` list holds every chunk through the backward (the last one is returned as held)
         self.held_more = [sid for sid in held_sids[:-1]]
-        return last, tr.scalar_op(loss)
+        return last, self._mean(loss)
+
+    def _mean(self, loss: Tensor) -> Tensor:
+        """``torch.cat(loss_chunks).sum() / non_masked_elems.maximum(torch.ones_like(non_masked_elems))``: DivBackward
+        keeps the int64 denominator."""
+        tr = self.tr
+        tr.save(tr.new(1, "i64", False))
+        return tr.scalar_op(loss)
 
     def _head_chunk(self, xc: Tensor, h: int, V: int, adapted: bool) -> Tensor:
         """The lm_head (``LoRALinear``; NF4 under lightning QLoRA) on one chunk."""
@@ -343,7 +352,7 @@ class LitgptReplay(DecoderReplay):
         the logits' dtype; nll_loss saves the targets and total_weight."""
         tr = self.tr
         lp = tr.save_result(logits)
-        tr.save(tr.new(rows, "i64", False), tr.new(1, "f32", False))
+        tr.save(tr.new(rows, "i64", False), tr.new(1, lp.dt, False))   # targets; total_weight in the input dtype
         return tr.op(tr.new(rows, lp.dt, lp.rg), [lp])
 
 
@@ -413,3 +422,38 @@ def model_code_note(training) -> str | None:
                  "until the next micro-step's loss replaces it, so the previous micro-step's 4-bit linear inputs are "
                  "alive through the next forward (counted at the forward's end)")
     return note
+
+
+def litgpt_lora_elements(arch: Architecture, rank: int, targets) -> int:
+    """LoRA elements litgpt trains for ``targets``: q_proj / k_proj / v_proj on a checkpoint whose transformers
+    layout fuses them (Falcon, GPT-NeoX, Phi-3) name parts of litgpt's ``LoRAQKVLinear`` (``lora_A``: r x parts rows
+    of the input width; ``lora_B``: the enabled parts' output widths x r, litgpt/lora.py); every other target is
+    counted as transformers/PEFT counts it (advisor.param_count.lora_trainable_parameters)."""
+    from advisor import param_count as pc
+
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    shapes = pc.linear_shapes(arch)
+    parts = [t for t in targets if t in ("q_proj", "k_proj", "v_proj") and t not in shapes]
+    rest = tuple(t for t in targets if t not in parts)
+    extra = 0
+    if parts:
+        if "qkv_proj" not in shapes:
+            raise ValueError(f"{', '.join(parts)}: {arch.family} has no q/k/v projections")
+        H, KV, d = arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim
+        width = {"q_proj": H * d, "k_proj": KV * d, "v_proj": KV * d}
+        native = pc.native_linear_names(arch.family)
+        fused = {n for t in rest for n in native.get(t, ())} | set(rest)
+        if fused & {"qkv_proj", "all-linear"}:
+            parts = []                                                 # the whole fused qkv is adapted anyway
+        extra = arch.num_layers * rank * (len(parts) * arch.hidden_size + sum(width[t] for t in parts))
+    if not rest:
+        return extra
+    return pc.lora_trainable_parameters(arch, rank, rest) + extra
+
+
+def litgpt_model_note(note: str | None, training) -> str | None:
+    """The model's note with the activation source corrected under ``--model-code litgpt`` (a family without a
+    transformers replay is still replayed here, from litgpt's code, not traced)."""
+    if not note or getattr(training, "model_code", "transformers") != "litgpt" or "activations traced" not in note:
+        return note
+    return note.split("; activations traced")[0] + "; activations replayed from litgpt's model code (--model-code litgpt)"

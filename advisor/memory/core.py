@@ -10,7 +10,7 @@ from ..errors import InputError
 from ..param_count import ParameterCounts, all_linear_note, count_parameters, lora_trainable_parameters
 from ..param_count import check_lora_head, lora_head_note   # issue 17 (L): LoRA on the lm_head
 from ..param_count import check_qlora_quantizer, lightning_quantized_head   # issue 17 (L): litgpt's QLoRA
-from ..families.litgpt_replay import check_model_code, model_code_note   # issue 17 (G): litgpt's model code
+from ..families.litgpt_replay import check_model_code, litgpt_model_note, model_code_note   # issue 17 (G)
 from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_info, strategy_info
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
@@ -33,6 +33,10 @@ def trainable_parameters(model: ResolvedModel, counts: ParameterCounts, training
     if training.method == "freeze":
         layers = min(training.freeze_trainable_layers, arch.num_layers)
         return layers * counts.per_layer
+    if getattr(training, "model_code", "transformers") == "litgpt":   # issue 17 (G): parts of litgpt's fused qkv
+        from ..families.litgpt_replay import litgpt_lora_elements
+
+        return litgpt_lora_elements(arch, training.lora.rank, training.lora.target_modules)
     return lora_trainable_parameters(arch, training.lora.rank, training.lora.target_modules)
 
 
@@ -83,7 +87,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     counts = count_parameters(arch)
     trainable = trainable_parameters(model, counts, training)
     info = ModelInfo(name=model.name, family=arch.family, parameters=counts.total, trainable_parameters=trainable,
-                     source=model.source, note=model.note)
+                     source=model.source, note=litgpt_model_note(model.note, training))   # issue 17 (G)
     ov = overhead_defaults()
     if training.task == "infer":
         from .inference import inference_layouts   # here: a training estimate imports no inference code
