@@ -12,7 +12,7 @@ from . import flags
 def register(sub) -> None:
     p = sub.add_parser("estimate", help="per-GPU and per-node memory and the step time of one configuration")
     flags.add_problem_flags(p, with_strategy=True)
-    flags.add(p, ("--profile", "--prompt-len", "--sub-group-size", "--preset"))
+    flags.add(p, flags.ESTIMATE_FLAGS)
     p.set_defaults(func=cmd_estimate)
 
 

@@ -95,7 +95,8 @@ class Flag(NamedTuple):
     choices: tuple[str, ...] | None = None
     default: Any = None
     spec_fields: tuple[str, ...] = ()           # the pydantic fields it fills (errors on them name this flag)
-    wizard_field: str | None = None             # the wizard field showing it (errors land there)
+    wizard_field: str | None = None             # its hand-made wizard field (errors land there); None: the wizard
+                                                # generates one in an Advanced section (advisor/tui/form.py)
     action: str | None = None
     metavar: str | None = None
 
@@ -130,7 +131,7 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--gpu", "GPU catalog name, e.g. a100-80g, rtx4090 (see `dsadvise gpus`)", wizard_field="gpu"),
     Flag("--cpu-ram", "CPU RAM per node in GiB (checked for offload)", gib, spec_fields=("cpu_ram_bytes",),
          wizard_field="cpu_ram"),
-    Flag("--nvme-path", "NVMe mount for ZeRO-Infinity offload"),
+    Flag("--nvme-path", "NVMe mount for ZeRO-Infinity offload", spec_fields=("nvme_path",)),
     Flag("--nvme-size", "free NVMe space per node in GiB", gib, spec_fields=("nvme_bytes",)),
     Flag("--task", "", choices=TASKS, default="train", spec_fields=("task",), wizard_field="task"),
     Flag("--seq-len", "tokens per sample (default: the smaller of 2048 and the model's context)", positive_int,
@@ -147,13 +148,13 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--method", "", choices=METHODS, default="full", spec_fields=("method",), wizard_field="method"),
     Flag("--lora-rank", "", positive_int, default=16, spec_fields=("rank",), wizard_field="lora_rank"),
     Flag("--lora-dropout", "LoRA dropout probability (PEFT default 0: no mask is saved)", float, default=0.0,
-         spec_fields=("dropout",), wizard_field="lora_rank"),
+         spec_fields=("dropout",)),
     Flag("--lora-targets", "comma-separated modules for LoRA (q_proj,v_proj,...) or all-linear (every decoder "
          "linear, not the output layer, as PEFT); add lm_head to adapt the output layer too (PEFT "
          "target_modules=[..., 'lm_head'], litgpt lora_head: true; not with --loss fused-linear)",
          default="all-linear", spec_fields=("target_modules",), wizard_field="lora_targets"),
     Flag("--freeze-layers", "--method freeze: how many last layers train (default 2)", positive_int, default=2,
-         spec_fields=("freeze_trainable_layers",), wizard_field="method"),
+         spec_fields=("freeze_trainable_layers",)),
     Flag("--checkpointing", "activation checkpointing", choices=CHECKPOINTING, default="none",
          spec_fields=("activation_checkpointing",), wizard_field="checkpointing"),
     Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",), wizard_field="attention"),
@@ -202,10 +203,8 @@ FLAGS: dict[str, Flag] = _flags(
          "gradient reduce-scatter per micro-batch", action="store_true", spec_fields=("sync_each_batch",)),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
-    Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",),
-         wizard_field="strategy"),
-    Flag("--offload-param", "", choices=OFFLOAD, default="none", spec_fields=("offload_param",),
-         wizard_field="strategy"),
+    Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",)),
+    Flag("--offload-param", "", choices=OFFLOAD, default="none", spec_fields=("offload_param",)),
     Flag("--bucket-sizes", "DeepSpeed buckets: HF 'auto' sizes from hidden size, or DeepSpeed defaults",
          choices=BUCKET_SIZES, default="auto", spec_fields=("bucket_sizes",)),
     # issue 15: tensor / sequence / context parallel layouts (advisor/layout.py checks them)
@@ -230,10 +229,9 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--sub-group-size", "DeepSpeed ZeRO-3 sub_group_size in elements (default 1e9)", positive_int,
          spec_fields=("sub_group_size",)),
     # recommend
-    Flag("--margin", "safety margin as a fraction of VRAM kept free (default from rules)", float,
-         wizard_field="strategy"),
+    Flag("--margin", "safety margin as a fraction of VRAM kept free (default from rules)", float),
     Flag("--max-micro-batch", "largest micro-batch searched; --micro-batch is the smallest (default: global "
-         "batch / GPUs, else the rules' const.max_micro_batch)", positive_int, wizard_field="micro_batch"),
+         "batch / GPUs, else the rules' const.max_micro_batch)", positive_int),
     Flag("--rules", "extra rule file or folder, on top of the bundled rules/ (repeatable)", action="append",
          metavar="PATH"),
     # generate / check / dry-run / wizard
@@ -291,6 +289,17 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--base-dtype", "--qlora-quantizer", "--sync-each-batch", "--model-code")   # issue 17
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
+# the flags `estimate` and `recommend` add to the problem flags (the wizard places each group on its step)
+ESTIMATE_FLAGS = ("--profile", "--prompt-len", "--sub-group-size", "--preset")
+RECOMMEND_FLAGS = ("--margin", "--max-micro-batch", "--rules", "--profile")
+# Flags of estimate / recommend with no wizard field, and why (CLI-only switches); every other one has a field
+# (hand-made: wizard_field above; else generated in an Advanced section, advisor/tui/form.py)
+CLI_ONLY: dict[str, str] = {
+    "--json": "an output format: the wizard shows the result on screen",
+    "--profile": "a file given once, at start: `dsadvise wizard --profile PATH`",
+    "--rules": "extra rule files for the recommender's search: a command-line option",
+    "--preset": "a shortcut that fills the method, strategy, offload and checkpointing fields the wizard shows",
+}
 
 
 def add_problem_flags(p: argparse.ArgumentParser, *, with_strategy: bool) -> None:

@@ -16,18 +16,12 @@ from . import flags
 def register(sub) -> None:
     p = sub.add_parser("recommend", help="the fastest configuration that fits, explained")
     flags.add_problem_flags(p, with_strategy=False)
-    flags.add(p, ("--margin", "--max-micro-batch", "--rules", "--profile"))
+    flags.add(p, flags.RECOMMEND_FLAGS)
     p.set_defaults(func=cmd_recommend)
 
 
-def cmd_recommend(args: argparse.Namespace) -> int:
-    """Run the sub-command: the recommendation as text or JSON; exit 3 when nothing fits."""
-    from ..api import build_training, check_against_model, hardware_notes
-    from .problem import resolved_problem
-    from ..recommend import recommend
-    from ..recommend.recommendation_report import render_recommendation
-
-    model, hw, method, precision, kw, seq_note = resolved_problem(args)
+def refuse_unsearchable(kw: dict) -> None:
+    """InputError for training keywords the recommender does not search (the CLI and the wizard ask this)."""
     if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
         from ..errors import InputError
 
@@ -38,6 +32,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
         raise InputError("--model-code litgpt is for estimate only; recommend searches transformers/PEFT setups "
                          "(accelerate, DeepSpeed, FSDP)", field="--model-code")
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Run the sub-command: the recommendation as text or JSON; exit 3 when nothing fits."""
+    from ..api import build_training, check_against_model, hardware_notes
+    from .problem import resolved_problem
+    from ..recommend import recommend
+    from ..recommend.recommendation_report import render_recommendation
+
+    model, hw, method, precision, kw, seq_note = resolved_problem(args)
+    refuse_unsearchable(kw)
     template = build_training(hw, method="full" if method == "auto" else method, precision=precision,
                               checkpointing=args.checkpointing or "none", **kw)
     check_against_model(model, template)

@@ -30,12 +30,27 @@ def register(sub) -> None:
                                                    f"--out` (default: {DEFAULT_OUT})"},
               force={"help": "start with 'overwrite existing files' ticked (a non-empty folder is refused "
                              "without it)"})
+    # every other flag of estimate / recommend fills its wizard field at start (the command line the wizard shows
+    # on F5 starts it again); not given: the field's default
+    start = p.add_argument_group("start values (the flags of estimate and recommend; each fills its field)")
+    overrides = {flags.FLAGS[f].dest: {} if flags.FLAGS[f].action else {"default": None} for f in START_FLAGS}
+    overrides["method"]["choices"] = flags.METHODS + (flags.AUTO,)      # as recommend: auto searches it
+    flags.add(start, START_FLAGS, **overrides)
     p.set_defaults(func=cmd_wizard)
+
+
+_OWN = ("--model", "--gpu", "--gpus", "--nodes", "--vram", "--task", "--out", "--force", "--profile")
+# the problem flags of estimate and recommend, their own extras and generate's --framework: every flag with a wizard
+# field (not flags.CLI_ONLY) except those above
+START_FLAGS: tuple[str, ...] = tuple(dict.fromkeys(
+    f for f in (*flags.HARDWARE_FLAGS, *flags.TRAINING_FLAGS, *flags.STRATEGY_FLAGS, *flags.LAYOUT_FLAGS,
+                *flags.ESTIMATE_FLAGS, *flags.RECOMMEND_FLAGS, "--framework")
+    if f not in _OWN and f not in flags.CLI_ONLY))
 
 
 def initial_inputs(args: argparse.Namespace):
     """The wizard's starting fields from the command line; an unknown GPU is refused before the UI starts."""
-    from ..tui.form import WizardInputs, vram_text
+    from ..tui.form import WizardInputs, fields_from_args, vram_text
 
     gpu = ""
     if args.gpu:
@@ -43,8 +58,9 @@ def initial_inputs(args: argparse.Namespace):
 
         gpu = resolve_gpu(args.gpu).name          # InputError (exit 2) names the candidates
     vram = f"{args.vram:g}" if args.vram else (vram_text(gpu) if gpu else "")
-    return WizardInputs(model=args.model, gpu=gpu, vram=vram, gpus=str(args.gpus), nodes=str(args.nodes),
-                        task=args.task)
+    inputs = WizardInputs(model=args.model, gpu=gpu, vram=vram, gpus=str(args.gpus), nodes=str(args.nodes),
+                          task=args.task)
+    return inputs.with_(**fields_from_args(args, START_FLAGS))
 
 
 def cmd_wizard(args: argparse.Namespace) -> int:

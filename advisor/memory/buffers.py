@@ -144,7 +144,7 @@ def buffer_build_bytes(training: TrainingSpec) -> int:
     torch_dtype=bf16 would build them in bf16)."""
     if training.precision == "fp32" or training.method == "qlora":
         return 4
-    if training.method == "lora" and getattr(training, "base_dtype", "16-bit") == "16-bit":
+    if training.method == "lora" and training.base_dtype == "16-bit":
         return 2
     return 2 if training.precision == "pure-bf16" else 4
 

@@ -42,7 +42,7 @@ def fp32_lora_base(training: TrainingSpec, strategy: StrategySpec) -> bool:
     """True when a LoRA base is held in fp32 under fp16/bf16 autocast (``--base-dtype fp32``: transformers v4's
     ``from_pretrained`` without ``torch_dtype``). DeepSpeed fp16/bf16 casts the module to 16 bit anyway
     (engine.py ``_configure_distributed_model``), so there it stays 16-bit."""
-    return (getattr(training, "base_dtype", "16-bit") == "fp32" and training.method == "lora"
+    return (training.base_dtype == "fp32" and training.method == "lora"
             and training.precision in ("fp16", "bf16") and strategy.backend != "deepspeed")
 
 
@@ -51,7 +51,7 @@ def fp32_qlora_rest(training: TrainingSpec, strategy: StrategySpec) -> bool:
     fp16/bf16 autocast (``--method qlora --base-dtype fp32``: PEFT's ``prepare_model_for_kbit_training`` casts every
     non-INT8/non-Params4bit 16-bit parameter to fp32, peft/utils/other.py; or ``from_pretrained`` with
     ``dtype=float32`` and a BitsAndBytesConfig). One GPU or DDP only (core.check_compatible refuses the rest)."""
-    return (getattr(training, "base_dtype", "16-bit") == "fp32" and training.method == "qlora"
+    return (training.base_dtype == "fp32" and training.method == "qlora"
             and training.precision in ("fp16", "bf16") and strategy.backend in ("single", "ddp"))
 
 

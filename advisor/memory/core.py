@@ -18,7 +18,7 @@ from .buffers import buffer_bytes
 from .bytes_per_param import fp32_lora_base, fp32_qlora_rest, state_bytes
 from .model_states import (LORA_16BIT_BASE_NOTE, QLORA_16BIT_REST_NOTE, lora_fp32_base_extra_bytes, model_states,
                            qlora_kbit_upcast_extra_bytes)
-from .overhead import nccl_communicators, nccl_nvls_bytes_per_communicator, overhead_defaults
+from .overhead import nccl_communicators, nccl_nvls_bytes_per_communicator, nvls_note, overhead_defaults
 from .allocator import gpu_allocation
 from .peak import ActivationTerms, StepPeak, gradients_formed_in_backward, step_peak
 
@@ -58,7 +58,7 @@ def check_compatible(training: TrainingSpec, strategy: StrategySpec, hw: Hardwar
             and training.precision == "fp32":
         raise InputError("QLoRA computes in 16-bit: use bf16 or fp16", field="precision")
     check_lora_head(training)
-    if training.method == "qlora" and getattr(training, "base_dtype", "16-bit") == "fp32" \
+    if training.method == "qlora" and training.base_dtype == "fp32" \
             and strategy.backend in ("deepspeed", "fsdp"):
         # issue 17: TRL/PEFT skip prepare_model_for_kbit_training when FSDP / ZeRO-3 shard the 4-bit weights (their
         # flat parameters need one dtype, bnb_4bit_quant_storage); DeepSpeed fp16/bf16 casts the module to 16 bit
@@ -196,22 +196,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
-    if nvls and training.torch_version is not None:   # issue 17 (helper T): the NCCL of the stated torch
-        from ..stacks import nccl_version
-        from .overhead import nvls_channels
-
-        channels = nvls_channels()
-        notes.append(f"NCCL NVLink-SHARP buffers: {nvls / 2**20:.0f} MiB per GPU, {comms} communicator"
-                     f"{'s' if comms > 1 else ''} x {channels} channels x "
-                     f"{nvls // comms // hw.gpus_per_node // channels / 2**20:g} MiB x "
-                     f"{hw.gpus_per_node} local ranks (NCCL {nccl_version(training.torch_version)}, the NCCL of the "
-                     f"torch {training.torch_version} wheels, on an NVSwitch {hw.gpu.name} node: "
-                     f"advisor/data/stacks.yaml); NCCL_NVLS_ENABLE=0 removes them")
-    elif nvls:
-        notes.append(f"NCCL NVLink-SHARP buffers: {nvls / 2**20:.0f} MiB per GPU, {comms} communicator"
-                     f"{'s' if comms > 1 else ''} x 16 channels x 2 x 1 MiB x {hw.gpus_per_node} local ranks "
-                     f"(NCCL >= 2.22 on an NVSwitch {hw.gpu.name} node; 2.18-2.20, the torch 2.1-2.4 wheels, map "
-                     f"16+ channels x 2 x 6 MiB, 1.5 GiB per communicator at 8 GPUs); NCCL_NVLS_ENABLE=0 removes them")
+    if nvls:
+        notes.append(nvls_note(nvls, comms, hw, training.torch_version))
     replayed = not arch.traced and arch.family in REPLAYED_FAMILIES   # else model.note says it is traced
     if replayed and "outside_layers" in act.breakdown:
         # a replayed family whose replay declines this run (Family.replay_covers; issue 14, A2)

@@ -45,6 +45,25 @@ def nvls_channels() -> int:
     return _nvls().channels
 
 
+def nvls_note(nvls: int, comms: int, hw, torch_version: str | None) -> str:
+    """The estimate's note on ``nvls`` bytes per GPU of NVLink-SHARP buffers over ``comms`` communicators: how they
+    add up and which NCCL they assume (the stated torch's wheels, or the floor over NCCL versions)."""
+    channels = nvls_channels()
+    per_channel = nvls // comms // hw.gpus_per_node // channels
+    text = (f"NCCL NVLink-SHARP buffers: {nvls / 2**20:.0f} MiB per GPU, {comms} communicator"
+            f"{'s' if comms > 1 else ''} x {channels} channels x {per_channel / 2**20:g} MiB x "
+            f"{hw.gpus_per_node} local ranks ")
+    if torch_version is not None:   # issue 17 (helper T): the NCCL of the stated torch
+        from ..stacks import nccl_version
+
+        text += (f"(NCCL {nccl_version(torch_version)}, the NCCL of the torch {torch_version} wheels, on an "
+                 f"NVSwitch {hw.gpu.name} node: advisor/data/stacks.yaml)")
+    else:
+        text += (f"(NCCL >= 2.22 on an NVSwitch {hw.gpu.name} node; 2.18-2.20, the torch 2.1-2.4 wheels, map 16+ "
+                 "channels x 2 x 6 MiB, 1.5 GiB per communicator at 8 GPUs: --torch-version)")
+    return text + "; NCCL_NVLS_ENABLE=0 removes them"
+
+
 def nccl_communicators(strategy) -> int:
     """NCCL communicators a rank of a data-parallel run talks over.
 

@@ -314,6 +314,29 @@ class _Comm:
     overlap: float = 0.0
 
 
+def fsdp_passes(strategy: StrategySpec, gas: int, sync_each_batch: bool = False) -> tuple[int, int]:
+    """(whole-model weight all-gathers, gradient reductions) an FSDP run makes in one optimizer step of ``gas``
+    micro-batches (counts of passes over every unit; measured on the real engines by benchmarks/fsdp_passes.py).
+
+    accelerate's ``accumulate`` runs every micro-batch but the last under ``no_sync`` (accelerator.py; FSDP1
+    ``_post_backward_hook`` returns before the reduce-scatter, FSDP2 ``post_backward`` skips it when
+    ``not reduce_grads``): one reduction per step, or one per micro-batch with ``sync_each_batch``
+    (``allow_gradient_sync``, no ``no_sync``). FULL_SHARD and HYBRID_SHARD gather for the forward and again for
+    the backward of every micro-batch (they free after the forward, and after the backward even under no_sync:
+    FSDP1 _runtime_utils ``_should_free_in_backward`` is true for RESHARD_AFTER_FORWARD strategies). FSDP1
+    SHARD_GRAD_OP keeps the unsharded weights through a no_sync backward (``_should_free_in_backward`` false),
+    so one gather serves every micro-batch up to the synchronizing one; FSDP2 reshards after every backward
+    (``FSDPParamGroup.post_backward``, ``reshard_after_backward`` true by default): one gather per micro-batch."""
+    syncs = gas if sync_each_batch else 1
+    if strategy.fsdp_sharding == "NO_SHARD":
+        return 0, syncs
+    if strategy.fsdp_sharding == "SHARD_GRAD_OP":
+        if strategy.fsdp_version == 2 or sync_each_batch:
+            return gas, syncs
+        return 1, syncs
+    return 2 * gas, syncs
+
+
 def _communication(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: int, trainable: int,
                    precision: str, method: str, gas: int, sync_each_batch: bool = False) -> _Comm:
     n = hw.world_size
@@ -325,23 +348,23 @@ def _communication(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: i
     ov = min(r.intra_overlap, r.inter_overlap) if nodes > 1 else r.intra_overlap
     q = (n - 1) / n
     name = strategy.name
-    # FSDP's gradient reduction runs in the backward of every micro-batch it is not told to skip: the model counts
-    # it every micro-step (``gas``); accelerate's sync_each_batch (issue 17, helper L) is that, by the user's
-    # choice (accelerator.py ``accumulate``: ``allow_gradient_sync`` when ``sync_each_batch``, no ``no_sync``),
-    # and for FSDP NO_SHARD it turns the once-a-step all-reduce into one per micro-batch too.
-    syncs = gas if sync_each_batch and strategy.backend == "fsdp" else 1
+    # DeepSpeed ZeRO-2/3 reduce in every backward, ZeRO-0/1 only at the accumulation boundary (engine.py
+    # ``allreduce_gradients``: "ZeRO stage >= 2 communicates during non gradient accumulation boundaries as
+    # well"). FSDP: see :func:`fsdp_passes`.
+    gathers, syncs = fsdp_passes(strategy, gas, sync_each_batch) if strategy.backend == "fsdp" else (0, 1)
     if name in ("ddp", "zero0", "fsdp-no-shard", "single"):
         return _Comm(behind_backward=syncs * 2 * q * trainable * gb / bw, overlap=ov)
     if name == "zero1":
         return _Comm(behind_backward=q * trainable * gb / bw, exposed=q * trainable * w / bw, overlap=ov)
     if name == "zero2":
         return _Comm(behind_backward=gas * q * trainable * gb / bw, exposed=q * trainable * w / bw, overlap=ov)
-    if name in ("zero3", "fsdp-full"):
+    if name == "zero3":
         return _Comm(behind_compute=gas * q * (2 * params * w + trainable * gb) / bw, overlap=ov)
-    if name == "fsdp-grad-op":
-        return _Comm(behind_compute=gas * q * (params * w + trainable * gb) / bw, overlap=ov)
+    if name in ("fsdp-full", "fsdp-grad-op"):
+        return _Comm(behind_compute=q * (gathers * params * w + syncs * trainable * gb) / bw, overlap=ov)
     if name == "fsdp-hybrid":
-        inside = gas * (g - 1) / g * (2 * params * w + trainable * gb) / r.intra_bytes_per_s if g > 1 else 0.0
+        inside = (g - 1) / g * (gathers * params * w + syncs * trainable * gb) / r.intra_bytes_per_s if g > 1 \
+            else 0.0
         between = syncs * 2 * (nodes - 1) / nodes * trainable * gb / r.node_bytes_per_s if nodes > 1 else 0.0
         # the within-node gathers overlap by the intra-node link; the between-node all-reduce by the network
         return _Comm(behind_compute=inside, behind_backward=between,
@@ -356,7 +379,7 @@ class _Offload:
 
 
 def _offload(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: int, trainable: int, precision: str,
-             method: str, gas: int) -> _Offload:
+             method: str, gas: int, sync_each_batch: bool = False) -> _Offload:
     if strategy.offload_optimizer == "none" and strategy.offload_param == "none":
         return _Offload()
     c = constants()
@@ -365,8 +388,13 @@ def _offload(strategy: StrategySpec, hw: HardwareSpec, r: Rates, params: int, tr
     host = r.host_bytes_per_s
     per_node_trainable = trainable / nodes
     if strategy.backend == "fsdp":
-        # CPUOffload: each GPU's shard in for forward and backward, gradients out; torch AdamW on the CPU.
-        copies = gas * (2 * params / n * w + trainable / n * gb) / host
+        gathers, syncs = fsdp_passes(strategy, gas, sync_each_batch)
+        if strategy.fsdp_sharding == "NO_SHARD":
+            gathers = 2 * gas
+        # CPUOffload: each GPU's shard in for every gather (NO_SHARD: for forward and backward), gradients out
+        # once they are reduced (under no_sync "the gradients will not be offloaded to CPU":
+        # fully_sharded_data_parallel.py ``no_sync``); torch AdamW on the CPU.
+        copies = (gathers * params / n * w + syncs * trainable / n * gb) / host
         return _Offload(behind_compute=copies, exposed=per_node_trainable / r.torch_cpu_adam_params_per_s)
     hidden = exposed = 0.0
     if strategy.offload_optimizer != "none":
@@ -424,7 +452,7 @@ def training_step_time(arch: Architecture, counts: ParameterCounts, trainable: i
     compute = gas * micro_compute + optimizer_seconds(strategy, hw, r, trainable)
     backward_share = 2.0 / 3.0 if method == "full" else 0.5
     comm = _communication(strategy, hw, r, counts.total, trainable, precision, method, gas, sync_each_batch)
-    off = _offload(strategy, hw, r, counts.total, trainable, precision, method, gas)
+    off = _offload(strategy, hw, r, counts.total, trainable, precision, method, gas, sync_each_batch)
     budget = compute
     comm_a, budget = _hide(comm.behind_compute, budget, comm.overlap)
     back_budget = min(budget, compute * backward_share)
@@ -524,7 +552,8 @@ def _layout_step_time(arch: Architecture, counts: ParameterCounts, trainable: in
     backward_share = 2.0 / 3.0 if method == "full" else 0.5
     comm = _communication(view_strategy, view_hw, r, counts_c.total, trainable_n, precision, method, gas,
                           sync_each_batch)
-    off = _offload(view_strategy, view_hw, r, counts_c.total, trainable_n, precision, method, gas)
+    off = _offload(view_strategy, view_hw, r, counts_c.total, trainable_n, precision, method, gas,
+                   sync_each_batch)
     # the view's node holds gpus_per_node / tp ranks; the CPU optimizer and parameter fetches of a real node serve
     # all its ranks (every tp shard): the per-node exposed offload x tp (its per-GPU copy term too: conservative)
     off = _Offload(behind_compute=off.behind_compute, exposed=off.exposed * hw.gpus_per_node / view_hw.gpus_per_node)

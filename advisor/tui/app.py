@@ -18,11 +18,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.timer import Timer
 from textual.widget import MountError
-from textual.widgets import Button, Footer, Header, Input, Select, TabbedContent, TabPane
+from textual.widgets import Button, Checkbox, Footer, Header, Input, Select, TabbedContent, TabPane
 
 from ..errors import AdvisorError
 from . import backend
-from .form import WizardInputs, check_field
+from .form import ADVANCED, WizardInputs, check_field
 from .widgets.fields import Field
 from .widgets.memory_bar import MemoryPanel
 from .widgets.model_step import ModelStep
@@ -156,7 +156,7 @@ class WizardApp(App[int]):
         v = self.inputs
         steps = {
             "hardware": HardwareStep(gpu=v.gpu, vram=v.vram, gpus=v.gpus, nodes=v.nodes, cpu_ram=v.cpu_ram,
-                                     id="hardware-step"),
+                                     inputs=v, id="hardware-step"),
             "training": TrainingStep(v, id="training-step"),
             "recommendation": RecommendationView(id="recommendation-view"),
             "files": PreviewStep(self._output_dir, self._force, v.framework, id="preview-step"),
@@ -221,10 +221,17 @@ class WizardApp(App[int]):
         return name if wid.startswith("field-") and name in INPUT_FIELDS else None
 
     def _set_field(self, name: str, value: str) -> None:
-        if getattr(self.inputs, name) == value:
+        if self.inputs.get(name) == value:
             return
         self.inputs = self.inputs.with_(**{name: value})
+        if name in ADVANCED:
+            self._advanced_titles()
         self.schedule_evaluation()
+
+    def _advanced_titles(self) -> None:
+        if self._started:
+            for step in ("#hardware-step", "#training-step"):
+                self.query_one(step).update_titles(self.inputs)
 
     @on(Input.Changed)
     def _input_changed(self, event: Input.Changed) -> None:
@@ -233,6 +240,12 @@ class WizardApp(App[int]):
             return
         self._show_error(name, check_field(name, event.value))   # the CLI's check, at once
         self._set_field(name, event.value)
+
+    @on(Checkbox.Changed)
+    def _checkbox_changed(self, event: Checkbox.Changed) -> None:
+        name = self._field_of(event.checkbox)
+        if name is not None:
+            self._set_field(name, "yes" if event.value else "no")
 
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
@@ -276,7 +289,8 @@ class WizardApp(App[int]):
             if name is None or name not in INPUT_FIELDS:
                 skipped.append(flag)
                 continue
-            updates[name] = str(value)
+            switch = name in ADVANCED and ADVANCED[name].kind == "switch"
+            updates[name] = ("yes" if value not in (False, "no") else "no") if switch else str(value)
             if name == "gpu":
                 updates["vram"] = vram_text(str(value))
             applied.append(f"{field_words(name)} = {value}")
@@ -287,9 +301,10 @@ class WizardApp(App[int]):
                 widget = self.query_one(f"#field-{name}")
             except Exception:
                 continue
-            widget.value = value        # its Changed event finds the inputs already updated
-            self._show_error(name, None)
+            widget.value = (value == "yes") if isinstance(widget, Checkbox) else value   # its Changed event finds
+            self._show_error(name, None)                                                 # the inputs updated
         self.inputs = self.inputs.with_(**updates)
+        self._advanced_titles()
         if "task" in updates or "method" in updates:
             self.query_one("#training-step").show_for(self.inputs.task, self.inputs.method)
         self.schedule_evaluation(0.001)
@@ -307,6 +322,14 @@ class WizardApp(App[int]):
                 return rows
             self._field_rows = rows
         return self._field_rows
+
+    def fields_mounted(self) -> None:
+        """Fields mounted late (an Advanced section opened): find them, and show the errors of what is shown."""
+        self._field_rows = None
+        errors = self.outcome.errors if self.outcome is not None else {}
+        for name, row in self._fields().items():
+            if name in ADVANCED and name in errors:
+                row.set_error(wizard_words(errors[name]))
 
     def _show_error(self, name: str, message: str | None) -> None:
         row = self._fields().get(name)
@@ -354,6 +377,7 @@ class WizardApp(App[int]):
         self._show_live(outcome)
         self.query_one("#recommendation-view").show(outcome)
         self.query_one("#preview-step").show_files(shown.texts, wizard_words(shown.note), outcome.inputs.task)
+        self.query_one("#preview-step").show_command(outcome.command)
 
     def _show_live(self, out: backend.Outcome) -> None:
         est, rec = out.estimate, out.recommendation
@@ -370,6 +394,9 @@ class WizardApp(App[int]):
             if self._last_shown is not None:        # keep the last valid picture while a field is being fixed
                 est, fits = self._last_shown[0], self._last_shown[1]
                 line = f"Showing the last valid inputs ({strategy_label(est.strategy)})."
+        if out.estimate is not None and (est.notes or out.assumed or (est.step_time and est.step_time.assumptions)):
+            n = len({*est.notes, *out.assumed}) + (len(est.step_time.assumptions) if est.step_time is not None else 0)
+            status = "; ".join(x for x in (status, f"{n} notes and assumptions: F4 Recommendation, Why") if x)
         if est is not None and est.task == "infer" and est.inference:
             line += "\nLayouts: " + "; ".join(f"{x.layout} {fmt_size(x.total)} per GPU"
                                              f"{'' if x.fits else ' (does not fit)'}" for x in est.inference)
@@ -380,6 +407,19 @@ class WizardApp(App[int]):
     @on(Button.Pressed, "#save")
     def _save_pressed(self) -> None:
         self.action_save()
+
+    @on(Button.Pressed, "#copy-command")
+    def _copy_pressed(self) -> None:
+        self.action_copy_command()
+
+    def action_copy_command(self) -> None:
+        """Put the equivalent ``dsadvise`` command on the clipboard (the terminal's, OSC 52)."""
+        command = self.outcome.command if self.outcome is not None else ""
+        if not command:
+            self.notify("Nothing to copy yet: fill in the model and hardware.", severity="warning", timeout=3)
+            return
+        self.copy_to_clipboard(command)
+        self.notify("Copied: " + command, timeout=4)
 
     @on(Button.Pressed, "#dry-run")
     def _dry_run_pressed(self) -> None:

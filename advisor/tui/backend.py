@@ -7,13 +7,16 @@ all of this is testable without a terminal and runs in a worker thread.
 
 from __future__ import annotations
 
+import re
+from argparse import Namespace
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from ..batching import gradient_accumulation
 from ..errors import AdvisorError, InputError
-from .form import AUTO, RECOMMENDED, WizardInputs, field_for_flag, parse_inputs, vram_text
+from ..cli import flags as _flags
+from .form import AUTO, RECOMMENDED, WizardInputs, cli_namespace, command_line, field_for_flag, parse_inputs, vram_text
 
 
 def _message(exc: AdvisorError) -> str:
@@ -21,6 +24,20 @@ def _message(exc: AdvisorError) -> str:
     text = str(exc)
     prefix = f"{getattr(exc, 'field', None)}: "
     return text[len(prefix):] if text.startswith(prefix) else text
+
+
+_LEADING_FLAG = re.compile(r"--[a-z][a-z0-9-]*(?![\w-])")
+
+
+def error_field(exc: AdvisorError) -> str | None:
+    """The wizard field an API error belongs to: the one standing for the flag it names (``exc.field``), or for an
+    error without one (a spec's cross-field check) the flag its message starts with (``--cp needs FSDP2 ...``);
+    None: the summary shows it."""
+    flag = getattr(exc, "field", None)
+    if flag is None:
+        lead = _LEADING_FLAG.match(str(exc))
+        flag = lead.group(0) if lead else None
+    return field_for_flag(flag)
 
 
 class StrategySource(str, Enum):
@@ -57,6 +74,9 @@ class Outcome:
     recommender_note: str = ""                               # why there is no recommendation
     strategy_source: StrategySource = StrategySource.NONE
     general_error: str = ""                                  # an error no single field owns
+    args: Any = None                                         # the argparse.Namespace the CLI would parse
+    command: str = ""                                        # the dsadvise command computing what is shown
+    assumed: list[str] = field(default_factory=list)         # assumed from the inputs (sequence length, VRAM)
 
     @property
     def ready(self) -> bool:
@@ -69,8 +89,11 @@ class Outcome:
 # ------------------------------------------------------------------ evaluation
 
 
-def problem_kwargs(inputs: WizardInputs, values: dict[str, object]) -> dict[str, Any]:
-    """The problem arguments shared by estimate and recommend, as the CLI builds them.
+HARDWARE_KEYS = ("gpus", "nodes", "vram", "gpu", "cpu_ram", "nvme_path", "nvme_size")
+
+
+def cli_args(inputs: WizardInputs, values: dict[str, object]):
+    """The ``argparse.Namespace`` the CLI would parse from the flags the fields stand for (:func:`form.cli_namespace`).
 
     VRAM left as the GPU picker filled it in is not passed: the GPU's catalog memory is used, exactly as
     ``--gpu`` without ``--vram``.
@@ -82,39 +105,42 @@ def problem_kwargs(inputs: WizardInputs, values: dict[str, object]) -> dict[str,
                 vram = None
         except AdvisorError:
             pass
-    infer = inputs.task == "infer"
-    return dict(
-        gpus=values["gpus"], nodes=values["nodes"], vram=vram, gpu=inputs.gpu or None,
-        cpu_ram=values["cpu_ram"], task=inputs.task, seq_len=values["seq_len"], micro_batch=values["micro_batch"],
-        global_batch=None if infer else values["global_batch"],
-        precision=None if inputs.precision == AUTO else inputs.precision,
-        optimizer=inputs.optimizer, method=inputs.method, lora_rank=values["lora_rank"],
-        # issue 16 (helper I): method details and inference
-        lora_targets=values["lora_targets"], double_quant=inputs.double_quant != "no", loss=inputs.loss,
-        attention=inputs.attention, prompt_len=values["prompt_len"] if infer else None)
+    return cli_namespace(inputs, values, vram)
 
 
-def _recommend(recommend, resolved, inputs: WizardInputs, kwargs: dict[str, Any], profile: Any = None):
+def problem_kwargs(args) -> dict[str, Any]:
+    """The problem arguments shared by estimate and recommend, built by the CLI's own function
+    (:func:`advisor.cli.flags.problem_kwargs`), plus ``--prompt-len``."""
+    return {**_flags.problem_kwargs(args), "prompt_len": args.prompt_len}
+
+
+def strategy_kwargs(args) -> dict[str, Any]:
+    """The strategy and layout arguments ``dsadvise estimate`` passes to :func:`advisor.api.estimate`."""
+    return dict(offload_optimizer=args.offload_optimizer, offload_param=args.offload_param,
+                bucket_sizes=args.bucket_sizes, sub_group_size=args.sub_group_size, **_flags.layout_kwargs(args))
+
+
+def _recommend(recommend, resolved, inputs: WizardInputs, kwargs: dict[str, Any], args, profile: Any = None):
     """``advisor.recommend.recommend`` called as ``dsadvise recommend`` calls it: hardware and a training
     template from the API builders; method / precision / checkpointing fixed or ``"auto"`` (searched)."""
-    from ..api import build_hardware, build_training
+    from ..api import build_hardware, build_training, check_against_model
+    from ..cli.recommend import refuse_unsearchable
 
-    hw = build_hardware(kwargs["gpus"], kwargs["nodes"], kwargs["vram"], kwargs["gpu"], kwargs["cpu_ram"])
+    hw = build_hardware(*(kwargs[k] for k in HARDWARE_KEYS))
+    train_kw = {k: v for k, v in kwargs.items() if k not in (*HARDWARE_KEYS, "method", "precision")}
+    refuse_unsearchable(train_kw)
     method = inputs.method
-    template = build_training(hw, task=kwargs["task"], seq_len=kwargs["seq_len"],
-                              micro_batch=kwargs["micro_batch"], global_batch=kwargs["global_batch"],
-                              precision=kwargs["precision"], optimizer=kwargs["optimizer"],
-                              method="full" if method == AUTO else method, lora_rank=kwargs["lora_rank"],
-                              lora_targets=kwargs["lora_targets"], double_quant=kwargs["double_quant"],
-                              loss=kwargs["loss"], attention=kwargs["attention"], prompt_len=kwargs["prompt_len"])
-    extra = {} if profile is None else {"profile": profile}     # a `dsadvise calibrate` profile (--profile)
     checkpointing = "none" if kwargs["task"] == "infer" else inputs.checkpointing
+    template = build_training(hw, method="full" if method == AUTO else method, precision=kwargs["precision"],
+                              checkpointing="none" if checkpointing == AUTO else checkpointing, **train_kw)
+    check_against_model(resolved, template)
+    extra = {} if profile is None else {"profile": profile}     # a `dsadvise calibrate` profile (--profile)
     return recommend(resolved, hw, template, method=method, precision=inputs.precision,
-                     checkpointing=checkpointing, **extra)
+                     checkpointing=checkpointing, margin=args.margin, max_micro_batch=args.max_micro_batch, **extra)
 
 
 def _record(out: Outcome, exc: AdvisorError) -> None:
-    name = field_for_flag(getattr(exc, "field", None))
+    name = error_field(exc)
     if name is not None:
         out.errors.setdefault(name, _message(exc))
     else:
@@ -131,7 +157,7 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
     with its signature (tests pass a fixed one so that screenshots do not follow every rule change).
     ``profile``: a :class:`advisor.profile.MachineProfile` whose measured rates the step times use.
     """
-    from ..api import estimate, resolve_seq_len
+    from ..api import build_hardware, estimate, hardware_notes, resolve_seq_len
     from ..catalog.models import resolve_model
 
     out = Outcome(inputs=inputs)
@@ -152,12 +178,21 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
     if out.errors or out.missing or resolved is None:
         return out
 
-    kwargs = problem_kwargs(inputs, parsed.values)
+    args = cli_args(inputs, parsed.values)
+    kwargs = problem_kwargs(args)
     # a blank sequence length is the CLI's default (advisor.api.resolve_seq_len), said beside the model
     kwargs["seq_len"], seq_note = resolve_seq_len(resolved, kwargs["seq_len"])
     if seq_note:
         out.model_note = "; ".join(n for n in (out.model_note, seq_note) if n)
     out.problem = kwargs
+    out.args = args
+    out.command = command_line(args)
+    # what the CLI says it assumed from the inputs (`recommend` lists these first, `estimate` among its notes)
+    out.assumed = [seq_note] if seq_note else []
+    try:
+        out.assumed += hardware_notes(build_hardware(*(kwargs[k] for k in HARDWARE_KEYS)), kwargs["vram"])
+    except AdvisorError:
+        pass                # a bad hardware field: said at that field by the calls below
     # inference has no training strategy: its layouts are the recommendation's
     chosen = None if inputs.strategy == RECOMMENDED or inputs.task == "infer" else inputs.strategy
 
@@ -168,13 +203,15 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
         recommend, why = recommender, "" if recommender is not None else "the recommender is off"
     if recommend is not None:
         try:
-            out.recommendation = _recommend(recommend, resolved, inputs, kwargs, profile)
+            out.recommendation = _recommend(recommend, resolved, inputs, kwargs, args, profile)
         except AdvisorError as exc:
-            name = field_for_flag(getattr(exc, "field", None))
-            if name is not None:                 # bad input: say so at the field, as the CLI would
+            name = error_field(exc)
+            if name is not None and chosen is None:   # bad input: say so at the field, as the CLI would
                 out.errors.setdefault(name, _message(exc))
                 return out
-            why = f"the recommender failed ({exc})"    # e.g. a broken rule file: still show the estimate
+            # a picked strategy is estimated as `dsadvise estimate` would (a bad field is said there), e.g. a setup
+            # the search does not cover; a broken rule file: still show the estimate
+            why = f"the recommender {'refused' if name else 'failed'} ({exc})"
     out.recommender_note = why if out.recommendation is None else ""
 
     rec = out.recommendation
@@ -195,8 +232,13 @@ def evaluate(inputs: WizardInputs, *, recommender: Any = LOAD, profile: Any = No
         picked.get("activation_checkpointing", "none")
     if inputs.task == "infer":
         checkpointing = "none"
+    if chosen:      # the command that gives this estimate: 'auto' fields as used
+        out.command = command_line(Namespace(**{**vars(args), "method": fixed["method"],
+                                                "precision": fixed["precision"], "checkpointing": checkpointing}))
     try:
-        out.estimate = estimate(resolved, strategy=chosen, checkpointing=checkpointing, profile=profile, **fixed)
+        # the Advanced strategy and layout fields are those of a picked strategy (as `estimate --strategy`)
+        out.estimate = estimate(resolved, strategy=chosen, checkpointing=checkpointing, profile=profile,
+                                **fixed, **(strategy_kwargs(args) if chosen else {}))
     except AdvisorError as exc:
         _record(out, exc)
     return out
@@ -234,7 +276,7 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
     """Positional and keyword arguments of ``advisor.render.render_files`` for what the wizard shows, built as
     ``dsadvise generate`` builds them: specs from the API builders, the recommendation's micro-batch,
     precision, method, checkpointing, accumulation and fp16 loss scaling (raises InputError)."""
-    from ..api import build_hardware, build_strategy, build_training
+    from ..api import build_hardware, build_strategy, build_training, layout_fields
     from ..catalog.models import resolve_model
 
     settings = shown_settings(out)
@@ -242,20 +284,36 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
         raise InputError("nothing to render yet")
     k = out.problem
     model = resolve_model(out.inputs.model)
-    hw = build_hardware(k["gpus"], k["nodes"], k["vram"], k["gpu"], k["cpu_ram"])
+    hw = build_hardware(*(k[key] for key in HARDWARE_KEYS))
     micro = int(settings["micro_batch_size"])
-    training = build_training(hw, task=k["task"], seq_len=k["seq_len"], micro_batch=micro,
-                              global_batch=k["global_batch"], precision=settings["precision"],
-                              optimizer=settings.get("optimizer", k["optimizer"]), method=settings["method"],
-                              lora_rank=k["lora_rank"], checkpointing=settings["activation_checkpointing"],
-                              attention=settings.get("attention", "sdpa"))
-    strategy = build_strategy(hw, settings["name"], settings.get("offload_optimizer", "none"),
-                              settings.get("offload_param", "none"))
+    # as generate: every training flag, with the shown configuration's micro-batch, precision, method, ...
+    if k.get("qlora_quantizer", "transformers") != "transformers":   # as generate (advisor/cli/configs.py plan)
+        raise InputError("the configs are transformers/PEFT ones; --qlora-quantizer lightning (litgpt's QLoRA) is for "
+                         "the estimate only", field="--qlora-quantizer")
     recommended = out.strategy_source is StrategySource.RECOMMENDED
+    train_kw = {key: v for key, v in k.items() if key not in HARDWARE_KEYS}
+    train_kw.update(micro_batch=micro, precision=settings["precision"],
+                    optimizer=settings.get("optimizer", k["optimizer"]), method=settings["method"],
+                    attention=settings.get("attention", k["attention"]))
+    if recommended:    # as generate does with a recommendation: the flags that apply to the recommended setup
+        train_kw.update(base_dtype=k["base_dtype"] if settings["method"] in ("lora", "qlora") else "16-bit",
+                        sync_each_batch=k["sync_each_batch"] and str(settings["name"]).startswith("fsdp"))
+        layout = {key: settings[key] for key in ("tp_size", "sp_size", "cp_size", "dp_replicate_size",
+                                                  "fsdp_version") if settings.get(key) is not None}
+    elif out.strategy_source is StrategySource.CHOSEN and out.args is not None:   # the layout it was estimated with
+        layout = layout_fields(**_flags.layout_kwargs(out.args))
+    else:
+        layout = {}
+    training = build_training(hw, checkpointing=settings["activation_checkpointing"], **train_kw)
+    strategy = build_strategy(hw, settings["name"], settings.get("offload_optimizer", "none"),
+                              settings.get("offload_param", "none"),
+                              getattr(out.args, "bucket_sizes", None) or "auto", **layout)
     if recommended:
         accumulation = int(settings.get("gradient_accumulation_steps") or 1)
     else:
-        accumulation = gradient_accumulation(k["global_batch"], micro, hw.world_size)
+        from ..layout import data_parallel_size     # tp/sp/cp ranks share one batch (issue 15)
+
+        accumulation = gradient_accumulation(k["global_batch"], micro, data_parallel_size(hw, strategy))
     rec = out.recommendation if recommended else None
     return (model, hw, training, strategy), dict(
         gradient_accumulation_steps=accumulation, loss_scaling=settings.get("fp16") if recommended else None,
@@ -287,6 +345,9 @@ def preview(out: Outcome) -> Preview:
         notes.append(framework_note)
     if texts["deepspeed"] is None:
         notes.append(f"No DeepSpeed JSON: {args[3].name} runs without DeepSpeed.")
+    if out.problem.get("sync_each_batch") and not args[2].sync_each_batch:     # as generate says it
+        notes.append(f"--sync-each-batch dropped: the recommended {args[3].name} is no FSDP layout (it is an FSDP "
+                     "accumulation setting).")
     if not out.estimate.fits:
         notes.append("Warning: by the estimate this configuration does not fit.")
     return Preview(texts, " ".join(notes), files)

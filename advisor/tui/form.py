@@ -1,9 +1,12 @@
 """What the wizard's fields hold, as plain data, and how their text becomes API arguments.
 
-No Textual here: the widgets fill a :class:`WizardInputs`, :mod:`advisor.tui.backend` turns it into the same
-keyword arguments the CLI passes to :func:`advisor.api.estimate` / ``advisor.recommend.recommend``. Field text
-is parsed with the CLI's own argument types (the flag table, :mod:`advisor.cli.flags`), so the wizard and
-``dsadvise`` accept and reject the same values with the same words.
+No Textual here: the widgets fill a :class:`WizardInputs`, :mod:`advisor.tui.backend` turns it into the
+``argparse.Namespace`` the CLI would parse (:func:`cli_namespace`) and from it the same keyword arguments the CLI
+passes to :func:`advisor.api.estimate` / ``advisor.recommend.recommend``. Field text is parsed with the CLI's own
+argument types (the flag table, :mod:`advisor.cli.flags`), so the wizard and ``dsadvise`` accept and reject the
+same values with the same words. Flags with a hand-made field name it in the table (``wizard_field``); every
+other flag of ``estimate`` / ``recommend`` gets a generated field (:data:`ADVANCED`) in an Advanced section of
+the step its group belongs to (:data:`SECTIONS`), except the CLI-only switches (:data:`CLI_ONLY`).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
 
-from ..cli.flags import (ATTENTION, AUTO, CHECKPOINTING, FLAG_WIZARD_FIELDS, LOSSES, METHODS, OPTIMIZERS, PRECISIONS,
-                         RECOMMENDED, STRATEGIES, TASKS, WIZARD_FIELD_FLAGS, gib, positive_int)
+from ..cli.flags import (ATTENTION, AUTO, CHECKPOINTING, FLAG_WIZARD_FIELDS, FLAGS, LOSSES, METHODS, OPTIMIZERS,
+                         PRECISIONS, RECOMMENDED, STRATEGIES, TASKS, WIZARD_FIELD_FLAGS, Flag, gib, positive_int)
 from ..cli import flags as _flags
 
 METHOD_CHOICES = (*METHODS, AUTO)
@@ -24,15 +28,123 @@ STRATEGY_CHOICES = (RECOMMENDED, *STRATEGIES)
 # issue 16 (helper I): task switch, method details, framework
 TASK_CHOICES = TASKS
 ATTENTION_CHOICES = ATTENTION
-LOSS_CHOICES = LOSSES
+LOSS_CHOICES = (AUTO, *LOSSES)     # auto: the CLI's default (plain; legacy-inline under an old --transformers-version)
 DOUBLE_QUANT_CHOICES = ("yes", "no")
 # the frameworks `generate --framework` renders (the flag table's choices once that flag exists)
 FRAMEWORK_CHOICES: tuple[str, ...] = getattr(_flags, "FRAMEWORKS", ("accelerate",))
 
+# ---------------------------------------------------------------- the Advanced areas, generated from the flag table
+
+# Flags of estimate / recommend with no wizard field: the table's CLI_ONLY (tests/tui/test_advanced.py checks the rest).
+CLI_ONLY = _flags.CLI_ONLY
+
+
+class Section(NamedTuple):
+    """An Advanced area: where a group of the flag table goes."""
+
+    id: str
+    step: str                     # the wizard step it sits on
+    title: str
+    note: str                     # one line at its top ("" for none)
+    flags: tuple[str, ...]        # the flags it may hold (those without a hand-made field land here)
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("hardware", "hardware", "Advanced: storage", "", _flags.HARDWARE_FLAGS),
+    Section("training", "training", "Advanced: training", "", _flags.TRAINING_FLAGS),
+    Section("strategy", "training", "Advanced: strategy and layout",
+            "These apply to the strategy you pick (Strategy above), as dsadvise estimate --strategy; the "
+            "recommender searches strategies itself.",
+            (*_flags.STRATEGY_FLAGS, *_flags.LAYOUT_FLAGS, *_flags.ESTIMATE_FLAGS)),
+    Section("search", "training", "Advanced: the recommender's search", "How dsadvise recommend searches.",
+            _flags.RECOMMEND_FLAGS),
+)
+SWITCH_CHOICES = ("no", "yes")     # a store_true flag: "yes" passes it
+
+
+def _cli_parse(flag: Flag) -> Callable[[str], object]:
+    """Parse a field's text as argparse parses ``flag``'s (its type; blank: the flag's default), failing with the
+    words argparse prints after ``argument --flag:``."""
+    convert = flag.type or str
+
+    def parse(text: str) -> object:
+        text = text.strip()
+        if flag.action == "store_true":
+            return text == "yes"
+        if not text:
+            return flag.default
+        try:
+            return convert(text)
+        except argparse.ArgumentTypeError:
+            raise
+        except (TypeError, ValueError):   # argparse's own words for a plain type (argparse._get_values)
+            name = getattr(convert, "__name__", repr(convert))
+            raise argparse.ArgumentTypeError(f"invalid {name} value: {text!r}") from None
+    return parse
+
+
+@dataclass(frozen=True)
+class AdvancedField:
+    """One generated field: a flag of the table with no hand-made wizard field."""
+
+    flag: Flag
+    section: str                  # a SECTIONS id
+
+    @property
+    def name(self) -> str:        # the field id: the flag's argparse dest
+        return self.flag.dest
+
+    @property
+    def kind(self) -> str:
+        """``switch`` (a Checkbox), ``choice`` (a Select) or ``text`` (an Input checked by the CLI's parser)."""
+        return "switch" if self.flag.action == "store_true" else "choice" if self.flag.choices else "text"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return SWITCH_CHOICES if self.kind == "switch" else tuple(str(c) for c in self.flag.choices or ())
+
+    @property
+    def default(self) -> str:
+        """The field's text when the flag is not given (a text field: blank, the flag's default shown greyed)."""
+        if self.kind == "switch":
+            return "no"
+        if self.kind == "choice":
+            return "" if self.flag.default is None else str(self.flag.default)
+        return ""
+
+    @property
+    def placeholder(self) -> str:
+        d = self.flag.default
+        return "not given" if d is None else f"default {d:g}" if isinstance(d, float) else f"default {d}"
+
+    @property
+    def parse(self) -> Callable[[str], object]:
+        return _cli_parse(self.flag)
+
+
+def _hand_made() -> set[str]:
+    """Flags with a hand-made wizard field (the table's ``wizard_field``); the others get generated ones."""
+    return {f.flag for f in FLAGS.values() if f.wizard_field}
+
+
+def _advanced() -> dict[str, AdvancedField]:
+    hand_made, out = _hand_made(), {}
+    for section in SECTIONS:
+        for flag in section.flags:
+            if flag in hand_made or flag in CLI_ONLY or FLAGS[flag].dest in out:
+                continue
+            out[FLAGS[flag].dest] = AdvancedField(FLAGS[flag], section.id)
+    return out
+
+
+# Field id (the flag's dest) -> its generated field, in the flag table's order within each section.
+ADVANCED: dict[str, AdvancedField] = _advanced()
+
 # Field id -> the CLI flag it stands for (errors from the API name the flag; the wizard shows them at the field).
-FIELD_FLAGS: dict[str, str] = WIZARD_FIELD_FLAGS
-# Flag -> field; the catalogs' errors name the bare field ("model", "gpu").
-_FLAG_FIELDS = {**FLAG_WIZARD_FIELDS, "model": "model", "gpu": "gpu"}
+FIELD_FLAGS: dict[str, str] = {**WIZARD_FIELD_FLAGS, **{a.name: a.flag.flag for a in ADVANCED.values()}}
+# Flag -> field; the catalogs' errors name the bare field ("model", "gpu"). A generated field takes its flag's errors.
+_FLAG_FIELDS = {**FLAG_WIZARD_FIELDS, "model": "model", "gpu": "gpu",
+                **{a.flag.flag: a.name for a in ADVANCED.values()}}
 
 
 def field_for_flag(flag: str | None) -> str | None:
@@ -42,7 +154,8 @@ def field_for_flag(flag: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class WizardInputs:
-    """Every field of the wizard as the user typed or picked it (text; blank means not given)."""
+    """Every field of the wizard as the user typed or picked it (text; blank means not given). The generated
+    (Advanced) fields are in ``advanced``: (field id, text) pairs that differ from the flag's default, sorted."""
 
     model: str = ""
     gpu: str = ""                 # GPU catalog name; blank: give VRAM instead
@@ -63,17 +176,40 @@ class WizardInputs:
     task: str = "train"           # train | infer
     lora_targets: str = "all-linear"   # comma-separated module names, as --lora-targets
     double_quant: str = "yes"     # QLoRA: bitsandbytes double quantization (--no-double-quant is "no")
-    loss: str = "plain"
+    loss: str = AUTO              # auto: as --loss not given
     attention: str = "sdpa"
     prompt_len: str = ""          # --task infer: prompt tokens of the sequence; blank: all
     framework: str = "accelerate"
+    advanced: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        given = dict(self.advanced)
+        unknown = set(given) - set(ADVANCED)
+        if unknown:
+            raise ValueError(f"not wizard fields: {', '.join(sorted(unknown))}")
+        canonical = tuple(sorted((k, v) for k, v in given.items() if v != ADVANCED[k].default))
+        object.__setattr__(self, "advanced", canonical)
+
+    def get(self, name: str) -> str:
+        """The text of any field, hand-made or generated."""
+        if name in ADVANCED:
+            return dict(self.advanced).get(name, ADVANCED[name].default)
+        return getattr(self, name)
 
     def with_(self, **changes: str) -> WizardInputs:
-        return replace(self, **changes)
+        advanced = {k: v for k, v in changes.items() if k in ADVANCED}
+        plain = {k: v for k, v in changes.items() if k not in ADVANCED}
+        if advanced:
+            plain["advanced"] = tuple({**dict(self.advanced), **advanced}.items())
+        return replace(self, **plain)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        """Every field id: the hand-made ones, then the generated ones."""
+        return tuple(f.name for f in fields(cls) if f.name != "advanced") + tuple(ADVANCED)
+
+
+assert not set(ADVANCED) & {f.name for f in fields(WizardInputs)}, "a generated field shadows a hand-made one"
 
 
 def _optional(parse: Callable[[str], object]) -> Callable[[str], object]:
@@ -88,6 +224,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "seq_len": _optional(positive_int), "micro_batch": positive_int, "global_batch": _optional(positive_int),
     "lora_rank": positive_int, "prompt_len": _optional(positive_int),
     "lora_targets": lambda text: lora_targets(text),
+    **{a.name: a.parse for a in ADVANCED.values()},
 }
 
 
@@ -113,7 +250,7 @@ def check_field(name: str, text: str) -> str | None:
 
 @dataclass(frozen=True)
 class Parsed:
-    """Typed values of the numeric fields, plus the inline error of every field that did not parse."""
+    """Typed values of the numeric and generated fields, plus the inline error of every field that did not parse."""
 
     values: dict[str, object]
     errors: dict[str, str]
@@ -123,12 +260,83 @@ def parse_inputs(inputs: WizardInputs) -> Parsed:
     values: dict[str, object] = {}
     errors: dict[str, str] = {}
     for name, parse in PARSERS.items():
-        text = getattr(inputs, name)
+        text = inputs.get(name)
         try:
             values[name] = parse(text.strip())
         except (argparse.ArgumentTypeError, ValueError) as exc:
             errors[name] = str(exc)
     return Parsed(values, errors)
+
+
+# ---------------------------------------------------------------- the same inputs as a command line
+
+def cli_namespace(inputs: WizardInputs, values: dict[str, object], vram: float | None) -> argparse.Namespace:
+    """The ``argparse.Namespace`` ``dsadvise estimate`` / ``recommend`` would parse from the flags these fields
+    stand for (``values``: :func:`parse_inputs`' values; ``vram``: None when the GPU's own memory is meant).
+    'auto' / 'recommended' are flags not given."""
+    infer = inputs.task == "infer"
+    ns = dict(model=inputs.model.strip(), gpus=values["gpus"], nodes=values["nodes"], vram=vram,
+              gpu=inputs.gpu or None, cpu_ram=values["cpu_ram"], task=inputs.task, seq_len=values["seq_len"],
+              micro_batch=values["micro_batch"], global_batch=None if infer else values["global_batch"],
+              precision=None if inputs.precision == AUTO else inputs.precision, optimizer=inputs.optimizer,
+              method=inputs.method, lora_rank=values["lora_rank"], lora_targets=",".join(values["lora_targets"]),
+              no_double_quant=inputs.double_quant == "no", loss=None if inputs.loss == AUTO else inputs.loss,
+              attention=inputs.attention,
+              checkpointing=None if inputs.checkpointing == AUTO or infer else inputs.checkpointing,
+              strategy=None if inputs.strategy == RECOMMENDED or infer else inputs.strategy,
+              prompt_len=values["prompt_len"] if infer else None, framework=inputs.framework)
+    ns.update({name: values[name] for name in ADVANCED})
+    return argparse.Namespace(**ns)
+
+
+def fields_from_args(ns: argparse.Namespace, names: tuple[str, ...]) -> dict[str, str]:
+    """The field texts the flags ``names`` set in ``ns`` (parsed as ``dsadvise estimate`` / ``recommend`` parse
+    them; None or False: not given, left out): the inverse of :func:`cli_namespace` for ``dsadvise wizard``'s
+    start values."""
+    out: dict[str, str] = {}
+    for flag in names:
+        value = getattr(ns, FLAGS[flag].dest, None)
+        name = field_for_flag(flag)
+        if value is None or value is False or name is None:
+            continue
+        if flag == "--no-double-quant":
+            out["double_quant"] = "no"
+        elif name in ADVANCED and ADVANCED[name].kind == "switch":
+            out[name] = "yes"
+        else:
+            out[name] = _flag_text(value)
+    return out
+
+
+def _flag_text(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def command_line(ns: argparse.Namespace) -> str:
+    """``dsadvise estimate ...`` (a strategy is given) or ``dsadvise recommend ...``: the command that computes
+    what the wizard shows, with every flag of that command whose value differs from its default (the Advanced
+    strategy and layout values apply to a picked strategy only, as in the wizard)."""
+    import shlex
+
+    # estimate: a picked strategy (and its layout flags), or --prompt-len, which only estimate takes
+    estimate = ns.strategy is not None or (ns.task == "infer" and ns.prompt_len is not None)
+    names = [*_flags.MODEL_FLAGS, *_flags.HARDWARE_FLAGS, *_flags.TRAINING_FLAGS]
+    names += [*_flags.STRATEGY_FLAGS, *_flags.LAYOUT_FLAGS, *_flags.ESTIMATE_FLAGS] if estimate \
+        else list(_flags.RECOMMEND_FLAGS)
+    words = ["dsadvise", "estimate" if estimate else "recommend"]
+    for name in dict.fromkeys(names):
+        flag = FLAGS[name]
+        if name in CLI_ONLY or not hasattr(ns, flag.dest):
+            continue
+        value = getattr(ns, flag.dest)
+        if flag.action == "store_true":
+            if value:
+                words.append(name)
+            continue
+        if value is None or (value == flag.default and name != "--model"):
+            continue
+        words += [name, shlex.quote(_flag_text(value))]
+    return " ".join(words)
 
 
 def vram_text(gpu_name: str) -> str:

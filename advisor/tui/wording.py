@@ -2,7 +2,7 @@
 
 Messages come from the API, the recommender and the renderer, which name the ``dsadvise`` flags (``pass
 --force``, ``give --gpu``). :func:`wizard_words` rewrites them for the wizard: a flag becomes the field that
-stands for it (the flag table's wizard field, :mod:`advisor.cli.flags`) with the key of its step, and the
+stands for it (the flag table's wizard field, or the generated Advanced field) with the key of its step, and the
 CLI's own commands become what the wizard offers. No Textual here.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ..cli.flags import FLAG_WIZARD_FIELDS
+from .form import ADVANCED, SECTIONS, field_for_flag
 
 # wizard field -> (caption on screen, key of its step)
 FIELD_CAPTIONS: dict[str, tuple[str, str]] = {
@@ -24,6 +24,11 @@ FIELD_CAPTIONS: dict[str, tuple[str, str]] = {
     "double_quant": ("QLoRA double quantization", "F3"), "loss": ("Loss kernel", "F3"),
     "attention": ("Attention", "F3"), "strategy": ("Strategy", "F3"), "framework": ("Framework", "F5"),
 }
+# the generated fields: the flag as caption, in its step's Advanced area
+_STEP_KEYS = {"hardware": "F2", "training": "F3"}
+_SECTION_STEPS = {section.id: section.step for section in SECTIONS}
+FIELD_CAPTIONS.update({a.name: (a.flag.flag, f"{_STEP_KEYS[_SECTION_STEPS[a.section]]} Advanced")
+                       for a in ADVANCED.values()})
 
 # whole phrases first (the CLI's instructions), then any remaining flag
 _PHRASES: tuple[tuple[re.Pattern, str], ...] = (
@@ -52,7 +57,7 @@ def wizard_words(text: str) -> str:
         text = rx.sub(words, text)
 
     def flag(m: re.Match) -> str:
-        name = FLAG_WIZARD_FIELDS.get(f"--{m.group(1)}")
+        name = field_for_flag(f"--{m.group(1)}")
         if name is None:
             return f"the command-line option --{m.group(1)}"
         return field_words(name)

@@ -52,4 +52,4 @@ def test_api_errors_and_wizard_fields_name_table_flags():
     assert set(form.FIELD_FLAGS.values()) <= set(flags.FLAGS)
     assert set(form.FIELD_FLAGS) <= set(form.WizardInputs.field_names())
     assert form.PRECISION_CHOICES[1:] == flags.PRECISIONS and form.STRATEGY_CHOICES[1:] == flags.STRATEGIES
-    assert form.field_for_flag("--global-batch") == "global_batch" and form.field_for_flag("--margin") == "strategy"
+    assert form.field_for_flag("--global-batch") == "global_batch" and form.field_for_flag("--margin") == "margin"   # its Advanced field

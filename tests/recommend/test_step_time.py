@@ -177,3 +177,32 @@ def test_the_wizard_backend_passes_the_profile_to_estimate_and_recommend():
     assert profiled.recommendation.step_time.compute_efficiency < plain.recommendation.step_time.compute_efficiency
     chosen = backend.evaluate(inputs.with_(strategy="zero3"), profile=prof)
     assert "profile of NVIDIA A100" in chosen.estimate.step_time.rates
+
+
+def test_fsdp_gathers_and_reductions_per_step_are_the_real_engines():
+    """FSDP1/FSDP2 in 2 gloo processes, one step of 3 micro-batches with accelerate's no_sync (and with
+    sync_each_batch): the collectives each unit calls are what the step-time model charges."""
+    from benchmarks.fsdp_passes import modelled, record
+
+    rows = record(port=29673)
+    assert len(rows) == 8
+    for row in rows:
+        assert (row["gathers"], row["reductions"]) == modelled(row["version"], row["sharding"],
+                                                               row["sync_each_batch"]), row
+
+
+def test_fsdp_accumulation_reduces_once_per_step_unless_each_batch_syncs():
+    """Under no_sync the reduce-scatter runs once per optimizer step: more micro-batches cost gathers, not
+    reductions; sync_each_batch pays one reduction per micro-batch."""
+    bw = 20e9 * constants()["comm_efficiency"]      # PCIe, nothing hidden (as the test above)
+    q = 1 / 2
+    quiet = step("rtx-4090", "fsdp-full", gpus=2, micro=1, gas=4)
+    each = step("rtx-4090", "fsdp-full", gpus=2, micro=1, gas=4, sync_each_batch=True)
+    # 4 x (forward + backward gathers of 13.5 GB) + one reduce-scatter of 13.5 GB, or one per micro-batch
+    assert quiet.communication_seconds == pytest.approx(q * (4 * 2 * COUNTS.total * 2 + COUNTS.total * 2) / bw,
+                                                        rel=1e-6)
+    assert each.communication_seconds == pytest.approx(q * (4 * 2 * COUNTS.total * 2 + 4 * COUNTS.total * 2) / bw,
+                                                       rel=1e-6)
+    # FSDP1 SHARD_GRAD_OP keeps its weights gathered through the no_sync micro-batches: one gather a step
+    grad_op = step("rtx-4090", "fsdp-grad-op", gpus=2, micro=1, gas=4)
+    assert grad_op.communication_seconds == pytest.approx(q * (COUNTS.total * 2 + COUNTS.total * 2) / bw, rel=1e-6)

@@ -187,8 +187,8 @@ def test_wizard_words():
     assert said == ("no 'GPU model' (F2) given: step times assume a generic PCIe GPU; give 'GPU model' (F2) for "
                     "its own figures")
     assert wizard_words("--lora-targets q_proj") == "'LoRA target modules' (F3) q_proj"
-    assert wizard_words("a flag the wizard lacks: --nvme-path") == \
-        "a flag the wizard lacks: the command-line option --nvme-path"
+    assert wizard_words("a generated field: --nvme-path") == "a generated field: '--nvme-path' (F2 Advanced)"
+    assert wizard_words("a flag the wizard lacks: --json") == "a flag the wizard lacks: the command-line option --json"
     assert wizard_words("all-linear, q-proj") == "all-linear, q-proj"
 
 

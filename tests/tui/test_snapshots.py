@@ -105,3 +105,14 @@ def test_configs_step(snap_compare):
             area.language = None
 
     assert snap_compare(wizard(A100X4), terminal_size=SIZE, run_before=before(step="files", setup=fixed))
+
+
+def test_training_step_advanced_section(snap_compare):
+    """An Advanced section opened (it starts open when one of its fields is set): the generated fields, each with
+    the flag as caption and its help under it; the title counts what is set."""
+
+    def show_advanced(app) -> None:
+        app.query_one("#advanced-training").scroll_visible(top=True, animate=False)
+
+    inputs = A100X4.with_(method="lora", base_dtype="fp32")
+    assert snap_compare(wizard(inputs), terminal_size=SIZE, run_before=before(step="training", setup=show_advanced))

@@ -7,7 +7,8 @@ from textual.app import ComposeResult
 from textual.containers import Grid, VerticalScroll
 from textual.widgets import Input, Select, Static
 
-from ..form import vram_text
+from ..form import WizardInputs, vram_text
+from .advanced import AdvancedSection, advanced_sections
 from .fields import Field, number_input
 
 
@@ -28,13 +29,14 @@ class HardwareStep(VerticalScroll):
     can_focus = False    # Tab goes to the fields; they scroll into view
 
     def __init__(self, *, gpu: str = "", vram: str = "", gpus: str = "1", nodes: str = "1", cpu_ram: str = "",
-                 **kwargs) -> None:
+                 inputs: WizardInputs | None = None, **kwargs) -> None:
         from ...catalog.gpus import list_gpus
 
         super().__init__(**kwargs)
         self._gpus = {g.name: g for g in list_gpus()}
         self._initial = dict(gpu=gpu, vram=vram, gpus=gpus, nodes=nodes, cpu_ram=cpu_ram)
         self._picked = gpu
+        self._inputs = inputs or WizardInputs()
 
     def compose(self) -> ComposeResult:
         v = self._initial
@@ -50,6 +52,12 @@ class HardwareStep(VerticalScroll):
             yield Field("nodes", "Nodes", number_input("nodes", v["nodes"]))
             yield Field("cpu_ram", "CPU RAM per node (GiB)", number_input("cpu_ram", v["cpu_ram"], "optional"),
                         hint="checked when offloading")
+        yield from advanced_sections("hardware", self._inputs)
+
+    def update_titles(self, inputs: WizardInputs) -> None:
+        """The Advanced section's title counts what is set."""
+        for section in self.query(AdvancedSection):
+            section.update_title(inputs)
 
     @on(Select.Changed, "#field-gpu")
     def _fill_from_gpu(self, event: Select.Changed) -> None:

@@ -40,6 +40,9 @@ class PreviewStep(VerticalScroll):
                                                      allow_blank=False, id="field-framework"),
                     hint="its own file is previewed under 'Framework file'")
         yield Static("", id="preview-note", markup=False)
+        with Horizontal(id="command-row"):
+            yield Static("", id="cli-command", markup=False)
+            yield Button("Copy", id="copy-command")
         with TabbedContent(id="preview-tabs"):
             for key, title, language in PREVIEWS:
                 with TabPane(title, id=f"tab-{key}"):
@@ -82,6 +85,11 @@ class PreviewStep(VerticalScroll):
             first = next((key for key, _, _ in PREVIEWS if key in shown and texts.get(key) is not None), None)
             if first is not None:
                 tabs.active = f"tab-{first}"
+
+    def show_command(self, command: str) -> None:
+        """The ``dsadvise`` command that computes what the wizard shows (every field, the Advanced ones too)."""
+        self.query_one("#cli-command", Static).update(f"Command line: {command}" if command else "")
+        self.query_one("#command-row").display = bool(command)
 
     @property
     def output_dir(self) -> str:

@@ -93,6 +93,19 @@ def _bullets(title: str, items: list[str]) -> Text:
     return out
 
 
+def estimate_notes(est: Any, assumed: list[str] = ()) -> Text:
+    """What the estimate shown says beside its figures, as ``dsadvise estimate`` prints it (``Note``, ``Assumed``)
+    and its JSON holds it (``notes``, ``step_time.assumptions``), after what was ``assumed`` from the inputs (the
+    sequence length, a VRAM replacing the GPU's: the notes the CLI adds)."""
+    if est is None:
+        return _bullets("Assumed from your inputs", list(assumed))
+    step = getattr(est, "step_time", None)
+    notes = [*assumed, *(n for n in est.notes if n not in assumed)]
+    out = _bullets(f"Notes on the estimate shown ({est.strategy.name})", notes)
+    out.append_text(_bullets("Assumed for its step time", list(step.assumptions) if step is not None else []))
+    return out
+
+
 def suggestion_text(number: int, s: Any) -> str:
     """One "what would fit" line: its key, the change in the wizard's words, and what the re-run found."""
     from ..form import field_for_flag
@@ -170,9 +183,12 @@ class RecommendationView(Vertical):
                 verdict.append(_estimate_speed(est))
         if out is not None and out.general_error:
             verdict.append(f"\n{wizard_words(out.general_error)}", style="bold red")
+        ready = out is not None and out.ready
+        if ready:
+            details.append_text(estimate_notes(out.estimate, out.assumed))
         self.query_one("#rec-verdict", Static).update(verdict)
         self.query_one("#rec-details", Static).update(details)
-        self.query_one("#rec-tabs", TabbedContent).display = rec is not None and out is not None and out.ready
+        self.query_one("#rec-tabs", TabbedContent).display = ready and (rec is not None or out.estimate is not None)
         found = list(rec.suggestions) if rec is not None and not rec.found and out.ready else []
         options = self.query_one("#suggestions", OptionList)
         options.clear_options()

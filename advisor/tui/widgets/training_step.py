@@ -10,6 +10,7 @@ from textual.widgets import Input, Select, Static
 
 from ..form import (ATTENTION_CHOICES, CHECKPOINTING_CHOICES, DOUBLE_QUANT_CHOICES, LOSS_CHOICES, METHOD_CHOICES,
                     OPTIMIZER_CHOICES, PRECISION_CHOICES, STRATEGY_CHOICES, TASK_CHOICES, WizardInputs)
+from .advanced import AdvancedSection, advanced_sections
 from .fields import Field, number_input
 
 _LABELS = {
@@ -23,6 +24,7 @@ _LABELS = {
     "sdpa": "sdpa (PyTorch)", "eager": "eager", "flash": "flash-attention 2",
     "yes": "yes (bitsandbytes default)", "no": "no",
 }
+_LOSS_LABELS = {"auto": "auto (as the CLI)"}
 _INFER_LABELS = {"full": "16-bit weights", "qlora": "4-bit weights (NF4)"}
 
 # Fields each task shows (the rest of the step is hidden); method details follow the method.
@@ -32,7 +34,8 @@ LORA_FIELDS = ("lora_rank", "lora_targets")
 
 
 def _choice(name: str, values: tuple[str, ...], value: str) -> Select:
-    return Select([(_LABELS.get(v, v), v) for v in values], value=value, allow_blank=False, id=f"field-{name}")
+    labels = {**_LABELS, **_LOSS_LABELS} if name == "loss" else _LABELS
+    return Select([(labels.get(v, v), v) for v in values], value=value, allow_blank=False, id=f"field-{name}")
 
 
 def visible_fields(task: str, method: str) -> dict[str, bool]:
@@ -83,10 +86,11 @@ class TrainingStep(VerticalScroll):
                         _choice("double_quant", DOUBLE_QUANT_CHOICES, v.double_quant),
                         hint="quantizes the 4-bit scales too")
             yield Field("loss", "Loss kernel", _choice("loss", LOSS_CHOICES, v.loss),
-                        hint="fused linear: no full logits tensor")
+                        hint="auto: plain, or inline under transformers < 4.46")
             yield Field("attention", "Attention", _choice("attention", ATTENTION_CHOICES, v.attention))
             yield Field("strategy", "Strategy", _choice("strategy", STRATEGY_CHOICES, v.strategy),
                         hint="pick one to see its estimate instead")
+        yield from advanced_sections("training", v)
 
     def on_mount(self) -> None:
         self.show_for(self._v.task, self._v.method)
@@ -95,8 +99,16 @@ class TrainingStep(VerticalScroll):
     def _title(task: str) -> str:
         return "How will you serve it?" if task == "infer" else "How will you train it?"
 
+    def update_titles(self, inputs: WizardInputs) -> None:
+        """The Advanced sections' titles count what is set."""
+        for section in self.query(AdvancedSection):
+            section.update_title(inputs)
+
     def show_for(self, task: str, method: str) -> None:
         """Show the fields ``task`` and ``method`` use, hide the others."""
         for name, shown in visible_fields(task, method).items():
             self.query_one(f"#row-{name}").display = shown
+        for section in ("strategy", "search"):     # training's: inference has no strategy and no search knobs
+            for widget in self.query(f"#advanced-{section}"):
+                widget.display = task == "train"
         self.query_one("#training-title", Static).update(self._title(task))
