@@ -10,6 +10,7 @@ The QLoRA previous-graph term and the refusals are derived by hand from the sour
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -20,16 +21,40 @@ from advisor.memory.activations import _trace_key, _traced, activation_memory
 
 # (catalog model, method, micro batch, lora targets, lora rank, lora dropout) -> (layer, head) bytes at seq 32,
 # measured: python benchmarks/litgpt_saved.py --bytes --seq 32 --only <point>
+CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "corpus_configs"
+SEQ = 32
+ALL = ("all-linear", "lm_head")
+QV = ("q_proj", "v_proj")
+
+
+def _ln(n_tokens: int) -> int:
+    """CUDA's native_layer_norm keeps mean and rstd in fp32 where the CPU kernel keeps them in bf16 (the input
+    dtype): 2 x 2 bytes more per token per LayerNorm."""
+    return 4 * n_tokens
+
+
+MASK = SEQ * SEQ * 2   # litgpt's sliding-window mask: CUDA's memory-efficient SDPA keeps it (attn_bias); CPU's does not
+
 MEASURED = {
-    # point id: (model, method, micro batch, targets, rank, dropout), (layer bytes, head bytes)
+    # corpus point: (model, method, micro batch, targets, rank, dropout), (layer, head) bytes measured + CUDA deltas
+    "tiny-llama-full": (("tiny-llama-1.1b", "full", 4, ALL, 16, 0.0), (13665280, 10567146)),
+    "tiny-llama-lora": (("tiny-llama-1.1b", "lora", 8, ALL, 32, 0.05), (27822080, 19569610)),
+    "tiny-llama-qlora": (("tiny-llama-1.1b", "qlora", 8, ALL, 32, 0.05), (33851392, 20618186)),
+    "phi-2-lora": (("phi-2", "lora", 4, ALL, 8, 0.05), (14119424 + _ln(128), 14339562 + _ln(128))),
+    "phi-2-qlora": (("phi-2", "qlora", 4, ALL, 8, 0.05), (18051584 + _ln(128), 14994922 + _ln(128))),
+    "llama-2-7b-lora": (("llama-2-7b", "lora", 2, QV, 32, 0.05), (11354624, 5033722)),
+    "llama-2-7b-qlora": (("llama-2-7b", "qlora", 2, QV, 32, 0.05), (14336512, 5558010)),
+    "mistral-7b-lora": (("mistral-7b-v0.1", "lora", 2, QV, 32, 0.05), (11190784 + MASK, 5033722)),
+    "phi-3-lora": (("phi-3-mini-4k", "lora", 4, ALL, 8, 0.05), (22076416 + MASK, 10720234)),
 }
 
 
-def _terms(model: str, method: str, mb: int, targets, rank: int, dropout: float, seq: int = 32):
+def _terms(model: str, method: str, mb: int, targets, rank: int, dropout: float, seq: int = SEQ):
     hw = build_hardware(1, 1, None, "a10g", None, None, None)
     training = build_training(hw, seq_len=seq, micro_batch=mb, precision="pure-bf16", method=method,
                               lora_rank=rank, lora_targets=targets, lora_dropout=dropout, double_quant=False,
                               model_code="litgpt")
+    model = str(CONFIGS / model) if model.endswith(".json") else model
     t = _traced(resolve_model(model).architecture, _trace_key(training), "half-bf16", "none")
     return t["per_layer"], t["final_norm"] + t["logits_and_loss"]
 
