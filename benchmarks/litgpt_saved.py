@@ -254,7 +254,7 @@ def measure(p: dict, seq: int) -> dict[str, int]:
     return out
 
 
-def step_peak(p: dict, seq: int, layers: int = 2) -> tuple[int, int]:
+def step_peak(p: dict, seq: int, layers: int = 2, device: str = "cpu") -> tuple[int, int]:
     """Peak live bytes above the model (parameters, buffers) over litgpt's training loop, two micro-steps as
     finetune/lora.py (full.py) writes them: ``logits`` and ``loss`` stay bound from one iteration to the next
     (``logits = model(...)`` replaces the previous list only when the forward returns, ``loss = ...`` the
@@ -269,15 +269,35 @@ def step_peak(p: dict, seq: int, layers: int = 2) -> tuple[int, int]:
     hub = hub_config(p)
     p = dict(p, seq_len_run=seq)
     torch.manual_seed(0)
-    model = build_litgpt(p, hub, layers=layers, as_042=True)
+    model = build_litgpt(p, hub, layers=layers, as_042=True).to(device)
     model.train()
     for m in model.modules():
         if hasattr(m, "enable_lora") and hasattr(m, "lora_ind"):
             m.lora_ind                                   # the lazily registered buffer, before the profile
     from litgpt.utils import chunked_cross_entropy
     b = p["micro_batch"]
-    ids = torch.randint(0, model.config.vocab_size, (b, seq))
-    targets = torch.randint(0, model.config.vocab_size, (b, seq))
+    ids = torch.randint(0, model.config.vocab_size, (b, seq), device=device)
+    targets = torch.randint(0, model.config.vocab_size, (b, seq), device=device)
+    if device != "cpu":                                  # a GPU: max_memory_allocated, real kernels, no patches
+        peaks = []
+        logits = loss = None
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        for _ in range(2):
+            torch.cuda.reset_peak_memory_stats()
+            if p["method"] == "full":
+                logits = model(ids)
+                loss = chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:])
+            else:
+                logits = model(ids, lm_head_chunk_size=128)
+                logits[-1] = logits[-1][..., :-1, :]
+                loss = chunked_cross_entropy(logits, targets[..., 1:])
+            loss.backward()
+            for t in model.parameters():
+                t.grad = None
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.max_memory_allocated() - base)
+        return peaks[0], peaks[1]
     old_dropout, old_linear = F.dropout, F.linear
     F.dropout = _cuda_dropout
 
@@ -369,12 +389,14 @@ def main() -> None:
     ap.add_argument("--model-code", default=None, help="dsadvise's --model-code for the replay column")
     ap.add_argument("--step", action="store_true", help="whole-step peak (profiler) instead of saved bytes")
     ap.add_argument("--bytes", action="store_true", help="exact bytes (layer, head) of litgpt and of the replay")
+    ap.add_argument("--device", default="cpu", help="--step on this device (cuda: max_memory_allocated, no patches)")
+    ap.add_argument("--layers", type=int, default=2, help="--step: decoder layers built (default 2)")
     args = ap.parse_args()
     if args.step:
         print(f"{'point':44} {'b':>2} {'litgpt step1':>12} {'litgpt step2':>12} {'dsadvise':>9} {'err':>7}")
         for p in litgpt_points(args.only):
-            s1, s2 = step_peak(p, args.seq)
-            ds = replay_peak(p, args.seq, model_code=args.model_code)
+            s1, s2 = step_peak(p, args.seq, args.layers, args.device)
+            ds = replay_peak(p, args.seq, args.layers, model_code=args.model_code)
             print(f"{p['id']:44} {p['micro_batch']:>2} {s1 / MB:12.1f} {s2 / MB:12.1f} {ds / MB:9.1f} "
                   f"{100 * (ds - s2) / s2:+6.1f}%", flush=True)
         print(f"\nMiB above the model at sequence {args.seq}, 2 decoder layers (CPU allocator, CUDA dropout masks)")

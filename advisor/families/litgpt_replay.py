@@ -307,8 +307,10 @@ class LitgptReplay(DecoderReplay):
                 sl = tr.op(tr.new(rows * V, sl.dt, sl.rg), [sl], "view")
             chunks = [min(LM_HEAD_CHUNK, rows - i) for i in range(0, rows, LM_HEAD_CHUNK)]
             loss = None
+            # targets[..., 1:].reshape(-1).split(128): views of one storage (a copy of b x (s-1) when b > 1)
+            shared = tr.new(tr.s if tr.b == 1 else rows, "i64", False)
             for c, part in zip(chunks, tr.split(sl, [c * V for c in chunks])):
-                lo = self.litgpt_ce(part, c)
+                lo = self.litgpt_ce(part, c, shared)
                 loss = lo if loss is None else tr.add(loss, lo)
             return logits, self._mean(loss)
         loss = None
@@ -319,6 +321,7 @@ class LitgptReplay(DecoderReplay):
         chunk_logits = [self._head_chunk(xc, h, V, head_lora) for xc in parts]
         held_sids = [lc.sid for lc in chunk_logits]
         last = chunk_logits[-1]
+        shared = tr.new(tr.s, "i64", False) if tr.b == 1 else None      # the chunks' targets: views of one row
         for j, (r, lc) in enumerate(zip(rows_per, chunk_logits)):
             rows = r * tr.b
             if j == len(rows_per) - 1:                                  # logits[-1][..., :-1, :]
@@ -326,7 +329,7 @@ class LitgptReplay(DecoderReplay):
                 lc = tr.view(lc, rows * V)
                 if tr.b > 1:                                            # reshape(-1, V) of the slice: a copy
                     lc = tr.op(tr.new(rows * V, lc.dt, lc.rg), [lc], "view")
-            lo = self.litgpt_ce(lc, rows)
+            lo = self.litgpt_ce(lc, rows, shared)
             loss = lo if loss is None else tr.add(loss, lo)
         # the loop's ``logits`` list holds every chunk through the backward (the last one is returned as held)
         self.held_more = [sid for sid in held_sids[:-1]]
@@ -347,12 +350,14 @@ class LitgptReplay(DecoderReplay):
         self.layer_trainable = saved_before
         return out
 
-    def litgpt_ce(self, logits: Tensor, rows: int) -> Tensor:
+    def litgpt_ce(self, logits: Tensor, rows: int, targets: Tensor | None = None) -> Tensor:
         """``F.cross_entropy(chunk, targets, reduction='none')`` on bf16 logits: log_softmax saves its result in
-        the logits' dtype; nll_loss saves the targets and total_weight."""
+        the logits' dtype; nll_loss saves the targets and total_weight. ``targets``: a storage the chunk's targets
+        are a view of (micro batch 1: ``targets[..., 1:]`` reshaped and split are views of the whole int64 row)."""
         tr = self.tr
         lp = tr.save_result(logits)
-        tr.save(tr.new(rows, "i64", False), tr.new(1, lp.dt, False))   # targets; total_weight in the input dtype
+        tgt = targets if targets is not None else tr.new(rows, "i64", False)
+        tr.save(tgt, tr.new(1, lp.dt, False))                           # targets; total_weight in the input dtype
         return tr.op(tr.new(rows, lp.dt, lp.rg), [lp])
 
 

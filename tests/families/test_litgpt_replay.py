@@ -46,6 +46,11 @@ MEASURED = {
     "llama-2-7b-qlora": (("llama-2-7b", "qlora", 2, QV, 32, 0.05), (14336512, 5558010)),
     "mistral-7b-lora": (("mistral-7b-v0.1", "lora", 2, QV, 32, 0.05), (11190784 + MASK, 5033722)),
     "phi-3-lora": (("phi-3-mini-4k", "lora", 4, ALL, 8, 0.05), (22076416 + MASK, 10720234)),
+    "gemma-2b-lora": (("litgpt-gemma-2b.json", "lora", 2, ALL, 8, 0.1), (13198848, 32671482)),
+    "falcon-7b-lora": (("litgpt-falcon-7b.json", "lora", 1, QV, 32, 0.05), (3369984 + _ln(32), 4322698 + _ln(32))),
+    "falcon-7b-qlora": (("litgpt-falcon-7b.json", "qlora", 1, QV, 32, 0.05), (5114880 + _ln(32), 4613514 + _ln(32))),
+    "stablelm-3b-lora": (("stablelm-base-alpha-3b", "lora", 1, QV, 32, 0.05),
+                         (3809536 + 2 * _ln(32), 3405194 + _ln(32))),
 }
 
 
