@@ -204,9 +204,7 @@ class LitgptReplay(DecoderReplay):
             sc = tr.op(tr.new(b * H * s * s, q.dt, rg), [q, k], "newview")
             sc = tr.scalar_op(sc)                                   # * scale
             sc = tr.scalar_op(tr.save_result(tr.scalar_op(sc)))      # tanh(scores / cap) * cap
-            if self.window_mask_litgpt():
-                pass                                                 # the mask is an input, saved by no op
-            sc = tr.add(sc, tr.new(s * s, q.dt, False))              # + mask
+            sc = tr.add(sc, tr.new(s * s, q.dt, False))              # + mask (an input no op saves)
             p = tr.cast(tr.save_result(sc, "f32"), q.dt)             # softmax(dtype=float).to(q.dtype)
             if v.rg:
                 tr.save(p)
@@ -394,6 +392,10 @@ def check_model_code(arch: Architecture, training, strategy) -> None:
     if training.attention != "sdpa":
         raise InputError("--model-code litgpt: litgpt calls F.scaled_dot_product_attention (eager only for "
                          "soft-capping): use --attention sdpa", field="--attention")
+    if training.precision not in ("pure-bf16", "fp32"):
+        raise InputError(f"--model-code litgpt replays litgpt's bf16-true (--precision pure-bf16) and 32-true (fp32); "
+                         f"its -mixed precisions are not replayed (--precision {training.precision})",
+                         field="--precision")
     if training.loss not in ("plain", "chunked"):
         raise InputError(f"--model-code litgpt computes litgpt's chunked_cross_entropy (128-token chunks), not "
                          f"--loss {training.loss}", field="--loss")

@@ -104,6 +104,7 @@ BASE = ["estimate", "--model", "tiny-llama-1.1b", "--gpu", "a10g", "--precision"
 
 @pytest.mark.parametrize("extra, needle", [
     (["--method", "lora", "--attention", "eager"], "--attention sdpa"),
+    (["--method", "lora", "--precision", "bf16"], "bf16-true"),
     (["--method", "lora", "--checkpointing", "full"], "--checkpointing none"),
     (["--method", "freeze"], "not freeze"),
     (["--method", "lora", "--lora-targets", "gate_proj"], "lora_mlp adapts every MLP linear"),
