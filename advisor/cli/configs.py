@@ -32,10 +32,12 @@ def register(sub) -> None:
     flags.add(p.add_argument_group("framework"), ("--framework", "--preset"))   # issue 16 (helper F)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("check", help="lint a DeepSpeed JSON or accelerate YAML",
+    p = sub.add_parser("check", help="lint a DeepSpeed JSON, accelerate YAML or framework file; estimate it",
                        description="Report what DeepSpeed or accelerate would reject, and what they silently accept "
-                                   "but is wrong. Exit 1 on errors, 0 with warnings only, 2 when the file cannot be "
-                                   "read.")
+                                   "but is wrong. With --model and --vram/--gpu, estimate the run the file launches: "
+                                   "every key that changes memory is read into the estimate or named as not counted "
+                                   "(docs/frameworks.md). Exit 1 on errors, 0 with warnings only, 2 when the file "
+                                   "cannot be read.")
     p.add_argument("file", metavar="FILE", help="ds_config.json or accelerate_config.yaml")
     flags.add(p, ("--gpus", "--nodes", "--model", "--vram", "--gpu", "--cpu-ram", "--seq-len", "--micro-batch",
                   "--checkpointing", "--optimizer", "--method", "--no-engine-check", "--json", "--strict", "--script"),
@@ -250,7 +252,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     errors = [f for f in findings if f.severity == "error"]
     warnings = [f for f in findings if f.severity == "warning"]
     if args.json:
+        estimates = [f.estimate for f in findings if f.estimate is not None]
         print(json.dumps({"file": args.file, "errors": len(errors), "warnings": len(warnings),
+                          "estimate": estimates[0] if estimates else None,   # the fit verdict's numbers, if any
                           "findings": [f.to_json() for f in findings]}, indent=2))
     else:
         order = {"error": 0, "warning": 1, "info": 2}

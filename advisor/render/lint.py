@@ -9,6 +9,7 @@ configuration that does not fit the model on the given hardware — with the est
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class Problem:
     method: str = "full"
     engines: bool = True
     script: str | None = None        # the training script: does it run its own loop (deepspeed.initialize)?
+    reading: Any = None              # read_keys.Reading of a framework file that points to this JSON / YAML
 
     @property
     def world(self) -> int | None:
@@ -237,14 +239,14 @@ def lint_deepspeed(data: dict, file: str, p: Problem, *, world: int | None, worl
                 add("warning", f"zero_optimization.{key}", f"{int(n):,} elements x {elem} bytes{how} = "
                     f"{fmt_bytes(need)}: over a quarter of the GPU's {fmt_bytes(vram)}")
 
-    # Does it fit?
+    # Does it fit? (every key that changes memory is read, or named as not counted: read_keys.py)
     eff_world = world or implied_world
     if p.model and vram and stage_ok:
-        micro = mb or (p.micro_batch or 1)
-        out += _fit("deepspeed", file, p, world=eff_world or 1, stage=stage, precision=precision or "bf16",
-                    micro=micro, offload_optimizer=_dev(zero.get("offload_optimizer")),
-                    offload_param=_dev(zero.get("offload_param")) if stage == 3 else "none", zero=zero,
-                    layout=ds_layout_fields(data))      # issue 15: AutoTP / Ulysses sizes of the JSON
+        reading = _ds_reading(data, p)
+        dp = ds_layout_world(data, eff_world)        # DeepSpeed derives the accumulation from train_batch_size
+        if reading.gas is None and tb and mb and dp and tb % (mb * dp) == 0:
+            reading.gas = tb // (mb * dp)
+        out += _fit(file, p, reading, eff_world or 1)
 
     # An HF template without zero_optimization: plain DeepSpeed would run it as stage 0, but it cannot fill
     # "auto", and the HF Trainer / accelerate refuse it (accelerate/utils/dataclasses.py DeepSpeedPlugin:
@@ -370,59 +372,32 @@ def _dev(block: Any) -> str:
     return "none"
 
 
-def _fit(kind: str, file: str, p: Problem, *, world: int, stage: int | None = None, precision: str,
-         micro: int, offload_optimizer: str = "none", offload_param: str = "none", zero: dict | None = None,
-         backend: str | None = None, fsdp_sharding: str | None = None, layout: dict | None = None) -> list[Finding]:
-    """Estimate the configuration for --model on the hardware; an error with the numbers when it does not fit.
-    ``layout``: the file's tp/sp/cp/dp_replicate sizes and FSDP version (StrategySpec field names, issue 15)."""
-    from ..api import build_hardware, build_strategy, build_training
-    from ..catalog.models import resolve_model
-    from ..memory.buffers import deepspeed_sizes
-    from ..memory.core import estimate_memory
-    from ..specs import StrategySpec
+def _ds_reading(data: dict, p: Problem):
+    """The estimate inputs of a DeepSpeed JSON on top of those of the file that points to it (a framework
+    file's, an accelerate YAML's)."""
+    from .read_keys import Reading, read_deepspeed
 
-    model = resolve_model(p.model)
-    gpus = p.gpus or world // (p.nodes or 1) or 1
-    nodes = p.nodes or max(1, world // gpus)
-    hw = build_hardware(gpus=gpus, nodes=nodes, vram=p.vram, gpu=p.gpu, cpu_ram=p.cpu_ram,
-                        nvme_path="(from the config)" if "nvme" in (offload_optimizer, offload_param) else None)
-    training = build_training(hw, seq_len=p.seq_len, micro_batch=micro,
-                              precision=precision if precision in ("fp16", "bf16", "fp32") else None,
-                              optimizer=p.optimizer, method=p.method, checkpointing=p.checkpointing)
-    if kind == "deepspeed":
-        preset = "auto"
-        if zero:
-            probe = StrategySpec(backend="deepspeed", zero_stage=stage, bucket_sizes="default")
-            d = deepspeed_sizes(model.architecture, probe)
-            if zero.get("reduce_bucket_size") == d.reduce_bucket_size:
-                preset = "default"
-        name = f"zero{stage}"
-    layout = dict(layout or {}, allow_cross_node_tp=True) if layout else {}
+    arch = None
     try:
-        if kind == "deepspeed":
-            strategy = build_strategy(hw, name, offload_optimizer, offload_param, preset, **layout)
-        else:
-            strategy = build_strategy(hw, backend, offload_optimizer, offload_param, **layout)
-        est = estimate_memory(model, hw, training, strategy)
+        from ..catalog.models import resolve_model
+
+        arch = resolve_model(p.model).architecture if p.model else None
+    except InputError:
+        pass
+    ds = read_deepspeed(data, arch)
+    ds.kwargs.update({f: v for f, v in (ds_layout_fields(data) or {}).items()})   # issue 15: AutoTP / Ulysses
+    return (p.reading or Reading()).merge(ds)
+
+
+def _fit(file: str, p: Problem, reading, world: int) -> list[Finding]:
+    """Estimate the run the file launches for --model on the hardware (advisor.api.estimate with the inputs its
+    keys set, check_estimate.py); an error with the numbers when it does not fit."""
+    from .check_estimate import estimate_findings
+
+    try:
+        return estimate_findings(file, p, reading, world)
     except InputError as exc:
         return [Finding("info", file, "", f"fit not checked: {exc}")]
-    total, cap = est.per_gpu.total, est.hardware.vram_bytes
-    what = (f"{model.name} ({est.model.parameters / 1e9:.2f}B parameters), {strategy.name}"
-            + (f" + offload optimizer {offload_optimizer}" if offload_optimizer != "none" else "")
-            + (f" + offload param {offload_param}" if offload_param != "none" else "")
-            + "".join(f" {k.replace('_size', '')} {v}" for k, v in layout.items() if k.endswith("_size"))
-            + f", {precision}, micro-batch {micro} x seq {p.seq_len}, checkpointing {p.checkpointing}, "
-              f"{hw.nodes} x {hw.gpus_per_node} GPUs")
-    if total > cap:
-        top = sorted(est.per_gpu.breakdown.items(), key=lambda kv: -kv[1])[:3]
-        return [Finding("error", file, "", f"does not fit: {what} needs about {fmt_bytes(total)} per GPU of "
-                        f"{fmt_bytes(cap)} (largest: " + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in top)
-                        + "); try `dsadvise recommend`")]
-    if not est.per_node_cpu.fits:
-        return [Finding("error", file, "", f"CPU RAM: {what} needs about {fmt_bytes(est.per_node_cpu.total)} per "
-                        f"node of {fmt_bytes(est.per_node_cpu.available_bytes)}")]
-    return [Finding("info", file, "", f"fits: {what} needs about {fmt_bytes(total)} per GPU of {fmt_bytes(cap)} "
-                    f"({fmt_bytes(cap - total)} headroom)")]
 
 
 # ---------------------------------------------------------------- accelerate YAML
@@ -475,6 +450,9 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
             if problem:
                 add("error", "deepspeed_config.deepspeed_config_file", problem)
             if ds_data is not None:
+                from .read_keys import Reading, read_accelerate
+
+                p = dataclasses.replace(p, reading=(p.reading or Reading()).merge(read_accelerate(data)))
                 ds_findings = lint_deepspeed(ds_data, found.name, p, world=world,
                                              world_source=f"num_processes in {file}")
             if mp is not None:
@@ -529,25 +507,18 @@ def lint_accelerate(data: dict, path: Path, p: Problem) -> list[Finding]:
 
     out += lint_parallelism_yaml(data, file, p.model, ds_data)      # issue 15: parallelism_config, FSDP2 keys
 
-    # Fit (DeepSpeed's is checked with its JSON)
+    # Fit (a deepspeed_config_file is estimated with its JSON, lint_deepspeed)
     vram, _ = _hw(p) if (p.gpu or p.vram) else (None, None)
-    if p.model and vram and dtype in ("NO", "MULTI_GPU", "FSDP") and not schema_errors:
-        precision = {"bf16": "bf16", "fp16": "fp16"}.get(mp, "fp32")
+    inline_ds = dtype == "DEEPSPEED" and not dscfg.get("deepspeed_config_file")
+    if p.model and vram and (dtype in ("NO", "MULTI_GPU", "FSDP") or inline_ds) and not schema_errors:
+        from .read_keys import Reading, read_accelerate
+
+        reading = (p.reading or Reading()).merge(read_accelerate(data))
+        reading.kwargs.update(fsdp_layout_fields(data) or {})     # issue 15: FSDP2 / parallelism_config sizes
         w = world or 1
-        if dtype == "FSDP":
-            fc = data.get("fsdp_config") or {}
-            s = str(fc.get("fsdp_sharding_strategy") or fc.get("fsdp_reshard_after_forward") or "FULL_SHARD").upper()
-            if str(fc.get("fsdp_version", 1)) == "2":       # issue 15: FSDP2 takes reshard_after_forward true/false
-                s = "SHARD_GRAD_OP" if str(fc.get("fsdp_reshard_after_forward")).lower() == "false" else "FULL_SHARD"
-            name = {"FULL_SHARD": "fsdp-full", "SHARD_GRAD_OP": "fsdp-grad-op", "HYBRID_SHARD": "fsdp-hybrid",
-                    "NO_SHARD": "fsdp-no-shard"}.get(s, "fsdp-full")
-            off = "cpu" if fc.get("fsdp_offload_params") is True and name in ("fsdp-full", "fsdp-hybrid") else "none"
-            out += _fit("accelerate", file, p, world=w, precision=precision, micro=p.micro_batch or 1,
-                        offload_optimizer=off, offload_param=off, backend=name, fsdp_sharding=s,
-                        layout=fsdp_layout_fields(data))     # issue 15: FSDP2 / parallelism_config sizes
-        else:
-            out += _fit("accelerate", file, p, world=w, precision=precision, micro=p.micro_batch or 1,
-                        backend="single" if w == 1 else "ddp")
+        if reading.kwargs.get("strategy") is None:
+            reading.kwargs["strategy"] = "single" if w == 1 else "ddp"
+        out += _fit(file, p, reading, w)
 
     # accelerate's own launch-time processing: the authority (see _engine_verdict). --gpus x --nodes go to it as
     # num_processes, as `accelerate launch --num_processes` would.

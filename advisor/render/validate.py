@@ -54,13 +54,15 @@ class Finding:
     setting: str
     message: str
     schema: bool = False          # found by the shipped JSON Schema (the engine's verdict outranks it)
+    estimate: dict | None = None  # check's fit verdict: the numbers (bytes), command, keys not counted (JSON only)
 
     def line(self) -> str:
         where = f"{self.file}: {self.setting}" if self.setting else self.file
         return f"{self.severity}: {where}: {self.message}"
 
     def to_json(self) -> dict:
-        return {"severity": self.severity, "file": self.file, "setting": self.setting, "message": self.message}
+        out = {"severity": self.severity, "file": self.file, "setting": self.setting, "message": self.message}
+        return out | ({"estimate": self.estimate} if self.estimate is not None else {})
 
 
 class StepStatus(str, Enum):

@@ -94,7 +94,7 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
     micro_key = "micro_batch_size" if kind == "axolotl" else "per_device_train_batch_size"
     micro = _int(data.get(micro_key, 1 if kind == "axolotl" else 8))   # TrainingArguments' default is 8
     gas = _int(data.get("gradient_accumulation_steps", 1))
-    p = run_problem(data, kind, p)        # the fit checks use what the file launches
+    p = run_problem(data, kind, p, path)  # the fit checks use what the file launches (read_keys.py)
 
     # DeepSpeed file
     ds_ref, ds, stage = data.get("deepspeed"), None, None
@@ -125,7 +125,10 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
 
     fsdp = bool(data.get("fsdp")) or (kind == "axolotl" and bool(data.get("fsdp_config")))
     if ds is None and p.model and (p.vram or p.gpu):
-        out += _fit(data, file, p, fsdp)
+        if ds_ref:      # the run is DeepSpeed's, whose file could not be read: no estimate of another run
+            add("info", "", "fit not checked: the DeepSpeed file it names could not be read")
+        else:
+            out += _fit(file, p)
     sharded = stage == 3 or fsdp
     where = "ZeRO-3" if stage == 3 else "FSDP"
     if kind == "llamafactory":
@@ -157,87 +160,46 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
     return out
 
 
-def _fit(data: dict, file: str, p, fsdp: bool) -> list[Finding]:
-    """Without DeepSpeed (whose file lint.py estimates): the run this file launches, estimated for --model on
-    the given hardware (advisor.api.estimate); an error with the numbers when it does not fit."""
-    from ...api import estimate
+def _fit(file: str, p) -> list[Finding]:
+    """Without DeepSpeed (whose file lint.py estimates with this file's reading on top): the run this file
+    launches, estimated for --model on the given hardware (check_estimate.py); an error with the numbers when
+    it does not fit."""
     from ...errors import InputError
-    from ...formatting import fmt_bytes
+    from ..check_estimate import estimate_findings
 
-    world = p.world or 1
-    words = str(data.get("fsdp", "")).lower() if not isinstance(data.get("fsdp"), list) else \
-        " ".join(data["fsdp"]).lower()
-    strategy = ("fsdp-grad-op" if "shard_grad_op" in words else "fsdp-hybrid" if "hybrid" in words else "fsdp-full") \
-        if fsdp else ("single" if world == 1 else "ddp")
-    offload = "cpu" if fsdp and ("offload" in words or (data.get("fsdp_config") or {}).get("offload_params")) else "none"
-    precision = "bf16" if data.get("bf16") in (True, "auto") or data.get("pure_bf16") else \
-        "fp16" if data.get("fp16") is True else "fp32"
-    lora: dict[str, Any] = {}
-    rank = _int(data.get("lora_rank", data.get("lora_r")))
-    if rank:
-        lora["lora_rank"] = rank
-    targets = data.get("lora_target", data.get("lora_target_modules"))
-    if isinstance(targets, str) and targets not in ("all", "all-linear"):
-        lora["lora_targets"] = tuple(t.strip() for t in targets.split(",") if t.strip())
-    elif isinstance(targets, list) and targets and targets != ["all-linear"]:
-        lora["lora_targets"] = tuple(str(t) for t in targets)
-    # the accumulation the file launches: under FSDP every micro-batch but the last runs in accelerate's no_sync
-    # and keeps unsharded gradients unless accelerator_config sets sync_each_batch (issue 17)
-    gas = _int(data.get("gradient_accumulation_steps", 1)) or 1
-    accum: dict[str, Any] = {}
-    if gas > 1:
-        accum["global_batch"] = (p.micro_batch or 1) * world * gas
-        acc = data.get("accelerator_config") if isinstance(data.get("accelerator_config"), dict) else {}
-        kwargs = acc.get("gradient_accumulation_kwargs") if isinstance(acc.get("gradient_accumulation_kwargs"), dict) \
-            else {}
-        if fsdp and world > 1 and kwargs.get("sync_each_batch") is True:
-            accum["sync_each_batch"] = True
     try:
-        est = estimate(p.model, gpus=p.gpus or 1, nodes=p.nodes or 1, vram=p.vram, gpu=p.gpu, cpu_ram=p.cpu_ram,
-                       seq_len=p.seq_len, micro_batch=p.micro_batch or 1, precision=precision, method=p.method,
-                       checkpointing=p.checkpointing, strategy=strategy, offload_optimizer=offload, offload_param=offload,
-                       **accum, **(lora if p.method in ("lora", "qlora") else {}))
+        return estimate_findings(file, p, p.reading, p.world or 1)
     except InputError as exc:
         return [Finding("info", file, "", f"fit not checked: {exc}")]
-    total, cap = est.per_gpu.total, est.hardware.vram_bytes
-    what = (f"{est.model.name}, {strategy}, {precision}, {p.method}, micro-batch {p.micro_batch or 1} x seq {p.seq_len}, "
-            f"checkpointing {p.checkpointing}, {world} GPU(s)"
-            + (f", accumulation {gas}" + (" (sync_each_batch)" if accum.get("sync_each_batch") else "")
-               if gas > 1 else ""))
-    if not est.fits:
-        return [Finding("error", file, "", f"does not fit: {what} needs about {fmt_bytes(total)} per GPU of "
-                        f"{fmt_bytes(cap)}; try `dsadvise presets` or `dsadvise recommend`")]
-    return [Finding("info", file, "", f"fits: {what} needs about {fmt_bytes(total)} per GPU of {fmt_bytes(cap)}")]
 
 
-# sequence-length key and its framework default (LLaMA-Factory cutoff_len 2048, axolotl sequence_len 512,
-# TRL max_length 1024: their argument classes)
-_SEQ = {"llamafactory": ("cutoff_len", 2048), "axolotl": ("sequence_len", 512), "trl": ("max_length", 1024)}
+def _side_model_args(path: Path, kind: str) -> dict | None:
+    """dsadvise's hf_model_args.yaml beside an HF Trainer file (what the script hands to from_pretrained), or
+    None."""
+    side = path.parent / "hf_model_args.yaml"
+    if kind != "hf-trainer" or not side.is_file():
+        return None
+    try:
+        data = parse_text(side.name, side.read_text(encoding="utf-8"), "yaml")
+    except (ConfigFileError, OSError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
-def run_problem(data: dict, kind: str, p):
-    """``p`` with the micro-batch, sequence length, checkpointing and method the framework file sets."""
+def run_problem(data: dict, kind: str, p, path: Path | None = None):
+    """``p`` with the estimate inputs the framework file sets (``p.reading``, read_keys.py) and its micro-batch,
+    sequence length, checkpointing and method."""
     import dataclasses
 
-    micro = _int(data.get("micro_batch_size" if kind == "axolotl" else "per_device_train_batch_size"))
-    update: dict[str, Any] = {"micro_batch": micro or p.micro_batch}
-    if kind in _SEQ:
-        key, default = _SEQ[kind]
-        update["seq_len"] = _int(data.get(key)) or default
-    if kind == "llamafactory":
-        update["checkpointing"] = "none" if data.get("disable_gradient_checkpointing") is True else "full"
-        ft = data.get("finetuning_type", "lora")
-        update["method"] = ("qlora" if data.get("quantization_bit") == 4 else "lora") if ft == "lora" else \
-            (ft if ft in ("full", "freeze") else p.method)
-    else:
-        update["checkpointing"] = "full" if data.get("gradient_checkpointing") in (True, "offload") else "none"
-        four_bit = data.get("load_in_4bit") is True
-        if kind == "axolotl" and data.get("adapter") in ("lora", "qlora"):
-            update["method"] = "qlora" if four_bit else "lora"
-        elif kind == "trl" and data.get("use_peft") is True:
-            update["method"] = "qlora" if four_bit else "lora"
-        elif kind in ("axolotl", "trl"):
-            update["method"] = "full"
+    from ..read_keys import read_framework
+
+    reading = read_framework(data, kind, _side_model_args(path, kind) if path else None)
+    kw = reading.kwargs
+    update: dict[str, Any] = {"reading": reading, "micro_batch": kw.get("micro_batch") or p.micro_batch}
+    for field, key in (("seq_len", "seq_len"), ("checkpointing", "checkpointing"), ("method", "method"),
+                       ("optimizer", "optimizer")):
+        if kw.get(key) is not None:
+            update[field] = kw[key]
     return dataclasses.replace(p, **update)
 
 
