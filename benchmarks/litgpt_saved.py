@@ -203,6 +203,12 @@ def measure(p: dict, seq: int) -> dict[str, int]:
         if hasattr(m, "enable_lora") and hasattr(m, "lora_ind"):
             m.lora_ind                                   # a buffer LoRAQKVLinear registers at its first forward
     params = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    if str(p.get("strategy", "")).startswith("fsdp"):
+        # finetune/*.py on several devices: FSDPStrategy(activation_checkpointing_policy={Block}), i.e. torch's
+        # non-reentrant checkpoint around every Block (lightning applies checkpoint_wrapper)
+        import torch.utils.checkpoint as ckpt
+        for blk in model.transformer.h:
+            blk.forward = (lambda f: lambda *a, **k: ckpt.checkpoint(f, *a, use_reentrant=False, **k))(blk.forward)
     where = {"now": "embeddings"}
     for i, blk in enumerate(model.transformer.h):
         blk.register_forward_pre_hook(lambda m, a, i=i: where.__setitem__("now", f"layer{i}"))
