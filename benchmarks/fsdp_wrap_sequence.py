@@ -161,7 +161,8 @@ def compare(rec: dict):
     from advisor.memory.allocator import fsdp_init_events, simulate
 
     real = simulate([tuple(e[:3]) for e in rec["events"]])
-    built = simulate(fsdp_init_events([tuple(u) for u in rec["units"]], 2, True))
+    # nccl=False: gloo frees a broadcast bucket at once (on a GPU NCCL parks it until the unit ends)
+    built = simulate(fsdp_init_events([tuple(u) for u in rec["units"]], 2, True, nccl=False))
     return real, built
 
 

@@ -784,7 +784,7 @@ def _broadcast_buckets(tensors) -> list[int]:
 
 
 def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_states: bool,
-                     offload_params: bool = False, buffers=()) -> list[tuple[str, object, int]]:
+                     offload_params: bool = False, buffers=(), nccl: bool = True) -> list[tuple[str, object, int]]:
     """The allocation sequence of FSDP (v1) wrapping, one unit after the other (bytes per GPU): ``units`` are
     the wrapped modules' parameter tensors, unsharded, in wrap order (auto-wrap wraps the decoder layers
     bottom-up, the root last); ``world`` the ranks a unit is sharded over (1: NO_SHARD). Per unit (torch/distributed/fsdp/_init_utils.py ``_init_param_handle_from_module``):
@@ -808,21 +808,35 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
     (an old transformers' per-layer rotary caches, advisor.memory.buffers). ``_move_module_to_device`` moves them
     with the parameters (``_move_states_to_device`` chains params, then buffers), ``sync_module_states``
     broadcasts them too (``_sync_module_params_and_buffers``: a dtype group of their own in take_tensors), and they
-    stay whole on the GPU (keys ``("B", unit, i)``): FSDP flattens and shards parameters only."""
+    stay whole on the GPU (keys ``("B", unit, i)``): FSDP flattens and shards parameters only.
+
+    ``nccl`` (issue 17, helper D): the broadcast runs on NCCL (a GPU run), whose buckets cannot be reused before
+    the unit's end: ProcessGroupNCCL records each collective's input on its NCCL stream
+    (torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp ``collective``: ``recordStream(input.storage().data_ptr(),
+    ncclStream)`` unless TORCH_NCCL_AVOID_RECORD_STREAMS, torch 2.2 ... 2.13), so when comm.cpp's ``BroadcastWork``
+    drops a bucket, CUDACachingAllocator ``free`` parks its block behind an event on that stream
+    (``insert_events``) and ``malloc`` only takes it back once ``process_events`` sees the event completed. The
+    flattened copy and the shard are allocated microseconds after the broadcast is launched, long before it
+    completes; the next unit's first host-to-device copy (a pageable ``.to(device)``: cudaStreamSynchronize on the
+    compute stream, which waited on the broadcast) is the first point where it has. So the buckets are freed at
+    the unit's end here. False: the order a gloo (CPU) run makes, freed at once
+    (benchmarks/fsdp_wrap_sequence.py)."""
     out: list[tuple[str, object, int]] = []
     for u, tensors in enumerate(units):
         total = sum(tensors)
         bufs = tuple(buffers[u]) if buffers else ()
         out += [("a", ("init", u, i), n) for i, n in enumerate(tensors)]
         out += [("a", ("B", u, i), n) for i, n in enumerate(bufs)]
+        parked: list[tuple[str, object, int]] = []
         if sync_module_states:
             buckets = _broadcast_buckets(tensors) + _broadcast_buckets(bufs)
             for b, n in enumerate(buckets):
                 if b >= FSDP_BROADCAST_IN_FLIGHT:
-                    out.append(("f", ("bcast", u, b - FSDP_BROADCAST_IN_FLIGHT), 0))
+                    (parked if nccl else out).append(("f", ("bcast", u, b - FSDP_BROADCAST_IN_FLIGHT), 0))
                 out.append(("a", ("bcast", u, b), n))
-            out += [("f", ("bcast", u, b), 0) for b in range(max(len(buckets) - FSDP_BROADCAST_IN_FLIGHT, 0),
-                                                              len(buckets))]
+            (parked if nccl else out).extend(
+                ("f", ("bcast", u, b), 0) for b in range(max(len(buckets) - FSDP_BROADCAST_IN_FLIGHT, 0),
+                                                          len(buckets)))
         if world > 1:
             # The originals are freed after the shard exists: _init_param_handle_from_module keeps them in its
             # ``managed_params`` list until _init_param_handle_from_params (FlatParamHandle(...), then
@@ -837,6 +851,7 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
             out += [("f", ("init", u, i), 0) for i in range(len(tensors))]
         if offload_params:
             out.append(("f", ("P", u), 0))
+        out += parked
     return out
 
 
@@ -984,7 +999,10 @@ def _fsdp_units(arch, training, strategy) -> tuple[tuple[int, ...], ...]:
     else:
         lin_b = other_b = sb.weight
     layer = tuple(int(e * (lin_b if i < n_lin else other_b)) for i, e in enumerate(layer_t) if e)
-    root = tuple(int(e * other_b) for e in (emb, head, final) if e)
+    # the root's own parameters in module order, as FSDP flattens them (``_get_orig_params``: module.parameters()):
+    # model.embed_tokens, model.norm, then lm_head (recorded: benchmarks/fsdp_qlora_wrap.py); the broadcast
+    # buckets follow that order ([embed] alone, a view; [norm, lm_head] flattened)
+    root = tuple(int(e * other_b) for e in (emb, final, head) if e)
     adapters = _fsdp_adapter_units(arch, training, sb.weight)
     return tuple([*adapters, layer] * arch.num_layers + [root])
 
@@ -1151,6 +1169,35 @@ def fsdp_after_wrap(arch, training, strategy, hw, parameters: int) -> AllocatorS
                             unit_buffers)
 
 
+def _post_backward_grad_shards(arch, training, strategy, hw, ms, world: int) -> tuple[int, ...]:
+    """The sharded gradients FSDP (v1) keeps per unit (bytes each; empty where none): with a sharded strategy over
+    2+ ranks and no parameter offload, ``_post_backward_hook`` runs the reduce-scatter under
+    ``state._post_backward_stream`` and ``_get_reduce_scatter_tensors`` allocates the shard there
+    (``new_sharded_grad = torch.empty_like(chunks[0])``), which ``_accumulate_sharded_grad`` keeps as
+    ``_saved_grad_shard`` and ``_finalize_params`` makes the ``.grad`` (torch/distributed/fsdp/_runtime_utils.py,
+    torch 2.2 ... 2.13): a pool of that stream's own (CUDACachingAllocator's free blocks are per stream), which no
+    compute-stream block can serve. LoRA/QLoRA: one shard per adapter unit (:func:`_fsdp_adapter_units`); else one
+    per decoder layer."""
+    from .model_states import FSDP_NO_SYNC_GRADIENTS
+
+    if strategy.fsdp_sharding not in ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD") or world < 2 \
+            or strategy.offload_param != "none":
+        return ()
+    sharded = ms.gradients - ms.gpu_breakdown.get(FSDP_NO_SYNC_GRADIENTS, 0)
+    n = max(arch.num_layers, 1)
+    if sharded <= n:
+        return ()
+    per_layer = sharded // n
+    adapters = _fsdp_adapter_units(arch, training, 1.0)
+    if adapters:
+        elems = [u[0] for u in adapters]
+        total = sum(elems)
+        shards = [per_layer * e // total for e in elems]
+        shards[-1] += per_layer - sum(shards)
+        return tuple(shards) * n
+    return (per_layer,) * n
+
+
 def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool, n: int,
                      dyn: StateLayout, trace_training, mode: str, ckpt: str, tensor_bytes: int,
                      held_fp32: int = 0, ws: int = 0, limit: int | None = None) -> GpuAllocation:
@@ -1177,7 +1224,9 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     gathered = {k: v for k, v in buffers.items() if k.startswith(_UNSHARD_STREAM_BUFFERS)}
     # issue 17 (helper T): the decoder layers' own buffers reach the GPU with their units (fsdp_init_events)
     others = {k: v for k, v in buffers.items() if k not in gathered and not k.startswith(_MODULE_BUFFERS)}
-    rest = state_layout(arch, training, strategy, hw, replace(ms, parameters=0), others, formed_in_backward, n)
+    pb_grads = _post_backward_grad_shards(arch, training, strategy, hw, ms, world)
+    ms_rest = replace(ms, parameters=0, gradients=ms.gradients - sum(pb_grads)) if pb_grads else replace(ms, parameters=0)
+    rest = state_layout(arch, training, strategy, hw, ms_rest, others, formed_in_backward, n)
     units, sync, offload, loaded, unsharded = _fsdp_wrap_inputs(arch, training, strategy, hw, ms.parameters)
     unit_buffers, cast_buffers = _fsdp_unit_buffers(arch, training, strategy, units)
     per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n and not loaded else ())
@@ -1198,22 +1247,25 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
 
         pending = (fsdp_gathered_layer_bytes(arch, count_parameters(arch), training),)
     gp = _unshard_pool_stats(tuple(gathered.values()), pending)
+    pb = _unshard_pool_stats(pb_grads, ())
     retried = False
-    if limit is not None and st.peak_reserved + gp.peak_reserved > limit:
+    if limit is not None and st.peak_reserved + gp.peak_reserved + pb.peak_reserved > limit:
         # issue 17: over the card with every cached block kept, the real allocator frees its unsplit cached
         # segments and retries cudaMalloc (see the docstring); replayed with what the unshard pool leaves, to
         # know whether the step completes that way (else the estimate stays over the card: out of memory).
         capped = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
                                           arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
-                                          limit - gp.peak_reserved, unit_buffers=unit_buffers,
+                                          limit - gp.peak_reserved - pb.peak_reserved, unit_buffers=unit_buffers,
                                           cast_buffers=cast_buffers)
         # reserved is then the limit (oom_retry_reserved), as on the other engines' path
         retried = not capped.oom
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
     init_peak = _fsdp_init_stats(units, world, sync, offload, loaded, n, unit_buffers).peak_requested
-    rounding = max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
+    rounding = (max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
+                + max(pb.peak_allocated - pb.peak_requested, 0))
     allocated = max(tensor_bytes, init_peak) + rounding + 2 * ws
-    reserved = oom_retry_reserved(limit, allocated) if retried else max(st.peak_reserved + gp.peak_reserved, allocated)
+    reserved = oom_retry_reserved(limit, allocated) if retried else max(
+        st.peak_reserved + gp.peak_reserved + pb.peak_reserved, allocated)
     return GpuAllocation(allocated=allocated, reserved=reserved, rounding=allocated - tensor_bytes - 2 * ws,
                          cached=reserved - allocated, simulated_layers=(n,), oom_retries=retried,
                          workspaces=2 * ws)

@@ -222,7 +222,7 @@ def test_fsdp_wrapping_sequence_leaves_its_transients_cached():
     # step's) splits a cached block: no new segment.
     from advisor.memory.allocator import fsdp_init_events
 
-    ev = fsdp_init_events([[30 * MiB, 30 * MiB]], world=2, sync_module_states=True)
+    ev = fsdp_init_events([[30 * MiB, 30 * MiB]], world=2, sync_module_states=True, nccl=False)
     assert [(op, k[0]) for op, k, _ in ev] == [("a", "init"), ("a", "init"), ("a", "bcast"), ("f", "bcast"),
                                                ("a", "flat"), ("a", "P"), ("f", "flat"), ("f", "init"),
                                                ("f", "init")]
@@ -231,9 +231,18 @@ def test_fsdp_wrapping_sequence_leaves_its_transients_cached():
     s2 = simulate(ev + [("a", "step", 25 * MiB)])
     assert (s2.peak_reserved, s2.segments) == (150 * MiB, 4)
     # NO_SHARD (one shard) over 2 processes: still broadcast, then the flattened copy itself stays (no clone).
-    ev1 = fsdp_init_events([[30 * MiB, 30 * MiB]], world=1, sync_module_states=True)
+    ev1 = fsdp_init_events([[30 * MiB, 30 * MiB]], world=1, sync_module_states=True, nccl=False)
     assert [(op, k[0]) for op, k, _ in ev1] == [("a", "init"), ("a", "init"), ("a", "bcast"), ("f", "bcast"),
                                                 ("a", "P"), ("f", "init"), ("f", "init")]
+    # On NCCL (a GPU run, the default) the bucket is parked behind its broadcast's event until the unit's end
+    # (ProcessGroupNCCL recordStream of the input; CUDACachingAllocator insert_events): the flattened copy cannot
+    # take its block and needs a 60 MiB segment of its own: 30 + 30 + 60 + 60 + 30 MiB reserved, 5 segments.
+    evn = fsdp_init_events([[30 * MiB, 30 * MiB]], world=2, sync_module_states=True)
+    assert [(op, k[0]) for op, k, _ in evn] == [("a", "init"), ("a", "init"), ("a", "bcast"), ("a", "flat"),
+                                                ("a", "P"), ("f", "flat"), ("f", "init"), ("f", "init"),
+                                                ("f", "bcast")]
+    sn = simulate(evn)
+    assert (sn.peak_reserved, sn.segments) == (210 * MiB, 5)
     # Buckets close at 250 MiB: three 200 MiB parameters -> a 400 MiB bucket (flattened: allocated) and a
     # one-tensor bucket, which flatten_dense_tensors returns as a view (allocates nothing).
     ev2 = fsdp_init_events([[200 * MiB] * 3], world=2, sync_module_states=False)

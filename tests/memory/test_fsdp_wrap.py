@@ -67,3 +67,67 @@ def test_after_wrap_moment_holds_the_parameters_and_the_step_only_grows_it():
     est = estimate(**kwargs(p))
     after = after_wrap_reserved(p, est)
     assert est.per_gpu.parameters < after <= est.per_gpu.reserved
+
+
+def test_fsdp_root_unit_flattens_embed_norm_head_in_module_order():
+    # issue 17 (helper D): FSDP flattens and broadcasts the root unit's own parameters in module.parameters() order
+    # (torch/distributed/fsdp/_init_utils.py _get_orig_params), which for a transformers Llama is embed_tokens,
+    # norm, lm_head (the decoder layers being units of their own). So sync_module_states broadcasts the 250 MiB
+    # embedding alone (a view) and flattens [norm, lm_head] into one bucket (benchmarks/fsdp_qlora_wrap.py
+    # recorded the units a real wrap builds: the root was the one unit dsadvise listed in another order).
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from advisor.api import build_hardware, build_strategy, build_training
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import allocator as A
+
+    arch = resolve_model("llama-2-7b").architecture
+    cfg = LlamaConfig(hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
+                      num_attention_heads=arch.num_attention_heads, num_hidden_layers=1,
+                      vocab_size=arch.vocab_size, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    real = [2 * p.numel() for n, p in model.named_parameters() if ".layers." not in n]
+    hw = build_hardware(2, 1, None, "rtx-3090", None, None, None)
+    train = dict(method="qlora", precision="pure-bf16", micro_batch=1, seq_len=512, checkpointing="full",
+                 lora_rank=64, lora_targets=("q_proj",))
+    units = A._fsdp_units(arch, build_training(hw, **train), build_strategy(hw, "fsdp-full"))
+    assert list(units[-1]) == real
+    ev = A.fsdp_init_events([units[-1]], 2, True)
+    assert [n for op, k, n in ev if op == "a" and k[0] == "bcast"] == [real[1] + real[2]]
+
+
+def test_fsdp_sharded_gradients_live_in_the_post_backward_streams_pool():
+    # issue 17 (helper D): FSDP (v1) reduce-scatters under its post-backward stream and allocates the gradient shard
+    # there (torch/distributed/fsdp/_runtime_utils.py _get_reduce_scatter_tensors: new_sharded_grad =
+    # torch.empty_like(chunks[0]); kept as _saved_grad_shard, then .grad), a pool no compute-stream block serves.
+    # Llama-2-7B QLoRA r64 on q_proj, pure bf16, FULL_SHARD over 2: per layer one shard per adapter unit, half of
+    # lora_A (64 x 4096) and of lora_B (4096 x 64) in bf16: 64 * 4096 * 2 / 2 bytes each; NO_SHARD keeps the whole
+    # gradient on the flat parameter (an all-reduce in place: nothing allocated there); CPU offload moves it off.
+    from advisor.api import build_hardware, build_strategy, build_training
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import allocator as A
+    from advisor.memory.bytes_per_param import state_bytes
+    from advisor.memory.core import trainable_parameters
+    from advisor.memory.model_states import model_states
+    from advisor.param_count import count_parameters
+
+    model = resolve_model("llama-2-7b")
+    arch = model.architecture
+
+    def model_states_for(arch, train, strategy, hw):
+        counts = count_parameters(arch)
+        return model_states(arch, counts, trainable_parameters(model, counts, train), state_bytes(train, strategy),
+                            train, strategy, hw)
+
+    hw = build_hardware(2, 1, None, "rtx-3090", None, None, None)
+    train = build_training(hw, method="qlora", precision="pure-bf16", micro_batch=1, seq_len=512,
+                           checkpointing="full", lora_rank=64, lora_targets=("q_proj",))
+    full = build_strategy(hw, "fsdp-full")
+    shards = A._post_backward_grad_shards(arch, train, full, hw, model_states_for(arch, train, full, hw), 2)
+    assert shards == (64 * 4096 * 2 // 2,) * (2 * 32)
+    ddp = build_strategy(hw, "fsdp-no-shard")
+    assert A._post_backward_grad_shards(arch, train, ddp, hw, model_states_for(arch, train, ddp, hw), 1) == ()
+    off = build_strategy(hw, "fsdp-full", "cpu", "cpu")
+    assert A._post_backward_grad_shards(arch, train, off, hw, model_states_for(arch, train, off, hw), 2) == ()
