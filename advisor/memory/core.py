@@ -373,7 +373,7 @@ def accelerate_fp32_logits(arch, training: TrainingSpec, strategy: StrategySpec)
     if training.loss == "legacy-inline":    # the model already returns fp32 logits: convert_to_fp32 keeps them
         return 0
     if training.loss == "trl-head":         # TRL's fused LM head returns fp32 per-token values, no logits
-        from .activations import REPLAYED_FAMILIES   # (a traced family counts the real model's plain loss)
+        from ..families import REPLAYED_FAMILIES     # (a traced family counts the real model's plain loss)
 
         if not arch.traced and arch.family in REPLAYED_FAMILIES:
             return 0

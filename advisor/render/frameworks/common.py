@@ -227,10 +227,13 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
 def _replayed(model: ResolvedModel, training: TrainingSpec) -> bool:
     """Whether the estimate replays this family's forward (advisor/memory/activations.py), where ``--loss`` is
     modelled; a traced family counts the real model's plain loss whatever ``--loss`` says."""
-    from ...memory.activations import REPLAYED_FAMILIES, _replay_covers
+    from ...families import REPLAYED_FAMILIES, family
 
     arch = model.architecture
-    return not arch.traced and arch.family in REPLAYED_FAMILIES and _replay_covers(arch, training)
+    if arch.traced or arch.family not in REPLAYED_FAMILIES:
+        return False
+    covers = family(arch.family).replay_covers            # as advisor/memory/activations.py asks it
+    return covers is None or covers(arch, training)
 
 
 def bnb_config(run: Run) -> dict | None:
