@@ -137,3 +137,16 @@ def test_trl_head_estimate_is_trls_head(argv):
     saved, transient = trl_head_bytes(build_run("trl", model, hw, training, strategy, gradient_accumulation_steps=gas))
     assert terms["logits_and_loss"] == saved and terms["logits_held"] == 0
     assert max(terms["bw_head"], terms["forward_end"]) == pytest.approx(transient, rel=0.01)
+
+
+def test_check_names_what_trls_sft_trainer_refuses(tmp_path):
+    """check: a TRL file asking for Liger's fused linear cross-entropy or a LoRA on lm_head is an error (what
+    SFTTrainer.__init__ raises on; main rendered the first for --loss fused-linear)."""
+    from advisor.render.lint import Problem, lint_file
+
+    path = tmp_path / "trl_sft.yaml"
+    path.write_text("dataset_name: trl-lib/Capybara\nmodel_name_or_path: m\noutput_dir: out\nmax_length: 512\n"
+                    "per_device_train_batch_size: 2\nuse_liger_kernel: true\nliger_kernel_config:\n"
+                    "  fused_linear_cross_entropy: true\nuse_peft: true\nlora_target_modules: [q_proj, lm_head]\n")
+    errors = {f.setting for f in lint_file(path, Problem(gpus=1, engines=False)) if f.severity == "error"}
+    assert {"liger_kernel_config", "lora_target_modules"} <= errors
