@@ -69,8 +69,9 @@ def test_trl_sft_trainer_takes_the_rendered_config(loss, tmp_path, monkeypatch):
         ["--config", "trl_sft.yaml", "--use_cpu", "true", "--max_steps", "1", "--save_strategy", "no"])
     model, tokenizer, texts = _tiny(margs.dtype, margs.attn_implementation)
     trainer = SFTTrainer(model=model, args=args, train_dataset=texts, processing_class=tokenizer)   # __init__'s rules
-    out = trainer.train()
-    assert out.global_step == 1 and torch.isfinite(torch.tensor(out.training_loss))
+    if loss == "trl-head":          # the default render: one step (plain renders the same TRL keys)
+        out = trainer.train()
+        assert out.global_step == 1 and torch.isfinite(torch.tensor(out.training_loss))
 
 
 @pytest.mark.parametrize("loss", LOSSES)
