@@ -18,7 +18,8 @@ StrategyName = Literal["single", "ddp", "zero0", "zero1", "zero2", "zero3",
                        "fsdp-full", "fsdp-grad-op", "fsdp-hybrid", "fsdp-no-shard"]
 BucketSizes = Literal["auto", "default"]
 Loss = Literal["plain", "chunked", "fused-linear",
-               "legacy-inline"]   # issue 17 (G3): transformers <= 4.45's inline causal-LM loss
+               "legacy-inline",   # issue 17 (G3): transformers <= 4.45's inline causal-LM loss
+               "trl-head"]        # TRL >= 1.16's tiled fused LM head (SFTTrainer, DPOTrainer: add_fused_lm_head)
 # issue 15 (tensor / sequence / context parallelism): FSDP generation (accelerate fsdp_version; FSDP2 = fully_shard)
 FsdpVersion = Literal[1, 2]
 

@@ -309,6 +309,12 @@ def check_lora_head(training) -> None:
                          "Cross-Entropy) multiplies by lm_head.weight, the frozen base weight of PEFT's wrapper, so "
                          "the head's adapter would never run: use --loss plain or chunked, or drop lm_head from "
                          "--lora-targets", field="--lora-targets")
+    if training.method in ("lora", "qlora") and training.loss == "trl-head" \
+            and lora_targets_head(training.lora.target_modules):
+        # trl/trainer/sft_trainer.py (1.16) SFTTrainer.__init__ raises on a PEFT adapter on the output embeddings
+        raise InputError("--loss trl-head with LoRA on the lm_head: TRL's SFTTrainer refuses an adapter on lm_head "
+                         "(its fused LM head multiplies by lm_head.weight, so the adapter would never train): drop "
+                         "lm_head from --lora-targets", field="--lora-targets")
 
 
 _MOE_MLP = ("gate_proj", "up_proj", "down_proj", "router", "shared_gate_proj", "shared_up_proj", "shared_down_proj")

@@ -105,7 +105,8 @@ class TrainingSpec(_Spec):
         "plain", description="cross-entropy kernel: plain (transformers: whole N x V logits), chunked (torchtune "
                              "CEWithChunkedOutputLoss: per sequence chunk), fused-linear (Liger fused linear "
                              "cross-entropy: no logits), legacy-inline (transformers <= 4.45: the loss computed "
-                             "inside the model on fp32 logits it returns, shifted by a contiguous copy)")
+                             "inside the model on fp32 logits it returns, shifted by a contiguous copy), trl-head "
+                             "(TRL >= 1.16 SFTTrainer's tiled fused LM head, ChunkedLogProbFunction: no logits)")
     loss_chunks: int = Field(8, ge=1, le=65_536, description="loss=chunked: sequence chunks (torchtune "
                                                              "num_output_chunks default 8)")
     offload_activations: bool = Field(False, description="activations saved for backward kept in pinned CPU "

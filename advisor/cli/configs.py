@@ -81,6 +81,10 @@ def plan(args):
     from ..errors import InputError
 
     kw = flags.problem_kwargs(args)
+    if getattr(args, "framework", None) == "trl" and kw["loss"] is None:
+        # TRL's SFTTrainer computes the loss with its own tiled fused LM head whatever its config says
+        # (trl/trainer/sft_trainer.py add_fused_lm_head): estimated as that head (docs/frameworks.md)
+        kw["loss"] = "trl-head"
     model = resolve_model(args.model)
     hw = build_hardware(kw["gpus"], kw["nodes"], kw["vram"], kw["gpu"], kw["cpu_ram"], kw["nvme_path"],
                         kw["nvme_size"])

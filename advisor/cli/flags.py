@@ -159,7 +159,8 @@ FLAGS: dict[str, Flag] = _flags(
          spec_fields=("activation_checkpointing",), wizard_field="checkpointing"),
     Flag("--attention", "", choices=ATTENTION, default="sdpa", spec_fields=("attention",), wizard_field="attention"),
     Flag("--loss", "cross-entropy kernel: plain (transformers), chunked (torchtune chunked output), fused-linear "
-         "(Liger / Cut Cross-Entropy: no logits), legacy-inline (transformers <= 4.45's in-model loss on fp32 logits; "
+         "(Liger / Cut Cross-Entropy: no logits), legacy-inline (transformers <= 4.45's in-model loss on fp32 logits), "
+         "trl-head (TRL >= 1.16 SFTTrainer's own tiled fused LM head; generate --framework trl's default; "
          "default: plain, legacy-inline with --transformers-version < 4.46)",
          choices=LOSSES, default=None, spec_fields=("loss",), wizard_field="loss"),
     Flag("--loss-chunks", "--loss chunked: sequence chunks (torchtune default 8)", positive_int, default=8,

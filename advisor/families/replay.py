@@ -534,6 +534,8 @@ class DecoderReplay:
             return None, self.fused_linear_loss(x, width, lm_trainable)
         if loss_kind == "chunked":
             return None, self.chunked_loss(x, width, lm_trainable)
+        if loss_kind == "trl-head":
+            return None, self.trl_head_loss(x, width, lm_trainable)
         logits = self.head_linear(x, width, lm_trainable)
         if loss_kind == "legacy-inline":
             return self.legacy_inline_loss(logits)
@@ -621,6 +623,31 @@ class DecoderReplay:
         if self.lora_head:   # the losses' saves (all made after the heads) are in the end-of-forward set
             self.head_moment(max(moments) - (tr.bytes_of("logits_and_loss") - before))
         return tr.scalar_op(loss)                                      # / total_elements
+
+    def trl_head_loss(self, x: Tensor, width: int, lm_trainable: bool) -> Tensor:
+        """TRL >= 1.16's fused LM head (trl/trainer/utils.py ``add_fused_lm_head``, run by SFTTrainer.compute_loss
+        with ``fused_lm_head=True``): ``ChunkedLogProbFunction`` (trl/kernels/chunked_logprob.py) over the scored
+        rows ``hidden[mask]`` (a copy, in the hidden states' dtype) in tiles of 4096 tokens x 32768 vocabulary
+        columns in the compute dtype (autocast's, else the input's); no N x V tensor, no logits returned. Saved:
+        that copy, the int64 targets, the fp32 log-normalizer and entropy per token. Forward transient: one tile,
+        the hidden / weight chunks cast to the compute dtype, seven fp32 per-token statistics. Backward: the tile
+        and casts again, an fp32 N x h input gradient (cast to the input's dtype), and an fp32 V x h weight
+        gradient accumulated before its cast to the weight's dtype (with fp32 weights it is the parameter's
+        gradient, counted with the gradients). Measured: benchmarks/trl_loss.py (exact under CUDA semantics)."""
+        a, tr = self.a, self.tr
+        if self.lora_head:   # refused before: TRL's SFTTrainer raises on a PEFT adapter on lm_head
+            raise ValueError("trl-head loss with LoRA on the lm_head")
+        V, N = a.vocab_size, tr.N
+        c = tr.low if tr.autocast else x.dt                             # compute_dtype
+        tr.save(tr.new(N * width, x.dt, False), tr.new(N, "i64", False),  # hidden[mask], targets
+                tr.new(N, "f32", False), tr.new(N, "f32", False))        # log_z, entropy
+        rows, cols = min(N, 4096), min(V, 32768)
+        tile = rows * cols * BYTES[c]                                   # mm_buf
+        casts = (rows * width * BYTES[c] if x.dt != c else 0) + (cols * width * BYTES[c] if tr.pdt != c else 0)
+        self.forward_transient = max(getattr(self, "forward_transient", 0), tile + casts + 28 * N)
+        temp = tile + casts + (4 * N * width if x.dt != "f32" else 0) \
+            + (4 * V * width if lm_trainable and tr.pdt != "f32" else 0)
+        return tr.op(tr.new(N, "f32", x.rg or lm_trainable), [x], "new", temp=temp, leaf=lm_trainable)
 
     def fused_linear_loss(self, x: Tensor, width: int, lm_trainable: bool) -> Tensor:
         """Liger ``LigerFusedLinearCrossEntropyFunction`` (src/liger_kernel/ops/fused_linear_cross_entropy.py):

@@ -372,6 +372,11 @@ def accelerate_fp32_logits(arch, training: TrainingSpec, strategy: StrategySpec)
         return 0
     if training.loss == "legacy-inline":    # the model already returns fp32 logits: convert_to_fp32 keeps them
         return 0
+    if training.loss == "trl-head":         # TRL's fused LM head returns fp32 per-token values, no logits
+        from ..families import REPLAYED_FAMILIES     # (a traced family counts the real model's plain loss)
+
+        if not arch.traced and arch.family in REPLAYED_FAMILIES:
+            return 0
     return training.micro_batch_size * training.seq_len * arch.vocab_size * (4 - 2)
 
 

@@ -55,7 +55,7 @@ FACTS: dict[str, tuple[str, int, str]] = {
     "training.checkpointing": ("string?", 0, "checkpointing the user fixed; null = searched"),
     "training.optimizer": ("string", 0, "adamw | adamw-8bit | adafactor | sgd | lion | lamb"),
     "training.attention": ("string", 0, "eager | sdpa | flash"),
-    "training.loss": ("string", 0, "plain | chunked | fused-linear | legacy-inline (cross-entropy kernel, --loss)"),
+    "training.loss": ("string", 0, "plain | chunked | fused-linear | legacy-inline | trl-head (cross-entropy kernel, --loss)"),
     "training.lora_rank": ("number", 0, "LoRA rank"),
     "training.tiled_mlp": ("bool", 0, "ALST TiledMLP is estimated (--tiled-mlp)"),   # issue 15 (helper T)
     "training.lora_head": ("bool", 0, "LoRA targets name the lm_head (--lora-targets ...,lm_head)"),   # issue 17 (L)

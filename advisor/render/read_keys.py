@@ -571,10 +571,12 @@ def _trl(data: dict, side: dict | None) -> Reading:
                full_no_ds=not data.get("deepspeed"))
     if r.liger:
         r.liger = False
-        r.skip("use_liger_kernel", "TRL 1.16 turns Liger's fused linear cross-entropy off (its own fused LM head "
-               "runs): plain loss counted, an upper bound", False)
-    r.skip("(SFTTrainer loss)", "TRL 1.16 computes the loss with a tiled fused LM head (sft_trainer.py "
-           "add_fused_lm_head, no full logits): the plain loss over whole logits is counted, an upper bound", False)
+        r.skip("use_liger_kernel", "TRL 1.16 turns Liger's fused linear cross-entropy off (and refuses "
+               "liger_kernel_config asking for it): its own fused LM head runs and is counted (--loss trl-head)",
+               False)
+    # TRL >= 1.16's SFTTrainer computes the loss with its tiled fused LM head (sft_trainer.py add_fused_lm_head,
+    # no full logits): counted as such (advisor/families/replay.py trl_head_loss; a traced family counts plain)
+    r.kwargs["loss"] = "trl-head"
     review("trl", fsdp_flat(data), r)
     return r
 

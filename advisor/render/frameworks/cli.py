@@ -22,6 +22,13 @@ def apply_preset(args: argparse.Namespace) -> None:
     world = (args.gpus or 1) * (args.nodes or 1)
     for dest, value in preset_settings(name, world).items():
         current = getattr(args, dest, None)
+        if dest == "loss" and value == "fused-linear" and getattr(args, "framework", None) == "trl" \
+                and current in (None, "plain"):
+            # TRL's SFTTrainer refuses Liger's fused linear cross-entropy (common.build_run): the preset's loss is
+            # left out for TRL and the notes say so (framework_files)
+            args.trl_preset_note = (f"--preset {name}'s --loss fused-linear left out: TRL's SFTTrainer refuses "
+                                    "Liger's fused linear cross-entropy and runs its own fused LM head")
+            continue
         flag, default = _PRESET_FLAGS.get(dest, ("--" + dest.replace("_", "-"), None))
         if current not in (None, default) and current != value:
             raise InputError(f"--preset {name} sets {flag} {value}, but {flag} {current} was given: drop one",
@@ -32,8 +39,8 @@ def apply_preset(args: argparse.Namespace) -> None:
 def plan_for_framework(plan, args: argparse.Namespace):
     """``plan(args)``, re-planned with full checkpointing when the recommender chose selective checkpointing for
     a framework that has no key for it (said in the assumptions)."""
-    planned = plan(args)
     framework = getattr(args, "framework", "accelerate")
+    planned = plan(args)
     training = planned[2]
     if framework != "accelerate" and args.checkpointing is None and training.activation_checkpointing == "selective":
         args.checkpointing = "full"
@@ -54,6 +61,13 @@ def framework_files(framework: str, model, hw, training, strategy, gas: int, fil
 
     extra = render_framework(model, hw, training, strategy, framework, gradient_accumulation_steps=gas,
                              main_process_ip=args.main_process_ip, main_process_port=args.main_process_port)
+    if framework == "trl":   # the loss TRL runs is none of --loss's: said in the notes (text and JSON)
+        from .common import build_run
+        from .trl import head_note
+
+        args.assumed = list(getattr(args, "assumed", [])) + ([args.trl_preset_note] if getattr(
+            args, "trl_preset_note", None) else []) + [head_note(build_run(
+                framework, model, hw, training, strategy, gradient_accumulation_steps=gas))]
     if "README.md" in files:
         launch = next(n for n in extra if n.startswith("launch_"))
         lines = [f"\n## {framework} files\n", "The estimated settings, in the framework's own keys "

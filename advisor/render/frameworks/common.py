@@ -70,6 +70,9 @@ class Run:
     notes: list[str] = field(default_factory=list)
     fp32_base: bool = False         # issue 17: --base-dtype fp32 (a LoRA base / QLoRA's non-quantized weights in fp32)
     sync_each_batch: bool = False   # issue 17 (helper L): accelerate GradientAccumulationPlugin(sync_each_batch=True)
+    hidden_size: int = 0            # the head's input width and vocabulary (TRL's fused LM head note, trl.py)
+    vocab_size: int = 0
+    loss_replayed: bool = True      # False: the family is traced on the real model, whose loss is the plain one
 
     @property
     def deepspeed(self) -> str | None:
@@ -142,6 +145,21 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
         raise InputError(f"{where}: --loss chunked (torchtune's chunked output projection, as estimated) has no key "
                          "there (axolotl's chunked_cross_entropy still builds the whole logits): use --loss plain "
                          "or fused-linear", field="--loss")
+    if training.loss == "trl-head" and framework != "trl":
+        raise InputError(f"{where}: --loss trl-head is TRL's SFTTrainer's own fused LM head, which {framework} does "
+                         "not run: use --loss plain or fused-linear, or pick --framework trl", field="--loss")
+    if training.loss == "fused-linear" and framework == "trl":
+        # trl/trainer/sft_trainer.py (1.16) SFTTrainer.__init__: liger_kernel_config fused_linear_cross_entropy True
+        # raises ValueError; the trainer always patches the model with its own tiled fused LM head (add_fused_lm_head)
+        raise InputError(f"{where}: TRL's SFTTrainer refuses Liger's fused linear cross-entropy (liger_kernel_config "
+                         "fused_linear_cross_entropy: true raises in SFTTrainer.__init__, TRL >= 1.16): it always "
+                         "computes the loss with its own tiled fused LM head; drop --loss fused-linear (TRL's head is "
+                         "estimated as --loss trl-head: docs/frameworks.md)", field="--loss")
+    if framework == "trl" and training.method in ("lora", "qlora") and "lm_head" in training.lora.target_modules:
+        # trl/trainer/sft_trainer.py (1.16) SFTTrainer.__init__: a PEFT adapter on the output embeddings raises
+        raise InputError(f"{where}: TRL's SFTTrainer refuses a LoRA adapter on lm_head (its fused LM head multiplies "
+                         "by lm_head.weight, so the adapter would never train; SFTTrainer.__init__ raises, TRL >= "
+                         "1.16): drop lm_head from --lora-targets", field="--lora-targets")
     if training.loss == "fused-linear" and model.architecture.family not in LIGER_FAMILIES:
         raise InputError(f"{where}: --loss fused-linear is Liger's kernel, which has no patch for "
                          f"{model.architecture.family} models (the plain loss would run): use --loss plain",
@@ -201,7 +219,21 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
                expandable_segments=training.expandable_segments, main_process_ip=main_process_ip,
                main_process_port=main_process_port,
                fp32_base=fp32_lora_base(training, strategy) or fp32_qlora_rest(training, strategy),
+               hidden_size=model.architecture.hidden_size, vocab_size=model.architecture.vocab_size,
+               loss_replayed=_replayed(model, training),
                sync_each_batch=training.sync_each_batch)
+
+
+def _replayed(model: ResolvedModel, training: TrainingSpec) -> bool:
+    """Whether the estimate replays this family's forward (advisor/memory/activations.py), where ``--loss`` is
+    modelled; a traced family counts the real model's plain loss whatever ``--loss`` says."""
+    from ...families import REPLAYED_FAMILIES, family
+
+    arch = model.architecture
+    if arch.traced or arch.family not in REPLAYED_FAMILIES:
+        return False
+    covers = family(arch.family).replay_covers            # as advisor/memory/activations.py asks it
+    return covers is None or covers(arch, training)
 
 
 def bnb_config(run: Run) -> dict | None:

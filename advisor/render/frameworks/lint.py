@@ -157,6 +157,15 @@ def lint_framework(data: dict, path: Path, kind: str, p, lint_deepspeed) -> list
         if fsdp and ac in (True, "true") and data.get("gradient_checkpointing") is True:
             add("error", "gradient_checkpointing", "true together with fsdp_config.activation_checkpointing: the "
                 "Trainer refuses both ('can't be set to True simultaneously'); keep the FSDP one")
+    if kind == "trl":   # trl/trainer/sft_trainer.py (1.16) SFTTrainer.__init__ rules
+        lk = data.get("liger_kernel_config") if isinstance(data.get("liger_kernel_config"), dict) else {}
+        if data.get("use_liger_kernel") is True and lk.get("fused_linear_cross_entropy") is True:
+            add("error", "liger_kernel_config", "fused_linear_cross_entropy: true: TRL's SFTTrainer refuses it "
+                "(ValueError in __init__, TRL >= 1.16: it runs its own tiled fused LM head); drop it")
+        targets = data.get("lora_target_modules")
+        if data.get("use_peft") is True and (targets == "lm_head" or isinstance(targets, list) and "lm_head" in targets):
+            add("error", "lora_target_modules", "lm_head: TRL's SFTTrainer refuses a LoRA adapter on lm_head "
+                "(ValueError in __init__, TRL >= 1.16: its fused LM head multiplies by lm_head.weight)")
     return out
 
 

@@ -14,6 +14,63 @@ from .hf_trainer import ATTN, training_arguments
 CONFIG = "trl_sft.yaml"
 LAUNCH = "launch_trl.sh"
 
+# TRL 1.16's SFTTrainer loss: trl/trainer/sft_trainer.py __init__ patches every model with add_fused_lm_head
+# (trl/trainer/utils.py) and compute_loss calls model(..., fused_lm_head=True) unless compute_loss_func or
+# label_smoothing_factor is set (neither is rendered); the head runs ChunkedLogProbFunction
+# (trl/kernels/chunked_logprob.py) in tiles of TOKEN_CHUNK_SIZE tokens x _CHUNKED_LOGPROB_CHUNK_SIZE columns.
+TRL_TOKEN_TILE = 4096
+TRL_VOCAB_TILE = 32768
+
+
+def trl_head_bytes(run: Run) -> tuple[int, int]:
+    """(saved, transient) bytes of TRL's fused LM head for one micro-batch, CUDA (Triton fold, every label valid;
+    ChunkedLogProbFunction): saved for backward the N x h hidden states it is given (``hidden[mask]``, a copy),
+    the targets (int64) and log-normalizer and entropy (fp32) per token; transient, the larger of the forward
+    (one min(N, 4096) x min(V, 32768) tile in the compute dtype, the hidden / weight chunks cast to it, seven
+    fp32 per-token statistics) and the backward (the same tile and casts, an fp32 N x h input gradient and, when
+    the head trains in 16-bit weights, an fp32 V x h weight gradient beside the parameter's own; with fp32
+    weights that fp32 gradient is the parameter's gradient, counted with the gradients). Measured on the CPU in
+    benchmarks/trl_loss.py."""
+    n, h, v = run.micro_batch * run.seq_len, run.hidden_size, run.vocab_size   # as the replay (tr.N)
+    w = 4 if load_dtype(run) == "float32" and not (run.backend == "fsdp" and run.precision != "fp32") else 2
+    c = 4 if run.precision == "fp32" else 2           # autocast's dtype, else the weights'
+    a = w                                              # the final norm's output follows the residual stream
+    tile = min(n, TRL_TOKEN_TILE) * min(v, TRL_VOCAB_TILE) * c
+    casts = (min(n, TRL_TOKEN_TILE) * h * c if a != c else 0) + (min(v, TRL_VOCAB_TILE) * h * c if w != c else 0)
+    saved = n * h * a + 16 * n
+    fwd = tile + casts + 28 * n
+    bwd = tile + casts + 4 * n * h + (n * h * a if a != 4 else 0) \
+        + (4 * v * h if run.method == "full" and w != 4 else 0)
+    return saved, max(fwd, bwd)
+
+
+def plain_head_bytes(run: Run) -> int:
+    """What ``--loss plain`` counts for the head at its backward (advisor/families/replay.py cross_entropy): the
+    logits the output holds, their fp32 log-probabilities, two fp32 N x V gradients."""
+    n, v = run.micro_batch * run.seq_len, run.vocab_size
+    return n * v * ((4 if run.precision == "fp32" else 2) + 4 + 8)
+
+
+def head_note(run: Run) -> str:
+    """One line: what TRL's loss is and how this run's estimate counts it."""
+    from ...formatting import fmt_bytes
+
+    saved, transient = trl_head_bytes(run)
+    trl = fmt_bytes(saved + transient)
+    head = (f"TRL's SFTTrainer always computes the loss with its own tiled fused LM head (add_fused_lm_head, "
+            f"{TRL_TOKEN_TILE} x {TRL_VOCAB_TILE} tiles, no logits tensor)")
+    if run.loss == "trl-head" and run.loss_replayed:
+        return (f"{head}: estimated as --loss trl-head, that head (~{trl} at its backward: {fmt_bytes(saved)} saved, "
+                f"{fmt_bytes(transient)} transient)")
+    plain = plain_head_bytes(run)
+    how = (f"estimated as --loss {run.loss}" if run.loss_replayed else
+           f"{run.family} is traced on the real model, whose plain loss is counted")
+    if plain >= saved + transient:
+        return f"{head}: {how}, an upper bound (TRL's head ~{trl} at its backward, {fmt_bytes(plain)} counted)"
+    return (f"{head}: {how}, which here counts ~{fmt_bytes(saved + transient - plain)} LESS than TRL's head ({trl} "
+            f"at its backward, {fmt_bytes(plain)} counted: the fp32 V x h gradient TRL forms for a trained 16-bit "
+            "lm_head exceeds the logits of so few tokens)")
+
 
 def sections(run: Run) -> list[tuple[str, list[tuple[str, object, str]]]]:
     """ScriptArguments, ModelConfig and SFTConfig keys."""
@@ -36,7 +93,9 @@ def sections(run: Run) -> list[tuple[str, list[tuple[str, object, str]]]]:
         if "bnb_4bit_quant_storage" in q:
             model.append(("bnb_4bit_quant_storage", q["bnb_4bit_quant_storage"],
                           "ZeRO-3/FSDP shard the 4-bit weights only when stored in the compute dtype"))
-    sft = training_arguments(run, output_dir="output")
+    sft = [(k, v, "Liger's kernels off: TRL's own fused LM head computes the loss (the header says how it is "
+                  "estimated)") if k == "use_liger_kernel" else (k, v, why)
+           for k, v, why in training_arguments(run, output_dir="output")]
     sft += [("max_length", run.seq_len, "tokens per sample (truncated), as estimated"),
             ("packing", False, "")]
     if run.offload_activations:
@@ -49,7 +108,7 @@ def render(run: Run) -> dict[str, str]:
     from .templating import render_launch, render_yaml
 
     text = render_yaml([f"TRL SFT config generated by dsadvise for {run.model_id}. Run: ./{LAUNCH} (trl sft "
-                        f"--config {CONFIG} on one GPU)."], sections(run))
+                        f"--config {CONFIG} on one GPU).", head_note(run) + "."], sections(run))
     cmd = (torchrun_command(run) if run.world > 1 or run.deepspeed else ["python"]) + \
         ["-m", "trl.scripts.sft", "--config", CONFIG, '"$@"']
     env = [("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True", "as estimated (--expandable-segments)")] \

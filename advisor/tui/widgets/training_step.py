@@ -20,7 +20,7 @@ _LABELS = {
     "none": "none", "bf16": "bf16 mixed", "fp16": "fp16 mixed", "fp32": "fp32", "pure-bf16": "pure bf16",
     "train": "train (fine-tune)", "infer": "inference (generate)",
     "plain": "plain (transformers)", "chunked": "chunked (torchtune)", "fused-linear": "fused linear (Liger / CCE)",
-    "legacy-inline": "inline (transformers <= 4.45)",
+    "legacy-inline": "inline (transformers <= 4.45)", "trl-head": "TRL fused LM head",
     "sdpa": "sdpa (PyTorch)", "eager": "eager", "flash": "flash-attention 2",
     "yes": "yes (bitsandbytes default)", "no": "no",
 }

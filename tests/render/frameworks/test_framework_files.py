@@ -95,6 +95,10 @@ def test_qlora_under_zero3_stores_4bit_weights_in_the_compute_dtype(framework_re
 @pytest.mark.parametrize("argv, framework, flag", [
     ("--model llama-2-7b --gpus 1 --vram 80 --strategy single --loss chunked", "llamafactory", "--loss"),
     ("--model gpt2 --gpus 1 --vram 24 --strategy single --loss fused-linear", "trl", "--loss"),
+    # TRL 1.16's SFTTrainer raises on liger_kernel_config fused_linear_cross_entropy and on a LoRA'd lm_head
+    ("--model llama-2-7b --gpus 1 --vram 80 --strategy single --loss fused-linear", "trl", "--loss"),
+    ("--model llama-2-7b --gpus 1 --vram 80 --strategy single --method lora --lora-targets q_proj,lm_head", "trl",
+     "--lora-targets"),
     ("--model llama-2-7b --gpus 1 --vram 80 --strategy single --checkpointing selective", "axolotl", "--checkpointing"),
     ("--model llama-2-7b --gpus 2 --vram 80 --strategy zero2 --method freeze", "hf-trainer", "--method"),
     ("--model llama-2-7b --gpus 2 --vram 80 --strategy zero2 --optimizer lamb", "trl", "--optimizer"),
