@@ -25,6 +25,8 @@ FsdpVersion = Literal[1, 2]
 # issue 17 (helper L): who quantizes a QLoRA model (transformers' BitsAndBytesConfig, or lightning's
 # BitsandbytesPrecision as litgpt --quantize bnb.nf4 uses it)
 QloraQuantizer = Literal["transformers", "lightning"]
+# issue 17 (helper G): whose model code runs the forward (transformers' modeling files + PEFT, or litgpt's GPT)
+ModelCode = Literal["transformers", "litgpt"]
 
 # issue 16 (helper F): training frameworks and presets
 Framework = Literal["accelerate", "hf-trainer", "trl", "llamafactory", "axolotl"]

@@ -262,7 +262,8 @@ def lightning_quantized_head(training) -> bool:
     """QLoRA quantized by lightning (``--qlora-quantizer lightning``, litgpt ``--quantize bnb.nf4``): the lm_head is
     NF4 too (lightning BitsandbytesPrecision.module_init_context / _convert_layers swap every torch.nn.Linear for
     _Linear4bit; litgpt/finetune/lora.py passes no ignore_modules)."""
-    return training.method == "qlora" and getattr(training, "qlora_quantizer", "transformers") == "lightning"
+    return training.method == "qlora" and (getattr(training, "qlora_quantizer", "transformers") == "lightning"
+                                           or getattr(training, "model_code", "transformers") == "litgpt")   # issue 17 (G)
 
 
 def check_qlora_quantizer(arch: Architecture, training, world_size: int) -> None:
@@ -272,8 +273,8 @@ def check_qlora_quantizer(arch: Architecture, training, world_size: int) -> None
     not supported": pure-bf16 or fp32 here); an untied head (litgpt's GPT holds wte and lm_head apart, lightning
     quantizes the lm_head module: give the config with tie_word_embeddings false); a replayed family (the tracer
     runs transformers' models, not lightning's quantized ones)."""
-    if getattr(training, "qlora_quantizer", "transformers") == "transformers":
-        return
+    if getattr(training, "qlora_quantizer", "transformers") == "transformers" and not lightning_quantized_head(training):
+        return   # issue 17 (G): --model-code litgpt --method qlora is lightning's quantization (finetune/lora.py)
     where = "lightning (litgpt's QLoRA)"
     if training.method != "qlora":
         raise InputError(f"{where} quantizes a QLoRA model: use it with --method qlora", field="--qlora-quantizer")
@@ -286,7 +287,8 @@ def check_qlora_quantizer(arch: Architecture, training, world_size: int) -> None
                          "is --precision pure-bf16", field="--precision")
     from advisor.families import REPLAYED_FAMILIES
 
-    if arch.traced or arch.family not in REPLAYED_FAMILIES:
+    litgpt = getattr(training, "model_code", "transformers") == "litgpt"   # issue 17 (G): litgpt's GPT is replayed
+    if not litgpt and (arch.traced or arch.family not in REPLAYED_FAMILIES):
         raise InputError(f"{where}: {arch.family} is traced on the transformers model, which cannot stand for a "
                          "lightning-quantized one; not expressible yet", field="--qlora-quantizer")
     if arch.tie_word_embeddings:

@@ -14,6 +14,7 @@ from .choices import FsdpVersion  # issue 15: parallel layouts
 from .choices import Framework  # issue 16 (helper F)
 from .choices import BaseDtype  # issue 17: LoRA base dtype
 from .choices import QloraQuantizer  # issue 17 (helper L)
+from .choices import ModelCode  # issue 17 (helper G)
 
 GiB = 1024**3
 
@@ -160,6 +161,8 @@ class TrainingSpec(_Spec):
                     del data[name]
             if data.get("sync_each_batch", True) is False:   # issue 17 (helper L): likewise, only when set
                 del data["sync_each_batch"]
+            if data.get("model_code", "") == "transformers":   # issue 17 (helper G): likewise, only when set
+                del data["model_code"]
         return data
 
     # --- issue 17 (helper L): who quantizes a QLoRA model (advisor/param_count.check_qlora_quantizer) ---
@@ -168,6 +171,11 @@ class TrainingSpec(_Spec):
                                     "PEFT, TRL, axolotl, LLaMA-Factory) or lightning (BitsandbytesPrecision, litgpt "
                                     "--quantize bnb.nf4: every nn.Linear NF4, the lm_head included, quantized from "
                                     "fp16, so each dequantization is an fp16 copy cast to the compute dtype)")
+    # --- issue 17 (helper G): whose model code runs the forward (advisor/families/litgpt_replay.py) ---
+    model_code: ModelCode = Field(
+        "transformers", description="transformers (the modeling files, PEFT LoRA, bitsandbytes QLoRA) or litgpt "
+                                    "(litgpt finetune/lora.py and full.py at fd71063c: litgpt's GPT, its LoRA layers, "
+                                    "lm_head and loss per 128-token chunk; QLoRA quantized by lightning)")
     # --- issue 17 (helper L): accelerate's GradientAccumulationPlugin(sync_each_batch=True) ---
     sync_each_batch: bool = Field(False, description="FSDP with gradient accumulation: every micro-batch reduce-"
                                                      "scatters its gradients (accelerate GradientAccumulationPlugin "

@@ -58,6 +58,8 @@ def kwargs(p: dict) -> dict:
         kw.update(lora_rank=p["lora_rank"], lora_targets=tuple(p["lora_targets"]), lora_dropout=p.get("lora_dropout", 0.0))
     if p.get("qlora_quantizer"):   # issue 17 (L): litgpt's QLoRA is quantized by lightning (the lm_head too)
         kw.update(qlora_quantizer=p["qlora_quantizer"])
+    if p.get("model_code"):        # issue 17 (G): litgpt runs its own model code
+        kw.update(model_code=p["model_code"])
     if p.get("offload", "none") != "none":
         kw.update(offload_optimizer=p["offload"], offload_param=p["offload"])
     return kw

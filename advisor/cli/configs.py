@@ -99,6 +99,9 @@ def plan(args):
     if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
         raise InputError("--qlora-quantizer lightning is litgpt's QLoRA (lightning BitsandbytesPrecision); generate "
                          "renders transformers/PEFT configs: drop it, or estimate with it", field="--qlora-quantizer")
+    if kw.get("model_code", "transformers") != "transformers":   # issue 17 (helper G)
+        raise InputError("--model-code litgpt: generate renders transformers/PEFT configs, litgpt runs its own "
+                         "finetune scripts: drop it, or estimate with it", field="--model-code")
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
     if args.strategy is not None:

@@ -34,6 +34,7 @@ FSDP_VERSIONS: tuple[int, ...] = get_args(choices.FsdpVersion)    # issue 15
 FRAMEWORKS: tuple[str, ...] = get_args(choices.Framework)     # issue 16 (helper F)
 PRESETS: tuple[str, ...] = get_args(choices.Preset)           # issue 16 (helper F)
 QLORA_QUANTIZERS: tuple[str, ...] = get_args(choices.QloraQuantizer)   # issue 17 (helper L)
+MODEL_CODES: tuple[str, ...] = get_args(choices.ModelCode)   # issue 17 (helper G)
 
 
 # ---------------------------------------------------------------- argument types (shared with the wizard)
@@ -190,6 +191,11 @@ FLAGS: dict[str, Flag] = _flags(
          "LLaMA-Factory) or lightning (litgpt --quantize bnb.nf4: every Linear NF4, lm_head included, dequantized "
          "from fp16 per call; one GPU, pure-bf16/fp32)", choices=QLORA_QUANTIZERS, default="transformers",
          spec_fields=("qlora_quantizer",)),
+    # issue 17 (helper G): litgpt runs its own model code, not transformers'
+    Flag("--model-code", "whose model code runs the forward: transformers (modeling files + PEFT LoRA) or litgpt "
+         "(litgpt finetune lora/full: its GPT, fused qkv LoRA, 16-bit adapters, fp32 RMSNorm, lm_head per 128-token "
+         "chunk; QLoRA quantized by lightning with bitsandbytes 0.42)", choices=MODEL_CODES, default="transformers",
+         spec_fields=("model_code",)),
     # issue 17 (helper L): accelerate's GradientAccumulationPlugin(sync_each_batch=True)
     Flag("--sync-each-batch", "FSDP with gradient accumulation: reduce-scatter the gradients every micro-batch "
          "(accelerate GradientAccumulationPlugin(sync_each_batch=True), HF Trainer accelerator_config "
@@ -280,7 +286,7 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant",
                   "--tiled-mlp", "--torch-version", "--transformers-version",
-                  "--base-dtype", "--qlora-quantizer", "--sync-each-batch")   # issue 17
+                  "--base-dtype", "--qlora-quantizer", "--sync-each-batch", "--model-code")   # issue 17
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 # the flags `estimate` and `recommend` add to the problem flags (the wizard places each group on its step)
@@ -338,6 +344,7 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 transformers_version=getattr(args, "transformers_version", None),
                 base_dtype=getattr(args, "base_dtype", "16-bit"),
                 qlora_quantizer=getattr(args, "qlora_quantizer", "transformers"),   # issue 17 (helper L)
+                model_code=getattr(args, "model_code", "transformers"),   # issue 17 (helper G)
                 sync_each_batch=getattr(args, "sync_each_batch", False))
 
 

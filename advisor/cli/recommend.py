@@ -27,6 +27,11 @@ def refuse_unsearchable(kw: dict) -> None:
 
         raise InputError("--qlora-quantizer lightning (litgpt's QLoRA: one GPU, bf16-true) is for estimate only; "
                          "recommend searches transformers/PEFT setups", field="--qlora-quantizer")
+    if kw.get("model_code", "transformers") != "transformers":   # issue 17 (helper G)
+        from ..errors import InputError
+
+        raise InputError("--model-code litgpt is for estimate only; recommend searches transformers/PEFT setups "
+                         "(accelerate, DeepSpeed, FSDP)", field="--model-code")
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:

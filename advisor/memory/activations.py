@@ -110,6 +110,10 @@ def _Model(arch: Architecture, training: TrainingSpec, tr: _Trace, layer_trainab
     """The forward replay of ``arch``'s family (its module's ``FAMILY.replay``, advisor/families)."""
     from advisor.families import REPLAYED_FAMILIES, family
 
+    if getattr(training, "model_code", "transformers") == "litgpt":   # issue 17 (G): litgpt's own GPT
+        from advisor.families.litgpt_replay import LitgptReplay
+
+        return LitgptReplay(arch, training, tr, layer_trainable)
     if arch.family in REPLAYED_FAMILIES:
         replay = family(arch.family).replay
     else:
@@ -215,12 +219,19 @@ def _trace_model(arch: Architecture, training: TrainingSpec, mode: ComputeMode, 
 
     for term in ("embeddings", "rope_cache", "final_norm", "logits_and_loss"):
         terms[term] = tr.bytes_of(term)
-    terms["logits_held"] = tr.size[held.sid] if held is not None else 0
+    held_more = getattr(m, "held_more", [])                            # issue 17 (G): litgpt's list of chunk logits
+    terms["logits_held"] = (tr.size[held.sid] if held is not None else 0) + sum(tr.size[sid] for sid in held_more)
+    # issue 17 (G): bitsandbytes 0.42 ctx.tensors of the previous micro-step's graph, alive through this forward
+    prev: dict[int, str] = {}
+    for term, sid in getattr(m, "prev_graph_inputs", []):
+        prev.setdefault(sid, term)
+    for term in ("first_layer", "per_layer", "logits_and_loss"):
+        terms[f"previous_graph:{term}"] = sum(tr.size[sid] for sid, t in prev.items() if t == term)
     # the end of the forward: tensors alive only until then (torchtune's logits list, Liger's chunk logits)
     terms["forward_end"] = max(sum(tr.size[sid] for sid in m.forward_held) + getattr(m, "forward_transient", 0),
                                getattr(m, "forward_moment", 0))   # issue 17: a LoRA'd head's forward moment
     # backward replay: the caller's output holds the logits; the first layer's input is the replay's end
-    kept = {emb.sid} | ({held.sid} if held is not None else set())
+    kept = {emb.sid, *held_more} | ({held.sid} if held is not None else set())
     peaks = _replay_backward(tr, loss, kept, m.recompute)
     none = (0, 0)
     head = [peaks.get(k, none) for k in ("final_norm", "logits_and_loss")]
@@ -268,7 +279,7 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
     held, loss = m.head(x, full, full)
     fwd, fwd_terms = tr.events, tr.event_terms
     tr.events = None
-    kept = {emb.sid, loss.sid, *m.forward_held} | ({held.sid} if held is not None else set())
+    kept = {emb.sid, loss.sid, *m.forward_held, *getattr(m, "held_more", [])} | ({held.sid} if held is not None else set())
     # a tensor nobody saved dies after the last op that read it (at once if none did)
     frees: dict[int, list[int]] = {}
     for pos, (_, sid, _) in enumerate(fwd):
@@ -299,7 +310,8 @@ def _trace_events(arch: Architecture, training: TrainingSpec, mode: ComputeMode,
     events.append(("m", "forward_end", 0))
     sections.append(1 << 20)
     log: list[tuple[str, object, int]] = []
-    _replay_backward(tr, loss, {emb.sid} | ({held.sid} if held is not None else set()), m.recompute, log)
+    _replay_backward(tr, loss, {emb.sid, *getattr(m, "held_more", [])} | ({held.sid} if held is not None else set()),
+                     m.recompute, log)
     sec = 1 << 20
     for ev in log:
         if ev[0] == "t":
@@ -435,6 +447,7 @@ def _trace_key(training: TrainingSpec) -> TrainingSpec:
                         activation_checkpointing=training.activation_checkpointing,
                         loss=training.loss, loss_chunks=training.loss_chunks,
                         qlora_quantizer=training.qlora_quantizer,   # issue 17 (L)
+                        model_code=training.model_code,             # issue 17 (G)
                         # issue 17 (helper T): the adapters' dtype follows the PEFT of the stack's time (replay lora_branch)
                         transformers_version=training.transformers_version
                         if training.method in ("lora", "qlora") and lora_adapters_in_base_dtype(training.transformers_version)
@@ -464,7 +477,8 @@ def _replay_covers(arch: Architecture, training: TrainingSpec) -> bool:
 
 def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeMode) -> ActivationEstimate:
     """Saved-for-backward bytes of one micro-batch and the backward transient peak on top (per GPU)."""
-    if arch.traced or arch.family not in REPLAYED_FAMILIES or not _replay_covers(arch, training):
+    litgpt = getattr(training, "model_code", "transformers") == "litgpt"   # issue 17 (G): litgpt's GPT, replayed
+    if not litgpt and (arch.traced or arch.family not in REPLAYED_FAMILIES or not _replay_covers(arch, training)):
         # no replay for this family (or this run of it): the real model, traced
         from advisor.trace.estimate import traced_activation_terms
 
@@ -515,7 +529,13 @@ def activation_memory(arch: Architecture, training: TrainingSpec, mode: ComputeM
     # to run; lower layers run with less saved). The logits tensor the caller's output holds is alive
     # throughout (``outputs = model(**batch); accelerator.backward(outputs.loss)``).
     held = terms["logits_held"]
-    logits_phase = max(held + terms["bw_head"], terms.get("forward_end", 0))   # forward_end: above the saved set
+    # forward_end: above the saved set; issue 17 (G): plus what the previous micro-step's graph still holds
+    # (litgpt QLoRA: bitsandbytes 0.42 MatMul4Bit ctx.tensors, replaced with `loss` after this forward)
+    prev_graph = (terms.get("previous_graph:first_layer", 0) + terms.get("previous_graph:logits_and_loss", 0)
+                  + max(n_train - 1, 0) * terms.get("previous_graph:per_layer", 0))
+    if prev_graph:
+        breakdown["info:previous_step_graph"] = prev_graph
+    logits_phase = max(held + terms["bw_head"], terms.get("forward_end", 0) + prev_graph + (held if prev_graph else 0))
     layer_transient = terms["bw_layer_transient"]
     layer_extra = 0
     if training.method == "qlora":

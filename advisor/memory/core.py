@@ -10,6 +10,7 @@ from ..errors import InputError
 from ..param_count import ParameterCounts, all_linear_note, count_parameters, lora_trainable_parameters
 from ..param_count import check_lora_head, lora_head_note   # issue 17 (L): LoRA on the lm_head
 from ..param_count import check_qlora_quantizer, lightning_quantized_head   # issue 17 (L): litgpt's QLoRA
+from ..families.litgpt_replay import check_model_code, litgpt_model_note, model_code_note   # issue 17 (G)
 from ..estimate_result import Estimate, ModelInfo, PerGPU, PerNodeCPU, hardware_info, strategy_info
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .activations import REPLAYED_FAMILIES, ComputeMode, activation_memory, compute_mode
@@ -32,6 +33,10 @@ def trainable_parameters(model: ResolvedModel, counts: ParameterCounts, training
     if training.method == "freeze":
         layers = min(training.freeze_trainable_layers, arch.num_layers)
         return layers * counts.per_layer
+    if getattr(training, "model_code", "transformers") == "litgpt":   # issue 17 (G): parts of litgpt's fused qkv
+        from ..families.litgpt_replay import litgpt_lora_elements
+
+        return litgpt_lora_elements(arch, training.lora.rank, training.lora.target_modules)
     return lora_trainable_parameters(arch, training.lora.rank, training.lora.target_modules)
 
 
@@ -72,6 +77,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         return layout_estimate(model, hw, training, strategy, estimate_memory, trainable_parameters)
     arch = model.architecture
     check_qlora_quantizer(arch, training, hw.world_size)
+    check_model_code(arch, training, strategy)   # issue 17 (G): --model-code litgpt
     if fp32_qlora_rest(training, strategy) and (arch.traced or arch.family not in REPLAYED_FAMILIES):
         # issue 17: the fp32 residual stream around Linear4bit is replayed (families/replay.py proj); the tracer
         # runs QLoRA as LoRA over nn.Linear, whose outputs stay 16-bit under autocast: it would under-count
@@ -81,7 +87,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     counts = count_parameters(arch)
     trainable = trainable_parameters(model, counts, training)
     info = ModelInfo(name=model.name, family=arch.family, parameters=counts.total, trainable_parameters=trainable,
-                     source=model.source, note=model.note)
+                     source=model.source, note=litgpt_model_note(model.note, training))   # issue 17 (G)
     ov = overhead_defaults()
     if training.task == "infer":
         from .inference import inference_layouts   # here: a training estimate imports no inference code
@@ -207,6 +213,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
             notes.append("QLoRA quantized by lightning (litgpt --quantize bnb.nf4): every nn.Linear is NF4, the lm_head "
                          "included, and each dequantization is an fp16 copy cast to the compute dtype, one weight at a "
                          "time (counted: the lm_head's for each call on top of the loss moment)")
+    if note := model_code_note(training):   # issue 17 (G): which model code the activations follow
+        notes.append(note)
     if fp32_extra := lora_fp32_base_extra_bytes(counts, training, strategy, hw):
         notes.append(f"{LORA_16BIT_BASE_NOTE}: {fp32_extra / 2**30:.2f} GiB per GPU here, as much again in fp32")
     if upcast := qlora_kbit_upcast_extra_bytes(arch, counts, training, strategy):

@@ -290,6 +290,9 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
     if k.get("qlora_quantizer", "transformers") != "transformers":   # as generate (advisor/cli/configs.py plan)
         raise InputError("the configs are transformers/PEFT ones; --qlora-quantizer lightning (litgpt's QLoRA) is for "
                          "the estimate only", field="--qlora-quantizer")
+    if k.get("model_code", "transformers") != "transformers":   # issue 17 (G): as generate
+        raise InputError("the configs are transformers/PEFT ones; --model-code litgpt (litgpt's own finetune scripts) "
+                         "is for the estimate only", field="--model-code")
     recommended = out.strategy_source is StrategySource.RECOMMENDED
     train_kw = {key: v for key, v in k.items() if key not in HARDWARE_KEYS}
     train_kw.update(micro_batch=micro, precision=settings["precision"],
