@@ -287,7 +287,9 @@ def _inventory(model, rank: int) -> dict:
     return {"groups": groups, "other": other[:8], "other_count": len(other)}
 
 
-def _worker(model_key: str, layers: int, order: str, out_path: str) -> None:
+def _worker(model_key: str, layers: int, order: str, out_path: str, after_wrap=None) -> None:
+    """One rank's load and wrap (see the module docstring); ``after_wrap(model, rec, rank)`` (optional: the
+    training step of benchmarks/fsdp_qlora_step.py) runs after the inventory and its dict joins the result."""
     sys.path.insert(0, BNB_PATH)
     import torch
     import torch.distributed as dist
@@ -379,7 +381,10 @@ def _worker(model_key: str, layers: int, order: str, out_path: str) -> None:
     for m in post_order(model):
         fp = m._handle.flat_param
         units.append([int(s.numel()) * fp.element_size() for s in fp._shapes])
-    res = {"rank": rank, "inventory": inv, "units": units, "events": rec.events if rank == 1 else None}
+    res = {"rank": rank, "inventory": inv, "units": units}
+    if after_wrap is not None:
+        res.update(after_wrap(model, rec, rank))
+    res["events"] = rec.events if rank == 1 else None
     Path(f"{out_path}.{rank}").write_text(json.dumps(res))
     dist.barrier()
     if rank == 0:

@@ -855,6 +855,30 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
     return out
 
 
+def fsdp_lazy_init_events(units: list[tuple[int, ...]], world: int) -> list[tuple[str, object, int]]:
+    """What FSDP (v1)'s lazy init allocates on the compute stream at the first forward (bytes per GPU), ``units`` as
+    in :func:`fsdp_init_events` (the root last): ``_lazy_init`` -> ``_share_state_and_init_handle_attrs`` calls
+    ``handle.init_flat_param_attributes()`` for the root's handle, then for every other state's
+    (``_all_fsdp_states``: pre-order, the root first), and with a sharded strategy that allocates the unit's
+    padded unsharded flat parameter (``flat_param._full_param_padded = torch.empty(flat_param.numel() *
+    world_size, device=self.device)``) and frees its storage at once (``_free_storage``): the all-gather later
+    resizes that storage back, under the unshard stream (torch/distributed/fsdp/_flat_param.py,
+    ``FlatParamHandle.init_flat_param_attributes``; _runtime_utils.py ``_lazy_init``; torch 2.2 ... 2.13; with
+    ``CPUOffload(offload_params=True)`` too: the padded tensor is on ``self.device``, the GPU). So each unit's
+    whole size passes through the compute stream's pool once, one after the other (recorded on the CPU stand-in,
+    benchmarks/fsdp_qlora_step.py: the root's 500 MiB, then each unit's, allocated and freed before the first
+    all-gather). Parameter MixedPrecision adds the same-sized full-precision twin and a low-precision shard, each
+    freed at once (not listed: none is larger than the unit's full-precision size, which the entry gives)."""
+    if world < 2 or not units:
+        return []
+    order = [len(units) - 1] + list(range(len(units) - 1))
+    out: list[tuple[str, object, int]] = []
+    for u in order:
+        full = -(-sum(units[u]) // world) * world
+        out += [("a", ("lazy", u), full), ("f", ("lazy", u), 0)]
+    return out
+
+
 @lru_cache(maxsize=1024)
 @computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
@@ -877,6 +901,7 @@ def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync
             events += [("a", ("B16", u, i), n), ("f", ("B", u, i), 0)]
     events += [("a", ("Q", i), n) for i, n in enumerate(outside)]
     events += [("a", ("Q", l, i), n) for l in range(layers) for i, n in enumerate(per_layer)]
+    events += fsdp_lazy_init_events([list(u) for u in init], world)
     segs, leftovers, held = _activation_segments(arch, trace_training, mode, ckpt, layers)
     events += churn_events(segs, leftovers, held, layers, dyn, held_fp32=held_fp32, blas_workspace=blas_workspace)
     return simulate(events, capacity=capacity)
@@ -1180,22 +1205,55 @@ def _post_backward_grad_shards(arch, training, strategy, hw, ms, world: int) -> 
     per decoder layer."""
     from .model_states import FSDP_NO_SYNC_GRADIENTS
 
-    if strategy.fsdp_sharding not in ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD") or world < 2 \
-            or strategy.offload_param != "none":
+    if strategy.fsdp_sharding not in ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD") or world < 2:
         return ()
-    sharded = ms.gradients - ms.gpu_breakdown.get(FSDP_NO_SYNC_GRADIENTS, 0)
+    if strategy.offload_param != "none":
+        # issue 17 (helper D): with CPUOffload(offload_params=True) the reduce-scattered shard is still allocated
+        # on the GPU and kept: _accumulate_sharded_grad sets flat_param._saved_grad_shard = sharded_grad whatever
+        # the offload, _offload_grad copies it into the pinned _cpu_grad (non_blocking, record_stream on the
+        # post-backward stream), and only prepare_gradient_for_optim (the backward's final callback) deletes
+        # _saved_grad_shard, making _cpu_grad the .grad (torch/distributed/fsdp/_runtime_utils.py, _flat_param.py;
+        # torch 2.1 ... 2.13, 2.0 inline in _post_backward_hook). Its bytes per GPU: the CPU gradient's.
+        sharded = ms.cpu_per_node.get("gradients", 0) // max(hw.gpus_per_node, 1)
+    else:
+        sharded = ms.gradients - ms.gpu_breakdown.get(FSDP_NO_SYNC_GRADIENTS, 0)
     n = max(arch.num_layers, 1)
     if sharded <= n:
         return ()
     per_layer = sharded // n
+    shards = _adapter_unit_split(arch, training, per_layer)
+    return (shards or (per_layer,)) * n
+
+
+def _adapter_unit_split(arch, training, per_layer: int) -> tuple[int, ...]:
+    """``per_layer`` bytes split over one decoder layer's LoRA adapter units (:func:`_fsdp_adapter_units`) in
+    proportion to their sizes, the remainder on the last (empty where dsadvise cannot list the units)."""
     adapters = _fsdp_adapter_units(arch, training, 1.0)
-    if adapters:
-        elems = [u[0] for u in adapters]
-        total = sum(elems)
-        shards = [per_layer * e // total for e in elems]
-        shards[-1] += per_layer - sum(shards)
-        return tuple(shards) * n
-    return (per_layer,) * n
+    if not adapters:
+        return ()
+    elems = [u[0] for u in adapters]
+    total = sum(elems)
+    shards = [per_layer * e // total for e in elems]
+    shards[-1] += per_layer - sum(shards)
+    return tuple(shards)
+
+
+def _fsdp_adapter_states(arch, training, strategy, dyn: StateLayout) -> StateLayout:
+    """FSDP (v1) with LoRA/QLoRA: the torch optimizer's states one tensor per adapter unit's flat shard, not one
+    block per layer. ``optimizer.step()``'s first call builds each state with ``torch.zeros_like(p)`` for every
+    parameter it is given (torch/optim/adamw.py ``_init_group``: ``exp_avg``, ``exp_avg_sq``, torch 2.2 ... 2.13),
+    and with ``use_orig_params=False`` those parameters are the units' FlatParameters, whose local shards are a
+    unit's bytes over the ranks: under 1 MiB each for r64 adapters of a 7B-70B model, so CUDACachingAllocator
+    serves them from its small pool (``get_pool``: size <= kSmallSize, 2 MiB segments), which no cached block of
+    the wrapping (all large) can serve. Recorded on the CPU stand-in (benchmarks/fsdp_qlora_step.py): the first
+    optimizer step adds ~10 MiB reserved per Llama-2-7B layer (two states of 12 shards, 4.25 MiB each) to what the
+    wrap left, where per-layer blocks fitted in the wrap's cached blocks and added nothing."""
+    if strategy.backend != "fsdp" or not dyn.lazy_layer:
+        return dyn
+    split = [_adapter_unit_split(arch, training, b) for b in dyn.lazy_layer]
+    if not all(split):
+        return dyn
+    return replace(dyn, lazy_layer=tuple(x for part in split for x in part))
 
 
 def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], formed_in_backward: bool, n: int,
@@ -1225,7 +1283,9 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     # issue 17 (helper T): the decoder layers' own buffers reach the GPU with their units (fsdp_init_events)
     others = {k: v for k, v in buffers.items() if k not in gathered and not k.startswith(_MODULE_BUFFERS)}
     pb_grads = _post_backward_grad_shards(arch, training, strategy, hw, ms, world)
-    ms_rest = replace(ms, parameters=0, gradients=ms.gradients - sum(pb_grads)) if pb_grads else replace(ms, parameters=0)
+    dyn = _fsdp_adapter_states(arch, training, strategy, dyn)          # issue 17 (helper D): the step
+    on_gpu = pb_grads if strategy.offload_param == "none" else ()     # offload: the GPU copy of a CPU gradient
+    ms_rest = replace(ms, parameters=0, gradients=ms.gradients - sum(on_gpu)) if on_gpu else replace(ms, parameters=0)
     rest = state_layout(arch, training, strategy, hw, ms_rest, others, formed_in_backward, n)
     units, sync, offload, loaded, unsharded = _fsdp_wrap_inputs(arch, training, strategy, hw, ms.parameters)
     unit_buffers, cast_buffers = _fsdp_unit_buffers(arch, training, strategy, units)

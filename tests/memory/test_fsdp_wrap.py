@@ -104,7 +104,7 @@ def test_fsdp_sharded_gradients_live_in_the_post_backward_streams_pool():
     # torch.empty_like(chunks[0]); kept as _saved_grad_shard, then .grad), a pool no compute-stream block serves.
     # Llama-2-7B QLoRA r64 on q_proj, pure bf16, FULL_SHARD over 2: per layer one shard per adapter unit, half of
     # lora_A (64 x 4096) and of lora_B (4096 x 64) in bf16: 64 * 4096 * 2 / 2 bytes each; NO_SHARD keeps the whole
-    # gradient on the flat parameter (an all-reduce in place: nothing allocated there); CPU offload moves it off.
+    # gradient on the flat parameter (an all-reduce in place: nothing allocated there).
     from advisor.api import build_hardware, build_strategy, build_training
     from advisor.catalog.models import resolve_model
     from advisor.memory import allocator as A
@@ -129,5 +129,58 @@ def test_fsdp_sharded_gradients_live_in_the_post_backward_streams_pool():
     assert shards == (64 * 4096 * 2 // 2,) * (2 * 32)
     ddp = build_strategy(hw, "fsdp-no-shard")
     assert A._post_backward_grad_shards(arch, train, ddp, hw, model_states_for(arch, train, ddp, hw), 1) == ()
+    # CPUOffload(params): the GPU shard is still allocated and kept as _saved_grad_shard until the backward's final
+    # callback (prepare_gradient_for_optim), the CPU copy being made from it: the same shards (issue 17, helper D)
     off = build_strategy(hw, "fsdp-full", "cpu", "cpu")
-    assert A._post_backward_grad_shards(arch, train, off, hw, model_states_for(arch, train, off, hw), 2) == ()
+    assert A._post_backward_grad_shards(arch, train, off, hw, model_states_for(arch, train, off, hw), 2) == shards
+
+
+def test_fsdp_lazy_init_passes_each_units_full_size_through_the_compute_pool():
+    # issue 17 (helper D): at the first forward, _lazy_init -> _share_state_and_init_handle_attrs ->
+    # init_flat_param_attributes allocates each unit's padded unsharded flat parameter on the compute stream and frees
+    # its storage at once, the root first (benchmarks/fsdp_qlora_step.py recorded the root's 500 MiB, then the
+    # layer's). Padded to a multiple of the world: 1003 bytes over 2 ranks -> 1004.
+    from advisor.memory.allocator import fsdp_lazy_init_events, simulate
+
+    assert fsdp_lazy_init_events([[100, 200], [50], [1000, 3]], 2) == [
+        ("a", ("lazy", 2), 1004), ("f", ("lazy", 2), 0),
+        ("a", ("lazy", 0), 300), ("f", ("lazy", 0), 0),
+        ("a", ("lazy", 1), 50), ("f", ("lazy", 1), 0)]
+    assert fsdp_lazy_init_events([[100, 200]], 1) == []          # NO_SHARD: no padded unsharded tensor
+    # Alone, the root's 700 MiB takes a segment of its own and the 300 MiB unit then splits that cached block:
+    # 700 MiB reserved, not 1000; nothing stays allocated.
+    st = simulate(fsdp_lazy_init_events([[300 * MiB], [700 * MiB]], 2))
+    assert st.peak_reserved == 700 * MiB
+    assert st.peak_allocated == 700 * MiB
+
+
+def test_fsdp_lora_optimizer_states_are_one_tensor_per_adapter_shard_in_the_small_pool():
+    # issue 17 (helper D): AdamW's _init_group builds exp_avg / exp_avg_sq with zeros_like(p) per parameter, and with
+    # use_orig_params=False the parameters are the adapter units' flat shards. Llama-2-7B, r64 on q/k/v/gate/up/down:
+    # per layer 12 units, lora_A/lora_B of q, k, v (64 x 4096 each), gate and up (A 64 x 4096, B 11008 x 64), down
+    # (A 64 x 11008, B 4096 x 64): 9 of 64 * 4096 and 3 of 64 * 11008 elements, 4,472,832 in all. A layer's state
+    # of that many bytes splits exactly into those sizes, per state.
+    from advisor.api import build_hardware, build_strategy, build_training
+    from advisor.catalog.models import resolve_model
+    from advisor.memory import allocator as A
+
+    arch = resolve_model("llama-2-7b").architecture
+    hw = build_hardware(2, 1, None, "rtx-3090", None, None, None)
+    train = build_training(hw, method="qlora", precision="pure-bf16", micro_batch=1, seq_len=512,
+                           checkpointing="full", lora_rank=64,
+                           lora_targets=("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"))
+    per_layer = 9 * 64 * 4096 + 3 * 64 * 11008
+    assert per_layer == 4_472_832
+    dyn = A.StateLayout(persistent_outside=(), persistent_layer=(), lazy_outside=(),
+                        lazy_layer=(per_layer, per_layer), step_temp_outside=(), step_temp_layer=())
+    out = A._fsdp_adapter_states(arch, train, build_strategy(hw, "fsdp-full"), dyn)
+    assert sorted(out.lazy_layer) == sorted([64 * 4096] * 18 + [64 * 11008] * 6)
+    # each under 1 MiB: the small pool's 2 MiB segments, which a 20 MiB cached (large) block cannot serve; the two
+    # per-layer blocks dsadvise had fit in it and reserved nothing more
+    cached = [("a", "w", 20 * MiB), ("f", "w", 0)]
+    per_unit = A.simulate(cached + [("a", ("S", i), n) for i, n in enumerate(out.lazy_layer)])
+    per_block = A.simulate(cached + [("a", ("S", i), n) for i, n in enumerate(dyn.lazy_layer)])
+    assert per_block.peak_reserved == 20 * MiB
+    assert per_unit.peak_reserved >= 20 * MiB + 2 * per_layer
+    # not FSDP: unchanged
+    assert A._fsdp_adapter_states(arch, train, build_strategy(hw, "ddp"), dyn) is dyn

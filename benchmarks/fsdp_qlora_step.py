@@ -1,0 +1,269 @@
+"""The allocation sequence of Answer.AI fsdp_qlora's training step on the CPU stand-in, vs dsadvise's FSDP step sequence.
+
+Run: python benchmarks/fsdp_qlora_step.py [--layers 1 2] [--ckpt reentrant|non-reentrant]      (7B shapes)
+
+The model is benchmarks/fsdp_qlora_wrap.py's replication of train.py's load-and-wrap (2 gloo processes, the CPU
+standing for the GPU, Llama-2-7B shapes, QLoRA r64 on k/q/v/up/down/gate, FSDP FULL_SHARD, use_orig_params=False,
+no MixedPrecision: train.py's --precision bf16 sets none). After the wrap, train.py's step (train.py at 50efa1e):
+``apply_activation_checkpointing`` on every LlamaDecoderLayer (``checkpoint_wrapper``, REENTRANT with
+``enable_input_require_grads`` as the corpus row assumes, or NO_REENTRANT), ``AdamW`` over ``model.parameters()``,
+then for each of two steps: ``model(input_ids, labels=...)`` at 512 tokens (micro batch 1), ``loss.backward()``,
+``optimizer.step()``, ``optimizer.zero_grad()``. Every allocation and free of the CPU allocator (the profiler's
+events, :class:`benchmarks.fsdp_qlora_wrap._Recorder`) is recorded on rank 1, phase by phase (a mark between
+forward, backward, optimizer step and zero_grad), after its load and wrap.
+
+Printed: the allocator model (advisor.memory.allocator.CachingAllocator, one pool: the CPU has no streams) over the
+recorded sequence, peak allocated and reserved per phase; the same sequence split into the GPU's two pools
+(:func:`split_pools`: the all-gathers' destinations in the unshard stream's, gloo's own all-gather copies dropped);
+dsadvise's pools for the same depth (compute, unshard, post-backward) and its compute pool right after the wrap.
+``DSADVISE_WRAP_CACHE`` (a folder) keeps the records. ~3 minutes per depth on 2 busy cores.
+
+Found (1 and 2 layers, issue 17): (1) at the first forward FSDP's lazy init allocates and frees each unit's padded
+unsharded size on the compute stream, the root first (500 MiB, then each unit's): dsadvise now has it
+(allocator.fsdp_lazy_init_events; it fits in the wrap's cached blocks: no corpus row moved); (2) the step adds
+reserved bytes to the compute pool where dsadvise's step added none: +16 MiB at 1 layer, +28 at 2, +10 MiB per
+layer in the first optimizer step: AdamW's exp_avg / exp_avg_sq are one tensor per adapter unit's flat shard, each
+under 1 MiB, so they come from the small pool's 2 MiB segments, which the wrap's cached (large) blocks cannot serve;
+dsadvise allocated one block per layer per state, which fitted there (fixed: allocator._fsdp_adapter_states;
+answerai-7b-qlora-ctx512-3090 -7.1 -> -1.5 %): now dsadvise's compute pool grows by 8 / 16 MiB over its
+after-wrap reserved and its post-backward pool (the gradient shards, in the one CPU pool here) holds 6 / 10 MiB:
+14 / 26 MiB vs the recorded 16 / 28 at 1 / 2 layers. The unshard stream's pool: recorded 696 MiB allocated at 2 layers
+(root 500 + two layer units + adapters), dsadvise 790 (one more freed layer block pending its stream event, which
+the CPU cannot show). Not recorded: CPUOffload (its pinned copies need CUDA); read from the source instead (see
+allocator._post_backward_grad_shards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.fsdp_qlora_wrap import (BNB_PATH, CATALOG, MIB, TARGETS, _worker,  # noqa: E402
+                                        replay)
+from benchmarks.harness.launch import run_ranks  # noqa: E402
+
+SEQ = 512
+STEPS = 2
+
+
+def _step(ckpt: str):
+    def after_wrap(model, rec, rank):
+        import functools
+
+        import torch
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointImpl,
+                                                                                 apply_activation_checkpointing,
+                                                                                 checkpoint_wrapper)
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        from transformers.models.llama.modeling_llama import LlamaModel, LlamaRotaryEmbedding
+
+        # transformers 5's forward needs its model-level rotary module (the wrap left an empty one, 4.39 having none;
+        # its inv_freq: 64 fp32 values, and cos/sin computed per forward instead of 4.39's per-layer cache slices)
+        for m in model.modules():
+            if isinstance(m, LlamaModel):
+                m.rotary_emb = LlamaRotaryEmbedding(config=m.config)
+        impl = CheckpointImpl.REENTRANT if ckpt == "reentrant" else CheckpointImpl.NO_REENTRANT
+        if ckpt == "reentrant":
+            model.enable_input_require_grads()
+        apply_activation_checkpointing(model, checkpoint_wrapper_fn=functools.partial(checkpoint_wrapper,
+                                                                                      checkpoint_impl=impl),
+                                       check_fn=lambda m: isinstance(m, LlamaDecoderLayer))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.0)
+        g = torch.Generator().manual_seed(rank)
+        ids = torch.randint(0, 32000, (1, SEQ), generator=g)
+        peaks = []
+        model.train()
+        for s in range(STEPS):
+            rec.mark(f"step {s} forward")
+            with rec.phase():
+                out = model(ids, labels=ids, attention_mask=None)
+                loss = out.loss
+            rec.mark(f"step {s} backward")
+            with rec.phase():
+                loss.backward()
+                del out, loss
+            rec.mark(f"step {s} optimizer")
+            with rec.phase():
+                opt.step()
+            rec.mark(f"step {s} zero_grad")
+            with rec.phase():
+                opt.zero_grad()
+        return {"steps": STEPS}
+
+    return after_wrap
+
+
+def replay_phases(events) -> list[tuple[str, int, int, int, int]]:
+    """Per recorded phase: (name, allocated at its start, peak allocated, peak reserved, reserved at its end),
+    the allocator model over the whole sequence (empty_cache at the load's mark, as fsdp_qlora_wrap.replay)."""
+    from advisor.memory.allocator import CachingAllocator
+
+    al = CachingAllocator()
+    out = []
+    name, start, pa, pr = "load+wrap", 0, 0, 0
+    for op, key, n in events:
+        key = tuple(key) if isinstance(key, list) else key
+        if op == "a":
+            al.malloc(key, n)
+            pa, pr = max(pa, al.allocated), max(pr, al.reserved)
+        elif op == "f":
+            al.free(key)
+        elif op == "mark":
+            if key == "empty_cache":
+                for addr, b in list(al._by_addr.items()):
+                    if b.prev is None and b.next is None:
+                        al._remove(b)
+                        al.reserved -= b.size
+                continue
+            out.append((name, start, pa, pr, al.reserved))
+            name, start, pa, pr = key, al.allocated, al.allocated, al.reserved
+    out.append((name, start, pa, pr, al.reserved))
+    return out
+
+
+def split_pools(events, units) -> tuple[list, list, int]:
+    """The recorded sequence split into the GPU's pools: (compute stream's, unshard stream's events, gloo
+    transients dropped). An all-gather's destination is an allocation of a unit's padded unsharded size
+    (``_full_param_padded``'s storage resized under the unshard stream) made while the step runs; the two more of
+    that size that gloo allocates and frees right after it (ProcessGroupGloo's flattened all-gather output and
+    its copy; NCCL gathers in place) are dropped; the lazy init's allocate-and-free of each unit's size
+    (fsdp_lazy_init_events), made while no gather of that size is alive, stays in the compute pool."""
+    fulls = {-(-sum(u) // 2) * 2 for u in units} - {0}
+    events = [tuple(e) for e in events]
+    compute, unshard, dropped = [], [], 0
+    gathered: dict = {}           # key -> size, alive gathers
+    where: dict = {}
+    in_step = False
+    for j, e in enumerate(events):
+        op, key, n = e[0], tuple(e[1]) if isinstance(e[1], list) else e[1], e[2]
+        if op == "mark":
+            in_step = in_step or str(key).startswith("step")
+            compute.append((op, key, n))
+            continue
+        if op == "a" and in_step and n in fulls:
+            nxt = events[j + 1] if j + 1 < len(events) else None
+            pair = nxt is not None and nxt[0] == "f" and (tuple(nxt[1]) if isinstance(nxt[1], list) else nxt[1]) == key
+            if pair and n in gathered.values():
+                where[key] = "drop"
+                dropped += 1
+                continue
+            if pair:                # the lazy init's (fsdp_lazy_init_events): compute stream
+                compute.append((op, key, n))
+                continue
+            gathered[key] = n
+            where[key] = "u"
+            unshard.append((op, key, n))
+            continue
+        if op == "f" and key in where:
+            w = where.pop(key)
+            gathered.pop(key, None)
+            if w == "u":
+                unshard.append((op, key, n))
+            continue
+        compute.append((op, key, n))
+    return compute, unshard, dropped
+
+
+def dsadvise(layers: int, ckpt: str) -> dict:
+    from advisor.api import estimate
+    from advisor.catalog.models import resolve_model
+
+    resolved = resolve_model(CATALOG["7b"])
+    arch = resolved.architecture.model_copy(update={"num_layers": layers})
+    resolved = resolved.model_copy(update={"architecture": arch})
+    est = estimate(resolved, gpus=2, gpu="rtx-3090", strategy="fsdp-full", method="qlora", precision="pure-bf16",
+                   seq_len=SEQ, micro_batch=1, checkpointing="full", lora_rank=64, lora_targets=tuple(TARGETS),
+                   lora_dropout=0.1, loss="legacy-inline", torch_version="2.2", transformers_version="4.39")
+    pg = est.per_gpu
+    return {k: getattr(pg, k, None) for k in ("parameters", "gradients", "optimizer_states", "activations",
+                                               "buffers", "allocated", "reserved", "total")}
+
+
+pools: list = []
+
+
+def after_wrap(layers: int):
+    """dsadvise's compute-stream pool right after the wrap for the same depth (fsdp_after_wrap)."""
+    from benchmarks.fsdp_qlora_wrap import dsadvise_groups  # noqa: F401  (same settings)
+    from advisor.api import build_hardware, build_strategy, build_training, estimate
+    from advisor.catalog.models import resolve_model
+    from advisor.memory.allocator import fsdp_after_wrap
+
+    resolved = resolve_model(CATALOG["7b"])
+    arch = resolved.architecture.model_copy(update={"num_layers": layers})
+    hw = build_hardware(2, 1, None, "rtx-3090", None, None, None)
+    training = build_training(hw, seq_len=SEQ, micro_batch=1, precision="pure-bf16", method="qlora", lora_rank=64,
+                              lora_targets=tuple(TARGETS), lora_dropout=0.1, checkpointing="full",
+                              loss="legacy-inline", torch_version="2.2", transformers_version="4.39")
+    strategy = build_strategy(hw, "fsdp-full", "none", "none", "auto")
+    est = estimate(resolved.model_copy(update={"architecture": arch}), gpus=2, gpu="rtx-3090", strategy="fsdp-full",
+                   method="qlora", precision="pure-bf16", seq_len=SEQ, micro_batch=1, checkpointing="full",
+                   lora_rank=64, lora_targets=tuple(TARGETS), lora_dropout=0.1, loss="legacy-inline",
+                   torch_version="2.2", transformers_version="4.39")
+    return fsdp_after_wrap(arch, training, strategy, hw, est.per_gpu.parameters)
+
+
+def _spy() -> None:
+    """Record dsadvise's pool simulations (compute, unshard, post-backward) as estimate runs them."""
+    import advisor.memory.allocator as A
+
+    for name in ("_fsdp_default_pool_stats", "_unshard_pool_stats"):
+        f = getattr(A, name)
+
+        def w(*a, _f=f, _n=name, **k):
+            r = _f(*a, **k)
+            pools.append((_n, r.peak_allocated, r.peak_reserved))
+            return r
+        setattr(A, name, w)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _worker("7b", int(sys.argv[2]), "rank1", sys.argv[4], after_wrap=_step(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--ckpt", default="reentrant", choices=["reentrant", "non-reentrant"])
+    args = ap.parse_args()
+    cache = os.environ.get("DSADVISE_WRAP_CACHE")
+    _spy()
+    for n in args.layers:
+        f = Path(cache) / f"step-7b-{n}-{args.ckpt}.json" if cache else None
+        if f is not None and f.exists():
+            recs = json.loads(f.read_text())
+        else:
+            recs = run_ranks(__file__, [str(n), args.ckpt], port=29651, timeout=3600, what="QLoRA step")
+            if f is not None:
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_text(json.dumps(recs))
+        ev = recs[1]["events"]
+        print(f"\n{n} layer(s), {args.ckpt} checkpointing: allocator model over rank 1's recorded sequence (MiB)")
+        print(f"{'phase':<22}{'alloc start':>12}{'peak alloc':>12}{'peak resv':>12}{'resv end':>12}")
+        for name, s, pa, pr, re in replay_phases(ev):
+            print(f"{name:<22}" + "".join(f"{v / MIB:>12.1f}" for v in (s, pa, pr, re)))
+        compute, unshard, dropped = split_pools(ev, recs[1]["units"])
+        rc, ru = replay_phases(compute), replay_phases(unshard)
+        print(f"two pools (gloo's {dropped} extra all-gather buffers dropped): compute stream peak allocated "
+              f"{max(r[2] for r in rc) / MIB:.1f}, reserved {max(r[3] for r in rc) / MIB:.1f}; unshard stream peak "
+              f"allocated {max(r[2] for r in ru) / MIB:.1f}, reserved {max(r[3] for r in ru) / MIB:.1f}")
+        for what, rows in (("compute stream", rc), ("unshard stream", ru)):
+            print(f"  {what}: " + "; ".join(f"{nm} {pa / MIB:.1f}/{pr / MIB:.1f}" for nm, _, pa, pr, _ in rows[:5]))
+        del pools[:]
+        ds = dsadvise(n, args.ckpt)
+        for name, a, r in pools[:3]:
+            print(f"  dsadvise {name}: peak allocated {a / MIB:.1f}, reserved {r / MIB:.1f}")
+        aw = after_wrap(n)
+        print(f"  dsadvise compute stream after the wrap (fsdp_after_wrap, NCCL order): allocated "
+              f"{aw.peak_allocated / MIB:.1f}, reserved {aw.peak_reserved / MIB:.1f}")
+        print("dsadvise per GPU (MiB): " + ", ".join(f"{k} {v / MIB:.1f}" for k, v in ds.items()
+                                                   if isinstance(v, (int, float))))
+
+
+if __name__ == "__main__":
+    main()
