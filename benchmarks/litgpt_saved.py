@@ -2,6 +2,12 @@
 
 Run: python benchmarks/litgpt_saved.py [--seq 128] [--only ID-substring] [--model-code litgpt|transformers]
 
+``--validate``: the peak of finetune/lora.py's ``validate()`` (whole (B, T, V) logits, their copy by reshape, the
+log_softmax output: ~3.0 x the bf16 logits) at the sanity check and after a training micro-step, beside
+dsadvise's replayed step peak with every layer. At sequence 512 (gemma-2b / tiny-llama / phi-2 LoRA:
+1504 / 766 / 610 MiB sanity, 2004 / 1016 / 810 periodic vs 4876 / 9976 / 7400 MiB for the step) it stays far
+below the training step, so it does not set litgpt's whole-run max_memory_allocated for these points.
+
 For every litgpt-* point of benchmarks/gpu_memory_corpus.yaml this builds litgpt's real model (``litgpt.lora.GPT``
 for LoRA/QLoRA, ``litgpt.model.GPT`` for full fine-tuning) from the point's config_hub yaml (checkpoint name ->
 ``Config.from_name``, lora_r/alpha/dropout and the lora_query/key/value/projection/mlp/head switches) with 2
@@ -340,6 +346,71 @@ def step_peak(p: dict, seq: int, layers: int = 2, device: str = "cpu") -> tuple[
     return (max(curve[marks[0] + 2:marks[1]]) - base, max(curve[marks[1] + 2:marks[2]]) - base)
 
 
+def validate_peak(p: dict, seq: int, layers: int = 2) -> tuple[int, int, int]:
+    """Peak live bytes above the model of finetune/lora.py's ``validate()`` (fd71063c), one val batch of the
+    point's micro batch at ``seq`` under ``torch.no_grad()`` in eval mode: ``logits = model(input_ids)`` (no
+    lm_head chunking: the whole (B, T, V) logits), ``chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:],
+    chunk_size=0)`` (``reshape(-1, V)`` of the non-contiguous slice copies the logits, ``F.cross_entropy``'s
+    log_softmax output is a third logits-sized tensor). Two moments: the sanity check before training (nothing
+    else live; no gradients, no optimizer states yet) and the periodic validate after an optimizer step, where
+    fit's ``logits`` list of the last training micro-step is still bound. Returns (sanity peak, periodic peak,
+    bf16 logits bytes). CPU allocator timeline as :func:`step_peak`; the no-grad forward keeps no layer's
+    activations, so the layer count does not change it."""
+    import torch
+    import torch.nn.functional as F
+    from benchmarks.harness.profiling import live_curve, mark, profiled
+
+    hub = hub_config(p)
+    p = dict(p, seq_len_run=seq)
+    torch.manual_seed(0)
+    model = build_litgpt(p, hub, layers=layers, as_042=True)
+    from litgpt.utils import chunked_cross_entropy
+    for m in model.modules():
+        if hasattr(m, "enable_lora") and hasattr(m, "lora_ind"):
+            m.lora_ind
+    b = p["micro_batch"]
+    ids = torch.randint(0, model.config.vocab_size, (b, seq))
+    targets = torch.randint(0, model.config.vocab_size, (b, seq))
+
+    def validate():
+        with torch.no_grad():
+            model.eval()
+            logits = model(ids)
+            loss = chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:], chunk_size=0)
+            model.train()
+        return loss
+
+    old_dropout = F.dropout
+    F.dropout = _cuda_dropout
+    try:
+        with profiled() as prof:
+            mark()
+            validate()                                   # sanity check (eval.max_iters=2: one batch shown)
+            mark()
+            if p["method"] == "full":
+                logits = model(ids)
+                loss = chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:])
+            else:
+                logits = model(ids, lm_head_chunk_size=128)
+                logits[-1] = logits[-1][..., :-1, :]
+                loss = chunked_cross_entropy(logits, targets[..., 1:])
+            loss.backward()
+            for t in model.parameters():
+                t.grad = None
+            loss = loss.detach()
+            mark()
+            validate()                                   # periodic: fit's `logits` still bound
+            mark()
+            del logits, loss
+    finally:
+        F.dropout = old_dropout
+    curve, marks = live_curve(prof)
+    base = curve[marks[0]] - 7_777_777
+    sanity = max(curve[marks[0] + 2:marks[1]]) - base
+    periodic = max(curve[marks[2] + 2:marks[3]]) - base
+    return sanity, periodic, b * seq * model.config.padded_vocab_size * 2
+
+
 def replay_peak(p: dict, seq: int, layers: int = 2, model_code: str | None = None) -> int:
     """dsadvise's activation peak above the model for ``layers`` decoder layers: saved set + the larger of its
     backward/forward-end moments (activations + temporaries of advisor.memory.activations)."""
@@ -397,7 +468,23 @@ def main() -> None:
     ap.add_argument("--bytes", action="store_true", help="exact bytes (layer, head) of litgpt and of the replay")
     ap.add_argument("--device", default="cpu", help="--step on this device (cuda: max_memory_allocated, no patches)")
     ap.add_argument("--layers", type=int, default=2, help="--step: decoder layers built (default 2)")
+    ap.add_argument("--validate", action="store_true",
+                    help="peak of litgpt's validate() (sanity check, periodic) beside the step's replayed peak")
     args = ap.parse_args()
+    if args.validate:
+        print(f"{'point':44} {'b':>2} {'logits':>7} {'sanity':>8} {'periodic':>8} {'x logits':>8} "
+              f"{'step (all layers)':>17}")
+        for p in litgpt_points(args.only):
+            s, per, lg = validate_peak(p, args.seq, args.layers)
+            from benchmarks.gpu_memory_corpus import kwargs
+            from advisor.catalog.models import resolve_model
+            n = resolve_model(kwargs(p)["model"]).architecture.num_layers
+            ds = replay_peak(p, args.seq, n, model_code=args.model_code)
+            print(f"{p['id']:44} {p['micro_batch']:>2} {lg / MB:7.1f} {s / MB:8.1f} {per / MB:8.1f} "
+                  f"{s / lg:8.2f} {ds / MB:17.1f}", flush=True)
+        print(f"\nMiB above the model at sequence {args.seq}: litgpt's validate() (CPU allocator; periodic = after a "
+              "training micro-step, its logits still bound) vs dsadvise's replayed step peak (every layer)")
+        return
     if args.step:
         print(f"{'point':44} {'b':>2} {'litgpt step1':>12} {'litgpt step2':>12} {'dsadvise':>9} {'err':>7}")
         for p in litgpt_points(args.only):
