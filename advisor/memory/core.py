@@ -204,6 +204,13 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         notes.append(f"activations traced on the real transformers model for this run: the {arch.family} "
                      "replay does not cover it (LoRA adapters on MoE experts or the router); needs torch and "
                      "transformers, cached after the first run per setting")
+    traced_here = not replayed or "outside_layers" in act.breakdown
+    if traced_here and training.loss != "plain" and training.model_code == "transformers":
+        # The tracer runs the installed transformers model, whose loss is its plain cross-entropy over the whole
+        # logits: another --loss is not applied (an over-estimate by the logits it would not materialize).
+        notes.append(f"--loss {training.loss} is not applied: the {arch.family} activations are traced on the real "
+                     "transformers model, whose plain cross-entropy over the whole logits is counted (an "
+                     "over-estimate where the chosen loss keeps less)")
     if training.method in ("lora", "qlora"):   # issue 14: all-linear leaving out a family's router (Llama-4)
         if lora_note := all_linear_note(arch, tuple(training.lora.target_modules)):
             notes.append(lora_note)

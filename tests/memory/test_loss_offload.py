@@ -74,3 +74,17 @@ def test_no_double_quant_stores_4_5_bits_per_weight():
     dq = estimate("llama-2-7b", gpu="a100-80g", method="qlora")
     nodq = estimate("llama-2-7b", gpu="a100-80g", method="qlora", double_quant=False)
     assert nodq.per_gpu.parameters > dq.per_gpu.parameters
+
+
+def test_a_traced_family_says_the_chosen_loss_is_not_applied():
+    """falcon has no forward replay: its activations are traced on the real transformers model, whose plain loss is
+    what gets counted, so a --loss the user chose must be named as not applied (never ignored silently)."""
+    from advisor.api import estimate
+
+    chosen = estimate("falcon-7b", gpu="a100-80g", seq_len=256, loss="fused-linear")
+    plain = estimate("falcon-7b", gpu="a100-80g", seq_len=256)
+    assert any("--loss fused-linear is not applied" in n for n in chosen.notes)
+    assert not any("is not applied" in n for n in plain.notes)
+    assert chosen.per_gpu.total == plain.per_gpu.total      # the same traced model, the same bytes
+    replayed = estimate("llama-2-7b", gpu="a100-80g", seq_len=256, loss="fused-linear")
+    assert not any("is not applied" in n for n in replayed.notes)
