@@ -57,6 +57,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.fsdp_wrap_sequence import _policy  # noqa: E402  (train.py get_wrapping_policy(), one copy)
 from benchmarks.harness.launch import run_ranks  # noqa: E402
 
 MIB = 2 ** 20
@@ -140,22 +141,6 @@ def _load_and_quantize(model, name: str, shape, rank: int) -> None:
         value = torch.nn.Parameter(torch.empty(shape, dtype=torch.bfloat16, device=dev).normal_(0, 0.02)
                                    if dev == "cpu" else torch.empty(shape, dtype=torch.bfloat16, device=dev))
     setattr(sub, value_key, value)
-
-
-def _policy():
-    """train.py ``get_wrapping_policy()`` (custom_policy False): a leaf with a trainable weight, or a decoder layer."""
-    import functools
-
-    from torch.distributed.fsdp.wrap import _or_policy, lambda_auto_wrap_policy, transformer_auto_wrap_policy
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-
-    def lambda_policy_fn(module):
-        return (len(list(module.named_children())) == 0 and getattr(module, "weight", None) is not None
-                and module.weight.requires_grad)
-
-    return functools.partial(_or_policy, policies=[
-        functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda_policy_fn),
-        functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=(LlamaDecoderLayer,))])
 
 
 def _quant_state_tensors(qs) -> list:
