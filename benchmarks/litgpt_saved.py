@@ -2,11 +2,12 @@
 
 Run: python benchmarks/litgpt_saved.py [--seq 128] [--only ID-substring] [--model-code litgpt|transformers]
 
-``--validate``: the peak of finetune/lora.py's ``validate()`` (whole (B, T, V) logits, their copy by reshape, the
-log_softmax output: ~3.0 x the bf16 logits) at the sanity check and after a training micro-step, beside
-dsadvise's replayed step peak with every layer. At sequence 512 (gemma-2b / tiny-llama / phi-2 LoRA:
-1504 / 766 / 610 MiB sanity, 2004 / 1016 / 810 periodic vs 4876 / 9976 / 7400 MiB for the step) it stays far
-below the training step, so it does not set litgpt's whole-run max_memory_allocated for these points.
+``--validate``: the peak of finetune/lora.py's ``validate()`` (whole (B, T, V) logits, Fabric's fp32 copy of them,
+their fp32 copy by reshape, the fp32 log_softmax output: ~6.0 x the bf16 logits) at the sanity check and after a
+training micro-step, beside dsadvise's replayed step peak with every layer. At sequence 512 (gemma-2b / tiny-llama /
+phi-2 LoRA: 2996 / 1498 / 1199 MiB sanity, 3996 / 1998 / 1599 periodic vs 6126 / 10601 / 7900 MiB for the step;
+session 9, through the real _FabricModule) it stays below the training step, so it does not set litgpt's whole-run
+max_memory_allocated for these points.
 
 For every litgpt-* point of benchmarks/gpu_memory_corpus.yaml this builds litgpt's real model (``litgpt.lora.GPT``
 for LoRA/QLoRA, ``litgpt.model.GPT`` for full fine-tuning) from the point's config_hub yaml (checkpoint name ->

@@ -340,8 +340,9 @@ class LitgptReplay(DecoderReplay):
     def fabric_output(self, outs: list[Tensor]) -> list[Tensor]:
         """What litgpt's loop receives from ``model(...)``: finetune/*.py call the model through lightning's
         ``_FabricModule`` (``fabric.setup_module``), whose ``forward`` returns ``precision.convert_output(output)``
-        (lightning/fabric/wrappers.py; 2.3.0, and b19c3a96, litgpt's pin when the config_hub LoRA rows were
-        measured): every floating tensor of the output cast to ``torch.get_default_dtype()``, fp32 once the
+        (lightning/fabric/wrappers.py; read in 2.3.0 and in b19c3a96 (2024-03-04), litgpt's pin when the
+        config_hub LoRA values were first published in March 2024; the automated table of April 2024, litgpt
+        43c44323, pinned 2.3.0.dev20240328, between the two, and printed the same values): every floating tensor of the output cast to ``torch.get_default_dtype()``, fp32 once the
         plugin's ``forward_context`` (default dtype bf16) has exited (HalfPrecision, BitsandbytesPrecision,
         FSDPPrecision ``convert_output``, all ``apply_to_collection(..., _convert_fp_tensor, dst_type=
         torch.get_default_dtype())``). So the loop holds fp32 logits and the loss runs on them. The 16-bit
