@@ -342,8 +342,9 @@ class LitgptReplay(DecoderReplay):
         ``_FabricModule`` (``fabric.setup_module``), whose ``forward`` returns ``precision.convert_output(output)``
         (lightning/fabric/wrappers.py; read in 2.3.0 and in b19c3a96 (2024-03-04), litgpt's pin when the
         config_hub LoRA values were first published in March 2024; the automated table of April 2024, litgpt
-        43c44323, pinned 2.3.0.dev20240328, between the two, and printed the same values): every floating tensor of the output cast to ``torch.get_default_dtype()``, fp32 once the
-        plugin's ``forward_context`` (default dtype bf16) has exited (HalfPrecision, BitsandbytesPrecision,
+        43c44323, pinned 2.3.0.dev20240328, between the two, and printed the same values): every floating tensor
+        of the output cast to ``torch.get_default_dtype()``, fp32 once the plugin's ``forward_context`` (default
+        dtype bf16) has exited (HalfPrecision, BitsandbytesPrecision,
         FSDPPrecision ``convert_output``, all ``apply_to_collection(..., _convert_fp_tensor, dst_type=
         torch.get_default_dtype())``). So the loop holds fp32 logits and the loss runs on them. The 16-bit
         outputs stay referenced by the output list until ``apply_to_collection`` has built the new one, then
@@ -375,8 +376,9 @@ class LitgptReplay(DecoderReplay):
 
     def litgpt_ce(self, logits: Tensor, rows: int, targets: Tensor | None = None) -> Tensor:
         """``F.cross_entropy(chunk, targets, reduction='none')`` on the logits (fp32 from Fabric's
-        ``convert_output``): log_softmax saves its result in the logits' dtype; nll_loss saves the targets and total_weight. ``targets``: a storage the chunk's targets
-        are a view of (micro batch 1: ``targets[..., 1:]`` reshaped and split are views of the whole int64 row)."""
+        ``convert_output``): log_softmax saves its result in the logits' dtype; nll_loss saves the targets and
+        total_weight. ``targets``: a storage the chunk's targets are a view of (micro batch 1: ``targets[..., 1:]``
+        reshaped and split are views of the whole int64 row)."""
         tr = self.tr
         lp = tr.save_result(logits)
         tgt = targets if targets is not None else tr.new(rows, "i64", False)
