@@ -191,9 +191,10 @@ def build_litgpt(p: dict, hub: dict, layers: int, as_042: bool = False):
                 # _NF4Linear / _NF4DQLinear: quant_type nf4, compress_statistics for "-dq", Params4bit blocksize 64
                 w4, qs = bnb.functional.quantize_4bit(w, blocksize=64, compress_statistics=quant.endswith("-dq"),
                                                       quant_type=quant[4:].split("-")[0])
+                # bnb_quantized: already quantized (bitsandbytes >= 0.43's Params4bit.to would quantize it again)
                 m.weight = bnb.nn.Params4bit(w4, requires_grad=False, quant_state=qs, blocksize=64,
                                              compress_statistics=quant.endswith("-dq"),
-                                             quant_type=quant[4:].split("-")[0])
+                                             quant_type=quant[4:].split("-")[0], bnb_quantized=True)
                 m.compute_dtype = torch.bfloat16          # BitsandbytesPrecision.convert_module
                 m.forward = types.MethodType(fwd, m)
     # finetune/*.py: model.max_seq_length = longest sample (< block_size): the rope cache is rebuilt in fp32
