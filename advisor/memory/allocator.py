@@ -1178,7 +1178,8 @@ def fsdp_stream_events(units: tuple[int, ...], layer_units: tuple[int, ...], wor
     * backward: ``_pre_backward_hook`` gathers the unit unless prefetched, then prefetches the unit before it in
       post-forward order (``_exec_order_utils.get_handle_to_backward_prefetch``): the root prefetches the last
       layer, a layer its last adapter, an adapter the one before it, the first adapter the previous layer; with
-      ``recompute`` the layer's forward runs again first (its adapters gathered and freed again); each adapter is
+      ``recompute`` the layer's forward runs again first (its adapters gathered and freed again, but the prefetched
+      one, whose handle is in BACKWARD_PRE: ``_pre_forward``/``_post_forward`` skip it); each adapter is
       freed after its backward (``_post_backward_reshard``), the layer at the end of its backward (the
       reshard-only hook of a frozen unit, ``_register_post_backward_reshard_only_hook``), the root last.
 
@@ -1249,7 +1250,10 @@ def fsdp_stream_events(units: tuple[int, ...], layer_units: tuple[int, ...], wor
             if ads:
                 gather(before[layer])                       # the layer's last adapter
             if recompute:
-                for a in ads:
+                # the recomputed forward runs each adapter's pre/post-forward (gathered, freed) except the one the
+                # layer prefetched, whose handle is in BACKWARD_PRE and skips both (_pre_forward / _post_forward:
+                # "skip ... logic in the recomputed forward"), staying gathered into its backward
+                for a in ads[:-1]:
                     gather(a)
                     free(a)
             for a in reversed(ads):
