@@ -40,6 +40,12 @@ frees them: ``_multi_tensor_adam``'s ``torch._foreach_sqrt(device_exp_avg_sqs)``
 makes two at a time instead (``sqrt``, then the division). dsadvise counted these temporaries as one block per layer,
 which fitted in the wrap's cached blocks; they are now one per shard (small pool: allocator._fsdp_adapter_states).
 Printed below as "optimizer phases".
+
+The unshard stream (issue 17, helper A): the recorded order of all-gathers and frees (gloo frees at once), with the
+release a GPU makes (each freed block parked behind its record_stream event until the CPU synchronizes on a later
+free event at the rate limiter, or between steps: :func:`rate_limited`), peaks at 697.5 / 698.7 MiB allocated and
+702 / 702 MiB reserved at 1 / 2 layers; dsadvise's own sequence for it (allocator.fsdp_stream_events, built from
+the engine's rules) at 695.0 / 695.0 and 700 / 700 (the 1-layer run holds a few more 512 KiB adapters at once).
 """
 
 from __future__ import annotations
@@ -202,6 +208,41 @@ def split_pools(events, units) -> tuple[list, list, int]:
     return compute, unshard, dropped
 
 
+def rate_limited(events, unshard) -> list:
+    """The recorded unshard stream's sequence (``unshard``, from :func:`split_pools`) as a GPU would release it: a
+    freed block is parked behind its record_stream event and reusable once the CPU has synchronized on a later free
+    event -- at an all-gather that finds 2 or more free events queued (FSDP's rate limiter, ``_FreeEventQueue``) --
+    or at the loop's synchronization between steps (``loss.item()``), taken at each step's start. The same rule as
+    advisor.memory.allocator.fsdp_stream_events, applied to the real engine's order (gloo frees at once)."""
+    order = [(e[0], tuple(e[1]) if isinstance(e[1], list) else e[1], e[2]) for e in unshard]
+    seq, j = [], 0
+    for e in events:
+        key = tuple(e[1]) if isinstance(e[1], list) else e[1]
+        if e[0] == "mark":
+            if str(key).startswith("step") and str(key).endswith("forward"):
+                seq.append(("sync", None, 0))
+        elif j < len(order) and (e[0], key, e[2]) == order[j]:
+            seq.append(order[j])
+            j += 1
+    out, parked, queue, t = [], [], [], 0
+    for op, key, n in seq:
+        if op == "sync":
+            out += [("f", k, 0) for _, k in parked]
+            parked = []
+            continue
+        t += 1
+        if op == "a":
+            if len(queue) >= 2:
+                limit = queue.pop(0)
+                out += [("f", k, 0) for tk, k in parked if tk <= limit]
+                parked = [(tk, k) for tk, k in parked if tk > limit]
+            out.append((op, key, n))
+        else:
+            parked.append((t, key))
+            queue.append(t)
+    return out + [("f", k, 0) for _, k in parked]
+
+
 def dsadvise(layers: int, ckpt: str) -> dict:
     from advisor.api import estimate
     from advisor.catalog.models import resolve_model
@@ -293,6 +334,11 @@ def main() -> None:
         print(f"two pools (gloo's {dropped} extra all-gather buffers dropped): compute stream peak allocated "
               f"{max(r[2] for r in rc) / MIB:.1f}, reserved {max(r[3] for r in rc) / MIB:.1f}; unshard stream peak "
               f"allocated {max(r[2] for r in ru) / MIB:.1f}, reserved {max(r[3] for r in ru) / MIB:.1f}")
+        from advisor.memory.allocator import simulate
+
+        lim = simulate([(op, k, n) for op, k, n in rate_limited(ev, unshard)])
+        print(f"  unshard stream in the recorded order with the GPU's rate-limited release (rate_limited): peak "
+              f"allocated {lim.peak_allocated / MIB:.1f}, reserved {lim.peak_reserved / MIB:.1f}")
         for what, rows in (("compute stream", rc), ("unshard stream", ru)):
             print(f"  {what}: " + "; ".join(f"{nm} {pa / MIB:.1f}/{pr / MIB:.1f}" for nm, _, pa, pr, _ in rows[:5]))
         del pools[:]
