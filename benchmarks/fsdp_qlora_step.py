@@ -243,11 +243,11 @@ def rate_limited(events, unshard) -> list:
     return out + [("f", k, 0) for _, k in parked]
 
 
-def dsadvise(layers: int, ckpt: str) -> dict:
+def dsadvise(layers: int, ckpt: str, model: str = "7b") -> dict:
     from advisor.api import estimate
     from advisor.catalog.models import resolve_model
 
-    resolved = resolve_model(CATALOG["7b"])
+    resolved = resolve_model(CATALOG[model])
     arch = resolved.architecture.model_copy(update={"num_layers": layers})
     resolved = resolved.model_copy(update={"architecture": arch})
     est = estimate(resolved, gpus=2, gpu="rtx-3090", strategy="fsdp-full", method="qlora", precision="pure-bf16",
@@ -261,14 +261,14 @@ def dsadvise(layers: int, ckpt: str) -> dict:
 pools: list = []
 
 
-def after_wrap(layers: int):
+def after_wrap(layers: int, model: str = "7b"):
     """dsadvise's compute-stream pool right after the wrap for the same depth (fsdp_after_wrap)."""
     from benchmarks.fsdp_qlora_wrap import dsadvise_groups  # noqa: F401  (same settings)
     from advisor.api import build_hardware, build_strategy, build_training, estimate
     from advisor.catalog.models import resolve_model
     from advisor.memory.allocator import fsdp_after_wrap
 
-    resolved = resolve_model(CATALOG["7b"])
+    resolved = resolve_model(CATALOG[model])
     arch = resolved.architecture.model_copy(update={"num_layers": layers})
     hw = build_hardware(2, 1, None, "rtx-3090", None, None, None)
     training = build_training(hw, seq_len=SEQ, micro_batch=1, precision="pure-bf16", method="qlora", lora_rank=64,
@@ -300,20 +300,22 @@ def _spy() -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        ckpt, _, opt = sys.argv[3].partition("+")
-        _worker("7b", int(sys.argv[2]), "rank1", sys.argv[4], after_wrap=_step(ckpt, opt == "foreach"))
+        tag, _, model = sys.argv[3].partition("@")
+        ckpt, _, opt = tag.partition("+")
+        _worker(model or "7b", int(sys.argv[2]), "rank1", sys.argv[4], after_wrap=_step(ckpt, opt == "foreach"))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--ckpt", default="reentrant", choices=["reentrant", "non-reentrant"])
+    ap.add_argument("--model", default="7b", choices=sorted(CATALOG), help="Llama-2 shapes (fsdp_qlora_wrap.SHAPES)")
     ap.add_argument("--foreach", action="store_true",
                     help="AdamW's foreach implementation, CUDA's default (the CPU's is the per-tensor loop)")
     args = ap.parse_args()
-    tag = args.ckpt + ("+foreach" if args.foreach else "")
+    tag = args.ckpt + ("+foreach" if args.foreach else "") + ("" if args.model == "7b" else "@" + args.model)
     cache = os.environ.get("DSADVISE_WRAP_CACHE")
     _spy()
     for n in args.layers:
-        f = Path(cache) / f"step-7b-{n}-{tag}.json" if cache else None
+        f = Path(cache) / f"step-{args.model}-{n}-{tag.split('@')[0]}.json" if cache else None
         if f is not None and f.exists():
             recs = json.loads(f.read_text())
         else:
@@ -342,10 +344,10 @@ def main() -> None:
         for what, rows in (("compute stream", rc), ("unshard stream", ru)):
             print(f"  {what}: " + "; ".join(f"{nm} {pa / MIB:.1f}/{pr / MIB:.1f}" for nm, _, pa, pr, _ in rows[:5]))
         del pools[:]
-        ds = dsadvise(n, args.ckpt)
+        ds = dsadvise(n, args.ckpt, args.model)
         for name, a, r in pools[:4]:
             print(f"  dsadvise {name}: peak allocated {a / MIB:.1f}, reserved {r / MIB:.1f}")
-        aw = after_wrap(n)
+        aw = after_wrap(n, args.model)
         print(f"  dsadvise compute stream after the wrap (fsdp_after_wrap, NCCL order): allocated "
               f"{aw.peak_allocated / MIB:.1f}, reserved {aw.peak_reserved / MIB:.1f}")
         print("dsadvise per GPU (MiB): " + ", ".join(f"{k} {v / MIB:.1f}" for k, v in ds.items()
