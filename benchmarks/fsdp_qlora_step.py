@@ -46,6 +46,11 @@ release a GPU makes (each freed block parked behind its record_stream event unti
 free event at the rate limiter, or between steps: :func:`rate_limited`), peaks at 697.5 / 698.7 MiB allocated and
 702 / 702 MiB reserved at 1 / 2 layers; dsadvise's own sequence for it (allocator.fsdp_stream_events, built from
 the engine's rules) at 695.0 / 695.0 and 700 / 700 (the 1-layer run holds a few more 512 KiB adapters at once).
+Llama-2-70B shapes (``--model 70b --layers 1 --foreach``, ~8 min): unshard stream 1830.8 MiB allocated / 1852 reserved
+recorded (rate-limited release) vs 1820.6 / 1846; the compute stream's pool grows by 12 MiB in the step over the
+wrap's 3786 MiB (gloo order), dsadvise's by 10 over 4482 (NCCL order; 3774 in gloo's, fsdp_qlora_wrap.py); the
+second optimizer step makes the 12 shards' temporaries (8.88 MiB) at once. So at one layer and 512 tokens the 70B
+shapes agree within ~15 MiB: what the answerai-70b-qlora-offload row lacks (1.3 GiB) is not in these pools' rules.
 """
 
 from __future__ import annotations
