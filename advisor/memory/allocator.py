@@ -1186,8 +1186,9 @@ def fsdp_stream_events(units: tuple[int, ...], layer_units: tuple[int, ...], wor
     A block parked behind an event is released at the latest when the CPU synchronizes on a later free event (the
     compute stream is in order, and a unit's compute follows its own all-gather, NCCL's stream being in order too):
     here exactly then (a faster GPU only releases sooner), and at the end of each step, where the training loop
-    reads the loss (``loss.item()``: a synchronization with the compute stream). Returns (unshard stream's events,
-    pre-unshard stream's events)."""
+    reads the loss (``loss.item()``: a synchronization with the compute stream; under CPU offload FSDP synchronizes
+    itself at the end of the backward, ``_post_backward_final_callback``: ``current_stream().synchronize()``,
+    _runtime_utils.py l.1107-1111 at 2.13). Returns (unshard stream's events, pre-unshard stream's events)."""
     unshard: list = []
     pre: list = []
     n = len(units)
