@@ -100,12 +100,7 @@ def plan(args):
                     torch_version=kw["torch_version"], transformers_version=kw["transformers_version"],  # issue 17
                     base_dtype=kw["base_dtype"],   # issue 17
                     sync_each_batch=kw["sync_each_batch"])   # issue 17 (helper L)
-    if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
-        raise InputError("--qlora-quantizer lightning is litgpt's QLoRA (lightning BitsandbytesPrecision); generate "
-                         "renders transformers/PEFT configs: drop it, or estimate with it", field="--qlora-quantizer")
-    if kw.get("model_code", "transformers") != "transformers":   # issue 17 (helper G)
-        raise InputError("--model-code litgpt: generate renders transformers/PEFT configs, litgpt runs its own "
-                         "finetune scripts: drop it, or estimate with it", field="--model-code")
+    flags.refuse_estimate_only(kw, "generate renders transformers/PEFT configs")
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
     if args.strategy is not None:

@@ -99,6 +99,8 @@ class Flag(NamedTuple):
                                                 # generates one in an Advanced section (advisor/tui/form.py)
     action: str | None = None
     metavar: str | None = None
+    estimate_only: str | None = None            # what a non-default value runs that only `estimate` models
+                                                # (recommend, generate and the wizard's configs refuse it)
 
     @property
     def dest(self) -> str:
@@ -191,12 +193,12 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--qlora-quantizer", "QLoRA: transformers (BitsAndBytesConfig: lm_head 16-bit; PEFT, TRL, axolotl, "
          "LLaMA-Factory) or lightning (litgpt --quantize bnb.nf4: every Linear NF4, lm_head included, dequantized "
          "from fp16 per call; one GPU, pure-bf16/fp32)", choices=QLORA_QUANTIZERS, default="transformers",
-         spec_fields=("qlora_quantizer",)),
+         spec_fields=("qlora_quantizer",), estimate_only="litgpt's QLoRA, lightning BitsandbytesPrecision"),
     # issue 17 (helper G): litgpt runs its own model code, not transformers'
     Flag("--model-code", "whose model code runs the forward: transformers (modeling files + PEFT LoRA) or litgpt "
          "(litgpt finetune lora/full: its GPT, fused qkv LoRA, 16-bit adapters, fp32 RMSNorm, lm_head per 128-token "
          "chunk; QLoRA quantized by lightning with bitsandbytes 0.42)", choices=MODEL_CODES, default="transformers",
-         spec_fields=("model_code",)),
+         spec_fields=("model_code",), estimate_only="litgpt's own model code and finetune scripts"),
     # issue 17 (helper L): accelerate's GradientAccumulationPlugin(sync_each_batch=True)
     Flag("--sync-each-batch", "FSDP with gradient accumulation: reduce-scatter the gradients every micro-batch "
          "(accelerate GradientAccumulationPlugin(sync_each_batch=True), HF Trainer accelerator_config "
@@ -355,3 +357,16 @@ def layout_kwargs(args: argparse.Namespace) -> dict:
     return dict(tp=getattr(args, "tp", 1), sp=getattr(args, "sp", 1), cp=getattr(args, "cp", 1),
                 dp_replicate=getattr(args, "dp_replicate", 1), fsdp_version=getattr(args, "fsdp_version", 1),
                 allow_cross_node_tp=getattr(args, "allow_cross_node_tp", False))
+
+
+def refuse_estimate_only(kw: dict[str, Any], command: str) -> None:
+    """Raise InputError (one line, naming the flag) when ``kw`` (flag dests -> values) sets a flag whose
+    non-default value only ``dsadvise estimate`` models (the table's ``estimate_only``); ``command`` says what
+    refuses it and why, e.g. "recommend searches transformers/PEFT setups"."""
+    for f in FLAGS.values():
+        if f.estimate_only is None or kw.get(f.dest, f.default) == f.default:
+            continue
+        from ..errors import InputError
+
+        raise InputError(f"{kw[f.dest]} ({f.estimate_only}) is for `dsadvise estimate` only: {command}; "
+                         "drop it, or estimate with it", field=f.flag)

@@ -379,7 +379,10 @@ def accelerate_fp32_logits(arch, training: TrainingSpec, strategy: StrategySpec)
         return 0
     if training.loss == "legacy-inline":    # the model already returns fp32 logits: convert_to_fp32 keeps them
         return 0
-    if training.loss == "trl-head":         # TRL's fused LM head returns fp32 per-token values, no logits
+    if training.loss in ("trl-head", "fused-linear"):   # no logits reach the loop: TRL's fused LM head returns
+        # fp32 per-token values; Liger's fused linear cross-entropy (LigerForCausalLMLoss in its patched forward)
+        # and Cut Cross-Entropy (cut_cross_entropy/transformers cce_forward, labels given) return logits=None,
+        # which convert_to_fp32 passes through
         from ..families import REPLAYED_FAMILIES     # (a traced family counts the real model's plain loss)
 
         if not arch.traced and arch.family in REPLAYED_FAMILIES:

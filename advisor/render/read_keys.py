@@ -636,9 +636,17 @@ def _axolotl(data: dict, side: dict | None) -> Reading:
         r.kwargs["method"] = "qlora" if four or data.get("adapter") == "qlora" else "lora"
         r.kwargs["lora_rank"] = _int(data.get("lora_r")) or 8
         r.kwargs["lora_dropout"] = float(data.get("lora_dropout", 0.0) or 0.0)
+        t = _targets(data.get("lora_target_modules"))
         if data.get("lora_target_linear") is True:
-            r.kwargs["lora_targets"] = ("all-linear",)
-        elif (t := _targets(data.get("lora_target_modules"))) is not None:
+            # the union of lora_target_modules and every linear but the output embedding
+            # (loaders/adapter.py _build_peft_lora_config, find_all_linear_names)
+            extra = [m for m in t or () if m not in ("all-linear", "lm_head")]
+            r.kwargs["lora_targets"] = ("all-linear", *(("lm_head",) if "lm_head" in (t or ()) else ()))
+            if extra:
+                r.skip("lora_target_modules", f"{', '.join(extra)}: adapted too (axolotl takes the union with "
+                       "lora_target_linear); counted within all-linear, an embedding's adapter is not counted",
+                       any("embed" in m or m == "wte" for m in extra))
+        elif t is not None:
             r.kwargs["lora_targets"] = t
         bnb = data.get("bnb_config_kwargs") if isinstance(data.get("bnb_config_kwargs"), dict) else {}
         if r.kwargs["method"] == "qlora" and bnb.get("bnb_4bit_use_double_quant") is False:

@@ -158,6 +158,29 @@ def test_axolotl_qlora_with_offloaded_checkpoints(capsys, tmp_path):
     assert set(skipped) == {"lora_modules_to_save"} and est["may_be_low"]
 
 
+@pytest.mark.parametrize("extra, targets, said", [
+    ("[lm_head]", ("all-linear", "lm_head"), False),                 # the output layer joins every linear
+    ("[q_proj, embed_tokens]", ("all-linear",), True),               # q_proj is in all-linear; the embedding is not counted
+])
+def test_axolotl_lora_target_linear_with_extra_modules_is_the_union(capsys, tmp_path, extra, targets, said):
+    """axolotl (loaders/adapter.py _build_peft_lora_config): lora_target_linear adapts every linear but the output
+    embedding AND the lora_target_modules listed, so an lm_head listed there is adapted too."""
+    est, skipped = check(capsys, tmp_path, "lora.yml", f"""\
+        base_model: meta-llama/Llama-2-7b-hf
+        adapter: lora
+        lora_r: 16
+        lora_target_linear: true
+        lora_target_modules: {extra}
+        sequence_len: 1024
+        micro_batch_size: 1
+        bf16: true
+        """)
+    assert est["per_gpu_bytes"] == per_gpu(**A100X4, method="lora", lora_rank=16, lora_targets=targets,
+                                           precision="bf16", micro_batch=1, global_batch=4, seq_len=1024,
+                                           strategy="ddp")
+    assert ("lora_target_modules" in skipped) == said
+
+
 def test_hf_trainer_arguments_under_fsdp(capsys, tmp_path):
     """transformers 5.24 TrainingArguments: fsdp "full_shard auto_wrap offload", fsdp_config's activation
     checkpointing, accelerator_config's sync_each_batch, use_liger_kernel; label_smoothing_factor's fp32
