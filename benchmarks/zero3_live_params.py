@@ -2,27 +2,42 @@
 
 Usage::
 
-    python benchmarks/zero3_live_params.py            # ~1 minute on 2 cores
+    python benchmarks/zero3_live_params.py                       # DeepSpeed 0.19.8 (installed); ~1 minute
+    pip install --no-deps --target /work/site-Z deepspeed==0.13.3   # the release of the PEFT docs run's date
+    python benchmarks/zero3_live_params.py --deepspeed-site /work/site-Z --reentrant [--verbose] [--events 1]
 
 What a ZeRO-3 rank holds gathered at once is decided by ``PartitionedParameterCoordinator`` from element counts
 only (``stage3_prefetch_bucket_size``, ``stage3_max_live_parameters``, ``stage3_max_reuse_distance``,
-``stage3_param_persistence_threshold``: ``fetch_sub_module``, ``__params_to_release``, unchanged from DeepSpeed
-0.13.3, the release of the PEFT docs' run, to 0.19.8), so a model whose every matrix is the 70B's scaled by the
-same factor, run with those four knobs scaled by that factor, takes the same fetch / prefetch / release
-decisions as the 70B. The model here is Llama-2-70B's shape (peft docs' Llama-2-70B LoRA ZeRO-3 run,
-``benchmarks/gpu_memory_corpus.yaml`` ``peft-docs-llama-2-70b-lora-zero3-8xh100``) with every width divided by
-16 (h 8192 -> 512, intermediate 28672 -> 1792, 64 -> 16 heads of 32, 8 -> 2 KV heads, vocabulary 32000 -> 2000):
-every weight matrix has 1/256 of its elements, so the element-count knobs are DeepSpeed's defaults / 256 and
-the persistence threshold, compared with 1-D and rank-8 tensors (norm weights, LoRA A/B), /16. LoRA r=8 on every
-linear (the harness's stand-in for ``peft.tuners.lora.Linear``), non-reentrant gradient checkpointing of every
-decoder layer, as transformers' ``gradient_checkpointing_enable(use_reentrant=False)``.
+``stage3_param_persistence_threshold``), so a model whose every matrix is the 70B's scaled by one factor, run with
+those knobs scaled alike, takes the same fetch / prefetch / release decisions as the 70B. The model here is
+Llama-2-70B's shape (the PEFT docs' Llama-2-70B LoRA ZeRO-3 run, ``benchmarks/gpu_memory_corpus.yaml``
+``peft-docs-llama-2-70b-lora-zero3-8xh100``) with every width divided by 16 (h 8192 -> 512, intermediate 28672 ->
+1792, 64 -> 16 heads, 8 -> 2 KV heads, vocabulary 32000 -> 2000): every weight matrix has 1/256 of its elements,
+so the element-count knobs are DeepSpeed's defaults / 256, and the persistence threshold, which sorts 1-D and
+rank-8 tensors (norm weights, LoRA A/B), / 16. LoRA r=8 on every linear (module for module as
+``peft.tuners.lora.Linear``), gradient checkpointing of every decoder layer.
 
-Measured on rank 0, at every fetch, release and gather completion of the coordinator's second step: the bytes of
-every non-persistent parameter's gathered storage plus the flat buffers of in-flight coalesced gathers
-(``AllGatherCoalescedHandle.partitions``; its ``wait`` copies each parameter out with ``torch.cat``, so flat buffer
-and copies coexist until the handle is dropped). Printed: the peak, in elements of the 70B (x256) and GiB of
-bf16, against what dsadvise counts (``advisor.memory.buffers``: ``ZeRO-3 gathered parameters``).
-DeepSpeed's collectives run with CUDA's semantics (``benchmarks.harness.kinds.zero.cuda_semantics_of_gloo_collectives``).
+Measured on rank 0 at every fetch, release and gather completion of the last of 4 steps: the bytes of every
+non-persistent parameter's gathered storage plus the flat buffers of in-flight coalesced gathers
+(``AllGatherCoalescedHandle.partitions``). Printed: the peak against dsadvise's replay of the coordinator
+(``advisor/memory/zero3_gather.py``, the ``ZeRO-3 gathered parameters`` term) for the same model and knobs, and
+both x256 (the 70B).
+
+Results (2026-11-30, session 9): DeepSpeed 0.13.3, reentrant checkpointing: 13,910,016 B measured = the replay to
+the byte (3.316 GiB at the 70B; 1.863 GiB = ``stage3_max_live_parameters`` was counted before). The excess over
+max_live: every step starts with the coordinator's available count below zero (reset after the backward, then
+``step()``'s ``release_and_reset_all`` subtracts the embedding, whose post-backward hook never fires, and every
+persistent parameter, re-gathered outside the count by ``_post_step``), so prefetch runs that far past the cap;
+prefetch is triggered at every module's fetch, containers included; a LoRA B above the persistence threshold shares
+a coalesced gather with the next base weight, whose flat buffer lives beside the copies ``wait`` makes until
+both are consumed; lm_head is kept from its forward to its backward (reuse distance 0).
+DeepSpeed 0.19.8, non-reentrant: 10.71 MiB (2.68 GiB at the 70B): releases attributed to the checkpoint's
+recompute (``update_recompute_parameters``, after 2025) free frozen weights sooner; the replay is above it.
+DeepSpeed 0.13.3 under torch 2.13 cannot run the non-reentrant recompute (frozen weights recomputed as [0]:
+``CheckpointError``, the ZeRO-3 frozen-parameter issue fixed by the recompute attribution); the reentrant
+recompute fetches the same modules in the same order (the module trace, ``--events 3``, is the one
+``module_trace`` builds). DeepSpeed's collectives run with CUDA's semantics
+(``benchmarks.harness.kinds.zero.cuda_semantics_of_gloo_collectives``).
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ if str(_ROOT) not in sys.path:
 SCALE = 16                 # widths divided by this: matrices by SCALE**2
 LAYERS = 4
 SEQ = 64
+STEPS = 4                  # steps run; the last is measured
 
 
 def small_config() -> dict:
@@ -135,14 +151,6 @@ def worker(out: str) -> None:
         get_accelerator()._communication_backend_name = "gloo"   # 0.13's CPU accelerator would build oneCCL's op
         # and would count devices with numactl (not installed): one "device" per local rank
         get_accelerator().device_count = lambda: int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    import deepspeed.runtime.zero.partitioned_param_coordinator as ppc_module
-
-    if hasattr(ppc_module, "update_recompute_parameters") and os.environ.get("NO_RECOMPUTE_ATTRIBUTION"):
-        # DeepSpeed 0.13.3 (the run's date) has no recompute attribution: 0.19.8 hands frozen parameters gathered
-        # by a checkpoint's recompute to the active backward module and releases them with it
-        # (partitioned_param_coordinator.py update_recompute_parameters, release_sub_module); 0.13.3 releases them
-        # by reuse distance only (__params_to_release), the rest of fetch / prefetch / release being the same code.
-        ppc_module.update_recompute_parameters = lambda sub_module, param: None
     deepspeed.init_distributed(dist_backend="gloo")
     rank = torch.distributed.get_rank()
     cfg = AutoConfig.for_model(**small_config())
@@ -150,10 +158,11 @@ def worker(out: str) -> None:
     import torch._dynamo  # noqa: F401  (before zero.Init: see benchmarks/engine_steps.py)
     with deepspeed.zero.Init(config_dict_or_path=ds_config()):
         model = AutoModelForCausalLM.from_config(cfg)
-    reentrant = bool(os.environ.get("REENTRANT"))
+    reentrant = bool(os.environ.get("ZERO3_LIVE_REENTRANT"))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model.config.use_cache = False
-    lora_all_linear(model, 8)
+    if not os.environ.get("ZERO3_LIVE_FULL"):
+        lora_all_linear(model, 8)
     model.enable_input_require_grads()
     trainable = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=chunked_adam()(trainable, lr=1e-5),
@@ -205,19 +214,38 @@ def worker(out: str) -> None:
     fetch, release = PPC.fetch_sub_module, PPC.release_sub_module
 
     def fetch_hook(self, module, forward):
+        if state["on"] and os.environ.get("ZERO3_LIVE_EVENTS") == "2":
+            log.append(("fetch", modnames.get(id(module), "?").replace("model.layers.", "L"),
+                        self._PartitionedParameterCoordinator__n_available_params))
         r = fetch(self, module, forward)
         record(f"after fetch of {type(module).__name__} ({'forward' if forward else 'backward'})")
         return r
 
+    modnames = {id(m): n for n, m in engine.module.named_modules()}
+
     def release_hook(self, module, *a, **k):
+        if state["on"] and os.environ.get("ZERO3_LIVE_EVENTS") == "2":
+            log.append(("release_sub_module", modnames.get(id(module), "?").replace("model.layers.", "L"),
+                        [names.get(id(p), "?").replace("model.layers.", "L") for p in module.parameters(recurse=False)]))
         record(f"before release of {type(module).__name__}")
         r = release(self, module, *a, **k)
         record(f"after release of {type(module).__name__}")
         return r
 
-    PPC.fetch_sub_module, PPC.release_sub_module = fetch_hook, release_hook
     log = []
-    if os.environ.get("EVENTS"):
+    reset = PPC.reset_step
+
+    def reset_hook(self):
+        if state["on"]:
+            left = [(names.get(id(p), "?"), p.ds_numel) for p in params
+                    if not getattr(p, "ds_persist", False) and p.ds_status.name != "NOT_AVAILABLE"]
+            state["left_at_reset"] = left + [("persistent", sum(p.ds_numel for p in params
+                                                               if getattr(p, "ds_persist", False)))]
+        return reset(self)
+
+    PPC.reset_step = reset_hook
+    PPC.fetch_sub_module, PPC.release_sub_module = fetch_hook, release_hook
+    if os.environ.get("ZERO3_LIVE_EVENTS"):
         ag, rel = PPC._PartitionedParameterCoordinator__all_gather_params, PPC._PartitionedParameterCoordinator__release_param
 
         def ag_hook(self, ps, forward):
@@ -238,19 +266,45 @@ def worker(out: str) -> None:
         PPC._PartitionedParameterCoordinator__all_gather_params = ag_hook
         PPC._PartitionedParameterCoordinator__release_param = rel_hook
     ids = torch.randint(0, cfg.vocab_size, (1, SEQ), generator=torch.Generator().manual_seed(rank))
-    for step in range(3):
-        state["on"] = step == 2           # the trace is complete from the second step on
+    for step in range(STEPS):
+        state["on"] = step == STEPS - 1    # the trace is complete from the second step on; the third starts
+        # from the available count the second one carried over (see advisor/memory/zero3_gather.py)
         handles.clear()
         res = engine(input_ids=ids, labels=ids)
         engine.backward(res.loss)
         engine.step()
+    if rank == 0 and os.environ.get("ZERO3_LIVE_EVENTS") == "3":
+        order = engine.optimizer.parameter_offload.get_param_coordinator(training=True) \
+            if hasattr(engine.optimizer.parameter_offload, "get_param_coordinator") else None
+        coord = order or engine.optimizer.parameter_offload.param_coordinator
+        mods = {id(m): n for n, m in engine.module.named_modules()}
+        print("ORDER", [mods.get(id(m), "?") for m in coord._PartitionedParameterCoordinator__submodule_order], flush=True)
     if rank == 0:
         total = sum(p.ds_numel for p in params)
         Path(out).write_text(json.dumps({"peak_bytes": state["peak"], "where": state["where"],
                                          "events": len(state["trace"]), "total_elements": total,
-                                         "at_peak": state["at_peak"], "log": log}))
+                                         "at_peak": state["at_peak"], "log": log,
+                                         "left_at_reset": state.get("left_at_reset"),
+                                         "deepspeed": deepspeed.__version__}))
     engine.destroy()
     torch.distributed.barrier()
+
+
+def replayed(world: int = 2, method: str = "lora") -> int:
+    """dsadvise's replay of the coordinator (advisor/memory/zero3_gather.py) for this run's model and knobs, bytes."""
+    from advisor.hf_config import architecture_from_hf_config
+    from advisor.memory.zero3_gather import gathered_peak, module_trace
+    from advisor.memory.zero_sizes import DeepSpeedSizes
+    from advisor.specs import LoraSpec, TrainingSpec
+
+    zo = ds_config()["zero_optimization"]
+    ds = DeepSpeedSizes(zo["reduce_bucket_size"], 500_000_000, zo["stage3_prefetch_bucket_size"],
+                        zo["stage3_max_live_parameters"], zo["stage3_param_persistence_threshold"], 1_000_000_000, True,
+                        zo["stage3_max_reuse_distance"])
+    training = TrainingSpec(seq_len=SEQ, micro_batch_size=1, method=method, lora=LoraSpec(rank=8),
+                            activation_checkpointing="full")
+    numel, trace = module_trace(architecture_from_hf_config(small_config()), training)
+    return gathered_peak(numel, trace, ds, world, 2)
 
 
 def main() -> int:
@@ -258,9 +312,21 @@ def main() -> int:
     ap.add_argument("--worker", nargs=1, metavar="OUT")
     ap.add_argument("--deepspeed-site", metavar="DIR", help="import DeepSpeed from DIR (an old release installed with "
                     "pip install --no-deps --target DIR), see old_deepspeed()")
+    ap.add_argument("--reentrant", action="store_true", help="reentrant checkpointing (DeepSpeed 0.13.3 under torch "
+                    "2.13 stops a non-reentrant recompute: frozen parameters recomputed as [0], see the module doc)")
+    ap.add_argument("--events", type=int, default=0, help="1: print every gather and release; 2: and every fetch and "
+                    "release call (with the coordinator's available count); 3: the module trace (fetch order)")
+    ap.add_argument("--verbose", action="store_true", help="what is gathered at the peak")
+    ap.add_argument("--full", action="store_true", help="full fine-tuning (no LoRA)")
     a = ap.parse_args()
     if a.deepspeed_site:
         os.environ["ZERO3_LIVE_DEEPSPEED_SITE"] = a.deepspeed_site
+    if a.reentrant:
+        os.environ["ZERO3_LIVE_REENTRANT"] = "1"
+    if a.events:
+        os.environ["ZERO3_LIVE_EVENTS"] = str(a.events)
+    if a.full:
+        os.environ["ZERO3_LIVE_FULL"] = "1"
     if a.worker:
         worker(a.worker[0])
         import torch
@@ -270,17 +336,20 @@ def main() -> int:
     from benchmarks.harness.launch import run_ranks
 
     r = run_ranks(__file__, [], port=29741, timeout=900, what="ZeRO-3 live-parameter run")
-    m = SCALE * SCALE
-    peak_el = r["peak_bytes"] // 2
-    print(f"gathered peak (rank 0): {r['peak_bytes'] / 2**20:.2f} MiB = {peak_el:,} elements "
-          f"-> x{m}: {peak_el * m:,} elements = {peak_el * m * 2 / 2**30:.3f} GiB bf16 at the 70B ({r['where']})")
     for e in r.get("log", []):
         print("   ", *e)
-    if os.environ.get("VERBOSE"):
+    if a.verbose:
         for b, what in r["at_peak"]:
             print(f"    {b / 2**20:8.3f} MiB  {what}")
-    print(f"stage3_max_live_parameters: {1_000_000_000 // m:,} elements here, 1e9 at the 70B = "
-          f"{2e9 / 2**30:.3f} GiB bf16 (what dsadvise counts with DeepSpeed's defaults)")
+        print("    still gathered when the coordinator resets after the backward:", r.get("left_at_reset"))
+    m = SCALE * SCALE
+    measured, replay = r["peak_bytes"], replayed(method="full" if a.full else "lora")
+    print(f"DeepSpeed {r['deepspeed']}, {'reentrant' if a.reentrant else 'non-reentrant'} checkpointing; rank 0's "
+          f"gathered peak ({r['where']}):")
+    print(f"  measured {measured:,} B = {measured / 2**20:.3f} MiB; dsadvise's replay {replay:,} B "
+          f"({(replay - measured) / measured * 100:+.2f} %)")
+    print(f"  x{m} (the 70B): measured {measured * m / 2**30:.3f} GiB, replayed {replay * m / 2**30:.3f} GiB; "
+          f"stage3_max_live_parameters alone: {2e9 / 2**30:.3f} GiB")
     return 0
 
 

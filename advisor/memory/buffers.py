@@ -7,6 +7,7 @@ from ..param_count import ParameterCounts, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .bytes_per_param import StateBytes, fp32_lora_base
 from .model_states import fsdp_shard_degree
+from .zero3_gather import zero3_gathered_bytes
 from .zero_sizes import DeepSpeedSizes, deepspeed_sizes  # noqa: F401  (re-exported: render uses them)
 
 
@@ -70,7 +71,13 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             live = max(counts.largest_module,
                        min(ds.max_live_parameters, counts.largest_module + ds.prefetch_bucket_size),
                        min(ds.max_live_parameters, counts.total))
-            out["ZeRO-3 gathered parameters (module + prefetch)"] = live * weight_b
+            # Dense decoders: DeepSpeed's coordinator replayed over the step's module trace (zero3_gather.py:
+            # prefetch past stage3_max_live_parameters by the count carried over from the last step's
+            # partition_all_parameters, reuse-distance retention, coalesced gathers' flat buffers beside the
+            # parameters copied out of them); measured on a real engine by benchmarks/zero3_live_params.py.
+            replayed = zero3_gathered_bytes(arch, training, ds, world, weight_b) if world > 1 else None
+            out["ZeRO-3 gathered parameters (module + prefetch)"] = \
+                max(live * weight_b, replayed) if replayed is not None else live * weight_b
             # Backward produces a module's gradients at full size before they enter the reduce bucket.
             out["ZeRO-3 unpartitioned module gradients"] = counts.largest_module * grad_b
             # One contiguous ipg buffer per communication dtype, allocated at init whether or not it fills

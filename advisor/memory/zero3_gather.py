@@ -1,0 +1,257 @@
+"""ZeRO-3's gathered 16-bit parameters over one training step: DeepSpeed's parameter coordinator replayed (bytes).
+
+What a ZeRO-3 rank holds gathered at once is decided by ``PartitionedParameterCoordinator`` (DeepSpeed
+``runtime/zero/partitioned_param_coordinator.py``, the same code from 0.13.3 to 0.19.8 for what is replayed here)
+from element counts only, once the first step has recorded the module trace:
+
+* ``fetch_sub_module``: the module's own parameters are gathered (one ``all_gather_coalesced`` call), waited for;
+  the trace queue is advanced past them; then up to ``min(stage3_max_live_parameters - available,
+  stage3_prefetch_bucket_size)`` elements of the next parameters in the trace are prefetched in one call (the
+  loop adds whole parameters while the running count is below that bound, so one large parameter overshoots
+  it), every parameter scanned, gathered or not, noting its next use (``__most_recent_step_id_param_fetched_for``).
+* ``release_sub_module`` / ``__params_to_release``: a parameter is released unless a scanned use lies ahead of
+  the current step, or it is used again within the next ``stage3_max_reuse_distance`` elements of the module
+  trace (checkpointed layers are recomputed and back-propagated at once, so their parameters are reused within
+  the window); persistent parameters (``ds_numel <= stage3_param_persistence_threshold``,
+  ``parameter_offload.py mark_persistent_parameters``) are never gathered or released.
+* memory (``partition_parameters.py all_gather_coalesced``): one parameter is gathered into a buffer of its
+  size rounded up to a multiple of the world size, which becomes its data; several are gathered into one flat
+  buffer, and the first ``AllGatherCoalescedHandle.wait`` copies each parameter out of it (``torch.cat`` of its
+  per-rank pieces): the flat buffer lives on beside the copies until every parameter of the call has been waited
+  for (the handle is referenced from the in-flight registry until then). LoRA adapters above the persistence
+  threshold (B of a wide projection) share a prefetch call with the next base weight, so that weight exists
+  twice until its adapter's module runs.
+
+Measured on a real engine: ``python benchmarks/zero3_live_params.py`` (Llama-2-70B's shape scaled by 1/16 in
+width, the element-count knobs by 1/256, DeepSpeed 0.13.3 and 0.19.8, 2 CPU processes).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from ..architecture import Architecture
+from ..param_count import linear_shapes
+from ..specs import LoraSpec, TrainingSpec
+from .zero_sizes import DeepSpeedSizes
+
+
+@dataclass
+class _Handle:
+    params: list[int]
+    flat: int                      # bytes of the flat buffer (coalesced) or the single parameter's buffer
+    coalesced: bool
+    pending: set[int] = field(default_factory=set)
+    done: bool = False
+
+
+def module_trace(arch: Architecture, training: TrainingSpec) -> tuple[list[int], list[list[int]]] | None:
+    """(element count of each parameter, the step's module trace as lists of parameter ids) of a dense decoder
+    in the order ZeRO-3's hooks fetch them: embedding, each layer's norms and linears (a LoRA-wrapped linear as
+    base, A, B: ``peft.tuners.lora.Linear.forward``), final norm, lm_head; then the backward from lm_head down,
+    each checkpointed layer recomputed (its forward order) before its backward (reverse order). Recorded from a
+    real engine by ``benchmarks/zero3_live_params.py`` (``TRACE_ORDER=1``). None for what it does not cover
+    (MoE experts, multi-head latent attention)."""
+    if arch.is_moe or arch.kv_lora_rank:
+        return None
+    numel: list[int] = []
+
+    def new(n: int) -> int:
+        numel.append(int(n))
+        return len(numel) - 1
+
+    h, r = arch.hidden_size, training.lora.rank
+    lora = training.method in ("lora", "qlora")
+    targets = set(training.lora.target_modules)
+    none: list[int] = []                                   # a module without parameters of its own
+
+    def linear(name: str, fan_in: int, fan_out: int) -> tuple[list[list[int]], list[list[int]]]:
+        """(forward, backward) modules of one linear: peft's wrapper, base, A, B (backward: wrapper, B, A, base)"""
+        base = [new(fan_in * fan_out // (4 if training.method == "qlora" else 1))]   # NF4 packed in 16-bit
+        if not (lora and ("all-linear" in targets or name in targets)):
+            return [base], [base]
+        a, b = [new(r * fan_in)], [new(fan_out * r)]
+        return [none, base, a, b], [none, b, a, base]
+
+    embed = new(arch.vocab_size * h)
+    attn_names = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj")
+    layers = []
+    for _ in range(arch.num_layers):
+        fwd_attn, bwd_attn, fwd_mlp, bwd_mlp = [], [], [], []
+        for i, (name, (fan_in, fan_out, copies)) in enumerate(linear_shapes(arch).items()):
+            for _ in range(copies):
+                f, b = linear(name, fan_in, fan_out)
+                if name in attn_names:
+                    fwd_attn += f
+                    bwd_attn = b + bwd_attn
+                else:
+                    fwd_mlp += f + ([none] if not fwd_mlp else [])       # the activation after the first MLP linear
+                    bwd_mlp = b + bwd_mlp if bwd_mlp else [none] + b
+        in_norm, post_norm = [new(h)], [new(h)]
+        forward_ = [none, in_norm, none] + fwd_attn + [post_norm, none] + fwd_mlp
+        backward_ = [none] + bwd_mlp + [post_norm, none] + bwd_attn + [in_norm]
+        layers.append((forward_, backward_))
+    final = [new(h)]
+    head = [embed] if arch.tie_word_embeddings else [new(arch.vocab_size * h)]
+    # root, model, embedding, rotary embedding; the layers; final norm, lm_head
+    forward = [none, none, [embed], none] + [m for f, _ in layers for m in f] + [final, head]
+    backward = [none, head, none, final]                   # root, lm_head, model, final norm
+    ckpt = training.activation_checkpointing == "full"
+    for f, b in reversed(layers):
+        backward += (f if ckpt else []) + b
+    backward.append([embed])
+    return numel, forward + backward
+
+
+def gathered_peak(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: int, elem_bytes: int,
+                  log: list | None = None) -> int:
+    """Peak bytes of gathered parameters over a step whose trace is complete, from the second step on: the
+    coordinator's available count is reset after the backward (``stage3.py backward``: ``reset_step``) and the
+    parameters still gathered then are released afterwards by ``step()`` (``partition_all_parameters`` ->
+    ``release_and_reset_all``), which subtracts them from the fresh count, so every later step starts that many
+    elements below zero: its prefetch may hold that much more than ``stage3_max_live_parameters``."""
+    first, left = _step(numel, trace, ds, world, elem_bytes, 0, None)
+    peak, _ = _step(numel, trace, ds, world, elem_bytes, -left, log)
+    return max(first, peak)
+
+
+def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: int, elem_bytes: int, carry: int,
+          log: list | None) -> tuple[int, int]:
+    """Peak bytes of gathered (non-persistent) parameters and in-flight flat buffers over one step whose trace is
+    complete (the second step on), replaying the coordinator's fetch / prefetch / release decisions."""
+    persist = [n <= ds.param_persistence_threshold for n in numel]
+    order = [(p, step) for step, mod in enumerate(trace) for p in sorted(set(mod))]
+    queue = deque(order)
+    recent: dict[int, float] = defaultdict(lambda: -1e10)
+    # persistent parameters: gathered again right after each step() (stage3.py _post_step:
+    # persistent_parameters[0].all_gather(...), outside the coordinator's count)
+    available = list(persist)
+    inflight: dict[int, _Handle] = {}
+    data: dict[int, int] = {}
+    flats: set[int] = set()          # ids of live handles
+    handles: dict[int, _Handle] = {}
+    n_avail = 0
+    peak = 0
+
+    def aligned(p: int) -> int:
+        return math.ceil(numel[p] / world) * world
+
+    def live() -> int:                      # persistent parameters are counted apart (whole on every GPU)
+        return sum(b for p, b in data.items() if not persist[p]) + sum(handles[i].flat for i in flats)
+
+    def gather(ps) -> None:
+        nonlocal n_avail
+        todo = sorted(p for p in ps if not available[p] and p not in inflight)
+        if not todo:
+            return
+        n_avail += sum(numel[p] for p in todo)
+        if log is not None:
+            log.append(("gather", todo, sum(numel[p] for p in todo), round(live() / 2**20, 2)))
+        h = _Handle(todo, sum(aligned(p) for p in todo) * elem_bytes, len(todo) > 1, set(todo))
+        handles[id(h)] = h
+        flats.add(id(h))
+        for p in todo:
+            inflight[p] = h
+
+    def wait(p: int) -> None:
+        h = inflight.pop(p)
+        if not h.done:
+            h.done = True
+            for q in h.params:
+                available[q] = True
+                data[q] = (numel[q] if h.coalesced else aligned(q)) * elem_bytes
+            if not h.coalesced:
+                flats.discard(id(h))        # the buffer is the parameter's data now
+        h.pending.discard(p)
+        if not h.pending:
+            flats.discard(id(h))
+
+    # __params_to_release walks the trace from the current step while fewer than stage3_max_reuse_distance
+    # elements have been traversed (checked before each module): the modules m >= step with
+    # cum[m] - cum[step] < distance, i.e. [step, end); a parameter used in that window is kept.
+    cum = [0]
+    for m in trace:
+        cum.append(cum[-1] + sum(numel[p] for p in m))
+    uses: dict[int, list[int]] = defaultdict(list)
+    for i, m in enumerate(trace):
+        for p in m:
+            uses[p].append(i)
+
+    def to_release(step: int, mod: list[int]) -> set[int]:
+        end = bisect_left(cum, cum[step] + ds.max_reuse_distance, lo=step)
+        out = set()
+        for p in mod:
+            if persist[p] or recent[p] > step:
+                continue
+            u = uses[p]
+            k = bisect_left(u, step)
+            if not (k < len(u) and u[k] < end):
+                out.add(p)
+        return out
+
+    n_avail = carry
+    step = 0
+    last = len(trace) - 1
+    for mod in trace:
+        params = set(mod)
+        gather(params)
+        for p in params:
+            if p in inflight:
+                wait(p)
+        peak = max(peak, live())
+        fresh = [p for p in params if recent[p] < step]
+        for _ in range(len(fresh)):
+            p, s = queue.popleft()
+            recent[p] = s
+        budget = min(ds.max_live_parameters - n_avail, ds.prefetch_bucket_size)
+        prefetch, count = set(), 0
+        while queue and count < budget:
+            p, s = queue.popleft()
+            if not available[p] and p not in inflight and p not in prefetch:
+                prefetch.add(p)
+                count += numel[p]
+            recent[p] = max(recent[p], s)
+        if count:
+            gather(prefetch)
+            peak = max(peak, live())
+        step += 1
+        if step - 1 == last:
+            break                   # the embedding's backward: its input (token ids) needs no gradient, so
+            # DeepSpeed's post-backward hook never fires; step() releases it (partition_all_parameters)
+        for p in to_release(step, mod):
+            if available[p] and not persist[p]:
+                available[p] = False
+                del data[p]
+                n_avail -= numel[p]
+                if log is not None:
+                    log.append(("release", p, round(live() / 2**20, 2)))
+    # step()'s partition_all_parameters -> release_and_reset_all releases every available parameter, persistent
+    # ones included, and subtracts each from the count reset_step has just zeroed
+    left = sum(numel[p] for p in range(len(numel)) if available[p])
+    if log is not None:
+        log.append(("end", [p for p in range(len(numel)) if available[p] and not persist[p]], n_avail))
+    return peak, left
+
+
+@lru_cache(maxsize=256)
+def _cached_peak(arch: Architecture, method: str, rank: int, targets: tuple[str, ...], checkpointing: str,
+                 ds: DeepSpeedSizes, world: int, elem_bytes: int) -> int | None:
+    training = TrainingSpec(seq_len=1, micro_batch_size=1, method=method, lora=LoraSpec(rank=rank, target_modules=targets),
+                            activation_checkpointing=checkpointing)
+    traced = module_trace(arch, training)
+    if traced is None:
+        return None
+    numel, trace = traced
+    return gathered_peak(numel, trace, ds, world, elem_bytes)
+
+
+def zero3_gathered_bytes(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int,
+                         elem_bytes: int) -> int | None:
+    """Peak bytes of ZeRO-3's gathered parameters (and in-flight gather buffers) on one GPU over a training step,
+    replayed from DeepSpeed's coordinator (:func:`gathered_peak`); None where the module trace is not modeled."""
+    return _cached_peak(arch, training.method, training.lora.rank, tuple(training.lora.target_modules),
+                        training.activation_checkpointing, ds, world, elem_bytes)
