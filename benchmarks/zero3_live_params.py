@@ -226,7 +226,8 @@ def worker(out: str) -> None:
     def release_hook(self, module, *a, **k):
         if state["on"] and os.environ.get("ZERO3_LIVE_EVENTS") == "2":
             log.append(("release_sub_module", modnames.get(id(module), "?").replace("model.layers.", "L"),
-                        [names.get(id(p), "?").replace("model.layers.", "L") for p in module.parameters(recurse=False)]))
+                        [names.get(id(p), "?").replace("model.layers.", "L")
+                         for p in module.parameters(recurse=False)]))
         record(f"before release of {type(module).__name__}")
         r = release(self, module, *a, **k)
         record(f"after release of {type(module).__name__}")
@@ -246,13 +247,15 @@ def worker(out: str) -> None:
     PPC.reset_step = reset_hook
     PPC.fetch_sub_module, PPC.release_sub_module = fetch_hook, release_hook
     if os.environ.get("ZERO3_LIVE_EVENTS"):
-        ag, rel = PPC._PartitionedParameterCoordinator__all_gather_params, PPC._PartitionedParameterCoordinator__release_param
+        ag = PPC._PartitionedParameterCoordinator__all_gather_params
+        rel = PPC._PartitionedParameterCoordinator__release_param
 
         def ag_hook(self, ps, forward):
             todo = [p for p in ps if p.ds_status.name == "NOT_AVAILABLE"]
             if state["on"] and todo:
                 log.append(("gather", [names.get(id(p), "?").replace("model.layers.", "L").replace(".weight", "")
-                                       for p in todo], sum(p.ds_numel for p in todo), round(gathered_bytes() / 2**20, 2)))
+                                       for p in todo], sum(p.ds_numel for p in todo),
+                            round(gathered_bytes() / 2**20, 2)))
             return ag(self, ps, forward)
 
         def rel_hook(self, p, *a):
@@ -274,11 +277,12 @@ def worker(out: str) -> None:
         engine.backward(res.loss)
         engine.step()
     if rank == 0 and os.environ.get("ZERO3_LIVE_EVENTS") == "3":
-        order = engine.optimizer.parameter_offload.get_param_coordinator(training=True) \
-            if hasattr(engine.optimizer.parameter_offload, "get_param_coordinator") else None
-        coord = order or engine.optimizer.parameter_offload.param_coordinator
+        offload = engine.optimizer.parameter_offload
+        coord = offload.get_param_coordinator(training=True) if "training" in \
+            offload.get_param_coordinator.__code__.co_varnames else offload.get_param_coordinator()
         mods = {id(m): n for n, m in engine.module.named_modules()}
-        print("ORDER", [mods.get(id(m), "?") for m in coord._PartitionedParameterCoordinator__submodule_order], flush=True)
+        order = coord._PartitionedParameterCoordinator__submodule_order
+        print("ORDER", [mods.get(id(m), "?") for m in order], flush=True)
     if rank == 0:
         total = sum(p.ds_numel for p in params)
         Path(out).write_text(json.dumps({"peak_bytes": state["peak"], "where": state["where"],

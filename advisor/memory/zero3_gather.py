@@ -1,29 +1,37 @@
 """ZeRO-3's gathered 16-bit parameters over one training step: DeepSpeed's parameter coordinator replayed (bytes).
 
 What a ZeRO-3 rank holds gathered at once is decided by ``PartitionedParameterCoordinator`` (DeepSpeed
-``runtime/zero/partitioned_param_coordinator.py``, the same code from 0.13.3 to 0.19.8 for what is replayed here)
-from element counts only, once the first step has recorded the module trace:
+``runtime/zero/partitioned_param_coordinator.py``) from element counts only, once the first step has recorded the
+module trace. Replayed here as DeepSpeed 0.13.3 does it (the release of the PEFT docs' 70B runs; line numbers of
+that release):
 
-* ``fetch_sub_module``: the module's own parameters are gathered (one ``all_gather_coalesced`` call), waited for;
-  the trace queue is advanced past them; then up to ``min(stage3_max_live_parameters - available,
-  stage3_prefetch_bucket_size)`` elements of the next parameters in the trace are prefetched in one call (the
-  loop adds whole parameters while the running count is below that bound, so one large parameter overshoots
-  it), every parameter scanned, gathered or not, noting its next use (``__most_recent_step_id_param_fetched_for``).
-* ``release_sub_module`` / ``__params_to_release``: a parameter is released unless a scanned use lies ahead of
-  the current step, or it is used again within the next ``stage3_max_reuse_distance`` elements of the module
-  trace (checkpointed layers are recomputed and back-propagated at once, so their parameters are reused within
-  the window); persistent parameters (``ds_numel <= stage3_param_persistence_threshold``,
-  ``parameter_offload.py mark_persistent_parameters``) are never gathered or released.
+* ``fetch_sub_module`` (l. 261), at every module's forward or backward hook, containers included: the module's own
+  parameters are gathered in one ``all_gather_coalesced`` call and waited for; the trace queue is advanced past
+  them; then the next parameters in the trace are prefetched in one call while the running count is below
+  ``min(stage3_max_live_parameters - available, stage3_prefetch_bucket_size)`` (l. 354: whole parameters, so
+  one large parameter overshoots it), every parameter scanned noting its next use.
+* ``release_sub_module`` / ``__params_to_release`` (l. 487): a parameter is released unless a scanned use lies
+  ahead, or it recurs within the next ``stage3_max_reuse_distance`` elements of the trace (a checkpointed layer
+  is recomputed and back-propagated at once). Persistent parameters (``ds_numel <=
+  stage3_param_persistence_threshold``, ``parameter_offload.py mark_persistent_parameters``) stay gathered; their
+  bytes are counted apart (``ZeRO-3 persistent small parameters``).
+* carry-over: ``reset_step`` (l. 204; ``stage3.py backward``, l. 2215) zeroes the available count after the
+  backward, then ``step()``'s ``partition_all_parameters`` -> ``release_and_reset_all`` (l. 407) subtracts every
+  parameter still gathered: the embedding, whose post-backward hook never fires (its input, the token ids, needs
+  no gradient), and every persistent parameter (gathered again by ``stage3.py _post_step``, l. 1986, outside the
+  count). Every later step starts that far below zero and prefetches that far past max_live.
 * memory (``partition_parameters.py all_gather_coalesced``): one parameter is gathered into a buffer of its
-  size rounded up to a multiple of the world size, which becomes its data; several are gathered into one flat
-  buffer, and the first ``AllGatherCoalescedHandle.wait`` copies each parameter out of it (``torch.cat`` of its
-  per-rank pieces): the flat buffer lives on beside the copies until every parameter of the call has been waited
-  for (the handle is referenced from the in-flight registry until then). LoRA adapters above the persistence
-  threshold (B of a wide projection) share a prefetch call with the next base weight, so that weight exists
-  twice until its adapter's module runs.
+  size rounded up to a multiple of the world size, which becomes its data (l. 1202); several go through one flat
+  buffer (l. 1266) that the first ``AllGatherCoalescedHandle.wait`` copies each parameter out of (``torch.cat``,
+  l. 694) and that lives until every parameter of the call has been waited for (the in-flight registry holds
+  the handle): a LoRA B above the persistence threshold shares a prefetch with the next base weight, which then
+  exists twice for a while.
 
-Measured on a real engine: ``python benchmarks/zero3_live_params.py`` (Llama-2-70B's shape scaled by 1/16 in
-width, the element-count knobs by 1/256, DeepSpeed 0.13.3 and 0.19.8, 2 CPU processes).
+Measured on a real engine (``python benchmarks/zero3_live_params.py --deepspeed-site DIR --reentrant [--full]``,
+Llama-2-70B's shape with widths / 16 and the element-count knobs / 256, 2 CPU processes): DeepSpeed 0.13.3 gathers
+exactly what this replay gives (tests/memory/test_deepspeed_zero3_gather.py). DeepSpeed 0.19.8 gathers less with
+LoRA under non-reentrant checkpointing (its recompute attribution, after 2025, releases frozen weights with the
+backward module): the replay is then an upper bound.
 """
 
 from __future__ import annotations
@@ -240,7 +248,8 @@ def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: i
 @lru_cache(maxsize=256)
 def _cached_peak(arch: Architecture, method: str, rank: int, targets: tuple[str, ...], checkpointing: str,
                  ds: DeepSpeedSizes, world: int, elem_bytes: int) -> int | None:
-    training = TrainingSpec(seq_len=1, micro_batch_size=1, method=method, lora=LoraSpec(rank=rank, target_modules=targets),
+    training = TrainingSpec(seq_len=1, micro_batch_size=1, method=method,
+                            lora=LoraSpec(rank=rank, target_modules=targets),
                             activation_checkpointing=checkpointing)
     traced = module_trace(arch, training)
     if traced is None:
