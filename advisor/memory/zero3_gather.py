@@ -264,3 +264,16 @@ def zero3_gathered_bytes(arch: Architecture, training: TrainingSpec, ds: DeepSpe
     replayed from DeepSpeed's coordinator (:func:`gathered_peak`); None where the module trace is not modeled."""
     return _cached_peak(arch, training.method, training.lora.rank, tuple(training.lora.target_modules),
                         training.activation_checkpointing, ds, world, elem_bytes)
+
+
+def zero3_gather_note(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int, elem_bytes: int,
+                      counted: int) -> str | None:
+    """The estimate's note when the replay (not the max_live bound) set the ``counted`` gathered bytes."""
+    replayed = zero3_gathered_bytes(arch, training, ds, world, elem_bytes) if world > 1 else None
+    if replayed is None or replayed != counted or replayed <= ds.max_live_parameters * elem_bytes:
+        return None
+    return (f"ZeRO-3 gathered parameters: DeepSpeed's prefetch and release replayed over this model's module trace "
+            f"as DeepSpeed 0.13 does it, {replayed / 2**30:.2f} GiB per GPU (stage3_max_live_parameters alone: "
+            f"{ds.max_live_parameters * elem_bytes / 2**30:.2f} GiB): each step starts below its live count by the "
+            f"parameters step() releases after it was reset (the embedding, the persistent ones); DeepSpeed releases "
+            f"of 2025 on free frozen weights sooner under LoRA + checkpointing, so they may hold less")
