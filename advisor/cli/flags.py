@@ -35,6 +35,7 @@ FRAMEWORKS: tuple[str, ...] = get_args(choices.Framework)     # issue 16 (helper
 PRESETS: tuple[str, ...] = get_args(choices.Preset)           # issue 16 (helper F)
 QLORA_QUANTIZERS: tuple[str, ...] = get_args(choices.QloraQuantizer)   # issue 17 (helper L)
 MODEL_CODES: tuple[str, ...] = get_args(choices.ModelCode)   # issue 17 (helper G)
+CHECKPOINT_SAVES: tuple[str, ...] = get_args(choices.CheckpointSave)   # issue 17
 
 
 # ---------------------------------------------------------------- argument types (shared with the wizard)
@@ -204,6 +205,11 @@ FLAGS: dict[str, Flag] = _flags(
          "(accelerate GradientAccumulationPlugin(sync_each_batch=True), HF Trainer accelerator_config "
          "gradient_accumulation_kwargs) instead of keeping unsharded gradients under no_sync: less memory, one "
          "gradient reduce-scatter per micro-batch", action="store_true", spec_fields=("sync_each_batch",)),
+    # issue 17: how checkpoints are saved (rank 0's CPU RAM at save time)
+    Flag("--checkpoint-save", "auto (as dsadvise renders: ZeRO-3 consolidates a 16-bit model, FSDP saves shards), "
+         "sharded (every rank its shard), or consolidated (ZeRO-3 stage3_gather_16bit_weights_on_model_save; FSDP "
+         "FULL_STATE_DICT, accelerate's FSDP1 default: model and optimizer state gathered into rank 0's CPU RAM)",
+         choices=CHECKPOINT_SAVES, default="auto", spec_fields=("checkpoint_save",)),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
     Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",)),
@@ -289,7 +295,8 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant",
                   "--tiled-mlp", "--torch-version", "--transformers-version",
-                  "--base-dtype", "--qlora-quantizer", "--sync-each-batch", "--model-code")   # issue 17
+                  "--base-dtype", "--qlora-quantizer", "--sync-each-batch", "--model-code",   # issue 17
+                  "--checkpoint-save")   # issue 17
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 # the flags `estimate` and `recommend` add to the problem flags (the wizard places each group on its step)
@@ -348,7 +355,8 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 base_dtype=getattr(args, "base_dtype", "16-bit"),
                 qlora_quantizer=getattr(args, "qlora_quantizer", "transformers"),   # issue 17 (helper L)
                 model_code=getattr(args, "model_code", "transformers"),   # issue 17 (helper G)
-                sync_each_batch=getattr(args, "sync_each_batch", False))
+                sync_each_batch=getattr(args, "sync_each_batch", False),
+                checkpoint_save=getattr(args, "checkpoint_save", "auto"))   # issue 17
 
 
 def layout_kwargs(args: argparse.Namespace) -> dict:

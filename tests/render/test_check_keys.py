@@ -305,6 +305,38 @@ def test_accelerate_inline_deepspeed_is_estimated(capsys, tmp_path):
     assert skipped == {} and not est["may_be_low"] and "may be low" not in est["message"]
 
 
+def cpu(**kw) -> int:
+    return estimate("llama-2-7b", **kw).per_node_cpu.total
+
+
+@pytest.mark.parametrize("line, save", [
+    ("", "consolidated"),                                          # accelerate's FSDP1 default: FULL_STATE_DICT
+    ("  fsdp_state_dict_type: FULL_STATE_DICT\n", "consolidated"),
+    ("  fsdp_state_dict_type: SHARDED_STATE_DICT\n", "sharded"),
+    ("  fsdp_version: 2\n", "sharded"),                            # FSDP2's default: SHARDED_STATE_DICT
+])
+def test_accelerate_fsdp_state_dict_type_is_the_checkpoint_save(capsys, tmp_path, line, save):
+    """fsdp_state_dict_type (accelerate utils/dataclasses.py set_state_dict_type): FULL_STATE_DICT gathers the
+    model, then the optimizer state, into rank 0's CPU RAM at each checkpoint; counted per node."""
+    est, skipped = check(capsys, tmp_path, "fsdp.yaml", "distributed_type: FSDP\nmixed_precision: bf16\n"
+                         "num_processes: 4\nfsdp_config:\n  fsdp_cpu_ram_efficient_loading: true\n" + line)
+    version = 2 if "version" in line else 1
+    assert est["per_node_cpu_bytes"] == cpu(**A100X4, strategy="fsdp-full", precision="bf16", seq_len=2048,
+                                            fsdp_version=version, checkpoint_save=save)
+    assert "fsdp_config.fsdp_state_dict_type" not in skipped
+
+
+@pytest.mark.parametrize("gather, save", [("true", "consolidated"), ("false", "sharded"), (None, "sharded")])
+def test_deepspeed_zero3_gather_on_save_is_the_checkpoint_save(capsys, tmp_path, gather, save):
+    """stage3_gather_16bit_weights_on_model_save: true consolidates the 16-bit model on rank 0's CPU; DeepSpeed's
+    default is false (runtime/zero/config.py)."""
+    key = f', "stage3_gather_16bit_weights_on_model_save": {gather}' if gather else ""
+    est, _ = check(capsys, tmp_path, "ds.json", '{"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": true}, '
+                   '"zero_optimization": {"stage": 3' + key + '}}', *HW, "--cpu-ram", "512")
+    assert est["per_node_cpu_bytes"] == cpu(**A100X4, strategy="zero3", precision="bf16", seq_len=2048,
+                                            bucket_sizes="default", cpu_ram=512, checkpoint_save=save)
+
+
 @pytest.mark.parametrize("kind", ["llamafactory", "axolotl", "hf-trainer", "trl"])
 def test_the_key_table_names_real_keys(kind):
     """advisor/data/check_keys.yaml: every key it reads or names as not counted is a key of the framework (its
