@@ -24,15 +24,19 @@ non-persistent parameter's gathered storage plus the flat buffers of in-flight c
 both x256 (the 70B).
 
 Results (2026-11-30, session 9): DeepSpeed 0.13.3, reentrant checkpointing: 13,910,016 B measured = the replay to
-the byte (3.316 GiB at the 70B; 1.863 GiB = ``stage3_max_live_parameters`` was counted before). The excess over
+the byte (3.316 GiB at the 70B; 1.863 GiB = ``stage3_max_live_parameters`` was counted before); ``--full``:
+12,189,696 B, the replay to the byte. The excess over
 max_live: every step starts with the coordinator's available count below zero (reset after the backward, then
 ``step()``'s ``release_and_reset_all`` subtracts the embedding, whose post-backward hook never fires, and every
 persistent parameter, re-gathered outside the count by ``_post_step``), so prefetch runs that far past the cap;
 prefetch is triggered at every module's fetch, containers included; a LoRA B above the persistence threshold shares
 a coalesced gather with the next base weight, whose flat buffer lives beside the copies ``wait`` makes until
 both are consumed; lm_head is kept from its forward to its backward (reuse distance 0).
-DeepSpeed 0.19.8, non-reentrant: 10.71 MiB (2.68 GiB at the 70B): releases attributed to the checkpoint's
-recompute (``update_recompute_parameters``, after 2025) free frozen weights sooner; the replay is above it.
+DeepSpeed 0.16 moved ``reset_step`` to the start of each forward (PR #6662): no carry-over. 0.19.8 ``--full``:
+9,830,400 B, the replay without carry-over to the byte; with LoRA (non-reentrant) 11,235,328 B (2.68 GiB at the
+70B) against 10,895,360 B replayed without carry-over (-3.0 %: its recompute attribution,
+``update_recompute_parameters``, 2025, ties recomputed frozen weights to the checkpoint's backward module) and the
+13,910,016 B counted (the larger version, +23.8 %).
 DeepSpeed 0.13.3 under torch 2.13 cannot run the non-reentrant recompute (frozen weights recomputed as [0]:
 ``CheckpointError``, the ZeRO-3 frozen-parameter issue fixed by the recompute attribution); the reentrant
 recompute fetches the same modules in the same order (the module trace, ``--events 3``, is the one
@@ -294,10 +298,11 @@ def worker(out: str) -> None:
     torch.distributed.barrier()
 
 
-def replayed(world: int = 2, method: str = "lora") -> int:
-    """dsadvise's replay of the coordinator (advisor/memory/zero3_gather.py) for this run's model and knobs, bytes."""
+def replayed(world: int = 2, method: str = "lora") -> tuple[int, int]:
+    """dsadvise's replay of the coordinator (advisor/memory/zero3_gather.py) for this run's model and knobs, bytes:
+    (DeepSpeed < 0.16, DeepSpeed >= 0.16)."""
     from advisor.hf_config import architecture_from_hf_config
-    from advisor.memory.zero3_gather import gathered_peak, module_trace
+    from advisor.memory.zero3_gather import gathered_peaks, module_trace
     from advisor.memory.zero_sizes import DeepSpeedSizes
     from advisor.specs import LoraSpec, TrainingSpec
 
@@ -308,7 +313,7 @@ def replayed(world: int = 2, method: str = "lora") -> int:
     training = TrainingSpec(seq_len=SEQ, micro_batch_size=1, method=method, lora=LoraSpec(rank=8),
                             activation_checkpointing="full")
     numel, trace = module_trace(architecture_from_hf_config(small_config()), training)
-    return gathered_peak(numel, trace, ds, world, 2)
+    return gathered_peaks(numel, trace, ds, world, 2)
 
 
 def main() -> int:
@@ -347,11 +352,13 @@ def main() -> int:
             print(f"    {b / 2**20:8.3f} MiB  {what}")
         print("    still gathered when the coordinator resets after the backward:", r.get("left_at_reset"))
     m = SCALE * SCALE
-    measured, replay = r["peak_bytes"], replayed(method="full" if a.full else "lora")
+    measured = r["peak_bytes"]
+    old, new = replayed(method="full" if a.full else "lora")
+    replay = old if tuple(int(x) for x in r["deepspeed"].split(".")[:2]) < (0, 16) else new
     print(f"DeepSpeed {r['deepspeed']}, {'reentrant' if a.reentrant else 'non-reentrant'} checkpointing; rank 0's "
           f"gathered peak ({r['where']}):")
-    print(f"  measured {measured:,} B = {measured / 2**20:.3f} MiB; dsadvise's replay {replay:,} B "
-          f"({(replay - measured) / measured * 100:+.2f} %)")
+    print(f"  measured {measured:,} B = {measured / 2**20:.3f} MiB; dsadvise's replay of this DeepSpeed {replay:,} B "
+          f"({(replay - measured) / measured * 100:+.2f} %); counted (the larger of < 0.16 and >= 0.16) {old:,} B")
     print(f"  x{m} (the 70B): measured {measured * m / 2**30:.3f} GiB, replayed {replay * m / 2**30:.3f} GiB; "
           f"stage3_max_live_parameters alone: {2e9 / 2**30:.3f} GiB")
     return 0

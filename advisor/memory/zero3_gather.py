@@ -27,11 +27,17 @@ that release):
   the handle): a LoRA B above the persistence threshold shares a prefetch with the next base weight, which then
   exists twice for a while.
 
-Measured on a real engine (``python benchmarks/zero3_live_params.py --deepspeed-site DIR --reentrant [--full]``,
+DeepSpeed 0.16 moved ``reset_step`` to the start of every forward (PR #6662): no carry-over. The estimate counts
+the larger of the two (:func:`gathered_peaks`) and its note gives both.
+
+Measured on a real engine (``python benchmarks/zero3_live_params.py [--deepspeed-site DIR --reentrant] [--full]``,
 Llama-2-70B's shape with widths / 16 and the element-count knobs / 256, 2 CPU processes): DeepSpeed 0.13.3 gathers
-exactly what this replay gives (tests/memory/test_deepspeed_zero3_gather.py). DeepSpeed 0.19.8 gathers less with
-LoRA under non-reentrant checkpointing (its recompute attribution, after 2025, releases frozen weights with the
-backward module): the replay is then an upper bound.
+exactly what this replay gives with the carry-over, LoRA and full fine-tuning; DeepSpeed 0.19.8 exactly what it gives
+without, for full fine-tuning (tests/memory/test_deepspeed_zero3_gather.py). With LoRA under non-reentrant
+checkpointing 0.19.8 gathers 3.0 % more than the replay without carry-over (its recompute attribution, 2025, ties
+recomputed frozen weights to the checkpoint's backward module) and 19 % less than the count with it. Left out: biases (below the persistence
+threshold for the catalog's models: they would only add to the carry-over) and learned position embeddings
+(GPT-2, OPT: a few MiB).
 """
 
 from __future__ import annotations
@@ -117,14 +123,23 @@ def module_trace(arch: Architecture, training: TrainingSpec) -> tuple[list[int],
 
 def gathered_peak(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: int, elem_bytes: int,
                   log: list | None = None) -> int:
-    """Peak bytes of gathered parameters over a step whose trace is complete, from the second step on: the
-    coordinator's available count is reset after the backward (``stage3.py backward``: ``reset_step``) and the
-    parameters still gathered then are released afterwards by ``step()`` (``partition_all_parameters`` ->
-    ``release_and_reset_all``), which subtracts them from the fresh count, so every later step starts that many
-    elements below zero: its prefetch may hold that much more than ``stage3_max_live_parameters``."""
+    """Peak bytes of gathered parameters over a step whose trace is complete, the larger of the two coordinator
+    versions (:func:`gathered_peaks`): what a GPU must hold whichever DeepSpeed runs."""
+    return max(gathered_peaks(numel, trace, ds, world, elem_bytes, log))
+
+
+def gathered_peaks(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: int, elem_bytes: int,
+                   log: list | None = None) -> tuple[int, int]:
+    """(DeepSpeed < 0.16, DeepSpeed >= 0.16) peak bytes of gathered parameters over a step whose trace is complete.
+    Before 0.16 the coordinator's available count is reset after the backward (0.13.3 ``stage3.py backward``,
+    l. 2215: ``reset_step``) and the parameters still gathered then are released afterwards by ``step()``
+    (``partition_all_parameters`` -> ``release_and_reset_all``), which subtracts them from the fresh count: every
+    later step starts that many elements below zero, and its prefetch holds that much more than
+    ``stage3_max_live_parameters``. From 0.16 on ``reset_step`` runs at the start of every forward
+    (``parameter_offload.py _start_of_forward_hook``, DeepSpeed PR #6662 of 2024-11-05): every step starts at zero."""
     first, left = _step(numel, trace, ds, world, elem_bytes, 0, None)
-    peak, _ = _step(numel, trace, ds, world, elem_bytes, -left, log)
-    return max(first, peak)
+    carried, _ = _step(numel, trace, ds, world, elem_bytes, -left, log)
+    return max(first, carried), first
 
 
 def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: int, elem_bytes: int, carry: int,
@@ -246,8 +261,8 @@ def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: i
 
 
 @lru_cache(maxsize=256)
-def _cached_peak(arch: Architecture, method: str, rank: int, targets: tuple[str, ...], checkpointing: str,
-                 ds: DeepSpeedSizes, world: int, elem_bytes: int) -> int | None:
+def _cached_peaks(arch: Architecture, method: str, rank: int, targets: tuple[str, ...], checkpointing: str,
+                  ds: DeepSpeedSizes, world: int, elem_bytes: int) -> tuple[int, int] | None:
     training = TrainingSpec(seq_len=1, micro_batch_size=1, method=method,
                             lora=LoraSpec(rank=rank, target_modules=targets),
                             activation_checkpointing=checkpointing)
@@ -255,25 +270,40 @@ def _cached_peak(arch: Architecture, method: str, rank: int, targets: tuple[str,
     if traced is None:
         return None
     numel, trace = traced
-    return gathered_peak(numel, trace, ds, world, elem_bytes)
+    return gathered_peaks(numel, trace, ds, world, elem_bytes)
+
+
+def _peaks(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int,
+           elem_bytes: int) -> tuple[int, int] | None:
+    return _cached_peaks(arch, training.method, training.lora.rank, tuple(training.lora.target_modules),
+                         training.activation_checkpointing, ds, world, elem_bytes)
 
 
 def zero3_gathered_bytes(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int,
                          elem_bytes: int) -> int | None:
     """Peak bytes of ZeRO-3's gathered parameters (and in-flight gather buffers) on one GPU over a training step,
-    replayed from DeepSpeed's coordinator (:func:`gathered_peak`); None where the module trace is not modeled."""
-    return _cached_peak(arch, training.method, training.lora.rank, tuple(training.lora.target_modules),
-                        training.activation_checkpointing, ds, world, elem_bytes)
+    replayed from DeepSpeed's coordinator, the larger of its versions (:func:`gathered_peaks`); None where the
+    module trace is not modeled."""
+    peaks = _peaks(arch, training, ds, world, elem_bytes)
+    return None if peaks is None else peaks[0]
 
 
 def zero3_gather_note(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int, elem_bytes: int,
                       counted: int) -> str | None:
     """The estimate's note when the replay (not the max_live bound) set the ``counted`` gathered bytes."""
-    replayed = zero3_gathered_bytes(arch, training, ds, world, elem_bytes) if world > 1 else None
-    if replayed is None or replayed != counted or replayed <= ds.max_live_parameters * elem_bytes:
+    peaks = _peaks(arch, training, ds, world, elem_bytes) if world > 1 else None
+    if peaks is None or peaks[0] != counted or peaks[0] <= ds.max_live_parameters * elem_bytes:
         return None
-    return (f"ZeRO-3 gathered parameters: DeepSpeed's prefetch and release replayed over this model's module trace "
-            f"as DeepSpeed 0.13 does it, {replayed / 2**30:.2f} GiB per GPU (stage3_max_live_parameters alone: "
-            f"{ds.max_live_parameters * elem_bytes / 2**30:.2f} GiB): each step starts below its live count by the "
-            f"parameters step() releases after it was reset (the embedding, the persistent ones); DeepSpeed releases "
-            f"of 2025 on free frozen weights sooner under LoRA + checkpointing, so they may hold less")
+    old, new = peaks
+    gib = 2 ** 30
+    text = (f"ZeRO-3 gathered parameters: DeepSpeed's prefetch and release replayed over this model's module "
+            f"trace, {old / gib:.2f} GiB per GPU (stage3_max_live_parameters alone: "
+            f"{ds.max_live_parameters * elem_bytes / gib:.2f} GiB)")
+    if new < old:
+        text += (f"; counted as DeepSpeed < 0.16 holds it (each step starts below zero by what step() releases "
+                 f"after the count was reset: the embedding, the persistent parameters); DeepSpeed >= 0.16 resets "
+                 f"at each forward and holds {new / gib:.2f} GiB")
+        if training.method in ("lora", "qlora") and training.activation_checkpointing == "full":
+            text += (" (LoRA under checkpointing: DeepSpeed 0.19.8 measured 3 % above that, its recompute "
+                     "attribution; benchmarks/zero3_live_params.py)")
+    return text
