@@ -27,6 +27,10 @@ that release):
   the handle): a LoRA B above the persistence threshold shares a prefetch with the next base weight, which then
   exists twice for a while.
 
+* the all-gather stream's pool: the gathers and waits run on the coordinator's own CUDA stream, whose cached blocks
+  the compute stream cannot reuse (:func:`gathered_pool`: the replayed allocations through dsadvise's allocator
+  simulator).
+
 DeepSpeed 0.16 moved ``reset_step`` to the start of every forward (PR #6662): no carry-over. The estimate counts
 the larger of the two (:func:`gathered_peaks`) and its note gives both.
 
@@ -61,6 +65,7 @@ class _Handle:
     coalesced: bool
     pending: set[int] = field(default_factory=set)
     done: bool = False
+    key: object = None
 
 
 def module_trace(arch: Architecture, training: TrainingSpec) -> tuple[list[int], list[list[int]]] | None:
@@ -137,15 +142,35 @@ def gathered_peaks(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes,
     later step starts that many elements below zero, and its prefetch holds that much more than
     ``stage3_max_live_parameters``. From 0.16 on ``reset_step`` runs at the start of every forward
     (``parameter_offload.py _start_of_forward_hook``, DeepSpeed PR #6662 of 2024-11-05): every step starts at zero."""
-    first, left = _step(numel, trace, ds, world, elem_bytes, 0, None)
-    carried, _ = _step(numel, trace, ds, world, elem_bytes, -left, log)
-    return max(first, carried), first
+    return gathered_pool(numel, trace, ds, world, elem_bytes, log)[:2]
+
+
+def gathered_pool(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: int, elem_bytes: int,
+                  log: list | None = None) -> tuple[int, int, int]:
+    """(DeepSpeed < 0.16 peak, DeepSpeed >= 0.16 peak, reserved peak of the pool they are allocated in), bytes.
+    The coordinator gathers on its own CUDA stream (``__all_gather_params_`` and the waits in ``fetch_sub_module``
+    run under ``get_accelerator().stream(self.__allgather_stream)``) and the caching allocator reuses a cached
+    block only for the stream it was allocated on (``CUDACachingAllocator.cpp get_free_block``: a block of
+    another stream is skipped), so the gathered buffers form a pool of their own: its reserved peak is two
+    replayed steps (the second with the carry-over) run through dsadvise's allocator simulator, the larger of the
+    two versions."""
+    from .allocator import simulate
+
+    first_events: list = []
+    first, left = _step(numel, trace, ds, world, elem_bytes, 0, None, first_events)
+    carried_events: list = []
+    carried, _ = _step(numel, trace, ds, world, elem_bytes, -left, log, carried_events)
+    again = [(op, ("again", key), b) for op, key, b in first_events]
+    reserved = max(simulate(first_events + carried_events).peak_reserved,
+                   simulate(first_events + again).peak_reserved)
+    return max(first, carried), first, reserved
 
 
 def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: int, elem_bytes: int, carry: int,
-          log: list | None) -> tuple[int, int]:
-    """Peak bytes of gathered (non-persistent) parameters and in-flight flat buffers over one step whose trace is
-    complete (the second step on), replaying the coordinator's fetch / prefetch / release decisions."""
+          log: list | None, events: list | None = None) -> tuple[int, int]:
+    """(peak bytes of gathered non-persistent parameters and in-flight flat buffers, elements still gathered at
+    the end) over one step whose trace is complete, replaying the coordinator's fetch / prefetch / release
+    decisions; ``events`` receives the allocations and frees in :func:`advisor.memory.allocator.simulate`'s form."""
     persist = [n <= ds.param_persistence_threshold for n in numel]
     order = [(p, step) for step, mod in enumerate(trace) for p in sorted(set(mod))]
     queue = deque(order)
@@ -157,6 +182,8 @@ def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: i
     data: dict[int, int] = {}
     flats: set[int] = set()          # ids of live handles
     handles: dict[int, _Handle] = {}
+    storage: dict[int, object] = {}  # parameter -> the key of the allocation its data lives in
+    ev = events if events is not None else []
     n_avail = 0
     peak = 0
 
@@ -177,6 +204,8 @@ def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: i
         h = _Handle(todo, sum(aligned(p) for p in todo) * elem_bytes, len(todo) > 1, set(todo))
         handles[id(h)] = h
         flats.add(id(h))
+        h.key = ("gather", len(ev))
+        ev.append(("a", h.key, h.flat))
         for p in todo:
             inflight[p] = h
 
@@ -187,11 +216,17 @@ def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: i
             for q in h.params:
                 available[q] = True
                 data[q] = (numel[q] if h.coalesced else aligned(q)) * elem_bytes
+                if h.coalesced:             # torch.cat of the parameter's pieces
+                    storage[q] = ("copy", len(ev))
+                    ev.append(("a", storage[q], data[q]))
+                else:                       # the buffer is the parameter's data now
+                    storage[q] = h.key
             if not h.coalesced:
-                flats.discard(id(h))        # the buffer is the parameter's data now
+                flats.discard(id(h))
         h.pending.discard(p)
-        if not h.pending:
+        if not h.pending and id(h) in flats:
             flats.discard(id(h))
+            ev.append(("f", h.key, 0))
 
     # __params_to_release walks the trace from the current step while fewer than stage3_max_reuse_distance
     # elements have been traversed (checked before each module): the modules m >= step with
@@ -249,12 +284,14 @@ def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: i
             if available[p] and not persist[p]:
                 available[p] = False
                 del data[p]
+                ev.append(("f", storage.pop(p), 0))
                 n_avail -= numel[p]
                 if log is not None:
                     log.append(("release", p, round(live() / 2**20, 2)))
     # step()'s partition_all_parameters -> release_and_reset_all releases every available parameter, persistent
     # ones included, and subtracts each from the count reset_step has just zeroed
     left = sum(numel[p] for p in range(len(numel)) if available[p])
+    ev += [("f", storage.pop(p), 0) for p in list(storage)]                 # step() releases the rest
     if log is not None:
         log.append(("end", [p for p in range(len(numel)) if available[p] and not persist[p]], n_avail))
     return peak, left
@@ -262,7 +299,7 @@ def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: i
 
 @lru_cache(maxsize=256)
 def _cached_peaks(arch: Architecture, method: str, rank: int, targets: tuple[str, ...], checkpointing: str,
-                  ds: DeepSpeedSizes, world: int, elem_bytes: int) -> tuple[int, int] | None:
+                  ds: DeepSpeedSizes, world: int, elem_bytes: int) -> tuple[int, int, int] | None:
     training = TrainingSpec(seq_len=1, micro_batch_size=1, method=method,
                             lora=LoraSpec(rank=rank, target_modules=targets),
                             activation_checkpointing=checkpointing)
@@ -270,13 +307,21 @@ def _cached_peaks(arch: Architecture, method: str, rank: int, targets: tuple[str
     if traced is None:
         return None
     numel, trace = traced
-    return gathered_peaks(numel, trace, ds, world, elem_bytes)
+    return gathered_pool(numel, trace, ds, world, elem_bytes)
 
 
 def _peaks(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int,
-           elem_bytes: int) -> tuple[int, int] | None:
+           elem_bytes: int) -> tuple[int, int, int] | None:
     return _cached_peaks(arch, training.method, training.lora.rank, tuple(training.lora.target_modules),
                          training.activation_checkpointing, ds, world, elem_bytes)
+
+
+def zero3_gather_pool_cached_bytes(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int,
+                                   elem_bytes: int) -> int | None:
+    """Cached free bytes of the all-gather stream's pool at its reserved peak (reserved minus the gathered peak,
+    :func:`gathered_pool`): memory the compute stream cannot reuse; None where the module trace is not modeled."""
+    peaks = _peaks(arch, training, ds, world, elem_bytes)
+    return None if peaks is None else max(peaks[2] - peaks[0], 0)
 
 
 def zero3_gathered_bytes(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int,
@@ -294,7 +339,7 @@ def zero3_gather_note(arch: Architecture, training: TrainingSpec, ds: DeepSpeedS
     peaks = _peaks(arch, training, ds, world, elem_bytes) if world > 1 else None
     if peaks is None or peaks[0] != counted or peaks[0] <= ds.max_live_parameters * elem_bytes:
         return None
-    old, new = peaks
+    old, new, _ = peaks
     gib = 2 ** 30
     text = (f"ZeRO-3 gathered parameters: DeepSpeed's prefetch and release replayed over this model's module "
             f"trace, {old / gib:.2f} GiB per GPU (stage3_max_live_parameters alone: "

@@ -7,11 +7,12 @@ import pytest
 
 from advisor.api import estimate
 from advisor.hf_config import architecture_from_hf_config
-from advisor.memory.zero3_gather import gathered_peak, gathered_peaks, module_trace
+from advisor.memory.zero3_gather import gathered_peak, gathered_peaks, gathered_pool, module_trace
 from advisor.memory.zero_sizes import DeepSpeedSizes
 from advisor.specs import LoraSpec, TrainingSpec
 
 GATHERED = "ZeRO-3 gathered parameters (module + prefetch)"
+POOL = "ZeRO-3 all-gather stream: cached free blocks (reserved - allocated)"
 
 
 def _sizes(prefetch: int, max_live: int, reuse: int, persistence: int = 0) -> DeepSpeedSizes:
@@ -70,6 +71,16 @@ def test_carry_over_lets_prefetch_run_past_max_live():
     assert gathered_peak(numel, trace, sizes, 1, 1) == 110
 
 
+def test_the_all_gather_streams_pool_keeps_its_segments():
+    # a 30 MiB weight (bf16) and then a 10-byte one, each used once: the first gets a 30 MiB segment (above 10 MiB:
+    # rounded to 2 MiB), the second a 2 MiB small-pool segment (below 1 MiB); freed blocks stay cached in the
+    # all-gather stream's pool: reserved 32 MiB while at most 30 MiB are gathered at once
+    numel = [15 * 2 ** 20, 5]
+    trace = [[0], [1]]
+    old, new, reserved = gathered_pool(numel, trace, _sizes(prefetch=0, max_live=10 ** 9, reuse=0), 1, 2)
+    assert (old, new, reserved) == (30 * 2 ** 20, 30 * 2 ** 20, 32 * 2 ** 20)
+
+
 # Llama-2-70B's shape / 16 in width (benchmarks/zero3_live_params.py), knobs / 256 (persistence / 16): the bytes
 # rank 0 gathered at most in a real engine, DeepSpeed 0.13.3, 2 CPU processes, reentrant checkpointing
 # (python benchmarks/zero3_live_params.py --deepspeed-site DIR --reentrant [--full], 2026-11-30)
@@ -99,5 +110,9 @@ def test_replay_without_carry_over_equals_deepspeed_0_19():
 def test_llama_70b_lora_gathers_more_than_max_live():
     est = estimate("llama-2-70b", gpus=8, gpu="h100-sxm", strategy="zero3", method="lora", precision="bf16",
                    micro_batch=8, seq_len=2048, checkpointing="full", bucket_sizes="default", lora_rank=8)
+    b = est.per_gpu.breakdown
     # stage3_max_live_parameters (1e9 elements, 2 bytes) is what was counted before; the replay holds ~3.3 GiB
-    assert est.per_gpu.breakdown[GATHERED] > 1.5 * 2e9
+    assert b[GATHERED] > 1.5 * 2e9
+    assert b[POOL] > 0                               # the all-gather stream's own cached blocks
+    # only the adapters have gradients: the largest is gate/up's B or down's A, 28672 x 8 elements
+    assert b["ZeRO-3 unpartitioned module gradients"] == 28672 * 8 * 2
