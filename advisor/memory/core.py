@@ -357,8 +357,11 @@ def _zero3_loading_floor(arch, counts: ParameterCounts, training: TrainingSpec, 
     if init is None:
         return gpu, 0
     allocated = max(gpu.allocated, init.peak_allocated)
-    reserved = max(gpu.reserved, init.peak_reserved, allocated)
-    return replace(gpu, allocated=allocated, reserved=reserved, cached=reserved - allocated), allocated - gpu.allocated
+    # a side stream's pool (ZeRO-3's all-gather stream) cannot reuse the loading's cached blocks: on top
+    pool = gpu.stream_pool
+    reserved = max(gpu.reserved - pool, init.peak_reserved, allocated) + pool
+    return (replace(gpu, allocated=allocated, reserved=reserved, cached=reserved - allocated - pool),
+            allocated - gpu.allocated)
 
 
 @lru_cache(maxsize=256)

@@ -116,3 +116,18 @@ def test_llama_70b_lora_gathers_more_than_max_live():
     assert b[POOL] > 0                               # the all-gather stream's own cached blocks
     # only the adapters have gradients: the largest is gate/up's B or down's A, 28672 x 8 elements
     assert b["ZeRO-3 unpartitioned module gradients"] == 28672 * 8 * 2
+
+
+def test_the_all_gather_pool_is_reserved_not_allocated():
+    """The cached free blocks of ZeRO-3's all-gather stream are in max_memory_reserved, never in
+    max_memory_allocated; total is reserved + CUDA context + NCCL, also when a QLoRA base's loading peak sets
+    the reserved floor (the side stream cannot reuse the loading's cached blocks)."""
+    from advisor.api import estimate
+    from advisor.memory.buffers import ZERO3_GATHER_POOL_CACHED
+
+    for kw in (dict(gpus=8, gpu="h100-sxm", method="lora"), dict(gpus=2, gpu="a100-40g", method="qlora")):
+        p = estimate("llama-2-70b", strategy="zero3", checkpointing="full", **kw).per_gpu
+        pool = p.breakdown[ZERO3_GATHER_POOL_CACHED]
+        outside = sum(v for k, v in p.breakdown.items() if k == "CUDA context" or k.startswith("NCCL"))
+        assert pool > 0 and p.reserved - p.allocated >= pool
+        assert p.total == p.reserved + outside == sum(p.breakdown.values())
