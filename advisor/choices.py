@@ -35,3 +35,8 @@ Preset = Literal["lora", "qlora", "full", "z2-offload", "z3", "minimal"]
 
 # issue 17: the dtype a LoRA base is loaded in (from_pretrained torch_dtype): 16-bit, or fp32 under autocast
 BaseDtype = Literal["16-bit", "fp32"]
+
+# issue 17: how checkpoints are saved: auto (what dsadvise renders: ZeRO-3 consolidates a 16-bit model, FSDP saves
+# shards), sharded (each rank its shard), consolidated (ZeRO-3 gather_16bit_weights_on_model_save, FSDP
+# FULL_STATE_DICT: the whole model, and the optimizer state, gathered into rank 0's CPU RAM)
+CheckpointSave = Literal["auto", "sharded", "consolidated"]

@@ -13,6 +13,7 @@ from .choices import (Attention, Backend, BucketSizes, Checkpointing, FsdpShardi
 from .choices import FsdpVersion  # issue 15: parallel layouts
 from .choices import Framework  # issue 16 (helper F)
 from .choices import BaseDtype  # issue 17: LoRA base dtype
+from .choices import CheckpointSave  # issue 17: checkpoint save format
 from .choices import QloraQuantizer  # issue 17 (helper L)
 from .choices import ModelCode  # issue 17 (helper G)
 
@@ -164,6 +165,8 @@ class TrainingSpec(_Spec):
                 del data["sync_each_batch"]
             if data.get("model_code", "") == "transformers":   # issue 17 (helper G): likewise, only when set
                 del data["model_code"]
+            if data.get("checkpoint_save", "") == "auto":   # issue 17: likewise, only when set
+                del data["checkpoint_save"]
         return data
 
     # --- issue 17 (helper L): who quantizes a QLoRA model (advisor/param_count.check_qlora_quantizer) ---
@@ -183,6 +186,12 @@ class TrainingSpec(_Spec):
                                                      "sync_each_batch) instead of accumulating unsharded ones under "
                                                      "no_sync: no unsharded gradients kept, one gradient "
                                                      "reduce-scatter per micro-batch")
+    # --- issue 17: how checkpoints are saved (advisor/memory/core.py consolidated_save, checkpoint_save_cpu) ---
+    checkpoint_save: CheckpointSave = Field(
+        "auto", description="auto: what dsadvise renders (ZeRO-3 stage3_gather_16bit_weights_on_model_save, FSDP "
+                            "SHARDED_STATE_DICT); sharded: every rank saves its shard; consolidated: ZeRO-3 gathers "
+                            "the 16-bit model into rank 0's CPU RAM, FSDP FULL_STATE_DICT the model and the "
+                            "optimizer state")
 
 
 class StrategySpec(_Spec):

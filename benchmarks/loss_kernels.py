@@ -26,7 +26,6 @@ only (fused-linear with a LoRA'd head is refused: advisor.param_count.check_lora
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from advisor.catalog.models import resolve_model  # noqa: E402
 from advisor.memory import activations as act  # noqa: E402
 from advisor.specs import LoraSpec, TrainingSpec  # noqa: E402
 
-from benchmarks.harness.profiling import MARK_BYTES as MARK, live_curve as curve, mark  # noqa: E402
+from benchmarks.harness.head_step import head_step  # noqa: E402
 
 
 class FusedLinearCE(torch.autograd.Function):
@@ -116,34 +115,7 @@ def measure(kind: str, N: int, H: int, V: int, chunks: int, lora_rank: int = 0):
     if lora_rank:   # lora_A (r x H), lora_B (V x r), fp32, trainable; scaling = alpha / r
         lora = ((torch.randn(lora_rank, H, generator=g) * 0.02).requires_grad_(),
                 (torch.randn(V, lora_rank, generator=g) * 0.02).requires_grad_(), 2.0)
-    saved: dict[int, int] = {}
-    params = {p.untyped_storage().data_ptr() for p in (weight, *(lora[:2] if lora else ()))}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            saved[st.data_ptr()] = st.nbytes()
-        return t
-
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:
-        mark()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss, held = run(kind, x, weight, target, chunks, lora)
-        mark()
-        torch.autograd.grad(loss, [x])
-        mark()
-    c, m = curve(prof)
-    i0, i1, i2 = m[:3]
-    base = c[i0] - MARK
-    level = c[i1] - MARK
-    fwd_peak = max(c[i0 + 1:i1] or [base]) - base
-    bwd_peak = max(c[i1 + 2:i2] or [level]) - level
-    del held, loss
-    return sum(saved.values()), fwd_peak, bwd_peak
+    return head_step(lambda: run(kind, x, weight, target, chunks, lora), x, (weight, *(lora[:2] if lora else ())))
 
 
 def estimate(kind: str, model: str, seq: int, batch: int, chunks: int, lora_rank: int = 0):

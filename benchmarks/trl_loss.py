@@ -25,7 +25,6 @@ higher than CUDA's by those temporaries.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from pathlib import Path
 
@@ -33,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness.profiling import MARK_BYTES as MARK, live_curve as curve, mark  # noqa: E402
+from benchmarks.harness.head_step import head_step  # noqa: E402
+from benchmarks.harness.profiling import MARK_BYTES as MARK, live_curve as curve, mark, profiled  # noqa: E402
 
 
 def measure_trl(N: int, H: int, V: int, head_trainable: bool) -> tuple[int, int, int]:
@@ -44,40 +44,17 @@ def measure_trl(N: int, H: int, V: int, head_trainable: bool) -> tuple[int, int,
     weight = (torch.randn(V, H, generator=g) * 0.02).requires_grad_(head_trainable)
     x = torch.randn(N, H, generator=g).requires_grad_()
     target = torch.randint(0, V, (N,), generator=g)
-    saved: dict[int, int] = {}
-    params = {weight.untyped_storage().data_ptr()}
+    def forward():
+        mask = torch.ones(N, dtype=torch.bool)
+        hidden = x[mask]                                 # add_fused_lm_head on CUDA: hidden_states[mask], a copy
+        log_probs, entropy, _, _, is_top1 = ChunkedLogProbFunction.apply(
+            hidden, weight, None, target, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
+            ("log_probs", "entropy", "is_top1"))
+        loss = -log_probs.sum() / N                      # SFTTrainer.compute_loss, loss_type="nll"
+        metrics = (entropy.detach().sum(), is_top1.sum())
+        return loss, (metrics, log_probs, entropy, is_top1, hidden)
 
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            saved[st.data_ptr()] = st.nbytes()
-        return t
-
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:
-        mark()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            mask = torch.ones(N, dtype=torch.bool)
-            hidden = x[mask]                                 # add_fused_lm_head on CUDA: hidden_states[mask], a copy
-            log_probs, entropy, _, _, is_top1 = ChunkedLogProbFunction.apply(
-                hidden, weight, None, target, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
-                ("log_probs", "entropy", "is_top1"))
-            loss = -log_probs.sum() / N                      # SFTTrainer.compute_loss, loss_type="nll"
-            metrics = (entropy.detach().sum(), is_top1.sum())
-        mark()
-        torch.autograd.grad(loss, [x])
-        mark()
-    c, m = curve(prof)
-    i0, i1, i2 = m[:3]
-    base = c[i0] - MARK
-    level = c[i1] - MARK
-    fwd_peak = max(c[i0 + 1:i1] or [base]) - base
-    bwd_peak = max(c[i1 + 2:i2] or [level]) - level
-    del loss, metrics, log_probs, entropy, is_top1, hidden
-    return sum(saved.values()), fwd_peak, bwd_peak
+    return head_step(forward, x, (weight,))
 
 
 def fold_peak(n: int, cols: int, backward: bool) -> int:
@@ -88,10 +65,8 @@ def fold_peak(n: int, cols: int, backward: bool) -> int:
     tile = torch.randn(n, cols)
     targets = torch.randint(0, cols, (n,))
     vec = [torch.zeros(n) for _ in range(7)]
-    from torch.profiler import ProfilerActivity, profile
-
     flags = dict(logit_scale=1.0, softcap=1.0, inv_t=1.0, HAS_SOFTCAP=False, BLOCK_SIZE=1024)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    with profiled() as prof:
         mark()
         if backward:
             k._backward_tile(tile, cols, targets, vec[0], vec[1], vec[2], vec[3], 0, cols, HAS_LOGPROB_GRAD=True,

@@ -99,13 +99,9 @@ def plan(args):
                     tiled_mlp=kw["tiled_mlp"],   # issue 15 (helper T)
                     torch_version=kw["torch_version"], transformers_version=kw["transformers_version"],  # issue 17
                     base_dtype=kw["base_dtype"],   # issue 17
-                    sync_each_batch=kw["sync_each_batch"])   # issue 17 (helper L)
-    if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
-        raise InputError("--qlora-quantizer lightning is litgpt's QLoRA (lightning BitsandbytesPrecision); generate "
-                         "renders transformers/PEFT configs: drop it, or estimate with it", field="--qlora-quantizer")
-    if kw.get("model_code", "transformers") != "transformers":   # issue 17 (helper G)
-        raise InputError("--model-code litgpt: generate renders transformers/PEFT configs, litgpt runs its own "
-                         "finetune scripts: drop it, or estimate with it", field="--model-code")
+                    sync_each_batch=kw["sync_each_batch"],   # issue 17 (helper L)
+                    checkpoint_save=kw["checkpoint_save"])   # issue 17
+    flags.refuse_estimate_only(kw, "generate renders transformers/PEFT configs")
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
     if args.strategy is not None:
@@ -149,7 +145,8 @@ def plan(args):
                               torch_version=kw["torch_version"], transformers_version=kw["transformers_version"],
                               base_dtype=kw["base_dtype"] if r.method in ("lora", "qlora") else "16-bit",   # issue 17
                               # issue 17 (helper L): an FSDP setting; the recommended layout decides whether it applies
-                              sync_each_batch=kw["sync_each_batch"] and r.name.startswith("fsdp"))
+                              sync_each_batch=kw["sync_each_batch"] and r.name.startswith("fsdp"),
+                              checkpoint_save=kw["checkpoint_save"])   # issue 17: for whichever layout is chosen
     strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
                               tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout
                               dp_replicate_size=r.dp_replicate_size, fsdp_version=r.fsdp_version)

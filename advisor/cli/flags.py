@@ -35,6 +35,7 @@ FRAMEWORKS: tuple[str, ...] = get_args(choices.Framework)     # issue 16 (helper
 PRESETS: tuple[str, ...] = get_args(choices.Preset)           # issue 16 (helper F)
 QLORA_QUANTIZERS: tuple[str, ...] = get_args(choices.QloraQuantizer)   # issue 17 (helper L)
 MODEL_CODES: tuple[str, ...] = get_args(choices.ModelCode)   # issue 17 (helper G)
+CHECKPOINT_SAVES: tuple[str, ...] = get_args(choices.CheckpointSave)   # issue 17
 
 
 # ---------------------------------------------------------------- argument types (shared with the wizard)
@@ -99,6 +100,8 @@ class Flag(NamedTuple):
                                                 # generates one in an Advanced section (advisor/tui/form.py)
     action: str | None = None
     metavar: str | None = None
+    estimate_only: str | None = None            # what a non-default value runs that only `estimate` models
+                                                # (recommend, generate and the wizard's configs refuse it)
 
     @property
     def dest(self) -> str:
@@ -191,17 +194,22 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--qlora-quantizer", "QLoRA: transformers (BitsAndBytesConfig: lm_head 16-bit; PEFT, TRL, axolotl, "
          "LLaMA-Factory) or lightning (litgpt --quantize bnb.nf4: every Linear NF4, lm_head included, dequantized "
          "from fp16 per call; one GPU, pure-bf16/fp32)", choices=QLORA_QUANTIZERS, default="transformers",
-         spec_fields=("qlora_quantizer",)),
+         spec_fields=("qlora_quantizer",), estimate_only="litgpt's QLoRA, lightning BitsandbytesPrecision"),
     # issue 17 (helper G): litgpt runs its own model code, not transformers'
     Flag("--model-code", "whose model code runs the forward: transformers (modeling files + PEFT LoRA) or litgpt "
          "(litgpt finetune lora/full: its GPT, fused qkv LoRA, 16-bit adapters, fp32 RMSNorm, lm_head per 128-token "
          "chunk; QLoRA quantized by lightning with bitsandbytes 0.42)", choices=MODEL_CODES, default="transformers",
-         spec_fields=("model_code",)),
+         spec_fields=("model_code",), estimate_only="litgpt's own model code and finetune scripts"),
     # issue 17 (helper L): accelerate's GradientAccumulationPlugin(sync_each_batch=True)
     Flag("--sync-each-batch", "FSDP with gradient accumulation: reduce-scatter the gradients every micro-batch "
          "(accelerate GradientAccumulationPlugin(sync_each_batch=True), HF Trainer accelerator_config "
          "gradient_accumulation_kwargs) instead of keeping unsharded gradients under no_sync: less memory, one "
          "gradient reduce-scatter per micro-batch", action="store_true", spec_fields=("sync_each_batch",)),
+    # issue 17: how checkpoints are saved (rank 0's CPU RAM at save time)
+    Flag("--checkpoint-save", "auto (as dsadvise renders: ZeRO-3 consolidates a 16-bit model, FSDP saves shards), "
+         "sharded (every rank its shard), or consolidated (ZeRO-3 stage3_gather_16bit_weights_on_model_save; FSDP "
+         "FULL_STATE_DICT, accelerate's FSDP1 default: model and optimizer state gathered into rank 0's CPU RAM)",
+         choices=CHECKPOINT_SAVES, default="auto", spec_fields=("checkpoint_save",)),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
     Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",)),
@@ -287,7 +295,8 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--method", "--lora-rank", "--lora-dropout", "--lora-targets", "--freeze-layers", "--checkpointing", "--attention",
                   "--loss", "--loss-chunks", "--offload-activations", "--expandable-segments", "--no-double-quant",
                   "--tiled-mlp", "--torch-version", "--transformers-version",
-                  "--base-dtype", "--qlora-quantizer", "--sync-each-batch", "--model-code")   # issue 17
+                  "--base-dtype", "--qlora-quantizer", "--sync-each-batch", "--model-code",   # issue 17
+                  "--checkpoint-save")   # issue 17
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 # the flags `estimate` and `recommend` add to the problem flags (the wizard places each group on its step)
@@ -346,7 +355,8 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 base_dtype=getattr(args, "base_dtype", "16-bit"),
                 qlora_quantizer=getattr(args, "qlora_quantizer", "transformers"),   # issue 17 (helper L)
                 model_code=getattr(args, "model_code", "transformers"),   # issue 17 (helper G)
-                sync_each_batch=getattr(args, "sync_each_batch", False))
+                sync_each_batch=getattr(args, "sync_each_batch", False),
+                checkpoint_save=getattr(args, "checkpoint_save", "auto"))   # issue 17
 
 
 def layout_kwargs(args: argparse.Namespace) -> dict:
@@ -355,3 +365,16 @@ def layout_kwargs(args: argparse.Namespace) -> dict:
     return dict(tp=getattr(args, "tp", 1), sp=getattr(args, "sp", 1), cp=getattr(args, "cp", 1),
                 dp_replicate=getattr(args, "dp_replicate", 1), fsdp_version=getattr(args, "fsdp_version", 1),
                 allow_cross_node_tp=getattr(args, "allow_cross_node_tp", False))
+
+
+def refuse_estimate_only(kw: dict[str, Any], command: str) -> None:
+    """Raise InputError (one line, naming the flag) when ``kw`` (flag dests -> values) sets a flag whose
+    non-default value only ``dsadvise estimate`` models (the table's ``estimate_only``); ``command`` says what
+    refuses it and why, e.g. "recommend searches transformers/PEFT setups"."""
+    for f in FLAGS.values():
+        if f.estimate_only is None or kw.get(f.dest, f.default) == f.default:
+            continue
+        from ..errors import InputError
+
+        raise InputError(f"{kw[f.dest]} ({f.estimate_only}) is for `dsadvise estimate` only: {command}; "
+                         "drop it, or estimate with it", field=f.flag)

@@ -20,20 +20,6 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_recommend)
 
 
-def refuse_unsearchable(kw: dict) -> None:
-    """InputError for training keywords the recommender does not search (the CLI and the wizard ask this)."""
-    if kw.get("qlora_quantizer", "transformers") != "transformers":   # issue 17 (helper L)
-        from ..errors import InputError
-
-        raise InputError("--qlora-quantizer lightning (litgpt's QLoRA: one GPU, bf16-true) is for estimate only; "
-                         "recommend searches transformers/PEFT setups", field="--qlora-quantizer")
-    if kw.get("model_code", "transformers") != "transformers":   # issue 17 (helper G)
-        from ..errors import InputError
-
-        raise InputError("--model-code litgpt is for estimate only; recommend searches transformers/PEFT setups "
-                         "(accelerate, DeepSpeed, FSDP)", field="--model-code")
-
-
 def cmd_recommend(args: argparse.Namespace) -> int:
     """Run the sub-command: the recommendation as text or JSON; exit 3 when nothing fits."""
     from ..api import build_training, check_against_model, hardware_notes
@@ -42,7 +28,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from ..recommend.recommendation_report import render_recommendation
 
     model, hw, method, precision, kw, seq_note = resolved_problem(args)
-    refuse_unsearchable(kw)
+    flags.refuse_estimate_only(kw, "recommend searches transformers/PEFT setups (accelerate, DeepSpeed, FSDP)")
     template = build_training(hw, method="full" if method == "auto" else method, precision=precision,
                               checkpointing=args.checkpointing or "none", **kw)
     check_against_model(model, template)

@@ -20,6 +20,7 @@ _FLAG = {"micro_batch": "--micro-batch", "global_batch": "--global-batch", "seq_
          "offload_param": "--offload-param", "bucket_sizes": "--bucket-sizes", "freeze_layers": "--freeze-layers",
          "sub_group_size": "--sub-group-size", "loss": "--loss", "offload_activations": "--offload-activations",
          "double_quant": "--no-double-quant", "base_dtype": "--base-dtype", "sync_each_batch": "--sync-each-batch",
+         "checkpoint_save": "--checkpoint-save",
          "tp": "--tp", "sp": "--sp", "cp": "--cp", "dp_replicate": "--dp-replicate", "fsdp_version": "--fsdp-version",
          "allow_cross_node_tp": "--allow-cross-node-tp", "nvme_path": "--nvme-path", "gpus": "--gpus",
          "nodes": "--nodes", "vram": "--vram", "gpu": "--gpu", "cpu_ram": "--cpu-ram"}

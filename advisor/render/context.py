@@ -15,6 +15,7 @@ from .. import families as _families
 from ..catalog.models import ResolvedModel
 from ..errors import InputError
 from ..memory.buffers import deepspeed_sizes
+from ..memory.core import consolidated_save   # issue 17: --checkpoint-save
 from ..specs import GiB, HardwareSpec, StrategySpec, TrainingSpec
 from .parallel import parallel_context, parallel_env, parallel_notes, readme_batch   # issue 15
 
@@ -196,15 +197,22 @@ def _deepspeed(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, s
         zero.update(prefetch_bucket_size=sizes.prefetch_bucket_size,
                     param_persistence_threshold=sizes.param_persistence_threshold,
                     max_live_parameters=sizes.max_live_parameters, max_reuse_distance=MAX_REUSE_DISTANCE,
-                    sub_group_size=sizes.sub_group_size, gather_16bit_weights_on_model_save=True)
+                    sub_group_size=sizes.sub_group_size,
+                    gather_16bit_weights_on_model_save=consolidated_save(training, strategy))
         why("zero_optimization.stage3_prefetch_bucket_size", sizes.prefetch_bucket_size,
             f"{preset}; gathered parameters ahead of use count against VRAM in the estimate")
         why("zero_optimization.stage3_param_persistence_threshold", sizes.param_persistence_threshold,
             f"{preset}: parameters smaller than this stay unpartitioned on every GPU")
         why("zero_optimization.stage3_max_live_parameters", sizes.max_live_parameters,
             "DeepSpeed's default cap on gathered parameters")
-        why("zero_optimization.stage3_gather_16bit_weights_on_model_save", True,
-            "save_model() writes a consolidated 16-bit checkpoint instead of ZeRO shards only")
+        if consolidated_save(training, strategy):
+            why("zero_optimization.stage3_gather_16bit_weights_on_model_save", True,
+                "save_model() writes a consolidated 16-bit checkpoint instead of ZeRO shards only (rank 0's CPU RAM "
+                "holds the whole 16-bit model while it does: counted)")
+        else:
+            why("zero_optimization.stage3_gather_16bit_weights_on_model_save", False,
+                "--checkpoint-save sharded: every rank saves its ZeRO shards (consolidate offline with "
+                "zero_to_fp32.py)")
     for what, off in (("offload_optimizer", zero["offload_optimizer"]), ("offload_param", zero["offload_param"])):
         if off:
             where = "CPU RAM (pinned)" if off["device"] == "cpu" else f"NVMe at {off['nvme_path']}"
@@ -252,7 +260,8 @@ def _fsdp(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strate
     offload = strategy.offload_param != "none"
     fsdp = {"sharding": strategy.fsdp_sharding, "layer_cls": layer, "offload_params": offload,
             "activation_checkpointing": training.activation_checkpointing == "full",
-            "use_orig_params": True, "backward_prefetch": "BACKWARD_PRE", "state_dict_type": "SHARDED_STATE_DICT",
+            "use_orig_params": True, "backward_prefetch": "BACKWARD_PRE",
+            "state_dict_type": "FULL_STATE_DICT" if consolidated_save(training, strategy) else "SHARDED_STATE_DICT",
             "version": strategy.fsdp_version, "reshard_after_forward": strategy.fsdp_sharding == "FULL_SHARD"}
     if strategy.fsdp_version == 2:      # issue 15: FSDP2 (fully_shard) keys, advisor/render/parallel.py
         return _fsdp2(model, hw, training, strategy, fsdp, settings)
@@ -283,8 +292,9 @@ def _fsdp(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strate
         "on the meta device (needs fsdp_sync_module_states true)")
     why("fsdp_use_orig_params", True, "keeps the original parameters visible: needed for LoRA/freeze (mixed "
         "requires_grad) and per-parameter optimizer groups")
-    why("fsdp_state_dict_type", "SHARDED_STATE_DICT", "each rank saves its shard: no full gather into rank 0's "
-        "CPU RAM at checkpoint time")
+    why("fsdp_state_dict_type", fsdp["state_dict_type"], "each rank saves its shard: no full gather into rank 0's "
+        "CPU RAM at checkpoint time" if fsdp["state_dict_type"] == "SHARDED_STATE_DICT" else "--checkpoint-save "
+        "consolidated: rank 0 gathers the whole model, then the optimizer state, into its CPU RAM (counted)")
     why("fsdp_offload_params", offload, "--offload-param cpu: FSDP's CPUOffload moves parameters, gradients and "
         "the optimizer step to the CPU" if offload else "nothing offloaded")
     if fsdp["activation_checkpointing"]:
@@ -311,7 +321,9 @@ def _fsdp2(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strat
             f"{model.architecture.family} decoder layer")
     why("fsdp_cpu_ram_efficient_loading", True, "only rank 0 loads the checkpoint into CPU RAM; the others start "
         "on the meta device and receive their shards")
-    why("fsdp_state_dict_type", "SHARDED_STATE_DICT", "each rank saves its shard (DCP)")
+    why("fsdp_state_dict_type", fsdp["state_dict_type"], "each rank saves its shard (DCP)"
+        if fsdp["state_dict_type"] == "SHARDED_STATE_DICT" else "--checkpoint-save consolidated: rank 0 gathers "
+        "the whole model, then the optimizer state, into its CPU RAM (counted)")
     why("fsdp_offload_params", fsdp["offload_params"], "--offload-param cpu: CPUOffloadPolicy keeps parameters, "
         "gradients and the optimizer step on the CPU" if fsdp["offload_params"] else "nothing offloaded")
     if fsdp["activation_checkpointing"]:

@@ -152,6 +152,11 @@ def read_deepspeed(data: dict, arch=None) -> Reading:
     stage = _int(zero.get("stage", 0))
     stage = stage if stage is not None and 0 <= stage <= 3 else 0
     r.kwargs["strategy"] = f"zero{stage}"
+    if stage == 3:   # DeepSpeedZeroConfig gather_16bit_weights_on_model_save defaults to false; accelerate fills
+        # "auto" from zero3_save_16bit_model, false unless set (utils/dataclasses.py DeepSpeedPlugin)
+        gather = zero.get("stage3_gather_16bit_weights_on_model_save",
+                          zero.get("stage3_gather_fp16_weights_on_model_save"))
+        r.kwargs["checkpoint_save"] = "consolidated" if gather is True else "sharded"
     for what in ("offload_optimizer", "offload_param"):
         block = zero.get(what)
         dev = block.get("device") if isinstance(block, dict) else None
@@ -290,12 +295,13 @@ def read_accelerate(data: dict) -> Reading:
             r.kwargs["offload_optimizer"] = r.kwargs["offload_param"] = "cpu"
         if fc.get("fsdp_activation_checkpointing") is True:
             r.kwargs["checkpointing"] = "full"
+        r.kwargs["checkpoint_save"] = _fsdp_save(fc.get("fsdp_state_dict_type"), version)
         policy = fc.get("fsdp_auto_wrap_policy")
         flat = flatten(data, ("fsdp_config",))
         if policy in (None, "TRANSFORMER_BASED_WRAP"):
             flat.pop("fsdp_config.fsdp_auto_wrap_policy", None)
         for k in ("fsdp_version", "fsdp_sharding_strategy", "fsdp_reshard_after_forward", "fsdp_offload_params",
-                  "fsdp_activation_checkpointing"):
+                  "fsdp_activation_checkpointing", "fsdp_state_dict_type"):
             flat.pop(f"fsdp_config.{k}", None)
         if str(fc.get("fsdp_backward_prefetch", "BACKWARD_PRE")).upper() == "BACKWARD_PRE":
             flat.pop("fsdp_config.fsdp_backward_prefetch", None)
@@ -314,10 +320,12 @@ def read_accelerate(data: dict) -> Reading:
                         r.kwargs["nvme_path"] = dc.get(f"offload_{what}_nvme_path") or "(from the config)"
             # accelerate's DeepSpeedPlugin writes no bucket sizes: DeepSpeed's defaults
             r.kwargs["bucket_sizes"] = "default"
+            if stage == 3:   # the plugin writes stage3_gather_16bit_weights_on_model_save = zero3_save_16bit_model
+                r.kwargs["checkpoint_save"] = "consolidated" if dc.get("zero3_save_16bit_model") is True else "sharded"
             if _int(dc.get("gradient_accumulation_steps")):
                 r.gas = dc["gradient_accumulation_steps"]
         for k in ("zero_stage", "offload_optimizer_device", "offload_param_device", "offload_optimizer_nvme_path",
-                  "offload_param_nvme_path", "gradient_accumulation_steps"):
+                  "offload_param_nvme_path", "gradient_accumulation_steps", "zero3_save_16bit_model"):
             flat.pop(f"deepspeed_config.{k}", None)
     else:
         flat = dict(data)
@@ -353,6 +361,13 @@ def _optim(name: Any, key: str, r: Reading) -> None:
         r.skip(key, f"{name}: no dsadvise optimizer models its states (adamw counted)", True)
 
 
+def _fsdp_save(state_dict_type: Any, version: int) -> str:
+    """--checkpoint-save of an FSDP state_dict_type; not set: accelerate's default, FULL_STATE_DICT for FSDP1 and
+    SHARDED_STATE_DICT for FSDP2 (utils/dataclasses.py ``set_state_dict_type``)."""
+    name = str(state_dict_type or ("FULL_STATE_DICT" if version == 1 else "SHARDED_STATE_DICT")).upper()
+    return "consolidated" if name in ("FULL_STATE_DICT", "1") else "sharded"
+
+
 def _hf_fsdp(data: dict, r: Reading) -> bool:
     """TrainingArguments' fsdp / fsdp_config (also axolotl's): strategy, offload, version, checkpointing."""
     raw = data.get("fsdp")
@@ -378,6 +393,8 @@ def _hf_fsdp(data: dict, r: Reading) -> bool:
         r.kwargs["offload_optimizer"] = r.kwargs["offload_param"] = "cpu"
     if get("activation_checkpointing") is True:
         r.kwargs["checkpointing"] = "full"
+    # TrainingArguments passes state_dict_type with its own default, FULL_STATE_DICT (training_args.py)
+    r.kwargs["checkpoint_save"] = _fsdp_save(get("state_dict_type") or "FULL_STATE_DICT", version)
     if get("forward_prefetch") is True:
         r.skip("fsdp_config.forward_prefetch", "the next unit is gathered during the forward too: one more layer",
                True)
@@ -636,9 +653,17 @@ def _axolotl(data: dict, side: dict | None) -> Reading:
         r.kwargs["method"] = "qlora" if four or data.get("adapter") == "qlora" else "lora"
         r.kwargs["lora_rank"] = _int(data.get("lora_r")) or 8
         r.kwargs["lora_dropout"] = float(data.get("lora_dropout", 0.0) or 0.0)
+        t = _targets(data.get("lora_target_modules"))
         if data.get("lora_target_linear") is True:
-            r.kwargs["lora_targets"] = ("all-linear",)
-        elif (t := _targets(data.get("lora_target_modules"))) is not None:
+            # the union of lora_target_modules and every linear but the output embedding
+            # (loaders/adapter.py _build_peft_lora_config, find_all_linear_names)
+            extra = [m for m in t or () if m not in ("all-linear", "lm_head")]
+            r.kwargs["lora_targets"] = ("all-linear", *(("lm_head",) if "lm_head" in (t or ()) else ()))
+            if extra:
+                r.skip("lora_target_modules", f"{', '.join(extra)}: adapted too (axolotl takes the union with "
+                       "lora_target_linear); counted within all-linear, an embedding's adapter is not counted",
+                       any("embed" in m or m == "wte" for m in extra))
+        elif t is not None:
             r.kwargs["lora_targets"] = t
         bnb = data.get("bnb_config_kwargs") if isinstance(data.get("bnb_config_kwargs"), dict) else {}
         if r.kwargs["method"] == "qlora" and bnb.get("bnb_4bit_use_double_quant") is False:

@@ -124,11 +124,10 @@ def _recommend(recommend, resolved, inputs: WizardInputs, kwargs: dict[str, Any]
     """``advisor.recommend.recommend`` called as ``dsadvise recommend`` calls it: hardware and a training
     template from the API builders; method / precision / checkpointing fixed or ``"auto"`` (searched)."""
     from ..api import build_hardware, build_training, check_against_model
-    from ..cli.recommend import refuse_unsearchable
 
     hw = build_hardware(*(kwargs[k] for k in HARDWARE_KEYS))
     train_kw = {k: v for k, v in kwargs.items() if k not in (*HARDWARE_KEYS, "method", "precision")}
-    refuse_unsearchable(train_kw)
+    _flags.refuse_estimate_only(train_kw, "recommend searches transformers/PEFT setups (accelerate, DeepSpeed, FSDP)")
     method = inputs.method
     checkpointing = "none" if kwargs["task"] == "infer" else inputs.checkpointing
     template = build_training(hw, method="full" if method == AUTO else method, precision=kwargs["precision"],
@@ -287,12 +286,7 @@ def render_args(out: Outcome) -> tuple[tuple, dict[str, Any]]:
     hw = build_hardware(*(k[key] for key in HARDWARE_KEYS))
     micro = int(settings["micro_batch_size"])
     # as generate: every training flag, with the shown configuration's micro-batch, precision, method, ...
-    if k.get("qlora_quantizer", "transformers") != "transformers":   # as generate (advisor/cli/configs.py plan)
-        raise InputError("the configs are transformers/PEFT ones; --qlora-quantizer lightning (litgpt's QLoRA) is for "
-                         "the estimate only", field="--qlora-quantizer")
-    if k.get("model_code", "transformers") != "transformers":   # issue 17 (G): as generate
-        raise InputError("the configs are transformers/PEFT ones; --model-code litgpt (litgpt's own finetune scripts) "
-                         "is for the estimate only", field="--model-code")
+    _flags.refuse_estimate_only(k, "the configs are transformers/PEFT ones")   # as generate
     recommended = out.strategy_source is StrategySource.RECOMMENDED
     train_kw = {key: v for key, v in k.items() if key not in HARDWARE_KEYS}
     train_kw.update(micro_batch=micro, precision=settings["precision"],

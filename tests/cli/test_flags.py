@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import typing
 
+import pytest
+
 from advisor import choices, specs
 from advisor.cli import build_parser, flags
 from advisor.tui import form
@@ -53,3 +55,38 @@ def test_api_errors_and_wizard_fields_name_table_flags():
     assert set(form.FIELD_FLAGS) <= set(form.WizardInputs.field_names())
     assert form.PRECISION_CHOICES[1:] == flags.PRECISIONS and form.STRATEGY_CHOICES[1:] == flags.STRATEGIES
     assert form.field_for_flag("--global-batch") == "global_batch" and form.field_for_flag("--margin") == "margin"   # its Advanced field
+
+
+# ---------------------------------------------------------------- estimate-only values (one table: Flag.estimate_only)
+
+ESTIMATE_ONLY = [(f.flag, next(c for c in f.choices if c != f.default))
+                 for f in flags.FLAGS.values() if f.estimate_only]
+
+
+def test_the_table_names_the_estimate_only_values():
+    assert sorted(flag for flag, _ in ESTIMATE_ONLY) == ["--model-code", "--qlora-quantizer"]
+
+
+@pytest.mark.parametrize("flag, value", ESTIMATE_ONLY)
+@pytest.mark.parametrize("command", ["recommend", "generate"])
+def test_recommend_and_generate_refuse_estimate_only_values_in_one_line(capsys, tmp_path, command, flag, value):
+    from advisor.cli import main
+
+    argv = [command, "--model", "tiny-llama-1.1b", "--gpu", "a10g", "--method", "qlora", flag, value]
+    if command == "generate":
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.count(flag) == 1 and "dsadvise estimate" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value", ESTIMATE_ONLY)
+def test_the_wizard_refuses_them_at_their_field(flag, value):
+    from advisor.tui import backend
+    from advisor.tui.form import WizardInputs, field_for_flag
+
+    name = field_for_flag(flag)
+    out = backend.evaluate(WizardInputs(model="tiny-llama-1.1b", gpu="a10g", vram="22", method="qlora")
+                           .with_(**{name: value}))
+    assert "dsadvise estimate" in out.errors[name]

@@ -88,3 +88,22 @@ def test_a_traced_family_says_the_chosen_loss_is_not_applied():
     assert chosen.per_gpu.total == plain.per_gpu.total      # the same traced model, the same bytes
     replayed = estimate("llama-2-7b", gpu="a100-80g", seq_len=256, loss="fused-linear")
     assert not any("is not applied" in n for n in replayed.notes)
+
+
+def test_accelerate_fp32_copy_of_the_logits_only_where_the_model_returns_logits():
+    """accelerate's convert_outputs_to_fp32 (native AMP, not DeepSpeed) copies returned 16-bit logits to fp32
+    (+2 bytes per logit); Liger's fused linear cross-entropy returns logits=None in training
+    (liger_kernel/transformers/model/llama.py lce_forward), so nothing is copied; a traced family runs the real
+    model's plain loss whatever --loss says, so its logits are copied."""
+    from advisor.memory.core import accelerate_fp32_logits
+    from advisor.specs import StrategySpec
+
+    ddp, zero2 = StrategySpec(backend="ddp"), StrategySpec(backend="deepspeed", zero_stage=2)
+    N, V = 2 * 512, ARCH.vocab_size
+    t = TrainingSpec(seq_len=512, micro_batch_size=2, precision="bf16")
+    assert accelerate_fp32_logits(ARCH, t, ddp) == N * V * 2
+    assert accelerate_fp32_logits(ARCH, t, zero2) == 0
+    fused = t.model_copy(update={"loss": "fused-linear"})
+    assert accelerate_fp32_logits(ARCH, fused, ddp) == 0
+    traced = ARCH.model_copy(update={"traced": True})
+    assert accelerate_fp32_logits(traced, fused, ddp) == N * V * 2

@@ -158,6 +158,29 @@ def test_axolotl_qlora_with_offloaded_checkpoints(capsys, tmp_path):
     assert set(skipped) == {"lora_modules_to_save"} and est["may_be_low"]
 
 
+@pytest.mark.parametrize("extra, targets, said", [
+    ("[lm_head]", ("all-linear", "lm_head"), False),                 # the output layer joins every linear
+    ("[q_proj, embed_tokens]", ("all-linear",), True),               # q_proj is in all-linear; the embedding is not counted
+])
+def test_axolotl_lora_target_linear_with_extra_modules_is_the_union(capsys, tmp_path, extra, targets, said):
+    """axolotl (loaders/adapter.py _build_peft_lora_config): lora_target_linear adapts every linear but the output
+    embedding AND the lora_target_modules listed, so an lm_head listed there is adapted too."""
+    est, skipped = check(capsys, tmp_path, "lora.yml", f"""\
+        base_model: meta-llama/Llama-2-7b-hf
+        adapter: lora
+        lora_r: 16
+        lora_target_linear: true
+        lora_target_modules: {extra}
+        sequence_len: 1024
+        micro_batch_size: 1
+        bf16: true
+        """)
+    assert est["per_gpu_bytes"] == per_gpu(**A100X4, method="lora", lora_rank=16, lora_targets=targets,
+                                           precision="bf16", micro_batch=1, global_batch=4, seq_len=1024,
+                                           strategy="ddp")
+    assert ("lora_target_modules" in skipped) == said
+
+
 def test_hf_trainer_arguments_under_fsdp(capsys, tmp_path):
     """transformers 5.24 TrainingArguments: fsdp "full_shard auto_wrap offload", fsdp_config's activation
     checkpointing, accelerator_config's sync_each_batch, use_liger_kernel; label_smoothing_factor's fp32
@@ -280,6 +303,38 @@ def test_accelerate_inline_deepspeed_is_estimated(capsys, tmp_path):
                                            bucket_sizes="default", precision="bf16", micro_batch=2,
                                            global_batch=2 * 4 * 4, seq_len=2048)
     assert skipped == {} and not est["may_be_low"] and "may be low" not in est["message"]
+
+
+def cpu(**kw) -> int:
+    return estimate("llama-2-7b", **kw).per_node_cpu.total
+
+
+@pytest.mark.parametrize("line, save", [
+    ("", "consolidated"),                                          # accelerate's FSDP1 default: FULL_STATE_DICT
+    ("  fsdp_state_dict_type: FULL_STATE_DICT\n", "consolidated"),
+    ("  fsdp_state_dict_type: SHARDED_STATE_DICT\n", "sharded"),
+    ("  fsdp_version: 2\n", "sharded"),                            # FSDP2's default: SHARDED_STATE_DICT
+])
+def test_accelerate_fsdp_state_dict_type_is_the_checkpoint_save(capsys, tmp_path, line, save):
+    """fsdp_state_dict_type (accelerate utils/dataclasses.py set_state_dict_type): FULL_STATE_DICT gathers the
+    model, then the optimizer state, into rank 0's CPU RAM at each checkpoint; counted per node."""
+    est, skipped = check(capsys, tmp_path, "fsdp.yaml", "distributed_type: FSDP\nmixed_precision: bf16\n"
+                         "num_processes: 4\nfsdp_config:\n  fsdp_cpu_ram_efficient_loading: true\n" + line)
+    version = 2 if "version" in line else 1
+    assert est["per_node_cpu_bytes"] == cpu(**A100X4, strategy="fsdp-full", precision="bf16", seq_len=2048,
+                                            fsdp_version=version, checkpoint_save=save)
+    assert "fsdp_config.fsdp_state_dict_type" not in skipped
+
+
+@pytest.mark.parametrize("gather, save", [("true", "consolidated"), ("false", "sharded"), (None, "sharded")])
+def test_deepspeed_zero3_gather_on_save_is_the_checkpoint_save(capsys, tmp_path, gather, save):
+    """stage3_gather_16bit_weights_on_model_save: true consolidates the 16-bit model on rank 0's CPU; DeepSpeed's
+    default is false (runtime/zero/config.py)."""
+    key = f', "stage3_gather_16bit_weights_on_model_save": {gather}' if gather else ""
+    est, _ = check(capsys, tmp_path, "ds.json", '{"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": true}, '
+                   '"zero_optimization": {"stage": 3' + key + '}}', *HW, "--cpu-ram", "512")
+    assert est["per_node_cpu_bytes"] == cpu(**A100X4, strategy="zero3", precision="bf16", seq_len=2048,
+                                            bucket_sizes="default", cpu_ram=512, checkpoint_save=save)
 
 
 @pytest.mark.parametrize("kind", ["llamafactory", "axolotl", "hf-trainer", "trl"])

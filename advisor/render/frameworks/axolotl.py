@@ -75,7 +75,7 @@ def sections(run: Run) -> list[tuple[str, list[tuple[str, object, str]]]]:
     if fsdp:
         words = [fsdp_strategy_word(run), "auto_wrap"] + (["offload"] if run.fsdp_offload else [])
         cfg: dict = {"fsdp_version": 1, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                     "state_dict_type": "SHARDED_STATE_DICT", "offload_params": run.fsdp_offload,
+                     "state_dict_type": run.fsdp_state_dict_type, "offload_params": run.fsdp_offload,
                      "cpu_ram_efficient_loading": True, "sync_module_states": True, "use_orig_params": True,
                      "activation_checkpointing": run.checkpointing}
         if run.fsdp_layer_cls:

@@ -14,6 +14,7 @@ from ...errors import InputError
 from ...param_count import ALL_LINEAR, native_linear_names
 from ...specs import HardwareSpec, StrategySpec, TrainingSpec
 from ...memory.bytes_per_param import fp32_lora_base, fp32_qlora_rest
+from ...memory.core import consolidated_save   # issue 17: --checkpoint-save
 from ..context import FSDP_LAYER_CLASSES
 
 DS_CONFIG = "ds_config.json"
@@ -73,6 +74,11 @@ class Run:
     hidden_size: int = 0            # the head's input width and vocabulary (TRL's fused LM head note, trl.py)
     vocab_size: int = 0
     loss_replayed: bool = True      # False: the family is traced on the real model, whose loss is the plain one
+    consolidated_save: bool = False  # issue 17: --checkpoint-save (FSDP FULL_STATE_DICT; advisor/memory/core.py)
+
+    @property
+    def fsdp_state_dict_type(self) -> str:
+        return "FULL_STATE_DICT" if self.consolidated_save else "SHARDED_STATE_DICT"
 
     @property
     def deepspeed(self) -> str | None:
@@ -221,7 +227,8 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
                fp32_base=fp32_lora_base(training, strategy) or fp32_qlora_rest(training, strategy),
                hidden_size=model.architecture.hidden_size, vocab_size=model.architecture.vocab_size,
                loss_replayed=_replayed(model, training),
-               sync_each_batch=training.sync_each_batch)
+               sync_each_batch=training.sync_each_batch,
+               consolidated_save=consolidated_save(training, strategy))
 
 
 def _replayed(model: ResolvedModel, training: TrainingSpec) -> bool:

@@ -62,7 +62,7 @@ def training_arguments(run: Run, *, output_dir: str = "output") -> list[tuple[st
         words = [fsdp_strategy_word(run), "auto_wrap"] + (["offload"] if run.fsdp_offload else [])
         cfg: dict = {"version": 1, "backward_prefetch": "backward_pre", "use_orig_params": True,
                      "cpu_ram_efficient_loading": True, "sync_module_states": True,
-                     "state_dict_type": "SHARDED_STATE_DICT", "activation_checkpointing": run.checkpointing}
+                     "state_dict_type": run.fsdp_state_dict_type, "activation_checkpointing": run.checkpointing}
         if run.fsdp_layer_cls:
             cfg["transformer_layer_cls_to_wrap"] = [run.fsdp_layer_cls]
         items.append(("fsdp", " ".join(words), f"FSDP1 {run.fsdp_sharding}" + (" with CPU offload" if

@@ -1,0 +1,93 @@
+"""Checkpoint saves (issue 17, --checkpoint-save): what a consolidated save gathers into rank 0's CPU RAM and
+onto each GPU, per engine, with expected bytes derived by hand from published parameter counts and the engines'
+save paths (accelerate utils/dataclasses.py set_state_dict_type, utils/fsdp_utils.py; torch
+distributed/fsdp/_state_dict_utils.py; DeepSpeed engine _zero3_consolidated_16bit_state_dict)."""
+
+from __future__ import annotations
+
+import pytest
+
+from advisor.api import estimate
+from advisor.catalog.models import resolve_model
+from advisor.memory.bytes_per_param import state_bytes
+from advisor.memory.core import (CHECKPOINT_SAVE_ITEM, FSDP_SAVE_GPU_ITEM, FSDP_SAVE_ITEM, consolidated_save,
+                                 fsdp_save_gpu)
+from advisor.param_count import count_parameters
+from advisor.specs import StrategySpec, TrainingSpec
+
+LLAMA31_8B = 8_030_261_248          # Meta's published parameter count of Llama 3.1 8B
+FSDP8 = dict(gpus=8, gpu="a100-80g", strategy="fsdp-full", cpu_ram=1024)
+
+
+def test_auto_is_what_dsadvise_renders():
+    zero3, fsdp, zero2 = (StrategySpec.from_name(n, "none", "none") for n in ("zero3", "fsdp-full", "zero2"))
+    auto, sharded, whole = (TrainingSpec(checkpoint_save=c) for c in ("auto", "sharded", "consolidated"))
+    assert consolidated_save(auto, zero3) and not consolidated_save(auto, fsdp)
+    assert not consolidated_save(sharded, zero3) and consolidated_save(whole, fsdp)
+    assert not consolidated_save(whole, zero2)          # ZeRO-1/2 hold whole 16-bit parameters: nothing gathered
+
+
+def test_fsdp_full_state_dict_holds_the_optimizer_state_on_rank_0():
+    """Llama 3.1 8B, full fine-tuning under bf16 autocast, FSDP FULL_STATE_DICT: the checkpoint's optimizer state
+    (AdamW, two fp32 moments: 8 bytes per parameter) is the larger of model (fp32: 4) and optimizer; rank 0 loaded
+    the fp32 model before (4 bytes per parameter, cpu_ram_efficient_loading), so the save adds 4 bytes each."""
+    sharded = estimate("llama-3.1-8b", checkpoint_save="sharded", **FSDP8)
+    whole = estimate("llama-3.1-8b", checkpoint_save="consolidated", **FSDP8)
+    assert whole.per_node_cpu.breakdown[FSDP_SAVE_ITEM] == LLAMA31_8B * (8 - 4)
+    assert whole.per_node_cpu.total - sharded.per_node_cpu.total == LLAMA31_8B * 4
+    assert FSDP_SAVE_ITEM not in sharded.per_node_cpu.breakdown
+    # the default (as rendered: SHARDED_STATE_DICT) is said, with the flag that counts the other
+    auto = estimate("llama-3.1-8b", **FSDP8)
+    assert auto.per_node_cpu.total == sharded.per_node_cpu.total
+    assert any("--checkpoint-save consolidated" in n for n in auto.notes)
+
+
+def test_a_consolidated_save_that_does_not_fit_names_the_sharded_one():
+    est = estimate("llama-3.1-8b", checkpoint_save="consolidated", **{**FSDP8, "cpu_ram": 64})
+    assert not est.per_node_cpu.fits
+    assert any("SHARDED_STATE_DICT" in n and "--checkpoint-save sharded" in n for n in est.notes)
+
+
+def test_zero3_sharded_save_gathers_nothing():
+    kw = dict(gpus=8, gpu="a100-80g", strategy="zero3", cpu_ram=1024)
+    assert CHECKPOINT_SAVE_ITEM not in estimate("llama-2-70b", checkpoint_save="sharded", **kw).per_node_cpu.breakdown
+    assert CHECKPOINT_SAVE_ITEM in estimate("llama-2-70b", **kw).per_node_cpu.breakdown
+
+
+def test_fsdp_save_gathers_one_unit_in_full_precision_on_the_gpu():
+    """Gemma 2B (vocabulary 256000, hidden 2048, tied embeddings): the root unit (embedding + final norm,
+    524,290,048 parameters) is larger than a layer and is gathered in the sharded parameters' fp32."""
+    arch = resolve_model("gemma-2b").architecture
+    counts = count_parameters(arch)
+    root = 256_000 * 2048 + 2048
+    assert counts.embedding + counts.lm_head + counts.final == root
+    t = TrainingSpec(checkpoint_save="consolidated", precision="bf16")
+    fsdp = StrategySpec.from_name("fsdp-full", "none", "none")
+    sb = state_bytes(t, fsdp)
+    assert fsdp_save_gpu(counts, counts.total, sb, t, fsdp, at_rest=10) == 10 + root * 4
+    assert fsdp_save_gpu(counts, counts.total, sb, t.model_copy(update={"checkpoint_save": "auto"}), fsdp, 10) == 0
+    est = estimate("gemma-2b", checkpoint_save="consolidated", seq_len=128, checkpointing="full", **FSDP8)
+    p = est.per_gpu
+    assert p.total >= p.parameters + p.optimizer_states + p.buffers + root * 4 + p.breakdown["CUDA context"]
+    assert sum(p.breakdown.values()) == p.total and p.breakdown.get(FSDP_SAVE_GPU_ITEM, 0) >= 0
+
+
+@pytest.mark.parametrize("strategy, key, value", [
+    ("fsdp-full", "fsdp_state_dict_type", "FULL_STATE_DICT"),
+    ("zero3", "stage3_gather_16bit_weights_on_model_save", False),
+])
+def test_generate_renders_the_save_that_was_estimated(tmp_path, strategy, key, value):
+    import json
+
+    import yaml
+
+    from advisor.cli import main
+
+    save = "consolidated" if strategy.startswith("fsdp") else "sharded"
+    out = tmp_path / "out"
+    assert main(["generate", "--model", "llama-3.1-8b", "--gpus", "8", "--gpu", "a100-80g", "--strategy", strategy,
+                 "--checkpoint-save", save, "--out", str(out)]) == 0
+    if strategy.startswith("fsdp"):
+        assert yaml.safe_load((out / "accelerate_config.yaml").read_text())["fsdp_config"][key] == value
+    else:
+        assert json.loads((out / "ds_config.json").read_text())["zero_optimization"][key] is value
