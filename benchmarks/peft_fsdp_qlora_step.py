@@ -34,8 +34,10 @@ one harness; ``peft-1mb``, ``peft-noamp``, ``peft-wrapper`` change one of the th
 recorded (the profiler's events: benchmarks/fsdp_qlora_wrap._Recorder) per phase; printed: the live bytes at the
 start and the peak of each phase (gloo's extra all-gather copies included: an upper bound of the GPU's), their
 growth per decoder layer between two depths, and dsadvise's estimate of the same settings on the same model.
-Shapes: ``small`` (hidden 1024, 2 x 1024 tokens, ~3 min per run on 2 busy cores) and ``70b`` (Llama-2-70B's
-layer at 1 x 256 tokens: needs more than the ~18 GiB of RAM this machine had free; killed while wrapping).
+Shapes: ``small`` (hidden 1024, 2 x 1024 tokens, ~3 min per run on 2 busy cores), ``wide`` (hidden 2048, a
+1024-token vocabulary so that a decoder layer's backward, not the loss, makes the peak; 2 x 2048 tokens) and
+``70b`` (Llama-2-70B's layer and vocabulary at 1 x 256 tokens: its weight-sized terms; 1 layer ran in ~10 min,
+2 layers need more than the ~18 GiB of RAM this machine had free).
 ``DSADVISE_WRAP_CACHE`` (a folder) keeps the records.
 
 Found (issue 17, small shape, 2 and 3 layers; MiB): the PEFT docs' stack and Answer.AI's step hold the same
@@ -44,6 +46,9 @@ bytes: step peak 967.7 / 975.9 (peft) vs 969.2 / 977.0 (aai); live at the start 
 the layer's shard, QuantState and rotary caches): HF's reentrant checkpoint around the FSDP unit, autocast +
 MixedPrecision(bf16) and the no_sync micro-batch add nothing per layer. dsadvise for the same model and
 settings: 1228.3 / 1238.2 MiB of tensors (allocated 1245.3 / 1256.1), 9.9 per layer: above the recorded peaks.
+At Llama-2-70B's shapes (1 layer, 1 x 256 tokens, every weight-sized term at full size: the 1000 MiB root,
+the 408 MiB layer unit, the 448 MiB dequantized MLP weight): live at the step's start 720.4 MiB (dsadvise's
+parameters 719.6), step peak 2747.6 MiB vs dsadvise's 3197.7 MiB of tensors (allocated 3240.5).
 So the step of this stack is not where the two corpus rows' 4.4-5.1 GiB are (see docs/memory-model.md, the PEFT
 docs FSDP+QLoRA paragraph, and benchmarks/peft_fsdp_qlora_load.py for the loading order).
 """
@@ -67,12 +72,16 @@ BNB = os.environ.get("DSADVISE_BNB_PATH", "/work/litgpt-site")
 SHAPES = {
     "small": dict(hidden_size=1024, intermediate_size=3584, num_attention_heads=16, num_key_value_heads=2,
                   vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    # a small vocabulary: the loss's bytes out of the way of a decoder layer's backward
+    "wide": dict(hidden_size=2048, intermediate_size=7168, num_attention_heads=16, num_key_value_heads=2,
+                 vocab_size=1024, max_position_embeddings=4096, rms_norm_eps=1e-5),
     # meta-llama/Llama-2-70b-hf config.json
     "70b": dict(hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
                 vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5),
 }
-VOCAB_RESIZED = 32008
-RUN = {"small": dict(seq=1024, batch=2, steps=2), "70b": dict(seq=256, batch=1, steps=1)}
+RESIZED = {"small": 32008, "wide": 1032, "70b": 32008}     # resize_token_embeddings(..., pad_to_multiple_of=8)
+RUN = {"small": dict(seq=1024, batch=2, steps=2), "wide": dict(seq=2048, batch=2, steps=1),
+       "70b": dict(seq=256, batch=1, steps=1)}
 VARIANTS = {
     # name: (HF checkpoint outside the unit, autocast + MixedPrecision bf16, micro-batches)
     "peft": dict(hf_ckpt=True, autocast=True, micro=2),
@@ -140,7 +149,7 @@ def _worker(variant: str, shape: str, layers: int, out_path: str) -> None:
                                          requires_grad=old.requires_grad)
             setattr(sub, attr, new)
             w = new = None
-        model.resize_token_embeddings(VOCAB_RESIZED, pad_to_multiple_of=8)
+        model.resize_token_embeddings(RESIZED[shape], pad_to_multiple_of=8)
     model.config.use_cache = False
     # TRL SFTTrainer (is_sharded_qlora: no prepare_model_for_kbit_training) and PEFT
     if v["hf_ckpt"]:
@@ -169,6 +178,11 @@ def _worker(variant: str, shape: str, layers: int, out_path: str) -> None:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
     g = torch.Generator().manual_seed(rank)
     model.train()
+    # CUDA's dropout (a bool mask, a one-allocation backward) and autocast op lists on the CPU stand-in
+    from benchmarks.harness.semantics import cuda_semantics
+
+    sem = cuda_semantics("autocast-bf16" if v["autocast"] else "half-bf16")
+    sem.__enter__()
     for step in range(run["steps"]):
         for mb in range(v["micro"]):
             ids = torch.randint(0, SHAPE["vocab_size"], (BATCH, SEQ), generator=g)
@@ -179,7 +193,7 @@ def _worker(variant: str, shape: str, layers: int, out_path: str) -> None:
                 with rec.phase():
                     amp = torch.autocast("cpu", dtype=torch.bfloat16) if v["autocast"] else \
                         __import__("contextlib").nullcontext()
-                    with amp:
+                    with amp:     # accelerate 0.28 prepare_model: autocast around the forward
                         out = model(input_ids=ids, labels=ids)
                     loss = out.loss.float() / v["micro"]
                     del out
@@ -192,6 +206,7 @@ def _worker(variant: str, shape: str, layers: int, out_path: str) -> None:
             model.clip_grad_norm_(1.0)
             opt.step()
             opt.zero_grad()
+    sem.__exit__(None, None, None)
     res = {"rank": rank, "events": rec.events if rank == 1 else None, "variant": variant, "layers": layers}
     Path(f"{out_path}.{rank}").write_text(json.dumps(res))
     dist.barrier()
@@ -231,7 +246,7 @@ def dsadvise(shape: str, layers: int) -> dict:
 
     sh, run = SHAPES[shape], RUN[shape]
     cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", num_hidden_layers=layers, hidden_act="silu",
-               tie_word_embeddings=False, torch_dtype="bfloat16", **{**sh, "vocab_size": VOCAB_RESIZED})
+               tie_word_embeddings=False, torch_dtype="bfloat16", **{**sh, "vocab_size": RESIZED[shape]})
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "config.json"
         path.write_text(json.dumps(cfg))
