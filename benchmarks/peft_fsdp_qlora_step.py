@@ -40,17 +40,21 @@ Shapes: ``small`` (hidden 1024, 2 x 1024 tokens, ~3 min per run on 2 busy cores)
 2 layers need more than the ~18 GiB of RAM this machine had free).
 ``DSADVISE_WRAP_CACHE`` (a folder) keeps the records.
 
-Found (issue 17, small shape, 2 and 3 layers; MiB): the PEFT docs' stack and Answer.AI's step hold the same
-bytes: step peak 967.7 / 975.9 (peft) vs 969.2 / 977.0 (aai); live at the start of backward 463.1 / 471.0 vs
-462.5 / 470.1. Per decoder layer the real stack keeps 8.1 MiB (one checkpointed bf16 hidden state, 4 MiB, plus
-the layer's shard, QuantState and rotary caches): HF's reentrant checkpoint around the FSDP unit, autocast +
-MixedPrecision(bf16) and the no_sync micro-batch add nothing per layer. dsadvise for the same model and
-settings: 1228.3 / 1238.2 MiB of tensors (allocated 1245.3 / 1256.1), 9.9 per layer: above the recorded peaks.
-At Llama-2-70B's shapes (1 layer, 1 x 256 tokens, every weight-sized term at full size: the 1000 MiB root,
-the 408 MiB layer unit, the 448 MiB dequantized MLP weight): live at the step's start 720.4 MiB (dsadvise's
-parameters 719.6), step peak 2747.6 MiB vs dsadvise's 3197.7 MiB of tensors (allocated 3240.5).
-So the step of this stack is not where the two corpus rows' 4.4-5.1 GiB are (see docs/memory-model.md, the PEFT
-docs FSDP+QLoRA paragraph, and benchmarks/peft_fsdp_qlora_load.py for the loading order).
+Found (issue 17; every run under benchmarks.harness.semantics.cuda_semantics; MiB):
+* small, 2 / 3 layers: the PEFT docs' stack and Answer.AI's step hold the same bytes: step peak 967.7 / 975.8
+  (peft) vs 969.1 / 977.0 (aai), at the loss; live at the start of backward 463.1 / 471.0 vs 462.5 / 470.1; per
+  decoder layer 8.1 MiB (one checkpointed bf16 hidden state, 4 MiB, plus the layer's shard, QuantState and rotary
+  caches). HF's reentrant checkpoint around the FSDP unit, autocast + MixedPrecision(bf16) and the no_sync
+  micro-batch add nothing (peft-wrapper 969.8 / 978.0, peft-noamp 967.7 / 975.8, peft-1mb 974.5 / 975.0, recorded
+  before the semantics patch, which moves these peaks by < 0.2 MiB). dsadvise: 1228.3 / 1238.2 MiB of tensors
+  (allocated 1245.3 / 1256.1), 9.9 per layer.
+* wide, 2 layers (the peak in a decoder layer's backward): 808.3 recorded (860.4 without the patch: CPU dropout
+  saves a bf16 noise tensor where CUDA saves a bool mask) vs dsadvise's 834.9 of tensors (allocated 852.7).
+* 70b, 1 layer, 1 x 256 tokens (every weight-sized term at full size: the 1000 MiB root, the 408 MiB layer
+  unit, the 448 MiB dequantized MLP weight): live at the step's start 720.4 (dsadvise's parameters 719.6), step
+  peak 2747.6 (before the patch) vs dsadvise's 3197.7 of tensors (allocated 3240.5).
+So the step of this stack is not where the two corpus rows' 4.4-5.1 GiB are (docs/memory-model.md, the PEFT docs
+FSDP+QLoRA paragraph; benchmarks/peft_fsdp_qlora_load.py for the loading order).
 """
 
 from __future__ import annotations
