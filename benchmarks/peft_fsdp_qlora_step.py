@@ -52,7 +52,7 @@ Found (issue 17; every run under benchmarks.harness.semantics.cuda_semantics; Mi
   saves a bf16 noise tensor where CUDA saves a bool mask) vs dsadvise's 834.9 of tensors (allocated 852.7).
 * 70b, 1 layer, 1 x 256 tokens (every weight-sized term at full size: the 1000 MiB root, the 408 MiB layer
   unit, the 448 MiB dequantized MLP weight): live at the step's start 720.4 (dsadvise's parameters 719.6), step
-  peak 2747.6 (before the patch) vs dsadvise's 3197.7 of tensors (allocated 3240.5).
+  peak 2735.6 vs dsadvise's 3197.7 of tensors (allocated 3240.5).
 So the step of this stack is not where the two corpus rows' 4.4-5.1 GiB are (docs/memory-model.md, the PEFT docs
 FSDP+QLoRA paragraph; benchmarks/peft_fsdp_qlora_load.py for the loading order).
 """
