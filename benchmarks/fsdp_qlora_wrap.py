@@ -45,6 +45,11 @@ Result (Llama-2-7B shapes, 1 and 2 layers, 32 extrapolated): every group alive a
 0.01 MiB per layer (2.106 GiB at 32 layers on both ranks); the units FSDP builds equal dsadvise's (the root's order
 was the one difference, fixed); reserved at 32 layers 3.39 GiB for the recorded sequences (either rank's order) vs
 3.37 for dsadvise's in gloo's order and 3.71 as estimated with NCCL's parked buckets; Answer.AI measured 3.72.
+
+Llama-2-70B shapes, 1 layer (``--model 70b --layers 1``, issue 17, helper A; ~10 min): every group equal (729.86 MiB
+alive on each rank, dsadvise 729.85: the 500 MiB root shard, a 204 MiB layer shard, 8.9 MiB of LoRA shards, 13 MiB
+of QuantState, 4 MiB of rotary caches); reserved over the recorded load + empty_cache + wrap 3786 MiB (rank 1's
+order) / 3772 (rank 0's) vs 3774 for dsadvise's sequence in the same order (4482 with NCCL's parked buckets).
 """
 
 from __future__ import annotations

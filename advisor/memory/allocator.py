@@ -31,9 +31,11 @@ The simulation assumes memory to spare (no OOM retries): its ``reserved`` is wha
 reports when the card is large enough, an upper bound of what a tighter card would need. Free blocks belong to
 the stream that allocated them (``BlockComparatorSize`` orders by stream first and ``get_free_block`` takes
 no block of another stream): FSDP's all-gathers allocate in its unshard stream, so the gathered units form a
-pool of their own that the compute stream's tensors never reuse (and vice versa); everything else is one
-stream. FSDP (v1) initialization runs on the compute stream before the first step and leaves its transients
-cached there (:func:`fsdp_init_events`).
+pool of their own that the compute stream's tensors never reuse (and vice versa); so do the pre-unshard stream's
+shard copies (CPU offload) and the post-backward stream's gradient shards; everything else is one stream. The
+unshard and pre-unshard streams' sequences follow FSDP's order of all-gathers, prefetches and rate-limited frees
+(:func:`fsdp_stream_events`). FSDP (v1) initialization runs on the compute stream before the first step and
+leaves its transients cached there (:func:`fsdp_init_events`).
 """
 
 from __future__ import annotations
@@ -1134,12 +1136,166 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
 
 @lru_cache(maxsize=1024)
 def _unshard_pool_stats(held: tuple[int, ...], pending: tuple[int, ...]) -> AllocatorStats:
-    """The unshard stream's pool: the gathered units held at the peak, and blocks freed but not yet
-    reusable (pending their record_stream event): allocated, then freed, so they count in reserved only."""
+    """A stream's pool of blocks held at the peak, and blocks freed but not yet reusable (pending their
+    record_stream event): allocated, then freed, so they count in reserved only. The post-backward stream's
+    gradient shards, and the unshard stream of a strategy that does not reshard (SHARD_GRAD_OP); the resharding
+    ones follow the engine's order (:func:`fsdp_stream_events`)."""
     events = [("a", ("G", i), v) for i, v in enumerate(held)]
     events += [("a", ("pending", i), v) for i, v in enumerate(pending)]
     events += [("f", ("pending", i), 0) for i in range(len(pending))]
     return simulate(events)
+
+
+# torch/distributed/fsdp/_limiter_utils.py _FreeEventQueue._max_num_inflight_all_gathers (torch 2.0 ... 2.13)
+FSDP_INFLIGHT_ALL_GATHERS = 2
+
+
+def fsdp_stream_events(units: tuple[int, ...], layer_units: tuple[int, ...], world: int, copies: bool,
+                       recompute: bool, steps: int = 2) -> tuple[list, list]:
+    """The allocation sequences of FSDP (v1)'s unshard stream and pre-unshard stream (bytes per GPU) over ``steps``
+    training steps of a FULL_SHARD / HYBRID_SHARD model with ``limit_all_gathers=True`` and BACKWARD_PRE prefetch
+    (the defaults; Answer.AI train.py, accelerate). ``units``: each unit's gathered bytes in wrap order (a decoder
+    layer's LoRA adapter units, then the layer, ..., the root last: :func:`_fsdp_units`); ``layer_units``: for each
+    decoder layer, the number of units it has (its adapters + itself). ``copies``: the pre-unshard stream makes a
+    copy of each shard first (CPU offload, or MixedPrecision over fp32 shards); ``recompute``: activation
+    checkpointing re-runs each layer's forward in its backward. From the engine (torch/distributed/fsdp, read at
+    torch 2.13; the 2.2 of the Answer.AI runs has the same functions since the 2.0 refactor):
+
+    * ``_runtime_utils._unshard``: ``handle.pre_unshard()`` under the pre-unshard stream (``flat_param_to(device)``
+      of a CPU-offloaded shard, or ``_use_low_precision_shard``: a copy of the shard, _flat_param.py
+      ``pre_unshard``), then the rate limiter (``_free_event_queue.dequeue_if_needed()``: with 2 or more free
+      events queued, ``synchronize()`` on the oldest), then under the unshard stream the padded unsharded
+      parameter (``_alloc_padded_unsharded_flat_param``) and the all-gather; the copy is dropped once gathered,
+      recorded on the unshard stream (``_all_gather_flat_param``: ``_no_dispatch_record_stream``; ProcessGroupNCCL
+      records a collective's input on its NCCL stream too), so CUDACachingAllocator parks its block until the
+      all-gather has completed (``insert_events`` / ``process_events``);
+    * ``_reshard``: ``_free_unsharded_flat_param`` records the gathered block on the compute stream and frees it
+      (parked until the compute stream passes that point), and enqueues a free event recorded there, one per
+      freeing reshard of ANY unit, LoRA adapter units included (one queue shared by all units: ``_lazy_init``);
+    * forward: the root is gathered first and kept (``_post_forward_reshard`` frees no root); each decoder layer's
+      unit is gathered at its pre-forward, then each of its adapter units (gathered, freed after its forward),
+      then the layer is freed at its post-forward;
+    * backward: ``_pre_backward_hook`` gathers the unit unless prefetched, then prefetches the unit before it in
+      post-forward order (``_exec_order_utils.get_handle_to_backward_prefetch``): the root prefetches the last
+      layer, a layer its last adapter, an adapter the one before it, the first adapter the previous layer; with
+      ``recompute`` the layer's forward runs again first (its adapters gathered and freed again, but the prefetched
+      one, whose handle is in BACKWARD_PRE: ``_pre_forward``/``_post_forward`` skip it); each adapter is
+      freed after its backward (``_post_backward_reshard``), the layer at the end of its backward (the
+      reshard-only hook of a frozen unit, ``_register_post_backward_reshard_only_hook``), the root last.
+
+    A block parked behind an event is released at the latest when the CPU synchronizes on a later free event (the
+    compute stream is in order, and a unit's compute follows its own all-gather, NCCL's stream being in order too):
+    here exactly then (a faster GPU only releases sooner), and at the end of each step, where the training loop
+    reads the loss (``loss.item()``: a synchronization with the compute stream; under CPU offload FSDP synchronizes
+    itself at the end of the backward, ``_post_backward_final_callback``: ``current_stream().synchronize()``,
+    _runtime_utils.py l.1107-1111 at 2.13). Returns (unshard stream's events, pre-unshard stream's events)."""
+    unshard: list = []
+    pre: list = []
+    n = len(units)
+    root = n - 1
+    shard = [-(-b // world) for b in units]
+    full = [s * world for s in shard]
+    layers: list[tuple[int, list[int]]] = []
+    at = 0
+    for k in layer_units:
+        layers.append((at + k - 1, list(range(at, at + k - 1))))
+        at += k
+    post_order = [u for layer, ads in layers for u in (*ads, layer)] + [root]
+    before = {u: post_order[i - 1] for i, u in enumerate(post_order) if i > 0}
+    st = {"t": 0, "gid": 0}
+    gathered: dict[int, object] = {}
+    gathered_at: dict[int, int] = {}
+    parked_u: list = []          # (time freed, key)
+    parked_c: list = []          # (time its all-gather was issued, key)
+    queue: list = []             # (time recorded, time of the freed unit's all-gather)
+
+    def release(t_free: int, t_gather: int) -> None:
+        for lst, out, limit in ((parked_u, unshard, t_free), (parked_c, pre, t_gather)):
+            keep = [(t, k) for t, k in lst if t > limit]
+            out += [("f", k, 0) for t, k in lst if t <= limit]
+            lst[:] = keep
+
+    def gather(u: int) -> None:
+        if u in gathered:
+            return
+        st["t"] += 1
+        st["gid"] += 1
+        copy = ("copy", st["gid"])
+        if copies:
+            pre.append(("a", copy, shard[u]))
+        if len(queue) >= FSDP_INFLIGHT_ALL_GATHERS:
+            release(*queue.pop(0))
+        key = ("gathered", u, st["gid"])
+        unshard.append(("a", key, full[u]))
+        gathered[u], gathered_at[u] = key, st["t"]
+        if copies:
+            parked_c.append((st["t"], copy))
+
+    def free(u: int) -> None:
+        st["t"] += 1
+        parked_u.append((st["t"], gathered.pop(u)))
+        queue.append((st["t"], gathered_at[u]))
+
+    for _ in range(steps):
+        gather(root)
+        for layer, ads in layers:
+            gather(layer)
+            for a in ads:
+                gather(a)
+                free(a)
+            free(layer)
+        if layers:
+            gather(before[root])                            # the root's pre-backward prefetch
+        for layer, ads in reversed(layers):
+            gather(layer)
+            if ads:
+                gather(before[layer])                       # the layer's last adapter
+            if recompute:
+                # the recomputed forward runs each adapter's pre/post-forward (gathered, freed) except the one the
+                # layer prefetched, whose handle is in BACKWARD_PRE and skips both (_pre_forward / _post_forward:
+                # "skip ... logic in the recomputed forward"), staying gathered into its backward
+                for a in ads[:-1]:
+                    gather(a)
+                    free(a)
+            for a in reversed(ads):
+                gather(a)
+                if a in before:
+                    gather(before[a])
+                free(a)
+            if not ads and layer in before:
+                gather(before[layer])
+            free(layer)
+        free(root)
+        # the loop's sync between steps (train.py ``loss.item()``; HF Trainer's logging_nan_inf_filter test of the
+        # step's loss): every parked block is released; the queue keeps its (completed) events
+        release(st["t"], st["t"])
+    return unshard, pre
+
+
+@lru_cache(maxsize=256)
+def _fsdp_stream_stats(units: tuple[int, ...], layer_units: tuple[int, ...], world: int, copies: bool,
+                       recompute: bool) -> tuple[AllocatorStats, AllocatorStats]:
+    """The peaks of the unshard stream's and the pre-unshard stream's pools (:func:`fsdp_stream_events`), each a
+    pool of its own (CUDACachingAllocator keys free blocks by stream)."""
+    u, c = fsdp_stream_events(units, layer_units, world, copies, recompute)
+    return simulate(u), simulate(c)
+
+
+def _fsdp_gathered_units(arch, training, strategy) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Each FSDP unit's bytes once all-gathered, in wrap order (:func:`_fsdp_units`: adapters, layer, ..., root),
+    and the number of units of each decoder layer, in the gathered dtype the buffers count
+    (advisor.memory.buffers: the root in the 16-bit param dtype or fp32, each layer's
+    ``fsdp_gathered_layer_bytes``, the adapters at the same bytes per element)."""
+    from ..param_count import count_parameters
+    from .buffers import fsdp_gathered_layer_bytes
+
+    counts = count_parameters(arch)
+    gathered_b = 2 if training.precision in ("fp16", "bf16", "pure-bf16") else 4
+    adapters = tuple(u[0] for u in _fsdp_adapter_units(arch, training, gathered_b))
+    layer = fsdp_gathered_layer_bytes(arch, counts, training)
+    root = (counts.embedding + counts.lm_head + counts.final) * gathered_b
+    n = arch.num_layers
+    return (*adapters, layer) * n + (root,), (len(adapters) + 1,) * n
 
 
 def _fsdp_init_modelled(training, strategy) -> bool:
@@ -1153,6 +1309,7 @@ def _fsdp_init_modelled(training, strategy) -> bool:
 # ``_unshard``: ``with state._device_handle.stream(unshard_stream): handle.unshard()``), a pool of their own.
 _UNSHARD_STREAM_BUFFERS = ("FSDP gathered",
                            # the pre-unshard stream's shard copies (buffers.py): a pool of its own as well
+                           # (fsdp_stream_events simulates the two apart)
                            "FSDP shard copied")
 
 
@@ -1247,12 +1404,25 @@ def _fsdp_adapter_states(arch, training, strategy, dyn: StateLayout) -> StateLay
     serves them from its small pool (``get_pool``: size <= kSmallSize, 2 MiB segments), which no cached block of
     the wrapping (all large) can serve. Recorded on the CPU stand-in (benchmarks/fsdp_qlora_step.py): the first
     optimizer step adds ~10 MiB reserved per Llama-2-7B layer (two states of 12 shards, 4.25 MiB each) to what the
-    wrap left, where per-layer blocks fitted in the wrap's cached blocks and added nothing."""
+    wrap left, where per-layer blocks fitted in the wrap's cached blocks and added nothing.
+
+    Issue 17 (helper A): the step's foreach temporaries likewise, one per shard. On CUDA torch's AdamW takes the
+    foreach path by default (torch/optim/optimizer.py ``_default_to_fused_or_foreach``: foreach when every tensor
+    is on a foreach device, CUDA; torch 2.2 the same), whose ``exp_avg_sq_sqrt = torch._foreach_sqrt(
+    device_exp_avg_sqs)`` makes one tensor per parameter, all alive until the step ends (torch 2.13
+    torch/optim/adam.py ``_multi_tensor_adam`` l.762/790, which AdamW runs; torch 2.2 torch/optim/adamw.py
+    ``_multi_tensor_adamw``): small-pool blocks again, not one per layer. Recorded on the CPU stand-in with CUDA's
+    foreach path forced (benchmarks/fsdp_qlora_step.py --foreach): the second optimizer step allocates the 12 shards'
+    sizes (9 x 256 KiB + 3 x 688 KiB, 4.27 MiB) all at once, then frees them."""
     if strategy.backend != "fsdp" or not dyn.lazy_layer:
         return dyn
     split = [_adapter_unit_split(arch, training, b) for b in dyn.lazy_layer]
     if not all(split):
         return dyn
+    temps = [_adapter_unit_split(arch, training, b) for b in dyn.step_temp_layer]
+    if temps and all(temps):
+        return replace(dyn, lazy_layer=tuple(x for part in split for x in part),
+                       step_temp_layer=tuple(x for part in temps for x in part))
     return replace(dyn, lazy_layer=tuple(x for part in split for x in part))
 
 
@@ -1293,20 +1463,23 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
                                   arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
                                   unit_buffers=unit_buffers, cast_buffers=cast_buffers)
-    # The unshard stream's pool: the gathered units, plus one more layer block when units are resharded
-    # (FULL_SHARD / HYBRID_SHARD): FSDP frees an unsharded unit with record_stream on the compute stream
-    # (flat_param.py _free_unsharded_flat_param -> _no_dispatch_record_stream) and CUDACachingAllocator's free()
-    # returns such a block to the pool only once that stream's event has completed (insert_events /
-    # process_events). The rate limiter (limit_all_gathers, fsdp/_limiter_utils.py: _max_num_inflight_all_gathers
-    # = 2; _runtime_utils._unshard synchronizes only the oldest of them, dequeue_if_needed) lets the next
-    # all-gather allocate while the other freed layer's event may still be pending: one layer block more.
-    pending = ()
+    # The unshard stream's pool. FSDP frees an unsharded unit with record_stream on the compute stream (flat_param.py
+    # _free_unsharded_flat_param -> _no_dispatch_record_stream) and CUDACachingAllocator's free() returns such a
+    # block to the pool only once that stream's event has completed (insert_events / process_events); the rate
+    # limiter (limit_all_gathers: _runtime_utils._unshard synchronizes on the oldest of 2 queued free events) bounds
+    # how long. Resharded units (FULL_SHARD / HYBRID_SHARD): issue 17 (helper A), the unshard stream's and the
+    # pre-unshard stream's shard copies, each a pool of its own, simulated over the engine's order of all-gathers
+    # and frees, LoRA adapter units included (fsdp_stream_events); formerly one pool of root + 2 layers + one layer
+    # block pending (helper D), which a LoRA model's adapter units, whose frees fill the rate limiter's queue,
+    # release sooner. Otherwise (SHARD_GRAD_OP: nothing resharded until the backward) the gathered units, held.
     if gathered and strategy.fsdp_sharding in ("FULL_SHARD", "HYBRID_SHARD") and world > 1:
-        from .buffers import fsdp_gathered_layer_bytes
-        from ..param_count import count_parameters
-
-        pending = (fsdp_gathered_layer_bytes(arch, count_parameters(arch), training),)
-    gp = _unshard_pool_stats(tuple(gathered.values()), pending)
+        units_g, layer_units = _fsdp_gathered_units(arch, training, strategy)
+        copies = any(k.startswith(_UNSHARD_STREAM_BUFFERS[1]) for k in gathered)
+        gu, gc = _fsdp_stream_stats(units_g, layer_units, world, copies, ckpt == "full")
+        gp = AllocatorStats(gu.peak_allocated + gc.peak_allocated, gu.peak_reserved + gc.peak_reserved,
+                            gu.peak_requested + gc.peak_requested, gu.segments + gc.segments)
+    else:
+        gp = _unshard_pool_stats(tuple(gathered.values()), ())
     pb = _unshard_pool_stats(pb_grads, ())
     retried = False
     if limit is not None and st.peak_reserved + gp.peak_reserved + pb.peak_reserved > limit:

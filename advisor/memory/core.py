@@ -251,6 +251,15 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         secs = f" (~{2 * moved / (pcie * 1e9):.2f} s per micro-step at {pcie:g} GB/s if not overlapped)" if pcie else ""
         notes.append(f"--offload-activations: {moved / 2**30:.2f} GiB of saved activations go to pinned CPU memory "
                      f"in each forward and back in the backward{secs}")
+    if strategy.backend == "deepspeed" and strategy.zero_stage == 3:   # issue 17 (Z): the replayed ZeRO-3 gathers
+        from .zero3_gather import zero3_gather_note
+        from .zero_sizes import deepspeed_sizes
+
+        z3_note = zero3_gather_note(arch, training, deepspeed_sizes(arch, strategy), hw.world_size,
+                                    2 if sb.weight == 2 else 4,
+                                    buffers.get("ZeRO-3 gathered parameters (module + prefetch)", 0))
+        if z3_note:
+            notes.append(z3_note)
     if zero3_loading:
         notes.append(f"ZeRO-3 with a QLoRA base: transformers does not build a quantized model under zero.Init, so "
                      f"DeepSpeed puts the whole quantized model on every GPU before partitioning it "
