@@ -9,6 +9,7 @@ from .bytes_per_param import StateBytes, fp32_lora_base
 from .model_states import fsdp_shard_degree
 from .zero3_gather import zero3_gather_pool_cached_bytes, zero3_gathered_bytes
 from .zero_sizes import DeepSpeedSizes, deepspeed_sizes  # noqa: F401  (re-exported: render uses them)
+from .zero_sizes import ZERO3_GATHER_POOL_CACHED  # noqa: F401  (re-exported)
 
 
 def _vector_elements_per_layer(arch: Architecture, counts: ParameterCounts) -> int:
@@ -17,8 +18,6 @@ def _vector_elements_per_layer(arch: Architecture, counts: ParameterCounts) -> i
     return max(counts.per_layer - matrices, 0)
 
 
-# issue 17 (Z): reserved, not allocated: the all-gather stream's cached free blocks (see gathered_pool)
-ZERO3_GATHER_POOL_CACHED = "ZeRO-3 all-gather stream: cached free blocks (reserved - allocated)"
 
 
 def _largest_trainable_module(arch: Architecture, counts: ParameterCounts, training: TrainingSpec) -> int:

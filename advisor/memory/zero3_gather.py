@@ -154,7 +154,7 @@ def gathered_pool(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, 
     another stream is skipped), so the gathered buffers form a pool of their own: its reserved peak is two
     replayed steps (the second with the carry-over) run through dsadvise's allocator simulator, the larger of the
     two versions."""
-    from .allocator import simulate
+    from .caching_allocator import simulate
 
     first_events: list = []
     first, left = _step(numel, trace, ds, world, elem_bytes, 0, None, first_events)
