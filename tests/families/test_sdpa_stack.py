@@ -1,0 +1,79 @@
+"""The replay's SDPA attention under an old transformers (advisor/data/stacks.yaml ``sdpa_repeat_kv``,
+``sdpa_mask_contiguous``, ``rotary_per_layer``; issue 17, session 9, helper A) against the saved bytes per decoder
+layer recorded on the real models: ``python benchmarks/sdpa_repeat_kv.py --site <transformers 4.39.3> --json`` and
+``python benchmarks/sdpa_repeat_kv.py --json`` (venv transformers 5.24.0), torch 2.13 CPU under the harness's CUDA
+semantics plus 4.39's CUDA-only q/k/v ``.contiguous()`` (the script's docstring). Tiny models of 8 query heads and
+2 KV heads (Gemma: 1), hidden 256, batch 2, 64 tokens. No old transformers is needed here: the numbers are recorded.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from advisor.stacks import family_stack_behaviour, sdpa_repeats_kv  # noqa: E402
+
+# family/mode -> saved bytes per decoder layer, measured (benchmarks/sdpa_repeat_kv.py, 2026-11-30)
+MEASURED_4_39_3 = {
+    "llama/half-bf16": 1_389_568, "llama/autocast-bf16": 1_733_632,
+    "mistral/half-bf16": 1_324_032, "mistral/autocast-bf16": 1_651_712,
+    "qwen2/half-bf16": 1_324_032, "qwen2/autocast-bf16": 1_651_712,
+    "gemma/half-bf16": 1_522_688, "gemma/autocast-bf16": 1_735_680,
+}
+MEASURED_5_24_0 = {
+    "llama/half-bf16": 1_217_536, "llama/autocast-bf16": 1_545_216,
+    "mistral/half-bf16": 1_217_536, "mistral/autocast-bf16": 1_545_216,
+    "qwen2/half-bf16": 1_217_536, "qwen2/autocast-bf16": 1_545_216,
+    "gemma/half-bf16": 1_334_272, "gemma/autocast-bf16": 1_530_880,
+}
+
+
+def _replay(key: str, version: str | None) -> int:
+    from benchmarks.sdpa_repeat_kv import replay_per_layer
+
+    family, mode = key.split("/")
+    return replay_per_layer(family, mode, 2, 64, version)
+
+
+@pytest.mark.parametrize("key", sorted(MEASURED_4_39_3))
+def test_replay_equals_transformers_4_39(key):
+    assert _replay(key, "4.39") == MEASURED_4_39_3[key]
+
+
+@pytest.mark.parametrize("key", sorted(MEASURED_5_24_0))
+def test_replay_without_a_version_equals_transformers_5(key):
+    assert _replay(key, None) == MEASURED_5_24_0[key]
+
+
+def test_repeat_kv_versions():
+    """repeat_kv before SDPA up to 4.53 (4.53.3 integrations/sdpa_attention.py); 4.54.0 added enable_gqa."""
+    assert sdpa_repeats_kv("4.30") and sdpa_repeats_kv("4.39.3") and sdpa_repeats_kv("4.53")
+    assert not sdpa_repeats_kv("4.54") and not sdpa_repeats_kv("5.13") and not sdpa_repeats_kv(None)
+
+
+def test_the_repeat_is_the_kv_heads_difference():
+    """Mistral / Qwen2 4.39 (no mask without padding): over 5.24 the repeated K and V, 2 x b x s x (H - KV) x d
+    bf16 bytes, plus the layer's own rotary cos/sin (2 x s x d bf16), and nothing else."""
+    b, s, heads, kv, d = 2, 64, 8, 2, 32
+    extra = 2 * b * s * (heads - kv) * d * 2 + 2 * s * d * 2
+    assert MEASURED_4_39_3["mistral/half-bf16"] - MEASURED_5_24_0["mistral/half-bf16"] == extra
+    assert _replay("mistral/half-bf16", "4.39") - _replay("mistral/half-bf16", None) == extra
+
+
+def test_family_behaviours_are_read_per_family():
+    from advisor.hf_config import architecture_from_hf_config
+
+    from benchmarks.sdpa_repeat_kv import FAMILIES
+
+    llama = architecture_from_hf_config(FAMILIES["llama"])
+    mistral = architecture_from_hf_config(FAMILIES["mistral"])
+    assert family_stack_behaviour("sdpa_mask_contiguous", llama, "4.39")
+    assert not family_stack_behaviour("sdpa_mask_contiguous", mistral, "4.39")
+    assert not family_stack_behaviour("sdpa_mask_contiguous", llama, "4.46")
+    assert not family_stack_behaviour("rotary_per_layer", llama, None)
