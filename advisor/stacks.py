@@ -108,6 +108,15 @@ def sdpa_repeats_kv(transformers_version: str | None) -> bool:
                    _minor(normalize_version("transformers", transformers_version)))
 
 
+def sdpa_contiguous_qkv(transformers_version: str | None) -> bool:
+    """True when that transformers' ``sdpa_attention_forward`` makes q, k, v contiguous before SDPA on every device
+    (4.48-4.55, stacks.yaml ``sdpa_contiguous_qkv``); False without a version."""
+    if transformers_version is None:
+        return False
+    return _within(_table()["transformers"]["sdpa_contiguous_qkv"],
+                   _minor(normalize_version("transformers", transformers_version)))
+
+
 def family_stack_behaviour(key: str, arch, transformers_version: str | None) -> bool:
     """True when stacks.yaml ``transformers.<key>`` names ``arch``'s family for ``transformers_version``
     (``sdpa_mask_contiguous``, ``rotary_per_layer``); False without a version."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from advisor.architecture import Architecture
 from advisor.memory.symbolic import BYTES, Tensor, Trace
 from advisor.specs import TrainingSpec
-from advisor.stacks import family_stack_behaviour, lora_adapters_in_base_dtype, sdpa_repeats_kv
+from advisor.stacks import family_stack_behaviour, lora_adapters_in_base_dtype, sdpa_contiguous_qkv, sdpa_repeats_kv
 
 
 def _lora_linear_names(arch: Architecture, targets: tuple[str, ...]) -> set[str]:
@@ -271,10 +271,13 @@ class DecoderReplay:
         if (sdpa_mask or old_stack) and a.num_key_value_heads != H:
             k, v = self.repeat_kv(k, H), self.repeat_kv(v, H)
         qc, kc, vc = tr.ac_low(q), tr.ac_low(k), tr.ac_low(v)
-        if impl == "sdpa" and family_stack_behaviour("sdpa_mask_contiguous", a, getattr(t, "transformers_version", None)):
-            # 4.39 Llama/Gemma on CUDA: a 4-D mask, so q/k/v.contiguous(): copies SDPA saves instead (stacks.yaml)
+        version = getattr(t, "transformers_version", None)
+        mask_4d = impl == "sdpa" and family_stack_behaviour("sdpa_mask_contiguous", a, version)
+        if mask_4d or impl == "sdpa" and sdpa_contiguous_qkv(version):
+            # q/k/v.contiguous() (4.39 Llama/Gemma on CUDA with their 4-D mask; 4.48-4.55 always): copies SDPA saves
+            # instead, and an output o_proj gets through a copy (stacks.yaml)
             qc, kc, vc = (tr.op(tr.new(x.n, x.dt, x.rg, False), [x], "view") if x.bshd else x for x in (qc, kc, vc))
-            if tr.autocast and self.mask_dt != tr.low and (qc.rg or kc.rg or vc.rg):
+            if mask_4d and tr.autocast and self.mask_dt != tr.low and (qc.rg or kc.rg or vc.rg):
                 # autocast casts SDPA's mask (built in inputs_embeds' fp32) too: a b x s x s copy per layer, kept
                 tr.save(tr.new(b * s * s, tr.low, False))
         rg = qc.rg or kc.rg or vc.rg
