@@ -267,13 +267,16 @@ class DecoderReplay:
         sdpa_mask = impl == "sdpa" and window_mask
         # repeat_kv before SDPA: with a mask (no enable_gqa), or always under transformers < 4.54 (stacks.yaml
         # sdpa_repeat_kv; issue 17, measured: benchmarks/sdpa_repeat_kv.py)
-        old_stack = impl == "sdpa" and sdpa_repeats_kv(getattr(t, "transformers_version", None))
-        if (sdpa_mask or old_stack) and a.num_key_value_heads != H:
+        version = getattr(t, "transformers_version", None)
+        old_stack = impl == "sdpa" and sdpa_repeats_kv(version)
+        mask_4d = impl == "sdpa" and family_stack_behaviour("sdpa_mask_contiguous", a, version)
+        contiguous = mask_4d or impl == "sdpa" and sdpa_contiguous_qkv(version)
+        # one KV head: expand + reshape is a view (stride 0), no new bytes, unless made contiguous below (measured)
+        view_only = old_stack and not sdpa_mask and not contiguous and a.num_key_value_heads == 1
+        if (sdpa_mask or old_stack) and a.num_key_value_heads != H and not view_only:
             k, v = self.repeat_kv(k, H), self.repeat_kv(v, H)
         qc, kc, vc = tr.ac_low(q), tr.ac_low(k), tr.ac_low(v)
-        version = getattr(t, "transformers_version", None)
-        mask_4d = impl == "sdpa" and family_stack_behaviour("sdpa_mask_contiguous", a, version)
-        if mask_4d or impl == "sdpa" and sdpa_contiguous_qkv(version):
+        if contiguous:
             # q/k/v.contiguous() (4.39 Llama/Gemma on CUDA with their 4-D mask; 4.48-4.55 always): copies SDPA saves
             # instead, and an output o_proj gets through a copy (stacks.yaml)
             qc, kc, vc = (tr.op(tr.new(x.n, x.dt, x.rg, False), [x], "view") if x.bshd else x for x in (qc, kc, vc))

@@ -1,7 +1,7 @@
 """The replay's SDPA attention under an old transformers (advisor/data/stacks.yaml ``sdpa_repeat_kv``,
 ``sdpa_mask_contiguous``, ``sdpa_contiguous_qkv``, ``rotary_per_layer``; issue 17, session 9, helper A) against the
 saved bytes per decoder layer recorded on the real models: ``python benchmarks/sdpa_repeat_kv.py --site <transformers
-4.39.3 | 4.52.4> --json`` and ``python benchmarks/sdpa_repeat_kv.py --json`` (venv transformers 5.24.0), torch 2.13
+4.39.3 | 4.46.3 | 4.52.4> --json`` and ``python benchmarks/sdpa_repeat_kv.py --json`` (venv transformers 5.24.0), torch 2.13
 CPU under the harness's CUDA
 semantics plus 4.39's CUDA-only q/k/v ``.contiguous()`` (the script's docstring). Tiny models of 8 query heads and
 2 KV heads (Gemma: 1), hidden 256, batch 2, 64 tokens. No old transformers is needed here: the numbers are recorded.
@@ -27,6 +27,12 @@ MEASURED_4_39_3 = {
     "qwen2/half-bf16": 1_324_032, "qwen2/autocast-bf16": 1_651_712,
     "gemma/half-bf16": 1_522_688, "gemma/autocast-bf16": 1_735_680,
 }
+MEASURED_4_46_3 = {   # mistral / gemma: their own rotary tables; gemma's single KV head: a view, not a copy
+    "llama/half-bf16": 1_315_840, "llama/autocast-bf16": 1_643_520,
+    "mistral/half-bf16": 1_324_032, "mistral/autocast-bf16": 1_651_712,
+    "qwen2/half-bf16": 1_315_840, "qwen2/autocast-bf16": 1_643_520,
+    "gemma/half-bf16": 1_342_464, "gemma/autocast-bf16": 1_539_072,
+}
 MEASURED_4_52_4 = {
     "llama/half-bf16": 1_381_376, "llama/autocast-bf16": 1_709_056,
     "mistral/half-bf16": 1_381_376, "mistral/autocast-bf16": 1_709_056,
@@ -51,6 +57,11 @@ def _replay(key: str, version: str | None) -> int:
 @pytest.mark.parametrize("key", sorted(MEASURED_4_39_3))
 def test_replay_equals_transformers_4_39(key):
     assert _replay(key, "4.39") == MEASURED_4_39_3[key]
+
+
+@pytest.mark.parametrize("key", sorted(MEASURED_4_46_3))
+def test_replay_equals_transformers_4_46(key):
+    assert _replay(key, "4.46") == MEASURED_4_46_3[key]
 
 
 @pytest.mark.parametrize("key", sorted(MEASURED_4_52_4))
