@@ -106,3 +106,20 @@ def test_family_behaviours_are_read_per_family():
     assert not family_stack_behaviour("sdpa_mask_contiguous", mistral, "4.39")
     assert not family_stack_behaviour("sdpa_mask_contiguous", llama, "4.46")
     assert not family_stack_behaviour("rotary_per_layer", llama, None)
+
+
+def test_the_notes_say_what_the_stack_adds():
+    from advisor.api import build_hardware, build_strategy, build_training
+    from advisor.catalog.models import resolve_model
+    from advisor.memory.core import stack_notes
+
+    arch = resolve_model("llama-2-70b").architecture
+    hw = build_hardware(2, 1, None, "rtx-3090", None, None, None)
+
+    def notes(version):
+        return " ".join(stack_notes(arch, build_training(hw, attention="sdpa", transformers_version=version),
+                                    build_strategy(hw, "fsdp-full")))
+
+    old = notes("4.39")
+    assert "8 K/V heads repeated to 64" in old and "o_proj saves a copy" in old and "own rotary" in old
+    assert "repeated" in notes("4.53") and "repeated" not in notes("4.54") and "o_proj" not in notes("4.56")
