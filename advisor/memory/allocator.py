@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 from ..datacache import computed
+from .buffers import ZERO3_GATHER_POOL_CACHED   # issue 17 (Z): a reserved-only pool
 
 K_MIN_BLOCK = 512                 # kMinBlockSize
 K_SMALL_SIZE = 1 << 20            # kSmallSize: largest small-pool request, 1 MiB
@@ -446,10 +447,11 @@ class GpuAllocation:
     allocated: int
     reserved: int
     rounding: int            # allocated - tensor bytes
-    cached: int              # reserved - allocated
+    cached: int              # reserved - allocated - stream_pool
     simulated_layers: tuple[int, ...]
     oom_retries: bool = False  # fits only because the allocator releases cached segments when cudaMalloc fails
     workspaces: int = 0      # the cuBLAS workspaces (part of allocated; see BLAS_WORKSPACE_KEYS)
+    stream_pool: int = 0     # cached free blocks of a side stream's pool (ZeRO-3's all-gather stream): reserved only
 
 
 def _tensor_elements(arch) -> tuple[list[int], list[int], int, int, int]:
@@ -557,6 +559,8 @@ def state_layout(arch, training, strategy, hw, ms, buffers: dict[str, int], form
 
     copy_head = 0
     for name, v in buffers.items():
+        if name == ZERO3_GATHER_POOL_CACHED:
+            continue        # cached free blocks of the all-gather stream's pool: reserved, never allocated
         if name.startswith(AUTOCAST_COPIES_BUFFER) and g["grads_head"]:
             # issue 17 (G4): the head's copy (V x h, 16-bit: the output projection's weight, cast by autocast
             # like every linear's) is not alive through the step: the forward allocates it just before the
@@ -1111,13 +1115,16 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     # more layers and was up to 4 % of the total low (benchmarks/allocator_extrapolation.py). The layers'
     # allocation sequence itself is built from a 4-layer trace (activations.allocation_trace).
     st = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, held_fp32=held_fp32, blas_workspace=ws)
+    # ZeRO-3's all-gather stream pool (buffers.ZERO3_GATHER_POOL_CACHED): its cached free blocks are counted among
+    # the buffers (so in tensor_bytes) but are reserved only, never allocated; they take their share of the card
+    pool = buffers.get(ZERO3_GATHER_POOL_CACHED, 0)
     retried = False
-    if limit is not None and ps.peak_reserved + st.peak_reserved > limit and not expandable:
+    if limit is not None and ps.peak_reserved + pool + st.peak_reserved > limit and not expandable:
         # Over the card with every cached block kept: the real allocator then releases its unsplit cached
         # segments and retries cudaMalloc. Replay with the capacity the step has, to know whether the step
         # completes that way (else the estimate stays over the card: out of memory); reserved is then the limit
         # (oom_retry_reserved), not the replay's own peak.
-        capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved,
+        capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved - pool,
                               held_fp32=held_fp32, blas_workspace=ws)
         if not capped.oom:
             st, retried = capped, True
@@ -1126,12 +1133,12 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     rounding += ps.peak_allocated - ps.peak_requested
     cached += ps.peak_reserved - ps.peak_allocated
     rounding, cached = max(rounding, 0), max(cached, 0)
-    allocated = tensor_bytes + rounding + 2 * ws
+    allocated = tensor_bytes - pool + rounding + 2 * ws
     if retried:
         # the capped replay says the step completes; its own reserved peak is not the bound (oom_retry_reserved)
-        cached = oom_retry_reserved(limit, allocated) - allocated
-    return GpuAllocation(allocated=allocated, reserved=allocated + cached, rounding=rounding, cached=cached,
-                         simulated_layers=(n,), oom_retries=retried, workspaces=2 * ws)
+        cached = oom_retry_reserved(limit, allocated + pool) - allocated - pool
+    return GpuAllocation(allocated=allocated, reserved=allocated + pool + cached, rounding=rounding, cached=cached,
+                         simulated_layers=(n,), oom_retries=retried, workspaces=2 * ws, stream_pool=pool)
 
 
 @lru_cache(maxsize=1024)

@@ -251,6 +251,15 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         secs = f" (~{2 * moved / (pcie * 1e9):.2f} s per micro-step at {pcie:g} GB/s if not overlapped)" if pcie else ""
         notes.append(f"--offload-activations: {moved / 2**30:.2f} GiB of saved activations go to pinned CPU memory "
                      f"in each forward and back in the backward{secs}")
+    if strategy.backend == "deepspeed" and strategy.zero_stage == 3:   # issue 17 (Z): the replayed ZeRO-3 gathers
+        from .zero3_gather import zero3_gather_note
+        from .zero_sizes import deepspeed_sizes
+
+        z3_note = zero3_gather_note(arch, training, deepspeed_sizes(arch, strategy), hw.world_size,
+                                    2 if sb.weight == 2 else 4,
+                                    buffers.get("ZeRO-3 gathered parameters (module + prefetch)", 0))
+        if z3_note:
+            notes.append(z3_note)
     if zero3_loading:
         notes.append(f"ZeRO-3 with a QLoRA base: transformers does not build a quantized model under zero.Init, so "
                      f"DeepSpeed puts the whole quantized model on every GPU before partitioning it "
@@ -360,8 +369,11 @@ def _zero3_loading_floor(arch, counts: ParameterCounts, training: TrainingSpec, 
     if init is None:
         return gpu, 0
     allocated = max(gpu.allocated, init.peak_allocated)
-    reserved = max(gpu.reserved, init.peak_reserved, allocated)
-    return replace(gpu, allocated=allocated, reserved=reserved, cached=reserved - allocated), allocated - gpu.allocated
+    # a side stream's pool (ZeRO-3's all-gather stream) cannot reuse the loading's cached blocks: on top
+    pool = gpu.stream_pool
+    reserved = max(gpu.reserved - pool, init.peak_reserved, allocated) + pool
+    return (replace(gpu, allocated=allocated, reserved=reserved, cached=reserved - allocated - pool),
+            allocated - gpu.allocated)
 
 
 @lru_cache(maxsize=256)

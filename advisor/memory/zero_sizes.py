@@ -19,6 +19,8 @@ class DeepSpeedSizes:
     param_persistence_threshold: int
     sub_group_size: int
     overlap_comm: bool
+    # DeepSpeedZeroConfig.max_reuse_distance (stage3_max_reuse_distance) default; the HF "auto" values leave it
+    max_reuse_distance: int = 1_000_000_000
 
 
 def deepspeed_sizes(arch: Architecture, strategy: StrategySpec) -> DeepSpeedSizes:
