@@ -98,6 +98,34 @@ def lora_adapters_in_base_dtype(transformers_version: str | None) -> bool:
                    _minor(normalize_version("transformers", transformers_version)))
 
 
+def sdpa_repeats_kv(transformers_version: str | None) -> bool:
+    """True when that transformers' SDPA attention repeats a grouped-query model's K/V heads before the kernel
+    (< 4.54: no ``enable_gqa``; stacks.yaml ``sdpa_repeat_kv``), so SDPA saves K and V with every query head;
+    False when no version is given (transformers 5: ``enable_gqa`` without a mask)."""
+    if transformers_version is None:
+        return False
+    return _within(_table()["transformers"]["sdpa_repeat_kv"],
+                   _minor(normalize_version("transformers", transformers_version)))
+
+
+def sdpa_contiguous_qkv(transformers_version: str | None) -> bool:
+    """True when that transformers' ``sdpa_attention_forward`` makes q, k, v contiguous before SDPA on every device
+    (4.48-4.55, stacks.yaml ``sdpa_contiguous_qkv``); False without a version."""
+    if transformers_version is None:
+        return False
+    return _within(_table()["transformers"]["sdpa_contiguous_qkv"],
+                   _minor(normalize_version("transformers", transformers_version)))
+
+
+def family_stack_behaviour(key: str, arch, transformers_version: str | None) -> bool:
+    """True when stacks.yaml ``transformers.<key>`` names ``arch``'s family for ``transformers_version``
+    (``sdpa_mask_contiguous``, ``rotary_per_layer``); False without a version."""
+    if transformers_version is None:
+        return False
+    entry = _table()["transformers"].get(key, {}).get(arch.family)
+    return isinstance(entry, dict) and _within(entry, _minor(normalize_version("transformers", transformers_version)))
+
+
 def default_loss(transformers_version: str | None) -> str:
     """The ``--loss`` a run has when it is not given: ``legacy-inline`` under a transformers that computed the loss
     inline (< 4.46), else ``plain``."""

@@ -332,6 +332,18 @@ def stack_notes(arch, training: TrainingSpec, strategy: StrategySpec) -> list[st
                  if training.attention != "flash" else "(flash attention: no 4D mask is built from it)")
         out.append(f"transformers {v}: LlamaModel registers a {arch.max_position_embeddings}^2 bool causal_mask "
                    f"buffer {built}")
+    # issue 17 (session 9, helper A): the replay's attention under that transformers (stacks.yaml, counted)
+    from ..stacks import family_stack_behaviour, sdpa_contiguous_qkv, sdpa_repeats_kv
+    done = []
+    if training.attention == "sdpa" and sdpa_repeats_kv(v) and arch.num_key_value_heads != arch.num_attention_heads:
+        done.append(f"SDPA gets the {arch.num_key_value_heads} K/V heads repeated to {arch.num_attention_heads} "
+                    f"(repeat_kv; enable_gqa from 4.54) and saves them so")
+    if training.attention == "sdpa" and (sdpa_contiguous_qkv(v) or family_stack_behaviour("sdpa_mask_contiguous", arch, v)):
+        done.append("q/k/v are made contiguous before SDPA, so o_proj saves a copy of the attention output")
+    if family_stack_behaviour("rotary_per_layer", arch, v):
+        done.append("each layer computes and saves its own rotary cos/sin")
+    if done:
+        out.append(f"transformers {v}: " + "; ".join(done) + " (counted)")
     if caches is not None and strategy.backend == "ddp":
         out.append(f"transformers {v}: not counted: torch DDP broadcasts every buffer from rank 0 at each forward "
                    f"(broadcast_buffers=True: torch/nn/parallel/distributed.py _sync_buffers, flat buckets of up to "
