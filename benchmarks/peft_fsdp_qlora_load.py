@@ -25,10 +25,13 @@ TRL of 2024-03-13, bitsandbytes 0.43) orders that differently, read from its sou
   packed data, so the QuantStates are allocated unit by unit, interleaved with the wrap's transients.
 
 Printed per point: the compute pool's reserved peak for dsadvise's sequence and for the same sequence in the
-stack's order (the root's embeddings and lm_head from loading, at 32008 rows; the QuantStates re-allocated at
-their unit's wrap, bitsandbytes 0.43 sizes: absmax n/64 B, offset 4 B, state2.absmax n/4096 B, state2.code 1 KiB).
-Found: the two differ by less than 0.01 GiB on both rows (the wrap's and the step's blocks are reused either way),
-so dsadvise's simpler order stands and the loading phase explains none of the rows' gap (see
+stack's order (the root's embeddings and lm_head from loading, at 32008 rows; the QuantStates re-allocated
+linear by linear at their unit's wrap, bitsandbytes 0.43 sizes: absmax n/64 B, offset 4 B, state2.absmax
+n/4096 B, state2.code 1 KiB). Found (before dsadvise modelled the move): +0.22 / +0.21 GiB on the two rows.
+dsadvise now brings each layer's QuantStates back at its unit's wrap under PEFT < 0.12 (advisor.stacks
+``quant_states_moved_at_wrap``; allocator ``fsdp_init_events(loaded_per_layer=...)``, the unit's QuantStates
+ahead of its tensors), the "dsadvise order" here; what remains is the resized embeddings and the per-linear
+interleaving. Either way the loading phase explains a few per cent of the rows' gap at most (see
 benchmarks/peft_fsdp_qlora_step.py for the step).
 """
 
@@ -64,7 +67,8 @@ def _pool_args(point: dict):
         estimate(**kwargs(point))
     finally:
         A._fsdp_default_pool_stats = orig
-    return seen[0]
+    # the order with the QuantStates brought back at the wrap (PEFT < 0.12), where the estimate simulated it
+    return next((c for c in seen if c[1].get("loaded_at_wrap")), seen[0])
 
 
 def _quant_state_to(n: int) -> list[int]:
@@ -89,8 +93,12 @@ def sequences(a: tuple, k: dict, hidden: int) -> tuple[list, list]:
         segs, leftovers, held = A._activation_segments(arch, tt, mode, ckpt, layers)
         return ev + A.churn_events(segs, leftovers, held, layers, dyn, held_fp32=held_fp32, blas_workspace=ws)
 
-    ours = A.loaded_events(loaded, layers) + A.fsdp_init_events([list(u) for u in init], world, sync, offload, ub) \
-        + rest()
+    if k.get("loaded_at_wrap"):    # dsadvise's order under PEFT < 0.12: each layer's QuantStates ahead of its unit
+        ours = A.fsdp_init_events([list(u) for u in init], world, sync, offload, ub, loaded_per_layer=loaded,
+                                  layers=layers) + rest()
+    else:
+        ours = A.loaded_events(loaded, layers) + A.fsdp_init_events([list(u) for u in init], world, sync, offload,
+                                                                    ub) + rest()
     # the stack's order: the root (wrapped last) holds the resized embeddings and lm_head, on the GPU from loading
     root = len(init) - 1
     emb = VOCAB_RESIZED * hidden * 2

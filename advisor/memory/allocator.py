@@ -22,6 +22,7 @@ from .caching_allocator import (K_LARGE_BUFFER, K_MIN_BLOCK, K_MIN_LARGE_ALLOC, 
                                 K_SMALL_BUFFER, K_SMALL_SIZE, NO_MAX_SPLIT, AllocatorStats, CachingAllocator,
                                 _simulate_default, allocation_size, round_size, simulate)
 from .zero_sizes import ZERO3_GATHER_POOL_CACHED   # issue 17 (Z): a reserved-only pool
+from ..stacks import quant_states_moved_at_wrap   # issue 17 (helper P): QuantStates at the wrap
 
 @dataclass(frozen=True)
 class StateLayout:
@@ -473,7 +474,8 @@ def _broadcast_buckets(tensors) -> list[int]:
 
 
 def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_states: bool,
-                     offload_params: bool = False, buffers=(), nccl: bool = True) -> list[tuple[str, object, int]]:
+                     offload_params: bool = False, buffers=(), nccl: bool = True,
+                     loaded_per_layer: tuple[int, ...] = (), layers: int = 0) -> list[tuple[str, object, int]]:
     """The allocation sequence of FSDP (v1) wrapping, one unit after the other (bytes per GPU): ``units`` are
     the wrapped modules' parameter tensors, unsharded, in wrap order (auto-wrap wraps the decoder layers
     bottom-up, the root last); ``world`` the ranks a unit is sharded over (1: NO_SHARD). Per unit (torch/distributed/fsdp/_init_utils.py ``_init_param_handle_from_module``):
@@ -509,11 +511,22 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
     completes; the next unit's first host-to-device copy (a pageable ``.to(device)``: cudaStreamSynchronize on the
     compute stream, which waited on the broadcast) is the first point where it has. So the buckets are freed at
     the unit's end here. False: the order a gloo (CPU) run makes, freed at once
-    (benchmarks/fsdp_wrap_sequence.py)."""
+    (benchmarks/fsdp_wrap_sequence.py).
+
+    ``loaded_per_layer`` (issue 17, helper P; empty: none): one decoder layer's QLoRA QuantState tensors (bytes
+    each, :func:`qlora_quant_state_tensors`) when they come to the GPU with the layer's unit rather than before the
+    wrap (advisor.stacks.quant_states_moved_at_wrap: PEFT < 0.12 moved them to the CPU with the layer;
+    ``_move_module_to_device`` -> bitsandbytes ``Params4bit.to`` brings each back): allocated (keys ``("L", u,
+    i)``, kept) just before the unit's parameters, for the last unit of each of the ``layers`` groups (a layer's
+    adapter units, then the layer: :func:`_fsdp_units`). ``Params4bit.to`` interleaves them linear by linear with
+    the packed data; here the unit's QuantStates come first, together."""
     out: list[tuple[str, object, int]] = []
+    group = (len(units) - 1) // layers if loaded_per_layer and layers else 0
     for u, tensors in enumerate(units):
         total = sum(tensors)
         bufs = tuple(buffers[u]) if buffers else ()
+        if group and u < group * layers and u % group == group - 1:
+            out += [("a", ("L", u, i), n) for i, n in enumerate(loaded_per_layer)]
         out += [("a", ("init", u, i), n) for i, n in enumerate(tensors)]
         out += [("a", ("B", u, i), n) for i, n in enumerate(bufs)]
         parked: list[tuple[str, object, int]] = []
@@ -575,14 +588,20 @@ def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync
                              arch, trace_training, mode: str, ckpt: str, dyn: StateLayout,
                              held_fp32: int = 0, blas_workspace: int = 0,
                              loaded: tuple[int, ...] = (), capacity: int | None = None,
-                             unit_buffers: tuple = (), cast_buffers: tuple = ()) -> AllocatorStats:
+                             unit_buffers: tuple = (), cast_buffers: tuple = (),
+                             loaded_at_wrap: bool = False) -> AllocatorStats:
     """The compute stream's pool of an FSDP run: what loading left on the GPU (``loaded``, per layer: see
     :func:`qlora_quant_state_tensors`), the wrapping (:func:`fsdp_init_events`, with each unit's ``unit_buffers``),
     the buffers' cast at the first forward (``cast_buffers``: their bytes after it, per unit, or empty: not cast),
     the other states, then the step's churn, in one sequence: the step reuses what the wrapping left cached.
-    ``capacity``: the bytes cudaMalloc can give this pool (see :func:`simulate`)."""
-    events = loaded_events(loaded, layers)
-    events += fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers)
+    ``capacity``: the bytes cudaMalloc can give this pool (see :func:`simulate`). ``loaded_at_wrap`` (issue 17,
+    helper P): ``loaded`` comes to the GPU unit by unit at the wrap, not before it (see :func:`fsdp_init_events`)."""
+    if loaded_at_wrap:
+        events = fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers,
+                                  loaded_per_layer=loaded, layers=layers)
+    else:
+        events = loaded_events(loaded, layers)
+        events += fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers)
     # issue 17: MixedPrecision(buffer_dtype) casts every buffer at the root's lazy init, one after the other
     # (_runtime_utils._cast_buffers_to_dtype_and_device: buffer.data = buffer.to(dtype)): the new one, then the old freed
     for u, bufs in enumerate(cast_buffers):
@@ -599,9 +618,14 @@ def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync
 @lru_cache(maxsize=1024)
 @computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _fsdp_init_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
-                     loaded: tuple[int, ...] = (), layers: int = 0, unit_buffers: tuple = ()) -> AllocatorStats:
+                     loaded: tuple[int, ...] = (), layers: int = 0, unit_buffers: tuple = (),
+                     loaded_at_wrap: bool = False) -> AllocatorStats:
     """The FSDP wrapping alone (:func:`fsdp_init_events`, with each unit's ``unit_buffers``) after what loading
-    left (``loaded``): its own peak of tensor bytes."""
+    left (``loaded``; ``loaded_at_wrap``: brought to the GPU unit by unit during it instead, issue 17, helper P):
+    its own peak of tensor bytes."""
+    if loaded_at_wrap:
+        return simulate(fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers,
+                                         loaded_per_layer=loaded, layers=layers))
     return simulate(loaded_events(loaded, layers)
                     + fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers))
 
@@ -1037,8 +1061,10 @@ def fsdp_after_wrap(arch, training, strategy, hw, parameters: int) -> AllocatorS
         return None
     units, sync, offload, loaded, _ = _fsdp_wrap_inputs(arch, training, strategy, hw, parameters)
     unit_buffers, _ = _fsdp_unit_buffers(arch, training, strategy, units)      # issue 17 (helper T)
-    return _fsdp_init_stats(units, fsdp_shard_degree(strategy, hw), sync, offload, loaded, arch.num_layers,
-                            unit_buffers)
+    # issue 17 (helper P): PEFT < 0.12 -> the busier of the two QuantState orders, as in _fsdp_allocation
+    orders = (False, True) if loaded and quant_states_moved_at_wrap(training.transformers_version) else (False,)
+    return max((_fsdp_init_stats(units, fsdp_shard_degree(strategy, hw), sync, offload, loaded, arch.num_layers,
+                                 unit_buffers, loaded_at_wrap=w) for w in orders), key=lambda s: s.peak_reserved)
 
 
 def _post_backward_grad_shards(arch, training, strategy, hw, ms, world: int) -> tuple[int, ...]:
@@ -1150,9 +1176,16 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     units, sync, offload, loaded, unsharded = _fsdp_wrap_inputs(arch, training, strategy, hw, ms.parameters)
     unit_buffers, cast_buffers = _fsdp_unit_buffers(arch, training, strategy, units)
     per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n and not loaded else ())
-    st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
-                                  arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
-                                  unit_buffers=unit_buffers, cast_buffers=cast_buffers)
+    # issue 17 (helper P): under PEFT < 0.12 the QuantStates come back to the GPU with their unit at the wrap on a
+    # rank whose loading left them where PEFT moved them (the PEFT docs' stack: every rank), while a rank that kept
+    # them (Answer.AI train.py's low_memory ranks > 0: setup_quantized_meta_for_peft patches QuantState.to away)
+    # has them before the wrap: the busier of the two orders (dsadvise cannot tell the loaders apart).
+    orders = (False, True) if loaded and quant_states_moved_at_wrap(training.transformers_version) else (False,)
+    st, at_wrap = max(((_fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
+                                                 arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
+                                                 unit_buffers=unit_buffers, cast_buffers=cast_buffers,
+                                                 loaded_at_wrap=w), w) for w in orders),
+                      key=lambda sw: sw[0].peak_reserved)
     # The unshard stream's pool. FSDP frees an unsharded unit with record_stream on the compute stream (flat_param.py
     # _free_unsharded_flat_param -> _no_dispatch_record_stream) and CUDACachingAllocator's free() returns such a
     # block to the pool only once that stream's event has completed (insert_events / process_events); the rate
@@ -1179,11 +1212,12 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
         capped = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
                                           arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
                                           limit - gp.peak_reserved - pb.peak_reserved, unit_buffers=unit_buffers,
-                                          cast_buffers=cast_buffers)
+                                          cast_buffers=cast_buffers, loaded_at_wrap=at_wrap)
         # reserved is then the limit (oom_retry_reserved), as on the other engines' path
         retried = not capped.oom
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
-    init_peak = _fsdp_init_stats(units, world, sync, offload, loaded, n, unit_buffers).peak_requested
+    init_peak = max(_fsdp_init_stats(units, world, sync, offload, loaded, n, unit_buffers,
+                                     loaded_at_wrap=w).peak_requested for w in orders)
     rounding = (max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
                 + max(pb.peak_allocated - pb.peak_requested, 0))
     allocated = max(tensor_bytes, init_peak) + rounding + 2 * ws
