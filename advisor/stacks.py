@@ -98,6 +98,34 @@ def lora_adapters_in_base_dtype(transformers_version: str | None) -> bool:
                    _minor(normalize_version("transformers", transformers_version)))
 
 
+def sdpa_repeats_kv(transformers_version: str | None) -> bool:
+    """True when that transformers' SDPA attention repeats a grouped-query model's K/V heads before the kernel
+    (< 4.54: no ``enable_gqa``; stacks.yaml ``sdpa_repeat_kv``), so SDPA saves K and V with every query head;
+    False when no version is given (transformers 5: ``enable_gqa`` without a mask)."""
+    if transformers_version is None:
+        return False
+    return _within(_table()["transformers"]["sdpa_repeat_kv"],
+                   _minor(normalize_version("transformers", transformers_version)))
+
+
+def sdpa_contiguous_qkv(transformers_version: str | None) -> bool:
+    """True when that transformers' ``sdpa_attention_forward`` makes q, k, v contiguous before SDPA on every device
+    (4.48-4.55, stacks.yaml ``sdpa_contiguous_qkv``); False without a version."""
+    if transformers_version is None:
+        return False
+    return _within(_table()["transformers"]["sdpa_contiguous_qkv"],
+                   _minor(normalize_version("transformers", transformers_version)))
+
+
+def family_stack_behaviour(key: str, arch, transformers_version: str | None) -> bool:
+    """True when stacks.yaml ``transformers.<key>`` names ``arch``'s family for ``transformers_version``
+    (``sdpa_mask_contiguous``, ``rotary_per_layer``); False without a version."""
+    if transformers_version is None:
+        return False
+    entry = _table()["transformers"].get(key, {}).get(arch.family)
+    return isinstance(entry, dict) and _within(entry, _minor(normalize_version("transformers", transformers_version)))
+
+
 def default_loss(transformers_version: str | None) -> str:
     """The ``--loss`` a run has when it is not given: ``legacy-inline`` under a transformers that computed the loss
     inline (< 4.46), else ``plain``."""
@@ -148,3 +176,18 @@ def not_counted(arch, transformers_version: str | None, attention: str | None = 
     v = _minor(normalize_version("transformers", transformers_version))
     return [e["what"] for e in _table()["transformers"].get("not_counted", {}).get(arch.family, [])
             if _within(e, v) and (attention is None or attention in e.get("attention", (attention,)))]
+
+
+# --- issue 17 (helper P): where a QLoRA layer's bitsandbytes QuantState is when FSDP (v1) wraps it ---
+def quant_states_moved_at_wrap(transformers_version: str | None) -> bool:
+    """True when the QLoRA quantization state (QuantState tensors) is off the GPU between loading and FSDP's wrap
+    and comes back unit by unit as each unit is wrapped, under the PEFT of that transformers' time (< 0.12; the
+    same proxy and stacks.yaml range as :func:`lora_adapters_in_base_dtype`, read from the same call): PEFT 0.10.0
+    ... 0.11.1 tuners/lora/layer.py ``LoraLayer.update_layer`` ends with ``self.to(weight.device,
+    dtype=weight.dtype)``, the whole layer, whose base ``Params4bit`` (packed data on the CPU after loading under
+    FSDP) moves its QuantState along (bitsandbytes 0.43 nn/modules.py ``Params4bit.to`` -> functional.py
+    ``QuantState.to``: absmax, offset, state2.absmax, state2.code), i.e. to the CPU; torch 2.2 FSDP
+    ``_init_param_handle_from_module`` -> ``_move_module_to_device`` then calls ``Params4bit.to(gpu)`` for each
+    unit's parameters, bringing its QuantStates back just before its packed data. PEFT 0.12.0 moves only the
+    adapter (``_move_adapter_to_device_of_base_layer``). False when no version is given."""
+    return lora_adapters_in_base_dtype(transformers_version)

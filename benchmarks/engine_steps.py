@@ -15,6 +15,8 @@ alive before the step (a ``gc`` scan) + the profiler's peak above that level (``
 * ZeRO: ``deepspeed.initialize`` with dsadvise's own rendered ``ds_config.json`` (bf16), plus the case's
   ``zero_optimization`` overrides (a small ``sub_group_size``; ``offload_optimizer``). The optimizer is
   the harness's in-place chunked Adam (``benchmarks.harness.kinds.zero.chunked_adam``) (FusedAdam's memory behaviour; CPU cannot build FusedAdam).
+  DeepSpeed's collectives run with CUDA's semantics (``benchmarks.harness.kinds.zero.cuda_semantics_of_gloo_collectives``:
+  each input released when the synchronous call returns, no gloo-only gather/scatter temporaries).
   With optimizer offload the "GPU" and the offload target are the same CPU here, so the estimate compared is
   ``per_gpu`` + the offloaded states of one rank (master, moments, fp32 gradient partition, no 1.5 buffer
   factor); the backward phase shows the 16-bit gradients that ZeRO-1 keeps until the boundary.
@@ -211,6 +213,14 @@ def worker(case_name: str, config_path: str) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         config = json.loads(Path(config_path).read_text())
+        # CUDA's semantics for DeepSpeed's collectives (inputs released when the call returns, no gloo-only
+        # temporaries): the harness's ZeRO kind's patch, before init_distributed
+        from collections import Counter
+
+        from benchmarks.harness.kinds.zero import cuda_semantics_of_gloo_collectives
+
+        gloo_calls: Counter = Counter()
+        cuda_semantics_of_gloo_collectives(gloo_calls)
         deepspeed.init_distributed(dist_backend="gloo")
         hf = AutoConfig.for_model(**small_llama(vocab))
         hf._attn_implementation = "sdpa"
@@ -318,6 +328,9 @@ def worker(case_name: str, config_path: str) -> None:
             result["events"] = {name: [(i, d) for i, d in enumerate(diffs[m0 + 1:m1], m0 + 1) if abs(d) > 1 << 18]
                                 for name, m0, m1 in zip(("forward", "backward", "step"), marks, marks[1:])}
         result["cuda_semantics"] = sem.record()
+        if case["engine"] == "zero":
+            result["cuda_semantics"]["patches"].append("gloo_collectives")
+            result["cuda_semantics"]["calls"].update(gloo_calls)
         two_process.report(result)
     if case["engine"] == "zero":
         engine.destroy()

@@ -298,6 +298,8 @@ def _spy() -> None:
             r = _f(*a, **k)
             for i, one in enumerate(r if isinstance(r, tuple) else (r,)):     # _fsdp_stream_stats: two pools
                 label = {"_fsdp_stream_stats": ("unshard stream", "pre-unshard stream")}.get(_n, (_n,))[i]
+                if k.get("loaded_at_wrap"):     # issue 17 (helper P): the PEFT < 0.12 order, simulated beside
+                    label += " (QuantStates at the wrap)"
                 pools.append((label, one.peak_allocated, one.peak_reserved))
             return r
         setattr(A, name, w)
@@ -350,7 +352,7 @@ def main() -> None:
             print(f"  {what}: " + "; ".join(f"{nm} {pa / MIB:.1f}/{pr / MIB:.1f}" for nm, _, pa, pr, _ in rows[:5]))
         del pools[:]
         ds = dsadvise(n, args.ckpt, args.model)
-        for name, a, r in pools[:4]:
+        for name, a, r in pools[:5]:      # issue 17 (helper P): the compute pool in both QuantState orders
             print(f"  dsadvise {name}: peak allocated {a / MIB:.1f}, reserved {r / MIB:.1f}")
         aw = after_wrap(n, args.model)
         print(f"  dsadvise compute stream after the wrap (fsdp_after_wrap, NCCL order): allocated "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from advisor.architecture import Architecture
 from advisor.memory.symbolic import BYTES, Tensor, Trace
 from advisor.specs import TrainingSpec
-from advisor.stacks import lora_adapters_in_base_dtype
+from advisor.stacks import family_stack_behaviour, lora_adapters_in_base_dtype, sdpa_contiguous_qkv, sdpa_repeats_kv
 
 
 def _lora_linear_names(arch: Architecture, targets: tuple[str, ...]) -> set[str]:
@@ -265,9 +265,24 @@ class DecoderReplay:
             return tr.op(tr.new(out_n, o.dt, o.rg, True), [o], "view")
         # SDPA / flash: saves q, k, v (as passed), out and the fp32 logsumexp
         sdpa_mask = impl == "sdpa" and window_mask
-        if sdpa_mask and a.num_key_value_heads != H:                   # mask given: no enable_gqa, repeat_kv
+        # repeat_kv before SDPA: with a mask (no enable_gqa), or always under transformers < 4.54 (stacks.yaml
+        # sdpa_repeat_kv; issue 17, measured: benchmarks/sdpa_repeat_kv.py)
+        version = getattr(t, "transformers_version", None)
+        old_stack = impl == "sdpa" and sdpa_repeats_kv(version)
+        mask_4d = impl == "sdpa" and family_stack_behaviour("sdpa_mask_contiguous", a, version)
+        contiguous = mask_4d or impl == "sdpa" and sdpa_contiguous_qkv(version)
+        # one KV head: expand + reshape is a view (stride 0), no new bytes, unless made contiguous below (measured)
+        view_only = old_stack and not sdpa_mask and not contiguous and a.num_key_value_heads == 1
+        if (sdpa_mask or old_stack) and a.num_key_value_heads != H and not view_only:
             k, v = self.repeat_kv(k, H), self.repeat_kv(v, H)
         qc, kc, vc = tr.ac_low(q), tr.ac_low(k), tr.ac_low(v)
+        if contiguous:
+            # q/k/v.contiguous() (4.39 Llama/Gemma on CUDA with their 4-D mask; 4.48-4.55 always): copies SDPA saves
+            # instead, and an output o_proj gets through a copy (stacks.yaml)
+            qc, kc, vc = (tr.op(tr.new(x.n, x.dt, x.rg, False), [x], "view") if x.bshd else x for x in (qc, kc, vc))
+            if mask_4d and tr.autocast and self.mask_dt != tr.low and (qc.rg or kc.rg or vc.rg):
+                # autocast casts SDPA's mask (built in inputs_embeds' fp32) too: a b x s x s copy per layer, kept
+                tr.save(tr.new(b * s * s, tr.low, False))
         rg = qc.rg or kc.rg or vc.rg
         out = tr.new(out_n, qc.dt, rg, qc.bshd)                        # output follows the query's layout
         if rg:
@@ -305,6 +320,10 @@ class DecoderReplay:
         if a.qk_norm:                                                  # Qwen3: per-head RMSNorm on q and k
             q, k = self._head_norm(q), self._head_norm(k)
         if a.position == "rope":
+            if family_stack_behaviour("rotary_per_layer", a, getattr(self.t, "transformers_version", None)):
+                # 4.39: each attention's own rotary_emb(value_states, position_ids) tables (stacks.yaml)
+                rot = max(1, int(d * a.rotary_pct))
+                self.rope_cos, self.rope_sin = tr.new(s * rot, v.dt, False), tr.new(s * rot, v.dt, False)
             q, k = self.rope(q, H), self.rope(k, KV)
         o = self.attention_core(q, k, v, selective)
         return self.proj(o, H * d, h, "o_proj")

@@ -74,7 +74,6 @@ from advisor.architecture import Architecture
 from advisor.datacache import computed
 from advisor.families import REPLAYED_FAMILIES
 from advisor.specs import TrainingSpec
-from advisor.stacks import lora_adapters_in_base_dtype
 
 # The replay's pieces (re-exported: benchmarks and tests reach them through this module):
 from .backward import _Buf, _replay_backward  # noqa: F401
@@ -448,10 +447,9 @@ def _trace_key(training: TrainingSpec) -> TrainingSpec:
                         loss=training.loss, loss_chunks=training.loss_chunks,
                         qlora_quantizer=training.qlora_quantizer,   # issue 17 (L)
                         model_code=training.model_code,             # issue 17 (G)
-                        # issue 17 (helper T): the adapters' dtype follows the PEFT of the stack's time (replay lora_branch)
-                        transformers_version=training.transformers_version
-                        if training.method in ("lora", "qlora") and lora_adapters_in_base_dtype(training.transformers_version)
-                        else None)
+                        # issue 17: the replay follows the stack (helper T: the adapters' dtype, replay lora_branch;
+                        # session 9 A: SDPA's repeat_kv, per-layer rotary tables, mask copies; advisor/data/stacks.yaml)
+                        transformers_version=training.transformers_version)
 
 
 @lru_cache(maxsize=4096)

@@ -1,31 +1,5 @@
-"""PyTorch's CUDA caching allocator, simulated over an allocation/free sequence (pure Python, bytes).
-
-``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` are what this allocator reports, and what a
-GPU runs out of is the reserved memory (plus the CUDA context and NCCL, which it does not manage). This
-module reproduces the decisions of ``c10/cuda/CUDACachingAllocator.cpp`` (PyTorch main, read at
-github.com/pytorch/pytorch commit 001074d2; the rules below have been stable since PyTorch 1.x/2.0):
-
-* ``round_size``: every request is rounded up to a multiple of ``kMinBlockSize`` = 512 bytes (requests
-  below 512 take 512; ``roundup_power2_divisions`` is off by default).
-* ``get_pool``: requests of at most ``kSmallSize`` = 1 MiB use the small pool, larger ones the large pool.
-* ``get_allocation_size``: a new segment (``cudaMalloc``) is 2 MiB (``kSmallBuffer``) for the small pool,
-  20 MiB (``kLargeBuffer``) for requests below 10 MiB (``kMinLargeAlloc``), else the request rounded up to
-  2 MiB (``kRoundLarge``).
-* ``get_free_block``: best fit, the smallest cached free block of the pool that is at least the request
-  (``std::set`` ordered by size, then address); with ``max_split_size`` set, a request below it never takes
-  a block of at least ``max_split_size``, and a request of at least ``max_split_size`` takes no block that is
-  ``kLargeBuffer`` (20 MiB) or more larger than itself.
-* ``should_split``: the remainder of the chosen block becomes a free block when it is at least 512 bytes
-  (small pool, or expandable segments), or when it is more than 1 MiB and the request is below
-  ``max_split_size`` (large pool). An unsplit block is handed out whole and counts whole as allocated
-  (``stats.allocated_bytes`` adds ``block->size``).
-* ``free_block``/``try_merge_blocks``: a freed block merges with its free neighbours of the same segment;
-  segments are never returned to CUDA during a step (only ``empty_cache`` or the retry after a failed
-  ``cudaMalloc`` releases whole free segments), so ``reserved`` only grows.
-* ``expandable_segments:True`` (Note [Expandable Segments]): one segment per pool and stream whose mapped
-  size grows in pages of 2 MiB (small pool) or 20 MiB (large pool); a request with no fitting free block is
-  placed at the lowest address with enough free + unmapped space (in a growing run, the free tail of the
-  segment) and only the missing pages are mapped; every remainder of at least 512 bytes is split off.
+"""dsadvise's allocation sequences of a training step, run through PyTorch's CUDA caching allocator
+(:mod:`advisor.memory.caching_allocator`, the simulator; its names are re-exported here).
 
 The simulation assumes memory to spare (no OOM retries): its ``reserved`` is what ``max_memory_reserved``
 reports when the card is large enough, an upper bound of what a tighter card would need. Free blocks belong to
@@ -40,305 +14,16 @@ leaves its transients cached there (:func:`fsdp_init_events`).
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 from ..datacache import computed
+from .caching_allocator import (K_LARGE_BUFFER, K_MIN_BLOCK, K_MIN_LARGE_ALLOC, K_ROUND_LARGE,  # noqa: F401
+                                K_SMALL_BUFFER, K_SMALL_SIZE, NO_MAX_SPLIT, AllocatorStats, CachingAllocator,
+                                _simulate_default, allocation_size, round_size, simulate)
+from .zero_sizes import ZERO3_GATHER_POOL_CACHED   # issue 17 (Z): a reserved-only pool
+from ..stacks import quant_states_moved_at_wrap   # issue 17 (helper P): QuantStates at the wrap
 
-K_MIN_BLOCK = 512                 # kMinBlockSize
-K_SMALL_SIZE = 1 << 20            # kSmallSize: largest small-pool request, 1 MiB
-K_SMALL_BUFFER = 2 << 20          # kSmallBuffer: small-pool segment, 2 MiB
-K_LARGE_BUFFER = 20 << 20         # kLargeBuffer: segment for 1-10 MiB requests, 20 MiB
-K_MIN_LARGE_ALLOC = 10 << 20      # kMinLargeAlloc
-K_ROUND_LARGE = 2 << 20           # kRoundLarge
-NO_MAX_SPLIT = 1 << 62            # max_split_size default: unlimited (SIZE_MAX)
-
-
-def round_size(size: int) -> int:
-    """``round_size``: the request rounded up to a multiple of 512 bytes (at least 512)."""
-    if size < K_MIN_BLOCK:
-        return K_MIN_BLOCK
-    return K_MIN_BLOCK * ((size + K_MIN_BLOCK - 1) // K_MIN_BLOCK)
-
-
-def allocation_size(size: int) -> int:
-    """``get_allocation_size``: bytes of the segment cudaMalloc'd for a rounded request with no cached fit."""
-    if size <= K_SMALL_SIZE:
-        return K_SMALL_BUFFER
-    if size < K_MIN_LARGE_ALLOC:
-        return K_LARGE_BUFFER
-    return K_ROUND_LARGE * ((size + K_ROUND_LARGE - 1) // K_ROUND_LARGE)
-
-
-class _Block:
-    __slots__ = ("size", "addr", "prev", "next", "allocated", "small")
-
-    def __init__(self, size: int, addr: int, small: bool):
-        self.size, self.addr, self.small = size, addr, small
-        self.prev: _Block | None = None
-        self.next: _Block | None = None
-        self.allocated = False
-
-
-@dataclass(frozen=True)
-class AllocatorStats:
-    """Result of a simulated sequence, in bytes: the peaks ``max_memory_allocated`` / ``max_memory_reserved``
-    report, the peak of the raw requested bytes, and the number of segments (cudaMalloc calls or mappings)."""
-
-    peak_allocated: int
-    peak_reserved: int
-    peak_requested: int
-    segments: int
-    oom: bool = False         # a segment did not fit ``capacity`` even after releasing the cached ones
-    released: int = 0         # bytes of cached segments released by OOM retries
-
-
-class CachingAllocator:
-    """One device's caching allocator (one stream). ``malloc(key, nbytes)`` / ``free(key)``; the peaks are
-    read from :meth:`stats`."""
-
-    def __init__(self, expandable_segments: bool = False, max_split_size: int | None = None):
-        self.expandable = expandable_segments
-        self.max_split = max_split_size if max_split_size else NO_MAX_SPLIT
-        self._free = {True: [], False: []}              # pool (small?) -> sorted [(size, addr)]
-        self._by_addr: dict[int, _Block] = {}          # free blocks by address
-        self._live: dict[object, tuple[_Block, int]] = {}
-        self._next_addr = 0
-        self._seg_end: dict[bool, int] = {}            # expandable: mapped end of each pool's segment
-        self._last: dict[bool, _Block] = {}            # expandable: the block at that end
-        self.allocated = self.reserved = self.requested = 0
-        self.peak_allocated = self.peak_reserved = self.peak_requested = 0
-        self.segments = 0
-
-    # -- free-list bookkeeping
-    def _insert(self, b: _Block) -> None:
-        insort(self._free[b.small], (b.size, b.addr))
-        self._by_addr[b.addr] = b
-
-    def _remove(self, b: _Block) -> None:
-        lst = self._free[b.small]
-        del lst[bisect_left(lst, (b.size, b.addr))]
-        del self._by_addr[b.addr]
-
-    def _new_segment(self, size: int, small: bool) -> _Block:
-        b = _Block(size, self._next_addr, small)
-        self._next_addr += size + K_LARGE_BUFFER      # distinct address ranges: segments never merge
-        self.reserved += size
-        self.segments += 1
-        return b
-
-    # -- best fit (get_free_block)
-    def _find(self, size: int, small: bool) -> _Block | None:
-        lst = self._free[small]
-        i = bisect_left(lst, (size, -1))
-        if i == len(lst):
-            return None
-        b = self._by_addr[lst[i][1]]
-        if self.expandable and b is self._last.get(small) and i + 1 < len(lst):
-            b = self._by_addr[lst[i + 1][1]]          # expandable_size: the growing tail ranks last
-        if size < self.max_split <= b.size:
-            return None
-        if size >= self.max_split and b.size >= size + K_LARGE_BUFFER:
-            return None
-        self._remove(b)
-        return b
-
-    # -- expandable segments (try_allocate_expandable_block)
-    def _grow(self, size: int, small: bool) -> _Block:
-        """Map pages at the end of the pool's segment: extend its free tail, or add a block after the last."""
-        page = K_SMALL_BUFFER if small else K_LARGE_BUFFER
-        if small not in self._seg_end:
-            self._seg_end[small] = self._next_addr
-            self._next_addr += 1 << 50                # the segment's reserved virtual address space
-            self.segments += 1
-        last = self._last.get(small)
-        if last is not None and not last.allocated:
-            self._remove(last)
-            grow = page * -(-(size - last.size) // page)
-            last.size += grow
-        else:
-            grow = page * -(-size // page)
-            last_new = _Block(grow, self._seg_end[small], small)
-            last_new.prev = last
-            if last is not None:
-                last.next = last_new
-            self._last[small] = last = last_new
-        self._seg_end[small] += grow
-        self.reserved += grow
-        return last
-
-    # -- public API
-    def malloc(self, key: object, nbytes: int) -> None:
-        """Allocate ``nbytes`` for ``key`` (CUDACachingAllocator ``malloc``)."""
-        size = round_size(nbytes)
-        small = size <= K_SMALL_SIZE
-        b = self._find(size, small)
-        if b is None:
-            b = self._grow(size, small) if self.expandable else self._new_segment(allocation_size(size), small)
-        remaining = b.size - size
-        if small or self.expandable:
-            split = remaining >= K_MIN_BLOCK
-        else:
-            split = size < self.max_split and remaining > K_SMALL_SIZE
-        if split:
-            rest = _Block(remaining, b.addr + size, small)
-            rest.prev, rest.next = b, b.next
-            if b.next is not None:
-                b.next.prev = rest
-            b.next = rest
-            b.size = size
-            self._insert(rest)
-            if self.expandable and self._last.get(small) is b:
-                self._last[small] = rest
-        b.allocated = True
-        self._live[key] = (b, nbytes)
-        self.allocated += b.size
-        self.requested += nbytes
-        self.peak_allocated = max(self.peak_allocated, self.allocated)
-        self.peak_reserved = max(self.peak_reserved, self.reserved)
-        self.peak_requested = max(self.peak_requested, self.requested)
-
-    def free(self, key: object) -> None:
-        """Return ``key``'s block to its pool, merging free neighbours (``free_block``)."""
-        b, nbytes = self._live.pop(key)
-        b.allocated = False
-        self.allocated -= b.size
-        self.requested -= nbytes
-        for nb in (b.prev, b.next):
-            if nb is not None and not nb.allocated:
-                self._remove(nb)
-                if nb is b.prev:
-                    b.addr = nb.addr
-                    b.prev = nb.prev
-                    if nb.prev is not None:
-                        nb.prev.next = b
-                else:
-                    b.next = nb.next
-                    if nb.next is not None:
-                        nb.next.prev = b
-                b.size += nb.size
-                if self.expandable and self._last.get(b.small) is nb:
-                    self._last[b.small] = b
-        self._insert(b)
-
-    def stats(self) -> AllocatorStats:
-        return AllocatorStats(self.peak_allocated, self.peak_reserved, self.peak_requested, self.segments)
-
-
-def simulate(events: Iterable[tuple[str, object, int]], expandable_segments: bool = False,
-             max_split_size: int | None = None, capacity: int | None = None) -> AllocatorStats:
-    """Run ``events`` — ``("a", key, nbytes)`` allocations and ``("f", key, 0)`` frees — through a fresh
-    allocator and return its peaks (bytes). ``capacity`` (default configuration only): see
-    :func:`_simulate_default`."""
-    al = CachingAllocator(expandable_segments, max_split_size)
-    if expandable_segments or max_split_size:
-        for op, key, nbytes in events:
-            if op == "a":
-                al.malloc(key, nbytes)
-            else:
-                al.free(key)
-        return al.stats()
-    return _simulate_default(events, capacity)
-
-
-def _simulate_default(events: Iterable[tuple[str, object, int]], capacity: int | None = None) -> AllocatorStats:
-    """:class:`CachingAllocator` with the default configuration, inlined for speed (it runs inside every
-    estimate); ``tests/memory/test_allocator.py`` checks it against the class on random sequences.
-    A block is a list [size, addr, prev, next, allocated, small].
-
-    ``capacity``: bytes cudaMalloc can give. A new segment that would exceed it first makes the allocator
-    release every cached block that is a whole segment (``release_cached_blocks``, then ``alloc_block``
-    again: CUDACachingAllocator ``malloc``); if it still does not fit, the run is out of memory."""
-    released = 0
-    free_lists: dict[bool, list] = {True: [], False: []}
-    by_addr: dict[int, list] = {}
-    live: dict = {}
-    next_addr = 0
-    allocated = reserved = requested = 0
-    peak_a = peak_r = peak_q = 0
-    segments = 0
-    for op, key, nbytes in events:
-        if op == "a":
-            size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else K_MIN_BLOCK * ((nbytes + K_MIN_BLOCK - 1) // K_MIN_BLOCK)
-            small = size <= K_SMALL_SIZE
-            lst = free_lists[small]
-            i = bisect_left(lst, (size, -1))
-            if i < len(lst):
-                b = by_addr.pop(lst[i][1])
-                del lst[i]
-            else:
-                seg = (K_SMALL_BUFFER if small else K_LARGE_BUFFER if size < K_MIN_LARGE_ALLOC
-                       else K_ROUND_LARGE * ((size + K_ROUND_LARGE - 1) // K_ROUND_LARGE))
-                if capacity is not None and reserved + seg > capacity:
-                    for pool in free_lists.values():
-                        keep = []
-                        for fsz, faddr in pool:
-                            fb = by_addr[faddr]
-                            if fb[2] is None and fb[3] is None:      # an unsplit cached segment: cudaFree
-                                del by_addr[faddr]
-                                reserved -= fsz
-                                released += fsz
-                            else:
-                                keep.append((fsz, faddr))
-                        pool[:] = keep
-                    if reserved + seg > capacity:
-                        return AllocatorStats(peak_a, peak_r, peak_q, segments, True, released)
-                b = [seg, next_addr, None, None, False, small]
-                next_addr += seg + K_LARGE_BUFFER
-                reserved += seg
-                segments += 1
-                if reserved > peak_r:
-                    peak_r = reserved
-            remaining = b[0] - size
-            if remaining >= K_MIN_BLOCK if small else remaining > K_SMALL_SIZE:
-                rest = [remaining, b[1] + size, b, b[3], False, small]
-                if b[3] is not None:
-                    b[3][2] = rest
-                b[3] = rest
-                b[0] = size
-                insort(lst, (remaining, rest[1]))
-                by_addr[rest[1]] = rest
-            b[4] = True
-            live[key] = (b, nbytes)
-            allocated += b[0]
-            requested += nbytes
-            if allocated > peak_a:
-                peak_a = allocated
-            if requested > peak_q:
-                peak_q = requested
-        else:
-            b, nbytes = live.pop(key)
-            b[4] = False
-            allocated -= b[0]
-            requested -= nbytes
-            lst = free_lists[b[5]]
-            nb = b[2]
-            if nb is not None and not nb[4]:
-                del lst[bisect_left(lst, (nb[0], nb[1]))]
-                del by_addr[nb[1]]
-                b[1] = nb[1]
-                b[0] += nb[0]
-                b[2] = nb[2]
-                if nb[2] is not None:
-                    nb[2][3] = b
-            nb = b[3]
-            if nb is not None and not nb[4]:
-                del lst[bisect_left(lst, (nb[0], nb[1]))]
-                del by_addr[nb[1]]
-                b[0] += nb[0]
-                b[3] = nb[3]
-                if nb[3] is not None:
-                    nb[3][2] = b
-            insort(lst, (b[0], b[1]))
-            by_addr[b[1]] = b
-    return AllocatorStats(peak_a, peak_r, peak_q, segments, False, released)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The allocation sequence of training steps
-# ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StateLayout:
     """Model-state tensors (bytes each) in the order the engine allocates them; ``*_layer`` lists are one
@@ -446,10 +131,11 @@ class GpuAllocation:
     allocated: int
     reserved: int
     rounding: int            # allocated - tensor bytes
-    cached: int              # reserved - allocated
+    cached: int              # reserved - allocated - stream_pool
     simulated_layers: tuple[int, ...]
     oom_retries: bool = False  # fits only because the allocator releases cached segments when cudaMalloc fails
     workspaces: int = 0      # the cuBLAS workspaces (part of allocated; see BLAS_WORKSPACE_KEYS)
+    stream_pool: int = 0     # cached free blocks of a side stream's pool (ZeRO-3's all-gather stream): reserved only
 
 
 def _tensor_elements(arch) -> tuple[list[int], list[int], int, int, int]:
@@ -557,6 +243,8 @@ def state_layout(arch, training, strategy, hw, ms, buffers: dict[str, int], form
 
     copy_head = 0
     for name, v in buffers.items():
+        if name == ZERO3_GATHER_POOL_CACHED:
+            continue        # cached free blocks of the all-gather stream's pool: reserved, never allocated
         if name.startswith(AUTOCAST_COPIES_BUFFER) and g["grads_head"]:
             # issue 17 (G4): the head's copy (V x h, 16-bit: the output projection's weight, cast by autocast
             # like every linear's) is not alive through the step: the forward allocates it just before the
@@ -786,7 +474,8 @@ def _broadcast_buckets(tensors) -> list[int]:
 
 
 def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_states: bool,
-                     offload_params: bool = False, buffers=(), nccl: bool = True) -> list[tuple[str, object, int]]:
+                     offload_params: bool = False, buffers=(), nccl: bool = True,
+                     loaded_per_layer: tuple[int, ...] = (), layers: int = 0) -> list[tuple[str, object, int]]:
     """The allocation sequence of FSDP (v1) wrapping, one unit after the other (bytes per GPU): ``units`` are
     the wrapped modules' parameter tensors, unsharded, in wrap order (auto-wrap wraps the decoder layers
     bottom-up, the root last); ``world`` the ranks a unit is sharded over (1: NO_SHARD). Per unit (torch/distributed/fsdp/_init_utils.py ``_init_param_handle_from_module``):
@@ -822,11 +511,22 @@ def fsdp_init_events(units: list[tuple[int, ...]], world: int, sync_module_state
     completes; the next unit's first host-to-device copy (a pageable ``.to(device)``: cudaStreamSynchronize on the
     compute stream, which waited on the broadcast) is the first point where it has. So the buckets are freed at
     the unit's end here. False: the order a gloo (CPU) run makes, freed at once
-    (benchmarks/fsdp_wrap_sequence.py)."""
+    (benchmarks/fsdp_wrap_sequence.py).
+
+    ``loaded_per_layer`` (issue 17, helper P; empty: none): one decoder layer's QLoRA QuantState tensors (bytes
+    each, :func:`qlora_quant_state_tensors`) when they come to the GPU with the layer's unit rather than before the
+    wrap (advisor.stacks.quant_states_moved_at_wrap: PEFT < 0.12 moved them to the CPU with the layer;
+    ``_move_module_to_device`` -> bitsandbytes ``Params4bit.to`` brings each back): allocated (keys ``("L", u,
+    i)``, kept) just before the unit's parameters, for the last unit of each of the ``layers`` groups (a layer's
+    adapter units, then the layer: :func:`_fsdp_units`). ``Params4bit.to`` interleaves them linear by linear with
+    the packed data; here the unit's QuantStates come first, together."""
     out: list[tuple[str, object, int]] = []
+    group = (len(units) - 1) // layers if loaded_per_layer and layers else 0
     for u, tensors in enumerate(units):
         total = sum(tensors)
         bufs = tuple(buffers[u]) if buffers else ()
+        if group and u < group * layers and u % group == group - 1:
+            out += [("a", ("L", u, i), n) for i, n in enumerate(loaded_per_layer)]
         out += [("a", ("init", u, i), n) for i, n in enumerate(tensors)]
         out += [("a", ("B", u, i), n) for i, n in enumerate(bufs)]
         parked: list[tuple[str, object, int]] = []
@@ -888,14 +588,20 @@ def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync
                              arch, trace_training, mode: str, ckpt: str, dyn: StateLayout,
                              held_fp32: int = 0, blas_workspace: int = 0,
                              loaded: tuple[int, ...] = (), capacity: int | None = None,
-                             unit_buffers: tuple = (), cast_buffers: tuple = ()) -> AllocatorStats:
+                             unit_buffers: tuple = (), cast_buffers: tuple = (),
+                             loaded_at_wrap: bool = False) -> AllocatorStats:
     """The compute stream's pool of an FSDP run: what loading left on the GPU (``loaded``, per layer: see
     :func:`qlora_quant_state_tensors`), the wrapping (:func:`fsdp_init_events`, with each unit's ``unit_buffers``),
     the buffers' cast at the first forward (``cast_buffers``: their bytes after it, per unit, or empty: not cast),
     the other states, then the step's churn, in one sequence: the step reuses what the wrapping left cached.
-    ``capacity``: the bytes cudaMalloc can give this pool (see :func:`simulate`)."""
-    events = loaded_events(loaded, layers)
-    events += fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers)
+    ``capacity``: the bytes cudaMalloc can give this pool (see :func:`simulate`). ``loaded_at_wrap`` (issue 17,
+    helper P): ``loaded`` comes to the GPU unit by unit at the wrap, not before it (see :func:`fsdp_init_events`)."""
+    if loaded_at_wrap:
+        events = fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers,
+                                  loaded_per_layer=loaded, layers=layers)
+    else:
+        events = loaded_events(loaded, layers)
+        events += fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers)
     # issue 17: MixedPrecision(buffer_dtype) casts every buffer at the root's lazy init, one after the other
     # (_runtime_utils._cast_buffers_to_dtype_and_device: buffer.data = buffer.to(dtype)): the new one, then the old freed
     for u, bufs in enumerate(cast_buffers):
@@ -912,9 +618,14 @@ def _fsdp_default_pool_stats(init: tuple[tuple[int, ...], ...], world: int, sync
 @lru_cache(maxsize=1024)
 @computed("allocator", asdict, lambda d: AllocatorStats(**d))    # kept across runs (datacache)
 def _fsdp_init_stats(init: tuple[tuple[int, ...], ...], world: int, sync: bool, offload: bool,
-                     loaded: tuple[int, ...] = (), layers: int = 0, unit_buffers: tuple = ()) -> AllocatorStats:
+                     loaded: tuple[int, ...] = (), layers: int = 0, unit_buffers: tuple = (),
+                     loaded_at_wrap: bool = False) -> AllocatorStats:
     """The FSDP wrapping alone (:func:`fsdp_init_events`, with each unit's ``unit_buffers``) after what loading
-    left (``loaded``): its own peak of tensor bytes."""
+    left (``loaded``; ``loaded_at_wrap``: brought to the GPU unit by unit during it instead, issue 17, helper P):
+    its own peak of tensor bytes."""
+    if loaded_at_wrap:
+        return simulate(fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers,
+                                         loaded_per_layer=loaded, layers=layers))
     return simulate(loaded_events(loaded, layers)
                     + fsdp_init_events([list(u) for u in init], world, sync, offload, unit_buffers))
 
@@ -1111,13 +822,16 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     # more layers and was up to 4 % of the total low (benchmarks/allocator_extrapolation.py). The layers'
     # allocation sequence itself is built from a 4-layer trace (activations.allocation_trace).
     st = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, held_fp32=held_fp32, blas_workspace=ws)
+    # ZeRO-3's all-gather stream pool (buffers.ZERO3_GATHER_POOL_CACHED): its cached free blocks are counted among
+    # the buffers (so in tensor_bytes) but are reserved only, never allocated; they take their share of the card
+    pool = buffers.get(ZERO3_GATHER_POOL_CACHED, 0)
     retried = False
-    if limit is not None and ps.peak_reserved + st.peak_reserved > limit and not expandable:
+    if limit is not None and ps.peak_reserved + pool + st.peak_reserved > limit and not expandable:
         # Over the card with every cached block kept: the real allocator then releases its unsplit cached
         # segments and retries cudaMalloc. Replay with the capacity the step has, to know whether the step
         # completes that way (else the estimate stays over the card: out of memory); reserved is then the limit
         # (oom_retry_reserved), not the replay's own peak.
-        capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved,
+        capped = _churn_stats(arch, trace_training, mode, ckpt, n, dyn, expandable, limit - ps.peak_reserved - pool,
                               held_fp32=held_fp32, blas_workspace=ws)
         if not capped.oom:
             st, retried = capped, True
@@ -1126,12 +840,12 @@ def gpu_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], fo
     rounding += ps.peak_allocated - ps.peak_requested
     cached += ps.peak_reserved - ps.peak_allocated
     rounding, cached = max(rounding, 0), max(cached, 0)
-    allocated = tensor_bytes + rounding + 2 * ws
+    allocated = tensor_bytes - pool + rounding + 2 * ws
     if retried:
         # the capped replay says the step completes; its own reserved peak is not the bound (oom_retry_reserved)
-        cached = oom_retry_reserved(limit, allocated) - allocated
-    return GpuAllocation(allocated=allocated, reserved=allocated + cached, rounding=rounding, cached=cached,
-                         simulated_layers=(n,), oom_retries=retried, workspaces=2 * ws)
+        cached = oom_retry_reserved(limit, allocated + pool) - allocated - pool
+    return GpuAllocation(allocated=allocated, reserved=allocated + pool + cached, rounding=rounding, cached=cached,
+                         simulated_layers=(n,), oom_retries=retried, workspaces=2 * ws, stream_pool=pool)
 
 
 @lru_cache(maxsize=1024)
@@ -1347,8 +1061,10 @@ def fsdp_after_wrap(arch, training, strategy, hw, parameters: int) -> AllocatorS
         return None
     units, sync, offload, loaded, _ = _fsdp_wrap_inputs(arch, training, strategy, hw, parameters)
     unit_buffers, _ = _fsdp_unit_buffers(arch, training, strategy, units)      # issue 17 (helper T)
-    return _fsdp_init_stats(units, fsdp_shard_degree(strategy, hw), sync, offload, loaded, arch.num_layers,
-                            unit_buffers)
+    # issue 17 (helper P): PEFT < 0.12 -> the busier of the two QuantState orders, as in _fsdp_allocation
+    orders = (False, True) if loaded and quant_states_moved_at_wrap(training.transformers_version) else (False,)
+    return max((_fsdp_init_stats(units, fsdp_shard_degree(strategy, hw), sync, offload, loaded, arch.num_layers,
+                                 unit_buffers, loaded_at_wrap=w) for w in orders), key=lambda s: s.peak_reserved)
 
 
 def _post_backward_grad_shards(arch, training, strategy, hw, ms, world: int) -> tuple[int, ...]:
@@ -1460,9 +1176,16 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
     units, sync, offload, loaded, unsharded = _fsdp_wrap_inputs(arch, training, strategy, hw, ms.parameters)
     unit_buffers, cast_buffers = _fsdp_unit_buffers(arch, training, strategy, units)
     per_layer = rest.persistent_layer + ((unsharded // n,) if unsharded > n and not loaded else ())
-    st = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
-                                  arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
-                                  unit_buffers=unit_buffers, cast_buffers=cast_buffers)
+    # issue 17 (helper P): under PEFT < 0.12 the QuantStates come back to the GPU with their unit at the wrap on a
+    # rank whose loading left them where PEFT moved them (the PEFT docs' stack: every rank), while a rank that kept
+    # them (Answer.AI train.py's low_memory ranks > 0: setup_quantized_meta_for_peft patches QuantState.to away)
+    # has them before the wrap: the busier of the two orders (dsadvise cannot tell the loaders apart).
+    orders = (False, True) if loaded and quant_states_moved_at_wrap(training.transformers_version) else (False,)
+    st, at_wrap = max(((_fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
+                                                 arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
+                                                 unit_buffers=unit_buffers, cast_buffers=cast_buffers,
+                                                 loaded_at_wrap=w), w) for w in orders),
+                      key=lambda sw: sw[0].peak_reserved)
     # The unshard stream's pool. FSDP frees an unsharded unit with record_stream on the compute stream (flat_param.py
     # _free_unsharded_flat_param -> _no_dispatch_record_stream) and CUDACachingAllocator's free() returns such a
     # block to the pool only once that stream's event has completed (insert_events / process_events); the rate
@@ -1489,11 +1212,12 @@ def _fsdp_allocation(arch, training, strategy, hw, ms, buffers: dict[str, int], 
         capped = _fsdp_default_pool_stats(units, world, sync, offload, rest.persistent_outside, per_layer, n,
                                           arch, trace_training, mode, ckpt, dyn, held_fp32, ws, loaded,
                                           limit - gp.peak_reserved - pb.peak_reserved, unit_buffers=unit_buffers,
-                                          cast_buffers=cast_buffers)
+                                          cast_buffers=cast_buffers, loaded_at_wrap=at_wrap)
         # reserved is then the limit (oom_retry_reserved), as on the other engines' path
         retried = not capped.oom
     # The wrapping's peak of tensor bytes (its own sequence, shards included).
-    init_peak = _fsdp_init_stats(units, world, sync, offload, loaded, n, unit_buffers).peak_requested
+    init_peak = max(_fsdp_init_stats(units, world, sync, offload, loaded, n, unit_buffers,
+                                     loaded_at_wrap=w).peak_requested for w in orders)
     rounding = (max(st.peak_allocated - st.peak_requested, 0) + max(gp.peak_allocated - gp.peak_requested, 0)
                 + max(pb.peak_allocated - pb.peak_requested, 0))
     allocated = max(tensor_bytes, init_peak) + rounding + 2 * ws

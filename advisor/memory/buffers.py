@@ -7,13 +7,29 @@ from ..param_count import ParameterCounts, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .bytes_per_param import StateBytes, fp32_lora_base
 from .model_states import fsdp_shard_degree
+from .zero3_gather import zero3_gather_pool_cached_bytes, zero3_gathered_bytes
 from .zero_sizes import DeepSpeedSizes, deepspeed_sizes  # noqa: F401  (re-exported: render uses them)
+from .zero_sizes import ZERO3_GATHER_POOL_CACHED  # noqa: F401  (re-exported)
 
 
 def _vector_elements_per_layer(arch: Architecture, counts: ParameterCounts) -> int:
     """Elements in a layer's 1-D parameters (norm weights, biases): what ZeRO-3 keeps unpartitioned."""
     matrices = sum(i * o * c for i, o, c in linear_shapes(arch).values())
     return max(counts.per_layer - matrices, 0)
+
+
+
+
+def _largest_trainable_module(arch: Architecture, counts: ParameterCounts, training: TrainingSpec) -> int:
+    """Elements of the largest module that gets a gradient: the largest LoRA adapter matrix (r x fan-in or
+    fan-out x r) of the targeted linears under LoRA/QLoRA, the largest module otherwise."""
+    if training.method not in ("lora", "qlora"):
+        return counts.largest_module
+    targets = set(training.lora.target_modules)
+    r = training.lora.rank
+    sizes = [max(r * fan_in, fan_out * r) for name, (fan_in, fan_out, _) in linear_shapes(arch).items()
+             if "all-linear" in targets or name in targets]
+    return max(sizes, default=0)
 
 
 def fsdp_gathered_layer_bytes(arch: Architecture, counts: ParameterCounts, training: TrainingSpec) -> int:
@@ -70,9 +86,22 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             live = max(counts.largest_module,
                        min(ds.max_live_parameters, counts.largest_module + ds.prefetch_bucket_size),
                        min(ds.max_live_parameters, counts.total))
-            out["ZeRO-3 gathered parameters (module + prefetch)"] = live * weight_b
-            # Backward produces a module's gradients at full size before they enter the reduce bucket.
-            out["ZeRO-3 unpartitioned module gradients"] = counts.largest_module * grad_b
+            # Dense decoders: DeepSpeed's coordinator replayed over the step's module trace (zero3_gather.py:
+            # prefetch past stage3_max_live_parameters by the count carried over from the last step's
+            # partition_all_parameters, reuse-distance retention, coalesced gathers' flat buffers beside the
+            # parameters copied out of them); measured on a real engine by benchmarks/zero3_live_params.py.
+            replayed = zero3_gathered_bytes(arch, training, ds, world, weight_b) if world > 1 else None
+            out["ZeRO-3 gathered parameters (module + prefetch)"] = \
+                max(live * weight_b, replayed) if replayed is not None else live * weight_b
+            if replayed is not None and replayed >= live * weight_b:
+                # the gathers run on the coordinator's own stream: their cached free blocks are a pool the
+                # compute stream cannot reuse (zero3_gather.gathered_pool)
+                out[ZERO3_GATHER_POOL_CACHED] = zero3_gather_pool_cached_bytes(arch, training, ds, world, weight_b)
+            # Backward produces a module's gradients at full size before they enter the reduce bucket
+            # (stage3.py reduce_partition_and_remove_grads -> __add_grad_to_ipg_bucket copies param.grad in and
+            # frees it). Only trainable parameters get one: under LoRA/QLoRA the largest adapter matrix
+            # (peft's lora_A / lora_B are Linear modules of their own), not a frozen base weight.
+            out["ZeRO-3 unpartitioned module gradients"] = _largest_trainable_module(arch, counts, training) * grad_b
             # One contiguous ipg buffer per communication dtype, allocated at init whether or not it fills
             # (stage3._setup_for_real_optimizer: torch.empty(reduce_bucket_size) with contiguous_gradients), and
             # at each reduce the flat copy reduce_scatter_coalesced makes of the bucket's gradients (torch.cat of

@@ -251,6 +251,15 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         secs = f" (~{2 * moved / (pcie * 1e9):.2f} s per micro-step at {pcie:g} GB/s if not overlapped)" if pcie else ""
         notes.append(f"--offload-activations: {moved / 2**30:.2f} GiB of saved activations go to pinned CPU memory "
                      f"in each forward and back in the backward{secs}")
+    if strategy.backend == "deepspeed" and strategy.zero_stage == 3:   # issue 17 (Z): the replayed ZeRO-3 gathers
+        from .zero3_gather import zero3_gather_note
+        from .zero_sizes import deepspeed_sizes
+
+        z3_note = zero3_gather_note(arch, training, deepspeed_sizes(arch, strategy), hw.world_size,
+                                    2 if sb.weight == 2 else 4,
+                                    buffers.get("ZeRO-3 gathered parameters (module + prefetch)", 0))
+        if z3_note:
+            notes.append(z3_note)
     if zero3_loading:
         notes.append(f"ZeRO-3 with a QLoRA base: transformers does not build a quantized model under zero.Init, so "
                      f"DeepSpeed puts the whole quantized model on every GPU before partitioning it "
@@ -323,6 +332,18 @@ def stack_notes(arch, training: TrainingSpec, strategy: StrategySpec) -> list[st
                  if training.attention != "flash" else "(flash attention: no 4D mask is built from it)")
         out.append(f"transformers {v}: LlamaModel registers a {arch.max_position_embeddings}^2 bool causal_mask "
                    f"buffer {built}")
+    # issue 17 (session 9, helper A): the replay's attention under that transformers (stacks.yaml, counted)
+    from ..stacks import family_stack_behaviour, sdpa_contiguous_qkv, sdpa_repeats_kv
+    done = []
+    if training.attention == "sdpa" and sdpa_repeats_kv(v) and arch.num_key_value_heads != arch.num_attention_heads:
+        done.append(f"SDPA gets the {arch.num_key_value_heads} K/V heads repeated to {arch.num_attention_heads} "
+                    f"(repeat_kv; enable_gqa from 4.54) and saves them so")
+    if training.attention == "sdpa" and (sdpa_contiguous_qkv(v) or family_stack_behaviour("sdpa_mask_contiguous", arch, v)):
+        done.append("q/k/v are made contiguous before SDPA, so o_proj saves a copy of the attention output")
+    if family_stack_behaviour("rotary_per_layer", arch, v):
+        done.append("each layer computes and saves its own rotary cos/sin")
+    if done:
+        out.append(f"transformers {v}: " + "; ".join(done) + " (counted)")
     if caches is not None and strategy.backend == "ddp":
         out.append(f"transformers {v}: not counted: torch DDP broadcasts every buffer from rank 0 at each forward "
                    f"(broadcast_buffers=True: torch/nn/parallel/distributed.py _sync_buffers, flat buckets of up to "
@@ -348,8 +369,11 @@ def _zero3_loading_floor(arch, counts: ParameterCounts, training: TrainingSpec, 
     if init is None:
         return gpu, 0
     allocated = max(gpu.allocated, init.peak_allocated)
-    reserved = max(gpu.reserved, init.peak_reserved, allocated)
-    return replace(gpu, allocated=allocated, reserved=reserved, cached=reserved - allocated), allocated - gpu.allocated
+    # a side stream's pool (ZeRO-3's all-gather stream) cannot reuse the loading's cached blocks: on top
+    pool = gpu.stream_pool
+    reserved = max(gpu.reserved - pool, init.peak_reserved, allocated) + pool
+    return (replace(gpu, allocated=allocated, reserved=reserved, cached=reserved - allocated - pool),
+            allocated - gpu.allocated)
 
 
 @lru_cache(maxsize=256)

@@ -19,6 +19,8 @@ class DeepSpeedSizes:
     param_persistence_threshold: int
     sub_group_size: int
     overlap_comm: bool
+    # DeepSpeedZeroConfig.max_reuse_distance (stage3_max_reuse_distance) default; the HF "auto" values leave it
+    max_reuse_distance: int = 1_000_000_000
 
 
 def deepspeed_sizes(arch: Architecture, strategy: StrategySpec) -> DeepSpeedSizes:
@@ -34,3 +36,9 @@ def deepspeed_sizes(arch: Architecture, strategy: StrategySpec) -> DeepSpeedSize
     # transformers/integrations/deepspeed.py trainer_config_finalize: reduce_bucket_size = h*h,
     # stage3_prefetch_bucket_size = 0.9*h*h (int), stage3_param_persistence_threshold = 10*h.
     return DeepSpeedSizes(h * h, 500_000_000, int(0.9 * h * h), 1_000_000_000, 10 * h, sub_group, overlap)
+
+
+# issue 17 (Z): the breakdown item of ZeRO-3's all-gather stream pool's cached free blocks (memory/buffers.py,
+# zero3_gather.py): reserved, not allocated (memory/allocator.py); here so that the allocator needs no import of
+# the modules that use it
+ZERO3_GATHER_POOL_CACHED = "ZeRO-3 all-gather stream: cached free blocks (reserved - allocated)"

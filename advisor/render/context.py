@@ -28,7 +28,6 @@ FSDP_LAYER_CLASSES = _families.FSDP_LAYER_CLASSES
 FP16_DEFAULTS: dict[str, float | int] = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                                          "hysteresis": 2, "min_loss_scale": 1}
 GRADIENT_CLIPPING = 1.0          # transformers TrainingArguments.max_grad_norm default
-MAX_REUSE_DISTANCE = 1_000_000_000   # DeepSpeed's stage3_max_reuse_distance default
 DS_CPU_OPTIMIZERS = {"adamw": "deepspeed.ops.adam.DeepSpeedCPUAdam", "lion": "deepspeed.ops.lion.DeepSpeedCPULion"}
 # Optimizers DeepSpeed's ZeRO accepts from the client without zero_allow_untested_optimizer
 # (deepspeed/runtime/zero/utils.py ZERO_SUPPORTED_OPTIMIZERS: torch Adam/AdamW, FusedAdam, CPU Adam/Lion ...).
@@ -196,7 +195,7 @@ def _deepspeed(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, s
     if stage == 3:
         zero.update(prefetch_bucket_size=sizes.prefetch_bucket_size,
                     param_persistence_threshold=sizes.param_persistence_threshold,
-                    max_live_parameters=sizes.max_live_parameters, max_reuse_distance=MAX_REUSE_DISTANCE,
+                    max_live_parameters=sizes.max_live_parameters, max_reuse_distance=sizes.max_reuse_distance,
                     sub_group_size=sizes.sub_group_size,
                     gather_16bit_weights_on_model_save=consolidated_save(training, strategy))
         why("zero_optimization.stage3_prefetch_bucket_size", sizes.prefetch_bucket_size,

@@ -39,8 +39,15 @@ def test_without_versions_the_estimate_is_what_it_was():
     # (6487539712, 5184159744, 3878821892).
     a = estimate("llama-2-7b", **QLORA_7B).per_gpu
     assert (a.total, a.reserved, a.allocated) == (6558842880, 5255462912, 3877961732)
+    # issue 17 (Z, session 9): ZeRO-3's gathered parameters replayed from DeepSpeed's coordinator (1.86 -> 3.29 GiB),
+    # the all-gather stream pool's cached blocks (+1.38 GiB), the module gradient of LoRA's largest adapter, not of
+    # a frozen module (-0.49 GiB): +2489319424 (advisor/memory/zero3_gather.py); was
+    # (63985156287, 62144905407, 58123154111).
+    # Then the pool's cached blocks counted as reserved only, not allocated (allocated -1478754304, the pool; the
+    # allocator's replay without them as persistent blocks: reserved and total -1835008); was
+    # (66474475711, 64634224831, 60611097279).
     b = estimate("llama-2-70b", **LORA_70B_Z3).per_gpu
-    assert (b.total, b.reserved, b.allocated) == (63985156287, 62144905407, 58123154111)
+    assert (b.total, b.reserved, b.allocated) == (66472640703, 64632389823, 59132342975)
 
 
 def test_rotary_caches_per_layer_from_the_source_shapes():
@@ -193,6 +200,8 @@ def test_old_peft_builds_lora_adapters_in_the_16_bit_models_dtype():
         return activation_memory(arch, t, mode).breakdown["layers"]
 
     # under the old PEFT each adapted linear's input is neither copied to fp32 nor dropped out in fp32: fewer bytes
-    assert saved("4.39") < saved("4.46") == saved(None)
-    # under autocast (FSDP MixedPrecision) adapters stay fp32 whatever the version
-    assert saved("4.39", "bf16") == saved(None, "bf16")
+    # (4.42: the last such version, free of 4.39's own SDPA/rotary terms, stacks.yaml; session 9 A)
+    assert saved("4.42") < saved("4.46") == saved(None)
+    # under autocast (FSDP MixedPrecision) adapters stay fp32 whatever the version: 4.42 differs only by Llama's own
+    # bf16 rotary cos/sin in each of the 32 layers (stacks.yaml rotary_per_layer: 2 x 512 x 128 x 2 B)
+    assert saved("4.42", "bf16") - saved(None, "bf16") == 32 * 2 * 512 * 128 * 2
