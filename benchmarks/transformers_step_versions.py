@@ -11,8 +11,9 @@ The model is built from a config (bf16, ``tie_word_embeddings=True`` like Llama-
 for the forward + loss (``saved_tensors_hooks``, one count per storage, parameters excluded) and the peak live bytes
 of the whole step above the model states (CPU profiler timeline, benchmarks/harness/profiling.py). Issue 17
 (session 9, V), torch 2.13 CPU: transformers 4.52.4 saves 59,819,524 B, step peak 183,086,600 B; 5.24.0 saves
-59,033,092 B, step peak 181,906,952 B (both keep one fp32 log_softmax of B x T x V: 49,152,000 B); the newer
-transformers holds no more (the PEFT Llama-3.2-3B full fine-tune's +1.5 GiB between its 2025 and 2026 runs is not
+59,033,092 B, step peak 181,906,952 B (both keep one fp32 log_softmax of B x T x V: 49,152,000 B; the 786,432 B
+4.52 saves more are its SDPA repeat_kv and q/k/v copies, advisor/data/stacks.yaml sdpa_repeat_kv /
+sdpa_contiguous_qkv); the newer transformers holds no more (the PEFT Llama-3.2-3B full fine-tune's +1.5 GiB between its 2025 and 2026 runs is not
 a transformers term; see benchmarks/gpu_memory_corpus.yaml peft-mc-llama-3.2-3b-full-l40s).
 
 ``--generate``: run.py's evaluation instead, ``model.generate`` under ``inference_mode`` on a left-padded batch of 50
