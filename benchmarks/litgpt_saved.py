@@ -2,11 +2,12 @@
 
 Run: python benchmarks/litgpt_saved.py [--seq 128] [--only ID-substring] [--model-code litgpt|transformers]
 
-``--validate``: the peak of finetune/lora.py's ``validate()`` (whole (B, T, V) logits, their copy by reshape, the
-log_softmax output: ~3.0 x the bf16 logits) at the sanity check and after a training micro-step, beside
-dsadvise's replayed step peak with every layer. At sequence 512 (gemma-2b / tiny-llama / phi-2 LoRA:
-1504 / 766 / 610 MiB sanity, 2004 / 1016 / 810 periodic vs 4876 / 9976 / 7400 MiB for the step) it stays far
-below the training step, so it does not set litgpt's whole-run max_memory_allocated for these points.
+``--validate``: the peak of finetune/lora.py's ``validate()`` (whole (B, T, V) logits, Fabric's fp32 copy of them,
+their fp32 copy by reshape, the fp32 log_softmax output: ~6.0 x the bf16 logits) at the sanity check and after a
+training micro-step, beside dsadvise's replayed step peak with every layer. At sequence 512 (gemma-2b / tiny-llama /
+phi-2 LoRA: 2996 / 1498 / 1199 MiB sanity, 3996 / 1998 / 1599 periodic vs 6126 / 10601 / 7900 MiB for the step;
+session 9, through the real _FabricModule) it stays below the training step, so it does not set litgpt's whole-run
+max_memory_allocated for these points.
 
 For every litgpt-* point of benchmarks/gpu_memory_corpus.yaml this builds litgpt's real model (``litgpt.lora.GPT``
 for LoRA/QLoRA, ``litgpt.model.GPT`` for full fine-tuning) from the point's config_hub yaml (checkpoint name ->
@@ -27,6 +28,11 @@ CPU. Install them apart from the project's venv (torch/transformers untouched), 
         torchmetrics==1.4.0 bitsandbytes==0.50.2
 
 and point ``LITGPT_SITE`` at that directory (default /work/litgpt-site); it is put on sys.path here only.
+
+The model is called as finetune/*.py call it: through lightning's real ``_FabricModule`` with the run's precision
+plugin (:func:`fabric_module`), whose ``forward`` runs the model under the plugin's ``forward_context`` (default dtype
+bf16) and returns ``precision.convert_output(output)``: the logits (chunks) cast to fp32, so the loss, the saved
+log_softmax results and the logit gradients are fp32 (issue 17, session 9 V: calling the bare model had hidden it).
 
 CUDA semantics applied on CPU (the same patches for every point):
 * dropout: the CPU path of ``F.dropout`` multiplies by a noise tensor of the input dtype; CUDA's
@@ -155,12 +161,14 @@ def build_litgpt(p: dict, hub: dict, layers: int, as_042: bool = False):
         cfg = LoraConfig.from_name(name, n_layer=layers, **{k: hub[k] for k in keys if k in hub})
         cls = LoraGPT
     quant = hub.get("quantize")
+    # read before module_init_context(): it enters its dtype context when it is built (an ExitStack), so the
+    # default dtype read after it is already bf16 and restoring that would leak bf16 into every later point
+    prev = torch.get_default_dtype()
     ctx = contextlib.nullcontext()
     if quant:
         from lightning.fabric.plugins import BitsandbytesPrecision
         plugin = BitsandbytesPrecision(quant[4:], torch.bfloat16)
         ctx = plugin.module_init_context()
-    prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with ctx, torch.device("meta"):          # built on meta, then materialized: no slow CPU init of big weights
@@ -183,15 +191,33 @@ def build_litgpt(p: dict, hub: dict, layers: int, as_042: bool = False):
                 # _NF4Linear / _NF4DQLinear: quant_type nf4, compress_statistics for "-dq", Params4bit blocksize 64
                 w4, qs = bnb.functional.quantize_4bit(w, blocksize=64, compress_statistics=quant.endswith("-dq"),
                                                       quant_type=quant[4:].split("-")[0])
+                # bnb_quantized: already quantized (bitsandbytes >= 0.43's Params4bit.to would quantize it again)
                 m.weight = bnb.nn.Params4bit(w4, requires_grad=False, quant_state=qs, blocksize=64,
                                              compress_statistics=quant.endswith("-dq"),
-                                             quant_type=quant[4:].split("-")[0])
+                                             quant_type=quant[4:].split("-")[0], bnb_quantized=True)
                 m.compute_dtype = torch.bfloat16          # BitsandbytesPrecision.convert_module
                 m.forward = types.MethodType(fwd, m)
     # finetune/*.py: model.max_seq_length = longest sample (< block_size): the rope cache is rebuilt in fp32
     model.max_seq_length = p["seq_len_run"]
     model.cos, model.sin = model.rope_cache()
     return model
+
+
+def fabric_module(model, hub: dict, device: str = "cpu"):
+    """``model`` as finetune/*.py runs it: ``fabric.setup_module`` wraps it in lightning's ``_FabricModule``, whose
+    ``forward`` (lightning/fabric/wrappers.py, 2.3.0 and litgpt's March-2024 pin b19c3a96) runs the model under the
+    precision plugin's ``forward_context`` (default dtype bf16) and then ``precision.convert_output``: every
+    floating output cast to ``torch.get_default_dtype()`` -- fp32 again once the forward context has exited
+    (HalfPrecision / BitsandbytesPrecision / FSDPPrecision ``convert_output``). The real wrapper and plugin, on
+    the given device: litgpt's loop receives fp32 logits (chunks) and computes the loss on them."""
+    import torch
+    from lightning.fabric.plugins import BitsandbytesPrecision, HalfPrecision
+    from lightning.fabric.strategies import SingleDeviceStrategy
+    from lightning.fabric.wrappers import _FabricModule
+
+    quant = hub.get("quantize")
+    plugin = BitsandbytesPrecision(quant[4:], torch.bfloat16) if quant else HalfPrecision("bf16-true")
+    return _FabricModule(model, SingleDeviceStrategy(device=torch.device(device), precision=plugin))
 
 
 def measure(p: dict, seq: int) -> dict[str, int]:
@@ -239,25 +265,22 @@ def measure(p: dict, seq: int) -> dict[str, int]:
     ids = torch.randint(0, model.config.vocab_size, (b, seq))
     targets = torch.randint(0, model.config.vocab_size, (b, seq))
     from litgpt.utils import chunked_cross_entropy
+    fmodel = fabric_module(model, hub)    # lightning's forward_context (bf16 default dtype) and convert_output
     old_dropout, old_sdpa = F.dropout, F.scaled_dot_product_attention
     F.dropout, F.scaled_dot_product_attention = _cuda_dropout, sdpa
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)          # lightning's forward_context (_DtypeContextManager)
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             if p["method"] == "full":                    # finetune/full.py
-                logits = model(ids)
+                logits = fmodel(ids)
                 where["now"] = "head"
                 loss = chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:])
             else:                                        # finetune/lora.py
-                logits = model(ids, lm_head_chunk_size=128)
+                logits = fmodel(ids, lm_head_chunk_size=128)
                 where["now"] = "head"
                 logits[-1] = logits[-1][..., :-1, :]
                 loss = chunked_cross_entropy(logits, targets[..., 1:])
-        torch.set_default_dtype(prev)
         loss.backward()
     finally:
-        torch.set_default_dtype(prev)
         F.dropout, F.scaled_dot_product_attention = old_dropout, old_sdpa
     out = {"layer0": 0, "layer1": 0, "head": 0, "embeddings": 0}
     for term, n in seen.values():
@@ -283,6 +306,7 @@ def step_peak(p: dict, seq: int, layers: int = 2, device: str = "cpu") -> tuple[
     torch.manual_seed(0)
     model = build_litgpt(p, hub, layers=layers, as_042=True).to(device)
     model.train()
+    fmodel = fabric_module(model, hub, device)
     for m in model.modules():
         if hasattr(m, "enable_lora") and hasattr(m, "lora_ind"):
             m.lora_ind                                   # the lazily registered buffer, before the profile
@@ -298,10 +322,10 @@ def step_peak(p: dict, seq: int, layers: int = 2, device: str = "cpu") -> tuple[
         for _ in range(2):
             torch.cuda.reset_peak_memory_stats()
             if p["method"] == "full":
-                logits = model(ids)
+                logits = fmodel(ids)
                 loss = chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:])
             else:
-                logits = model(ids, lm_head_chunk_size=128)
+                logits = fmodel(ids, lm_head_chunk_size=128)
                 logits[-1] = logits[-1][..., :-1, :]
                 loss = chunked_cross_entropy(logits, targets[..., 1:])
             loss.backward()
@@ -328,10 +352,10 @@ def step_peak(p: dict, seq: int, layers: int = 2, device: str = "cpu") -> tuple[
             for _ in range(2):
                 mark()
                 if p["method"] == "full":
-                    logits = model(ids)
+                    logits = fmodel(ids)
                     loss = chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:])
                 else:
-                    logits = model(ids, lm_head_chunk_size=128)
+                    logits = fmodel(ids, lm_head_chunk_size=128)
                     logits[-1] = logits[-1][..., :-1, :]
                     loss = chunked_cross_entropy(logits, targets[..., 1:])
                 loss.backward()
@@ -364,6 +388,7 @@ def validate_peak(p: dict, seq: int, layers: int = 2) -> tuple[int, int, int]:
     p = dict(p, seq_len_run=seq)
     torch.manual_seed(0)
     model = build_litgpt(p, hub, layers=layers, as_042=True)
+    fmodel = fabric_module(model, hub)
     from litgpt.utils import chunked_cross_entropy
     for m in model.modules():
         if hasattr(m, "enable_lora") and hasattr(m, "lora_ind"):
@@ -375,7 +400,7 @@ def validate_peak(p: dict, seq: int, layers: int = 2) -> tuple[int, int, int]:
     def validate():
         with torch.no_grad():
             model.eval()
-            logits = model(ids)
+            logits = fmodel(ids)
             loss = chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:], chunk_size=0)
             model.train()
         return loss
@@ -388,10 +413,10 @@ def validate_peak(p: dict, seq: int, layers: int = 2) -> tuple[int, int, int]:
             validate()                                   # sanity check (eval.max_iters=2: one batch shown)
             mark()
             if p["method"] == "full":
-                logits = model(ids)
+                logits = fmodel(ids)
                 loss = chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:])
             else:
-                logits = model(ids, lm_head_chunk_size=128)
+                logits = fmodel(ids, lm_head_chunk_size=128)
                 logits[-1] = logits[-1][..., :-1, :]
                 loss = chunked_cross_entropy(logits, targets[..., 1:])
             loss.backward()

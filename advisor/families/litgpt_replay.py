@@ -19,8 +19,10 @@ transformers' + PEFT's in what autograd keeps (measured on litgpt's real code: `
 * ``LLaMAMLP``: ``silu(fc_1(x)) * fc_2(x)``; ``GemmaMLP``: tanh-GELU; ``GptNeoxMLP``: one ``F.gelu`` kernel
   (``approximate=config.gelu_approximate``), which saves only its input.
 * no dropout but LoRA's; the head of finetune/lora.py: ``lm_head`` applied per 128-token chunk
-  (``lm_head_chunk_size=128``), then ``chunked_cross_entropy`` on the bf16 chunk logits (log_softmax saves its
-  bf16 result); finetune/full.py: the whole logits, then ``chunked_cross_entropy`` in 128-row chunks.
+  (``lm_head_chunk_size=128``); lightning's ``_FabricModule`` casts the returned chunks to fp32
+  (``precision.convert_output``: :meth:`LitgptReplay.fabric_output`), then ``chunked_cross_entropy`` on the fp32
+  chunk logits (log_softmax saves its fp32 result); finetune/full.py: the whole logits, cast to fp32 the same
+  way, then ``chunked_cross_entropy`` in 128-row chunks.
 """
 
 from __future__ import annotations
@@ -289,8 +291,9 @@ class LitgptReplay(DecoderReplay):
     def head(self, x: Tensor, final_trainable: bool, lm_trainable: bool):
         """finetune/lora.py: ``ln_f``, ``lm_head`` per 128-token chunk, ``chunked_cross_entropy`` over the list
         (the last chunk sliced ``[..., :-1, :]``); finetune/full.py: the whole logits, sliced, reshaped (a copy
-        when b > 1) and cross-entropied in 128-row chunks. The logits stay referenced by the loop's ``logits``
-        (held); log_softmax saves each chunk's bf16 result."""
+        when b > 1) and cross-entropied in 128-row chunks. Both receive the logits through Fabric's
+        ``convert_output`` in fp32 (:meth:`fabric_output`). The logits stay referenced by the loop's ``logits``
+        (held); log_softmax saves each chunk's fp32 result."""
         a, tr = self.a, self.tr
         V, h = a.vocab_size, a.hidden_size
         tr.term = "final_norm"
@@ -299,6 +302,7 @@ class LitgptReplay(DecoderReplay):
         self.branch_live = 0
         if self.method == "full":
             logits = self.lora_linear(x, h, V, False) if lm_trainable else tr.linear(x, h, V, False)
+            logits = self.fabric_output([logits])[0]
             rows = tr.N - tr.b
             sl = tr.view(logits, rows * V)
             if tr.b > 1:                                                # reshape(-1, V) of the slice: a copy
@@ -316,7 +320,7 @@ class LitgptReplay(DecoderReplay):
         parts = tr.split(x, [r * tr.b * h for r in rows_per])
         head_lora = self.lora_head
         # model(...) applies the head to every chunk (a list comprehension), then the loss runs over the list
-        chunk_logits = [self._head_chunk(xc, h, V, head_lora) for xc in parts]
+        chunk_logits = self.fabric_output([self._head_chunk(xc, h, V, head_lora) for xc in parts])
         held_sids = [lc.sid for lc in chunk_logits]
         last = chunk_logits[-1]
         shared = tr.new(tr.s, "i64", False) if tr.b == 1 else None      # the chunks' targets: views of one row
@@ -332,6 +336,28 @@ class LitgptReplay(DecoderReplay):
         # the loop's ``logits`` list holds every chunk through the backward (the last one is returned as held)
         self.held_more = [sid for sid in held_sids[:-1]]
         return last, self._mean(loss)
+
+    def fabric_output(self, outs: list[Tensor]) -> list[Tensor]:
+        """What litgpt's loop receives from ``model(...)``: finetune/*.py call the model through lightning's
+        ``_FabricModule`` (``fabric.setup_module``), whose ``forward`` returns ``precision.convert_output(output)``
+        (lightning/fabric/wrappers.py; read in 2.3.0 and in b19c3a96 (2024-03-04), litgpt's pin when the
+        config_hub LoRA values were first published in March 2024; the automated table of April 2024, litgpt
+        43c44323, pinned 2.3.0.dev20240328, between the two, and printed the same values): every floating tensor
+        of the output cast to ``torch.get_default_dtype()``, fp32 once the plugin's ``forward_context`` (default
+        dtype bf16) has exited (HalfPrecision, BitsandbytesPrecision,
+        FSDPPrecision ``convert_output``, all ``apply_to_collection(..., _convert_fp_tensor, dst_type=
+        torch.get_default_dtype())``). So the loop holds fp32 logits and the loss runs on them. The 16-bit
+        outputs stay referenced by the output list until ``apply_to_collection`` has built the new one, then
+        nothing keeps them (ToCopyBackward saves nothing). Measured on the real wrapper by
+        ``benchmarks/litgpt_saved.py`` (it runs the model through ``_FabricModule``)."""
+        tr = self.tr
+        out = [tr.cast(t, "f32") for t in outs]
+        if tr.events is not None:
+            end = len(tr.events)
+            for t in outs:                                              # the old list, alive until the new exists
+                if t.dt != "f32":
+                    tr.last_use[t.sid] = max(tr.last_use.get(t.sid, 0), end)
+        return out
 
     def _mean(self, loss: Tensor) -> Tensor:
         """``torch.cat(loss_chunks).sum() / non_masked_elems.maximum(torch.ones_like(non_masked_elems))``: DivBackward
@@ -349,9 +375,10 @@ class LitgptReplay(DecoderReplay):
         return out
 
     def litgpt_ce(self, logits: Tensor, rows: int, targets: Tensor | None = None) -> Tensor:
-        """``F.cross_entropy(chunk, targets, reduction='none')`` on bf16 logits: log_softmax saves its result in
-        the logits' dtype; nll_loss saves the targets and total_weight. ``targets``: a storage the chunk's targets
-        are a view of (micro batch 1: ``targets[..., 1:]`` reshaped and split are views of the whole int64 row)."""
+        """``F.cross_entropy(chunk, targets, reduction='none')`` on the logits (fp32 from Fabric's
+        ``convert_output``): log_softmax saves its result in the logits' dtype; nll_loss saves the targets and
+        total_weight. ``targets``: a storage the chunk's targets are a view of (micro batch 1: ``targets[..., 1:]``
+        reshaped and split are views of the whole int64 row)."""
         tr = self.tr
         lp = tr.save_result(logits)
         tgt = targets if targets is not None else tr.new(rows, "i64", False)
@@ -416,10 +443,12 @@ def model_code_note(training) -> str | None:
     """The estimate's note naming the model code assumed (None for transformers, the default, said elsewhere)."""
     if getattr(training, "model_code", "transformers") != "litgpt":
         return None
-    head = ("the lm_head per 128-token chunk (lm_head_chunk_size=128) and chunked_cross_entropy on the bf16 chunk "
-            "logits, every chunk held by the loop's logits through the backward"
+    head = ("the lm_head per 128-token chunk (lm_head_chunk_size=128), the chunks cast to fp32 by lightning Fabric's "
+            "convert_output, chunked_cross_entropy on the fp32 chunk logits, every chunk held by the loop's logits "
+            "through the backward"
             if training.method != "full" else
-            "the whole logits, then chunked_cross_entropy in 128-row chunks")
+            "the whole logits, cast to fp32 by lightning Fabric's convert_output, then chunked_cross_entropy in "
+            "128-row chunks")
     note = ("model code: litgpt (finetune/lora.py, full.py at fd71063c): litgpt's GPT (fused qkv linear, grouped k/v "
             "expanded to every head before SDPA, fp32 RMSNorm path, fp32 rope cache), its LoRA layers (adapters in the "
             f"model dtype, one dropout for the fused qkv), {head}; --loss/--loss-chunks are not used")
