@@ -67,6 +67,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.fsdp_qlora_wrap import SHAPES as _AAI_SHAPES  # noqa: E402
 from benchmarks.harness.launch import run_ranks  # noqa: E402
 
 MIB = 2 ** 20
@@ -79,9 +80,7 @@ SHAPES = {
     # a small vocabulary: the loss's bytes out of the way of a decoder layer's backward
     "wide": dict(hidden_size=2048, intermediate_size=7168, num_attention_heads=16, num_key_value_heads=2,
                  vocab_size=1024, max_position_embeddings=4096, rms_norm_eps=1e-5),
-    # meta-llama/Llama-2-70b-hf config.json
-    "70b": dict(hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
-                vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "70b": _AAI_SHAPES["70b"],       # meta-llama/Llama-2-70b-hf config.json (one copy: fsdp_qlora_wrap.py)
 }
 RESIZED = {"small": 32008, "wide": 1032, "70b": 32008}     # resize_token_embeddings(..., pad_to_multiple_of=8)
 RUN = {"small": dict(seq=1024, batch=2, steps=2), "wide": dict(seq=2048, batch=2, steps=1),
