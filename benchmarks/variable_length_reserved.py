@@ -8,15 +8,17 @@ own longest sample (PEFT's method comparison run.py, HF Trainer with dynamic pad
 sample packing) run a different shape every step. This script asks two questions of the allocator model itself:
 
 1. Is the simulated reserved monotonic in the length? For each length on a grid up to the stated maximum it prints
-   dsadvise's own ``per_gpu.allocated`` / ``per_gpu.reserved`` (``advisor.api.estimate``) and the two simulations
-   they come from (the persistent model states, ``_persistent_stats``, and the step's churn from an empty pool,
-   ``churn_events`` through ``simulate``).
-2. What does one allocator reach over a run of varying lengths? It drives ONE ``CachingAllocator`` through the
-   persistent states, then N consecutive steps with lengths drawn from a fixed seeded distribution, and prints the
+   dsadvise's own ``per_gpu.allocated`` / ``per_gpu.reserved`` (``advisor.api.estimate``) and the simulations behind
+   them: the persistent model states (``_persistent_stats``) and the step's churn from an empty pool
+   (``churn_events`` through ``simulate``). dsadvise's reserved is peak.py's tensor bytes plus those simulations'
+   rounding and cached bytes, so the "sim total" column (the simulations' own reserved) can differ from it.
+2. What does one allocator reach over a run of varying lengths? It drives ONE ``CachingAllocator`` through N
+   consecutive steps (the persistent states simulated apart and added, as the estimate does) with lengths drawn from a fixed seeded distribution, and prints the
    reserved peak next to the largest single-length peak, for three cache policies: never ``empty_cache``, every 10th
    step (PEFT run.py's ``ACCELERATOR_EMPTY_CACHE_SCHEDULE`` since PEFT #2894 / 90d3fc05), every step (PEFT run.py
    before #2894: ``torch.cuda.empty_cache()`` + ``gc.collect()`` after each step), each with memory to spare and
-   capped at the card (the OOM retry), and once with ``expandable_segments:True`` (no ``empty_cache``).
+   capped at the card (the OOM retry); then the same lengths in PEFT's BucketIterator order (:func:`bucketed`) and
+   once with ``expandable_segments:True`` (no ``empty_cache``).
 
 The first step of the run is the single-length replay's first iteration (cuBLAS workspaces placed, AdamW's lazy
 states created after its backward: ``churn_events(iterations=1)``); every later step is that replay's second
@@ -165,6 +167,20 @@ def draw_lengths(grid: list[int], steps: int, seed: int) -> list[int]:
     return [grid[min(hi, max(0, round(rng.triangular(0, hi, 0.6 * hi))))] for _ in range(steps)]
 
 
+# PEFT method_comparison/MetaMathQA run.py BUCKET_FACTOR = 20 with utils.py BucketIterator (PEFT 5d602fdb; since the
+# suite's first commit, PEFT #2395 / 41921013): buckets of
+# batch_size * 20 samples, each sorted long to short ("to encounter possible OOM errors as early as possible"), so
+# 20 consecutive batches of falling padded length, then a jump to the next bucket's longest. HF Trainer's
+# group_by_length (LengthGroupedSampler, megabatches of 50 batches sorted by length, longest first) is alike.
+BUCKET_BATCHES = 20
+
+
+def bucketed(lengths: list[int], batches: int = BUCKET_BATCHES) -> list[int]:
+    """``lengths`` in PEFT's BucketIterator order: every run of ``batches`` consecutive steps sorted longest first
+    (the batch lengths stand for their samples: sorting samples then batching them gives falling batch maxima)."""
+    return [L for i in range(0, len(lengths), batches) for L in sorted(lengths[i:i + batches], reverse=True)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--setup", choices=sorted(SETUPS), action="append", help="default: all")
@@ -220,6 +236,14 @@ def main() -> None:
                 print(f"  {label:28s} {how:34s} reserved peak {peak_r / GIB:6.2f} GiB "
                       f"({(peak_r - single[argmax]) / GIB:+.2f} vs the single-length max, "
                       f"{(peak_r - single[top]) / GIB:+.2f} vs {top}); reserved at the end {end_r / GIB:.2f}")
+        print(f"  the same lengths in PEFT's BucketIterator order ({BUCKET_BATCHES}-step buckets, longest first), "
+              f"memory to spare:")
+        for label, every in (("no empty_cache", None), ("empty_cache every 10th step", 10),
+                             ("empty_cache every step", 1)):
+            peak_r = run_sequence(seq_shapes, bucketed(lengths), every)[0] + base
+            print(f"  {label:28s} {'bucketed':34s} reserved peak {peak_r / GIB:6.2f} GiB "
+                  f"({(peak_r - single[argmax]) / GIB:+.2f} vs the single-length max, "
+                  f"{(peak_r - single[top]) / GIB:+.2f} vs {top})")
         # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, the mitigation torch's docs give for changing shapes
         # (docs/source/notes/cuda.rst, "Optimizing memory usage with PYTORCH_CUDA_ALLOC_CONF"); no empty_cache
         ex_single = max(_persistent_stats(*shapes[L][0], True).peak_reserved
