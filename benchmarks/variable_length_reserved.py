@@ -14,11 +14,11 @@ sample packing) run a different shape every step. This script asks two questions
    rounding and cached bytes, so the "sim total" column (the simulations' own reserved) can differ from it.
 2. What does one allocator reach over a run of varying lengths? It drives ONE ``CachingAllocator`` through N
    consecutive steps (the persistent states simulated apart and added, as the estimate does) with lengths drawn
-   from a fixed seeded distribution, and prints the reserved peak next to the largest single-length peak, for three cache policies: never ``empty_cache``, every 10th
-   step (PEFT run.py's ``ACCELERATOR_EMPTY_CACHE_SCHEDULE`` since PEFT #2894 / 90d3fc05), every step (PEFT run.py
-   before #2894: ``torch.cuda.empty_cache()`` + ``gc.collect()`` after each step), each with memory to spare and
-   capped at the card (the OOM retry); then the same lengths in PEFT's BucketIterator order (:func:`bucketed`) and
-   once with ``expandable_segments:True`` (no ``empty_cache``).
+   from a fixed seeded distribution, and prints the reserved peak next to the largest single-length peak, for three
+   cache policies: never ``empty_cache``, every 10th step (PEFT run.py's ``ACCELERATOR_EMPTY_CACHE_SCHEDULE`` since
+   PEFT #2894 / 90d3fc05), every step (PEFT run.py before #2894: ``torch.cuda.empty_cache()`` + ``gc.collect()``
+   after each step), each with memory to spare and capped at the card (the OOM retry); then the same lengths in
+   PEFT's BucketIterator order (:func:`bucketed`) and once with ``expandable_segments:True`` (no ``empty_cache``).
 
 The first step of the run is the single-length replay's first iteration (cuBLAS workspaces placed, AdamW's lazy
 states created after its backward: ``churn_events(iterations=1)``); every later step is that replay's second
