@@ -191,3 +191,13 @@ def quant_states_moved_at_wrap(transformers_version: str | None) -> bool:
     unit's parameters, bringing its QuantStates back just before its packed data. PEFT 0.12.0 moves only the
     adapter (``_move_adapter_to_device_of_base_layer``). False when no version is given."""
     return lora_adapters_in_base_dtype(transformers_version)
+
+
+def zero3_peft_save_adapters(transformers_version: str | None) -> bool:
+    """True when that transformers' Trainer saves a PEFT model under DeepSpeed ZeRO-3 by gathering its trainable
+    parameters only (>= 5.0, stacks.yaml ``zero3_peft_save_adapters``); True when no version is given (the current
+    one). Session 10 (helper R)."""
+    if transformers_version is None:
+        return True
+    return _within(_table()["transformers"]["zero3_peft_save_adapters"],
+                   _minor(normalize_version("transformers", transformers_version)))
