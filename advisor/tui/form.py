@@ -253,6 +253,7 @@ APPLIES: dict[str, Callable[["WizardInputs"], bool]] = {
     # the strategy's (the recommender may pick a ZeRO-3 or FSDP layout: these then apply)
     "sync_each_batch": _strategies(*_FSDP, recommended=True),
     "checkpoint_save": _strategies("zero3", *_FSDP, recommended=True),
+    "deepspeed_version": _strategies("zero3", recommended=True),   # ZeRO-3's parameter coordinator
     # the Advanced strategy and layout fields: a picked strategy's (estimate --strategy), never the recommender's
     "offload_optimizer": _strategies("zero1", "zero2", "zero3", "fsdp-full", "fsdp-hybrid"),
     "offload_param": _strategies("zero3", "fsdp-full", "fsdp-hybrid"),
