@@ -159,3 +159,22 @@ def test_fsdp2_full_state_dict_gathers_one_tensor_at_a_time():
     t = TrainingSpec(checkpoint_save="consolidated", precision="bf16")
     fsdp2 = StrategySpec.from_name("fsdp-full", "none", "none").model_copy(update={"fsdp_version": 2})
     assert fsdp_save_gpu(counts, counts.total, state_bytes(t, fsdp2), t, fsdp2, at_rest=10) == 10 + 256_000 * 2048 * 4
+
+
+@pytest.mark.parametrize("save", ["sharded", "consolidated"])
+def test_check_reads_the_peft_save_as_estimated(tmp_path, capsys, save):
+    """`check` of a generated ZeRO-3 LoRA config reads stage3_gather_16bit_weights_on_model_save back into
+    --checkpoint-save and gives rank 0's node the CPU bytes the estimate gives (adapters only, or the whole model)."""
+    import json
+
+    from advisor.cli import main
+
+    common = ["--model", "llama-2-7b", "--gpus", "8", "--gpu", "a100-80g", "--method", "lora", "--cpu-ram", "256"]
+    assert main(["generate", *common, "--strategy", "zero3", "--checkpoint-save", save, "--out", str(tmp_path / "o"),
+                 "--no-engine-check"]) == 0
+    capsys.readouterr()
+    main(["check", str(tmp_path / "o" / "ds_config.json"), *common, "--json"])
+    said = json.loads(capsys.readouterr().out)["estimate"]
+    assert f"--checkpoint-save {save}" in said["command"]
+    est = estimate("llama-2-7b", method="lora", checkpoint_save=save, **{**Z3, "cpu_ram": 256})
+    assert said["per_node_cpu_bytes"] == est.per_node_cpu.total
