@@ -112,9 +112,42 @@ def checkpoint_save_cpu(arch, counts: ParameterCounts, trainable: int, sb, train
         return "", 0
     if not consolidated_save(training, strategy):
         return "", 0
-    model_sd = trainable * sb.weight + (counts.total - trainable) * sb.frozen_weight
+    model_sd = fsdp_units(arch, counts, trainable, sb, training, strategy)[0]
     optim_sd = trainable * (sb.optimizer + sb.master)
     return FSDP_SAVE_ITEM, int(max(model_sd, optim_sd))
+
+
+def fsdp_units(arch, counts: ParameterCounts, trainable: int, sb, training: TrainingSpec,
+               strategy: StrategySpec) -> tuple[int, int, int, int]:
+    """(whole model, root unit, largest layer unit, largest module) bytes of a FULL_STATE_DICT in the sharded
+    parameters' dtypes. LoRA/QLoRA: the whole base is frozen (``counts.total``) and the adapters come on top, in
+    ``sb.weight`` (PEFT's fp32); a QLoRA base holds its decoder linears as NF4 storage with their quant_state
+    (``Linear4bit._save_to_state_dict``) and the embeddings, norms and lm_head 16-bit, as the model states count
+    them (advisor/memory/model_states.py). Measured: FSDP1 FULL_STATE_DICT of a LoRA model on a real engine
+    (tests/memory/test_checkpoint_save_engine.py)."""
+    from .bytes_per_param import fp32_qlora_rest
+    from .model_states import qlora_quantized_elements
+
+    layers = max(arch.num_layers, 1)
+    root = counts.embedding + counts.lm_head + counts.final
+    if training.method not in ("lora", "qlora"):
+        each = max(sb.weight, sb.frozen_weight)
+        whole = trainable * sb.weight + (counts.total - trainable) * sb.frozen_weight
+        return int(whole), int(root * each), int(counts.layer_gathered * each), int(counts.largest_module * each)
+    adapters_per_layer = trainable / layers
+    if training.method == "qlora":
+        rest_b = 4 if fp32_qlora_rest(training, strategy) else 2
+        quantized = qlora_quantized_elements(arch, counts, training)
+        base = quantized * sb.frozen_weight + (counts.total - quantized) * rest_b
+        per_layer_q = quantized / layers
+        layer = per_layer_q * sb.frozen_weight + (counts.layer_gathered - per_layer_q) * rest_b
+        root_b, module_b = root * rest_b, counts.largest_module * max(rest_b, sb.weight)
+    else:
+        base = counts.total * sb.frozen_weight
+        layer = counts.layer_gathered * sb.frozen_weight
+        root_b, module_b = root * sb.frozen_weight, counts.largest_module * max(sb.frozen_weight, sb.weight)
+    return (int(base + trainable * sb.weight), int(root_b), int(layer + adapters_per_layer * sb.weight),
+            int(module_b))
 
 
 def checkpoint_save_notes(trainable: int, training: TrainingSpec, strategy: StrategySpec) -> list[str]:
@@ -138,7 +171,7 @@ def checkpoint_save_notes(trainable: int, training: TrainingSpec, strategy: Stra
     return []
 
 
-def fsdp_save_gpu(counts: ParameterCounts, trainable: int, sb, training: TrainingSpec, strategy: StrategySpec,
+def fsdp_save_gpu(arch, counts: ParameterCounts, trainable: int, sb, training: TrainingSpec, strategy: StrategySpec,
                   at_rest: int) -> int:
     """GPU bytes while FSDP builds a ``FULL_STATE_DICT`` (0 when it does not), on top of ``at_rest``: what stays
     between steps (sharded parameters, optimizer states, buffers; the gradients are None after ``zero_grad``).
@@ -153,9 +186,7 @@ def fsdp_save_gpu(counts: ParameterCounts, trainable: int, sb, training: Trainin
     largest parameter-holding module's tensors at most."""
     if strategy.backend != "fsdp" or not consolidated_save(training, strategy):
         return 0
-    frac = trainable / counts.total if counts.total else 1.0
-    per_element = frac * sb.weight + (1 - frac) * sb.frozen_weight
+    _, root, layer, module = fsdp_units(arch, counts, trainable, sb, training, strategy)
     if strategy.fsdp_version == 2:
-        return at_rest + int(counts.largest_module * max(sb.weight, sb.frozen_weight))
-    root = counts.embedding + counts.lm_head + counts.final
-    return at_rest + int(max(root, counts.layer_gathered) * per_element)
+        return at_rest + module
+    return at_rest + max(root, layer)

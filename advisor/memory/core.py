@@ -172,7 +172,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     # issue 17: an FSDP FULL_STATE_DICT save gathers units in full precision between steps, when the step's
     # activations, gradients and gathered 16-bit units are gone; the caching allocator releases its cached blocks
     # before it fails a cudaMalloc, so the save needs its tensors + context + NCCL: counted where that is more
-    save_need = fsdp_save_gpu(counts, trainable, sb, training, strategy,
+    save_need = fsdp_save_gpu(arch, counts, trainable, sb, training, strategy,
                               ms.parameters + ms.optimizer_states + buffers_total)
     if save_need:
         save_need += sum(v for k, v in overhead_parts.items() if not k.startswith("allocator:"))
