@@ -100,7 +100,8 @@ def plan(args):
                     torch_version=kw["torch_version"], transformers_version=kw["transformers_version"],  # issue 17
                     base_dtype=kw["base_dtype"],   # issue 17
                     sync_each_batch=kw["sync_each_batch"],   # issue 17 (helper L)
-                    checkpoint_save=kw["checkpoint_save"])   # issue 17
+                    checkpoint_save=kw["checkpoint_save"],   # issue 17
+                    batch_lengths=kw["batch_lengths"])   # issue 17 (helper L)
     flags.refuse_estimate_only(kw, "generate renders transformers/PEFT configs")
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
@@ -146,7 +147,8 @@ def plan(args):
                               base_dtype=kw["base_dtype"] if r.method in ("lora", "qlora") else "16-bit",   # issue 17
                               # issue 17 (helper L): an FSDP setting; the recommended layout decides whether it applies
                               sync_each_batch=kw["sync_each_batch"] and r.name.startswith("fsdp"),
-                              checkpoint_save=kw["checkpoint_save"])   # issue 17: for whichever layout is chosen
+                              checkpoint_save=kw["checkpoint_save"],   # issue 17: for whichever layout is chosen
+                              batch_lengths=kw["batch_lengths"])   # issue 17 (helper L)
     strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
                               tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout
                               dp_replicate_size=r.dp_replicate_size, fsdp_version=r.fsdp_version)
