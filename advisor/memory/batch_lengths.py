@@ -37,6 +37,17 @@ GRID_STEPS = 32
 GRID_FIRST = 8          # the first grid point: GRID_FIRST/GRID_STEPS = 1/4 of seq_len
 PAD_MULTIPLE = 8
 
+NOTE_PREFIX = "--batch-lengths variable:"
+GROWTH_PREFIX = "not counted (--batch-lengths variable):"
+EXPANDABLE_PREFIX = "--batch-lengths variable with expandable_segments:"
+
+
+def batch_length_notes(est: Estimate | None) -> list[str]:
+    """The notes a variable-length estimate carries (what the recommender repeats among its assumptions)."""
+    if est is None or est.batch_lengths is None:
+        return []
+    return [n for n in est.notes if n.startswith((NOTE_PREFIX, GROWTH_PREFIX, EXPANDABLE_PREFIX))]
+
 
 def pad_multiple(strategy: StrategySpec) -> int:
     """Tokens every padded length is a multiple of: 8 (pad_to_multiple_of), and what the layout splits the sequence
@@ -77,21 +88,23 @@ def variable_length_estimate(model, hw: HardwareSpec, training: TrainingSpec, st
     per_gpu = peak.per_gpu.model_copy(update={"allocated": alloc.per_gpu.allocated})
     gib = 2 ** 30
     step = training.seq_len / GRID_STEPS
-    notes = [f"--batch-lengths variable: each batch padded to its own longest sample, --seq-len {training.seq_len} "
+    notes = [f"{NOTE_PREFIX} each batch padded to its own longest sample, --seq-len {training.seq_len} "
              f"the longest; memory is the largest over {len(grid)} padded lengths ({grid[0]}-{grid[-1]} tokens, "
              f"every {step:g} rounded up to a multiple of {multiple}: a grid, lengths between its points are not "
              f"estimated): the peak is at {peak_len} tokens (per-GPU total {peak.per_gpu.total / gib:.2f} GiB, "
-             f"reserved {peak.per_gpu.reserved / gib:.2f}; at {training.seq_len} tokens "
-             f"{at_max.per_gpu.total / gib:.2f} / {at_max.per_gpu.reserved / gib:.2f}: the caching allocator's "
-             f"reserved is not monotonic in the length), the whole estimate taken at that length; "
+             f"reserved {peak.per_gpu.reserved / gib:.2f}"
+             + (f"; at {training.seq_len} tokens {at_max.per_gpu.total / gib:.2f} / "
+                f"{at_max.per_gpu.reserved / gib:.2f}: the caching allocator's reserved is not monotonic in the "
+                f"length" if peak_len != training.seq_len else "")
+             + "), the whole estimate taken at that length; "
              f"max_memory_allocated the largest over the grid, at {alloc_len} tokens "
              f"({alloc.per_gpu.allocated / gib:.2f} GiB); step time with every batch at {training.seq_len} tokens "
              f"(an upper bound: the distribution of lengths is not an input)"]
     if training.expandable_segments:
-        notes.append("with expandable_segments the reserved follows the allocated bytes across lengths (segments "
+        notes.append(f"{EXPANDABLE_PREFIX} in dsadvise's allocator model the reserved follows the allocated bytes across lengths (segments "
                      "grow and shrink in place instead of being cut to one length's blocks)")
     else:
-        notes.append("not counted: a run whose batch lengths change without torch.cuda.empty_cache() can reserve "
+        notes.append(f"{GROWTH_PREFIX} a run whose batch lengths change without torch.cuda.empty_cache() can reserve "
                      "more than any single length, because blocks cached for one length do not fit the next "
                      "(dsadvise's allocator model, not GPU measurements: 7-12 GiB more over 200 steps in random "
                      "order, benchmarks/variable_length_reserved.py); PYTORCH_CUDA_ALLOC_CONF="
