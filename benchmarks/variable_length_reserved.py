@@ -1,4 +1,5 @@
-"""Variable-length batches through dsadvise's caching-allocator model: evidence, no estimate change (issue 17, V).
+"""Variable-length batches through dsadvise's caching-allocator model: evidence (issue 17, V; session 10's
+``--batch-lengths variable``, advisor/memory/batch_lengths.py, takes the worst single length of a grid, part 1 below).
 
 Run: python benchmarks/variable_length_reserved.py [--setup NAME] [--step 32] [--steps 200] [--seed 0]
 

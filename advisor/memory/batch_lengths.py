@@ -31,8 +31,8 @@ from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 #   shapes); session 10's probe of the corpus row peft-mc-llama-3.2-3b-full-l40s at every multiple of 8 found the
 #   largest reserved at 728 tokens (37.96 GiB), the 1/32 grid at 720 (37.73): the grid is a sample, not a bound.
 # - From 1/4 of the maximum: a batch of a quarter the length holds a quarter of the activations; on the same probe
-#   no length below 192 (768/4) reserved more than 31.9 GiB against the grid's 37.7 (benchmarks/
-#   variable_length_reserved.py --step 8 prints it for the three setups there).
+#   no length below 192 (768/4) reserved more than 31.15 GiB against the grid's 37.73 (session 10's probe: a plain
+#   loop of advisor.api.estimate over every multiple of 8 from 8 to 768; docs/memory-model.md).
 GRID_STEPS = 32
 GRID_FIRST = 8          # the first grid point: GRID_FIRST/GRID_STEPS = 1/4 of seq_len
 PAD_MULTIPLE = 8
