@@ -62,6 +62,9 @@ def test_variable_takes_the_whole_estimate_at_the_worst_padded_length(fixed, var
     assert variable.step_time is not None and variable.step_time.seconds == fixed.step_time.seconds
     said = " ".join(variable.notes)
     assert "peak is at 720 tokens" in said and "a grid" in said and "expandable_segments:True" in said
+    from advisor.estimate_report import render_estimate
+
+    assert "x seq 768 at most, each batch padded to its longest (peak at 720)" in render_estimate(variable)
     assert json.loads(json.dumps(variable.to_json_dict()))["batch_lengths"]["grid"][:2] == [192, 216]
 
 
@@ -86,12 +89,12 @@ def test_bad_input_is_one_line(capsys, argv, needle):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err and needle in err
 
 
-def _check(capsys, tmp_path, name: str, text: str) -> tuple[dict, dict]:
+def _check(capsys, tmp_path, name: str, text: str, *flags: str) -> tuple[dict, dict]:
     from advisor.cli import main
 
     path = tmp_path / name
     path.write_text(textwrap.dedent(text), encoding="utf-8")
-    main(["check", str(path), "--model", "llama-3.2-3b", "--gpu", "l40s", "--no-engine-check", "--json"])
+    main(["check", str(path), "--model", "llama-3.2-3b", "--gpu", "l40s", "--no-engine-check", "--json", *flags])
     report = json.loads(capsys.readouterr().out)
     verdict = next(f for f in report["findings"] if "estimate" in f)
     read = {f["setting"]: f["message"] for f in report["findings"] if f["message"].startswith("read:")}
@@ -151,3 +154,14 @@ def test_recommend_advises_expandable_segments_for_variable_lengths(capsys):
     assert variable["estimate"]["batch_lengths"]["grid"] == [8, 16, 24, 32]
     assert any(a.startswith("--batch-lengths variable:") for a in variable["assumptions"])
     assert not any("--batch-lengths" in a for a in plain["assumptions"])
+
+
+@pytest.mark.parametrize("text, variable", [
+    ("per_device_train_batch_size: 1\ntrain_sampling_strategy: group_by_length\n", True),
+    ("per_device_train_batch_size: 1\ngroup_by_length: true\n", True),           # transformers 4's key
+    ("per_device_train_batch_size: 1\n", False),                                 # the collator is the script's
+])
+def test_check_reads_hf_trainer_grouping_by_length(capsys, tmp_path, text, variable):
+    est, read = _check(capsys, tmp_path, "training_args.yaml", "output_dir: out\nbf16: true\n" + text,
+                       "--seq-len", "256")
+    assert ("--batch-lengths variable" in est["command"]) == variable and bool(read) == variable
