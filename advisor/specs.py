@@ -202,6 +202,15 @@ class TrainingSpec(_Spec):
                              "packing) and seq_len is the longest: the estimate is the largest over a grid of "
                              "padded lengths up to seq_len")
 
+    @model_validator(mode="after")
+    def _variable_lengths_train(self) -> "TrainingSpec":
+        """issue 17 (L): padding each batch to its longest sample is a training setting."""
+        if self.batch_lengths == "variable" and self.task != "train":
+            raise ValueError("--batch-lengths variable is a training setting (each training batch padded to its "
+                             "longest sample); --task infer "
+                             "estimates --seq-len tokens")
+        return self
+
 
 class StrategySpec(_Spec):
     """How the model is spread over the GPUs and what is offloaded to CPU or NVMe."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from math import gcd
 
-from ..errors import InputError
 from ..estimate_result import BatchLengthsInfo, Estimate
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 
@@ -74,9 +73,6 @@ def variable_length_estimate(model, hw: HardwareSpec, training: TrainingSpec, st
     fixed-length estimate (``estimate_fn``, :func:`advisor.memory.core.estimate_memory`) at the length with the
     largest per-GPU total (bytes), ``per_gpu.allocated`` the largest over the grid, the per-node CPU the largest
     over the grid, ``fits`` only if every length fits; notes say which lengths."""
-    if training.task != "train":
-        raise InputError("a training setting (each training batch padded to its longest sample); --task infer "
-                         "estimates --seq-len tokens", field="--batch-lengths")
     fixed = training.model_copy(update={"batch_lengths": "fixed"})
     multiple = pad_multiple(strategy)
     grid = padded_lengths(training.seq_len, multiple)
