@@ -220,7 +220,9 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
     input. ``seq_len`` None: the smaller of 2048 and the model's context, said in the estimate's notes.
     ``profile``: a path to, or a :class:`advisor.profile.MachineProfile` from, ``dsadvise calibrate``.
     ``torch_version`` / ``transformers_version``: the stack the run uses (major.minor, advisor/data/stacks.yaml);
-    None keeps dsadvise's default behaviour. ``loss`` None: see :func:`build_training`."""
+    None keeps dsadvise's default behaviour. ``loss`` None: see :func:`build_training`. ``batch_lengths``
+    "variable": each batch padded to its own longest sample, ``seq_len`` the longest (the worst of a grid of padded
+    lengths, advisor/memory/batch_lengths.py)."""
     from .batching import gradient_accumulation
     from .memory.core import estimate_memory
     from .recommend.speed import with_speed
