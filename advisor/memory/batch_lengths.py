@@ -24,8 +24,9 @@ from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 # The grid: every seq_len/32 from seq_len/4 (25 lengths), each rounded up to a multiple of PAD_MULTIPLE.
 # - PAD_MULTIPLE = 8: collators that pad for tensor cores pad to a multiple of 8 (LLaMA-Factory's SFT workflow passes
 #   pad_to_multiple_of=8 when training, src/llamafactory/train/sft/workflow.py; transformers' DataCollatorWithPadding
-#   / DataCollatorForSeq2Seq take pad_to_multiple_of, its docs recommend 8 for fp16 on Volta+), so such runs only see
-#   multiples of 8; collators without it can produce any length, which a grid samples (said in the note).
+#   / DataCollatorForSeq2Seq take pad_to_multiple_of "to enable the use of Tensor Cores", data/data_collator.py;
+#   axolotl pads to 64, a multiple of 8), so such runs only see multiples of 8; collators without it (TRL's, HF's by
+#   default) can produce any length, which a grid samples (said in the note).
 # - 1/32 of the maximum: 25 lengths keep an estimate under a second (~20-50 ms per length, measured on the corpus
 #   shapes); session 10's probe of the corpus row peft-mc-llama-3.2-3b-full-l40s at every multiple of 8 found the
 #   largest reserved at 728 tokens (37.96 GiB), the 1/32 grid at 720 (37.73): the grid is a sample, not a bound.
