@@ -42,5 +42,6 @@ BaseDtype = Literal["16-bit", "fp32"]
 CheckpointSave = Literal["auto", "sharded", "consolidated"]
 
 # issue 17 (helper L): how each batch is padded: fixed (every batch --seq-len tokens: packed, or padded to the
-# maximum) or variable (each batch padded to its own longest sample, --seq-len the maximum; advisor/memory/batch_lengths.py)
+# maximum) or variable (each batch padded to its own longest sample, --seq-len the maximum;
+# advisor/memory/batch_lengths.py)
 BatchLengths = Literal["fixed", "variable"]

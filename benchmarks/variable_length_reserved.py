@@ -198,7 +198,8 @@ def grid_check(names: list[str]) -> None:
         hi = max((n for n in every if n >= top // 4), key=lambda n: every[n].reserved)
         lo = max((n for n in every if n < top // 4), key=lambda n: every[n].reserved)
         print(f"{name:14s} {var.batch_lengths.peak_seq_len:9d} {var.per_gpu.reserved / GIB:9.2f} "
-              f"{var.per_gpu.total / GIB:8.2f} | {hi:21d} {every[hi].reserved / GIB:9.2f} {every[hi].total / GIB:8.2f} | "
+              f"{var.per_gpu.total / GIB:8.2f} | {hi:21d} {every[hi].reserved / GIB:9.2f} "
+              f"{every[hi].total / GIB:8.2f} | "
               f"{lo:12d} {every[lo].reserved / GIB:9.2f} | {every[top].reserved / GIB:7.2f}")
 
 

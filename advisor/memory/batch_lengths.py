@@ -98,7 +98,8 @@ def variable_length_estimate(model, hw: HardwareSpec, training: TrainingSpec, st
              f"({alloc.per_gpu.allocated / gib:.2f} GiB); step time with every batch at {training.seq_len} tokens "
              f"(an upper bound: the distribution of lengths is not an input)"]
     if training.expandable_segments:
-        notes.append(f"{EXPANDABLE_PREFIX} in dsadvise's allocator model the reserved follows the allocated bytes across lengths (segments "
+        notes.append(f"{EXPANDABLE_PREFIX} in dsadvise's allocator model the reserved follows the allocated bytes "
+                     "across lengths (segments "
                      "grow and shrink in place instead of being cut to one length's blocks)")
     else:
         notes.append(f"{GROWTH_PREFIX} a run whose batch lengths change without torch.cuda.empty_cache() can reserve "

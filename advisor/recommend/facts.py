@@ -60,7 +60,8 @@ FACTS: dict[str, tuple[str, int, str]] = {
     "training.tiled_mlp": ("bool", 0, "ALST TiledMLP is estimated (--tiled-mlp)"),   # issue 15 (helper T)
     "training.lora_head": ("bool", 0, "LoRA targets name the lm_head (--lora-targets ...,lm_head)"),   # issue 17 (L)
     # issue 17 (L): variable-length batches (advisor/memory/batch_lengths.py)
-    "training.batch_lengths": ("string", 0, "fixed | variable (--batch-lengths: each batch padded to its longest sample)"),
+    "training.batch_lengths": ("string", 0, "fixed | variable (--batch-lengths: each batch padded to its longest "
+                                            "sample)"),
     "training.expandable_segments": ("bool", 0, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True is estimated "
                                                 "(--expandable-segments)"),
     "training.margin": ("number", 0, "safety margin, fraction of VRAM kept free"),

@@ -669,7 +669,8 @@ def _llamafactory(data: dict, side: dict | None) -> Reading:
     # collators pad each batch to its longest sample (pad_to_multiple_of=8 when training, train/sft/workflow.py)
     stage = data.get("stage", "sft")
     if data.get("packing") is True or data.get("neat_packing") is True or stage == "pt":
-        key = "packing" if data.get("packing") is True else "neat_packing" if data.get("neat_packing") is True else "stage"
+        key = ("packing" if data.get("packing") is True else "neat_packing" if data.get("neat_packing") is True
+               else "stage")
         _batch_lengths(r, key, False, f"{data.get(key)}: rows packed into cutoff_len blocks (every batch counted at "
                        "cutoff_len)")
     else:
