@@ -156,12 +156,28 @@ def test_recommend_advises_expandable_segments_for_variable_lengths(capsys):
     assert not any("--batch-lengths" in a for a in plain["assumptions"])
 
 
-@pytest.mark.parametrize("text, variable", [
-    ("per_device_train_batch_size: 1\ntrain_sampling_strategy: group_by_length\n", True),
-    ("per_device_train_batch_size: 1\ngroup_by_length: true\n", True),           # transformers 4's key
-    ("per_device_train_batch_size: 1\n", False),                                 # the collator is the script's
+@pytest.mark.parametrize("data, variable", [
+    ({"train_sampling_strategy": "group_by_length"}, True),
+    ({"train_sampling_strategy": "batch_rebalance"}, True),
+    ({"group_by_length": True}, True),                     # transformers 4's key
+    ({"train_sampling_strategy": "random"}, False),         # the collator is the user's script's: not known
+    ({}, False),
 ])
-def test_check_reads_hf_trainer_grouping_by_length(capsys, tmp_path, text, variable):
-    est, read = _check(capsys, tmp_path, "training_args.yaml", "output_dir: out\nbf16: true\n" + text,
-                       "--seq-len", "256")
-    assert ("--batch-lengths variable" in est["command"]) == variable and bool(read) == variable
+def test_check_reads_hf_trainer_grouping_by_length(data, variable):
+    """TrainingArguments' samplers that group by length pay only with dynamic padding (transformers training_args.py);
+    read by the HF Trainer's reader (advisor/render/read_keys.py, as `check` runs it)."""
+    from advisor.render.read_keys import read_framework
+
+    r = read_framework({"output_dir": "out", "bf16": True, **data}, "hf-trainer")
+    assert (r.kwargs.get("batch_lengths") == "variable") == variable and bool(r.said) == variable
+
+
+@pytest.mark.parametrize("data, variable", [({}, True), ({"packing": False}, True), ({"packing": True}, False),
+                                            ({"padding_free": True}, False)])
+def test_check_reads_trl_packing(data, variable):
+    """TRL 1.16 SFTConfig: packing and padding_free default false; DataCollatorForLanguageModeling pads each batch to
+    its longest sample (pad_to_multiple_of None off Neuron)."""
+    from advisor.render.read_keys import read_framework
+
+    r = read_framework({"output_dir": "out", "max_length": 512, **data}, "trl")
+    assert (r.kwargs.get("batch_lengths") == "variable") == variable
