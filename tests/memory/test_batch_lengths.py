@@ -181,3 +181,19 @@ def test_check_reads_trl_packing(data, variable):
 
     r = read_framework({"output_dir": "out", "max_length": 512, **data}, "trl")
     assert (r.kwargs.get("batch_lengths") == "variable") == variable
+
+
+def test_the_wizard_field_gives_the_cli_estimate():
+    """The wizard generates the --batch-lengths field from the flag table (Advanced: training); its backend runs
+    the same estimate as the CLI, notes included."""
+    from advisor.tui import backend
+    from advisor.tui.form import ADVANCED, WizardInputs
+
+    assert ADVANCED["batch_lengths"].section == "training"
+    inputs = WizardInputs(model="llama-3.2-3b", gpu="l40s", seq_len="768", micro_batch="4", precision="pure-bf16",
+                          checkpointing="none", strategy="single").with_(batch_lengths="variable",
+                                                                          torch_version="2.13",
+                                                                          transformers_version="5.13")
+    out = backend.evaluate(inputs, recommender=None)
+    assert out.estimate is not None and out.estimate.batch_lengths.peak_seq_len == 720
+    assert out.estimate == estimate("llama-3.2-3b", batch_lengths="variable", **ROW)
