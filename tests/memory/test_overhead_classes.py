@@ -125,3 +125,20 @@ def test_bad_data_fails_with_one_line_naming_the_key(patch, key):
     with pytest.raises(ValueError) as err:
         parse_overhead_table({**good, **patch})
     assert str(err.value).startswith(f"advisor/data/overhead.yaml {key}") and "\n" not in str(err.value)
+
+
+def test_inference_layouts_count_the_cards_context():
+    # an inference layout's overhead is the CUDA context + the flat allocator fraction of what it allocates
+    # (advisor/memory/inference.py): on an RTX 4090 the Ada context, not the H200's
+    est = estimate("llama-2-7b", gpus=1, gpu="rtx-4090", task="infer", micro_batch=1, seq_len=1024)
+    lay = est.inference[0]
+    allocated = lay.weights + lay.kv_cache + lay.transient
+    frag = lay.overhead - CORPUS["unsloth-zoo-1053-rtx6000ada-context"]["value_mib"] * MiB - CUBLAS
+    assert frag == int(allocated * overhead_table_fraction())
+    assert any(n.startswith("outside PyTorch's caching allocator, per GPU: CUDA context 490 MiB") for n in est.notes)
+
+
+def overhead_table_fraction() -> float:
+    from advisor.memory.overhead import overhead_defaults
+
+    return overhead_defaults().allocator_fragmentation_fraction
