@@ -72,7 +72,8 @@ def main() -> None:
                                       f"NCCL {e['nccl']}" if e.get("nccl") else "",
                                       e.get("module_loading") or "") if x) or "not stated"
         ctx, nccl = dsadvise_for(e)
-        print(f"{e['id']:38} {e['measures']:19} {float(e['value_mib']):8.1f}  {str(e.get('gpu') or '?'):13} "
+        value = "source" if e.get("value_mib") is None else f"{float(e['value_mib']):8.1f}"
+        print(f"{e['id']:38} {e['measures']:19} {value:>8}  {str(e.get('gpu') or '?'):13} "
               f"{stack[:34]:34} {e.get('world') or 1:>5}  {ctx / MiB:12.0f} {nccl / MiB:6.0f}   "
               f"[{e.get('class') or 'reference'}]")
     print("\ncheck: published peak reserved + dsadvise's context and NCCL <= the card (torch total_memory)")
