@@ -81,8 +81,10 @@ def main() -> None:
     ok = True
     for point, card, reserved, outside, margin in check_rows(corpus):
         ok &= margin >= 0
-        print(f"{point:42} {card:9.0f} {reserved:9.0f} {outside:8.0f} {margin:7.0f}  {'ok' if margin >= 0 else 'FAILS'}")
-    print("every check holds" if ok else "a check FAILS: dsadvise counts more outside the allocator than these runs had")
+        verdict = "ok" if margin >= 0 else "FAILS"
+        print(f"{point:42} {card:9.0f} {reserved:9.0f} {outside:8.0f} {margin:7.0f}  {verdict}")
+    print("every check holds" if ok else
+          "a check FAILS: dsadvise counts more outside the allocator than these runs had")
 
 
 if __name__ == "__main__":
