@@ -90,7 +90,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     info = ModelInfo(name=model.name, family=arch.family, parameters=counts.total, trainable_parameters=trainable,
                      source=model.source, note=litgpt_model_note(model.note, training))   # issue 17 (G)
     ov = overhead_defaults()
-    outside = outside_allocator(hw)   # issue 17 (helper C): the CUDA context and NCCL of this card (overhead.yaml)
+    outside = outside_allocator(hw, strategy)   # issue 17 (helper C): this card's CUDA context and NCCL (overhead.yaml)
     if training.task == "infer":
         from .inference import inference_layouts   # here: a training estimate imports no inference code
         est = inference_layouts(model, counts, info, hw, training, strategy, ov)
@@ -162,8 +162,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                       "allocator: block rounding (allocated - tensors)": gpu.rounding,
                       ZERO3_LOADING_ITEM: zero3_loading,
                       "allocator: cached free blocks (reserved - allocated)": gpu.cached}
+    overhead_parts["NCCL communicators"] = outside.nccl_bytes   # helper C: one GPU under DeepSpeed too (overhead.py)
     if hw.world_size > 1:
-        overhead_parts["NCCL communicators"] = outside.nccl_bytes
         overhead_parts[f"NCCL NVLS buffers ({comms} communicator{'s' if comms > 1 else ''})"] = nvls
     overhead = sum(overhead_parts.values())
     total = tensor_bytes + overhead

@@ -136,6 +136,7 @@ class OverheadTable:
     default_nccl: int
     contexts: dict[str, ContextClass]
     nccl: tuple[NcclClass, ...]
+    single_rank_buffer: int
 
 
 def _bad(where: str, what: str) -> ValueError:
@@ -189,7 +190,9 @@ def parse_overhead_table(gpu: dict) -> OverheadTable:
                               source=_source(c.get("source"), f"{where}.source")))
     return OverheadTable(default_context=_bytes(gpu.get("cuda_context_bytes"), "cuda_context_bytes"),
                          default_nccl=_bytes(gpu.get("nccl_bytes"), "nccl_bytes"), contexts=contexts,
-                         nccl=tuple(nccl))
+                         nccl=tuple(nccl),
+                         single_rank_buffer=_bytes(gpu.get("nccl_single_rank_buffer_bytes"),
+                                                   "nccl_single_rank_buffer_bytes"))
 
 
 @lru_cache(maxsize=1)
@@ -228,8 +231,14 @@ class OutsideAllocator:
         return text + " (benchmarks/gpu_overhead_corpus.yaml)"
 
 
-def outside_allocator(hw, table: OverheadTable | None = None) -> OutsideAllocator:
-    """The CUDA context and NCCL bytes one GPU of ``hw`` holds outside the caching allocator.
+SINGLE_RANK_SOURCE = ("one GPU under DeepSpeed: deepspeed.initialize makes a NCCL group, broadcasts the model and "
+                      "all_reduces ZeRO's gradient norm on it (runtime/engine.py _broadcast_model, "
+                      "zero/stage_1_and_2.py, stage3.py)")
+
+
+def outside_allocator(hw, strategy=None, table: OverheadTable | None = None) -> OutsideAllocator:
+    """The CUDA context and NCCL bytes one GPU of ``hw`` holds outside the caching allocator (``strategy``: the
+    run's StrategySpec, which decides whether one GPU still holds a NCCL communicator: DeepSpeed's).
 
     Per card generation (overhead.yaml ``context_classes`` / ``nccl_classes``, the largest published measurement
     that applies); a card no class names keeps the H200 figures, said "not measured for this card"; no card named
@@ -256,7 +265,15 @@ def outside_allocator(hw, table: OverheadTable | None = None) -> OutsideAllocato
         generation, link = gpu.generation, gpu.intra_node_link
     world = hw.world_size
     if world <= 1:
-        return OutsideAllocator(ctx_bytes, ctx_source, 0, "")
+        if strategy is None or strategy.backend != "deepspeed":
+            return OutsideAllocator(ctx_bytes, ctx_source, 0, "")
+        if included:   # the context figure holds the communicator's init: what its first collective maps
+            return OutsideAllocator(ctx_bytes, ctx_source, t.single_rank_buffer,
+                                    f"{SINGLE_RANK_SOURCE}; NCCL >= 2.25 maps a 512 MiB shared buffer for it at "
+                                    "its first collective (NVIDIA/nccl#2363; 996 - 484 MiB on an RTX 3090, "
+                                    "NVIDIA/nccl#2366)")
+        return OutsideAllocator(ctx_bytes, ctx_source, max(t.default_nccl, t.single_rank_buffer),
+                                f"{SINGLE_RANK_SOURCE}; {DEFAULT_NCCL_SOURCE}")
     matches = [c for c in t.nccl if c.applies(generation, link, world)]
     if gpu is None:
         nccl_bytes = max([t.default_nccl] + [c.bytes for c in matches])

@@ -143,3 +143,20 @@ def overhead_table_fraction() -> float:
     from advisor.memory.overhead import overhead_defaults
 
     return overhead_defaults().allocator_fragmentation_fraction
+
+
+def test_one_gpu_under_deepspeed_still_holds_a_nccl_communicator():
+    # deepspeed.initialize makes a NCCL group and the engine broadcasts the model / all_reduces ZeRO's gradient norm
+    # on it at world size 1 too: the H200 world-1 measurement; on the RTX 3090, whose context figure already holds a
+    # communicator's init, the shared buffer its first collective maps (996 - 484 MiB, NVIDIA/nccl#2366)
+    from advisor.api import build_strategy
+
+    h200, r3090 = _hw(1, "h200"), _hw(1, "rtx-3090")
+    zero2 = build_strategy(h200, "zero2", "none", "none", "auto")
+    assert outside_allocator(h200, zero2).nccl_bytes == H200_NCCL
+    eager_connect = 996   # MiB, the PR's NCCL_RUNTIME_CONNECT=0 reading of the same process
+    assert outside_allocator(r3090, zero2).nccl_bytes == \
+        (eager_connect - CORPUS["nccl-pr-2366-3090-single-rank"]["value_mib"]) * MiB
+    assert outside_allocator(r3090, build_strategy(r3090, "single", "none", "none", "auto")).nccl_bytes == 0
+    est = estimate("llama-2-7b", gpus=1, gpu="h200", strategy="zero2", micro_batch=1, seq_len=512)
+    assert est.per_gpu.breakdown["NCCL communicators"] == H200_NCCL
