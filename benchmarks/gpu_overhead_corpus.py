@@ -19,7 +19,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from advisor.api import build_hardware  # noqa: E402
+from advisor.api import build_hardware, build_strategy  # noqa: E402
 from advisor.memory.overhead import outside_allocator  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -35,10 +35,14 @@ def load() -> dict:
 
 def dsadvise_for(entry: dict) -> tuple[int, int]:
     """(context bytes, NCCL bytes) dsadvise counts for the entry's card at its world size (at least 1); no card
-    named: the --vram-only answer."""
+    named: the --vram-only answer. A NCCL figure measured on one GPU is compared with a one-GPU DeepSpeed run (the
+    one-GPU case that holds a communicator)."""
     world = max(1, int(entry.get("world") or 1))
     hw = build_hardware(world, 1, 24 if entry.get("gpu") is None else None, entry.get("gpu"))
-    o = outside_allocator(hw)
+    strategy = None
+    if world == 1 and str(entry["measures"]).startswith("nccl"):
+        strategy = build_strategy(hw, "zero2", "none", "none", "auto")
+    o = outside_allocator(hw, strategy)
     return o.context_bytes, o.nccl_bytes
 
 
