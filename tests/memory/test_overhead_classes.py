@@ -160,3 +160,9 @@ def test_one_gpu_under_deepspeed_still_holds_a_nccl_communicator():
     assert outside_allocator(r3090, build_strategy(r3090, "single", "none", "none", "auto")).nccl_bytes == 0
     est = estimate("llama-2-7b", gpus=1, gpu="h200", strategy="zero2", micro_batch=1, seq_len=512)
     assert est.per_gpu.breakdown["NCCL communicators"] == H200_NCCL
+
+
+def test_blackwell_nvlink_takes_the_a100_floor_and_pcie_blackwell_does_not():
+    a100 = CORPUS["nccl-964-a100-3plus"]["value_mib"] * MiB
+    assert outside_allocator(_hw(8, "b200")).nccl_bytes == a100
+    assert outside_allocator(_hw(4, "rtx-5090")).nccl_bytes == H200_NCCL   # PCIe: not measured, the default
