@@ -40,7 +40,8 @@ def register(sub) -> None:
                                    "cannot be read.")
     p.add_argument("file", metavar="FILE", help="ds_config.json or accelerate_config.yaml")
     flags.add(p, ("--gpus", "--nodes", "--model", "--vram", "--gpu", "--cpu-ram", "--seq-len", "--micro-batch",
-                  "--checkpointing", "--optimizer", "--method", "--no-engine-check", "--json", "--strict", "--script"),
+                  "--checkpointing", "--optimizer", "--method", "--batch-lengths", "--no-engine-check", "--json",
+                  "--strict", "--script"),
               gpus={"default": None, "help": "GPUs per node (checks the batch arithmetic)"},
               nodes={"default": None, "help": "number of nodes"},
               model={"help": "model (size, catalog name or config.json) for the fit check"},
@@ -54,6 +55,9 @@ def register(sub) -> None:
                                                       "dsadvise.json beside FILE, else none)"},
               optimizer={"default": None, "help": "default: from a dsadvise.json beside FILE, else adamw"},
               method={"default": None, "help": "default: from a dsadvise.json beside FILE, else full"},
+              batch_lengths={"default": None, "help": "fixed or variable (each batch padded to its longest sample); "
+                                                      "default: the framework file's packing / padding keys, else a "
+                                                      "dsadvise.json beside FILE, else fixed"},   # issue 17 (L)
               no_engine_check={"help": "skip loading the file in accelerate/DeepSpeed"},
               json={"help": "print the findings as JSON"})
     p.set_defaults(func=cmd_check)
@@ -250,7 +254,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                       checkpointing=args.checkpointing or training.get("activation_checkpointing", "none"),
                       optimizer=args.optimizer or training.get("optimizer", "adamw"),
                       method=args.method or training.get("method", "full"),
-                      engines=not args.no_engine_check, script=args.script)
+                      engines=not args.no_engine_check, script=args.script,
+                      batch_lengths=args.batch_lengths or training.get("batch_lengths", "fixed"))   # issue 17 (L)
     findings = lint_file(args.file, problem)
     errors = [f for f in findings if f.severity == "error"]
     warnings = [f for f in findings if f.severity == "warning"]

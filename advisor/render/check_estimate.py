@@ -59,7 +59,10 @@ def estimate_kwargs(p, reading: Reading, world: int, family: str) -> tuple[dict[
             kw[key] = getattr(p, key)
     kw.update(seq_len=p.seq_len, micro_batch=p.micro_batch or 1, checkpointing=p.checkpointing,
               optimizer=p.optimizer, method=p.method)
+    kw["batch_lengths"] = getattr(p, "batch_lengths", "fixed")   # issue 17 (L): --batch-lengths / dsadvise.json
     kw.update({_LAYOUT.get(k, k): v for k, v in reading.kwargs.items() if v is not None})
+    if kw.get("batch_lengths") == "fixed":   # the default: not written into the command
+        kw.pop("batch_lengths")
     notes = list(reading.not_counted)
     if reading.liger:
         if family in LIGER_FAMILIES:

@@ -460,8 +460,7 @@ def _batch_lengths(r: Reading, key: str, variable: bool, why: str) -> None:
     """issue 17 (L): how the framework pads each batch, as its keys say: ``variable`` -> --batch-lengths variable
     (each batch padded to its own longest sample, the file's length the longest; advisor/memory/batch_lengths.py),
     else every batch the file's length (packed, or padded to it). ``why`` is what check says it read."""
-    if variable:
-        r.kwargs["batch_lengths"] = "variable"
+    r.kwargs["batch_lengths"] = "variable" if variable else "fixed"   # the file's keys win over flags / dsadvise.json
     r.said.append((key, why + (": --batch-lengths variable" if variable else "")))
 
 

@@ -197,3 +197,25 @@ def test_the_wizard_field_gives_the_cli_estimate():
     out = backend.evaluate(inputs, recommender=None)
     assert out.estimate is not None and out.estimate.batch_lengths.peak_seq_len == 720
     assert out.estimate == estimate("llama-3.2-3b", batch_lengths="variable", **ROW)
+
+
+def test_check_of_generated_configs_keeps_the_variable_lengths(capsys, tmp_path):
+    """generate writes batch_lengths into dsadvise.json; check of its accelerate YAML (which cannot hold padding) reads
+    it there, so both give the same bytes; --batch-lengths on check overrides it."""
+    from advisor.cli import main
+
+    out = tmp_path / "run"
+    main(["generate", "--model", "llama-3.2-3b", "--gpu", "l40s", "--seq-len", "768", "--micro-batch", "4",
+          "--strategy", "single", "--precision", "pure-bf16", "--torch-version", "2.13", "--transformers-version",
+          "5.13", "--batch-lengths", "variable", "--out", str(out), "--no-engine-check"])
+    assert json.loads((out / "dsadvise.json").read_text())["training"]["batch_lengths"] == "variable"
+    capsys.readouterr()
+
+    def checked(*flags: str) -> dict:
+        main(["check", str(out / "accelerate_config.yaml"), "--model", "llama-3.2-3b", "--gpu", "l40s",
+              "--no-engine-check", "--json", *flags])
+        return json.loads(capsys.readouterr().out)["estimate"]
+
+    est, fixed = checked(), checked("--batch-lengths", "fixed")
+    assert "--batch-lengths variable" in est["command"] and "--batch-lengths" not in fixed["command"]
+    assert est["per_gpu_bytes"] >= fixed["per_gpu_bytes"]    # the YAML says mixed_precision no: read as fp32 here
