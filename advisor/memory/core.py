@@ -73,6 +73,9 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                     strategy: StrategySpec) -> Estimate:
     """Per-GPU and per-node-CPU bytes for training (or inference) of ``model`` under ``strategy``."""
     check_compatible(training, strategy, hw)
+    if training.batch_lengths == "variable":   # issue 17 (helper L): the largest over padded lengths
+        from .batch_lengths import variable_length_estimate
+        return variable_length_estimate(model, hw, training, strategy, estimate_memory)
     if strategy.tp_size * strategy.sp_size * strategy.cp_size * strategy.dp_replicate_size > 1:
         from .parallel import layout_estimate   # issue 15: one rank of a TP/SP/CP layout (memory/parallel.py)
         return layout_estimate(model, hw, training, strategy, estimate_memory, trainable_parameters)
