@@ -40,3 +40,8 @@ BaseDtype = Literal["16-bit", "fp32"]
 # shards), sharded (each rank its shard), consolidated (ZeRO-3 gather_16bit_weights_on_model_save, FSDP
 # FULL_STATE_DICT: the whole model, and the optimizer state, gathered into rank 0's CPU RAM)
 CheckpointSave = Literal["auto", "sharded", "consolidated"]
+
+# issue 17 (helper L): how each batch is padded: fixed (every batch --seq-len tokens: packed, or padded to the
+# maximum) or variable (each batch padded to its own longest sample, --seq-len the maximum;
+# advisor/memory/batch_lengths.py)
+BatchLengths = Literal["fixed", "variable"]

@@ -37,8 +37,10 @@ def render_estimate(est: Estimate) -> str:
         if layout:
             lines.append(f"Layout    {', '.join(layout)} (world = dp_replicate x dp_shard x tp x sp x cp)")
         lines.append(f"Strategy  {st.name}{' + offload ' + ', '.join(offl) if offl else ''}; {st.precision}, "
-                     f"{st.optimizer}, {st.method}; micro-batch {st.micro_batch_size} x seq {st.seq_len}; "
-                     f"checkpointing {st.activation_checkpointing}; attention {st.attention}")
+                     f"{st.optimizer}, {st.method}; micro-batch {st.micro_batch_size} x seq {st.seq_len}"
+                     + (f" at most, each batch padded to its longest (peak at {est.batch_lengths.peak_seq_len})"
+                        if est.batch_lengths else "")   # issue 17 (L): --batch-lengths variable
+                     + f"; checkpointing {st.activation_checkpointing}; attention {st.attention}")
         lines.append("")
         lines.append("Per GPU")
         rows = [("parameters", g.parameters), ("gradients", g.gradients), ("optimizer states", g.optimizer_states),

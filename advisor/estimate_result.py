@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 if TYPE_CHECKING:
     from .specs import HardwareSpec, StrategySpec, TrainingSpec
@@ -127,6 +127,16 @@ class InferenceSpeed(_Out):
     bytes_per_decode_step: int         # weights + KV cache read by one copy per generated token
 
 
+class BatchLengthsInfo(_Out):
+    """issue 17 (helper L): how a ``--batch-lengths variable`` estimate was made (advisor/memory/batch_lengths.py):
+    per_gpu is the estimate at ``peak_seq_len``, the grid length with the largest total."""
+
+    grid: list[int]            # padded lengths estimated, tokens (a grid, not every length)
+    peak_seq_len: int          # the length whose whole estimate is reported (largest per-GPU total)
+    allocated_seq_len: int     # the length of the largest max_memory_allocated (per_gpu.allocated)
+    step_time_seq_len: int     # the length the step time assumes for every batch (the maximum: an upper bound)
+
+
 class Estimate(_Out):
     task: str
     model: ModelInfo
@@ -141,6 +151,15 @@ class Estimate(_Out):
     notes: list[str] = []
     step_time: StepTime | None = None              # training: one optimizer step of the whole job
     inference_speed: list[InferenceSpeed] = []     # --task infer: per layout
+    batch_lengths: BatchLengthsInfo | None = None   # issue 17 (helper L): --batch-lengths variable only
+
+    @model_serializer(mode="wrap")
+    def _without_fixed_lengths(self, handler):
+        """``batch_lengths`` appears in dumps only for variable-length estimates (the JSON is unchanged otherwise)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("batch_lengths", 0) is None:
+            del data["batch_lengths"]
+        return data
 
     def to_json_dict(self) -> dict:
         """The ``--json`` object: plain types, integers in bytes."""

@@ -16,6 +16,7 @@ from .choices import BaseDtype  # issue 17: LoRA base dtype
 from .choices import CheckpointSave  # issue 17: checkpoint save format
 from .choices import QloraQuantizer  # issue 17 (helper L)
 from .choices import ModelCode  # issue 17 (helper G)
+from .choices import BatchLengths  # issue 17 (helper L): variable-length batches
 
 GiB = 1024**3
 
@@ -172,6 +173,8 @@ class TrainingSpec(_Spec):
                 del data["model_code"]
             if data.get("checkpoint_save", "") == "auto":   # issue 17: likewise, only when set
                 del data["checkpoint_save"]
+            if data.get("batch_lengths", "") == "fixed":   # issue 17 (helper L): likewise, only when set
+                del data["batch_lengths"]
         return data
 
     # --- issue 17 (helper L): who quantizes a QLoRA model (advisor/param_count.check_qlora_quantizer) ---
@@ -197,6 +200,21 @@ class TrainingSpec(_Spec):
                             "SHARDED_STATE_DICT); sharded: every rank saves its shard; consolidated: ZeRO-3 gathers "
                             "the 16-bit model into rank 0's CPU RAM, FSDP FULL_STATE_DICT the model and the "
                             "optimizer state")
+    # --- issue 17 (helper L): variable-length batches (advisor/memory/batch_lengths.py) ---
+    batch_lengths: BatchLengths = Field(
+        "fixed", description="fixed: every batch is seq_len tokens (packed, or padded to the maximum length); "
+                             "variable: each batch is padded to its own longest sample (dynamic padding, no "
+                             "packing) and seq_len is the longest: the estimate is the largest over a grid of "
+                             "padded lengths up to seq_len")
+
+    @model_validator(mode="after")
+    def _variable_lengths_train(self) -> "TrainingSpec":
+        """issue 17 (L): padding each batch to its longest sample is a training setting."""
+        if self.batch_lengths == "variable" and self.task != "train":
+            raise ValueError("--batch-lengths variable is a training setting (each training batch padded to its "
+                             "longest sample); --task infer "
+                             "estimates --seq-len tokens")
+        return self
 
 
 class StrategySpec(_Spec):

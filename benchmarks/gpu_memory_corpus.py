@@ -60,6 +60,8 @@ def kwargs(p: dict) -> dict:
         kw.update(qlora_quantizer=p["qlora_quantizer"])
     if p.get("model_code"):        # issue 17 (G): litgpt runs its own model code
         kw.update(model_code=p["model_code"])
+    if p.get("batch_lengths"):     # issue 17 (L): batches padded to their own longest sample (--batch-lengths)
+        kw.update(batch_lengths=p["batch_lengths"])
     if p.get("offload", "none") != "none":
         kw.update(offload_optimizer=p["offload"], offload_param=p["offload"])
     return kw

@@ -1,6 +1,8 @@
-"""Variable-length batches through dsadvise's caching-allocator model: evidence, no estimate change (issue 17, V).
+"""Variable-length batches through dsadvise's caching-allocator model: evidence (issue 17, V; session 10's
+``--batch-lengths variable``, advisor/memory/batch_lengths.py, takes the worst single length of a grid, part 1 below).
 
 Run: python benchmarks/variable_length_reserved.py [--setup NAME] [--step 32] [--steps 200] [--seed 0]
+     python benchmarks/variable_length_reserved.py --grid-check   (the estimate's grid vs every multiple of 8)
 
 dsadvise replays ONE step shape (``--micro-batch`` x ``--seq-len``) through its model of PyTorch's CUDA caching
 allocator (advisor/memory/allocator.py over advisor/memory/caching_allocator.py). Loops that pad each batch to its
@@ -181,13 +183,38 @@ def bucketed(lengths: list[int], batches: int = BUCKET_BATCHES) -> list[int]:
     return [L for i in range(0, len(lengths), batches) for L in sorted(lengths[i:i + batches], reverse=True)]
 
 
+def grid_check(names: list[str]) -> None:
+    """Session 10 (L): ``--batch-lengths variable`` (advisor/memory/batch_lengths.py) samples the padded lengths on a
+    grid (every seq_len/32 from seq_len/4, multiples of 8). Per setup: its estimate (worst grid length, reserved and
+    total) next to the worst over EVERY multiple of 8 from 8 to the maximum, split at a quarter of it, so the table
+    shows what the grid misses (a grid is a sample, not a bound)."""
+    print(f"{'setup':14s} {'grid: at':>9} {'reserved':>9} {'total':>8} | {'every 8 >= max/4: at':>21} {'reserved':>9} "
+          f"{'total':>8} | {'< max/4: at':>12} {'reserved':>9} | {'at max':>7}   GiB")
+    for name in names:
+        kw = SETUPS[name]
+        top = kw["seq_len"]
+        var = estimate(**kw, batch_lengths="variable")
+        every = {n: estimate(**{**kw, "seq_len": n}).per_gpu for n in range(8, top + 1, 8)}
+        hi = max((n for n in every if n >= top // 4), key=lambda n: every[n].reserved)
+        lo = max((n for n in every if n < top // 4), key=lambda n: every[n].reserved)
+        print(f"{name:14s} {var.batch_lengths.peak_seq_len:9d} {var.per_gpu.reserved / GIB:9.2f} "
+              f"{var.per_gpu.total / GIB:8.2f} | {hi:21d} {every[hi].reserved / GIB:9.2f} "
+              f"{every[hi].total / GIB:8.2f} | "
+              f"{lo:12d} {every[lo].reserved / GIB:9.2f} | {every[top].reserved / GIB:7.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--grid-check", action="store_true", help="only compare --batch-lengths variable's grid with "
+                                                               "every multiple of 8 (estimates only, ~1 min)")
     ap.add_argument("--setup", choices=sorted(SETUPS), action="append", help="default: all")
     ap.add_argument("--step", type=int, default=0, help="grid step in tokens (default: 32, 128 for 2048)")
     ap.add_argument("--steps", type=int, default=200, help="steps of the variable-length run")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.grid_check:
+        grid_check(args.setup or list(SETUPS))
+        return
     for name in args.setup or list(SETUPS):
         kw = SETUPS[name]
         top = kw["seq_len"]

@@ -40,7 +40,8 @@ def register(sub) -> None:
                                    "cannot be read.")
     p.add_argument("file", metavar="FILE", help="ds_config.json or accelerate_config.yaml")
     flags.add(p, ("--gpus", "--nodes", "--model", "--vram", "--gpu", "--cpu-ram", "--seq-len", "--micro-batch",
-                  "--checkpointing", "--optimizer", "--method", "--no-engine-check", "--json", "--strict", "--script"),
+                  "--checkpointing", "--optimizer", "--method", "--batch-lengths", "--no-engine-check", "--json",
+                  "--strict", "--script"),
               gpus={"default": None, "help": "GPUs per node (checks the batch arithmetic)"},
               nodes={"default": None, "help": "number of nodes"},
               model={"help": "model (size, catalog name or config.json) for the fit check"},
@@ -54,6 +55,9 @@ def register(sub) -> None:
                                                       "dsadvise.json beside FILE, else none)"},
               optimizer={"default": None, "help": "default: from a dsadvise.json beside FILE, else adamw"},
               method={"default": None, "help": "default: from a dsadvise.json beside FILE, else full"},
+              batch_lengths={"default": None, "help": "fixed or variable (each batch padded to its longest sample); "
+                                                      "default: the framework file's packing / padding keys, else a "
+                                                      "dsadvise.json beside FILE, else fixed"},   # issue 17 (L)
               no_engine_check={"help": "skip loading the file in accelerate/DeepSpeed"},
               json={"help": "print the findings as JSON"})
     p.set_defaults(func=cmd_check)
@@ -101,7 +105,8 @@ def plan(args):
                     base_dtype=kw["base_dtype"],   # issue 17
                     sync_each_batch=kw["sync_each_batch"],   # issue 17 (helper L)
                     checkpoint_save=kw["checkpoint_save"],   # issue 17
-                    deepspeed_version=kw["deepspeed_version"])   # session 10 (helper R)
+                    deepspeed_version=kw["deepspeed_version"],   # session 10 (helper R)
+                    batch_lengths=kw["batch_lengths"])   # issue 17 (helper L)
     flags.refuse_estimate_only(kw, "generate renders transformers/PEFT configs")
     if kw["task"] != "train":
         raise InputError("generate renders training configs; --task infer has nothing to launch", field="--task")
@@ -148,7 +153,8 @@ def plan(args):
                               # issue 17 (helper L): an FSDP setting; the recommended layout decides whether it applies
                               sync_each_batch=kw["sync_each_batch"] and r.name.startswith("fsdp"),
                               checkpoint_save=kw["checkpoint_save"],   # issue 17: for whichever layout is chosen
-                              deepspeed_version=kw["deepspeed_version"])   # session 10 (helper R)
+                              deepspeed_version=kw["deepspeed_version"],   # session 10 (helper R)
+                              batch_lengths=kw["batch_lengths"])   # issue 17 (helper L)
     strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
                               tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout
                               dp_replicate_size=r.dp_replicate_size, fsdp_version=r.fsdp_version)
@@ -250,7 +256,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                       checkpointing=args.checkpointing or training.get("activation_checkpointing", "none"),
                       optimizer=args.optimizer or training.get("optimizer", "adamw"),
                       method=args.method or training.get("method", "full"),
-                      engines=not args.no_engine_check, script=args.script)
+                      engines=not args.no_engine_check, script=args.script,
+                      batch_lengths=args.batch_lengths or training.get("batch_lengths", "fixed"))   # issue 17 (L)
     findings = lint_file(args.file, problem)
     errors = [f for f in findings if f.severity == "error"]
     warnings = [f for f in findings if f.severity == "warning"]

@@ -36,6 +36,7 @@ PRESETS: tuple[str, ...] = get_args(choices.Preset)           # issue 16 (helper
 QLORA_QUANTIZERS: tuple[str, ...] = get_args(choices.QloraQuantizer)   # issue 17 (helper L)
 MODEL_CODES: tuple[str, ...] = get_args(choices.ModelCode)   # issue 17 (helper G)
 CHECKPOINT_SAVES: tuple[str, ...] = get_args(choices.CheckpointSave)   # issue 17
+BATCH_LENGTHS: tuple[str, ...] = get_args(choices.BatchLengths)   # issue 17 (helper L)
 
 
 # ---------------------------------------------------------------- argument types (shared with the wizard)
@@ -214,6 +215,12 @@ FLAGS: dict[str, Flag] = _flags(
          "sharded (every rank its shard), or consolidated (ZeRO-3 stage3_gather_16bit_weights_on_model_save; FSDP "
          "FULL_STATE_DICT, accelerate's FSDP1 default: model and optimizer state gathered into rank 0's CPU RAM)",
          choices=CHECKPOINT_SAVES, default="auto", spec_fields=("checkpoint_save",)),
+    # issue 17 (helper L): variable-length batches (advisor/memory/batch_lengths.py)
+    Flag("--batch-lengths", "fixed: every batch is --seq-len tokens (packing, or padding to the maximum length; "
+         "the default); variable: each batch padded to its own longest sample (dynamic padding without packing: "
+         "HF Trainer/TRL, LLaMA-Factory, axolotl without sample packing), --seq-len the longest: memory is the "
+         "largest over padded lengths up to --seq-len (the allocator's reserved is not monotonic in the length)",
+         choices=BATCH_LENGTHS, default="fixed", spec_fields=("batch_lengths",)),
     Flag("--strategy", "default: single on 1 GPU, ddp on more", choices=STRATEGIES,
          spec_fields=("zero_stage", "fsdp_sharding", "backend"), wizard_field="strategy"),
     Flag("--offload-optimizer", "", choices=OFFLOAD, default="none", spec_fields=("offload_optimizer",)),
@@ -301,7 +308,8 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--tiled-mlp", "--torch-version", "--transformers-version",
                   "--base-dtype", "--qlora-quantizer", "--sync-each-batch", "--model-code",   # issue 17
                   "--checkpoint-save",   # issue 17
-                  "--deepspeed-version")   # session 10 (helper R)
+                  "--deepspeed-version",   # session 10 (helper R)
+                  "--batch-lengths")   # issue 17 (helper L)
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
 # the flags `estimate` and `recommend` add to the problem flags (the wizard places each group on its step)
@@ -362,7 +370,8 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 model_code=getattr(args, "model_code", "transformers"),   # issue 17 (helper G)
                 sync_each_batch=getattr(args, "sync_each_batch", False),
                 checkpoint_save=getattr(args, "checkpoint_save", "auto"),   # issue 17
-                deepspeed_version=getattr(args, "deepspeed_version", None))   # session 10 (helper R)
+                deepspeed_version=getattr(args, "deepspeed_version", None),   # session 10 (helper R)
+                batch_lengths=getattr(args, "batch_lengths", "fixed"))   # issue 17 (helper L)
 
 
 def layout_kwargs(args: argparse.Namespace) -> dict:

@@ -18,7 +18,8 @@ from .buffers import buffer_bytes
 from .bytes_per_param import fp32_lora_base, fp32_qlora_rest, state_bytes
 from .model_states import (LORA_16BIT_BASE_NOTE, QLORA_16BIT_REST_NOTE, lora_fp32_base_extra_bytes, model_states,
                            qlora_kbit_upcast_extra_bytes)
-from .overhead import nccl_communicators, nccl_nvls_bytes_per_communicator, nvls_note, overhead_defaults
+from .overhead import (nccl_communicators, nccl_nvls_bytes_per_communicator, nvls_note, outside_allocator,
+                       overhead_defaults)
 from .allocator import gpu_allocation
 from .peak import ActivationTerms, StepPeak, gradients_formed_in_backward, step_peak
 from .checkpoint_save import (ADAPTERS_SAVE_ITEM, CHECKPOINT_SAVE_ITEM, FSDP_SAVE_GPU_ITEM,  # noqa: F401 (re-exported)
@@ -75,6 +76,9 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                     strategy: StrategySpec) -> Estimate:
     """Per-GPU and per-node-CPU bytes for training (or inference) of ``model`` under ``strategy``."""
     check_compatible(training, strategy, hw)
+    if training.batch_lengths == "variable":   # issue 17 (helper L): the largest over padded lengths
+        from .batch_lengths import variable_length_estimate
+        return variable_length_estimate(model, hw, training, strategy, estimate_memory)
     if strategy.tp_size * strategy.sp_size * strategy.cp_size * strategy.dp_replicate_size > 1:
         from .parallel import layout_estimate   # issue 15: one rank of a TP/SP/CP layout (memory/parallel.py)
         return layout_estimate(model, hw, training, strategy, estimate_memory, trainable_parameters)
@@ -92,6 +96,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     info = ModelInfo(name=model.name, family=arch.family, parameters=counts.total, trainable_parameters=trainable,
                      source=model.source, note=litgpt_model_note(model.note, training))   # issue 17 (G)
     ov = overhead_defaults()
+    outside = outside_allocator(hw, strategy)   # issue 17 (helper C): this card's CUDA context and NCCL (overhead.yaml)
     if training.task == "infer":
         from .inference import inference_layouts   # here: a training estimate imports no inference code
         est = inference_layouts(model, counts, info, hw, training, strategy, ov)
@@ -155,17 +160,16 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     gpu = gpu_allocation(arch, training, strategy, hw, ms, buffers,
                          gradients_formed_in_backward(training, strategy, hw), mode,
                          tensor_bytes,
-                         limit=hw.vram_bytes - ov.cuda_context_bytes - (ov.nccl_bytes if hw.world_size > 1 else 0)
-                         - nvls,
+                         limit=hw.vram_bytes - outside.total - nvls,
                          held_fp32=held_fp32)
     gpu, zero3_loading = _zero3_loading_floor(arch, counts, training, strategy, hw, gpu)   # issue 17 (G2): QLoRA + ZeRO-3
-    overhead_parts = {"CUDA context": ov.cuda_context_bytes,
+    overhead_parts = {"CUDA context": outside.context_bytes,
                       "cuBLAS workspaces (forward and backward thread)": gpu.workspaces,
                       "allocator: block rounding (allocated - tensors)": gpu.rounding,
                       ZERO3_LOADING_ITEM: zero3_loading,
                       "allocator: cached free blocks (reserved - allocated)": gpu.cached}
+    overhead_parts["NCCL communicators"] = outside.nccl_bytes   # helper C: one GPU under DeepSpeed too (overhead.py)
     if hw.world_size > 1:
-        overhead_parts["NCCL communicators"] = ov.nccl_bytes
         overhead_parts[f"NCCL NVLS buffers ({comms} communicator{'s' if comms > 1 else ''})"] = nvls
     overhead = sum(overhead_parts.values())
     total = tensor_bytes + overhead
@@ -209,6 +213,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     nvme_fits = hw.nvme_bytes is None or ms.nvme_per_node <= hw.nvme_bytes
 
     notes = [model.note] if model.note else []
+    notes.append(outside.note())   # issue 17 (helper C): the context / NCCL figures used and their sources
     if nvls:
         notes.append(nvls_note(nvls, comms, hw, training.torch_version))
     replayed = not arch.traced and arch.family in REPLAYED_FAMILIES   # else model.note says it is traced

@@ -16,7 +16,7 @@ from ..estimate_result import (Estimate, InferenceLayout, ModelInfo, PerGPU, Per
                                strategy_info)
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
 from .bytes_per_param import NF4_DOUBLE_QUANT_BYTES
-from .overhead import Overhead
+from .overhead import Overhead, OutsideAllocator, outside_allocator
 
 
 def kv_cache_bytes(counts_layers: int, kv_heads: int, head_dim: int, seq_len: int, batch: int,
@@ -167,10 +167,12 @@ def inference_layouts(model: ResolvedModel, counts: ParameterCounts, info: Model
         kv = mla_kv_cache_bytes(a, full_tokens, training.micro_batch_size, dtype_bytes)
     transient = transient_bytes(model, training, dtype_bytes)
     frag = ov.allocator_fragmentation_fraction
+    outside = outside_allocator(hw)   # issue 17 (helper C): this card's CUDA context (overhead.py); no NCCL here
+    context = outside.context_bytes
 
     def layout(name: str, w: int, k: int) -> InferenceLayout:
         allocated = w + k + transient
-        total = allocated + ov.cuda_context_bytes + int(allocated * frag)
+        total = allocated + context + int(allocated * frag)
         return InferenceLayout(layout=name, weights=w, kv_cache=k, transient=transient,
                                overhead=total - allocated, total=total, fits=total <= hw.vram_bytes)
 
@@ -193,6 +195,7 @@ def inference_layouts(model: ResolvedModel, counts: ParameterCounts, info: Model
     cpu_fits = hw.cpu_ram_bytes is None or cpu_total <= hw.cpu_ram_bytes
     s_info = strategy_info(training, strategy).model_copy(update={"name": chosen.layout})
     notes = [model.note] if model.note else []
+    notes.append(OutsideAllocator(context, outside.context_source, 0, "").note())   # issue 17 (helper C)
     if a.kv_lora_rank:   # MLA (A2)
         notes.append(f"KV cache (multi-head latent attention) = layers x (kv_lora_rank {a.kv_lora_rank} + "
                      f"qk_rope_head_dim {a.qk_rope_head_dim}) x seq_len x batch x bytes: transformers caches the "

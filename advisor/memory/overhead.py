@@ -91,3 +91,202 @@ def nccl_nvls_bytes_per_communicator(hw, torch_version: str | None = None) -> in
 
         per_channel = nvls_bytes_per_channel_per_rank(torch_version)
     return n.channels * per_channel * hw.gpus_per_node
+
+
+# --- issue 17 (session 10, helper C): the CUDA context and NCCL per card, from published measurements ---
+# overhead.yaml ``context_classes`` / ``nccl_classes``; the measurements are benchmarks/gpu_overhead_corpus.yaml.
+_GENERATIONS = frozenset({"volta", "turing", "ampere", "ampere-consumer", "ada", "hopper", "blackwell", "cdna2",
+                          "cdna3", "cdna4", "unknown"})
+_LINKS = frozenset({"nvlink", "pcie", "infinity-fabric"})
+
+
+@dataclass(frozen=True)
+class ContextClass:
+    """The CUDA context (+ cuBLAS handle) one process holds on a card generation, bytes, and where it comes from;
+    ``nccl_init_included``: the measurement also holds a NCCL communicator's init."""
+
+    generation: str
+    bytes: int
+    nccl_init_included: bool
+    source: str
+
+
+@dataclass(frozen=True)
+class NcclClass:
+    """NCCL device memory of one communicator (bytes) on the given generations / links and world sizes."""
+
+    generations: frozenset[str]
+    links: frozenset[str]
+    min_world: int
+    max_world: int | None
+    bytes: int
+    source: str
+
+    def applies(self, generation: str | None, link: str | None, world: int) -> bool:
+        """True for a card of ``generation`` over ``link`` at ``world`` ranks (a card not named: any card)."""
+        in_range = self.min_world <= world and (self.max_world is None or world <= self.max_world)
+        return in_range and (generation is None or (generation in self.generations and link in self.links))
+
+
+@dataclass(frozen=True)
+class OverheadTable:
+    """The per-card figures of overhead.yaml with the defaults for cards no class names (bytes)."""
+
+    default_context: int
+    default_nccl: int
+    contexts: dict[str, ContextClass]
+    nccl: tuple[NcclClass, ...]
+    single_rank_buffer: int
+
+
+def _bad(where: str, what: str) -> ValueError:
+    return ValueError(f"advisor/data/overhead.yaml gpu.{where}: {what}")
+
+
+def _bytes(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _bad(where, f"expected a positive number of bytes, got {value!r}")
+    return value
+
+
+def _source(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(where, "every figure needs its source (a non-empty string)")
+    return " ".join(value.split())
+
+
+def parse_overhead_table(gpu: dict) -> OverheadTable:
+    """The per-card context / NCCL figures of overhead.yaml's ``gpu`` mapping; raises ValueError naming the key of
+    anything malformed (unknown generation or link, a non-positive byte count, a missing source, a bad world range)."""
+    contexts: dict[str, ContextClass] = {}
+    for gen, c in (gpu.get("context_classes") or {}).items():
+        where = f"context_classes.{gen}"
+        if gen not in _GENERATIONS:
+            raise _bad(where, f"unknown generation (advisor/data/gpus.yaml knows {', '.join(sorted(_GENERATIONS))})")
+        if not isinstance(c, dict):
+            raise _bad(where, "expected a mapping with bytes, nccl_init_included, source")
+        included = c.get("nccl_init_included")
+        if not isinstance(included, bool):
+            raise _bad(f"{where}.nccl_init_included", f"expected true or false, got {included!r}")
+        contexts[gen] = ContextClass(generation=gen, bytes=_bytes(c.get("bytes"), f"{where}.bytes"),
+                                     nccl_init_included=included, source=_source(c.get("source"), f"{where}.source"))
+    nccl = []
+    for i, c in enumerate(gpu.get("nccl_classes") or []):
+        where = f"nccl_classes[{i}]"
+        if not isinstance(c, dict):
+            raise _bad(where, "expected a mapping with generations, links, min_world, max_world, bytes, source")
+        gens, links = c.get("generations"), c.get("links")
+        if not isinstance(gens, list) or not gens or not set(gens) <= _GENERATIONS:
+            raise _bad(f"{where}.generations", f"expected a list of {', '.join(sorted(_GENERATIONS))}, got {gens!r}")
+        if not isinstance(links, list) or not links or not set(links) <= _LINKS:
+            raise _bad(f"{where}.links", f"expected a list of {', '.join(sorted(_LINKS))}, got {links!r}")
+        lo, hi = c.get("min_world"), c.get("max_world")
+        if isinstance(lo, bool) or not isinstance(lo, int) or lo < 2:
+            raise _bad(f"{where}.min_world", f"expected a world size of 2 or more, got {lo!r}")
+        if hi is not None and (isinstance(hi, bool) or not isinstance(hi, int) or hi < lo):
+            raise _bad(f"{where}.max_world", f"expected null or a world size >= min_world {lo}, got {hi!r}")
+        nccl.append(NcclClass(generations=frozenset(gens), links=frozenset(links), min_world=lo, max_world=hi,
+                              bytes=_bytes(c.get("bytes"), f"{where}.bytes"),
+                              source=_source(c.get("source"), f"{where}.source")))
+    return OverheadTable(default_context=_bytes(gpu.get("cuda_context_bytes"), "cuda_context_bytes"),
+                         default_nccl=_bytes(gpu.get("nccl_bytes"), "nccl_bytes"), contexts=contexts,
+                         nccl=tuple(nccl),
+                         single_rank_buffer=_bytes(gpu.get("nccl_single_rank_buffer_bytes"),
+                                                   "nccl_single_rank_buffer_bytes"))
+
+
+@lru_cache(maxsize=1)
+def overhead_table() -> OverheadTable:
+    """overhead.yaml's per-card context / NCCL figures, parsed and checked once."""
+    return parse_overhead_table(load_data("overhead.yaml")["gpu"])
+
+
+DEFAULT_CONTEXT_SOURCE = ("the H200's 621 MiB CUDA context + 64 MiB cuBLAS handle (driver 580, CUDA 13.0, torch "
+                          "2.11, nvidia-smi, docs/calibration.md)")
+DEFAULT_NCCL_SOURCE = ("the H200's 558 MiB for a one-GPU NCCL 2.28.9 communicator after one all_reduce (nvidia-smi, "
+                       "docs/calibration.md)")
+
+
+@dataclass(frozen=True)
+class OutsideAllocator:
+    """What one GPU of a run holds outside PyTorch's caching allocator, bytes: the CUDA context (with the cuBLAS
+    handle) and NCCL's communicator (0 on one GPU), each with the text saying where it comes from."""
+
+    context_bytes: int
+    context_source: str
+    nccl_bytes: int
+    nccl_source: str
+
+    @property
+    def total(self) -> int:
+        """Context + NCCL, bytes."""
+        return self.context_bytes + self.nccl_bytes
+
+    def note(self) -> str:
+        """The estimate's note: both figures in MiB and their sources."""
+        text = f"outside PyTorch's caching allocator, per GPU: CUDA context {self.context_bytes / 2**20:.0f} MiB " \
+               f"({self.context_source})"
+        if self.nccl_source:
+            text += f"; NCCL communicator {self.nccl_bytes / 2**20:.0f} MiB ({self.nccl_source})"
+        return text + " (benchmarks/gpu_overhead_corpus.yaml)"
+
+
+SINGLE_RANK_SOURCE = ("one GPU under DeepSpeed: deepspeed.initialize makes a NCCL group, broadcasts the model and "
+                      "all_reduces ZeRO's gradient norm on it (runtime/engine.py _broadcast_model, "
+                      "zero/stage_1_and_2.py, stage3.py)")
+
+
+def outside_allocator(hw, strategy=None, table: OverheadTable | None = None) -> OutsideAllocator:
+    """The CUDA context and NCCL bytes one GPU of ``hw`` holds outside the caching allocator (``strategy``: the
+    run's StrategySpec, which decides whether one GPU still holds a NCCL communicator: DeepSpeed's).
+
+    Per card generation (overhead.yaml ``context_classes`` / ``nccl_classes``, the largest published measurement
+    that applies); a card no class names keeps the H200 figures, said "not measured for this card"; no card named
+    (``--vram`` alone): the largest figure of any class. NCCL is 0 on one GPU; on a card whose context measurement
+    holds a NCCL communicator's init, the NCCL term is what more ranks add (``nccl_classes``) or, where no class
+    covers the world size, the default again (counting the init twice: never under).
+    """
+    t = table or overhead_table()
+    gpu = getattr(hw, "gpu", None)
+    if gpu is None:
+        ctx_bytes = max([t.default_context] + [c.bytes for c in t.contexts.values()])
+        ctx_source = ("no GPU named (--vram alone): the largest figure measured on any card, "
+                      + (DEFAULT_CONTEXT_SOURCE if ctx_bytes == t.default_context else
+                         next(c.source for c in t.contexts.values() if c.bytes == ctx_bytes)))
+        generation = link = None
+        included = False
+    elif gpu.generation in t.contexts:
+        c = t.contexts[gpu.generation]
+        ctx_bytes, ctx_source, included = c.bytes, f"{gpu.generation} class: {c.source}", c.nccl_init_included
+        generation, link = gpu.generation, gpu.intra_node_link
+    else:
+        ctx_bytes, included = t.default_context, False
+        ctx_source = f"not measured for this card ({gpu.name}, {gpu.generation}): {DEFAULT_CONTEXT_SOURCE}"
+        generation, link = gpu.generation, gpu.intra_node_link
+    world = hw.world_size
+    if world <= 1:
+        if strategy is None or strategy.backend != "deepspeed":
+            return OutsideAllocator(ctx_bytes, ctx_source, 0, "")
+        if included:   # the context figure holds the communicator's init: what its first collective maps
+            return OutsideAllocator(ctx_bytes, ctx_source, t.single_rank_buffer,
+                                    f"{SINGLE_RANK_SOURCE}; NCCL >= 2.25 maps a 512 MiB shared buffer for it at "
+                                    "its first collective (NVIDIA/nccl#2363; 996 - 484 MiB on an RTX 3090, "
+                                    "NVIDIA/nccl#2366)")
+        return OutsideAllocator(ctx_bytes, ctx_source, max(t.default_nccl, t.single_rank_buffer),
+                                f"{SINGLE_RANK_SOURCE}; {DEFAULT_NCCL_SOURCE}")
+    matches = [c for c in t.nccl if c.applies(generation, link, world)]
+    if gpu is None:
+        nccl_bytes = max([t.default_nccl] + [c.bytes for c in matches])
+        nccl_source = (f"no GPU named: the largest figure measured for {world} GPUs on any card, "
+                       + (DEFAULT_NCCL_SOURCE if nccl_bytes == t.default_nccl else
+                          next(c.source for c in matches if c.bytes == nccl_bytes)))
+    elif matches:
+        best = max(matches, key=lambda c: c.bytes)
+        nccl_bytes, nccl_source = best.bytes, best.source
+    else:
+        nccl_bytes = t.default_nccl
+        nccl_source = (f"not measured for {world} x {gpu.name} ({gpu.generation}, {gpu.intra_node_link}): "
+                       f"{DEFAULT_NCCL_SOURCE}, a floor for more ranks")
+        if included:
+            nccl_source += "; this card's context figure already holds a communicator's init, counted again"
+    return OutsideAllocator(ctx_bytes, ctx_source, nccl_bytes, nccl_source)

@@ -6,6 +6,7 @@ from ..formatting import fmt_bytes
 from .problem import Problem
 from .recommendation import (Alternative, Fp16Settings, Recommendation, RuleFired, StepTimeInfo, StrategyRef,
                              TrainingChoice)
+from ..memory.batch_lengths import batch_length_notes   # issue 17 (L)
 from .search import SAVING, Group, GroupStatus, Outcome, effective_global, ranking_key, sync_each_batch_hint
 
 MIXED_PRECISION = {"bf16": "bf16", "pure-bf16": "bf16", "fp16": "fp16", "fp32": "no"}
@@ -310,6 +311,7 @@ def training_recommendation(p: Problem, out: Outcome, search_ms: float) -> Recom
             advice.append(text)
     return Recommendation(task="train", found=True, recommendation=rec, estimate=g.estimate,
                           step_time=_step_info(p, g), reasons=reasons(p, out), advice=advice,
-                          assumptions=list(p.assumptions), alternatives=alternatives(p, out), rules_fired=fired,
+                          assumptions=list(p.assumptions) + batch_length_notes(g.estimate),   # issue 17 (L)
+                          alternatives=alternatives(p, out), rules_fired=fired,
                           candidates_evaluated=out.estimates, search_ms=search_ms)
 

@@ -59,6 +59,11 @@ FACTS: dict[str, tuple[str, int, str]] = {
     "training.lora_rank": ("number", 0, "LoRA rank"),
     "training.tiled_mlp": ("bool", 0, "ALST TiledMLP is estimated (--tiled-mlp)"),   # issue 15 (helper T)
     "training.lora_head": ("bool", 0, "LoRA targets name the lm_head (--lora-targets ...,lm_head)"),   # issue 17 (L)
+    # issue 17 (L): variable-length batches (advisor/memory/batch_lengths.py)
+    "training.batch_lengths": ("string", 0, "fixed | variable (--batch-lengths: each batch padded to its longest "
+                                            "sample)"),
+    "training.expandable_segments": ("bool", 0, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True is estimated "
+                                                "(--expandable-segments)"),
     "training.margin": ("number", 0, "safety margin, fraction of VRAM kept free"),
     "candidate.strategy": ("string", 1, "single | ddp | zero0..zero3 | fsdp-full | fsdp-grad-op | fsdp-hybrid | "
                                         "fsdp-no-shard"),

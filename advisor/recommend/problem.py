@@ -171,5 +171,7 @@ def problem_facts(p: Problem, method: str) -> dict[str, object]:
         "training.attention": t.attention, "training.loss": t.loss, "training.lora_rank": t.lora.rank, "training.margin": p.margin,
         "training.tiled_mlp": bool(getattr(t, "tiled_mlp", False)),   # issue 15 (helper T)
         "training.lora_head": lora_targets_head(t.lora.target_modules),   # issue 17 (L)
+        "training.batch_lengths": getattr(t, "batch_lengths", "fixed"),   # issue 17 (L): variable-length batches
+        "training.expandable_segments": bool(t.expandable_segments),
     })
     return out

@@ -20,7 +20,7 @@ _FLAG = {"micro_batch": "--micro-batch", "global_batch": "--global-batch", "seq_
          "offload_param": "--offload-param", "bucket_sizes": "--bucket-sizes", "freeze_layers": "--freeze-layers",
          "sub_group_size": "--sub-group-size", "loss": "--loss", "offload_activations": "--offload-activations",
          "double_quant": "--no-double-quant", "base_dtype": "--base-dtype", "sync_each_batch": "--sync-each-batch",
-         "checkpoint_save": "--checkpoint-save",
+         "checkpoint_save": "--checkpoint-save", "batch_lengths": "--batch-lengths",
          "tp": "--tp", "sp": "--sp", "cp": "--cp", "dp_replicate": "--dp-replicate", "fsdp_version": "--fsdp-version",
          "allow_cross_node_tp": "--allow-cross-node-tp", "nvme_path": "--nvme-path", "gpus": "--gpus",
          "nodes": "--nodes", "vram": "--vram", "gpu": "--gpu", "cpu_ram": "--cpu-ram"}
@@ -59,7 +59,10 @@ def estimate_kwargs(p, reading: Reading, world: int, family: str) -> tuple[dict[
             kw[key] = getattr(p, key)
     kw.update(seq_len=p.seq_len, micro_batch=p.micro_batch or 1, checkpointing=p.checkpointing,
               optimizer=p.optimizer, method=p.method)
+    kw["batch_lengths"] = getattr(p, "batch_lengths", "fixed")   # issue 17 (L): --batch-lengths / dsadvise.json
     kw.update({_LAYOUT.get(k, k): v for k, v in reading.kwargs.items() if v is not None})
+    if kw.get("batch_lengths") == "fixed":   # the default: not written into the command
+        kw.pop("batch_lengths")
     notes = list(reading.not_counted)
     if reading.liger:
         if family in LIGER_FAMILIES:
@@ -128,6 +131,8 @@ def estimate_findings(file: str, p, reading: Reading, world: int) -> list[Findin
         verdict = Finding("info", file, "", f"fits: {what} needs about {fmt_bytes(total)} per GPU of {fmt_bytes(cap)} "
                           f"({fmt_bytes(cap - total)} headroom){caveat}", estimate=data)
     out = [verdict, Finding("info", file, "", f"estimated as: {cmd}")]
+    for key, text in reading.said:   # issue 17 (L): how the file's keys were read (packing / padding)
+        out.append(Finding("info", file, key, f"read: {key} {text}"))
     for n in notes:
         out.append(Finding("info", file, n.setting, f"not counted: {n.why}"
                            + (" (can need more memory: the estimate may be low)" if n.raises else "")))

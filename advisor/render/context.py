@@ -495,6 +495,13 @@ def _notes(model: ResolvedModel, hw: HardwareSpec, training: TrainingSpec, strat
                      f"{ctx['gradient_accumulation_steps']}, sync_each_batch=True) (accelerate >= 0.30; "
                      "accelerate.utils) and accumulate with accelerator.accumulate(model); HF Trainer: "
                      "accelerator_config: {gradient_accumulation_kwargs: {sync_each_batch: true}}")
+    if training.batch_lengths == "variable":   # issue 17 (L): advisor/memory/batch_lengths.py
+        notes.append(f"each batch padded to its own longest sample, up to {training.seq_len} tokens (--batch-lengths "
+                     "variable): the estimate is the worst padded length of a grid up to it"
+                     + ("" if training.expandable_segments else
+                        "; batches of changing length can make the caching allocator reserve more across steps than "
+                        "any one length (not counted): export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+                        "before launching (--expandable-segments estimates it)"))
     if ctx["hf_trainer"]:
         flag = {"fp16": " --fp16", "bf16": " --bf16", "pure-bf16": " --bf16"}.get(training.precision, "")
         notes.append(f"HF Trainer: pass --per_device_train_batch_size {training.micro_batch_size} "

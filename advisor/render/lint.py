@@ -43,6 +43,7 @@ class Problem:
     engines: bool = True
     script: str | None = None        # the training script: does it run its own loop (deepspeed.initialize)?
     reading: Any = None              # read_keys.Reading of a framework file that points to this JSON / YAML
+    batch_lengths: str = "fixed"     # issue 17 (L): --batch-lengths (a framework file's padding keys win)
 
     @property
     def world(self) -> int | None:

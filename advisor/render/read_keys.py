@@ -59,6 +59,7 @@ class Reading:
     liger: bool = False
     not_counted: list[NotCounted] = field(default_factory=list)
     unreviewed: list[str] = field(default_factory=list)
+    said: list[tuple[str, str]] = field(default_factory=list)   # issue 17 (L): (key, how it was read), shown by check
 
     def merge(self, other: "Reading | None") -> "Reading":
         """``other`` on top of this one (its settings win)."""
@@ -67,7 +68,8 @@ class Reading:
         seen = {n.setting for n in other.not_counted}
         return Reading({**self.kwargs, **other.kwargs}, other.gas if other.gas is not None else self.gas,
                        self.liger or other.liger, [n for n in self.not_counted if n.setting not in seen]
-                       + other.not_counted, list(dict.fromkeys(self.unreviewed + other.unreviewed)))
+                       + other.not_counted, list(dict.fromkeys(self.unreviewed + other.unreviewed)),
+                       self.said + other.said)
 
     def skip(self, setting: str, why: str, raises: bool) -> None:
         self.not_counted.append(NotCounted(setting, why, raises))
@@ -454,6 +456,14 @@ def read_framework(data: dict, kind: str, side: dict | None = None) -> Reading:
     return {"hf-trainer": _hf, "trl": _trl, "llamafactory": _llamafactory, "axolotl": _axolotl}[kind](data, side)
 
 
+def _batch_lengths(r: Reading, key: str, variable: bool, why: str) -> None:
+    """issue 17 (L): how the framework pads each batch, as its keys say: ``variable`` -> --batch-lengths variable
+    (each batch padded to its own longest sample, the file's length the longest; advisor/memory/batch_lengths.py),
+    else every batch the file's length (packed, or padded to it). ``why`` is what check says it read."""
+    r.kwargs["batch_lengths"] = "variable" if variable else "fixed"   # the file's keys win over flags / dsadvise.json
+    r.said.append((key, why + (": --batch-lengths variable" if variable else "")))
+
+
 def _training_arguments(data: dict, r: Reading) -> None:
     micro = _int(data.get("per_device_train_batch_size"))
     r.kwargs["micro_batch"] = micro if micro else 8          # TrainingArguments' default is 8
@@ -493,6 +503,15 @@ def _hf(data: dict, side: dict | None) -> Reading:
                "your script: the method comes from --method, the sequence length from --seq-len (or dsadvise.json), "
                "a LoRA base counted in 16 bits; a float32 load (transformers 4 without torch_dtype) needs more "
                "(--base-dtype fp32)", True)
+    strategy = data.get("train_sampling_strategy")
+    if strategy in ("group_by_length", "batch_rebalance") or data.get("group_by_length") is True:   # issue 17 (L)
+        # samplers that group samples of similar length "to minimize padding" (transformers 5.24 training_args.py
+        # train_sampling_strategy; transformers 4's group_by_length: "Only useful if applying dynamic padding"):
+        # the collator itself lives in the user's script
+        key = "train_sampling_strategy" if strategy in ("group_by_length", "batch_rebalance") else "group_by_length"
+        _batch_lengths(r, key, True, f"{data.get(key)}: batches grouped by length, which pays only with dynamic "
+                       "padding, so each batch is taken as padded to its longest sample, the sequence length the "
+                       "longest")
     review("hf-trainer", fsdp_flat(flat), r)
     return r
 
@@ -556,6 +575,12 @@ def _trl(data: dict, side: dict | None) -> Reading:
     r.kwargs["seq_len"] = _int(length) or 1024
     if length is None:
         r.skip("max_length", "null: no truncation, rows as long as the data (estimated at 1024)", True)
+    if data.get("packing") is True:   # issue 17 (L): SFTConfig packing / padding_free (defaults false)
+        _batch_lengths(r, "packing", False, "true: rows packed up to max_length (every batch counted at max_length)")
+    elif data.get("padding_free") is not True:
+        _batch_lengths(r, "packing", True, f"{'false' if 'packing' in data else 'not set (SFTConfig default false)'}"
+                       ", padding_free not true: each batch padded to its longest sample (TRL's "
+                       "DataCollatorForLanguageModeling), max_length the longest")
     if data.get("activation_offloading") is True:
         r.kwargs["offload_activations"] = True
     # ModelConfig (trl/trainer/model_config.py): use_peft, lora_*, load_in_4bit, use_bnb_nested_quant (default
@@ -638,6 +663,19 @@ def _llamafactory(data: dict, side: dict | None) -> Reading:
     r.kwargs["precision"] = ("pure-bf16" if data.get("pure_bf16") is True else "bf16" if data.get("bf16") is True
                              else "fp16" if data.get("fp16") is True else "fp32")
     _optim(data.get("optim", "adamw_torch"), "optim", r)
+    # issue 17 (L): DataArguments.packing (None: on in pre-training only), neat_packing sets packing
+    # (hparams/data_args.py __post_init__); stage pt concatenates into cutoff_len blocks; otherwise the SFT/pairwise
+    # collators pad each batch to its longest sample (pad_to_multiple_of=8 when training, train/sft/workflow.py)
+    stage = data.get("stage", "sft")
+    if data.get("packing") is True or data.get("neat_packing") is True or stage == "pt":
+        key = ("packing" if data.get("packing") is True else "neat_packing" if data.get("neat_packing") is True
+               else "stage")
+        _batch_lengths(r, key, False, f"{data.get(key)}: rows packed into cutoff_len blocks (every batch counted at "
+                       "cutoff_len)")
+    else:
+        _batch_lengths(r, "packing", True, f"{'false' if 'packing' in data else 'not set'} at stage {stage} (no "
+                       "neat_packing): each batch padded to its longest sample (LLaMA-Factory's collator, multiples "
+                       "of 8), cutoff_len the longest")
     review("llamafactory", dict(data), r)
     return r
 
@@ -672,6 +710,15 @@ def _axolotl(data: dict, side: dict | None) -> Reading:
         r.skip("adapter", f"{data['adapter']}: not modelled", True)
     else:
         r.kwargs["method"] = "full"
+    # issue 17 (L): without sample_packing or pad_to_sequence_len axolotl's collator pads each batch to its longest
+    # sample, a multiple of 64 (core/builders/causal.py _prepare_data_collator_kwargs: padding True,
+    # pad_to_multiple_of 64; with pad_to_sequence_len, 64 x ceil(sequence_len / 64))
+    if data.get("sample_packing") is True or data.get("pad_to_sequence_len") is True:
+        key = "sample_packing" if data.get("sample_packing") is True else "pad_to_sequence_len"
+        _batch_lengths(r, key, False, "true: every batch counted at sequence_len")
+    else:
+        _batch_lengths(r, "sample_packing", True, "and pad_to_sequence_len not true: each batch padded to its longest "
+                       "sample (axolotl's collator, multiples of 64), sequence_len the longest")
     gc = data.get("gradient_checkpointing")
     r.kwargs["checkpointing"] = "full" if gc in (True, "offload", "offload_disk") else "none"
     off = data.get("activation_offloading")

@@ -224,7 +224,8 @@ def test_trl_sft_defaults_and_dora(capsys, tmp_path):
         **A100X4, strategy="ddp", method="qlora", lora_rank=32, lora_dropout=0.0,
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"), double_quant=False, checkpointing="full",
         offload_activations=True, precision="bf16", micro_batch=4, global_batch=4 * 2 * 4, seq_len=1024,
-        loss="trl-head")   # TRL's SFTTrainer always runs its own tiled fused LM head
+        loss="trl-head",   # TRL's SFTTrainer always runs its own tiled fused LM head
+        batch_lengths="variable")   # packing and padding_free default false: each batch padded to its longest
     assert "use_dora" in skipped and est["may_be_low"]
 
 

@@ -7,6 +7,7 @@ github.com/axolotl-ai-cloud/axolotl; launchers from src/axolotl/cli/main.py (``-
 
 from __future__ import annotations
 
+from .common import VARIABLE_LENGTHS  # issue 17 (L)
 from .common import Run, bnb_config, fsdp_strategy_word, sharded_params
 
 CONFIG = "axolotl.yaml"
@@ -44,7 +45,9 @@ def sections(run: Run) -> list[tuple[str, list[tuple[str, object, str]]]]:
              "axolotl's example set: replace with yours"),
             ("sequence_len", run.seq_len, "tokens per sample, as estimated"),
             ("sample_packing", False, ""),
-            ("pad_to_sequence_len", True, "every sample is sequence_len tokens: the shape the estimate was made for"),
+            ("pad_to_sequence_len", True, "every sample is sequence_len tokens: the shape the estimate was made for")
+            if not run.variable_lengths else   # issue 17 (L): axolotl's collator pads to the batch's longest (x 64)
+            ("pad_to_sequence_len", False, VARIABLE_LENGTHS),
             ("output_dir", "./outputs/dsadvise", "")]
     train: list[tuple[str, object, str]] = [
         ("micro_batch_size", run.micro_batch, "the micro-batch the estimate was made for"),

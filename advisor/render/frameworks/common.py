@@ -33,6 +33,10 @@ LIGER_FAMILIES = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "glm4", 
 TORCH_DTYPE = {"bf16": "bfloat16", "pure-bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
+# issue 17 (L): the comment on the packing / padding key of a --batch-lengths variable run
+VARIABLE_LENGTHS = "each batch padded to its longest sample, as estimated (--batch-lengths variable)"
+
+
 @dataclass
 class Run:
     """The estimated run in framework-neutral terms (sizes in tokens / samples)."""
@@ -75,6 +79,7 @@ class Run:
     vocab_size: int = 0
     loss_replayed: bool = True      # False: the family is traced on the real model, whose loss is the plain one
     consolidated_save: bool = False  # issue 17: --checkpoint-save (FSDP FULL_STATE_DICT; advisor/memory/core.py)
+    variable_lengths: bool = False  # issue 17 (L): --batch-lengths variable (each batch padded to its longest sample)
 
     @property
     def fsdp_state_dict_type(self) -> str:
@@ -228,7 +233,8 @@ def build_run(framework: str, model: ResolvedModel, hw: HardwareSpec, training: 
                hidden_size=model.architecture.hidden_size, vocab_size=model.architecture.vocab_size,
                loss_replayed=_replayed(model, training),
                sync_each_batch=training.sync_each_batch,
-               consolidated_save=consolidated_save(training, strategy))
+               consolidated_save=consolidated_save(training, strategy),
+               variable_lengths=training.batch_lengths == "variable")   # issue 17 (L)
 
 
 def _replayed(model: ResolvedModel, training: TrainingSpec) -> bool:

@@ -9,6 +9,7 @@ README's FSDP recipe (``accelerate launch --config_file ... `` over the launcher
 from __future__ import annotations
 
 from ...errors import InputError
+from .common import VARIABLE_LENGTHS  # issue 17 (L)
 from .common import Run, bnb_config, sharded_params
 
 CONFIG = "llamafactory_train.yaml"
@@ -60,7 +61,7 @@ def config(run: Run) -> dict:
     dataset = [("dataset", "alpaca_en_demo", "LLaMA-Factory's demo set: replace with yours (data/dataset_info.json)"),
                ("template", "default", "replace with your model's chat template"),
                ("cutoff_len", run.seq_len, "tokens per sample, as estimated (shorter samples use less)"),
-               ("packing", False, "")]
+               ("packing", False, VARIABLE_LENGTHS if run.variable_lengths else "")]   # issue 17 (L)
     output = [("output_dir", "saves/dsadvise", ""), ("logging_steps", 10, ""), ("save_steps", 500, ""),
               ("plot_loss", True, "")]
     train = [("per_device_train_batch_size", run.micro_batch, "the micro-batch the estimate was made for"),

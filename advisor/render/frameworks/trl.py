@@ -8,6 +8,7 @@ bnb_4bit_*), trl/scripts/utils.py (ScriptArguments.dataset_name).
 
 from __future__ import annotations
 
+from .common import VARIABLE_LENGTHS  # issue 17 (L)
 from .common import Run, bnb_config, load_dtype, lora_config, torchrun_command
 from .hf_trainer import ATTN, training_arguments
 
@@ -97,7 +98,7 @@ def sections(run: Run) -> list[tuple[str, list[tuple[str, object, str]]]]:
                   "estimated)") if k == "use_liger_kernel" else (k, v, why)
            for k, v, why in training_arguments(run, output_dir="output")]
     sft += [("max_length", run.seq_len, "tokens per sample (truncated), as estimated"),
-            ("packing", False, "")]
+            ("packing", False, VARIABLE_LENGTHS if run.variable_lengths else "")]   # issue 17 (L)
     if run.offload_activations:
         sft.append(("activation_offloading", True, "saved activations kept in CPU memory, as estimated"))
     return [("ScriptArguments", script), ("ModelConfig", model), ("SFTConfig", sft)]
