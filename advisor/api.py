@@ -116,7 +116,7 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                    transformers_version: str | None = None,
                    base_dtype: str = "16-bit", qlora_quantizer: str = "transformers",
                    sync_each_batch: bool = False, model_code: str = "transformers",
-                   checkpoint_save: str = "auto",
+                   checkpoint_save: str = "auto", deepspeed_version: str | None = None,
                    batch_lengths: str = "fixed") -> TrainingSpec:
     """TrainingSpec; precision defaults to bf16 where the GPU supports it, else fp16; ``loss`` None: ``plain``, or
     ``legacy-inline`` under a ``transformers_version`` that computed the loss inline (advisor/stacks.py)."""
@@ -148,6 +148,7 @@ def build_training(hw: HardwareSpec, *, task: str = "train", seq_len: int = 2048
                             base_dtype=base_dtype, qlora_quantizer=qlora_quantizer,
                             sync_each_batch=sync_each_batch, model_code=model_code,
                             checkpoint_save=checkpoint_save,
+                            deepspeed_version=deepspeed_version,   # session 10 (helper R)
                             batch_lengths=batch_lengths)   # issue 17 (helper L)
     except ValidationError as exc:
         raise input_error(exc) from None
@@ -213,7 +214,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
              transformers_version: str | None = None,
              base_dtype: str = "16-bit", qlora_quantizer: str = "transformers",
              sync_each_batch: bool = False, model_code: str = "transformers",
-             checkpoint_save: str = "auto",
+             checkpoint_save: str = "auto", deepspeed_version: str | None = None,
              batch_lengths: str = "fixed") -> Estimate:
     """Per-GPU and per-node-CPU memory (bytes) of training or inference, and its speed: the step time of one
     optimizer step (training) or prefill/decode tokens/s per layout (inference); raises InputError on bad
@@ -241,6 +242,7 @@ def estimate(model: str | ResolvedModel, *, gpus: int = 1, nodes: int = 1, vram:
                               base_dtype=base_dtype, qlora_quantizer=qlora_quantizer,
                               sync_each_batch=sync_each_batch, model_code=model_code,
                               checkpoint_save=checkpoint_save,   # issue 17
+                              deepspeed_version=deepspeed_version,   # session 10 (helper R)
                               batch_lengths=batch_lengths)   # issue 17 (helper L)
     check_against_model(resolved, training)
     strat = build_strategy(hw, strategy, offload_optimizer, offload_param, bucket_sizes,

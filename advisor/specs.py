@@ -144,7 +144,12 @@ class TrainingSpec(_Spec):
     transformers_version: str | None = Field(None, description="transformers major.minor the run uses (per-layer "
                                                                "rotary caches, the inline fp32 loss); None = current")
 
-    @field_validator("torch_version", "transformers_version")
+    # --- session 10 (helper R): the DeepSpeed a run uses (ZeRO-3's coordinator, advisor/memory/zero3_gather.py) ---
+    deepspeed_version: str | None = Field(None, description="DeepSpeed major.minor the run uses (ZeRO-3's parameter "
+                                                            "coordinator: reset after the backward before 0.16, at "
+                                                            "each forward since); None = the larger of the two")
+
+    @field_validator("torch_version", "transformers_version", "deepspeed_version")
     @classmethod
     def _known_version(cls, value: str | None, info) -> str | None:
         """A version dsadvise knows, as major.minor (ValueError names the versions it knows)."""
@@ -159,7 +164,7 @@ class TrainingSpec(_Spec):
         """The stack versions appear in dumps only when given (a dump without them is what it was before)."""
         data = handler(self)
         if isinstance(data, dict):
-            for name in ("torch_version", "transformers_version"):
+            for name in ("torch_version", "transformers_version", "deepspeed_version"):
                 if data.get(name, 0) is None:
                     del data[name]
             if data.get("sync_each_batch", True) is False:   # issue 17 (helper L): likewise, only when set

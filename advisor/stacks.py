@@ -35,15 +35,15 @@ def known_torch_versions() -> tuple[str, ...]:
 
 
 def normalize_version(kind: str, text: str) -> str:
-    """``text`` as the ``major.minor`` dsadvise keys its tables by (``kind``: ``torch`` or ``transformers``); raises
-    ValueError with one line naming the versions it knows."""
+    """``text`` as the ``major.minor`` dsadvise keys its tables by (``kind``: ``torch``, ``transformers`` or
+    ``deepspeed``); raises ValueError with one line naming the versions it knows."""
     v = _minor(text)
     if kind == "torch":
         known = known_torch_versions()
         span = f"{known[0]} ... {known[-1]}"
         ok = v is not None and _name(v) in known
-    else:
-        t = _table()["transformers"]
+    else:   # transformers, deepspeed (session 10, helper R): a first ... last range
+        t = _table()[kind]
         first, last = _minor(t["first"]), _minor(t["last"])
         span = f"{t['first']} ... {t['last']}"
         ok = v is not None and first <= v <= last
@@ -191,3 +191,23 @@ def quant_states_moved_at_wrap(transformers_version: str | None) -> bool:
     unit's parameters, bringing its QuantStates back just before its packed data. PEFT 0.12.0 moves only the
     adapter (``_move_adapter_to_device_of_base_layer``). False when no version is given."""
     return lora_adapters_in_base_dtype(transformers_version)
+
+
+def zero3_peft_save_adapters(transformers_version: str | None) -> bool:
+    """True when that transformers' Trainer saves a PEFT model under DeepSpeed ZeRO-3 by gathering its trainable
+    parameters only (>= 5.0, stacks.yaml ``zero3_peft_save_adapters``); True when no version is given (the current
+    one). Session 10 (helper R)."""
+    if transformers_version is None:
+        return True
+    return _within(_table()["transformers"]["zero3_peft_save_adapters"],
+                   _minor(normalize_version("transformers", transformers_version)))
+
+
+def zero3_reset_step_at_forward(deepspeed_version: str | None) -> bool | None:
+    """Whether that DeepSpeed's ZeRO-3 coordinator resets its count at the start of every forward (>= 0.16, no
+    carry-over from step() to the next step; stacks.yaml ``deepspeed.zero3_reset_step_at_forward``); None when no
+    version is given (advisor/memory/zero3_gather.py then counts the larger of the two behaviours)."""
+    if deepspeed_version is None:
+        return None
+    return _within(_table()["deepspeed"]["zero3_reset_step_at_forward"],
+                   _minor(normalize_version("deepspeed", deepspeed_version)))

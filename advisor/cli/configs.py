@@ -105,6 +105,7 @@ def plan(args):
                     base_dtype=kw["base_dtype"],   # issue 17
                     sync_each_batch=kw["sync_each_batch"],   # issue 17 (helper L)
                     checkpoint_save=kw["checkpoint_save"],   # issue 17
+                    deepspeed_version=kw["deepspeed_version"],   # session 10 (helper R)
                     batch_lengths=kw["batch_lengths"])   # issue 17 (helper L)
     flags.refuse_estimate_only(kw, "generate renders transformers/PEFT configs")
     if kw["task"] != "train":
@@ -152,6 +153,7 @@ def plan(args):
                               # issue 17 (helper L): an FSDP setting; the recommended layout decides whether it applies
                               sync_each_batch=kw["sync_each_batch"] and r.name.startswith("fsdp"),
                               checkpoint_save=kw["checkpoint_save"],   # issue 17: for whichever layout is chosen
+                              deepspeed_version=kw["deepspeed_version"],   # session 10 (helper R)
                               batch_lengths=kw["batch_lengths"])   # issue 17 (helper L)
     strategy = build_strategy(hw, r.name, r.offload_optimizer, r.offload_param, args.bucket_sizes,
                               tp_size=r.tp_size, sp_size=r.sp_size, cp_size=r.cp_size,     # issue 15 layout

@@ -185,6 +185,10 @@ FLAGS: dict[str, Flag] = _flags(
     Flag("--transformers-version", "transformers the run uses, e.g. 4.39: counts what that version's models hold "
          "(per-layer rotary caches before 4.41/4.42, the inline fp32 loss before 4.46; default: current)",
          spec_fields=("transformers_version",), metavar="X.Y"),
+    # session 10 (helper R): the DeepSpeed a run uses (ZeRO-3's parameter coordinator, advisor/data/stacks.yaml)
+    Flag("--deepspeed-version", "DeepSpeed the run uses, e.g. 0.15: ZeRO-3's gathered parameters as that version's "
+         "coordinator holds them (before 0.16 each step prefetches past stage3_max_live_parameters by what step() "
+         "released; default: the larger of the two behaviours)", spec_fields=("deepspeed_version",), metavar="X.Y"),
     # issue 17: the LoRA base's dtype (a loading choice in the user's script)
     Flag("--base-dtype", "--method lora: the frozen base as your script loads it: 16-bit (torch_dtype=bfloat16/"
          "float16, the default) or fp32 (transformers v4 from_pretrained without torch_dtype), under autocast; "
@@ -304,6 +308,7 @@ TRAINING_FLAGS = ("--task", "--seq-len", "--micro-batch", "--global-batch", "--p
                   "--tiled-mlp", "--torch-version", "--transformers-version",
                   "--base-dtype", "--qlora-quantizer", "--sync-each-batch", "--model-code",   # issue 17
                   "--checkpoint-save",   # issue 17
+                  "--deepspeed-version",   # session 10 (helper R)
                   "--batch-lengths")   # issue 17 (helper L)
 STRATEGY_FLAGS = ("--strategy", "--offload-optimizer", "--offload-param", "--bucket-sizes")
 LAYOUT_FLAGS = ("--tp", "--sp", "--cp", "--dp-replicate", "--fsdp-version", "--allow-cross-node-tp")   # issue 15
@@ -365,6 +370,7 @@ def problem_kwargs(args: argparse.Namespace) -> dict:
                 model_code=getattr(args, "model_code", "transformers"),   # issue 17 (helper G)
                 sync_each_batch=getattr(args, "sync_each_batch", False),
                 checkpoint_save=getattr(args, "checkpoint_save", "auto"),   # issue 17
+                deepspeed_version=getattr(args, "deepspeed_version", None),   # session 10 (helper R)
                 batch_lengths=getattr(args, "batch_lengths", "fixed"))   # issue 17 (helper L)
 
 

@@ -22,6 +22,9 @@ from .overhead import (nccl_communicators, nccl_nvls_bytes_per_communicator, nvl
                        overhead_defaults)
 from .allocator import gpu_allocation
 from .peak import ActivationTerms, StepPeak, gradients_formed_in_backward, step_peak
+from .checkpoint_save import (ADAPTERS_SAVE_ITEM, CHECKPOINT_SAVE_ITEM, FSDP_SAVE_GPU_ITEM,  # noqa: F401 (re-exported)
+                              FSDP_SAVE_ITEM, checkpoint_save_cpu, checkpoint_save_notes, consolidated_save,
+                              fsdp_save_gpu)
 
 
 def trainable_parameters(model: ResolvedModel, counts: ParameterCounts, training: TrainingSpec) -> int:
@@ -173,7 +176,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
     # issue 17: an FSDP FULL_STATE_DICT save gathers units in full precision between steps, when the step's
     # activations, gradients and gathered 16-bit units are gone; the caching allocator releases its cached blocks
     # before it fails a cudaMalloc, so the save needs its tensors + context + NCCL: counted where that is more
-    save_need = fsdp_save_gpu(counts, trainable, sb, training, strategy,
+    save_need = fsdp_save_gpu(arch, counts, trainable, sb, training, strategy,
                               ms.parameters + ms.optimizer_states + buffers_total)
     if save_need:
         save_need += sum(v for k, v in overhead_parts.items() if not k.startswith("allocator:"))
@@ -201,7 +204,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
         cpu_parts["offloaded activations (pinned)"] = act.breakdown["info:offloaded_activations"] * hw.gpus_per_node
     loading = _model_loading_cpu(counts, sb, training, strategy, hw)
     cpu_parts.update(loading)
-    save_item, save = checkpoint_save_cpu(counts, trainable, sb, training, strategy)
+    save_item, save = checkpoint_save_cpu(arch, counts, trainable, sb, training, strategy)
     if save > sum(loading.values()):
         # the save happens after loading is over: only what it adds above the loading peak
         cpu_parts[save_item] = save - sum(loading.values())
@@ -282,7 +285,8 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
 
         _, approximations = trace_settings(training, mode)
         notes += [f"traced activations: {text}" for text in approximations]
-    if save_item in cpu_parts and not cpu_fits and cpu_total - cpu_parts[save_item] <= (hw.cpu_ram_bytes or 0):
+    if save_item in cpu_parts and save_item != ADAPTERS_SAVE_ITEM and not cpu_fits \
+            and cpu_total - cpu_parts[save_item] <= (hw.cpu_ram_bytes or 0):
         notes.append("saving a consolidated 16-bit checkpoint gathers the whole model into rank 0's CPU RAM and "
                      "does not fit: set zero_optimization.stage3_gather_16bit_weights_on_model_save=false and "
                      "save ZeRO shards (consolidate offline with zero_to_fp32.py; --checkpoint-save sharded)"
@@ -290,6 +294,7 @@ def estimate_memory(model: ResolvedModel, hw: HardwareSpec, training: TrainingSp
                      "FULL_STATE_DICT checkpoints gather the whole model and optimizer state into rank 0's CPU RAM "
                      "and do not fit: set fsdp_state_dict_type: SHARDED_STATE_DICT (--checkpoint-save sharded; "
                      "consolidate offline with accelerate merge-weights)")
+    notes += checkpoint_save_notes(trainable, training, strategy)   # PEFT under ZeRO-3: the other save path
     if strategy.backend == "fsdp" and training.checkpoint_save == "auto":
         notes.append("checkpoints: saved sharded (SHARDED_STATE_DICT, as dsadvise renders it); accelerate's FSDP1 "
                      "default, FULL_STATE_DICT, would gather the model and optimizer state into rank 0's CPU RAM: "
@@ -443,62 +448,6 @@ def _transient_label(peak: StepPeak, terms: ActivationTerms, held_fp32: int) -> 
     if held_fp32:
         return "transient: backward (loss and layer gradients, accelerate's fp32 logits)"
     return "transient: backward (loss and layer gradients)"
-
-
-CHECKPOINT_SAVE_ITEM = "checkpoint save: consolidated 16-bit model on rank 0 (above model loading)"
-FSDP_SAVE_ITEM = ("checkpoint save: FULL_STATE_DICT model or optimizer state on rank 0, whichever is larger (above "
-                  "model loading)")
-FSDP_SAVE_GPU_ITEM = "checkpoint save: FULL_STATE_DICT units gathered in full precision (above the step)"
-
-
-def consolidated_save(training: TrainingSpec, strategy: StrategySpec) -> bool:
-    """Whether a checkpoint save gathers whole tensors into rank 0's CPU RAM: ZeRO-3 with
-    ``stage3_gather_16bit_weights_on_model_save``, FSDP with ``FULL_STATE_DICT``. ``--checkpoint-save auto`` is
-    what dsadvise renders: ZeRO-3 consolidated (save_model writes a loadable model), FSDP sharded."""
-    zero3 = strategy.backend == "deepspeed" and strategy.zero_stage == 3
-    if training.checkpoint_save == "auto":
-        return zero3
-    return training.checkpoint_save == "consolidated" and (zero3 or strategy.backend == "fsdp")
-
-
-def checkpoint_save_cpu(counts: ParameterCounts, trainable: int, sb, training: TrainingSpec,
-                        strategy: StrategySpec) -> tuple[str, int]:
-    """(breakdown item, CPU bytes on rank 0's node) while a consolidated checkpoint is written; ("", 0) when the
-    save is sharded (each rank writes its own shard: nothing gathered).
-
-    ZeRO-3 with ``stage3_gather_16bit_weights_on_model_save``: the engine's ``_zero3_consolidated_16bit_state_dict``
-    gathers one module at a time on the GPU (``GatheredParameters``, the gathered-module buffer already counted)
-    and rank 0 keeps a CPU copy of every 16-bit tensor: the whole model.
-    FSDP ``FULL_STATE_DICT``: accelerate sets ``FullStateDictConfig(offload_to_cpu=True, rank0_only=True)`` and
-    ``FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True)`` (utils/dataclasses.py
-    ``set_state_dict_type``); a checkpoint (``save_fsdp_model`` then ``save_fsdp_optimizer``, utils/fsdp_utils.py)
-    holds on rank 0 the whole model in its sharded parameters' dtype (fp32 under MixedPrecision), then the whole
-    optimizer state: the larger of the two."""
-    if not consolidated_save(training, strategy):
-        return "", 0
-    if strategy.backend == "deepspeed":
-        weight_b = 4 if training.precision == "fp32" else 2
-        return CHECKPOINT_SAVE_ITEM, counts.total * weight_b
-    model_sd = trainable * sb.weight + (counts.total - trainable) * sb.frozen_weight
-    optim_sd = trainable * (sb.optimizer + sb.master)
-    return FSDP_SAVE_ITEM, int(max(model_sd, optim_sd))
-
-
-def fsdp_save_gpu(counts: ParameterCounts, trainable: int, sb, training: TrainingSpec, strategy: StrategySpec,
-                  at_rest: int) -> int:
-    """GPU bytes while FSDP builds a ``FULL_STATE_DICT`` (0 when it does not): ``state_dict()`` unshards the root
-    unit (``_full_pre_state_dict_hook`` -> ``_enter_unshard_params_ctx``, recurse=False) and then each layer
-    unit, in the sharded parameters' dtype (not MixedPrecision's); with ``offload_to_cpu`` each unsharded flat
-    parameter is moved to the CPU at once (``FlatParamHandle.to_cpu``: ``_free_unsharded_flat_param``), so one
-    unit at a time, the larger of the root and a layer (torch/distributed/fsdp/_state_dict_utils.py,
-    _unshard_param_utils.py ``_unshard_fsdp_state_params``), on top of ``at_rest``: what stays between steps
-    (sharded parameters, optimizer states, buffers; the gradients are None after ``zero_grad``)."""
-    if strategy.backend != "fsdp" or not consolidated_save(training, strategy):
-        return 0
-    frac = trainable / counts.total if counts.total else 1.0
-    per_element = frac * sb.weight + (1 - frac) * sb.frozen_weight
-    root = counts.embedding + counts.lm_head + counts.final
-    return at_rest + int(max(root, counts.layer_gathered) * per_element)
 
 
 def _model_loading_cpu(counts: ParameterCounts, sb, training: TrainingSpec,

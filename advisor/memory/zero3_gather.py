@@ -32,7 +32,9 @@ that release):
   simulator).
 
 DeepSpeed 0.16 moved ``reset_step`` to the start of every forward (PR #6662): no carry-over. The estimate counts
-the larger of the two (:func:`gathered_peaks`) and its note gives both.
+the larger of the two (:func:`gathered_peaks`) and its note gives both; ``--deepspeed-version`` (advisor/stacks.py
+``zero3_reset_step_at_forward``) counts the stated version's (both peak and the all-gather pool), except LoRA under
+full checkpointing on >= 0.16, which 0.19.8 was measured to hold above the replay: the < 0.16 count is kept, said.
 
 Measured on a real engine (``python benchmarks/zero3_live_params.py [--deepspeed-site DIR --reentrant] [--full]``,
 Llama-2-70B's shape with widths / 16 and the element-count knobs / 256, 2 CPU processes): DeepSpeed 0.13.3 gathers
@@ -154,6 +156,14 @@ def gathered_pool(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, 
     another stream is skipped), so the gathered buffers form a pool of their own: its reserved peak is two
     replayed steps (the second with the carry-over) run through dsadvise's allocator simulator, the larger of the
     two versions."""
+    old, new, old_reserved, new_reserved = _versions(numel, trace, ds, world, elem_bytes, log)
+    return old, new, max(old_reserved, new_reserved)
+
+
+def _versions(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: int, elem_bytes: int,
+              log: list | None = None) -> tuple[int, int, int, int]:
+    """(DeepSpeed < 0.16 peak, >= 0.16 peak, < 0.16 pool reserved peak, >= 0.16 pool reserved peak), bytes: two
+    replayed steps each, the second with the carry-over (< 0.16) or starting at zero again (>= 0.16)."""
     from .caching_allocator import simulate
 
     first_events: list = []
@@ -161,9 +171,8 @@ def gathered_pool(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, 
     carried_events: list = []
     carried, _ = _step(numel, trace, ds, world, elem_bytes, -left, log, carried_events)
     again = [(op, ("again", key), b) for op, key, b in first_events]
-    reserved = max(simulate(first_events + carried_events).peak_reserved,
-                   simulate(first_events + again).peak_reserved)
-    return max(first, carried), first, reserved
+    return (max(first, carried), first, simulate(first_events + carried_events).peak_reserved,
+            simulate(first_events + again).peak_reserved)
 
 
 def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: int, elem_bytes: int, carry: int,
@@ -299,7 +308,7 @@ def _step(numel: list[int], trace: list[list[int]], ds: DeepSpeedSizes, world: i
 
 @lru_cache(maxsize=256)
 def _cached_peaks(arch: Architecture, method: str, rank: int, targets: tuple[str, ...], checkpointing: str,
-                  ds: DeepSpeedSizes, world: int, elem_bytes: int) -> tuple[int, int, int] | None:
+                  ds: DeepSpeedSizes, world: int, elem_bytes: int) -> tuple[int, int, int, int] | None:
     training = TrainingSpec(seq_len=1, micro_batch_size=1, method=method,
                             lora=LoraSpec(rank=rank, target_modules=targets),
                             activation_checkpointing=checkpointing)
@@ -307,13 +316,33 @@ def _cached_peaks(arch: Architecture, method: str, rank: int, targets: tuple[str
     if traced is None:
         return None
     numel, trace = traced
-    return gathered_pool(numel, trace, ds, world, elem_bytes)
+    return _versions(numel, trace, ds, world, elem_bytes)
+
+
+def _recompute_above_replay(training: TrainingSpec) -> bool:
+    """LoRA under full checkpointing: DeepSpeed 0.19.8 measured 3.0 % above the replay without carry-over (its
+    recompute attribution, module docstring): a >= 0.16 version keeps the < 0.16 count, which covers it."""
+    return training.method in ("lora", "qlora") and training.activation_checkpointing != "none"
 
 
 def _peaks(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int,
            elem_bytes: int) -> tuple[int, int, int] | None:
-    return _cached_peaks(arch, training.method, training.lora.rank, tuple(training.lora.target_modules),
-                         training.activation_checkpointing, ds, world, elem_bytes)
+    """(counted peak, the other version's peak, counted pool reserved peak) for the run's --deepspeed-version
+    (advisor/stacks.py ``zero3_reset_step_at_forward``): before 0.16 the carry-over replay, from 0.16 the replay
+    without it (unless :func:`_recompute_above_replay`), none given: the larger of the two (peak and pool)."""
+    from ..stacks import zero3_reset_step_at_forward
+
+    peaks = _cached_peaks(arch, training.method, training.lora.rank, tuple(training.lora.target_modules),
+                          training.activation_checkpointing, ds, world, elem_bytes)
+    if peaks is None:
+        return None
+    old, new, old_reserved, new_reserved = peaks
+    at_forward = zero3_reset_step_at_forward(getattr(training, "deepspeed_version", None))
+    if at_forward is None or (at_forward and _recompute_above_replay(training)):
+        return old, new, max(old_reserved, new_reserved)
+    if at_forward:
+        return new, old, new_reserved
+    return old, new, old_reserved
 
 
 def zero3_gather_pool_cached_bytes(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int,
@@ -327,8 +356,8 @@ def zero3_gather_pool_cached_bytes(arch: Architecture, training: TrainingSpec, d
 def zero3_gathered_bytes(arch: Architecture, training: TrainingSpec, ds: DeepSpeedSizes, world: int,
                          elem_bytes: int) -> int | None:
     """Peak bytes of ZeRO-3's gathered parameters (and in-flight gather buffers) on one GPU over a training step,
-    replayed from DeepSpeed's coordinator, the larger of its versions (:func:`gathered_peaks`); None where the
-    module trace is not modeled."""
+    replayed from DeepSpeed's coordinator: the stated --deepspeed-version's behaviour, else the larger of the two
+    (:func:`gathered_peaks`); None where the module trace is not modeled."""
     peaks = _peaks(arch, training, ds, world, elem_bytes)
     return None if peaks is None else peaks[0]
 
@@ -339,16 +368,29 @@ def zero3_gather_note(arch: Architecture, training: TrainingSpec, ds: DeepSpeedS
     peaks = _peaks(arch, training, ds, world, elem_bytes) if world > 1 else None
     if peaks is None or peaks[0] != counted or peaks[0] <= ds.max_live_parameters * elem_bytes:
         return None
-    old, new, _ = peaks
+    from ..stacks import zero3_reset_step_at_forward
+
+    shown, other, _ = peaks
+    old, new = max(shown, other), min(shown, other)     # before 0.16 the carry-over only adds
+    version = getattr(training, "deepspeed_version", None)
     gib = 2 ** 30
     text = (f"ZeRO-3 gathered parameters: DeepSpeed's prefetch and release replayed over this model's module "
-            f"trace, {old / gib:.2f} GiB per GPU (stage3_max_live_parameters alone: "
+            f"trace, {shown / gib:.2f} GiB per GPU (stage3_max_live_parameters alone: "
             f"{ds.max_live_parameters * elem_bytes / gib:.2f} GiB)")
-    if new < old:
-        text += (f"; counted as DeepSpeed < 0.16 holds it (each step starts below zero by what step() releases "
-                 f"after the count was reset: the embedding, the persistent parameters); DeepSpeed >= 0.16 resets "
-                 f"at each forward and holds {new / gib:.2f} GiB")
-        if training.method in ("lora", "qlora") and training.activation_checkpointing == "full":
-            text += (" (LoRA under checkpointing: DeepSpeed 0.19.8 measured 3 % above that, its recompute "
-                     "attribution; benchmarks/zero3_live_params.py)")
-    return text
+    lora_ckpt = (" (LoRA under checkpointing: DeepSpeed 0.19.8 measured 3 % above that, its recompute "
+                 "attribution; benchmarks/zero3_live_params.py)")
+    if new == old:
+        return text
+    if version is None:
+        return text + (f"; counted as DeepSpeed < 0.16 holds it (each step starts below zero by what step() releases "
+                       f"after the count was reset: the embedding, the persistent parameters); DeepSpeed >= 0.16 "
+                       f"resets at each forward and holds {new / gib:.2f} GiB"
+                       f"{lora_ckpt if _recompute_above_replay(training) else ''}; --deepspeed-version counts one")
+    if not zero3_reset_step_at_forward(version):
+        return text + (f"; DeepSpeed {version} (< 0.16) starts each step below zero by what step() released after "
+                       f"the count was reset; >= 0.16 resets at each forward and holds {new / gib:.2f} GiB")
+    if shown == new:
+        return text + (f"; DeepSpeed {version} resets the count at each forward (>= 0.16); before 0.16 each step "
+                       f"started below zero by what step() released and held {old / gib:.2f} GiB")
+    return text + (f"; counted as DeepSpeed < 0.16 holds it, although DeepSpeed {version} resets at each forward and "
+                   f"the replay gives {new / gib:.2f} GiB{lora_ckpt}, which that count covers")

@@ -43,6 +43,8 @@ COMPACT_TITLES: dict[str, str] = {"model": "F1 Model", "hardware": "F2 GPUs", "t
                                   "recommendation": "F4 Advice", "files": "F5 Files"}
 NARROW = 110          # columns: the breakpoint of HORIZONTAL_BREAKPOINTS below
 INPUT_FIELDS = frozenset(WizardInputs.field_names())
+# the fields whose value decides which others apply (advisor/tui/form.py APPLIES): a change re-shows the training step
+SHOWN_BY = frozenset({"task", "method", "strategy", "loss"})
 
 
 def internal_error(exc: Exception) -> str:
@@ -252,8 +254,8 @@ class WizardApp(App[int]):
         name = self._field_of(event.select)
         if name is not None:
             self._set_field(name, event.value if isinstance(event.value, str) else "")
-            if name in ("task", "method") and self._started:
-                self.query_one("#training-step").show_for(self.inputs.task, self.inputs.method)
+            if name in SHOWN_BY and self._started:
+                self.query_one("#training-step").show_for(self.inputs)
 
     # ---------------------------------------------------------------- "what would fit"
 
@@ -305,8 +307,8 @@ class WizardApp(App[int]):
             self._show_error(name, None)                                                 # the inputs updated
         self.inputs = self.inputs.with_(**updates)
         self._advanced_titles()
-        if "task" in updates or "method" in updates:
-            self.query_one("#training-step").show_for(self.inputs.task, self.inputs.method)
+        if SHOWN_BY & set(updates):
+            self.query_one("#training-step").show_for(self.inputs)
         self.schedule_evaluation(0.001)
         return applied, skipped
 

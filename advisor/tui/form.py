@@ -212,6 +212,74 @@ class WizardInputs:
 assert not set(ADVANCED) & {f.name for f in fields(WizardInputs)}, "a generated field shadows a hand-made one"
 
 
+# ---------------------------------------------------------------- which fields apply (session 10, helper R)
+# A field applies to some tasks, methods, strategies or losses only: the spec ignores it otherwise (TrainingSpec reads
+# its lora settings for lora/qlora, double_quant for qlora, freeze_trainable_layers for freeze; StrategySpec refuses
+# offload on single/ddp, offload_param without sharded parameters, --sp without DeepSpeed, --cp / --dp-replicate /
+# --fsdp-version without FSDP; ZeRO's buckets and sub_group_size exist under DeepSpeed only; nothing is gathered at
+# a save on single/ddp/ZeRO-0..2: advisor/memory/checkpoint_save.py). The wizard hides a field that does not apply
+# and evaluates its flag's default in its place (:func:`in_effect`), so a hidden value never reaches the spec, the
+# command line or the files; the text stays, and comes back when the field applies again.
+_ZERO = tuple(s for s in STRATEGIES if s.startswith("zero"))
+_FSDP = tuple(s for s in STRATEGIES if s.startswith("fsdp-"))
+
+
+def _train(v: "WizardInputs") -> bool:
+    return v.task == "train"
+
+
+def _methods(*methods: str) -> Callable[["WizardInputs"], bool]:
+    """Training with one of ``methods`` (or ``auto``: the recommender may pick one of them)."""
+    return lambda v: v.task == "train" and v.method in (*methods, AUTO)
+
+
+def _strategies(*names: str, recommended: bool = False) -> Callable[["WizardInputs"], bool]:
+    """Training under one of the strategies ``names`` picked (``recommended``: also while the recommender picks)."""
+    return lambda v: v.task == "train" and (v.strategy in names or (recommended and v.strategy == RECOMMENDED))
+
+
+APPLIES: dict[str, Callable[["WizardInputs"], bool]] = {
+    # the task's own fields (inference: weights and KV cache, no optimizer, no strategy, no search knobs)
+    **{name: _train for name in ("global_batch", "optimizer", "checkpointing", "strategy", "loss", "margin",
+                                 "max_micro_batch", "offload_activations", "tiled_mlp", "torch_version",
+                                 "transformers_version", "model_code")},
+    "prompt_len": lambda v: v.task == "infer",
+    # the method's details
+    **{name: _methods("lora", "qlora") for name in ("lora_rank", "lora_targets", "lora_dropout", "base_dtype")},
+    "double_quant": lambda v: v.method in ("qlora", AUTO),     # QLoRA's 4-bit weights, trained or served
+    "qlora_quantizer": _methods("qlora"),
+    "freeze_layers": _methods("freeze"),
+    "loss_chunks": lambda v: v.task == "train" and v.loss == "chunked",
+    # the strategy's (the recommender may pick a ZeRO-3 or FSDP layout: these then apply)
+    "sync_each_batch": _strategies(*_FSDP, recommended=True),
+    "checkpoint_save": _strategies("zero3", *_FSDP, recommended=True),
+    "deepspeed_version": _strategies("zero3", recommended=True),   # ZeRO-3's parameter coordinator
+    # the Advanced strategy and layout fields: a picked strategy's (estimate --strategy), never the recommender's
+    "offload_optimizer": _strategies("zero1", "zero2", "zero3", "fsdp-full", "fsdp-hybrid"),
+    "offload_param": _strategies("zero3", "fsdp-full", "fsdp-hybrid"),
+    "bucket_sizes": _strategies(*_ZERO),
+    "sub_group_size": _strategies("zero3"),
+    "tp": _strategies(*_ZERO, *_FSDP),
+    "allow_cross_node_tp": _strategies(*_ZERO, *_FSDP),
+    "sp": _strategies(*_ZERO),
+    **{name: _strategies(*_FSDP) for name in ("cp", "dp_replicate", "fsdp_version")},
+}
+
+
+def applies(name: str, inputs: "WizardInputs") -> bool:
+    """Whether field ``name`` is used for these inputs (:data:`APPLIES`; a field without a rule always is)."""
+    rule = APPLIES.get(name)
+    return True if rule is None else rule(inputs)
+
+
+def in_effect(inputs: "WizardInputs") -> "WizardInputs":
+    """``inputs`` with every field that does not apply set back to its default: what is evaluated."""
+    defaults = WizardInputs()
+    reset = {name: defaults.get(name) for name in APPLIES
+             if not applies(name, inputs) and inputs.get(name) != defaults.get(name)}
+    return inputs.with_(**reset) if reset else inputs
+
+
 def _optional(parse: Callable[[str], object]) -> Callable[[str], object]:
     def parse_optional(text: str) -> object:
         return None if not text.strip() else parse(text.strip())
@@ -257,6 +325,8 @@ class Parsed:
 
 
 def parse_inputs(inputs: WizardInputs) -> Parsed:
+    """The typed values of the fields in effect (:func:`in_effect`): a hidden field neither counts nor errs."""
+    inputs = in_effect(inputs)
     values: dict[str, object] = {}
     errors: dict[str, str] = {}
     for name, parse in PARSERS.items():
@@ -273,7 +343,8 @@ def parse_inputs(inputs: WizardInputs) -> Parsed:
 def cli_namespace(inputs: WizardInputs, values: dict[str, object], vram: float | None) -> argparse.Namespace:
     """The ``argparse.Namespace`` ``dsadvise estimate`` / ``recommend`` would parse from the flags these fields
     stand for (``values``: :func:`parse_inputs`' values; ``vram``: None when the GPU's own memory is meant).
-    'auto' / 'recommended' are flags not given."""
+    'auto' / 'recommended' are flags not given; a field that does not apply is its flag's default."""
+    inputs = in_effect(inputs)
     infer = inputs.task == "infer"
     ns = dict(model=inputs.model.strip(), gpus=values["gpus"], nodes=values["nodes"], vram=vram,
               gpu=inputs.gpu or None, cpu_ram=values["cpu_ram"], task=inputs.task, seq_len=values["seq_len"],

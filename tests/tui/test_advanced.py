@@ -21,7 +21,8 @@ from advisor.cli.flags import FLAGS
 from advisor.memory.model_states import LORA_16BIT_BASE_NOTE
 from advisor.tui import backend
 from advisor.tui.app import WizardApp
-from advisor.tui.form import ADVANCED, CLI_ONLY, FIELD_FLAGS, WizardInputs, field_for_flag, vram_text
+from advisor.tui.form import (ADVANCED, CLI_ONLY, FIELD_FLAGS, WizardInputs, field_for_flag, in_effect,
+                               vram_text)
 from advisor.tui.widgets.fields import Field
 from advisor.tui.wording import wizard_words
 
@@ -93,7 +94,9 @@ def _error(app, name: str) -> str:
 
 @run_async
 async def test_every_field_is_on_screen_and_a_bad_value_gets_the_cli_parsers_words():
-    app = WizardApp(WizardInputs(model="7B", vram="24"), debounce=0.01, recommender=None)
+    # LoRA under a picked ZeRO-3: the LoRA details and the strategy's layout fields apply (form.APPLIES)
+    app = WizardApp(WizardInputs(model="7B", vram="24", method="lora", strategy="zero3"), debounce=0.01,
+                    recommender=None)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert len(app.query(Collapsible)) >= 3 and all(c.collapsed for c in app.query(Collapsible))
@@ -284,7 +287,7 @@ def test_a_cross_field_api_error_lands_at_the_flag_it_starts_with():
 
 
 @pytest.mark.parametrize("strategy,advanced", [
-    ("fsdp-full", dict(tp="2", fsdp_version="2", bucket_sizes="default")),        # estimate --strategy ...
+    ("fsdp-full", dict(tp="2", fsdp_version="2")),     # estimate --strategy ... (--bucket-sizes: DeepSpeed's only)
     ("recommended", dict(base_dtype="fp32", lora_dropout="0.1")),                  # recommend (the real one)
 ])
 def test_preview_is_what_generate_writes_for_the_command_shown(tmp_path, strategy, advanced):
@@ -318,5 +321,7 @@ def test_the_command_shown_starts_the_wizard_with_the_same_fields():
     out = backend.evaluate(inputs, recommender=None)
     assert not out.errors and out.command.startswith("dsadvise estimate ")
     args = build_parser(["wizard"]).parse_args(["wizard", *shlex.split(out.command)[2:]])
-    assert initial_inputs(args) == inputs
+    # every field that applies comes back; QLoRA's double quantization, set but hidden under LoRA, is not passed
+    assert "--no-double-quant" not in out.command
+    assert initial_inputs(args) == in_effect(inputs) == inputs.with_(double_quant="yes")
     assert initial_inputs(build_parser(["wizard"]).parse_args(["wizard"])) == WizardInputs()   # nothing given

@@ -13,7 +13,7 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Checkbox, Collapsible, Input, Select, Static
 
-from ..form import ADVANCED, SECTIONS, AdvancedField, WizardInputs
+from ..form import ADVANCED, SECTIONS, AdvancedField, WizardInputs, applies
 from .fields import CliCheck, Field
 
 
@@ -40,7 +40,7 @@ class AdvancedSection(Collapsible):
 
     def __init__(self, section: str, inputs: WizardInputs) -> None:
         spec = next(s for s in SECTIONS if s.id == section)
-        self._section, self._title, self._inputs = section, spec.title, inputs
+        self._section, self._heading, self._inputs = section, spec.title, inputs   # Collapsible owns _title
         self._fields = section_fields(section)
         self._body = Vertical(*([Static(spec.note, classes="advanced-note", markup=False)] if spec.note else []),
                               classes="advanced-fields")
@@ -62,18 +62,25 @@ class AdvancedSection(Collapsible):
             return
         self.filled = True
         inputs = getattr(self.app, "inputs", self._inputs)
-        await self._body.mount_all([Field(f.name, f.flag.flag, control(f, inputs.get(f.name)), hint=f.flag.help)
-                                    for f in self._fields])
+        rows = [Field(f.name, f.flag.flag, control(f, inputs.get(f.name)), hint=f.flag.help) for f in self._fields]
+        for row in rows:       # a field that does not apply to the inputs is mounted hidden
+            row.display = applies(row.field_name, inputs)
+        await self._body.mount_all(rows)
         hook = getattr(self.app, "fields_mounted", None)
         if hook is not None:
             hook()
 
     def _changed(self, inputs: WizardInputs) -> int:
-        return sum(inputs.get(f.name) != f.default for f in self._fields)
+        """Fields set (differing from the default) among those that apply (a hidden one is not in effect)."""
+        return sum(inputs.get(f.name) != f.default and applies(f.name, inputs) for f in self._fields)
+
+    def applies(self, inputs: WizardInputs) -> bool:
+        """Whether any of the section's fields applies to ``inputs`` (else the section is hidden)."""
+        return any(applies(f.name, inputs) for f in self._fields)
 
     def _label(self, inputs: WizardInputs) -> str:
         n = self._changed(inputs)
-        return f"{self._title}{f' ({n} set)' if n else ''}"
+        return f"{self._heading}{f' ({n} set)' if n else ''}"
 
     def update_title(self, inputs: WizardInputs) -> None:
         """Say how many of the section's fields are set."""

@@ -1,6 +1,6 @@
 """Step 3: training or inference. The task, the method and its details (LoRA rank and targets, QLoRA double
 quantization, loss kernel, attention), sequence length, batch, precision (auto by default) and, for training,
-optionally a strategy. Fields that do not apply to the task or method are hidden."""
+optionally a strategy. Fields that do not apply to the task, method, strategy or loss are hidden (form.APPLIES)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from textual.containers import Grid, VerticalScroll
 from textual.widgets import Input, Select, Static
 
 from ..form import (ATTENTION_CHOICES, CHECKPOINTING_CHOICES, DOUBLE_QUANT_CHOICES, LOSS_CHOICES, METHOD_CHOICES,
-                    OPTIMIZER_CHOICES, PRECISION_CHOICES, STRATEGY_CHOICES, TASK_CHOICES, WizardInputs)
+                    OPTIMIZER_CHOICES, PRECISION_CHOICES, STRATEGY_CHOICES, TASK_CHOICES, WizardInputs, applies)
 from .advanced import AdvancedSection, advanced_sections
 from .fields import Field, number_input
 
@@ -27,25 +27,9 @@ _LABELS = {
 _LOSS_LABELS = {"auto": "auto (as the CLI)"}
 _INFER_LABELS = {"full": "16-bit weights", "qlora": "4-bit weights (NF4)"}
 
-# Fields each task shows (the rest of the step is hidden); method details follow the method.
-TRAIN_ONLY = ("global_batch", "optimizer", "checkpointing", "strategy", "loss")
-INFER_ONLY = ("prompt_len",)
-LORA_FIELDS = ("lora_rank", "lora_targets")
-
-
 def _choice(name: str, values: tuple[str, ...], value: str) -> Select:
     labels = {**_LABELS, **_LOSS_LABELS} if name == "loss" else _LABELS
     return Select([(labels.get(v, v), v) for v in values], value=value, allow_blank=False, id=f"field-{name}")
-
-
-def visible_fields(task: str, method: str) -> dict[str, bool]:
-    """Which of the step's optional fields show for ``task`` and ``method``."""
-    lora = method in ("lora", "qlora", "auto") and task == "train"
-    out = {name: task == "train" for name in TRAIN_ONLY}
-    out.update({name: task == "infer" for name in INFER_ONLY})
-    out.update({name: lora for name in LORA_FIELDS})
-    out["double_quant"] = method in ("qlora", "auto")
-    return out
 
 
 class TrainingStep(VerticalScroll):
@@ -93,7 +77,7 @@ class TrainingStep(VerticalScroll):
         yield from advanced_sections("training", v)
 
     def on_mount(self) -> None:
-        self.show_for(self._v.task, self._v.method)
+        self.show_for(self._v)
 
     @staticmethod
     def _title(task: str) -> str:
@@ -104,11 +88,12 @@ class TrainingStep(VerticalScroll):
         for section in self.query(AdvancedSection):
             section.update_title(inputs)
 
-    def show_for(self, task: str, method: str) -> None:
-        """Show the fields ``task`` and ``method`` use, hide the others."""
-        for name, shown in visible_fields(task, method).items():
-            self.query_one(f"#row-{name}").display = shown
-        for section in ("strategy", "search"):     # training's: inference has no strategy and no search knobs
-            for widget in self.query(f"#advanced-{section}"):
-                widget.display = task == "train"
-        self.query_one("#training-title", Static).update(self._title(task))
+    def show_for(self, inputs: WizardInputs) -> None:
+        """Show the fields that apply to ``inputs`` (advisor/tui/form.py ``APPLIES``: task, method, strategy, loss),
+        hide the others, and an Advanced section none of whose fields applies."""
+        for row in self.query(Field):
+            row.display = applies(row.field_name, inputs)
+        for section in self.query(AdvancedSection):
+            section.display = section.applies(inputs)
+        self.update_titles(inputs)
+        self.query_one("#training-title", Static).update(self._title(inputs.task))
