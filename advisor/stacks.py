@@ -211,3 +211,13 @@ def zero3_reset_step_at_forward(deepspeed_version: str | None) -> bool | None:
         return None
     return _within(_table()["deepspeed"]["zero3_reset_step_at_forward"],
                    _minor(normalize_version("deepspeed", deepspeed_version)))
+
+
+def zero_init_keeps_fp32_adapters(deepspeed_version: str | None) -> bool:
+    """Whether that DeepSpeed keeps a zero.Init'ed model's fp32 LoRA adapters fp32 (no cast of a zero.Init model's
+    parameters, >= 0.19.2: stacks.yaml ``deepspeed.zero_init_keeps_fp32_adapters``, keyed by minor version); True
+    when no version is given (the larger: 4 bytes, as measured on 0.19.8)."""
+    if deepspeed_version is None:
+        return True
+    return _within(_table()["deepspeed"]["zero_init_keeps_fp32_adapters"],
+                   _minor(normalize_version("deepspeed", deepspeed_version)))

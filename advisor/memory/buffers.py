@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..architecture import Architecture
 from ..param_count import ParameterCounts, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
-from .bytes_per_param import StateBytes, fp32_lora_base
+from .bytes_per_param import StateBytes, fp32_lora_base, zero3_fp32_lora_adapters
 from .model_states import fsdp_shard_degree
 from .zero3_gather import zero3_gather_pool_cached_bytes, zero3_gathered_bytes
 from .zero_sizes import DeepSpeedSizes, deepspeed_sizes  # noqa: F401  (re-exported: render uses them)
@@ -101,7 +101,10 @@ def buffer_bytes(arch: Architecture, counts: ParameterCounts, trainable: int, sb
             # (stage3.py reduce_partition_and_remove_grads -> __add_grad_to_ipg_bucket copies param.grad in and
             # frees it). Only trainable parameters get one: under LoRA/QLoRA the largest adapter matrix
             # (peft's lora_A / lora_B are Linear modules of their own), not a frozen base weight.
-            out["ZeRO-3 unpartitioned module gradients"] = _largest_trainable_module(arch, counts, training) * grad_b
+            # (param.grad is the parameter's dtype: fp32 adapters on DeepSpeed >= 0.19.2, bytes_per_param)
+            module_grad_b = 4 if zero3_fp32_lora_adapters(training, strategy) else grad_b
+            out["ZeRO-3 unpartitioned module gradients"] = \
+                _largest_trainable_module(arch, counts, training) * module_grad_b
             # One contiguous ipg buffer per communication dtype, allocated at init whether or not it fills
             # (stage3._setup_for_real_optimizer: torch.empty(reduce_bucket_size) with contiguous_gradients), and
             # at each reduce the flat copy reduce_scatter_coalesced makes of the bucket's gradients (torch.cat of

@@ -46,6 +46,27 @@ def fp32_lora_base(training: TrainingSpec, strategy: StrategySpec) -> bool:
             and training.precision in ("fp16", "bf16") and strategy.backend != "deepspeed")
 
 
+def zero3_keeps_fp32_lora_adapters(training: TrainingSpec) -> bool:
+    """True when DeepSpeed ZeRO-3 holds LoRA adapters in fp32 under 16-bit training: PEFT >= 0.12 builds them fp32
+    (``autocast_adapter_dtype``) on a base built under ``zero.Init`` (``from_pretrained`` under a ZeRO-3 config; a
+    QLoRA base is not), and DeepSpeed >= 0.19.2 casts no parameter of a zero.Init'ed model (engine.py
+    ``_cast_module_mixed_precision``, deepspeedai/DeepSpeed#8066; earlier releases ``module.bfloat16()``): 4-byte
+    parameter partitions and ``param.grad`` (measured on 0.19.8: tests/memory/test_checkpoint_save_engine.py); the
+    reduce bucket and the gradient partitions keep the communication / accumulation dtype, 16-bit (stage3.py
+    ``ipg_buckets`` by ``communication_data_type``, ``grad_partitions_flat_buffer`` by
+    ``gradient_accumulation_dtype``). No ``--deepspeed-version``: True (the larger)."""
+    from ..stacks import lora_adapters_in_base_dtype, zero_init_keeps_fp32_adapters
+
+    return (training.method == "lora" and training.precision in ("fp16", "bf16", "pure-bf16")
+            and not lora_adapters_in_base_dtype(training.transformers_version)
+            and zero_init_keeps_fp32_adapters(training.deepspeed_version))
+
+
+def zero3_fp32_lora_adapters(training: TrainingSpec, strategy: StrategySpec) -> bool:
+    """:func:`zero3_keeps_fp32_lora_adapters` on a DeepSpeed ZeRO-3 strategy."""
+    return strategy.backend == "deepspeed" and strategy.zero_stage == 3 and zero3_keeps_fp32_lora_adapters(training)
+
+
 def fp32_qlora_rest(training: TrainingSpec, strategy: StrategySpec) -> bool:
     """True when a QLoRA model's non-quantized weights (embeddings, norms, an untied lm_head) are fp32 under
     fp16/bf16 autocast (``--method qlora --base-dtype fp32``: PEFT's ``prepare_model_for_kbit_training`` casts every

@@ -66,14 +66,15 @@ def zero3_adapter_bytes(trainable: int, training: TrainingSpec) -> int:
     ``from_pretrained`` does under a ZeRO-3 config): PEFT >= 0.12 makes the adapters fp32
     (``autocast_adapter_dtype``) and DeepSpeed casts only the parameters of a model that is not zero.Init'ed
     (engine.py ``_configure_distributed_model`` -> ``_cast_module_mixed_precision``, deepspeedai/DeepSpeed#8066;
-    before it, ``module.bfloat16()`` cast them): 4 bytes, measured on DeepSpeed 0.19.8
-    (tests/memory/test_checkpoint_save_engine.py). PEFT < 0.12 (transformers <= 4.42's time) builds them in the
-    base's 16-bit dtype; a QLoRA base is not zero.Init'ed, so DeepSpeed casts them: 16-bit. Full fine-tuning and
-    --method freeze: the engine's 16-bit weights."""
-    from ..stacks import lora_adapters_in_base_dtype
+    0.19.2; before it, ``module.bfloat16()`` cast them): 4 bytes, measured on DeepSpeed 0.19.8
+    (tests/memory/test_checkpoint_save_engine.py); the one rule is bytes_per_param.zero3_keeps_fp32_lora_adapters.
+    PEFT < 0.12 (transformers <= 4.42's time) builds them in the base's 16-bit dtype; a QLoRA base is not
+    zero.Init'ed, so DeepSpeed casts them: 16-bit. Full fine-tuning and --method freeze: the engine's 16-bit
+    weights."""
+    from .bytes_per_param import zero3_keeps_fp32_lora_adapters
 
     half = 4 if training.precision == "fp32" else 2
-    if training.method == "lora" and not lora_adapters_in_base_dtype(training.transformers_version):
+    if zero3_keeps_fp32_lora_adapters(training):
         return trainable * 4
     return trainable * half
 

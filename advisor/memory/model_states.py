@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from ..architecture import Architecture
 from ..param_count import ParameterCounts, lightning_quantized_head, linear_shapes
 from ..specs import HardwareSpec, StrategySpec, TrainingSpec
-from .bytes_per_param import StateBytes, fp32_qlora_rest
+from .bytes_per_param import StateBytes, fp32_qlora_rest, zero3_fp32_lora_adapters
 from .peak import StepGradients
 from .zero_sizes import deepspeed_sizes
 
@@ -180,7 +180,9 @@ def model_states(arch: Architecture, counts: ParameterCounts, trainable: int, sb
         frozen_bytes = quantized * sb.frozen_weight + (frozen - quantized) * rest_b
     else:
         frozen_bytes = frozen * sb.frozen_weight
-    weight_bytes = trainable * sb.weight + frozen_bytes
+    # DeepSpeed >= 0.19.2 ZeRO-3 keeps PEFT's fp32 adapters fp32 on a zero.Init'ed base (bytes_per_param)
+    adapter_b = 4 if zero3_fp32_lora_adapters(training, strategy) else sb.weight
+    weight_bytes = trainable * adapter_b + frozen_bytes
     # Frozen weights are not in ZeRO-1/2 optimizer groups (never partitioned there); ZeRO-3 and FSDP
     # shard every parameter.
     param_bytes = weight_bytes / pl.param_shards
