@@ -465,7 +465,9 @@ def _model_loading_cpu(counts: ParameterCounts, sb, training: TrainingSpec,
         load_b = sb.weight
     if strategy.backend == "deepspeed" and strategy.zero_stage == 3:
         # zero.Init partitions at construction: only the largest layer is whole on CPU per process
-        # (estimate_zero3_model_states_mem_needs, zero_init=True).
+        # (estimate_zero3_model_states_mem_needs, zero_init=True). A quantized (QLoRA) base is not zero.Init'ed
+        # (transformers modeling_utils get_init_context: meta device, then each tensor loaded and quantized onto
+        # its GPU): per process about one tensor in 16 bit at a time, which the largest module in fp32 covers.
         return {"model loading (zero.Init, largest layer per process)":
                 counts.largest_module * 4 * hw.gpus_per_node}
     if strategy.backend == "fsdp":
