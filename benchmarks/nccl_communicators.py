@@ -8,7 +8,8 @@ collective (torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp ``getNCCLComm``; ea
 one more per pair of ranks for point-to-point send/recv. So on GPUs a rank holds one communicator per group a
 collective actually runs on. Here every group creation (``new_group``) and every Python collective of
 torch.distributed (and distributed_c10d) is wrapped to record the group it runs on (None = the world group), a
-tiny llama runs ``deepspeed.initialize`` + one step (ZeRO-1/2/3) or one DDP / FSDP1 / FSDP2 step, and the distinct
+tiny llama runs ``deepspeed.initialize`` + one step (ZeRO-1/2/3; ZeRO-3 built under ``zero.Init`` as
+transformers does with a live ZeRO-3 config, and without it: zero3-no-init) or one DDP / FSDP1 / FSDP2 step, and the distinct
 groups that ran a collective are printed with the calls on each. DDP's reducer calls its process group from C++,
 past these wrappers: its group is read from ``DistributedDataParallel.process_group`` instead.
 """
@@ -24,7 +25,7 @@ from collections import defaultdict
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-ENGINES = ("zero1", "zero2", "zero3", "ddp", "fsdp1", "fsdp2")
+ENGINES = ("zero1", "zero2", "zero3", "zero3-no-init", "ddp", "fsdp1", "fsdp2")
 _PG_METHODS = ("allreduce", "allreduce_coalesced", "allgather", "_allgather_base", "all_gather_single",
                "all_gather_single_coalesced", "allgather_coalesced", "allgather_into_tensor_coalesced",
                "reduce_scatter", "_reduce_scatter_base", "reduce_scatter_single", "reduce_scatter_single_coalesced",
@@ -102,11 +103,11 @@ def run(engine: str) -> str:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
-        stage = int(engine[-1])
+        stage = int(engine[4])
         ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
               "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
         keep = None
-        if stage == 3:   # as transformers/accelerate build it under a ZeRO-3 config (zero3_init_flag)
+        if stage == 3 and engine != "zero3-no-init":   # as transformers/accelerate build it under a ZeRO-3 config (zero3_init_flag)
             from transformers.integrations import HfDeepSpeedConfig
             keep = HfDeepSpeedConfig(ds)  # noqa: F841
         model = _model()
@@ -126,7 +127,7 @@ def run(engine: str) -> str:
             extra = f"; DDP reducer's group is WORLD: {model.process_group is dist.group.WORLD}"
         elif engine == "fsdp1":
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-            model = FSDP(model, use_orig_params=True)
+            model = FSDP(model, use_orig_params=True, device_id=torch.device("cpu"))   # FSDP1 on CPU needs it
         else:
             from torch.distributed.fsdp import fully_shard
             for layer in model.model.layers:

@@ -74,8 +74,10 @@ def nccl_communicators(strategy) -> int:
     ``deepspeed.comm``'s init run on the world group; ZeRO-3's ``zero.Init`` gathers over the world group
     (runtime/zero/partition_parameters.py) and its optimizer's group is the clone. DDP, FSDP1/FSDP2: one, the world
     group (their ``process_group`` / mesh default). Measured: benchmarks/nccl_communicators.py (DeepSpeed 0.19.8,
-    torch 2.13, gloo, 2 ranks: ZeRO-1/2 two groups, ZeRO-3 one on this version though the clone is its optimizer's
-    group, counted as two: never under; DDP and FSDP2 one; no point-to-point in any).
+    torch 2.13, gloo, 2 ranks, one step: ZeRO-1/2 two groups; ZeRO-3 two when the model is not built under
+    ``zero.Init`` (the engine broadcasts over the clone), one when it is (its parameters carry the world group; the
+    clone still serves stage3.py's fp16 overflow all_reduce and its fallback group): counted two, never under;
+    DDP, FSDP1, FSDP2 one; no point-to-point in any).
     """
     return 2 if strategy is not None and strategy.backend == "deepspeed" else 1
 
