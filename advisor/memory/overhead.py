@@ -65,13 +65,31 @@ def nvls_note(nvls: int, comms: int, hw, torch_version: str | None) -> str:
 
 
 def nccl_communicators(strategy) -> int:
-    """NCCL communicators a rank of a data-parallel run talks over.
+    """NCCL communicators a rank of a data-parallel run opens: one per process group a collective runs on
+    (ProcessGroupNCCL creates them lazily at a group's first collective: ProcessGroupNCCL.cpp ``getNCCLComm``).
 
-    ZeRO-3: two, ``zero.Init`` gathers over torch's world group and DeepSpeed's optimizer reduces over its clone
-    (``groups._clone_world_group``; benchmarks/zero3_process_groups.py on the real engine). DDP and FSDP talk over
-    the world group (their ``process_group`` default); ZeRO-1/2 are counted as one, not checked on the engine.
+    DeepSpeed (any ZeRO stage): two. Its data-parallel group is a clone of the world group
+    (deepspeed/utils/groups.py ``_clone_world_group``, ``_get_data_parallel_group``): ZeRO-1/2 broadcast, all_gather
+    and all_reduce on the clone while accelerate's / the HF Trainer's barriers (``wait_for_everyone``) and
+    ``deepspeed.comm``'s init run on the world group; ZeRO-3's ``zero.Init`` gathers over the world group
+    (runtime/zero/partition_parameters.py) and its optimizer's group is the clone. DDP, FSDP1/FSDP2: one, the world
+    group (their ``process_group`` / mesh default). Measured: benchmarks/nccl_communicators.py (DeepSpeed 0.19.8,
+    torch 2.13, gloo, 2 ranks, one step: ZeRO-1/2 two groups; ZeRO-3 two when the model is not built under
+    ``zero.Init`` (the engine broadcasts over the clone), one when it is (its parameters carry the world group; the
+    clone still serves stage3.py's fp16 overflow all_reduce and its fallback group): counted two, never under;
+    DDP, FSDP1, FSDP2 one; no point-to-point in any).
     """
-    return 2 if strategy.backend == "deepspeed" and strategy.zero_stage == 3 else 1
+    return 2 if strategy is not None and strategy.backend == "deepspeed" else 1
+
+
+def nccl_communicators_note(comms: int, strategy) -> str:
+    """Why ``comms`` communicators: the engine's process groups (benchmarks/nccl_communicators.py)."""
+    if comms > 1:
+        return (f"{comms} NCCL communicators per GPU: DeepSpeed's data-parallel group is a clone of the world group "
+                "(deepspeed/utils/groups.py _clone_world_group) and the world group also runs collectives "
+                "(accelerate's wait_for_everyone, zero.Init's gathers); ProcessGroupNCCL opens one per group "
+                "(benchmarks/nccl_communicators.py)")
+    return "1 NCCL communicator per GPU: the engine talks over the world group (benchmarks/nccl_communicators.py)"
 
 
 def nccl_nvls_bytes_per_communicator(hw, torch_version: str | None = None) -> int:
@@ -237,6 +255,18 @@ SINGLE_RANK_SOURCE = ("one GPU under DeepSpeed: deepspeed.initialize makes a NCC
 
 
 def outside_allocator(hw, strategy=None, table: OverheadTable | None = None) -> OutsideAllocator:
+    """The CUDA context and NCCL bytes one GPU of ``hw`` holds outside the caching allocator: the context once and
+    one communicator's bytes (``_one_communicator``) per communicator the engine opens (``nccl_communicators``)."""
+    one = _one_communicator(hw, strategy, table)
+    comms = nccl_communicators(strategy)
+    if one.nccl_bytes == 0 or comms == 1:
+        return one
+    return OutsideAllocator(one.context_bytes, one.context_source, comms * one.nccl_bytes,
+                            f"{comms} x {one.nccl_bytes / 2**20:.0f} MiB: {nccl_communicators_note(comms, strategy)}; "
+                            f"each {one.nccl_source}")
+
+
+def _one_communicator(hw, strategy=None, table: OverheadTable | None = None) -> OutsideAllocator:
     """The CUDA context and NCCL bytes one GPU of ``hw`` holds outside the caching allocator (``strategy``: the
     run's StrategySpec, which decides whether one GPU still holds a NCCL communicator: DeepSpeed's).
 
