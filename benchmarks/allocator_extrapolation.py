@@ -42,6 +42,9 @@ CASES = [
 
 
 def capture(model: str, kw: dict) -> dict:
+    """``estimate(model=model, **kw)`` with the arguments of its (last) ``core.gpu_allocation`` call recorded:
+    ``args`` / ``kwargs`` (the estimate's arch, specs, model states, buffers, held fp32 logits) and ``estimate``.
+    Shared with benchmarks/variable_length_reserved.py."""
     seen: dict = {}
     orig = core.gpu_allocation
 

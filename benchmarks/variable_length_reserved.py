@@ -51,9 +51,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import advisor.memory.core as core  # noqa: E402
 from advisor.api import estimate  # noqa: E402
 from advisor.memory.activations import allocation_key  # noqa: E402
+from benchmarks.allocator_extrapolation import capture  # noqa: E402  (the one spy on core.gpu_allocation)
 from advisor.memory.allocator import (_activation_segments, _fsdp_init_modelled, _persistent_stats,  # noqa: E402
                                       blas_workspace_bytes, churn_events, state_layout)
 from advisor.memory.caching_allocator import (K_SMALL_SIZE, CachingAllocator, allocation_size,  # noqa: E402
@@ -76,25 +76,13 @@ SETUPS = {
                      lora_rank=16, lora_targets=("all-linear",)),
 }
 
-_captured: dict = {}
-_orig_gpu_allocation = core.gpu_allocation
-
-
-def _capture(*args, **kw):
-    """core.gpu_allocation, recording its arguments (the estimate's arch, specs, buffers, held fp32 logits)."""
-    _captured["args"], _captured["kw"] = args, kw
-    return _orig_gpu_allocation(*args, **kw)
-
-
-core.gpu_allocation = _capture
-
-
 def shape_of(kw: dict, seq_len: int):
     """dsadvise's estimate at ``seq_len`` and the allocator model's sequences for it: the persistent states' sizes
     and the churn events of the first step (``iterations=1``) and of a later step (the second iteration)."""
-    est = estimate(**{**kw, "seq_len": seq_len})
-    arch, training, strategy, hw, ms, buffers, formed, mode, _tensor_bytes = _captured["args"]
-    held_fp32 = _captured["kw"].get("held_fp32", 0)
+    seen = capture(kw["model"], {**{k: v for k, v in kw.items() if k != "model"}, "seq_len": seq_len})
+    est = seen["estimate"]
+    arch, training, strategy, hw, ms, buffers, formed, mode, _tensor_bytes = seen["args"]
+    held_fp32 = seen["kwargs"].get("held_fp32", 0)
     if _fsdp_init_modelled(training, strategy):
         raise SystemExit("FSDP setups take another allocator path (allocator._fsdp_allocation): not replayed here")
     trace_training, ckpt = allocation_key(arch, training)
