@@ -16,6 +16,8 @@ import deepspeed  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
+from probe_exit import exit_probe  # noqa: E402
+
 
 def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
@@ -86,14 +88,7 @@ def main() -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         with open(sys.argv[2], "w") as fh:
             json.dump(results, fh)
-    # Tear gloo down explicitly and leave without running destructors: at interpreter exit, a process group left
-    # to the garbage collector once aborted rank 0 ("terminate called without an active exception", CI stop 18)
-    # after the results were complete.
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_probe()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 from transformers.integrations import HfDeepSpeedConfig  # noqa: E402
 
+from probe_exit import exit_probe  # noqa: E402
+
 
 def held(state_dict) -> int:
     """Bytes of a state dict's tensors, each storage once."""
@@ -58,11 +60,7 @@ def main() -> None:
                "total_elements": sum(p.ds_numel for p in engine.module.parameters())}
         with open(sys.argv[2], "w") as fh:
             json.dump(out, fh)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_probe()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 
 import torch
@@ -23,6 +22,8 @@ from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from probe_exit import exit_probe
 
 
 def main() -> None:
@@ -41,11 +42,7 @@ def main() -> None:
         with open(sys.argv[2], "w") as fh:
             json.dump({"whole": sum(storages.values()), "keys": len(whole),
                        "lora_keys": sum("lora_" in k for k in whole)}, fh)
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_probe()
 
 
 if __name__ == "__main__":
