@@ -82,14 +82,12 @@ def nccl_communicators(strategy) -> int:
     return 2 if strategy is not None and strategy.backend == "deepspeed" else 1
 
 
-def nccl_communicators_note(comms: int, strategy) -> str:
-    """Why ``comms`` communicators: the engine's process groups (benchmarks/nccl_communicators.py)."""
-    if comms > 1:
-        return (f"{comms} NCCL communicators per GPU: DeepSpeed's data-parallel group is a clone of the world group "
-                "(deepspeed/utils/groups.py _clone_world_group) and the world group also runs collectives "
-                "(accelerate's wait_for_everyone, zero.Init's gathers); ProcessGroupNCCL opens one per group "
-                "(benchmarks/nccl_communicators.py)")
-    return "1 NCCL communicator per GPU: the engine talks over the world group (benchmarks/nccl_communicators.py)"
+def nccl_communicators_note(comms: int) -> str:
+    """Why DeepSpeed opens ``comms`` (> 1) communicators: its process groups (benchmarks/nccl_communicators.py)."""
+    return (f"{comms} NCCL communicators per GPU: DeepSpeed's data-parallel group is a clone of the world group "
+            "(deepspeed/utils/groups.py _clone_world_group) and the world group also runs collectives "
+            "(accelerate's wait_for_everyone, zero.Init's gathers); ProcessGroupNCCL opens one per group "
+            "(benchmarks/nccl_communicators.py)")
 
 
 def nccl_nvls_bytes_per_communicator(hw, torch_version: str | None = None) -> int:
@@ -262,7 +260,7 @@ def outside_allocator(hw, strategy=None, table: OverheadTable | None = None) -> 
     if one.nccl_bytes == 0 or comms == 1:
         return one
     return OutsideAllocator(one.context_bytes, one.context_source, comms * one.nccl_bytes,
-                            f"{comms} x {one.nccl_bytes / 2**20:.0f} MiB: {nccl_communicators_note(comms, strategy)}; "
+                            f"{comms} x {one.nccl_bytes / 2**20:.0f} MiB: {nccl_communicators_note(comms)}; "
                             f"each {one.nccl_source}")
 
 
