@@ -194,7 +194,7 @@ class TrainingSpec(_Spec):
                                                      "sync_each_batch) instead of accumulating unsharded ones under "
                                                      "no_sync: no unsharded gradients kept, one gradient "
                                                      "reduce-scatter per micro-batch")
-    # --- issue 17: how checkpoints are saved (advisor/memory/core.py consolidated_save, checkpoint_save_cpu) ---
+    # --- issue 17: how checkpoints are saved (advisor/memory/checkpoint_save.py consolidated_save, checkpoint_save_cpu) ---
     checkpoint_save: CheckpointSave = Field(
         "auto", description="auto: what dsadvise renders (ZeRO-3 stage3_gather_16bit_weights_on_model_save, FSDP "
                             "SHARDED_STATE_DICT); sharded: every rank saves its shard; consolidated: ZeRO-3 gathers "

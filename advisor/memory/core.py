@@ -22,8 +22,7 @@ from .overhead import (nccl_communicators, nccl_nvls_bytes_per_communicator, nvl
                        overhead_defaults)
 from .allocator import gpu_allocation
 from .peak import ActivationTerms, StepPeak, gradients_formed_in_backward, step_peak
-from .checkpoint_save import (ADAPTERS_SAVE_ITEM, CHECKPOINT_SAVE_ITEM, FSDP_SAVE_GPU_ITEM,  # noqa: F401 (re-exported)
-                              FSDP_SAVE_ITEM, checkpoint_save_cpu, checkpoint_save_notes, consolidated_save,
+from .checkpoint_save import (ADAPTERS_SAVE_ITEM, FSDP_SAVE_GPU_ITEM, checkpoint_save_cpu, checkpoint_save_notes,
                               fsdp_save_gpu)
 
 

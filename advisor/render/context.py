@@ -15,7 +15,7 @@ from .. import families as _families
 from ..catalog.models import ResolvedModel
 from ..errors import InputError
 from ..memory.buffers import deepspeed_sizes
-from ..memory.core import consolidated_save   # issue 17: --checkpoint-save
+from ..memory.checkpoint_save import consolidated_save   # issue 17: --checkpoint-save
 from ..specs import GiB, HardwareSpec, StrategySpec, TrainingSpec
 from .parallel import parallel_context, parallel_env, parallel_notes, readme_batch   # issue 15
 

@@ -10,8 +10,8 @@ import pytest
 from advisor.api import estimate
 from advisor.catalog.models import resolve_model
 from advisor.memory.bytes_per_param import state_bytes
-from advisor.memory.core import (CHECKPOINT_SAVE_ITEM, FSDP_SAVE_GPU_ITEM, FSDP_SAVE_ITEM, consolidated_save,
-                                 fsdp_save_gpu)
+from advisor.memory.checkpoint_save import (CHECKPOINT_SAVE_ITEM, FSDP_SAVE_GPU_ITEM, FSDP_SAVE_ITEM, consolidated_save,
+                                            fsdp_save_gpu)
 from advisor.param_count import count_parameters
 from advisor.specs import StrategySpec, TrainingSpec
 
@@ -102,7 +102,7 @@ Z3 = dict(gpus=8, gpu="a100-80g", strategy="zero3", cpu_ram=1024)
 
 
 def _save_term(method, **kw):
-    from advisor.memory.core import ADAPTERS_SAVE_ITEM, checkpoint_save_cpu
+    from advisor.memory.checkpoint_save import ADAPTERS_SAVE_ITEM, checkpoint_save_cpu
 
     model = resolve_model("llama-2-7b")
     counts = count_parameters(model.architecture)

@@ -14,7 +14,7 @@ from ...errors import InputError
 from ...param_count import ALL_LINEAR, native_linear_names
 from ...specs import HardwareSpec, StrategySpec, TrainingSpec
 from ...memory.bytes_per_param import fp32_lora_base, fp32_qlora_rest
-from ...memory.core import consolidated_save   # issue 17: --checkpoint-save
+from ...memory.checkpoint_save import consolidated_save   # issue 17: --checkpoint-save
 from ..context import FSDP_LAYER_CLASSES
 
 DS_CONFIG = "ds_config.json"
@@ -78,7 +78,7 @@ class Run:
     hidden_size: int = 0            # the head's input width and vocabulary (TRL's fused LM head note, trl.py)
     vocab_size: int = 0
     loss_replayed: bool = True      # False: the family is traced on the real model, whose loss is the plain one
-    consolidated_save: bool = False  # issue 17: --checkpoint-save (FSDP FULL_STATE_DICT; advisor/memory/core.py)
+    consolidated_save: bool = False  # issue 17: --checkpoint-save (FSDP FULL_STATE_DICT; advisor/memory/checkpoint_save.py)
     variable_lengths: bool = False  # issue 17 (L): --batch-lengths variable (each batch padded to its longest sample)
 
     @property
